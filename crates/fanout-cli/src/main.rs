@@ -1,0 +1,77 @@
+//! The `fanout` command: parses arguments, calls the library, renders results.
+//!
+//! Commands live in their own modules; this file only dispatches. stdout carries answers
+//! (or JSON with `--json`); progress and diagnostics go to stderr.
+
+mod bench;
+mod bench_sim;
+mod usage;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fanout",
+    version,
+    about = "Dynamic workflows: one orchestrator call plans, up to 1,000+ scoped sub-agents run in parallel."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a local stand-in for the Anthropic and OpenAI model APIs (same wire format, real
+    /// rate limits, faults and scenario scripts).
+    Sim(fanout_sim::cli::SimArgs),
+    /// Drive a burst of model requests through the fleet-wide rate governor and report the
+    /// makespan against the physical floor.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(70);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Sim(args) => run_sim(args).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+async fn run_sim(args: fanout_sim::cli::SimArgs) -> anyhow::Result<ExitCode> {
+    let (config, addr) = args.to_config().context("invalid simulator options")?;
+    let handle = fanout_sim::Sim::start(config, addr)
+        .await
+        .context("cannot start the simulator")?;
+    // The first stdout line is the address, so scripts can read the port when --port 0.
+    println!("fanout sim listening on {}", handle.base_url());
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot wait for Ctrl-C")?;
+    eprintln!("fanout sim: shutting down");
+    handle.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}

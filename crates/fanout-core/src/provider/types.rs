@@ -1,0 +1,249 @@
+//! Provider-neutral request and response types.
+//!
+//! These are what the rest of the engine speaks. Each provider module translates them to and
+//! from its own wire format; nothing here knows about HTTP or JSON field names of a vendor.
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Who said a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+/// One block of message content, in either direction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentBlock {
+    Text {
+        text: String,
+    },
+    /// The model asks for a tool to be run. `input` is always a JSON object.
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
+    /// The answer to a `ToolUse`, sent back in the next user turn.
+    ToolResult {
+        tool_use_id: String,
+        content: String,
+        is_error: bool,
+    },
+}
+
+impl ContentBlock {
+    pub fn text(text: impl Into<String>) -> Self {
+        ContentBlock::Text { text: text.into() }
+    }
+}
+
+/// One turn of the conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: Vec<ContentBlock>,
+}
+
+impl Message {
+    pub fn user(text: impl Into<String>) -> Self {
+        Message {
+            role: Role::User,
+            content: vec![ContentBlock::text(text)],
+        }
+    }
+
+    pub fn assistant(content: Vec<ContentBlock>) -> Self {
+        Message {
+            role: Role::Assistant,
+            content,
+        }
+    }
+}
+
+/// A tool the model may call. `input_schema` is a JSON Schema object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    pub input_schema: Value,
+}
+
+/// How the model must use the tools.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToolChoice {
+    #[default]
+    Auto,
+    /// Must call some tool.
+    Any,
+    /// Must call this tool (how plans and results are forced).
+    Tool { name: String },
+    None,
+}
+
+/// Ask for the answer as JSON text valid against a schema (OpenAI `response_format`,
+/// Anthropic `output_config.format`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JsonSchemaFormat {
+    pub name: String,
+    pub schema: Value,
+}
+
+/// One model call, provider-neutral.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub model: String,
+    /// The system prompt. Marked for prompt caching together with the tools, so that many
+    /// agents sharing one prompt pay for it once.
+    pub system: Option<String>,
+    pub messages: Vec<Message>,
+    pub tools: Vec<ToolSpec>,
+    pub tool_choice: Option<ToolChoice>,
+    pub max_tokens: u32,
+    pub temperature: Option<f32>,
+    pub stop_sequences: Vec<String>,
+    /// Opaque end-user id (Anthropic `metadata.user_id`, OpenAI `user`).
+    pub metadata_user_id: Option<String>,
+    pub response_format: Option<JsonSchemaFormat>,
+    /// Whether to mark the shared prefix (system + tools) with `cache_control`.
+    pub cache_prefix: bool,
+}
+
+impl Request {
+    pub fn new(model: impl Into<String>, max_tokens: u32) -> Self {
+        Request {
+            model: model.into(),
+            system: None,
+            messages: Vec::new(),
+            tools: Vec::new(),
+            tool_choice: None,
+            max_tokens,
+            temperature: None,
+            stop_sequences: Vec::new(),
+            metadata_user_id: None,
+            response_format: None,
+            cache_prefix: true,
+        }
+    }
+
+    /// Bytes of text the model will read: the basis for token estimates.
+    pub fn input_bytes(&self) -> usize {
+        let mut total = self.system.as_ref().map_or(0, String::len);
+        for tool in &self.tools {
+            total += tool.name.len() + tool.description.len() + tool.input_schema.to_string().len();
+        }
+        for message in &self.messages {
+            for block in &message.content {
+                total += match block {
+                    ContentBlock::Text { text } => text.len(),
+                    ContentBlock::ToolUse { name, input, .. } => name.len() + input.to_string().len(),
+                    ContentBlock::ToolResult { content, .. } => content.len(),
+                };
+            }
+        }
+        total
+    }
+}
+
+/// Why the model stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    EndTurn,
+    MaxTokens,
+    StopSequence,
+    ToolUse,
+    Refusal,
+    PauseTurn,
+    ContextWindowExceeded,
+    /// A value this version does not know; kept verbatim.
+    Other(String),
+}
+
+/// Token accounting of one response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Uncached input tokens.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cache_read_input_tokens: u64,
+}
+
+impl Usage {
+    /// Every input token, cached or not.
+    pub fn total_input(&self) -> u64 {
+        self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
+    }
+
+    /// Input tokens that count against an input-tokens-per-minute limit (cache reads do not).
+    pub fn rate_limited_input(&self) -> u64 {
+        self.input_tokens + self.cache_creation_input_tokens
+    }
+}
+
+/// One dimension of a server's rate-limit state, as its headers reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LimitState {
+    pub limit: Option<u64>,
+    pub remaining: Option<u64>,
+    /// Time until the bucket is full again, relative to when the response was received.
+    pub reset_after: Option<Duration>,
+}
+
+/// The rate-limit headers of one response (Anthropic `anthropic-ratelimit-*`, OpenAI
+/// `x-ratelimit-*`), normalised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RateLimitSnapshot {
+    pub requests: LimitState,
+    /// Combined tokens (OpenAI's only token dimension; Anthropic's most restrictive one).
+    pub tokens: LimitState,
+    pub input_tokens: LimitState,
+    pub output_tokens: LimitState,
+}
+
+impl RateLimitSnapshot {
+    pub fn is_empty(&self) -> bool {
+        *self == RateLimitSnapshot::default()
+    }
+}
+
+/// A complete answer of the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    pub id: String,
+    pub model: String,
+    pub content: Vec<ContentBlock>,
+    pub stop_reason: StopReason,
+    pub usage: Usage,
+    pub rate_limits: RateLimitSnapshot,
+    pub request_id: Option<String>,
+    pub received_at: SystemTime,
+}
+
+impl Response {
+    /// All text blocks joined.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for block in &self.content {
+            if let ContentBlock::Text { text } = block {
+                out.push_str(text);
+            }
+        }
+        out
+    }
+
+    /// The tool calls, in order.
+    pub fn tool_uses(&self) -> impl Iterator<Item = (&str, &str, &Value)> {
+        self.content.iter().filter_map(|block| match block {
+            ContentBlock::ToolUse { id, name, input } => Some((id.as_str(), name.as_str(), input)),
+            _ => None,
+        })
+    }
+}
