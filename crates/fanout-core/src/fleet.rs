@@ -1,1 +1,261 @@
-//! placeholder
+//! A provider wrapped in the fleet's rate governor, retry policy and retry budget: the one
+//! call every agent of a run makes.
+//!
+//! One attempt goes: estimate the cost, reserve it in the governor (queueing as long as the
+//! fleet needs), send, then settle the reservation from the answer. A failure is classified by
+//! the retry policy; a retry first takes a token from the fleet-wide retry budget, then waits
+//! the server's delay or the backoff. Every wait races the caller's cancellation token.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::governor::estimate::TokenEstimator;
+use crate::governor::{Cost, Governor};
+use crate::provider::{Attempt, ErrorClass, Provider, ProviderError, Request, Response};
+use crate::retry::{GiveUpReason, RetryBudget, RetryDecision, RetryPolicy, jitter_unit};
+
+/// Why a fleet call did not produce a response.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// The last attempt failed and the policy does not allow another.
+    #[error("{source} (after {attempts} attempt{}; {})", if *.attempts == 1 { "" } else { "s" }, give_up_text(.reason))]
+    Failed {
+        #[source]
+        source: ProviderError,
+        attempts: u32,
+        reason: GiveUpReason,
+    },
+    /// The caller cancelled the call.
+    #[error("cancelled after {attempts} attempt(s)")]
+    Cancelled { attempts: u32 },
+}
+
+fn give_up_text(reason: &GiveUpReason) -> String {
+    match reason {
+        GiveUpReason::NotRetryable => "not retryable".into(),
+        GiveUpReason::ServerSaidNo => "the server said not to retry".into(),
+        GiveUpReason::AttemptsExhausted => "retry limit reached".into(),
+        GiveUpReason::DelayTooLong(delay) => {
+            format!("the server asked to wait {delay:?}, longer than allowed")
+        }
+    }
+}
+
+/// Counters of everything the fleet did, for reports and benchmarks.
+#[derive(Debug, Default)]
+pub struct FleetCounters {
+    pub calls: AtomicU64,
+    pub attempts: AtomicU64,
+    pub retries: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub overloaded: AtomicU64,
+    pub other_errors: AtomicU64,
+    pub input_tokens: AtomicU64,
+    pub output_tokens: AtomicU64,
+    pub cache_read_tokens: AtomicU64,
+    pub governor_wait_ms: AtomicU64,
+    pub retry_wait_ms: AtomicU64,
+}
+
+/// A plain copy of [`FleetCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FleetStats {
+    pub calls: u64,
+    pub attempts: u64,
+    pub retries: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub rate_limited: u64,
+    pub overloaded: u64,
+    pub other_errors: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub governor_wait_ms: u64,
+    pub retry_wait_ms: u64,
+}
+
+/// The result of one successful call, with what it took to get it.
+#[derive(Debug, Clone)]
+pub struct CallOutcome {
+    pub response: Response,
+    /// Tries made, the successful one included.
+    pub attempts: u32,
+    /// Time spent queued in the governor, over all attempts.
+    pub governor_wait: Duration,
+}
+
+/// Shared by every agent of a run. Cheap to clone.
+#[derive(Clone)]
+pub struct Fleet {
+    provider: Arc<dyn Provider>,
+    governor: Governor,
+    policy: RetryPolicy,
+    budget: Arc<RetryBudget>,
+    estimator: Arc<TokenEstimator>,
+    counters: Arc<FleetCounters>,
+    stream: bool,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("provider", &self.provider.name())
+            .field("policy", &self.policy)
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fleet {
+    pub fn new(
+        provider: Arc<dyn Provider>,
+        governor: Governor,
+        policy: RetryPolicy,
+        budget: Arc<RetryBudget>,
+    ) -> Self {
+        Fleet {
+            provider,
+            governor,
+            policy,
+            budget,
+            estimator: Arc::new(TokenEstimator::default()),
+            counters: Arc::new(FleetCounters::default()),
+            stream: false,
+        }
+    }
+
+    /// Read answers as server-sent events (the default is one JSON body).
+    pub fn streaming(mut self, stream: bool) -> Self {
+        self.stream = stream;
+        self
+    }
+
+    pub fn governor(&self) -> &Governor {
+        &self.governor
+    }
+
+    pub fn estimator(&self) -> &TokenEstimator {
+        &self.estimator
+    }
+
+    /// Send `request` through the governor, retrying as the policy allows.
+    pub async fn call(
+        &self,
+        request: &Request,
+        cancel: &CancellationToken,
+    ) -> Result<CallOutcome, FleetError> {
+        let counters = &self.counters;
+        counters.calls.fetch_add(1, Ordering::Relaxed);
+        let raw_input = TokenEstimator::raw_input(request);
+        let mut governor_wait = Duration::ZERO;
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let cost = Cost {
+                input_tokens: self.estimator.input_tokens(request),
+                output_tokens: self.estimator.output_tokens(request),
+            };
+            let reservation = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(FleetError::Cancelled { attempts: attempt - 1 }),
+                reservation = self.governor.reserve(cost) => reservation,
+            };
+            governor_wait += reservation.waited();
+            counters
+                .governor_wait_ms
+                .fetch_add(reservation.waited().as_millis() as u64, Ordering::Relaxed);
+            counters.attempts.fetch_add(1, Ordering::Relaxed);
+            let sent = self.provider.send(request, Attempt { retry: attempt - 1 }, self.stream);
+            let result = tokio::select! {
+                biased;
+                // Dropping the reservation keeps its charge: the server may have counted it.
+                _ = cancel.cancelled() => return Err(FleetError::Cancelled { attempts: attempt }),
+                result = sent => result,
+            };
+            let error = match result {
+                Ok(response) => {
+                    reservation.succeeded(&response.usage, &response.rate_limits);
+                    self.estimator.observe(
+                        raw_input,
+                        response.usage.rate_limited_input(),
+                        response.usage.output_tokens,
+                    );
+                    self.budget.deposit_success();
+                    counters.succeeded.fetch_add(1, Ordering::Relaxed);
+                    counters
+                        .input_tokens
+                        .fetch_add(response.usage.rate_limited_input(), Ordering::Relaxed);
+                    counters
+                        .output_tokens
+                        .fetch_add(response.usage.output_tokens, Ordering::Relaxed);
+                    counters
+                        .cache_read_tokens
+                        .fetch_add(response.usage.cache_read_input_tokens, Ordering::Relaxed);
+                    return Ok(CallOutcome {
+                        response,
+                        attempts: attempt,
+                        governor_wait,
+                    });
+                }
+                Err(error) => error,
+            };
+            reservation.failed(&error);
+            match error.class() {
+                ErrorClass::RateLimited => counters.rate_limited.fetch_add(1, Ordering::Relaxed),
+                ErrorClass::Overloaded => counters.overloaded.fetch_add(1, Ordering::Relaxed),
+                _ => counters.other_errors.fetch_add(1, Ordering::Relaxed),
+            };
+            let delay = match self.policy.decide(&error, attempt, jitter_unit()) {
+                RetryDecision::RetryAfter(delay) => delay,
+                RetryDecision::GiveUp(reason) => {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    return Err(FleetError::Failed {
+                        source: error,
+                        attempts: attempt,
+                        reason,
+                    });
+                }
+            };
+            counters.retries.fetch_add(1, Ordering::Relaxed);
+            let waited_from = tokio::time::Instant::now();
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(FleetError::Cancelled { attempts: attempt }),
+                _ = async {
+                    self.budget.acquire().await;
+                    tokio::time::sleep(delay).await;
+                } => {}
+            }
+            counters
+                .retry_wait_ms
+                .fetch_add(waited_from.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// A copy of the counters.
+    pub fn stats(&self) -> FleetStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        FleetStats {
+            calls: get(&c.calls),
+            attempts: get(&c.attempts),
+            retries: get(&c.retries),
+            succeeded: get(&c.succeeded),
+            failed: get(&c.failed),
+            rate_limited: get(&c.rate_limited),
+            overloaded: get(&c.overloaded),
+            other_errors: get(&c.other_errors),
+            input_tokens: get(&c.input_tokens),
+            output_tokens: get(&c.output_tokens),
+            cache_read_tokens: get(&c.cache_read_tokens),
+            governor_wait_ms: get(&c.governor_wait_ms),
+            retry_wait_ms: get(&c.retry_wait_ms),
+        }
+    }
+}

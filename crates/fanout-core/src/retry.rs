@@ -183,7 +183,8 @@ impl RetryBudget {
             let wait = {
                 let mut state = lock(&self.state);
                 self.refill(&mut state);
-                if state.tokens >= 1.0 {
+                // Tolerate float error: ten deposits of 0.1 make one whole retry.
+                if state.tokens >= 1.0 - 1e-9 {
                     state.tokens -= 1.0;
                     return;
                 }

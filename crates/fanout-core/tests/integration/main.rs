@@ -1,0 +1,6 @@
+//! The one integration test binary of fanout-core: every test talks to the simulator
+//! (`fanout-sim`) over real HTTP on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod fleet;
+mod provider;
