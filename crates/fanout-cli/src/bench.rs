@@ -131,10 +131,7 @@ impl ChildSim {
             .kill_on_drop(true)
             .spawn()
             .context("cannot start the simulator")?;
-        let stdout = child
-            .stdout
-            .take()
-            .context("the simulator has no stdout")?;
+        let stdout = child.stdout.take().context("the simulator has no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
             .await
@@ -153,8 +150,13 @@ impl ChildSim {
     /// The simulator's `/sim/stats` as JSON.
     pub async fn stats(&self) -> anyhow::Result<serde_json::Value> {
         let url = format!("{}/sim/stats", self.base_url);
-        let response = reqwest::get(&url).await.context("cannot read simulator stats")?;
-        response.json().await.context("simulator stats are not JSON")
+        let response = reqwest::get(&url)
+            .await
+            .context("cannot read simulator stats")?;
+        response
+            .json()
+            .await
+            .context("simulator stats are not JSON")
     }
 }
 
@@ -205,7 +207,11 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<ExitCode> {
         "--p-api-error".to_string(),
         args.p_api_error.to_string(),
     ];
-    for (flag, value) in [("--rpm", args.rpm), ("--itpm", args.itpm), ("--otpm", args.otpm)] {
+    for (flag, value) in [
+        ("--rpm", args.rpm),
+        ("--itpm", args.itpm),
+        ("--otpm", args.otpm),
+    ] {
         if let Some(value) = value {
             sim_options.push(flag.to_string());
             sim_options.push(value.to_string());
@@ -354,20 +360,44 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<ExitCode> {
 fn print_fleet_report(r: &FleetReport) {
     let optional = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2} s"));
     println!("fleet benchmark ({:?} wire)", r.wire);
-    println!("  requests            {} ({} succeeded, {} failed)", r.requests, r.succeeded, r.failed);
+    println!(
+        "  requests            {} ({} succeeded, {} failed)",
+        r.requests, r.succeeded, r.failed
+    );
     println!("  makespan            {:.2} s", r.makespan_s);
-    println!("  floor               {:.2} s (binding: {})", r.floor_s, r.floor_binding);
+    println!(
+        "  floor               {:.2} s (binding: {})",
+        r.floor_s, r.floor_binding
+    );
     println!("  ratio to floor      {:.3}", r.ratio_to_floor);
     println!("    latency chain     {:.2} s", r.latency_chain_s);
     println!("    requests/min      {}", optional(r.requests_floor_s));
     println!("    input tokens/min  {}", optional(r.input_tokens_floor_s));
-    println!("    output tokens/min {}", optional(r.output_tokens_floor_s));
+    println!(
+        "    output tokens/min {}",
+        optional(r.output_tokens_floor_s)
+    );
     let share = 100.0 * r.server_429s as f64 / r.requests as f64;
-    println!("  429s from server    {} ({share:.2} % of requests; {} requests seen)", r.server_429s, r.server_requests);
-    println!("  retries             {} (most attempts for one request: {} of {} allowed)", r.retries, r.max_attempts_per_request, r.policy_max_attempts);
-    println!("  tokens              {} in, {} out", r.input_tokens, r.output_tokens);
-    println!("  governor queueing   {:.1} s in total", r.governor_wait_total_s);
-    println!("  engine CPU          {:.2} s ({:.3} cores)", r.cpu_s, r.cores_used);
+    println!(
+        "  429s from server    {} ({share:.2} % of requests; {} requests seen)",
+        r.server_429s, r.server_requests
+    );
+    println!(
+        "  retries             {} (most attempts for one request: {} of {} allowed)",
+        r.retries, r.max_attempts_per_request, r.policy_max_attempts
+    );
+    println!(
+        "  tokens              {} in, {} out",
+        r.input_tokens, r.output_tokens
+    );
+    println!(
+        "  governor queueing   {:.1} s in total",
+        r.governor_wait_total_s
+    );
+    println!(
+        "  engine CPU          {:.2} s ({:.3} cores)",
+        r.cpu_s, r.cores_used
+    );
     println!("  engine peak RSS     {:.1} MiB", r.peak_rss_mib);
 }
 

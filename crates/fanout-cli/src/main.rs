@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_sim;
+mod config_cmd;
 mod usage;
 
 use std::process::ExitCode;
@@ -31,6 +32,10 @@ enum Command {
     /// Drive a burst of model requests through the fleet-wide rate governor and report the
     /// makespan against the physical floor.
     Bench(bench::BenchArgs),
+    /// Print the JSON Schema of workflow files, for editors.
+    Schema(config_cmd::SchemaArgs),
+    /// Write a commented starter workflow file.
+    Init(config_cmd::InitArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +63,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Sim(args) => run_sim(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Schema(args) => config_cmd::run_schema(args),
+        Command::Init(args) => config_cmd::run_init(args),
     }
 }
 

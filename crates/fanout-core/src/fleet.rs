@@ -171,7 +171,9 @@ impl Fleet {
                 .governor_wait_ms
                 .fetch_add(reservation.waited().as_millis() as u64, Ordering::Relaxed);
             counters.attempts.fetch_add(1, Ordering::Relaxed);
-            let sent = self.provider.send(request, Attempt { retry: attempt - 1 }, self.stream);
+            let sent = self
+                .provider
+                .send(request, Attempt { retry: attempt - 1 }, self.stream);
             let result = tokio::select! {
                 biased;
                 // Dropping the reservation keeps its charge: the server may have counted it.

@@ -1,6 +1,8 @@
 //! fanout-core: the engine behind the `fanout` command.
 //!
 //! Layers, bottom up:
+//! - [`config`]: the workflow YAML file: model, defaults, validation with located errors,
+//!   JSON Schema and the `fanout init` template.
 //! - [`provider`]: talk to a model API (Anthropic Messages, OpenAI-compatible Chat
 //!   Completions) over HTTP, with typed errors. Knows nothing of retries or limits.
 //! - [`retry`]: which errors to retry, how long to wait, and a fleet-wide retry budget.
@@ -11,6 +13,7 @@
 //! The library never prints; callers render.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod config;
 pub mod env;
 pub mod fleet;
 pub mod governor;

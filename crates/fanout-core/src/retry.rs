@@ -233,11 +233,16 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::provider::{ApiErrorDetails, RateLimitSnapshot};
 
-    fn api(status: u16, retry_after: Option<Duration>, should_retry: Option<bool>) -> ProviderError {
+    fn api(
+        status: u16,
+        retry_after: Option<Duration>,
+        should_retry: Option<bool>,
+    ) -> ProviderError {
         ProviderError::Api {
             provider: "test",
             details: Box::new(ApiErrorDetails {
@@ -259,7 +264,10 @@ mod tests {
         let policy = RetryPolicy::default();
         for status in [408, 409, 429, 500, 502, 503, 504, 529] {
             assert!(
-                matches!(policy.decide(&api(status, None, None), 1, 0.0), RetryDecision::RetryAfter(_)),
+                matches!(
+                    policy.decide(&api(status, None, None), 1, 0.0),
+                    RetryDecision::RetryAfter(_)
+                ),
                 "{status} should be retried"
             );
         }

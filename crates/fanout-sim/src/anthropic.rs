@@ -20,12 +20,18 @@ fn field_required(field: &str) -> ApiError {
 /// Validates a `/v1/messages` or `/v1/messages/count_tokens` body.
 pub(crate) fn normalize(endpoint: Endpoint, body: &Value) -> Result<Request, ApiError> {
     let Some(obj) = body.as_object() else {
-        return Err(ApiError::invalid("Input should be a valid dictionary (JSON object)"));
+        return Err(ApiError::invalid(
+            "Input should be a valid dictionary (JSON object)",
+        ));
     };
     let model = match obj.get("model") {
         None | Some(Value::Null) => return Err(field_required("model")),
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        Some(_) => return Err(ApiError::invalid("model: Input should be a non-empty string")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "model: Input should be a non-empty string",
+            ));
+        }
     };
     let max_tokens = match (endpoint, obj.get("max_tokens")) {
         (Endpoint::Messages, None | Some(Value::Null)) => return Err(field_required("max_tokens")),
@@ -78,7 +84,9 @@ pub(crate) fn normalize(endpoint: Endpoint, body: &Value) -> Result<Request, Api
         Some(_) => return Err(ApiError::invalid("messages: Input should be a valid list")),
     };
     if messages.is_empty() {
-        return Err(ApiError::invalid("messages: at least one message is required"));
+        return Err(ApiError::invalid(
+            "messages: at least one message is required",
+        ));
     }
     let mut turn = 1;
     let mut last_user = String::new();
@@ -103,10 +111,16 @@ pub(crate) fn normalize(endpoint: Endpoint, body: &Value) -> Result<Request, Api
         pending_tool_uses.clear();
         let mut user_text = String::new();
         for block in &blocks {
-            let kind = block.get("type").and_then(Value::as_str).unwrap_or_default();
+            let kind = block
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             match kind {
                 "text" => {
-                    let text = block.get("text").and_then(Value::as_str).unwrap_or_default();
+                    let text = block
+                        .get("text")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
                     bytes.text(text);
                     push_line(&mut user_text, text);
                 }
@@ -235,7 +249,10 @@ fn check_tool_results(
                 "messages.{i}.content.{j}: tool_result blocks can only appear in user messages"
             )));
         }
-        let id = block.get("tool_use_id").and_then(Value::as_str).unwrap_or_default();
+        let id = block
+            .get("tool_use_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if !wanted.contains(id) || !seen.insert(id) {
             return Err(ApiError::invalid(format!(
                 "messages.{i}.content.{j}: unexpected `tool_use_id` found in `tool_result` blocks: {id}. Each `tool_result` block must have a corresponding `tool_use` block in the previous message."

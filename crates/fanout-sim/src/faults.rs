@@ -79,7 +79,9 @@ impl Faults {
         ];
         for (name, p) in all {
             if !(0.0..=1.0).contains(&p) {
-                return Err(format!("fault probability `{name}` must be in [0, 1], got {p}"));
+                return Err(format!(
+                    "fault probability `{name}` must be in [0, 1], got {p}"
+                ));
             }
         }
         if self.total() > 1.0 + 1e-9 {

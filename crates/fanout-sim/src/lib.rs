@@ -30,14 +30,20 @@
 //! # Rate limits, faults, latency
 //!
 //! See [`SimConfig`]. Limits are token buckets (capacity = the per-minute limit, refilled
-//! continuously), shared by both APIs. The concurrency cap (`max_concurrent`) does not queue:
+//! continuously), shared by both APIs; `count_tokens` is not limited (it still reports the
+//! headers). A request larger than the whole input limit is admitted when the bucket is full. The concurrency cap (`max_concurrent`) does not queue:
 //! a request beyond the cap is answered 429 at once with `retry-after: 1`. Faults are drawn
 //! from SplitMix64 keyed by the seed and the request's sequence number. Latency is
 //! `(latency + per_output_token × output tokens) × (1 ± jitter·u)`; streams spend the base
-//! latency before the first event and spread the rest over the remaining events.
+//! latency before the first event and spread the rest over the remaining events. A hung
+//! request is recorded at once with status 0 and released (connection broken) at shutdown.
+//!
+//! OpenAI routes mirror the Anthropic errors with OpenAI's shapes: 401 is
+//! `invalid_request_error` ("You didn't provide an API key..."), the overloaded fault is a 503
+//! `server_error`, 429s carry `type` `requests`/`tokens` and `code` `rate_limit_exceeded`.
 
-mod anthropic;
 mod answer;
+mod anthropic;
 pub mod cli;
 mod faults;
 mod limits;
@@ -121,7 +127,10 @@ impl SimConfig {
         }
         for (name, limit) in [("rpm", self.rpm), ("itpm", self.itpm), ("otpm", self.otpm)] {
             if limit == Some(0) {
-                return bad(name, "must be at least 1 (leave it out for no limit)".to_string());
+                return bad(
+                    name,
+                    "must be at least 1 (leave it out for no limit)".to_string(),
+                );
             }
         }
         if self.max_concurrent == Some(0) {
@@ -177,9 +186,7 @@ impl Sim {
     /// [`SimHandle::shutdown`].
     pub async fn start(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, SimError> {
         config.validate()?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| SimError::Bind { addr, source })?;
+        let listener = bind(addr).map_err(|source| SimError::Bind { addr, source })?;
         let local = listener
             .local_addr()
             .map_err(|source| SimError::Bind { addr, source })?;
@@ -191,6 +198,19 @@ impl Sim {
             task,
         })
     }
+}
+
+/// Bind with a listen backlog deep enough for a 1,000-agent fleet connecting at once (the
+/// default of 1,024 overflows into SYN retries that cost a second each).
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(8192)
 }
 
 /// A running simulator.

@@ -218,7 +218,10 @@ impl Limiter {
 }
 
 /// `anthropic-ratelimit-*` headers for the configured dimensions.
-pub(crate) fn anthropic_headers(snapshot: &Snapshot, wall_now: SystemTime) -> Vec<(String, String)> {
+pub(crate) fn anthropic_headers(
+    snapshot: &Snapshot,
+    wall_now: SystemTime,
+) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let dims = [
         ("requests", snapshot.requests),
@@ -228,7 +231,10 @@ pub(crate) fn anthropic_headers(snapshot: &Snapshot, wall_now: SystemTime) -> Ve
     ];
     for (name, view) in dims {
         if let Some(view) = view {
-            out.push((format!("anthropic-ratelimit-{name}-limit"), view.limit.to_string()));
+            out.push((
+                format!("anthropic-ratelimit-{name}-limit"),
+                view.limit.to_string(),
+            ));
             out.push((
                 format!("anthropic-ratelimit-{name}-remaining"),
                 view.remaining.to_string(),
@@ -245,11 +251,20 @@ pub(crate) fn anthropic_headers(snapshot: &Snapshot, wall_now: SystemTime) -> Ve
 /// `x-ratelimit-*` headers (OpenAI style) for the configured dimensions.
 pub(crate) fn openai_headers(snapshot: &Snapshot) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for (name, view) in [("requests", snapshot.requests), ("tokens", snapshot.tokens())] {
+    for (name, view) in [
+        ("requests", snapshot.requests),
+        ("tokens", snapshot.tokens()),
+    ] {
         if let Some(view) = view {
             out.push((format!("x-ratelimit-limit-{name}"), view.limit.to_string()));
-            out.push((format!("x-ratelimit-remaining-{name}"), view.remaining.to_string()));
-            out.push((format!("x-ratelimit-reset-{name}"), go_duration(view.until_full)));
+            out.push((
+                format!("x-ratelimit-remaining-{name}"),
+                view.remaining.to_string(),
+            ));
+            out.push((
+                format!("x-ratelimit-reset-{name}"),
+                go_duration(view.until_full),
+            ));
         }
     }
     out
@@ -348,7 +363,11 @@ mod tests {
         let refusal = limiter.try_admit(start, 10).err();
         let refusal = refusal.map(|r| (r.dimension, r.retry_after_secs));
         assert_eq!(refusal, Some((Dimension::Requests, 1)));
-        assert!(limiter.try_admit(start + Duration::from_secs(1), 10).is_ok());
+        assert!(
+            limiter
+                .try_admit(start + Duration::from_secs(1), 10)
+                .is_ok()
+        );
         limiter.charge_output(start + Duration::from_secs(1), 400);
         let refusal = limiter.try_admit(start + Duration::from_secs(10), 1).err();
         assert_eq!(refusal.map(|r| r.dimension), Some(Dimension::OutputTokens));

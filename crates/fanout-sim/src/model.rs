@@ -81,7 +81,9 @@ impl Answer {
     }
 
     pub(crate) fn has_tool_use(&self) -> bool {
-        self.blocks.iter().any(|b| matches!(b, Block::ToolUse { .. }))
+        self.blocks
+            .iter()
+            .any(|b| matches!(b, Block::ToolUse { .. }))
     }
 
     /// Output tokens: ceil(bytes / 4) of the text plus the compact JSON of tool inputs, min 1.
@@ -128,10 +130,10 @@ pub(crate) struct ApiError {
     /// Anthropic `error.type`, also used as OpenAI `error.type` unless overridden.
     pub(crate) kind: String,
     pub(crate) message: String,
-    /// OpenAI `param`.
-    pub(crate) param: Option<String>,
+    /// OpenAI `param` (boxed to keep `Result<_, ApiError>` small).
+    pub(crate) param: Option<Box<str>>,
     /// OpenAI `code`.
-    pub(crate) code: Option<String>,
+    pub(crate) code: Option<Box<str>>,
     pub(crate) headers: Vec<(String, String)>,
 }
 
@@ -152,12 +154,12 @@ impl ApiError {
     }
 
     pub(crate) fn param(mut self, param: impl Into<String>) -> Self {
-        self.param = Some(param.into());
+        self.param = Some(param.into().into_boxed_str());
         self
     }
 
     pub(crate) fn code(mut self, code: impl Into<String>) -> Self {
-        self.code = Some(code.into());
+        self.code = Some(code.into().into_boxed_str());
         self
     }
 }

@@ -20,21 +20,32 @@ fn missing(param: &str) -> ApiError {
 }
 
 fn invalid_value(param: &str, message: impl Into<String>) -> ApiError {
-    ApiError::invalid(message).param(param).code("invalid_value")
+    ApiError::invalid(message)
+        .param(param)
+        .code("invalid_value")
 }
 
 /// Validates a `/v1/chat/completions` body.
 pub(crate) fn normalize(body: &Value) -> Result<Request, ApiError> {
     let Some(obj) = body.as_object() else {
-        return Err(ApiError::invalid("The request body must be a JSON object.")
-            .code("invalid_type"));
+        return Err(
+            ApiError::invalid("The request body must be a JSON object.").code("invalid_type")
+        );
     };
     let model = match obj.get("model") {
         None | Some(Value::Null) => return Err(missing("model")),
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        Some(_) => return Err(invalid_value("model", "Invalid value for 'model': expected a non-empty string.")),
+        Some(_) => {
+            return Err(invalid_value(
+                "model",
+                "Invalid value for 'model': expected a non-empty string.",
+            ));
+        }
     };
-    let max_tokens = match obj.get("max_completion_tokens").or_else(|| obj.get("max_tokens")) {
+    let max_tokens = match obj
+        .get("max_completion_tokens")
+        .or_else(|| obj.get("max_tokens"))
+    {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {
             Some(n) if n > 0 => Some(n),
@@ -49,7 +60,12 @@ pub(crate) fn normalize(body: &Value) -> Result<Request, ApiError> {
     let stream = match obj.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(invalid_value("stream", "Invalid type for 'stream': expected a boolean.")),
+        Some(_) => {
+            return Err(invalid_value(
+                "stream",
+                "Invalid type for 'stream': expected a boolean.",
+            ));
+        }
     };
     let include_usage = obj
         .get("stream_options")
@@ -63,7 +79,12 @@ pub(crate) fn normalize(body: &Value) -> Result<Request, ApiError> {
     let messages = match obj.get("messages") {
         None | Some(Value::Null) => return Err(missing("messages")),
         Some(Value::Array(list)) => list,
-        Some(_) => return Err(invalid_value("messages", "Invalid type for 'messages': expected an array.")),
+        Some(_) => {
+            return Err(invalid_value(
+                "messages",
+                "Invalid type for 'messages': expected an array.",
+            ));
+        }
     };
     if messages.is_empty() {
         return Err(invalid_value(
@@ -80,9 +101,15 @@ pub(crate) fn normalize(body: &Value) -> Result<Request, ApiError> {
     let mut answered: HashSet<String> = HashSet::new();
     for (i, message) in messages.iter().enumerate() {
         let Some(message) = message.as_object() else {
-            return Err(invalid_value(&format!("messages.[{i}]"), format!("Invalid type for 'messages[{i}]': expected an object.")));
+            return Err(invalid_value(
+                &format!("messages.[{i}]"),
+                format!("Invalid type for 'messages[{i}]': expected an object."),
+            ));
         };
-        let role = message.get("role").and_then(Value::as_str).unwrap_or_default();
+        let role = message
+            .get("role")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if role != "tool" && !open_calls.is_empty() {
             let missing_ids: Vec<&str> = open_calls
                 .iter()
@@ -105,7 +132,9 @@ pub(crate) fn normalize(body: &Value) -> Result<Request, ApiError> {
         if !matches!(content, Value::Null | Value::String(_) | Value::Array(_)) {
             return Err(invalid_value(
                 &format!("messages.[{i}].content"),
-                format!("Invalid type for 'messages[{i}].content': expected a string or an array of content parts."),
+                format!(
+                    "Invalid type for 'messages[{i}].content': expected a string or an array of content parts."
+                ),
             ));
         }
         let text = content_text(content);
@@ -129,13 +158,18 @@ pub(crate) fn normalize(body: &Value) -> Result<Request, ApiError> {
                 trailing_tools.clear();
                 if let Some(calls) = message.get("tool_calls").filter(|c| !c.is_null()) {
                     let Some(calls) = calls.as_array() else {
-                        return Err(invalid_value(&format!("messages.[{i}].tool_calls"), "Invalid type for 'tool_calls': expected an array."));
+                        return Err(invalid_value(
+                            &format!("messages.[{i}].tool_calls"),
+                            "Invalid type for 'tool_calls': expected an array.",
+                        ));
                     };
                     for (j, call) in calls.iter().enumerate() {
                         let id = call.get("id").and_then(Value::as_str);
                         let function = call.get("function");
                         let name = function.and_then(|f| f.get("name")).and_then(Value::as_str);
-                        let arguments = function.and_then(|f| f.get("arguments")).and_then(Value::as_str);
+                        let arguments = function
+                            .and_then(|f| f.get("arguments"))
+                            .and_then(Value::as_str);
                         let (Some(id), Some(name), Some(arguments)) = (id, name, arguments) else {
                             return Err(missing(&format!("messages.[{i}].tool_calls.[{j}]")));
                         };
@@ -165,7 +199,9 @@ pub(crate) fn normalize(body: &Value) -> Result<Request, ApiError> {
             other => {
                 return Err(invalid_value(
                     &format!("messages.[{i}].role"),
-                    format!("Invalid value: '{other}'. Supported values are: 'system', 'assistant', 'user', 'function', 'tool', and 'developer'."),
+                    format!(
+                        "Invalid value: '{other}'. Supported values are: 'system', 'assistant', 'user', 'function', 'tool', and 'developer'."
+                    ),
                 ));
             }
         }
@@ -210,7 +246,12 @@ fn parse_tools(obj: &Map<String, Value>, bytes: &mut ByteCount) -> Result<Vec<To
     let list = match obj.get("tools") {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(list)) => list,
-        Some(_) => return Err(invalid_value("tools", "Invalid type for 'tools': expected an array.")),
+        Some(_) => {
+            return Err(invalid_value(
+                "tools",
+                "Invalid type for 'tools': expected an array.",
+            ));
+        }
     };
     let mut tools = Vec::new();
     for (i, tool) in list.iter().enumerate() {
@@ -220,11 +261,15 @@ fn parse_tools(obj: &Map<String, Value>, bytes: &mut ByteCount) -> Result<Vec<To
         };
         let valid = !name.is_empty()
             && name.len() <= 64
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !valid {
             return Err(invalid_value(
                 &format!("tools[{i}].function.name"),
-                format!("Invalid 'tools[{i}].function.name': string does not match pattern. Expected a string that matches the pattern '^[a-zA-Z0-9_-]{{1,64}}$'."),
+                format!(
+                    "Invalid 'tools[{i}].function.name': string does not match pattern. Expected a string that matches the pattern '^[a-zA-Z0-9_-]{{1,64}}$'."
+                ),
             ));
         }
         let schema = function
@@ -233,7 +278,10 @@ fn parse_tools(obj: &Map<String, Value>, bytes: &mut ByteCount) -> Result<Vec<To
             .cloned()
             .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
         bytes.text(name);
-        if let Some(description) = function.and_then(|f| f.get("description")).and_then(Value::as_str) {
+        if let Some(description) = function
+            .and_then(|f| f.get("description"))
+            .and_then(Value::as_str)
+        {
             bytes.text(description);
         }
         bytes.json(&schema);
@@ -277,7 +325,9 @@ fn parse_tool_choice(obj: &Map<String, Value>, tools: &[Tool]) -> Result<Option<
             } else {
                 Err(invalid_value(
                     "tool_choice",
-                    format!("Invalid value for 'tool_choice': function '{name}' is not one of the declared 'tools'."),
+                    format!(
+                        "Invalid value for 'tool_choice': function '{name}' is not one of the declared 'tools'."
+                    ),
                 ))
             }
         }
@@ -329,7 +379,12 @@ fn call_id(seq: u64, i: usize) -> String {
 }
 
 /// The non-streaming `chat.completion`.
-pub(crate) fn render_completion(request: &Request, answer: &Answer, seq: u64, created: u64) -> Value {
+pub(crate) fn render_completion(
+    request: &Request,
+    answer: &Answer,
+    seq: u64,
+    created: u64,
+) -> Value {
     let (text, calls) = split_answer(answer);
     let mut message = json!({"role": "assistant", "content": text, "refusal": null});
     if !calls.is_empty() {
@@ -377,7 +432,11 @@ pub(crate) fn render_stream(
     };
     let (text, calls) = split_answer(answer);
     let mut events = Vec::new();
-    let first_content = if calls.is_empty() { json!("") } else { Value::Null };
+    let first_content = if calls.is_empty() {
+        json!("")
+    } else {
+        Value::Null
+    };
     events.push(chunk(
         json!({"role": "assistant", "content": first_content, "refusal": null}),
         Value::Null,

@@ -189,7 +189,10 @@ impl Scenario {
                         if axum::http::HeaderName::from_bytes(key.as_bytes()).is_err()
                             || axum::http::HeaderValue::from_str(&value).is_err()
                         {
-                            return Err(at(rule_at, format!("error.headers: invalid header `{key}: {value}`")));
+                            return Err(at(
+                                rule_at,
+                                format!("error.headers: invalid header `{key}: {value}`"),
+                            ));
                         }
                         headers.push((key, value));
                     }
@@ -205,15 +208,23 @@ impl Scenario {
             let tool_use: Vec<(String, Value)> = match raw.tool_use {
                 None => Vec::new(),
                 Some(OneOrMany::One(t)) => vec![(t.name, t.input)],
-                Some(OneOrMany::Many(list)) => list.into_iter().map(|t| (t.name, t.input)).collect(),
+                Some(OneOrMany::Many(list)) => {
+                    list.into_iter().map(|t| (t.name, t.input)).collect()
+                }
             };
             for (name, input) in &tool_use {
                 if !input.is_object() {
-                    return Err(at(rule_at, format!("tool_use `{name}`: input must be a mapping")));
+                    return Err(at(
+                        rule_at,
+                        format!("tool_use `{name}`: input must be a mapping"),
+                    ));
                 }
             }
             if error.is_some() && (raw.text.is_some() || !tool_use.is_empty()) {
-                return Err(at(rule_at, "a rule with `error` cannot also have `text` or `tool_use`".to_string()));
+                return Err(at(
+                    rule_at,
+                    "a rule with `error` cannot also have `text` or `tool_use`".to_string(),
+                ));
             }
             if error.is_none()
                 && raw.text.is_none()
@@ -311,7 +322,12 @@ impl Scenario {
 }
 
 impl Rule {
-    fn matches(&self, endpoint: Endpoint, request: &Request, attempt: u64) -> Option<HashMap<String, String>> {
+    fn matches(
+        &self,
+        endpoint: Endpoint,
+        request: &Request,
+        attempt: u64,
+    ) -> Option<HashMap<String, String>> {
         if self.endpoint.is_some_and(|e| e != endpoint)
             || self.turn.is_some_and(|t| t != request.turn)
             || self.attempt.is_some_and(|a| a != attempt)
@@ -399,7 +415,12 @@ fn substitute(text: &str, captures: &HashMap<String, String>) -> String {
 fn substitute_value(value: &Value, captures: &HashMap<String, String>) -> Value {
     match value {
         Value::String(s) => Value::String(substitute(s, captures)),
-        Value::Array(items) => Value::Array(items.iter().map(|v| substitute_value(v, captures)).collect()),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| substitute_value(v, captures))
+                .collect(),
+        ),
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| (substitute(k, captures), substitute_value(v, captures)))
@@ -500,6 +521,9 @@ mod tests {
         let mut caps = HashMap::new();
         caps.insert("1".to_string(), "Paris".to_string());
         caps.insert("city".to_string(), "Rome".to_string());
-        assert_eq!(substitute("a ${1} b ${city} ${nope} ${", &caps), "a Paris b Rome ${nope} ${");
+        assert_eq!(
+            substitute("a ${1} b ${city} ${nope} ${", &caps),
+            "a Paris b Rome ${nope} ${"
+        );
     }
 }

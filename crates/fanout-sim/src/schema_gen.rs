@@ -13,6 +13,8 @@ use serde_json::{Map, Value, json};
 use crate::prng::SplitMix64;
 
 const MAX_DEPTH: usize = 12;
+/// Longest generated string.
+const MAX_STRING: usize = 4096;
 
 /// Generates a value for `schema`, resolving `$ref` against `schema` itself.
 pub(crate) fn generate(schema: &Value, seed: u64) -> Value {
@@ -42,10 +44,10 @@ impl<'a> Generator<'a> {
         if depth > MAX_DEPTH {
             return minimal(obj);
         }
-        if let Some(reference) = obj.get("$ref").and_then(Value::as_str) {
-            if let Some(target) = self.resolve(reference) {
-                return self.value(target, name, depth + 1);
-            }
+        if let Some(reference) = obj.get("$ref").and_then(Value::as_str)
+            && let Some(target) = self.resolve(reference)
+        {
+            return self.value(target, name, depth + 1);
         }
         if let Some(constant) = obj.get("const") {
             return constant.clone();
@@ -57,7 +59,11 @@ impl<'a> Generator<'a> {
             return choices.get(index).cloned().unwrap_or(Value::Null);
         }
         for key in ["anyOf", "oneOf"] {
-            if let Some(first) = obj.get(key).and_then(Value::as_array).and_then(|a| a.first()) {
+            if let Some(first) = obj
+                .get(key)
+                .and_then(Value::as_array)
+                .and_then(|a| a.first())
+            {
                 return self.value(first, name, depth + 1);
             }
         }
@@ -93,11 +99,13 @@ impl<'a> Generator<'a> {
         }
         let mut own = obj.clone();
         own.remove("allOf");
-        if own.contains_key("properties") || pick_type(&own).as_deref() == Some("object") {
-            if let Value::Object(fields) = self.value(&Value::Object(own), name, depth + 1) {
-                any_object = true;
-                merged.extend(fields);
-            }
+        let own_is_object =
+            own.contains_key("properties") || pick_type(&own).as_deref() == Some("object");
+        if own_is_object
+            && let Value::Object(fields) = self.value(&Value::Object(own), name, depth + 1)
+        {
+            any_object = true;
+            merged.extend(fields);
         }
         if any_object {
             Value::Object(merged)
@@ -123,7 +131,10 @@ impl<'a> Generator<'a> {
                 }
             }
         }
-        let min = obj.get("minProperties").and_then(Value::as_u64).unwrap_or(0);
+        let min = obj
+            .get("minProperties")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
         let mut extra = 0;
         while (out.len() as u64) < min && extra < 64 {
             extra += 1;
@@ -138,7 +149,10 @@ impl<'a> Generator<'a> {
 
     fn array(&mut self, obj: &Map<String, Value>, name: &str, depth: usize) -> Value {
         let min = obj.get("minItems").and_then(Value::as_u64).unwrap_or(0);
-        let max = obj.get("maxItems").and_then(Value::as_u64).unwrap_or(u64::MAX);
+        let max = obj
+            .get("maxItems")
+            .and_then(Value::as_u64)
+            .unwrap_or(u64::MAX);
         let mut out = Vec::new();
         let prefix = obj.get("prefixItems").and_then(Value::as_array);
         if let Some(prefix) = prefix {
@@ -181,9 +195,12 @@ impl<'a> Generator<'a> {
             Some("ipv4") => "192.0.2.1".to_string(),
             _ => format!("{} {tag}", name.replace(['\n', '\r'], " ")),
         };
+        // Absurd minimum lengths are capped so a hostile schema cannot exhaust memory.
+        let min = min.min(MAX_STRING);
         let mut text: String = base.chars().take(max).collect();
-        while text.chars().count() < min {
-            text.push('x');
+        let have = text.chars().count();
+        if have < min {
+            text.extend(std::iter::repeat_n('x', min - have));
         }
         Value::String(text)
     }
@@ -200,9 +217,7 @@ impl<'a> Generator<'a> {
             high = Some(high.map_or(v, |h| h.min(v)));
         }
         let low = low.unwrap_or(0.0).clamp(-9.0e15, 9.0e15) as i64;
-        let high = high
-            .unwrap_or(low as f64 + 100.0)
-            .clamp(-9.0e15, 9.0e15) as i64;
+        let high = high.unwrap_or(low as f64 + 100.0).clamp(-9.0e15, 9.0e15) as i64;
         let high = high.max(low);
         let span = (high - low) as u64;
         let mut value = low + self.rng.range(0, span) as i64;

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::answer::default_answer;
 use crate::faults::Fault;
-use crate::limits::{self, Limiter};
+use crate::limits::{self, Dimension, Limiter};
 use crate::model::{Answer, ApiError, Endpoint, Request};
 use crate::prng::{SplitMix64, fnv1a};
 use crate::record::{Exchange, Recorder, Stats};
@@ -54,7 +54,10 @@ type Spawned = (
     tokio::task::JoinHandle<()>,
 );
 
-pub(crate) fn spawn(config: SimConfig, listener: tokio::net::TcpListener) -> Result<Spawned, SimError> {
+pub(crate) fn spawn(
+    config: SimConfig,
+    listener: tokio::net::TcpListener,
+) -> Result<Spawned, SimError> {
     let recorder = Recorder::new(config.record_path.as_deref())?;
     let now = Instant::now();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -80,6 +83,11 @@ pub(crate) fn spawn(config: SimConfig, listener: tokio::net::TcpListener) -> Res
         .with_state(shared.clone());
     let mut stop = stop_rx;
     let task = tokio::spawn(async move {
+        // Small SSE writes must not wait for a delayed ACK (Nagle): that would add ~40 ms
+        // per event on a reused connection and stall clients on paused test clocks.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|v| *v).await;
@@ -152,7 +160,11 @@ async fn messages(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
     handle(shared, Endpoint::Messages, headers, body).await
 }
 
-async fn count_tokens(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+async fn count_tokens(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     handle(shared, Endpoint::CountTokens, headers, body).await
 }
 
@@ -190,7 +202,10 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 fn has_key(headers: &HeaderMap) -> bool {
     let api_key = header_str(headers, "x-api-key").is_some_and(|k| !k.trim().is_empty());
     let bearer = header_str(headers, "authorization")
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .is_some_and(|k| !k.trim().is_empty());
     api_key || bearer
 }
@@ -254,7 +269,9 @@ impl Ctx {
             stats.output_tokens += output;
         });
         let request_id = exchange.request_id.clone();
-        shared.recorder.push(std::mem::replace(exchange, empty_exchange()));
+        shared
+            .recorder
+            .push(std::mem::replace(exchange, empty_exchange()));
 
         let mut response = Response::new(reply.body);
         *response.status_mut() =
@@ -325,17 +342,27 @@ fn empty_exchange() -> Exchange {
     }
 }
 
-async fn handle(shared: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
+async fn handle(
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let seq = shared.seq.fetch_add(1, Ordering::AcqRel);
     let arrived = Instant::now();
     let (guard, concurrent) = InFlight::enter(&shared);
     shared.update_stats(|stats| {
         stats.requests_total += 1;
-        *stats.by_endpoint.entry(endpoint.as_str().to_string()).or_insert(0) += 1;
+        *stats
+            .by_endpoint
+            .entry(endpoint.as_str().to_string())
+            .or_insert(0) += 1;
     });
     let mut exchange = empty_exchange();
     exchange.seq = seq;
-    exchange.at_ms = arrived.saturating_duration_since(shared.started).as_millis() as u64;
+    exchange.at_ms = arrived
+        .saturating_duration_since(shared.started)
+        .as_millis() as u64;
     exchange.endpoint = endpoint.as_str().to_string();
     exchange.request_id = format!("req_sim{seq:016}");
     exchange.headers = selected_headers(&headers);
@@ -348,7 +375,11 @@ async fn handle(shared: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, bod
     // 1. Authentication.
     if shared.config.require_auth && !has_key(&headers) {
         let error = if endpoint.is_openai() {
-            ApiError::new(401, "invalid_request_error", "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+            ApiError::new(
+                401,
+                "invalid_request_error",
+                "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            )
         } else {
             ApiError::new(401, "authentication_error", "x-api-key header is required")
         };
@@ -378,7 +409,9 @@ async fn handle(shared: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, bod
         Err(err) => {
             ctx.exchange.request = Value::String(String::from_utf8_lossy(&bytes).into_owned());
             let message = if endpoint.is_openai() {
-                format!("We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.) ({err})")
+                format!(
+                    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.) ({err})"
+                )
             } else {
                 format!("The request body is not valid JSON: {err}")
             };
@@ -405,14 +438,20 @@ async fn handle(shared: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, bod
         if let Some(max) = shared.config.max_concurrent
             && concurrent > max as u64
         {
-            let mut error = too_many(endpoint, &request, format!(
-                "Too many concurrent requests: the simulator's limit is {max} at once."
-            ));
-            error.headers.push(("retry-after".to_string(), "1".to_string()));
+            let mut error = too_many(
+                endpoint,
+                "requests",
+                format!("Too many concurrent requests: the simulator's limit is {max} at once."),
+            );
+            error
+                .headers
+                .push(("retry-after".to_string(), "1".to_string()));
             return ctx.error(error);
         }
         let refused = match shared.limiter.lock() {
-            Ok(mut limiter) => limiter.try_admit(Instant::now(), request.input_tokens).err(),
+            Ok(mut limiter) => limiter
+                .try_admit(Instant::now(), request.input_tokens)
+                .err(),
             Err(_) => None,
         };
         if let Some(refusal) = refused {
@@ -428,10 +467,16 @@ async fn handle(shared: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, bod
                     refusal.limit, refusal.retry_after_secs
                 )
             };
-            let mut error = too_many(endpoint, &request, message);
-            error
-                .headers
-                .push(("retry-after".to_string(), refusal.retry_after_secs.to_string()));
+            let openai_type = if refusal.dimension == Dimension::Requests {
+                "requests"
+            } else {
+                "tokens"
+            };
+            let mut error = too_many(endpoint, openai_type, message);
+            error.headers.push((
+                "retry-after".to_string(),
+                refusal.retry_after_secs.to_string(),
+            ));
             return ctx.error(error);
         }
         shared.update_stats(|stats| {
@@ -462,9 +507,9 @@ async fn handle(shared: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, bod
                 &error.kind,
                 fired.error_message().unwrap_or_default(),
             );
-            api_error.code = error.code.clone();
+            api_error.code = error.code.as_deref().map(Box::from);
             if endpoint.is_openai() && api_error.code.is_none() && error.status == 429 {
-                api_error.code = Some("rate_limit_exceeded".to_string());
+                api_error.code = Some(Box::from("rate_limit_exceeded"));
             }
             api_error.headers = error.headers.clone();
             return ctx.error(api_error);
@@ -482,7 +527,10 @@ async fn handle(shared: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, bod
     let fault = if malformed.is_some() {
         None
     } else {
-        shared.config.faults.roll(shared.config.seed, seq, request.stream)
+        shared
+            .config
+            .faults
+            .roll(shared.config.seed, seq, request.stream)
     };
     if let Some(fault) = fault {
         ctx.exchange.fault = Some(fault.name().to_string());
@@ -492,7 +540,11 @@ async fn handle(shared: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, bod
             let (base, _) = shared.latency(seq, 0);
             sleep(base).await;
             let error = if endpoint.is_openai() {
-                ApiError::new(503, "server_error", "The server is overloaded. Please retry your request.")
+                ApiError::new(
+                    503,
+                    "server_error",
+                    "The server is overloaded. Please retry your request.",
+                )
             } else {
                 ApiError::new(529, "overloaded_error", "Overloaded")
             };
@@ -501,7 +553,11 @@ async fn handle(shared: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, bod
         Some(Fault::ApiError) => {
             let (base, _) = shared.latency(seq, 0);
             sleep(base).await;
-            let kind = if endpoint.is_openai() { "server_error" } else { "api_error" };
+            let kind = if endpoint.is_openai() {
+                "server_error"
+            } else {
+                "api_error"
+            };
             return ctx.error(ApiError::new(500, kind, "Internal server error"));
         }
         Some(Fault::Hang) => {
@@ -536,7 +592,9 @@ async fn handle(shared: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, bod
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let breakage = match (fault, malformed) {
-        (Some(Fault::TruncateBody), _) | (_, Some(Malformed::Truncated)) => Some(Malformed::Truncated),
+        (Some(Fault::TruncateBody), _) | (_, Some(Malformed::Truncated)) => {
+            Some(Malformed::Truncated)
+        }
         (Some(Fault::CutStream), _) | (_, Some(Malformed::CutStream)) => Some(Malformed::CutStream),
         (Some(Fault::MalformedJson), _) | (_, Some(Malformed::Garbage)) => Some(Malformed::Garbage),
         _ => None,
@@ -560,7 +618,15 @@ async fn handle(shared: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, bod
             let ids = anthropic::Ids::new(seq, &answer);
             anthropic::render_stream(&request, &answer, &ids, &mut rng)
         };
-        return stream_reply(ctx, events, base + scripted_delay, per_token, breakage, guard, &mut rng);
+        return stream_reply(
+            ctx,
+            events,
+            base + scripted_delay,
+            per_token,
+            breakage,
+            guard,
+            &mut rng,
+        );
     }
 
     sleep(base + per_token + scripted_delay).await;
@@ -570,7 +636,10 @@ async fn handle(shared: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, bod
         Some(kind) => {
             let text = body.to_string();
             let broken = match kind {
-                Malformed::Garbage => format!("{{\"id\": \"{}\", \"type\": garbage <<not json>>", ctx.exchange.request_id),
+                Malformed::Garbage => format!(
+                    "{{\"id\": \"{}\", \"type\": garbage <<not json>>",
+                    ctx.exchange.request_id
+                ),
                 _ => {
                     let mut cut = text.len() / 2;
                     while cut > 0 && !text.is_char_boundary(cut) {
@@ -590,10 +659,10 @@ async fn handle(shared: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, bod
     }
 }
 
-fn too_many(endpoint: Endpoint, request: &Request, message: String) -> ApiError {
-    let _ = request;
+/// A 429 in each API's shape; `openai_type` is OpenAI's `requests` or `tokens`.
+fn too_many(endpoint: Endpoint, openai_type: &str, message: String) -> ApiError {
     if endpoint.is_openai() {
-        ApiError::new(429, "requests", message).code("rate_limit_exceeded")
+        ApiError::new(429, openai_type, message).code("rate_limit_exceeded")
     } else {
         ApiError::new(429, "rate_limit_error", message)
     }
@@ -605,7 +674,13 @@ async fn sleep(duration: Duration) {
     }
 }
 
-fn render_json(endpoint: Endpoint, request: &Request, answer: &Answer, seq: u64, created: u64) -> Value {
+fn render_json(
+    endpoint: Endpoint,
+    request: &Request,
+    answer: &Answer,
+    seq: u64,
+    created: u64,
+) -> Value {
     if endpoint.is_openai() {
         openai::render_completion(request, answer, seq, created)
     } else {
@@ -664,7 +739,10 @@ fn stream_reply(
         Some(Malformed::CutStream | Malformed::Truncated) if count > 2 => {
             let k = rng.range(1, count as u64 - 2) as usize;
             let len = events.get(k).map_or(1, String::len);
-            Some((k, rng.range(1, (len as u64).saturating_sub(2).max(1)) as usize))
+            Some((
+                k,
+                rng.range(1, (len as u64).saturating_sub(2).max(1)) as usize,
+            ))
         }
         _ => None,
     };
@@ -685,12 +763,21 @@ fn stream_reply(
         recorded.push_str(&String::from_utf8_lossy(bytes));
         // Split some events at an arbitrary byte offset (even inside a UTF-8 sequence) so that
         // clients' SSE parsers see events cut across chunks.
-        if bytes.len() > 2 && rng.next_u64() % 3 == 0 {
+        if bytes.len() > 2 && rng.next_u64().is_multiple_of(3) {
             let at = rng.range(1, bytes.len() as u64 - 1) as usize;
-            segments.push(Segment { wait, bytes: Bytes::copy_from_slice(&bytes[..at]) });
-            segments.push(Segment { wait: Duration::ZERO, bytes: Bytes::copy_from_slice(&bytes[at..]) });
+            segments.push(Segment {
+                wait,
+                bytes: Bytes::copy_from_slice(&bytes[..at]),
+            });
+            segments.push(Segment {
+                wait: Duration::ZERO,
+                bytes: Bytes::copy_from_slice(&bytes[at..]),
+            });
         } else {
-            segments.push(Segment { wait, bytes: Bytes::copy_from_slice(bytes) });
+            segments.push(Segment {
+                wait,
+                bytes: Bytes::copy_from_slice(bytes),
+            });
         }
         if last {
             break;
@@ -699,7 +786,9 @@ fn stream_reply(
     let cut = cut_at.is_some();
     let reply_body = if first_wait.is_zero() && spread.is_zero() && !cut {
         // Fast path: no timing; still send the chunks separately.
-        let chunks = segments.into_iter().map(|s| Ok::<Bytes, std::io::Error>(s.bytes));
+        let chunks = segments
+            .into_iter()
+            .map(|s| Ok::<Bytes, std::io::Error>(s.bytes));
         let chunks: Vec<_> = chunks.collect();
         let guard = guard;
         let stream = stream::iter(chunks);
@@ -717,9 +806,14 @@ fn stream_reply(
             match iter.next() {
                 Some(segment) => {
                     sleep(segment.wait).await;
-                    Some((Ok::<Bytes, std::io::Error>(segment.bytes), (iter, guard, cut)))
+                    Some((
+                        Ok::<Bytes, std::io::Error>(segment.bytes),
+                        (iter, guard, cut),
+                    ))
                 }
                 None if cut => {
+                    // Let the server flush what was sent before the connection is broken.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                     drop(guard);
                     Some((
                         Err(std::io::Error::other("stream cut by fanout sim")),

@@ -10,7 +10,9 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
 async fn start(config: SimConfig) -> SimHandle {
-    Sim::start(config, "127.0.0.1:0".parse().unwrap()).await.unwrap()
+    Sim::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
 }
 
 fn scenario(yaml: &str) -> Option<Scenario> {
@@ -49,10 +51,17 @@ async fn send(
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let text = response.text().await.unwrap();
-    Reply { status, headers, text }
+    Reply {
+        status,
+        headers,
+        text,
+    }
 }
 
-const ANTHROPIC: &[(&str, &str)] = &[("x-api-key", "sk-test"), ("anthropic-version", "2023-06-01")];
+const ANTHROPIC: &[(&str, &str)] = &[
+    ("x-api-key", "sk-test"),
+    ("anthropic-version", "2023-06-01"),
+];
 const OPENAI: &[(&str, &str)] = &[("authorization", "Bearer sk-test")];
 
 async fn messages(sim: &SimHandle, body: Value) -> Reply {
@@ -88,7 +97,10 @@ fn weather_tool() -> Value {
 }
 
 fn check_weather_input(input: &Value) {
-    assert!(input["city"].as_str().unwrap().chars().count() >= 2, "{input}");
+    assert!(
+        input["city"].as_str().unwrap().chars().count() >= 2,
+        "{input}"
+    );
     assert!(["celsius", "fahrenheit"].contains(&input["unit"].as_str().unwrap()));
     let days = input["days"].as_i64().unwrap();
     assert!((1..=5).contains(&days));
@@ -119,7 +131,13 @@ fn sse(text: &str) -> Vec<(Option<String>, String)> {
 #[tokio::test]
 async fn missing_key_gets_401_in_each_shape() {
     let sim = start(SimConfig::default()).await;
-    let reply = send(&sim, "/v1/messages", &[("anthropic-version", "2023-06-01")], hello().to_string()).await;
+    let reply = send(
+        &sim,
+        "/v1/messages",
+        &[("anthropic-version", "2023-06-01")],
+        hello().to_string(),
+    )
+    .await;
     assert_eq!(reply.status, 401);
     let body = reply.json();
     assert_eq!(body["type"], "error");
@@ -127,19 +145,49 @@ async fn missing_key_gets_401_in_each_shape() {
     assert!(reply.header("request-id").unwrap().starts_with("req_"));
     assert_eq!(body["request_id"], reply.header("request-id").unwrap());
 
-    let reply = send(&sim, "/v1/chat/completions", &[("authorization", "Bearer ")], "{}").await;
+    let reply = send(
+        &sim,
+        "/v1/chat/completions",
+        &[("authorization", "Bearer ")],
+        "{}",
+    )
+    .await;
     assert_eq!(reply.status, 401);
     let body = reply.json();
-    assert!(body["error"]["message"].as_str().unwrap().contains("API key"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("API key")
+    );
     assert!(body["error"].get("param").is_some() && body["error"].get("code").is_some());
     assert!(reply.header("x-request-id").unwrap().starts_with("req_"));
 
     // Bearer works on the Anthropic route too; --no-auth accepts anything.
-    let reply = send(&sim, "/v1/messages", &[("authorization", "Bearer t"), ("anthropic-version", "2023-06-01")], hello().to_string()).await;
+    let reply = send(
+        &sim,
+        "/v1/messages",
+        &[
+            ("authorization", "Bearer t"),
+            ("anthropic-version", "2023-06-01"),
+        ],
+        hello().to_string(),
+    )
+    .await;
     assert_eq!(reply.status, 200);
     sim.shutdown().await;
-    let sim = start(SimConfig { require_auth: false, ..SimConfig::default() }).await;
-    let reply = send(&sim, "/v1/messages", &[("anthropic-version", "2023-06-01")], hello().to_string()).await;
+    let sim = start(SimConfig {
+        require_auth: false,
+        ..SimConfig::default()
+    })
+    .await;
+    let reply = send(
+        &sim,
+        "/v1/messages",
+        &[("anthropic-version", "2023-06-01")],
+        hello().to_string(),
+    )
+    .await;
     assert_eq!(reply.status, 200);
     sim.shutdown().await;
 }
@@ -149,10 +197,22 @@ async fn invalid_requests_get_400_with_helpful_messages() {
     let sim = start(SimConfig::default()).await;
     let cases = [
         ("{not json", "not valid JSON"),
-        (r#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#, "max_tokens: Field required"),
-        (r#"{"max_tokens":5,"messages":[{"role":"user","content":"x"}]}"#, "model: Field required"),
-        (r#"{"model":"m","max_tokens":5}"#, "messages: Field required"),
-        (r#"{"model":"m","max_tokens":5,"messages":[{"role":"robot","content":"x"}]}"#, "messages.0.role"),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#,
+            "max_tokens: Field required",
+        ),
+        (
+            r#"{"max_tokens":5,"messages":[{"role":"user","content":"x"}]}"#,
+            "model: Field required",
+        ),
+        (
+            r#"{"model":"m","max_tokens":5}"#,
+            "messages: Field required",
+        ),
+        (
+            r#"{"model":"m","max_tokens":5,"messages":[{"role":"robot","content":"x"}]}"#,
+            "messages.0.role",
+        ),
         (r#"[1,2,3]"#, "dictionary"),
     ];
     for (body, needle) in cases {
@@ -162,31 +222,58 @@ async fn invalid_requests_get_400_with_helpful_messages() {
         assert_eq!(json["type"], "error");
         assert_eq!(json["error"]["type"], "invalid_request_error");
         let message = json["error"]["message"].as_str().unwrap();
-        assert!(message.contains(needle), "{message} should contain {needle}");
+        assert!(
+            message.contains(needle),
+            "{message} should contain {needle}"
+        );
     }
     let mut body = hello();
     body["tools"] = json!([weather_tool()]);
     body["tool_choice"] = json!({"type": "tool", "name": "get_time"});
     let reply = messages(&sim, body).await;
     assert_eq!(reply.status, 400);
-    let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
-    assert!(message.contains("get_time") && message.contains("get_weather"), "{message}");
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("get_time") && message.contains("get_weather"),
+        "{message}"
+    );
 
-    let reply = send(&sim, "/v1/messages", &[("x-api-key", "k")], hello().to_string()).await;
+    let reply = send(
+        &sim,
+        "/v1/messages",
+        &[("x-api-key", "k")],
+        hello().to_string(),
+    )
+    .await;
     assert_eq!(reply.status, 400, "anthropic-version is required");
 
     // OpenAI shape.
-    let reply = chat(&sim, json!({"messages": [{"role": "user", "content": "x"}]})).await;
+    let reply = chat(
+        &sim,
+        json!({"messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
     assert_eq!(reply.status, 400);
     let json = reply.json();
     assert_eq!(json["error"]["type"], "invalid_request_error");
     assert_eq!(json["error"]["param"], "model");
     assert_eq!(json["error"]["code"], "missing_required_parameter");
-    let reply = chat(&sim, json!({"model": "gpt", "messages": [{"role": "wizard", "content": "x"}]})).await;
+    let reply = chat(
+        &sim,
+        json!({"model": "gpt", "messages": [{"role": "wizard", "content": "x"}]}),
+    )
+    .await;
     assert_eq!(reply.status, 400);
-    let reply = chat(&sim, json!({"model": "gpt", "messages": [{"role": "user", "content": "x"}],
+    let reply = chat(
+        &sim,
+        json!({"model": "gpt", "messages": [{"role": "user", "content": "x"}],
         "tools": [{"type": "function", "function": {"name": "a"}}],
-        "tool_choice": {"type": "function", "function": {"name": "b"}}})).await;
+        "tool_choice": {"type": "function", "function": {"name": "b"}}}),
+    )
+    .await;
     assert_eq!(reply.status, 400);
     assert!(reply.text.contains("'b'"));
 
@@ -213,8 +300,14 @@ async fn tool_results_must_answer_the_previous_tool_uses() {
     let one = json!([{"type": "tool_result", "tool_use_id": "toolu_a", "content": "sunny"}, {"type": "text", "text": "and?"}]);
     let reply = messages(&sim, tool_turns(one)).await;
     assert_eq!(reply.status, 400);
-    let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
-    assert!(message.contains("messages.2: Did not find 2 tool_result block(s)"), "{message}");
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("messages.2: Did not find 2 tool_result block(s)"),
+        "{message}"
+    );
 
     let wrong = json!([
         {"type": "tool_result", "tool_use_id": "toolu_a", "content": "sunny"},
@@ -248,7 +341,11 @@ async fn tool_results_must_answer_the_previous_tool_uses() {
     let reply = chat(&sim, base(json!([{"role": "tool", "tool_call_id": "call_1", "content": "a"}, {"role": "user", "content": "?"}]))).await;
     assert_eq!(reply.status, 400);
     assert!(reply.text.contains("call_2"));
-    let reply = chat(&sim, base(json!([{"role": "tool", "tool_call_id": "call_9", "content": "a"}]))).await;
+    let reply = chat(
+        &sim,
+        base(json!([{"role": "tool", "tool_call_id": "call_9", "content": "a"}])),
+    )
+    .await;
     assert_eq!(reply.status, 400);
     let reply = chat(&sim, base(json!([{"role": "tool", "tool_call_id": "call_1", "content": "a"}, {"role": "tool", "tool_call_id": "call_2", "content": "b"}]))).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
@@ -272,9 +369,15 @@ async fn forced_tool_gets_schema_valid_input_deterministically() {
     assert!(block["id"].as_str().unwrap().starts_with("toolu_"));
     check_weather_input(&block["input"]);
     let second = messages(&sim, body.clone()).await.json();
-    assert_eq!(second["content"][0]["input"], block["input"], "same request, same input");
+    assert_eq!(
+        second["content"][0]["input"], block["input"],
+        "same request, same input"
+    );
     let input_json = serde_json::to_string(&block["input"]).unwrap();
-    assert_eq!(json["usage"]["output_tokens"], input_json.len().div_ceil(4) as u64);
+    assert_eq!(
+        json["usage"]["output_tokens"],
+        input_json.len().div_ceil(4) as u64
+    );
 
     // `any` forces the first tool.
     body["tool_choice"] = json!({"type": "any"});
@@ -292,7 +395,8 @@ async fn forced_tool_gets_schema_valid_input_deterministically() {
     assert_eq!(json["choices"][0]["finish_reason"], "tool_calls");
     let call = &json["choices"][0]["message"]["tool_calls"][0];
     assert_eq!(call["type"], "function");
-    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
     check_weather_input(&args);
     sim.shutdown().await;
 }
@@ -318,7 +422,8 @@ async fn structured_output_gets_schema_valid_json_text() {
     let reply = chat(&sim, json!({"model": "gpt", "messages": [{"role": "user", "content": "x"}],
         "response_format": {"type": "json_schema", "json_schema": {"name": "v", "schema": schema, "strict": true}}})).await;
     let json = reply.json();
-    let value: Value = serde_json::from_str(json["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    let value: Value =
+        serde_json::from_str(json["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
     assert!(value["items"].is_array());
     sim.shutdown().await;
 }
@@ -334,7 +439,11 @@ rules:
 
 #[tokio::test]
 async fn anthropic_stream_has_the_exact_event_sequence() {
-    let sim = start(SimConfig { scenario: scenario(STREAM_SCENARIO), ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        scenario: scenario(STREAM_SCENARIO),
+        ..SimConfig::default()
+    })
+    .await;
     let mut body = json!({"model": "claude-test", "max_tokens": 1000,
         "tools": [weather_tool()],
         "messages": [{"role": "user", "content": "stream please"}]});
@@ -342,13 +451,25 @@ async fn anthropic_stream_has_the_exact_event_sequence() {
     body["stream"] = json!(true);
     let reply = messages(&sim, body).await;
     assert_eq!(reply.status, 200);
-    assert!(reply.header("content-type").unwrap().starts_with("text/event-stream"));
+    assert!(
+        reply
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
     assert!(reply.header("request-id").is_some());
     let events = sse(&reply.text);
-    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_deref().expect("every event has an event: line")).collect();
+    let names: Vec<&str> = events
+        .iter()
+        .map(|(n, _)| n.as_deref().expect("every event has an event: line"))
+        .collect();
     for (name, data) in &events {
         let data: Value = serde_json::from_str(data).unwrap();
-        assert_eq!(data["type"], *name.as_ref().unwrap(), "event: line matches data.type");
+        assert_eq!(
+            data["type"],
+            *name.as_ref().unwrap(),
+            "event: line matches data.type"
+        );
     }
     // Structure: start, block 0 (start, ping, deltas, stop), blocks 1 and 2, delta, stop.
     assert_eq!(names[0], "message_start");
@@ -362,11 +483,24 @@ async fn anthropic_stream_has_the_exact_event_sequence() {
             collapsed.push(name);
         }
     }
-    assert_eq!(collapsed, [
-        "message_start", "content_block_start", "ping", "content_block_delta", "content_block_stop",
-        "content_block_start", "content_block_delta", "content_block_stop",
-        "content_block_start", "content_block_delta", "content_block_stop",
-        "message_delta", "message_stop"]);
+    assert_eq!(
+        collapsed,
+        [
+            "message_start",
+            "content_block_start",
+            "ping",
+            "content_block_delta",
+            "content_block_stop",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
 
     // Reassemble and compare with the non-streamed answer.
     let start: Value = serde_json::from_str(&events[0].1).unwrap();
@@ -388,7 +522,10 @@ async fn anthropic_stream_has_the_exact_event_sequence() {
             other => panic!("unexpected delta {other}"),
         }
     }
-    assert!(delta_count[0] > 1 && delta_count[1] > 2, "split into several pieces");
+    assert!(
+        delta_count[0] > 1 && delta_count[1] > 2,
+        "split into several pieces"
+    );
     assert_eq!(texts[0], plain["content"][0]["text"].as_str().unwrap());
     let input: Value = serde_json::from_str(&texts[1]).unwrap();
     assert_eq!(input, plain["content"][1]["input"]);
@@ -397,8 +534,14 @@ async fn anthropic_stream_has_the_exact_event_sequence() {
     assert_eq!(input, json!({"city": "Rome"}));
     let message_delta: Value = serde_json::from_str(&events[events.len() - 2].1).unwrap();
     assert_eq!(message_delta["delta"]["stop_reason"], "tool_use");
-    assert_eq!(message_delta["usage"]["output_tokens"], plain["usage"]["output_tokens"]);
-    assert_eq!(message_delta["usage"]["input_tokens"], plain["usage"]["input_tokens"]);
+    assert_eq!(
+        message_delta["usage"]["output_tokens"],
+        plain["usage"]["output_tokens"]
+    );
+    assert_eq!(
+        message_delta["usage"]["input_tokens"],
+        plain["usage"]["input_tokens"]
+    );
     let recorded = sim.exchanges();
     assert!(recorded[1].stream);
     assert_eq!(recorded[1].response.as_str().unwrap(), reply.text);
@@ -407,15 +550,25 @@ async fn anthropic_stream_has_the_exact_event_sequence() {
 
 #[tokio::test]
 async fn openai_stream_ends_with_done_and_reassembles_tool_calls() {
-    let sim = start(SimConfig { scenario: scenario(STREAM_SCENARIO), ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        scenario: scenario(STREAM_SCENARIO),
+        ..SimConfig::default()
+    })
+    .await;
     let body = json!({"model": "gpt-test", "stream": true, "stream_options": {"include_usage": true},
         "messages": [{"role": "user", "content": "stream please"}]});
     let reply = chat(&sim, body).await;
     assert_eq!(reply.status, 200);
     let events = sse(&reply.text);
-    assert!(events.iter().all(|(name, _)| name.is_none()), "no event: lines for OpenAI");
+    assert!(
+        events.iter().all(|(name, _)| name.is_none()),
+        "no event: lines for OpenAI"
+    );
     assert_eq!(events.last().unwrap().1, "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|(_, d)| serde_json::from_str(d).unwrap()).collect();
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|(_, d)| serde_json::from_str(d).unwrap())
+        .collect();
     let mut content = String::new();
     let mut calls: Vec<(String, String, String)> = Vec::new();
     let mut finish = None;
@@ -426,12 +579,22 @@ async fn openai_stream_ends_with_done_and_reassembles_tool_calls() {
         if let Some(text) = choice["delta"]["content"].as_str() {
             content.push_str(text);
         }
-        for call in choice["delta"]["tool_calls"].as_array().into_iter().flatten() {
+        for call in choice["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             let index = call["index"].as_u64().unwrap() as usize;
             if index == calls.len() {
-                calls.push((call["id"].as_str().unwrap().to_string(), call["function"]["name"].as_str().unwrap().to_string(), String::new()));
+                calls.push((
+                    call["id"].as_str().unwrap().to_string(),
+                    call["function"]["name"].as_str().unwrap().to_string(),
+                    String::new(),
+                ));
             }
-            calls[index].2.push_str(call["function"]["arguments"].as_str().unwrap());
+            calls[index]
+                .2
+                .push_str(call["function"]["arguments"].as_str().unwrap());
         }
         if !choice["finish_reason"].is_null() {
             finish = Some(choice["finish_reason"].clone());
@@ -459,22 +622,41 @@ async fn count_tokens_matches_message_usage() {
     body["tools"] = json!([weather_tool()]);
     let usage = messages(&sim, body.clone()).await.json()["usage"]["input_tokens"].clone();
     body.as_object_mut().unwrap().remove("max_tokens");
-    let reply = send(&sim, "/v1/messages/count_tokens", ANTHROPIC, body.to_string()).await;
+    let reply = send(
+        &sim,
+        "/v1/messages/count_tokens",
+        ANTHROPIC,
+        body.to_string(),
+    )
+    .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json(), json!({"input_tokens": usage}));
     // ceil(bytes / 4) of: system, texts, tool_use name + input JSON, tool results, tool definition.
     let tool = weather_tool();
-    let bytes = "You are terse.".len() + "weather in Paris and Rome?".len() + "Checking.".len()
-        + "get_weather".len() * 2 + r#"{"city":"Paris"}"#.len() + r#"{"city":"Rome"}"#.len()
-        + "sunny".len() + "rain".len()
-        + "get_weather".len() + "Weather for a city".len() + tool["input_schema"].to_string().len();
+    let bytes = "You are terse.".len()
+        + "weather in Paris and Rome?".len()
+        + "Checking.".len()
+        + "get_weather".len() * 2
+        + r#"{"city":"Paris"}"#.len()
+        + r#"{"city":"Rome"}"#.len()
+        + "sunny".len()
+        + "rain".len()
+        + "get_weather".len()
+        + "Weather for a city".len()
+        + tool["input_schema"].to_string().len();
     assert_eq!(usage, bytes.div_ceil(4) as u64);
     sim.shutdown().await;
 }
 
 #[tokio::test]
 async fn rate_limit_headers_on_every_response() {
-    let sim = start(SimConfig { rpm: Some(50), itpm: Some(10_000), otpm: Some(2_000), ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        rpm: Some(50),
+        itpm: Some(10_000),
+        otpm: Some(2_000),
+        ..SimConfig::default()
+    })
+    .await;
     let ok = messages(&sim, hello()).await;
     assert_eq!(ok.status, 200);
     for dim in ["requests", "tokens", "input-tokens", "output-tokens"] {
@@ -484,26 +666,46 @@ async fn rate_limit_headers_on_every_response() {
         }
     }
     assert_eq!(ok.header("anthropic-ratelimit-requests-limit"), Some("50"));
-    assert_eq!(ok.header("anthropic-ratelimit-requests-remaining"), Some("49"));
+    assert_eq!(
+        ok.header("anthropic-ratelimit-requests-remaining"),
+        Some("49")
+    );
     let reset = ok.header("anthropic-ratelimit-requests-reset").unwrap();
-    assert!(reset.len() == 20 && reset.ends_with('Z') && reset.as_bytes()[10] == b'T', "{reset}");
+    assert!(
+        reset.len() == 20 && reset.ends_with('Z') && reset.as_bytes()[10] == b'T',
+        "{reset}"
+    );
     let bad = send(&sim, "/v1/messages", ANTHROPIC, "nope").await;
     assert_eq!(bad.status, 400);
-    assert!(bad.header("anthropic-ratelimit-requests-remaining").is_some());
+    assert!(
+        bad.header("anthropic-ratelimit-requests-remaining")
+            .is_some()
+    );
 
-    let reply = chat(&sim, json!({"model": "gpt", "messages": [{"role": "user", "content": "x"}]})).await;
+    let reply = chat(
+        &sim,
+        json!({"model": "gpt", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("x-ratelimit-limit-requests"), Some("50"));
     assert_eq!(reply.header("x-ratelimit-remaining-requests"), Some("48"));
     assert_eq!(reply.header("x-ratelimit-limit-tokens"), Some("2000"));
     let reset = reply.header("x-ratelimit-reset-requests").unwrap();
-    assert!(reset.ends_with('s') && reset.chars().next().unwrap().is_ascii_digit(), "{reset}");
+    assert!(
+        reset.ends_with('s') && reset.chars().next().unwrap().is_ascii_digit(),
+        "{reset}"
+    );
     sim.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn empty_bucket_gets_429_with_retry_after() {
-    let sim = start(SimConfig { rpm: Some(2), ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        rpm: Some(2),
+        ..SimConfig::default()
+    })
+    .await;
     assert_eq!(messages(&sim, hello()).await.status, 200);
     assert_eq!(messages(&sim, hello()).await.status, 200);
     let limited = messages(&sim, hello()).await;
@@ -511,8 +713,15 @@ async fn empty_bucket_gets_429_with_retry_after() {
     assert_eq!(limited.json()["error"]["type"], "rate_limit_error");
     // One request refills in 60 / 2 = 30 s.
     assert_eq!(limited.header("retry-after"), Some("30"));
-    assert_eq!(limited.header("anthropic-ratelimit-requests-remaining"), Some("0"));
-    let limited = chat(&sim, json!({"model": "gpt", "messages": [{"role": "user", "content": "x"}]})).await;
+    assert_eq!(
+        limited.header("anthropic-ratelimit-requests-remaining"),
+        Some("0")
+    );
+    let limited = chat(
+        &sim,
+        json!({"model": "gpt", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
     assert_eq!(limited.status, 429);
     assert_eq!(limited.json()["error"]["code"], "rate_limit_exceeded");
     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -523,10 +732,23 @@ async fn empty_bucket_gets_429_with_retry_after() {
 
     // Output tokens: charged after the answer; the bucket may go negative and then refuses.
     sim.shutdown().await;
-    let sim = start(SimConfig { otpm: Some(60), ..SimConfig::default() }).await;
-    let long = scenario("rules:\n  - text: \"{}\"\n".replace("{}", &"x".repeat(400)).as_str());
+    let sim = start(SimConfig {
+        otpm: Some(60),
+        ..SimConfig::default()
+    })
+    .await;
+    let long = scenario(
+        "rules:\n  - text: \"{}\"\n"
+            .replace("{}", &"x".repeat(400))
+            .as_str(),
+    );
     sim.shutdown().await;
-    let sim = start(SimConfig { otpm: Some(60), scenario: long, ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        otpm: Some(60),
+        scenario: long,
+        ..SimConfig::default()
+    })
+    .await;
     assert_eq!(messages(&sim, hello()).await.status, 200); // 100 output tokens: bucket at -40
     let limited = messages(&sim, hello()).await;
     assert_eq!(limited.status, 429);
@@ -537,7 +759,12 @@ async fn empty_bucket_gets_429_with_retry_after() {
 #[tokio::test(start_paused = true)]
 async fn admitted_requests_never_exceed_limit_plus_burst_in_any_minute() {
     let limit = 600u64;
-    let sim = start(SimConfig { rpm: Some(limit), require_auth: false, ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        rpm: Some(limit),
+        require_auth: false,
+        ..SimConfig::default()
+    })
+    .await;
     let client = reqwest::Client::new();
     let url = format!("{}/v1/messages", sim.base_url());
     let body = hello().to_string();
@@ -545,12 +772,26 @@ async fn admitted_requests_never_exceed_limit_plus_burst_in_any_minute() {
     let mut ticker = tokio::time::interval(Duration::from_millis(50));
     for _ in 0..(20 * 240) {
         ticker.tick().await;
-        let response = client.post(&url).header("anthropic-version", "2023-06-01").body(body.clone()).send().await.unwrap();
+        let response = client
+            .post(&url)
+            .header("anthropic-version", "2023-06-01")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
         let _ = response.bytes().await.unwrap();
     }
-    let admitted: Vec<u64> = sim.exchanges().iter().filter(|e| e.status == 200).map(|e| e.at_ms).collect();
+    let admitted: Vec<u64> = sim
+        .exchanges()
+        .iter()
+        .filter(|e| e.status == 200)
+        .map(|e| e.at_ms)
+        .collect();
     let limited = sim.exchanges().iter().filter(|e| e.status == 429).count();
-    assert!(limited > 1000, "the offered load is above the limit: {limited} refused");
+    assert!(
+        limited > 1000,
+        "the offered load is above the limit: {limited} refused"
+    );
     let mut worst = 0;
     let mut j = 0;
     for i in 0..admitted.len() {
@@ -559,18 +800,36 @@ async fn admitted_requests_never_exceed_limit_plus_burst_in_any_minute() {
         }
         worst = worst.max(j - i);
     }
-    assert!(worst as u64 <= 2 * limit, "{worst} admitted in one minute, limit + burst = {}", 2 * limit);
+    assert!(
+        worst as u64 <= 2 * limit,
+        "{worst} admitted in one minute, limit + burst = {}",
+        2 * limit
+    );
     // The first minute gets the burst plus the refill; later minutes get the refill rate.
     assert!(worst as u64 > limit, "{worst}");
     let last_minute_start = admitted.last().unwrap().saturating_sub(60_000);
     let last_minute = admitted.iter().filter(|t| **t > last_minute_start).count() as u64;
-    assert!(last_minute <= limit + 1, "steady state is the limit: {last_minute}");
+    assert!(
+        last_minute <= limit + 1,
+        "steady state is the limit: {last_minute}"
+    );
     sim.shutdown().await;
 }
 
 async fn statuses(seed: u64, count: usize) -> (Vec<u16>, fanout_sim::Stats) {
-    let faults = Faults { overloaded: 0.2, api_error: 0.2, truncate_body: 0.1, malformed_json: 0.1, ..Faults::default() };
-    let sim = start(SimConfig { faults, seed, ..SimConfig::default() }).await;
+    let faults = Faults {
+        overloaded: 0.2,
+        api_error: 0.2,
+        truncate_body: 0.1,
+        malformed_json: 0.1,
+        ..Faults::default()
+    };
+    let sim = start(SimConfig {
+        faults,
+        seed,
+        ..SimConfig::default()
+    })
+    .await;
     let mut out = Vec::new();
     for _ in 0..count {
         let reply = messages(&sim, hello()).await;
@@ -593,29 +852,64 @@ async fn faults_are_reproducible_from_the_seed() {
         assert!(a.contains(&status), "{status} in {a:?}");
     }
     let count = |s: u16| a.iter().filter(|x| **x == s).count() as u64;
-    assert_eq!(stats.faults.get("overloaded").copied().unwrap_or(0), count(529));
-    assert_eq!(stats.faults.get("api_error").copied().unwrap_or(0), count(500));
-    let broken = stats.faults.get("truncate_body").copied().unwrap_or(0) + stats.faults.get("malformed_json").copied().unwrap_or(0);
+    assert_eq!(
+        stats.faults.get("overloaded").copied().unwrap_or(0),
+        count(529)
+    );
+    assert_eq!(
+        stats.faults.get("api_error").copied().unwrap_or(0),
+        count(500)
+    );
+    let broken = stats.faults.get("truncate_body").copied().unwrap_or(0)
+        + stats.faults.get("malformed_json").copied().unwrap_or(0);
     assert_eq!(broken, count(299));
 }
 
 #[tokio::test]
 async fn cut_streams_break_the_connection_and_hangs_end_at_shutdown() {
-    let sim = start(SimConfig { faults: Faults { cut_stream: 1.0, ..Faults::default() }, ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        faults: Faults {
+            cut_stream: 1.0,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
     let mut body = hello();
     body["stream"] = json!(true);
-    let response = reqwest::Client::new().post(format!("{}/v1/messages", sim.base_url()))
-        .header("x-api-key", "k").header("anthropic-version", "2023-06-01").body(body.to_string()).send().await.unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/messages", sim.base_url()))
+        .header("x-api-key", "k")
+        .header("anthropic-version", "2023-06-01")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status().as_u16(), 200);
-    assert!(response.text().await.is_err(), "the body must end in a broken connection");
+    assert!(
+        response.text().await.is_err(),
+        "the body must end in a broken connection"
+    );
     assert_eq!(sim.stats().faults.get("cut_stream"), Some(&1));
     sim.shutdown().await;
 
-    let sim = start(SimConfig { faults: Faults { hang: 1.0, ..Faults::default() }, ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        faults: Faults {
+            hang: 1.0,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
     let url = format!("{}/v1/messages", sim.base_url());
     let pending = tokio::spawn(async move {
-        reqwest::Client::new().post(url).header("x-api-key", "k").header("anthropic-version", "2023-06-01")
-            .body(hello().to_string()).send().await
+        reqwest::Client::new()
+            .post(url)
+            .header("x-api-key", "k")
+            .header("anthropic-version", "2023-06-01")
+            .body(hello().to_string())
+            .send()
+            .await
     });
     while sim.exchanges().is_empty() {
         tokio::task::yield_now().await;
@@ -625,9 +919,8 @@ async fn cut_streams_break_the_connection_and_hangs_end_at_shutdown() {
     assert_eq!(sim.stats().in_flight, 1);
     sim.shutdown().await;
     let outcome = pending.await.unwrap();
-    match outcome {
-        Ok(response) => assert!(response.bytes().await.is_err()),
-        Err(_) => {}
+    if let Ok(response) = outcome {
+        assert!(response.bytes().await.is_err());
     }
 }
 
@@ -638,13 +931,17 @@ async fn latency_and_concurrency_cap_on_paused_time() {
         per_output_token: Duration::from_millis(10),
         max_concurrent: Some(1),
         ..SimConfig::default()
-    }).await;
+    })
+    .await;
     let started = tokio::time::Instant::now();
     let reply = messages(&sim, hello()).await;
     let output = reply.json()["usage"]["output_tokens"].as_u64().unwrap();
     let elapsed = started.elapsed();
     let expected = Duration::from_secs(2) + Duration::from_millis(10 * output);
-    assert!(elapsed >= expected && elapsed < expected + Duration::from_millis(500), "{elapsed:?} vs {expected:?}");
+    assert!(
+        elapsed >= expected && elapsed < expected + Duration::from_millis(500),
+        "{elapsed:?} vs {expected:?}"
+    );
 
     let (a, b) = tokio::join!(messages(&sim, hello()), messages(&sim, hello()));
     let mut got = [a.status, b.status];
@@ -682,56 +979,134 @@ rules:
 
 #[tokio::test]
 async fn scenario_rules_captures_times_and_attempts() {
-    let sim = start(SimConfig { scenario: scenario(RULES), ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        scenario: scenario(RULES),
+        ..SimConfig::default()
+    })
+    .await;
     let ask = |text: &str| json!({"model": "claude-x", "max_tokens": 200, "messages": [{"role": "user", "content": text}]});
 
     let reply = messages(&sim, ask("what is the weather in Lyon for 3 days?")).await;
     let json = reply.json();
-    assert_eq!(json["content"][0]["text"], "Looking up Lyon (3 days); ${unknown} stays.");
-    assert_eq!(json["content"][1]["input"], json!({"city": "Lyon", "days": "3", "list": ["Lyon"]}));
+    assert_eq!(
+        json["content"][0]["text"],
+        "Looking up Lyon (3 days); ${unknown} stays."
+    );
+    assert_eq!(
+        json["content"][1]["input"],
+        json!({"city": "Lyon", "days": "3", "list": ["Lyon"]})
+    );
     assert_eq!(json["stop_reason"], "tool_use");
     // The model regex is anchored: "xclaude-x" does not match, so the default answer comes.
     let mut other = ask("weather in Lyon for 3 days");
     other["model"] = json!("xclaude-x");
-    assert!(messages(&sim, other).await.json()["content"][0]["text"].as_str().unwrap().starts_with("Simulated reply"));
+    assert!(
+        messages(&sim, other).await.json()["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Simulated reply")
+    );
 
-    assert_eq!(messages(&sim, ask("once")).await.json()["content"][0]["text"], "first time");
+    assert_eq!(
+        messages(&sim, ask("once")).await.json()["content"][0]["text"],
+        "first time"
+    );
     let again = messages(&sim, ask("once")).await.json();
-    assert!(again["content"][0]["text"].as_str().unwrap().starts_with("Simulated reply"), "times: 1 is used up");
+    assert!(
+        again["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Simulated reply"),
+        "times: 1 is used up"
+    );
 
-    let first = send(&sim, "/v1/messages", &[ANTHROPIC[0], ANTHROPIC[1], ("x-stainless-retry-count", "0")], ask("flaky").to_string()).await;
+    let first = send(
+        &sim,
+        "/v1/messages",
+        &[ANTHROPIC[0], ANTHROPIC[1], ("x-stainless-retry-count", "0")],
+        ask("flaky").to_string(),
+    )
+    .await;
     assert_eq!(first.status, 429);
     assert_eq!(first.header("retry-after"), Some("1"));
     assert_eq!(first.json()["error"]["message"], "busy, try again");
-    let retry = send(&sim, "/v1/messages", &[ANTHROPIC[0], ANTHROPIC[1], ("x-stainless-retry-count", "1")], ask("flaky").to_string()).await;
+    let retry = send(
+        &sim,
+        "/v1/messages",
+        &[ANTHROPIC[0], ANTHROPIC[1], ("x-stainless-retry-count", "1")],
+        ask("flaky").to_string(),
+    )
+    .await;
     assert_eq!(retry.status, 200);
-    let openai = send(&sim, "/v1/chat/completions", OPENAI, json!({"model": "gpt", "messages": [{"role": "user", "content": "flaky"}]}).to_string()).await;
+    let openai = send(
+        &sim,
+        "/v1/chat/completions",
+        OPENAI,
+        json!({"model": "gpt", "messages": [{"role": "user", "content": "flaky"}]}).to_string(),
+    )
+    .await;
     assert_eq!(openai.status, 429);
     assert_eq!(openai.json()["error"]["code"], "rate_limit_exceeded");
 
     let turn_two = json!({"model": "m", "max_tokens": 50, "system": [{"type": "text", "text": "Be terse."}], "messages": [
         {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]});
-    assert_eq!(messages(&sim, turn_two).await.json()["content"][0]["text"], "turn two");
+    assert_eq!(
+        messages(&sim, turn_two).await.json()["content"][0]["text"],
+        "turn two"
+    );
 
     let mut forced = ask("anything");
     forced["tools"] = json!([weather_tool()]);
     forced["tool_choice"] = json!({"type": "tool", "name": "get_weather"});
-    assert_eq!(messages(&sim, forced).await.json()["content"][0]["input"], json!({"city": "Oslo"}));
+    assert_eq!(
+        messages(&sim, forced).await.json()["content"][0]["input"],
+        json!({"city": "Oslo"})
+    );
 
-    let exact = chat(&sim, json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})).await.json();
+    let exact = chat(
+        &sim,
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await
+    .json();
     assert_eq!(exact["choices"][0]["message"]["content"], "exact model");
-    let not_exact = chat(&sim, json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})).await.json();
+    let not_exact = chat(
+        &sim,
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await
+    .json();
     assert_ne!(not_exact["choices"][0]["message"]["content"], "exact model");
 
     // The exchange log names the rules and keeps arrival order; /sim/exchanges serves it.
     let log = sim.exchanges();
     assert_eq!(log[0].rule_name.as_deref(), Some("weather"));
     assert!(log.windows(2).all(|w| w[0].seq < w[1].seq));
-    assert_eq!(log[4].headers.get("x-stainless-retry-count").map(String::as_str), Some("0"));
-    assert_eq!(log[4].headers.get("x-api-key").map(String::as_str), Some("present"));
-    let served: Vec<fanout_sim::Exchange> = reqwest::get(format!("{}/sim/exchanges", sim.base_url())).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        log[4]
+            .headers
+            .get("x-stainless-retry-count")
+            .map(String::as_str),
+        Some("0")
+    );
+    assert_eq!(
+        log[4].headers.get("x-api-key").map(String::as_str),
+        Some("present")
+    );
+    let served: Vec<fanout_sim::Exchange> =
+        reqwest::get(format!("{}/sim/exchanges", sim.base_url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     assert_eq!(served, log);
-    let stats: fanout_sim::Stats = reqwest::get(format!("{}/sim/stats", sim.base_url())).await.unwrap().json().await.unwrap();
+    let stats: fanout_sim::Stats = reqwest::get(format!("{}/sim/stats", sim.base_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(stats.requests_total, log.len() as u64);
     assert_eq!(stats.rate_limited, 2);
     sim.shutdown().await;
@@ -742,7 +1117,12 @@ fn scenario_errors_have_line_and_column() {
     let unknown = "rules:\n  - match: {last_user: x}\n    txt: hello\n";
     let err = Scenario::from_yaml(unknown, "s.yaml").unwrap_err();
     match &err {
-        SimError::Scenario { origin, line, column, message } => {
+        SimError::Scenario {
+            origin,
+            line,
+            column,
+            message,
+        } => {
             assert_eq!(origin, "s.yaml");
             assert_eq!(*line, 3, "{message}");
             assert!(*column >= 5, "{column}");
@@ -754,7 +1134,12 @@ fn scenario_errors_have_line_and_column() {
 
     let bad_regex = "rules:\n  - match:\n      last_user: \"(unclosed\"\n    text: hi\n";
     match Scenario::from_yaml(bad_regex, "r.yaml").unwrap_err() {
-        SimError::Scenario { line, column, message, .. } => {
+        SimError::Scenario {
+            line,
+            column,
+            message,
+            ..
+        } => {
             assert_eq!((line, column), (3, 18), "{message}");
             assert!(message.contains("invalid regex"), "{message}");
         }
@@ -767,7 +1152,10 @@ fn scenario_errors_have_line_and_column() {
         other => panic!("{other:?}"),
     }
     let no_action = "rules:\n  - match: {turn: 1}\n";
-    assert!(matches!(Scenario::from_yaml(no_action, "n.yaml"), Err(SimError::Scenario { line: 2, .. })));
+    assert!(matches!(
+        Scenario::from_yaml(no_action, "n.yaml"),
+        Err(SimError::Scenario { line: 2, .. })
+    ));
     let both = "rules:\n  - text: a\n    error: {status: 500}\n";
     assert!(Scenario::from_yaml(both, "b.yaml").is_err());
     let bad_endpoint = "rules:\n  - match: {endpoint: embeddings}\n    text: a\n";
@@ -778,12 +1166,19 @@ fn scenario_errors_have_line_and_column() {
 async fn record_file_gets_one_json_line_per_exchange() {
     let path = std::env::temp_dir().join(format!("fanout-sim-record-{}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&path);
-    let sim = start(SimConfig { record_path: Some(path.clone()), ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        record_path: Some(path.clone()),
+        ..SimConfig::default()
+    })
+    .await;
     messages(&sim, hello()).await;
     send(&sim, "/v1/messages", ANTHROPIC, "broken").await;
     sim.shutdown().await;
     let text = std::fs::read_to_string(&path).unwrap();
-    let lines: Vec<fanout_sim::Exchange> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<fanout_sim::Exchange> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0].status, 200);
     assert_eq!(lines[1].request, json!("broken"));
@@ -794,7 +1189,12 @@ async fn record_file_gets_one_json_line_per_exchange() {
 async fn hostile_inputs_never_crash_the_server() {
     let sim = start(SimConfig::default()).await;
     let nasty = [
-        "", "null", "0", "\"s\"", "{\"model\": null}", "{\"model\":\"m\",\"max_tokens\":-1,\"messages\":[]}",
+        "",
+        "null",
+        "0",
+        "\"s\"",
+        "{\"model\": null}",
+        "{\"model\":\"m\",\"max_tokens\":-1,\"messages\":[]}",
         "{\"model\":\"m\",\"max_tokens\":1,\"messages\":[null]}",
         "{\"model\":\"m\",\"max_tokens\":1,\"messages\":[{\"role\":\"user\",\"content\":[{}]}]}",
         "{\"model\":\"m\",\"max_tokens\":1,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"name\":\"t\",\"input_schema\":{\"type\":\"object\",\"properties\":{\"a\":{\"$ref\":\"#/$defs/a\"}},\"$defs\":{\"a\":{\"$ref\":\"#/$defs/a\"}}}}],\"tool_choice\":{\"type\":\"any\"}}",
@@ -803,12 +1203,24 @@ async fn hostile_inputs_never_crash_the_server() {
     ];
     for body in nasty {
         let reply = send(&sim, "/v1/messages", ANTHROPIC, body).await;
-        assert!(reply.status == 200 || reply.status == 400, "{body}: {}", reply.status);
+        assert!(
+            reply.status == 200 || reply.status == 400,
+            "{body}: {}",
+            reply.status
+        );
         let reply = send(&sim, "/v1/chat/completions", OPENAI, body).await;
-        assert!(reply.status == 200 || reply.status == 400, "{body}: {}", reply.status);
+        assert!(
+            reply.status == 200 || reply.status == 400,
+            "{body}: {}",
+            reply.status
+        );
     }
     // max_tokens cuts long text answers.
-    let sim2 = start(SimConfig { scenario: scenario("rules:\n  - text: \"0123456789abcdefghij\"\n"), ..SimConfig::default() }).await;
+    let sim2 = start(SimConfig {
+        scenario: scenario("rules:\n  - text: \"0123456789abcdefghij\"\n"),
+        ..SimConfig::default()
+    })
+    .await;
     let mut body = hello();
     body["max_tokens"] = json!(2);
     let json = messages(&sim2, body).await.json();

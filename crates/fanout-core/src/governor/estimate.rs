@@ -104,6 +104,7 @@ impl TokenEstimator {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::provider::Message;
@@ -127,7 +128,10 @@ mod tests {
             estimator.observe(raw, actual as u64, 40);
         }
         let estimate = estimator.input_tokens(&req);
-        assert!(estimate.abs_diff(actual as u64) <= 2, "{estimate} vs {actual}");
+        assert!(
+            estimate.abs_diff(actual as u64) <= 2,
+            "{estimate} vs {actual}"
+        );
         assert_eq!(estimator.output_tokens(&req), 40);
     }
 

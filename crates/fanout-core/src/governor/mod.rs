@@ -289,9 +289,14 @@ impl Governor {
         };
         // Keep refill bookkeeping fresh so levels read later are current.
         let now = Instant::now();
-        for bucket in [&mut state.requests, &mut state.input, &mut state.output, &mut state.tokens]
-            .into_iter()
-            .flatten()
+        for bucket in [
+            &mut state.requests,
+            &mut state.input,
+            &mut state.output,
+            &mut state.tokens,
+        ]
+        .into_iter()
+        .flatten()
         {
             bucket.level(now);
         }
@@ -358,9 +363,16 @@ impl Reservation {
         if let Some(b) = state.tokens.as_mut() {
             b.adjust(input_delta + output_delta, now);
         }
-        sync_from_headers(&mut state, config, limits, now.saturating_duration_since(self.sent_at), now);
+        sync_from_headers(
+            &mut state,
+            config,
+            limits,
+            now.saturating_duration_since(self.sent_at),
+            now,
+        );
         state.in_flight = state.in_flight.saturating_sub(1);
-        state.window = (state.window + config.increase_per_success).min(config.max_in_flight.max(1) as f64);
+        state.window =
+            (state.window + config.increase_per_success).min(config.max_in_flight.max(1) as f64);
         drop(state);
         self.inner.changed.notify_waiters();
     }
@@ -404,14 +416,20 @@ impl Reservation {
                 .last_decrease
                 .is_none_or(|at| now.saturating_duration_since(at) >= config.decrease_cooldown);
             if cooled {
-                state.window = (state.window * config.decrease_factor)
-                    .max(config.min_in_flight.max(1) as f64);
+                state.window =
+                    (state.window * config.decrease_factor).max(config.min_in_flight.max(1) as f64);
                 state.last_decrease = Some(now);
                 state.snapshot.window_decreases += 1;
             }
         }
         if let Some(limits) = error.rate_limits() {
-            sync_from_headers(&mut state, config, limits, now.saturating_duration_since(self.sent_at), now);
+            sync_from_headers(
+                &mut state,
+                config,
+                limits,
+                now.saturating_duration_since(self.sent_at),
+                now,
+            );
         }
         state.in_flight = state.in_flight.saturating_sub(1);
         drop(state);
@@ -450,9 +468,8 @@ fn sync_from_headers(
     let separate = limits.input_tokens.limit.is_some() || limits.output_tokens.limit.is_some();
     let apply = |slot: &mut Option<Bucket>, dimension: &LimitState, slack: f64| {
         let Some(limit) = dimension.limit else { return };
-        let bucket = slot.get_or_insert_with(|| {
-            Bucket::new(limit, config.headroom, config.burst_fraction, now)
-        });
+        let bucket = slot
+            .get_or_insert_with(|| Bucket::new(limit, config.headroom, config.burst_fraction, now));
         bucket.set_limit(limit, config.headroom, config.burst_fraction);
         if let Some(remaining) = dimension.remaining {
             bucket.sync_remaining(remaining, age, slack, now);
@@ -468,6 +485,7 @@ fn sync_from_headers(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::provider::ApiErrorDetails;
@@ -498,14 +516,23 @@ mod tests {
         });
         let start = Instant::now();
         for _ in 0..60 {
-            governor.reserve(Cost::default()).await.succeeded(&Usage::default(), &RateLimitSnapshot::default());
+            governor
+                .reserve(Cost::default())
+                .await
+                .succeeded(&Usage::default(), &RateLimitSnapshot::default());
         }
         assert_eq!(start.elapsed(), Duration::ZERO, "the burst is free");
         for _ in 0..10 {
-            governor.reserve(Cost::default()).await.succeeded(&Usage::default(), &RateLimitSnapshot::default());
+            governor
+                .reserve(Cost::default())
+                .await
+                .succeeded(&Usage::default(), &RateLimitSnapshot::default());
         }
         let elapsed = start.elapsed().as_secs_f64();
-        assert!((10.0..10.1).contains(&elapsed), "10 more at 1/s took {elapsed}");
+        assert!(
+            (10.0..10.1).contains(&elapsed),
+            "10 more at 1/s took {elapsed}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -515,12 +542,26 @@ mod tests {
             headroom: 0.0,
             ..GovernorConfig::default()
         });
-        let cost = Cost { input_tokens: 6000, output_tokens: 0 };
+        let cost = Cost {
+            input_tokens: 6000,
+            output_tokens: 0,
+        };
         let first = governor.reserve(cost).await;
         // The server says the request really used 1,000 tokens: 5,000 come back.
-        first.succeeded(&Usage { input_tokens: 1000, ..Usage::default() }, &RateLimitSnapshot::default());
+        first.succeeded(
+            &Usage {
+                input_tokens: 1000,
+                ..Usage::default()
+            },
+            &RateLimitSnapshot::default(),
+        );
         let start = Instant::now();
-        let _second = governor.reserve(Cost { input_tokens: 5000, output_tokens: 0 }).await;
+        let _second = governor
+            .reserve(Cost {
+                input_tokens: 5000,
+                output_tokens: 0,
+            })
+            .await;
         assert_eq!(start.elapsed(), Duration::ZERO);
     }
 
@@ -578,12 +619,25 @@ mod tests {
             },
             ..RateLimitSnapshot::default()
         };
-        governor.reserve(Cost::default()).await.succeeded(&Usage::default(), &limits);
+        governor
+            .reserve(Cost::default())
+            .await
+            .succeeded(&Usage::default(), &limits);
         assert_eq!(governor.snapshot().limits.requests, Some(120));
         // The server had no room left (plus the slack of one request), so the next ones pace.
         let start = Instant::now();
-        governor.reserve(Cost::default()).await.succeeded(&Usage::default(), &RateLimitSnapshot::default());
-        governor.reserve(Cost::default()).await.succeeded(&Usage::default(), &RateLimitSnapshot::default());
-        assert!(start.elapsed() >= Duration::from_millis(500), "{:?}", start.elapsed());
+        governor
+            .reserve(Cost::default())
+            .await
+            .succeeded(&Usage::default(), &RateLimitSnapshot::default());
+        governor
+            .reserve(Cost::default())
+            .await
+            .succeeded(&Usage::default(), &RateLimitSnapshot::default());
+        assert!(
+            start.elapsed() >= Duration::from_millis(500),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }

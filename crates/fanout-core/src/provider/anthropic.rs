@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use super::error::{ApiErrorDetails, ProviderError};
 use super::headers;
 use super::http::{
-    Decoded, DecodeError, Dialect, Flow, HttpConfig, HttpTransport, StreamEnd, join_url,
+    DecodeError, Decoded, Dialect, Flow, HttpConfig, HttpTransport, StreamEnd, join_url,
     json_error, json_f32, json_u64,
 };
 use super::sse::SseEvent;
@@ -584,7 +584,11 @@ impl StreamAssembler {
             return Err(malformed("missing `message_start.message.usage`"));
         }
         let mut usage = Usage {
-            input_tokens: required_count(usage_value, "input_tokens", "message_start.message.usage")?,
+            input_tokens: required_count(
+                usage_value,
+                "input_tokens",
+                "message_start.message.usage",
+            )?,
             output_tokens: json_u64(&usage_value["output_tokens"]).unwrap_or(0),
             ..Usage::default()
         };
@@ -717,9 +721,10 @@ fn index_of(data: &Value, event: &str) -> Result<usize, DecodeError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::provider::http::{Decoded, DecodeError};
+    use crate::provider::http::{DecodeError, Decoded};
     use crate::provider::sse::SseParser;
     use crate::provider::types::{JsonSchemaFormat, Message, ToolSpec};
 
@@ -831,7 +836,13 @@ mod tests {
     fn count_tokens_body_has_no_generation_controls() {
         let body = count_tokens_body(&sample_request());
         let mut full = request_body(&sample_request(), true);
-        for key in ["max_tokens", "stream", "temperature", "stop_sequences", "metadata"] {
+        for key in [
+            "max_tokens",
+            "stream",
+            "temperature",
+            "stop_sequences",
+            "metadata",
+        ] {
             assert!(body.get(key).is_none(), "{key}");
             full.as_object_mut().unwrap().remove(key);
         }
@@ -897,7 +908,10 @@ mod tests {
 
     #[test]
     fn parses_a_message() {
-        assert_eq!(parse_message(MESSAGE.as_bytes()).unwrap(), expected_message());
+        assert_eq!(
+            parse_message(MESSAGE.as_bytes()).unwrap(),
+            expected_message()
+        );
     }
 
     #[test]
@@ -911,7 +925,10 @@ mod tests {
     fn malformed_messages() {
         let truncated = &MESSAGE.as_bytes()[..MESSAGE.len() / 2];
         let what = malformed_text(parse_message(truncated));
-        assert!(what.starts_with("the body is truncated JSON (ends at line "), "{what}");
+        assert!(
+            what.starts_with("the body is truncated JSON (ends at line "),
+            "{what}"
+        );
 
         let what = malformed_text(parse_message(b"<html>bad gateway</html>"));
         assert!(what.starts_with("the body is not valid JSON: "), "{what}");
@@ -939,8 +956,11 @@ mod tests {
             malformed_text(parse_message(no_usage.to_string().as_bytes())),
             "missing `usage`"
         );
-        assert_eq!(malformed_text(parse_message(b"[]")), "the body is not a JSON object");
-        assert_eq!(malformed_text(parse_message(b"")).contains("truncated"), true);
+        assert_eq!(
+            malformed_text(parse_message(b"[]")),
+            "the body is not a JSON object"
+        );
+        assert!(malformed_text(parse_message(b"")).contains("truncated"));
     }
 
     #[test]
@@ -962,13 +982,19 @@ mod tests {
                 "details":{"error_code":"enforced_spend_limit_reached"}},"request_id":"req_9"}"#,
         );
         assert_eq!(details.error_type.as_deref(), Some("rate_limit_error"));
-        assert_eq!(details.error_code.as_deref(), Some("enforced_spend_limit_reached"));
+        assert_eq!(
+            details.error_code.as_deref(),
+            Some("enforced_spend_limit_reached")
+        );
         assert_eq!(details.message, "slow down");
         assert_eq!(details.request_id.as_deref(), Some("req_9"));
 
         // A header request id wins over the body's; a non-JSON body leaves the defaults.
         details.request_id = Some("req_header".into());
-        parse_error_body(&mut details, br#"{"error":{"type":"x"},"request_id":"req_body"}"#);
+        parse_error_body(
+            &mut details,
+            br#"{"error":{"type":"x"},"request_id":"req_body"}"#,
+        );
         assert_eq!(details.request_id.as_deref(), Some("req_header"));
         let before = details.clone();
         parse_error_body(&mut details, b"upstream connect error");
@@ -1037,7 +1063,9 @@ data: {\"type\":\"message_stop\"}\n\n";
 
     #[test]
     fn empty_tool_input_is_an_empty_object() {
-        let stream = STREAM.replace("{\\\"locati", "").replace("on\\\": \\\"Paris\\\"}", "");
+        let stream = STREAM
+            .replace("{\\\"locati", "")
+            .replace("on\\\": \\\"Paris\\\"}", "");
         let decoded = assemble(&stream).unwrap();
         let (_, _, input) = Decoded::tool_uses(&decoded)[0];
         assert_eq!(input, &json!({}));
@@ -1060,7 +1088,10 @@ data: {\"type\":\"message_stop\"}\n\n";
     #[test]
     fn malformed_streams() {
         let end = STREAM.find("event: message_stop").unwrap();
-        assert_eq!(malformed_text(assemble(&STREAM[..end])), "stream ended before message_stop");
+        assert_eq!(
+            malformed_text(assemble(&STREAM[..end])),
+            "stream ended before message_stop"
+        );
         assert_eq!(
             malformed_text(assemble(&STREAM[..end - 30])),
             "stream ended before message_stop, cut in the middle of an event"
@@ -1073,7 +1104,10 @@ data: {\"type\":\"message_stop\"}\n\n";
             "{what}"
         );
 
-        let unknown = STREAM.replace("{\"type\":\"text\",\"text\":\"\"}", "{\"type\":\"hologram\"}");
+        let unknown = STREAM.replace(
+            "{\"type\":\"text\",\"text\":\"\"}",
+            "{\"type\":\"hologram\"}",
+        );
         assert_eq!(
             malformed_text(assemble(&unknown)),
             "unknown content block type `hologram` (content_block_start 1)"
@@ -1087,7 +1121,10 @@ data: {\"type\":\"message_stop\"}\n\n";
 
         let garbage = STREAM.replace("{\"type\":\"content_block_stop\",\"index\":1}", "{oops");
         let what = malformed_text(assemble(&garbage));
-        assert!(what.starts_with("the `content_block_stop` event is not valid JSON"), "{what}");
+        assert!(
+            what.starts_with("the `content_block_stop` event is not valid JSON"),
+            "{what}"
+        );
 
         let orphan = STREAM.replace("\"index\":1,\"delta\"", "\"index\":7,\"delta\"");
         assert_eq!(
@@ -1105,7 +1142,10 @@ data: {\"type\":\"message_stop\"}\n\n";
             "\"usage\":{\"input_tokens\":400,\"cache_read_input_tokens\":5,\"output_tokens\":65}",
         );
         let usage = assemble(&with_input).unwrap().usage;
-        assert_eq!((usage.input_tokens, usage.cache_read_input_tokens), (400, 5));
+        assert_eq!(
+            (usage.input_tokens, usage.cache_read_input_tokens),
+            (400, 5)
+        );
     }
 
     #[test]
@@ -1132,7 +1172,7 @@ data: {\"type\":\"message_stop\"}\n\n";
                 assert!(end == STREAM.len() || result.is_err(), "prefix {end}");
             }
         }
-        for end in 0..=MESSAGE.len() {
+        for end in 0..MESSAGE.len() {
             assert!(parse_message(&MESSAGE.as_bytes()[..end]).is_err());
         }
     }

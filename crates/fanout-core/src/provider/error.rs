@@ -173,6 +173,7 @@ fn is_spend_limit(details: &ApiErrorDetails) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -195,19 +196,37 @@ mod tests {
 
     #[test]
     fn statuses_are_classified_like_the_official_sdks() {
-        assert_eq!(api(429, "rate_limit_error", None).class(), ErrorClass::RateLimited);
-        assert_eq!(api(529, "overloaded_error", None).class(), ErrorClass::Overloaded);
+        assert_eq!(
+            api(429, "rate_limit_error", None).class(),
+            ErrorClass::RateLimited
+        );
+        assert_eq!(
+            api(529, "overloaded_error", None).class(),
+            ErrorClass::Overloaded
+        );
         for status in [408, 409, 500, 502, 503, 504] {
-            assert_eq!(api(status, "x", None).class(), ErrorClass::Transient, "{status}");
+            assert_eq!(
+                api(status, "x", None).class(),
+                ErrorClass::Transient,
+                "{status}"
+            );
         }
         for status in [400, 401, 403, 404, 413, 422] {
-            assert_eq!(api(status, "x", None).class(), ErrorClass::Fatal, "{status}");
+            assert_eq!(
+                api(status, "x", None).class(),
+                ErrorClass::Fatal,
+                "{status}"
+            );
         }
     }
 
     #[test]
     fn a_spend_cap_429_is_fatal() {
-        let capped = api(429, "rate_limit_error", Some("enforced_spend_limit_reached"));
+        let capped = api(
+            429,
+            "rate_limit_error",
+            Some("enforced_spend_limit_reached"),
+        );
         assert_eq!(capped.class(), ErrorClass::Fatal);
         let quota = api(429, "insufficient_quota", Some("insufficient_quota"));
         assert_eq!(quota.class(), ErrorClass::Fatal);

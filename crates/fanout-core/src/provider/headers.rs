@@ -72,7 +72,10 @@ fn integer(headers: &HeaderMap, name: &str) -> Option<u64> {
 pub fn anthropic_rate_limits(headers: &HeaderMap, now: SystemTime) -> RateLimitSnapshot {
     let state = |dimension: &str| LimitState {
         limit: integer(headers, &format!("anthropic-ratelimit-{dimension}-limit")),
-        remaining: integer(headers, &format!("anthropic-ratelimit-{dimension}-remaining")),
+        remaining: integer(
+            headers,
+            &format!("anthropic-ratelimit-{dimension}-remaining"),
+        ),
         reset_after: text(headers, &format!("anthropic-ratelimit-{dimension}-reset"))
             .and_then(parse_rfc3339)
             .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO)),
@@ -200,6 +203,7 @@ pub fn retry_after_from_message(message: &str) -> Option<Duration> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use reqwest::header::{HeaderName, HeaderValue};
 
@@ -243,7 +247,9 @@ mod tests {
         for (text, expected) in cases {
             assert_eq!(parse_go_duration(text), Some(*expected), "{text}");
         }
-        for bad in ["", "s", "1", "10", "1x", "-1s", "1s2", "ms", "1..5s", ".s", "1 s", "1e3s"] {
+        for bad in [
+            "", "s", "1", "10", "1x", "-1s", "1s2", "ms", "1..5s", ".s", "1 s", "1e3s",
+        ] {
             assert_eq!(parse_go_duration(bad), None, "{bad:?}");
         }
     }
@@ -264,15 +270,25 @@ mod tests {
         let h = headers(&[("retry-after", &earlier)]);
         assert_eq!(retry_after(&h, now), Some(Duration::ZERO));
         for bad in ["soon", "-1", "NaN", "inf"] {
-            assert_eq!(retry_after(&headers(&[("retry-after", bad)]), now), None, "{bad}");
+            assert_eq!(
+                retry_after(&headers(&[("retry-after", bad)]), now),
+                None,
+                "{bad}"
+            );
         }
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
     }
 
     #[test]
     fn should_retry_header() {
-        assert_eq!(should_retry(&headers(&[("x-should-retry", "true")])), Some(true));
-        assert_eq!(should_retry(&headers(&[("x-should-retry", "False")])), Some(false));
+        assert_eq!(
+            should_retry(&headers(&[("x-should-retry", "true")])),
+            Some(true)
+        );
+        assert_eq!(
+            should_retry(&headers(&[("x-should-retry", "False")])),
+            Some(false)
+        );
         assert_eq!(should_retry(&headers(&[("x-should-retry", "maybe")])), None);
         assert_eq!(should_retry(&HeaderMap::new()), None);
     }
@@ -288,7 +304,10 @@ mod tests {
             ("anthropic-ratelimit-tokens-remaining", "not a number"),
             ("anthropic-ratelimit-tokens-reset", "2025-08-21T12:39:00Z"),
             ("anthropic-ratelimit-input-tokens-limit", "80000"),
-            ("anthropic-ratelimit-input-tokens-reset", "2025-08-21T14:40:30.5+02:00"),
+            (
+                "anthropic-ratelimit-input-tokens-reset",
+                "2025-08-21T14:40:30.5+02:00",
+            ),
             ("anthropic-ratelimit-output-tokens-remaining", "16000"),
             ("anthropic-ratelimit-output-tokens-reset", "yesterday"),
             ("request-id", "req_1"),
@@ -319,7 +338,10 @@ mod tests {
                 reset_after: None,
             }
         );
-        assert_eq!(request_id(&h, ANTHROPIC_REQUEST_ID).as_deref(), Some("req_1"));
+        assert_eq!(
+            request_id(&h, ANTHROPIC_REQUEST_ID).as_deref(),
+            Some("req_1")
+        );
         assert!(anthropic_rate_limits(&HeaderMap::new(), now).is_empty());
     }
 
@@ -355,7 +377,10 @@ mod tests {
         );
         assert_eq!(limits.tokens.reset_after, Some(Duration::from_secs(360)));
         assert_eq!(limits.input_tokens, LimitState::default());
-        assert_eq!(request_id(&h, OPENAI_REQUEST_ID).as_deref(), Some("req_abc"));
+        assert_eq!(
+            request_id(&h, OPENAI_REQUEST_ID).as_deref(),
+            Some("req_abc")
+        );
     }
 
     #[test]
@@ -364,8 +389,14 @@ mod tests {
                        (TPM): Limit 30000, Used 29937, Requested 385. Please try again in 644ms. \
                        Visit https://platform.openai.com/account/rate-limits to learn more.";
         assert_eq!(retry_after_from_message(message), Some(ms(644)));
-        assert_eq!(retry_after_from_message("Please try again in 1.5s."), Some(ms(1500)));
-        assert_eq!(retry_after_from_message("try again in 6m0s"), Some(Duration::from_secs(360)));
+        assert_eq!(
+            retry_after_from_message("Please try again in 1.5s."),
+            Some(ms(1500))
+        );
+        assert_eq!(
+            retry_after_from_message("try again in 6m0s"),
+            Some(Duration::from_secs(360))
+        );
         assert_eq!(retry_after_from_message("Please try again later."), None);
         assert_eq!(retry_after_from_message("nothing here"), None);
     }

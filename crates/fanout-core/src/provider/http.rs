@@ -125,7 +125,12 @@ impl HttpTransport {
         };
         let send = self.client.post(url).headers(headers).body(body).send();
         let response = match tokio::time::timeout_at(Instant::now() + limit, send).await {
-            Err(_) => return Err(ProviderError::Timeout { provider, after: limit }),
+            Err(_) => {
+                return Err(ProviderError::Timeout {
+                    provider,
+                    after: limit,
+                });
+            }
             Ok(Err(error)) => return Err(send_error(provider, &error, limit)),
             Ok(Ok(response)) => response,
         };
@@ -293,7 +298,12 @@ impl Reply {
                 after,
             }),
             Ok(Err(error)) => Err(self.malformed(format!(
-                "response body cut after {} bytes: {}",
+                "{} cut after {} bytes: {}",
+                if self.deadline.is_some() {
+                    "response body"
+                } else {
+                    "stream"
+                },
                 self.bytes_read,
                 error_chain(&error)
             ))),
@@ -457,6 +467,7 @@ pub fn join_url(base: &str, path: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -516,7 +527,13 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(&error, ProviderError::Connection { provider: "test", .. }),
+            matches!(
+                &error,
+                ProviderError::Connection {
+                    provider: "test",
+                    ..
+                }
+            ),
             "{error:?}"
         );
     }

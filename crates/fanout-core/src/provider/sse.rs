@@ -120,6 +120,7 @@ impl SseParser {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -142,7 +143,11 @@ mod tests {
     /// Every split into two chunks, and every split into three, and one byte at a time, must
     /// give what parsing the whole fixture at once gives.
     fn assert_chunking_invariant(fixture: &[u8], expected: &[SseEvent], clean: bool) {
-        assert_eq!(parse_chunks(&[fixture]), (expected.to_vec(), clean), "whole");
+        assert_eq!(
+            parse_chunks(&[fixture]),
+            (expected.to_vec(), clean),
+            "whole"
+        );
         for i in 0..=fixture.len() {
             let got = parse_chunks(&[&fixture[..i], &fixture[i..]]);
             assert_eq!(got, (expected.to_vec(), clean), "split at {i}");

@@ -83,7 +83,9 @@ pub enum ToolChoice {
     /// Must call some tool.
     Any,
     /// Must call this tool (how plans and results are forced).
-    Tool { name: String },
+    Tool {
+        name: String,
+    },
     None,
 }
 
@@ -142,7 +144,9 @@ impl Request {
             for block in &message.content {
                 total += match block {
                     ContentBlock::Text { text } => text.len(),
-                    ContentBlock::ToolUse { name, input, .. } => name.len() + input.to_string().len(),
+                    ContentBlock::ToolUse { name, input, .. } => {
+                        name.len() + input.to_string().len()
+                    }
                     ContentBlock::ToolResult { content, .. } => content.len(),
                 };
             }

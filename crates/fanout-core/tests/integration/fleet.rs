@@ -232,8 +232,15 @@ async fn overload_and_server_errors_are_retried_within_the_policy() {
     assert!(run.max_attempts <= policy.max_attempts);
     let exchanges = sim.exchanges();
     let faulted = exchanges.iter().filter(|e| e.fault.is_some()).count();
-    assert!(faulted >= 40, "the simulator injected only {faulted} faults");
-    assert_eq!(exchanges.len(), 1000 + faulted, "each fault costs exactly one retry");
+    assert!(
+        faulted >= 40,
+        "the simulator injected only {faulted} faults"
+    );
+    assert_eq!(
+        exchanges.len(),
+        1000 + faulted,
+        "each fault costs exactly one retry"
+    );
     // The simulator saw the retry count header; none above the policy's limit.
     let most_retries = exchanges
         .iter()
@@ -243,7 +250,11 @@ async fn overload_and_server_errors_are_retried_within_the_policy() {
         .unwrap();
     assert!(most_retries >= 1 && most_retries < policy.max_attempts);
     // Retries stayed a small fraction of requests.
-    assert!(fleet.stats().retries <= 100, "{} retries", fleet.stats().retries);
+    assert!(
+        fleet.stats().retries <= 100,
+        "{} retries",
+        fleet.stats().retries
+    );
     sim.shutdown().await;
 }
 
@@ -275,7 +286,9 @@ rules:
     let cancel = CancellationToken::new();
     for status in [400u16, 401, 403, 404, 413] {
         let mut request = Request::new("claude-sonnet-4-5", 64);
-        request.messages.push(Message::user(format!("status {status}")));
+        request
+            .messages
+            .push(Message::user(format!("status {status}")));
         let error = fleet.call(&request, &cancel).await.unwrap_err();
         match error {
             FleetError::Failed {

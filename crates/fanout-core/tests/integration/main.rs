@@ -2,5 +2,6 @@
 //! (`fanout-sim`) over real HTTP on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod config;
 mod fleet;
 mod provider;
