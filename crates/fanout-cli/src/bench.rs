@@ -39,6 +39,8 @@ enum BenchCommand {
     Fleet(FleetArgs),
     /// The simulator's own throughput (small requests, zero latency).
     Sim(bench_sim::BenchSimArgs),
+    /// Plan and validate a scripted 1,000-agent plan over a generated 10,000-file repository.
+    Plan(crate::bench_plan::BenchPlanArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -109,6 +111,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         BenchCommand::Fleet(args) => fleet(args).await,
         BenchCommand::Sim(args) => bench_sim::run(args).await,
+        BenchCommand::Plan(args) => crate::bench_plan::run(args).await,
     }
 }
 

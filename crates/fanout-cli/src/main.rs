@@ -4,8 +4,11 @@
 //! (or JSON with `--json`); progress and diagnostics go to stderr.
 
 mod bench;
+mod bench_plan;
 mod bench_sim;
 mod config_cmd;
+mod run_cmd;
+mod store_cmd;
 mod usage;
 
 use std::process::ExitCode;
@@ -36,6 +39,16 @@ enum Command {
     Schema(config_cmd::SchemaArgs),
     /// Write a commented starter workflow file.
     Init(config_cmd::InitArgs),
+    /// Plan a workflow and run it (`--dry-run`: plan, check permissions, estimate, stop).
+    Run(run_cmd::RunArgs),
+    /// Plan a workflow and print the dry-run report (same as `fanout run --dry-run`).
+    Plan(run_cmd::RunArgs),
+    /// List the runs recorded in this repository, newest first.
+    Runs(store_cmd::RunsArgs),
+    /// Show one run (its agents and checkpoints), or one agent of it in detail.
+    Show(store_cmd::ShowArgs),
+    /// Restore the working tree to a run's checkpoint (default: as it was before the run).
+    Rollback(store_cmd::RollbackArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +78,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(args).await,
         Command::Schema(args) => config_cmd::run_schema(args),
         Command::Init(args) => config_cmd::run_init(args),
+        Command::Runs(args) => store_cmd::run_runs(args),
+        Command::Show(args) => store_cmd::run_show(args),
+        Command::Rollback(args) => store_cmd::run_rollback(args).await,
+        Command::Run(args) => run_cmd::run(args).await,
+        Command::Plan(args) => run_cmd::run_plan(args).await,
     }
 }
 

@@ -9,13 +9,30 @@
 //! - [`governor`]: the fleet-wide rate governor every agent of a run shares (request, input and
 //!   output token buckets, header feedback, AIMD on in-flight concurrency).
 //! - [`fleet`]: a provider wrapped in the governor and the retry policy: what agents call.
+//! - [`store`]: the SQLite run store (one writer thread, batched commits) and the JSON-lines log.
+//! - [`run`]: running a plan: hardened git, checkpoints and rollback (scheduler to come).
+//! - [`policy`]: one agent's permissions as data (scopes, protected paths, tools, shell, network).
+//! - [`tools`]: the tools the model sees, on a scoped file system; [`sandbox`]: the kernel
+//!   sandbox commands run in; [`agent`]: journal, receipts and the turn loop.
+//! - [`plan`]: repository scan, orchestrator planning with a repair loop, plan validation,
+//!   estimates and the dry-run report.
+//! - [`items`]: item work: inputs, chunking, worker prompts and answer accounting, aggregation
+//!   and outputs.
 //!
 //! The library never prints; callers render.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod agent;
 pub mod config;
 pub mod env;
 pub mod fleet;
 pub mod governor;
+pub mod items;
+pub mod policy;
+pub mod plan;
 pub mod provider;
 pub mod retry;
+pub mod run;
+pub mod store;
+pub mod sandbox;
+pub mod tools;

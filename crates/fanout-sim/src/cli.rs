@@ -66,6 +66,9 @@ pub struct SimArgs {
     /// Accept requests without an API key.
     #[arg(long)]
     pub no_auth: bool,
+    /// How long a message batch stays in progress, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub batch_delay_ms: u64,
 }
 
 impl SimArgs {
@@ -103,6 +106,7 @@ impl SimArgs {
             scenario,
             record_path: self.record.clone(),
             require_auth: !self.no_auth,
+            batch_delay: Duration::from_millis(self.batch_delay_ms),
         };
         config.validate()?;
         Ok((config, SocketAddr::new(self.host, self.port)))

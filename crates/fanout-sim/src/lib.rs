@@ -11,6 +11,9 @@
 //! # Endpoints
 //!
 //! - `POST /v1/messages` (JSON, or SSE with `stream: true`), `POST /v1/messages/count_tokens`
+//! - Message Batches: `POST /v1/messages/batches`, `GET /v1/messages/batches/{id}`,
+//!   `GET /v1/messages/batches/{id}/results`, `POST /v1/messages/batches/{id}/cancel`
+//!   (see `batches.rs`; each request is answered like `/v1/messages`)
 //! - `POST /v1/chat/completions` (JSON, or `data:` chunks ending in `data: [DONE]`)
 //! - `GET /sim/stats` ([`Stats`]) and `GET /sim/exchanges` ([`Exchange`] list)
 //!
@@ -44,6 +47,7 @@
 
 mod answer;
 mod anthropic;
+mod batches;
 pub mod cli;
 mod faults;
 mod limits;
@@ -92,6 +96,8 @@ pub struct SimConfig {
     pub record_path: Option<PathBuf>,
     /// Reject requests without an API key (401).
     pub require_auth: bool,
+    /// How long a message batch stays `in_progress` before it has ended.
+    pub batch_delay: Duration,
 }
 
 impl Default for SimConfig {
@@ -109,6 +115,7 @@ impl Default for SimConfig {
             scenario: None,
             record_path: None,
             require_auth: true,
+            batch_delay: Duration::ZERO,
         }
     }
 }

@@ -36,15 +36,16 @@ const MAX_BODY: usize = 32 * 1024 * 1024;
 /// State shared by all handlers.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    config: SimConfig,
-    counters: Option<Counters>,
-    started: Instant,
-    seq: AtomicU64,
+    pub(crate) config: SimConfig,
+    pub(crate) counters: Option<Counters>,
+    pub(crate) started: Instant,
+    pub(crate) seq: AtomicU64,
     in_flight: AtomicU64,
     peak_in_flight: AtomicU64,
     limiter: Mutex<Limiter>,
     stats: Mutex<Stats>,
     pub(crate) recorder: Recorder,
+    pub(crate) batches: crate::batches::Batches,
     stop: watch::Receiver<bool>,
 }
 
@@ -71,11 +72,16 @@ pub(crate) fn spawn(
         peak_in_flight: AtomicU64::new(0),
         stats: Mutex::new(Stats::default()),
         recorder,
+        batches: crate::batches::Batches::default(),
         stop: stop_rx.clone(),
     });
     let app = Router::new()
         .route("/v1/messages", post(messages))
         .route("/v1/messages/count_tokens", post(count_tokens))
+        .route("/v1/messages/batches", post(crate::batches::create))
+        .route("/v1/messages/batches/{id}", get(crate::batches::retrieve))
+        .route("/v1/messages/batches/{id}/results", get(crate::batches::results))
+        .route("/v1/messages/batches/{id}/cancel", post(crate::batches::cancel))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/sim/stats", get(sim_stats))
         .route("/sim/exchanges", get(sim_exchanges))
@@ -195,11 +201,11 @@ async fn not_found(uri: Uri) -> Response {
     (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn has_key(headers: &HeaderMap) -> bool {
+pub(crate) fn has_key(headers: &HeaderMap) -> bool {
     let api_key = header_str(headers, "x-api-key").is_some_and(|k| !k.trim().is_empty());
     let bearer = header_str(headers, "authorization")
         .and_then(|v| {
@@ -323,7 +329,7 @@ impl Ctx {
     }
 }
 
-fn empty_exchange() -> Exchange {
+pub(crate) fn empty_exchange() -> Exchange {
     Exchange {
         seq: 0,
         at_ms: 0,

@@ -1229,3 +1229,167 @@ async fn hostile_inputs_never_crash_the_server() {
     sim2.shutdown().await;
     sim.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Message Batches
+
+async fn get(sim: &SimHandle, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut request = reqwest::Client::new().get(format!("{}{path}", sim.base_url()));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    Reply {
+        status,
+        headers,
+        text,
+    }
+}
+
+fn jsonl_by_custom_id(text: &str) -> std::collections::BTreeMap<String, Value> {
+    text.lines()
+        .map(|line| {
+            let value: Value = serde_json::from_str(line).unwrap();
+            (
+                value["custom_id"].as_str().unwrap().to_string(),
+                value["result"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn batch_answers_each_request_like_messages_after_the_delay() {
+    let sim = start(SimConfig {
+        batch_delay: Duration::from_secs(3600),
+        scenario: scenario(
+            "rules:\n  - name: refuse\n    match: {last_user: \"please fail\"}\n    error: {status: 500, type: api_error, message: \"scripted\"}\n  - name: hi\n    match: {last_user: \"^hello$\"}\n    text: \"Hi there\"\n",
+        ),
+        ..SimConfig::default()
+    })
+    .await;
+    let mut no_max_tokens = hello();
+    no_max_tokens.as_object_mut().unwrap().remove("max_tokens");
+    let mut fail = hello();
+    fail["messages"][0]["content"] = json!("please fail");
+    let mut streaming = hello();
+    streaming["stream"] = json!(true);
+    let forced = json!({
+        "model": "claude-test", "max_tokens": 500,
+        "messages": [{"role": "user", "content": "weather?"}],
+        "tools": [weather_tool()], "tool_choice": {"type": "tool", "name": "get_weather"}
+    });
+    let body = json!({"requests": [
+        {"custom_id": "a", "params": hello()},
+        {"custom_id": "b", "params": no_max_tokens},
+        {"custom_id": "c", "params": fail},
+        {"custom_id": "d", "params": streaming},
+        {"custom_id": "e", "params": forced},
+    ]});
+    let created = send(&sim, "/v1/messages/batches", ANTHROPIC, body.to_string()).await;
+    assert_eq!(created.status, 200, "{}", created.text);
+    let batch = created.json();
+    let id = batch["id"].as_str().unwrap().to_string();
+    assert_eq!(batch["type"], "message_batch");
+    assert_eq!(batch["processing_status"], "in_progress");
+    assert_eq!(batch["request_counts"]["processing"], 5);
+    assert_eq!(batch["results_url"], Value::Null);
+    assert!(batch["created_at"].as_str().unwrap().ends_with('Z'));
+
+    let early = get(&sim, &format!("/v1/messages/batches/{id}/results"), ANTHROPIC).await;
+    assert_eq!(early.status, 400);
+    assert_eq!(early.json()["error"]["type"], "invalid_request_error");
+
+    tokio::time::advance(Duration::from_secs(3601)).await;
+    let status = get(&sim, &format!("/v1/messages/batches/{id}"), ANTHROPIC).await;
+    let status = status.json();
+    assert_eq!(status["processing_status"], "ended");
+    assert_eq!(
+        status["request_counts"],
+        json!({"processing": 0, "succeeded": 2, "errored": 3, "canceled": 0, "expired": 0})
+    );
+    let url = status["results_url"].as_str().unwrap();
+    assert!(url.ends_with(&format!("/v1/messages/batches/{id}/results")), "{url}");
+
+    let results = get(&sim, &format!("/v1/messages/batches/{id}/results"), ANTHROPIC).await;
+    assert_eq!(results.status, 200);
+    // Results are in no particular order (reverse here): clients match by custom_id.
+    assert!(results.text.starts_with("{\"custom_id\":\"e\""), "{}", results.text);
+    let results = jsonl_by_custom_id(&results.text);
+    assert_eq!(results.len(), 5);
+    assert_eq!(results["a"]["type"], "succeeded");
+    assert_eq!(results["a"]["message"]["content"][0]["text"], "Hi there");
+    assert_eq!(results["a"]["message"]["usage"]["service_tier"], "batch");
+    assert_eq!(results["b"]["type"], "errored");
+    assert_eq!(results["b"]["error"]["error"]["type"], "invalid_request_error");
+    assert_eq!(results["b"]["error"]["error"]["message"], "max_tokens: Field required");
+    assert_eq!(results["c"]["error"]["error"]["type"], "api_error");
+    assert_eq!(results["c"]["error"]["error"]["message"], "scripted");
+    assert_eq!(results["d"]["type"], "errored");
+    let tool_use = &results["e"]["message"]["content"][0];
+    assert_eq!(tool_use["type"], "tool_use");
+    check_weather_input(&tool_use["input"]);
+
+    // Each request is in the exchange log.
+    let log: Vec<_> = sim
+        .exchanges()
+        .into_iter()
+        .filter(|e| e.endpoint == "batch_messages")
+        .collect();
+    let ids: Vec<&str> = log.iter().map(|e| e.request_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["a", "b", "c", "d", "e"].map(|c| format!("{id}/{c}"))
+    );
+    assert_eq!(log[0].rule_name.as_deref(), Some("hi"));
+    assert_eq!(log[1].status, 400);
+    assert_eq!(log[2].status, 500);
+    sim.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn batch_cancel_and_bad_requests() {
+    let sim = start(SimConfig {
+        batch_delay: Duration::from_secs(3600),
+        ..SimConfig::default()
+    })
+    .await;
+    let body = json!({"requests": [{"custom_id": "x", "params": hello()}, {"custom_id": "y", "params": hello()}]});
+    let batch = send(&sim, "/v1/messages/batches", ANTHROPIC, body.to_string())
+        .await
+        .json();
+    let id = batch["id"].as_str().unwrap();
+    let canceled = send(
+        &sim,
+        &format!("/v1/messages/batches/{id}/cancel"),
+        ANTHROPIC,
+        "{}",
+    )
+    .await
+    .json();
+    assert_eq!(canceled["processing_status"], "ended");
+    assert_eq!(canceled["request_counts"]["canceled"], 2);
+    assert!(canceled["cancel_initiated_at"].is_string());
+    let results = get(&sim, &format!("/v1/messages/batches/{id}/results"), ANTHROPIC).await;
+    let results = jsonl_by_custom_id(&results.text);
+    assert_eq!(results["x"], json!({"type": "canceled"}));
+
+    let twice = json!({"requests": [{"custom_id": "x", "params": hello()}, {"custom_id": "x", "params": hello()}]});
+    let reply = send(&sim, "/v1/messages/batches", ANTHROPIC, twice.to_string()).await;
+    assert_eq!(reply.status, 400);
+    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("used twice"));
+    let bad_id = json!({"requests": [{"custom_id": "a/b", "params": hello()}]});
+    let reply = send(&sim, "/v1/messages/batches", ANTHROPIC, bad_id.to_string()).await;
+    assert_eq!(reply.status, 400);
+    let empty = send(&sim, "/v1/messages/batches", ANTHROPIC, "{\"requests\": []}").await;
+    assert_eq!(empty.status, 400);
+    let unknown = get(&sim, "/v1/messages/batches/msgbatch_nope", ANTHROPIC).await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.json()["error"]["type"], "not_found_error");
+    let no_key = get(&sim, &format!("/v1/messages/batches/{id}"), &[("anthropic-version", "2023-06-01")]).await;
+    assert_eq!(no_key.status, 401);
+    sim.shutdown().await;
+}

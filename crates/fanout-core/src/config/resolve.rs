@@ -25,6 +25,8 @@ pub(crate) const MAX_PARALLEL_AGENTS_LIMIT: i64 = 100_000;
 pub(crate) const DEFAULT_CHECKPOINT_INTERVAL: u32 = 10;
 pub(crate) const DEFAULT_DESTRUCTIVE_CHECKPOINT_INTERVAL: u32 = 1;
 pub(crate) const DEFAULT_LOG_DESTINATION: &str = ".fanout/logs/workflow-run-{timestamp}.json";
+/// The shell allowlist when the file gives none.
+pub(crate) const DEFAULT_SHELL_ALLOWLIST: &[&str] = &["git status", "npm test"];
 pub(crate) const DEFAULT_AGENT_MAX_TURNS: u64 = 50;
 pub(crate) const DEFAULT_AGENT_MAX_TOKENS: u64 = 500_000;
 pub(crate) const DEFAULT_AGENT_MAX_WALL_TIME: Duration = Duration::from_secs(15 * 60);
@@ -208,8 +210,10 @@ impl Resolver<'_> {
 
         let models = self.models(workflow.models)?;
         let agent_permissions = self.permissions(workflow.agent_permissions);
+        let explicit_allowlist = workflow.shell_allowlist.is_some();
         let shell_allowlist = self.shell_allowlist(workflow.shell_allowlist)?;
         if agent_permissions.shell_exec == ShellExec::Deny
+            && explicit_allowlist
             && let Some(first) = shell_allowlist.first()
         {
             self.warnings.push(ConfigWarning::new(
@@ -393,7 +397,17 @@ impl Resolver<'_> {
 
     fn shell_allowlist(&mut self, raw: Option<Vec<Spanned<String>>>) -> Result<Vec<ShellCommand>> {
         let mut commands: Vec<ShellCommand> = Vec::new();
-        for (index, entry) in raw.unwrap_or_default().iter().enumerate() {
+        let Some(raw) = raw else {
+            // The seed's `shell_exec: restricted` with no list shows `[git status, npm test]`
+            // as allowlisted: a read-only git query and the test command. `[]` means none.
+            for text in DEFAULT_SHELL_ALLOWLIST {
+                if let Ok(command) = ShellCommand::parse(text) {
+                    commands.push(command);
+                }
+            }
+            return Ok(commands);
+        };
+        for (index, entry) in raw.iter().enumerate() {
             let key = format!("workflow.shell_allowlist[{index}]");
             let command = self
                 .shell_command("workflow.shell_allowlist", entry)

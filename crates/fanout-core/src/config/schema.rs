@@ -109,7 +109,7 @@ pub fn json_schema() -> Value {
                     },
                     "shell_allowlist": {
                         "type": "array",
-                        "description": "Commands agents may run (argv prefixes, no shell syntax), e.g. `git status`.",
+                        "description": "Commands agents may run (argv prefixes, no shell syntax), e.g. `git status`. Default when absent: `git status`, `npm test`; `[]` allows none.",
                         "items": { "type": "string", "minLength": 1, "pattern": "^[^;&|$`<>()\\\\]*$" }
                     },
                     "paths": {

@@ -106,7 +106,6 @@ impl HttpTransport {
         attempt: Attempt,
         stream: bool,
     ) -> Result<Reply, ProviderError> {
-        let provider = dialect.provider;
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(
             ACCEPT,
@@ -117,13 +116,40 @@ impl HttpTransport {
             }),
         );
         headers.insert(RETRY_COUNT_HEADER, HeaderValue::from(attempt.retry));
+        let request = self.client.post(url).headers(headers).body(body);
+        self.execute(dialect, request, stream).await
+    }
+
+    /// GET `url`, accepting `accept` (the Message Batches status and results). Errors as for
+    /// [`HttpTransport::post_json`]; the whole-request timeout applies.
+    pub async fn get(
+        &self,
+        dialect: &Dialect,
+        url: &str,
+        mut headers: HeaderMap,
+        accept: &'static str,
+    ) -> Result<Reply, ProviderError> {
+        headers.insert(ACCEPT, HeaderValue::from_static(accept));
+        let request = self.client.get(url).headers(headers);
+        self.execute(dialect, request, false).await
+    }
+
+    /// Send a built request; the shared part of [`HttpTransport::post_json`] and
+    /// [`HttpTransport::get`].
+    async fn execute(
+        &self,
+        dialect: &Dialect,
+        request: reqwest::RequestBuilder,
+        stream: bool,
+    ) -> Result<Reply, ProviderError> {
+        let provider = dialect.provider;
         let (deadline, limit) = if stream {
             (None, self.config.stream_idle_timeout)
         } else {
             let limit = self.config.request_timeout;
             (Some(Instant::now() + limit), limit)
         };
-        let send = self.client.post(url).headers(headers).body(body).send();
+        let send = request.send();
         let response = match tokio::time::timeout_at(Instant::now() + limit, send).await {
             Err(_) => {
                 return Err(ProviderError::Timeout {

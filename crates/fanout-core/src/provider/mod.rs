@@ -3,11 +3,13 @@
 //! `types` is the provider-neutral vocabulary; `error` the typed failures. Each provider module
 //! (`anthropic`, `openai`) only translates between those types and its wire format; `http` is
 //! the shared transport (reqwest, timeouts, error bodies) and `sse` the server-sent-events
-//! parser both streaming paths use; `headers` reads rate-limit and retry headers.
+//! parser both streaming paths use; `headers` reads rate-limit and retry headers. `batch` is
+//! the Anthropic Message Batches client (submit, poll, collect by `custom_id`).
 //!
 //! Start reading at [`Provider`].
 
 pub mod anthropic;
+pub mod batch;
 pub mod error;
 pub mod headers;
 pub mod http;

@@ -62,8 +62,15 @@ fn seed_example_parses_as_written() {
         config.model_for_role("unknown_role").model,
         "claude-sonnet-4-5"
     );
-    assert!(config.shell_allowlist.is_empty());
-    assert!(!config.shell_command_allowed(&["git", "status"]));
+    // The seed's dry run shows `[git status, npm test]` as allowlisted.
+    let allowlist: Vec<String> = config
+        .shell_allowlist
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    assert_eq!(allowlist, ["git status", "npm test"]);
+    assert!(config.shell_command_allowed(&["git", "status"]));
+    assert!(!config.shell_command_allowed(&["npm", "install"]));
     assert!(config.paths.is_writable("src/auth/jwt.ts"));
     assert!(!config.paths.is_writable(".git/config"));
     assert!(!config.paths.is_writable("packages/api/.env.local"));

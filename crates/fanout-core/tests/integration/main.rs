@@ -2,6 +2,12 @@
 //! (`fanout-sim`) over real HTTP on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod checkpoint;
+mod agent;
 mod config;
 mod fleet;
+mod items;
+mod plan;
 mod provider;
+mod security;
+mod store;

@@ -1,0 +1,225 @@
+//! `fanout run FILE [--dry-run]` and `fanout plan FILE`: one code path.
+//!
+//! Load the workflow file, build the provider (the in-process simulator with `--sim`, else the
+//! environment's API), let `fanout_core::plan::prepare` scan, plan, validate, estimate and save,
+//! then print the report (text, or `--json`). `fanout plan` is `fanout run --dry-run`.
+//! Without `--dry-run`, a clean plan is followed by the live-run precondition (a clean git
+//! work tree where the plan touches); live execution itself is not built yet and says so.
+//!
+//! Exit codes: 0 clean plan; 1 permission violations; 2 invalid workflow file or arguments;
+//! 3 planning failed (no usable plan, provider error, unreadable plan file); 4 the repository
+//! is not ready for a live run; 69 live execution unavailable.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use fanout_core::config::{Config, Provider as ProviderKind};
+use fanout_core::fleet::Fleet;
+use fanout_core::governor::Governor;
+use fanout_core::plan::{self, PlanOptions, PrepareRequest, ScopePaths};
+use fanout_core::provider::Provider;
+use fanout_core::provider::anthropic::{AnthropicConfig, AnthropicProvider};
+use fanout_core::provider::openai::{OpenAiConfig, OpenAiProvider};
+use fanout_core::retry::{RetryBudget, RetryBudgetConfig, RetryPolicy};
+use fanout_sim::{Scenario, Sim, SimConfig, SimHandle};
+use tokio_util::sync::CancellationToken;
+
+pub const EXIT_VIOLATIONS: u8 = 1;
+pub const EXIT_CONFIG: u8 = 2;
+pub const EXIT_PLANNING: u8 = 3;
+pub const EXIT_NOT_READY: u8 = 4;
+pub const EXIT_UNAVAILABLE: u8 = 69;
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The workflow file.
+    pub file: PathBuf,
+    /// Plan, validate and report; change nothing and start no agent.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Plan against an in-process simulator instead of the real API (no key needed).
+    #[arg(long)]
+    pub sim: bool,
+    /// Scenario script for the simulator (implies --sim).
+    #[arg(long, value_name = "FILE")]
+    pub scenario: Option<PathBuf>,
+    /// The root task (overrides `workflow.task`).
+    #[arg(long, value_name = "TEXT")]
+    pub task: Option<String>,
+    /// Use this reviewed plan (`.fanout/runs/<run_id>/plan.json`) instead of asking the
+    /// orchestrator; it is validated again.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+    /// Repository root (overrides `workflow.repository`).
+    #[arg(long, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    /// Times an invalid plan goes back to the orchestrator.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub max_repairs: u32,
+    /// One row per agent.
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// The report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `fanout plan`: the dry run.
+pub async fn run_plan(mut args: RunArgs) -> anyhow::Result<ExitCode> {
+    args.dry_run = true;
+    run(args).await
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = match Config::from_path(&args.file) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    for warning in config.warnings() {
+        eprintln!("warning: {warning}");
+    }
+    let repository = args
+        .repo
+        .clone()
+        .unwrap_or_else(|| config.repository.clone());
+
+    // The simulator lives as long as this function; it is shut down before returning.
+    let mut sim: Option<SimHandle> = None;
+    let fleet = if args.plan.is_some() {
+        None
+    } else if args.sim || args.scenario.is_some() {
+        let scenario = match &args.scenario {
+            Some(path) => Some(Scenario::from_file(path).context("cannot load the scenario")?),
+            None => None,
+        };
+        let handle = Sim::start(
+            SimConfig {
+                scenario,
+                ..SimConfig::default()
+            },
+            "127.0.0.1:0".parse().context("loopback address")?,
+        )
+        .await
+        .context("cannot start the simulator")?;
+        let provider = provider_for(&config, Some(&handle.base_url()))?;
+        sim = Some(handle);
+        Some(fleet_for(&config, provider))
+    } else {
+        Some(fleet_for(&config, provider_for(&config, None)?))
+    };
+
+    let request = PrepareRequest {
+        repository: repository.clone(),
+        task: args.task.clone(),
+        plan_file: args.plan.clone(),
+        options: PlanOptions {
+            max_repairs: args.max_repairs,
+            ..PlanOptions::default()
+        },
+        dry_run: args.dry_run,
+        save: true,
+    };
+    let cancel = CancellationToken::new();
+    let prepared = plan::prepare(&config, &request, fleet.as_ref(), &cancel).await;
+    if let Some(handle) = sim.take() {
+        handle.shutdown().await;
+    }
+    let prepared = match prepared {
+        Ok(prepared) => prepared,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return Ok(ExitCode::from(EXIT_PLANNING));
+        }
+    };
+
+    let report = &prepared.report;
+    let rendered = if args.json {
+        let mut text = serde_json::to_string_pretty(report).context("cannot render the report")?;
+        text.push('\n');
+        text
+    } else {
+        report.render(args.verbose)
+    };
+    write_stdout(&rendered)?;
+    if !report.is_clean() {
+        return Ok(ExitCode::from(EXIT_VIOLATIONS));
+    }
+    if args.dry_run {
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let scope = ScopePaths::new(&prepared.validation, &prepared.scan);
+    if let Err(err) = plan::ensure_clean(&repository, |path| scope.contains(path)) {
+        eprintln!("error: refusing a live run: {err}");
+        return Ok(ExitCode::from(EXIT_NOT_READY));
+    }
+    let saved = report
+        .saved
+        .as_ref()
+        .map(|saved| {
+            format!(
+                " The reviewed plan is {}; `fanout run {} --plan {}` will use it as is.",
+                saved.path.display(),
+                args.file.display(),
+                saved.path.display()
+            )
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "error: the checks passed, but live execution is not built yet in this version of fanout; nothing was changed.{saved}"
+    );
+    Ok(ExitCode::from(EXIT_UNAVAILABLE))
+}
+
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(err).context("cannot write to stdout")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The orchestrator's provider: at `base_url` (the simulator) or from the environment.
+fn provider_for(config: &Config, base_url: Option<&str>) -> anyhow::Result<Arc<dyn Provider>> {
+    let provider: Arc<dyn Provider> = match (config.orchestrator_model().provider, base_url) {
+        (ProviderKind::Anthropic, Some(base_url)) => {
+            Arc::new(AnthropicProvider::new(AnthropicConfig {
+                base_url: base_url.to_owned(),
+                ..AnthropicConfig::new("sim")
+            })?)
+        }
+        (ProviderKind::OpenAi, Some(base_url)) => Arc::new(OpenAiProvider::new(OpenAiConfig {
+            base_url: format!("{base_url}/v1"),
+            ..OpenAiConfig::new("sim")
+        })?),
+        (ProviderKind::Anthropic, None) => Arc::new(
+            AnthropicProvider::from_env()
+                .context("cannot reach the Anthropic API (or use --sim)")?,
+        ),
+        (ProviderKind::OpenAi, None) => Arc::new(
+            OpenAiProvider::from_env().context("cannot reach the OpenAI API (or use --sim)")?,
+        ),
+    };
+    Ok(provider)
+}
+
+fn fleet_for(config: &Config, provider: Arc<dyn Provider>) -> Fleet {
+    Fleet::new(
+        provider,
+        Governor::new(plan::governor_config(config)),
+        RetryPolicy::default(),
+        Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
+    )
+}

@@ -1,0 +1,17 @@
+//! One sub-agent: its turn loop ([`run_agent`]), its journal of pre-images and its receipts.
+//!
+//! [`Journal`] records the state of every file before the agent first changes it, so the
+//! agent's work can be undone byte for byte; [`Receipts`] record what the agent actually did
+//! (files read and written, commands with exit codes, denials), taken from the tools and the
+//! sandbox, never from the model.
+
+mod journal;
+mod receipts;
+mod run;
+
+pub use journal::{Journal, JournalEntry, UndoReport};
+pub use receipts::{CommandReceipt, Denial, Receipts};
+pub use run::{
+    AgentConfig, AgentOutcome, AgentStatus, REPORT_TOOL, check_claims, default_output_schema,
+    run_agent, system_prompt,
+};

@@ -1,0 +1,330 @@
+//! The turn loop of one sub-agent.
+//!
+//! A system prompt built from the task, the scope, the tools and the rules; turns through the
+//! shared [`Fleet`] (so the rate governor and retry budget apply); every tool call executed by
+//! the agent's [`Toolbox`]; limits on turns, tokens, dollars and wall time, each ending the
+//! agent with its own [`AgentStatus`] and the receipts of what it did so far. The result comes
+//! through a forced `report_result` tool, validated against the output schema (a default one
+//! when the workflow has none), with one repair attempt. A result whose claims disagree with
+//! the receipts is flagged.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ModelSpec;
+use crate::fleet::Fleet;
+use crate::policy::{AgentSpec, ShellPolicy};
+use crate::provider::{ContentBlock, Message, Request, Role, ToolChoice, ToolSpec};
+use crate::tools::Toolbox;
+
+use super::Receipts;
+
+/// The tool through which an agent ends.
+pub const REPORT_TOOL: &str = "report_result";
+
+/// Limits and model settings of one agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub model: String,
+    /// Prices, for the dollar limit; `None` disables it.
+    pub pricing: Option<ModelSpec>,
+    pub max_tokens_per_turn: u32,
+    pub max_turns: u64,
+    /// Input plus output tokens over all turns.
+    pub max_tokens: u64,
+    pub max_dollars: Option<f64>,
+    pub max_wall_time: Duration,
+    /// The result schema; [`default_output_schema`] when `None`.
+    pub output_schema: Option<Value>,
+}
+
+/// How an agent ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    Success,
+    /// `report_result` was invalid twice (after one repair attempt).
+    InvalidResult,
+    TurnLimit,
+    TokenLimit,
+    DollarLimit,
+    TimeLimit,
+    Cancelled,
+    ProviderError(String),
+}
+
+/// What one agent produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentOutcome {
+    pub agent_id: String,
+    pub status: AgentStatus,
+    pub result: Option<Value>,
+    pub receipts: Receipts,
+    pub turns: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub dollars: f64,
+    /// Claims of the result that the receipts contradict.
+    pub flags: Vec<String>,
+}
+
+/// The result schema used when the workflow gives none.
+pub fn default_output_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "status": {"type": "string", "enum": ["success", "partial", "failure"]},
+            "summary": {"type": "string", "description": "What you did and found"},
+            "files_changed": {"type": "array", "items": {"type": "string"},
+                "description": "Every file you changed"}
+        },
+        "required": ["status", "summary", "files_changed"]
+    })
+}
+
+/// The system prompt: task, scope, tools and rules.
+pub fn system_prompt(spec: &AgentSpec, toolbox: &Toolbox) -> String {
+    let policy = toolbox.policy();
+    let mut prompt = String::from(
+        "You are one sub-agent of a larger workflow. Do only your task, then call \
+         report_result exactly once.\n\n",
+    );
+    prompt.push_str(&format!("Task {}: {}\n\n", spec.task_id, spec.description));
+    if policy.write.is_empty() {
+        prompt.push_str("You may not change any file.\n");
+    } else {
+        prompt.push_str("Files you may change (nothing else):\n");
+        for pattern in policy.write.patterns() {
+            prompt.push_str(&format!("- {pattern}\n"));
+        }
+    }
+    let tools: Vec<&str> = policy.tools.iter().map(String::as_str).collect();
+    prompt.push_str(&format!("\nTools: {}\n", tools.join(", ")));
+    if let ShellPolicy::Allowlist(commands) = &policy.shell
+        && policy.tools.contains("bash")
+    {
+        prompt.push_str("Commands allowed in bash (with any further arguments):\n");
+        for command in commands {
+            prompt.push_str(&format!("- {command}\n"));
+        }
+    }
+    prompt.push_str(
+        "\nRules:\n- Paths are relative to the repository root.\n- Refused calls say why; \
+         do not retry them in another form: the limits are enforced by the system, not by you.\n\
+         - Never touch .git, .fanout or secret files.\n- Report only what you actually did.\n",
+    );
+    prompt
+}
+
+fn report_tool(schema: &Value) -> ToolSpec {
+    ToolSpec {
+        name: REPORT_TOOL.into(),
+        description: "Report your final result. Call it once, when you are done.".into(),
+        input_schema: schema.clone(),
+    }
+}
+
+/// Run one agent to its end.
+pub async fn run_agent(
+    fleet: &Fleet,
+    toolbox: &Toolbox,
+    spec: &AgentSpec,
+    config: &AgentConfig,
+    cancel: &CancellationToken,
+) -> AgentOutcome {
+    let schema = config
+        .output_schema
+        .clone()
+        .unwrap_or_else(default_output_schema);
+    let mut outcome = AgentOutcome {
+        agent_id: spec.agent_id.clone(),
+        status: AgentStatus::TurnLimit,
+        result: None,
+        receipts: Receipts::default(),
+        turns: 0,
+        input_tokens: 0,
+        output_tokens: 0,
+        dollars: 0.0,
+        flags: Vec::new(),
+    };
+    let validator = match jsonschema::validator_for(&schema) {
+        Ok(validator) => validator,
+        Err(error) => {
+            outcome.status = AgentStatus::InvalidResult;
+            outcome
+                .flags
+                .push(format!("the output schema is invalid: {error}"));
+            return outcome;
+        }
+    };
+    let mut tools = toolbox.specs();
+    tools.push(report_tool(&schema));
+    let mut messages = vec![Message::user(format!(
+        "{}\n\nWhen done, call {REPORT_TOOL}.",
+        spec.description
+    ))];
+    let deadline = Instant::now() + config.max_wall_time;
+    let mut forced = false;
+    let mut repaired = false;
+
+    let status = loop {
+        if outcome.turns >= config.max_turns {
+            break AgentStatus::TurnLimit;
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            break AgentStatus::TimeLimit;
+        }
+        outcome.turns += 1;
+        let mut request = Request::new(config.model.clone(), config.max_tokens_per_turn);
+        request.system = Some(system_prompt(spec, toolbox));
+        request.messages = messages.clone();
+        request.tools = tools.clone();
+        // The last allowed turn, or a turn after the model stopped without reporting, must
+        // report.
+        if forced || outcome.turns == config.max_turns {
+            request.tool_choice = Some(ToolChoice::Tool {
+                name: REPORT_TOOL.into(),
+            });
+        }
+        let called = tokio::select! {
+            result = fleet.call(&request, cancel) => result,
+            () = tokio::time::sleep(remaining) => break AgentStatus::TimeLimit,
+            () = cancel.cancelled() => break AgentStatus::Cancelled,
+        };
+        let response = match called {
+            Ok(call) => call.response,
+            Err(crate::fleet::FleetError::Cancelled { .. }) => break AgentStatus::Cancelled,
+            Err(error) => break AgentStatus::ProviderError(error.to_string()),
+        };
+        outcome.input_tokens += response.usage.total_input();
+        outcome.output_tokens += response.usage.output_tokens;
+        if let Some(pricing) = &config.pricing {
+            outcome.dollars += pricing.cost(
+                response.usage.input_tokens + response.usage.cache_creation_input_tokens,
+                response.usage.cache_read_input_tokens,
+                response.usage.output_tokens,
+            );
+        }
+        messages.push(Message::assistant(response.content.clone()));
+
+        let mut results = Vec::new();
+        let mut finished = None;
+        for block in &response.content {
+            let ContentBlock::ToolUse { id, name, input } = block else {
+                continue;
+            };
+            if name == REPORT_TOOL {
+                let errors: Vec<String> = validator
+                    .iter_errors(input)
+                    .map(|error| format!("{}: {error}", error.instance_path()))
+                    .collect();
+                if errors.is_empty() {
+                    finished = Some(input.clone());
+                    results.push(tool_result(id, "result recorded".into(), false));
+                } else if !repaired {
+                    repaired = true;
+                    forced = true;
+                    results.push(tool_result(
+                        id,
+                        format!(
+                            "the result does not match the schema; call {REPORT_TOOL} again with \
+                             a valid result: {}",
+                            errors.join("; ")
+                        ),
+                        true,
+                    ));
+                } else {
+                    finished = Some(Value::Null);
+                }
+                continue;
+            }
+            let output = toolbox.call(name, input).await;
+            results.push(tool_result(id, output.content, output.is_error));
+        }
+        match finished {
+            Some(Value::Null) => break AgentStatus::InvalidResult,
+            Some(result) => {
+                outcome.result = Some(result);
+                break AgentStatus::Success;
+            }
+            None => {}
+        }
+        if results.is_empty() {
+            // The model stopped without a tool call: make the next turn report.
+            forced = true;
+            messages.push(Message::user(format!(
+                "Call {REPORT_TOOL} now with your result."
+            )));
+        } else {
+            messages.push(Message {
+                role: Role::User,
+                content: results,
+            });
+        }
+        let tokens = outcome.input_tokens + outcome.output_tokens;
+        if tokens >= config.max_tokens {
+            break AgentStatus::TokenLimit;
+        }
+        if config
+            .max_dollars
+            .is_some_and(|limit| outcome.dollars >= limit)
+        {
+            break AgentStatus::DollarLimit;
+        }
+    };
+    outcome.status = status;
+    outcome.receipts = toolbox.receipts();
+    outcome.flags.extend(check_claims(&outcome));
+    outcome
+}
+
+fn tool_result(id: &str, content: String, is_error: bool) -> ContentBlock {
+    ContentBlock::ToolResult {
+        tool_use_id: id.to_string(),
+        content,
+        is_error,
+    }
+}
+
+/// Claims of the result that the receipts contradict.
+pub fn check_claims(outcome: &AgentOutcome) -> Vec<String> {
+    let mut flags = Vec::new();
+    let Some(result) = &outcome.result else {
+        return flags;
+    };
+    let receipts = &outcome.receipts;
+    let claims_success = result.get("status").and_then(Value::as_str) == Some("success");
+    if claims_success && receipts.tool_calls == 0 {
+        flags.push("reports success after zero tool calls".to_string());
+    }
+    if let Some(files) = result.get("files_changed").and_then(Value::as_array) {
+        for file in files.iter().filter_map(Value::as_str) {
+            let file = file.trim_start_matches("./");
+            if !receipts.files_written.contains(file) {
+                flags.push(format!(
+                    "claims to have changed {file}, which it did not write"
+                ));
+            }
+        }
+        for written in &receipts.files_written {
+            if !files
+                .iter()
+                .any(|f| f.as_str().map(|f| f.trim_start_matches("./")) == Some(written))
+            {
+                flags.push(format!("changed {written} without reporting it"));
+            }
+        }
+    }
+    if claims_success && receipts.violations() > 0 {
+        flags.push(format!(
+            "reports success but made {} out-of-scope change(s), reverted",
+            receipts.violations()
+        ));
+    }
+    flags
+}

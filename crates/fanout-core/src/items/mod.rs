@@ -1,0 +1,45 @@
+//! Item work: map a model over many records ("analyze these 300 support tickets") with exact
+//! accounting.
+//!
+//! The pieces, in the order a run uses them:
+//! - [`input`]: read items from JSONL, CSV or a directory/glob of text files, each with an id.
+//! - [`chunk`]: split items into chunks (one per item, fixed size, or sized to a token budget
+//!   estimated before anything is sent), with deterministic chunk ids.
+//! - [`worker`]: the worker request (a prompt listing the chunk's items, a forced
+//!   `submit_results` tool), checking an answer against the output schema and against the
+//!   chunk's input ([`worker::ChunkOutcome`]), the pure retry decision
+//!   ([`worker::plan_retry`]) and the [`worker::Ledger`] that guarantees every input item ends
+//!   exactly once in the results or in the failures.
+//! - [`aggregate`]: built-in reductions (flatten, dedupe, count, group) and tree-shaped
+//!   synthesis when the results are too large for one call.
+//! - [`output`]: `results.jsonl` (or CSV), `failed.jsonl` and the summary, written atomically.
+//!
+//! What this module does not do: schedule workers, talk to the rate governor or the run store.
+//! The run engine drives these pieces; everything here is either pure or touches only the
+//! files it is given. Batch execution (the Message Batches API) is in
+//! [`crate::provider::batch`].
+
+pub mod aggregate;
+pub mod chunk;
+pub mod input;
+pub mod output;
+pub mod worker;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One input record: its id (unique within the input) and its content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    pub id: String,
+    pub value: Value,
+}
+
+impl Item {
+    pub fn new(id: impl Into<String>, value: Value) -> Self {
+        Item {
+            id: id.into(),
+            value,
+        }
+    }
+}

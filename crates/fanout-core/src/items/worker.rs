@@ -1,0 +1,966 @@
+//! One worker call for one chunk, and what to make of its answer.
+//!
+//! - [`WorkerSpec`] + [`build_request`]: a self-contained request (no shared conversation)
+//!   whose prompt lists the chunk's items with their ids and forces the tool
+//!   [`SUBMIT_TOOL`], whose input is `{"results": [<record>]}`, each record valid against the
+//!   workflow's output schema with a required `id` ([`OutputSchema`]).
+//! - [`check_answer`]: parse the answer, validate each record against the schema (fields may be
+//!   null where the schema allows it) and account for it against the chunk's input: a record
+//!   for every item id, none unknown, none twice. The result is a [`ChunkOutcome`].
+//! - [`plan_retry`]: a pure decision per outcome: missing items are re-sent alone, items whose
+//!   record was invalid, duplicated or lost in a malformed or failed answer get one repair
+//!   attempt (the problems are quoted in the new prompt), and what has used its attempts goes
+//!   to the failures with a reason.
+//! - [`Ledger`]: the per-item state across all chunks and retries. Whatever sequence of
+//!   outcomes it is fed, [`Ledger::finish`] returns every input item exactly once, either in
+//!   the results or in the failures.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::Item;
+use super::chunk::{Chunk, ChunkId};
+use crate::provider::{Message, Request, Response, StopReason, ToolChoice, ToolSpec};
+
+/// The tool every worker must call with its records.
+pub const SUBMIT_TOOL: &str = "submit_results";
+
+// ---------------------------------------------------------------------------------------------
+// Output schema
+
+/// The workflow's JSON Schema for one record, compiled, with the `id` property it needs.
+#[derive(Debug)]
+pub struct OutputSchema {
+    record: Value,
+    tool_input: Value,
+    validator: jsonschema::Validator,
+}
+
+/// Why an output schema cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchemaError {
+    #[error("the output schema must describe a JSON object (`\"type\": \"object\"`), found {found}")]
+    NotAnObject { found: String },
+    #[error("the output schema's `id` property must allow a string")]
+    IdNotString,
+    #[error("the output schema is not a valid JSON Schema: {message}")]
+    Invalid { message: String },
+}
+
+impl OutputSchema {
+    /// Compile `schema` (a record's schema). An `id` property (string) is added when absent and
+    /// made required, since every record is matched to its item by id.
+    pub fn new(schema: Value) -> Result<OutputSchema, SchemaError> {
+        let Value::Object(mut object) = schema else {
+            return Err(SchemaError::NotAnObject {
+                found: crate::provider::http::cut(&schema.to_string(), 60),
+            });
+        };
+        match object.get("type") {
+            None => {
+                object.insert("type".into(), json!("object"));
+            }
+            Some(Value::String(kind)) if kind == "object" => {}
+            Some(other) => {
+                return Err(SchemaError::NotAnObject {
+                    found: format!("type {other}"),
+                });
+            }
+        }
+        let properties = object
+            .entry("properties")
+            .or_insert_with(|| Value::Object(Map::new()));
+        let Some(properties) = properties.as_object_mut() else {
+            return Err(SchemaError::Invalid {
+                message: "`properties` is not an object".into(),
+            });
+        };
+        match properties.get("id") {
+            None => {
+                properties.insert(
+                    "id".into(),
+                    json!({"type": "string", "description": "The item's id, exactly as given."}),
+                );
+            }
+            Some(id) => {
+                let allows_string = match &id["type"] {
+                    Value::Null => true,
+                    Value::String(kind) => kind == "string",
+                    Value::Array(kinds) => kinds.iter().any(|k| k == "string"),
+                    _ => false,
+                };
+                if !allows_string {
+                    return Err(SchemaError::IdNotString);
+                }
+            }
+        }
+        let required = object
+            .entry("required")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        let Some(required) = required.as_array_mut() else {
+            return Err(SchemaError::Invalid {
+                message: "`required` is not an array".into(),
+            });
+        };
+        if !required.iter().any(|name| name == "id") {
+            required.insert(0, json!("id"));
+        }
+        let record = Value::Object(object);
+        let validator = jsonschema::validator_for(&record).map_err(|error| SchemaError::Invalid {
+            message: error.to_string(),
+        })?;
+        let tool_input = json!({
+            "type": "object",
+            "properties": {
+                "results": {
+                    "type": "array",
+                    "description": "One record per item, each with the item's id.",
+                    "items": record,
+                }
+            },
+            "required": ["results"],
+        });
+        Ok(OutputSchema {
+            record,
+            tool_input,
+            validator,
+        })
+    }
+
+    /// The record schema as sent (with `id`).
+    pub fn record_schema(&self) -> &Value {
+        &self.record
+    }
+
+    /// The input schema of [`SUBMIT_TOOL`].
+    pub fn tool_input_schema(&self) -> &Value {
+        &self.tool_input
+    }
+
+    /// The schema errors of `record`, each as `path: message` (empty when valid).
+    pub fn errors(&self, record: &Value) -> Vec<String> {
+        self.validator
+            .iter_errors(record)
+            .map(|error| {
+                let path = error.instance_path().to_string();
+                if path.is_empty() {
+                    error.to_string()
+                } else {
+                    format!("{path}: {error}")
+                }
+            })
+            .collect()
+    }
+
+    /// The property names in schema order (for CSV columns), `id` first.
+    pub fn property_names(&self) -> Vec<String> {
+        let mut names = vec!["id".to_owned()];
+        if let Some(properties) = self.record["properties"].as_object() {
+            names.extend(properties.keys().filter(|k| *k != "id").cloned());
+        }
+        names
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prompt
+
+/// The prompt around the items when the workflow gives none. Placeholders: `{{instructions}}`,
+/// `{{items}}`, `{{count}}`, `{{chunk_id}}`, `{{tool}}`.
+pub const DEFAULT_TEMPLATE: &str = "{{instructions}}
+
+Below are {{count}} items, each inside <item id=\"...\"> ... </item>. Call the tool `{{tool}}` once, \
+with exactly one record per item, in any order. Copy each item's id exactly into the record's \
+`id` field; do not invent ids and do not answer an item twice. When a field cannot be \
+determined from the item, use null where the schema allows it.
+
+{{items}}";
+
+const SYSTEM: &str = "You are one worker in a batch job. You see only the items given to you \
+and answer only through the tool you are asked to call.";
+
+/// What a worker is asked to do, shared by every chunk of a job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerSpec {
+    pub model: String,
+    pub max_tokens: u32,
+    /// The task, in the workflow's words ("Classify each support ticket…").
+    pub instructions: String,
+    /// A template with `{{items}}`; [`DEFAULT_TEMPLATE`] when `None`.
+    pub template: Option<String>,
+    pub temperature: Option<f32>,
+}
+
+/// A prompt template that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("unknown placeholder `{{{{{name}}}}}` in the prompt template (known: instructions, items, count, chunk_id, tool)")]
+    Unknown { name: String },
+    #[error("unclosed `{{{{` in the prompt template at byte {at}")]
+    Unclosed { at: usize },
+    #[error("the prompt template has no `{{{{items}}}}` placeholder, so workers would never see their items")]
+    NoItems,
+}
+
+/// Check a template before any chunk is sent.
+pub fn check_template(template: &str) -> Result<(), TemplateError> {
+    let mut saw_items = false;
+    render_template(template, &mut |name| {
+        saw_items |= name == "items";
+        known(name).then(String::new)
+    })?;
+    if saw_items { Ok(()) } else { Err(TemplateError::NoItems) }
+}
+
+fn known(name: &str) -> bool {
+    matches!(name, "instructions" | "items" | "count" | "chunk_id" | "tool")
+}
+
+/// Replace each `{{ name }}` by `value(name)`; `None` means an unknown name.
+fn render_template(
+    template: &str,
+    value: &mut dyn FnMut(&str) -> Option<String>,
+) -> Result<String, TemplateError> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            return Err(TemplateError::Unclosed {
+                at: template.len() - rest.len() + start,
+            });
+        };
+        let name = after[..end].trim();
+        match value(name) {
+            Some(text) => out.push_str(&text),
+            None => {
+                return Err(TemplateError::Unknown {
+                    name: name.to_owned(),
+                });
+            }
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// How one item appears in a prompt: `<item id="…">` + its text (a string value as it is,
+/// anything else as compact JSON) + `</item>`.
+pub fn render_item(item: &Item) -> String {
+    let body = match &item.value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    format!(
+        "<item id=\"{}\">\n{}\n</item>\n",
+        item.id.replace('"', "&quot;"),
+        body
+    )
+}
+
+/// The request for `chunk`.
+pub fn build_request(
+    spec: &WorkerSpec,
+    schema: &OutputSchema,
+    chunk: &Chunk,
+) -> Result<Request, TemplateError> {
+    build(spec, schema, chunk, &[])
+}
+
+/// The request for a repair attempt: the same prompt for these items, followed by what was
+/// wrong with the previous answer.
+pub fn build_repair_request(
+    spec: &WorkerSpec,
+    schema: &OutputSchema,
+    chunk: &Chunk,
+    problems: &[String],
+) -> Result<Request, TemplateError> {
+    build(spec, schema, chunk, problems)
+}
+
+fn build(
+    spec: &WorkerSpec,
+    schema: &OutputSchema,
+    chunk: &Chunk,
+    problems: &[String],
+) -> Result<Request, TemplateError> {
+    let template = spec.template.as_deref().unwrap_or(DEFAULT_TEMPLATE);
+    let items: String = chunk.items.iter().map(render_item).collect();
+    let mut text = render_template(template, &mut |name| match name {
+        "instructions" => Some(spec.instructions.clone()),
+        "items" => Some(items.clone()),
+        "count" => Some(chunk.items.len().to_string()),
+        "chunk_id" => Some(chunk.id.to_string()),
+        "tool" => Some(SUBMIT_TOOL.to_owned()),
+        _ => None,
+    })?;
+    if !problems.is_empty() {
+        text.push_str(
+            "\n\nA previous answer for these items was rejected. Answer again, fixing these problems:\n",
+        );
+        for problem in problems {
+            text.push_str("- ");
+            text.push_str(problem);
+            text.push('\n');
+        }
+    }
+    let mut request = Request::new(spec.model.clone(), spec.max_tokens);
+    request.system = Some(SYSTEM.to_owned());
+    request.temperature = spec.temperature;
+    request.messages.push(Message::user(text));
+    request.tools.push(ToolSpec {
+        name: SUBMIT_TOOL.to_owned(),
+        description: "Submit one record per item.".to_owned(),
+        input_schema: schema.tool_input_schema().clone(),
+    });
+    request.tool_choice = Some(ToolChoice::Tool {
+        name: SUBMIT_TOOL.to_owned(),
+    });
+    Ok(request)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checking an answer
+
+/// A set of ids whose answer could not be used as a whole, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rejected {
+    pub reason: String,
+    pub ids: Vec<String>,
+}
+
+/// What one answer for one chunk amounted to, item by item.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ChunkOutcome {
+    /// Records that matched an item of the chunk once and are valid; `id` is always a string.
+    pub accepted: Vec<(String, Value)>,
+    /// Items of the chunk the answer has no record for.
+    pub missing: Vec<String>,
+    /// Ids in the answer that are not items of the chunk (their records are dropped).
+    pub unknown: Vec<String>,
+    /// Items answered more than once (none of their records is taken).
+    pub duplicated: Vec<String>,
+    /// Items whose record is not valid against the schema, with the errors.
+    pub invalid: Vec<(String, Vec<String>)>,
+    /// Records that could not be matched to any id (not an object, no usable `id`).
+    pub unattributed: Vec<String>,
+    /// The answer as a whole was unusable (no tool call, `results` not a list…): all the
+    /// chunk's items.
+    pub malformed: Option<Rejected>,
+    /// The call itself failed (a provider error after its retries): all the chunk's items.
+    pub errored: Option<Rejected>,
+}
+
+impl ChunkOutcome {
+    /// The outcome of a call that failed.
+    pub fn errored(chunk: &Chunk, reason: impl Into<String>) -> ChunkOutcome {
+        ChunkOutcome {
+            errored: Some(Rejected {
+                reason: reason.into(),
+                ids: chunk.ids().map(str::to_owned).collect(),
+            }),
+            ..ChunkOutcome::default()
+        }
+    }
+
+    fn malformed(chunk: &Chunk, reason: impl Into<String>) -> ChunkOutcome {
+        ChunkOutcome {
+            malformed: Some(Rejected {
+                reason: reason.into(),
+                ids: chunk.ids().map(str::to_owned).collect(),
+            }),
+            ..ChunkOutcome::default()
+        }
+    }
+
+    /// Every item of the chunk has a valid record.
+    pub fn is_complete(&self) -> bool {
+        self.missing.is_empty()
+            && self.duplicated.is_empty()
+            && self.invalid.is_empty()
+            && self.malformed.is_none()
+            && self.errored.is_none()
+    }
+}
+
+/// Account for a model's answer to `chunk`: the [`SUBMIT_TOOL`] call's input, or (for the
+/// JSON-schema output route) a text answer holding `{"results": [...]}`.
+pub fn check_answer(chunk: &Chunk, response: &Response, schema: &OutputSchema) -> ChunkOutcome {
+    let calls: Vec<&Value> = response
+        .tool_uses()
+        .filter(|(_, name, _)| *name == SUBMIT_TOOL)
+        .map(|(_, _, input)| input)
+        .collect();
+    match calls.as_slice() {
+        [input] => check_results(chunk, input, schema),
+        [] => {
+            let text = response.text();
+            let cut = response.stop_reason == StopReason::MaxTokens;
+            match serde_json::from_str::<Value>(strip_fence(&text)) {
+                Ok(value) if value.get("results").is_some() => {
+                    check_results(chunk, &value, schema)
+                }
+                _ if cut => ChunkOutcome::malformed(
+                    chunk,
+                    "the answer was cut at max_tokens before calling submit_results",
+                ),
+                Ok(_) => ChunkOutcome::malformed(
+                    chunk,
+                    format!("the answer did not call {SUBMIT_TOOL}"),
+                ),
+                Err(error) => ChunkOutcome::malformed(
+                    chunk,
+                    format!(
+                        "the answer did not call {SUBMIT_TOOL} and its text is not JSON ({error})"
+                    ),
+                ),
+            }
+        }
+        several => {
+            // Several calls: take them together, as if one list had been sent.
+            let mut results = Vec::new();
+            for input in several {
+                match input.get("results").and_then(Value::as_array) {
+                    Some(list) => results.extend(list.iter().cloned()),
+                    None => {
+                        return ChunkOutcome::malformed(
+                            chunk,
+                            format!("a {SUBMIT_TOOL} call has no `results` list"),
+                        );
+                    }
+                }
+            }
+            check_results(chunk, &json!({ "results": results }), schema)
+        }
+    }
+}
+
+/// A ```json fenced block's content, or the text itself.
+fn strip_fence(text: &str) -> &str {
+    let trimmed = text.trim();
+    trimmed
+        .strip_prefix("```json")
+        .or_else(|| trimmed.strip_prefix("```"))
+        .and_then(|rest| rest.trim_end().strip_suffix("```"))
+        .map_or(trimmed, str::trim)
+}
+
+/// Account for `{"results": [...]}` against `chunk`.
+pub fn check_results(chunk: &Chunk, input: &Value, schema: &OutputSchema) -> ChunkOutcome {
+    let Some(records) = input.get("results").and_then(Value::as_array) else {
+        return ChunkOutcome::malformed(
+            chunk,
+            match input.get("results") {
+                None => "the answer has no `results` list".to_owned(),
+                Some(other) => format!(
+                    "`results` is not a list but {}",
+                    crate::provider::http::cut(&other.to_string(), 60)
+                ),
+            },
+        );
+    };
+    let mut outcome = ChunkOutcome::default();
+    let mut by_id: HashMap<String, Vec<Value>> = HashMap::new();
+    let mut answer_order: Vec<String> = Vec::new();
+    for (index, record) in records.iter().enumerate() {
+        let id = match record.get("id") {
+            Some(Value::String(id)) if !id.trim().is_empty() => id.trim().to_owned(),
+            Some(Value::Number(number)) if number.is_i64() || number.is_u64() => {
+                number.to_string()
+            }
+            _ => {
+                outcome.unattributed.push(format!(
+                    "results[{index}]: {}",
+                    if record.is_object() {
+                        "no usable `id`"
+                    } else {
+                        "not an object"
+                    }
+                ));
+                continue;
+            }
+        };
+        let mut record = record.clone();
+        record["id"] = Value::String(id.clone());
+        let entry = by_id.entry(id.clone()).or_default();
+        if entry.is_empty() {
+            answer_order.push(id);
+        }
+        entry.push(record);
+    }
+    let chunk_ids: HashSet<&str> = chunk.ids().collect();
+    for id in &answer_order {
+        if !chunk_ids.contains(id.as_str()) {
+            outcome.unknown.push(id.clone());
+        }
+    }
+    for id in chunk.ids() {
+        match by_id.remove(id).as_deref() {
+            None | Some([]) => outcome.missing.push(id.to_owned()),
+            Some([record]) => {
+                let errors = schema.errors(record);
+                if errors.is_empty() {
+                    outcome.accepted.push((id.to_owned(), record.clone()));
+                } else {
+                    outcome.invalid.push((id.to_owned(), errors));
+                }
+            }
+            Some(_) => outcome.duplicated.push(id.to_owned()),
+        }
+    }
+    outcome
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retry decisions
+
+/// How many extra attempts an item gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Times a missing item is re-sent alone.
+    pub resends: u32,
+    /// Repair attempts for an invalid, duplicated, malformed or failed answer.
+    pub repairs: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            resends: 1,
+            repairs: 1,
+        }
+    }
+}
+
+/// Extra attempts an item has used so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Attempts {
+    /// Every time the item was sent (first try included).
+    pub sent: u32,
+    pub resends: u32,
+    pub repairs: u32,
+}
+
+/// Why an item ended in the failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// Never in an answer, also when sent alone.
+    Missing,
+    /// Its record never passed the schema.
+    Invalid,
+    /// Answered more than once, also on repair.
+    Duplicated,
+    /// The answers could not be read.
+    Malformed,
+    /// The calls failed.
+    Errored,
+    /// Too large for one call on its own.
+    Oversized,
+    /// The run ended before the item was settled.
+    NotRun,
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailureKind::Missing => "missing",
+            FailureKind::Invalid => "invalid",
+            FailureKind::Duplicated => "duplicated",
+            FailureKind::Malformed => "malformed",
+            FailureKind::Errored => "errored",
+            FailureKind::Oversized => "oversized",
+            FailureKind::NotRun => "not_run",
+        })
+    }
+}
+
+/// An item given up on, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub id: String,
+    pub kind: FailureKind,
+    pub reason: String,
+}
+
+/// An item to send again with the problem of its last answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repair {
+    pub id: String,
+    pub kind: FailureKind,
+    pub problem: String,
+}
+
+/// What to do after one outcome.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct RetryPlan {
+    /// Records to keep.
+    pub accept: Vec<(String, Value)>,
+    /// Missing items, each to be sent in a chunk of its own.
+    pub resend_alone: Vec<String>,
+    /// Items to send together in one repair chunk, with the problems quoted.
+    pub repair: Vec<Repair>,
+    /// Items given up on.
+    pub fail: Vec<Failure>,
+}
+
+/// Decide, for every item an outcome mentions, whether it is done, sent again or failed.
+/// `used` tells the attempts each item has used before this outcome. Unknown ids and
+/// unattributed records concern no item of the chunk and need no decision.
+pub fn plan_retry(
+    outcome: &ChunkOutcome,
+    used: impl Fn(&str) -> Attempts,
+    policy: &RetryPolicy,
+) -> RetryPlan {
+    let mut plan = RetryPlan {
+        accept: outcome.accepted.clone(),
+        ..RetryPlan::default()
+    };
+    for id in &outcome.missing {
+        let attempts = used(id);
+        if attempts.resends < policy.resends {
+            plan.resend_alone.push(id.clone());
+        } else {
+            plan.fail.push(Failure {
+                id: id.clone(),
+                kind: FailureKind::Missing,
+                reason: format!(
+                    "no record for this id in {} answer(s)",
+                    attempts.sent.max(1)
+                ),
+            });
+        }
+    }
+    let mut problem = |id: &str, kind: FailureKind, problem: String| {
+        let attempts = used(id);
+        if attempts.repairs < policy.repairs {
+            plan.repair.push(Repair {
+                id: id.to_owned(),
+                kind,
+                problem,
+            });
+        } else {
+            plan.fail.push(Failure {
+                id: id.to_owned(),
+                kind,
+                reason: problem,
+            });
+        }
+    };
+    for (id, errors) in &outcome.invalid {
+        problem(
+            id,
+            FailureKind::Invalid,
+            format!("the record does not match the schema: {}", errors.join("; ")),
+        );
+    }
+    for id in &outcome.duplicated {
+        problem(
+            id,
+            FailureKind::Duplicated,
+            "the answer had more than one record for this id".to_owned(),
+        );
+    }
+    for (rejected, kind) in [
+        (&outcome.malformed, FailureKind::Malformed),
+        (&outcome.errored, FailureKind::Errored),
+    ] {
+        if let Some(rejected) = rejected {
+            for id in &rejected.ids {
+                problem(id, kind, rejected.reason.clone());
+            }
+        }
+    }
+    plan
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ledger
+
+/// A chunk to send again, with the problems to quote (empty for a plain re-send).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryChunk {
+    pub chunk: Chunk,
+    pub problems: Vec<String>,
+}
+
+/// A mistake in how the ledger was fed (an engine bug, not a model's).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    #[error("item `{id}` is not in the input")]
+    UnknownItem { id: String },
+    #[error("duplicate item id `{id}` in the input")]
+    DuplicateItem { id: String },
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    Pending,
+    Done(Value),
+    Failed(Failure),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    item: Item,
+    state: State,
+    attempts: Attempts,
+}
+
+/// An input item given up on, with its input and attempts (a line of `failed.jsonl`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedItem {
+    pub id: String,
+    pub kind: FailureKind,
+    pub reason: String,
+    pub attempts: u32,
+    pub input: Value,
+}
+
+/// The end of a job: every input item once, in input order, in one of the two lists.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Accounting {
+    pub results: Vec<(String, Value)>,
+    pub failures: Vec<FailedItem>,
+}
+
+/// Per-item state of a job across chunks and retries.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    entries: Vec<Entry>,
+    index: HashMap<String, usize>,
+    policy: RetryPolicy,
+}
+
+impl Ledger {
+    pub fn new(items: &[Item], policy: RetryPolicy) -> Result<Ledger, LedgerError> {
+        let mut index = HashMap::with_capacity(items.len());
+        for (position, item) in items.iter().enumerate() {
+            if index.insert(item.id.clone(), position).is_some() {
+                return Err(LedgerError::DuplicateItem {
+                    id: item.id.clone(),
+                });
+            }
+        }
+        Ok(Ledger {
+            entries: items
+                .iter()
+                .map(|item| Entry {
+                    item: item.clone(),
+                    state: State::Pending,
+                    attempts: Attempts::default(),
+                })
+                .collect(),
+            index,
+            policy,
+        })
+    }
+
+    fn position(&self, id: &str) -> Result<usize, LedgerError> {
+        self.index
+            .get(id)
+            .copied()
+            .ok_or_else(|| LedgerError::UnknownItem { id: id.to_owned() })
+    }
+
+    /// Count one send of each item of `chunk` (call when the request goes out).
+    pub fn sent(&mut self, chunk: &Chunk) -> Result<(), LedgerError> {
+        for id in chunk.ids() {
+            let position = self.position(id)?;
+            self.entries[position].attempts.sent += 1;
+        }
+        Ok(())
+    }
+
+    /// Settle what `outcome` settles and return the retry plan. Items that were already
+    /// settled (a late or repeated answer) keep their first settlement and are left out of
+    /// the plan.
+    pub fn apply(&mut self, outcome: &ChunkOutcome) -> Result<RetryPlan, LedgerError> {
+        // Only items still pending take part.
+        let mut pending = outcome.clone();
+        let keep = |id: &str| -> Result<bool, LedgerError> {
+            let position = self.position(id)?;
+            Ok(matches!(self.entries[position].state, State::Pending))
+        };
+        let filter_ids = |ids: &mut Vec<String>| -> Result<(), LedgerError> {
+            let mut kept = Vec::with_capacity(ids.len());
+            for id in ids.drain(..) {
+                if keep(&id)? {
+                    kept.push(id);
+                }
+            }
+            *ids = kept;
+            Ok(())
+        };
+        filter_ids(&mut pending.missing)?;
+        filter_ids(&mut pending.duplicated)?;
+        if let Some(rejected) = &mut pending.malformed {
+            filter_ids(&mut rejected.ids)?;
+        }
+        if let Some(rejected) = &mut pending.errored {
+            filter_ids(&mut rejected.ids)?;
+        }
+        let mut accepted = Vec::new();
+        for (id, record) in pending.accepted.drain(..) {
+            if keep(&id)? {
+                accepted.push((id, record));
+            }
+        }
+        pending.accepted = accepted;
+        let mut invalid = Vec::new();
+        for (id, errors) in pending.invalid.drain(..) {
+            if keep(&id)? {
+                invalid.push((id, errors));
+            }
+        }
+        pending.invalid = invalid;
+        // An id settled twice within one outcome (e.g. both accepted and missing) would be a
+        // malformed outcome; the first settlement wins below.
+        let plan = plan_retry(&pending, |id| self.attempts(id), &self.policy);
+        for (id, record) in &plan.accept {
+            self.settle(id, State::Done(record.clone()))?;
+        }
+        for failure in &plan.fail {
+            self.settle(&failure.id, State::Failed(failure.clone()))?;
+        }
+        for id in &plan.resend_alone {
+            let position = self.position(id)?;
+            self.entries[position].attempts.resends += 1;
+        }
+        for repair in &plan.repair {
+            let position = self.position(&repair.id)?;
+            self.entries[position].attempts.repairs += 1;
+        }
+        Ok(plan)
+    }
+
+    fn settle(&mut self, id: &str, state: State) -> Result<(), LedgerError> {
+        let position = self.position(id)?;
+        let entry = &mut self.entries[position];
+        if matches!(entry.state, State::Pending) {
+            entry.state = state;
+        }
+        Ok(())
+    }
+
+    /// Give up on pending items without asking a model (an oversized chunk, a cancelled run).
+    pub fn fail(
+        &mut self,
+        ids: impl IntoIterator<Item = impl AsRef<str>>,
+        kind: FailureKind,
+        reason: &str,
+    ) -> Result<(), LedgerError> {
+        for id in ids {
+            let id = id.as_ref();
+            self.settle(
+                id,
+                State::Failed(Failure {
+                    id: id.to_owned(),
+                    kind,
+                    reason: reason.to_owned(),
+                }),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The chunks a plan asks for: one per missing item, one repair chunk for the rest.
+    /// `parent` and `round` make their ids (`chunk-0007-r1-1`, …).
+    pub fn retry_chunks(
+        &self,
+        parent: &ChunkId,
+        round: u32,
+        plan: &RetryPlan,
+    ) -> Result<Vec<RetryChunk>, LedgerError> {
+        let mut chunks = Vec::new();
+        for id in &plan.resend_alone {
+            let item = self.entries[self.position(id)?].item.clone();
+            chunks.push(RetryChunk {
+                chunk: Chunk::new(parent.retry(round, chunks.len() + 1), vec![item]),
+                problems: Vec::new(),
+            });
+        }
+        if !plan.repair.is_empty() {
+            let mut items = Vec::new();
+            let mut problems = Vec::new();
+            let mut seen = HashSet::new();
+            for repair in &plan.repair {
+                if seen.insert(repair.id.as_str()) {
+                    items.push(self.entries[self.position(&repair.id)?].item.clone());
+                }
+                problems.push(format!("item \"{}\": {}", repair.id, repair.problem));
+            }
+            problems.dedup();
+            chunks.push(RetryChunk {
+                chunk: Chunk::new(parent.retry(round, chunks.len() + 1), items),
+                problems,
+            });
+        }
+        Ok(chunks)
+    }
+
+    /// Attempts used by an item (zero for an unknown id).
+    pub fn attempts(&self, id: &str) -> Attempts {
+        self.index
+            .get(id)
+            .map(|&position| self.entries[position].attempts)
+            .unwrap_or_default()
+    }
+
+    /// Ids not settled yet, in input order.
+    pub fn pending(&self) -> Vec<&str> {
+        self.entries
+            .iter()
+            .filter(|entry| matches!(entry.state, State::Pending))
+            .map(|entry| entry.item.id.as_str())
+            .collect()
+    }
+
+    /// (succeeded, failed, pending) counts.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let mut counts = (0, 0, 0);
+        for entry in &self.entries {
+            match entry.state {
+                State::Done(_) => counts.0 += 1,
+                State::Failed(_) => counts.1 += 1,
+                State::Pending => counts.2 += 1,
+            }
+        }
+        counts
+    }
+
+    /// Close the job: items still pending become failures of kind [`FailureKind::NotRun`].
+    pub fn finish(self) -> Accounting {
+        let mut accounting = Accounting::default();
+        for entry in self.entries {
+            let attempts = entry.attempts.sent;
+            match entry.state {
+                State::Done(record) => accounting.results.push((entry.item.id, record)),
+                State::Failed(failure) => accounting.failures.push(FailedItem {
+                    id: entry.item.id,
+                    kind: failure.kind,
+                    reason: failure.reason,
+                    attempts,
+                    input: entry.item.value,
+                }),
+                State::Pending => accounting.failures.push(FailedItem {
+                    id: entry.item.id,
+                    kind: FailureKind::NotRun,
+                    reason: "the run ended before this item was settled".to_owned(),
+                    attempts,
+                    input: entry.item.value,
+                }),
+            }
+        }
+        accounting
+    }
+}
+
+#[cfg(test)]
+#[path = "worker_tests.rs"]
+mod tests;

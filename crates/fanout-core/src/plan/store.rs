@@ -1,0 +1,164 @@
+//! Reviewed plans on disk: `.fanout/runs/<run_id>/plan.json` and its SHA-256.
+//!
+//! The saved file is the plan exactly as validated (adjusted modes included), pretty-printed
+//! with a trailing newline; `plan.sha256` beside it holds the hash of those bytes. `fanout run
+//! --plan FILE` loads a file, hashes it and re-validates it: an edited plan is accepted only
+//! if it still passes, and the report shows whether the hash still matches the review.
+//!
+//! `.fanout/` gets a `.gitignore` of `*` on first use, so our own files never show up in
+//! `git status` and a dry run leaves the repository's tracked tree and index as they were.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::PlanError;
+use super::types::{Plan, parse_plan};
+
+/// Our directory inside the repository.
+pub const FANOUT_DIR: &str = ".fanout";
+
+/// A run's id: `20260131T093000Z-1a2b3c`, sortable by start time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct RunId(pub String);
+
+impl RunId {
+    /// A new id from the clock and a few bits of the process id and time.
+    pub fn new(at: SystemTime) -> RunId {
+        let stamp = humantime::format_rfc3339_seconds(at)
+            .to_string()
+            .replace(['-', ':'], "");
+        let nanos = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let mut hasher = Sha256::new();
+        hasher.update(nanos.to_le_bytes());
+        hasher.update(std::process::id().to_le_bytes());
+        let digest = hasher.finalize();
+        RunId(format!("{stamp}-{}", hex(&digest[..3])))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes a plan is saved as.
+pub fn plan_bytes(plan: &Plan) -> Result<Vec<u8>, PlanError> {
+    let mut bytes = serde_json::to_vec_pretty(plan).map_err(|err| PlanError::PlanFile {
+        path: PathBuf::from("plan.json"),
+        message: err.to_string(),
+    })?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// `sha256:<hex>` of some bytes.
+pub fn hash_bytes(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex(&Sha256::digest(bytes)))
+}
+
+/// Where a plan was saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SavedPlan {
+    pub run_id: RunId,
+    pub path: PathBuf,
+    pub hash: String,
+}
+
+/// Save `plan` under `<repo>/.fanout/runs/<run_id>/plan.json` with its hash.
+pub fn save_plan(repo: &Path, run_id: &RunId, plan: &Plan) -> Result<SavedPlan, PlanError> {
+    let fanout = repo.join(FANOUT_DIR);
+    let dir = fanout.join("runs").join(run_id.as_str());
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |err: std::io::Error| PlanError::PlanFile {
+            path,
+            message: err.to_string(),
+        }
+    };
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let ignore = fanout.join(".gitignore");
+    if !ignore.exists() {
+        std::fs::write(&ignore, "# fanout's own files; never commit them\n*\n")
+            .map_err(io(&ignore))?;
+    }
+    let bytes = plan_bytes(plan)?;
+    let hash = hash_bytes(&bytes);
+    let path = dir.join("plan.json");
+    std::fs::write(&path, &bytes).map_err(io(&path))?;
+    let hash_path = dir.join("plan.sha256");
+    std::fs::write(&hash_path, format!("{hash}\n")).map_err(io(&hash_path))?;
+    Ok(SavedPlan {
+        run_id: run_id.clone(),
+        path,
+        hash,
+    })
+}
+
+/// A plan read back from a file.
+#[derive(Debug, Clone)]
+pub struct LoadedPlan {
+    pub plan: Plan,
+    /// Hash of the file's bytes as they are now.
+    pub hash: String,
+    /// The hash recorded at review (`plan.sha256` beside the file), if there is one.
+    pub reviewed_hash: Option<String>,
+}
+
+impl LoadedPlan {
+    /// The file was changed after it was saved by a review.
+    pub fn edited_since_review(&self) -> bool {
+        self.reviewed_hash
+            .as_ref()
+            .is_some_and(|reviewed| *reviewed != self.hash)
+    }
+}
+
+/// Largest plan file we read.
+pub const MAX_PLAN_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Read a plan file (and its recorded hash, if any).
+pub fn load_plan(path: &Path) -> Result<LoadedPlan, PlanError> {
+    let error = |message: String| PlanError::PlanFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let size = std::fs::metadata(path)
+        .map_err(|err| error(err.to_string()))?
+        .len();
+    if size > MAX_PLAN_BYTES {
+        return Err(error(format!(
+            "{size} bytes; a plan file may be at most {MAX_PLAN_BYTES}"
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|err| error(err.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|err| error(format!("not valid JSON: {err}")))?;
+    let plan = parse_plan(&value).map_err(error)?;
+    let reviewed_hash = path
+        .parent()
+        .map(|dir| dir.join("plan.sha256"))
+        .and_then(|hash_path| std::fs::read_to_string(hash_path).ok())
+        .map(|text| text.trim().to_owned())
+        .filter(|text| !text.is_empty());
+    Ok(LoadedPlan {
+        plan,
+        hash: hash_bytes(&bytes),
+        reviewed_hash,
+    })
+}

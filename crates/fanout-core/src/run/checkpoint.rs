@@ -1,0 +1,715 @@
+//! Checkpoints: the whole working tree committed on a ref of ours.
+//!
+//! A checkpoint is a commit of every file git would see — tracked files plus untracked files
+//! that are not ignored, with their modes (regular, executable, symlink; gitlinks are copied
+//! from the index), deleted files simply absent — made without moving the user's HEAD, branch
+//! or index:
+//!
+//! 1. list paths with `git ls-files` (read-only, `--no-optional-locks`), minus `.fanout/`;
+//! 2. hash file contents into the object database with `git hash-object -w --no-filters`
+//!    (exact bytes: no clean filter, no end-of-line conversion — see [`super::git`]);
+//! 3. stage them in a private index (`GIT_INDEX_FILE=.fanout/tmp/index-…`) with
+//!    `git update-index --index-info`, then `git write-tree`;
+//! 4. `git commit-tree` with the previous checkpoint as parent (for checkpoint 0, the run's
+//!    base, HEAD's commit when there is one);
+//! 5. one `git update-ref --stdin` transaction sets `refs/fanout/<run_id>/checkpoints/<n>` and
+//!    `refs/fanout/<run_id>/latest`.
+//!
+//! Checkpoint 0 is the run's base: the working tree as it was before the first agent ran
+//! (uncommitted changes included), which is what `fanout rollback RUN_ID` restores by default.
+//! The refs are the source of truth ([`Checkpointer::new`] continues the numbering from them
+//! after a crash); the store's `checkpoints` table mirrors them for `fanout show`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::git::{Git, GitError};
+use crate::config::Rollback;
+use crate::store::{CheckpointRecord, FANOUT_DIR, Store, StoreError};
+
+/// A checkpoint failure.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error(
+        "run id {run_id:?} cannot name a git ref ({reason}); run ids use letters, digits, `.`, `_` and `-`"
+    )]
+    InvalidRunId {
+        run_id: String,
+        reason: &'static str,
+    },
+    #[error("cannot {what} {}: {source}", .path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "checkpoint {seq} of run {run_id} was committed ({commit}) but not recorded in the run store: {source}"
+    )]
+    Store {
+        run_id: String,
+        seq: u64,
+        commit: String,
+        source: Box<StoreError>,
+    },
+    #[error("the checkpoint task stopped before finishing: {message}")]
+    Join { message: String },
+}
+
+/// A checkpoint taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckpointId {
+    pub run_id: String,
+    /// 0 is the run's base.
+    pub seq: u64,
+    pub commit: String,
+    pub tree: String,
+    pub ref_name: String,
+}
+
+/// One entry of a tree: git mode (`0o100644`, `0o100755`, `0o120000`, `0o160000`) and object id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TreeEntry {
+    pub mode: u32,
+    pub oid: String,
+}
+
+pub(crate) const MODE_FILE: u32 = 0o100644;
+pub(crate) const MODE_EXECUTABLE: u32 = 0o100755;
+pub(crate) const MODE_SYMLINK: u32 = 0o120000;
+pub(crate) const MODE_GITLINK: u32 = 0o160000;
+
+/// The working tree as git objects: its tree id and its entries by path (raw bytes).
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    pub tree: String,
+    pub entries: BTreeMap<Vec<u8>, TreeEntry>,
+}
+
+/// `refs/fanout/<run_id>/`.
+pub fn run_ref_prefix(run_id: &str) -> String {
+    format!("refs/fanout/{run_id}/")
+}
+
+/// `refs/fanout/<run_id>/checkpoints/<seq>`.
+pub fn checkpoint_ref(run_id: &str, seq: u64) -> String {
+    format!("refs/fanout/{run_id}/checkpoints/{seq}")
+}
+
+/// `refs/fanout/<run_id>/latest`.
+pub fn latest_ref(run_id: &str) -> String {
+    format!("refs/fanout/{run_id}/latest")
+}
+
+/// Refuse run ids that would make a bad or surprising ref name.
+pub fn validate_run_id(run_id: &str) -> Result<(), CheckpointError> {
+    let invalid = |reason| CheckpointError::InvalidRunId {
+        run_id: run_id.to_owned(),
+        reason,
+    };
+    if run_id.is_empty() || run_id.len() > 128 {
+        return Err(invalid("it must be 1 to 128 characters"));
+    }
+    if !run_id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(invalid("it has a character outside [A-Za-z0-9._-]"));
+    }
+    if run_id.starts_with(['.', '-']) || run_id.contains("..") || run_id.ends_with(".lock") {
+        return Err(invalid(
+            "it starts with `.` or `-`, contains `..` or ends in `.lock`",
+        ));
+    }
+    Ok(())
+}
+
+/// A run's checkpoints from its refs: seq → commit.
+pub fn list_checkpoints(git: &Git, run_id: &str) -> Result<BTreeMap<u64, String>, GitError> {
+    let prefix = format!("{}checkpoints/", run_ref_prefix(run_id));
+    Ok(git
+        .refs_under(&prefix)?
+        .into_iter()
+        .filter_map(|(name, oid)| {
+            let seq = name.strip_prefix(&prefix)?.parse::<u64>().ok()?;
+            Some((seq, oid))
+        })
+        .collect())
+}
+
+/// When to checkpoint: after every `interval` agent completions, and — once any completion
+/// since the last checkpoint included a destructive operation (a delete or rename) — after
+/// every `destructive_interval` completions. So the changes of at most `interval` agents
+/// (`destructive_interval` when something was deleted or renamed) are ever outside a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CheckpointPolicy {
+    pub interval: u32,
+    pub destructive_interval: u32,
+    completions: u32,
+    destructive: u32,
+}
+
+impl CheckpointPolicy {
+    /// Intervals below 1 are treated as 1; `destructive_interval` never exceeds `interval`.
+    pub fn new(interval: u32, destructive_interval: u32) -> CheckpointPolicy {
+        let interval = interval.max(1);
+        CheckpointPolicy {
+            interval,
+            destructive_interval: destructive_interval.clamp(1, interval),
+            completions: 0,
+            destructive: 0,
+        }
+    }
+
+    /// From the workflow's `rollback` section.
+    pub fn from_config(rollback: &Rollback) -> CheckpointPolicy {
+        CheckpointPolicy::new(
+            rollback.checkpoint_interval,
+            rollback.destructive_checkpoint_interval,
+        )
+    }
+
+    /// The rule itself: given completions since the last checkpoint and how many of them
+    /// included a delete or rename, is a checkpoint due now?
+    pub fn due(&self, completions_since_last: u32, destructive_since_last: u32) -> bool {
+        completions_since_last >= self.interval
+            || (destructive_since_last > 0 && completions_since_last >= self.destructive_interval)
+    }
+
+    /// Count one completion; true when a checkpoint is due now (the counters then restart).
+    pub fn record_completion(&mut self, destructive: bool) -> bool {
+        self.completions = self.completions.saturating_add(1);
+        if destructive {
+            self.destructive = self.destructive.saturating_add(1);
+        }
+        let due = self.due(self.completions, self.destructive);
+        if due {
+            self.reset();
+        }
+        due
+    }
+
+    /// Restart the counters (after a checkpoint taken for another reason).
+    pub fn reset(&mut self) {
+        self.completions = 0;
+        self.destructive = 0;
+    }
+
+    /// Completions since the last checkpoint.
+    pub fn pending(&self) -> u32 {
+        self.completions
+    }
+}
+
+/// Takes a run's checkpoints. One per run; not shared between threads (wrap it in a mutex:
+/// checkpoints of one run are sequential by nature).
+#[derive(Debug)]
+pub struct Checkpointer {
+    git: Git,
+    run_id: String,
+    next_seq: u64,
+    parent: Option<String>,
+    latest: Option<CheckpointId>,
+    completed_agents: u64,
+    store: Option<Store>,
+}
+
+impl Checkpointer {
+    /// Checkpoints of `run_id` in the repository containing `repo`. Numbering continues from
+    /// the run's existing refs, so a resumed run goes on where it stopped.
+    pub fn new(repo: &Path, run_id: &str) -> Result<Checkpointer, CheckpointError> {
+        validate_run_id(run_id)?;
+        let git = Git::open(repo)?;
+        let existing = list_checkpoints(&git, run_id)?;
+        let (next_seq, parent, latest) = match existing.last_key_value() {
+            Some((seq, commit)) => {
+                let tree = git.tree_of(commit)?;
+                let latest = CheckpointId {
+                    run_id: run_id.to_owned(),
+                    seq: *seq,
+                    commit: commit.clone(),
+                    tree,
+                    ref_name: checkpoint_ref(run_id, *seq),
+                };
+                (seq + 1, Some(commit.clone()), Some(latest))
+            }
+            None => (0, git.resolve_commit("HEAD")?, None),
+        };
+        Ok(Checkpointer {
+            git,
+            run_id: run_id.to_owned(),
+            next_seq,
+            parent,
+            latest,
+            completed_agents: 0,
+            store: None,
+        })
+    }
+
+    /// Record each checkpoint in `store` too.
+    pub fn with_store(mut self, store: Store) -> Checkpointer {
+        self.store = Some(store);
+        self
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    pub fn git(&self) -> &Git {
+        &self.git
+    }
+
+    /// The seq the next checkpoint gets (0 when the run has none yet: the base).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The last checkpoint taken (or found at [`Checkpointer::new`]).
+    pub fn latest(&self) -> Option<&CheckpointId> {
+        self.latest.as_ref()
+    }
+
+    /// How many agents have completed, for the checkpoint records.
+    pub fn set_completed_agents(&mut self, completed: u64) {
+        self.completed_agents = completed;
+    }
+
+    /// Take checkpoint 0 (the run's base) if the run has none yet; return the base.
+    pub async fn base(&mut self) -> Result<CheckpointId, CheckpointError> {
+        if self.next_seq == 0 {
+            return self.checkpoint("base").await;
+        }
+        let commit = list_checkpoints(&self.git, &self.run_id)?
+            .remove(&0)
+            .ok_or_else(|| GitError::Unexpected {
+                dir: self.git.root().to_path_buf(),
+                args: format!("for-each-ref {}", checkpoint_ref(&self.run_id, 0)),
+                detail: "the run has checkpoints but no base (0)".to_owned(),
+            })?;
+        Ok(CheckpointId {
+            run_id: self.run_id.clone(),
+            seq: 0,
+            tree: self.git.tree_of(&commit)?,
+            commit,
+            ref_name: checkpoint_ref(&self.run_id, 0),
+        })
+    }
+
+    /// Commit the working tree as the next checkpoint, then record it in the store (if any).
+    /// The git work runs on the blocking pool.
+    pub async fn checkpoint(&mut self, label: &str) -> Result<CheckpointId, CheckpointError> {
+        let git = self.git.clone();
+        let run_id = self.run_id.clone();
+        let seq = self.next_seq;
+        let parent = self.parent.clone();
+        let message = self.message(seq, label);
+        let id = tokio::task::spawn_blocking(move || {
+            make_checkpoint(&git, &run_id, seq, parent.as_deref(), &message)
+        })
+        .await
+        .map_err(|err| CheckpointError::Join {
+            message: err.to_string(),
+        })??;
+        self.advance(&id);
+        if let Some(store) = &self.store {
+            let record = CheckpointRecord {
+                run_id: self.run_id.clone(),
+                seq: id.seq,
+                commit_id: id.commit.clone(),
+                ref_name: id.ref_name.clone(),
+                label: label.to_owned(),
+                completed_agents: self.completed_agents,
+                at: SystemTime::now(),
+            };
+            store
+                .record_checkpoint(record)
+                .await
+                .map_err(|source| CheckpointError::Store {
+                    run_id: self.run_id.clone(),
+                    seq: id.seq,
+                    commit: id.commit.clone(),
+                    source: Box::new(source),
+                })?;
+        }
+        Ok(id)
+    }
+
+    /// [`Checkpointer::checkpoint`] for synchronous callers: git only, no store record.
+    pub fn checkpoint_blocking(&mut self, label: &str) -> Result<CheckpointId, CheckpointError> {
+        let message = self.message(self.next_seq, label);
+        let id = make_checkpoint(
+            &self.git,
+            &self.run_id,
+            self.next_seq,
+            self.parent.as_deref(),
+            &message,
+        )?;
+        self.advance(&id);
+        Ok(id)
+    }
+
+    fn message(&self, seq: u64, label: &str) -> String {
+        format!(
+            "fanout checkpoint {seq} of run {}: {label}\n\nCompleted agents: {}\n",
+            self.run_id, self.completed_agents
+        )
+    }
+
+    fn advance(&mut self, id: &CheckpointId) {
+        self.next_seq = id.seq + 1;
+        self.parent = Some(id.commit.clone());
+        self.latest = Some(id.clone());
+    }
+}
+
+fn make_checkpoint(
+    git: &Git,
+    run_id: &str,
+    seq: u64,
+    parent: Option<&str>,
+    message: &str,
+) -> Result<CheckpointId, CheckpointError> {
+    let snapshot = snapshot(git)?;
+    let commit = commit_tree(git, &snapshot.tree, parent, message)?;
+    let ref_name = checkpoint_ref(run_id, seq);
+    let mut update = git.command();
+    update.args(["update-ref", "-m", "fanout checkpoint", "--stdin"]);
+    let script = format!(
+        "update {ref_name} {commit}\nupdate {} {commit}\n",
+        latest_ref(run_id)
+    );
+    git.run(update, Some(script.as_bytes()))?;
+    Ok(CheckpointId {
+        run_id: run_id.to_owned(),
+        seq,
+        commit,
+        tree: snapshot.tree,
+        ref_name,
+    })
+}
+
+/// `git commit-tree` (never signed; identity from [`super::git`]).
+pub(crate) fn commit_tree(
+    git: &Git,
+    tree: &str,
+    parent: Option<&str>,
+    message: &str,
+) -> Result<String, GitError> {
+    let mut command = git.command();
+    command.args(["commit-tree", "--no-gpg-sign", tree]);
+    if let Some(parent) = parent {
+        command.args(["-p", parent]);
+    }
+    command.args(["-m", message]);
+    git.run_text(command)
+}
+
+static INDEX_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A private, not-yet-existing index path under `.fanout/tmp/`.
+fn temp_index(git: &Git) -> Result<PathBuf, CheckpointError> {
+    let fanout = git.root().join(FANOUT_DIR);
+    let dir = fanout.join("tmp");
+    std::fs::create_dir_all(&dir).map_err(|source| CheckpointError::Io {
+        what: "create",
+        path: dir.clone(),
+        source,
+    })?;
+    let ignore = fanout.join(".gitignore");
+    if !ignore.exists() {
+        std::fs::write(&ignore, "*\n").map_err(|source| CheckpointError::Io {
+            what: "write",
+            path: ignore.clone(),
+            source,
+        })?;
+    }
+    let n = INDEX_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let path = dir.join(format!("index-{}-{n}", std::process::id()));
+    remove_if_present(&path)?;
+    Ok(path)
+}
+
+fn remove_if_present(path: &Path) -> Result<(), CheckpointError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(CheckpointError::Io {
+            what: "remove",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn is_ours(path: &[u8]) -> bool {
+    path == FANOUT_DIR.as_bytes()
+        || path
+            .strip_prefix(FANOUT_DIR.as_bytes())
+            .is_some_and(|rest| rest.first() == Some(&b'/'))
+}
+
+/// Commit-less snapshot of the working tree: blobs written, tree written, nothing else moved.
+pub(crate) fn snapshot(git: &Git) -> Result<Snapshot, CheckpointError> {
+    let root = git.root().to_path_buf();
+
+    // Tracked paths (with gitlinks' commits) from the user's index, read-only.
+    let mut command = git.read_only();
+    command.args(["ls-files", "-z", "--stage"]);
+    let staged = git.run(command, None)?;
+    let mut paths: Vec<Vec<u8>> = Vec::new();
+    let mut gitlinks: HashMap<Vec<u8>, String> = HashMap::new();
+    for record in staged.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+        let Some(tab) = record.iter().position(|b| *b == b'\t') else {
+            continue;
+        };
+        let (meta, path) = (&record[..tab], &record[tab + 1..]);
+        let mut fields = meta.split(|b| *b == b' ');
+        let mode = fields.next().unwrap_or_default();
+        let oid = fields.next().unwrap_or_default();
+        if mode == b"160000" {
+            gitlinks.insert(path.to_vec(), String::from_utf8_lossy(oid).into_owned());
+        }
+        paths.push(path.to_vec());
+    }
+    let mut command = git.read_only();
+    command.args(["ls-files", "-z", "--others", "--exclude-standard"]);
+    let others = git.run(command, None)?;
+    paths.extend(
+        others
+            .split(|b| *b == 0)
+            .filter(|p| !p.is_empty())
+            .map(<[u8]>::to_vec),
+    );
+    paths.sort();
+    paths.dedup();
+
+    let mut entries: BTreeMap<Vec<u8>, TreeEntry> = BTreeMap::new();
+    // Regular files hashed in one `--stdin-paths` batch: (path, mode).
+    let mut batch: Vec<(Vec<u8>, u32)> = Vec::new();
+    for path in paths {
+        // `dir/` is an untracked nested repository: not ours to snapshot.
+        if is_ours(&path) || path.ends_with(b"/") {
+            continue;
+        }
+        let full = root.join(std::ffi::OsStr::from_bytes(&path));
+        let meta = match std::fs::symlink_metadata(&full) {
+            Ok(meta) => meta,
+            // Deleted (or a parent turned into a file): absent from the checkpoint.
+            Err(err)
+                if err.kind() == std::io::ErrorKind::NotFound
+                    || err.kind() == std::io::ErrorKind::NotADirectory =>
+            {
+                continue;
+            }
+            Err(source) => {
+                return Err(CheckpointError::Io {
+                    what: "inspect",
+                    path: full,
+                    source,
+                });
+            }
+        };
+        let file_type = meta.file_type();
+        if file_type.is_symlink() {
+            let target = std::fs::read_link(&full).map_err(|source| CheckpointError::Io {
+                what: "read the link",
+                path: full.clone(),
+                source,
+            })?;
+            let oid = hash_bytes(git, target.as_os_str().as_bytes())?;
+            entries.insert(
+                path,
+                TreeEntry {
+                    mode: MODE_SYMLINK,
+                    oid,
+                },
+            );
+        } else if file_type.is_file() {
+            let mode = if meta.permissions().mode() & 0o100 != 0 {
+                MODE_EXECUTABLE
+            } else {
+                MODE_FILE
+            };
+            batch.push((path, mode));
+        } else if file_type.is_dir()
+            && let Some(oid) = gitlinks.get(&path)
+        {
+            entries.insert(
+                path,
+                TreeEntry {
+                    mode: MODE_GITLINK,
+                    oid: oid.clone(),
+                },
+            );
+        }
+    }
+
+    // `--stdin-paths` reads lines, strips a trailing CR and unquotes a leading `"`: absolute
+    // paths never start with `"`; paths with a newline or CR are hashed one by one.
+    let (plain, odd): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .partition(|(path, _)| !path.iter().any(|b| *b == b'\n' || *b == b'\r'));
+    if !plain.is_empty() {
+        let mut input = Vec::new();
+        for (path, _) in &plain {
+            input.extend_from_slice(
+                root.join(std::ffi::OsStr::from_bytes(path))
+                    .as_os_str()
+                    .as_bytes(),
+            );
+            input.push(b'\n');
+        }
+        let mut command = git.command();
+        command.args(["hash-object", "-w", "--no-filters", "--stdin-paths"]);
+        let out = git.run(command, Some(&input))?;
+        let oids: Vec<&[u8]> = out
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        if oids.len() != plain.len() {
+            return Err(GitError::Unexpected {
+                dir: root.clone(),
+                args: "hash-object -w --no-filters --stdin-paths".to_owned(),
+                detail: format!("{} object ids for {} files", oids.len(), plain.len()),
+            }
+            .into());
+        }
+        for ((path, mode), oid) in plain.into_iter().zip(oids) {
+            entries.insert(
+                path,
+                TreeEntry {
+                    mode,
+                    oid: String::from_utf8_lossy(oid).into_owned(),
+                },
+            );
+        }
+    }
+    for (path, mode) in odd {
+        let full = root.join(std::ffi::OsStr::from_bytes(&path));
+        let bytes = std::fs::read(&full).map_err(|source| CheckpointError::Io {
+            what: "read",
+            path: full.clone(),
+            source,
+        })?;
+        let oid = hash_bytes(git, &bytes)?;
+        entries.insert(path, TreeEntry { mode, oid });
+    }
+
+    let tree = write_tree(git, &entries)?;
+    Ok(Snapshot { tree, entries })
+}
+
+/// Store `bytes` as a blob (no filters: stdin is always hashed as is).
+fn hash_bytes(git: &Git, bytes: &[u8]) -> Result<String, GitError> {
+    let mut command = git.command();
+    command.args(["hash-object", "-w", "--stdin"]);
+    let out = git.run(command, Some(bytes))?;
+    Ok(String::from_utf8_lossy(&out).trim().to_owned())
+}
+
+/// Write a tree of `entries` through a private index; the user's index is never touched.
+pub(crate) fn write_tree(
+    git: &Git,
+    entries: &BTreeMap<Vec<u8>, TreeEntry>,
+) -> Result<String, CheckpointError> {
+    let index = temp_index(git)?;
+    let result = (|| -> Result<String, CheckpointError> {
+        let mut input = Vec::new();
+        for (path, entry) in entries {
+            input.extend_from_slice(format!("{:o} {}\t", entry.mode, entry.oid).as_bytes());
+            input.extend_from_slice(path);
+            input.push(0);
+        }
+        let mut command = git.command();
+        command
+            .env("GIT_INDEX_FILE", &index)
+            .args(["update-index", "-z", "--index-info"]);
+        git.run(command, Some(&input))?;
+        let mut command = git.command();
+        command.env("GIT_INDEX_FILE", &index).arg("write-tree");
+        Ok(git.run_text(command)?)
+    })();
+    // A stale private index is harmless but untidy; the tree's fate decides the result.
+    let _ = remove_if_present(&index);
+    let _ = remove_if_present(&index.with_extension("lock"));
+    result
+}
+
+/// The entries of a commit's tree, recursively, by path.
+pub(crate) fn read_tree(git: &Git, commit: &str) -> Result<BTreeMap<Vec<u8>, TreeEntry>, GitError> {
+    let mut command = git.read_only();
+    command.args(["ls-tree", "-r", "-z", "--full-tree", commit]);
+    let out = git.run(command, None)?;
+    let mut entries = BTreeMap::new();
+    for record in out.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+        let Some(tab) = record.iter().position(|b| *b == b'\t') else {
+            continue;
+        };
+        let meta = String::from_utf8_lossy(&record[..tab]);
+        let mut fields = meta.split(' ');
+        let (Some(mode), Some(_kind), Some(oid)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let Ok(mode) = u32::from_str_radix(mode, 8) else {
+            continue;
+        };
+        entries.insert(
+            record[tab + 1..].to_vec(),
+            TreeEntry {
+                mode,
+                oid: oid.to_owned(),
+            },
+        );
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_checkpoints_every_interval() {
+        let mut policy = CheckpointPolicy::new(3, 1);
+        let due: Vec<bool> = (0..7).map(|_| policy.record_completion(false)).collect();
+        assert_eq!(due, [false, false, true, false, false, true, false]);
+    }
+
+    #[test]
+    fn policy_tightens_after_a_destructive_completion() {
+        let mut policy = CheckpointPolicy::new(10, 2);
+        assert!(!policy.record_completion(false));
+        // Two completions since the last checkpoint, one destructive: due at 2.
+        assert!(policy.record_completion(true));
+        assert!(!policy.record_completion(true));
+        assert!(policy.record_completion(false));
+        assert!(policy.due(10, 0));
+        assert!(!policy.due(1, 1));
+        let immediate = CheckpointPolicy::new(10, 1);
+        assert!(immediate.due(1, 1));
+    }
+
+    #[test]
+    fn policy_clamps_intervals() {
+        let policy = CheckpointPolicy::new(0, 50);
+        assert_eq!((policy.interval, policy.destructive_interval), (1, 1));
+    }
+
+    #[test]
+    fn run_ids_must_make_safe_refs() {
+        assert!(validate_run_id("20260131T093000Z-1a2b3c").is_ok());
+        for bad in ["", "a/b", "a..b", ".a", "-a", "a.lock", "a b", "a~1", "a:b"] {
+            assert!(validate_run_id(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

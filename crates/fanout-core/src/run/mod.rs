@@ -1,0 +1,26 @@
+//! Running a plan. For now: the host-side git layer and what it is for — checkpoints of the
+//! working tree on refs of ours, and rollback to any of them. The scheduler, retries, resume
+//! and aggregation build on these.
+//!
+//! - [`git`]: a hardened `git` command builder; no repository-controlled program runs
+//!   (hooks, fsmonitor, filters, pagers, editors, credential helpers, gpg, transports).
+//! - [`checkpoint`]: [`Checkpointer`] commits the whole working tree to
+//!   `refs/fanout/<run_id>/checkpoints/<n>` without touching HEAD, the branch or the index;
+//!   [`CheckpointPolicy`] says when.
+//! - [`rollback`]: [`rollback()`](rollback::rollback) restores the working tree byte for byte
+//!   to a checkpoint (by default the run's base).
+//!
+//! - [`scheduler`]: [`run_graph`](scheduler::run_graph) admits a dependency graph of tasks
+//!   under a concurrency cap and a dollar budget, for both repository and item work.
+//!
+//! The git layer blocks on child processes; call it from `spawn_blocking` in async code
+//! ([`Checkpointer::checkpoint`] does so itself).
+
+pub mod checkpoint;
+pub mod git;
+pub mod rollback;
+pub mod scheduler;
+
+pub use checkpoint::{CheckpointError, CheckpointId, CheckpointPolicy, Checkpointer};
+pub use git::{Git, GitError};
+pub use rollback::{RollbackError, RollbackOptions, RollbackReport, rollback};

@@ -1,0 +1,279 @@
+//! The run store: every run, agent, tool call, denial, event and checkpoint, in SQLite at
+//! `<repo>/.fanout/fanout.db`, plus the verbose JSON-lines log.
+//!
+//! Start reading at [`Store`] (the write side) and [`StoreReader`] (the read side).
+//!
+//! - **One writer.** [`Store::open`] migrates the file and starts a dedicated thread that owns
+//!   the only writing `rusqlite::Connection`. Every write is a message on a bounded channel;
+//!   the thread commits whatever is queued (up to [`MAX_BATCH`] operations) as one
+//!   transaction, so under load batches fill up and at a trickle latency stays low. The
+//!   channel's bound is the back-pressure: a sender waits for room, never for SQLite.
+//! - **Durability by kind.** Methods that return after the commit (`create_run`,
+//!   `set_run_status`, `start_agent`, `finish_agent`, `record_checkpoint`, `flush`) are the
+//!   state transitions a resumed run depends on: a batch holding one of them is committed with
+//!   `PRAGMA synchronous = FULL`, so once the future resolves the record survives power loss,
+//!   not only a crash of our process. Queued methods (`event`, `tool_call`, `denial`) return
+//!   once the message is queued and are committed with `synchronous = NORMAL`: in WAL mode that
+//!   survives a process crash and can lose only the last few records on power loss. A FULL
+//!   commit also makes every earlier NORMAL commit durable (the WAL is appended in order).
+//! - **One failing record does not sink the batch.** Each operation runs inside its own
+//!   savepoint; its error goes back to the waiting caller, or (for queued operations) is
+//!   counted in [`WriterStats`].
+//! - **Readers** open their own connections ([`StoreReader`]); WAL lets them read while the
+//!   writer writes.
+//! - **The log.** [`Store::attach_log`] makes the writer append every record it commits, as one
+//!   JSON object per line, to the run's `logging.destination`.
+//!
+//! Not here: what to record when (the scheduler and agents decide), git checkpoints
+//! ([`crate::run`]).
+
+mod error;
+mod log;
+mod query;
+pub mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Mode;
+
+pub use error::StoreError;
+pub use log::LogSink;
+pub use query::{
+    AgentDetail, AgentRow, CheckpointRow, DenialRow, EventRow, RunDetail, RunRow, RunSummary,
+    StatusCounts, StoreReader, ToolCallRow,
+};
+pub use writer::{MAX_BATCH, QUEUE_DEPTH, Store, WriterStats};
+
+/// Our directory inside the repository.
+pub const FANOUT_DIR: &str = ".fanout";
+/// The database file's name inside [`FANOUT_DIR`].
+pub const DB_FILE: &str = "fanout.db";
+
+/// `<repo>/.fanout/fanout.db`.
+pub fn db_path(repo: &Path) -> PathBuf {
+    repo.join(FANOUT_DIR).join(DB_FILE)
+}
+
+/// Create `<repo>/.fanout/` with a `.gitignore` of `*` (so none of our files show up in
+/// `git status` or in a checkpoint), and return its path.
+pub fn ensure_fanout_dir(repo: &Path) -> Result<PathBuf, StoreError> {
+    let dir = repo.join(FANOUT_DIR);
+    std::fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDir {
+        path: dir.clone(),
+        source,
+    })?;
+    let ignore = dir.join(".gitignore");
+    if !ignore.exists() {
+        std::fs::write(&ignore, "*\n").map_err(|source| StoreError::CreateDir {
+            path: ignore.clone(),
+            source,
+        })?;
+    }
+    Ok(dir)
+}
+
+/// A timestamp as the store writes it: RFC 3339, UTC, milliseconds (`2026-01-31T09:30:00.123Z`).
+/// Text in this form sorts chronologically.
+pub fn format_time(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// Parse a timestamp the store wrote.
+pub fn parse_time(text: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(text).ok()
+}
+
+/// The time between two stored timestamps, if both parse and are in order.
+pub fn elapsed(start: &str, end: &str) -> Option<Duration> {
+    parse_time(end)?.duration_since(parse_time(start)?).ok()
+}
+
+/// Where a run stands (`runs.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Planned,
+    Running,
+    Completed,
+    /// Finished with some agents failed or rolled back.
+    Partial,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Planned => "planned",
+            RunStatus::Running => "running",
+            RunStatus::Completed => "completed",
+            RunStatus::Partial => "partial",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RunStatus> {
+        Some(match text {
+            "planned" => RunStatus::Planned,
+            "running" => RunStatus::Running,
+            "completed" => RunStatus::Completed,
+            "partial" => RunStatus::Partial,
+            "failed" => RunStatus::Failed,
+            "cancelled" => RunStatus::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// How an agent run ended (`agent_runs.status`, the seed's three values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    Success,
+    Failure,
+    /// Failed and its changes were undone.
+    Rollback,
+}
+
+impl AgentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Success => "success",
+            AgentStatus::Failure => "failure",
+            AgentStatus::Rollback => "rollback",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AgentStatus> {
+        Some(match text {
+            "success" => AgentStatus::Success,
+            "failure" => AgentStatus::Failure,
+            "rollback" => AgentStatus::Rollback,
+            _ => return None,
+        })
+    }
+}
+
+pub(crate) fn parse_mode(text: &str) -> Option<Mode> {
+    match text {
+        "fast" => Some(Mode::Fast),
+        "default" => Some(Mode::Default),
+        _ => None,
+    }
+}
+
+/// A run as it is created (`runs`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NewRun {
+    pub run_id: String,
+    pub workflow: String,
+    pub config_path: Option<PathBuf>,
+    /// `sha256:<hex>` of the reviewed plan file.
+    pub plan_hash: Option<String>,
+    pub repo: Option<PathBuf>,
+    pub status: RunStatus,
+    pub started_at: SystemTime,
+    /// The commit HEAD pointed at when the run started.
+    pub base_commit: Option<String>,
+    pub agents_planned: u32,
+}
+
+/// An agent attempt as it starts: one `agent_runs` row with `status` NULL.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentStart {
+    pub run_id: String,
+    pub agent_id: String,
+    /// 1 for the first try; each retry or escalation is a new attempt (a new row).
+    pub attempt: u32,
+    pub task_description: String,
+    pub mode: Mode,
+    pub model: Option<String>,
+    /// True when this attempt is a `fast` agent re-run on `default` after failed validation.
+    pub escalated: bool,
+    pub started_at: SystemTime,
+}
+
+/// How an agent attempt ended. Finishing is idempotent: the same status again is a no-op
+/// (totals are not counted twice); a different status is an error.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentFinish {
+    pub run_id: String,
+    pub agent_id: String,
+    pub attempt: u32,
+    pub status: AgentStatus,
+    /// Repository-relative paths the agent read or wrote (`files_accessed`).
+    pub files_accessed: Vec<String>,
+    /// Tool names the agent called (`tools_called`).
+    pub tools_called: Vec<String>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    pub error: Option<String>,
+    /// The checkpoint (commit id) the agent's changes are in, once one is taken.
+    pub checkpoint: Option<String>,
+    pub ended_at: SystemTime,
+}
+
+impl AgentFinish {
+    /// `token_count`: input plus output tokens.
+    pub fn token_count(&self) -> u64 {
+        self.input_tokens.saturating_add(self.output_tokens)
+    }
+}
+
+/// One tool call (`tool_calls`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCallRecord {
+    pub run_id: String,
+    pub agent_id: String,
+    pub attempt: u32,
+    /// Order of the call within the attempt, from 1.
+    pub seq: u32,
+    pub tool: String,
+    /// What the call acted on: a path, a command line, a search pattern.
+    pub target: Option<String>,
+    pub ok: bool,
+    pub error: Option<String>,
+    pub started_at: SystemTime,
+    pub ended_at: Option<SystemTime>,
+}
+
+/// A request the policy refused (`denials`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DenialRecord {
+    pub run_id: String,
+    pub agent_id: String,
+    pub attempt: u32,
+    pub tool: String,
+    pub target: Option<String>,
+    pub reason: String,
+    pub at: SystemTime,
+}
+
+/// A run event (`events`); the writer numbers them per run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventRecord {
+    pub run_id: String,
+    pub agent_id: Option<String>,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub at: SystemTime,
+}
+
+/// A checkpoint taken (`checkpoints`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckpointRecord {
+    pub run_id: String,
+    /// 0 is the run's base (the tree before the run); then 1, 2, ...
+    pub seq: u64,
+    pub commit_id: String,
+    pub ref_name: String,
+    pub label: String,
+    pub completed_agents: u64,
+    pub at: SystemTime,
+}

@@ -1,0 +1,560 @@
+//! The read side: what `fanout runs` and `fanout show` print, and what a resumed run reads.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use serde::Serialize;
+
+use super::{AgentStatus, RunStatus, StoreError, elapsed, parse_mode, schema};
+use crate::config::Mode;
+
+/// A run's row in `runs`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRow {
+    pub run_id: String,
+    pub workflow: String,
+    pub config_path: Option<String>,
+    pub plan_hash: Option<String>,
+    pub repo: Option<String>,
+    pub status: RunStatus,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub base_commit: Option<String>,
+    pub agents_planned: u64,
+    pub total_tokens: u64,
+    pub total_input_tokens: u64,
+    pub total_output_tokens: u64,
+    pub total_cost_usd: f64,
+    pub error: Option<String>,
+}
+
+/// Agent attempts of a run by status (`running` counts attempts not finished yet).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StatusCounts {
+    pub running: u64,
+    pub success: u64,
+    pub failure: u64,
+    pub rollback: u64,
+}
+
+impl StatusCounts {
+    pub fn total(&self) -> u64 {
+        self.running + self.success + self.failure + self.rollback
+    }
+}
+
+/// A run with its agent counts: one line of `fanout runs`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunSummary {
+    #[serde(flatten)]
+    pub run: RunRow,
+    pub agents: StatusCounts,
+}
+
+/// One `agent_runs` row (one attempt of one agent).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentRow {
+    pub run_id: String,
+    pub agent_id: String,
+    pub attempt: u32,
+    pub task_description: Option<String>,
+    pub files_accessed: Vec<String>,
+    pub tools_called: Vec<String>,
+    /// `None` while in flight.
+    pub status: Option<AgentStatus>,
+    pub token_count: u64,
+    pub mode: Option<Mode>,
+    pub timestamp_start: Option<String>,
+    pub timestamp_end: Option<String>,
+    pub model: Option<String>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    pub escalated: bool,
+    pub error: Option<String>,
+    pub checkpoint: Option<String>,
+}
+
+impl AgentRow {
+    /// Wall time of the attempt, once finished.
+    pub fn duration(&self) -> Option<Duration> {
+        elapsed(
+            self.timestamp_start.as_deref()?,
+            self.timestamp_end.as_deref()?,
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCallRow {
+    pub attempt: u32,
+    pub seq: u32,
+    pub tool: String,
+    pub target: Option<String>,
+    pub ok: bool,
+    pub error: Option<String>,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+}
+
+impl ToolCallRow {
+    pub fn duration(&self) -> Option<Duration> {
+        elapsed(&self.started_at, self.ended_at.as_deref()?)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DenialRow {
+    pub attempt: u32,
+    pub tool: String,
+    pub target: Option<String>,
+    pub reason: String,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckpointRow {
+    pub seq: u64,
+    pub commit_id: String,
+    pub ref_name: String,
+    pub label: String,
+    pub completed_agents: u64,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventRow {
+    pub seq: u64,
+    pub at: String,
+    pub agent_id: Option<String>,
+    pub kind: String,
+    pub payload: serde_json::Value,
+}
+
+/// One run in full: `fanout show RUN_ID`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    pub summary: RunSummary,
+    /// Every attempt, ordered by start time.
+    pub agent_runs: Vec<AgentRow>,
+    pub checkpoints: Vec<CheckpointRow>,
+}
+
+/// One agent in full: `fanout show RUN_ID AGENT_ID`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentDetail {
+    pub run_id: String,
+    pub agent_id: String,
+    /// Every attempt, first to last.
+    pub attempts: Vec<AgentRow>,
+    pub tool_calls: Vec<ToolCallRow>,
+    pub denials: Vec<DenialRow>,
+}
+
+/// A reading connection of its own. Cheap to open; WAL lets it read while the writer writes.
+#[derive(Debug)]
+pub struct StoreReader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const RUN_COLUMNS: &str = "run_id, workflow, config_path, plan_hash, repo, status, started_at,
+    ended_at, base_commit, agents_planned, total_tokens, total_input_tokens,
+    total_output_tokens, total_cost_usd, error";
+
+const AGENT_COLUMNS: &str = "run_id, agent_id, attempt, task_description, files_accessed,
+    tools_called, status, token_count, mode, timestamp_start, timestamp_end, model,
+    input_tokens, output_tokens, cost_usd, escalated, error, checkpoint";
+
+fn unsigned(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
+    let value: Option<i64> = row.get(index)?;
+    Ok(value.unwrap_or(0).max(0) as u64)
+}
+
+fn small(row: &Row<'_>, index: usize) -> rusqlite::Result<u32> {
+    let value: i64 = row.get(index)?;
+    Ok(u32::try_from(value.max(0)).unwrap_or(u32::MAX))
+}
+
+/// A value read from a row that still needs checking against our vocabulary.
+struct Raw<T> {
+    value: T,
+    bad: Option<(&'static str, String)>,
+}
+
+impl StoreReader {
+    /// Open the database at `path` for reading. A missing file is [`StoreError::Missing`]; an
+    /// older schema is migrated (the file must be writable then); a newer one is refused.
+    pub fn open(path: &Path) -> Result<StoreReader, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn =
+            Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        schema::configure(&conn, path)?;
+        if schema::user_version(&conn, path)? != schema::SCHEMA_VERSION {
+            schema::migrate(&mut conn, path)?;
+        }
+        Ok(StoreReader {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Open `<repo>/.fanout/fanout.db`.
+    pub fn open_in_repo(repo: &Path) -> Result<StoreReader, StoreError> {
+        StoreReader::open(&super::db_path(repo))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn sqlite(&self, what: &'static str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        move |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            what,
+            source,
+        }
+    }
+
+    fn check<T>(&self, raw: Raw<T>) -> Result<T, StoreError> {
+        match raw.bad {
+            None => Ok(raw.value),
+            Some((column, value)) => Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                column,
+                value,
+            }),
+        }
+    }
+
+    fn run_row(row: &Row<'_>) -> rusqlite::Result<Raw<RunRow>> {
+        let status: String = row.get(5)?;
+        let parsed = RunStatus::parse(&status);
+        Ok(Raw {
+            bad: parsed.is_none().then(|| ("runs.status", status.clone())),
+            value: RunRow {
+                run_id: row.get(0)?,
+                workflow: row.get(1)?,
+                config_path: row.get(2)?,
+                plan_hash: row.get(3)?,
+                repo: row.get(4)?,
+                status: parsed.unwrap_or(RunStatus::Failed),
+                started_at: row.get(6)?,
+                ended_at: row.get(7)?,
+                base_commit: row.get(8)?,
+                agents_planned: unsigned(row, 9)?,
+                total_tokens: unsigned(row, 10)?,
+                total_input_tokens: unsigned(row, 11)?,
+                total_output_tokens: unsigned(row, 12)?,
+                total_cost_usd: row.get(13)?,
+                error: row.get(14)?,
+            },
+        })
+    }
+
+    fn agent_row(row: &Row<'_>) -> rusqlite::Result<Raw<AgentRow>> {
+        let files: Option<String> = row.get(4)?;
+        let tools: Option<String> = row.get(5)?;
+        let status: Option<String> = row.get(6)?;
+        let mode: Option<String> = row.get(8)?;
+        let mut bad = None;
+        let files_accessed = match files.as_deref().map(serde_json::from_str::<Vec<String>>) {
+            None => Vec::new(),
+            Some(Ok(list)) => list,
+            Some(Err(_)) => {
+                bad = Some((
+                    "agent_runs.files_accessed",
+                    files.clone().unwrap_or_default(),
+                ));
+                Vec::new()
+            }
+        };
+        let tools_called = match tools.as_deref().map(serde_json::from_str::<Vec<String>>) {
+            None => Vec::new(),
+            Some(Ok(list)) => list,
+            Some(Err(_)) => {
+                bad = Some(("agent_runs.tools_called", tools.clone().unwrap_or_default()));
+                Vec::new()
+            }
+        };
+        let parsed_status = status.as_deref().map(AgentStatus::parse);
+        if let (Some(None), Some(text)) = (parsed_status, &status) {
+            bad = Some(("agent_runs.status", text.clone()));
+        }
+        let parsed_mode = mode.as_deref().map(parse_mode);
+        if let (Some(None), Some(text)) = (parsed_mode, &mode) {
+            bad = Some(("agent_runs.mode", text.clone()));
+        }
+        let escalated: i64 = row.get(15)?;
+        Ok(Raw {
+            bad,
+            value: AgentRow {
+                run_id: row.get(0)?,
+                agent_id: row.get(1)?,
+                attempt: small(row, 2)?,
+                task_description: row.get(3)?,
+                files_accessed,
+                tools_called,
+                status: parsed_status.flatten(),
+                token_count: unsigned(row, 7)?,
+                mode: parsed_mode.flatten(),
+                timestamp_start: row.get(9)?,
+                timestamp_end: row.get(10)?,
+                model: row.get(11)?,
+                input_tokens: unsigned(row, 12)?,
+                output_tokens: unsigned(row, 13)?,
+                cost_usd: row.get(14)?,
+                escalated: escalated != 0,
+                error: row.get(16)?,
+                checkpoint: row.get(17)?,
+            },
+        })
+    }
+
+    fn counts(&self, run_id: &str) -> Result<StatusCounts, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT status, COUNT(*) FROM agent_runs WHERE run_id = ?1 GROUP BY status",
+            )
+            .map_err(self.sqlite("counting agents"))?;
+        let rows = stmt
+            .query_map([run_id], |row| {
+                Ok((row.get::<_, Option<String>>(0)?, row.get::<_, i64>(1)?))
+            })
+            .map_err(self.sqlite("counting agents"))?;
+        let mut counts = StatusCounts::default();
+        for row in rows {
+            let (status, count) = row.map_err(self.sqlite("counting agents"))?;
+            let count = count.max(0) as u64;
+            match status.as_deref().map(AgentStatus::parse) {
+                None => counts.running += count,
+                Some(Some(AgentStatus::Success)) => counts.success += count,
+                Some(Some(AgentStatus::Failure)) => counts.failure += count,
+                Some(Some(AgentStatus::Rollback)) => counts.rollback += count,
+                Some(None) => {
+                    return Err(StoreError::Corrupt {
+                        path: self.path.clone(),
+                        column: "agent_runs.status",
+                        value: status.unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Every run, newest first, with agent counts by status.
+    pub fn runs(&self) -> Result<Vec<RunSummary>, StoreError> {
+        let raws = {
+            let mut stmt = self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT {RUN_COLUMNS} FROM runs ORDER BY started_at DESC, run_id DESC"
+                ))
+                .map_err(self.sqlite("listing runs"))?;
+            stmt.query_map([], Self::run_row)
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(self.sqlite("listing runs"))?
+        };
+        let mut runs = Vec::with_capacity(raws.len());
+        for raw in raws {
+            let run = self.check(raw)?;
+            let agents = self.counts(&run.run_id)?;
+            runs.push(RunSummary { run, agents });
+        }
+        Ok(runs)
+    }
+
+    /// One run's row and counts.
+    pub fn run_summary(&self, run_id: &str) -> Result<Option<RunSummary>, StoreError> {
+        let raw = self
+            .conn
+            .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1"))
+            .and_then(|mut stmt| stmt.query_row([run_id], Self::run_row).optional())
+            .map_err(self.sqlite("reading a run"))?;
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let run = self.check(raw)?;
+        let agents = self.counts(run_id)?;
+        Ok(Some(RunSummary { run, agents }))
+    }
+
+    /// One run with all its agent attempts and checkpoints.
+    pub fn run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError> {
+        let Some(summary) = self.run_summary(run_id)? else {
+            return Ok(None);
+        };
+        Ok(Some(RunDetail {
+            summary,
+            agent_runs: self.agent_runs(run_id)?,
+            checkpoints: self.checkpoints(run_id)?,
+        }))
+    }
+
+    /// Every agent attempt of a run, by start time then agent id.
+    pub fn agent_runs(&self, run_id: &str) -> Result<Vec<AgentRow>, StoreError> {
+        let raws = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {AGENT_COLUMNS} FROM agent_runs WHERE run_id = ?1
+                 ORDER BY timestamp_start, agent_id, attempt"
+            ))
+            .and_then(|mut stmt| {
+                stmt.query_map([run_id], Self::agent_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(self.sqlite("listing agent runs"))?;
+        raws.into_iter().map(|raw| self.check(raw)).collect()
+    }
+
+    /// One agent: its attempts, tool calls and denials. `None` if the run has no such agent.
+    pub fn agent(&self, run_id: &str, agent_id: &str) -> Result<Option<AgentDetail>, StoreError> {
+        let raws = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {AGENT_COLUMNS} FROM agent_runs WHERE run_id = ?1 AND agent_id = ?2
+                 ORDER BY attempt"
+            ))
+            .and_then(|mut stmt| {
+                stmt.query_map([run_id, agent_id], Self::agent_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(self.sqlite("reading an agent"))?;
+        if raws.is_empty() {
+            return Ok(None);
+        }
+        let attempts = raws
+            .into_iter()
+            .map(|raw| self.check(raw))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tool_calls = self
+            .conn
+            .prepare_cached(
+                "SELECT attempt, seq, tool, target, ok, error, started_at, ended_at
+                 FROM tool_calls WHERE run_id = ?1 AND agent_id = ?2 ORDER BY attempt, seq",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map(params![run_id, agent_id], |row| {
+                    Ok(ToolCallRow {
+                        attempt: small(row, 0)?,
+                        seq: small(row, 1)?,
+                        tool: row.get(2)?,
+                        target: row.get(3)?,
+                        ok: row.get::<_, i64>(4)? != 0,
+                        error: row.get(5)?,
+                        started_at: row.get(6)?,
+                        ended_at: row.get(7)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(self.sqlite("listing tool calls"))?;
+        let denials = self
+            .conn
+            .prepare_cached(
+                "SELECT attempt, tool, target, reason, at
+                 FROM denials WHERE run_id = ?1 AND agent_id = ?2 ORDER BY at, id",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map(params![run_id, agent_id], |row| {
+                    Ok(DenialRow {
+                        attempt: small(row, 0)?,
+                        tool: row.get(1)?,
+                        target: row.get(2)?,
+                        reason: row.get(3)?,
+                        at: row.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(self.sqlite("listing denials"))?;
+        Ok(Some(AgentDetail {
+            run_id: run_id.to_owned(),
+            agent_id: agent_id.to_owned(),
+            attempts,
+            tool_calls,
+            denials,
+        }))
+    }
+
+    /// A run's checkpoints, base (0) first.
+    pub fn checkpoints(&self, run_id: &str) -> Result<Vec<CheckpointRow>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT seq, commit_id, ref_name, label, completed_agents, at
+                 FROM checkpoints WHERE run_id = ?1 ORDER BY seq",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map([run_id], |row| {
+                    Ok(CheckpointRow {
+                        seq: unsigned(row, 0)?,
+                        commit_id: row.get(1)?,
+                        ref_name: row.get(2)?,
+                        label: row.get(3)?,
+                        completed_agents: unsigned(row, 4)?,
+                        at: row.get(5)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(self.sqlite("listing checkpoints"))
+    }
+
+    /// A run's events in order.
+    pub fn events(&self, run_id: &str) -> Result<Vec<EventRow>, StoreError> {
+        let rows = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, at, agent_id, kind, payload FROM events WHERE run_id = ?1
+                 ORDER BY seq",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map([run_id], |row| {
+                    Ok((
+                        unsigned(row, 0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, Option<String>>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(self.sqlite("listing events"))?;
+        rows.into_iter()
+            .map(|(seq, at, agent_id, kind, payload)| {
+                let payload = serde_json::from_str(&payload).map_err(|_| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    column: "events.payload",
+                    value: payload.clone(),
+                })?;
+                Ok(EventRow {
+                    seq,
+                    at,
+                    agent_id,
+                    kind,
+                    payload,
+                })
+            })
+            .collect()
+    }
+
+    /// Run a raw read-only query; for tests and diagnostics (`PRAGMA table_info`, counts).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}

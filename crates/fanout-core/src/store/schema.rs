@@ -1,0 +1,192 @@
+//! The run store's tables and their migrations.
+//!
+//! The schema version lives in `PRAGMA user_version`. [`MIGRATIONS`]`[i]` takes a database
+//! from version `i` to `i + 1`, each in its own transaction together with the version bump,
+//! so a crash mid-migration leaves the previous version intact and the next open retries.
+//! A database whose version is higher than [`SCHEMA_VERSION`] was written by a newer
+//! fanout: we refuse it rather than guess ([`StoreError::SchemaTooNew`]).
+//!
+//! `agent_runs` keeps the seed's ten columns with the seed's names, declared types and
+//! meanings (`files_accessed` and `tools_called` are JSON arrays; `status` is `success`,
+//! `failure` or `rollback`; `mode` is `fast` or `default`; the timestamps are RFC 3339 UTC
+//! with milliseconds, which sort as text). One addition to the meaning: while an agent is
+//! in flight its `status` and `timestamp_end` are NULL, so a resumed run can tell in-flight
+//! agents from finished ones. Our own columns follow the seed's.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// The newest schema this build knows.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// `MIGRATIONS[i]` upgrades version `i` to `i + 1`. Append only; never edit a shipped entry.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+CREATE TABLE runs (
+    run_id TEXT PRIMARY KEY NOT NULL,
+    workflow TEXT NOT NULL,
+    config_path TEXT,
+    plan_hash TEXT,
+    repo TEXT,
+    status TEXT NOT NULL
+        CHECK (status IN ('planned', 'running', 'completed', 'partial', 'failed', 'cancelled')),
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    base_commit TEXT,
+    agents_planned INTEGER NOT NULL DEFAULT 0,
+    total_tokens INTEGER NOT NULL DEFAULT 0,
+    total_input_tokens INTEGER NOT NULL DEFAULT 0,
+    total_output_tokens INTEGER NOT NULL DEFAULT 0,
+    total_cost_usd REAL NOT NULL DEFAULT 0,
+    error TEXT
+);
+CREATE INDEX runs_by_start ON runs (started_at);
+
+CREATE TABLE agent_runs (
+    run_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    task_description TEXT,
+    files_accessed TEXT,      -- JSON array
+    tools_called TEXT,        -- JSON array
+    status TEXT               -- success | failure | rollback; NULL while in flight
+        CHECK (status IS NULL OR status IN ('success', 'failure', 'rollback')),
+    token_count INTEGER,
+    mode TEXT                 -- fast | default
+        CHECK (mode IS NULL OR mode IN ('fast', 'default')),
+    timestamp_start DATETIME,
+    timestamp_end DATETIME,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    model TEXT,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    escalated INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    checkpoint TEXT,
+    PRIMARY KEY (run_id, agent_id, attempt)
+);
+CREATE INDEX agent_runs_by_status ON agent_runs (run_id, status);
+
+CREATE TABLE tool_calls (
+    run_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    seq INTEGER NOT NULL,
+    tool TEXT NOT NULL,
+    target TEXT,
+    ok INTEGER NOT NULL,
+    error TEXT,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    PRIMARY KEY (run_id, agent_id, attempt, seq)
+);
+
+CREATE TABLE events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    agent_id TEXT,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+
+CREATE TABLE denials (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    tool TEXT NOT NULL,
+    target TEXT,
+    reason TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE INDEX denials_by_agent ON denials (run_id, agent_id);
+
+CREATE TABLE checkpoints (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    commit_id TEXT NOT NULL,
+    ref_name TEXT NOT NULL,
+    label TEXT NOT NULL,
+    completed_agents INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+"#,
+];
+
+/// Set the connection pragmas every connection of ours uses.
+pub(crate) fn configure(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let sqlite = |what, source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        what,
+        source,
+    };
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(|source| sqlite("setting busy_timeout", source))?;
+    // journal_mode answers with the mode now in force; WAL is persistent once set.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(|source| sqlite("switching to WAL", source))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            column: "journal_mode",
+            value: mode,
+        });
+    }
+    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")
+        .map_err(|source| sqlite("setting synchronous", source))?;
+    Ok(())
+}
+
+/// The schema version stored in the file.
+pub fn user_version(conn: &Connection, path: &Path) -> Result<i64, StoreError> {
+    conn.query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(|source| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            what: "reading user_version",
+            source,
+        })
+}
+
+/// Bring the database up to [`SCHEMA_VERSION`]. Idempotent; refuses a newer database.
+pub fn migrate(conn: &mut Connection, path: &Path) -> Result<i64, StoreError> {
+    let found = user_version(conn, path)?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+        let version = index as i64 + 1;
+        let failed = |source| StoreError::Migrate {
+            path: path.to_path_buf(),
+            version,
+            source,
+        };
+        // IMMEDIATE takes the write lock first, so two processes opening a fresh database
+        // at once serialise here; the loser re-reads the version and skips.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(failed)?;
+        let now: i64 = tx
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(failed)?;
+        if now >= version {
+            continue;
+        }
+        tx.execute_batch(sql).map_err(failed)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {version}"))
+            .map_err(failed)?;
+        tx.commit().map_err(failed)?;
+    }
+    user_version(conn, path)
+}

@@ -1,0 +1,810 @@
+//! The write side: [`Store`], a cheap handle on the writer thread that owns the connection.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use super::log::LogSink;
+use super::{
+    AgentFinish, AgentStart, CheckpointRecord, DenialRecord, EventRecord, NewRun, RunStatus,
+    StoreError, ToolCallRecord, format_time, schema,
+};
+
+/// Most operations committed in one transaction.
+pub const MAX_BATCH: usize = 500;
+/// Operations that may wait in the channel before senders wait for room.
+pub const QUEUE_DEPTH: usize = 4096;
+
+/// What the writer did, returned by [`Store::close`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WriterStats {
+    /// Operations applied (successfully or not).
+    pub ops: u64,
+    /// Transactions committed.
+    pub batches: u64,
+    pub largest_batch: usize,
+    /// Queued (not awaited) operations that failed; nobody was waiting to hear about them.
+    pub failed_queued_ops: u64,
+    pub first_queued_error: Option<String>,
+    /// Lines written to the attached log.
+    pub log_lines: u64,
+    /// Log writes that failed (the database write still happened).
+    pub log_errors: u64,
+    pub first_log_error: Option<String>,
+}
+
+/// The run store's write handle. Clone it freely: all clones feed the same writer thread.
+///
+/// Methods that return after the commit are durable (see the module docs); the others return
+/// once queued. All of them wait while the queue is full.
+#[derive(Debug, Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Request>,
+    path: PathBuf,
+}
+
+type Ack = oneshot::Sender<Result<(), StoreError>>;
+
+#[derive(Debug)]
+struct Request {
+    op: Op,
+    ack: Option<Ack>,
+}
+
+#[derive(Debug)]
+enum Op {
+    CreateRun(Box<NewRun>),
+    SetRunStatus {
+        run_id: String,
+        status: RunStatus,
+        ended_at: Option<SystemTime>,
+        error: Option<String>,
+    },
+    StartAgent(Box<AgentStart>),
+    FinishAgent(Box<AgentFinish>),
+    Checkpoint(Box<CheckpointRecord>),
+    ToolCall(Box<ToolCallRecord>),
+    Denial(Box<DenialRecord>),
+    Event(Box<EventRecord>),
+    AttachLog(PathBuf),
+    Flush,
+    Close(oneshot::Sender<WriterStats>),
+}
+
+impl Store {
+    /// Open (creating if needed) the database at `path`, migrate it, and start the writer.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        let mut conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        schema::configure(&conn, path)?;
+        schema::migrate(&mut conn, path)?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let mut writer = Writer {
+            conn,
+            path: path.to_path_buf(),
+            next_event_seq: HashMap::new(),
+            log: None,
+            stats: WriterStats::default(),
+        };
+        std::thread::Builder::new()
+            .name("fanout-store-writer".to_owned())
+            .spawn(move || writer.run(rx))
+            .map_err(|source| StoreError::Spawn { source })?;
+        Ok(Store {
+            tx,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Open `<repo>/.fanout/fanout.db`, creating `.fanout/` (git-ignored) if needed.
+    pub fn open_in_repo(repo: &Path) -> Result<Store, StoreError> {
+        super::ensure_fanout_dir(repo)?;
+        Store::open(&super::db_path(repo))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Append every record committed from now on to `path` as JSON lines (parent
+    /// directories are created; an existing file is appended to). Replaces an earlier log.
+    pub async fn attach_log(&self, path: PathBuf) -> Result<(), StoreError> {
+        self.acked(Op::AttachLog(path), "the log file").await
+    }
+
+    /// Record a new run. Durable.
+    pub async fn create_run(&self, run: NewRun) -> Result<(), StoreError> {
+        self.acked(Op::CreateRun(Box::new(run)), "the new run")
+            .await
+    }
+
+    /// Move a run to `status` (and set `ended_at`, and an error message, when given). Durable.
+    pub async fn set_run_status(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        ended_at: Option<SystemTime>,
+        error: Option<String>,
+    ) -> Result<(), StoreError> {
+        let op = Op::SetRunStatus {
+            run_id: run_id.to_owned(),
+            status,
+            ended_at,
+            error,
+        };
+        self.acked(op, "the run status").await
+    }
+
+    /// Record an agent attempt as in flight. Durable.
+    pub async fn start_agent(&self, start: AgentStart) -> Result<(), StoreError> {
+        self.acked(Op::StartAgent(Box::new(start)), "the agent start")
+            .await
+    }
+
+    /// Record how an agent attempt ended and add its tokens and cost to the run's totals.
+    /// Returns after the commit (durable); idempotent for the same status.
+    pub async fn finish_agent(&self, finish: AgentFinish) -> Result<(), StoreError> {
+        self.acked(Op::FinishAgent(Box::new(finish)), "the agent result")
+            .await
+    }
+
+    /// Record a checkpoint (replacing a record with the same run and seq). Durable.
+    pub async fn record_checkpoint(&self, checkpoint: CheckpointRecord) -> Result<(), StoreError> {
+        self.acked(Op::Checkpoint(Box::new(checkpoint)), "the checkpoint")
+            .await
+    }
+
+    /// Queue a tool call record.
+    pub async fn tool_call(&self, call: ToolCallRecord) -> Result<(), StoreError> {
+        self.queued(Op::ToolCall(Box::new(call)), "a tool call")
+            .await
+    }
+
+    /// Queue a denial record.
+    pub async fn denial(&self, denial: DenialRecord) -> Result<(), StoreError> {
+        self.queued(Op::Denial(Box::new(denial)), "a denial").await
+    }
+
+    /// Queue an event; the writer gives it the run's next sequence number.
+    pub async fn event(&self, event: EventRecord) -> Result<(), StoreError> {
+        self.queued(Op::Event(Box::new(event)), "an event").await
+    }
+
+    /// Wait until everything queued before this call is committed durably and logged.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.acked(Op::Flush, "the flush").await
+    }
+
+    /// Commit what is queued, flush the log and stop the writer. Other clones of this handle
+    /// get [`StoreError::WriterClosed`] afterwards.
+    pub async fn close(self) -> Result<WriterStats, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request {
+                op: Op::Close(tx),
+                ack: None,
+            })
+            .await
+            .map_err(|_| StoreError::WriterClosed { what: "the close" })?;
+        rx.await
+            .map_err(|_| StoreError::WriterClosed { what: "the close" })
+    }
+
+    async fn acked(&self, op: Op, what: &'static str) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request { op, ack: Some(tx) })
+            .await
+            .map_err(|_| StoreError::WriterClosed { what })?;
+        rx.await.map_err(|_| StoreError::WriterClosed { what })?
+    }
+
+    async fn queued(&self, op: Op, what: &'static str) -> Result<(), StoreError> {
+        self.tx
+            .send(Request { op, ack: None })
+            .await
+            .map_err(|_| StoreError::WriterClosed { what })
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    path: PathBuf,
+    next_event_seq: HashMap<String, i64>,
+    log: Option<LogSink>,
+    stats: WriterStats,
+}
+
+/// Saturate rather than wrap: SQLite integers are signed.
+fn sql_int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn is_constraint(err: &rusqlite::Error) -> bool {
+    matches!(err, rusqlite::Error::SqliteFailure(e, _) if e.code == ErrorCode::ConstraintViolation)
+}
+
+impl Writer {
+    fn run(&mut self, mut rx: mpsc::Receiver<Request>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            if let Some(close) = self.commit(batch) {
+                // Anything still queued was sent before the close was processed; commit it
+                // too so `close` means "everything sent so far is in".
+                rx.close();
+                while let Ok(request) = rx.try_recv() {
+                    let _ = self.commit(vec![request]);
+                }
+                self.finish_log();
+                let _ = close.send(self.stats.clone());
+                return;
+            }
+        }
+        self.finish_log();
+    }
+
+    fn finish_log(&mut self) {
+        if let Some(log) = self.log.as_mut()
+            && let Err(err) = log.flush()
+        {
+            self.stats.log_errors += 1;
+            self.stats.first_log_error.get_or_insert(err.to_string());
+        }
+    }
+
+    fn sqlite(&self, what: &'static str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        move |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            what,
+            source,
+        }
+    }
+
+    /// Apply a batch in one transaction. Returns the close acknowledgement if the batch held
+    /// a close request.
+    fn commit(&mut self, batch: Vec<Request>) -> Option<oneshot::Sender<WriterStats>> {
+        let durable = batch
+            .iter()
+            .any(|r| r.ack.is_some() || matches!(r.op, Op::Close(_)));
+        let ops = batch.len();
+        let mut close = None;
+        let mut outcomes: Vec<(Option<Ack>, Result<(), StoreError>)> = Vec::with_capacity(ops);
+        let mut lines: Vec<serde_json::Value> = Vec::new();
+
+        // `synchronous` cannot change inside a transaction, so it is set around it.
+        let begin = (|| -> rusqlite::Result<()> {
+            if durable {
+                self.conn.execute_batch("PRAGMA synchronous = FULL")?;
+            }
+            self.conn.execute_batch("BEGIN IMMEDIATE")
+        })();
+        if let Err(err) = begin {
+            let message = err.to_string();
+            for request in batch {
+                if let Op::Close(tx) = request.op {
+                    close = Some(tx);
+                }
+                self.report(request.ack, Err(self.commit_error(ops, &message)));
+            }
+            return close;
+        }
+
+        for request in batch {
+            self.stats.ops += 1;
+            let result = match request.op {
+                Op::Close(tx) => {
+                    close = Some(tx);
+                    Ok(None)
+                }
+                Op::Flush => Ok(None),
+                Op::AttachLog(path) => self.attach_log(path).map(|()| None),
+                op => self.apply_in_savepoint(op),
+            };
+            let result = result.map(|line| {
+                if let Some(line) = line {
+                    lines.push(line);
+                }
+            });
+            outcomes.push((request.ack, result));
+        }
+
+        let committed = self.conn.execute_batch("COMMIT");
+        if durable {
+            // Best effort: a failure here leaves FULL on, which is only slower.
+            let _ = self.conn.execute_batch("PRAGMA synchronous = NORMAL");
+        }
+        match committed {
+            Ok(()) => {
+                self.stats.batches += 1;
+                self.stats.largest_batch = self.stats.largest_batch.max(ops);
+                self.write_log(&lines);
+                for (ack, result) in outcomes {
+                    self.report(ack, result);
+                }
+            }
+            Err(err) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                let message = err.to_string();
+                for (ack, _) in outcomes {
+                    self.report(ack, Err(self.commit_error(ops, &message)));
+                }
+            }
+        }
+        close
+    }
+
+    fn commit_error(&self, ops: usize, message: &str) -> StoreError {
+        StoreError::Commit {
+            path: self.path.clone(),
+            ops,
+            message: message.to_owned(),
+        }
+    }
+
+    fn report(&mut self, ack: Option<Ack>, result: Result<(), StoreError>) {
+        match ack {
+            // The caller may have stopped waiting; nothing to do then.
+            Some(ack) => {
+                let _ = ack.send(result);
+            }
+            None => {
+                if let Err(err) = result {
+                    self.stats.failed_queued_ops += 1;
+                    self.stats.first_queued_error.get_or_insert(err.to_string());
+                }
+            }
+        }
+    }
+
+    fn write_log(&mut self, lines: &[serde_json::Value]) {
+        let Some(log) = self.log.as_mut() else {
+            return;
+        };
+        for line in lines {
+            match log.write(line) {
+                Ok(()) => self.stats.log_lines += 1,
+                Err(err) => {
+                    self.stats.log_errors += 1;
+                    self.stats.first_log_error.get_or_insert(err.to_string());
+                }
+            }
+        }
+        if let Err(err) = log.flush() {
+            self.stats.log_errors += 1;
+            self.stats.first_log_error.get_or_insert(err.to_string());
+        }
+    }
+
+    fn attach_log(&mut self, path: PathBuf) -> Result<(), StoreError> {
+        self.finish_log();
+        self.log = Some(LogSink::create(&path)?);
+        Ok(())
+    }
+
+    /// Run one operation in a savepoint so its failure leaves the rest of the batch alone.
+    fn apply_in_savepoint(&mut self, op: Op) -> Result<Option<serde_json::Value>, StoreError> {
+        self.conn
+            .execute_batch("SAVEPOINT op")
+            .map_err(self.sqlite("opening a savepoint"))?;
+        let result = self.apply(op);
+        let end = if result.is_ok() {
+            "RELEASE op"
+        } else {
+            "ROLLBACK TO op; RELEASE op"
+        };
+        self.conn
+            .execute_batch(end)
+            .map_err(self.sqlite("closing a savepoint"))?;
+        result
+    }
+
+    fn apply(&mut self, op: Op) -> Result<Option<serde_json::Value>, StoreError> {
+        match op {
+            Op::CreateRun(run) => self.create_run(*run),
+            Op::SetRunStatus {
+                run_id,
+                status,
+                ended_at,
+                error,
+            } => self.set_run_status(run_id, status, ended_at, error),
+            Op::StartAgent(start) => self.start_agent(*start),
+            Op::FinishAgent(finish) => self.finish_agent(*finish),
+            Op::Checkpoint(checkpoint) => self.checkpoint(*checkpoint),
+            Op::ToolCall(call) => self.tool_call(*call),
+            Op::Denial(denial) => self.denial(*denial),
+            Op::Event(event) => self.event(*event),
+            Op::AttachLog(_) | Op::Flush | Op::Close(_) => Ok(None),
+        }
+    }
+
+    fn create_run(&mut self, run: NewRun) -> Result<Option<serde_json::Value>, StoreError> {
+        let started_at = format_time(run.started_at);
+        let result = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO runs (run_id, workflow, config_path, plan_hash, repo, status,
+                     started_at, base_commit, agents_planned)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    run.run_id,
+                    run.workflow,
+                    run.config_path.as_ref().map(|p| p.display().to_string()),
+                    run.plan_hash,
+                    run.repo.as_ref().map(|p| p.display().to_string()),
+                    run.status.as_str(),
+                    started_at,
+                    run.base_commit,
+                    i64::from(run.agents_planned),
+                ])
+            });
+        match result {
+            Ok(_) => Ok(Some(json!({
+                "timestamp": started_at,
+                "run_id": run.run_id,
+                "kind": "run_created",
+                "workflow": run.workflow,
+                "config_path": run.config_path,
+                "plan_hash": run.plan_hash,
+                "status": run.status,
+                "base_commit": run.base_commit,
+                "agents_planned": run.agents_planned,
+            }))),
+            Err(err) if is_constraint(&err) => Err(StoreError::RunExists { run_id: run.run_id }),
+            Err(source) => Err(self.sqlite("recording a run")(source)),
+        }
+    }
+
+    fn set_run_status(
+        &mut self,
+        run_id: String,
+        status: RunStatus,
+        ended_at: Option<SystemTime>,
+        error: Option<String>,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let ended_at = ended_at.map(format_time);
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE runs SET status = ?2, ended_at = COALESCE(?3, ended_at),
+                     error = COALESCE(?4, error)
+                 WHERE run_id = ?1",
+            )
+            .and_then(|mut stmt| stmt.execute(params![run_id, status.as_str(), ended_at, error]))
+            .map_err(self.sqlite("updating a run's status"))?;
+        if changed == 0 {
+            return Err(StoreError::UnknownRun { run_id });
+        }
+        Ok(Some(json!({
+            "timestamp": ended_at.unwrap_or_else(|| format_time(SystemTime::now())),
+            "run_id": run_id,
+            "kind": "run_status",
+            "status": status,
+            "error": error,
+        })))
+    }
+
+    fn start_agent(&mut self, start: AgentStart) -> Result<Option<serde_json::Value>, StoreError> {
+        let started_at = format_time(start.started_at);
+        let result = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO agent_runs (run_id, agent_id, task_description, files_accessed,
+                     tools_called, status, token_count, mode, timestamp_start, timestamp_end,
+                     attempt, model, escalated)
+                 VALUES (?1, ?2, ?3, '[]', '[]', NULL, 0, ?4, ?5, NULL, ?6, ?7, ?8)",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    start.run_id,
+                    start.agent_id,
+                    start.task_description,
+                    start.mode.as_str(),
+                    started_at,
+                    i64::from(start.attempt),
+                    start.model,
+                    start.escalated,
+                ])
+            });
+        match result {
+            Ok(_) => Ok(Some(json!({
+                "timestamp": started_at,
+                "run_id": start.run_id,
+                "kind": "agent_started",
+                "agent_id": start.agent_id,
+                "attempt": start.attempt,
+                "mode": start.mode,
+                "model": start.model,
+                "escalated": start.escalated,
+                "task_description": start.task_description,
+            }))),
+            Err(err) if is_constraint(&err) => Err(StoreError::AgentExists {
+                run_id: start.run_id,
+                agent_id: start.agent_id,
+                attempt: start.attempt,
+            }),
+            Err(source) => Err(self.sqlite("recording an agent start")(source)),
+        }
+    }
+
+    fn finish_agent(
+        &mut self,
+        finish: AgentFinish,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let files =
+            serde_json::to_string(&finish.files_accessed).map_err(|source| StoreError::Json {
+                what: "files_accessed",
+                source,
+            })?;
+        let tools =
+            serde_json::to_string(&finish.tools_called).map_err(|source| StoreError::Json {
+                what: "tools_called",
+                source,
+            })?;
+        let ended_at = format_time(finish.ended_at);
+        let tokens = sql_int(finish.token_count());
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE agent_runs SET status = ?4, files_accessed = ?5, tools_called = ?6,
+                     token_count = ?7, input_tokens = ?8, output_tokens = ?9, cost_usd = ?10,
+                     error = ?11, checkpoint = ?12, timestamp_end = ?13
+                 WHERE run_id = ?1 AND agent_id = ?2 AND attempt = ?3 AND status IS NULL",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    finish.run_id,
+                    finish.agent_id,
+                    i64::from(finish.attempt),
+                    finish.status.as_str(),
+                    files,
+                    tools,
+                    tokens,
+                    sql_int(finish.input_tokens),
+                    sql_int(finish.output_tokens),
+                    finish.cost_usd,
+                    finish.error,
+                    finish.checkpoint,
+                    ended_at,
+                ])
+            })
+            .map_err(self.sqlite("recording an agent result"))?;
+        if changed == 0 {
+            let recorded: Option<Option<String>> = self
+                .conn
+                .prepare_cached(
+                    "SELECT status FROM agent_runs
+                     WHERE run_id = ?1 AND agent_id = ?2 AND attempt = ?3",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_row(
+                        params![finish.run_id, finish.agent_id, i64::from(finish.attempt)],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                })
+                .map_err(self.sqlite("reading an agent's status"))?;
+            return match recorded {
+                None => Err(StoreError::UnknownAgent {
+                    run_id: finish.run_id,
+                    agent_id: finish.agent_id,
+                    attempt: finish.attempt,
+                }),
+                Some(Some(status)) if status == finish.status.as_str() => Ok(None),
+                Some(status) => Err(StoreError::AgentFinished {
+                    run_id: finish.run_id,
+                    agent_id: finish.agent_id,
+                    attempt: finish.attempt,
+                    recorded: status.unwrap_or_else(|| "nothing".to_owned()),
+                    requested: finish.status.as_str().to_owned(),
+                }),
+            };
+        }
+        self.conn
+            .prepare_cached(
+                "UPDATE runs SET total_tokens = total_tokens + ?2,
+                     total_input_tokens = total_input_tokens + ?3,
+                     total_output_tokens = total_output_tokens + ?4,
+                     total_cost_usd = total_cost_usd + ?5
+                 WHERE run_id = ?1",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    finish.run_id,
+                    tokens,
+                    sql_int(finish.input_tokens),
+                    sql_int(finish.output_tokens),
+                    finish.cost_usd,
+                ])
+            })
+            .map_err(self.sqlite("adding to a run's totals"))?;
+        Ok(Some(json!({
+            "timestamp": ended_at,
+            "run_id": finish.run_id,
+            "kind": "agent_finished",
+            "agent_id": finish.agent_id,
+            "attempt": finish.attempt,
+            "status": finish.status,
+            "files_accessed": finish.files_accessed,
+            "tools_called": finish.tools_called,
+            "token_count": finish.token_count(),
+            "input_tokens": finish.input_tokens,
+            "output_tokens": finish.output_tokens,
+            "cost_usd": finish.cost_usd,
+            "error": finish.error,
+            "checkpoint": finish.checkpoint,
+        })))
+    }
+
+    fn checkpoint(
+        &mut self,
+        checkpoint: CheckpointRecord,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let at = format_time(checkpoint.at);
+        self.conn
+            .prepare_cached(
+                "INSERT INTO checkpoints (run_id, seq, commit_id, ref_name, label,
+                     completed_agents, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (run_id, seq) DO UPDATE SET commit_id = excluded.commit_id,
+                     ref_name = excluded.ref_name, label = excluded.label,
+                     completed_agents = excluded.completed_agents, at = excluded.at",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    checkpoint.run_id,
+                    sql_int(checkpoint.seq),
+                    checkpoint.commit_id,
+                    checkpoint.ref_name,
+                    checkpoint.label,
+                    sql_int(checkpoint.completed_agents),
+                    at,
+                ])
+            })
+            .map_err(self.sqlite("recording a checkpoint"))?;
+        Ok(Some(json!({
+            "timestamp": at,
+            "run_id": checkpoint.run_id,
+            "kind": "checkpoint",
+            "seq": checkpoint.seq,
+            "commit_id": checkpoint.commit_id,
+            "ref_name": checkpoint.ref_name,
+            "label": checkpoint.label,
+            "completed_agents": checkpoint.completed_agents,
+        })))
+    }
+
+    fn tool_call(&mut self, call: ToolCallRecord) -> Result<Option<serde_json::Value>, StoreError> {
+        let started_at = format_time(call.started_at);
+        let ended_at = call.ended_at.map(format_time);
+        self.conn
+            .prepare_cached(
+                "INSERT INTO tool_calls (run_id, agent_id, attempt, seq, tool, target, ok, error,
+                     started_at, ended_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    call.run_id,
+                    call.agent_id,
+                    i64::from(call.attempt),
+                    i64::from(call.seq),
+                    call.tool,
+                    call.target,
+                    call.ok,
+                    call.error,
+                    started_at,
+                    ended_at,
+                ])
+            })
+            .map_err(self.sqlite("recording a tool call"))?;
+        Ok(Some(json!({
+            "timestamp": started_at,
+            "run_id": call.run_id,
+            "kind": "tool_call",
+            "agent_id": call.agent_id,
+            "attempt": call.attempt,
+            "seq": call.seq,
+            "tool": call.tool,
+            "target": call.target,
+            "ok": call.ok,
+            "error": call.error,
+            "ended_at": ended_at,
+        })))
+    }
+
+    fn denial(&mut self, denial: DenialRecord) -> Result<Option<serde_json::Value>, StoreError> {
+        let at = format_time(denial.at);
+        self.conn
+            .prepare_cached(
+                "INSERT INTO denials (run_id, agent_id, attempt, tool, target, reason, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    denial.run_id,
+                    denial.agent_id,
+                    i64::from(denial.attempt),
+                    denial.tool,
+                    denial.target,
+                    denial.reason,
+                    at,
+                ])
+            })
+            .map_err(self.sqlite("recording a denial"))?;
+        Ok(Some(json!({
+            "timestamp": at,
+            "run_id": denial.run_id,
+            "kind": "denial",
+            "agent_id": denial.agent_id,
+            "attempt": denial.attempt,
+            "tool": denial.tool,
+            "target": denial.target,
+            "reason": denial.reason,
+        })))
+    }
+
+    fn event(&mut self, event: EventRecord) -> Result<Option<serde_json::Value>, StoreError> {
+        let seq = match self.next_event_seq.get(&event.run_id) {
+            Some(seq) => *seq,
+            None => {
+                let last: i64 = self
+                    .conn
+                    .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?1")
+                    .and_then(|mut stmt| stmt.query_row([&event.run_id], |row| row.get(0)))
+                    .map_err(self.sqlite("numbering an event"))?;
+                last + 1
+            }
+        };
+        let at = format_time(event.at);
+        let payload = serde_json::to_string(&event.payload).map_err(|source| StoreError::Json {
+            what: "an event payload",
+            source,
+        })?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO events (run_id, seq, at, agent_id, kind, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    event.run_id,
+                    seq,
+                    at,
+                    event.agent_id,
+                    event.kind,
+                    payload
+                ])
+            })
+            .map_err(self.sqlite("recording an event"))?;
+        self.next_event_seq.insert(event.run_id.clone(), seq + 1);
+        Ok(Some(json!({
+            "timestamp": at,
+            "run_id": event.run_id,
+            "seq": seq,
+            "agent_id": event.agent_id,
+            "kind": event.kind,
+            "payload": event.payload,
+        })))
+    }
+}

@@ -1,0 +1,908 @@
+//! The tools a sub-agent's model sees, and the scoped execution behind them.
+//!
+//! Names are a contract: `read_file`, `write_file`, `edit_file`, `list_files`, `search`,
+//! `bash`. A [`Toolbox`] holds one agent's [`ScopePolicy`], its [`ScopedFs`], its
+//! [`Sandbox`] for commands, its [`Journal`] and its [`Receipts`]. [`Toolbox::call`] never
+//! fails: a refused or failed call comes back as an error [`ToolOutput`] whose text says why,
+//! so the model can adapt, and every refusal is recorded as a [`Denial`].
+//!
+//! Start with [`Toolbox::new`] and [`Toolbox::call`]; [`fs`] has the path rules and
+//! [`shell`] the command-line rules.
+
+pub mod fs;
+pub mod shell;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use globset::GlobBuilder;
+use regex::RegexBuilder;
+use serde_json::{Value, json};
+
+use crate::agent::{CommandReceipt, Denial, Journal, Receipts, UndoReport};
+use crate::policy::{DenyReason, ScopePolicy, is_secret_name};
+use crate::provider::ToolSpec;
+use crate::sandbox::{ChangeKind, Sandbox, SandboxConfig, SandboxError, WriteGrants};
+use fs::{FileState, FsError, ScopedFs};
+
+/// Size limits of the file tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToolLimits {
+    /// Largest file `read_file`, `edit_file` and `search` will open.
+    pub max_file_bytes: u64,
+    /// Most bytes of text one tool result carries.
+    pub max_output_bytes: usize,
+    pub max_list_entries: usize,
+    pub max_search_matches: usize,
+}
+
+impl Default for ToolLimits {
+    fn default() -> Self {
+        ToolLimits {
+            max_file_bytes: 2 * 1024 * 1024,
+            max_output_bytes: 64 * 1024,
+            max_list_entries: 1000,
+            max_search_matches: 200,
+        }
+    }
+}
+
+/// The result of one tool call, as the model will see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolOutput {
+    pub content: String,
+    pub is_error: bool,
+}
+
+impl ToolOutput {
+    fn ok(content: impl Into<String>) -> ToolOutput {
+        ToolOutput {
+            content: content.into(),
+            is_error: false,
+        }
+    }
+
+    fn error(content: impl Into<String>) -> ToolOutput {
+        ToolOutput {
+            content: content.into(),
+            is_error: true,
+        }
+    }
+}
+
+/// A toolbox could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolboxError {
+    #[error("cannot open the repository {path}: {message}")]
+    Repository { path: PathBuf, message: String },
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+}
+
+enum Failure {
+    Denied { target: String, reason: DenyReason },
+    Failed(String),
+}
+
+impl From<FsError> for Failure {
+    fn from(error: FsError) -> Failure {
+        Failure::Failed(error.to_string())
+    }
+}
+
+struct State {
+    journal: Journal,
+    receipts: Receipts,
+}
+
+/// One agent's tools.
+#[derive(Debug)]
+pub struct Toolbox {
+    fs: ScopedFs,
+    policy: ScopePolicy,
+    sandbox: Option<Sandbox>,
+    sandbox_error: Option<SandboxError>,
+    limits: ToolLimits,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").finish_non_exhaustive()
+    }
+}
+
+impl Toolbox {
+    /// Open `root` for an agent with `policy`. The sandbox is prepared only when the policy
+    /// grants `bash`; if the kernel cannot enforce it, `bash` calls are refused with the
+    /// reason (fail closed) while the file tools keep working.
+    pub fn new(
+        root: &Path,
+        mut policy: ScopePolicy,
+        sandbox: SandboxConfig,
+        limits: ToolLimits,
+    ) -> Result<Toolbox, ToolboxError> {
+        let fs = ScopedFs::open(root).map_err(|error| ToolboxError::Repository {
+            path: root.to_path_buf(),
+            message: error.to_string(),
+        })?;
+        let scan = scan_repository(fs.root_path());
+        policy.gitdirs.extend(scan.gitdirs);
+        let (sandbox, sandbox_error) = if policy.tools.contains("bash") {
+            let grants = write_grants(fs.root_path(), &policy, scan.hidden);
+            let mut config = sandbox;
+            config.network = policy.network;
+            config.mode = policy.sandbox_mode;
+            match Sandbox::new(config, grants) {
+                Ok(sandbox) => (Some(sandbox), None),
+                Err(error) => (None, Some(error)),
+            }
+        } else {
+            (None, None)
+        };
+        Ok(Toolbox {
+            fs,
+            policy,
+            sandbox,
+            sandbox_error,
+            limits,
+            state: Mutex::new(State {
+                journal: Journal::new(),
+                receipts: Receipts::default(),
+            }),
+        })
+    }
+
+    pub fn policy(&self) -> &ScopePolicy {
+        &self.policy
+    }
+
+    pub fn fs(&self) -> &ScopedFs {
+        &self.fs
+    }
+
+    pub fn sandbox(&self) -> Option<&Sandbox> {
+        self.sandbox.as_ref()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn receipts(&self) -> Receipts {
+        self.state().receipts.clone()
+    }
+
+    pub fn journal(&self) -> Journal {
+        self.state().journal.clone()
+    }
+
+    /// Undo every change the agent made (file tools and commands alike).
+    pub fn undo(&self) -> UndoReport {
+        let state = self.state();
+        state.journal.undo(&self.fs)
+    }
+
+    /// The specs of the tools granted to this agent, in contract order.
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        tool_specs()
+            .into_iter()
+            .filter(|spec| self.policy.tools.contains(&spec.name))
+            .collect()
+    }
+
+    /// Run one tool call. Never fails; errors come back as error output.
+    pub async fn call(&self, name: &str, input: &Value) -> ToolOutput {
+        {
+            let mut state = self.state();
+            state.receipts.tool_calls += 1;
+            state.receipts.tools_called.push(name.to_string());
+        }
+        let result = match self.policy.check_tool(name) {
+            Err(reason) => Err(Failure::Denied {
+                target: name.to_string(),
+                reason,
+            }),
+            Ok(()) => match name {
+                "read_file" => self.read_file(input),
+                "write_file" => self.write_file(input),
+                "edit_file" => self.edit_file(input),
+                "list_files" => self.list_files(input),
+                "search" => self.search(input),
+                "bash" => self.bash(input).await,
+                _ => Err(Failure::Failed(format!("unknown tool `{name}`"))),
+            },
+        };
+        match result {
+            Ok(text) => ToolOutput::ok(truncate(text, self.limits.max_output_bytes)),
+            Err(Failure::Failed(message)) => ToolOutput::error(message),
+            Err(Failure::Denied { target, reason }) => {
+                let message = format!("denied: {target}: {reason}");
+                self.state().receipts.denials.push(Denial {
+                    agent_id: self.policy.agent_id.clone(),
+                    tool: name.to_string(),
+                    target,
+                    reason,
+                });
+                ToolOutput::error(message)
+            }
+        }
+    }
+
+    /// Resolve a path argument, turning a refusal into a denial on `raw`.
+    fn path(&self, input: &Value, key: &str) -> Result<(String, String), Failure> {
+        let raw = string_arg(input, key)?;
+        match self.fs.resolve(&raw) {
+            Ok(relative) => Ok((raw, relative)),
+            Err(FsError::Denied(reason)) => Err(Failure::Denied {
+                target: raw,
+                reason,
+            }),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn fs_failure(raw: &str, error: FsError) -> Failure {
+        match error {
+            FsError::Denied(reason) => Failure::Denied {
+                target: raw.to_string(),
+                reason,
+            },
+            other => other.into(),
+        }
+    }
+
+    fn check_read(&self, raw: &str, relative: &str) -> Result<(), Failure> {
+        self.policy
+            .check_read(relative)
+            .map_err(|reason| Failure::Denied {
+                target: raw.to_string(),
+                reason,
+            })
+    }
+
+    fn check_write(&self, raw: &str, relative: &str) -> Result<(), Failure> {
+        self.policy
+            .check_write(relative)
+            .map_err(|reason| Failure::Denied {
+                target: raw.to_string(),
+                reason,
+            })
+    }
+
+    fn read_file(&self, input: &Value) -> Result<String, Failure> {
+        let (raw, relative) = self.path(input, "path")?;
+        self.check_read(&raw, &relative)?;
+        let bytes = self
+            .fs
+            .read(&relative, self.limits.max_file_bytes)
+            .map_err(|error| Self::fs_failure(&raw, error))?;
+        self.state().receipts.files_read.insert(relative.clone());
+        let text = String::from_utf8_lossy(&bytes);
+        let lines: Vec<&str> = text.lines().collect();
+        let start = optional_u64(input, "start_line")?.unwrap_or(1).max(1) as usize;
+        let end = optional_u64(input, "end_line")?
+            .map_or(lines.len(), |end| end as usize)
+            .min(lines.len());
+        if start > end.max(1) && !lines.is_empty() {
+            return Err(Failure::Failed(format!(
+                "{relative} has {} lines; start_line {start} is past the end",
+                lines.len()
+            )));
+        }
+        let mut out = format!("{relative} (lines {start}-{end} of {}):\n", lines.len());
+        for (index, line) in lines.iter().enumerate().take(end).skip(start - 1) {
+            out.push_str(&format!("{:>6}\t{line}\n", index + 1));
+        }
+        Ok(out)
+    }
+
+    fn write_checked(&self, raw: &str, relative: &str, content: &[u8]) -> Result<(), Failure> {
+        let mut state = self.state();
+        state
+            .journal
+            .capture(&self.fs, relative)
+            .map_err(|error| Self::fs_failure(raw, error))?;
+        let created = self
+            .fs
+            .write(relative, content, None)
+            .map_err(|error| Self::fs_failure(raw, error))?;
+        for dir in created {
+            state.journal.record_created_dir(&dir);
+        }
+        state.receipts.files_written.insert(relative.to_string());
+        Ok(())
+    }
+
+    fn write_file(&self, input: &Value) -> Result<String, Failure> {
+        let (raw, relative) = self.path(input, "path")?;
+        self.check_write(&raw, &relative)?;
+        let content = string_arg(input, "content")?;
+        self.write_checked(&raw, &relative, content.as_bytes())?;
+        Ok(format!("wrote {} bytes to {relative}", content.len()))
+    }
+
+    fn edit_file(&self, input: &Value) -> Result<String, Failure> {
+        let (raw, relative) = self.path(input, "path")?;
+        self.check_write(&raw, &relative)?;
+        let old = string_arg(input, "old_text")?;
+        let new = string_arg(input, "new_text")?;
+        if old.is_empty() {
+            return Err(Failure::Failed("old_text must not be empty".into()));
+        }
+        let bytes = self
+            .fs
+            .read(&relative, self.limits.max_file_bytes)
+            .map_err(|error| Self::fs_failure(&raw, error))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| Failure::Failed(format!("{relative} is not UTF-8 text")))?;
+        let count = text.matches(old.as_str()).count();
+        if count != 1 {
+            return Err(Failure::Failed(format!(
+                "old_text occurs {count} times in {relative}; it must match exactly once \
+                 (include more surrounding lines)"
+            )));
+        }
+        let edited = text.replacen(old.as_str(), &new, 1);
+        self.write_checked(&raw, &relative, edited.as_bytes())?;
+        self.state().receipts.files_read.insert(relative.clone());
+        Ok(format!("edited {relative}"))
+    }
+
+    /// Every regular file under `base` (relative), without following symlinks or entering
+    /// `.git`, that the agent may read.
+    fn walk(&self, base: &str) -> Vec<String> {
+        let mut files = Vec::new();
+        let mut pending = vec![base.to_string()];
+        let cap = self.limits.max_list_entries * 20;
+        while let Some(dir) = pending.pop() {
+            let absolute = self.fs.root_path().join(&dir);
+            let Ok(entries) = std::fs::read_dir(&absolute) else {
+                continue;
+            };
+            let mut names: Vec<(String, std::fs::FileType)> = entries
+                .flatten()
+                .filter_map(|entry| {
+                    let name = entry.file_name().into_string().ok()?;
+                    Some((name, entry.file_type().ok()?))
+                })
+                .collect();
+            names.sort_by(|a, b| b.0.cmp(&a.0));
+            for (name, kind) in names {
+                let relative = if dir.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{dir}/{name}")
+                };
+                if kind.is_dir() && name != ".git" {
+                    pending.push(relative);
+                } else if kind.is_file() && self.policy.check_read(&relative).is_ok() {
+                    files.push(relative);
+                }
+            }
+            if files.len() > cap {
+                break;
+            }
+        }
+        files.sort();
+        files
+    }
+
+    fn base_dir(&self, input: &Value) -> Result<String, Failure> {
+        match input.get("path").and_then(Value::as_str) {
+            None => Ok(String::new()),
+            Some(_) => {
+                let (raw, relative) = self.path(input, "path")?;
+                self.fs
+                    .open_dir(&relative)
+                    .map_err(|error| Self::fs_failure(&raw, error))?;
+                Ok(relative)
+            }
+        }
+    }
+
+    fn list_files(&self, input: &Value) -> Result<String, Failure> {
+        let base = self.base_dir(input)?;
+        let pattern = input
+            .get("pattern")
+            .and_then(Value::as_str)
+            .unwrap_or("**")
+            .to_string();
+        let glob = GlobBuilder::new(&pattern)
+            .literal_separator(true)
+            .build()
+            .map_err(|error| Failure::Failed(format!("invalid glob `{pattern}`: {error}")))?
+            .compile_matcher();
+        let matched: Vec<String> = self
+            .walk(&base)
+            .into_iter()
+            .filter(|path| {
+                glob.is_match(path)
+                    || path
+                        .strip_prefix(&format!("{base}/"))
+                        .is_some_and(|rest| glob.is_match(rest))
+            })
+            .collect();
+        let total = matched.len();
+        let mut out: String = matched
+            .into_iter()
+            .take(self.limits.max_list_entries)
+            .map(|path| path + "\n")
+            .collect();
+        if total > self.limits.max_list_entries {
+            out.push_str(&format!(
+                "... {} more; narrow the pattern\n",
+                total - self.limits.max_list_entries
+            ));
+        }
+        if total == 0 {
+            out.push_str("no files match\n");
+        }
+        Ok(out)
+    }
+
+    fn search(&self, input: &Value) -> Result<String, Failure> {
+        let pattern = string_arg(input, "pattern")?;
+        let regex = RegexBuilder::new(&pattern)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|error| Failure::Failed(format!("invalid regex: {error}")))?;
+        let base = self.base_dir(input)?;
+        let glob = match input.get("glob").and_then(Value::as_str) {
+            Some(glob) => Some(
+                GlobBuilder::new(glob)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|error| Failure::Failed(format!("invalid glob `{glob}`: {error}")))?
+                    .compile_matcher(),
+            ),
+            None => None,
+        };
+        let mut out = String::new();
+        let mut matches = 0;
+        let mut searched = BTreeSet::new();
+        'files: for path in self.walk(&base) {
+            if glob.as_ref().is_some_and(|glob| !glob.is_match(&path)) {
+                continue;
+            }
+            let Ok(bytes) = self.fs.read(&path, self.limits.max_file_bytes) else {
+                continue;
+            };
+            if bytes.contains(&0) {
+                continue;
+            }
+            searched.insert(path.clone());
+            let text = String::from_utf8_lossy(&bytes);
+            for (index, line) in text.lines().enumerate() {
+                if regex.is_match(line) {
+                    out.push_str(&format!("{path}:{}: {line}\n", index + 1));
+                    matches += 1;
+                    if matches >= self.limits.max_search_matches {
+                        out.push_str("... more matches; narrow the search\n");
+                        break 'files;
+                    }
+                }
+            }
+        }
+        if matches == 0 {
+            out.push_str("no matches\n");
+        }
+        self.state().receipts.files_read.extend(searched);
+        Ok(out)
+    }
+
+    /// Run `argv` in this agent's sandbox without the allowlist check: for commands the
+    /// engine itself runs (a workflow's test command) and for tests that stand in for an
+    /// allowlisted command running arbitrary code (`npm test`). The kernel sandbox, the
+    /// scrubbed environment, the snapshot revert and the receipts all apply as for `bash`.
+    pub async fn exec_argv(&self, argv: &[String]) -> ToolOutput {
+        let line = argv.join(" ");
+        match self.run_argv(&line, argv.to_vec()).await {
+            Ok(text) => ToolOutput::ok(truncate(text, self.limits.max_output_bytes)),
+            Err(Failure::Failed(message)) => ToolOutput::error(message),
+            Err(Failure::Denied { target, reason }) => {
+                ToolOutput::error(format!("denied: {target}: {reason}"))
+            }
+        }
+    }
+
+    async fn bash(&self, input: &Value) -> Result<String, Failure> {
+        let line = string_arg(input, "command")?;
+        let denied = |reason| Failure::Denied {
+            target: line.clone(),
+            reason,
+        };
+        let argv = shell::parse_command_line(&line).map_err(denied)?;
+        self.policy.check_command(&argv).map_err(denied)?;
+        self.run_argv(&line, argv).await
+    }
+
+    async fn run_argv(&self, line: &str, argv: Vec<String>) -> Result<String, Failure> {
+        let denied = |reason| Failure::Denied {
+            target: line.to_string(),
+            reason,
+        };
+        let Some(sandbox) = &self.sandbox else {
+            let detail = self
+                .sandbox_error
+                .as_ref()
+                .map_or("no sandbox".to_string(), ToString::to_string);
+            return Err(denied(DenyReason::SandboxUnavailable { detail }));
+        };
+        let program_name = argv.first().cloned().unwrap_or_default();
+        let Some(program) = shell::resolve_program(&program_name) else {
+            return Err(Failure::Failed(format!(
+                "`{program_name}` is not installed (looked in {})",
+                shell::SAFE_PATH
+            )));
+        };
+        let is_git = program_name == "git";
+        let args = if is_git {
+            shell::git_args(self.fs.root_path(), &argv)
+        } else {
+            argv.iter().skip(1).cloned().collect()
+        };
+        let env = shell::command_env(sandbox.temp_dir(), is_git);
+        let outcome = sandbox
+            .run(&program, &args, self.fs.root_path(), &env)
+            .await
+            .map_err(|error| {
+                denied(DenyReason::SandboxUnavailable {
+                    detail: error.to_string(),
+                })
+            })?;
+
+        let (written, violations) = self.settle_changes(&outcome.changes);
+        let receipt = CommandReceipt {
+            argv: argv.clone(),
+            exit_code: outcome.exit_code,
+            timed_out: outcome.timed_out,
+            files_written: written.clone(),
+            violations: violations.clone(),
+            duration_ms: outcome.duration.as_millis() as u64,
+        };
+        {
+            let mut state = self.state();
+            state.receipts.files_written.extend(written);
+            for violation in &violations {
+                state.receipts.denials.push(Denial {
+                    agent_id: self.policy.agent_id.clone(),
+                    tool: "bash".into(),
+                    target: violation.clone(),
+                    reason: DenyReason::ScopeViolation,
+                });
+            }
+            state.receipts.commands.push(receipt);
+        }
+        let mut out = String::new();
+        match (outcome.exit_code, outcome.signal, outcome.timed_out) {
+            (_, _, true) => out.push_str(&format!(
+                "timed out after {:?}; the command and its children were killed\n",
+                sandbox.config().timeout
+            )),
+            (Some(code), _, _) => out.push_str(&format!("exit code {code}\n")),
+            (None, Some(signal), _) => out.push_str(&format!("killed by signal {signal}\n")),
+            (None, None, _) => out.push_str("exit status unknown\n"),
+        }
+        if !outcome.stdout.is_empty() {
+            out.push_str("--- stdout ---\n");
+            out.push_str(&String::from_utf8_lossy(&outcome.stdout));
+            out.push('\n');
+        }
+        if !outcome.stderr.is_empty() {
+            out.push_str("--- stderr ---\n");
+            out.push_str(&String::from_utf8_lossy(&outcome.stderr));
+            out.push('\n');
+        }
+        if outcome.truncated_bytes > 0 {
+            out.push_str(&format!(
+                "({} bytes of output dropped)\n",
+                outcome.truncated_bytes
+            ));
+        }
+        if !violations.is_empty() {
+            out.push_str(&format!(
+                "the command changed paths outside the declared scope; reverted: {}\n",
+                violations.join(", ")
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Journal the declared changes a command made and revert the rest.
+    fn settle_changes(&self, changes: &[crate::sandbox::PathChange]) -> (Vec<String>, Vec<String>) {
+        let mut written = Vec::new();
+        let mut violations = Vec::new();
+        let mut created_dirs = Vec::new();
+        let mut state = self.state();
+        for change in changes {
+            let Ok(relative) = change.path.strip_prefix(self.fs.root_path()) else {
+                continue;
+            };
+            let relative = relative.to_string_lossy().into_owned();
+            if change.is_dir && !change.is_special {
+                if change.kind == ChangeKind::Created {
+                    created_dirs.push(relative);
+                }
+                continue;
+            }
+            let prior = match &change.before {
+                Some((content, mode)) => FileState::File {
+                    content: content.clone(),
+                    mode: *mode,
+                },
+                None => FileState::Absent,
+            };
+            if !change.is_special && self.policy.check_write(&relative).is_ok() {
+                state.journal.record_file(&relative, prior);
+                written.push(relative);
+                continue;
+            }
+            let _ = self.fs.remove(&relative);
+            if let FileState::File { content, mode } = &prior
+                && let Err(error) = self.fs.write(&relative, content, Some(*mode))
+            {
+                violations.push(format!("{relative} (NOT reverted: {error})"));
+                continue;
+            }
+            violations.push(relative);
+        }
+        created_dirs.sort_by_key(|dir| std::cmp::Reverse(dir.matches('/').count()));
+        for dir in created_dirs {
+            let keeps_declared = written
+                .iter()
+                .any(|path| path.starts_with(&format!("{dir}/")));
+            if keeps_declared {
+                state.journal.record_created_dir(&dir);
+            } else {
+                let _ = self.fs.remove_empty_dir(&dir);
+                violations.push(format!("{dir}/"));
+            }
+        }
+        (written, violations)
+    }
+}
+
+fn string_arg(input: &Value, key: &str) -> Result<String, Failure> {
+    input
+        .get(key)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| Failure::Failed(format!("missing string argument `{key}`")))
+}
+
+fn optional_u64(input: &Value, key: &str) -> Result<Option<u64>, Failure> {
+    match input.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => value
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| Failure::Failed(format!("`{key}` must be a positive integer"))),
+    }
+}
+
+fn truncate(mut text: String, cap: usize) -> String {
+    if text.len() > cap {
+        let mut end = cap;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let dropped = text.len() - end;
+        text.truncate(end);
+        text.push_str(&format!(
+            "\n... ({dropped} bytes cut; ask for a narrower range)\n"
+        ));
+    }
+    text
+}
+
+struct Scan {
+    gitdirs: Vec<String>,
+    hidden: Vec<PathBuf>,
+}
+
+/// Find `.git` files (their `gitdir:` targets inside the repository are protected) and
+/// secret files (hidden from commands).
+fn scan_repository(root: &Path) -> Scan {
+    let mut scan = Scan {
+        gitdirs: Vec::new(),
+        hidden: Vec::new(),
+    };
+    let mut pending = vec![root.to_path_buf()];
+    let mut visited = 0usize;
+    while let Some(dir) = pending.pop() {
+        visited += 1;
+        if visited > 100_000 {
+            break;
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name == ".git" {
+                if kind.is_file()
+                    && let Some(target) = gitdir_target(&path)
+                    && let Ok(relative) = target.strip_prefix(root)
+                {
+                    scan.gitdirs.push(relative.to_string_lossy().into_owned());
+                }
+                continue;
+            }
+            if is_secret_name(&name) && !kind.is_dir() {
+                scan.hidden.push(path);
+            } else if kind.is_dir() {
+                pending.push(path);
+            }
+        }
+    }
+    scan
+}
+
+fn gitdir_target(dot_git: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(dot_git).ok()?;
+    let target = text
+        .lines()
+        .find_map(|line| line.strip_prefix("gitdir:"))?
+        .trim();
+    let base = dot_git.parent()?;
+    let joined = base.join(target);
+    joined.canonicalize().ok().or(Some(joined))
+}
+
+/// Turn the write scope into Landlock grants: the directories named by the scope (or the
+/// parents of named files), but never the repository root itself (which holds `.git`): at
+/// the root, existing declared files are granted one by one.
+fn write_grants(root: &Path, policy: &ScopePolicy, hidden: Vec<PathBuf>) -> WriteGrants {
+    let mut grants = WriteGrants {
+        hidden,
+        ..WriteGrants::default()
+    };
+    for pattern in policy.write.patterns() {
+        let literal: Vec<&str> = pattern
+            .split('/')
+            .take_while(|part| !part.contains(['*', '?', '[', '{']))
+            .collect();
+        let is_glob = literal.len() != pattern.split('/').count();
+        let mut candidate = root.join(literal.join("/"));
+        let existing_file =
+            !is_glob && std::fs::symlink_metadata(&candidate).is_ok_and(|meta| meta.is_file());
+        if existing_file && policy.check_write(pattern).is_ok() {
+            grants.files.push(candidate);
+            continue;
+        }
+        if !is_glob && !candidate.is_dir() {
+            candidate.pop();
+        }
+        while !candidate.is_dir() && candidate.pop() {}
+        let Ok(canonical) = candidate.canonicalize() else {
+            continue;
+        };
+        // No symlinks on the way and no protected directory.
+        if canonical != candidate || !canonical.starts_with(root) {
+            continue;
+        }
+        let relative = canonical
+            .strip_prefix(root)
+            .map(|path| path.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if relative.is_empty() {
+            continue;
+        }
+        if policy.is_protected(&relative) {
+            continue;
+        }
+        if !grants.dirs.iter().any(|dir| canonical.starts_with(dir)) {
+            grants.dirs.retain(|dir| !dir.starts_with(&canonical));
+            grants.dirs.push(canonical);
+        }
+    }
+    grants
+}
+
+/// The specs of all six tools, in contract order.
+pub fn tool_specs() -> Vec<ToolSpec> {
+    vec![
+        ToolSpec {
+            name: "read_file".into(),
+            description: "Read a text file in the repository. Paths are relative to the \
+                repository root. Optionally give a 1-based line range. Large files are refused; \
+                read them in ranges."
+                .into(),
+            input_schema: json!({
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string", "description": "File path relative to the repository root"},
+                    "start_line": {"type": "integer", "minimum": 1, "description": "First line to return (1-based)"},
+                    "end_line": {"type": "integer", "minimum": 1, "description": "Last line to return (inclusive)"}
+                },
+                "required": ["path"],
+                "additionalProperties": false
+            }),
+        },
+        ToolSpec {
+            name: "write_file".into(),
+            description: "Create or replace a file with the given content. Only files in your \
+                declared scope can be written; .git, .fanout and secret files never can."
+                .into(),
+            input_schema: json!({
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string", "description": "File path relative to the repository root"},
+                    "content": {"type": "string", "description": "The complete new content"}
+                },
+                "required": ["path", "content"],
+                "additionalProperties": false
+            }),
+        },
+        ToolSpec {
+            name: "edit_file".into(),
+            description: "Replace one exact occurrence of old_text with new_text in a file in \
+                your scope. old_text must occur exactly once; include surrounding lines to make \
+                it unique."
+                .into(),
+            input_schema: json!({
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string"},
+                    "old_text": {"type": "string", "description": "Text to replace, matched exactly"},
+                    "new_text": {"type": "string", "description": "Replacement text"}
+                },
+                "required": ["path", "old_text", "new_text"],
+                "additionalProperties": false
+            }),
+        },
+        ToolSpec {
+            name: "list_files".into(),
+            description: "List files you may read, matching a glob (default `**`), optionally \
+                under a directory."
+                .into(),
+            input_schema: json!({
+                "type": "object",
+                "properties": {
+                    "pattern": {"type": "string", "description": "Glob such as `src/**/*.rs`"},
+                    "path": {"type": "string", "description": "Directory to list under"}
+                },
+                "additionalProperties": false
+            }),
+        },
+        ToolSpec {
+            name: "search".into(),
+            description: "Search file contents with a regular expression; returns \
+                `path:line: text` for each matching line."
+                .into(),
+            input_schema: json!({
+                "type": "object",
+                "properties": {
+                    "pattern": {"type": "string", "description": "Regular expression (Rust syntax)"},
+                    "path": {"type": "string", "description": "Directory to search under"},
+                    "glob": {"type": "string", "description": "Only files matching this glob"}
+                },
+                "required": ["pattern"],
+                "additionalProperties": false
+            }),
+        },
+        ToolSpec {
+            name: "bash".into(),
+            description: "Run one allowlisted command in the repository root, without a shell: \
+                no pipes, redirections, `;`, `&&`, `$(...)` or environment prefixes. It runs in \
+                a sandbox with no network and writes limited to your scope."
+                .into(),
+            input_schema: json!({
+                "type": "object",
+                "properties": {
+                    "command": {"type": "string", "description": "The command line, e.g. `git diff`"}
+                },
+                "required": ["command"],
+                "additionalProperties": false
+            }),
+        },
+    ]
+}

@@ -1,0 +1,502 @@
+//! Item work against the simulator: scripted faults in chunk answers (missing ids, an unknown
+//! id, a duplicate, a schema-invalid record, malformed JSON, a worker that always fails), the
+//! accounting that must hold whatever happens, proof from the exchange log that only what was
+//! missing or rejected is sent again, the same job through the Message Batches API, and a
+//! tree-shaped synthesis.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use fanout_core::items::Item;
+use fanout_core::items::aggregate::{SynthesisStep, count_by, synthesis_request, tree_reduce};
+use fanout_core::items::chunk::{Chunk, ChunkId, Decomposition, TokenBudget, decompose};
+use fanout_core::items::input::{IdSource, InputSource, load};
+use fanout_core::items::output::{Completion, OutputOptions, write_outputs};
+use fanout_core::items::worker::{
+    Accounting, ChunkOutcome, FailureKind, Ledger, OutputSchema, RetryPolicy, WorkerSpec,
+    build_repair_request, build_request, check_answer,
+};
+use fanout_core::provider::anthropic::{AnthropicConfig, AnthropicProvider};
+use fanout_core::provider::batch::{
+    BatchClient, BatchOutcome, BatchRequest, PollPolicy, ProcessingStatus,
+};
+use fanout_core::provider::http::HttpConfig;
+use fanout_core::provider::{Attempt, Provider, Request};
+use fanout_sim::{Exchange, Scenario, Sim, SimConfig, SimHandle};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+fn schema() -> OutputSchema {
+    OutputSchema::new(json!({
+        "type": "object",
+        "properties": {
+            "category": {"type": "string", "enum": ["billing", "login", "bug", "other"]},
+            "summary": {"type": ["string", "null"]},
+        },
+        "required": ["category", "summary"],
+    }))
+    .unwrap()
+}
+
+fn spec() -> WorkerSpec {
+    WorkerSpec {
+        model: "claude-test".into(),
+        max_tokens: 8192,
+        instructions: "Classify each support ticket.".into(),
+        template: None,
+        temperature: None,
+    }
+}
+
+fn tickets(n: usize) -> Vec<Item> {
+    (1..=n)
+        .map(|i| {
+            Item::new(
+                format!("T-{i:02}"),
+                json!({"subject": format!("Ticket number {i}"), "body": "Something is wrong."}),
+            )
+        })
+        .collect()
+}
+
+fn record(id: &str) -> Value {
+    json!({"id": id, "category": "billing", "summary": format!("about {id}")})
+}
+
+/// The scripted model. Rules are tried in order:
+/// 1. the 30-item chunk: T-04, T-05, T-06 missing, T-99 unknown, T-07 twice, T-01 invalid;
+/// 2. the 5-item chunk: malformed JSON text and no tool call;
+/// 3. T-05 on its own: always a server error (a worker that always fails);
+/// 4. the repair of T-01 and T-07: valid records;
+/// 5. the repair of the 5-item chunk: valid records;
+/// 6. any single item: a valid record with that id.
+fn scenario() -> Scenario {
+    let mut first: Vec<Value> = (1..=30)
+        .filter(|i| ![4, 5, 6].contains(i))
+        .map(|i| record(&format!("T-{i:02}")))
+        .collect();
+    first[0] = json!({"id": "T-01", "category": "weather", "summary": null});
+    first.push(record("T-99"));
+    first.push(json!({"id": "T-07", "category": "login", "summary": "again"}));
+    let repair: Vec<Value> = ["T-01", "T-07"].iter().map(|id| record(id)).collect();
+    let second: Vec<Value> = (31..=35).map(|i| record(&format!("T-{i:02}"))).collect();
+    let yaml = format!(
+        r#"rules:
+  - name: chunk-30
+    match: {{tool: submit_results, last_user: "Below are 30 items"}}
+    tool_use: {{name: submit_results, input: {{results: {first}}}}}
+  - name: chunk-5-malformed
+    match: {{tool: submit_results, last_user: "Below are 5 items", attempt: 0}}
+    times: 1
+    text: "{{\"results\": [{{\"id\": \"T-31\", oops"
+  - name: always-fails
+    match: {{tool: submit_results, last_user: "<item id=\"T-05\">"}}
+    error: {{status: 400, type: invalid_request_error, message: "scripted failure"}}
+  - name: repair-1-7
+    match: {{tool: submit_results, last_user: "<item id=\"T-01\">[\\s\\S]*was rejected"}}
+    tool_use: {{name: submit_results, input: {{results: {repair}}}}}
+  - name: repair-chunk-5
+    match: {{tool: submit_results, last_user: "<item id=\"T-31\">[\\s\\S]*was rejected"}}
+    tool_use: {{name: submit_results, input: {{results: {second}}}}}
+  - name: single
+    match: {{tool: submit_results, last_user: "Below are 1 items[\\s\\S]*<item id=\"(?P<id>T-\\d+)\">"}}
+    tool_use: {{name: submit_results, input: {{results: [{{id: "${{id}}", category: bug, summary: "alone"}}]}}}}
+"#,
+        first = Value::Array(first),
+        repair = Value::Array(repair),
+        second = Value::Array(second),
+    );
+    Scenario::from_yaml(&yaml, "items.yaml").unwrap()
+}
+
+async fn start(batch_delay: Duration) -> SimHandle {
+    Sim::start(
+        SimConfig {
+            scenario: Some(scenario()),
+            batch_delay,
+            ..SimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+fn config(sim: &SimHandle) -> AnthropicConfig {
+    AnthropicConfig {
+        base_url: sim.base_url(),
+        // No connection reuse: paused-time tests must not wait on a delayed ACK.
+        http: HttpConfig {
+            request_timeout: Duration::from_secs(30),
+            max_idle_per_host: 0,
+            ..HttpConfig::default()
+        },
+        ..AnthropicConfig::new("sk-test")
+    }
+}
+
+/// How a round of requests is sent.
+enum Mode<'a> {
+    Direct(&'a AnthropicProvider),
+    Batch(&'a BatchClient),
+}
+
+/// Send one round; the answers by chunk id (an error as its text).
+async fn send_round(
+    mode: &Mode<'_>,
+    requests: Vec<(ChunkId, Request)>,
+) -> HashMap<ChunkId, Result<fanout_core::provider::Response, String>> {
+    let mut answers = HashMap::new();
+    match mode {
+        Mode::Direct(provider) => {
+            for (id, request) in requests {
+                let answer = provider
+                    .send(&request, Attempt::default(), false)
+                    .await
+                    .map_err(|error| error.to_string());
+                answers.insert(id, answer);
+            }
+        }
+        Mode::Batch(client) => {
+            let batch: Vec<BatchRequest> = requests
+                .iter()
+                .map(|(id, request)| BatchRequest {
+                    custom_id: id.to_string(),
+                    request: request.clone(),
+                })
+                .collect();
+            let created = client.create(&batch).await.unwrap();
+            assert_eq!(created.processing_status, ProcessingStatus::InProgress);
+            let policy = PollPolicy {
+                initial: Duration::from_secs(30),
+                max: Duration::from_secs(120),
+                factor: 2.0,
+                timeout: Some(Duration::from_secs(3600)),
+            };
+            let ended = client
+                .wait(&created.id, &policy, &CancellationToken::new())
+                .await
+                .unwrap();
+            let mut results = client.results(&ended).await.unwrap();
+            for (id, _) in requests {
+                let answer = match results.remove(id.as_str()) {
+                    Some(BatchOutcome::Succeeded(response)) => Ok(*response),
+                    Some(BatchOutcome::Errored {
+                        error_type,
+                        message,
+                    }) => Err(format!("{error_type}: {message}")),
+                    other => Err(format!("no answer: {other:?}")),
+                };
+                answers.insert(id, answer);
+            }
+        }
+    }
+    answers
+}
+
+/// The engine's loop in miniature: rounds of chunks until the ledger settles everything.
+async fn run_job(mode: Mode<'_>, items: &[Item], chunks: Vec<Chunk>) -> (Accounting, u32) {
+    let schema = schema();
+    let mut ledger = Ledger::new(items, RetryPolicy::default()).unwrap();
+    let mut queue: Vec<(Chunk, Vec<String>)> = chunks.into_iter().map(|c| (c, vec![])).collect();
+    let mut round = 0;
+    while !queue.is_empty() {
+        round += 1;
+        assert!(round < 10, "the job does not end");
+        let requests = queue
+            .iter()
+            .map(|(chunk, problems)| {
+                let request = if problems.is_empty() {
+                    build_request(&spec(), &schema, chunk)
+                } else {
+                    build_repair_request(&spec(), &schema, chunk, problems)
+                };
+                (chunk.id.clone(), request.unwrap())
+            })
+            .collect();
+        let mut answers = send_round(&mode, requests).await;
+        let mut next = Vec::new();
+        for (chunk, _) in std::mem::take(&mut queue) {
+            ledger.sent(&chunk).unwrap();
+            let outcome = match answers.remove(&chunk.id).unwrap() {
+                Ok(response) => check_answer(&chunk, &response, &schema),
+                Err(error) => ChunkOutcome::errored(&chunk, error),
+            };
+            let plan = ledger.apply(&outcome).unwrap();
+            for retry in ledger.retry_chunks(&chunk.id, round, &plan).unwrap() {
+                next.push((retry.chunk, retry.problems));
+            }
+        }
+        queue = next;
+    }
+    (ledger.finish(), round)
+}
+
+/// The item ids each model request carried, in order.
+fn sent_ids(exchanges: &[Exchange]) -> Vec<Vec<String>> {
+    exchanges
+        .iter()
+        .filter(|e| e.endpoint == "messages" || e.endpoint == "batch_messages")
+        .map(|e| item_ids(e.request["messages"][0]["content"][0]["text"].as_str().unwrap()))
+        .collect()
+}
+
+fn item_ids(text: &str) -> Vec<String> {
+    text.split("<item id=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next().map(str::to_owned))
+        .collect()
+}
+
+fn job() -> (Vec<Item>, Vec<Chunk>) {
+    let items = tickets(35);
+    let mut chunks = decompose(&items[..30], &Decomposition::Fixed { size: 30 }).unwrap();
+    chunks.push(Chunk::new(ChunkId::numbered(2, 2), items[30..].to_vec()));
+    (items, chunks)
+}
+
+fn check_accounting(items: &[Item], accounting: &Accounting) {
+    let mut seen: Vec<&str> = accounting.results.iter().map(|(id, _)| id.as_str()).collect();
+    seen.extend(accounting.failures.iter().map(|f| f.id.as_str()));
+    let unique: BTreeSet<&str> = seen.iter().copied().collect();
+    assert_eq!(unique.len(), seen.len(), "an item twice");
+    assert_eq!(unique, items.iter().map(|i| i.id.as_str()).collect());
+    let schema = schema();
+    for (_, record) in &accounting.results {
+        assert!(schema.errors(record).is_empty(), "{record}");
+    }
+}
+
+#[tokio::test]
+async fn chunk_faults_are_accounted_and_only_what_failed_is_sent_again() {
+    let sim = start(Duration::ZERO).await;
+    let provider = AnthropicProvider::new(config(&sim)).unwrap();
+    let (items, chunks) = job();
+    let (accounting, rounds) = run_job(Mode::Direct(&provider), &items, chunks).await;
+    check_accounting(&items, &accounting);
+    assert_eq!(rounds, 3);
+
+    // 34 results, T-05 failed with its reason; the fixed items carry their repaired records.
+    assert_eq!(accounting.results.len(), 34);
+    let results: BTreeMap<&str, &Value> =
+        accounting.results.iter().map(|(id, r)| (id.as_str(), r)).collect();
+    assert_eq!(results["T-01"]["category"], "billing");
+    assert_eq!(results["T-04"]["summary"], "alone");
+    assert_eq!(results["T-07"]["summary"], "about T-07");
+    assert_eq!(results["T-33"]["summary"], "about T-33");
+    assert_eq!(accounting.failures.len(), 1);
+    let failure = &accounting.failures[0];
+    assert_eq!((failure.id.as_str(), failure.kind), ("T-05", FailureKind::Errored));
+    assert!(failure.reason.contains("scripted failure"), "{failure:?}");
+    assert_eq!(failure.attempts, 3);
+
+    // What was sent: each chunk once; then T-04, T-05, T-06 alone, the repair of T-01 + T-07
+    // and of the malformed 5-item chunk; then T-05's repair. Nothing else was sent again.
+    let sent = sent_ids(&sim.exchanges());
+    let all_35: Vec<String> = items[..30].iter().map(|i| i.id.clone()).collect();
+    let chunk_2: Vec<String> = items[30..].iter().map(|i| i.id.clone()).collect();
+    let expected: Vec<Vec<String>> = vec![
+        all_35,
+        chunk_2.clone(),
+        vec!["T-04".into()],
+        vec!["T-05".into()],
+        vec!["T-06".into()],
+        vec!["T-01".into(), "T-07".into()],
+        chunk_2,
+        vec!["T-05".into()],
+    ];
+    assert_eq!(sent, expected);
+    let mut times: BTreeMap<String, usize> = BTreeMap::new();
+    for id in sent.iter().flatten() {
+        *times.entry(id.clone()).or_default() += 1;
+    }
+    for item in &items[..30] {
+        let expected = match item.id.as_str() {
+            "T-05" => 3,
+            "T-01" | "T-04" | "T-06" | "T-07" => 2,
+            _ => 1,
+        };
+        assert_eq!(times[&item.id], expected, "{}", item.id);
+    }
+
+    // Outputs: results in input order, the failure with its reason, counts in the summary.
+    let dir = tempfile::tempdir().unwrap();
+    let options = OutputOptions {
+        count_by: vec!["category".into()],
+        ..OutputOptions::default()
+    };
+    let (paths, summary) = write_outputs(dir.path(), &accounting, &options).unwrap();
+    assert_eq!(summary.status, Completion::Partial);
+    assert_eq!((summary.succeeded, summary.failed), (34, 1));
+    assert_eq!(
+        summary.counts[0].1,
+        [("billing".to_owned(), 32), ("bug".to_owned(), 2)]
+    );
+    let lines = std::fs::read_to_string(paths.results).unwrap();
+    assert_eq!(lines.lines().count(), 34);
+    let first: Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert_eq!(first["id"], "T-01");
+    let failed = std::fs::read_to_string(paths.failed).unwrap();
+    assert!(failed.contains("\"reason\":\"errored\""), "{failed}");
+    sim.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn batch_mode_gives_the_same_accounting() {
+    let sim = start(Duration::from_secs(600)).await;
+    let client = BatchClient::new(config(&sim)).unwrap();
+    let (items, chunks) = job();
+    let (batch, rounds) = run_job(Mode::Batch(&client), &items, chunks.clone()).await;
+    check_accounting(&items, &batch);
+    assert_eq!(rounds, 3);
+
+    let direct_sim = start(Duration::ZERO).await;
+    let provider = AnthropicProvider::new(config(&direct_sim)).unwrap();
+    let (direct, _) = run_job(Mode::Direct(&provider), &items, chunks).await;
+    assert_eq!(batch.results, direct.results);
+    let kinds = |a: &Accounting| -> Vec<(String, FailureKind, u32)> {
+        a.failures
+            .iter()
+            .map(|f| (f.id.clone(), f.kind, f.attempts))
+            .collect()
+    };
+    assert_eq!(kinds(&batch), kinds(&direct));
+
+    // Three batches, each request sent once; the same requests as the direct run.
+    let exchanges = sim.exchanges();
+    assert!(exchanges.iter().all(|e| e.endpoint == "batch_messages"));
+    let mut batch_sent = sent_ids(&exchanges);
+    let mut direct_sent = sent_ids(&direct_sim.exchanges());
+    batch_sent.sort();
+    direct_sent.sort();
+    assert_eq!(batch_sent, direct_sent);
+    let batch_ids: BTreeSet<&str> = exchanges
+        .iter()
+        .map(|e| e.request_id.split('/').next().unwrap())
+        .collect();
+    assert_eq!(batch_ids.len(), 3);
+    sim.shutdown().await;
+    direct_sim.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn batch_wait_times_out_and_can_be_cancelled() {
+    let sim = start(Duration::from_secs(7200)).await;
+    let client = BatchClient::new(config(&sim)).unwrap();
+    let (_, chunks) = job();
+    let request = build_request(&spec(), &schema(), &chunks[1]).unwrap();
+    let created = client
+        .create(&[BatchRequest {
+            custom_id: chunks[1].id.to_string(),
+            request,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(created.request_counts.processing, 1);
+    let policy = PollPolicy {
+        initial: Duration::from_secs(60),
+        max: Duration::from_secs(60),
+        factor: 1.0,
+        timeout: Some(Duration::from_secs(300)),
+    };
+    let waited = client
+        .wait(&created.id, &policy, &CancellationToken::new())
+        .await;
+    assert!(
+        matches!(&waited, Err(fanout_core::provider::batch::BatchError::TimedOut { .. })),
+        "{waited:?}"
+    );
+    let token = CancellationToken::new();
+    token.cancel();
+    let waited = client.wait(&created.id, &policy, &token).await;
+    assert!(matches!(
+        waited,
+        Err(fanout_core::provider::batch::BatchError::Cancelled { .. })
+    ));
+    let canceled = client.cancel(&created.id).await.unwrap();
+    assert_eq!(canceled.processing_status, ProcessingStatus::Ended);
+    let results = client.results(&canceled).await.unwrap();
+    assert_eq!(results[chunks[1].id.as_str()], BatchOutcome::Canceled);
+    let missing = client.status("msgbatch_nope").await.unwrap_err();
+    assert_eq!(missing.status(), Some(404));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn synthesis_reduces_in_a_tree_through_the_simulator() {
+    let scenario = Scenario::from_yaml(
+        "rules:\n  - match: {last_user: \"summaries of parts\"}\n    text: \"FINAL\"\n  - text: \"partial summary\"\n",
+        "synthesis.yaml",
+    )
+    .unwrap();
+    let sim = Sim::start(
+        SimConfig {
+            scenario: Some(scenario),
+            ..SimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let provider = AnthropicProvider::new(config(&sim)).unwrap();
+    let parts: Vec<String> = (0..10).map(|i| format!("{i}: {}", "x".repeat(100))).collect();
+    let result = tree_reduce(parts, 100, |step: SynthesisStep| {
+        let provider = &provider;
+        async move {
+            let request = synthesis_request("claude-test", 1000, "Summarise the findings.", &step);
+            provider
+                .send(&request, Attempt::default(), false)
+                .await
+                .map(|response| response.text())
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(result, "FINAL");
+    // 10 parts of ~34 tokens, 2 per call under 100: 5 calls, then one over the summaries.
+    let calls: Vec<usize> = sim
+        .exchanges()
+        .iter()
+        .map(|e| {
+            e.request["messages"][0]["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .matches("<part n=")
+                .count()
+        })
+        .collect();
+    assert_eq!(calls, [2, 2, 2, 2, 2, 5]);
+    sim.shutdown().await;
+}
+
+#[test]
+fn the_ticket_example_loads_chunks_and_counts() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/support-tickets");
+    let source = InputSource::Jsonl(dir.join("tickets.jsonl"));
+    let items = load(&source, &IdSource::Field("id".into())).unwrap();
+    assert!(items.len() >= 300, "{}", items.len());
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("schema.json")).unwrap()).unwrap();
+    let schema = OutputSchema::new(schema).unwrap();
+    assert_eq!(schema.property_names()[0], "id");
+    let chunks = decompose(
+        &items,
+        &Decomposition::TokenBudget(TokenBudget {
+            max_input_tokens: 180_000,
+            overhead_tokens: 2_000,
+            input_tokens_per_minute: Some(400_000),
+            share_of_minute: 0.02,
+            max_items: Some(30),
+        }),
+    )
+    .unwrap();
+    assert!(chunks.len() >= 10, "{}", chunks.len());
+    assert_eq!(
+        chunks.iter().map(|c| c.items.len()).sum::<usize>(),
+        items.len()
+    );
+    assert!(chunks.iter().all(|c| !c.oversized && c.estimated_tokens <= 6_000));
+    // The data is varied: several products and channels.
+    let values: Vec<&Value> = items.iter().map(|i| &i.value).collect();
+    assert!(count_by(values.iter().copied(), "product").len() >= 5);
+}
