@@ -35,10 +35,10 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::answer::default_answer;
+use crate::anthropic;
 use crate::model::{ApiError, Endpoint};
 use crate::prng::fnv1a;
 use crate::server::{Shared, empty_exchange, has_key, header_str};
-use crate::anthropic;
 
 /// The real API's limit on requests per batch.
 const MAX_REQUESTS: usize = 100_000;
@@ -186,7 +186,11 @@ pub(crate) async fn create(
         return refused;
     }
     let Ok(json) = serde_json::from_slice::<Value>(&body) else {
-        return error(400, "invalid_request_error", "The request body is not valid JSON");
+        return error(
+            400,
+            "invalid_request_error",
+            "The request body is not valid JSON",
+        );
     };
     let Some(requests) = json.get("requests").and_then(Value::as_array) else {
         return error(400, "invalid_request_error", "requests: Field required");
@@ -205,9 +209,7 @@ pub(crate) async fn create(
             return error(
                 400,
                 "invalid_request_error",
-                format!(
-                    "requests.{index}.custom_id: must be 1 to 64 letters, digits, '-' or '_'"
-                ),
+                format!("requests.{index}.custom_id: must be 1 to 64 letters, digits, '-' or '_'"),
             );
         };
         if !seen.insert(custom_id) {

@@ -131,3 +131,59 @@ impl Journal {
         report
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn undo_restores_content_modes_new_files_and_deletions() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("src")).unwrap();
+        std::fs::write(root.join("src/keep.sh"), "#!/bin/sh\necho hi\n").unwrap();
+        std::fs::set_permissions(
+            root.join("src/keep.sh"),
+            std::fs::Permissions::from_mode(0o4751),
+        )
+        .unwrap();
+        std::fs::write(root.join("src/gone.txt"), [0u8, 159, 146, 150]).unwrap();
+        let fs = ScopedFs::open(root).unwrap();
+        let mut journal = Journal::new();
+
+        journal.capture(&fs, "src/keep.sh").unwrap();
+        fs.write("src/keep.sh", b"changed", Some(0o644)).unwrap();
+        journal.capture(&fs, "src/keep.sh").unwrap(); // the first state wins
+        fs.write("src/keep.sh", b"changed again", None).unwrap();
+        journal.capture(&fs, "src/gone.txt").unwrap();
+        fs.remove("src/gone.txt").unwrap();
+        journal.capture(&fs, "src/new/deep.rs").unwrap();
+        for dir in fs.write("src/new/deep.rs", b"new", None).unwrap() {
+            journal.record_created_dir(&dir);
+        }
+        assert_eq!(journal.files().count(), 3);
+
+        let report = journal.undo(&fs);
+        assert!(report.failed.is_empty(), "{report:?}");
+        let meta = std::fs::metadata(root.join("src/keep.sh")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o4751);
+        assert_eq!(
+            std::fs::read(root.join("src/keep.sh")).unwrap(),
+            b"#!/bin/sh\necho hi\n"
+        );
+        assert_eq!(
+            std::fs::read(root.join("src/gone.txt")).unwrap(),
+            [0u8, 159, 146, 150]
+        );
+        assert!(!root.join("src/new").exists());
+        let names: Vec<_> = std::fs::read_dir(root.join("src"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+}

@@ -246,7 +246,12 @@ mod tests {
         let records = records();
         assert_eq!(
             flatten(&records, "tags"),
-            [json!("refund"), json!("card"), json!("sso"), json!("refund")]
+            [
+                json!("refund"),
+                json!("card"),
+                json!("sso"),
+                json!("refund")
+            ]
         );
         assert_eq!(
             count_by(&records, "category"),
@@ -274,11 +279,14 @@ mod tests {
 
     #[test]
     fn split_keeps_batches_under_budget() {
-        let parts: Vec<String> = [35, 35, 35, 700, 35].iter().map(|n| "x".repeat(*n)).collect();
+        let parts: Vec<String> = [35, 35, 35, 700, 35]
+            .iter()
+            .map(|n| "x".repeat(*n))
+            .collect();
         // 35 bytes = 12 tokens; 700 bytes = 230 tokens.
         let ranges = split_under_budget(&parts, 30);
         assert_eq!(ranges, [0..2, 2..3, 3..4, 4..5]);
-        assert_eq!(split_under_budget(&parts, 10_000), [0..5]);
+        assert_eq!(split_under_budget(&parts, 10_000), vec![0..5]);
         assert!(split_under_budget(&[], 10).is_empty());
     }
 
@@ -296,7 +304,10 @@ mod tests {
 
     #[tokio::test]
     async fn tree_reduce_summarises_level_by_level() {
-        let parts: Vec<String> = "abcdefgh".chars().map(|c| format!("{c}{}", "x".repeat(34))).collect();
+        let parts: Vec<String> = "abcdefgh"
+            .chars()
+            .map(|c| format!("{c}{}", "x".repeat(34)))
+            .collect();
         let mut steps = Vec::new();
         let result = tree_reduce(parts.clone(), 30, |step| {
             steps.push((step.level, step.parts.len()));
@@ -314,9 +325,18 @@ mod tests {
         assert!(matches!(empty, Err(SynthesisError::Empty)));
         let giants = vec!["x".repeat(700), "y".repeat(700)];
         let stuck = tree_reduce(giants, 30, fake).await;
-        assert!(matches!(stuck, Err(SynthesisError::CannotReduce { level: 0, .. })));
+        assert!(matches!(
+            stuck,
+            Err(SynthesisError::CannotReduce { level: 0, .. })
+        ));
         let failing = tree_reduce(parts, 30, |_| async { Err::<String, _>("boom") }).await;
-        assert!(matches!(failing, Err(SynthesisError::Call { level: 0, source: "boom" })));
+        assert!(matches!(
+            failing,
+            Err(SynthesisError::Call {
+                level: 0,
+                source: "boom"
+            })
+        ));
     }
 
     #[test]

@@ -147,7 +147,10 @@ pub enum ChunkError {
 /// Split `items` (in order) into chunks.
 pub fn decompose(items: &[Item], how: &Decomposition) -> Result<Vec<Chunk>, ChunkError> {
     let groups: Vec<(Vec<Item>, bool)> = match how {
-        Decomposition::PerItem => items.iter().map(|item| (vec![item.clone()], false)).collect(),
+        Decomposition::PerItem => items
+            .iter()
+            .map(|item| (vec![item.clone()], false))
+            .collect(),
         Decomposition::Fixed { size } => {
             if *size == 0 {
                 return Err(ChunkError::ZeroSize);
@@ -242,7 +245,10 @@ mod tests {
             Err(ChunkError::ZeroSize)
         );
         // Same input, same chunks.
-        assert_eq!(chunks, decompose(&input, &Decomposition::Fixed { size: 2 }).unwrap());
+        assert_eq!(
+            chunks,
+            decompose(&input, &Decomposition::Fixed { size: 2 }).unwrap()
+        );
     }
 
     #[test]

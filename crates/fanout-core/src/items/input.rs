@@ -259,11 +259,7 @@ pub fn read_files(
     assign_ids(records, root, id)
 }
 
-fn walk(
-    root: &Path,
-    dir: &Path,
-    found: &mut dyn FnMut(&Path),
-) -> Result<(), InputError> {
+fn walk(root: &Path, dir: &Path, found: &mut dyn FnMut(&Path)) -> Result<(), InputError> {
     let io = |source| InputError::Io {
         path: dir.to_owned(),
         source,
@@ -300,19 +296,21 @@ fn assign_ids(
     for (position, (line, value)) in records.into_iter().enumerate() {
         let item_id = match id {
             IdSource::Position { .. } => format!("{:0width$}", position + 1),
-            IdSource::Field(field) => id_from_field(&value, field).map_err(|found| match found {
-                None => InputError::MissingId {
-                    path: path.to_owned(),
-                    line,
-                    field: field.clone(),
-                },
-                Some(found) => InputError::BadId {
-                    path: path.to_owned(),
-                    line,
-                    field: field.clone(),
-                    found,
-                },
-            })?,
+            IdSource::Field(field) => {
+                id_from_field(&value, field).map_err(|found| match found {
+                    None => InputError::MissingId {
+                        path: path.to_owned(),
+                        line,
+                        field: field.clone(),
+                    },
+                    Some(found) => InputError::BadId {
+                        path: path.to_owned(),
+                        line,
+                        field: field.clone(),
+                        found,
+                    },
+                })?
+            }
         };
         if let Some(first_line) = first_lines.insert(item_id.clone(), line) {
             return Err(InputError::DuplicateId {
@@ -322,10 +320,7 @@ fn assign_ids(
                 first_line,
             });
         }
-        items.push(Item {
-            id: item_id,
-            value,
-        });
+        items.push(Item { id: item_id, value });
     }
     Ok(items)
 }
@@ -336,9 +331,7 @@ fn id_from_field(value: &Value, field: &str) -> Result<String, Option<String>> {
         None | Some(Value::Null) => Err(None),
         Some(Value::String(text)) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
         Some(Value::String(_)) => Err(Some("an empty string".to_owned())),
-        Some(Value::Number(number)) if number.is_i64() || number.is_u64() => {
-            Ok(number.to_string())
-        }
+        Some(Value::Number(number)) if number.is_i64() || number.is_u64() => Ok(number.to_string()),
         Some(other) => Err(Some(crate::provider::http::cut(&other.to_string(), 60))),
     }
 }
@@ -374,10 +367,20 @@ mod tests {
 
     #[test]
     fn jsonl_errors_name_the_file_and_line() {
-        let error = jsonl("{\"a\": 1}\n{\"a\": \n", &IdSource::Position { zero_pad: false })
-            .unwrap_err();
-        assert!(matches!(error, InputError::Malformed { line: 2, .. }), "{error:?}");
-        assert!(error.to_string().starts_with("tickets.jsonl:2: not valid JSON"));
+        let error = jsonl(
+            "{\"a\": 1}\n{\"a\": \n",
+            &IdSource::Position { zero_pad: false },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(error, InputError::Malformed { line: 2, .. }),
+            "{error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .starts_with("tickets.jsonl:2: not valid JSON")
+        );
 
         let error = jsonl(
             "{\"id\": \"a\"}\n{\"id\": \"b\"}\n\n{\"id\": \"a\"}\n",
@@ -393,12 +396,20 @@ mod tests {
             "tickets.jsonl:4: duplicate id `a` (first seen on line 1)"
         );
 
-        let error = jsonl("{\"id\": \"a\"}\n{\"x\": 1}\n", &IdSource::Field("id".into()))
-            .unwrap_err();
-        assert!(matches!(error, InputError::MissingId { line: 2, .. }), "{error:?}");
-        let error =
-            jsonl("{\"id\": [1]}\n", &IdSource::Field("id".into())).unwrap_err();
-        assert!(matches!(error, InputError::BadId { line: 1, .. }), "{error:?}");
+        let error = jsonl(
+            "{\"id\": \"a\"}\n{\"x\": 1}\n",
+            &IdSource::Field("id".into()),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(error, InputError::MissingId { line: 2, .. }),
+            "{error:?}"
+        );
+        let error = jsonl("{\"id\": [1]}\n", &IdSource::Field("id".into())).unwrap_err();
+        assert!(
+            matches!(error, InputError::BadId { line: 1, .. }),
+            "{error:?}"
+        );
         let error = jsonl("{\"id\": 1.5}\n", &IdSource::Field("id".into())).unwrap_err();
         assert!(matches!(error, InputError::BadId { .. }), "{error:?}");
     }
@@ -419,16 +430,34 @@ mod tests {
         );
 
         let bad = "id,subject\n1,a\n2,b,extra\n";
-        let error = read_csv(bad.as_bytes(), Path::new("t.csv"), &IdSource::Field("id".into()))
-            .unwrap_err();
-        assert!(matches!(error, InputError::Malformed { line: 3, .. }), "{error:?}");
+        let error = read_csv(
+            bad.as_bytes(),
+            Path::new("t.csv"),
+            &IdSource::Field("id".into()),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(error, InputError::Malformed { line: 3, .. }),
+            "{error:?}"
+        );
         assert!(error.to_string().contains("t.csv:3"), "{error}");
 
         let dup = "id,subject\n1,a\n1,b\n";
-        let error = read_csv(dup.as_bytes(), Path::new("t.csv"), &IdSource::Field("id".into()))
-            .unwrap_err();
+        let error = read_csv(
+            dup.as_bytes(),
+            Path::new("t.csv"),
+            &IdSource::Field("id".into()),
+        )
+        .unwrap_err();
         assert!(
-            matches!(error, InputError::DuplicateId { line: 3, first_line: 2, .. }),
+            matches!(
+                error,
+                InputError::DuplicateId {
+                    line: 3,
+                    first_line: 2,
+                    ..
+                }
+            ),
             "{error:?}"
         );
     }
@@ -450,7 +479,10 @@ mod tests {
         };
         let items = load(&source, &IdSource::default_for(&source)).unwrap();
         assert_eq!(ids(&items), ["b.md", "papers/2024/a.txt"]);
-        assert_eq!(items[1].value, json!({"path": "papers/2024/a.txt", "text": "A"}));
+        assert_eq!(
+            items[1].value,
+            json!({"path": "papers/2024/a.txt", "text": "A"})
+        );
 
         let source = InputSource::Files {
             root: root.to_owned(),
@@ -476,6 +508,9 @@ mod tests {
             &IdSource::Position { zero_pad: false },
         )
         .unwrap_err();
-        assert!(error.to_string().contains("/nonexistent/items.jsonl"), "{error}");
+        assert!(
+            error.to_string().contains("/nonexistent/items.jsonl"),
+            "{error}"
+        );
     }
 }

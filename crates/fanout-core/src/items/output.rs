@@ -203,12 +203,12 @@ pub fn write_outputs(
     };
     let results = match options.format {
         ResultsFormat::Jsonl => jsonl(accounting.results.iter().map(|(_, record)| record)),
-        ResultsFormat::Csv => csv_text(accounting, &options.columns).map_err(|message| {
-            OutputError::Encode {
+        ResultsFormat::Csv => {
+            csv_text(accounting, &options.columns).map_err(|message| OutputError::Encode {
                 path: paths.results.clone(),
                 message,
-            }
-        })?,
+            })?
+        }
     };
     write_atomic(&paths.results, results.as_bytes())?;
     let failed: Vec<Value> = accounting
@@ -226,12 +226,11 @@ pub fn write_outputs(
         .collect();
     write_atomic(&paths.failed, jsonl(failed.iter()).as_bytes())?;
     let summary = Summary::of(accounting, &options.count_by);
-    let mut summary_json = serde_json::to_string_pretty(&summary.to_json()).map_err(|error| {
-        OutputError::Encode {
+    let mut summary_json =
+        serde_json::to_string_pretty(&summary.to_json()).map_err(|error| OutputError::Encode {
             path: paths.summary_json.clone(),
             message: error.to_string(),
-        }
-    })?;
+        })?;
     summary_json.push('\n');
     write_atomic(&paths.summary_json, summary_json.as_bytes())?;
     write_atomic(
@@ -275,7 +274,9 @@ fn csv_text(accounting: &Accounting, columns: &[String]) -> Result<String, Strin
                 Some(other) => other.to_string(),
             })
             .collect();
-        writer.write_record(&row).map_err(|error| error.to_string())?;
+        writer
+            .write_record(&row)
+            .map_err(|error| error.to_string())?;
     }
     let bytes = writer.into_inner().map_err(|error| error.to_string())?;
     String::from_utf8(bytes).map_err(|error| error.to_string())
@@ -314,9 +315,18 @@ mod tests {
     fn accounting() -> Accounting {
         Accounting {
             results: vec![
-                ("1".into(), json!({"id": "1", "category": "billing", "product": "Pay, Plus"})),
-                ("2".into(), json!({"id": "2", "category": "login", "product": null})),
-                ("3".into(), json!({"id": "3", "category": "billing", "product": "Pay"})),
+                (
+                    "1".into(),
+                    json!({"id": "1", "category": "billing", "product": "Pay, Plus"}),
+                ),
+                (
+                    "2".into(),
+                    json!({"id": "2", "category": "login", "product": null}),
+                ),
+                (
+                    "3".into(),
+                    json!({"id": "3", "category": "billing", "product": "Pay"}),
+                ),
             ],
             failures: vec![FailedItem {
                 id: "4".into(),
@@ -340,7 +350,12 @@ mod tests {
         let results = fs::read_to_string(&paths.results).unwrap();
         let ids: Vec<String> = results
             .lines()
-            .map(|line| serde_json::from_str::<Value>(line).unwrap()["id"].as_str().unwrap().to_owned())
+            .map(|line| {
+                serde_json::from_str::<Value>(line).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
             .collect();
         assert_eq!(ids, ["1", "2", "3"]);
         let failed: Value =
@@ -360,7 +375,12 @@ mod tests {
             json!([{"value": "billing", "count": 2}, {"value": "login", "count": 1}])
         );
         let markdown = fs::read_to_string(&paths.summary_markdown).unwrap();
-        assert!(markdown.starts_with("# Support tickets\n\nStatus: **partial**. 4 items: 3 succeeded, 1 failed."), "{markdown}");
+        assert!(
+            markdown.starts_with(
+                "# Support tickets\n\nStatus: **partial**. 4 items: 3 succeeded, 1 failed."
+            ),
+            "{markdown}"
+        );
         assert!(markdown.contains("| billing | 2 | 66.7% |"), "{markdown}");
         assert!(markdown.contains("| missing | 1 |"), "{markdown}");
         // No temporary files left behind.

@@ -42,7 +42,9 @@ pub struct OutputSchema {
 /// Why an output schema cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SchemaError {
-    #[error("the output schema must describe a JSON object (`\"type\": \"object\"`), found {found}")]
+    #[error(
+        "the output schema must describe a JSON object (`\"type\": \"object\"`), found {found}"
+    )]
     NotAnObject { found: String },
     #[error("the output schema's `id` property must allow a string")]
     IdNotString,
@@ -109,16 +111,22 @@ impl OutputSchema {
             required.insert(0, json!("id"));
         }
         let record = Value::Object(object);
-        let validator = jsonschema::validator_for(&record).map_err(|error| SchemaError::Invalid {
-            message: error.to_string(),
-        })?;
+        let validator =
+            jsonschema::validator_for(&record).map_err(|error| SchemaError::Invalid {
+                message: error.to_string(),
+            })?;
+        // `$schema` belongs at a document's root, not inside the tool's schema.
+        let mut tool_record = record.clone();
+        if let Some(object) = tool_record.as_object_mut() {
+            object.remove("$schema");
+        }
         let tool_input = json!({
             "type": "object",
             "properties": {
                 "results": {
                     "type": "array",
                     "description": "One record per item, each with the item's id.",
-                    "items": record,
+                    "items": tool_record,
                 }
             },
             "required": ["results"],
@@ -172,7 +180,7 @@ impl OutputSchema {
 /// `{{items}}`, `{{count}}`, `{{chunk_id}}`, `{{tool}}`.
 pub const DEFAULT_TEMPLATE: &str = "{{instructions}}
 
-Below are {{count}} items, each inside <item id=\"...\"> ... </item>. Call the tool `{{tool}}` once, \
+Below are {{count}} items, each in an `item` element that carries its id. Call the tool `{{tool}}` once, \
 with exactly one record per item, in any order. Copy each item's id exactly into the record's \
 `id` field; do not invent ids and do not answer an item twice. When a field cannot be \
 determined from the item, use null where the schema allows it.
@@ -197,11 +205,15 @@ pub struct WorkerSpec {
 /// A prompt template that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
-    #[error("unknown placeholder `{{{{{name}}}}}` in the prompt template (known: instructions, items, count, chunk_id, tool)")]
+    #[error(
+        "unknown placeholder `{{{{{name}}}}}` in the prompt template (known: instructions, items, count, chunk_id, tool)"
+    )]
     Unknown { name: String },
     #[error("unclosed `{{{{` in the prompt template at byte {at}")]
     Unclosed { at: usize },
-    #[error("the prompt template has no `{{{{items}}}}` placeholder, so workers would never see their items")]
+    #[error(
+        "the prompt template has no `{{{{items}}}}` placeholder, so workers would never see their items"
+    )]
     NoItems,
 }
 
@@ -212,11 +224,18 @@ pub fn check_template(template: &str) -> Result<(), TemplateError> {
         saw_items |= name == "items";
         known(name).then(String::new)
     })?;
-    if saw_items { Ok(()) } else { Err(TemplateError::NoItems) }
+    if saw_items {
+        Ok(())
+    } else {
+        Err(TemplateError::NoItems)
+    }
 }
 
 fn known(name: &str) -> bool {
-    matches!(name, "instructions" | "items" | "count" | "chunk_id" | "tool")
+    matches!(
+        name,
+        "instructions" | "items" | "count" | "chunk_id" | "tool"
+    )
 }
 
 /// Replace each `{{ name }}` by `value(name)`; `None` means an unknown name.
@@ -402,17 +421,14 @@ pub fn check_answer(chunk: &Chunk, response: &Response, schema: &OutputSchema) -
             let text = response.text();
             let cut = response.stop_reason == StopReason::MaxTokens;
             match serde_json::from_str::<Value>(strip_fence(&text)) {
-                Ok(value) if value.get("results").is_some() => {
-                    check_results(chunk, &value, schema)
-                }
+                Ok(value) if value.get("results").is_some() => check_results(chunk, &value, schema),
                 _ if cut => ChunkOutcome::malformed(
                     chunk,
                     "the answer was cut at max_tokens before calling submit_results",
                 ),
-                Ok(_) => ChunkOutcome::malformed(
-                    chunk,
-                    format!("the answer did not call {SUBMIT_TOOL}"),
-                ),
+                Ok(_) => {
+                    ChunkOutcome::malformed(chunk, format!("the answer did not call {SUBMIT_TOOL}"))
+                }
                 Err(error) => ChunkOutcome::malformed(
                     chunk,
                     format!(
@@ -470,9 +486,7 @@ pub fn check_results(chunk: &Chunk, input: &Value, schema: &OutputSchema) -> Chu
     for (index, record) in records.iter().enumerate() {
         let id = match record.get("id") {
             Some(Value::String(id)) if !id.trim().is_empty() => id.trim().to_owned(),
-            Some(Value::Number(number)) if number.is_i64() || number.is_u64() => {
-                number.to_string()
-            }
+            Some(Value::Number(number)) if number.is_i64() || number.is_u64() => number.to_string(),
             _ => {
                 outcome.unattributed.push(format!(
                     "results[{index}]: {}",
@@ -656,7 +670,10 @@ pub fn plan_retry(
         problem(
             id,
             FailureKind::Invalid,
-            format!("the record does not match the schema: {}", errors.join("; ")),
+            format!(
+                "the record does not match the schema: {}",
+                errors.join("; ")
+            ),
         );
     }
     for id in &outcome.duplicated {

@@ -84,8 +84,15 @@ fn output_schema_gets_a_required_string_id() {
     // null where the schema allows it; not where it does not.
     let errors = schema.errors(&json!({"id": "T-1", "category": null, "product": null}));
     assert!(!errors.is_empty());
-    assert!(errors.iter().all(|e| e.starts_with("/category: null")), "{errors:?}");
-    assert!(!schema.errors(&json!({"category": "bug", "product": null})).is_empty());
+    assert!(
+        errors.iter().all(|e| e.starts_with("/category: null")),
+        "{errors:?}"
+    );
+    assert!(
+        !schema
+            .errors(&json!({"category": "bug", "product": null}))
+            .is_empty()
+    );
 
     assert!(matches!(
         OutputSchema::new(json!({"type": "array"})),
@@ -203,7 +210,10 @@ fn unusable_answers_are_malformed_for_the_whole_chunk() {
             "not JSON",
         ),
         (
-            response(vec![ContentBlock::text("Here you go!")], StopReason::MaxTokens),
+            response(
+                vec![ContentBlock::text("Here you go!")],
+                StopReason::MaxTokens,
+            ),
             "max_tokens",
         ),
         (tool_answer(json!({"records": []})), "no `results`"),
@@ -299,7 +309,13 @@ fn ledger_builds_retry_chunks_and_keeps_first_settlement() {
     let retries = ledger.retry_chunks(&chunk.id, 1, &plan).unwrap();
     let shape: Vec<(&str, Vec<&str>, usize)> = retries
         .iter()
-        .map(|r| (r.chunk.id.as_str(), r.chunk.ids().collect(), r.problems.len()))
+        .map(|r| {
+            (
+                r.chunk.id.as_str(),
+                r.chunk.ids().collect(),
+                r.problems.len(),
+            )
+        })
         .collect();
     assert_eq!(
         shape,
@@ -327,7 +343,11 @@ fn ledger_builds_retry_chunks_and_keeps_first_settlement() {
         .fail(["T-2"], FailureKind::Oversized, "too large")
         .unwrap();
     let accounting = ledger.finish();
-    let ids: Vec<_> = accounting.results.iter().map(|(id, _)| id.as_str()).collect();
+    let ids: Vec<_> = accounting
+        .results
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .collect();
     assert_eq!(ids, ["T-1"]);
     let failures: Vec<_> = accounting
         .failures
@@ -423,7 +443,11 @@ fn run_job(input: &[Item], chunk_size: usize, script: &mut Script<'_>) -> (Accou
 
 fn assert_exactly_once(input: &[Item], accounting: &Accounting) {
     let expected: Vec<&str> = input.iter().map(|i| i.id.as_str()).collect();
-    let mut seen: Vec<&str> = accounting.results.iter().map(|(id, _)| id.as_str()).collect();
+    let mut seen: Vec<&str> = accounting
+        .results
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .collect();
     seen.extend(accounting.failures.iter().map(|f| f.id.as_str()));
     let unique: BTreeSet<&str> = seen.iter().copied().collect();
     assert_eq!(unique.len(), seen.len(), "an item twice: {accounting:?}");
@@ -514,7 +538,7 @@ fn random_answers_over_many_chunks_are_accounted_once() {
                     2 => Fate::Twice,
                     _ => Fate::Answer,
                 },
-                unknown: &mut || roll3.next().unwrap_or(0) % 5 == 0,
+                unknown: &mut || roll3.next().unwrap_or(0).is_multiple_of(5),
             },
         );
         assert_exactly_once(&input, &accounting);

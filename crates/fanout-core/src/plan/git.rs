@@ -1,11 +1,13 @@
 //! The live-run precondition: the repository is under git and the paths the plan would touch
 //! have no uncommitted changes, so every change an agent makes can be told apart and undone.
 //!
-//! Runs `git` (status with `-z`, untracked files included, our `.fanout/` excluded). Changes
+//! Runs the hardened host-side `git` ([`crate::run::git::hardened`]: no fsmonitor, hooks,
+//! pager or external diff from the repository's config) (status with `-z`, untracked files included, our `.fanout/` excluded). Changes
 //! outside every agent's scope do not block a run.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use crate::run::git::hardened;
 
 /// Why a live run may not start.
 #[derive(Debug, thiserror::Error)]
@@ -32,9 +34,7 @@ pub fn ensure_clean(root: &Path, touches: impl Fn(&str) -> bool) -> Result<(), G
         root: root.to_path_buf(),
         message,
     };
-    let inside = Command::new("git")
-        .arg("-C")
-        .arg(root)
+    let inside = hardened(root, true)
         .args(["rev-parse", "--is-inside-work-tree"])
         .output()
         .map_err(|err| git_error(err.to_string()))?;
@@ -45,16 +45,12 @@ pub fn ensure_clean(root: &Path, touches: impl Fn(&str) -> bool) -> Result<(), G
     }
     // `--relative` paths would need a newer git; `-C root` plus `:(top)`-free pathspec `.`
     // reports paths relative to the repository top, so ask for the prefix to strip.
-    let prefix = Command::new("git")
-        .arg("-C")
-        .arg(root)
+    let prefix = hardened(root, true)
         .args(["rev-parse", "--show-prefix"])
         .output()
         .map_err(|err| git_error(err.to_string()))?;
     let prefix = String::from_utf8_lossy(&prefix.stdout).trim().to_owned();
-    let status = Command::new("git")
-        .arg("-C")
-        .arg(root)
+    let status = hardened(root, true)
         .args([
             "status",
             "--porcelain=v1",

@@ -461,3 +461,37 @@ mod tests {
         assert_eq!(policy.check_write("modules/subway.rs"), Ok(()));
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn from_config_takes_scope_tools_shell_and_network() {
+        let config = Config::from_str(crate::config::INIT_TEMPLATE, "fanout.yaml").unwrap();
+        let spec = AgentSpec {
+            agent_id: "a1".into(),
+            scope: vec!["src/auth/".into()],
+            tools: vec![
+                "read_file".into(),
+                "edit_file".into(),
+                "bash".into(),
+                "nope".into(),
+            ],
+            ..AgentSpec::default()
+        };
+        let policy = ScopePolicy::from_config(&config, &spec).unwrap();
+        assert!(!policy.tools.contains("nope"));
+        assert!(!policy.tools.contains("write_file"));
+        assert_eq!(policy.sandbox_mode, SandboxMode::Enforce);
+        assert_eq!(
+            policy.check_write(".git/config"),
+            Err(DenyReason::Protected)
+        );
+        match config.agent_permissions.file_access {
+            FileAccess::Scoped => assert_eq!(policy.check_write("src/auth/login.rs"), Ok(())),
+            _ => assert!(policy.check_write("src/auth/login.rs").is_err()),
+        }
+    }
+}

@@ -325,9 +325,11 @@ fn outcome(reply: &Reply, what: &str, result: &Value) -> Result<BatchOutcome, Pr
         Some("succeeded") => {
             let message = serde_json::to_vec(&result["message"])
                 .map_err(|error| reply.malformed(format!("{what}: {error}")))?;
-            let decoded = anthropic::parse_message(&message)
-                .map_err(|error| reply.decode_error(error))?;
-            Ok(BatchOutcome::Succeeded(Box::new(decoded.into_response(reply))))
+            let decoded =
+                anthropic::parse_message(&message).map_err(|error| reply.decode_error(error))?;
+            Ok(BatchOutcome::Succeeded(Box::new(
+                decoded.into_response(reply),
+            )))
         }
         Some("errored") => {
             // `error` is an error response: {"type": "error", "error": {"type", "message"}}.

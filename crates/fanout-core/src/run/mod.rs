@@ -7,7 +7,7 @@
 //! - [`checkpoint`]: [`Checkpointer`] commits the whole working tree to
 //!   `refs/fanout/<run_id>/checkpoints/<n>` without touching HEAD, the branch or the index;
 //!   [`CheckpointPolicy`] says when.
-//! - [`rollback`]: [`rollback()`](rollback::rollback) restores the working tree byte for byte
+//! - [`mod@rollback`]: [`rollback()`](rollback::rollback) restores the working tree byte for byte
 //!   to a checkpoint (by default the run's base).
 //!
 //! - [`scheduler`]: [`run_graph`](scheduler::run_graph) admits a dependency graph of tasks

@@ -166,9 +166,7 @@ pub fn rollback(
         .unwrap_or_else(|| checkpoints[&latest_seq].clone());
     let restored_ref = format!("{}restored", run_ref_prefix(run_id));
 
-    let t0 = std::time::Instant::now();
     let current = snapshot(&git)?;
-    #[allow(clippy::print_stderr)] { eprintln!("snap {:?}", t0.elapsed()); }
     let mut accepted = vec![git.tree_of(&latest_commit)?, target_tree.clone()];
     if let Some(restored) = git.resolve_commit(&restored_ref)? {
         accepted.push(git.tree_of(&restored)?);
@@ -263,9 +261,7 @@ pub fn rollback(
         .iter()
         .map(|(_, entry)| entry.oid.as_str())
         .collect();
-    let t1 = std::time::Instant::now();
     let blobs = read_blobs(&git, &oids)?;
-    #[allow(clippy::print_stderr)] { eprintln!("blobs {:?}", t1.elapsed()); }
     for ((path, entry), bytes) in to_write.into_iter().zip(blobs) {
         let full = root.join(OsStr::from_bytes(path));
         if let Some(parent) = full.parent() {
@@ -281,7 +277,6 @@ pub fn rollback(
 
     update_ref(&git, &restored_ref, &target_commit)?;
 
-    #[allow(clippy::print_stderr)] { eprintln!("written {:?}", t0.elapsed()); }
     // 4. Check.
     let after = snapshot(&git)?;
     if after.tree != target_tree {

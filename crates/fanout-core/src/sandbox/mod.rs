@@ -7,7 +7,10 @@
 //! - gets resource limits (CPU seconds, address space, file size, processes);
 //! - enters a fresh network namespace when the network is denied (no TCP, UDP, DNS or
 //!   loopback at all);
-//! - sets `PR_SET_NO_NEW_PRIVS` (set-id binaries do not gain privileges);
+//! - sets `PR_SET_NO_NEW_PRIVS` (set-id binaries do not gain privileges) and drops every
+//!   capability (bounding, ambient, effective, permitted), so a root engine runs root-owned
+//!   commands without CAP_SYS_PTRACE, CAP_MKNOD, CAP_SYS_ADMIN and the rest; the engine
+//!   itself is made non-dumpable so its `/proc` entries (environment, memory) are closed;
 //! - gets a seccomp filter refusing `socket(AF_UNIX)` (no host daemons: Docker, SSH agent,
 //!   D-Bus) and `io_uring`;
 //! - is restricted by Landlock: read and execute everywhere but hidden paths (secrets), write
@@ -220,6 +223,14 @@ impl Sandbox {
     pub fn new(config: SandboxConfig, grants: WriteGrants) -> Result<Sandbox, SandboxError> {
         let support = probe();
         let mut weakened = Vec::new();
+        if let Err(error) = sys::make_engine_non_dumpable() {
+            if config.mode == SandboxMode::Enforce {
+                return Err(SandboxError::Unsupported(format!(
+                    "cannot make the engine non-dumpable: {error}"
+                )));
+            }
+            weakened.push(format!("the engine's /proc entries are readable: {error}"));
+        }
         if support.landlock_abi < landlock::REQUIRED_ABI {
             let gap = if support.landlock_abi == 0 {
                 "Landlock is not available".to_string()

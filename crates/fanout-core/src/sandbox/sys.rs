@@ -250,6 +250,31 @@ pub(crate) fn seccomp_filter() -> Option<Vec<libc::sock_filter>> {
 
 // ---- the child side ------------------------------------------------------------------------
 
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Make the engine process non-dumpable, so that a command running as the same uid without
+/// CAP_SYS_PTRACE cannot read `/proc/<engine>/environ`, `mem` or `fd/*` (the API keys live
+/// there). Side effect: no core dumps of the engine.
+pub(crate) fn make_engine_non_dumpable() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    check(rc)
+}
+
 /// What the child does between `fork` and `exec`. Everything is prepared by the parent, so
 /// the hook itself only makes system calls (async-signal-safe; no allocation, no locks).
 #[derive(Debug, Clone)]
@@ -314,6 +339,28 @@ pub(crate) fn install_pre_exec(command: &mut tokio::process::Command, setup: Chi
                 {
                     return Err(io::Error::last_os_error());
                 }
+            }
+            // No capabilities: an empty bounding set (so exec as uid 0 regains none), no
+            // ambient set, then empty effective, permitted and inheritable sets. Without
+            // CAP_SYS_PTRACE and with the engine non-dumpable, /proc/<engine>/environ and
+            // /proc/<engine>/mem are closed; mknod, mount and raw sockets are refused.
+            for capability in 0..=63 {
+                libc::prctl(libc::PR_CAPBSET_DROP, capability, 0, 0, 0);
+            }
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            );
+            let header = CapHeader {
+                version: LINUX_CAPABILITY_VERSION_3,
+                pid: 0,
+            };
+            let data = [CapData::default(); 2];
+            if libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
             }
             // No descriptor of the engine (sockets, pipes, the ruleset) survives exec.
             libc::syscall(

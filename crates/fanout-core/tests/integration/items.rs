@@ -237,7 +237,13 @@ fn sent_ids(exchanges: &[Exchange]) -> Vec<Vec<String>> {
     exchanges
         .iter()
         .filter(|e| e.endpoint == "messages" || e.endpoint == "batch_messages")
-        .map(|e| item_ids(e.request["messages"][0]["content"][0]["text"].as_str().unwrap()))
+        .map(|e| {
+            item_ids(
+                e.request["messages"][0]["content"][0]["text"]
+                    .as_str()
+                    .unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -256,7 +262,11 @@ fn job() -> (Vec<Item>, Vec<Chunk>) {
 }
 
 fn check_accounting(items: &[Item], accounting: &Accounting) {
-    let mut seen: Vec<&str> = accounting.results.iter().map(|(id, _)| id.as_str()).collect();
+    let mut seen: Vec<&str> = accounting
+        .results
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .collect();
     seen.extend(accounting.failures.iter().map(|f| f.id.as_str()));
     let unique: BTreeSet<&str> = seen.iter().copied().collect();
     assert_eq!(unique.len(), seen.len(), "an item twice");
@@ -278,15 +288,21 @@ async fn chunk_faults_are_accounted_and_only_what_failed_is_sent_again() {
 
     // 34 results, T-05 failed with its reason; the fixed items carry their repaired records.
     assert_eq!(accounting.results.len(), 34);
-    let results: BTreeMap<&str, &Value> =
-        accounting.results.iter().map(|(id, r)| (id.as_str(), r)).collect();
+    let results: BTreeMap<&str, &Value> = accounting
+        .results
+        .iter()
+        .map(|(id, r)| (id.as_str(), r))
+        .collect();
     assert_eq!(results["T-01"]["category"], "billing");
     assert_eq!(results["T-04"]["summary"], "alone");
     assert_eq!(results["T-07"]["summary"], "about T-07");
     assert_eq!(results["T-33"]["summary"], "about T-33");
     assert_eq!(accounting.failures.len(), 1);
     let failure = &accounting.failures[0];
-    assert_eq!((failure.id.as_str(), failure.kind), ("T-05", FailureKind::Errored));
+    assert_eq!(
+        (failure.id.as_str(), failure.kind),
+        ("T-05", FailureKind::Errored)
+    );
     assert!(failure.reason.contains("scripted failure"), "{failure:?}");
     assert_eq!(failure.attempts, 3);
 
@@ -403,7 +419,10 @@ async fn batch_wait_times_out_and_can_be_cancelled() {
         .wait(&created.id, &policy, &CancellationToken::new())
         .await;
     assert!(
-        matches!(&waited, Err(fanout_core::provider::batch::BatchError::TimedOut { .. })),
+        matches!(
+            &waited,
+            Err(fanout_core::provider::batch::BatchError::TimedOut { .. })
+        ),
         "{waited:?}"
     );
     let token = CancellationToken::new();
@@ -439,7 +458,9 @@ async fn synthesis_reduces_in_a_tree_through_the_simulator() {
     .await
     .unwrap();
     let provider = AnthropicProvider::new(config(&sim)).unwrap();
-    let parts: Vec<String> = (0..10).map(|i| format!("{i}: {}", "x".repeat(100))).collect();
+    let parts: Vec<String> = (0..10)
+        .map(|i| format!("{i}: {}", "x".repeat(100)))
+        .collect();
     let result = tree_reduce(parts, 100, |step: SynthesisStep| {
         let provider = &provider;
         async move {
@@ -471,7 +492,8 @@ async fn synthesis_reduces_in_a_tree_through_the_simulator() {
 
 #[test]
 fn the_ticket_example_loads_chunks_and_counts() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/support-tickets");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/support-tickets");
     let source = InputSource::Jsonl(dir.join("tickets.jsonl"));
     let items = load(&source, &IdSource::Field("id".into())).unwrap();
     assert!(items.len() >= 300, "{}", items.len());
@@ -495,7 +517,11 @@ fn the_ticket_example_loads_chunks_and_counts() {
         chunks.iter().map(|c| c.items.len()).sum::<usize>(),
         items.len()
     );
-    assert!(chunks.iter().all(|c| !c.oversized && c.estimated_tokens <= 6_000));
+    assert!(
+        chunks
+            .iter()
+            .all(|c| !c.oversized && c.estimated_tokens <= 6_000)
+    );
     // The data is varied: several products and channels.
     let values: Vec<&Value> = items.iter().map(|i| &i.value).collect();
     assert!(count_by(values.iter().copied(), "product").len() >= 5);

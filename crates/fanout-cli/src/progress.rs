@@ -1,0 +1,271 @@
+//! Live progress of a run, and Ctrl-C handling.
+//!
+//! Progress goes to stderr: on a terminal, one status line rewritten in place (never one bar
+//! per agent); otherwise a plain line every few seconds, so CI logs stay readable. With
+//! `--json`, events go to stdout as JSON lines instead and nothing is drawn.
+//!
+//! Ctrl-C once cancels the run's token (no new agents; running ones stop and write their
+//! records, leaving a run that `fanout resume` can finish); Ctrl-C twice exits at once.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressStyle {
+    /// One line rewritten in place on stderr.
+    Terminal,
+    /// A line on stderr every few seconds.
+    Plain,
+    /// Events as JSON lines on stdout; no drawing.
+    Json,
+}
+
+impl ProgressStyle {
+    pub fn detect(json: bool) -> Self {
+        if json {
+            ProgressStyle::Json
+        } else if std::io::stderr().is_terminal() {
+            ProgressStyle::Terminal
+        } else {
+            ProgressStyle::Plain
+        }
+    }
+}
+
+/// The numbers a status line shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Tally {
+    pub total: usize,
+    pub done: usize,
+    pub running: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub tokens_fast: u64,
+    pub tokens_default: u64,
+    pub dollars: f64,
+    /// Time requests spent queued for the rate governor, summed over requests.
+    pub rate_limit_wait: Duration,
+}
+
+impl Tally {
+    pub fn queued(&self) -> usize {
+        self.total
+            .saturating_sub(self.done + self.running + self.failed + self.skipped)
+    }
+
+    fn finished(&self) -> usize {
+        self.done + self.failed + self.skipped
+    }
+}
+
+/// Draws a [`Tally`] no more often than its style allows.
+#[derive(Debug)]
+pub struct Progress {
+    style: ProgressStyle,
+    started: Instant,
+    last_draw: Option<Instant>,
+    drew_terminal_line: bool,
+}
+
+impl Progress {
+    pub fn new(style: ProgressStyle) -> Self {
+        Progress {
+            style,
+            started: Instant::now(),
+            last_draw: None,
+            drew_terminal_line: false,
+        }
+    }
+
+    pub fn style(&self) -> ProgressStyle {
+        self.style
+    }
+
+    /// A JSON event (only shown in the JSON style).
+    pub fn event<T: Serialize>(&self, event: &T) {
+        if self.style == ProgressStyle::Json
+            && let Ok(line) = serde_json::to_string(event)
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+        }
+    }
+
+    /// Redraw if enough time has passed since the last draw.
+    pub fn update(&mut self, tally: &Tally) {
+        let interval = match self.style {
+            ProgressStyle::Terminal => Duration::from_millis(100),
+            ProgressStyle::Plain => Duration::from_secs(5),
+            ProgressStyle::Json => return,
+        };
+        let now = Instant::now();
+        if self
+            .last_draw
+            .is_some_and(|at| now.saturating_duration_since(at) < interval)
+        {
+            return;
+        }
+        self.last_draw = Some(now);
+        self.draw(tally);
+    }
+
+    /// The final line; the terminal line is ended so later output starts fresh.
+    pub fn finish(&mut self, tally: &Tally) {
+        if self.style == ProgressStyle::Json {
+            return;
+        }
+        self.draw(tally);
+        if self.drew_terminal_line {
+            eprintln!();
+            self.drew_terminal_line = false;
+        }
+    }
+
+    fn draw(&mut self, tally: &Tally) {
+        let line = status_line(tally, self.started.elapsed());
+        match self.style {
+            ProgressStyle::Terminal => {
+                let mut err = std::io::stderr().lock();
+                let _ = write!(err, "\r\x1b[2K{line}");
+                let _ = err.flush();
+                self.drew_terminal_line = true;
+            }
+            ProgressStyle::Plain => eprintln!("{line}"),
+            ProgressStyle::Json => {}
+        }
+    }
+}
+
+/// `[ 812/1000] done 790 · running 18 · queued 180 · failed 4 · 1.2M tokens (38% fast) · $3.41 · rate wait 12s · 1m05s · ETA 20s`
+pub fn status_line(tally: &Tally, elapsed: Duration) -> String {
+    let width = tally.total.to_string().len();
+    let tokens = tally.tokens_fast + tally.tokens_default;
+    let fast_share = if tokens == 0 {
+        0.0
+    } else {
+        100.0 * tally.tokens_fast as f64 / tokens as f64
+    };
+    let mut line = format!(
+        "[{:>width$}/{}] done {} · running {} · queued {} · failed {}",
+        tally.finished(),
+        tally.total,
+        tally.done,
+        tally.running,
+        tally.queued(),
+        tally.failed,
+    );
+    if tally.skipped > 0 {
+        line.push_str(&format!(" · skipped {}", tally.skipped));
+    }
+    line.push_str(&format!(
+        " · {} tokens ({fast_share:.0}% fast) · ${:.2} · rate wait {} · {}",
+        human_count(tokens),
+        tally.dollars,
+        human_duration(tally.rate_limit_wait),
+        human_duration(elapsed),
+    ));
+    if let Some(eta) = eta(tally, elapsed) {
+        line.push_str(&format!(" · ETA {}", human_duration(eta)));
+    }
+    line
+}
+
+/// Remaining time at the average completion rate so far.
+fn eta(tally: &Tally, elapsed: Duration) -> Option<Duration> {
+    let finished = tally.finished();
+    if finished == 0 || finished >= tally.total {
+        return None;
+    }
+    let per_task = elapsed.as_secs_f64() / finished as f64;
+    Some(Duration::from_secs_f64(
+        per_task * (tally.total - finished) as f64,
+    ))
+}
+
+pub fn human_count(n: u64) -> String {
+    match n {
+        0..=9_999 => n.to_string(),
+        10_000..=999_999 => format!("{:.0}K", n as f64 / 1e3),
+        _ => format!("{:.1}M", n as f64 / 1e6),
+    }
+}
+
+pub fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs < 60 {
+        format!("{secs}s")
+    } else if secs < 3600 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60)
+    }
+}
+
+/// Cancel `cancel` on the first Ctrl-C; exit the process with 130 on the second.
+pub fn handle_interrupts(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        eprintln!(
+            "\nfanout: stopping — no new agents; running ones are cancelled and their records \
+             written. The run can be finished with `fanout resume`. Press Ctrl-C again to exit now."
+        );
+        cancel.cancel();
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("fanout: exiting at once");
+            std::process::exit(130);
+        }
+    });
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_shows_every_count_and_an_eta() {
+        let tally = Tally {
+            total: 1000,
+            done: 790,
+            running: 18,
+            failed: 4,
+            skipped: 0,
+            tokens_fast: 456_000,
+            tokens_default: 744_000,
+            dollars: 3.414,
+            rate_limit_wait: Duration::from_secs(12),
+        };
+        assert_eq!(tally.queued(), 188);
+        assert_eq!(
+            status_line(&tally, Duration::from_secs(65)),
+            "[ 794/1000] done 790 · running 18 · queued 188 · failed 4 · 1.2M tokens (38% fast) \
+             · $3.41 · rate wait 12s · 1m05s · ETA 16s"
+        );
+    }
+
+    #[test]
+    fn no_eta_before_anything_finished_or_after_everything_did() {
+        let mut tally = Tally {
+            total: 3,
+            ..Tally::default()
+        };
+        assert!(eta(&tally, Duration::from_secs(5)).is_none());
+        tally.done = 3;
+        assert!(eta(&tally, Duration::from_secs(5)).is_none());
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_count(950), "950");
+        assert_eq!(human_count(45_300), "45K");
+        assert_eq!(human_count(2_100_000), "2.1M");
+        assert_eq!(human_duration(Duration::from_secs(3725)), "1h02m");
+    }
+}
