@@ -7,6 +7,8 @@ mod bench;
 mod bench_plan;
 mod bench_sim;
 mod config_cmd;
+mod live;
+mod progress;
 mod run_cmd;
 mod store_cmd;
 mod usage;

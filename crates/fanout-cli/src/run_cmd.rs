@@ -4,11 +4,11 @@
 //! environment's API), let `fanout_core::plan::prepare` scan, plan, validate, estimate and save,
 //! then print the report (text, or `--json`). `fanout plan` is `fanout run --dry-run`.
 //! Without `--dry-run`, a clean plan is followed by the live-run precondition (a clean git
-//! work tree where the plan touches); live execution itself is not built yet and says so.
+//! work tree where the plan touches) and the live run (`crate::live`).
 //!
 //! Exit codes: 0 clean plan; 1 permission violations; 2 invalid workflow file or arguments;
 //! 3 planning failed (no usable plan, provider error, unreadable plan file); 4 the repository
-//! is not ready for a live run; 69 live execution unavailable.
+//! is not ready for a live run; live runs add 5 partial, 6 failed, 130 cancelled.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -32,7 +32,6 @@ pub const EXIT_VIOLATIONS: u8 = 1;
 pub const EXIT_CONFIG: u8 = 2;
 pub const EXIT_PLANNING: u8 = 3;
 pub const EXIT_NOT_READY: u8 = 4;
-pub const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
@@ -63,9 +62,12 @@ pub struct RunArgs {
     /// One row per agent.
     #[arg(long, short)]
     pub verbose: bool,
-    /// The report as JSON on stdout.
+    /// The report as JSON on stdout (and, in a live run, progress events as JSON lines).
     #[arg(long)]
     pub json: bool,
+    /// Latency of the in-process simulator's answers, in milliseconds (with --sim).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub sim_latency_ms: u64,
 }
 
 /// `fanout plan`: the dry run.
@@ -85,14 +87,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     for warning in config.warnings() {
         eprintln!("warning: {warning}");
     }
-    let repository = args
-        .repo
-        .clone()
-        .unwrap_or_else(|| config.repository.clone());
 
-    // The simulator lives as long as this function; it is shut down before returning.
+    // The simulator lives as long as this function: planning and, in a live run, the agents
+    // talk to it. It is shut down before returning.
     let mut sim: Option<SimHandle> = None;
-    let fleet = if args.plan.is_some() {
+    let needs_model = args.plan.is_none() || !args.dry_run;
+    let fleet = if !needs_model {
         None
     } else if args.sim || args.scenario.is_some() {
         let scenario = match &args.scenario {
@@ -102,6 +102,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let handle = Sim::start(
             SimConfig {
                 scenario,
+                latency: std::time::Duration::from_millis(args.sim_latency_ms),
                 ..SimConfig::default()
             },
             "127.0.0.1:0".parse().context("loopback address")?,
@@ -114,7 +115,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         Some(fleet_for(&config, provider_for(&config, None)?))
     };
+    let code = run_with(&args, config, fleet).await;
+    if let Some(handle) = sim.take() {
+        handle.shutdown().await;
+    }
+    code
+}
 
+async fn run_with(
+    args: &RunArgs,
+    config: Config,
+    fleet: Option<Fleet>,
+) -> anyhow::Result<ExitCode> {
+    let repository = args
+        .repo
+        .clone()
+        .unwrap_or_else(|| config.repository.clone());
     let request = PrepareRequest {
         repository: repository.clone(),
         task: args.task.clone(),
@@ -127,10 +143,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         save: true,
     };
     let cancel = CancellationToken::new();
-    let prepared = plan::prepare(&config, &request, fleet.as_ref(), &cancel).await;
-    if let Some(handle) = sim.take() {
-        handle.shutdown().await;
-    }
+    let planning_fleet = if args.plan.is_none() {
+        fleet.as_ref()
+    } else {
+        None
+    };
+    let prepared = plan::prepare(&config, &request, planning_fleet, &cancel).await;
     let prepared = match prepared {
         Ok(prepared) => prepared,
         Err(err) => {
@@ -160,22 +178,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!("error: refusing a live run: {err}");
         return Ok(ExitCode::from(EXIT_NOT_READY));
     }
-    let saved = report
-        .saved
-        .as_ref()
-        .map(|saved| {
-            format!(
-                " The reviewed plan is {}; `fanout run {} --plan {}` will use it as is.",
-                saved.path.display(),
-                args.file.display(),
-                saved.path.display()
-            )
-        })
-        .unwrap_or_default();
-    eprintln!(
-        "error: the checks passed, but live execution is not built yet in this version of fanout; nothing was changed.{saved}"
-    );
-    Ok(ExitCode::from(EXIT_UNAVAILABLE))
+    let Some(fleet) = fleet else {
+        anyhow::bail!("a live run needs a model API (use --sim or set an API key)");
+    };
+    crate::live::execute(args, config, prepared, fleet, repository).await
 }
 
 fn write_stdout(text: &str) -> anyhow::Result<()> {

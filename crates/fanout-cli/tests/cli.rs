@@ -232,7 +232,7 @@ fn a_reviewed_plan_is_used_without_a_model_and_a_live_run_checks_git() {
     );
     assert!(stdout.contains("Plan read from"), "{stdout}");
 
-    // A live run: the checks pass, then it says plainly that execution is not built.
+    // A live run needs a model for its agents: without --sim or a key it says so.
     let output = fanout(
         &[
             "run",
@@ -243,11 +243,8 @@ fn a_reviewed_plan_is_used_without_a_model_and_a_live_run_checks_git() {
         repo.path(),
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(69), "{stderr}");
-    assert!(
-        stderr.contains("live execution is not built yet"),
-        "{stderr}"
-    );
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("--sim"), "{stderr}");
 
     // Uncommitted changes where the plan touches: refused, with what to do.
     std::fs::write(repo.path().join("src/auth/jwt.ts"), "changed\n").unwrap();
@@ -257,6 +254,7 @@ fn a_reviewed_plan_is_used_without_a_model_and_a_live_run_checks_git() {
             &example("claude-workflows.yaml"),
             "--plan",
             &plan_path,
+            "--sim",
         ],
         repo.path(),
     );
@@ -542,5 +540,220 @@ mod store_commands {
             .unwrap();
         let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(kinds, ["rollback", "rollback"]);
+    }
+}
+
+/// `fanout run` live, end to end: 200 agents, each scripted by the simulator to edit its own
+/// file and report, in a real git repository, with the run store and checkpoints checked.
+mod live_run {
+    use super::*;
+
+    const AGENTS: usize = 200;
+
+    /// The seed's columns of one `agent_runs` row (run_id aside).
+    type AgentRow = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        i64,
+        String,
+        String,
+        String,
+    );
+
+    /// Turn 1 writes the agent's one declared file (taken from its system prompt); turn 2
+    /// reports. The synthesis call gets the simulator's default text answer.
+    const SCENARIO: &str = r#"
+rules:
+  - name: edit
+    match:
+      system: 'Files you may change \(nothing else\):\n- (?P<file>\S+)'
+      turn: 1
+    tool_use: {name: write_file, input: {path: "${file}", content: "edited by its agent\n"}}
+  - name: report
+    match:
+      system: 'Files you may change \(nothing else\):\n- (?P<file>\S+)'
+      turn: 2
+    tool_use:
+      name: report_result
+      input: {status: success, summary: "rewrote ${file}", files_changed: ["${file}"]}
+"#;
+
+    fn workflow(dir: &Path) -> PathBuf {
+        let path = dir.join("edit-each.yaml");
+        std::fs::write(
+            &path,
+            "workflow:\n  name: edit-each\n  max_parallel_agents: 50\n  agent_permissions:\n    file_access: scoped\n    external_api: deny\n    shell_exec: deny\n  logging:\n    level: verbose\n    destination: ./.fanout/logs/run-{timestamp}.jsonl\n  rollback:\n    on_failure: checkpoint\n    checkpoint_interval: 10\n",
+        )
+        .unwrap();
+        path
+    }
+
+    fn plan(dir: &Path) -> PathBuf {
+        let subtasks: Vec<serde_json::Value> = (0..AGENTS)
+            .map(|i| {
+                serde_json::json!({
+                    "task_id": format!("edit-{i:03}"),
+                    "description": format!("Rewrite src/file_{i:03}.txt"),
+                    "scope": [format!("src/file_{i:03}.txt")],
+                    "tools": ["read_file", "write_file"],
+                    "mode": if i.is_multiple_of(2) { "fast" } else { "default" },
+                    "depends_on": []
+                })
+            })
+            .collect();
+        let path = dir.join("plan.json");
+        let plan = serde_json::json!({"workflow": "edit-each", "subtasks": subtasks});
+        std::fs::write(&path, serde_json::to_vec_pretty(&plan).unwrap()).unwrap();
+        path
+    }
+
+    fn repository() -> tempfile::TempDir {
+        let repo = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(repo.path().join("src")).unwrap();
+        for i in 0..AGENTS {
+            std::fs::write(
+                repo.path().join(format!("src/file_{i:03}.txt")),
+                format!("original {i}\n"),
+            )
+            .unwrap();
+        }
+        std::fs::write(repo.path().join("README.md"), "untouched\n").unwrap();
+        git(repo.path(), &["init", "-q", "-b", "main"]);
+        git(repo.path(), &["add", "-A"]);
+        git(repo.path(), &["commit", "-q", "-m", "initial"]);
+        repo
+    }
+
+    #[test]
+    fn two_hundred_agents_each_edit_their_own_file() {
+        let repo = repository();
+        let work = tempfile::tempdir().unwrap();
+        let scenario = work.path().join("scenario.yaml");
+        std::fs::write(&scenario, SCENARIO).unwrap();
+        let head_before = git(repo.path(), &["rev-parse", "HEAD"]);
+
+        let output = fanout(
+            &[
+                "run",
+                &workflow(work.path()).display().to_string(),
+                "--plan",
+                &plan(work.path()).display().to_string(),
+                "--scenario",
+                &scenario.display().to_string(),
+                "--json",
+            ],
+            repo.path(),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(0), "{stderr}\n{stdout}");
+        let finished: serde_json::Value = stdout
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|event| event["event"] == "run_finished")
+            .expect("a run_finished event");
+        let outcome = &finished["outcome"];
+        assert_eq!(outcome["status"], "completed");
+        assert_eq!(outcome["succeeded"], AGENTS);
+        assert_eq!(outcome["files_changed"], AGENTS);
+        assert_eq!(outcome["out_of_scope"], serde_json::json!([]));
+        let run_id = outcome["run_id"].as_str().unwrap().to_owned();
+
+        // The tree: every declared file edited, nothing else; the user's HEAD never moved.
+        for i in 0..AGENTS {
+            let text =
+                std::fs::read_to_string(repo.path().join(format!("src/file_{i:03}.txt"))).unwrap();
+            assert_eq!(text, "edited by its agent\n");
+        }
+        assert_eq!(
+            std::fs::read_to_string(repo.path().join("README.md")).unwrap(),
+            "untouched\n"
+        );
+        assert_eq!(git(repo.path(), &["rev-parse", "HEAD"]), head_before);
+
+        // The store: one agent_runs row per agent with every seed column filled in.
+        let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
+        let connection = reader.connection();
+        let mut statement = connection
+            .prepare(
+                "SELECT agent_id, task_description, files_accessed, tools_called, status, \
+                 token_count, mode, timestamp_start, timestamp_end FROM agent_runs WHERE run_id = ?1",
+            )
+            .unwrap();
+        let rows: Vec<AgentRow> = statement
+            .query_map([&run_id], |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                    row.get(6)?,
+                    row.get(7)?,
+                    row.get(8)?,
+                ))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(rows.len(), AGENTS);
+        for (agent, description, files, tools, status, tokens, mode, start, end) in &rows {
+            let i: usize = agent.trim_start_matches("edit-").parse().unwrap();
+            assert_eq!(description, &format!("Rewrite src/file_{i:03}.txt"));
+            let files: Vec<String> = serde_json::from_str(files).unwrap();
+            assert_eq!(files, vec![format!("src/file_{i:03}.txt")], "{agent}");
+            let tools: Vec<String> = serde_json::from_str(tools).unwrap();
+            assert!(
+                tools.contains(&"write_file".to_string()),
+                "{agent}: {tools:?}"
+            );
+            assert_eq!(status, "success");
+            assert!(*tokens > 0);
+            assert_eq!(
+                mode,
+                if i.is_multiple_of(2) {
+                    "fast"
+                } else {
+                    "default"
+                }
+            );
+            assert!(start <= end, "{agent}: {start} > {end}");
+        }
+
+        // Checkpoints: the base, one every 10 completions, and the final one.
+        let checkpoints: i64 = connection
+            .query_row(
+                "SELECT COUNT(*) FROM checkpoints WHERE run_id = ?1",
+                [&run_id],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(checkpoints, 1 + (AGENTS / 10) as i64 + 1);
+        let refs = git(
+            repo.path(),
+            &[
+                "for-each-ref",
+                "--format=%(refname)",
+                &format!("refs/fanout/{run_id}/checkpoints/"),
+            ],
+        );
+        assert_eq!(refs.lines().count() as i64, checkpoints);
+
+        // And `fanout rollback` puts every file back.
+        let output = fanout(&["rollback", &run_id], repo.path());
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        for i in 0..AGENTS {
+            let text =
+                std::fs::read_to_string(repo.path().join(format!("src/file_{i:03}.txt"))).unwrap();
+            assert_eq!(text, format!("original {i}\n"));
+        }
     }
 }

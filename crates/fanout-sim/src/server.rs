@@ -80,8 +80,14 @@ pub(crate) fn spawn(
         .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/messages/batches", post(crate::batches::create))
         .route("/v1/messages/batches/{id}", get(crate::batches::retrieve))
-        .route("/v1/messages/batches/{id}/results", get(crate::batches::results))
-        .route("/v1/messages/batches/{id}/cancel", post(crate::batches::cancel))
+        .route(
+            "/v1/messages/batches/{id}/results",
+            get(crate::batches::results),
+        )
+        .route(
+            "/v1/messages/batches/{id}/cancel",
+            post(crate::batches::cancel),
+        )
         .route("/v1/chat/completions", post(chat_completions))
         .route("/sim/stats", get(sim_stats))
         .route("/sim/exchanges", get(sim_exchanges))

@@ -1299,7 +1299,12 @@ async fn batch_answers_each_request_like_messages_after_the_delay() {
     assert_eq!(batch["results_url"], Value::Null);
     assert!(batch["created_at"].as_str().unwrap().ends_with('Z'));
 
-    let early = get(&sim, &format!("/v1/messages/batches/{id}/results"), ANTHROPIC).await;
+    let early = get(
+        &sim,
+        &format!("/v1/messages/batches/{id}/results"),
+        ANTHROPIC,
+    )
+    .await;
     assert_eq!(early.status, 400);
     assert_eq!(early.json()["error"]["type"], "invalid_request_error");
 
@@ -1312,20 +1317,38 @@ async fn batch_answers_each_request_like_messages_after_the_delay() {
         json!({"processing": 0, "succeeded": 2, "errored": 3, "canceled": 0, "expired": 0})
     );
     let url = status["results_url"].as_str().unwrap();
-    assert!(url.ends_with(&format!("/v1/messages/batches/{id}/results")), "{url}");
+    assert!(
+        url.ends_with(&format!("/v1/messages/batches/{id}/results")),
+        "{url}"
+    );
 
-    let results = get(&sim, &format!("/v1/messages/batches/{id}/results"), ANTHROPIC).await;
+    let results = get(
+        &sim,
+        &format!("/v1/messages/batches/{id}/results"),
+        ANTHROPIC,
+    )
+    .await;
     assert_eq!(results.status, 200);
     // Results are in no particular order (reverse here): clients match by custom_id.
-    assert!(results.text.starts_with("{\"custom_id\":\"e\""), "{}", results.text);
+    assert!(
+        results.text.starts_with("{\"custom_id\":\"e\""),
+        "{}",
+        results.text
+    );
     let results = jsonl_by_custom_id(&results.text);
     assert_eq!(results.len(), 5);
     assert_eq!(results["a"]["type"], "succeeded");
     assert_eq!(results["a"]["message"]["content"][0]["text"], "Hi there");
     assert_eq!(results["a"]["message"]["usage"]["service_tier"], "batch");
     assert_eq!(results["b"]["type"], "errored");
-    assert_eq!(results["b"]["error"]["error"]["type"], "invalid_request_error");
-    assert_eq!(results["b"]["error"]["error"]["message"], "max_tokens: Field required");
+    assert_eq!(
+        results["b"]["error"]["error"]["type"],
+        "invalid_request_error"
+    );
+    assert_eq!(
+        results["b"]["error"]["error"]["message"],
+        "max_tokens: Field required"
+    );
     assert_eq!(results["c"]["error"]["error"]["type"], "api_error");
     assert_eq!(results["c"]["error"]["error"]["message"], "scripted");
     assert_eq!(results["d"]["type"], "errored");
@@ -1340,10 +1363,7 @@ async fn batch_answers_each_request_like_messages_after_the_delay() {
         .filter(|e| e.endpoint == "batch_messages")
         .collect();
     let ids: Vec<&str> = log.iter().map(|e| e.request_id.as_str()).collect();
-    assert_eq!(
-        ids,
-        ["a", "b", "c", "d", "e"].map(|c| format!("{id}/{c}"))
-    );
+    assert_eq!(ids, ["a", "b", "c", "d", "e"].map(|c| format!("{id}/{c}")));
     assert_eq!(log[0].rule_name.as_deref(), Some("hi"));
     assert_eq!(log[1].status, 400);
     assert_eq!(log[2].status, 500);
@@ -1373,23 +1393,44 @@ async fn batch_cancel_and_bad_requests() {
     assert_eq!(canceled["processing_status"], "ended");
     assert_eq!(canceled["request_counts"]["canceled"], 2);
     assert!(canceled["cancel_initiated_at"].is_string());
-    let results = get(&sim, &format!("/v1/messages/batches/{id}/results"), ANTHROPIC).await;
+    let results = get(
+        &sim,
+        &format!("/v1/messages/batches/{id}/results"),
+        ANTHROPIC,
+    )
+    .await;
     let results = jsonl_by_custom_id(&results.text);
     assert_eq!(results["x"], json!({"type": "canceled"}));
 
     let twice = json!({"requests": [{"custom_id": "x", "params": hello()}, {"custom_id": "x", "params": hello()}]});
     let reply = send(&sim, "/v1/messages/batches", ANTHROPIC, twice.to_string()).await;
     assert_eq!(reply.status, 400);
-    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("used twice"));
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("used twice")
+    );
     let bad_id = json!({"requests": [{"custom_id": "a/b", "params": hello()}]});
     let reply = send(&sim, "/v1/messages/batches", ANTHROPIC, bad_id.to_string()).await;
     assert_eq!(reply.status, 400);
-    let empty = send(&sim, "/v1/messages/batches", ANTHROPIC, "{\"requests\": []}").await;
+    let empty = send(
+        &sim,
+        "/v1/messages/batches",
+        ANTHROPIC,
+        "{\"requests\": []}",
+    )
+    .await;
     assert_eq!(empty.status, 400);
     let unknown = get(&sim, "/v1/messages/batches/msgbatch_nope", ANTHROPIC).await;
     assert_eq!(unknown.status, 404);
     assert_eq!(unknown.json()["error"]["type"], "not_found_error");
-    let no_key = get(&sim, &format!("/v1/messages/batches/{id}"), &[("anthropic-version", "2023-06-01")]).await;
+    let no_key = get(
+        &sim,
+        &format!("/v1/messages/batches/{id}"),
+        &[("anthropic-version", "2023-06-01")],
+    )
+    .await;
     assert_eq!(no_key.status, 401);
     sim.shutdown().await;
 }

@@ -138,7 +138,7 @@ pub enum SynthesisError<E> {
     #[error("nothing to synthesise")]
     Empty,
     #[error(
-        "synthesis cannot shrink further: at level {level} every part is larger than the budget of {budget} tokens"
+        "synthesis cannot shrink further: at level {level} no two parts fit together in the budget of {budget} tokens"
     )]
     CannotReduce { level: u32, budget: u64 },
     #[error("synthesis call failed at level {level}: {source}")]

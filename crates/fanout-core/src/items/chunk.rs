@@ -212,6 +212,36 @@ fn by_budget(items: &[Item], budget: &TokenBudget) -> Result<Vec<(Vec<Item>, boo
     Ok(groups)
 }
 
+/// What a job will send, estimated before anything is sent (for the dry run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct JobEstimate {
+    pub requests: u64,
+    pub items: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub oversized_chunks: u64,
+}
+
+/// Estimate one request per chunk: its items plus `overhead_tokens` of prompt, and
+/// `output_tokens_per_item` of answer per item (retries not included). Prices are the
+/// caller's; with batch execution they are [`crate::provider::batch::BATCH_PRICE_FACTOR`] of
+/// the normal ones.
+pub fn estimate(
+    chunks: &[Chunk],
+    overhead_tokens: u64,
+    output_tokens_per_item: u64,
+) -> JobEstimate {
+    let mut estimate = JobEstimate::default();
+    for chunk in chunks {
+        estimate.requests += 1;
+        estimate.items += chunk.items.len() as u64;
+        estimate.input_tokens += overhead_tokens + chunk.estimated_tokens;
+        estimate.output_tokens += output_tokens_per_item * chunk.items.len() as u64;
+        estimate.oversized_chunks += u64::from(chunk.oversized);
+    }
+    estimate
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -248,6 +278,23 @@ mod tests {
         assert_eq!(
             chunks,
             decompose(&input, &Decomposition::Fixed { size: 2 }).unwrap()
+        );
+    }
+
+    #[test]
+    fn job_estimate_adds_overhead_per_request() {
+        let input = items(&[300, 300, 300]);
+        let chunks = decompose(&input, &Decomposition::Fixed { size: 2 }).unwrap();
+        let estimate = estimate(&chunks, 1_000, 50);
+        assert_eq!(
+            estimate,
+            JobEstimate {
+                requests: 2,
+                items: 3,
+                input_tokens: 2_000 + 3 * 107,
+                output_tokens: 150,
+                oversized_chunks: 0,
+            }
         );
     }
 

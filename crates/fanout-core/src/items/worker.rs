@@ -2,8 +2,9 @@
 //!
 //! - [`WorkerSpec`] + [`build_request`]: a self-contained request (no shared conversation)
 //!   whose prompt lists the chunk's items with their ids and forces the tool
-//!   [`SUBMIT_TOOL`], whose input is `{"results": [<record>]}`, each record valid against the
-//!   workflow's output schema with a required `id` ([`OutputSchema`]).
+//!   [`SUBMIT_TOOL`] (or asks for the provider's JSON-schema output, [`OutputRoute`]), whose
+//!   input is `{"results": [<record>]}`, each record valid against the workflow's output
+//!   schema with a required `id` ([`OutputSchema`]).
 //! - [`check_answer`]: parse the answer, validate each record against the schema (fields may be
 //!   null where the schema allows it) and account for it against the chunk's input: a record
 //!   for every item id, none unknown, none twice. The result is a [`ChunkOutcome`].
@@ -23,7 +24,9 @@ use serde_json::{Map, Value, json};
 
 use super::Item;
 use super::chunk::{Chunk, ChunkId};
-use crate::provider::{Message, Request, Response, StopReason, ToolChoice, ToolSpec};
+use crate::provider::{
+    JsonSchemaFormat, Message, Request, Response, StopReason, ToolChoice, ToolSpec,
+};
 
 /// The tool every worker must call with its records.
 pub const SUBMIT_TOOL: &str = "submit_results";
@@ -177,10 +180,11 @@ impl OutputSchema {
 // Prompt
 
 /// The prompt around the items when the workflow gives none. Placeholders: `{{instructions}}`,
-/// `{{items}}`, `{{count}}`, `{{chunk_id}}`, `{{tool}}`.
+/// `{{items}}`, `{{count}}`, `{{chunk_id}}`, `{{tool}}` (the tool's name) and `{{answer_with}}`
+/// (how to answer: call the tool, or reply with JSON, depending on [`OutputRoute`]).
 pub const DEFAULT_TEMPLATE: &str = "{{instructions}}
 
-Below are {{count}} items, each in an `item` element that carries its id. Call the tool `{{tool}}` once, \
+Below are {{count}} items, each in an `item` element that carries its id. {{answer_with}}, \
 with exactly one record per item, in any order. Copy each item's id exactly into the record's \
 `id` field; do not invent ids and do not answer an item twice. When a field cannot be \
 determined from the item, use null where the schema allows it.
@@ -188,7 +192,19 @@ determined from the item, use null where the schema allows it.
 {{items}}";
 
 const SYSTEM: &str = "You are one worker in a batch job. You see only the items given to you \
-and answer only through the tool you are asked to call.";
+and answer only in the form you are asked for.";
+
+/// How a worker hands back its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputRoute {
+    /// A forced call of [`SUBMIT_TOOL`] (works with every provider that has tools).
+    #[default]
+    Tool,
+    /// The provider's structured-output format (`output_config.format` /
+    /// `response_format`): the reply text is `{"results": [...]}`.
+    JsonSchema,
+}
 
 /// What a worker is asked to do, shared by every chunk of a job.
 #[derive(Debug, Clone, PartialEq)]
@@ -200,13 +216,14 @@ pub struct WorkerSpec {
     /// A template with `{{items}}`; [`DEFAULT_TEMPLATE`] when `None`.
     pub template: Option<String>,
     pub temperature: Option<f32>,
+    pub output: OutputRoute,
 }
 
 /// A prompt template that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
     #[error(
-        "unknown placeholder `{{{{{name}}}}}` in the prompt template (known: instructions, items, count, chunk_id, tool)"
+        "unknown placeholder `{{{{{name}}}}}` in the prompt template (known: instructions, items, count, chunk_id, tool, answer_with)"
     )]
     Unknown { name: String },
     #[error("unclosed `{{{{` in the prompt template at byte {at}")]
@@ -234,7 +251,7 @@ pub fn check_template(template: &str) -> Result<(), TemplateError> {
 fn known(name: &str) -> bool {
     matches!(
         name,
-        "instructions" | "items" | "count" | "chunk_id" | "tool"
+        "instructions" | "items" | "count" | "chunk_id" | "tool" | "answer_with"
     )
 }
 
@@ -316,6 +333,12 @@ fn build(
         "count" => Some(chunk.items.len().to_string()),
         "chunk_id" => Some(chunk.id.to_string()),
         "tool" => Some(SUBMIT_TOOL.to_owned()),
+        "answer_with" => Some(match spec.output {
+            OutputRoute::Tool => format!("Call the tool `{SUBMIT_TOOL}` once"),
+            OutputRoute::JsonSchema => {
+                "Reply with one JSON object `{\"results\": [...]}` and nothing else".to_owned()
+            }
+        }),
         _ => None,
     })?;
     if !problems.is_empty() {
@@ -332,14 +355,24 @@ fn build(
     request.system = Some(SYSTEM.to_owned());
     request.temperature = spec.temperature;
     request.messages.push(Message::user(text));
-    request.tools.push(ToolSpec {
-        name: SUBMIT_TOOL.to_owned(),
-        description: "Submit one record per item.".to_owned(),
-        input_schema: schema.tool_input_schema().clone(),
-    });
-    request.tool_choice = Some(ToolChoice::Tool {
-        name: SUBMIT_TOOL.to_owned(),
-    });
+    match spec.output {
+        OutputRoute::Tool => {
+            request.tools.push(ToolSpec {
+                name: SUBMIT_TOOL.to_owned(),
+                description: "Submit one record per item.".to_owned(),
+                input_schema: schema.tool_input_schema().clone(),
+            });
+            request.tool_choice = Some(ToolChoice::Tool {
+                name: SUBMIT_TOOL.to_owned(),
+            });
+        }
+        OutputRoute::JsonSchema => {
+            request.response_format = Some(JsonSchemaFormat {
+                name: "results".to_owned(),
+                schema: schema.tool_input_schema().clone(),
+            });
+        }
+    }
     Ok(request)
 }
 
@@ -919,6 +952,42 @@ impl Ledger {
             });
         }
         Ok(chunks)
+    }
+
+    /// Restore a result found in the run store when resuming (as if its answer had just been
+    /// accepted). An item already settled keeps its first settlement.
+    pub fn restore_result(&mut self, id: &str, record: Value) -> Result<(), LedgerError> {
+        self.settle(id, State::Done(record))
+    }
+
+    /// What is left of `chunks` when resuming: each chunk cut down to its pending items (its id
+    /// kept, so its retries keep their names); chunks with nothing pending are dropped, so no
+    /// completed chunk is sent again.
+    pub fn remaining(&self, chunks: &[Chunk]) -> Vec<Chunk> {
+        chunks
+            .iter()
+            .filter_map(|chunk| {
+                let items: Vec<Item> = chunk
+                    .items
+                    .iter()
+                    .filter(|item| {
+                        self.index.get(&item.id).is_some_and(|&position| {
+                            matches!(self.entries[position].state, State::Pending)
+                        })
+                    })
+                    .cloned()
+                    .collect();
+                if items.is_empty() {
+                    None
+                } else if items.len() == chunk.items.len() {
+                    Some(chunk.clone())
+                } else {
+                    let mut cut = Chunk::new(chunk.id.clone(), items);
+                    cut.oversized = chunk.oversized;
+                    Some(cut)
+                }
+            })
+            .collect()
     }
 
     /// Attempts used by an item (zero for an unknown id).

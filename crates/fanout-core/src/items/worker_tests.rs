@@ -67,6 +67,7 @@ fn spec() -> WorkerSpec {
         instructions: "Classify each ticket.".into(),
         template: None,
         temperature: None,
+        output: OutputRoute::Tool,
     }
 }
 
@@ -138,6 +139,31 @@ fn request_lists_every_item_and_forces_the_tool() {
         panic!("not text");
     };
     assert!(text.ends_with("- item \"T-2\": bad\n"), "{text}");
+}
+
+#[test]
+fn json_schema_route_asks_for_structured_output() {
+    let json_spec = WorkerSpec {
+        output: OutputRoute::JsonSchema,
+        ..spec()
+    };
+    let schema = schema();
+    let request = build_request(&json_spec, &schema, &chunk(2)).unwrap();
+    assert!(request.tools.is_empty() && request.tool_choice.is_none());
+    let format = request.response_format.expect("a response format");
+    assert_eq!(format.schema, *schema.tool_input_schema());
+    let ContentBlock::Text { text } = &request.messages[0].content[0] else {
+        panic!("not text");
+    };
+    assert!(text.contains("Reply with one JSON object"), "{text}");
+    let tool = build_request(&spec(), &schema, &chunk(2)).unwrap();
+    let ContentBlock::Text { text } = &tool.messages[0].content[0] else {
+        panic!("not text");
+    };
+    assert!(
+        text.contains("Call the tool `submit_results` once, with exactly one record per item"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -544,4 +570,22 @@ fn random_answers_over_many_chunks_are_accounted_once() {
         assert_exactly_once(&input, &accounting);
         let _ = case;
     }
+}
+
+#[test]
+fn resume_sends_only_what_is_still_pending() {
+    let input = items(6);
+    let chunks = decompose(&input, &Decomposition::Fixed { size: 3 }).unwrap();
+    let mut ledger = Ledger::new(&input, RetryPolicy::default()).unwrap();
+    // From the run store: chunk 1 completed, one item of chunk 2 completed, one failed.
+    for id in ["T-1", "T-2", "T-3", "T-5"] {
+        ledger.restore_result(id, record(id)).unwrap();
+    }
+    ledger.fail(["T-6"], FailureKind::Missing, "gone").unwrap();
+    let left = ledger.remaining(&chunks);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id.as_str(), "chunk-0002");
+    assert_eq!(left[0].ids().collect::<Vec<_>>(), ["T-4"]);
+    assert_eq!(ledger.counts(), (4, 1, 1));
+    assert!(ledger.restore_result("nope", json!({})).is_err());
 }

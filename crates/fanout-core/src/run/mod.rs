@@ -17,6 +17,7 @@
 //! ([`Checkpointer::checkpoint`] does so itself).
 
 pub mod checkpoint;
+pub mod engine;
 pub mod git;
 pub mod rollback;
 pub mod scheduler;

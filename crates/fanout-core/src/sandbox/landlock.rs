@@ -170,10 +170,17 @@ fn grant_read_except(
             // Access through a link is checked on its target, which has its own rule.
             continue;
         }
-        if kind.is_dir() {
-            grant_read_except(ruleset, &path, read, hidden)?;
+        let granted = if kind.is_dir() {
+            grant_read_except(ruleset, &path, read, hidden)
         } else {
-            add(ruleset, &path, read)?;
+            add(ruleset, &path, read)
+        };
+        // Entries come and go (other processes' temporary files): one that vanished between
+        // the listing and the rule needs no rule.
+        if let Err(error) = granted
+            && path.symlink_metadata().is_ok()
+        {
+            return Err(error);
         }
     }
     Ok(())

@@ -13,8 +13,8 @@ use fanout_core::items::chunk::{Chunk, ChunkId, Decomposition, TokenBudget, deco
 use fanout_core::items::input::{IdSource, InputSource, load};
 use fanout_core::items::output::{Completion, OutputOptions, write_outputs};
 use fanout_core::items::worker::{
-    Accounting, ChunkOutcome, FailureKind, Ledger, OutputSchema, RetryPolicy, WorkerSpec,
-    build_repair_request, build_request, check_answer,
+    Accounting, ChunkOutcome, FailureKind, Ledger, OutputRoute, OutputSchema, RetryPolicy,
+    WorkerSpec, build_repair_request, build_request, check_answer,
 };
 use fanout_core::provider::anthropic::{AnthropicConfig, AnthropicProvider};
 use fanout_core::provider::batch::{
@@ -45,6 +45,7 @@ fn spec() -> WorkerSpec {
         instructions: "Classify each support ticket.".into(),
         template: None,
         temperature: None,
+        output: OutputRoute::Tool,
     }
 }
 
@@ -306,6 +307,23 @@ async fn chunk_faults_are_accounted_and_only_what_failed_is_sent_again() {
     assert!(failure.reason.contains("scripted failure"), "{failure:?}");
     assert_eq!(failure.attempts, 3);
 
+    // What we sent: the forced tool, with `id` required in each record.
+    let exchanges = sim.exchanges();
+    let first = &exchanges[0].request;
+    assert_eq!(
+        first["tool_choice"],
+        json!({"type": "tool", "name": "submit_results"})
+    );
+    assert_eq!(first["tools"][0]["name"], "submit_results");
+    let record_schema = &first["tools"][0]["input_schema"]["properties"]["results"]["items"];
+    assert_eq!(record_schema["required"][0], "id");
+    assert!(
+        exchanges[6].request["messages"][0]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("was rejected. Answer again, fixing these problems:\n- item \"T-31\": the answer did not call submit_results")
+    );
+
     // What was sent: each chunk once; then T-04, T-05, T-06 alone, the repair of T-01 + T-07
     // and of the malformed 5-item chunk; then T-05's repair. Nothing else was sent again.
     let sent = sent_ids(&sim.exchanges());
@@ -438,6 +456,46 @@ async fn batch_wait_times_out_and_can_be_cancelled() {
     assert_eq!(results[chunks[1].id.as_str()], BatchOutcome::Canceled);
     let missing = client.status("msgbatch_nope").await.unwrap_err();
     assert_eq!(missing.status(), Some(404));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn json_schema_route_reads_records_from_the_reply_text() {
+    let records: Vec<Value> = ["T-01", "T-02", "T-03"]
+        .iter()
+        .map(|id| record(id))
+        .collect();
+    let text = json!({ "results": records }).to_string();
+    let yaml = format!(
+        "rules:\n  - match: {{last_user: \"Reply with one JSON object\"}}\n    text: {}\n",
+        serde_json::to_string(&text).unwrap()
+    );
+    let sim = Sim::start(
+        SimConfig {
+            scenario: Some(Scenario::from_yaml(&yaml, "json.yaml").unwrap()),
+            ..SimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let provider = AnthropicProvider::new(config(&sim)).unwrap();
+    let spec = WorkerSpec {
+        output: OutputRoute::JsonSchema,
+        ..spec()
+    };
+    let chunk = Chunk::new(ChunkId::numbered(1, 1), tickets(3));
+    let request = build_request(&spec, &schema(), &chunk).unwrap();
+    let response = provider
+        .send(&request, Attempt::default(), false)
+        .await
+        .unwrap();
+    let outcome = check_answer(&chunk, &response, &schema());
+    assert!(outcome.is_complete(), "{outcome:?}");
+    assert_eq!(outcome.accepted.len(), 3);
+    let sent = &sim.exchanges()[0].request;
+    assert_eq!(sent["output_config"]["format"]["type"], "json_schema");
+    assert!(sent.get("tools").is_none());
     sim.shutdown().await;
 }
 

@@ -2,8 +2,8 @@
 //! (`fanout-sim`) over real HTTP on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod checkpoint;
 mod agent;
+mod checkpoint;
 mod config;
 mod fleet;
 mod items;

@@ -1,0 +1,966 @@
+//! The live run: a reviewed plan executed by the scheduler, one sub-agent per sub-task, with
+//! every state change written to the run store before it is acted on.
+//!
+//! For each agent: its scope policy and toolbox (scopes enforced in code and, for commands, by
+//! the kernel), its mode's model, `run_agent` through the shared fleet, then its record in
+//! `agent_runs`. A failed agent's changes are undone from its journal (status `rollback`); an
+//! agent on `fast` whose result fails validation is retried once on `default` (recorded as
+//! escalated); transient failures retry the agent up to `max_attempts`. Checkpoints land on the
+//! checkpoint policy's schedule (tighter after deletions). At the end: a final checkpoint, a
+//! scope check of the whole run's diff against the union of declared write scopes, the
+//! configured test command (sandboxed), a synthesis call on the orchestrator's model, and the
+//! run's totals.
+//!
+//! Not here yet: resuming a run killed mid-way (in-flight agents' journals live in memory).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{AgentConfig, AgentOutcome, AgentStatus as LoopStatus, run_agent};
+use crate::config::{Config, Mode};
+use crate::fleet::Fleet;
+use crate::plan::{Plan, Subtask};
+use crate::policy::{AgentSpec, PathSet, ScopePolicy, ShellPolicy};
+use crate::provider::{Message, Request};
+use crate::retry::lock;
+use crate::run::checkpoint::{CheckpointId, CheckpointPolicy, Checkpointer};
+use crate::run::scheduler::{
+    NotRun, SchedulerEvent, SchedulerLimits, TaskOutcome, TaskSpec, run_graph,
+};
+use crate::sandbox::SandboxConfig;
+use crate::store::{AgentFinish, AgentStart, AgentStatus, DenialRecord, NewRun, RunStatus, Store};
+use crate::tools::fs::FileState;
+use crate::tools::{ToolLimits, Toolbox};
+
+/// Everything a live run needs.
+#[derive(Debug, Clone)]
+pub struct EngineInputs {
+    pub config: Arc<Config>,
+    /// The validated plan (adjustments applied).
+    pub plan: Plan,
+    /// Estimated dollars per sub-task, in plan order (reserved against the run budget).
+    pub estimated_dollars: Vec<f64>,
+    pub plan_hash: Option<String>,
+    pub config_path: Option<PathBuf>,
+    pub repo: PathBuf,
+    pub run_id: String,
+    pub fleet: Fleet,
+    pub sandbox: SandboxConfig,
+    /// Tries of one agent on transient failures (provider errors), the first included.
+    pub max_attempts: u32,
+}
+
+/// What happened, for progress displays (the store has the durable record).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EngineEvent {
+    AgentStarted {
+        agent_id: String,
+        attempt: u32,
+        mode: Mode,
+    },
+    AgentFinished {
+        agent_id: String,
+        status: AgentStatus,
+        mode: Mode,
+        tokens: u64,
+        dollars: f64,
+    },
+    AgentNotRun {
+        agent_id: String,
+        reason: String,
+    },
+    Checkpoint {
+        seq: u64,
+        commit: String,
+    },
+    Phase {
+        name: String,
+    },
+}
+
+/// The result of running a verification command.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TestOutcome {
+    pub command: String,
+    pub passed: bool,
+    /// The tail of its output.
+    pub output: String,
+}
+
+/// The end of a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunOutcome {
+    pub run_id: String,
+    pub status: RunStatus,
+    pub agents_planned: usize,
+    pub succeeded: usize,
+    pub failed: usize,
+    pub rolled_back: usize,
+    pub not_run: usize,
+    pub escalated: usize,
+    pub tokens_fast: u64,
+    pub tokens_default: u64,
+    pub dollars: f64,
+    #[serde(rename = "wall_time_ms", serialize_with = "as_millis")]
+    pub wall_time: Duration,
+    pub checkpoints: u64,
+    pub final_checkpoint: Option<String>,
+    /// Files changed by the run outside every declared write scope (red flags).
+    pub out_of_scope: Vec<String>,
+    pub files_changed: usize,
+    pub test: Option<TestOutcome>,
+    pub synthesis: Option<String>,
+    pub synthesis_error: Option<String>,
+    pub summary_path: Option<PathBuf>,
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+/// Why a run could not be carried out at all (agent failures are not errors: they are in
+/// the outcome).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("run store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] crate::run::checkpoint::CheckpointError),
+    #[error("git: {0}")]
+    Git(#[from] crate::run::git::GitError),
+    #[error("the plan has {plan} sub-tasks but {estimates} estimates")]
+    EstimateMismatch { plan: usize, estimates: usize },
+}
+
+/// Per-agent results the scheduler's events are enriched with.
+#[derive(Debug, Clone)]
+struct AgentRecord {
+    status: AgentStatus,
+    mode: Mode,
+    tokens: u64,
+    dollars: f64,
+    escalated: bool,
+}
+
+/// State shared by all agent tasks of a run.
+struct Shared {
+    inputs: EngineInputs,
+    store: Store,
+    checkpoints: tokio::sync::Mutex<(Checkpointer, CheckpointPolicy, u64)>,
+    records: Mutex<HashMap<String, AgentRecord>>,
+    events: Mutex<Vec<EngineEvent>>,
+}
+
+/// Run the plan. `on_event` sees progress as it happens, from the caller's task.
+pub async fn execute(
+    inputs: EngineInputs,
+    cancel: &CancellationToken,
+    mut on_event: impl FnMut(&EngineEvent),
+) -> Result<RunOutcome, EngineError> {
+    let started = tokio::time::Instant::now();
+    let subtasks = inputs.plan.subtasks.clone();
+    if inputs.estimated_dollars.len() != subtasks.len() {
+        return Err(EngineError::EstimateMismatch {
+            plan: subtasks.len(),
+            estimates: inputs.estimated_dollars.len(),
+        });
+    }
+    let store = Store::open_in_repo(&inputs.repo)?;
+    let log_path = inputs.config.logging.destination_at(SystemTime::now());
+    let log_path = if log_path.is_absolute() {
+        log_path
+    } else {
+        inputs.repo.join(log_path)
+    };
+    store.attach_log(log_path).await?;
+    let mut checkpointer =
+        Checkpointer::new(&inputs.repo, &inputs.run_id)?.with_store(store.clone());
+    let base = checkpointer.base().await?;
+    store
+        .create_run(NewRun {
+            run_id: inputs.run_id.clone(),
+            workflow: inputs.plan.workflow.clone(),
+            config_path: inputs.config_path.clone(),
+            plan_hash: inputs.plan_hash.clone(),
+            repo: Some(inputs.repo.clone()),
+            status: RunStatus::Running,
+            started_at: SystemTime::now(),
+            base_commit: Some(base.commit.clone()),
+            agents_planned: subtasks.len() as u32,
+        })
+        .await?;
+    let policy = CheckpointPolicy::from_config(&inputs.config.rollback);
+    let limits = SchedulerLimits {
+        max_parallel: inputs.config.max_parallel_agents as usize,
+        budget: inputs.config.budgets.run.max_dollars,
+    };
+    let tasks: Vec<TaskSpec> = subtasks
+        .iter()
+        .zip(&inputs.estimated_dollars)
+        .map(|(subtask, dollars)| TaskSpec {
+            id: subtask.task_id.to_string(),
+            depends_on: subtask.depends_on.iter().map(ToString::to_string).collect(),
+            estimated_cost: *dollars,
+        })
+        .collect();
+    let by_id: HashMap<String, Subtask> = subtasks
+        .iter()
+        .map(|s| (s.task_id.to_string(), s.clone()))
+        .collect();
+    let shared = Arc::new(Shared {
+        inputs,
+        store: store.clone(),
+        checkpoints: tokio::sync::Mutex::new((checkpointer, policy, 0)),
+        records: Mutex::new(HashMap::new()),
+        events: Mutex::new(Vec::new()),
+    });
+
+    on_event(&EngineEvent::Phase {
+        name: "agents".into(),
+    });
+    let by_id = Arc::new(by_id);
+    let report = {
+        let shared_for_tasks = Arc::clone(&shared);
+        let drain = Arc::clone(&shared);
+        run_graph(
+            &tasks,
+            &HashSet::new(),
+            limits,
+            cancel,
+            move |id, token| {
+                let shared = Arc::clone(&shared_for_tasks);
+                let subtask = by_id.get(&id).cloned();
+                async move {
+                    match subtask {
+                        Some(subtask) => run_one(shared, subtask, token).await,
+                        None => TaskOutcome {
+                            succeeded: false,
+                            cost: 0.0,
+                            reason: format!("no sub-task {id}"),
+                        },
+                    }
+                }
+            },
+            |event| {
+                // Agent tasks push their own events (starts, checkpoints); show them first.
+                let pending: Vec<EngineEvent> = std::mem::take(&mut *lock(&drain.events));
+                for e in &pending {
+                    on_event(e);
+                }
+                match event {
+                    SchedulerEvent::Started { .. } => {}
+                    SchedulerEvent::Finished { id, .. } => {
+                        if let Some(record) = lock(&drain.records).get(id).cloned() {
+                            on_event(&EngineEvent::AgentFinished {
+                                agent_id: id.clone(),
+                                status: record.status,
+                                mode: record.mode,
+                                tokens: record.tokens,
+                                dollars: record.dollars,
+                            });
+                        }
+                    }
+                    SchedulerEvent::NotRun { id, why } => on_event(&EngineEvent::AgentNotRun {
+                        agent_id: id.clone(),
+                        reason: not_run_text(why),
+                    }),
+                }
+            },
+        )
+        .await
+    };
+    for e in std::mem::take(&mut *lock(&shared.events)) {
+        on_event(&e);
+    }
+
+    on_event(&EngineEvent::Phase {
+        name: "verify".into(),
+    });
+    let inputs = &shared.inputs;
+    let (final_checkpoint, checkpoints) = {
+        let mut guard = shared.checkpoints.lock().await;
+        let (checkpointer, _, completed) = &mut *guard;
+        checkpointer.set_completed_agents(*completed);
+        let last = checkpointer.checkpoint("final").await?;
+        on_event(&EngineEvent::Checkpoint {
+            seq: last.seq,
+            commit: last.commit.clone(),
+        });
+        (last, checkpointer.next_seq().saturating_sub(1))
+    };
+    let changed = changed_files(&shared, &base, &final_checkpoint)?;
+    let out_of_scope = outside_scopes(&inputs.plan, &changed);
+
+    let test = match &inputs.config.verify.test_command {
+        Some(command) if !cancel.is_cancelled() => Some(run_test(inputs, command).await),
+        _ => None,
+    };
+
+    let records: Vec<(String, AgentRecord)> = lock(&shared.records)
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let count = |status: AgentStatus| records.iter().filter(|(_, r)| r.status == status).count();
+    let succeeded = count(AgentStatus::Success);
+    let failed = count(AgentStatus::Failure);
+    let rolled_back = count(AgentStatus::Rollback);
+    let tokens = |mode: Mode| {
+        records
+            .iter()
+            .filter(|(_, r)| r.mode == mode)
+            .map(|(_, r)| r.tokens)
+            .sum::<u64>()
+    };
+    let dollars: f64 = records.iter().map(|(_, r)| r.dollars).sum();
+
+    let (synthesis, synthesis_error) = if cancel.is_cancelled() {
+        (None, None)
+    } else {
+        on_event(&EngineEvent::Phase {
+            name: "synthesis".into(),
+        });
+        match synthesize(
+            inputs,
+            &records,
+            &report.not_run,
+            &out_of_scope,
+            test.as_ref(),
+            cancel,
+        )
+        .await
+        {
+            Ok(text) => (Some(text), None),
+            Err(error) => (None, Some(error)),
+        }
+    };
+    let status = if report.cancelled {
+        RunStatus::Cancelled
+    } else if succeeded == subtasks.len() && out_of_scope.is_empty() {
+        RunStatus::Completed
+    } else if succeeded == 0 && !subtasks.is_empty() {
+        RunStatus::Failed
+    } else {
+        RunStatus::Partial
+    };
+    let mut outcome = RunOutcome {
+        run_id: inputs.run_id.clone(),
+        status,
+        agents_planned: subtasks.len(),
+        succeeded,
+        failed,
+        rolled_back,
+        not_run: report.not_run.len(),
+        escalated: records.iter().filter(|(_, r)| r.escalated).count(),
+        tokens_fast: tokens(Mode::Fast),
+        tokens_default: tokens(Mode::Default),
+        dollars,
+        wall_time: started.elapsed(),
+        checkpoints,
+        final_checkpoint: Some(final_checkpoint.commit.clone()),
+        out_of_scope,
+        files_changed: changed.len(),
+        test,
+        synthesis,
+        synthesis_error,
+        summary_path: None,
+    };
+    outcome.summary_path = write_summary(&inputs.repo, &outcome);
+    let error = (status != RunStatus::Completed).then(|| summary_error(&outcome));
+    shared
+        .store
+        .set_run_status(&inputs.run_id, status, Some(SystemTime::now()), error)
+        .await?;
+    shared.store.flush().await?;
+    Ok(outcome)
+}
+
+fn not_run_text(why: &NotRun) -> String {
+    match why {
+        NotRun::DependencyFailed { dependency } => {
+            format!("dependency {dependency} did not succeed")
+        }
+        NotRun::BudgetExhausted => "the run's dollar budget cannot cover it".into(),
+        NotRun::Cancelled => "the run was cancelled".into(),
+        NotRun::UnknownDependency { dependency } => format!("unknown dependency {dependency}"),
+        NotRun::Cycle => "part of a dependency cycle".into(),
+    }
+}
+
+fn summary_error(outcome: &RunOutcome) -> String {
+    let mut parts = Vec::new();
+    if outcome.failed + outcome.rolled_back > 0 {
+        parts.push(format!(
+            "{} agent(s) failed",
+            outcome.failed + outcome.rolled_back
+        ));
+    }
+    if outcome.not_run > 0 {
+        parts.push(format!("{} agent(s) not run", outcome.not_run));
+    }
+    if !outcome.out_of_scope.is_empty() {
+        parts.push(format!(
+            "{} file(s) changed outside every scope",
+            outcome.out_of_scope.len()
+        ));
+    }
+    parts.join("; ")
+}
+
+/// The model for `mode` and the agent limits from the workflow.
+fn agent_config(config: &Config, mode: Mode) -> AgentConfig {
+    let model = config.model_for_mode(mode);
+    let budget = &config.budgets.agent;
+    AgentConfig {
+        model: model.model.clone(),
+        pricing: Some(model.clone()),
+        max_tokens_per_turn: 4096,
+        max_turns: budget.max_turns,
+        max_tokens: budget.max_tokens,
+        max_dollars: budget.max_dollars,
+        max_wall_time: budget.max_wall_time,
+        output_schema: config.output_schema.clone(),
+    }
+}
+
+fn agent_spec(subtask: &Subtask) -> AgentSpec {
+    let write = subtask
+        .write_scope
+        .clone()
+        .unwrap_or_else(|| subtask.scope.clone());
+    AgentSpec {
+        agent_id: subtask.task_id.to_string(),
+        task_id: subtask.task_id.to_string(),
+        description: subtask.description.clone(),
+        scope: write,
+        read_scope: Some(subtask.scope.clone()),
+        tools: subtask.tools.clone(),
+    }
+}
+
+/// Run one sub-task to its final record: retries, escalation and rollback included.
+async fn run_one(shared: Arc<Shared>, subtask: Subtask, cancel: CancellationToken) -> TaskOutcome {
+    let inputs = &shared.inputs;
+    let agent_id = subtask.task_id.to_string();
+    let spec = agent_spec(&subtask);
+    let mut mode = subtask.mode;
+    let mut escalated = false;
+    let mut attempt: u32 = 0;
+    let mut spent = 0.0;
+    let mut tokens = 0u64;
+    loop {
+        attempt += 1;
+        let config = agent_config(&inputs.config, mode);
+        let started_at = SystemTime::now();
+        lock(&shared.events).push(EngineEvent::AgentStarted {
+            agent_id: agent_id.clone(),
+            attempt,
+            mode,
+        });
+        let start = shared
+            .store
+            .start_agent(AgentStart {
+                run_id: inputs.run_id.clone(),
+                agent_id: agent_id.clone(),
+                attempt,
+                task_description: subtask.description.clone(),
+                mode,
+                model: Some(config.model.clone()),
+                escalated,
+                started_at,
+            })
+            .await;
+        if let Err(error) = start {
+            // Nothing may run before its start is on record.
+            return finish_without_running(&shared, &agent_id, mode, format!("run store: {error}"));
+        }
+        let toolbox = ScopePolicy::from_config(&inputs.config, &spec)
+            .map_err(|e| e.to_string())
+            .and_then(|policy| {
+                Toolbox::new(
+                    &inputs.repo,
+                    policy,
+                    inputs.sandbox.clone(),
+                    ToolLimits::default(),
+                )
+                .map_err(|e| e.to_string())
+            });
+        let toolbox = match toolbox {
+            Ok(toolbox) => toolbox,
+            Err(message) => {
+                let finish = AgentFinish {
+                    run_id: inputs.run_id.clone(),
+                    agent_id: agent_id.clone(),
+                    attempt,
+                    status: AgentStatus::Failure,
+                    files_accessed: Vec::new(),
+                    tools_called: Vec::new(),
+                    input_tokens: 0,
+                    output_tokens: 0,
+                    cost_usd: 0.0,
+                    error: Some(message.clone()),
+                    checkpoint: None,
+                    ended_at: SystemTime::now(),
+                };
+                let _ = shared.store.finish_agent(finish).await;
+                record(
+                    &shared,
+                    &agent_id,
+                    AgentStatus::Failure,
+                    mode,
+                    tokens,
+                    spent,
+                    escalated,
+                );
+                return TaskOutcome {
+                    succeeded: false,
+                    cost: spent,
+                    reason: message,
+                };
+            }
+        };
+        let outcome = run_agent(&inputs.fleet, &toolbox, &spec, &config, &cancel).await;
+        spent += outcome.dollars;
+        tokens += outcome.input_tokens + outcome.output_tokens;
+        record_denials(&shared, &outcome, attempt);
+
+        let retry_on_default =
+            outcome.status == LoopStatus::InvalidResult && mode == Mode::Fast && !escalated;
+        let transient = matches!(outcome.status, LoopStatus::ProviderError(_))
+            && attempt < inputs.max_attempts.max(1);
+        let succeeded = outcome.status == LoopStatus::Success && outcome.flags.is_empty();
+        let destructive = if succeeded {
+            deleted_something(&inputs.repo, &toolbox)
+        } else {
+            false
+        };
+        let (status, error) = if succeeded {
+            (AgentStatus::Success, None)
+        } else {
+            let undo = toolbox.undo();
+            let changed = !toolbox.journal().is_empty();
+            let mut message = failure_text(&outcome);
+            if !undo.failed.is_empty() {
+                message.push_str(&format!(
+                    "; could not undo: {}",
+                    undo_failures(&undo.failed)
+                ));
+            }
+            let status = if changed {
+                AgentStatus::Rollback
+            } else {
+                AgentStatus::Failure
+            };
+            (status, Some(message))
+        };
+        let files_accessed: Vec<String> = outcome.receipts.files_accessed().into_iter().collect();
+        let finish = AgentFinish {
+            run_id: inputs.run_id.clone(),
+            agent_id: agent_id.clone(),
+            attempt,
+            status,
+            files_accessed,
+            tools_called: outcome.receipts.tools_called.clone(),
+            input_tokens: outcome.input_tokens,
+            output_tokens: outcome.output_tokens,
+            cost_usd: outcome.dollars,
+            error: error.clone(),
+            checkpoint: None,
+            ended_at: SystemTime::now(),
+        };
+        if let Err(store_error) = shared.store.finish_agent(finish).await {
+            // Its record could not be written: the agent's changes must not stay either.
+            let undo = if succeeded {
+                toolbox.undo().failed
+            } else {
+                Vec::new()
+            };
+            let mut reason = format!("run store: {store_error}");
+            if !undo.is_empty() {
+                reason.push_str(&format!("; could not undo: {}", undo_failures(&undo)));
+            }
+            record(
+                &shared,
+                &agent_id,
+                AgentStatus::Failure,
+                mode,
+                tokens,
+                spent,
+                escalated,
+            );
+            return TaskOutcome {
+                succeeded: false,
+                cost: spent,
+                reason,
+            };
+        }
+        if succeeded {
+            record(
+                &shared,
+                &agent_id,
+                AgentStatus::Success,
+                mode,
+                tokens,
+                spent,
+                escalated,
+            );
+            checkpoint_after_completion(&shared, destructive).await;
+            return TaskOutcome {
+                succeeded: true,
+                cost: spent,
+                reason: String::new(),
+            };
+        }
+        if cancel.is_cancelled() {
+            record(&shared, &agent_id, status, mode, tokens, spent, escalated);
+            return TaskOutcome {
+                succeeded: false,
+                cost: spent,
+                reason: "cancelled".into(),
+            };
+        }
+        if retry_on_default {
+            mode = Mode::Default;
+            escalated = true;
+            continue;
+        }
+        if transient {
+            continue;
+        }
+        record(&shared, &agent_id, status, mode, tokens, spent, escalated);
+        return TaskOutcome {
+            succeeded: false,
+            cost: spent,
+            reason: error.unwrap_or_default(),
+        };
+    }
+}
+
+fn undo_failures(failed: &[(String, String)]) -> String {
+    failed
+        .iter()
+        .map(|(path, why)| format!("{path} ({why})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn finish_without_running(
+    shared: &Shared,
+    agent_id: &str,
+    mode: Mode,
+    reason: String,
+) -> TaskOutcome {
+    record(shared, agent_id, AgentStatus::Failure, mode, 0, 0.0, false);
+    TaskOutcome {
+        succeeded: false,
+        cost: 0.0,
+        reason,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    shared: &Shared,
+    agent_id: &str,
+    status: AgentStatus,
+    mode: Mode,
+    tokens: u64,
+    dollars: f64,
+    escalated: bool,
+) {
+    lock(&shared.records).insert(
+        agent_id.to_string(),
+        AgentRecord {
+            status,
+            mode,
+            tokens,
+            dollars,
+            escalated,
+        },
+    );
+}
+
+fn failure_text(outcome: &AgentOutcome) -> String {
+    let mut text = match &outcome.status {
+        LoopStatus::Success => "the result disagrees with what the agent did".to_string(),
+        LoopStatus::InvalidResult => "the result was invalid after one repair".to_string(),
+        LoopStatus::TurnLimit => "turn limit reached".to_string(),
+        LoopStatus::TokenLimit => "token limit reached".to_string(),
+        LoopStatus::DollarLimit => "dollar limit reached".to_string(),
+        LoopStatus::TimeLimit => "wall-time limit reached".to_string(),
+        LoopStatus::Cancelled => "cancelled".to_string(),
+        LoopStatus::ProviderError(message) => format!("model API: {message}"),
+    };
+    if !outcome.flags.is_empty() {
+        text.push_str(&format!(" ({})", outcome.flags.join("; ")));
+    }
+    text
+}
+
+fn record_denials(shared: &Shared, outcome: &AgentOutcome, attempt: u32) {
+    for denial in &outcome.receipts.denials {
+        let record = DenialRecord {
+            run_id: shared.inputs.run_id.clone(),
+            agent_id: denial.agent_id.clone(),
+            attempt,
+            tool: denial.tool.clone(),
+            target: Some(denial.target.clone()),
+            reason: denial.reason.to_string(),
+            at: SystemTime::now(),
+        };
+        let store = shared.store.clone();
+        tokio::spawn(async move {
+            let _ = store.denial(record).await;
+        });
+    }
+}
+
+/// Whether the agent deleted a file (deletions and renames tighten the checkpoint interval).
+fn deleted_something(repo: &Path, toolbox: &Toolbox) -> bool {
+    toolbox.journal().entries().iter().any(|entry| match entry {
+        crate::agent::JournalEntry::File { path, prior } => {
+            matches!(prior, FileState::File { .. }) && !repo.join(path).exists()
+        }
+        crate::agent::JournalEntry::CreatedDir { .. } => false,
+    })
+}
+
+async fn checkpoint_after_completion(shared: &Shared, destructive: bool) {
+    let mut guard = shared.checkpoints.lock().await;
+    let (checkpointer, policy, completed) = &mut *guard;
+    *completed += 1;
+    if policy.record_completion(destructive) {
+        checkpointer.set_completed_agents(*completed);
+        let label = format!("after {completed} completions");
+        match checkpointer.checkpoint(&label).await {
+            Ok(id) => lock(&shared.events).push(EngineEvent::Checkpoint {
+                seq: id.seq,
+                commit: id.commit,
+            }),
+            Err(error) => lock(&shared.events).push(EngineEvent::Phase {
+                name: format!("checkpoint failed: {error}"),
+            }),
+        }
+    }
+}
+
+/// Paths that differ between two checkpoints.
+fn changed_files(
+    shared: &Shared,
+    from: &CheckpointId,
+    to: &CheckpointId,
+) -> Result<Vec<String>, EngineError> {
+    let git = crate::run::git::Git::open(&shared.inputs.repo)?;
+    let mut command = git.read_only();
+    command.args([
+        "diff-tree",
+        "-r",
+        "--name-only",
+        "-z",
+        "--no-renames",
+        &from.commit,
+        &to.commit,
+    ]);
+    let out = git.run(command, None)?;
+    Ok(out
+        .split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect())
+}
+
+/// Changed paths that no sub-task declared it would write.
+fn outside_scopes(plan: &Plan, changed: &[String]) -> Vec<String> {
+    let mut patterns: Vec<String> = Vec::new();
+    for subtask in &plan.subtasks {
+        patterns.extend(
+            subtask
+                .write_scope
+                .clone()
+                .unwrap_or_else(|| subtask.scope.clone()),
+        );
+    }
+    let Ok(union) = PathSet::new(&patterns) else {
+        return changed.to_vec();
+    };
+    changed
+        .iter()
+        .filter(|path| !union.is_match(path))
+        .cloned()
+        .collect()
+}
+
+/// Run the workflow's test command in the sandbox (read-only repository, no network).
+async fn run_test(inputs: &EngineInputs, command: &crate::config::ShellCommand) -> TestOutcome {
+    let text = command.argv().join(" ");
+    let spec = AgentSpec {
+        agent_id: "verify".into(),
+        task_id: "verify".into(),
+        description: "run the workflow's test command".into(),
+        scope: Vec::new(),
+        read_scope: None,
+        tools: vec!["bash".into()],
+    };
+    let toolbox = ScopePolicy::from_config(&inputs.config, &spec)
+        .map(|mut policy| {
+            policy.shell = ShellPolicy::Allowlist(vec![command.clone()]);
+            policy.tools = ["bash".to_string()].into();
+            policy
+        })
+        .map_err(|e| e.to_string())
+        .and_then(|policy| {
+            Toolbox::new(
+                &inputs.repo,
+                policy,
+                inputs.sandbox.clone(),
+                ToolLimits::default(),
+            )
+            .map_err(|e| e.to_string())
+        });
+    match toolbox {
+        Ok(toolbox) => {
+            let output = toolbox.exec_argv(command.argv()).await;
+            TestOutcome {
+                command: text,
+                passed: !output.is_error,
+                output: tail(&output.content, 4000),
+            }
+        }
+        Err(message) => TestOutcome {
+            command: text,
+            passed: false,
+            output: message,
+        },
+    }
+}
+
+fn tail(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &text[start..])
+}
+
+/// One call on the orchestrator's model over the results: what was done, what failed, what
+/// to review.
+async fn synthesize(
+    inputs: &EngineInputs,
+    records: &[(String, AgentRecord)],
+    not_run: &[(String, NotRun)],
+    out_of_scope: &[String],
+    test: Option<&TestOutcome>,
+    cancel: &CancellationToken,
+) -> Result<String, String> {
+    let model = inputs.config.orchestrator_model();
+    let mut request = Request::new(model.model.clone(), 1024);
+    request.system = Some(
+        "You write the closing summary of a fanout run for the engineer who started it: what \
+         was done, what failed and why, and what to review first. Be brief and concrete."
+            .into(),
+    );
+    let mut body = format!(
+        "Workflow {} ({} sub-tasks).\n",
+        inputs.plan.workflow,
+        inputs.plan.subtasks.len()
+    );
+    let mut sorted: Vec<&(String, AgentRecord)> = records.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    for (id, record) in sorted.iter().take(400) {
+        let description = inputs
+            .plan
+            .subtasks
+            .iter()
+            .find(|s| s.task_id.to_string() == *id)
+            .map(|s| s.description.as_str())
+            .unwrap_or("");
+        body.push_str(&format!(
+            "- {id} [{}]: {}\n",
+            record.status.as_str(),
+            tail(description, 200)
+        ));
+    }
+    for (id, why) in not_run.iter().take(100) {
+        body.push_str(&format!("- {id} [not run]: {}\n", not_run_text(why)));
+    }
+    if !out_of_scope.is_empty() {
+        body.push_str(&format!(
+            "Files changed outside every scope: {}\n",
+            out_of_scope.join(", ")
+        ));
+    }
+    if let Some(test) = test {
+        body.push_str(&format!(
+            "Test command `{}`: {}\n",
+            test.command,
+            if test.passed { "passed" } else { "failed" }
+        ));
+    }
+    request.messages.push(Message::user(body));
+    inputs
+        .fleet
+        .call(&request, cancel)
+        .await
+        .map(|outcome| outcome.response.text())
+        .map_err(|error| error.to_string())
+}
+
+/// `.fanout/runs/<run_id>/summary.json` and `summary.md`; `None` if they cannot be written.
+fn write_summary(repo: &Path, outcome: &RunOutcome) -> Option<PathBuf> {
+    let dir = repo.join(".fanout").join("runs").join(&outcome.run_id);
+    std::fs::create_dir_all(&dir).ok()?;
+    let json = serde_json::to_vec_pretty(outcome).ok()?;
+    write_atomic(&dir.join("summary.json"), &json)?;
+    let mut md = format!(
+        "# Run {}\n\nStatus: {}\n\n- agents: {} succeeded, {} failed, {} rolled back, {} not run of {}\n- tokens: {} default, {} fast\n- dollars: {:.4}\n- files changed: {}\n",
+        outcome.run_id,
+        outcome.status.as_str(),
+        outcome.succeeded,
+        outcome.failed,
+        outcome.rolled_back,
+        outcome.not_run,
+        outcome.agents_planned,
+        outcome.tokens_default,
+        outcome.tokens_fast,
+        outcome.dollars,
+        outcome.files_changed,
+    );
+    if !outcome.out_of_scope.is_empty() {
+        md.push_str(&format!(
+            "\n## Red flags: changed outside every scope\n\n{}\n",
+            outcome
+                .out_of_scope
+                .iter()
+                .map(|p| format!("- {p}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ));
+    }
+    if let Some(test) = &outcome.test {
+        md.push_str(&format!(
+            "\n## Tests\n\n`{}`: {}\n",
+            test.command,
+            if test.passed { "passed" } else { "failed" }
+        ));
+    }
+    if let Some(text) = &outcome.synthesis {
+        md.push_str(&format!("\n## Summary\n\n{text}\n"));
+    }
+    let path = dir.join("summary.md");
+    write_atomic(&path, md.as_bytes())?;
+    Some(path)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Option<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).ok()?;
+    std::fs::rename(&tmp, path).ok()
+}
