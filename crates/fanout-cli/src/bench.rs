@@ -41,6 +41,13 @@ enum BenchCommand {
     Sim(bench_sim::BenchSimArgs),
     /// Plan and validate a scripted 1,000-agent plan over a generated 10,000-file repository.
     Plan(crate::bench_plan::BenchPlanArgs),
+    /// A whole live run (default: 1,000 agents x 4 turns over 1,000 files at 500 ms latency)
+    /// against its critical path.
+    Run(crate::bench_run::BenchRunArgs),
+    /// Start-up cost of one sandboxed command (snapshot, cgroup, namespace, Landlock, spawn).
+    Sandbox(crate::bench_sandbox::BenchSandboxArgs),
+    /// Item work: 10,000 items in chunks of 10 with 1,000 workers in flight; makespan vs floor.
+    Items(crate::bench_items::BenchItemsArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -112,6 +119,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Fleet(args) => fleet(args).await,
         BenchCommand::Sim(args) => bench_sim::run(args).await,
         BenchCommand::Plan(args) => crate::bench_plan::run(args).await,
+        BenchCommand::Run(args) => crate::bench_run::run(args).await,
+        BenchCommand::Sandbox(args) => crate::bench_sandbox::run(args).await,
+        BenchCommand::Items(args) => crate::bench_items::run(args).await,
     }
 }
 

@@ -1,5 +1,10 @@
 //! The live half of `fanout run`: hands a reviewed, clean plan to the engine, shows progress on
-//! stderr (or JSON lines on stdout with `--json`), and prints the run's totals.
+//! stderr (or JSON lines on stdout with `--json`), and prints the run's totals. [`drive`] is
+//! shared with `fanout resume` and `fanout run --retry-failed` (`crate::resume_cmd`).
+//!
+//! One process per run at a time: [`drive`] holds an exclusive `flock` on
+//! `.fanout/runs/<run_id>/run.lock` while the engine runs (the kernel drops it when the process
+//! dies, even on `kill -9`), so a resume cannot roll back agents another process is running.
 //!
 //! Exit codes: 0 every agent succeeded and every change stayed in scope; 5 partial (some
 //! agents failed, were not run, or a file changed outside every scope); 6 no agent succeeded;
@@ -58,19 +63,52 @@ pub async fn execute(
         sandbox: SandboxConfig::default(),
         max_attempts: 3,
     };
+    drive(inputs, args.json, report.estimate.wall_time, Launch::Fresh).await
+}
+
+/// How the engine is entered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launch {
+    /// A new run.
+    Fresh,
+    /// `fanout resume` or `fanout run --retry-failed`: an existing run, finished.
+    Resume,
+}
+
+/// Run the engine with progress and Ctrl-C handling, print the closing report, and map the
+/// outcome to an exit code.
+pub async fn drive(
+    inputs: EngineInputs,
+    json: bool,
+    estimated: Duration,
+    launch: Launch,
+) -> anyhow::Result<ExitCode> {
+    let run_id = inputs.run_id.clone();
+    let fleet = inputs.fleet.clone();
+    let _lock = match RunLock::acquire(&inputs.repo, &run_id) {
+        Ok(lock) => lock,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(crate::run_cmd::EXIT_NOT_READY));
+        }
+    };
     let cancel = CancellationToken::new();
     handle_interrupts(cancel.clone());
 
-    let mut progress = Progress::new(ProgressStyle::detect(args.json));
+    let mut progress = Progress::new(ProgressStyle::detect(json));
     let mut tally = Tally {
         total: inputs.plan.subtasks.len(),
         ..Tally::default()
     };
     if progress.style() != ProgressStyle::Json {
-        eprintln!("fanout: run {run_id}: {} agents", tally.total);
+        let verb = match launch {
+            Launch::Fresh => "run",
+            Launch::Resume => "resuming run",
+        };
+        eprintln!("fanout: {verb} {run_id}: {} agents", tally.total);
     }
     let stats_fleet = fleet.clone();
-    let outcome = engine::execute(inputs, &cancel, |event| {
+    let on_event = |event: &EngineEvent| {
         progress.event(event);
         match event {
             EngineEvent::AgentStarted { attempt, .. } => {
@@ -101,16 +139,19 @@ pub async fn execute(
         }
         tally.rate_limit_wait = Duration::from_millis(stats_fleet.stats().governor_wait_ms);
         progress.update(&tally);
-    })
-    .await
+    };
+    let outcome = match launch {
+        Launch::Fresh => engine::execute(inputs, &cancel, on_event).await,
+        Launch::Resume => engine::resume(inputs, &cancel, on_event).await,
+    }
     .context("the run could not be carried out")?;
     progress.finish(&tally);
 
-    if args.json {
+    if json {
         let line = serde_json::json!({"event": "run_finished", "outcome": &outcome});
         println!("{line}");
     } else {
-        print!("{}", render(&outcome, report.estimate.wall_time));
+        print!("{}", render(&outcome, estimated));
     }
     Ok(ExitCode::from(match outcome.status {
         RunStatus::Completed => 0,
@@ -118,6 +159,38 @@ pub async fn execute(
         RunStatus::Failed => EXIT_FAILED,
         _ => EXIT_PARTIAL,
     }))
+}
+
+/// An exclusive `flock` on `.fanout/runs/<run_id>/run.lock`, released when dropped (or when
+/// the process dies).
+struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    #[allow(unsafe_code)]
+    fn acquire(repo: &std::path::Path, run_id: &str) -> Result<RunLock, String> {
+        use std::os::fd::AsRawFd;
+        let dir = repo.join(".fanout").join("runs").join(run_id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
+        let path = dir.join("run.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|err| format!("cannot open {}: {err}", path.display()))?;
+        // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if locked != 0 {
+            return Err(format!(
+                "run {run_id} is being run by another fanout process (lock {})",
+                path.display()
+            ));
+        }
+        Ok(RunLock { _file: file })
+    }
 }
 
 /// The closing report.

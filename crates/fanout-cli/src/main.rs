@@ -4,11 +4,16 @@
 //! (or JSON with `--json`); progress and diagnostics go to stderr.
 
 mod bench;
+mod bench_items;
 mod bench_plan;
+mod bench_run;
+mod bench_sandbox;
 mod bench_sim;
 mod config_cmd;
+mod items_cmd;
 mod live;
 mod progress;
+mod resume_cmd;
 mod run_cmd;
 mod store_cmd;
 mod usage;
@@ -49,6 +54,9 @@ enum Command {
     Runs(store_cmd::RunsArgs),
     /// Show one run (its agents and checkpoints), or one agent of it in detail.
     Show(store_cmd::ShowArgs),
+    /// Finish a run that was killed, cancelled or ended partial: agents that succeeded are kept,
+    /// the others are rolled back and run again.
+    Resume(resume_cmd::ResumeArgs),
     /// Restore the working tree to a run's checkpoint (default: as it was before the run).
     Rollback(store_cmd::RollbackArgs),
 }
@@ -84,6 +92,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Show(args) => store_cmd::run_show(args),
         Command::Rollback(args) => store_cmd::run_rollback(args).await,
         Command::Run(args) => run_cmd::run(args).await,
+        Command::Resume(args) => resume_cmd::run(args).await,
         Command::Plan(args) => run_cmd::run_plan(args).await,
     }
 }

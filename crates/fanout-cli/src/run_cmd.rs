@@ -68,6 +68,10 @@ pub struct RunArgs {
     /// Latency of the in-process simulator's answers, in milliseconds (with --sim).
     #[arg(long, default_value_t = 0, value_name = "MS")]
     pub sim_latency_ms: u64,
+    /// Re-run only the agents of a finished run that failed, were rolled back or did not run
+    /// (its saved plan; FILE gives the configuration).
+    #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["plan", "dry_run", "task"])]
+    pub retry_failed: Option<String>,
 }
 
 /// `fanout plan`: the dry run.
@@ -77,6 +81,9 @@ pub async fn run_plan(mut args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if let Some(run_id) = &args.retry_failed {
+        return crate::resume_cmd::retry_failed(&args, run_id).await;
+    }
     let config = match Config::from_path(&args.file) {
         Ok(config) => config,
         Err(err) => {
@@ -86,6 +93,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     for warning in config.warnings() {
         eprintln!("warning: {warning}");
+    }
+    if config.items.is_some() {
+        return crate::items_cmd::run(args, config).await;
     }
 
     // The simulator lives as long as this function: planning and, in a live run, the agents
@@ -198,7 +208,10 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
 }
 
 /// The orchestrator's provider: at `base_url` (the simulator) or from the environment.
-fn provider_for(config: &Config, base_url: Option<&str>) -> anyhow::Result<Arc<dyn Provider>> {
+pub(crate) fn provider_for(
+    config: &Config,
+    base_url: Option<&str>,
+) -> anyhow::Result<Arc<dyn Provider>> {
     let provider: Arc<dyn Provider> = match (config.orchestrator_model().provider, base_url) {
         (ProviderKind::Anthropic, Some(base_url)) => {
             Arc::new(AnthropicProvider::new(AnthropicConfig {
@@ -221,7 +234,7 @@ fn provider_for(config: &Config, base_url: Option<&str>) -> anyhow::Result<Arc<d
     Ok(provider)
 }
 
-fn fleet_for(config: &Config, provider: Arc<dyn Provider>) -> Fleet {
+pub(crate) fn fleet_for(config: &Config, provider: Arc<dyn Provider>) -> Fleet {
     Fleet::new(
         provider,
         Governor::new(plan::governor_config(config)),

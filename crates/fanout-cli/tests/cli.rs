@@ -757,3 +757,873 @@ rules:
         }
     }
 }
+
+/// Crashes, Ctrl-C and failures of live runs, and finishing them with `fanout resume` and
+/// `fanout run --retry-failed`: the final tree must be the one an uninterrupted run makes, and
+/// no agent may succeed twice.
+mod resume {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::{fanout, git};
+
+    const AGENTS: usize = 200;
+
+    /// Turn 1 writes the agent's file (its content names the file), turn 2 reports.
+    const SCENARIO: &str = r#"
+rules:
+  - name: edit
+    match:
+      system: 'Files you may change \(nothing else\):\n- (?P<file>\S+)'
+      turn: 1
+    tool_use: {name: write_file, input: {path: "${file}", content: "edited ${file} by its agent\n"}}
+  - name: report
+    match:
+      system: 'Files you may change \(nothing else\):\n- (?P<file>\S+)'
+      turn: 2
+    tool_use:
+      name: report_result
+      input: {status: success, summary: "rewrote ${file}", files_changed: ["${file}"]}
+"#;
+
+    fn workflow(dir: &Path, parallel: usize) -> PathBuf {
+        let path = dir.join("edit-each.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "workflow:\n  name: edit-each\n  max_parallel_agents: {parallel}\n  agent_permissions:\n    file_access: scoped\n    external_api: deny\n    shell_exec: deny\n  logging:\n    level: verbose\n    destination: ./.fanout/logs/run-{{timestamp}}.jsonl\n  rollback:\n    on_failure: checkpoint\n    checkpoint_interval: 10\n"
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    fn plan(dir: &Path, agents: usize) -> PathBuf {
+        let subtasks: Vec<serde_json::Value> = (0..agents)
+            .map(|i| {
+                serde_json::json!({
+                    "task_id": format!("edit-{i:03}"),
+                    "description": format!("Rewrite src/file_{i:03}.txt"),
+                    "scope": [format!("src/file_{i:03}.txt")],
+                    "tools": ["read_file", "write_file"],
+                    "mode": if i.is_multiple_of(2) { "fast" } else { "default" },
+                    "depends_on": []
+                })
+            })
+            .collect();
+        let path = dir.join("plan.json");
+        let plan = serde_json::json!({"workflow": "edit-each", "subtasks": subtasks});
+        std::fs::write(&path, serde_json::to_vec_pretty(&plan).unwrap()).unwrap();
+        path
+    }
+
+    fn repository(agents: usize) -> tempfile::TempDir {
+        let repo = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(repo.path().join("src")).unwrap();
+        for i in 0..agents {
+            let path = repo.path().join(format!("src/file_{i:03}.txt"));
+            std::fs::write(&path, format!("original {i}\n")).unwrap();
+            if i % 7 == 0 {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
+        std::fs::write(repo.path().join("README.md"), "untouched\n").unwrap();
+        git(repo.path(), &["init", "-q", "-b", "main"]);
+        git(repo.path(), &["add", "-A"]);
+        git(repo.path(), &["commit", "-q", "-m", "initial"]);
+        repo
+    }
+
+    /// path → (mode, sha256) of every file outside `.git` and `.fanout`.
+    fn tree(repo: &Path) -> BTreeMap<String, (u32, String)> {
+        fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u32, String)>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let entry = entry.unwrap();
+                let path = entry.path();
+                let relative = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                if relative == ".git" || relative == ".fanout" {
+                    continue;
+                }
+                let meta = std::fs::symlink_metadata(&path).unwrap();
+                if meta.is_dir() {
+                    walk(root, &path, out);
+                } else {
+                    use std::os::unix::fs::PermissionsExt;
+                    let bytes = std::fs::read(&path).unwrap();
+                    out.insert(
+                        relative,
+                        (
+                            meta.permissions().mode() & 0o7777,
+                            fanout_core::plan::store::hash_bytes(&bytes),
+                        ),
+                    );
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(repo, repo, &mut out);
+        out
+    }
+
+    fn query_i64(repo: &Path, sql: &str, run_id: &str) -> i64 {
+        let reader = fanout_core::store::StoreReader::open_in_repo(repo).unwrap();
+        reader
+            .connection()
+            .query_row(sql, [run_id], |row| row.get(0))
+            .unwrap()
+    }
+
+    fn run_ids(repo: &Path) -> Vec<String> {
+        let Ok(reader) = fanout_core::store::StoreReader::open_in_repo(repo) else {
+            return Vec::new();
+        };
+        let mut statement = reader
+            .connection()
+            .prepare("SELECT run_id FROM runs ORDER BY started_at")
+            .unwrap();
+        statement
+            .query_map([], |row| row.get::<_, String>(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    /// Agents recorded as succeeded more than once, and agents with no success.
+    fn success_anomalies(repo: &Path, run_id: &str, agents: usize) -> (i64, i64) {
+        let twice = query_i64(
+            repo,
+            "SELECT COUNT(*) FROM (SELECT agent_id FROM agent_runs WHERE run_id = ?1 AND \
+             status = 'success' GROUP BY agent_id HAVING COUNT(*) > 1)",
+            run_id,
+        );
+        let succeeded = query_i64(
+            repo,
+            "SELECT COUNT(DISTINCT agent_id) FROM agent_runs WHERE run_id = ?1 AND status = 'success'",
+            run_id,
+        );
+        (twice, agents as i64 - succeeded)
+    }
+
+    fn spawn(args: &[&str], repo: &Path) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_fanout"))
+            .args(args)
+            .arg("--repo")
+            .arg(repo)
+            .env_remove("ANTHROPIC_API_KEY")
+            .env_remove("ANTHROPIC_BASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Wait for `child` up to `deadline`; `None` if it is still running then.
+    fn wait_until(child: &mut Child, deadline: Instant) -> Option<std::process::ExitStatus> {
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// xorshift64*: the kill points are reproducible from the seed.
+    struct Prng(u64);
+
+    impl Prng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
+
+    #[test]
+    fn a_run_killed_at_random_points_and_resumed_ends_like_an_uninterrupted_one() {
+        let started = Instant::now();
+        let work = tempfile::tempdir().unwrap();
+        let scenario = work.path().join("scenario.yaml");
+        std::fs::write(&scenario, SCENARIO).unwrap();
+        let workflow = workflow(work.path(), 50).display().to_string();
+        let plan = plan(work.path(), AGENTS).display().to_string();
+        let scenario = scenario.display().to_string();
+        let run_args = [
+            "run",
+            workflow.as_str(),
+            "--plan",
+            plan.as_str(),
+            "--scenario",
+            scenario.as_str(),
+            "--sim-latency-ms",
+            "10",
+        ];
+
+        // The fault-free run, also the measure of how long a run takes.
+        let clean = repository(AGENTS);
+        let t0 = Instant::now();
+        let output = fanout(&run_args, clean.path());
+        let clean_time = t0.elapsed();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let expected = tree(clean.path());
+
+        // The same run, killed with SIGKILL again and again. Kill points are drawn from the
+        // seed as "once N agents have succeeded, wait a random few ms, kill": spread from the
+        // start (N = 0: during startup or resume's roll-back) through the checkpoints (every
+        // 10 completions) to the end (N = 200: the final checkpoint, scope check, synthesis).
+        let repo = repository(AGENTS);
+        let mut prng = Prng(0x5eed_f00d_cafe_0001);
+        let mut targets: Vec<i64> = (0..22).map(|_| prng.below(AGENTS as u64) as i64).collect();
+        targets.sort_unstable();
+        targets.insert(0, 0);
+        targets.extend([AGENTS as i64, AGENTS as i64]);
+        let mut kills = 0;
+        let mut attempts = 0;
+        let mut run_id: Option<String> = None;
+        let mut progress: Vec<i64> = Vec::new();
+        let successes = |run_id: &Option<String>| match run_id {
+            Some(id) => query_i64(
+                repo.path(),
+                "SELECT COUNT(*) FROM agent_runs WHERE run_id = ?1 AND status = 'success'",
+                id,
+            ),
+            None => 0,
+        };
+        loop {
+            attempts += 1;
+            assert!(attempts < 100, "no end in sight after {kills} kills");
+            let resume_args;
+            let mut child = match &run_id {
+                None => spawn(&run_args, repo.path()),
+                Some(id) => {
+                    resume_args = ["resume", id.as_str(), "--scenario", scenario.as_str()];
+                    spawn(&resume_args, repo.path())
+                }
+            };
+            let target = targets.get(kills).copied();
+            let mut exited = None;
+            if let Some(target) = target {
+                // Wait for the target (the first run's id appears once it is on record).
+                while exited.is_none() {
+                    if run_id.is_none() {
+                        run_id = run_ids(repo.path()).pop();
+                    }
+                    if successes(&run_id) >= target {
+                        break;
+                    }
+                    exited = child.try_wait().unwrap();
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                if exited.is_none() {
+                    let extra = Duration::from_millis(prng.below(40));
+                    exited = wait_until(&mut child, Instant::now() + extra);
+                }
+            } else {
+                exited = Some(child.wait().unwrap());
+            }
+            match exited {
+                Some(status) => {
+                    assert_eq!(
+                        status.code(),
+                        Some(0),
+                        "process {attempts} failed after {kills} kills"
+                    );
+                    break;
+                }
+                None => {
+                    child.kill().unwrap();
+                    child.wait().unwrap();
+                    kills += 1;
+                }
+            }
+            if run_id.is_none() {
+                run_id = run_ids(repo.path()).pop();
+            }
+            if run_id.is_none() {
+                // Killed before the run was on record: nothing ran; it starts again.
+                let status = git(
+                    repo.path(),
+                    &["status", "--porcelain", "--untracked-files=all"],
+                );
+                assert_eq!(status, "", "the tree changed before the run was on record");
+            }
+            progress.push(successes(&run_id));
+        }
+        let run_id = run_id.unwrap();
+        eprintln!(
+            "{kills} kills, successes after each: {progress:?}; fault-free run {clean_time:?}, \
+             whole test {:?}",
+            started.elapsed()
+        );
+        assert!(kills >= 20, "only {kills} kills");
+
+        assert_eq!(tree(repo.path()), expected, "the final tree differs");
+        assert_eq!(success_anomalies(repo.path(), &run_id, AGENTS), (0, 0));
+        assert_eq!(
+            query_i64(
+                repo.path(),
+                "SELECT COUNT(*) FROM agent_runs WHERE run_id = ?1 AND status IS NULL",
+                &run_id
+            ),
+            0
+        );
+        let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
+        let run = reader.run_summary(&run_id).unwrap().unwrap();
+        assert_eq!(run.run.status.as_str(), "completed");
+        assert_eq!(run.run.error, None);
+        // Only one run was ever recorded.
+        assert_eq!(run_ids(repo.path()), vec![run_id]);
+    }
+
+    #[test]
+    fn ctrl_c_cancels_and_resume_finishes() {
+        let agents = 60;
+        let work = tempfile::tempdir().unwrap();
+        let scenario = work.path().join("scenario.yaml");
+        std::fs::write(&scenario, SCENARIO).unwrap();
+        let workflow = workflow(work.path(), 10).display().to_string();
+        let plan = plan(work.path(), agents).display().to_string();
+        let scenario = scenario.display().to_string();
+        let repo = repository(agents);
+
+        let mut child = spawn(
+            &[
+                "run",
+                &workflow,
+                "--plan",
+                &plan,
+                "--scenario",
+                &scenario,
+                "--sim-latency-ms",
+                "40",
+            ],
+            repo.path(),
+        );
+        // Wait until some agents have finished, then Ctrl-C once.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let run_id = loop {
+            assert!(Instant::now() < deadline, "the run never got going");
+            assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+            if let Some(id) = run_ids(repo.path()).pop()
+                && query_i64(
+                    repo.path(),
+                    "SELECT COUNT(*) FROM agent_runs WHERE run_id = ?1 AND status = 'success'",
+                    &id,
+                ) >= 15
+            {
+                break id;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        // SAFETY: signalling our own child process.
+        #[allow(unsafe_code)]
+        let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        assert_eq!(sent, 0);
+        let status = wait_until(&mut child, Instant::now() + Duration::from_secs(30))
+            .expect("the run stops after Ctrl-C");
+        assert_eq!(status.code(), Some(130));
+
+        // A consistent store: the run is cancelled, every started attempt has its record.
+        let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
+        let run = reader.run_summary(&run_id).unwrap().unwrap();
+        assert_eq!(run.run.status.as_str(), "cancelled");
+        assert_eq!(
+            query_i64(
+                repo.path(),
+                "SELECT COUNT(*) FROM agent_runs WHERE run_id = ?1 AND status IS NULL",
+                &run_id
+            ),
+            0
+        );
+        let cancelled_agents = query_i64(
+            repo.path(),
+            "SELECT COUNT(DISTINCT agent_id) FROM agent_runs WHERE run_id = ?1 AND status != 'success'",
+            &run_id,
+        );
+        let (_, left) = success_anomalies(repo.path(), &run_id, agents);
+        assert!(left > 0, "Ctrl-C came too late to leave work");
+
+        let output = fanout(&["resume", &run_id, "--scenario", &scenario], repo.path());
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(success_anomalies(repo.path(), &run_id, agents), (0, 0));
+        for i in 0..agents {
+            let text =
+                std::fs::read_to_string(repo.path().join(format!("src/file_{i:03}.txt"))).unwrap();
+            assert_eq!(text, format!("edited src/file_{i:03}.txt by its agent\n"));
+        }
+        let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
+        assert_eq!(
+            reader
+                .run_summary(&run_id)
+                .unwrap()
+                .unwrap()
+                .run
+                .status
+                .as_str(),
+            "completed"
+        );
+        // An agent cancelled in flight shows both attempts.
+        if cancelled_agents > 0 {
+            let agent: String = reader
+                .connection()
+                .query_row(
+                    "SELECT agent_id FROM agent_runs WHERE run_id = ?1 AND status != 'success' LIMIT 1",
+                    [&run_id],
+                    |row| row.get(0),
+                )
+                .unwrap();
+            let output = fanout(&["show", &run_id, &agent, "--json"], repo.path());
+            assert!(output.status.success());
+            let detail: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            let attempts = detail["attempts"].as_array().unwrap();
+            assert_eq!(attempts.len(), 2, "{detail}");
+            assert_eq!(attempts[1]["status"], "success");
+        }
+    }
+
+    /// One agent's model always fails (after it wrote its file), another returns an invalid
+    /// result on `fast` and a valid one on `default`.
+    const FAILING: &str = r#"
+rules:
+  - name: always-fails
+    match:
+      system: 'Files you may change \(nothing else\):\n- src/file_002.txt'
+      turn: 2
+    error: {status: 400, type: invalid_request_error, message: "this request always fails"}
+  - name: edit
+    match:
+      system: 'Files you may change \(nothing else\):\n- (?P<file>\S+)'
+      turn: 1
+    tool_use: {name: write_file, input: {path: "${file}", content: "edited ${file} by its agent\n"}}
+  - name: invalid-on-fast
+    match:
+      model: 'claude-haiku-4-5'
+      system: 'Files you may change \(nothing else\):\n- src/file_004.txt'
+    tool_use: {name: report_result, input: {status: 42}}
+  - name: report
+    match:
+      system: 'Files you may change \(nothing else\):\n- (?P<file>\S+)'
+    tool_use:
+      name: report_result
+      input: {status: success, summary: "rewrote ${file}", files_changed: ["${file}"]}
+"#;
+
+    #[test]
+    fn a_failing_agent_is_rolled_back_and_set_aside_then_retry_failed_finishes_it() {
+        let agents = 8;
+        let work = tempfile::tempdir().unwrap();
+        let failing = work.path().join("failing.yaml");
+        std::fs::write(&failing, FAILING).unwrap();
+        let healthy = work.path().join("healthy.yaml");
+        std::fs::write(&healthy, SCENARIO).unwrap();
+        let workflow = workflow(work.path(), 4).display().to_string();
+        let plan = plan(work.path(), agents).display().to_string();
+        let repo = repository(agents);
+        let before = tree(repo.path());
+
+        let output = fanout(
+            &[
+                "run",
+                &workflow,
+                "--plan",
+                &plan,
+                "--scenario",
+                &failing.display().to_string(),
+                "--json",
+            ],
+            repo.path(),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(5), "{stderr}");
+        let run_id = run_ids(repo.path()).pop().unwrap();
+
+        // The failed agent's file is as it was, byte for byte (mode included); the others
+        // are edited.
+        let after = tree(repo.path());
+        assert_eq!(after["src/file_002.txt"], before["src/file_002.txt"]);
+        for i in (0..agents).filter(|&i| i != 2) {
+            let text =
+                std::fs::read_to_string(repo.path().join(format!("src/file_{i:03}.txt"))).unwrap();
+            assert_eq!(text, format!("edited src/file_{i:03}.txt by its agent\n"));
+        }
+        let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
+        let rows = reader.agent_runs(&run_id).unwrap();
+        let of = |agent: &str| -> Vec<(u32, String, bool)> {
+            let mut rows: Vec<(u32, String, bool)> = rows
+                .iter()
+                .filter(|row| row.agent_id == agent)
+                .map(|row| {
+                    (
+                        row.attempt,
+                        row.status
+                            .map(|s| s.as_str().to_owned())
+                            .unwrap_or_default(),
+                        row.escalated,
+                    )
+                })
+                .collect();
+            rows.sort();
+            rows
+        };
+        // Bounded retries, each rolled back.
+        assert_eq!(
+            of("edit-002"),
+            vec![
+                (1, "rollback".to_owned(), false),
+                (2, "rollback".to_owned(), false),
+                (3, "rollback".to_owned(), false)
+            ]
+        );
+        // Escalated once to default, recorded.
+        assert_eq!(
+            of("edit-004"),
+            vec![
+                (1, "rollback".to_owned(), false),
+                (2, "success".to_owned(), true)
+            ]
+        );
+        assert_eq!(
+            reader
+                .run_summary(&run_id)
+                .unwrap()
+                .unwrap()
+                .run
+                .status
+                .as_str(),
+            "partial"
+        );
+
+        // `--retry-failed` re-runs only the failed agent.
+        let output = fanout(
+            &[
+                "run",
+                &workflow,
+                "--retry-failed",
+                &run_id,
+                "--scenario",
+                &healthy.display().to_string(),
+            ],
+            repo.path(),
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
+        let rows = reader.agent_runs(&run_id).unwrap();
+        assert_eq!(rows.len(), agents + 2 + 1 + 1);
+        assert_eq!(success_anomalies(repo.path(), &run_id, agents), (0, 0));
+        assert_eq!(
+            std::fs::read_to_string(repo.path().join("src/file_002.txt")).unwrap(),
+            "edited src/file_002.txt by its agent\n"
+        );
+        assert_eq!(
+            reader
+                .run_summary(&run_id)
+                .unwrap()
+                .unwrap()
+                .run
+                .status
+                .as_str(),
+            "completed"
+        );
+    }
+}
+
+/// Item work (`workflow.items:`) through the binary: the support-ticket example with `--sim`,
+/// a run killed with SIGKILL and continued, batch execution, and the dry run's two prices.
+mod item_work {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output, Stdio};
+    use std::time::{Duration, Instant};
+
+    use fanout_core::items::worker::OutputSchema;
+    use serde_json::Value;
+
+    fn tickets_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/support-tickets")
+    }
+
+    /// A temp working directory holding a copy of the example, with `edit` applied to the
+    /// workflow file.
+    fn example(edit: impl Fn(String) -> String) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["tickets.jsonl", "schema.json"] {
+            std::fs::copy(tickets_dir().join(name), dir.path().join(name)).unwrap();
+        }
+        let workflow = std::fs::read_to_string(tickets_dir().join("workflow.yaml")).unwrap();
+        std::fs::write(dir.path().join("workflow.yaml"), edit(workflow)).unwrap();
+        dir
+    }
+
+    fn command(dir: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fanout"));
+        command
+            .current_dir(dir)
+            .arg("run")
+            .arg("workflow.yaml")
+            .args(args)
+            .env_remove("ANTHROPIC_API_KEY")
+            .env_remove("ANTHROPIC_BASE_URL");
+        command
+    }
+
+    fn run(dir: &Path, args: &[&str]) -> Output {
+        command(dir, args).output().unwrap()
+    }
+
+    /// The report: the last JSON line on stdout (progress events come before it).
+    fn report(output: &Output) -> Value {
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let last = stdout.lines().last().unwrap_or_default();
+        serde_json::from_str(last).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {}\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+    }
+
+    fn input_ids() -> Vec<String> {
+        std::fs::read_to_string(tickets_dir().join("tickets.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|line| {
+                serde_json::from_str::<Value>(line).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    fn results(dir: &Path) -> Vec<Value> {
+        std::fs::read_to_string(dir.join("results.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    /// Every ticket exactly once, every record valid against the example's schema.
+    fn check_results(records: &[Value]) {
+        let schema: Value = serde_json::from_str(
+            &std::fs::read_to_string(tickets_dir().join("schema.json")).unwrap(),
+        )
+        .unwrap();
+        let schema = OutputSchema::new(schema).unwrap();
+        let ids: Vec<String> = records
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, input_ids(), "every ticket once, in input order");
+        for record in records {
+            assert_eq!(schema.errors(record), Vec::<String>::new(), "{record}");
+        }
+    }
+
+    #[test]
+    fn the_ticket_example_runs_with_the_simulator() {
+        let dir = example(|w| w);
+        let output = run(dir.path(), &["--sim", "--json"]);
+        assert_eq!(output.status.code(), Some(0), "{output:?}");
+        let report = report(&output);
+        assert_eq!(report["status"], "completed");
+        let out = PathBuf::from(report["output_dir"].as_str().unwrap());
+        let out = dir.path().join(out);
+        let records = results(&out);
+        check_results(&records);
+        assert_eq!(
+            std::fs::read_to_string(out.join("failed.jsonl")).unwrap(),
+            ""
+        );
+
+        // The summary counts categories, and the counts match the results.
+        let summary: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+                .unwrap();
+        assert_eq!(summary["items"], 300);
+        assert_eq!(summary["succeeded"], 300);
+        let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+        for record in &records {
+            *expected
+                .entry(record["category"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+        let counted: BTreeMap<String, u64> = summary["counts"]["category"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["value"].as_str().unwrap().to_owned(),
+                    c["count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(counted, expected);
+        assert!(out.join("summary.md").exists());
+        assert!(out.join("synthesis.md").exists());
+
+        // One agent_runs row per worker call, visible to `fanout show`.
+        let run_id = report["run_id"].as_str().unwrap();
+        let show = Command::new(env!("CARGO_BIN_EXE_fanout"))
+            .current_dir(dir.path())
+            .args(["show", run_id, "--json"])
+            .output()
+            .unwrap();
+        assert!(show.status.success(), "{show:?}");
+        let shown = String::from_utf8_lossy(&show.stdout);
+        assert!(shown.contains("\"chunk-0001\""), "{shown}");
+        assert!(shown.contains("submit_results"), "{shown}");
+    }
+
+    #[test]
+    fn a_killed_run_continues_without_sending_settled_chunks_again() {
+        // Two workers at a time, 300 ms a call: five rounds, so the kill lands mid-run.
+        let dir = example(|w| {
+            w.replace("max_parallel_agents: 20", "max_parallel_agents: 2")
+                .replace("max_items: 30", "max_items: 15")
+        });
+        let mut child = command(dir.path(), &["--sim", "--sim-latency-ms", "300", "--json"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let runs = dir.path().join(".fanout/runs");
+        let journal = || -> Option<(PathBuf, usize)> {
+            let run = std::fs::read_dir(&runs).ok()?.next()?.ok()?.path();
+            let text = std::fs::read_to_string(run.join("settled.jsonl")).ok()?;
+            Some((run, text.lines().count()))
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while journal().is_none_or(|(_, lines)| lines < 3) {
+            assert!(Instant::now() < deadline, "no chunk settled in time");
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the run ended before the kill"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SIGKILL: no clean-up of any kind.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let (run_dir, _) = journal().unwrap();
+        let settled_before: Vec<Value> = std::fs::read_to_string(run_dir.join("settled.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        let done_before: BTreeSet<String> = settled_before
+            .iter()
+            .map(|s| s["chunk"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(
+            done_before.len() >= 3 && done_before.len() < 20,
+            "{done_before:?}"
+        );
+
+        // Running the workflow again continues the killed run.
+        let output = run(dir.path(), &["--sim", "--json"]);
+        assert_eq!(output.status.code(), Some(0), "{output:?}");
+        let report = report(&output);
+        let run_id = run_dir.file_name().unwrap().to_str().unwrap();
+        assert_eq!(report["run_id"], run_id);
+        assert_eq!(report["chunks"], 20);
+        assert!(report["chunks_sent"].as_u64().unwrap() <= 20 - done_before.len() as u64);
+        check_results(&results(&run_dir));
+
+        // The journal names every chunk once: no settled chunk was sent and settled again.
+        let settled: Vec<String> = std::fs::read_to_string(run_dir.join("settled.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .map(|s| s["chunk"].as_str().unwrap().to_owned())
+            .collect();
+        let unique: BTreeSet<&String> = settled.iter().collect();
+        assert_eq!(unique.len(), settled.len(), "{settled:?}");
+        assert_eq!(unique.len(), 20);
+
+        // The store agrees: a chunk settled before the kill has its one call, no second one.
+        let show = Command::new(env!("CARGO_BIN_EXE_fanout"))
+            .current_dir(dir.path())
+            .args(["show", run_id, "--json"])
+            .output()
+            .unwrap();
+        let shown: Value = serde_json::from_slice(&show.stdout).unwrap();
+        let rows = shown["agent_runs"]
+            .as_array()
+            .expect("agent_runs in `fanout show --json`");
+        for chunk in &done_before {
+            let calls = rows
+                .iter()
+                .filter(|r| r["agent_id"] == chunk.as_str())
+                .count();
+            assert_eq!(calls, 1, "{chunk} was sent again");
+        }
+    }
+
+    #[test]
+    fn batch_execution_gives_the_same_results_and_the_dry_run_shows_both_prices() {
+        let online = example(|w| w);
+        let batch = example(|w| w.replace("execution: online", "execution: batch"));
+
+        let dry = run(batch.path(), &["--dry-run"]);
+        assert_eq!(dry.status.code(), Some(0), "{dry:?}");
+        let text = String::from_utf8_lossy(&dry.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("cost"))
+            .unwrap();
+        let dollars: Vec<f64> = line
+            .split('$')
+            .skip(1)
+            .map(|part| part.split_whitespace().next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(dollars.len(), 2, "{line}");
+        assert!((dollars[1] - dollars[0] / 2.0).abs() < 1e-4, "{line}");
+        assert!(line.contains("batch (half price)"), "{line}");
+        assert!(text.contains("items       300"), "{text}");
+
+        let a = run(online.path(), &["--sim", "--json"]);
+        let b = run(batch.path(), &["--sim", "--json"]);
+        assert_eq!(a.status.code(), Some(0), "{a:?}");
+        assert_eq!(b.status.code(), Some(0), "{b:?}");
+        let (a, b) = (report(&a), report(&b));
+        let a_records = results(&online.path().join(a["output_dir"].as_str().unwrap()));
+        let b_records = results(&batch.path().join(b["output_dir"].as_str().unwrap()));
+        check_results(&b_records);
+        assert_eq!(a_records, b_records, "same requests, same answers");
+        // Half price for the same tokens (the synthesis is online in both).
+        assert!(b["cost_usd"].as_f64().unwrap() < a["cost_usd"].as_f64().unwrap());
+    }
+}

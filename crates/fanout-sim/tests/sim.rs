@@ -1434,3 +1434,47 @@ async fn batch_cancel_and_bad_requests() {
     assert_eq!(no_key.status, 401);
     sim.shutdown().await;
 }
+
+/// An item worker's forced `submit_results` gets one schema-valid record per `<item id>` of
+/// the prompt, each with that id, without any scenario.
+#[tokio::test]
+async fn item_worker_gets_one_record_per_item_id() {
+    let sim = start(SimConfig::default()).await;
+    let record = json!({
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "category": {"type": "string", "enum": ["billing", "bug"]},
+            "summary": {"type": "string", "maxLength": 40},
+        },
+        "required": ["id", "category", "summary"],
+        "additionalProperties": false,
+    });
+    let mut body = hello();
+    body["messages"][0]["content"] = json!(
+        "Classify.\n<item id=\"T-1\">\nA\n</item>\n<item id=\"T-&quot;2\">\nB\n</item>\n<item id=\"T-3\">\nC\n</item>\n"
+    );
+    body["max_tokens"] = json!(2000);
+    body["tools"] = json!([{"name": "submit_results", "input_schema": {
+        "type": "object",
+        "properties": {"results": {"type": "array", "items": record}},
+        "required": ["results"],
+    }}]);
+    body["tool_choice"] = json!({"type": "tool", "name": "submit_results"});
+    let reply = messages(&sim, body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let results = reply.json()["content"][0]["input"]["results"].clone();
+    let ids: Vec<&str> = results
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["T-1", "T-\"2", "T-3"]);
+    for result in results.as_array().unwrap() {
+        assert!(["billing", "bug"].contains(&result["category"].as_str().unwrap()));
+        assert!(result["summary"].as_str().unwrap().len() <= 40);
+        assert_eq!(result.as_object().unwrap().len(), 3);
+    }
+    sim.shutdown().await;
+}

@@ -16,6 +16,7 @@
 //! it only describes what the user allowed.
 
 mod error;
+pub mod items;
 mod raw;
 mod resolve;
 mod schema;
@@ -125,6 +126,18 @@ pub enum ShellExec {
     Unrestricted,
 }
 
+/// How strictly the kernel sandbox must enforce agent permissions
+/// (`workflow.agent_permissions.sandbox`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxSetting {
+    /// Refuse to run commands the kernel cannot fully confine (fail closed). The default.
+    Enforce,
+    /// Run with whatever the kernel offers. Only when the workflow file asks for it; always
+    /// flagged by [`Config::warnings`] and shown in the dry-run report.
+    BestEffort,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogLevel {
@@ -178,6 +191,7 @@ pub struct AgentPermissions {
     pub file_access: FileAccess,
     pub external_api: ExternalApi,
     pub shell_exec: ShellExec,
+    pub sandbox: SandboxSetting,
 }
 
 /// A list of glob patterns (relative to the repository root) and their compiled matcher.
@@ -349,6 +363,9 @@ pub struct Config {
     pub verify: Verify,
     /// JSON Schema agents' results must satisfy, when the workflow wants structured results.
     pub output_schema: Option<serde_json::Value>,
+    /// Item work (`workflow.items:`): when present, the workflow maps workers over records
+    /// and needs no repository or plan.
+    pub items: Option<items::ItemsConfig>,
     #[serde(skip)]
     warnings: Vec<ConfigWarning>,
 }

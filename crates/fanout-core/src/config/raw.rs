@@ -11,7 +11,9 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::error::CUSTOM_PREFIX;
-use super::{ExternalApi, FileAccess, LogLevel, Mode, OnFailure, Provider, ShellExec};
+use super::{
+    ExternalApi, FileAccess, LogLevel, Mode, OnFailure, Provider, SandboxSetting, ShellExec,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,6 +55,8 @@ pub(crate) struct RawWorkflow {
     pub verify: Option<RawVerify>,
     #[serde(default)]
     pub output_schema: Option<Spanned<serde_json::Value>>,
+    #[serde(default)]
+    pub items: Option<super::items::RawItems>,
 }
 
 /// A `mode_routing` key: lowercase letters and underscores.
@@ -110,6 +114,8 @@ pub(crate) struct RawPermissions {
     pub external_api: Option<Spanned<ExternalApi>>,
     #[serde(default)]
     pub shell_exec: Option<Spanned<ShellExec>>,
+    #[serde(default)]
+    pub sandbox: Option<Spanned<SandboxSetting>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,7 +17,7 @@ use super::{
     AgentBudget, AgentPermissions, BUILTIN_PROTECTED_PATHS, Budgets, Config,
     DEFAULT_SENSITIVE_PATHS, ExternalApi, FileAccess, GlobList, LogLevel, Logging, Mode, ModelSpec,
     Models, ORCHESTRATOR_ROLE, OnFailure, PathRules, Provider, RateLimits, Rollback, RunBudget,
-    ShellExec, TIMESTAMP_PLACEHOLDER, Verify,
+    SandboxSetting, ShellExec, TIMESTAMP_PLACEHOLDER, Verify,
 };
 
 pub(crate) const DEFAULT_MAX_PARALLEL_AGENTS: u32 = 10;
@@ -253,6 +253,10 @@ impl Resolver<'_> {
             Some(schema) => Some(schema.value),
             None => None,
         };
+        let items = match workflow.items {
+            Some(items) => Some(super::items::resolve(self.origin, items)?),
+            None => None,
+        };
 
         self.warnings
             .sort_by_key(|warning| (warning.line.is_none(), warning.line, warning.column));
@@ -274,6 +278,7 @@ impl Resolver<'_> {
             rollback,
             verify,
             output_schema,
+            items,
             warnings: self.warnings,
         })
     }
@@ -361,6 +366,7 @@ impl Resolver<'_> {
             file_access: FileAccess::Scoped,
             external_api: ExternalApi::Deny,
             shell_exec: ShellExec::Restricted,
+            sandbox: SandboxSetting::Enforce,
         };
         let Some(raw) = raw else {
             return permissions;
@@ -378,6 +384,16 @@ impl Resolver<'_> {
                     shell_exec.referenced,
                     "workflow.agent_permissions.shell_exec",
                     "`shell_exec: unrestricted` lets every agent run any command; prefer `restricted` with a `shell_allowlist`",
+                );
+            }
+        }
+        if let Some(sandbox) = raw.sandbox {
+            permissions.sandbox = sandbox.value;
+            if sandbox.value == SandboxSetting::BestEffort {
+                self.warn(
+                    sandbox.referenced,
+                    "workflow.agent_permissions.sandbox",
+                    "`sandbox: best_effort` runs agent commands even where the kernel cannot enforce every rule; remove it to fail closed",
                 );
             }
         }

@@ -104,7 +104,12 @@ pub fn json_schema() -> Value {
                         "properties": {
                             "file_access": { "enum": ["scoped", "read_only", "none"], "default": "scoped" },
                             "external_api": { "enum": ["deny", "allow"], "default": "deny" },
-                            "shell_exec": { "enum": ["restricted", "deny", "unrestricted"], "default": "restricted" }
+                            "shell_exec": { "enum": ["restricted", "deny", "unrestricted"], "default": "restricted" },
+                            "sandbox": {
+                                "enum": ["enforce", "best_effort"],
+                                "default": "enforce",
+                                "description": "`enforce` refuses to run commands the kernel cannot fully confine; `best_effort` runs them anyway (shown in the dry-run report)."
+                            }
                         }
                     },
                     "shell_allowlist": {
@@ -196,7 +201,8 @@ pub fn json_schema() -> Value {
                     "output_schema": {
                         "type": "object",
                         "description": "JSON Schema every agent result must satisfy."
-                    }
+                    },
+                    "items": super::items::json_schema()
                 }
             }
         }
@@ -238,7 +244,7 @@ mod tests {
             sections_with_key("checkpoint_interval"),
             vec!["workflow.rollback".to_owned()]
         );
-        assert_eq!(sections_with_key("max_tokens").len(), 2);
+        assert_eq!(sections_with_key("max_tokens").len(), 4);
         assert!(sections_with_key("nothing_like_this").is_empty());
     }
 

@@ -13,16 +13,21 @@
 //! - [`aggregate`]: built-in reductions (flatten, dedupe, count, group) and tree-shaped
 //!   synthesis when the results are too large for one call.
 //! - [`output`]: `results.jsonl` (or CSV), `failed.jsonl` and the summary, written atomically.
+//! - [`journal`]: the fsync'd settlement journal resume reads.
+//! - [`run`]: the item runner that drives all of the above through the scheduler, the fleet
+//!   (governor, retries), the run store and, for `execution: batch`, the Message Batches API.
 //!
-//! What this module does not do: schedule workers, talk to the rate governor or the run store.
-//! The run engine drives these pieces; everything here is either pure or touches only the
-//! files it is given. Batch execution (the Message Batches API) is in
+//! Apart from [`run`] and [`journal`], nothing here schedules workers or talks to the rate
+//! governor or the run store: those pieces are pure or touch only the files they are given.
+//! Batch execution (the Message Batches API) is in
 //! [`crate::provider::batch`].
 
 pub mod aggregate;
 pub mod chunk;
 pub mod input;
+pub mod journal;
 pub mod output;
+pub mod run;
 pub mod worker;
 
 use serde::{Deserialize, Serialize};

@@ -15,7 +15,11 @@ use super::PlanUsage;
 use super::estimate::{Estimate, budget_violations, human_duration, human_tokens};
 use super::store::SavedPlan;
 use super::validate::{Adjustment, Validation, Violation};
-use crate::config::{Config, ExternalApi, Mode, ShellCommand};
+use crate::config::{Config, ExternalApi, Mode, SandboxSetting, ShellCommand};
+
+fn is_enforced(setting: &SandboxSetting) -> bool {
+    *setting == SandboxSetting::Enforce
+}
 
 /// Where the plan came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -84,6 +88,9 @@ pub struct Report {
     pub files_in_scope: usize,
     pub external_api: ExternalApiSummary,
     pub shell_commands: ShellSummary,
+    /// `best_effort` only when the workflow file asked for it (absent from JSON otherwise).
+    #[serde(skip_serializing_if = "is_enforced")]
+    pub sandbox: SandboxSetting,
     pub tokens: TokenSummary,
     pub violations: Vec<Violation>,
     pub adjustments: Vec<Adjustment>,
@@ -164,6 +171,7 @@ impl Report {
                 commands,
                 not_allowlisted,
             },
+            sandbox: config.agent_permissions.sandbox,
             tokens: TokenSummary {
                 total: estimate.total_tokens,
                 fast: estimate.fast_tokens,
@@ -210,6 +218,9 @@ impl Report {
                 shell.commands.join(", "),
                 shell.not_allowlisted.len()
             );
+        }
+        if self.sandbox == SandboxSetting::BestEffort {
+            let _ = writeln!(out, "Sandbox: best effort (requested in the workflow file)");
         }
         let _ = writeln!(
             out,

@@ -13,7 +13,7 @@ use std::fmt;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 
-use crate::config::{Config, ExternalApi, FileAccess, ShellCommand, ShellExec};
+use crate::config::{Config, ExternalApi, FileAccess, SandboxSetting, ShellCommand, ShellExec};
 
 /// The tool names the model sees. They are a contract.
 pub const TOOL_NAMES: &[&str] = &[
@@ -309,7 +309,10 @@ impl ScopePolicy {
                 ExternalApi::Deny => NetworkAccess::Deny,
                 ExternalApi::Allow => NetworkAccess::Allow,
             },
-            sandbox_mode: SandboxMode::Enforce,
+            sandbox_mode: match config.agent_permissions.sandbox {
+                SandboxSetting::Enforce => SandboxMode::Enforce,
+                SandboxSetting::BestEffort => SandboxMode::BestEffort,
+            },
         })
     }
 
@@ -493,5 +496,30 @@ mod config_tests {
             FileAccess::Scoped => assert_eq!(policy.check_write("src/auth/login.rs"), Ok(())),
             _ => assert!(policy.check_write("src/auth/login.rs").is_err()),
         }
+    }
+
+    #[test]
+    fn best_effort_comes_only_from_the_workflow_file() {
+        let spec = AgentSpec {
+            agent_id: "a1".into(),
+            scope: vec!["src/".into()],
+            ..AgentSpec::default()
+        };
+        let strict = Config::from_str("workflow:\n  name: x\n", "fanout.yaml").unwrap();
+        assert_eq!(
+            ScopePolicy::from_config(&strict, &spec)
+                .unwrap()
+                .sandbox_mode,
+            SandboxMode::Enforce
+        );
+        let weak = Config::from_str(
+            "workflow:\n  name: x\n  agent_permissions:\n    sandbox: best_effort\n",
+            "fanout.yaml",
+        )
+        .unwrap();
+        assert_eq!(
+            ScopePolicy::from_config(&weak, &spec).unwrap().sandbox_mode,
+            SandboxMode::BestEffort
+        );
     }
 }

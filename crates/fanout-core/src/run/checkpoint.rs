@@ -25,6 +25,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -209,11 +210,49 @@ impl CheckpointPolicy {
     }
 }
 
+/// What a file looked like when its blob id was computed: reused while nothing about the file
+/// changed, so a checkpoint only hashes files written since the last one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CachedHash {
+    inode: u64,
+    size: u64,
+    mode: u32,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    oid: String,
+}
+
+/// Blob ids of unchanged files, by path.
+#[derive(Debug, Default)]
+pub(crate) struct HashCache {
+    entries: HashMap<Vec<u8>, CachedHash>,
+}
+
+/// Kernel file times tick at the scheduler's coarse clock (a few ms): a file changed within
+/// this window of being hashed could change again with the same times, so it is not cached.
+const RACY_WINDOW_NS: i128 = 100_000_000;
+
+fn file_times(meta: &std::fs::Metadata) -> (i128, i128) {
+    use std::os::unix::fs::MetadataExt;
+    (
+        i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+    )
+}
+
+fn now_ns() -> i128 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
 /// Takes a run's checkpoints. One per run; not shared between threads (wrap it in a mutex:
 /// checkpoints of one run are sequential by nature).
 #[derive(Debug)]
 pub struct Checkpointer {
     git: Git,
+    cache: Arc<Mutex<HashCache>>,
     run_id: String,
     next_seq: u64,
     parent: Option<String>,
@@ -245,6 +284,7 @@ impl Checkpointer {
         };
         Ok(Checkpointer {
             git,
+            cache: Arc::default(),
             run_id: run_id.to_owned(),
             next_seq,
             parent,
@@ -312,8 +352,9 @@ impl Checkpointer {
         let seq = self.next_seq;
         let parent = self.parent.clone();
         let message = self.message(seq, label);
+        let cache = Arc::clone(&self.cache);
         let id = tokio::task::spawn_blocking(move || {
-            make_checkpoint(&git, &run_id, seq, parent.as_deref(), &message)
+            make_checkpoint(&git, &cache, &run_id, seq, parent.as_deref(), &message)
         })
         .await
         .map_err(|err| CheckpointError::Join {
@@ -348,6 +389,7 @@ impl Checkpointer {
         let message = self.message(self.next_seq, label);
         let id = make_checkpoint(
             &self.git,
+            &self.cache,
             &self.run_id,
             self.next_seq,
             self.parent.as_deref(),
@@ -373,12 +415,13 @@ impl Checkpointer {
 
 fn make_checkpoint(
     git: &Git,
+    cache: &Mutex<HashCache>,
     run_id: &str,
     seq: u64,
     parent: Option<&str>,
     message: &str,
 ) -> Result<CheckpointId, CheckpointError> {
-    let snapshot = snapshot(git)?;
+    let snapshot = snapshot_cached(git, Some(cache))?;
     let commit = commit_tree(git, &snapshot.tree, parent, message)?;
     let ref_name = checkpoint_ref(run_id, seq);
     let mut update = git.command();
@@ -459,7 +502,20 @@ fn is_ours(path: &[u8]) -> bool {
 
 /// Commit-less snapshot of the working tree: blobs written, tree written, nothing else moved.
 pub(crate) fn snapshot(git: &Git) -> Result<Snapshot, CheckpointError> {
+    snapshot_cached(git, None)
+}
+
+/// [`snapshot`], reusing blob ids from `cache` for files whose inode, size, mode and times
+/// are unchanged, and remembering the new ones.
+pub(crate) fn snapshot_cached(
+    git: &Git,
+    cache: Option<&Mutex<HashCache>>,
+) -> Result<Snapshot, CheckpointError> {
     let root = git.root().to_path_buf();
+    let mut cache = cache.map(|c| c.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let hashed_at = now_ns();
+    // Stat facts of files sent to hash-object, to cache once their ids are known.
+    let mut fresh: HashMap<Vec<u8>, CachedHash> = HashMap::new();
 
     // Tracked paths (with gitlinks' commits) from the user's index, read-only.
     let mut command = git.read_only();
@@ -539,6 +595,38 @@ pub(crate) fn snapshot(git: &Git) -> Result<Snapshot, CheckpointError> {
             } else {
                 MODE_FILE
             };
+            if let Some(cache) = cache.as_deref() {
+                use std::os::unix::fs::MetadataExt;
+                let (mtime_ns, ctime_ns) = file_times(&meta);
+                let facts = CachedHash {
+                    inode: meta.ino(),
+                    size: meta.len(),
+                    mode,
+                    mtime_ns,
+                    ctime_ns,
+                    oid: String::new(),
+                };
+                let unchanged = cache.entries.get(&path).filter(|hit| {
+                    hit.inode == facts.inode
+                        && hit.size == facts.size
+                        && hit.mode == facts.mode
+                        && hit.mtime_ns == facts.mtime_ns
+                        && hit.ctime_ns == facts.ctime_ns
+                });
+                if let Some(hit) = unchanged {
+                    entries.insert(
+                        path,
+                        TreeEntry {
+                            mode,
+                            oid: hit.oid.clone(),
+                        },
+                    );
+                    continue;
+                }
+                if hashed_at - mtime_ns.max(ctime_ns) > RACY_WINDOW_NS {
+                    fresh.insert(path.clone(), facts);
+                }
+            }
             batch.push((path, mode));
         } else if file_type.is_dir()
             && let Some(oid) = gitlinks.get(&path)
@@ -584,13 +672,12 @@ pub(crate) fn snapshot(git: &Git) -> Result<Snapshot, CheckpointError> {
             .into());
         }
         for ((path, mode), oid) in plain.into_iter().zip(oids) {
-            entries.insert(
-                path,
-                TreeEntry {
-                    mode,
-                    oid: String::from_utf8_lossy(oid).into_owned(),
-                },
-            );
+            let oid = String::from_utf8_lossy(oid).into_owned();
+            if let (Some(cache), Some(mut facts)) = (cache.as_deref_mut(), fresh.remove(&path)) {
+                facts.oid = oid.clone();
+                cache.entries.insert(path.clone(), facts);
+            }
+            entries.insert(path, TreeEntry { mode, oid });
         }
     }
     for (path, mode) in odd {

@@ -11,7 +11,13 @@
 //! configured test command (sandboxed), a synthesis call on the orchestrator's model, and the
 //! run's totals.
 //!
-//! Not here yet: resuming a run killed mid-way (in-flight agents' journals live in memory).
+//! Crashes and resume. Before an agent's first attempt, the durable pre-image of its write
+//! scope is recorded ([`super::preimage`]) — before its start row, which is before it runs.
+//! A successful agent's scope is `fsync`ed before its success row is committed. [`resume`]
+//! finishes a run that was killed, cancelled or ended partial: agents with a `success` row
+//! are never run again; every other agent is rolled back from its pre-image (in-flight rows
+//! are closed as `rollback`) and run again as a new attempt; checkpoints continue their
+//! numbering. `fanout resume` and `fanout run --retry-failed` both end here.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -29,11 +35,14 @@ use crate::policy::{AgentSpec, PathSet, ScopePolicy, ShellPolicy};
 use crate::provider::{Message, Request};
 use crate::retry::lock;
 use crate::run::checkpoint::{CheckpointId, CheckpointPolicy, Checkpointer};
+use crate::run::preimage::{self, Preimage, PreimageError};
 use crate::run::scheduler::{
     NotRun, SchedulerEvent, SchedulerLimits, TaskOutcome, TaskSpec, run_graph,
 };
 use crate::sandbox::SandboxConfig;
-use crate::store::{AgentFinish, AgentStart, AgentStatus, DenialRecord, NewRun, RunStatus, Store};
+use crate::store::{
+    AgentFinish, AgentStart, AgentStatus, DenialRecord, NewRun, RunStatus, Store, StoreReader,
+};
 use crate::tools::fs::FileState;
 use crate::tools::{ToolLimits, Toolbox};
 
@@ -136,6 +145,10 @@ pub enum EngineError {
     Git(#[from] crate::run::git::GitError),
     #[error("the plan has {plan} sub-tasks but {estimates} estimates")]
     EstimateMismatch { plan: usize, estimates: usize },
+    #[error("pre-image: {0}")]
+    Preimage(#[from] PreimageError),
+    #[error("a blocking task failed: {0}")]
+    Join(String),
 }
 
 /// Per-agent results the scheduler's events are enriched with.
@@ -155,11 +168,43 @@ struct Shared {
     checkpoints: tokio::sync::Mutex<(Checkpointer, CheckpointPolicy, u64)>,
     records: Mutex<HashMap<String, AgentRecord>>,
     events: Mutex<Vec<EngineEvent>>,
+    /// The attempt number each agent's next try gets (1 unless the run is resumed).
+    first_attempt: HashMap<String, u32>,
+}
+
+/// What a resumed run starts from, read from the store and the pre-images.
+#[derive(Debug, Default)]
+struct ResumeState {
+    /// Agents with a `success` row: never run again.
+    done: HashSet<String>,
+    first_attempt: HashMap<String, u32>,
+    records: HashMap<String, AgentRecord>,
+}
+
+/// Finish a run recorded in the store (`inputs.run_id`): killed mid-way, cancelled, or ended
+/// with failed or skipped agents. Agents that succeeded are not run again; every other agent
+/// is rolled back from its durable pre-image and run again as a new attempt. The run's
+/// status goes back to `running`, then to its final status.
+pub async fn resume(
+    inputs: EngineInputs,
+    cancel: &CancellationToken,
+    on_event: impl FnMut(&EngineEvent),
+) -> Result<RunOutcome, EngineError> {
+    run_engine(inputs, true, cancel, on_event).await
 }
 
 /// Run the plan. `on_event` sees progress as it happens, from the caller's task.
 pub async fn execute(
     inputs: EngineInputs,
+    cancel: &CancellationToken,
+    on_event: impl FnMut(&EngineEvent),
+) -> Result<RunOutcome, EngineError> {
+    run_engine(inputs, false, cancel, on_event).await
+}
+
+async fn run_engine(
+    inputs: EngineInputs,
+    resuming: bool,
     cancel: &CancellationToken,
     mut on_event: impl FnMut(&EngineEvent),
 ) -> Result<RunOutcome, EngineError> {
@@ -179,22 +224,45 @@ pub async fn execute(
         inputs.repo.join(log_path)
     };
     store.attach_log(log_path).await?;
+    if resuming {
+        // Nothing of this run is running now: what a killed process left half-done goes.
+        let repo = inputs.repo.clone();
+        let run_id = inputs.run_id.clone();
+        blocking(move || {
+            remove_stale_ref_locks(&repo, &run_id);
+            preimage::sweep_temporaries(&repo)
+        })
+        .await??;
+    }
     let mut checkpointer =
         Checkpointer::new(&inputs.repo, &inputs.run_id)?.with_store(store.clone());
     let base = checkpointer.base().await?;
-    store
-        .create_run(NewRun {
-            run_id: inputs.run_id.clone(),
-            workflow: inputs.plan.workflow.clone(),
-            config_path: inputs.config_path.clone(),
-            plan_hash: inputs.plan_hash.clone(),
-            repo: Some(inputs.repo.clone()),
-            status: RunStatus::Running,
-            started_at: SystemTime::now(),
-            base_commit: Some(base.commit.clone()),
-            agents_planned: subtasks.len() as u32,
-        })
-        .await?;
+    let known = resuming
+        && StoreReader::open_in_repo(&inputs.repo)?
+            .run(&inputs.run_id)?
+            .is_some();
+    if known {
+        store.reopen_run(&inputs.run_id).await?;
+    } else {
+        store
+            .create_run(NewRun {
+                run_id: inputs.run_id.clone(),
+                workflow: inputs.plan.workflow.clone(),
+                config_path: inputs.config_path.clone(),
+                plan_hash: inputs.plan_hash.clone(),
+                repo: Some(inputs.repo.clone()),
+                status: RunStatus::Running,
+                started_at: SystemTime::now(),
+                base_commit: Some(base.commit.clone()),
+                agents_planned: subtasks.len() as u32,
+            })
+            .await?;
+    }
+    let state = if resuming {
+        prepare_resume(&inputs, &store).await?
+    } else {
+        ResumeState::default()
+    };
     let policy = CheckpointPolicy::from_config(&inputs.config.rollback);
     let limits = SchedulerLimits {
         max_parallel: inputs.config.max_parallel_agents as usize,
@@ -216,9 +284,10 @@ pub async fn execute(
     let shared = Arc::new(Shared {
         inputs,
         store: store.clone(),
-        checkpoints: tokio::sync::Mutex::new((checkpointer, policy, 0)),
-        records: Mutex::new(HashMap::new()),
+        checkpoints: tokio::sync::Mutex::new((checkpointer, policy, state.done.len() as u64)),
+        records: Mutex::new(state.records),
         events: Mutex::new(Vec::new()),
+        first_attempt: state.first_attempt,
     });
 
     on_event(&EngineEvent::Phase {
@@ -230,7 +299,7 @@ pub async fn execute(
         let drain = Arc::clone(&shared);
         run_graph(
             &tasks,
-            &HashSet::new(),
+            &state.done,
             limits,
             cancel,
             move |id, token| {
@@ -450,9 +519,31 @@ async fn run_one(shared: Arc<Shared>, subtask: Subtask, cancel: CancellationToke
     let spec = agent_spec(&subtask);
     let mut mode = subtask.mode;
     let mut escalated = false;
-    let mut attempt: u32 = 0;
+    let mut attempt: u32 = shared
+        .first_attempt
+        .get(&agent_id)
+        .copied()
+        .unwrap_or(1)
+        .saturating_sub(1);
     let mut spent = 0.0;
     let mut tokens = 0u64;
+    // The durable pre-image of the write scope, before anything of this agent is on record
+    // or runs (a resumed run gets the one recorded before the first attempt).
+    let preimage = {
+        let repo = inputs.repo.clone();
+        let run_id = inputs.run_id.clone();
+        let id = agent_id.clone();
+        let patterns = spec.scope.clone();
+        match blocking(move || preimage::capture(&repo, &run_id, &id, &patterns)).await {
+            Ok(Ok(preimage)) => Arc::new(preimage),
+            Ok(Err(error)) => {
+                return finish_without_running(&shared, &agent_id, mode, format!("{error}"));
+            }
+            Err(error) => {
+                return finish_without_running(&shared, &agent_id, mode, format!("{error}"));
+            }
+        }
+    };
     loop {
         attempt += 1;
         let config = agent_config(&inputs.config, mode);
@@ -533,7 +624,15 @@ async fn run_one(shared: Arc<Shared>, subtask: Subtask, cancel: CancellationToke
             outcome.status == LoopStatus::InvalidResult && mode == Mode::Fast && !escalated;
         let transient = matches!(outcome.status, LoopStatus::ProviderError(_))
             && attempt < inputs.max_attempts.max(1);
-        let succeeded = outcome.status == LoopStatus::Success && outcome.flags.is_empty();
+        let mut succeeded = outcome.status == LoopStatus::Success && outcome.flags.is_empty();
+        let mut sync_failure = None;
+        if succeeded {
+            // Its edits reach the disk before its success row does (power loss).
+            if let Err(error) = sync_scope(&inputs.repo, &preimage).await {
+                succeeded = false;
+                sync_failure = Some(error);
+            }
+        }
         let destructive = if succeeded {
             deleted_something(&inputs.repo, &toolbox)
         } else {
@@ -544,12 +643,20 @@ async fn run_one(shared: Arc<Shared>, subtask: Subtask, cancel: CancellationToke
         } else {
             let undo = toolbox.undo();
             let changed = !toolbox.journal().is_empty();
-            let mut message = failure_text(&outcome);
+            let mut message = match &sync_failure {
+                Some(error) => format!("cannot write its edits to disk: {error}"),
+                None => failure_text(&outcome),
+            };
             if !undo.failed.is_empty() {
                 message.push_str(&format!(
                     "; could not undo: {}",
                     undo_failures(&undo.failed)
                 ));
+            }
+            // The journal undoes what the tools did; the pre-image also catches what they
+            // could not journal (and is what a resume would restore).
+            if let Err(error) = restore_scope(&inputs.repo, &preimage).await {
+                message.push_str(&format!("; could not restore its pre-image: {error}"));
             }
             let status = if changed {
                 AgentStatus::Rollback
@@ -638,6 +745,142 @@ async fn run_one(shared: Arc<Shared>, subtask: Subtask, cancel: CancellationToke
             cost: spent,
             reason: error.unwrap_or_default(),
         };
+    }
+}
+
+/// Run blocking file or git work off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, EngineError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| EngineError::Join(error.to_string()))
+}
+
+async fn sync_scope(repo: &Path, preimage: &Arc<Preimage>) -> Result<(), String> {
+    let repo = repo.to_path_buf();
+    let preimage = Arc::clone(preimage);
+    match blocking(move || preimage::sync_scope(&repo, &preimage)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+async fn restore_scope(repo: &Path, preimage: &Arc<Preimage>) -> Result<(), String> {
+    let repo = repo.to_path_buf();
+    let preimage = Arc::clone(preimage);
+    match blocking(move || preimage::restore(&repo, &preimage)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// Read what the run's earlier processes recorded, roll back every agent that did not
+/// succeed from its pre-image, and close attempts that were in flight as `rollback`.
+async fn prepare_resume(inputs: &EngineInputs, store: &Store) -> Result<ResumeState, EngineError> {
+    let rows = StoreReader::open_in_repo(&inputs.repo)?.agent_runs(&inputs.run_id)?;
+    let planned: HashSet<String> = inputs
+        .plan
+        .subtasks
+        .iter()
+        .map(|s| s.task_id.to_string())
+        .collect();
+    let mut state = ResumeState::default();
+    for row in &rows {
+        let next = state.first_attempt.entry(row.agent_id.clone()).or_insert(1);
+        *next = (*next).max(row.attempt.saturating_add(1));
+        if row.status == Some(AgentStatus::Success) && planned.contains(&row.agent_id) {
+            state.done.insert(row.agent_id.clone());
+            state.records.insert(
+                row.agent_id.clone(),
+                AgentRecord {
+                    status: AgentStatus::Success,
+                    mode: row.mode.unwrap_or(Mode::Default),
+                    tokens: row.token_count,
+                    dollars: row.cost_usd,
+                    escalated: row.escalated,
+                },
+            );
+        }
+    }
+    // Roll back in reverse plan order: a dependent's scope may hold files its dependency's
+    // pre-image also covers, and the dependency's pre-image is the older one.
+    let mut restored: HashSet<String> = HashSet::new();
+    let mut missing: HashSet<String> = HashSet::new();
+    for subtask in inputs.plan.subtasks.iter().rev() {
+        let agent_id = subtask.task_id.to_string();
+        if state.done.contains(&agent_id) {
+            continue;
+        }
+        let repo = inputs.repo.clone();
+        let run_id = inputs.run_id.clone();
+        let id = agent_id.clone();
+        let found = blocking(move || -> Result<bool, PreimageError> {
+            match preimage::load(&repo, &run_id, &id)? {
+                Some(preimage) => preimage::restore(&repo, &preimage).map(|_| true),
+                None => Ok(false),
+            }
+        })
+        .await??;
+        if found {
+            restored.insert(agent_id);
+        } else {
+            missing.insert(agent_id);
+        }
+    }
+    for row in rows.iter().filter(|row| row.status.is_none()) {
+        let (status, error) = if restored.contains(&row.agent_id) {
+            (
+                AgentStatus::Rollback,
+                "interrupted: the run stopped while this attempt was in flight; rolled back \
+                 from its pre-image on resume",
+            )
+        } else {
+            (
+                AgentStatus::Failure,
+                "interrupted: the run stopped while this attempt was in flight; no pre-image \
+                 to roll back from",
+            )
+        };
+        store
+            .finish_agent(AgentFinish {
+                run_id: inputs.run_id.clone(),
+                agent_id: row.agent_id.clone(),
+                attempt: row.attempt,
+                status,
+                files_accessed: Vec::new(),
+                tools_called: Vec::new(),
+                input_tokens: 0,
+                output_tokens: 0,
+                cost_usd: 0.0,
+                error: Some(error.to_owned()),
+                checkpoint: None,
+                ended_at: SystemTime::now(),
+            })
+            .await?;
+    }
+    Ok(state)
+}
+
+/// Ref lock files of this run's refs that a killed `git update-ref` left behind (they would
+/// make every later checkpoint of the run fail). Best effort.
+fn remove_stale_ref_locks(repo: &Path, run_id: &str) {
+    let dir = repo.join(".git").join("refs").join("fanout").join(run_id);
+    let mut stack = vec![dir];
+    while let Some(dir) = stack.pop() {
+        let Ok(children) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for child in children.flatten() {
+            let path = child.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "lock") {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
     }
 }
 

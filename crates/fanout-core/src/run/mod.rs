@@ -12,13 +12,17 @@
 //!
 //! - [`scheduler`]: [`run_graph`](scheduler::run_graph) admits a dependency graph of tasks
 //!   under a concurrency cap and a dollar budget, for both repository and item work.
+//! - [`preimage`]: durable pre-images of each agent's write scope, so `fanout resume` can
+//!   roll back agents that were in flight when the process died.
 //!
 //! The git layer blocks on child processes; call it from `spawn_blocking` in async code
 //! ([`Checkpointer::checkpoint`] does so itself).
 
 pub mod checkpoint;
+pub mod checkpoint_worker;
 pub mod engine;
 pub mod git;
+pub mod preimage;
 pub mod rollback;
 pub mod scheduler;
 

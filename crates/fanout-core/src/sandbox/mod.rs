@@ -65,6 +65,11 @@ pub enum SandboxError {
     Spawn(String),
     #[error("cannot create the private temporary directory: {0}")]
     TempDir(String),
+    #[error(
+        "{0} has a hard link outside the writable directories; a command could change that \
+         file through it, so commands are refused while it exists"
+    )]
+    HardLink(PathBuf),
 }
 
 /// Resource limits applied with `setrlimit` (and the pids cgroup).
@@ -330,6 +335,12 @@ impl Sandbox {
         let mut roots = self.grants.dirs.clone();
         roots.extend(self.grants.files.iter().cloned());
         let before = snapshot::Snapshot::take(&roots, true)?;
+        // Landlock checks the path used to open a file, so a file in a granted tree that is
+        // also linked from elsewhere (another agent's file, a file outside the repository)
+        // would be writable through it. Refuse unless every link is inside the snapshot.
+        if let Some(path) = before.aliased_file() {
+            return Err(SandboxError::HardLink(path));
+        }
         let ruleset = if self.support.landlock_abi == 0 {
             None
         } else {

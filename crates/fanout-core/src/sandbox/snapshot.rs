@@ -73,6 +73,25 @@ impl Snapshot {
         Ok(snapshot)
     }
 
+    /// A regular file with more hard links than the snapshot holds paths to: one of its links
+    /// is outside the snapshotted trees.
+    pub fn aliased_file(&self) -> Option<PathBuf> {
+        let mut seen: BTreeMap<u64, u64> = BTreeMap::new();
+        for entry in self.entries.values() {
+            if entry.kind == Kind::File && entry.nlink > 1 {
+                *seen.entry(entry.ino).or_insert(0) += 1;
+            }
+        }
+        self.entries
+            .iter()
+            .find(|(_, entry)| {
+                entry.kind == Kind::File
+                    && entry.nlink > 1
+                    && seen.get(&entry.ino).copied().unwrap_or(0) < entry.nlink
+            })
+            .map(|(path, _)| path.clone())
+    }
+
     pub fn diff(&self, after: &Snapshot) -> Vec<Change> {
         let mut changes = Vec::new();
         for (path, before) in &self.entries {

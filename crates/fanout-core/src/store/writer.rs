@@ -64,6 +64,9 @@ enum Op {
         ended_at: Option<SystemTime>,
         error: Option<String>,
     },
+    ReopenRun {
+        run_id: String,
+    },
     StartAgent(Box<AgentStart>),
     FinishAgent(Box<AgentFinish>),
     Checkpoint(Box<CheckpointRecord>),
@@ -144,6 +147,15 @@ impl Store {
             status,
             ended_at,
             error,
+        };
+        self.acked(op, "the run status").await
+    }
+
+    /// Put a finished or interrupted run back to `running` for a resume: `ended_at` and the
+    /// error message are cleared (the resume sets them again when it ends). Durable.
+    pub async fn reopen_run(&self, run_id: &str) -> Result<(), StoreError> {
+        let op = Op::ReopenRun {
+            run_id: run_id.to_owned(),
         };
         self.acked(op, "the run status").await
     }
@@ -426,6 +438,7 @@ impl Writer {
                 ended_at,
                 error,
             } => self.set_run_status(run_id, status, ended_at, error),
+            Op::ReopenRun { run_id } => self.reopen_run(run_id),
             Op::StartAgent(start) => self.start_agent(*start),
             Op::FinishAgent(finish) => self.finish_agent(*finish),
             Op::Checkpoint(checkpoint) => self.checkpoint(*checkpoint),
@@ -501,6 +514,27 @@ impl Writer {
             "kind": "run_status",
             "status": status,
             "error": error,
+        })))
+    }
+
+    fn reopen_run(&mut self, run_id: String) -> Result<Option<serde_json::Value>, StoreError> {
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE runs SET status = 'running', ended_at = NULL, error = NULL
+                 WHERE run_id = ?1",
+            )
+            .and_then(|mut stmt| stmt.execute(params![run_id]))
+            .map_err(self.sqlite("reopening a run"))?;
+        if changed == 0 {
+            return Err(StoreError::UnknownRun { run_id });
+        }
+        Ok(Some(json!({
+            "timestamp": format_time(SystemTime::now()),
+            "run_id": run_id,
+            "kind": "run_status",
+            "status": RunStatus::Running,
+            "resumed": true,
         })))
     }
 

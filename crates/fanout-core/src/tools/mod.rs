@@ -549,10 +549,14 @@ impl Toolbox {
         let outcome = sandbox
             .run(&program, &args, self.fs.root_path(), &env)
             .await
-            .map_err(|error| {
-                denied(DenyReason::SandboxUnavailable {
-                    detail: error.to_string(),
-                })
+            .map_err(|error| match error {
+                SandboxError::HardLink(_) => Failure::Denied {
+                    target: format!("{line} ({error})"),
+                    reason: DenyReason::HardLink,
+                },
+                other => denied(DenyReason::SandboxUnavailable {
+                    detail: other.to_string(),
+                }),
             })?;
 
         let (written, violations) = self.settle_changes(&outcome.changes);

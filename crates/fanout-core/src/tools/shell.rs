@@ -89,6 +89,8 @@ pub fn git_safety_args(repository: &Path) -> Vec<String> {
         "credential.helper=".to_string(),
         "protocol.ext.allow=never".to_string(),
         "core.attributesFile=/dev/null".to_string(),
+        // With `--no-ext-diff` these never run; emptied too so nothing can turn them back on.
+        "diff.external=".to_string(),
     ];
     for driver in repository_drivers(repository, "filter") {
         settings.push(format!("filter.{driver}.clean=cat"));
@@ -98,6 +100,7 @@ pub fn git_safety_args(repository: &Path) -> Vec<String> {
     }
     for driver in repository_drivers(repository, "diff") {
         settings.push(format!("diff.{driver}.textconv=cat"));
+        settings.push(format!("diff.{driver}.command="));
     }
     for driver in repository_drivers(repository, "merge") {
         settings.push(format!("merge.{driver}.driver=false"));
@@ -120,17 +123,30 @@ const EXT_DIFF_SUBCOMMANDS: &[&str] = &[
 ];
 
 /// The full argument list for `git` (without the program name): safety options, the
-/// subcommand, `--no-ext-diff` where it applies, then the model's arguments.
+/// subcommand, `--no-ext-diff` where it applies, then the model's arguments, less any
+/// `--ext-diff` before `--` (it would override `--no-ext-diff` and run the repository's diff
+/// driver).
 pub fn git_args(repository: &Path, argv: &[String]) -> Vec<String> {
     let mut args = git_safety_args(repository);
     let mut rest = argv.iter().skip(1);
+    let mut ext_diff = false;
     if let Some(subcommand) = rest.next() {
         args.push(subcommand.clone());
-        if EXT_DIFF_SUBCOMMANDS.contains(&subcommand.as_str()) {
+        ext_diff = EXT_DIFF_SUBCOMMANDS.contains(&subcommand.as_str());
+        if ext_diff {
             args.push("--no-ext-diff".to_string());
         }
     }
-    args.extend(rest.cloned());
+    let mut options = true;
+    for arg in rest {
+        if arg == "--" {
+            options = false;
+        }
+        if ext_diff && options && arg == "--ext-diff" {
+            continue;
+        }
+        args.push(arg.clone());
+    }
     args
 }
 
@@ -214,5 +230,17 @@ mod tests {
         assert!(resolve_program("./x").is_none());
         assert!(resolve_program("/bin/sh").is_none());
         assert!(resolve_program("sh").is_some());
+    }
+
+    #[test]
+    fn the_model_cannot_turn_external_diff_back_on() {
+        let argv: Vec<String> = ["git", "diff", "--ext-diff", "--", "--ext-diff"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        let args = git_args(Path::new("/nonexistent"), &argv);
+        let diff = args.iter().position(|a| a == "diff").unwrap();
+        assert_eq!(args[diff..], ["diff", "--no-ext-diff", "--", "--ext-diff"]);
+        assert!(args.contains(&"diff.external=".to_string()));
     }
 }

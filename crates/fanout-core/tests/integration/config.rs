@@ -206,6 +206,37 @@ workflow:
 }
 
 #[test]
+fn best_effort_sandbox_is_accepted_only_with_a_warning() {
+    let text = "workflow:\n  name: x\n  agent_permissions:\n    sandbox: best_effort\n";
+    let config = Config::from_str(text, "weak.yaml").unwrap();
+    assert_eq!(
+        config.agent_permissions.sandbox,
+        config::SandboxSetting::BestEffort
+    );
+    let warnings: Vec<String> = config.warnings().iter().map(|w| w.to_string()).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("weak.yaml:4:14: warning: `sandbox: best_effort`"),
+        "{warnings:?}"
+    );
+    // The default (and `enforce` spelled out) fails closed without a word.
+    for text in [
+        "workflow:\n  name: x\n",
+        "workflow:\n  name: x\n  agent_permissions:\n    sandbox: enforce\n",
+    ] {
+        let config = Config::from_str(text, "strict.yaml").unwrap();
+        assert_eq!(
+            config.agent_permissions.sandbox,
+            config::SandboxSetting::Enforce
+        );
+        assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+    }
+    // The schema knows the key and its values.
+    let value: serde_json::Value = serde_saphyr::from_str(text).unwrap();
+    check_against_schema(&config::json_schema(), &value, "weak");
+}
+
+#[test]
 fn protected_paths_only_grow() {
     let text = "workflow:\n  name: x\n  paths:\n    protected: []\n";
     let config = Config::from_str(text, "x.yaml").unwrap();
@@ -316,6 +347,11 @@ mod broken {
         unknown_shell_exec_value,
         "permissions.yaml",
         "workflow:\n  name: x\n  agent_permissions:\n    shell_exec: allowlist\n"
+    );
+    broken_config!(
+        unknown_sandbox_value,
+        "permissions.yaml",
+        "workflow:\n  name: x\n  agent_permissions:\n    sandbox: off\n"
     );
     broken_config!(
         shell_allowlist_with_semicolon,
@@ -431,4 +467,73 @@ mod broken {
     i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
 "
     );
+}
+
+/// `workflow.items:` (item work): broken sections give located, pinned messages.
+mod broken_items {
+    use super::broken;
+
+    broken_config!(
+        items_misspelled_key,
+        "items.yaml",
+        "workflow:\n  name: tickets\n  items:\n    input: {path: t.jsonl}\n    worker: {instructions: x, output_schema: {type: object}}\n    execuiton: batch\n"
+    );
+    broken_config!(
+        items_llm_chunking_not_supported,
+        "items.yaml",
+        "workflow:\n  name: tickets\n  items:\n    input: {path: t.jsonl}\n    chunking:\n      strategy: llm\n    worker: {instructions: x, output_schema: {type: object}}\n"
+    );
+    broken_config!(
+        items_unknown_strategy,
+        "items.yaml",
+        "workflow:\n  name: tickets\n  items:\n    input: {path: t.jsonl}\n    chunking:\n      strategy: token_budgt\n    worker: {instructions: x, output_schema: {type: object}}\n"
+    );
+    broken_config!(
+        items_size_with_token_budget,
+        "items.yaml",
+        "workflow:\n  name: tickets\n  items:\n    input: {path: t.jsonl}\n    chunking:\n      strategy: token_budget\n      size: 30\n    worker: {instructions: x, output_schema: {type: object}}\n"
+    );
+    broken_config!(
+        items_missing_schema_file,
+        "items.yaml",
+        "workflow:\n  name: tickets\n  items:\n    input: {path: t.jsonl}\n    worker:\n      instructions: x\n      output_schema: no-such-schema.json\n"
+    );
+    broken_config!(
+        items_unknown_input_format,
+        "items.yaml",
+        "workflow:\n  name: tickets\n  items:\n    input: {path: tickets.parquet}\n    worker: {instructions: x, output_schema: {type: object}}\n"
+    );
+}
+
+#[test]
+fn the_ticket_example_parses_as_item_work() {
+    use fanout_core::config::items::{ChunkingConfig, Execution, InputFormat, ItemIdConfig};
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/support-tickets/workflow.yaml");
+    let config = Config::from_path(&path).unwrap();
+    let items = config.items.as_ref().unwrap();
+    assert_eq!(items.input.format, InputFormat::Jsonl);
+    assert_eq!(items.input.id, ItemIdConfig::Field("id".into()));
+    assert!(
+        items
+            .input
+            .path
+            .ends_with("examples/support-tickets/tickets.jsonl")
+    );
+    assert_eq!(
+        items.chunking,
+        ChunkingConfig::TokenBudget {
+            max_items: Some(30),
+            share_of_minute: 0.02,
+            max_input_tokens: 150_000
+        }
+    );
+    assert_eq!(items.execution, Execution::Online);
+    assert_eq!(
+        items.aggregate.count_by,
+        ["category", "priority", "sentiment"]
+    );
+    assert!(items.aggregate.synthesis.is_some());
+    assert_eq!(items.worker.output_schema["title"], "Support ticket triage");
+    assert_eq!(config.mode_for_role("items_worker"), Mode::Fast);
 }

@@ -2,6 +2,7 @@
 //! (`fanout-sim`) over real HTTP on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod adversarial;
 mod agent;
 mod checkpoint;
 mod config;

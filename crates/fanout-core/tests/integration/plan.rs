@@ -242,6 +242,39 @@ async fn seed_dry_run_prints_every_seed_line_and_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_best_effort_sandbox_is_shown_in_the_dry_run_report() {
+    let text = SEED.replace(
+        "    shell_exec: restricted",
+        "    sandbox: best_effort\n    shell_exec: restricted",
+    );
+    assert_ne!(text, SEED);
+    let config = Config::from_str(&text, "claude-workflows.yaml").unwrap();
+    let repo = example_repo();
+    let scenario = std::fs::read_to_string(example_dir().join("scenario.yaml")).unwrap();
+    let (prepared, _sim) = dry_run(&config, repo.path(), &scenario).await;
+    let report = prepared.unwrap().report;
+    let text = report.render(false);
+    assert!(
+        text.lines()
+            .any(|line| line == "Sandbox: best effort (requested in the workflow file)"),
+        "{text}"
+    );
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["sandbox"], "best_effort");
+    // Enforced (the default) is not mentioned: the seed report stays as it was.
+    let config = Config::from_str(SEED, "claude-workflows.yaml").unwrap();
+    let (prepared, _sim) = dry_run(&config, repo.path(), &scenario).await;
+    let report = prepared.unwrap().report;
+    assert!(!report.render(false).contains("Sandbox:"));
+    assert!(
+        serde_json::to_value(&report)
+            .unwrap()
+            .get("sandbox")
+            .is_none()
+    );
+}
+
+#[tokio::test]
 async fn every_kind_of_violation_is_reported_with_agent_and_reason() {
     let config = Config::from_str(
         "workflow:\n  name: guarded\n  paths:\n    allow: [\"src/**\", \"tests/**\", \"config/**\"]\n",

@@ -34,7 +34,7 @@ pub(crate) struct Fixture {
     recorded: BTreeMap<PathBuf, Option<(u64, u32)>>,
 }
 
-fn fingerprint(path: &Path) -> Option<(u64, u32)> {
+pub(crate) fn fingerprint(path: &Path) -> Option<(u64, u32)> {
     let meta = std::fs::symlink_metadata(path).ok()?;
     let mut hasher = DefaultHasher::new();
     if meta.file_type().is_symlink() {
@@ -207,7 +207,7 @@ fn git(dir: &Path, args: &[&str]) {
     assert!(status.success(), "git {args:?}");
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {

@@ -1,0 +1,198 @@
+//! `fanout bench items`: item work at scale. 10,000 synthetic items in chunks of 10 (1,000
+//! chunk workers) run through the real item runner (scheduler, fleet, run store, journal,
+//! ledger, outputs) against a simulator child process at 500 ms latency, with 1,000 workers
+//! in flight.
+//!
+//! The floor is the latency chain: `ceil(chunks / workers) × latency` (every chunk is one call
+//! when the simulator answers every item). Reported: makespan of the run (from the first
+//! dispatch to the last settlement, outputs included) against that floor, calls, the
+//! accounting (every item once), peak RSS and CPU of this process (the simulator is a child).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use fanout_core::config::Config;
+use fanout_core::fleet::Fleet;
+use fanout_core::governor::{Governor, GovernorConfig};
+use fanout_core::items::Item;
+use fanout_core::items::run::{EventSink, ItemJob, RunOptions};
+use fanout_core::provider::anthropic::{AnthropicConfig, AnthropicProvider};
+use fanout_core::provider::batch::PollPolicy;
+use fanout_core::retry::{RetryBudget, RetryBudgetConfig, RetryPolicy};
+use fanout_core::store::Store;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::bench::ChildSim;
+use crate::usage;
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchItemsArgs {
+    /// Number of synthetic items.
+    #[arg(long, default_value_t = 10_000)]
+    items: usize,
+    /// Items per chunk (one worker call each).
+    #[arg(long, default_value_t = 10)]
+    chunk_size: usize,
+    /// Workers in flight at once (`max_parallel_agents`).
+    #[arg(long, default_value_t = 1000)]
+    workers: usize,
+    /// Simulator latency per call, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    latency_ms: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ItemsReport {
+    items: usize,
+    chunks: usize,
+    workers: usize,
+    succeeded: usize,
+    failed: usize,
+    calls: u64,
+    makespan_s: f64,
+    floor_s: f64,
+    ratio_to_floor: f64,
+    prepare_s: f64,
+    cpu_s: f64,
+    peak_rss_mib: f64,
+}
+
+fn workflow(workers: usize, chunk_size: usize) -> String {
+    format!(
+        r#"workflow:
+  name: bench-items
+  max_parallel_agents: {workers}
+  mode_routing:
+    items_worker: fast
+  items:
+    input: {{path: synthetic.jsonl}}
+    chunking: {{strategy: fixed, size: {chunk_size}}}
+    worker:
+      instructions: Label each note and score it from 0 to 10.
+      max_tokens: 2048
+      output_schema:
+        type: object
+        properties:
+          label: {{enum: [question, complaint, praise]}}
+          score: {{type: integer, minimum: 0, maximum: 10}}
+        required: [label, score]
+        additionalProperties: false
+"#
+    )
+}
+
+pub async fn run(args: BenchItemsArgs) -> anyhow::Result<ExitCode> {
+    if args.items == 0 || args.chunk_size == 0 || args.workers == 0 {
+        bail!("--items, --chunk-size and --workers must be at least 1");
+    }
+    let child = ChildSim::start(&[
+        "--latency-ms".into(),
+        args.latency_ms.to_string(),
+        "--seed".into(),
+        "7".into(),
+    ])
+    .await?;
+    let root = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let prepare_started = tokio::time::Instant::now();
+    let config = Config::from_str(
+        &workflow(args.workers, args.chunk_size),
+        root.path().join("bench-items.yaml"),
+    )
+    .context("the benchmark's workflow")?;
+    let items: Vec<Item> = (0..args.items)
+        .map(|i| {
+            Item::new(
+                format!("note-{i:05}"),
+                serde_json::json!({"text": format!("Note {i}: the invoice export was slow again today, please look into it.")}),
+            )
+        })
+        .collect();
+    let job = Arc::new(ItemJob::with_items(&config, items)?);
+    let chunks = job.chunks.len();
+    let provider = Arc::new(AnthropicProvider::new(AnthropicConfig {
+        base_url: child.base_url.clone(),
+        ..AnthropicConfig::new("sim-key")
+    })?);
+    let fleet = Fleet::new(
+        provider,
+        Governor::new(GovernorConfig {
+            max_in_flight: args.workers,
+            ..GovernorConfig::default()
+        }),
+        RetryPolicy::default(),
+        Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
+    );
+    let store = Store::open_in_repo(root.path())?;
+    let prepare = prepare_started.elapsed();
+    let sink: EventSink = Arc::new(|_| {});
+    let started = tokio::time::Instant::now();
+    let report = fanout_core::items::run::run(
+        job,
+        fleet,
+        store.clone(),
+        RunOptions {
+            root: root.path().to_path_buf(),
+            resume: None,
+            batch: None,
+            poll: PollPolicy::default(),
+        },
+        CancellationToken::new(),
+        sink,
+    )
+    .await?;
+    let makespan = started.elapsed().as_secs_f64();
+    let _ = store.close().await;
+    let resources = usage::current();
+    let rounds = chunks.div_ceil(args.workers) as f64;
+    let floor = rounds * Duration::from_millis(args.latency_ms).as_secs_f64();
+    let out = ItemsReport {
+        items: report.summary.items,
+        chunks,
+        workers: args.workers,
+        succeeded: report.summary.succeeded,
+        failed: report.summary.failed,
+        calls: report.calls,
+        makespan_s: makespan,
+        floor_s: floor,
+        ratio_to_floor: makespan / floor.max(1e-9),
+        prepare_s: prepare.as_secs_f64(),
+        cpu_s: resources.cpu().as_secs_f64(),
+        peak_rss_mib: resources.peak_rss_kib as f64 / 1024.0,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("items benchmark");
+        println!(
+            "  items             {} in {} chunks ({} succeeded, {} failed)",
+            out.items, out.chunks, out.succeeded, out.failed
+        );
+        println!("  workers in flight {}", out.workers);
+        println!("  worker calls      {}", out.calls);
+        println!("  makespan          {:.3} s", out.makespan_s);
+        println!("  floor             {:.3} s (latency chain)", out.floor_s);
+        println!(
+            "  ratio to floor    {:.3} (target <= 1.3)",
+            out.ratio_to_floor
+        );
+        println!(
+            "  preparation       {:.3} s (not in the makespan)",
+            out.prepare_s
+        );
+        println!("  engine CPU        {:.2} s", out.cpu_s);
+        println!("  engine peak RSS   {:.1} MiB", out.peak_rss_mib);
+    }
+    drop(child);
+    Ok(if out.failed == 0 && out.items == args.items {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,364 @@
+//! `fanout bench run`: a whole live run at scale, measured against its critical path.
+//!
+//! Generates a repository of `--files` files under git, a reviewed plan of `--agents` agents
+//! (agent i owns file i), and a simulator scenario in which every agent takes `--turns` model
+//! turns with tool calls (read its file, list its scope, write its file, then report). The
+//! simulator runs as a child process, so this process's CPU time and peak RSS are the
+//! engine's: scheduler, agents, tools, run store, checkpoints, scope check and synthesis.
+//!
+//! The critical path is one agent's chain of turns plus the synthesis call:
+//! `(turns + 1) × latency`. Under a requests/min limit the floor is the larger of that and the
+//! rate floor `(requests − burst) / rate`.
+
+use std::path::Path;
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use fanout_core::config::Config;
+use fanout_core::fleet::Fleet;
+use fanout_core::governor::Governor;
+use fanout_core::plan::{self, PlanOptions, PrepareRequest};
+use fanout_core::provider::Provider;
+use fanout_core::provider::anthropic::{AnthropicConfig, AnthropicProvider};
+use fanout_core::retry::{RetryBudget, RetryBudgetConfig, RetryPolicy};
+use fanout_core::run::engine::{self, EngineInputs};
+use fanout_core::sandbox::SandboxConfig;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::bench::ChildSim;
+use crate::usage;
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchRunArgs {
+    /// Number of agents (one file each).
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    /// Files in the generated repository (at least --agents).
+    #[arg(long, default_value_t = 1000)]
+    files: usize,
+    /// Model turns per agent (at least 2: the last one reports).
+    #[arg(long, default_value_t = 4)]
+    turns: usize,
+    /// Simulator latency per model call, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    latency_ms: u64,
+    /// Server requests-per-minute limit (the workflow declares it too).
+    #[arg(long)]
+    rpm: Option<u64>,
+    /// max_parallel_agents of the workflow.
+    #[arg(long, default_value_t = 1000)]
+    max_parallel: usize,
+    /// Checkpoint every this many completions.
+    #[arg(long, default_value_t = 10)]
+    checkpoint_interval: u32,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct RunBenchReport {
+    agents: usize,
+    files: usize,
+    turns: usize,
+    latency_ms: u64,
+    rpm: Option<u64>,
+    status: String,
+    succeeded: usize,
+    failed_or_rolled_back: usize,
+    not_run: usize,
+    makespan_s: f64,
+    critical_path_s: f64,
+    rate_floor_s: Option<f64>,
+    floor_s: f64,
+    ratio_to_floor: f64,
+    model_requests: u64,
+    server_429s: u64,
+    retries: u64,
+    checkpoints: u64,
+    files_changed: usize,
+    out_of_scope: usize,
+    cpu_s: f64,
+    cores_used: f64,
+    peak_rss_mib: f64,
+}
+
+pub async fn run(args: BenchRunArgs) -> anyhow::Result<ExitCode> {
+    if args.turns < 2 {
+        bail!("--turns must be at least 2 (the last turn reports)");
+    }
+    if args.files < args.agents {
+        bail!("--files must be at least --agents (each agent owns one file)");
+    }
+    let work = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let repo = work.path().join("repo");
+    eprintln!(
+        "bench run: generating {} files, a {}-agent plan and a {}-turn scenario",
+        args.files, args.agents, args.turns
+    );
+    generate_repository(&repo, args.files)?;
+    let workflow = work.path().join("workflow.yaml");
+    std::fs::write(&workflow, workflow_yaml(&args)).context("cannot write the workflow")?;
+    let plan_path = work.path().join("plan.json");
+    std::fs::write(&plan_path, plan_json(args.agents)?).context("cannot write the plan")?;
+    let scenario = work.path().join("scenario.yaml");
+    std::fs::write(&scenario, scenario_yaml(args.turns)).context("cannot write the scenario")?;
+
+    let mut sim_options = vec![
+        "--latency-ms".to_string(),
+        args.latency_ms.to_string(),
+        "--scenario".to_string(),
+        scenario.display().to_string(),
+    ];
+    if let Some(rpm) = args.rpm {
+        sim_options.extend(["--rpm".to_string(), rpm.to_string()]);
+    }
+    let sim = ChildSim::start(&sim_options).await?;
+
+    let config = Config::from_path(&workflow).context("the generated workflow is invalid")?;
+    let provider: Arc<dyn Provider> = Arc::new(AnthropicProvider::new(AnthropicConfig {
+        base_url: sim.base_url.clone(),
+        ..AnthropicConfig::new("sim-key")
+    })?);
+    let fleet = Fleet::new(
+        provider,
+        Governor::new(plan::governor_config(&config)),
+        RetryPolicy::default(),
+        Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
+    );
+    let request = PrepareRequest {
+        repository: repo.clone(),
+        task: None,
+        plan_file: Some(plan_path),
+        options: PlanOptions::default(),
+        dry_run: false,
+        save: true,
+    };
+    let cancel = CancellationToken::new();
+    let prepared = plan::prepare(&config, &request, None, &cancel)
+        .await
+        .context("the generated plan did not validate")?;
+    if !prepared.report.is_clean() {
+        bail!(
+            "the generated plan has violations:\n{}",
+            prepared.report.render(false)
+        );
+    }
+    let run_id = prepared
+        .report
+        .saved
+        .as_ref()
+        .map(|saved| saved.run_id.0.clone())
+        .unwrap_or_else(|| plan::RunId::new(SystemTime::now()).0);
+    let inputs = EngineInputs {
+        config: Arc::new(config),
+        plan: prepared.validation.plan.clone(),
+        estimated_dollars: prepared
+            .report
+            .estimate
+            .agents
+            .iter()
+            .map(|a| a.dollars)
+            .collect(),
+        plan_hash: None,
+        config_path: Some(workflow.clone()),
+        repo: repo.clone(),
+        run_id,
+        fleet: fleet.clone(),
+        sandbox: SandboxConfig::default(),
+        max_attempts: 3,
+    };
+    eprintln!("bench run: running");
+    let started = tokio::time::Instant::now();
+    let outcome = engine::execute(inputs, &cancel, |_| {})
+        .await
+        .context("the run failed")?;
+    let makespan = started.elapsed().as_secs_f64();
+    let resources = usage::current();
+    let server = sim.stats().await.ok();
+    let server_count = |key: &str| {
+        server
+            .as_ref()
+            .and_then(|s| s.get(key))
+            .and_then(serde_json::Value::as_u64)
+    };
+
+    let latency = args.latency_ms as f64 / 1000.0;
+    let critical_path = (args.turns as f64 + 1.0) * latency;
+    let requests = (args.agents * args.turns + 1) as f64;
+    let rate_floor = args
+        .rpm
+        .map(|rpm| (requests - rpm as f64).max(0.0) / (rpm as f64 / 60.0));
+    let floor = critical_path.max(rate_floor.unwrap_or(0.0));
+    let stats = fleet.stats();
+    let report = RunBenchReport {
+        agents: args.agents,
+        files: args.files,
+        turns: args.turns,
+        latency_ms: args.latency_ms,
+        rpm: args.rpm,
+        status: outcome.status.as_str().to_string(),
+        succeeded: outcome.succeeded,
+        failed_or_rolled_back: outcome.failed + outcome.rolled_back,
+        not_run: outcome.not_run,
+        makespan_s: makespan,
+        critical_path_s: critical_path,
+        rate_floor_s: rate_floor,
+        floor_s: floor,
+        ratio_to_floor: makespan / floor.max(1e-9),
+        model_requests: server_count("requests_total").unwrap_or(stats.attempts),
+        server_429s: server_count("rate_limited").unwrap_or(stats.rate_limited),
+        retries: stats.retries,
+        checkpoints: outcome.checkpoints,
+        files_changed: outcome.files_changed,
+        out_of_scope: outcome.out_of_scope.len(),
+        cpu_s: resources.cpu().as_secs_f64(),
+        cores_used: resources.cpu().as_secs_f64() / makespan.max(1e-9),
+        peak_rss_mib: resources.peak_rss_kib as f64 / 1024.0,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(if report.succeeded == args.agents {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_report(r: &RunBenchReport) {
+    println!(
+        "run benchmark: {} agents x {} turns over {} files, {} ms latency{}",
+        r.agents,
+        r.turns,
+        r.files,
+        r.latency_ms,
+        r.rpm
+            .map(|rpm| format!(", {rpm} requests/min"))
+            .unwrap_or_default()
+    );
+    println!(
+        "  status              {} ({} succeeded, {} failed, {} not run)",
+        r.status, r.succeeded, r.failed_or_rolled_back, r.not_run
+    );
+    println!("  makespan            {:.2} s", r.makespan_s);
+    println!("  critical path       {:.2} s", r.critical_path_s);
+    if let Some(rate) = r.rate_floor_s {
+        println!("  rate floor          {rate:.2} s");
+    }
+    println!("  ratio to floor      {:.3}", r.ratio_to_floor);
+    println!(
+        "  model requests      {} ({} answered 429, {} retries)",
+        r.model_requests, r.server_429s, r.retries
+    );
+    println!(
+        "  checkpoints         {}; files changed {}; outside scope {}",
+        r.checkpoints, r.files_changed, r.out_of_scope
+    );
+    println!(
+        "  engine CPU          {:.2} s ({:.2} cores)",
+        r.cpu_s, r.cores_used
+    );
+    println!("  engine peak RSS     {:.1} MiB", r.peak_rss_mib);
+}
+
+fn generate_repository(repo: &Path, files: usize) -> anyhow::Result<()> {
+    let src = repo.join("src");
+    std::fs::create_dir_all(&src).context("cannot create the repository")?;
+    for i in 0..files {
+        std::fs::write(
+            src.join(format!("mod_{i:05}.txt")),
+            format!("module {i}\nvalue = {}\n", i * 7),
+        )
+        .context("cannot write a repository file")?;
+    }
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "-A"][..],
+        &["commit", "-q", "-m", "generated"][..],
+    ] {
+        let status = Command::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args([
+                "-c",
+                "user.name=fanout-bench",
+                "-c",
+                "user.email=bench@fanout.invalid",
+            ])
+            .args(["-c", "core.hooksPath=/dev/null"])
+            .args(args)
+            .status()
+            .context("cannot run git")?;
+        if !status.success() {
+            bail!("git {args:?} failed in the generated repository");
+        }
+    }
+    Ok(())
+}
+
+fn workflow_yaml(args: &BenchRunArgs) -> String {
+    let mut yaml = format!(
+        "workflow:\n  name: bench-run\n  max_parallel_agents: {}\n  agent_permissions:\n    file_access: scoped\n    external_api: deny\n    shell_exec: deny\n  logging:\n    level: normal\n    destination: ./.fanout/logs/bench-{{timestamp}}.jsonl\n  rollback:\n    on_failure: checkpoint\n    checkpoint_interval: {}\n  budgets:\n    agent:\n      max_turns: {}\n",
+        args.max_parallel,
+        args.checkpoint_interval,
+        args.turns + 2
+    );
+    if let Some(rpm) = args.rpm {
+        yaml.push_str(&format!(
+            "  rate_limits:\n    requests_per_minute: {rpm}\n    max_in_flight: {}\n",
+            args.max_parallel.max(1)
+        ));
+    } else {
+        yaml.push_str(&format!(
+            "  rate_limits:\n    max_in_flight: {}\n",
+            args.max_parallel.max(1)
+        ));
+    }
+    yaml
+}
+
+fn plan_json(agents: usize) -> anyhow::Result<Vec<u8>> {
+    let subtasks: Vec<serde_json::Value> = (0..agents)
+        .map(|i| {
+            serde_json::json!({
+                "task_id": format!("agent-{i:05}"),
+                "description": format!("Update the value in src/mod_{i:05}.txt"),
+                "scope": [format!("src/mod_{i:05}.txt")],
+                "tools": ["read_file", "list_files", "write_file"],
+                "mode": if i % 3 == 0 { "default" } else { "fast" },
+                "depends_on": []
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({"workflow": "bench-run", "subtasks": subtasks}))
+        .context("cannot serialise the plan")
+}
+
+/// Turn 1 reads the agent's file, middle turns list its scope, the turn before last writes
+/// it, the last reports.
+fn scenario_yaml(turns: usize) -> String {
+    const FILE: &str = r"'Files you may change \(nothing else\):\n- (?P<file>\S+)'";
+    let mut yaml = String::from("rules:\n");
+    for turn in 1..=turns {
+        let action = if turn == turns {
+            "    tool_use:\n      name: report_result\n      input: {status: success, summary: \"updated ${file}\", files_changed: [\"${file}\"]}\n".to_string()
+        } else if turn == turns - 1 {
+            "    tool_use: {name: write_file, input: {path: \"${file}\", content: \"updated by its agent\\n\"}}\n".to_string()
+        } else if turn == 1 {
+            "    tool_use: {name: read_file, input: {path: \"${file}\"}}\n".to_string()
+        } else {
+            "    tool_use: {name: list_files, input: {pattern: \"${file}\"}}\n".to_string()
+        };
+        yaml.push_str(&format!(
+            "  - match:\n      system: {FILE}\n      turn: {turn}\n{action}"
+        ));
+    }
+    yaml
+}

@@ -1,0 +1,552 @@
+//! `fanout run FILE` for a workflow with `items:` (item work): no repository scan and no
+//! orchestrator plan; the items are read, chunked and sent to workers by
+//! `fanout_core::items::run`.
+//!
+//! `--dry-run` prints the job's plan (items, chunks, estimated tokens, the online and the
+//! halved batch price, the chunking, the worker instructions and output schema). A live run
+//! shows progress on stderr and prints the summary on stdout (`--json`: the report as JSON).
+//! Re-running a workflow whose last item run was killed or cancelled continues that run: no
+//! settled chunk is sent again. [`resume`] is the entry point for `fanout resume RUN_ID`.
+//!
+//! Exit codes: 0 complete, 2 invalid workflow or unreadable input, 5 partial (some items
+//! failed), 6 failed (no item succeeded), 130 cancelled.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context;
+use fanout_core::config::items::{ChunkingConfig, Execution, ItemIdConfig};
+use fanout_core::config::{Config, Provider as ProviderKind};
+use fanout_core::fleet::Fleet;
+use fanout_core::governor::Governor;
+use fanout_core::items::output::Completion;
+use fanout_core::items::run::{
+    EventSink, ItemEvent, ItemJob, ItemReport, RunOptions, WORKER_ROLE, unfinished_run,
+};
+use fanout_core::items::worker::{OutputRoute, SUBMIT_TOOL};
+use fanout_core::plan;
+use fanout_core::provider::Provider;
+use fanout_core::provider::anthropic::{AnthropicConfig, AnthropicProvider};
+use fanout_core::provider::batch::{BatchClient, PollPolicy};
+use fanout_core::provider::openai::{OpenAiConfig, OpenAiProvider};
+use fanout_core::retry::{RetryBudget, RetryBudgetConfig, RetryPolicy};
+use fanout_core::store::{RunStatus, Store};
+use fanout_sim::{Scenario, Sim, SimConfig, SimHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::progress::{Progress, ProgressStyle, Tally, handle_interrupts};
+use crate::run_cmd::{EXIT_CONFIG, RunArgs};
+
+pub const EXIT_PARTIAL: u8 = 5;
+pub const EXIT_FAILED: u8 = 6;
+pub const EXIT_CANCELLED: u8 = 130;
+
+/// `fanout run FILE` when the workflow has `items:`.
+pub async fn run(args: RunArgs, config: Config) -> anyhow::Result<ExitCode> {
+    let root = args
+        .repo
+        .clone()
+        .unwrap_or_else(|| config.repository.clone());
+    let resume = if args.dry_run {
+        None
+    } else {
+        unfinished_run(&root, &config.origin)
+    };
+    execute(&args, config, root, resume).await
+}
+
+// Wired by `fanout resume` (see `fanout_core::items::run::item_run`).
+#[allow(dead_code)]
+/// `fanout resume RUN_ID` for an item run: `workflow` is the job record's workflow path
+/// (`fanout_core::items::run::item_run(root, run_id)`), `args` carries `--sim` and friends.
+pub async fn resume(
+    args: RunArgs,
+    config: Config,
+    root: PathBuf,
+    run_id: String,
+) -> anyhow::Result<ExitCode> {
+    execute(&args, config, root, Some(run_id)).await
+}
+
+async fn execute(
+    args: &RunArgs,
+    config: Config,
+    root: PathBuf,
+    resume: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let prepared = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || ItemJob::from_config(&config))
+            .await
+            .context("the item loader crashed")?
+    };
+    let job = match prepared {
+        Ok(job) => Arc::new(job),
+        Err(err) => {
+            eprintln!("error: {err}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    if args.dry_run {
+        let text = if args.json {
+            let mut text = serde_json::to_string_pretty(&dry_run_json(&config, &job))?;
+            text.push('\n');
+            text
+        } else {
+            render_plan(&config, &job)
+        };
+        write_stdout(&text)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let mut sim: Option<SimHandle> = None;
+    let base_url = if args.sim || args.scenario.is_some() {
+        let scenario = match &args.scenario {
+            Some(path) => Some(Scenario::from_file(path).context("cannot load the scenario")?),
+            None => None,
+        };
+        let handle = Sim::start(
+            SimConfig {
+                scenario,
+                latency: Duration::from_millis(args.sim_latency_ms),
+                ..SimConfig::default()
+            },
+            "127.0.0.1:0".parse().context("loopback address")?,
+        )
+        .await
+        .context("cannot start the simulator")?;
+        let url = handle.base_url();
+        sim = Some(handle);
+        Some(url)
+    } else {
+        None
+    };
+    let result = live(args, &config, job, root, resume, base_url.as_deref()).await;
+    if let Some(handle) = sim.take() {
+        handle.shutdown().await;
+    }
+    result
+}
+
+async fn live(
+    args: &RunArgs,
+    config: &Config,
+    job: Arc<ItemJob>,
+    root: PathBuf,
+    resume: Option<String>,
+    base_url: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let worker = config.model_for_role(WORKER_ROLE);
+    let fleet = Fleet::new(
+        provider_for(worker.provider, base_url)?,
+        Governor::new(plan::governor_config(config)),
+        RetryPolicy::default(),
+        Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
+    );
+    let (batch, poll) = match job.execution {
+        Execution::Online => (None, PollPolicy::default()),
+        Execution::Batch => {
+            let anthropic = match base_url {
+                Some(url) => AnthropicConfig {
+                    base_url: url.to_owned(),
+                    ..AnthropicConfig::new("sim")
+                },
+                None => AnthropicConfig::from_env()
+                    .context("batch execution needs the Anthropic API (or use --sim)")?,
+            };
+            let poll = if base_url.is_some() {
+                PollPolicy {
+                    initial: Duration::from_millis(50),
+                    max: Duration::from_secs(1),
+                    factor: 1.5,
+                    timeout: Some(Duration::from_secs(3600)),
+                }
+            } else {
+                PollPolicy::default()
+            };
+            (Some(BatchClient::new(anthropic)?), poll)
+        }
+    };
+    let store = Store::open_in_repo(&root)
+        .with_context(|| format!("cannot open the run store under {}", root.display()))?;
+    if let Some(run_id) = &resume {
+        eprintln!("fanout: continuing item run {run_id} (settled chunks are not sent again)");
+    }
+    let cancel = CancellationToken::new();
+    handle_interrupts(cancel.clone());
+    let style = ProgressStyle::detect(args.json);
+    let display = Arc::new(Mutex::new(Display {
+        progress: Progress::new(style),
+        tally: Tally::default(),
+        fast: job.worker_mode == fanout_core::config::Mode::Fast,
+    }));
+    let sink: EventSink = {
+        let display = Arc::clone(&display);
+        Arc::new(move |event: &ItemEvent| {
+            display
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .see(event);
+        })
+    };
+    let options = RunOptions {
+        root,
+        resume,
+        batch,
+        poll,
+    };
+    let result =
+        fanout_core::items::run::run(job, fleet, store.clone(), options, cancel, sink).await;
+    {
+        let mut display = display.lock().unwrap_or_else(PoisonError::into_inner);
+        let tally = display.tally;
+        display.progress.finish(&tally);
+    }
+    let _ = store.close().await;
+    let report = match result {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return Ok(ExitCode::from(EXIT_FAILED));
+        }
+    };
+    // With --json, stdout is JSON lines: the progress events, then the report as the last line.
+    let text = if args.json {
+        let mut text = serde_json::to_string(&report)?;
+        text.push('\n');
+        text
+    } else {
+        render_summary(&report)
+    };
+    write_stdout(&text)?;
+    Ok(exit_code(&report))
+}
+
+/// The exit code of a finished run.
+pub fn exit_code(report: &ItemReport) -> ExitCode {
+    if report.status == RunStatus::Cancelled {
+        return ExitCode::from(EXIT_CANCELLED);
+    }
+    match report.completion() {
+        Completion::Complete => ExitCode::SUCCESS,
+        Completion::Partial => ExitCode::from(EXIT_PARTIAL),
+        Completion::Failed => ExitCode::from(EXIT_FAILED),
+    }
+}
+
+struct Display {
+    progress: Progress,
+    tally: Tally,
+    fast: bool,
+}
+
+impl Display {
+    fn see(&mut self, event: &ItemEvent) {
+        self.progress.event(event);
+        let tally = &mut self.tally;
+        match event {
+            ItemEvent::Started { chunks_to_send, .. } => tally.total = *chunks_to_send,
+            ItemEvent::CallStarted { .. } => tally.running += 1,
+            ItemEvent::CallFinished {
+                input_tokens,
+                output_tokens,
+                cost_usd,
+                ..
+            } => {
+                tally.running = tally.running.saturating_sub(1);
+                let tokens = input_tokens + output_tokens;
+                if self.fast {
+                    tally.tokens_fast += tokens;
+                } else {
+                    tally.tokens_default += tokens;
+                }
+                tally.dollars += cost_usd;
+            }
+            ItemEvent::ChunkSettled { failed, .. } => {
+                if *failed == 0 {
+                    tally.done += 1;
+                } else {
+                    tally.failed += 1;
+                }
+            }
+            _ => {}
+        }
+        let tally = self.tally;
+        self.progress.update(&tally);
+    }
+}
+
+fn provider_for(kind: ProviderKind, base_url: Option<&str>) -> anyhow::Result<Arc<dyn Provider>> {
+    Ok(match (kind, base_url) {
+        (ProviderKind::Anthropic, Some(url)) => {
+            Arc::new(AnthropicProvider::new(AnthropicConfig {
+                base_url: url.to_owned(),
+                ..AnthropicConfig::new("sim")
+            })?)
+        }
+        (ProviderKind::OpenAi, Some(url)) => Arc::new(OpenAiProvider::new(OpenAiConfig {
+            base_url: format!("{url}/v1"),
+            ..OpenAiConfig::new("sim")
+        })?),
+        (ProviderKind::Anthropic, None) => Arc::new(
+            AnthropicProvider::from_env()
+                .context("cannot reach the Anthropic API (or use --sim)")?,
+        ),
+        (ProviderKind::OpenAi, None) => Arc::new(
+            OpenAiProvider::from_env().context("cannot reach the OpenAI API (or use --sim)")?,
+        ),
+    })
+}
+
+fn chunking_text(chunking: &ChunkingConfig) -> String {
+    match chunking {
+        ChunkingConfig::PerItem => "per_item (one item per chunk)".to_owned(),
+        ChunkingConfig::Fixed { size } => format!("fixed ({size} items per chunk)"),
+        ChunkingConfig::TokenBudget {
+            max_items,
+            share_of_minute,
+            max_input_tokens,
+        } => {
+            let mut text = format!(
+                "token_budget (at most {max_input_tokens} input tokens, {}% of the input-tokens/min limit",
+                share_of_minute * 100.0
+            );
+            if let Some(max) = max_items {
+                let _ = write!(text, ", at most {max} items");
+            }
+            text.push(')');
+            text
+        }
+    }
+}
+
+fn render_plan(config: &Config, job: &ItemJob) -> String {
+    let Some(items) = &config.items else {
+        return String::new();
+    };
+    let estimate = job.estimate();
+    let largest = job.chunks.iter().map(|c| c.items.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    let _ = writeln!(out, "Item job: {} ({})", job.name, config.origin.display());
+    let id = match &items.input.id {
+        ItemIdConfig::Default => "default".to_owned(),
+        ItemIdConfig::Field(field) => format!("field `{field}`"),
+        ItemIdConfig::Position { zero_pad } => {
+            format!("position{}", if *zero_pad { ", zero-padded" } else { "" })
+        }
+    };
+    let _ = writeln!(
+        out,
+        "  input       {} ({}, id: {id})",
+        items.input.path.display(),
+        format!("{:?}", items.input.format).to_lowercase()
+    );
+    let _ = writeln!(out, "  items       {}", estimate.items);
+    let _ = writeln!(
+        out,
+        "  chunks      {} (largest {largest} items{})",
+        estimate.chunks,
+        if estimate.oversized_chunks > 0 {
+            format!(", {} oversized", estimate.oversized_chunks)
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(out, "  chunking    {}", chunking_text(&items.chunking));
+    let _ = writeln!(
+        out,
+        "  worker      {} ({} mode), answers through {}, max_tokens {}",
+        job.worker_model.model,
+        job.worker_mode.as_str(),
+        match items.worker.output {
+            OutputRoute::Tool => format!("the tool `{SUBMIT_TOOL}`"),
+            OutputRoute::JsonSchema => "structured output (JSON schema)".to_owned(),
+        },
+        items.worker.max_tokens
+    );
+    let _ = writeln!(
+        out,
+        "  retries     missing items re-sent alone {}x; repairs {}x",
+        items.retries.resend_missing, items.retries.repairs
+    );
+    let _ = writeln!(
+        out,
+        "  parallel    {} workers in flight{}",
+        job.max_parallel,
+        job.budget
+            .map(|b| format!(", run budget ${b:.2}"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "  estimate    {} requests, ~{} input tokens, ~{} output tokens (first attempts)",
+        estimate.chunks, estimate.input_tokens, estimate.output_tokens
+    );
+    let (online, batch) = (estimate.online_dollars, estimate.batch_dollars);
+    let _ = writeln!(
+        out,
+        "  cost        ${online:.4} online · ${batch:.4} batch (half price){}",
+        match items.execution {
+            Execution::Online => "  [execution: online]",
+            Execution::Batch => "  [execution: batch]",
+        }
+    );
+    let aggregate = &items.aggregate;
+    let mut parts = Vec::new();
+    if !aggregate.count_by.is_empty() {
+        parts.push(format!("count by {}", aggregate.count_by.join(", ")));
+    }
+    if let Some(field) = &aggregate.group_by {
+        parts.push(format!("group by {field}"));
+    }
+    if let Some(field) = &aggregate.dedupe_by {
+        parts.push(format!("dedupe by {field}"));
+    }
+    if let Some(field) = &aggregate.flatten {
+        parts.push(format!("flatten {field}"));
+    }
+    if aggregate.synthesis.is_some() {
+        parts.push(format!("synthesis on {}", job.synthesis_model.model));
+    }
+    if !parts.is_empty() {
+        let _ = writeln!(out, "  aggregate   {}", parts.join("; "));
+    }
+    let _ = writeln!(
+        out,
+        "  output      {} under {}",
+        format!("{:?}", items.output.format).to_lowercase(),
+        items
+            .output
+            .dir
+            .as_ref()
+            .map_or(".fanout/runs/<run_id>/".to_owned(), |d| d
+                .display()
+                .to_string())
+    );
+    let _ = writeln!(out, "\nWorker instructions:");
+    for line in items.worker.instructions.lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    let _ = writeln!(out, "\nOutput schema (each record; `id` is required):");
+    let schema = serde_json::to_string_pretty(job.schema.record_schema()).unwrap_or_default();
+    for line in schema.lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    out
+}
+
+fn dry_run_json(config: &Config, job: &ItemJob) -> serde_json::Value {
+    serde_json::json!({
+        "workflow": config.origin,
+        "name": job.name,
+        "items": config.items,
+        "estimate": job.estimate(),
+        "chunks": job.chunks.iter().map(|c| serde_json::json!({
+            "id": c.id.to_string(),
+            "items": c.items.len(),
+            "estimated_tokens": c.estimated_tokens,
+            "oversized": c.oversized,
+        })).collect::<Vec<_>>(),
+        "worker_model": job.worker_model.model,
+        "output_schema": job.schema.record_schema(),
+    })
+}
+
+fn render_summary(report: &ItemReport) -> String {
+    let summary = &report.summary;
+    let mut out = String::new();
+    let status = match (report.status, summary.status) {
+        (RunStatus::Cancelled, _) => "cancelled",
+        (_, Completion::Complete) => "complete",
+        (_, Completion::Partial) => "partial",
+        (_, Completion::Failed) => "failed",
+    };
+    let _ = writeln!(out, "Item run {}: {status}", report.run_id);
+    let _ = writeln!(
+        out,
+        "  items       {} ({} succeeded, {} failed)",
+        summary.items, summary.succeeded, summary.failed
+    );
+    for (kind, count) in &summary.failures_by_kind {
+        let _ = writeln!(out, "    {kind:<10} {count}");
+    }
+    let _ = writeln!(
+        out,
+        "  chunks      {} ({} sent by this run{})",
+        report.chunks,
+        report.chunks_sent,
+        if report.items_already_settled > 0 {
+            format!(
+                "; {} items settled by an earlier attempt",
+                report.items_already_settled
+            )
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  calls       {} · {} input tokens · {} output tokens · ${:.4}",
+        report.calls, report.input_tokens, report.output_tokens, report.cost_usd
+    );
+    if report.budget_exhausted {
+        let _ = writeln!(out, "  budget      exhausted: some chunks were not sent");
+    }
+    for (field, counts) in &summary.counts {
+        let _ = writeln!(out, "  by {field}:");
+        for (value, count) in counts {
+            let _ = writeln!(out, "    {value:<18} {count}");
+        }
+    }
+    let _ = writeln!(out, "  results     {}", report.paths.results.display());
+    let _ = writeln!(out, "  failures    {}", report.paths.failed.display());
+    let _ = writeln!(
+        out,
+        "  summary     {}",
+        report.paths.summary_markdown.display()
+    );
+    for path in &report.extra_files {
+        let _ = writeln!(out, "  aggregate   {}", path.display());
+    }
+    match &report.synthesis {
+        Some(Ok(path)) => {
+            let _ = writeln!(out, "  synthesis   {}", path.display());
+        }
+        Some(Err(message)) => {
+            let _ = writeln!(out, "  synthesis   failed: {message}");
+        }
+        None => {}
+    }
+    if report.store_errors > 0 {
+        let _ = writeln!(
+            out,
+            "  warning     {} record(s) could not be written to the run store",
+            report.store_errors
+        );
+    }
+    if report.status == RunStatus::Cancelled {
+        let _ = writeln!(
+            out,
+            "  Run `fanout run` on the same workflow again (or `fanout resume {}`) to finish it.",
+            report.run_id
+        );
+    }
+    out
+}
+
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(err).context("cannot write to stdout")
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,237 @@
+//! `fanout resume RUN_ID` and `fanout run FILE --retry-failed RUN_ID`: finish a recorded run.
+//!
+//! Both load the run's saved plan (`.fanout/runs/<run_id>/plan.json`, checked against the
+//! hash the run was started with), rebuild the model API (the simulator with `--sim`), and
+//! hand the run to the engine's resume (`fanout_core::run::engine::resume`): agents that
+//! succeeded are never run again, every other agent is rolled back from its durable pre-image
+//! and run again as a new attempt. They differ in what they accept:
+//! - `resume` finishes a run that was killed (status still `running`), cancelled, or ended
+//!   partial; the configuration is the file the run was started with unless `--file` says;
+//! - `--retry-failed` is for a run that ended (partial, failed or cancelled) and takes the
+//!   workflow file from the command line; a run still marked `running` needs `resume`.
+//!
+//! Exit codes as for `fanout run`: 0 completed, 5 partial, 6 failed, 130 cancelled; 2 unknown
+//! run or unreadable configuration, 3 the saved plan is missing or was edited, 4 another
+//! process is running it or (`--retry-failed`) it did not end.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use fanout_core::config::Config;
+use fanout_core::fleet::Fleet;
+use fanout_core::plan::{self, PlanOptions, RepoScan};
+use fanout_core::run::engine::EngineInputs;
+use fanout_core::sandbox::SandboxConfig;
+use fanout_core::store::{RunStatus, StoreReader};
+use fanout_sim::{Scenario, Sim, SimConfig, SimHandle};
+
+use crate::live::{Launch, drive};
+use crate::run_cmd::{
+    EXIT_CONFIG, EXIT_NOT_READY, EXIT_PLANNING, RunArgs, fleet_for, provider_for,
+};
+
+#[derive(Args, Debug, Clone)]
+pub struct ResumeArgs {
+    /// The run to finish (see `fanout runs`).
+    pub run_id: String,
+    /// The workflow file (default: the one the run was started with).
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Repository root (default: the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    /// Use an in-process simulator instead of the real API (no key needed).
+    #[arg(long)]
+    pub sim: bool,
+    /// Scenario script for the simulator (implies --sim).
+    #[arg(long, value_name = "FILE")]
+    pub scenario: Option<PathBuf>,
+    /// Latency of the in-process simulator's answers, in milliseconds (with --sim).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub sim_latency_ms: u64,
+    /// Progress events as JSON lines on stdout, then the outcome.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `fanout resume RUN_ID`.
+pub async fn run(args: ResumeArgs) -> anyhow::Result<ExitCode> {
+    finish(args, false).await
+}
+
+/// `fanout run FILE --retry-failed RUN_ID`.
+pub async fn retry_failed(args: &RunArgs, run_id: &str) -> anyhow::Result<ExitCode> {
+    let resume = ResumeArgs {
+        run_id: run_id.to_owned(),
+        file: Some(args.file.clone()),
+        repo: args.repo.clone(),
+        sim: args.sim,
+        scenario: args.scenario.clone(),
+        sim_latency_ms: args.sim_latency_ms,
+        json: args.json,
+    };
+    finish(resume, true).await
+}
+
+async fn finish(args: ResumeArgs, retry_failed: bool) -> anyhow::Result<ExitCode> {
+    let repo = args.repo.clone().unwrap_or_else(|| PathBuf::from("."));
+    let repo = match repo.canonicalize() {
+        Ok(repo) => repo,
+        Err(err) => {
+            eprintln!(
+                "error: cannot open the repository {}: {err}",
+                repo.display()
+            );
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let run = match StoreReader::open_in_repo(&repo).and_then(|r| r.run_summary(&args.run_id)) {
+        Ok(Some(run)) => run.run,
+        Ok(None) => {
+            eprintln!("error: no run {} in {}", args.run_id, repo.display());
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    match run.status {
+        RunStatus::Completed => {
+            eprintln!(
+                "fanout: run {} already completed; nothing to do",
+                args.run_id
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        RunStatus::Running | RunStatus::Planned if retry_failed => {
+            eprintln!(
+                "error: run {} did not end (it was interrupted or is still running); finish it \
+                 with `fanout resume {}`",
+                args.run_id, args.run_id
+            );
+            return Ok(ExitCode::from(EXIT_NOT_READY));
+        }
+        _ => {}
+    }
+
+    let config_path = match args
+        .file
+        .clone()
+        .or_else(|| run.config_path.map(PathBuf::from))
+    {
+        Some(path) => path,
+        None => {
+            eprintln!(
+                "error: run {} has no workflow file on record; pass --file",
+                args.run_id
+            );
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let config = match Config::from_path(&config_path) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+
+    let plan_path = repo
+        .join(".fanout")
+        .join("runs")
+        .join(&args.run_id)
+        .join("plan.json");
+    let loaded = match plan::load_plan(&plan_path) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("error: cannot load the run's plan: {err}");
+            return Ok(ExitCode::from(EXIT_PLANNING));
+        }
+    };
+    if let Some(recorded) = &run.plan_hash
+        && *recorded != loaded.hash
+    {
+        eprintln!(
+            "error: {} changed since run {} started (hash {} , recorded {recorded}); refusing \
+             to finish the run with a different plan",
+            plan_path.display(),
+            args.run_id,
+            loaded.hash
+        );
+        return Ok(ExitCode::from(EXIT_PLANNING));
+    }
+    let (estimated_dollars, estimated_wall) = match estimates(&config, &loaded.plan, &repo) {
+        Ok(estimates) => estimates,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return Ok(ExitCode::from(EXIT_PLANNING));
+        }
+    };
+
+    let (fleet, sim) = fleet(&args, &config).await?;
+    let inputs = EngineInputs {
+        config: Arc::new(config),
+        plan: loaded.plan,
+        estimated_dollars,
+        plan_hash: Some(loaded.hash),
+        config_path: Some(config_path),
+        repo,
+        run_id: args.run_id.clone(),
+        fleet,
+        sandbox: SandboxConfig::default(),
+        max_attempts: 3,
+    };
+    let code = drive(inputs, args.json, estimated_wall, Launch::Resume).await;
+    if let Some(handle) = sim {
+        handle.shutdown().await;
+    }
+    code
+}
+
+/// Per-agent dollar estimates (reserved against the budget) and the wall-time floor, from the
+/// plan over the tree as it is now.
+fn estimates(
+    config: &Config,
+    plan: &plan::Plan,
+    repo: &Path,
+) -> anyhow::Result<(Vec<f64>, std::time::Duration)> {
+    let scan = RepoScan::scan(repo).context("cannot scan the repository")?;
+    let validation = plan::validate(plan.clone(), config, &scan, &PlanOptions::default().limits);
+    let estimate = plan::estimate(&validation, config, &scan);
+    let dollars: Vec<f64> = estimate.agents.iter().map(|agent| agent.dollars).collect();
+    if dollars.len() != plan.subtasks.len() {
+        anyhow::bail!(
+            "the plan has {} sub-tasks but {} estimates",
+            plan.subtasks.len(),
+            dollars.len()
+        );
+    }
+    Ok((dollars, estimate.wall_time))
+}
+
+/// The model API: an in-process simulator with `--sim`/`--scenario`, else the environment's.
+async fn fleet(args: &ResumeArgs, config: &Config) -> anyhow::Result<(Fleet, Option<SimHandle>)> {
+    if !args.sim && args.scenario.is_none() {
+        return Ok((fleet_for(config, provider_for(config, None)?), None));
+    }
+    let scenario = match &args.scenario {
+        Some(path) => Some(Scenario::from_file(path).context("cannot load the scenario")?),
+        None => None,
+    };
+    let handle = Sim::start(
+        SimConfig {
+            scenario,
+            latency: std::time::Duration::from_millis(args.sim_latency_ms),
+            ..SimConfig::default()
+        },
+        "127.0.0.1:0".parse().context("loopback address")?,
+    )
+    .await
+    .context("cannot start the simulator")?;
+    let provider = provider_for(config, Some(&handle.base_url()))?;
+    Ok((fleet_for(config, provider), Some(handle)))
+}

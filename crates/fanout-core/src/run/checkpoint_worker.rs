@@ -1,0 +1,90 @@
+//! Checkpoints off the agents' path: a background task that takes the run's checkpoints on the
+//! checkpoint policy's schedule while agents keep completing.
+//!
+//! Agents report each durable completion with [`CheckpointWorker::completed`] and go on at
+//! once. The worker counts completions; when the policy says a checkpoint is due it takes one
+//! (a few git processes). Completions that arrive while a checkpoint is being taken are counted
+//! for the next one, so under a burst (1,000 agents finishing within a second) checkpoints
+//! coalesce instead of queueing: one checkpoint may then cover more than `checkpoint_interval`
+//! completions, but none is ever skipped for long, and no agent waits for git. When the
+//! completions come slower than a checkpoint takes, every checkpoint covers exactly the
+//! policy's interval. [`CheckpointWorker::finish`] waits for the checkpoint in progress and
+//! hands the checkpointer back for the run's final checkpoint.
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::checkpoint::{CheckpointError, CheckpointId, CheckpointPolicy, Checkpointer};
+
+/// What the worker reports after each checkpoint.
+pub type CheckpointResult = Result<CheckpointId, CheckpointError>;
+
+/// Handle to the background checkpoint task of one run.
+#[derive(Debug)]
+pub struct CheckpointWorker {
+    completions: mpsc::UnboundedSender<bool>,
+    task: JoinHandle<Checkpointer>,
+}
+
+impl CheckpointWorker {
+    /// Start the worker. `report` sees every checkpoint taken (or its error), in order.
+    pub fn spawn(
+        mut checkpointer: Checkpointer,
+        mut policy: CheckpointPolicy,
+        completed_so_far: u64,
+        report: impl Fn(CheckpointResult) + Send + Sync + 'static,
+    ) -> CheckpointWorker {
+        let (tx, mut rx) = mpsc::unbounded_channel::<bool>();
+        let task = tokio::spawn(async move {
+            let mut completed = completed_so_far;
+            let mut due = false;
+            loop {
+                if !due {
+                    // Wait for the next completion, or for the run to close the channel.
+                    match rx.recv().await {
+                        Some(destructive) => {
+                            completed += 1;
+                            due |= policy.record_completion(destructive);
+                        }
+                        None => break,
+                    }
+                }
+                // Fold in everything that arrived meanwhile before deciding.
+                while let Ok(destructive) = rx.try_recv() {
+                    completed += 1;
+                    due |= policy.record_completion(destructive);
+                }
+                if due {
+                    due = false;
+                    policy.reset();
+                    checkpointer.set_completed_agents(completed);
+                    let label = format!("after {completed} completions");
+                    report(checkpointer.checkpoint(&label).await);
+                }
+            }
+            checkpointer.set_completed_agents(completed);
+            checkpointer
+        });
+        CheckpointWorker {
+            completions: tx,
+            task,
+        }
+    }
+
+    /// An agent's completion is durable in the run store; `destructive` if it deleted or
+    /// renamed files (which tightens the interval).
+    pub fn completed(&self, destructive: bool) {
+        // The receiver lives until `finish`; a send can only fail after it, when nothing is
+        // left to checkpoint for.
+        let _ = self.completions.send(destructive);
+    }
+
+    /// Stop taking checkpoints (after the one in progress, and one more if completions since
+    /// the last one make it due) and return the checkpointer.
+    pub async fn finish(self) -> Result<Checkpointer, CheckpointError> {
+        drop(self.completions);
+        self.task.await.map_err(|err| CheckpointError::Join {
+            message: err.to_string(),
+        })
+    }
+}

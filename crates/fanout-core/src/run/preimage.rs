@@ -1,0 +1,786 @@
+//! Durable pre-images: what an agent's write scope held before its first attempt, kept on disk
+//! so a run killed at any point (`kill -9`, power loss) can still put the scope back.
+//!
+//! The agent's own undo journal lives in memory and dies with the process. Before an agent's
+//! first attempt starts, [`capture`] records every existing file (and symlink) its write scope
+//! matches — path, SHA-256, mode — and the scope patterns themselves, so a file that appears
+//! under the scope later is known to be new. [`restore`] puts the scope back: contents and
+//! modes of recorded files, recorded files that were deleted, and files (and directories) the
+//! agent created removed. Both are idempotent: restoring twice, or restoring a scope that was
+//! never touched, changes nothing.
+//!
+//! # Where it lives, and why there
+//!
+//! `<repo>/.fanout/runs/<run_id>/preimages/`: one manifest per agent (`<agent>.json`) and the
+//! contents as content-addressed blobs (`blobs/<sha256>`), not the SQLite store. Contents can be
+//! large, and the store has one writer thread whose batches every agent of the run waits on;
+//! multi-megabyte blobs in those batches would stall 1,000 agents' records. Files written
+//! here go through write-to-temporary, `fsync`, `rename`, `fsync` of the directory, so once
+//! [`capture`] returns the manifest and every blob it names survive power loss. The engine
+//! writes the agent's `agent_runs` start row (a `synchronous = FULL` commit) only after
+//! that, and runs the agent only after the row is durable. So after any crash:
+//! - an agent with a start row has a complete manifest (the manifest was durable first);
+//! - a manifest without a start row means the agent never ran: its scope still matches it;
+//! - a manifest is never rewritten ([`capture`] returns the existing one), so a resumed run
+//!   cannot replace the true pre-image with a tree the crashed attempt had half-edited.
+//!
+//! Blobs are named by their hash, so a blob that exists is complete (it was renamed into place
+//! after its `fsync`), and identical contents are stored once.
+//!
+//! [`sync_scope`] is the other half of power-loss safety: the engine calls it on a successful
+//! agent's scope before recording the success, so a durable `success` row never points at edits
+//! still sitting in the page cache.
+//!
+//! Not here: deciding which agents to restore (the engine's resume), git checkpoints
+//! ([`super::checkpoint`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::policy::PathSet;
+
+/// The manifest format this build writes and reads.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// Makes temporary names unique within the process (two agents may write the same blob).
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Temporary files (ours and the file tools') start with this; a crash can leave them behind.
+pub const TEMP_PREFIX: &str = ".fanout-tmp-";
+
+/// Directories a scope walk never enters (at the repository root).
+const SKIPPED_ROOTS: &[&str] = &[".git", ".fanout"];
+
+/// Why a pre-image could not be taken or applied.
+#[derive(Debug, thiserror::Error)]
+pub enum PreimageError {
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pre-image manifest {path} is unreadable: {message}")]
+    Manifest { path: PathBuf, message: String },
+    #[error("agent {agent_id}: invalid write scope: {message}")]
+    Scope { agent_id: String, message: String },
+    #[error("pre-image blob {path} does not match its hash")]
+    Blob { path: PathBuf },
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> PreimageError + 'a {
+    move |source| PreimageError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One recorded path under the scope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Entry {
+    File {
+        /// Hex SHA-256 of the contents (the blob's name).
+        sha256: String,
+        /// Permission bits (`0o7777` of `st_mode`).
+        mode: u32,
+        size: u64,
+    },
+    Symlink {
+        target: String,
+    },
+}
+
+/// What an agent's write scope held before its first attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preimage {
+    pub version: u32,
+    pub run_id: String,
+    pub agent_id: String,
+    /// The write scope's entries, as the agent's policy compiles them.
+    pub patterns: Vec<String>,
+    /// Repository-relative path (with `/`) → what it was.
+    pub entries: BTreeMap<String, Entry>,
+    /// Directories that existed where the scope could create files (so directories the agent
+    /// created can be told apart and removed).
+    pub dirs: BTreeSet<String>,
+}
+
+/// What [`restore`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Recorded files whose contents, mode or presence were put back.
+    pub restored: Vec<String>,
+    /// Files under the scope that were not there before, removed.
+    pub removed: Vec<String>,
+}
+
+impl RestoreReport {
+    pub fn is_empty(&self) -> bool {
+        self.restored.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// `<repo>/.fanout/runs/<run_id>/preimages`.
+pub fn preimage_dir(repo: &Path, run_id: &str) -> PathBuf {
+    repo.join(".fanout")
+        .join("runs")
+        .join(run_id)
+        .join("preimages")
+}
+
+/// The manifest's path for `agent_id` (ids outside `[A-Za-z0-9._-]` are hex-encoded).
+pub fn manifest_path(repo: &Path, run_id: &str, agent_id: &str) -> PathBuf {
+    let safe = !agent_id.is_empty()
+        && !agent_id.starts_with('.')
+        && agent_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    let name = if safe {
+        format!("{agent_id}.json")
+    } else {
+        format!("x-{}.json", hex(agent_id.as_bytes()))
+    };
+    preimage_dir(repo, run_id).join(name)
+}
+
+/// The pre-image of `agent_id`, if one was captured.
+pub fn load(repo: &Path, run_id: &str, agent_id: &str) -> Result<Option<Preimage>, PreimageError> {
+    let path = manifest_path(repo, run_id, agent_id);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(PreimageError::Io {
+                what: "read",
+                path,
+                source,
+            });
+        }
+    };
+    let preimage: Preimage =
+        serde_json::from_slice(&bytes).map_err(|err| PreimageError::Manifest {
+            path: path.clone(),
+            message: err.to_string(),
+        })?;
+    if preimage.version != MANIFEST_VERSION {
+        return Err(PreimageError::Manifest {
+            path,
+            message: format!(
+                "version {} (this build reads {MANIFEST_VERSION})",
+                preimage.version
+            ),
+        });
+    }
+    Ok(Some(preimage))
+}
+
+/// Record the pre-image of `agent_id`'s write scope durably, or return the one already
+/// recorded (a resumed run keeps the first). Blocking: call from `spawn_blocking`.
+pub fn capture(
+    repo: &Path,
+    run_id: &str,
+    agent_id: &str,
+    patterns: &[String],
+) -> Result<Preimage, PreimageError> {
+    if let Some(existing) = load(repo, run_id, agent_id)? {
+        return Ok(existing);
+    }
+    let set = compile(agent_id, patterns)?;
+    let dir = preimage_dir(repo, run_id);
+    let blobs = dir.join("blobs");
+    create_dir_durably(&blobs)?;
+    let mut entries = BTreeMap::new();
+    let mut dirs = BTreeSet::new();
+    for_each_in_scope(repo, &set, &mut dirs, &mut |relative, path, meta| {
+        let entry = if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(path).map_err(io("read the link", path))?;
+            Entry::Symlink {
+                target: target.to_string_lossy().into_owned(),
+            }
+        } else {
+            let bytes = std::fs::read(path).map_err(io("read", path))?;
+            let sha256 = hex(&Sha256::digest(&bytes));
+            let blob = blobs.join(&sha256);
+            if !blob.exists() {
+                write_durably(&blob, &bytes)?;
+            }
+            Entry::File {
+                sha256,
+                mode: mode_of(meta),
+                size: bytes.len() as u64,
+            }
+        };
+        entries.insert(relative.to_owned(), entry);
+        Ok(())
+    })?;
+    sync_dir(&blobs)?;
+    let preimage = Preimage {
+        version: MANIFEST_VERSION,
+        run_id: run_id.to_owned(),
+        agent_id: agent_id.to_owned(),
+        patterns: patterns.to_vec(),
+        entries,
+        dirs,
+    };
+    let bytes = serde_json::to_vec(&preimage).map_err(|err| PreimageError::Manifest {
+        path: manifest_path(repo, run_id, agent_id),
+        message: err.to_string(),
+    })?;
+    write_durably(&manifest_path(repo, run_id, agent_id), &bytes)?;
+    sync_dir(&dir)?;
+    Ok(preimage)
+}
+
+/// Put the scope back as the pre-image recorded it. Blocking.
+pub fn restore(repo: &Path, preimage: &Preimage) -> Result<RestoreReport, PreimageError> {
+    let set = compile(&preimage.agent_id, &preimage.patterns)?;
+    let blobs = preimage_dir(repo, &preimage.run_id).join("blobs");
+    let mut report = RestoreReport::default();
+
+    // Files that are new under the scope go first (a recorded file may sit where the agent
+    // put a directory).
+    let mut now_dirs = BTreeSet::new();
+    let mut present: Vec<String> = Vec::new();
+    for_each_in_scope(repo, &set, &mut now_dirs, &mut |relative, _, _| {
+        present.push(relative.to_owned());
+        Ok(())
+    })?;
+    let mut touched_dirs = BTreeSet::new();
+    for relative in present {
+        if preimage.entries.contains_key(&relative) {
+            continue;
+        }
+        let path = repo.join(&relative);
+        remove_file(&path)?;
+        if let Some(parent) = path.parent() {
+            touched_dirs.insert(parent.to_path_buf());
+        }
+        report.removed.push(relative);
+    }
+    // Directories the agent created, now empty: deepest first, then up their parents.
+    for dir in now_dirs.iter().rev() {
+        if !preimage.dirs.contains(dir) {
+            remove_empty_dir(&repo.join(dir));
+        }
+    }
+    for dir in &touched_dirs {
+        let mut current = dir.clone();
+        while current.starts_with(repo) && current != repo {
+            let relative = relative_of(repo, &current);
+            if preimage.dirs.contains(&relative) || !remove_empty_dir(&current) {
+                break;
+            }
+            match current.parent() {
+                Some(parent) => current = parent.to_path_buf(),
+                None => break,
+            }
+        }
+    }
+
+    for (relative, entry) in &preimage.entries {
+        let path = repo.join(relative);
+        if matches_entry(&path, entry)? {
+            continue;
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+        }
+        match entry {
+            Entry::File { sha256, mode, .. } => {
+                let blob = blobs.join(sha256);
+                let bytes = std::fs::read(&blob).map_err(io("read", &blob))?;
+                if hex(&Sha256::digest(&bytes)) != *sha256 {
+                    return Err(PreimageError::Blob { path: blob });
+                }
+                clear_non_file(&path)?;
+                write_durably(&path, &bytes)?;
+                set_mode(&path, *mode)?;
+            }
+            Entry::Symlink { target } => {
+                clear_any(&path)?;
+                make_symlink(target, &path)?;
+            }
+        }
+        if let Some(parent) = path.parent() {
+            sync_dir(parent)?;
+        }
+        report.restored.push(relative.clone());
+    }
+    for dir in &touched_dirs {
+        if dir.exists() {
+            sync_dir(dir)?;
+        }
+    }
+    Ok(report)
+}
+
+/// `fsync` every file now under the scope (and their directories), so edits are on disk
+/// before a success is recorded. Blocking.
+pub fn sync_scope(repo: &Path, preimage: &Preimage) -> Result<(), PreimageError> {
+    let set = compile(&preimage.agent_id, &preimage.patterns)?;
+    let mut dirs = BTreeSet::new();
+    let mut parents = BTreeSet::new();
+    for_each_in_scope(repo, &set, &mut dirs, &mut |_, path, meta| {
+        if meta.file_type().is_file() {
+            let file = std::fs::File::open(path).map_err(io("open", path))?;
+            file.sync_all().map_err(io("sync", path))?;
+        }
+        if let Some(parent) = path.parent() {
+            parents.insert(parent.to_path_buf());
+        }
+        Ok(())
+    })?;
+    for parent in parents {
+        sync_dir(&parent)?;
+    }
+    // Deletions live in the directories the scope covers.
+    for dir in dirs {
+        let path = repo.join(&dir);
+        if path.is_dir() {
+            sync_dir(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Remove temporary files a killed process left in the working tree (the file tools and
+/// [`restore`] write beside their target and rename). Only safe while no agent of any run is
+/// writing: a resume calls it before it starts any. Returns the paths removed. Blocking.
+pub fn sweep_temporaries(repo: &Path) -> Result<Vec<String>, PreimageError> {
+    let mut removed = Vec::new();
+    let mut stack = vec![String::new()];
+    while let Some(relative) = stack.pop() {
+        let dir = if relative.is_empty() {
+            repo.to_path_buf()
+        } else {
+            repo.join(&relative)
+        };
+        for child in std::fs::read_dir(&dir).map_err(io("list", &dir))? {
+            let child = child.map_err(io("list", &dir))?;
+            let name = child.file_name().to_string_lossy().into_owned();
+            let child_relative = if relative.is_empty() {
+                name.clone()
+            } else {
+                format!("{relative}/{name}")
+            };
+            let kind = child.file_type().map_err(io("inspect", &child.path()))?;
+            if kind.is_dir() {
+                if !SKIPPED_ROOTS.contains(&child_relative.as_str()) {
+                    stack.push(child_relative);
+                }
+            } else if name.starts_with(TEMP_PREFIX) {
+                remove_file(&child.path())?;
+                removed.push(child_relative);
+            }
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
+fn compile(agent_id: &str, patterns: &[String]) -> Result<PathSet, PreimageError> {
+    PathSet::new(patterns).map_err(|err| PreimageError::Scope {
+        agent_id: agent_id.to_owned(),
+        message: err.to_string(),
+    })
+}
+
+/// The part of a scope entry before its first glob character, as a directory or file path to
+/// start walking from.
+fn literal_root(pattern: &str) -> String {
+    let mut parts = Vec::new();
+    for part in pattern.split('/') {
+        if part.contains(['*', '?', '[', '{', '\\']) {
+            break;
+        }
+        parts.push(part);
+    }
+    parts.join("/")
+}
+
+/// Call `visit` for every file and symlink under the repository that `set` matches, walking
+/// only from the scope's literal roots; record the directories seen (and the existing
+/// ancestors of each root) in `dirs`.
+fn for_each_in_scope(
+    repo: &Path,
+    set: &PathSet,
+    dirs: &mut BTreeSet<String>,
+    visit: &mut dyn FnMut(&str, &Path, &std::fs::Metadata) -> Result<(), PreimageError>,
+) -> Result<(), PreimageError> {
+    let mut roots: Vec<String> = set.patterns().iter().map(|p| literal_root(p)).collect();
+    roots.sort();
+    roots.dedup();
+    // A root inside another root is walked with it.
+    let roots: Vec<String> = roots
+        .iter()
+        .filter(|root| {
+            !roots.iter().any(|other| {
+                other != *root && (other.is_empty() || root.starts_with(&format!("{other}/")))
+            })
+        })
+        .cloned()
+        .collect();
+    let mut seen = BTreeSet::new();
+    for root in roots {
+        // The root's existing ancestors.
+        let mut ancestor = String::new();
+        for part in root.split('/').filter(|p| !p.is_empty()) {
+            let path = repo.join(&ancestor);
+            if !ancestor.is_empty() && path.is_dir() {
+                dirs.insert(ancestor.clone());
+            }
+            if !ancestor.is_empty() {
+                ancestor.push('/');
+            }
+            ancestor.push_str(part);
+        }
+        walk(repo, &root, set, dirs, &mut seen, visit)?;
+    }
+    Ok(())
+}
+
+fn walk(
+    repo: &Path,
+    relative: &str,
+    set: &PathSet,
+    dirs: &mut BTreeSet<String>,
+    seen: &mut BTreeSet<String>,
+    visit: &mut dyn FnMut(&str, &Path, &std::fs::Metadata) -> Result<(), PreimageError>,
+) -> Result<(), PreimageError> {
+    if SKIPPED_ROOTS
+        .iter()
+        .any(|skip| relative == *skip || relative.starts_with(&format!("{skip}/")))
+    {
+        return Ok(());
+    }
+    let path = if relative.is_empty() {
+        repo.to_path_buf()
+    } else {
+        repo.join(relative)
+    };
+    let meta = match std::fs::symlink_metadata(&path) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(PreimageError::Io {
+                what: "inspect",
+                path,
+                source,
+            });
+        }
+    };
+    if meta.is_dir() {
+        if !relative.is_empty() {
+            dirs.insert(relative.to_owned());
+        }
+        let mut children: Vec<String> = Vec::new();
+        for child in std::fs::read_dir(&path).map_err(io("list", &path))? {
+            let child = child.map_err(io("list", &path))?;
+            children.push(child.file_name().to_string_lossy().into_owned());
+        }
+        children.sort();
+        for name in children {
+            let child = if relative.is_empty() {
+                name
+            } else {
+                format!("{relative}/{name}")
+            };
+            walk(repo, &child, set, dirs, seen, visit)?;
+        }
+        return Ok(());
+    }
+    let temporary = relative
+        .rsplit('/')
+        .next()
+        .is_some_and(|name| name.starts_with(TEMP_PREFIX));
+    if (meta.file_type().is_file() || meta.file_type().is_symlink())
+        && !temporary
+        && set.is_match(relative)
+        && seen.insert(relative.to_owned())
+    {
+        visit(relative, &path, &meta)?;
+    }
+    Ok(())
+}
+
+fn relative_of(repo: &Path, path: &Path) -> String {
+    path.strip_prefix(repo)
+        .map(|p| p.to_string_lossy().replace('\\', "/"))
+        .unwrap_or_default()
+}
+
+/// Whether `path` already is what `entry` says (then nothing is written).
+fn matches_entry(path: &Path, entry: &Entry) -> Result<bool, PreimageError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => {
+            return Err(PreimageError::Io {
+                what: "inspect",
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    Ok(match entry {
+        Entry::File { sha256, mode, size } => {
+            meta.file_type().is_file()
+                && meta.len() == *size
+                && mode_of(&meta) == *mode
+                && hex(&Sha256::digest(
+                    std::fs::read(path).map_err(io("read", path))?,
+                )) == *sha256
+        }
+        Entry::Symlink { target } => {
+            meta.file_type().is_symlink()
+                && std::fs::read_link(path)
+                    .map(|t| t.to_string_lossy() == target.as_str())
+                    .unwrap_or(false)
+        }
+    })
+}
+
+fn remove_file(path: &Path) -> Result<(), PreimageError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(PreimageError::Io {
+            what: "remove",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Remove `dir` if it is an empty directory; true if it is gone.
+fn remove_empty_dir(dir: &Path) -> bool {
+    std::fs::remove_dir(dir).is_ok()
+}
+
+/// Make room for a regular file at `path`: a symlink or an (agent-created) directory goes.
+fn clear_non_file(path: &Path) -> Result<(), PreimageError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_file() => Ok(()),
+        Ok(_) => clear_any(path),
+        Err(_) => Ok(()),
+    }
+}
+
+fn clear_any(path: &Path) -> Result<(), PreimageError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path).map_err(io("remove", path)),
+        Ok(_) => remove_file(path),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Write `bytes` to `path` so that after a crash it holds either the old contents or all of
+/// the new ones: a temporary beside it, `fsync`, `rename`.
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), PreimageError> {
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_file_name(format!("{TEMP_PREFIX}pre-{}-{n}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
+        file.write_all(bytes).map_err(io("write", &tmp))?;
+        file.sync_all().map_err(io("sync", &tmp))?;
+        std::fs::rename(&tmp, path).map_err(io("rename into place", path))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// `create_dir_all`, then `fsync` the new directory's parents so the entries survive.
+fn create_dir_durably(dir: &Path) -> Result<(), PreimageError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let mut current = dir.parent();
+    // Up to `.fanout` (the runs directory and the run's own directory may be new too).
+    for _ in 0..4 {
+        match current {
+            Some(parent) => {
+                sync_dir(parent)?;
+                current = parent.parent();
+            }
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), PreimageError> {
+    #[cfg(unix)]
+    {
+        let handle = std::fs::File::open(dir).map_err(io("open", dir))?;
+        handle.sync_all().map_err(io("sync", dir))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+#[cfg(unix)]
+fn mode_of(meta: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o7777
+}
+
+#[cfg(not(unix))]
+fn mode_of(meta: &std::fs::Metadata) -> u32 {
+    if meta.permissions().readonly() {
+        0o444
+    } else {
+        0o644
+    }
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> Result<(), PreimageError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io("set the mode of", path))
+}
+
+#[cfg(not(unix))]
+fn set_mode(path: &Path, mode: u32) -> Result<(), PreimageError> {
+    let mut permissions = std::fs::metadata(path)
+        .map_err(io("inspect", path))?
+        .permissions();
+    permissions.set_readonly(mode & 0o222 == 0);
+    std::fs::set_permissions(path, permissions).map_err(io("set the mode of", path))
+}
+
+#[cfg(unix)]
+fn make_symlink(target: &str, path: &Path) -> Result<(), PreimageError> {
+    std::os::unix::fs::symlink(target, path).map_err(io("create the link", path))
+}
+
+#[cfg(not(unix))]
+fn make_symlink(_target: &str, path: &Path) -> Result<(), PreimageError> {
+    Err(PreimageError::Io {
+        what: "create the link",
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::Unsupported, "symlinks"),
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn write(repo: &Path, relative: &str, text: &str) {
+        let path = repo.join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[cfg(unix)]
+    fn mode(repo: &Path, relative: &str) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(repo.join(relative))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    #[test]
+    fn restore_puts_back_contents_modes_deletions_and_removes_new_files() {
+        let repo = tempfile::tempdir().unwrap();
+        let repo = repo.path();
+        write(repo, "src/a.txt", "a\n");
+        write(repo, "src/b.sh", "#!/bin/sh\n");
+        write(repo, "other.txt", "other\n");
+        #[cfg(unix)]
+        set_mode(&repo.join("src/b.sh"), 0o755).unwrap();
+        let patterns = vec!["src/**".to_owned()];
+        let preimage = capture(repo, "run-1", "agent-1", &patterns).unwrap();
+        assert_eq!(preimage.entries.len(), 2);
+
+        // The agent edits, deletes, chmods and creates (in a new directory too).
+        write(repo, "src/a.txt", "edited\n");
+        std::fs::remove_file(repo.join("src/b.sh")).unwrap();
+        write(repo, "src/new/deep/c.txt", "new\n");
+        write(repo, "src/d.txt", "new\n");
+        write(repo, "other.txt", "changed by someone else\n");
+
+        // A second capture keeps the first (a resumed run must not record the dirty tree).
+        assert_eq!(
+            capture(repo, "run-1", "agent-1", &patterns).unwrap(),
+            preimage
+        );
+
+        let report = restore(repo, &preimage).unwrap();
+        assert_eq!(report.restored, vec!["src/a.txt", "src/b.sh"]);
+        assert_eq!(report.removed.len(), 2);
+        assert_eq!(
+            std::fs::read_to_string(repo.join("src/a.txt")).unwrap(),
+            "a\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(repo.join("src/b.sh")).unwrap(),
+            "#!/bin/sh\n"
+        );
+        #[cfg(unix)]
+        assert_eq!(mode(repo, "src/b.sh"), 0o755);
+        assert!(!repo.join("src/d.txt").exists());
+        assert!(!repo.join("src/new").exists());
+        // Outside the scope: untouched.
+        assert_eq!(
+            std::fs::read_to_string(repo.join("other.txt")).unwrap(),
+            "changed by someone else\n"
+        );
+        // Idempotent.
+        assert!(restore(repo, &preimage).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_single_file_scope_and_a_file_created_in_a_new_directory() {
+        let repo = tempfile::tempdir().unwrap();
+        let repo = repo.path();
+        write(repo, "src/one.txt", "1\n");
+        let patterns = vec!["src/one.txt".to_owned(), "gen/out.txt".to_owned()];
+        let preimage = capture(repo, "run-1", "a/b c", &patterns).unwrap();
+        assert!(
+            manifest_path(repo, "run-1", "a/b c")
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("x-")
+        );
+        write(repo, "gen/out.txt", "generated\n");
+        std::fs::remove_file(repo.join("src/one.txt")).unwrap();
+        let loaded = load(repo, "run-1", "a/b c").unwrap().unwrap();
+        assert_eq!(loaded, preimage);
+        restore(repo, &loaded).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(repo.join("src/one.txt")).unwrap(),
+            "1\n"
+        );
+        assert!(!repo.join("gen").exists());
+        sync_scope(repo, &loaded).unwrap();
+    }
+
+    #[test]
+    fn literal_roots_stop_at_the_first_glob() {
+        assert_eq!(literal_root("src/**/*.rs"), "src");
+        assert_eq!(literal_root("*.md"), "");
+        assert_eq!(literal_root("docs/a.md"), "docs/a.md");
+    }
+}

@@ -1,0 +1,6 @@
+// Handler for /api/profile
+import { respond, lookup } from '../lib/http';
+
+export function handle(req: Request): Response {
+  return respond(200, lookup('profile', req));
+}
