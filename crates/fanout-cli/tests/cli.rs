@@ -724,15 +724,35 @@ rules:
             assert!(start <= end, "{agent}: {start} > {end}");
         }
 
-        // Checkpoints: the base, one every 10 completions, and the final one.
-        let checkpoints: i64 = connection
-            .query_row(
-                "SELECT COUNT(*) FROM checkpoints WHERE run_id = ?1",
-                [&run_id],
-                |row| row.get(0),
-            )
+        // Checkpoints: the base (0 completions), then one each time 10 or more completions
+        // have accumulated (under a burst one checkpoint covers every completion that arrived
+        // while the previous was being taken), and the final one with all 200.
+        let mut statement = connection
+            .prepare("SELECT seq, label, completed_agents FROM checkpoints WHERE run_id = ?1 ORDER BY seq")
             .unwrap();
-        assert_eq!(checkpoints, 1 + (AGENTS / 10) as i64 + 1);
+        let marks: Vec<(i64, String, i64)> = statement
+            .query_map([&run_id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let checkpoints = marks.len() as i64;
+        assert!(
+            checkpoints >= 3,
+            "base, at least one interval checkpoint, final: {marks:?}"
+        );
+        assert_eq!(marks[0], (0, "base".to_string(), 0));
+        let last = marks.last().unwrap();
+        assert_eq!(
+            (last.1.as_str(), last.2),
+            ("final", AGENTS as i64),
+            "{marks:?}"
+        );
+        for pair in marks[..marks.len() - 1].windows(2) {
+            assert!(
+                pair[1].2 - pair[0].2 >= 10,
+                "a checkpoint before 10 completions: {marks:?}"
+            );
+        }
         let refs = git(
             repo.path(),
             &[

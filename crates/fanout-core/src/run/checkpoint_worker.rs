@@ -88,3 +88,97 @@ impl CheckpointWorker {
         })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    fn repository() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), "a\n").unwrap();
+        for args in [
+            &["init", "-q", "-b", "main"][..],
+            &["add", "-A"][..],
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "-q",
+                "-m",
+                "init",
+            ][..],
+        ] {
+            let ok = Command::new("git")
+                .arg("-C")
+                .arg(dir.path())
+                .args(args)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok);
+        }
+        dir
+    }
+
+    #[tokio::test]
+    async fn completions_at_the_policy_pace_get_one_checkpoint_per_interval() {
+        let repo = repository();
+        let mut checkpointer = Checkpointer::new(repo.path(), "run-worker").unwrap();
+        checkpointer.base().await.unwrap();
+        let (tx, mut taken) = tokio::sync::mpsc::unbounded_channel();
+        let worker = CheckpointWorker::spawn(
+            checkpointer,
+            CheckpointPolicy::new(10, 1),
+            0,
+            move |result| {
+                tx.send(result.map(|id| id.seq)).unwrap();
+            },
+        );
+        for wave in 1..=3u64 {
+            for _ in 0..10 {
+                worker.completed(false);
+            }
+            assert_eq!(taken.recv().await.unwrap().unwrap(), wave);
+        }
+        // Nine more are not enough for another; a destructive one makes it due at once.
+        for _ in 0..9 {
+            worker.completed(false);
+        }
+        worker.completed(true);
+        assert_eq!(taken.recv().await.unwrap().unwrap(), 4);
+        let checkpointer = worker.finish().await.unwrap();
+        assert_eq!(checkpointer.next_seq(), 5);
+        assert!(taken.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_coalesced_and_nothing_is_lost() {
+        let repo = repository();
+        let mut checkpointer = Checkpointer::new(repo.path(), "run-burst").unwrap();
+        checkpointer.base().await.unwrap();
+        let (tx, mut taken) = tokio::sync::mpsc::unbounded_channel();
+        let worker =
+            CheckpointWorker::spawn(checkpointer, CheckpointPolicy::new(10, 10), 0, move |r| {
+                tx.send(r.is_ok()).unwrap();
+            });
+        for _ in 0..1000 {
+            worker.completed(false);
+        }
+        let checkpointer = worker.finish().await.unwrap();
+        let mut count = 0;
+        while let Ok(ok) = taken.try_recv() {
+            assert!(ok);
+            count += 1;
+        }
+        assert!(
+            (1..100).contains(&count),
+            "{count} checkpoints for a burst of 1,000"
+        );
+        assert_eq!(checkpointer.next_seq(), 1 + count);
+    }
+}

@@ -35,6 +35,7 @@ use crate::policy::{AgentSpec, PathSet, ScopePolicy, ShellPolicy};
 use crate::provider::{Message, Request};
 use crate::retry::lock;
 use crate::run::checkpoint::{CheckpointId, CheckpointPolicy, Checkpointer};
+use crate::run::checkpoint_worker::CheckpointWorker;
 use crate::run::preimage::{self, Preimage, PreimageError};
 use crate::run::scheduler::{
     NotRun, SchedulerEvent, SchedulerLimits, TaskOutcome, TaskSpec, run_graph,
@@ -44,7 +45,7 @@ use crate::store::{
     AgentFinish, AgentStart, AgentStatus, DenialRecord, NewRun, RunStatus, Store, StoreReader,
 };
 use crate::tools::fs::FileState;
-use crate::tools::{ToolLimits, Toolbox};
+use crate::tools::{RepoFacts, ToolLimits, Toolbox};
 
 /// Everything a live run needs.
 #[derive(Debug, Clone)]
@@ -165,11 +166,14 @@ struct AgentRecord {
 struct Shared {
     inputs: EngineInputs,
     store: Store,
-    checkpoints: tokio::sync::Mutex<(Checkpointer, CheckpointPolicy, u64)>,
+    /// Taken at the end of the run for the final checkpoint.
+    checkpoints: Mutex<Option<CheckpointWorker>>,
     records: Mutex<HashMap<String, AgentRecord>>,
-    events: Mutex<Vec<EngineEvent>>,
+    events: Arc<Mutex<Vec<EngineEvent>>>,
     /// The attempt number each agent's next try gets (1 unless the run is resumed).
     first_attempt: HashMap<String, u32>,
+    /// Scanned once per run for every agent's toolbox.
+    facts: RepoFacts,
 }
 
 /// What a resumed run starts from, read from the store and the pre-images.
@@ -281,13 +285,35 @@ async fn run_engine(
         .iter()
         .map(|s| (s.task_id.to_string(), s.clone()))
         .collect();
+    let events: Arc<Mutex<Vec<EngineEvent>>> = Arc::default();
+    let worker = {
+        let events = Arc::clone(&events);
+        CheckpointWorker::spawn(
+            checkpointer,
+            policy,
+            state.done.len() as u64,
+            move |result| {
+                lock(&events).push(match result {
+                    Ok(id) => EngineEvent::Checkpoint {
+                        seq: id.seq,
+                        commit: id.commit,
+                    },
+                    Err(error) => EngineEvent::Phase {
+                        name: format!("checkpoint failed: {error}"),
+                    },
+                });
+            },
+        )
+    };
+    let repo_for_facts = inputs.repo.clone();
     let shared = Arc::new(Shared {
         inputs,
         store: store.clone(),
-        checkpoints: tokio::sync::Mutex::new((checkpointer, policy, state.done.len() as u64)),
+        checkpoints: Mutex::new(Some(worker)),
         records: Mutex::new(state.records),
-        events: Mutex::new(Vec::new()),
+        events,
         first_attempt: state.first_attempt,
+        facts: RepoFacts::scan(&repo_for_facts),
     });
 
     on_event(&EngineEvent::Phase {
@@ -352,10 +378,19 @@ async fn run_engine(
         name: "verify".into(),
     });
     let inputs = &shared.inputs;
+    let worker = lock(&shared.checkpoints).take();
     let (final_checkpoint, checkpoints) = {
-        let mut guard = shared.checkpoints.lock().await;
-        let (checkpointer, _, completed) = &mut *guard;
-        checkpointer.set_completed_agents(*completed);
+        let Some(worker) = worker else {
+            return Err(EngineError::Checkpoint(
+                crate::run::checkpoint::CheckpointError::Join {
+                    message: "the checkpoint worker is gone".into(),
+                },
+            ));
+        };
+        let mut checkpointer = worker.finish().await?;
+        for e in std::mem::take(&mut *lock(&shared.events)) {
+            on_event(&e);
+        }
         let last = checkpointer.checkpoint("final").await?;
         on_event(&EngineEvent::Checkpoint {
             seq: last.seq,
@@ -573,11 +608,12 @@ async fn run_one(shared: Arc<Shared>, subtask: Subtask, cancel: CancellationToke
         let toolbox = ScopePolicy::from_config(&inputs.config, &spec)
             .map_err(|e| e.to_string())
             .and_then(|policy| {
-                Toolbox::new(
+                Toolbox::with_facts(
                     &inputs.repo,
                     policy,
                     inputs.sandbox.clone(),
                     ToolLimits::default(),
+                    &shared.facts,
                 )
                 .map_err(|e| e.to_string())
             });
@@ -716,7 +752,7 @@ async fn run_one(shared: Arc<Shared>, subtask: Subtask, cancel: CancellationToke
                 spent,
                 escalated,
             );
-            checkpoint_after_completion(&shared, destructive).await;
+            checkpoint_after_completion(&shared, destructive);
             return TaskOutcome {
                 succeeded: true,
                 cost: spent,
@@ -973,22 +1009,10 @@ fn deleted_something(repo: &Path, toolbox: &Toolbox) -> bool {
     })
 }
 
-async fn checkpoint_after_completion(shared: &Shared, destructive: bool) {
-    let mut guard = shared.checkpoints.lock().await;
-    let (checkpointer, policy, completed) = &mut *guard;
-    *completed += 1;
-    if policy.record_completion(destructive) {
-        checkpointer.set_completed_agents(*completed);
-        let label = format!("after {completed} completions");
-        match checkpointer.checkpoint(&label).await {
-            Ok(id) => lock(&shared.events).push(EngineEvent::Checkpoint {
-                seq: id.seq,
-                commit: id.commit,
-            }),
-            Err(error) => lock(&shared.events).push(EngineEvent::Phase {
-                name: format!("checkpoint failed: {error}"),
-            }),
-        }
+/// Tell the checkpoint worker about a durable completion; never waits for git.
+fn checkpoint_after_completion(shared: &Shared, destructive: bool) {
+    if let Some(worker) = lock(&shared.checkpoints).as_ref() {
+        worker.completed(destructive);
     }
 }
 

@@ -119,15 +119,27 @@ impl Toolbox {
     /// reason (fail closed) while the file tools keep working.
     pub fn new(
         root: &Path,
+        policy: ScopePolicy,
+        sandbox: SandboxConfig,
+        limits: ToolLimits,
+    ) -> Result<Toolbox, ToolboxError> {
+        let facts = RepoFacts::scan(root);
+        Toolbox::with_facts(root, policy, sandbox, limits, &facts)
+    }
+
+    /// [`Toolbox::new`] with the repository's facts already scanned (see [`RepoFacts`]).
+    pub fn with_facts(
+        root: &Path,
         mut policy: ScopePolicy,
         sandbox: SandboxConfig,
         limits: ToolLimits,
+        facts: &RepoFacts,
     ) -> Result<Toolbox, ToolboxError> {
         let fs = ScopedFs::open(root).map_err(|error| ToolboxError::Repository {
             path: root.to_path_buf(),
             message: error.to_string(),
         })?;
-        let scan = scan_repository(fs.root_path());
+        let scan = facts.scan.clone();
         policy.gitdirs.extend(scan.gitdirs);
         let (sandbox, sandbox_error) = if policy.tools.contains("bash") {
             let grants = write_grants(fs.root_path(), &policy, scan.hidden);
@@ -416,8 +428,31 @@ impl Toolbox {
             .build()
             .map_err(|error| Failure::Failed(format!("invalid glob `{pattern}`: {error}")))?
             .compile_matcher();
+        // Walk only beneath the pattern's literal directory (`src` for `src/**/*.rs`), once it
+        // is known to be a real directory inside the repository.
+        let start = if base.is_empty() {
+            let literal: Vec<&str> = pattern
+                .split('/')
+                .take_while(|part| !part.contains(['*', '?', '[', '{', '\\']))
+                .collect();
+            // All literal: the last part names a file, its directory is the start.
+            let whole = literal.len() == pattern.split('/').count();
+            let keep = if whole {
+                literal.len().saturating_sub(1)
+            } else {
+                literal.len()
+            };
+            let dir = literal[..keep].join("/");
+            if !dir.is_empty() && self.fs.open_dir(&dir).is_ok() {
+                dir
+            } else {
+                base.clone()
+            }
+        } else {
+            base.clone()
+        };
         let matched: Vec<String> = self
-            .walk(&base)
+            .walk(&start)
             .into_iter()
             .filter(|path| {
                 glob.is_match(path)
@@ -703,9 +738,28 @@ fn truncate(mut text: String, cap: usize) -> String {
     text
 }
 
+#[derive(Debug, Clone, Default)]
 struct Scan {
     gitdirs: Vec<String>,
     hidden: Vec<PathBuf>,
+}
+
+/// What every toolbox of a repository needs to know about it: the `gitdir:` targets of `.git`
+/// files (protected) and the secret files (hidden from commands). Agents can create neither
+/// (both are protected by name), so one scan serves a whole run: the engine takes it once
+/// instead of walking the repository for each of 1,000 agents.
+#[derive(Debug, Clone, Default)]
+pub struct RepoFacts {
+    scan: Scan,
+}
+
+impl RepoFacts {
+    /// Walk the repository under `root` once.
+    pub fn scan(root: &Path) -> RepoFacts {
+        RepoFacts {
+            scan: scan_repository(root),
+        }
+    }
 }
 
 /// Find `.git` files (their `gitdir:` targets inside the repository are protected) and

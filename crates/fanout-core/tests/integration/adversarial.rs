@@ -1454,7 +1454,6 @@ async fn run_case(case: &Case, canary: &mut Canary, victim: u32, env_names: &[St
     let counts_before = canary.fence();
 
     let mut policy = fixture.policy(&case.shell);
-    policy.network = fanout_core::policy::NetworkAccess::Allow;
     if let Some(scope) = &case.scope {
         policy.write = PathSet::new(scope).unwrap();
     }
@@ -1546,7 +1545,7 @@ async fn run_case(case: &Case, canary: &mut Canary, victim: u32, env_names: &[St
     let channels = [
         "TCP",
         "TCP6",
-        "bytes on a held connection",
+        "bytes over TCP",
         "UDP",
         "unix socket",
         "abstract socket",
@@ -1668,7 +1667,7 @@ async fn adversarial_catalogue_through_the_model() {
     let cases = catalogue();
     let mut canary = Canary::start();
     let mut victim = std::process::Command::new("sleep")
-        .arg("300")
+        .arg("477")
         .spawn()
         .unwrap();
     let env_names = engine_env_names();
