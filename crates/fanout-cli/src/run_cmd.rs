@@ -23,9 +23,10 @@ use fanout_core::governor::Governor;
 use fanout_core::plan::{self, PlanOptions, PrepareRequest, ScopePaths};
 use fanout_core::provider::Provider;
 use fanout_core::provider::anthropic::{AnthropicConfig, AnthropicProvider};
+use fanout_core::provider::http::HttpConfig;
 use fanout_core::provider::openai::{OpenAiConfig, OpenAiProvider};
 use fanout_core::retry::{RetryBudget, RetryBudgetConfig, RetryPolicy};
-use fanout_sim::{Scenario, Sim, SimConfig, SimHandle};
+use fanout_sim::{Faults, Scenario, Sim, SimConfig, SimHandle};
 use tokio_util::sync::CancellationToken;
 
 pub const EXIT_VIOLATIONS: u8 = 1;
@@ -68,6 +69,21 @@ pub struct RunArgs {
     /// Latency of the in-process simulator's answers, in milliseconds (with --sim).
     #[arg(long, default_value_t = 0, value_name = "MS")]
     pub sim_latency_ms: u64,
+    /// Faults the in-process simulator injects (with --sim), as `kind=probability` pairs:
+    /// overloaded, api_error, hang, truncate, cut_stream, malformed (e.g.
+    /// `overloaded=0.05,api_error=0.02,hang=0.01`).
+    #[arg(long, value_name = "SPEC", value_parser = parse_faults)]
+    pub sim_faults: Option<Faults>,
+    /// Seed of the in-process simulator's faults and jitter (with --sim).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub sim_seed: u64,
+    /// Append every request the in-process simulator answered to FILE as JSON lines.
+    #[arg(long, value_name = "FILE")]
+    pub sim_record: Option<PathBuf>,
+    /// Give up on one model request after this many seconds (it is then retried like any
+    /// transient failure).
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub request_timeout: u64,
     /// Re-run only the agents of a finished run that failed, were rolled back or did not run
     /// (its saved plan; FILE gives the configuration).
     #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["plan", "dry_run", "task"])]
@@ -113,17 +129,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             SimConfig {
                 scenario,
                 latency: std::time::Duration::from_millis(args.sim_latency_ms),
+                faults: args.sim_faults.unwrap_or_default(),
+                seed: args.sim_seed,
+                record_path: args.sim_record.clone(),
                 ..SimConfig::default()
             },
             "127.0.0.1:0".parse().context("loopback address")?,
         )
         .await
         .context("cannot start the simulator")?;
-        let provider = provider_for(&config, Some(&handle.base_url()))?;
+        let provider = provider_with(&config, Some(&handle.base_url()), http_config(&args))?;
         sim = Some(handle);
         Some(fleet_for(&config, provider))
     } else {
-        Some(fleet_for(&config, provider_for(&config, None)?))
+        Some(fleet_for(
+            &config,
+            provider_with(&config, None, http_config(&args))?,
+        ))
     };
     let code = run_with(&args, config, fleet).await;
     if let Some(handle) = sim.take() {
@@ -212,26 +234,78 @@ pub(crate) fn provider_for(
     config: &Config,
     base_url: Option<&str>,
 ) -> anyhow::Result<Arc<dyn Provider>> {
+    provider_with(config, base_url, HttpConfig::default())
+}
+
+/// [`provider_for`] with explicit transport settings.
+pub(crate) fn provider_with(
+    config: &Config,
+    base_url: Option<&str>,
+    http: HttpConfig,
+) -> anyhow::Result<Arc<dyn Provider>> {
     let provider: Arc<dyn Provider> = match (config.orchestrator_model().provider, base_url) {
         (ProviderKind::Anthropic, Some(base_url)) => {
             Arc::new(AnthropicProvider::new(AnthropicConfig {
                 base_url: base_url.to_owned(),
+                http,
                 ..AnthropicConfig::new("sim")
             })?)
         }
         (ProviderKind::OpenAi, Some(base_url)) => Arc::new(OpenAiProvider::new(OpenAiConfig {
             base_url: format!("{base_url}/v1"),
+            http,
             ..OpenAiConfig::new("sim")
         })?),
-        (ProviderKind::Anthropic, None) => Arc::new(
-            AnthropicProvider::from_env()
-                .context("cannot reach the Anthropic API (or use --sim)")?,
-        ),
-        (ProviderKind::OpenAi, None) => Arc::new(
-            OpenAiProvider::from_env().context("cannot reach the OpenAI API (or use --sim)")?,
-        ),
+        (ProviderKind::Anthropic, None) => Arc::new(AnthropicProvider::new(AnthropicConfig {
+            http,
+            ..AnthropicConfig::from_env()
+                .context("cannot reach the Anthropic API (or use --sim)")?
+        })?),
+        (ProviderKind::OpenAi, None) => Arc::new(OpenAiProvider::new(OpenAiConfig {
+            http,
+            ..OpenAiConfig::from_env().context("cannot reach the OpenAI API (or use --sim)")?
+        })?),
     };
     Ok(provider)
+}
+
+fn http_config(args: &RunArgs) -> HttpConfig {
+    let timeout = std::time::Duration::from_secs(args.request_timeout.max(1));
+    HttpConfig {
+        request_timeout: timeout,
+        stream_idle_timeout: timeout.min(HttpConfig::default().stream_idle_timeout),
+        ..HttpConfig::default()
+    }
+}
+
+/// `overloaded=0.05,api_error=0.02,hang=0.01` → the simulator's fault probabilities.
+fn parse_faults(spec: &str) -> Result<Faults, String> {
+    let mut faults = Faults::default();
+    for pair in spec.split(',').filter(|p| !p.trim().is_empty()) {
+        let (kind, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("`{pair}` is not kind=probability"))?;
+        let p: f64 = value
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{value}` is not a probability"))?;
+        let slot = match kind.trim() {
+            "overloaded" => &mut faults.overloaded,
+            "api_error" => &mut faults.api_error,
+            "hang" => &mut faults.hang,
+            "truncate" => &mut faults.truncate_body,
+            "cut_stream" => &mut faults.cut_stream,
+            "malformed" => &mut faults.malformed_json,
+            other => {
+                return Err(format!(
+                    "unknown fault `{other}` (overloaded, api_error, hang, truncate, cut_stream, malformed)"
+                ));
+            }
+        };
+        *slot = p;
+    }
+    faults.validate()?;
+    Ok(faults)
 }
 
 pub(crate) fn fleet_for(config: &Config, provider: Arc<dyn Provider>) -> Fleet {

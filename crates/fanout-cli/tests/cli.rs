@@ -627,6 +627,75 @@ rules:
         repo
     }
 
+    /// 5 % 529, 2 % 500 and 1 % hung requests (given up on after 2 s): every agent still
+    /// succeeds, exactly once, because retries happen inside the fleet, not by re-running
+    /// agents.
+    #[test]
+    fn faults_are_absorbed_and_no_agent_succeeds_twice() {
+        let repo = repository();
+        let work = tempfile::tempdir().unwrap();
+        let scenario = work.path().join("scenario.yaml");
+        std::fs::write(&scenario, SCENARIO).unwrap();
+        let record = work.path().join("exchanges.jsonl");
+        let output = fanout(
+            &[
+                "run",
+                &workflow(work.path()).display().to_string(),
+                "--plan",
+                &plan(work.path()).display().to_string(),
+                "--scenario",
+                &scenario.display().to_string(),
+                "--sim-faults",
+                "overloaded=0.05,api_error=0.02,hang=0.01",
+                "--sim-seed",
+                "17",
+                "--sim-record",
+                &record.display().to_string(),
+                "--request-timeout",
+                "2",
+            ],
+            repo.path(),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{stderr}");
+
+        // The simulator really injected every kind of fault.
+        let exchanges: Vec<serde_json::Value> = std::fs::read_to_string(&record)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let faults = |kind: &str| exchanges.iter().filter(|e| e["fault"] == kind).count();
+        for kind in ["overloaded", "api_error", "hang"] {
+            assert!(
+                faults(kind) > 0,
+                "no {kind} fault among {} exchanges",
+                exchanges.len()
+            );
+        }
+
+        let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
+        let connection = reader.connection();
+        let (rows, successes, distinct): (i64, i64, i64) = connection
+            .query_row(
+                "SELECT COUNT(*), SUM(status = 'success'), COUNT(DISTINCT agent_id) FROM agent_runs",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(distinct, AGENTS as i64);
+        assert_eq!(
+            successes, AGENTS as i64,
+            "every agent succeeded exactly once"
+        );
+        assert_eq!(rows, AGENTS as i64, "no agent needed a second attempt");
+        for i in 0..AGENTS {
+            let text =
+                std::fs::read_to_string(repo.path().join(format!("src/file_{i:03}.txt"))).unwrap();
+            assert_eq!(text, "edited by its agent\n");
+        }
+    }
+
     #[test]
     fn two_hundred_agents_each_edit_their_own_file() {
         let repo = repository();
