@@ -1,5 +1,6 @@
-//! The one integration test binary of fanout-core: every test talks to the simulator
-//! (`fanout-sim`) over real HTTP on loopback.
+//! The one integration test binary of fanout-core. Model calls go to the simulator
+//! (`fanout-sim`) over real HTTP on loopback; repositories are real git repositories in temp
+//! directories; security tests judge by effects (canary files, a loopback canary listener).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod adversarial;
