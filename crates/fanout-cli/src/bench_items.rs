@@ -18,7 +18,7 @@ use fanout_core::config::Config;
 use fanout_core::fleet::Fleet;
 use fanout_core::governor::{Governor, GovernorConfig};
 use fanout_core::items::Item;
-use fanout_core::items::run::{EventSink, ItemJob, RunOptions};
+use fanout_core::items::run::{EventSink, ItemEvent, ItemJob, RunOptions};
 use fanout_core::provider::anthropic::{AnthropicConfig, AnthropicProvider};
 use fanout_core::provider::batch::PollPolicy;
 use fanout_core::retry::{RetryBudget, RetryBudgetConfig, RetryPolicy};
@@ -62,6 +62,67 @@ struct ItemsReport {
     prepare_s: f64,
     cpu_s: f64,
     peak_rss_mib: f64,
+    /// When things happened, in seconds from the start of the run.
+    phases: PhaseReport,
+}
+
+/// First and last time each kind of event was seen, in seconds from the run's start: where
+/// the makespan goes beyond the latency chain.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+struct PhaseReport {
+    first_call_started_s: f64,
+    last_call_started_s: f64,
+    first_call_finished_s: f64,
+    last_call_finished_s: f64,
+    first_chunk_settled_s: f64,
+    last_chunk_settled_s: f64,
+}
+
+struct Phases {
+    started: tokio::time::Instant,
+    seen: std::sync::Mutex<[Option<(f64, f64)>; 3]>,
+}
+
+impl Phases {
+    fn new(started: tokio::time::Instant) -> Phases {
+        Phases {
+            started,
+            seen: std::sync::Mutex::new([None; 3]),
+        }
+    }
+
+    fn see(&self, event: &ItemEvent) {
+        let slot = match event {
+            ItemEvent::CallStarted { .. } => 0,
+            ItemEvent::CallFinished { .. } => 1,
+            ItemEvent::ChunkSettled { .. } => 2,
+            _ => return,
+        };
+        let at = self.started.elapsed().as_secs_f64();
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = seen[slot].get_or_insert((at, at));
+        entry.0 = entry.0.min(at);
+        entry.1 = entry.1.max(at);
+    }
+
+    fn report(&self) -> PhaseReport {
+        let seen = *self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let [started, finished, settled] = seen.map(Option::unwrap_or_default);
+        PhaseReport {
+            first_call_started_s: started.0,
+            last_call_started_s: started.1,
+            first_call_finished_s: finished.0,
+            last_call_finished_s: finished.1,
+            first_chunk_settled_s: settled.0,
+            last_chunk_settled_s: settled.1,
+        }
+    }
 }
 
 fn workflow(workers: usize, chunk_size: usize) -> String {
@@ -131,8 +192,12 @@ pub async fn run(args: BenchItemsArgs) -> anyhow::Result<ExitCode> {
     );
     let store = Store::open_in_repo(root.path())?;
     let prepare = prepare_started.elapsed();
-    let sink: EventSink = Arc::new(|_| {});
     let started = tokio::time::Instant::now();
+    let phases = Arc::new(Phases::new(started));
+    let sink: EventSink = {
+        let phases = Arc::clone(&phases);
+        Arc::new(move |event| phases.see(event))
+    };
     let report = fanout_core::items::run::run(
         job,
         fleet,
@@ -140,6 +205,7 @@ pub async fn run(args: BenchItemsArgs) -> anyhow::Result<ExitCode> {
         RunOptions {
             root: root.path().to_path_buf(),
             resume: None,
+            run_id: None,
             batch: None,
             poll: PollPolicy::default(),
         },
@@ -148,6 +214,7 @@ pub async fn run(args: BenchItemsArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
     let makespan = started.elapsed().as_secs_f64();
+    let phases = phases.report();
     let _ = store.close().await;
     let resources = usage::current();
     let rounds = chunks.div_ceil(args.workers) as f64;
@@ -165,6 +232,7 @@ pub async fn run(args: BenchItemsArgs) -> anyhow::Result<ExitCode> {
         prepare_s: prepare.as_secs_f64(),
         cpu_s: resources.cpu().as_secs_f64(),
         peak_rss_mib: resources.peak_rss_kib as f64 / 1024.0,
+        phases,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -188,6 +256,19 @@ pub async fn run(args: BenchItemsArgs) -> anyhow::Result<ExitCode> {
         );
         println!("  engine CPU        {:.2} s", out.cpu_s);
         println!("  engine peak RSS   {:.1} MiB", out.peak_rss_mib);
+        let p = &out.phases;
+        println!(
+            "  calls started     {:.3} .. {:.3} s",
+            p.first_call_started_s, p.last_call_started_s
+        );
+        println!(
+            "  calls finished    {:.3} .. {:.3} s",
+            p.first_call_finished_s, p.last_call_finished_s
+        );
+        println!(
+            "  chunks settled    {:.3} .. {:.3} s",
+            p.first_chunk_settled_s, p.last_chunk_settled_s
+        );
     }
     drop(child);
     Ok(if out.failed == 0 && out.items == args.items {

@@ -5,17 +5,23 @@
 //! `--dry-run` prints the job's plan (items, chunks, estimated tokens, the online and the
 //! halved batch price, the chunking, the worker instructions and output schema). A live run
 //! shows progress on stderr and prints the summary on stdout (`--json`: the report as JSON).
-//! Re-running a workflow whose last item run was killed or cancelled continues that run: no
-//! settled chunk is sent again. [`resume`] is the entry point for `fanout resume RUN_ID`.
 //!
-//! Exit codes: 0 complete, 2 invalid workflow or unreadable input, 5 partial (some items
-//! failed), 6 failed (no item succeeded), 130 cancelled.
+//! `fanout run` always starts a new run. A run that was killed or cancelled is continued with
+//! `fanout resume RUN_ID` ([`resume`], dispatched from `crate::resume_cmd`): items its journal
+//! settled are kept and no settled chunk is sent again.
+//!
+//! One process per run: the run holds the exclusive lock on `.fanout/runs/<run_id>/run.lock`
+//! (the same lock as repository runs, `crate::live::RunLock`) from before its first record to
+//! its end, so a `fanout resume` of a run that is still going is refused.
+//!
+//! Exit codes: 0 complete, 2 invalid workflow or unreadable input, 4 another process is
+//! running it, 5 partial (some items failed), 6 failed (no item succeeded), 130 cancelled.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use fanout_core::config::items::{ChunkingConfig, Execution, ItemIdConfig};
@@ -23,9 +29,7 @@ use fanout_core::config::{Config, Provider as ProviderKind};
 use fanout_core::fleet::Fleet;
 use fanout_core::governor::Governor;
 use fanout_core::items::output::Completion;
-use fanout_core::items::run::{
-    EventSink, ItemEvent, ItemJob, ItemReport, RunOptions, WORKER_ROLE, unfinished_run,
-};
+use fanout_core::items::run::{EventSink, ItemEvent, ItemJob, ItemReport, RunOptions, WORKER_ROLE};
 use fanout_core::items::worker::{OutputRoute, SUBMIT_TOOL};
 use fanout_core::plan;
 use fanout_core::provider::Provider;
@@ -37,29 +41,23 @@ use fanout_core::store::{RunStatus, Store};
 use fanout_sim::{Scenario, Sim, SimConfig, SimHandle};
 use tokio_util::sync::CancellationToken;
 
+use crate::live::RunLock;
 use crate::progress::{Progress, ProgressStyle, Tally, handle_interrupts};
-use crate::run_cmd::{EXIT_CONFIG, RunArgs};
+use crate::run_cmd::{EXIT_CONFIG, EXIT_NOT_READY, RunArgs};
 
 pub const EXIT_PARTIAL: u8 = 5;
 pub const EXIT_FAILED: u8 = 6;
 pub const EXIT_CANCELLED: u8 = 130;
 
-/// `fanout run FILE` when the workflow has `items:`.
+/// `fanout run FILE` when the workflow has `items:`: always a new run.
 pub async fn run(args: RunArgs, config: Config) -> anyhow::Result<ExitCode> {
     let root = args
         .repo
         .clone()
         .unwrap_or_else(|| config.repository.clone());
-    let resume = if args.dry_run {
-        None
-    } else {
-        unfinished_run(&root, &config.origin)
-    };
-    execute(&args, config, root, resume).await
+    execute(&args, config, root, None).await
 }
 
-// Wired by `fanout resume` (see `fanout_core::items::run::item_run`).
-#[allow(dead_code)]
 /// `fanout resume RUN_ID` for an item run: `workflow` is the job record's workflow path
 /// (`fanout_core::items::run::item_run(root, run_id)`), `args` carries `--sim` and friends.
 pub async fn resume(
@@ -112,6 +110,9 @@ async fn execute(
             SimConfig {
                 scenario,
                 latency: Duration::from_millis(args.sim_latency_ms),
+                faults: args.sim_faults.unwrap_or_default(),
+                seed: args.sim_seed,
+                record_path: args.sim_record.clone(),
                 ..SimConfig::default()
             },
             "127.0.0.1:0".parse().context("loopback address")?,
@@ -170,6 +171,17 @@ async fn live(
             (Some(BatchClient::new(anthropic)?), poll)
         }
     };
+    // The run's id is chosen here so that its lock is held before its first record.
+    let run_id = resume
+        .clone()
+        .unwrap_or_else(|| plan::RunId::new(SystemTime::now()).0);
+    let _lock = match RunLock::acquire(&root, &run_id) {
+        Ok(lock) => lock,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_NOT_READY));
+        }
+    };
     let store = Store::open_in_repo(&root)
         .with_context(|| format!("cannot open the run store under {}", root.display()))?;
     if let Some(run_id) = &resume {
@@ -195,6 +207,7 @@ async fn live(
     let options = RunOptions {
         root,
         resume,
+        run_id: Some(run_id),
         batch,
         poll,
     };
@@ -528,11 +541,7 @@ fn render_summary(report: &ItemReport) -> String {
         );
     }
     if report.status == RunStatus::Cancelled {
-        let _ = writeln!(
-            out,
-            "  Run `fanout run` on the same workflow again (or `fanout resume {}`) to finish it.",
-            report.run_id
-        );
+        let _ = writeln!(out, "  Run `fanout resume {}` to finish it.", report.run_id);
     }
     out
 }

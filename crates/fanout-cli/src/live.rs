@@ -162,14 +162,14 @@ pub async fn drive(
 }
 
 /// An exclusive `flock` on `.fanout/runs/<run_id>/run.lock`, released when dropped (or when
-/// the process dies).
-struct RunLock {
+/// the process dies). Item runs take the same lock (`crate::items_cmd`).
+pub(crate) struct RunLock {
     _file: std::fs::File,
 }
 
 impl RunLock {
     #[allow(unsafe_code)]
-    fn acquire(repo: &std::path::Path, run_id: &str) -> Result<RunLock, String> {
+    pub(crate) fn acquire(repo: &std::path::Path, run_id: &str) -> Result<RunLock, String> {
         use std::os::fd::AsRawFd;
         let dir = repo.join(".fanout").join("runs").join(run_id);
         std::fs::create_dir_all(&dir)

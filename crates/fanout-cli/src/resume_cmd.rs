@@ -10,6 +10,11 @@
 //! - `--retry-failed` is for a run that ended (partial, failed or cancelled) and takes the
 //!   workflow file from the command line; a run still marked `running` needs `resume`.
 //!
+//! An item run (one with `.fanout/runs/<run_id>/job.json`) has no plan: `resume` hands it to
+//! `crate::items_cmd::resume`, which continues it from its settlement journal.
+//! `--retry-failed` does not apply to item runs (their failures are settled, in
+//! `failed.jsonl`).
+//!
 //! Exit codes as for `fanout run`: 0 completed, 5 partial, 6 failed, 130 cancelled; 2 unknown
 //! run or unreadable configuration, 3 the saved plan is missing or was edited, 4 another
 //! process is running it or (`--retry-failed`) it did not end.
@@ -117,6 +122,9 @@ async fn finish(args: ResumeArgs, retry_failed: bool) -> anyhow::Result<ExitCode
         }
         _ => {}
     }
+    if let Some(record) = fanout_core::items::run::item_run(&repo, &args.run_id) {
+        return resume_items(&args, repo, record.workflow, retry_failed).await;
+    }
 
     let config_path = match args
         .file
@@ -190,6 +198,50 @@ async fn finish(args: ResumeArgs, retry_failed: bool) -> anyhow::Result<ExitCode
         handle.shutdown().await;
     }
     code
+}
+
+/// `fanout resume RUN_ID` for an item run: the workflow it was started with (or `--file`).
+async fn resume_items(
+    args: &ResumeArgs,
+    repo: PathBuf,
+    workflow: PathBuf,
+    retry_failed: bool,
+) -> anyhow::Result<ExitCode> {
+    if retry_failed {
+        eprintln!(
+            "error: run {} is an item run: `--retry-failed` is for repository runs (its failed \
+             items are in failed.jsonl; `fanout resume {}` finishes an interrupted item run)",
+            args.run_id, args.run_id
+        );
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
+    let file = args.file.clone().unwrap_or(workflow);
+    let config = match Config::from_path(&file) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let run_args = RunArgs {
+        file,
+        dry_run: false,
+        sim: args.sim,
+        scenario: args.scenario.clone(),
+        task: None,
+        plan: None,
+        repo: Some(repo.clone()),
+        max_repairs: 0,
+        verbose: false,
+        json: args.json,
+        sim_latency_ms: args.sim_latency_ms,
+        sim_faults: None,
+        sim_seed: 0,
+        sim_record: None,
+        request_timeout: 600,
+        retry_failed: None,
+    };
+    crate::items_cmd::resume(run_args, config, repo, args.run_id.clone()).await
 }
 
 /// Per-agent dollar estimates (reserved against the budget) and the wall-time floor, from the

@@ -1489,6 +1489,17 @@ mod item_work {
         command(dir, args).output().unwrap()
     }
 
+    /// `fanout resume RUN_ID --sim --json` in `dir`.
+    fn resume(dir: &Path, run_id: &str) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_fanout"))
+            .current_dir(dir)
+            .args(["resume", run_id, "--sim", "--json"])
+            .env_remove("ANTHROPIC_API_KEY")
+            .env_remove("ANTHROPIC_BASE_URL")
+            .output()
+            .unwrap()
+    }
+
     /// The report: the last JSON line on stdout (progress events come before it).
     fn report(output: &Output) -> Value {
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -1623,10 +1634,20 @@ mod item_work {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        let (run_dir, _) = journal().unwrap();
+        let run_id = run_dir.file_name().unwrap().to_str().unwrap().to_owned();
+
+        // While it runs, no other process may drive it.
+        let busy = resume(dir.path(), &run_id);
+        assert_eq!(busy.status.code(), Some(4), "{busy:?}");
+        assert!(
+            String::from_utf8_lossy(&busy.stderr).contains("another fanout process"),
+            "{busy:?}"
+        );
+
         // SIGKILL: no clean-up of any kind.
         child.kill().unwrap();
         child.wait().unwrap();
-        let (run_dir, _) = journal().unwrap();
         let settled_before: Vec<Value> = std::fs::read_to_string(run_dir.join("settled.jsonl"))
             .unwrap()
             .lines()
@@ -1641,11 +1662,11 @@ mod item_work {
             "{done_before:?}"
         );
 
-        // Running the workflow again continues the killed run.
-        let output = run(dir.path(), &["--sim", "--json"]);
+        // `fanout resume` continues the killed run.
+        let output = resume(dir.path(), &run_id);
         assert_eq!(output.status.code(), Some(0), "{output:?}");
         let report = report(&output);
-        let run_id = run_dir.file_name().unwrap().to_str().unwrap();
+        let run_id = run_id.as_str();
         assert_eq!(report["run_id"], run_id);
         assert_eq!(report["chunks"], 20);
         assert!(report["chunks_sent"].as_u64().unwrap() <= 20 - done_before.len() as u64);
@@ -1679,6 +1700,19 @@ mod item_work {
                 .count();
             assert_eq!(calls, 1, "{chunk} was sent again");
         }
+        // Every row was ended: the kill's open rows were closed by the resume.
+        assert!(
+            rows.iter().all(|r| !r["status"].is_null()),
+            "{:#}",
+            shown["agent_runs"]
+        );
+
+        // A new `fanout run` of the workflow is a new run, not a continuation.
+        let fresh = run(dir.path(), &["--sim", "--json"]);
+        assert_eq!(fresh.status.code(), Some(0), "{fresh:?}");
+        let fresh = super::item_work::report(&fresh);
+        assert_ne!(fresh["run_id"], run_id);
+        assert_eq!(fresh["chunks_sent"], 20);
     }
 
     #[test]

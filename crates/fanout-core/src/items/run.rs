@@ -14,12 +14,32 @@
 //!    batch is polled, answers are collected by `custom_id`, and the next round carries the
 //!    retries;
 //! 3. one `agent_runs` row per worker call (`files_accessed` = the item ids, `tools_called` =
-//!    `["submit_results"]` when the tool was called);
+//!    `["submit_results"]` when the tool was called), written in an order that keeps the
+//!    journal and the store consistent through a crash (below);
 //! 4. closes the ledger (every input item once, in the results or the failures), writes the
 //!    outputs ([`write_outputs`]) and the built-in aggregations, runs the synthesis if asked,
 //!    and sets the run's status from the [`Completion`].
 //!
 //! The library never prints: progress goes to the caller's event callback.
+//!
+//! # Durability and ordering
+//!
+//! The journal is the truth about what is settled; the store's rows describe the calls. Per
+//! chunk, in this order:
+//! 1. each call's start row is sent to the store *alongside* its request (not awaited before
+//!    it: a durable commit is no longer on the path to the model), and the call's answer is
+//!    only looked at once that row is committed (`tokio::join!` of both);
+//! 2. what the chunk settled is appended to the journal and synced: only then does the chunk
+//!    count as done (its scheduler slot is freed after this);
+//! 3. the end rows of the chunk's calls are written after the journal line, in the background;
+//!    [`run`] waits for them before it sets the run's status.
+//!
+//! So after a crash at any point: a chunk in the journal has its start rows (1 before 2); no row
+//! ends with success unless its chunk is in the journal (3 after 2); a row left open is either
+//! a call in flight (its chunk is not in the journal, and is sent again) or a chunk that settled
+//! just before the crash. On resume, open rows are ended: with the chunk's status when the
+//! journal settled it, as interrupted otherwise. Batch execution follows the same order (all of
+//! a round's start rows are committed before its answers are read).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -28,6 +48,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::Item;
@@ -309,6 +330,9 @@ pub struct RunOptions {
     pub root: PathBuf,
     /// Continue this run (its journal says what is settled) instead of starting a new one.
     pub resume: Option<String>,
+    /// The id of a new run (ignored when resuming); one is made from the clock when `None`.
+    /// A caller that locks the run directory before the run starts chooses it.
+    pub run_id: Option<String>,
     /// Needed for `execution: batch`.
     pub batch: Option<BatchClient>,
     pub poll: PollPolicy,
@@ -416,6 +440,8 @@ struct Ctx {
     attempts: Mutex<HashMap<String, u32>>,
     totals: Mutex<Totals>,
     events: EventSink,
+    /// End rows being written in the background ([`write_ends`]).
+    row_writes: Mutex<JoinSet<()>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -443,20 +469,6 @@ pub fn run_dir(root: &Path, run_id: &str) -> PathBuf {
 pub fn item_run(root: &Path, run_id: &str) -> Option<JobRecord> {
     let text = std::fs::read(run_dir(root, run_id).join(JOB_FILE)).ok()?;
     serde_json::from_slice(&text).ok()
-}
-
-/// The newest item run of the workflow at `workflow` that did not finish (killed or
-/// cancelled), if any: re-running the workflow continues it.
-pub fn unfinished_run(root: &Path, workflow: &Path) -> Option<String> {
-    let reader = StoreReader::open_in_repo(root).ok()?;
-    let runs = reader.runs().ok()?;
-    runs.into_iter()
-        .filter(|run| matches!(run.run.status, RunStatus::Running | RunStatus::Cancelled))
-        .filter(|run| {
-            item_run(root, &run.run.run_id).is_some_and(|record| record.workflow == workflow)
-        })
-        .map(|run| run.run.run_id)
-        .max()
 }
 
 /// Continue the item run `run_id`: items its journal settled are kept, chunks with nothing
@@ -488,10 +500,13 @@ pub async fn run(
     let run_id = options
         .resume
         .clone()
+        .or_else(|| options.run_id.clone())
         .unwrap_or_else(|| crate::plan::RunId::new(SystemTime::now()).0);
     let dir = run_dir(&options.root, &run_id);
     let record = JobRecord {
-        workflow: job.config_path.clone(),
+        // Absolute, so that `fanout resume` finds it from any directory.
+        workflow: std::fs::canonicalize(&job.config_path)
+            .unwrap_or_else(|_| job.config_path.clone()),
         name: job.name.clone(),
         items: job.items.len(),
         chunks: job.chunks.len(),
@@ -499,6 +514,8 @@ pub async fn run(
     };
     let mut attempts = HashMap::new();
     let mut items_already_settled = 0;
+    let mut open_rows = Vec::new();
+    let mut failures_by_chunk: HashMap<String, usize> = HashMap::new();
     if resuming {
         let resume_error = |message: String| ItemsError::Resume {
             run_id: run_id.clone(),
@@ -517,6 +534,9 @@ pub async fn run(
             )));
         }
         for settlement in journal::read(&dir)? {
+            *failures_by_chunk
+                .entry(settlement.chunk.clone())
+                .or_default() += settlement.failures.len();
             for (id, value) in settlement.results {
                 ledger
                     .restore_result(&id, value)
@@ -534,8 +554,11 @@ pub async fn run(
             && let Ok(rows) = reader.agent_runs(&run_id)
         {
             for row in rows {
-                let entry = attempts.entry(row.agent_id).or_insert(0);
+                let entry = attempts.entry(row.agent_id.clone()).or_insert(0);
                 *entry = (*entry).max(row.attempt);
+                if row.status.is_none() {
+                    open_rows.push((row.agent_id, row.attempt));
+                }
             }
         }
         store
@@ -566,6 +589,17 @@ pub async fn run(
             .await?;
     }
     let remaining = ledger.remaining(&job.chunks);
+    if !open_rows.is_empty() {
+        close_open_rows(
+            &store,
+            &run_id,
+            &job,
+            &remaining,
+            &failures_by_chunk,
+            open_rows,
+        )
+        .await;
+    }
     let journal = Journal::open(&dir)?;
     (events)(&ItemEvent::Started {
         run_id: run_id.clone(),
@@ -584,6 +618,7 @@ pub async fn run(
         attempts: Mutex::new(attempts),
         totals: Mutex::new(Totals::default()),
         events,
+        row_writes: Mutex::new(JoinSet::new()),
     });
     let chunks_sent = remaining.len();
     let budget_exhausted = match job.execution {
@@ -647,6 +682,8 @@ pub async fn run(
         _ => None,
     };
 
+    let row_writes = std::mem::take(&mut *lock(&ctx.row_writes));
+    row_writes.join_all().await;
     let status = if cancelled {
         RunStatus::Cancelled
     } else {
@@ -691,6 +728,65 @@ pub async fn run(
     })
 }
 
+/// End the rows a killed attempt left open (calls in flight, or chunks whose settlement
+/// reached the journal before their rows' ends reached the store). A row whose chunk is
+/// settled takes the chunk's status; any other row was interrupted.
+async fn close_open_rows(
+    store: &Store,
+    run_id: &str,
+    job: &ItemJob,
+    remaining: &[Chunk],
+    failures_by_chunk: &HashMap<String, usize>,
+    open_rows: Vec<(String, u32)>,
+) {
+    let unsettled: HashSet<&str> = remaining.iter().map(|chunk| chunk.id.as_str()).collect();
+    let chunks: HashMap<&str, &Chunk> = job
+        .chunks
+        .iter()
+        .map(|chunk| (chunk.id.as_str(), chunk))
+        .collect();
+    let ends = open_rows.into_iter().map(|(agent_id, attempt)| {
+        let chunk = chunks.get(agent_id.as_str());
+        let settled = chunk.is_some() && !unsettled.contains(agent_id.as_str());
+        let files_accessed =
+            chunk.map_or_else(Vec::new, |chunk| chunk.ids().map(str::to_owned).collect());
+        let (status, error) = if !settled {
+            (
+                AgentStatus::Failure,
+                "interrupted: the process stopped during this call".to_owned(),
+            )
+        } else if failures_by_chunk.get(&agent_id).copied().unwrap_or(0) == 0 {
+            (
+                AgentStatus::Success,
+                "ended on resume: the chunk had settled (see the journal); tokens not recorded"
+                    .to_owned(),
+            )
+        } else {
+            (
+                AgentStatus::Failure,
+                "ended on resume: the chunk had settled with failures; tokens not recorded"
+                    .to_owned(),
+            )
+        };
+        store.finish_agent(AgentFinish {
+            run_id: run_id.to_owned(),
+            agent_id,
+            attempt,
+            status,
+            files_accessed,
+            tools_called: Vec::new(),
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_usd: 0.0,
+            error: Some(error),
+            checkpoint: None,
+            ended_at: SystemTime::now(),
+        })
+    });
+    // Best effort: an open row left open misleads `fanout show`, it does not change the run.
+    let _ = futures_util::future::join_all(ends).await;
+}
+
 async fn run_online(
     ctx: &Arc<Ctx>,
     chunks: Vec<Chunk>,
@@ -704,12 +800,13 @@ async fn run_online(
             estimated_cost: ctx.job.chunk_estimate(chunk),
         })
         .collect();
-    let by_id: Arc<HashMap<String, Chunk>> = Arc::new(
+    // Each chunk is handed to its task once (taken, not cloned).
+    let by_id: Arc<Mutex<HashMap<String, Chunk>>> = Arc::new(Mutex::new(
         chunks
             .into_iter()
             .map(|chunk| (chunk.id.to_string(), chunk))
             .collect(),
-    );
+    ));
     let limits = SchedulerLimits {
         max_parallel: ctx.job.max_parallel,
         budget: ctx.job.budget,
@@ -721,7 +818,7 @@ async fn run_online(
         cancel,
         |id, cancel| {
             let ctx = Arc::clone(ctx);
-            let chunk = by_id.get(&id).cloned();
+            let chunk = lock(&by_id).remove(&id);
             async move {
                 match chunk {
                     Some(chunk) => run_chunk(ctx, chunk, cancel).await,
@@ -762,13 +859,14 @@ async fn run_chunk(ctx: Arc<Ctx>, chunk: Chunk, cancel: CancellationToken) -> Ta
         });
     }
     let mut round = 0;
+    let mut ends = Vec::new();
     while let Some(next) = queue.pop_front() {
         if cancel.is_cancelled() {
             reason = "cancelled".into();
             break;
         }
         round += 1;
-        let Some((outcome, call_cost)) = call_worker(&ctx, &next, &cancel).await else {
+        let Some((outcome, call_cost)) = call_worker(&ctx, &next, &cancel, &mut ends).await else {
             reason = "cancelled".into();
             break;
         };
@@ -786,6 +884,7 @@ async fn run_chunk(ctx: Arc<Ctx>, chunk: Chunk, cancel: CancellationToken) -> Ta
         reason = format!("{} item(s) failed", settled.failures.len());
     }
     journal_settlement(&ctx, &settled).await;
+    write_ends(&ctx, ends);
     TaskOutcome {
         succeeded,
         cost,
@@ -870,40 +969,62 @@ fn worker_request(ctx: &Ctx, next: &RetryChunk) -> Result<crate::provider::Reque
     }
 }
 
-async fn start_row(ctx: &Ctx, chunk: &Chunk) -> u32 {
+/// The `agent_runs` row of a call about to be made (a new attempt of the chunk's agent id).
+fn start_record(ctx: &Ctx, chunk: &Chunk) -> AgentStart {
     let agent_id = chunk.id.to_string();
     let attempt = next_attempt(ctx, &agent_id);
     let first = chunk.items.first().map_or("", |item| item.id.as_str());
     let last = chunk.items.last().map_or("", |item| item.id.as_str());
-    let start = AgentStart {
-        run_id: ctx.run_id.clone(),
+    (ctx.events)(&ItemEvent::CallStarted {
         agent_id: agent_id.clone(),
+        items: chunk.items.len(),
+    });
+    AgentStart {
+        run_id: ctx.run_id.clone(),
+        agent_id,
         attempt,
         task_description: format!("{} item(s): {first} … {last}", chunk.items.len()),
         mode: ctx.job.worker_mode,
         model: Some(ctx.job.worker_model.model.clone()),
         escalated: false,
         started_at: SystemTime::now(),
-    };
+    }
+}
+
+/// Write a call's start row (durable once this returns).
+async fn write_start(ctx: &Ctx, start: AgentStart) {
     if ctx.store.start_agent(start).await.is_err() {
         lock(&ctx.totals).store_errors += 1;
     }
-    (ctx.events)(&ItemEvent::CallStarted {
-        agent_id,
-        items: chunk.items.len(),
-    });
-    attempt
 }
 
-/// Record a finished call: tokens, cost, its `agent_runs` row, the event.
-async fn finish_row(
+/// Write the end rows of a settled chunk's calls. Only called once the chunk's settlement is
+/// in the journal (see the module docs); runs in the background so that the chunk's worker
+/// slot is free as soon as the journal has it. [`run`] waits for these writes before it ends.
+fn write_ends(ctx: &Arc<Ctx>, ends: Vec<AgentFinish>) {
+    if ends.is_empty() {
+        return;
+    }
+    let writer = Arc::clone(ctx);
+    lock(&ctx.row_writes).spawn(async move {
+        for end in ends {
+            if writer.store.finish_agent(end).await.is_err() {
+                lock(&writer.totals).store_errors += 1;
+            }
+        }
+    });
+}
+
+/// Account a finished call (tokens, cost, the event) and return the end of its `agent_runs`
+/// row, to be written once the chunk is settled ([`write_ends`]).
+fn end_record(
     ctx: &Ctx,
     chunk: &Chunk,
     attempt: u32,
     response: Option<&Response>,
     outcome: &ChunkOutcome,
     error: Option<String>,
-) -> f64 {
+) -> (AgentFinish, f64) {
     let (input_tokens, output_tokens, cost, called) = match response {
         Some(response) => {
             let usage = &response.usage;
@@ -948,9 +1069,6 @@ async fn finish_row(
         checkpoint: None,
         ended_at: SystemTime::now(),
     };
-    if ctx.store.finish_agent(finish).await.is_err() {
-        lock(&ctx.totals).store_errors += 1;
-    }
     (ctx.events)(&ItemEvent::CallFinished {
         agent_id: chunk.id.to_string(),
         accepted: outcome.accepted.len(),
@@ -958,7 +1076,7 @@ async fn finish_row(
         output_tokens,
         cost_usd: cost,
     });
-    cost
+    (finish, cost)
 }
 
 fn problem_summary(outcome: &ChunkOutcome) -> String {
@@ -979,50 +1097,55 @@ fn problem_summary(outcome: &ChunkOutcome) -> String {
     parts.join("; ")
 }
 
-/// One online worker call; `None` when cancelled (the items stay pending).
+/// One online worker call: its outcome, its cost and the end of its `agent_runs` row (written
+/// by the caller once the chunk is settled). `None` when cancelled (the items stay pending);
+/// the row's end is pushed to `ends` either way.
+///
+/// The start row is written while the request is in flight, not before it: the call does not
+/// wait for a durable commit, and the row is durable before the answer is looked at, hence
+/// before anything the call settles reaches the journal.
 async fn call_worker(
     ctx: &Ctx,
     next: &RetryChunk,
     cancel: &CancellationToken,
+    ends: &mut Vec<AgentFinish>,
 ) -> Option<(ChunkOutcome, f64)> {
     let chunk = &next.chunk;
-    let attempt = start_row(ctx, chunk).await;
+    let start = start_record(ctx, chunk);
+    let attempt = start.attempt;
     let request = match worker_request(ctx, next) {
         Ok(request) => request,
         Err(error) => {
+            write_start(ctx, start).await;
             let outcome = ChunkOutcome::errored(chunk, error.to_string());
-            let cost = finish_row(ctx, chunk, attempt, None, &outcome, None).await;
+            let (end, cost) = end_record(ctx, chunk, attempt, None, &outcome, None);
+            ends.push(end);
             return Some((outcome, cost));
         }
     };
     if lock(&ctx.ledger).sent(chunk).is_err() {
         lock(&ctx.totals).store_errors += 1;
     }
-    match ctx.fleet.call(&request, cancel).await {
-        Ok(call) => {
-            let outcome = check_answer(chunk, &call.response, &ctx.job.schema);
-            let cost = finish_row(ctx, chunk, attempt, Some(&call.response), &outcome, None).await;
-            Some((outcome, cost))
-        }
-        Err(FleetError::Cancelled { .. }) => {
-            let outcome = ChunkOutcome::errored(chunk, "cancelled");
-            finish_row(
-                ctx,
-                chunk,
-                attempt,
-                None,
-                &outcome,
-                Some("cancelled".into()),
-            )
-            .await;
-            None
-        }
-        Err(error) => {
-            let outcome = ChunkOutcome::errored(chunk, error.to_string());
-            let cost = finish_row(ctx, chunk, attempt, None, &outcome, None).await;
-            Some((outcome, cost))
-        }
+    let ((), result) = tokio::join!(write_start(ctx, start), ctx.fleet.call(&request, cancel));
+    let (outcome, response, error) = match &result {
+        Ok(call) => (
+            check_answer(chunk, &call.response, &ctx.job.schema),
+            Some(&call.response),
+            None,
+        ),
+        Err(FleetError::Cancelled { .. }) => (
+            ChunkOutcome::errored(chunk, "cancelled"),
+            None,
+            Some("cancelled".to_owned()),
+        ),
+        Err(error) => (ChunkOutcome::errored(chunk, error.to_string()), None, None),
+    };
+    let (end, cost) = end_record(ctx, chunk, attempt, response, &outcome, error);
+    ends.push(end);
+    if matches!(result, Err(FleetError::Cancelled { .. })) {
+        return None;
     }
+    Some((outcome, cost))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1034,6 +1157,8 @@ struct BatchState {
     settled: Settlement,
     round: u32,
     journaled: bool,
+    /// Ends of the chunk's `agent_runs` rows, written once it is journaled.
+    ends: Vec<AgentFinish>,
 }
 
 /// Rounds of Message Batches until nothing is left to send. Returns whether the budget
@@ -1059,6 +1184,7 @@ async fn run_batches(
             },
             round: 0,
             journaled: false,
+            ends: Vec::new(),
         };
         let estimate = ctx.job.chunk_estimate(&chunk);
         if ctx.job.too_large(&chunk) {
@@ -1108,11 +1234,13 @@ async fn run_batches(
         {
             state.journaled = true;
             journal_settlement(ctx, &state.settled).await;
+            write_ends(ctx, std::mem::take(&mut state.ends));
         }
     }
     // Whatever settled before a cancellation is kept.
     for state in states.iter_mut().filter(|s| !s.journaled) {
         journal_settlement(ctx, &state.settled).await;
+        write_ends(ctx, std::mem::take(&mut state.ends));
     }
     budget_exhausted
 }
@@ -1130,8 +1258,11 @@ async fn batch_round(
     let mut requests = Vec::with_capacity(piece.len());
     let mut attempts = Vec::with_capacity(piece.len());
     let mut sendable = Vec::with_capacity(piece.len());
+    let mut starts = Vec::with_capacity(piece.len());
     for (index, next) in piece {
-        let attempt = start_row(ctx, &next.chunk).await;
+        let start = start_record(ctx, &next.chunk);
+        let attempt = start.attempt;
+        starts.push(start);
         match worker_request(ctx, next) {
             Ok(request) => {
                 requests.push(BatchRequest {
@@ -1146,11 +1277,14 @@ async fn batch_round(
             }
             Err(error) => {
                 let outcome = ChunkOutcome::errored(&next.chunk, error.to_string());
-                finish_row(ctx, &next.chunk, attempt, None, &outcome, None).await;
+                let (end, _) = end_record(ctx, &next.chunk, attempt, None, &outcome, None);
+                states[*index].ends.push(end);
                 account(ctx, &mut states[*index], &outcome);
             }
         }
     }
+    // Every start row is durable before any answer of the batch is looked at.
+    futures_util::future::join_all(starts.into_iter().map(|start| write_start(ctx, start))).await;
     if requests.is_empty() {
         return true;
     }
@@ -1179,17 +1313,17 @@ async fn batch_round(
         Ok(results) => results,
         Err(error) => {
             let cancelled = matches!(error, BatchError::Cancelled { .. });
-            for ((_, next), attempt) in sendable.iter().zip(&attempts) {
+            for ((index, next), attempt) in sendable.iter().zip(&attempts) {
                 let outcome = ChunkOutcome::errored(&next.chunk, error.to_string());
-                finish_row(
+                let (end, _) = end_record(
                     ctx,
                     &next.chunk,
                     *attempt,
                     None,
                     &outcome,
                     Some(error.to_string()),
-                )
-                .await;
+                );
+                states[*index].ends.push(end);
             }
             if !cancelled {
                 // A batch that failed as a whole: its items get their repair attempt.
@@ -1227,15 +1361,15 @@ async fn batch_round(
                 None,
             ),
         };
-        finish_row(
+        let (end, _) = end_record(
             ctx,
             &next.chunk,
             attempt,
             response.as_deref(),
             &outcome,
             None,
-        )
-        .await;
+        );
+        states[index].ends.push(end);
         account(ctx, &mut states[index], &outcome);
     }
     true

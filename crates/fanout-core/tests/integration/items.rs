@@ -584,3 +584,175 @@ fn the_ticket_example_loads_chunks_and_counts() {
     let values: Vec<&Value> = items.iter().map(|i| &i.value).collect();
     assert!(count_by(values.iter().copied(), "product").len() >= 5);
 }
+
+/// The same scripted faults driven through the real runner (`items::run::run`: scheduler,
+/// fleet, ledger, journal, run store, outputs) rather than the loop above: every item once in
+/// the results or the failures, failures with their reasons, and the exchange log shows that
+/// only what was missing or rejected went out again.
+#[tokio::test]
+async fn the_runner_accounts_for_scripted_faults_and_resends_only_what_failed() {
+    use fanout_core::config::Config;
+    use fanout_core::fleet::Fleet;
+    use fanout_core::governor::{Governor, GovernorConfig};
+    use fanout_core::items::run::{EventSink, ItemJob, RunOptions, run};
+    use fanout_core::retry::{RetryBudget, RetryBudgetConfig};
+    use fanout_core::store::{AgentStatus, RunStatus, Store, StoreReader};
+    use std::sync::Arc;
+
+    let sim = start(Duration::ZERO).await;
+    let root = tempfile::tempdir().unwrap();
+    let workflow = format!(
+        r#"workflow:
+  name: scripted-faults
+  max_parallel_agents: 4
+  items:
+    input: {{path: unused.jsonl}}
+    chunking: {{strategy: fixed, size: 30}}
+    worker:
+      instructions: Classify each support ticket.
+      output_schema: {schema}
+"#,
+        schema = schema().record_schema()
+    );
+    let config = Config::from_str(&workflow, root.path().join("faults.yaml")).unwrap();
+    let items = tickets(35);
+    let job = Arc::new(ItemJob::with_items(&config, items.clone()).unwrap());
+    assert_eq!(
+        job.chunks.iter().map(|c| c.items.len()).collect::<Vec<_>>(),
+        [30, 5]
+    );
+    let fleet = Fleet::new(
+        Arc::new(AnthropicProvider::new(config_for_runner(&sim)).unwrap()),
+        Governor::new(GovernorConfig::default()),
+        fanout_core::retry::RetryPolicy::default(),
+        Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
+    );
+    let store = Store::open_in_repo(root.path()).unwrap();
+    let sink: EventSink = Arc::new(|_| {});
+    let report = run(
+        job,
+        fleet,
+        store.clone(),
+        RunOptions {
+            root: root.path().to_path_buf(),
+            resume: None,
+            run_id: None,
+            batch: None,
+            poll: PollPolicy::default(),
+        },
+        CancellationToken::new(),
+        sink,
+    )
+    .await
+    .unwrap();
+    store.close().await.unwrap();
+
+    // Input items = results + failures, each exactly once; T-05 failed, with its reason.
+    assert_eq!(report.status, RunStatus::Partial);
+    assert_eq!(report.calls, 8);
+    assert_eq!(
+        (
+            report.summary.items,
+            report.summary.succeeded,
+            report.summary.failed
+        ),
+        (35, 34, 1)
+    );
+    let lines = |path: &std::path::Path| -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    let results = lines(&report.paths.results);
+    let failures = lines(&report.paths.failed);
+    let mut seen: Vec<&str> = results.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    seen.extend(failures.iter().map(|f| f["id"].as_str().unwrap()));
+    let unique: BTreeSet<&str> = seen.iter().copied().collect();
+    assert_eq!(unique.len(), seen.len(), "an item twice: {seen:?}");
+    assert_eq!(unique, items.iter().map(|i| i.id.as_str()).collect());
+    for record in &results {
+        assert!(schema().errors(record).is_empty(), "{record}");
+    }
+    let by_id: BTreeMap<&str, &Value> = results
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap(), r))
+        .collect();
+    assert_eq!(
+        by_id["T-01"]["category"], "billing",
+        "the invalid record was repaired"
+    );
+    assert_eq!(
+        by_id["T-04"]["summary"], "alone",
+        "a missing item was re-sent alone"
+    );
+    assert_eq!(
+        by_id["T-07"]["summary"], "about T-07",
+        "the duplicate was repaired"
+    );
+    assert!(!by_id.contains_key("T-99"), "the unknown id is dropped");
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0]["id"], "T-05");
+    assert_eq!(failures[0]["reason"], "errored");
+    assert!(
+        failures[0].to_string().contains("scripted failure"),
+        "{}",
+        failures[0]
+    );
+
+    // What went out: each chunk once; T-04, T-05, T-06 alone (the missing ids, nothing
+    // else); the repair of T-01 + T-07 (invalid and duplicated) and of the malformed 5-item
+    // chunk; T-05 once more. The chunks run concurrently, so compare as sets of requests.
+    let mut sent = sent_ids(&sim.exchanges());
+    sent.sort();
+    let ids = |range: std::ops::RangeInclusive<usize>| -> Vec<String> {
+        range.map(|i| format!("T-{i:02}")).collect()
+    };
+    let mut expected: Vec<Vec<String>> = vec![
+        ids(1..=30),
+        ids(31..=35),
+        vec!["T-04".into()],
+        vec!["T-05".into()],
+        vec!["T-06".into()],
+        vec!["T-01".into(), "T-07".into()],
+        ids(31..=35),
+        vec!["T-05".into()],
+    ];
+    expected.sort();
+    assert_eq!(sent, expected);
+
+    // The journal settled each item once; the store has one ended row per call.
+    let run_dir = report.run_dir.clone();
+    let settled: Vec<Value> = lines(&run_dir.join("settled.jsonl"));
+    let mut journaled: Vec<String> = Vec::new();
+    for line in &settled {
+        for pair in line["results"].as_array().unwrap() {
+            journaled.push(pair[0].as_str().unwrap().to_owned());
+        }
+        for failure in line["failures"].as_array().unwrap() {
+            journaled.push(failure["id"].as_str().unwrap().to_owned());
+        }
+    }
+    journaled.sort();
+    assert_eq!(journaled, ids(1..=35));
+    let rows = StoreReader::open_in_repo(root.path())
+        .unwrap()
+        .agent_runs(&report.run_id)
+        .unwrap();
+    assert_eq!(rows.len(), 8);
+    assert!(rows.iter().all(|row| row.status.is_some()), "{rows:?}");
+    let failed_rows = rows
+        .iter()
+        .filter(|row| row.status == Some(AgentStatus::Failure))
+        .count();
+    assert!(failed_rows >= 3, "{rows:?}");
+    sim.shutdown().await;
+}
+
+fn config_for_runner(sim: &SimHandle) -> AnthropicConfig {
+    AnthropicConfig {
+        base_url: sim.base_url(),
+        ..AnthropicConfig::new("sk-test")
+    }
+}
