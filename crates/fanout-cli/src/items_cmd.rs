@@ -24,18 +24,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use fanout_core::config::Config;
 use fanout_core::config::items::{ChunkingConfig, Execution, ItemIdConfig};
-use fanout_core::config::{Config, Provider as ProviderKind};
 use fanout_core::fleet::Fleet;
 use fanout_core::governor::Governor;
 use fanout_core::items::output::Completion;
 use fanout_core::items::run::{EventSink, ItemEvent, ItemJob, ItemReport, RunOptions, WORKER_ROLE};
 use fanout_core::items::worker::{OutputRoute, SUBMIT_TOOL};
 use fanout_core::plan;
-use fanout_core::provider::Provider;
-use fanout_core::provider::anthropic::{AnthropicConfig, AnthropicProvider};
+use fanout_core::provider::anthropic::AnthropicConfig;
 use fanout_core::provider::batch::{BatchClient, PollPolicy};
-use fanout_core::provider::openai::{OpenAiConfig, OpenAiProvider};
 use fanout_core::retry::{RetryBudget, RetryBudgetConfig, RetryPolicy};
 use fanout_core::store::{RunStatus, Store};
 use fanout_sim::{Scenario, Sim, SimConfig, SimHandle};
@@ -142,7 +140,7 @@ async fn live(
 ) -> anyhow::Result<ExitCode> {
     let worker = config.model_for_role(WORKER_ROLE);
     let fleet = Fleet::new(
-        provider_for(worker.provider, base_url)?,
+        crate::run_cmd::provider_of(worker.provider, base_url, crate::run_cmd::http_config(args))?,
         Governor::new(plan::governor_config(config)),
         RetryPolicy::default(),
         Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
@@ -290,28 +288,6 @@ impl Display {
         let tally = self.tally;
         self.progress.update(&tally);
     }
-}
-
-fn provider_for(kind: ProviderKind, base_url: Option<&str>) -> anyhow::Result<Arc<dyn Provider>> {
-    Ok(match (kind, base_url) {
-        (ProviderKind::Anthropic, Some(url)) => {
-            Arc::new(AnthropicProvider::new(AnthropicConfig {
-                base_url: url.to_owned(),
-                ..AnthropicConfig::new("sim")
-            })?)
-        }
-        (ProviderKind::OpenAi, Some(url)) => Arc::new(OpenAiProvider::new(OpenAiConfig {
-            base_url: format!("{url}/v1"),
-            ..OpenAiConfig::new("sim")
-        })?),
-        (ProviderKind::Anthropic, None) => Arc::new(
-            AnthropicProvider::from_env()
-                .context("cannot reach the Anthropic API (or use --sim)")?,
-        ),
-        (ProviderKind::OpenAi, None) => Arc::new(
-            OpenAiProvider::from_env().context("cannot reach the OpenAI API (or use --sim)")?,
-        ),
-    })
 }
 
 fn chunking_text(chunking: &ChunkingConfig) -> String {

@@ -243,7 +243,16 @@ pub(crate) fn provider_with(
     base_url: Option<&str>,
     http: HttpConfig,
 ) -> anyhow::Result<Arc<dyn Provider>> {
-    let provider: Arc<dyn Provider> = match (config.orchestrator_model().provider, base_url) {
+    provider_of(config.orchestrator_model().provider, base_url, http)
+}
+
+/// A provider of `kind`: at `base_url` (the simulator, any key) or from the environment.
+pub(crate) fn provider_of(
+    kind: ProviderKind,
+    base_url: Option<&str>,
+    http: HttpConfig,
+) -> anyhow::Result<Arc<dyn Provider>> {
+    let provider: Arc<dyn Provider> = match (kind, base_url) {
         (ProviderKind::Anthropic, Some(base_url)) => {
             Arc::new(AnthropicProvider::new(AnthropicConfig {
                 base_url: base_url.to_owned(),
@@ -269,7 +278,7 @@ pub(crate) fn provider_with(
     Ok(provider)
 }
 
-fn http_config(args: &RunArgs) -> HttpConfig {
+pub(crate) fn http_config(args: &RunArgs) -> HttpConfig {
     let timeout = std::time::Duration::from_secs(args.request_timeout.max(1));
     HttpConfig {
         request_timeout: timeout,
