@@ -58,6 +58,9 @@ pub struct BenchRunArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Keep the generated repository (and its run store) and print where it is.
+    #[arg(long)]
+    keep: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -225,6 +228,10 @@ pub async fn run(args: BenchRunArgs) -> anyhow::Result<ExitCode> {
     } else {
         print_report(&report);
     }
+    if args.keep {
+        let kept = work.keep();
+        eprintln!("bench run: kept {}", kept.display());
+    }
     Ok(if report.succeeded == args.agents {
         ExitCode::SUCCESS
     } else {
@@ -292,7 +299,8 @@ fn generate_repository(repo: &Path, files: usize) -> anyhow::Result<()> {
                 "-c",
                 "user.email=bench@fanout.invalid",
             ])
-            .args(["-c", "core.hooksPath=/dev/null"])
+            // No detached `git gc --auto` packing the fixture while the run is measured.
+            .args(["-c", "core.hooksPath=/dev/null", "-c", "gc.auto=0"])
             .args(args)
             .status()
             .context("cannot run git")?;

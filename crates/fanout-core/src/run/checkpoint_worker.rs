@@ -8,8 +8,12 @@
 //! coalesce instead of queueing: one checkpoint may then cover more than `checkpoint_interval`
 //! completions, but none is ever skipped for long, and no agent waits for git. When the
 //! completions come slower than a checkpoint takes, every checkpoint covers exactly the
-//! policy's interval. [`CheckpointWorker::finish`] waits for the checkpoint in progress and
-//! hands the checkpointer back for the run's final checkpoint.
+//! policy's interval. [`CheckpointWorker::finish`] waits for the checkpoint in progress (but
+//! starts no further one: the run's final checkpoint, taken right after, covers every
+//! completion) and hands the checkpointer back for that final checkpoint.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -23,6 +27,8 @@ pub type CheckpointResult = Result<CheckpointId, CheckpointError>;
 #[derive(Debug)]
 pub struct CheckpointWorker {
     completions: mpsc::UnboundedSender<bool>,
+    /// Set by [`CheckpointWorker::finish`]: count what is left, take no more checkpoints.
+    closing: Arc<AtomicBool>,
     task: JoinHandle<Checkpointer>,
 }
 
@@ -35,6 +41,8 @@ impl CheckpointWorker {
         report: impl Fn(CheckpointResult) + Send + Sync + 'static,
     ) -> CheckpointWorker {
         let (tx, mut rx) = mpsc::unbounded_channel::<bool>();
+        let closing = Arc::new(AtomicBool::new(false));
+        let closed = Arc::clone(&closing);
         let task = tokio::spawn(async move {
             let mut completed = completed_so_far;
             let mut due = false;
@@ -54,6 +62,13 @@ impl CheckpointWorker {
                     completed += 1;
                     due |= policy.record_completion(destructive);
                 }
+                if closed.load(Ordering::Acquire) {
+                    // The run's final checkpoint follows at once: count, do not checkpoint.
+                    while let Some(_destructive) = rx.recv().await {
+                        completed += 1;
+                    }
+                    break;
+                }
                 if due {
                     due = false;
                     policy.reset();
@@ -67,6 +82,7 @@ impl CheckpointWorker {
         });
         CheckpointWorker {
             completions: tx,
+            closing,
             task,
         }
     }
@@ -79,9 +95,10 @@ impl CheckpointWorker {
         let _ = self.completions.send(destructive);
     }
 
-    /// Stop taking checkpoints (after the one in progress, and one more if completions since
-    /// the last one make it due) and return the checkpointer.
+    /// Stop taking checkpoints (after the one in progress; completions since the last one are
+    /// left to the caller's final checkpoint) and return the checkpointer.
     pub async fn finish(self) -> Result<Checkpointer, CheckpointError> {
+        self.closing.store(true, Ordering::Release);
         drop(self.completions);
         self.task.await.map_err(|err| CheckpointError::Join {
             message: err.to_string(),
@@ -169,8 +186,10 @@ mod tests {
         for _ in 0..1000 {
             worker.completed(false);
         }
+        // The burst is taken in (at least) one checkpoint while the run goes on.
+        assert!(taken.recv().await.unwrap());
         let checkpointer = worker.finish().await.unwrap();
-        let mut count = 0;
+        let mut count = 1;
         while let Ok(ok) = taken.try_recv() {
             assert!(ok);
             count += 1;
@@ -180,5 +199,31 @@ mod tests {
             "{count} checkpoints for a burst of 1,000"
         );
         assert_eq!(checkpointer.next_seq(), 1 + count);
+    }
+
+    #[tokio::test]
+    async fn finishing_takes_no_further_checkpoint() {
+        let repo = repository();
+        let mut checkpointer = Checkpointer::new(repo.path(), "run-finish").unwrap();
+        checkpointer.base().await.unwrap();
+        let (tx, mut taken) = tokio::sync::mpsc::unbounded_channel();
+        let worker =
+            CheckpointWorker::spawn(checkpointer, CheckpointPolicy::new(10, 10), 0, move |r| {
+                tx.send(r.is_ok()).unwrap();
+            });
+        for _ in 0..25 {
+            worker.completed(false);
+        }
+        let mut checkpointer = worker.finish().await.unwrap();
+        let mut count = 0;
+        while let Ok(ok) = taken.try_recv() {
+            assert!(ok);
+            count += 1;
+        }
+        assert!(count <= 1, "{count} checkpoints after finish was called");
+        assert_eq!(checkpointer.next_seq(), 1 + count);
+        // The caller's final checkpoint records all 25.
+        let last = checkpointer.checkpoint("final").await.unwrap();
+        assert_eq!(last.seq, 1 + count);
     }
 }

@@ -11,9 +11,10 @@
 //! configured test command (sandboxed), a synthesis call on the orchestrator's model, and the
 //! run's totals.
 //!
-//! Crashes and resume. Before an agent's first attempt, the durable pre-image of its write
-//! scope is recorded ([`super::preimage`]) — before its start row, which is before it runs.
-//! A successful agent's scope is `fsync`ed before its success row is committed. [`resume`]
+//! Crashes and resume. Before an agent's first attempt, the contents of its write scope are
+//! made durable and its pre-image manifest is committed in the same transaction as its first
+//! start row ([`super::preimage`]), which is before it runs. A successful agent's scope is
+//! `fsync`ed before its success row is committed. [`resume`]
 //! finishes a run that was killed, cancelled or ended partial: agents with a `success` row
 //! are never run again; every other agent is rolled back from its pre-image (in-flight rows
 //! are closed as `rollback`) and run again as a new attempt; checkpoints continue their
@@ -36,7 +37,7 @@ use crate::provider::{Message, Request};
 use crate::retry::lock;
 use crate::run::checkpoint::{CheckpointId, CheckpointPolicy, Checkpointer};
 use crate::run::checkpoint_worker::CheckpointWorker;
-use crate::run::preimage::{self, Preimage, PreimageError};
+use crate::run::preimage::{self, BaseBlobs, Preimage, PreimageError};
 use crate::run::scheduler::{
     NotRun, SchedulerEvent, SchedulerLimits, TaskOutcome, TaskSpec, run_graph,
 };
@@ -174,6 +175,10 @@ struct Shared {
     first_attempt: HashMap<String, u32>,
     /// Scanned once per run for every agent's toolbox.
     facts: RepoFacts,
+    /// The base checkpoint's blobs, which pre-images point at instead of copying.
+    base_blobs: BaseBlobs,
+    /// Pre-images recorded by the run's earlier processes (resume), by agent.
+    preimages: Mutex<HashMap<String, Arc<Preimage>>>,
 }
 
 /// What a resumed run starts from, read from the store and the pre-images.
@@ -183,6 +188,8 @@ struct ResumeState {
     done: HashSet<String>,
     first_attempt: HashMap<String, u32>,
     records: HashMap<String, AgentRecord>,
+    /// Pre-images already recorded, by agent (never replaced).
+    preimages: HashMap<String, Arc<Preimage>>,
 }
 
 /// Finish a run recorded in the store (`inputs.run_id`): killed mid-way, cancelled, or ended
@@ -241,6 +248,11 @@ async fn run_engine(
     let mut checkpointer =
         Checkpointer::new(&inputs.repo, &inputs.run_id)?.with_store(store.clone());
     let base = checkpointer.base().await?;
+    let base_blobs = {
+        let git = checkpointer.git().clone();
+        let tree = base.tree.clone();
+        blocking(move || BaseBlobs::load(&git, &tree)).await??
+    };
     let known = resuming
         && StoreReader::open_in_repo(&inputs.repo)?
             .run(&inputs.run_id)?
@@ -314,6 +326,8 @@ async fn run_engine(
         events,
         first_attempt: state.first_attempt,
         facts: RepoFacts::scan(&repo_for_facts),
+        base_blobs,
+        preimages: Mutex::new(state.preimages),
     });
 
     on_event(&EngineEvent::Phase {
@@ -562,20 +576,35 @@ async fn run_one(shared: Arc<Shared>, subtask: Subtask, cancel: CancellationToke
         .saturating_sub(1);
     let mut spent = 0.0;
     let mut tokens = 0u64;
-    // The durable pre-image of the write scope, before anything of this agent is on record
-    // or runs (a resumed run gets the one recorded before the first attempt).
-    let preimage = {
-        let repo = inputs.repo.clone();
-        let run_id = inputs.run_id.clone();
-        let id = agent_id.clone();
-        let patterns = spec.scope.clone();
-        match blocking(move || preimage::capture(&repo, &run_id, &id, &patterns)).await {
-            Ok(Ok(preimage)) => Arc::new(preimage),
-            Ok(Err(error)) => {
-                return finish_without_running(&shared, &agent_id, mode, format!("{error}"));
-            }
-            Err(error) => {
-                return finish_without_running(&shared, &agent_id, mode, format!("{error}"));
+    // The pre-image of the write scope, its contents made durable before anything of this
+    // agent is on record or runs; its manifest is committed with the first start row (a
+    // resumed run gets the one recorded before the first attempt).
+    let recorded = lock(&shared.preimages).remove(&agent_id);
+    let (preimage, mut manifest) = match recorded {
+        Some(preimage) => (preimage, None),
+        None => {
+            let repo = inputs.repo.clone();
+            let run_id = inputs.run_id.clone();
+            let id = agent_id.clone();
+            let patterns = spec.scope.clone();
+            let taken = {
+                let shared = Arc::clone(&shared);
+                blocking(move || {
+                    let preimage =
+                        preimage::prepare(&repo, &run_id, &id, &patterns, &shared.base_blobs)?;
+                    let manifest = preimage::manifest_json(&preimage)?;
+                    Ok::<_, PreimageError>((preimage, manifest))
+                })
+                .await
+            };
+            match taken {
+                Ok(Ok((preimage, manifest))) => (Arc::new(preimage), Some(manifest)),
+                Ok(Err(error)) => {
+                    return finish_without_running(&shared, &agent_id, mode, format!("{error}"));
+                }
+                Err(error) => {
+                    return finish_without_running(&shared, &agent_id, mode, format!("{error}"));
+                }
             }
         }
     };
@@ -588,19 +617,25 @@ async fn run_one(shared: Arc<Shared>, subtask: Subtask, cancel: CancellationToke
             attempt,
             mode,
         });
-        let start = shared
-            .store
-            .start_agent(AgentStart {
-                run_id: inputs.run_id.clone(),
-                agent_id: agent_id.clone(),
-                attempt,
-                task_description: subtask.description.clone(),
-                mode,
-                model: Some(config.model.clone()),
-                escalated,
-                started_at,
-            })
-            .await;
+        let start_row = AgentStart {
+            run_id: inputs.run_id.clone(),
+            agent_id: agent_id.clone(),
+            attempt,
+            task_description: subtask.description.clone(),
+            mode,
+            model: Some(config.model.clone()),
+            escalated,
+            started_at,
+        };
+        let start = match manifest.take() {
+            Some(manifest) => {
+                shared
+                    .store
+                    .start_agent_with_preimage(start_row, manifest)
+                    .await
+            }
+            None => shared.store.start_agent(start_row).await,
+        };
         if let Err(error) = start {
             // Nothing may run before its start is on record.
             return finish_without_running(&shared, &agent_id, mode, format!("run store: {error}"));
@@ -841,6 +876,14 @@ async fn prepare_resume(inputs: &EngineInputs, store: &Store) -> Result<ResumeSt
             );
         }
     }
+    // Pre-images in the store (this build), else in manifest files (earlier builds).
+    for (agent_id, manifest) in
+        StoreReader::open_in_repo(&inputs.repo)?.preimages(&inputs.run_id)?
+    {
+        let where_ = PathBuf::from(format!("run store, pre-image of {agent_id}"));
+        let preimage = preimage::parse_manifest(manifest.as_bytes(), &where_)?;
+        state.preimages.insert(agent_id, Arc::new(preimage));
+    }
     // Roll back in reverse plan order: a dependent's scope may hold files its dependency's
     // pre-image also covers, and the dependency's pre-image is the older one.
     let mut restored: HashSet<String> = HashSet::new();
@@ -853,14 +896,21 @@ async fn prepare_resume(inputs: &EngineInputs, store: &Store) -> Result<ResumeSt
         let repo = inputs.repo.clone();
         let run_id = inputs.run_id.clone();
         let id = agent_id.clone();
-        let found = blocking(move || -> Result<bool, PreimageError> {
-            match preimage::load(&repo, &run_id, &id)? {
-                Some(preimage) => preimage::restore(&repo, &preimage).map(|_| true),
-                None => Ok(false),
-            }
+        let recorded = state.preimages.get(&agent_id).cloned();
+        let found = blocking(move || -> Result<Option<Arc<Preimage>>, PreimageError> {
+            let preimage = match recorded {
+                Some(preimage) => preimage,
+                None => match preimage::load(&repo, &run_id, &id)? {
+                    Some(preimage) => Arc::new(preimage),
+                    None => return Ok(None),
+                },
+            };
+            preimage::restore(&repo, &preimage)?;
+            Ok(Some(preimage))
         })
         .await??;
-        if found {
+        if let Some(preimage) = found {
+            state.preimages.insert(agent_id.clone(), preimage);
             restored.insert(agent_id);
         } else {
             missing.insert(agent_id);

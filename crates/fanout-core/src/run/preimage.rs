@@ -11,21 +11,29 @@
 //!
 //! # Where it lives, and why there
 //!
-//! `<repo>/.fanout/runs/<run_id>/preimages/`: one manifest per agent (`<agent>.json`) and the
-//! contents as content-addressed blobs (`blobs/<sha256>`), not the SQLite store. Contents can be
-//! large, and the store has one writer thread whose batches every agent of the run waits on;
-//! multi-megabyte blobs in those batches would stall 1,000 agents' records. Files written
-//! here go through write-to-temporary, `fsync`, `rename`, `fsync` of the directory, so once
-//! [`capture`] returns the manifest and every blob it names survive power loss. The engine
-//! writes the agent's `agent_runs` start row (a `synchronous = FULL` commit) only after
-//! that, and runs the agent only after the row is durable. So after any crash:
-//! - an agent with a start row has a complete manifest (the manifest was durable first);
-//! - a manifest without a start row means the agent never ran: its scope still matches it;
-//! - a manifest is never rewritten ([`capture`] returns the existing one), so a resumed run
-//!   cannot replace the true pre-image with a tree the crashed attempt had half-edited.
+//! The manifest (paths, hashes, modes, patterns) is a row of the run store's `preimages`
+//! table, committed by [`crate::store::Store::start_agent_with_preimage`] in the same
+//! `synchronous = FULL` transaction as the agent's first `agent_runs` start row, so the many
+//! agents starting together share one `fsync` and no file is created per agent. Contents are
+//! not in the store (they can be large, and every agent waits on the store's one writer):
+//! - a file unchanged since the run's base checkpoint (its git blob id equals the base tree's)
+//!   points at that git blob, which [`prepare`] makes durable (`fsync` of the loose object
+//!   and its directory; packs at [`BaseBlobs::load`]) — no copy;
+//! - any other file is copied to `<repo>/.fanout/runs/<run_id>/preimages/blobs/<sha256>`
+//!   (content-addressed: a blob that exists is complete, identical contents are stored once),
+//!   through write-to-temporary, `fsync`, `rename`, `fsync` of the directory.
 //!
-//! Blobs are named by their hash, so a blob that exists is complete (it was renamed into place
-//! after its `fsync`), and identical contents are stored once.
+//! [`prepare`] returns only once every content the manifest names is durable; the engine then
+//! commits manifest and start row together, and runs the agent only after that commit. So
+//! after any crash (`kill -9`, power loss):
+//! - an agent with a start row has a complete, durable pre-image (same transaction);
+//! - an agent without one never ran: its scope is as it was;
+//! - a pre-image is never replaced (the insert keeps an existing row, and a resumed run uses
+//!   the recorded one), so a resume cannot record a tree a crashed attempt had half-edited.
+//!
+//! Earlier builds kept one manifest file per agent (`preimages/<agent>.json`); [`load`]
+//! still reads those and [`capture`] still writes them (tests, tools without a store).
+//! Restored contents are always checked against the recorded SHA-256, whichever the source.
 //!
 //! [`sync_scope`] is the other half of power-loss safety: the engine calls it on a successful
 //! agent's scope before recording the success, so a durable `success` row never points at edits
@@ -34,18 +42,22 @@
 //! Not here: deciding which agents to restore (the engine's resume), git checkpoints
 //! ([`super::checkpoint`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::policy::PathSet;
+use crate::run::git::Git;
 
-/// The manifest format this build writes and reads.
-pub const MANIFEST_VERSION: u32 = 1;
+/// The manifest format this build writes (2: entries may point at a git blob).
+pub const MANIFEST_VERSION: u32 = 2;
+/// The oldest manifest format this build reads.
+const OLDEST_MANIFEST_VERSION: u32 = 1;
 
 /// Makes temporary names unique within the process (two agents may write the same blob).
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -72,6 +84,8 @@ pub enum PreimageError {
     Scope { agent_id: String, message: String },
     #[error("pre-image blob {path} does not match its hash")]
     Blob { path: PathBuf },
+    #[error("git: {message}")]
+    Git { message: String },
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> PreimageError + 'a {
@@ -92,6 +106,10 @@ pub enum Entry {
         /// Permission bits (`0o7777` of `st_mode`).
         mode: u32,
         size: u64,
+        /// The git blob holding the contents, when the file was unchanged since the run's
+        /// base checkpoint: then no copy is kept under `blobs/` (see [`BaseBlobs`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        git_blob: Option<String>,
     },
     Symlink {
         target: String,
@@ -165,25 +183,39 @@ pub fn load(repo: &Path, run_id: &str, agent_id: &str) -> Result<Option<Preimage
             });
         }
     };
+    parse_manifest(&bytes, &path).map(Some)
+}
+
+/// The manifest as stored (JSON).
+pub fn manifest_json(preimage: &Preimage) -> Result<String, PreimageError> {
+    serde_json::to_string(preimage).map_err(|err| PreimageError::Manifest {
+        path: PathBuf::from(&preimage.agent_id),
+        message: err.to_string(),
+    })
+}
+
+/// Read a manifest (from a file or the run store; `path` names where, for errors).
+pub fn parse_manifest(bytes: &[u8], path: &Path) -> Result<Preimage, PreimageError> {
     let preimage: Preimage =
-        serde_json::from_slice(&bytes).map_err(|err| PreimageError::Manifest {
-            path: path.clone(),
+        serde_json::from_slice(bytes).map_err(|err| PreimageError::Manifest {
+            path: path.to_path_buf(),
             message: err.to_string(),
         })?;
-    if preimage.version != MANIFEST_VERSION {
+    if !(OLDEST_MANIFEST_VERSION..=MANIFEST_VERSION).contains(&preimage.version) {
         return Err(PreimageError::Manifest {
-            path,
+            path: path.to_path_buf(),
             message: format!(
-                "version {} (this build reads {MANIFEST_VERSION})",
+                "version {} (this build reads {OLDEST_MANIFEST_VERSION} to {MANIFEST_VERSION})",
                 preimage.version
             ),
         });
     }
-    Ok(Some(preimage))
+    Ok(preimage)
 }
 
-/// Record the pre-image of `agent_id`'s write scope durably, or return the one already
-/// recorded (a resumed run keeps the first). Blocking: call from `spawn_blocking`.
+/// Record the pre-image of `agent_id`'s write scope durably as a manifest file, or return the
+/// one already recorded (a resumed run keeps the first). Blocking: call from `spawn_blocking`.
+/// (The engine records manifests in the run store instead: [`prepare`].)
 pub fn capture(
     repo: &Path,
     run_id: &str,
@@ -193,10 +225,30 @@ pub fn capture(
     if let Some(existing) = load(repo, run_id, agent_id)? {
         return Ok(existing);
     }
+    let preimage = prepare(repo, run_id, agent_id, patterns, &BaseBlobs::default())?;
+    let dir = preimage_dir(repo, run_id);
+    create_dir_durably(&dir)?;
+    let bytes = manifest_json(&preimage)?;
+    write_durably(&manifest_path(repo, run_id, agent_id), bytes.as_bytes())?;
+    sync_dir(&dir)?;
+    Ok(preimage)
+}
+
+/// Take the pre-image of `agent_id`'s write scope and make every content it names durable —
+/// a blob under `blobs/`, or, for a file unchanged since the run's base checkpoint, the git
+/// object `base` knows it by — but not the manifest itself: the caller records that (the
+/// engine, in the run store, in the transaction of the agent's start row). Blocking.
+pub fn prepare(
+    repo: &Path,
+    run_id: &str,
+    agent_id: &str,
+    patterns: &[String],
+    base: &BaseBlobs,
+) -> Result<Preimage, PreimageError> {
     let set = compile(agent_id, patterns)?;
     let dir = preimage_dir(repo, run_id);
     let blobs = dir.join("blobs");
-    create_dir_durably(&blobs)?;
+    let mut blobs_written = false;
     let mut entries = BTreeMap::new();
     let mut dirs = BTreeSet::new();
     for_each_in_scope(repo, &set, &mut dirs, &mut |relative, path, meta| {
@@ -208,35 +260,195 @@ pub fn capture(
         } else {
             let bytes = std::fs::read(path).map_err(io("read", path))?;
             let sha256 = hex(&Sha256::digest(&bytes));
-            let blob = blobs.join(&sha256);
-            if !blob.exists() {
-                write_durably(&blob, &bytes)?;
+            let git_blob = match base.blob_of(relative) {
+                Some(oid) if *oid == git_blob_id(&bytes) && base.make_durable(oid)? => {
+                    Some(oid.clone())
+                }
+                _ => None,
+            };
+            if git_blob.is_none() {
+                if !blobs_written {
+                    create_dir_durably(&blobs)?;
+                    blobs_written = true;
+                }
+                let blob = blobs.join(&sha256);
+                if !blob.exists() {
+                    write_durably(&blob, &bytes)?;
+                }
             }
             Entry::File {
                 sha256,
                 mode: mode_of(meta),
                 size: bytes.len() as u64,
+                git_blob,
             }
         };
         entries.insert(relative.to_owned(), entry);
         Ok(())
     })?;
-    sync_dir(&blobs)?;
-    let preimage = Preimage {
+    if blobs_written {
+        sync_dir(&blobs)?;
+    }
+    Ok(Preimage {
         version: MANIFEST_VERSION,
         run_id: run_id.to_owned(),
         agent_id: agent_id.to_owned(),
         patterns: patterns.to_vec(),
         entries,
         dirs,
-    };
-    let bytes = serde_json::to_vec(&preimage).map_err(|err| PreimageError::Manifest {
-        path: manifest_path(repo, run_id, agent_id),
-        message: err.to_string(),
-    })?;
-    write_durably(&manifest_path(repo, run_id, agent_id), &bytes)?;
-    sync_dir(&dir)?;
-    Ok(preimage)
+    })
+}
+
+/// The run's base checkpoint as pre-images use it: the git blob id of every regular file in
+/// the base tree, and where the object database is.
+///
+/// A pre-image entry may name a git blob instead of a copy of the contents when the file's
+/// blob id equals the base tree's (so the contents are exactly that object). That object must
+/// survive power loss like a copied blob would: git `fsync`s pack files by default but not
+/// loose objects, so [`BaseBlobs::load`] `fsync`s the packs once and [`prepare`] `fsync`s each
+/// loose object it relies on (and its directory) before the manifest is recorded. A
+/// repository that borrows objects from elsewhere (`objects/info/alternates`) gets no blob
+/// references: every content is copied.
+#[derive(Debug, Default)]
+pub struct BaseBlobs {
+    blobs: HashMap<String, String>,
+    objects: PathBuf,
+    /// Pack files already `fsync`ed.
+    synced_packs: Mutex<BTreeSet<PathBuf>>,
+}
+
+impl BaseBlobs {
+    /// Read the base tree's blobs (`git ls-tree -r -z TREE`) and make the packs durable.
+    /// Blocking.
+    pub fn load(git: &Git, tree: &str) -> Result<BaseBlobs, PreimageError> {
+        let git_error = |err: crate::run::git::GitError| PreimageError::Git {
+            message: err.to_string(),
+        };
+        let mut command = git.read_only();
+        command.args([
+            "rev-parse",
+            "--path-format=absolute",
+            "--git-path",
+            "objects",
+        ]);
+        let objects = PathBuf::from(git.run_text(command).map_err(git_error)?);
+        if objects.join("info").join("alternates").exists() {
+            return Ok(BaseBlobs::default());
+        }
+        let mut command = git.read_only();
+        command.args(["ls-tree", "-r", "-z", "--full-tree", tree]);
+        let listing = git.run(command, None).map_err(git_error)?;
+        let mut blobs = HashMap::new();
+        for record in listing.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+            // `<mode> SP <type> SP <oid> TAB <path>`
+            let Some(tab) = record.iter().position(|b| *b == b'\t') else {
+                continue;
+            };
+            let (meta, path) = (&record[..tab], &record[tab + 1..]);
+            let mut fields = meta.split(|b| *b == b' ');
+            let (Some(mode), Some(kind), Some(oid)) = (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            if kind != b"blob" || !(mode == b"100644" || mode == b"100755") {
+                continue;
+            }
+            let (Ok(path), Ok(oid)) = (std::str::from_utf8(path), std::str::from_utf8(oid)) else {
+                continue;
+            };
+            blobs.insert(path.to_owned(), oid.to_owned());
+        }
+        let base = BaseBlobs {
+            blobs,
+            objects,
+            synced_packs: Mutex::default(),
+        };
+        base.sync_packs()?;
+        Ok(base)
+    }
+
+    /// `fsync` pack files not synced yet (a `git gc` may pack loose objects during the run)
+    /// and the pack directory; false if there is no pack directory.
+    fn sync_packs(&self) -> Result<bool, PreimageError> {
+        let packs = self.objects.join("pack");
+        let Ok(children) = std::fs::read_dir(&packs) else {
+            return Ok(false);
+        };
+        let mut synced = self
+            .synced_packs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut new = false;
+        for child in children.flatten() {
+            let path = child.path();
+            if child.file_type().is_ok_and(|t| t.is_file()) && !synced.contains(&path) {
+                match std::fs::File::open(&path) {
+                    Ok(file) => file.sync_all().map_err(io("sync", &path))?,
+                    // A temporary pack that went away meanwhile.
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(source) => {
+                        return Err(PreimageError::Io {
+                            what: "open",
+                            path,
+                            source,
+                        });
+                    }
+                }
+                synced.insert(path);
+                new = true;
+            }
+        }
+        if new {
+            sync_dir(&packs)?;
+        }
+        Ok(true)
+    }
+
+    /// The base tree's blob id of `relative`, if it is a regular file there.
+    pub fn blob_of(&self, relative: &str) -> Option<&String> {
+        self.blobs.get(relative)
+    }
+
+    /// `fsync` the loose object `oid` and its directory; a packed object was made durable by
+    /// [`BaseBlobs::load`]. False if the object cannot be found (the contents are copied then).
+    fn make_durable(&self, oid: &str) -> Result<bool, PreimageError> {
+        if oid.len() < 3 || !oid.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(false);
+        }
+        let dir = self.objects.join(&oid[..2]);
+        let path = dir.join(&oid[2..]);
+        let not_found = |err: &std::io::Error| err.kind() == std::io::ErrorKind::NotFound;
+        match std::fs::File::open(&path) {
+            Ok(file) => {
+                file.sync_all().map_err(io("sync", &path))?;
+                match std::fs::File::open(&dir).and_then(|handle| handle.sync_all()) {
+                    Ok(()) => Ok(true),
+                    // Packed and pruned meanwhile (a concurrent `git gc`).
+                    Err(err) if not_found(&err) => self.sync_packs(),
+                    Err(source) => Err(PreimageError::Io {
+                        what: "sync",
+                        path: dir,
+                        source,
+                    }),
+                }
+            }
+            // Not loose: in a pack (made durable here if it is new).
+            Err(err) if not_found(&err) => self.sync_packs(),
+            Err(source) => Err(PreimageError::Io {
+                what: "open",
+                path,
+                source,
+            }),
+        }
+    }
+}
+
+/// Git's id of a blob with these contents: SHA-1 of `blob <len>\0<contents>`.
+pub fn git_blob_id(contents: &[u8]) -> String {
+    let mut hasher = sha1::Sha1::new();
+    hasher.update(format!("blob {}\0", contents.len()).as_bytes());
+    hasher.update(contents);
+    hex(&hasher.finish())
 }
 
 /// Put the scope back as the pre-image recorded it. Blocking.
@@ -244,6 +456,7 @@ pub fn restore(repo: &Path, preimage: &Preimage) -> Result<RestoreReport, Preima
     let set = compile(&preimage.agent_id, &preimage.patterns)?;
     let blobs = preimage_dir(repo, &preimage.run_id).join("blobs");
     let mut report = RestoreReport::default();
+    let mut git: Option<Git> = None;
 
     // Files that are new under the scope go first (a recorded file may sit where the agent
     // put a directory).
@@ -294,11 +507,32 @@ pub fn restore(repo: &Path, preimage: &Preimage) -> Result<RestoreReport, Preima
             std::fs::create_dir_all(parent).map_err(io("create", parent))?;
         }
         match entry {
-            Entry::File { sha256, mode, .. } => {
-                let blob = blobs.join(sha256);
-                let bytes = std::fs::read(&blob).map_err(io("read", &blob))?;
+            Entry::File {
+                sha256,
+                mode,
+                git_blob,
+                ..
+            } => {
+                let (bytes, source) = match git_blob {
+                    Some(oid) => {
+                        if git.is_none() {
+                            git = Some(Git::open(repo).map_err(|err| PreimageError::Git {
+                                message: err.to_string(),
+                            })?);
+                        }
+                        let bytes = match &git {
+                            Some(git) => read_git_blob(git, oid)?,
+                            None => Vec::new(),
+                        };
+                        (bytes, PathBuf::from(format!("git blob {oid}")))
+                    }
+                    None => {
+                        let blob = blobs.join(sha256);
+                        (std::fs::read(&blob).map_err(io("read", &blob))?, blob)
+                    }
+                };
                 if hex(&Sha256::digest(&bytes)) != *sha256 {
-                    return Err(PreimageError::Blob { path: blob });
+                    return Err(PreimageError::Blob { path: source });
                 }
                 clear_non_file(&path)?;
                 write_durably(&path, &bytes)?;
@@ -320,6 +554,15 @@ pub fn restore(repo: &Path, preimage: &Preimage) -> Result<RestoreReport, Preima
         }
     }
     Ok(report)
+}
+
+/// The contents of blob `oid` from the object database.
+fn read_git_blob(git: &Git, oid: &str) -> Result<Vec<u8>, PreimageError> {
+    let mut command = git.read_only();
+    command.args(["cat-file", "blob", oid]);
+    git.run(command, None).map_err(|err| PreimageError::Git {
+        message: err.to_string(),
+    })
 }
 
 /// `fsync` every file now under the scope (and their directories), so edits are on disk
@@ -531,7 +774,9 @@ fn matches_entry(path: &Path, entry: &Entry) -> Result<bool, PreimageError> {
         }
     };
     Ok(match entry {
-        Entry::File { sha256, mode, size } => {
+        Entry::File {
+            sha256, mode, size, ..
+        } => {
             meta.file_type().is_file()
                 && meta.len() == *size
                 && mode_of(&meta) == *mode
@@ -675,6 +920,112 @@ fn make_symlink(_target: &str, path: &Path) -> Result<(), PreimageError> {
     })
 }
 
+/// SHA-1, for git object ids only (git names objects by it; nothing here relies on it for
+/// security: restored contents are checked against their SHA-256).
+mod sha1 {
+    pub struct Sha1 {
+        state: [u32; 5],
+        buffer: Vec<u8>,
+        length: u64,
+    }
+
+    impl Sha1 {
+        pub fn new() -> Sha1 {
+            Sha1 {
+                state: [
+                    0x6745_2301,
+                    0xEFCD_AB89,
+                    0x98BA_DCFE,
+                    0x1032_5476,
+                    0xC3D2_E1F0,
+                ],
+                buffer: Vec::with_capacity(64),
+                length: 0,
+            }
+        }
+
+        pub fn update(&mut self, mut data: &[u8]) {
+            self.length = self.length.wrapping_add(data.len() as u64);
+            if !self.buffer.is_empty() {
+                let take = (64 - self.buffer.len()).min(data.len());
+                self.buffer.extend_from_slice(&data[..take]);
+                data = &data[take..];
+                if self.buffer.len() == 64 {
+                    let mut block = [0u8; 64];
+                    block.copy_from_slice(&self.buffer);
+                    self.compress(&block);
+                    self.buffer.clear();
+                }
+            }
+            let mut chunks = data.chunks_exact(64);
+            for chunk in &mut chunks {
+                let mut block = [0u8; 64];
+                block.copy_from_slice(chunk);
+                self.compress(&block);
+            }
+            self.buffer.extend_from_slice(chunks.remainder());
+        }
+
+        pub fn finish(mut self) -> [u8; 20] {
+            let bits = self.length.wrapping_mul(8);
+            let mut tail = std::mem::take(&mut self.buffer);
+            tail.push(0x80);
+            while tail.len() % 64 != 56 {
+                tail.push(0);
+            }
+            tail.extend_from_slice(&bits.to_be_bytes());
+            for chunk in tail.chunks_exact(64) {
+                let mut block = [0u8; 64];
+                block.copy_from_slice(chunk);
+                self.compress(&block);
+            }
+            let mut out = [0u8; 20];
+            for (i, word) in self.state.iter().enumerate() {
+                out[i * 4..i * 4 + 4].copy_from_slice(&word.to_be_bytes());
+            }
+            out
+        }
+
+        fn compress(&mut self, block: &[u8; 64]) {
+            let mut w = [0u32; 80];
+            for i in 0..16 {
+                w[i] = u32::from_be_bytes([
+                    block[i * 4],
+                    block[i * 4 + 1],
+                    block[i * 4 + 2],
+                    block[i * 4 + 3],
+                ]);
+            }
+            for i in 16..80 {
+                w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
+            }
+            let [mut a, mut b, mut c, mut d, mut e] = self.state;
+            for (i, word) in w.iter().enumerate() {
+                let (f, k) = match i {
+                    0..=19 => ((b & c) | (!b & d), 0x5A82_7999),
+                    20..=39 => (b ^ c ^ d, 0x6ED9_EBA1),
+                    40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1B_BCDC),
+                    _ => (b ^ c ^ d, 0xCA62_C1D6),
+                };
+                let temp = a
+                    .rotate_left(5)
+                    .wrapping_add(f)
+                    .wrapping_add(e)
+                    .wrapping_add(k)
+                    .wrapping_add(*word);
+                e = d;
+                d = c;
+                c = b.rotate_left(30);
+                b = a;
+                a = temp;
+            }
+            for (state, value) in self.state.iter_mut().zip([a, b, c, d, e]) {
+                *state = state.wrapping_add(value);
+            }
+        }
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -775,6 +1126,100 @@ mod tests {
         );
         assert!(!repo.join("gen").exists());
         sync_scope(repo, &loaded).unwrap();
+    }
+
+    #[test]
+    fn git_blob_ids_match_git() {
+        // `printf '' | git hash-object --stdin` and `printf 'hello\n' | git hash-object --stdin`.
+        assert_eq!(git_blob_id(b""), "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391");
+        assert_eq!(
+            git_blob_id(b"hello\n"),
+            "ce013625030ba8dba906f756967f9e9ca394464a"
+        );
+        // Longer than one block, and across block boundaries in pieces.
+        let long: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        let mut whole = sha1::Sha1::new();
+        whole.update(&long);
+        let mut pieces = sha1::Sha1::new();
+        for chunk in long.chunks(37) {
+            pieces.update(chunk);
+        }
+        assert_eq!(whole.finish(), pieces.finish());
+        let repo = tempfile::tempdir().unwrap();
+        let path = repo.path().join("long.bin");
+        std::fs::write(&path, &long).unwrap();
+        let out = std::process::Command::new("git")
+            .args(["hash-object", "--no-filters"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            git_blob_id(&long)
+        );
+    }
+
+    #[test]
+    fn unchanged_files_point_at_the_base_blob_and_restore_from_git() {
+        let repo = tempfile::tempdir().unwrap();
+        let repo = repo.path();
+        write(repo, "src/a.txt", "a\n");
+        write(repo, "src/b.txt", "b\n");
+        for args in [
+            &["init", "-q", "-b", "main"][..],
+            &["add", "-A"][..],
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "-q",
+                "-m",
+                "init",
+            ][..],
+        ] {
+            assert!(
+                std::process::Command::new("git")
+                    .arg("-C")
+                    .arg(repo)
+                    .args(args)
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+        let git = Git::open(repo).unwrap();
+        let tree = git.tree_of("HEAD").unwrap();
+        let base = BaseBlobs::load(&git, &tree).unwrap();
+        // b.txt changed since the base: its contents are copied.
+        write(repo, "src/b.txt", "b, edited before the agent\n");
+        let preimage = prepare(repo, "run-1", "agent-1", &["src/**".to_owned()], &base).unwrap();
+        let blob_of = |path: &str| match &preimage.entries[path] {
+            Entry::File { git_blob, .. } => git_blob.clone(),
+            Entry::Symlink { .. } => None,
+        };
+        assert_eq!(blob_of("src/a.txt"), Some(git_blob_id(b"a\n")));
+        assert_eq!(blob_of("src/b.txt"), None);
+        let blobs = preimage_dir(repo, "run-1").join("blobs");
+        assert_eq!(std::fs::read_dir(&blobs).unwrap().count(), 1);
+        // Through the store's JSON and back.
+        let json = manifest_json(&preimage).unwrap();
+        let loaded = parse_manifest(json.as_bytes(), Path::new("store")).unwrap();
+        assert_eq!(loaded, preimage);
+
+        write(repo, "src/a.txt", "agent's edit\n");
+        write(repo, "src/b.txt", "agent's edit\n");
+        let report = restore(repo, &loaded).unwrap();
+        assert_eq!(report.restored.len(), 2);
+        assert_eq!(
+            std::fs::read_to_string(repo.join("src/a.txt")).unwrap(),
+            "a\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(repo.join("src/b.txt")).unwrap(),
+            "b, edited before the agent\n"
+        );
     }
 
     #[test]

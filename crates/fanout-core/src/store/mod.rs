@@ -9,7 +9,9 @@
 //!   transaction, so under load batches fill up and at a trickle latency stays low. The
 //!   channel's bound is the back-pressure: a sender waits for room, never for SQLite.
 //! - **Durability by kind.** Methods that return after the commit (`create_run`,
-//!   `set_run_status`, `start_agent`, `finish_agent`, `record_checkpoint`, `flush`) are the
+//!   `set_run_status`, `start_agent`, `start_agent_with_preimage` — the start row and the
+//!   agent's pre-image manifest in one transaction —, `finish_agent`, `record_checkpoint`,
+//!   `flush`) are the
 //!   state transitions a resumed run depends on: a batch holding one of them is committed with
 //!   `PRAGMA synchronous = FULL`, so once the future resolves the record survives power loss,
 //!   not only a crash of our process. Queued methods (`event`, `tool_call`, `denial`) return

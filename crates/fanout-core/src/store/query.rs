@@ -554,6 +554,23 @@ impl StoreReader {
     }
 
     /// Run a raw read-only query; for tests and diagnostics (`PRAGMA table_info`, counts).
+    /// Pre-image manifests (JSON) recorded for `run_id`, by agent.
+    pub fn preimages(&self, run_id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let sqlite = |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            what: "reading pre-images",
+            source,
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT agent_id, manifest FROM preimages WHERE run_id = ?1")
+            .map_err(sqlite)?;
+        let rows = stmt
+            .query_map([run_id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(sqlite)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(sqlite)
+    }
+
     pub fn connection(&self) -> &Connection {
         &self.conn
     }

@@ -118,6 +118,16 @@ CREATE TABLE checkpoints (
     PRIMARY KEY (run_id, seq)
 );
 "#,
+    // 2: durable pre-image manifests, committed in the same transaction as the agent's first
+    // start row (see `crate::run::preimage`). Written once, never replaced.
+    r#"
+CREATE TABLE preimages (
+    run_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    manifest TEXT NOT NULL,     -- JSON, `crate::run::preimage::Preimage`
+    PRIMARY KEY (run_id, agent_id)
+);
+"#,
 ];
 
 /// Set the connection pragmas every connection of ours uses.

@@ -67,7 +67,7 @@ enum Op {
     ReopenRun {
         run_id: String,
     },
-    StartAgent(Box<AgentStart>),
+    StartAgent(Box<AgentStart>, Option<String>),
     FinishAgent(Box<AgentFinish>),
     Checkpoint(Box<CheckpointRecord>),
     ToolCall(Box<ToolCallRecord>),
@@ -162,8 +162,23 @@ impl Store {
 
     /// Record an agent attempt as in flight. Durable.
     pub async fn start_agent(&self, start: AgentStart) -> Result<(), StoreError> {
-        self.acked(Op::StartAgent(Box::new(start)), "the agent start")
+        self.acked(Op::StartAgent(Box::new(start), None), "the agent start")
             .await
+    }
+
+    /// [`Store::start_agent`] together with the agent's pre-image manifest (JSON), in one
+    /// transaction: once this returns, both are durable, and neither is without the other.
+    /// A manifest already recorded for the agent is kept (a pre-image is never replaced).
+    pub async fn start_agent_with_preimage(
+        &self,
+        start: AgentStart,
+        manifest: String,
+    ) -> Result<(), StoreError> {
+        self.acked(
+            Op::StartAgent(Box::new(start), Some(manifest)),
+            "the agent start",
+        )
+        .await
     }
 
     /// Record how an agent attempt ended and add its tokens and cost to the run's totals.
@@ -439,7 +454,12 @@ impl Writer {
                 error,
             } => self.set_run_status(run_id, status, ended_at, error),
             Op::ReopenRun { run_id } => self.reopen_run(run_id),
-            Op::StartAgent(start) => self.start_agent(*start),
+            Op::StartAgent(start, manifest) => {
+                if let Some(manifest) = manifest {
+                    self.preimage(&start.run_id, &start.agent_id, &manifest)?;
+                }
+                self.start_agent(*start)
+            }
             Op::FinishAgent(finish) => self.finish_agent(*finish),
             Op::Checkpoint(checkpoint) => self.checkpoint(*checkpoint),
             Op::ToolCall(call) => self.tool_call(*call),
@@ -536,6 +556,16 @@ impl Writer {
             "status": RunStatus::Running,
             "resumed": true,
         })))
+    }
+
+    fn preimage(&mut self, run_id: &str, agent_id: &str, manifest: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO preimages (run_id, agent_id, manifest) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut stmt| stmt.execute(params![run_id, agent_id, manifest]))
+            .map_err(self.sqlite("recording a pre-image"))?;
+        Ok(())
     }
 
     fn start_agent(&mut self, start: AgentStart) -> Result<Option<serde_json::Value>, StoreError> {

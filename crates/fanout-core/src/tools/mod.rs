@@ -403,6 +403,44 @@ impl Toolbox {
         files
     }
 
+    /// For a plain relative path (no glob characters, no empty, `.` or `..` parts): `Some` of
+    /// what [`Toolbox::walk`] from the root would list for it — the path itself if it is a
+    /// regular file reached through real directories (no symlinks, no `.git`) that the agent
+    /// may read, else nothing. `None` when the pattern is not such a path.
+    fn literal_file(&self, pattern: &str) -> Option<Option<String>> {
+        if pattern.is_empty() || pattern.contains(['*', '?', '[', ']', '{', '}', '\\', '!']) {
+            return None;
+        }
+        let parts: Vec<&str> = pattern.split('/').collect();
+        if parts
+            .iter()
+            .any(|p| p.is_empty() || *p == "." || *p == "..")
+        {
+            return None;
+        }
+        let root = self.fs.root_path();
+        let mut path = root.to_path_buf();
+        for (index, part) in parts.iter().enumerate() {
+            path.push(part);
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                return Some(None);
+            };
+            let last = index + 1 == parts.len();
+            let ok = if last {
+                meta.file_type().is_file()
+            } else {
+                meta.file_type().is_dir() && *part != ".git"
+            };
+            if !ok {
+                return Some(None);
+            }
+        }
+        if self.policy.check_read(pattern).is_err() {
+            return Some(None);
+        }
+        Some(Some(pattern.to_string()))
+    }
+
     fn base_dir(&self, input: &Value) -> Result<String, Failure> {
         match input.get("path").and_then(Value::as_str) {
             None => Ok(String::new()),
@@ -428,6 +466,21 @@ impl Toolbox {
             .build()
             .map_err(|error| Failure::Failed(format!("invalid glob `{pattern}`: {error}")))?
             .compile_matcher();
+        if base.is_empty()
+            && let Some(found) = self.literal_file(&pattern)
+        {
+            // A pattern without glob characters names one path: answer it without listing
+            // its directory (what the walk below would find, for a fraction of the work).
+            let mut out = String::new();
+            match found {
+                Some(path) => {
+                    out.push_str(&path);
+                    out.push('\n');
+                }
+                None => out.push_str("no files match\n"),
+            }
+            return Ok(out);
+        }
         // Walk only beneath the pattern's literal directory (`src` for `src/**/*.rs`), once it
         // is known to be a real directory inside the repository.
         let start = if base.is_empty() {
