@@ -8,6 +8,8 @@
 //! when the workflow has none), with one repair attempt. A result whose claims disagree with
 //! the receipts is flagged.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -120,6 +122,32 @@ pub fn system_prompt(spec: &AgentSpec, toolbox: &Toolbox) -> String {
     prompt
 }
 
+/// The compiled validator of `schema`, shared by every agent with the same schema.
+///
+/// Compiled once per distinct schema (keyed by its serialized text) and kept for the life of
+/// the process; an invalid schema is not cached, so each agent reports its error.
+fn validator_for(schema: &Value) -> Result<Arc<jsonschema::Validator>, String> {
+    /// More distinct schemas than any workflow uses; past it the cache starts over.
+    const MAX_CACHED: usize = 256;
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<jsonschema::Validator>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let key = schema.to_string();
+    let lock = || {
+        cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
+    if let Some(validator) = lock().get(&key) {
+        return Ok(Arc::clone(validator));
+    }
+    let validator = Arc::new(jsonschema::validator_for(schema).map_err(|error| error.to_string())?);
+    let mut cached = lock();
+    if cached.len() >= MAX_CACHED {
+        cached.clear();
+    }
+    Ok(Arc::clone(cached.entry(key).or_insert(validator)))
+}
+
 fn report_tool(schema: &Value) -> ToolSpec {
     ToolSpec {
         name: REPORT_TOOL.into(),
@@ -151,7 +179,7 @@ pub async fn run_agent(
         dollars: 0.0,
         flags: Vec::new(),
     };
-    let validator = match jsonschema::validator_for(&schema) {
+    let validator = match validator_for(&schema) {
         Ok(validator) => validator,
         Err(error) => {
             outcome.status = AgentStatus::InvalidResult;
@@ -163,6 +191,8 @@ pub async fn run_agent(
     };
     let mut tools = toolbox.specs();
     tools.push(report_tool(&schema));
+    // The same every turn: built once, lent to each turn's request and taken back after it.
+    let mut system = Some(system_prompt(spec, toolbox));
     let mut messages = vec![Message::user(format!(
         "{}\n\nWhen done, call {REPORT_TOOL}.",
         spec.description
@@ -181,9 +211,9 @@ pub async fn run_agent(
         }
         outcome.turns += 1;
         let mut request = Request::new(config.model.clone(), config.max_tokens_per_turn);
-        request.system = Some(system_prompt(spec, toolbox));
-        request.messages = messages.clone();
-        request.tools = tools.clone();
+        request.system = system.take();
+        request.messages = std::mem::take(&mut messages);
+        request.tools = std::mem::take(&mut tools);
         // The last allowed turn, or a turn after the model stopped without reporting, must
         // report.
         if forced || outcome.turns == config.max_turns {
@@ -196,6 +226,9 @@ pub async fn run_agent(
             () = tokio::time::sleep(remaining) => break AgentStatus::TimeLimit,
             () = cancel.cancelled() => break AgentStatus::Cancelled,
         };
+        system = request.system.take();
+        messages = std::mem::take(&mut request.messages);
+        tools = std::mem::take(&mut request.tools);
         let response = match called {
             Ok(call) => call.response,
             Err(crate::fleet::FleetError::Cancelled { .. }) => break AgentStatus::Cancelled,

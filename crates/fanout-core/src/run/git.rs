@@ -29,6 +29,7 @@ use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 /// `-c` overrides for every command.
 pub const HARDENING_CONFIG: &[&str] = &[
@@ -231,7 +232,13 @@ impl Git {
 
 /// A hardened `git` command run at `dir`.
 pub fn hardened(dir: &Path, read_only: bool) -> Command {
-    let mut command = Command::new("git");
+    // An absolute program path lets std spawn with `posix_spawn` instead of `fork` (a bare
+    // name plus an explicit `PATH` in the child's environment forces the `fork` fallback,
+    // which copies the page tables of our whole address space on every command).
+    let mut command = match git_program() {
+        Some(program) => Command::new(program),
+        None => Command::new("git"),
+    };
     command.env_clear();
     if let Some(path) = std::env::var_os("PATH") {
         command.env("PATH", path);
@@ -255,6 +262,29 @@ pub fn hardened(dir: &Path, read_only: bool) -> Command {
         command.arg("--no-optional-locks");
     }
     command
+}
+
+/// The absolute path of the `git` that `PATH` names, found once per process.
+///
+/// Only absolute `PATH` entries are searched; `None` (no such `git`) leaves the lookup to
+/// the spawn itself, which then reports the usual "cannot run `git`" error.
+fn git_program() -> Option<&'static Path> {
+    static PROGRAM: OnceLock<Option<PathBuf>> = OnceLock::new();
+    PROGRAM
+        .get_or_init(|| {
+            let path = std::env::var_os("PATH")?;
+            std::env::split_paths(&path)
+                .filter(|dir| dir.is_absolute())
+                .map(|dir| dir.join("git"))
+                .find(|candidate| is_executable_file(candidate))
+        })
+        .as_deref()
+}
+
+fn is_executable_file(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
 /// The arguments after the hardening, for messages.

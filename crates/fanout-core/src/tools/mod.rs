@@ -14,7 +14,8 @@ pub mod shell;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use globset::GlobBuilder;
 use regex::RegexBuilder;
@@ -99,12 +100,12 @@ struct State {
 /// One agent's tools.
 #[derive(Debug)]
 pub struct Toolbox {
-    fs: ScopedFs,
+    fs: Arc<ScopedFs>,
     policy: ScopePolicy,
     sandbox: Option<Sandbox>,
     sandbox_error: Option<SandboxError>,
     limits: ToolLimits,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
 }
 
 impl std::fmt::Debug for State {
@@ -154,15 +155,15 @@ impl Toolbox {
             (None, None)
         };
         Ok(Toolbox {
-            fs,
+            fs: Arc::new(fs),
             policy,
             sandbox,
             sandbox_error,
             limits,
-            state: Mutex::new(State {
+            state: Arc::new(Mutex::new(State {
                 journal: Journal::new(),
                 receipts: Receipts::default(),
-            }),
+            })),
         })
     }
 
@@ -179,9 +180,38 @@ impl Toolbox {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock_state(&self.state)
+    }
+
+    /// Run the blocking filesystem part of a tool off the async workers.
+    ///
+    /// `work` gets the agent's filesystem and its state (journal and receipts). If the
+    /// calling future is dropped before the work starts, the work does not run at all.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&ScopedFs, &Mutex<State>) -> Result<T, Failure> + Send + 'static,
+    ) -> Result<T, Failure> {
+        struct Abandon(Arc<AtomicBool>);
+        impl Drop for Abandon {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let guard = Abandon(Arc::clone(&abandoned));
+        let fs = Arc::clone(&self.fs);
+        let state = Arc::clone(&self.state);
+        let handle = tokio::task::spawn_blocking(move || {
+            if abandoned.load(Ordering::SeqCst) {
+                return Err(Failure::Failed("the tool call was abandoned".into()));
+            }
+            work(&fs, &state)
+        });
+        let result = handle
+            .await
+            .map_err(|error| Failure::Failed(format!("the tool call failed: {error}")))?;
+        drop(guard);
+        result
     }
 
     pub fn receipts(&self) -> Receipts {
@@ -200,9 +230,12 @@ impl Toolbox {
 
     /// The specs of the tools granted to this agent, in contract order.
     pub fn specs(&self) -> Vec<ToolSpec> {
-        tool_specs()
-            .into_iter()
+        static SPECS: OnceLock<Vec<ToolSpec>> = OnceLock::new();
+        SPECS
+            .get_or_init(tool_specs)
+            .iter()
             .filter(|spec| self.policy.tools.contains(&spec.name))
+            .cloned()
             .collect()
     }
 
@@ -220,8 +253,8 @@ impl Toolbox {
             }),
             Ok(()) => match name {
                 "read_file" => self.read_file(input),
-                "write_file" => self.write_file(input),
-                "edit_file" => self.edit_file(input),
+                "write_file" => self.write_file(input).await,
+                "edit_file" => self.edit_file(input).await,
                 "list_files" => self.list_files(input),
                 "search" => self.search(input),
                 "bash" => self.bash(input).await,
@@ -312,14 +345,21 @@ impl Toolbox {
         Ok(out)
     }
 
-    fn write_checked(&self, raw: &str, relative: &str, content: &[u8]) -> Result<(), Failure> {
-        let mut state = self.state();
+    /// Record the pre-image of `relative` in the journal, then write `content` to it.
+    /// Blocking: called inside [`Toolbox::blocking`].
+    fn write_checked(
+        fs: &ScopedFs,
+        state: &Mutex<State>,
+        raw: &str,
+        relative: &str,
+        content: &[u8],
+    ) -> Result<(), Failure> {
+        let mut state = lock_state(state);
         state
             .journal
-            .capture(&self.fs, relative)
+            .capture(fs, relative)
             .map_err(|error| Self::fs_failure(raw, error))?;
-        let created = self
-            .fs
+        let created = fs
             .write(relative, content, None)
             .map_err(|error| Self::fs_failure(raw, error))?;
         for dir in created {
@@ -329,15 +369,18 @@ impl Toolbox {
         Ok(())
     }
 
-    fn write_file(&self, input: &Value) -> Result<String, Failure> {
+    async fn write_file(&self, input: &Value) -> Result<String, Failure> {
         let (raw, relative) = self.path(input, "path")?;
         self.check_write(&raw, &relative)?;
         let content = string_arg(input, "content")?;
-        self.write_checked(&raw, &relative, content.as_bytes())?;
-        Ok(format!("wrote {} bytes to {relative}", content.len()))
+        self.blocking(move |fs, state| {
+            Self::write_checked(fs, state, &raw, &relative, content.as_bytes())?;
+            Ok(format!("wrote {} bytes to {relative}", content.len()))
+        })
+        .await
     }
 
-    fn edit_file(&self, input: &Value) -> Result<String, Failure> {
+    async fn edit_file(&self, input: &Value) -> Result<String, Failure> {
         let (raw, relative) = self.path(input, "path")?;
         self.check_write(&raw, &relative)?;
         let old = string_arg(input, "old_text")?;
@@ -345,23 +388,29 @@ impl Toolbox {
         if old.is_empty() {
             return Err(Failure::Failed("old_text must not be empty".into()));
         }
-        let bytes = self
-            .fs
-            .read(&relative, self.limits.max_file_bytes)
-            .map_err(|error| Self::fs_failure(&raw, error))?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| Failure::Failed(format!("{relative} is not UTF-8 text")))?;
-        let count = text.matches(old.as_str()).count();
-        if count != 1 {
-            return Err(Failure::Failed(format!(
-                "old_text occurs {count} times in {relative}; it must match exactly once \
-                 (include more surrounding lines)"
-            )));
-        }
-        let edited = text.replacen(old.as_str(), &new, 1);
-        self.write_checked(&raw, &relative, edited.as_bytes())?;
-        self.state().receipts.files_read.insert(relative.clone());
-        Ok(format!("edited {relative}"))
+        let max_file_bytes = self.limits.max_file_bytes;
+        self.blocking(move |fs, state| {
+            let bytes = fs
+                .read(&relative, max_file_bytes)
+                .map_err(|error| Self::fs_failure(&raw, error))?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| Failure::Failed(format!("{relative} is not UTF-8 text")))?;
+            let count = text.matches(old.as_str()).count();
+            if count != 1 {
+                return Err(Failure::Failed(format!(
+                    "old_text occurs {count} times in {relative}; it must match exactly once \
+                     (include more surrounding lines)"
+                )));
+            }
+            let edited = text.replacen(old.as_str(), &new, 1);
+            Self::write_checked(fs, state, &raw, &relative, edited.as_bytes())?;
+            lock_state(state)
+                .receipts
+                .files_read
+                .insert(relative.clone());
+            Ok(format!("edited {relative}"))
+        })
+        .await
     }
 
     /// Every regular file under `base` (relative), without following symlinks or entering
@@ -756,6 +805,12 @@ impl Toolbox {
         }
         (written, violations)
     }
+}
+
+fn lock_state(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn string_arg(input: &Value, key: &str) -> Result<String, Failure> {
