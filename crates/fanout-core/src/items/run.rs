@@ -78,8 +78,7 @@ use crate::provider::batch::{
 };
 use crate::run::scheduler::{SchedulerLimits, SchedulerReport, TaskOutcome, TaskSpec, run_graph};
 use crate::store::{
-    AgentFinish, AgentStart, AgentStatus, EventRecord, NewRun, RunStatus, Store, StoreError,
-    StoreReader,
+    AgentFinish, AgentStart, AgentStatus, NewRun, RunStatus, Store, StoreError, StoreReader,
 };
 
 /// The `mode_routing` role of item workers.
@@ -701,11 +700,20 @@ pub async fn run(
         )),
         _ => None,
     };
+    // Durable once this returns, and with it everything queued before it (one writer, in
+    // order; the durable commit syncs the earlier ones too): no separate flush is needed.
     ctx.store
         .set_run_status(&run_id, status, Some(SystemTime::now()), error)
         .await?;
-    ctx.store.flush().await?;
-    let totals = lock(&ctx.totals);
+    let totals = std::mem::take(&mut *lock(&ctx.totals));
+    // The items, the chunks and the accounting are freed off the caller's path: the report
+    // does not need them.
+    drop(records);
+    let chunks = job.chunks.len();
+    // Detached: nothing waits for the freeing (the runtime finishes it before it stops).
+    drop(tokio::task::spawn_blocking(move || {
+        drop((accounting, ctx, job))
+    }));
     Ok(ItemReport {
         run_id,
         run_dir: dir,
@@ -713,7 +721,7 @@ pub async fn run(
         paths,
         summary,
         status,
-        chunks: job.chunks.len(),
+        chunks,
         chunks_sent,
         items_already_settled,
         calls: totals.calls,
@@ -871,7 +879,7 @@ async fn run_chunk(ctx: Arc<Ctx>, chunk: Chunk, cancel: CancellationToken) -> Ta
             break;
         };
         cost += call_cost;
-        match apply(&ctx, &parent, round, &outcome, &mut settled) {
+        match apply(&ctx, &parent, round, outcome, &mut settled) {
             Ok(retries) => queue.extend(retries),
             Err(error) => {
                 reason = error.to_string();
@@ -917,13 +925,14 @@ fn apply(
     ctx: &Ctx,
     parent: &ChunkId,
     round: u32,
-    outcome: &ChunkOutcome,
+    outcome: ChunkOutcome,
     settled: &mut Settlement,
 ) -> Result<Vec<RetryChunk>, LedgerError> {
     let mut ledger = lock(&ctx.ledger);
-    let plan = ledger.apply(outcome)?;
-    settled.results.extend(plan.accept.iter().cloned());
-    settled.failures.extend(plan.fail.iter().cloned());
+    let mut plan = ledger.apply_owned(outcome)?;
+    // `retry_chunks` reads only the resends and repairs: the settled records are moved.
+    settled.results.append(&mut plan.accept);
+    settled.failures.append(&mut plan.fail);
     ledger.retry_chunks(parent, round, &plan)
 }
 
@@ -931,20 +940,9 @@ async fn journal_settlement(ctx: &Ctx, settled: &Settlement) {
     if settled.results.is_empty() && settled.failures.is_empty() {
         return;
     }
+    // The journal line is the chunk's settlement record (resume reads it); the store's
+    // `agent_runs` rows describe the calls. No per-chunk store event repeats it.
     if ctx.journal.append(settled).await.is_err() {
-        lock(&ctx.totals).store_errors += 1;
-    }
-    let event = EventRecord {
-        run_id: ctx.run_id.clone(),
-        agent_id: Some(settled.chunk.clone()),
-        kind: "items.chunk_settled".into(),
-        payload: json!({
-            "succeeded": settled.results.len(),
-            "failed": settled.failures.len(),
-        }),
-        at: SystemTime::now(),
-    };
-    if ctx.store.event(event).await.is_err() {
         lock(&ctx.totals).store_errors += 1;
     }
     (ctx.events)(&ItemEvent::ChunkSettled {
@@ -1279,7 +1277,7 @@ async fn batch_round(
                 let outcome = ChunkOutcome::errored(&next.chunk, error.to_string());
                 let (end, _) = end_record(ctx, &next.chunk, attempt, None, &outcome, None);
                 states[*index].ends.push(end);
-                account(ctx, &mut states[*index], &outcome);
+                account(ctx, &mut states[*index], outcome);
             }
         }
     }
@@ -1329,7 +1327,7 @@ async fn batch_round(
                 // A batch that failed as a whole: its items get their repair attempt.
                 for (index, next) in &sendable {
                     let outcome = ChunkOutcome::errored(&next.chunk, error.to_string());
-                    account(ctx, &mut states[*index], &outcome);
+                    account(ctx, &mut states[*index], outcome);
                 }
             }
             return false;
@@ -1370,12 +1368,12 @@ async fn batch_round(
             None,
         );
         states[index].ends.push(end);
-        account(ctx, &mut states[index], &outcome);
+        account(ctx, &mut states[index], outcome);
     }
     true
 }
 
-fn account(ctx: &Ctx, state: &mut BatchState, outcome: &ChunkOutcome) {
+fn account(ctx: &Ctx, state: &mut BatchState, outcome: ChunkOutcome) {
     state.round += 1;
     match apply(ctx, &state.parent, state.round, outcome, &mut state.settled) {
         Ok(retries) => state.queue.extend(retries),

@@ -237,9 +237,9 @@ pub enum TemplateError {
 /// Check a template before any chunk is sent.
 pub fn check_template(template: &str) -> Result<(), TemplateError> {
     let mut saw_items = false;
-    render_template(template, &mut |name| {
+    render_template(template, &mut |name, _| {
         saw_items |= name == "items";
-        known(name).then(String::new)
+        known(name)
     })?;
     if saw_items {
         Ok(())
@@ -255,10 +255,11 @@ fn known(name: &str) -> bool {
     )
 }
 
-/// Replace each `{{ name }}` by `value(name)`; `None` means an unknown name.
+/// Replace each `{{ name }}` by what `value(name, out)` appends to `out`; `false` means an
+/// unknown name.
 fn render_template(
     template: &str,
-    value: &mut dyn FnMut(&str) -> Option<String>,
+    value: &mut dyn FnMut(&str, &mut String) -> bool,
 ) -> Result<String, TemplateError> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
@@ -271,13 +272,10 @@ fn render_template(
             });
         };
         let name = after[..end].trim();
-        match value(name) {
-            Some(text) => out.push_str(&text),
-            None => {
-                return Err(TemplateError::Unknown {
-                    name: name.to_owned(),
-                });
-            }
+        if !value(name, &mut out) {
+            return Err(TemplateError::Unknown {
+                name: name.to_owned(),
+            });
         }
         rest = &after[end + 2..];
     }
@@ -288,15 +286,29 @@ fn render_template(
 /// How one item appears in a prompt: `<item id="…">` + its text (a string value as it is,
 /// anything else as compact JSON) + `</item>`.
 pub fn render_item(item: &Item) -> String {
-    let body = match &item.value {
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
-    };
-    format!(
-        "<item id=\"{}\">\n{}\n</item>\n",
-        item.id.replace('"', "&quot;"),
-        body
-    )
+    let mut out = String::new();
+    push_item(&mut out, item);
+    out
+}
+
+/// [`render_item`], appended to `out` (no intermediate strings).
+fn push_item(out: &mut String, item: &Item) {
+    use std::fmt::Write as _;
+    out.push_str("<item id=\"");
+    if item.id.contains('"') {
+        out.push_str(&item.id.replace('"', "&quot;"));
+    } else {
+        out.push_str(&item.id);
+    }
+    out.push_str("\">\n");
+    match &item.value {
+        Value::String(text) => out.push_str(text),
+        // Writing to a String cannot fail.
+        other => {
+            let _ = write!(out, "{other}");
+        }
+    }
+    out.push_str("\n</item>\n");
 }
 
 /// The request for `chunk`.
@@ -326,20 +338,33 @@ fn build(
     problems: &[String],
 ) -> Result<Request, TemplateError> {
     let template = spec.template.as_deref().unwrap_or(DEFAULT_TEMPLATE);
-    let items: String = chunk.items.iter().map(render_item).collect();
-    let mut text = render_template(template, &mut |name| match name {
-        "instructions" => Some(spec.instructions.clone()),
-        "items" => Some(items.clone()),
-        "count" => Some(chunk.items.len().to_string()),
-        "chunk_id" => Some(chunk.id.to_string()),
-        "tool" => Some(SUBMIT_TOOL.to_owned()),
-        "answer_with" => Some(match spec.output {
-            OutputRoute::Tool => format!("Call the tool `{SUBMIT_TOOL}` once"),
-            OutputRoute::JsonSchema => {
-                "Reply with one JSON object `{\"results\": [...]}` and nothing else".to_owned()
+    let mut text = render_template(template, &mut |name, out| {
+        use std::fmt::Write as _;
+        match name {
+            "instructions" => out.push_str(&spec.instructions),
+            "items" => {
+                for item in &chunk.items {
+                    push_item(out, item);
+                }
             }
-        }),
-        _ => None,
+            // Writing to a String cannot fail.
+            "count" => {
+                let _ = write!(out, "{}", chunk.items.len());
+            }
+            "chunk_id" => {
+                let _ = write!(out, "{}", chunk.id);
+            }
+            "tool" => out.push_str(SUBMIT_TOOL),
+            "answer_with" => match spec.output {
+                OutputRoute::Tool => {
+                    let _ = write!(out, "Call the tool `{SUBMIT_TOOL}` once");
+                }
+                OutputRoute::JsonSchema => out
+                    .push_str("Reply with one JSON object `{\"results\": [...]}` and nothing else"),
+            },
+            _ => return false,
+        }
+        true
     })?;
     if !problems.is_empty() {
         text.push_str(
@@ -547,17 +572,19 @@ pub fn check_results(chunk: &Chunk, input: &Value, schema: &OutputSchema) -> Chu
         }
     }
     for id in chunk.ids() {
-        match by_id.remove(id).as_deref() {
-            None | Some([]) => outcome.missing.push(id.to_owned()),
-            Some([record]) => {
-                let errors = schema.errors(record);
+        let mut records = by_id.remove(id).unwrap_or_default();
+        match records.len() {
+            0 => outcome.missing.push(id.to_owned()),
+            1 => {
+                let record = records.swap_remove(0);
+                let errors = schema.errors(&record);
                 if errors.is_empty() {
-                    outcome.accepted.push((id.to_owned(), record.clone()));
+                    outcome.accepted.push((id.to_owned(), record));
                 } else {
                     outcome.invalid.push((id.to_owned(), errors));
                 }
             }
-            Some(_) => outcome.duplicated.push(id.to_owned()),
+            _ => outcome.duplicated.push(id.to_owned()),
         }
     }
     outcome
@@ -831,8 +858,13 @@ impl Ledger {
     /// settled (a late or repeated answer) keep their first settlement and are left out of
     /// the plan.
     pub fn apply(&mut self, outcome: &ChunkOutcome) -> Result<RetryPlan, LedgerError> {
+        self.apply_owned(outcome.clone())
+    }
+
+    /// [`Ledger::apply`] taking the outcome by value: its records are moved, not copied.
+    pub fn apply_owned(&mut self, outcome: ChunkOutcome) -> Result<RetryPlan, LedgerError> {
         // Only items still pending take part.
-        let mut pending = outcome.clone();
+        let mut pending = outcome;
         let keep = |id: &str| -> Result<bool, LedgerError> {
             let position = self.position(id)?;
             Ok(matches!(self.entries[position].state, State::Pending))
@@ -861,7 +893,6 @@ impl Ledger {
                 accepted.push((id, record));
             }
         }
-        pending.accepted = accepted;
         let mut invalid = Vec::new();
         for (id, errors) in pending.invalid.drain(..) {
             if keep(&id)? {
@@ -871,7 +902,9 @@ impl Ledger {
         pending.invalid = invalid;
         // An id settled twice within one outcome (e.g. both accepted and missing) would be a
         // malformed outcome; the first settlement wins below.
-        let plan = plan_retry(&pending, |id| self.attempts(id), &self.policy);
+        // The accepted records go straight into the plan (plan_retry would copy them).
+        let mut plan = plan_retry(&pending, |id| self.attempts(id), &self.policy);
+        plan.accept = accepted;
         for (id, record) in &plan.accept {
             self.settle(id, State::Done(record.clone()))?;
         }
