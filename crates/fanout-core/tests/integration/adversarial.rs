@@ -27,8 +27,8 @@ use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::unix::fs::symlink;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fanout_core::agent::{AgentConfig, AgentOutcome, AgentStatus, run_agent};
@@ -235,14 +235,37 @@ struct Canary {
     udp: Arc<AtomicUsize>,
     unix: Arc<AtomicUsize>,
     abstract_unix: Arc<AtomicUsize>,
+    /// What the fences can recognise as their own, per channel: the client ports the TCP
+    /// listeners accepted (in order), and counts of marker bytes or datagrams seen.
+    tcp_peers: Arc<Mutex<Vec<u16>>>,
+    tcp6_peers: Arc<Mutex<Vec<u16>>>,
+    byte_marks: Arc<AtomicUsize>,
+    udp_marks: Arc<AtomicUsize>,
+    unix_marks: Arc<AtomicUsize>,
+    abstract_marks: Arc<AtomicUsize>,
 }
 
-fn count_tcp(listener: TcpListener, connections: Arc<AtomicUsize>, bytes: Arc<AtomicUsize>) {
+/// The byte a fence sends on byte channels; the canary never counts it as anything else.
+const FENCE_MARK: u8 = 0xFE;
+
+fn count_tcp(
+    listener: TcpListener,
+    connections: Arc<AtomicUsize>,
+    bytes: Arc<AtomicUsize>,
+    peers: Arc<Mutex<Vec<u16>>>,
+    marks: Arc<AtomicUsize>,
+) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             connections.fetch_add(1, Ordering::SeqCst);
+            // Accepts come in connection order: once a fence sees its own port here, every
+            // connection made before it has been counted.
+            if let Ok(peer) = stream.peer_addr() {
+                peers.lock().unwrap().push(peer.port());
+            }
             let bytes = bytes.clone();
+            let marks = marks.clone();
             std::thread::spawn(move || {
                 let mut buffer = [0u8; 256];
                 while let Ok(n) = stream.read(&mut buffer) {
@@ -250,20 +273,39 @@ fn count_tcp(listener: TcpListener, connections: Arc<AtomicUsize>, bytes: Arc<At
                         break;
                     }
                     bytes.fetch_add(n, Ordering::SeqCst);
+                    let fenced = buffer[..n].iter().filter(|b| **b == FENCE_MARK).count();
+                    marks.fetch_add(fenced, Ordering::SeqCst);
                 }
             });
         }
     });
 }
 
-fn count_unix(listener: UnixListener, connections: Arc<AtomicUsize>) {
+fn count_unix(listener: UnixListener, connections: Arc<AtomicUsize>, marks: Arc<AtomicUsize>) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            if stream.is_ok() {
-                connections.fetch_add(1, Ordering::SeqCst);
+            let Ok(mut stream) = stream else { continue };
+            connections.fetch_add(1, Ordering::SeqCst);
+            // Read the first byte here, in accept order, so a fence's mark is seen only after
+            // every earlier connection was counted. Other connections close or stay silent.
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut first = [0u8; 1];
+            if matches!(stream.read(&mut first), Ok(1)) && first[0] == FENCE_MARK {
+                marks.fetch_add(1, Ordering::SeqCst);
             }
         }
     });
+}
+
+fn wait_for_port(peers: &Mutex<Vec<u16>>, port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !peers.lock().unwrap().contains(&port) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+    true
 }
 
 fn wait_for(counter: &AtomicUsize, at_least: usize) -> bool {
@@ -296,26 +338,50 @@ impl Canary {
             counter(),
             counter(),
         );
+        let (byte_marks, udp_marks, unix_marks, abstract_marks) =
+            (counter(), counter(), counter(), counter());
+        let tcp_peers: Arc<Mutex<Vec<u16>>> = Arc::default();
+        let tcp6_peers: Arc<Mutex<Vec<u16>>> = Arc::default();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let tcp_port = listener.local_addr().unwrap().port();
-        count_tcp(listener, tcp.clone(), bytes.clone());
+        count_tcp(
+            listener,
+            tcp.clone(),
+            bytes.clone(),
+            tcp_peers.clone(),
+            byte_marks.clone(),
+        );
         let tcp6_port = TcpListener::bind("[::1]:0").ok().map(|listener| {
             let port = listener.local_addr().unwrap().port();
-            count_tcp(listener, tcp6.clone(), bytes.clone());
+            count_tcp(
+                listener,
+                tcp6.clone(),
+                bytes.clone(),
+                tcp6_peers.clone(),
+                byte_marks.clone(),
+            );
             port
         });
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let udp_port = socket.local_addr().unwrap().port();
         {
             let udp = udp.clone();
+            let marks = udp_marks.clone();
             std::thread::spawn(move || {
                 let mut buffer = [0u8; 512];
-                while socket.recv_from(&mut buffer).is_ok() {
+                while let Ok((n, _)) = socket.recv_from(&mut buffer) {
                     udp.fetch_add(1, Ordering::SeqCst);
+                    if n == 1 && buffer[0] == FENCE_MARK {
+                        marks.fetch_add(1, Ordering::SeqCst);
+                    }
                 }
             });
         }
-        count_unix(UnixListener::bind(&sock).unwrap(), unix.clone());
+        count_unix(
+            UnixListener::bind(&sock).unwrap(),
+            unix.clone(),
+            unix_marks.clone(),
+        );
         {
             use std::os::linux::net::SocketAddrExt;
             let address =
@@ -324,6 +390,7 @@ impl Canary {
             count_unix(
                 UnixListener::bind_addr(&address).unwrap(),
                 abstract_unix.clone(),
+                abstract_marks.clone(),
             );
         }
         let held = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
@@ -342,6 +409,12 @@ impl Canary {
             udp,
             unix,
             abstract_unix,
+            tcp_peers,
+            tcp6_peers,
+            byte_marks,
+            udp_marks,
+            unix_marks,
+            abstract_marks,
         }
     }
 
@@ -360,42 +433,60 @@ impl Canary {
     /// channel is ordered, so anything that arrived before is counted too. Returns the counts
     /// just after the fence.
     fn fence(&mut self) -> [usize; 6] {
-        let before = self.counts();
-        drop(TcpStream::connect(("127.0.0.1", self.tcp_port)).unwrap());
-        if let Some(port) = self.tcp6_port {
-            drop(TcpStream::connect(("::1", port)).unwrap());
-        }
-        self.held.write_all(b"f").unwrap();
+        let marks = [
+            &self.byte_marks,
+            &self.udp_marks,
+            &self.unix_marks,
+            &self.abstract_marks,
+        ]
+        .map(|m| m.load(Ordering::SeqCst));
+        let stream = TcpStream::connect(("127.0.0.1", self.tcp_port)).unwrap();
+        let port = stream.local_addr().unwrap().port();
+        drop(stream);
+        let port6 = self.tcp6_port.map(|tcp6| {
+            let stream = TcpStream::connect(("::1", tcp6)).unwrap();
+            let port = stream.local_addr().unwrap().port();
+            drop(stream);
+            port
+        });
+        self.held.write_all(&[FENCE_MARK]).unwrap();
         UdpSocket::bind("127.0.0.1:0")
             .unwrap()
-            .send_to(b"f", ("127.0.0.1", self.udp_port))
+            .send_to(&[FENCE_MARK], ("127.0.0.1", self.udp_port))
             .unwrap();
-        drop(UnixStream::connect(&self.sock).unwrap());
+        UnixStream::connect(&self.sock)
+            .unwrap()
+            .write_all(&[FENCE_MARK])
+            .unwrap();
         {
             use std::os::linux::net::SocketAddrExt;
             let address =
                 std::os::unix::net::SocketAddr::from_abstract_name(self.abstract_name.as_bytes())
                     .unwrap();
-            drop(UnixStream::connect_addr(&address).unwrap());
+            UnixStream::connect_addr(&address)
+                .unwrap()
+                .write_all(&[FENCE_MARK])
+                .unwrap();
         }
-        let expected = [
-            before[0] + 1,
-            before[1] + usize::from(self.tcp6_port.is_some()),
-            before[2] + 1,
-            before[3] + 1,
-            before[4] + 1,
-            before[5] + 1,
-        ];
-        let counters = [
-            &self.tcp,
-            &self.tcp6,
-            &self.bytes,
-            &self.udp,
-            &self.unix,
-            &self.abstract_unix,
-        ];
-        for (counter, expected) in counters.iter().zip(expected) {
-            wait_for(counter, expected);
+        // Each channel is ordered: once the fence's own arrival is seen, every earlier
+        // arrival has been counted.
+        assert!(wait_for_port(&self.tcp_peers, port), "TCP fence not seen");
+        if let Some(port6) = port6 {
+            assert!(
+                wait_for_port(&self.tcp6_peers, port6),
+                "TCP6 fence not seen"
+            );
+        }
+        for (counter, before) in [
+            &self.byte_marks,
+            &self.udp_marks,
+            &self.unix_marks,
+            &self.abstract_marks,
+        ]
+        .into_iter()
+        .zip(marks)
+        {
+            assert!(wait_for(counter, before + 1), "a fence was not seen");
         }
         self.counts()
     }
