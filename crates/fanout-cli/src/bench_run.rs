@@ -61,6 +61,10 @@ pub struct BenchRunArgs {
     /// Keep the generated repository (and its run store) and print where it is.
     #[arg(long)]
     keep: bool,
+    /// Have the simulator append every exchange (with its arrival time) to this JSONL file,
+    /// to see where a run spends its time.
+    #[arg(long, value_name = "FILE")]
+    sim_record: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -119,6 +123,9 @@ pub async fn run(args: BenchRunArgs) -> anyhow::Result<ExitCode> {
     ];
     if let Some(rpm) = args.rpm {
         sim_options.extend(["--rpm".to_string(), rpm.to_string()]);
+    }
+    if let Some(record) = &args.sim_record {
+        sim_options.extend(["--record".to_string(), record.display().to_string()]);
     }
     let sim = ChildSim::start(&sim_options).await?;
 

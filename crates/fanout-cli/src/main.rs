@@ -20,6 +20,11 @@ mod usage;
 
 use std::process::ExitCode;
 
+/// Threads for blocking work (file tools, pre-images, git for checkpoints). File work on a
+/// small machine gains nothing from tokio's default of 512 threads, and each costs a stack
+/// and a wake-up; past this many, blocking jobs queue.
+const MAX_BLOCKING_THREADS: usize = 64;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
@@ -65,6 +70,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
     {
         Ok(runtime) => runtime,

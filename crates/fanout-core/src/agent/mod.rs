@@ -12,6 +12,6 @@ mod run;
 pub use journal::{Journal, JournalEntry, UndoReport};
 pub use receipts::{CommandReceipt, Denial, Receipts};
 pub use run::{
-    AgentConfig, AgentOutcome, AgentStatus, REPORT_TOOL, check_claims, default_output_schema,
-    run_agent, system_prompt,
+    AgentConfig, AgentOutcome, AgentStatus, REPORT_TOOL, StartGate, check_claims,
+    default_output_schema, run_agent, run_agent_gated, system_prompt,
 };

@@ -9,6 +9,8 @@
 //! the receipts is flagged.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -57,7 +59,15 @@ pub enum AgentStatus {
     TimeLimit,
     Cancelled,
     ProviderError(String),
+    /// The agent's start gate failed (its start could not be put on record), so none of its
+    /// tool calls ran.
+    StartFailed(String),
 }
+
+/// What must hold before an agent's first tool call runs: for a run, its pre-image and start
+/// row are durable. The first model call does not wait for it, so the setup of 1,000 agents
+/// overlaps their first turn instead of delaying it.
+pub type StartGate = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 /// What one agent produced.
 #[derive(Debug, Clone, Serialize)]
@@ -164,6 +174,20 @@ pub async fn run_agent(
     config: &AgentConfig,
     cancel: &CancellationToken,
 ) -> AgentOutcome {
+    run_agent_gated(fleet, toolbox, spec, config, None, cancel).await
+}
+
+/// [`run_agent`] whose tool calls wait for `gate` (awaited once, before the first tool call
+/// of any kind); a failed gate ends the agent with [`AgentStatus::StartFailed`] before any
+/// tool runs.
+pub async fn run_agent_gated(
+    fleet: &Fleet,
+    toolbox: &Toolbox,
+    spec: &AgentSpec,
+    config: &AgentConfig,
+    mut gate: Option<StartGate>,
+    cancel: &CancellationToken,
+) -> AgentOutcome {
     let schema = config
         .output_schema
         .clone()
@@ -247,6 +271,7 @@ pub async fn run_agent(
 
         let mut results = Vec::new();
         let mut finished = None;
+        let mut gate_failed = None;
         for block in &response.content {
             let ContentBlock::ToolUse { id, name, input } = block else {
                 continue;
@@ -276,8 +301,17 @@ pub async fn run_agent(
                 }
                 continue;
             }
+            if let Some(pending) = gate.take()
+                && let Err(reason) = pending.await
+            {
+                gate_failed = Some(reason);
+                break;
+            }
             let output = toolbox.call(name, input).await;
             results.push(tool_result(id, output.content, output.is_error));
+        }
+        if let Some(reason) = gate_failed {
+            break AgentStatus::StartFailed(reason);
         }
         match finished {
             Some(Value::Null) => break AgentStatus::InvalidResult,

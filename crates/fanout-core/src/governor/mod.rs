@@ -189,7 +189,13 @@ impl Governor {
     pub async fn reserve(&self, cost: Cost) -> Reservation {
         let queued_at = Instant::now();
         let _waiting = WaitingGuard::new(&self.inner);
-        let _turn = self.inner.turn.lock().await;
+        // Uncontended (nobody queued, nothing waiting for capacity), take the turn without
+        // yielding: a lock handoff per request would chain 1,000 starting agents through the
+        // run queue one wake-up at a time. Contended, queue in FIFO order as usual.
+        let _turn = match self.inner.turn.try_lock() {
+            Ok(turn) => turn,
+            Err(_) => self.inner.turn.lock().await,
+        };
         loop {
             let notified = self.inner.changed.notified();
             tokio::pin!(notified);

@@ -25,10 +25,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use futures_util::FutureExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{AgentConfig, AgentOutcome, AgentStatus as LoopStatus, run_agent};
+use crate::agent::{AgentConfig, AgentOutcome, AgentStatus as LoopStatus, run_agent_gated};
 use crate::config::{Config, Mode};
 use crate::fleet::Fleet;
 use crate::plan::{Plan, Subtask};
@@ -37,6 +38,7 @@ use crate::provider::{Message, Request};
 use crate::retry::lock;
 use crate::run::checkpoint::{CheckpointId, CheckpointPolicy, Checkpointer};
 use crate::run::checkpoint_worker::CheckpointWorker;
+use crate::run::durable::SyncGroup;
 use crate::run::preimage::{self, BaseBlobs, Preimage, PreimageError};
 use crate::run::scheduler::{
     NotRun, SchedulerEvent, SchedulerLimits, TaskOutcome, TaskSpec, run_graph,
@@ -151,6 +153,8 @@ pub enum EngineError {
     Preimage(#[from] PreimageError),
     #[error("a blocking task failed: {0}")]
     Join(String),
+    #[error("cannot start the sync worker thread: {0}")]
+    SyncWorker(String),
 }
 
 /// Per-agent results the scheduler's events are enriched with.
@@ -179,6 +183,8 @@ struct Shared {
     base_blobs: BaseBlobs,
     /// Pre-images recorded by the run's earlier processes (resume), by agent.
     preimages: Mutex<HashMap<String, Arc<Preimage>>>,
+    /// Makes agents' edits durable in shared `syncfs` rounds.
+    durable: SyncGroup,
 }
 
 /// What a resumed run starts from, read from the store and the pre-images.
@@ -328,6 +334,7 @@ async fn run_engine(
         facts: RepoFacts::scan(&repo_for_facts),
         base_blobs,
         preimages: Mutex::new(state.preimages),
+        durable: SyncGroup::start().map_err(|error| EngineError::SyncWorker(error.to_string()))?,
     });
 
     on_event(&EngineEvent::Phase {
@@ -576,38 +583,9 @@ async fn run_one(shared: Arc<Shared>, subtask: Subtask, cancel: CancellationToke
         .saturating_sub(1);
     let mut spent = 0.0;
     let mut tokens = 0u64;
-    // The pre-image of the write scope, its contents made durable before anything of this
-    // agent is on record or runs; its manifest is committed with the first start row (a
-    // resumed run gets the one recorded before the first attempt).
-    let recorded = lock(&shared.preimages).remove(&agent_id);
-    let (preimage, mut manifest) = match recorded {
-        Some(preimage) => (preimage, None),
-        None => {
-            let repo = inputs.repo.clone();
-            let run_id = inputs.run_id.clone();
-            let id = agent_id.clone();
-            let patterns = spec.scope.clone();
-            let taken = {
-                let shared = Arc::clone(&shared);
-                blocking(move || {
-                    let preimage =
-                        preimage::prepare(&repo, &run_id, &id, &patterns, &shared.base_blobs)?;
-                    let manifest = preimage::manifest_json(&preimage)?;
-                    Ok::<_, PreimageError>((preimage, manifest))
-                })
-                .await
-            };
-            match taken {
-                Ok(Ok((preimage, manifest))) => (Arc::new(preimage), Some(manifest)),
-                Ok(Err(error)) => {
-                    return finish_without_running(&shared, &agent_id, mode, format!("{error}"));
-                }
-                Err(error) => {
-                    return finish_without_running(&shared, &agent_id, mode, format!("{error}"));
-                }
-            }
-        }
-    };
+    // The pre-image of the write scope: a resumed run gets the one recorded before the first
+    // attempt; otherwise the first attempt's start takes it.
+    let mut known_preimage = lock(&shared.preimages).remove(&agent_id);
     loop {
         attempt += 1;
         let config = agent_config(&inputs.config, mode);
@@ -627,19 +605,9 @@ async fn run_one(shared: Arc<Shared>, subtask: Subtask, cancel: CancellationToke
             escalated,
             started_at,
         };
-        let start = match manifest.take() {
-            Some(manifest) => {
-                shared
-                    .store
-                    .start_agent_with_preimage(start_row, manifest)
-                    .await
-            }
-            None => shared.store.start_agent(start_row).await,
-        };
-        if let Err(error) = start {
-            // Nothing may run before its start is on record.
-            return finish_without_running(&shared, &agent_id, mode, format!("run store: {error}"));
-        }
+        // Nothing of the agent may touch the tree before its start is on record: its tool
+        // calls wait for this gate, its first model call does not.
+        let start = start_attempt(&shared, start_row, known_preimage.clone(), &spec.scope);
         let toolbox = ScopePolicy::from_config(&inputs.config, &spec)
             .map_err(|e| e.to_string())
             .and_then(|policy| {
@@ -655,6 +623,9 @@ async fn run_one(shared: Arc<Shared>, subtask: Subtask, cancel: CancellationToke
         let toolbox = match toolbox {
             Ok(toolbox) => toolbox,
             Err(message) => {
+                if let Err(reason) = start.await {
+                    return finish_without_running(&shared, &agent_id, mode, reason);
+                }
                 let finish = AgentFinish {
                     run_id: inputs.run_id.clone(),
                     agent_id: agent_id.clone(),
@@ -686,7 +657,21 @@ async fn run_one(shared: Arc<Shared>, subtask: Subtask, cancel: CancellationToke
                 };
             }
         };
-        let outcome = run_agent(&inputs.fleet, &toolbox, &spec, &config, &cancel).await;
+        let gate: crate::agent::StartGate =
+            Box::pin(start.clone().map(|started| started.map(drop)));
+        let outcome =
+            run_agent_gated(&inputs.fleet, &toolbox, &spec, &config, Some(gate), &cancel).await;
+        let preimage = match start.await {
+            Ok(preimage) => preimage,
+            // No start row: none of its tools ran, so there is nothing to undo or record.
+            Err(reason) => {
+                let mut not_started = finish_without_running(&shared, &agent_id, mode, reason);
+                // Its model calls were made and paid for all the same.
+                not_started.cost = spent + outcome.dollars;
+                return not_started;
+            }
+        };
+        known_preimage = Some(Arc::clone(&preimage));
         spent += outcome.dollars;
         tokens += outcome.input_tokens + outcome.output_tokens;
         record_denials(&shared, &outcome, attempt);
@@ -699,7 +684,7 @@ async fn run_one(shared: Arc<Shared>, subtask: Subtask, cancel: CancellationToke
         let mut sync_failure = None;
         if succeeded {
             // Its edits reach the disk before its success row does (power loss).
-            if let Err(error) = sync_scope(&inputs.repo, &preimage).await {
+            if let Err(error) = sync_scope(&shared, &preimage).await {
                 succeeded = false;
                 sync_failure = Some(error);
             }
@@ -819,6 +804,68 @@ async fn run_one(shared: Arc<Shared>, subtask: Subtask, cancel: CancellationToke
     }
 }
 
+/// The shared result of an attempt's start: its pre-image (taken now unless `known`) and its
+/// start row, both durable. Runs as its own task, so it completes even if the agent is
+/// cancelled meanwhile.
+type StartFuture = futures_util::future::Shared<
+    futures_util::future::BoxFuture<'static, Result<Arc<Preimage>, String>>,
+>;
+
+fn start_attempt(
+    shared: &Arc<Shared>,
+    row: AgentStart,
+    known: Option<Arc<Preimage>>,
+    scope: &[String],
+) -> StartFuture {
+    let shared = Arc::clone(shared);
+    let patterns = scope.to_vec();
+    let task = tokio::spawn(async move {
+        let (preimage, manifest) = match known {
+            Some(preimage) => (preimage, None),
+            None => {
+                let repo = shared.inputs.repo.clone();
+                let run_id = shared.inputs.run_id.clone();
+                let agent_id = row.agent_id.clone();
+                let for_blobs = Arc::clone(&shared);
+                let taken = blocking(move || {
+                    let (preimage, sync) = preimage::prepare(
+                        &repo,
+                        &run_id,
+                        &agent_id,
+                        &patterns,
+                        &for_blobs.base_blobs,
+                    )?;
+                    let manifest = preimage::manifest_json(&preimage)?;
+                    Ok::<_, PreimageError>((preimage, manifest, sync))
+                })
+                .await
+                .map_err(|error| error.to_string())?
+                .map_err(|error| error.to_string())?;
+                let (preimage, manifest, sync) = taken;
+                // The git objects it points at are durable before the manifest is.
+                shared
+                    .durable
+                    .sync(sync)
+                    .await
+                    .map_err(|error| format!("pre-image: {error}"))?;
+                (Arc::new(preimage), Some(manifest))
+            }
+        };
+        let recorded = match manifest {
+            Some(manifest) => shared.store.start_agent_with_preimage(row, manifest).await,
+            None => shared.store.start_agent(row).await,
+        };
+        recorded.map_err(|error| format!("run store: {error}"))?;
+        Ok(preimage)
+    });
+    async move {
+        task.await
+            .unwrap_or_else(|error| Err(format!("the start of the agent failed: {error}")))
+    }
+    .boxed()
+    .shared()
+}
+
 /// Run blocking file or git work off the async workers.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
@@ -828,14 +875,20 @@ async fn blocking<T: Send + 'static>(
         .map_err(|error| EngineError::Join(error.to_string()))
 }
 
-async fn sync_scope(repo: &Path, preimage: &Arc<Preimage>) -> Result<(), String> {
-    let repo = repo.to_path_buf();
+/// Make the agent's write scope durable, in a shared sync round.
+async fn sync_scope(shared: &Shared, preimage: &Arc<Preimage>) -> Result<(), String> {
+    let repo = shared.inputs.repo.clone();
     let preimage = Arc::clone(preimage);
-    match blocking(move || preimage::sync_scope(&repo, &preimage)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(error) => Err(error.to_string()),
-    }
+    let set = match blocking(move || preimage::scope_sync_set(&repo, &preimage)).await {
+        Ok(Ok(set)) => set,
+        Ok(Err(error)) => return Err(error.to_string()),
+        Err(error) => return Err(error.to_string()),
+    };
+    shared
+        .durable
+        .sync(set)
+        .await
+        .map_err(|error| error.to_string())
 }
 
 async fn restore_scope(repo: &Path, preimage: &Arc<Preimage>) -> Result<(), String> {
@@ -1024,6 +1077,7 @@ fn failure_text(outcome: &AgentOutcome) -> String {
         LoopStatus::TimeLimit => "wall-time limit reached".to_string(),
         LoopStatus::Cancelled => "cancelled".to_string(),
         LoopStatus::ProviderError(message) => format!("model API: {message}"),
+        LoopStatus::StartFailed(message) => message.clone(),
     };
     if !outcome.flags.is_empty() {
         text.push_str(&format!(" ({})", outcome.flags.join("; ")));

@@ -12,6 +12,8 @@
 //!
 //! - [`scheduler`]: [`run_graph`](scheduler::run_graph) admits a dependency graph of tasks
 //!   under a concurrency cap and a dollar budget, for both repository and item work.
+//! - [`durable`]: [`SyncGroup`](durable::SyncGroup) makes many agents' edits durable with
+//!   one `syncfs` per filesystem per round.
 //! - [`preimage`]: durable pre-images of each agent's write scope, so `fanout resume` can
 //!   roll back agents that were in flight when the process died.
 //!
@@ -20,6 +22,7 @@
 
 pub mod checkpoint;
 pub mod checkpoint_worker;
+pub mod durable;
 pub mod engine;
 pub mod git;
 pub mod preimage;

@@ -52,6 +52,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::policy::PathSet;
+use crate::run::durable::SyncSet;
 use crate::run::git::Git;
 
 /// The manifest format this build writes (2: entries may point at a git blob).
@@ -86,6 +87,8 @@ pub enum PreimageError {
     Blob { path: PathBuf },
     #[error("git: {message}")]
     Git { message: String },
+    #[error(transparent)]
+    Sync(#[from] crate::run::durable::SyncError),
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> PreimageError + 'a {
@@ -225,7 +228,8 @@ pub fn capture(
     if let Some(existing) = load(repo, run_id, agent_id)? {
         return Ok(existing);
     }
-    let preimage = prepare(repo, run_id, agent_id, patterns, &BaseBlobs::default())?;
+    let (preimage, sync) = prepare(repo, run_id, agent_id, patterns, &BaseBlobs::default())?;
+    sync.sync_now()?;
     let dir = preimage_dir(repo, run_id);
     create_dir_durably(&dir)?;
     let bytes = manifest_json(&preimage)?;
@@ -234,17 +238,23 @@ pub fn capture(
     Ok(preimage)
 }
 
-/// Take the pre-image of `agent_id`'s write scope and make every content it names durable —
-/// a blob under `blobs/`, or, for a file unchanged since the run's base checkpoint, the git
-/// object `base` knows it by — but not the manifest itself: the caller records that (the
-/// engine, in the run store, in the transaction of the agent's start row). Blocking.
+/// Take the pre-image of `agent_id`'s write scope. Every content it names is kept: a blob
+/// under `blobs/` (made durable here), or, for a file unchanged since the run's base
+/// checkpoint, the git object `base` knows it by. Loose git objects are made durable by the
+/// caller: the returned [`SyncSet`] names their filesystem, to be synced (one `syncfs`, shared
+/// with other agents by a [`SyncGroup`]) before the manifest is recorded. The manifest itself
+/// is the caller's to record too (the engine, in the run store, in the transaction of the
+/// agent's start row). Blocking.
+///
+/// [`SyncGroup`]: crate::run::durable::SyncGroup
 pub fn prepare(
     repo: &Path,
     run_id: &str,
     agent_id: &str,
     patterns: &[String],
     base: &BaseBlobs,
-) -> Result<Preimage, PreimageError> {
+) -> Result<(Preimage, SyncSet), PreimageError> {
+    let mut sync = SyncSet::default();
     let set = compile(agent_id, patterns)?;
     let dir = preimage_dir(repo, run_id);
     let blobs = dir.join("blobs");
@@ -261,7 +271,9 @@ pub fn prepare(
             let bytes = std::fs::read(path).map_err(io("read", path))?;
             let sha256 = hex(&Sha256::digest(&bytes));
             let git_blob = match base.blob_of(relative) {
-                Some(oid) if *oid == git_blob_id(&bytes) && base.make_durable(oid)? => {
+                Some(oid)
+                    if *oid == git_blob_id(&bytes) && base.make_durable(oid, &mut sync)? =>
+                {
                     Some(oid.clone())
                 }
                 _ => None,
@@ -289,14 +301,15 @@ pub fn prepare(
     if blobs_written {
         sync_dir(&blobs)?;
     }
-    Ok(Preimage {
+    let preimage = Preimage {
         version: MANIFEST_VERSION,
         run_id: run_id.to_owned(),
         agent_id: agent_id.to_owned(),
         patterns: patterns.to_vec(),
         entries,
         dirs,
-    })
+    };
+    Ok((preimage, sync))
 }
 
 /// The run's base checkpoint as pre-images use it: the git blob id of every regular file in
@@ -318,8 +331,9 @@ pub struct BaseBlobs {
 }
 
 impl BaseBlobs {
-    /// Read the base tree's blobs (`git ls-tree -r -z TREE`) and make the packs durable.
-    /// Blocking.
+    /// Read the base tree's blobs (`git ls-tree -r -z TREE`) and make the packs durable. Loose
+    /// objects are made durable by the caller of [`prepare`], which gets the object database
+    /// in its [`SyncSet`]. Blocking.
     pub fn load(git: &Git, tree: &str) -> Result<BaseBlobs, PreimageError> {
         let git_error = |err: crate::run::git::GitError| PreimageError::Git {
             message: err.to_string(),
@@ -409,33 +423,25 @@ impl BaseBlobs {
         self.blobs.get(relative)
     }
 
-    /// `fsync` the loose object `oid` and its directory; a packed object was made durable by
-    /// [`BaseBlobs::load`]. False if the object cannot be found (the contents are copied then).
-    fn make_durable(&self, oid: &str) -> Result<bool, PreimageError> {
+    /// Whether the blob `oid` is in the object database. A loose one is durable once `sync`
+    /// (which gets the object database's filesystem) has been synced; a packed one was made
+    /// durable by `load` or is synced here if its pack is new (a `git gc` during the run).
+    /// False if the object cannot be found (the contents are copied then).
+    fn make_durable(&self, oid: &str, sync: &mut SyncSet) -> Result<bool, PreimageError> {
         if oid.len() < 3 || !oid.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(false);
         }
-        let dir = self.objects.join(&oid[..2]);
-        let path = dir.join(&oid[2..]);
-        let not_found = |err: &std::io::Error| err.kind() == std::io::ErrorKind::NotFound;
-        match std::fs::File::open(&path) {
-            Ok(file) => {
-                file.sync_all().map_err(io("sync", &path))?;
-                match std::fs::File::open(&dir).and_then(|handle| handle.sync_all()) {
-                    Ok(()) => Ok(true),
-                    // Packed and pruned meanwhile (a concurrent `git gc`).
-                    Err(err) if not_found(&err) => self.sync_packs(),
-                    Err(source) => Err(PreimageError::Io {
-                        what: "sync",
-                        path: dir,
-                        source,
-                    }),
-                }
+        let path = self.objects.join(&oid[..2]).join(&oid[2..]);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() => {
+                sync.note(&self.objects, &meta);
+                Ok(true)
             }
+            Ok(_) => Ok(false),
             // Not loose: in a pack (made durable here if it is new).
-            Err(err) if not_found(&err) => self.sync_packs(),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => self.sync_packs(),
             Err(source) => Err(PreimageError::Io {
-                what: "open",
+                what: "read the metadata of",
                 path,
                 source,
             }),
@@ -592,6 +598,36 @@ pub fn sync_scope(repo: &Path, preimage: &Preimage) -> Result<(), PreimageError>
         }
     }
     Ok(())
+}
+
+/// The filesystems holding an agent's write scope (its files, their directories and the
+/// directories the scope covers, where deletions live), for a [`SyncGroup`] round that makes
+/// the agent's edits durable: the grouped equivalent of [`sync_scope`]. Blocking.
+///
+/// [`SyncGroup`]: crate::run::durable::SyncGroup
+pub fn scope_sync_set(repo: &Path, preimage: &Preimage) -> Result<SyncSet, PreimageError> {
+    let set = compile(&preimage.agent_id, &preimage.patterns)?;
+    let mut dirs = BTreeSet::new();
+    let mut sync = SyncSet::default();
+    for_each_in_scope(repo, &set, &mut dirs, &mut |_, path, meta| {
+        sync.note(path, meta);
+        Ok(())
+    })?;
+    for dir in dirs {
+        let path = repo.join(&dir);
+        if let Ok(meta) = std::fs::symlink_metadata(&path)
+            && meta.is_dir()
+        {
+            sync.note(&path, &meta);
+        }
+    }
+    if sync.is_empty() {
+        // Nothing of the scope exists (it deleted everything): its deletions are entries of
+        // the repository's directories.
+        sync.note_path(repo)
+            .map_err(io("read the metadata of", repo))?;
+    }
+    Ok(sync)
 }
 
 /// Remove temporary files a killed process left in the working tree (the file tools and
@@ -1194,7 +1230,11 @@ mod tests {
         let base = BaseBlobs::load(&git, &tree).unwrap();
         // b.txt changed since the base: its contents are copied.
         write(repo, "src/b.txt", "b, edited before the agent\n");
-        let preimage = prepare(repo, "run-1", "agent-1", &["src/**".to_owned()], &base).unwrap();
+        let (preimage, sync) =
+            prepare(repo, "run-1", "agent-1", &["src/**".to_owned()], &base).unwrap();
+        // The unchanged file points at a loose git object: its filesystem is to be synced.
+        assert_eq!(sync.len(), 1);
+        sync.sync_now().unwrap();
         let blob_of = |path: &str| match &preimage.entries[path] {
             Entry::File { git_blob, .. } => git_blob.clone(),
             Entry::Symlink { .. } => None,

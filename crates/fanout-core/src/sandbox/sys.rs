@@ -1,4 +1,4 @@
-//! Every raw system call of the tool and sandbox layers, in one place.
+//! Every raw system call of the tool, sandbox and durability layers, in one place.
 //!
 //! The workspace denies `unsafe_code`; this module is the one exception. Each block is a
 //! direct libc call on arguments that are checked (NUL-free C strings, fds we own or borrow)
@@ -82,11 +82,11 @@ pub(crate) fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result
     check(rc)
 }
 
-/// `renameat(2)` within one directory.
-pub(crate) fn renameat(dir: BorrowedFd<'_>, from: &CStr, to: &CStr) -> io::Result<()> {
-    // SAFETY: valid fd and NUL-terminated names.
-    let rc =
-        unsafe { libc::renameat(dir.as_raw_fd(), from.as_ptr(), dir.as_raw_fd(), to.as_ptr()) };
+/// `syncfs(2)`: write out everything dirty on the filesystem that holds `fd` (data, inodes,
+/// directory entries) and flush the device cache; reports earlier writeback errors too.
+pub(crate) fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: a valid fd; no pointers are passed.
+    let rc = unsafe { libc::syncfs(fd.as_raw_fd()) };
     check(rc)
 }
 

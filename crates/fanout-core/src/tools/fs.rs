@@ -4,9 +4,16 @@
 //! leave it) and then opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
 //! RESOLVE_NO_MAGICLINKS)` from a directory fd of the root, so a symlink anywhere in the
 //! path, or one swapped in between a check and a write, makes the call fail instead of
-//! leaving the tree. Writes go to a temporary file created in the target's directory through
-//! the same directory fd and are renamed over the target, so what was checked is what is
-//! replaced. Files with more than one hard link are refused (they may alias a file outside).
+//! leaving the tree. Files with more than one hard link are refused (they may alias a file
+//! outside), checked on the opened file itself, so what was checked is what is written.
+//!
+//! Writes replace a file's contents in place (write, then cut to length) and create a new file
+//! directly at its name: no temporary inode, no rename, no freed inode per write. On
+//! filesystems where inode allocation and replace-by-rename are slow (ext4 without a journal
+//! scans recently freed inodes; `auto_da_alloc` flushes on rename) this is what lets a
+//! thousand agents write at once. A write is therefore not atomic to a concurrent reader or
+//! across a crash; what makes a run crash-safe is the agent's durable pre-image, which
+//! `fanout resume` restores for every agent that was in flight (see `run::preimage`).
 //!
 //! This layer knows nothing of scopes: [`crate::policy::ScopePolicy`] decides, this module
 //! makes sure the decision applies to the file that is actually touched.
@@ -15,17 +22,14 @@ use std::ffi::CString;
 use std::fs::{File, Permissions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::policy::DenyReason;
 use crate::sandbox::sys;
 
 const RESOLVE: u64 =
     libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Why a file operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -295,30 +299,58 @@ impl ScopedFs {
     ) -> Result<Vec<String>, FsError> {
         let mut created = Vec::new();
         let (dir, name) = self.parent_creating(relative, &mut created)?;
-        let current = existing_regular(&dir, &name, relative)?;
-        let mode = mode.unwrap_or_else(|| current.map_or(0o644, |mode| mode & 0o777));
-        let temp_name = format!(
-            ".fanout-tmp-{}-{}",
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let temp = Self::c_path(&temp_name)?;
-        let fd = sys::openat2(
-            dir.as_fd(),
-            &temp,
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-            0o600,
-            RESOLVE,
-        )
-        .map_err(|error| FsError::io(relative, error))?;
-        let mut file = File::from(fd);
-        let written = file
-            .write_all(content)
-            .and_then(|()| file.set_permissions(Permissions::from_mode(mode)))
-            .and_then(|()| sys::renameat(dir.as_fd(), &temp, &name));
-        if let Err(error) = written {
-            let _ = sys::unlinkat(dir.as_fd(), &temp, false);
-            return Err(FsError::io(relative, error));
+        match existing_regular(&dir, &name, relative)? {
+            Some(current) => {
+                let fd = sys::openat2(
+                    dir.as_fd(),
+                    &name,
+                    libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+                    0,
+                    RESOLVE,
+                )
+                .map_err(|error| FsError::io(relative, error))?;
+                let mut file = File::from(fd);
+                // The name may have been swapped since it was looked at: check the inode
+                // that is about to be written.
+                let meta = file
+                    .metadata()
+                    .map_err(|error| FsError::io(relative, error))?;
+                if !meta.file_type().is_file() {
+                    return Err(FsError::Denied(DenyReason::NotRegularFile));
+                }
+                if meta.nlink() > 1 {
+                    return Err(FsError::Denied(DenyReason::HardLink));
+                }
+                let wanted = mode.unwrap_or(current & 0o777);
+                file.write_all(content)
+                    .and_then(|()| file.set_len(content.len() as u64))
+                    .and_then(|()| {
+                        if meta.mode() & 0o7777 == wanted {
+                            Ok(())
+                        } else {
+                            file.set_permissions(Permissions::from_mode(wanted))
+                        }
+                    })
+                    .map_err(|error| FsError::io(relative, error))?;
+            }
+            None => {
+                let fd = sys::openat2(
+                    dir.as_fd(),
+                    &name,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                    0o600,
+                    RESOLVE,
+                )
+                .map_err(|error| FsError::io(relative, error))?;
+                let mut file = File::from(fd);
+                let written = file.write_all(content).and_then(|()| {
+                    file.set_permissions(Permissions::from_mode(mode.unwrap_or(0o644)))
+                });
+                if let Err(error) = written {
+                    let _ = sys::unlinkat(dir.as_fd(), &name, false);
+                    return Err(FsError::io(relative, error));
+                }
+            }
         }
         Ok(created)
     }
@@ -440,7 +472,7 @@ mod tests {
     }
 
     #[test]
-    fn writes_atomically_and_keeps_mode() {
+    fn writes_in_place_and_keeps_mode() {
         let (_dir, fs) = repo();
         let created = fs.write("src/deep/new.rs", b"one", None).unwrap();
         assert_eq!(created, ["src/deep"]);
@@ -449,12 +481,41 @@ mod tests {
             Permissions::from_mode(0o750),
         )
         .unwrap();
+        let inode = |fs: &ScopedFs| {
+            std::fs::metadata(fs.root_path().join("src/deep/new.rs"))
+                .unwrap()
+                .ino()
+        };
+        let before = inode(&fs);
         fs.write("src/deep/new.rs", b"two", None).unwrap();
+        assert_eq!(inode(&fs), before, "the file is rewritten, not replaced");
         assert_eq!(
             fs.state("src/deep/new.rs").unwrap(),
             FileState::File {
                 content: b"two".to_vec(),
                 mode: 0o750
+            }
+        );
+        // Shorter contents leave no tail; a set-id bit does not survive a write.
+        std::fs::set_permissions(
+            fs.root_path().join("src/deep/new.rs"),
+            Permissions::from_mode(0o4755),
+        )
+        .unwrap();
+        fs.write("src/deep/new.rs", b"3", None).unwrap();
+        assert_eq!(
+            fs.state("src/deep/new.rs").unwrap(),
+            FileState::File {
+                content: b"3".to_vec(),
+                mode: 0o755
+            }
+        );
+        fs.write("src/deep/new.rs", b"four", Some(0o600)).unwrap();
+        assert_eq!(
+            fs.state("src/deep/new.rs").unwrap(),
+            FileState::File {
+                content: b"four".to_vec(),
+                mode: 0o600
             }
         );
         assert_eq!(fs.state("src/none").unwrap(), FileState::Absent);

@@ -510,11 +510,6 @@ impl Toolbox {
             .and_then(Value::as_str)
             .unwrap_or("**")
             .to_string();
-        let glob = GlobBuilder::new(&pattern)
-            .literal_separator(true)
-            .build()
-            .map_err(|error| Failure::Failed(format!("invalid glob `{pattern}`: {error}")))?
-            .compile_matcher();
         if base.is_empty()
             && let Some(found) = self.literal_file(&pattern)
         {
@@ -530,6 +525,11 @@ impl Toolbox {
             }
             return Ok(out);
         }
+        let glob = GlobBuilder::new(&pattern)
+            .literal_separator(true)
+            .build()
+            .map_err(|error| Failure::Failed(format!("invalid glob `{pattern}`: {error}")))?
+            .compile_matcher();
         // Walk only beneath the pattern's literal directory (`src` for `src/**/*.rs`), once it
         // is known to be a real directory inside the repository.
         let start = if base.is_empty() {

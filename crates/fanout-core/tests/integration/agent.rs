@@ -355,3 +355,75 @@ async fn a_hostile_model_cannot_leave_its_scope() {
         outcome.flags
     );
 }
+
+const EDIT_FIRST: &str = r#"
+rules:
+  - match: {turn: 1}
+    tool_use: {name: edit_file, input: {path: src/a.rs, old_text: "fn a()", new_text: "fn alpha()"}}
+  - match: {turn: 2}
+    tool_use: {name: report_result, input: {status: success, summary: "renamed", files_changed: [src/a.rs]}}
+"#;
+
+/// The start gate lets the first model call go out at once but holds the first tool call
+/// until the gate opens; a failed gate means no tool runs at all.
+#[tokio::test]
+async fn tool_calls_wait_for_the_start_gate_and_never_run_when_it_fails() {
+    use fanout_core::agent::{StartGate, run_agent_gated};
+
+    let fixture = Fixture::new();
+    let sim = sim(EDIT_FIRST).await;
+    let toolbox = fixture.toolbox(&[]);
+    let (open, opened) = tokio::sync::oneshot::channel::<Result<(), String>>();
+    let gate: StartGate = Box::pin(async move { opened.await.unwrap_or(Err("dropped".into())) });
+    let fleet = fleet(&sim);
+    let (spec, config, cancel) = (spec(), config(), CancellationToken::new());
+    let agent = run_agent_gated(&fleet, &toolbox, &spec, &config, Some(gate), &cancel);
+    tokio::pin!(agent);
+    // The first model call is answered while the gate is shut; the edit waits.
+    let waited = tokio::time::timeout(Duration::from_millis(300), &mut agent).await;
+    assert!(waited.is_err(), "the agent finished with its gate shut");
+    assert_eq!(
+        sim.exchanges().len(),
+        1,
+        "the first turn went out before the gate"
+    );
+    assert_eq!(
+        std::fs::read_to_string(fixture.root.join("src/a.rs")).unwrap(),
+        "fn a() {}\n",
+        "no tool ran before the gate opened"
+    );
+    open.send(Ok(())).unwrap();
+    let outcome = agent.await;
+    assert_eq!(outcome.status, AgentStatus::Success, "{outcome:#?}");
+    assert_eq!(
+        std::fs::read_to_string(fixture.root.join("src/a.rs")).unwrap(),
+        "fn alpha() {}\n"
+    );
+
+    // A gate that fails: the agent ends before its first tool call, the tree untouched.
+    let fixture = Fixture::new();
+    let sim = self::sim(EDIT_FIRST).await;
+    let toolbox = fixture.toolbox(&[]);
+    let gate: StartGate = Box::pin(async { Err("run store: disk full".to_string()) });
+    let fleet = self::fleet(&sim);
+    let outcome = run_agent_gated(
+        &fleet,
+        &toolbox,
+        &spec,
+        &config,
+        Some(gate),
+        &CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(
+        outcome.status,
+        AgentStatus::StartFailed("run store: disk full".into())
+    );
+    assert!(outcome.receipts.tools_called.is_empty());
+    assert_eq!(sim.exchanges().len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(fixture.root.join("src/a.rs")).unwrap(),
+        "fn a() {}\n"
+    );
+    fixture.assert_no_escape();
+}
