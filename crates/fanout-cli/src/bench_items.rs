@@ -46,6 +46,9 @@ pub struct BenchItemsArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Have the simulator append every exchange (with its arrival time) to this JSONL file.
+    #[arg(long, value_name = "FILE")]
+    sim_record: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -153,13 +156,16 @@ pub async fn run(args: BenchItemsArgs) -> anyhow::Result<ExitCode> {
     if args.items == 0 || args.chunk_size == 0 || args.workers == 0 {
         bail!("--items, --chunk-size and --workers must be at least 1");
     }
-    let child = ChildSim::start(&[
-        "--latency-ms".into(),
+    let mut sim_options = vec![
+        "--latency-ms".to_string(),
         args.latency_ms.to_string(),
-        "--seed".into(),
-        "7".into(),
-    ])
-    .await?;
+        "--seed".to_string(),
+        "7".to_string(),
+    ];
+    if let Some(record) = &args.sim_record {
+        sim_options.extend(["--record".to_string(), record.display().to_string()]);
+    }
+    let child = ChildSim::start(&sim_options).await?;
     let root = tempfile::tempdir().context("cannot create a temporary directory")?;
     let prepare_started = tokio::time::Instant::now();
     let config = Config::from_str(

@@ -29,7 +29,10 @@ use fanout_core::config::items::{ChunkingConfig, Execution, ItemIdConfig};
 use fanout_core::fleet::Fleet;
 use fanout_core::governor::Governor;
 use fanout_core::items::output::Completion;
-use fanout_core::items::run::{EventSink, ItemEvent, ItemJob, ItemReport, RunOptions, WORKER_ROLE};
+use fanout_core::items::propose::{self, ItemProposal, SavedProposal};
+use fanout_core::items::run::{
+    EventSink, ItemEvent, ItemJob, ItemReport, RunOptions, WORKER_ROLE, load_items,
+};
 use fanout_core::items::worker::{OutputRoute, SUBMIT_TOOL};
 use fanout_core::plan;
 use fanout_core::provider::anthropic::AnthropicConfig;
@@ -73,33 +76,15 @@ async fn execute(
     root: PathBuf,
     resume: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let prepared = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || ItemJob::from_config(&config))
-            .await
-            .context("the item loader crashed")?
-    };
-    let job = match prepared {
-        Ok(job) => Arc::new(job),
-        Err(err) => {
-            eprintln!("error: {err}");
-            return Ok(ExitCode::from(EXIT_CONFIG));
-        }
-    };
-    if args.dry_run {
-        let text = if args.json {
-            let mut text = serde_json::to_string_pretty(&dry_run_json(&config, &job))?;
-            text.push('\n');
-            text
-        } else {
-            render_plan(&config, &job)
-        };
-        write_stdout(&text)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-
+    let llm = config
+        .items
+        .as_ref()
+        .is_some_and(|items| matches!(items.chunking, ChunkingConfig::Llm { .. }));
+    // A model is needed to run, and for a dry run that must ask the orchestrator for the
+    // item plan (`strategy: llm` without a reviewed `--plan`).
+    let needs_model = !args.dry_run || (llm && args.plan.is_none() && resume.is_none());
     let mut sim: Option<SimHandle> = None;
-    let base_url = if args.sim || args.scenario.is_some() {
+    let base_url = if needs_model && (args.sim || args.scenario.is_some()) {
         let scenario = match &args.scenario {
             Some(path) => Some(Scenario::from_file(path).context("cannot load the scenario")?),
             None => None,
@@ -123,11 +108,131 @@ async fn execute(
     } else {
         None
     };
-    let result = live(args, &config, job, root, resume, base_url.as_deref()).await;
+    let result = prepare_and_run(args, config, root, resume, base_url.as_deref(), llm).await;
     if let Some(handle) = sim.take() {
         handle.shutdown().await;
     }
     result
+}
+
+async fn prepare_and_run(
+    args: &RunArgs,
+    config: Config,
+    root: PathBuf,
+    resume: Option<String>,
+    base_url: Option<&str>,
+    llm: bool,
+) -> anyhow::Result<ExitCode> {
+    let prepared = if llm {
+        prepare_with_proposal(args, &config, &root, resume.as_deref(), base_url).await?
+    } else {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || ItemJob::from_config(&config))
+            .await
+            .context("the item loader crashed")?
+            .map(|job| (job, None))
+            .map_err(|err| err.to_string())
+    };
+    let (job, proposal) = match prepared {
+        Ok((job, proposal)) => (Arc::new(job), proposal),
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    if args.dry_run {
+        // The proposal is saved for review under a run id of its own; `--plan` runs it.
+        let saved = match &proposal {
+            Some(proposal) if args.plan.is_none() => {
+                let run_id = plan::RunId::new(SystemTime::now()).0;
+                Some(propose::save(&root, &run_id, proposal)?)
+            }
+            _ => None,
+        };
+        let text = if args.json {
+            let mut text = serde_json::to_string_pretty(&dry_run_json(
+                &config,
+                &job,
+                proposal.as_ref(),
+                saved.as_ref(),
+            ))?;
+            text.push('\n');
+            text
+        } else {
+            render_plan(&config, &job, proposal.as_ref(), saved.as_ref())
+        };
+        write_stdout(&text)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    live(args, &config, job, root, resume, base_url, proposal).await
+}
+
+/// Load the items and get the item plan of a `strategy: llm` workflow: the one a resumed run
+/// saved, a reviewed `--plan` file, or a new proposal from the orchestrator. `Err` is a
+/// message for the user (exit code 2).
+async fn prepare_with_proposal(
+    args: &RunArgs,
+    config: &Config,
+    root: &std::path::Path,
+    resume: Option<&str>,
+    base_url: Option<&str>,
+) -> anyhow::Result<Result<(ItemJob, Option<ItemProposal>), String>> {
+    let Some(items_config) = config.items.clone() else {
+        return Ok(Err("the workflow has no `items:` section".to_owned()));
+    };
+    let given = items_config.worker.output_schema.clone();
+    let items = match tokio::task::spawn_blocking(move || load_items(&items_config))
+        .await
+        .context("the item loader crashed")?
+    {
+        Ok(items) => items,
+        Err(err) => return Ok(Err(err.to_string())),
+    };
+    let reviewed = match (resume, &args.plan) {
+        (Some(run_id), _) => Some(propose::proposal_path(root, run_id)),
+        (None, Some(path)) => Some(path.clone()),
+        (None, None) => None,
+    };
+    let proposal = match reviewed {
+        Some(path) => match propose::load(&path, given.as_ref()) {
+            Ok(loaded) => {
+                if loaded.edited_since_review() {
+                    eprintln!(
+                        "note: {} was edited after its dry run; running it as it is now",
+                        path.display()
+                    );
+                }
+                loaded.proposal
+            }
+            Err(err) => return Ok(Err(err.to_string())),
+        },
+        None => {
+            let orchestrator = config.orchestrator_model();
+            let fleet = Fleet::new(
+                crate::run_cmd::provider_of(
+                    orchestrator.provider,
+                    base_url,
+                    crate::run_cmd::http_config(args),
+                )?,
+                Governor::new(plan::governor_config(config)),
+                RetryPolicy::default(),
+                Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
+            );
+            eprintln!(
+                "fanout: asking {} for an item plan (chunking, instructions, record fields)",
+                orchestrator.model
+            );
+            match propose::propose(&fleet, config, &items, &CancellationToken::new()).await {
+                Ok(proposal) => proposal,
+                Err(err) => return Ok(Err(err.to_string())),
+            }
+        }
+    };
+    let job = match ItemJob::with_proposal(config, items, &proposal) {
+        Ok(job) => job,
+        Err(err) => return Ok(Err(err.to_string())),
+    };
+    Ok(Ok((job, Some(proposal))))
 }
 
 async fn live(
@@ -137,6 +242,7 @@ async fn live(
     root: PathBuf,
     resume: Option<String>,
     base_url: Option<&str>,
+    proposal: Option<ItemProposal>,
 ) -> anyhow::Result<ExitCode> {
     let worker = config.model_for_role(WORKER_ROLE);
     let fleet = Fleet::new(
@@ -182,6 +288,12 @@ async fn live(
     };
     let store = Store::open_in_repo(&root)
         .with_context(|| format!("cannot open the run store under {}", root.display()))?;
+    // The run keeps the item plan it runs with, so that a resume uses the same one.
+    if let Some(proposal) = &proposal
+        && resume.is_none()
+    {
+        propose::save(&root, &run_id, proposal)?;
+    }
     if let Some(run_id) = &resume {
         eprintln!("fanout: continuing item run {run_id} (settled chunks are not sent again)");
     }
@@ -309,10 +421,18 @@ fn chunking_text(chunking: &ChunkingConfig) -> String {
             text.push(')');
             text
         }
+        ChunkingConfig::Llm { sample } => {
+            format!("llm (proposed by the orchestrator from {sample} sampled items)")
+        }
     }
 }
 
-fn render_plan(config: &Config, job: &ItemJob) -> String {
+fn render_plan(
+    config: &Config,
+    job: &ItemJob,
+    proposal: Option<&ItemProposal>,
+    saved: Option<&SavedProposal>,
+) -> String {
     let Some(items) = &config.items else {
         return String::new();
     };
@@ -344,7 +464,7 @@ fn render_plan(config: &Config, job: &ItemJob) -> String {
             String::new()
         }
     );
-    let _ = writeln!(out, "  chunking    {}", chunking_text(&items.chunking));
+    let _ = writeln!(out, "  chunking    {}", chunking_text(&job.chunking));
     let _ = writeln!(
         out,
         "  worker      {} ({} mode), answers through {}, max_tokens {}",
@@ -415,8 +535,50 @@ fn render_plan(config: &Config, job: &ItemJob) -> String {
                 .display()
                 .to_string())
     );
+    if let Some(proposal) = proposal {
+        let _ = writeln!(
+            out,
+            "\nItem plan (proposed by {} from {} sampled item(s); review it):",
+            job.synthesis_model.model, proposal.sampled
+        );
+        if !proposal.rationale.is_empty() {
+            let _ = writeln!(out, "  rationale   {}", proposal.rationale);
+        }
+        for field in &proposal.fields {
+            let mut line = format!(
+                "  field       {}: {}",
+                field.name,
+                format!("{:?}", field.kind).to_lowercase()
+            );
+            if !field.values.is_empty() {
+                let _ = write!(line, " one of {}", field.values.join(" | "));
+            }
+            if field.nullable {
+                line.push_str(" or null");
+            }
+            if !field.description.is_empty() {
+                let _ = write!(line, " — {}", field.description);
+            }
+            let _ = writeln!(out, "{line}");
+        }
+        match saved {
+            Some(saved) => {
+                let _ = writeln!(
+                    out,
+                    "  saved       {} ({})\n  run it as reviewed: fanout run {} --plan {}",
+                    saved.path.display(),
+                    saved.hash,
+                    config.origin.display(),
+                    saved.path.display()
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  source      the reviewed --plan file");
+            }
+        }
+    }
     let _ = writeln!(out, "\nWorker instructions:");
-    for line in items.worker.instructions.lines() {
+    for line in job.spec.instructions.lines() {
         let _ = writeln!(out, "  {line}");
     }
     let _ = writeln!(out, "\nOutput schema (each record; `id` is required):");
@@ -427,8 +589,15 @@ fn render_plan(config: &Config, job: &ItemJob) -> String {
     out
 }
 
-fn dry_run_json(config: &Config, job: &ItemJob) -> serde_json::Value {
+fn dry_run_json(
+    config: &Config,
+    job: &ItemJob,
+    proposal: Option<&ItemProposal>,
+    saved: Option<&SavedProposal>,
+) -> serde_json::Value {
     serde_json::json!({
+        "item_plan": proposal,
+        "item_plan_saved": saved,
         "workflow": config.origin,
         "name": job.name,
         "items": config.items,

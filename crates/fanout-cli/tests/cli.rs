@@ -1749,4 +1749,168 @@ mod item_work {
         // Half price for the same tokens (the synthesis is online in both).
         assert!(b["cost_usd"].as_f64().unwrap() < a["cost_usd"].as_f64().unwrap());
     }
+
+    const PROPOSALS: &str = r#"
+rules:
+  - name: first proposal, rejected
+    match: {tool: propose_item_plan, turn: 1}
+    tool_use:
+      name: propose_item_plan
+      input:
+        chunking: fixed
+        chunk_size: 0
+        instructions: "Triage each ticket."
+        rationale: "short tickets"
+        fields:
+          - {name: id, type: string, description: "the ticket"}
+          - {name: Category, type: string, description: "area", values: [billing, bug, account, other]}
+  - name: repaired proposal
+    match: {tool: propose_item_plan, turn: 2}
+    tool_use:
+      name: propose_item_plan
+      input:
+        chunking: fixed
+        chunk_size: 25
+        instructions: "Triage each ticket: its category and how upset the customer is."
+        rationale: "Tickets are short; 25 fit one call easily."
+        fields:
+          - {name: Category, type: string, description: "area", values: [billing, bug, account, other]}
+          - {name: "Customer Sentiment", type: integer, description: "1 calm .. 5 furious", nullable: true}
+"#;
+
+    /// `strategy: llm`: the dry run asks the orchestrator (one rejected answer, one repair),
+    /// shows the proposal and saves it; the live run with `--plan` uses it as reviewed, with
+    /// no orchestrator call, and every record matches the proposed fields.
+    #[test]
+    fn llm_chunking_is_proposed_reviewed_and_run_as_reviewed() {
+        let dir = example(|w| {
+            w.replace(
+                "      strategy: token_budget      # per_item | fixed | token_budget | llm (orchestrator proposes)\n      max_items: 30               # at most this many items per chunk\n      share_of_minute: 0.02       # a chunk uses at most 2% of the input-tokens/min limit\n",
+                "      strategy: llm\n      sample: 12\n",
+            )
+            .replace("      output_schema: schema.json  # each record; `id` is added and required if missing\n", "")
+            .replace("      count_by: [category, priority, sentiment]", "      count_by: [category]")
+        });
+        let workflow = std::fs::read_to_string(dir.path().join("workflow.yaml")).unwrap();
+        assert!(workflow.contains("strategy: llm") && !workflow.contains("output_schema"));
+        std::fs::write(dir.path().join("scenario.yaml"), PROPOSALS).unwrap();
+        let record = dir.path().join("dry.jsonl");
+        let output = run(
+            dir.path(),
+            &[
+                "--dry-run",
+                "--scenario",
+                "scenario.yaml",
+                "--sim-record",
+                record.to_str().unwrap(),
+            ],
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(0), "{output:?}");
+        for expected in [
+            "chunking    fixed (25 items per chunk)",
+            "chunks      12 (largest 25 items)",
+            "Item plan (proposed by",
+            "from 12 sampled item(s)",
+            "field       category: string one of billing | bug | account | other",
+            "field       customer_sentiment: integer or null",
+            "Triage each ticket: its category and how upset the customer is.",
+        ] {
+            assert!(stdout.contains(expected), "{expected:?} not in:\n{stdout}");
+        }
+        // The rejection named its problems; the orchestrator saw 12 tickets.
+        let exchanges: Vec<Value> = std::fs::read_to_string(&record)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(exchanges.len(), 2, "one rejected answer, one repair");
+        let repair = exchanges[1]["request"].to_string();
+        assert!(
+            repair.contains("chunk_size must be between 1 and 200, found 0"),
+            "{repair}"
+        );
+        assert!(repair.contains("`id` is added"), "{repair}");
+        assert_eq!(
+            exchanges[0]["request"]
+                .to_string()
+                .matches("<item id=")
+                .count(),
+            12
+        );
+        let saved = stdout
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("run it as reviewed: fanout run workflow.yaml --plan ")
+            })
+            .unwrap_or_else(|| panic!("no saved plan in:\n{stdout}"))
+            .to_owned();
+
+        let record = dir.path().join("live.jsonl");
+        let output = run(
+            dir.path(),
+            &[
+                "--sim",
+                "--json",
+                "--plan",
+                &saved,
+                "--sim-record",
+                record.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(output.status.code(), Some(0), "{output:?}");
+        let report = report(&output);
+        assert_eq!(report["status"], "completed");
+        let live: Vec<Value> = std::fs::read_to_string(&record)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let asked = |tool: &str| {
+            live.iter()
+                .filter(|e| e["request"]["tools"].to_string().contains(tool))
+                .count()
+        };
+        assert_eq!(
+            asked("propose_item_plan"),
+            0,
+            "the reviewed plan is not asked again"
+        );
+        assert_eq!(asked("submit_results"), 12, "300 tickets in chunks of 25");
+        let out = dir
+            .path()
+            .join(PathBuf::from(report["output_dir"].as_str().unwrap()));
+        let records = results(&out);
+        assert_eq!(records.len(), 300);
+        let categories = ["billing", "bug", "account", "other"];
+        for record in &records {
+            let keys: BTreeSet<&str> = record
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            assert_eq!(
+                keys,
+                BTreeSet::from(["id", "category", "customer_sentiment"]),
+                "{record}"
+            );
+            assert!(
+                categories.contains(&record["category"].as_str().unwrap()),
+                "{record}"
+            );
+        }
+        // The run kept the plan it ran with, for `fanout resume`.
+        let run_id = report["run_id"].as_str().unwrap();
+        let kept = dir
+            .path()
+            .join(".fanout/runs")
+            .join(run_id)
+            .join("item-plan.json");
+        assert_eq!(
+            std::fs::read_to_string(kept).unwrap(),
+            std::fs::read_to_string(dir.path().join(&saved)).unwrap()
+        );
+    }
 }

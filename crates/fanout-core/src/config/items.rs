@@ -85,6 +85,9 @@ pub(crate) struct RawChunking {
     pub share_of_minute: Option<Spanned<f64>>,
     #[serde(default)]
     pub max_input_tokens: Option<Spanned<u64>>,
+    /// For `llm`: how many items the orchestrator sees.
+    #[serde(default)]
+    pub sample: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,8 +96,10 @@ pub(crate) struct RawWorker {
     pub instructions: Spanned<String>,
     #[serde(default)]
     pub template: Option<Spanned<String>>,
-    /// A path to a JSON file, or the schema inline.
-    pub output_schema: Spanned<Value>,
+    /// A path to a JSON file, or the schema inline. Only `chunking.strategy: llm` may leave
+    /// it out (the orchestrator proposes the record's fields then).
+    #[serde(default)]
+    pub output_schema: Option<Spanned<Value>>,
     #[serde(default)]
     pub output: Option<Spanned<OutputRoute>>,
     #[serde(default)]
@@ -162,7 +167,8 @@ pub enum Strategy {
     PerItem,
     Fixed,
     TokenBudget,
-    /// The orchestrator proposes the chunking (not supported yet).
+    /// The orchestrator looks at a sample and proposes the chunking, the worker instructions
+    /// and (when the workflow gives none) the record's fields.
     Llm,
 }
 
@@ -211,7 +217,16 @@ pub enum ChunkingConfig {
         share_of_minute: f64,
         max_input_tokens: u64,
     },
+    /// Proposed by the orchestrator from `sample` items (see `crate::items::propose`).
+    Llm {
+        sample: usize,
+    },
 }
+
+/// Default number of items the orchestrator sees with `strategy: llm`.
+pub const DEFAULT_LLM_SAMPLE: usize = 20;
+/// Most items the orchestrator may be shown with `strategy: llm`.
+pub const MAX_LLM_SAMPLE: usize = 200;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ItemWorkerConfig {
@@ -219,8 +234,9 @@ pub struct ItemWorkerConfig {
     /// The template's text (read from its file), when one is given.
     pub template: Option<String>,
     pub template_path: Option<PathBuf>,
-    /// The record schema as written (compiled again by the runner).
-    pub output_schema: Value,
+    /// The record schema as written (compiled again by the runner); `None` only with
+    /// `chunking.strategy: llm`, where the orchestrator proposes it.
+    pub output_schema: Option<Value>,
     /// The schema file, when it came from one.
     pub output_schema_path: Option<PathBuf>,
     pub output: OutputRoute,
@@ -320,7 +336,8 @@ pub(crate) fn resolve(origin: &Path, raw: RawItems) -> Result<ItemsConfig, Confi
     let check = Check { origin, base };
     let input = input(&check, raw.input)?;
     let chunking = chunking(&check, raw.chunking)?;
-    let worker = worker(&check, raw.worker)?;
+    let llm = matches!(chunking, ChunkingConfig::Llm { .. });
+    let worker = worker(&check, raw.worker, llm)?;
     let retries = match raw.retries {
         Some(retries) => ItemRetriesConfig {
             resend_missing: small_count(
@@ -520,14 +537,48 @@ fn chunking(check: &Check<'_>, raw: Option<RawChunking>) -> Result<ChunkingConfi
                 _ => "this key is for `strategy: token_budget`",
             })
     };
+    if strategy != Strategy::Llm
+        && let Some(sample) = &raw.sample
+    {
+        return Err(
+            unused("sample", sample.referenced).with_hint("`sample` is for `strategy: llm`")
+        );
+    }
     match strategy {
-        Strategy::Llm => Err(check
-            .invalid(
-                raw.strategy.referenced,
-                &format!("{section}.strategy"),
-                format!("`{section}.strategy: llm` is not supported yet"),
-            )
-            .with_hint("use `token_budget`, `fixed` or `per_item`")),
+        Strategy::Llm => {
+            for (name, at) in [
+                ("size", raw.size.as_ref().map(|v| v.referenced)),
+                ("max_items", raw.max_items.as_ref().map(|v| v.referenced)),
+                (
+                    "share_of_minute",
+                    raw.share_of_minute.as_ref().map(|v| v.referenced),
+                ),
+                (
+                    "max_input_tokens",
+                    raw.max_input_tokens.as_ref().map(|v| v.referenced),
+                ),
+            ] {
+                if let Some(at) = at {
+                    return Err(unused(name, at)
+                        .with_hint("with `llm`, the orchestrator proposes the chunk size"));
+                }
+            }
+            let sample = match &raw.sample {
+                Some(value) if value.value == 0 || value.value > MAX_LLM_SAMPLE as u64 => {
+                    return Err(check.invalid(
+                        value.referenced,
+                        &format!("{section}.sample"),
+                        format!(
+                            "`{section}.sample` must be between 1 and {MAX_LLM_SAMPLE}, found {}",
+                            value.value
+                        ),
+                    ));
+                }
+                Some(value) => value.value as usize,
+                None => DEFAULT_LLM_SAMPLE,
+            };
+            Ok(ChunkingConfig::Llm { sample })
+        }
         Strategy::PerItem | Strategy::Fixed => {
             for (name, at) in [
                 ("max_items", raw.max_items.as_ref().map(|v| v.referenced)),
@@ -596,6 +647,56 @@ fn chunking(check: &Check<'_>, raw: Option<RawChunking>) -> Result<ChunkingConfi
     }
 }
 
+/// Read and check a written `output_schema` (a path or a mapping).
+fn output_schema(
+    check: &Check<'_>,
+    key: &str,
+    written: Spanned<Value>,
+) -> Result<(Value, Option<PathBuf>), ConfigError> {
+    let at = written.referenced;
+    let (schema, schema_path) = match written.value {
+        Value::String(text) if text.trim().is_empty() => {
+            return Err(check.invalid(at, key, format!("`{key}` is empty")));
+        }
+        Value::String(text) => {
+            let path = check.path(&text);
+            let bytes = std::fs::read(&path).map_err(|error| {
+                check
+                    .invalid(
+                        at,
+                        key,
+                        format!("cannot read the output schema {}: {error}", path.display()),
+                    )
+                    .with_hint("the path is relative to the workflow file")
+            })?;
+            let value: Value = serde_json::from_slice(&bytes).map_err(|error| {
+                check.invalid(at, key, format!("{} is not JSON: {error}", path.display()))
+            })?;
+            (value, Some(path))
+        }
+        value @ Value::Object(_) => (value, None),
+        other => {
+            return Err(ConfigError::new(
+                ConfigErrorKind::WrongType,
+                check.origin,
+                Some(at),
+                key,
+                format!(
+                    "`{key}` must be a path to a JSON Schema file or a schema mapping, found {other}"
+                ),
+            ));
+        }
+    };
+    OutputSchema::new(schema.clone()).map_err(|error| {
+        let message = match &schema_path {
+            Some(path) => format!("{}: {error}", path.display()),
+            None => error.to_string(),
+        };
+        check.invalid(at, key, message)
+    })?;
+    Ok((schema, schema_path))
+}
+
 fn strategy_name(strategy: Strategy) -> &'static str {
     match strategy {
         Strategy::PerItem => "per_item",
@@ -605,7 +706,7 @@ fn strategy_name(strategy: Strategy) -> &'static str {
     }
 }
 
-fn worker(check: &Check<'_>, raw: RawWorker) -> Result<ItemWorkerConfig, ConfigError> {
+fn worker(check: &Check<'_>, raw: RawWorker, llm: bool) -> Result<ItemWorkerConfig, ConfigError> {
     let section = format!("{KEY}.worker");
     let instructions = check.non_empty(&format!("{section}.instructions"), &raw.instructions)?;
     let (template, template_path) = match &raw.template {
@@ -634,47 +735,27 @@ fn worker(check: &Check<'_>, raw: RawWorker) -> Result<ItemWorkerConfig, ConfigE
         None => (None, None),
     };
     let key = format!("{section}.output_schema");
-    let at = raw.output_schema.referenced;
-    let (schema, schema_path) = match raw.output_schema.value {
-        Value::String(text) if text.trim().is_empty() => {
-            return Err(check.invalid(at, &key, format!("`{key}` is empty")));
+    let (schema, schema_path) = match raw.output_schema {
+        Some(written) => {
+            let (schema, path) = output_schema(check, &key, written)?;
+            (Some(schema), path)
         }
-        Value::String(text) => {
-            let path = check.path(&text);
-            let bytes = std::fs::read(&path).map_err(|error| {
-                check
-                    .invalid(
-                        at,
-                        &key,
-                        format!("cannot read the output schema {}: {error}", path.display()),
-                    )
-                    .with_hint("the path is relative to the workflow file")
-            })?;
-            let value: Value = serde_json::from_slice(&bytes).map_err(|error| {
-                check.invalid(at, &key, format!("{} is not JSON: {error}", path.display()))
-            })?;
-            (value, Some(path))
-        }
-        value @ Value::Object(_) => (value, None),
-        other => {
+        None if llm => (None, None),
+        None => {
+            // No span for a key that is not there: point at the section's `instructions`.
             return Err(ConfigError::new(
-                ConfigErrorKind::WrongType,
+                ConfigErrorKind::MissingKey,
                 check.origin,
-                Some(at),
+                Some(raw.instructions.referenced),
                 &key,
-                format!(
-                    "`{key}` must be a path to a JSON Schema file or a schema mapping, found {other}"
-                ),
+                format!("`{key}` is required in this `worker` section"),
+            )
+            .with_hint(
+                "a path to a JSON Schema file or a schema mapping; only `chunking.strategy: llm` \
+                 proposes one",
             ));
         }
     };
-    OutputSchema::new(schema.clone()).map_err(|error| {
-        let message = match &schema_path {
-            Some(path) => format!("{}: {error}", path.display()),
-            None => error.to_string(),
-        };
-        check.invalid(at, &key, message)
-    })?;
     let max_tokens = match &raw.max_tokens {
         Some(value) if value.value == 0 || value.value > 1_000_000 => {
             return Err(check.invalid(
@@ -770,17 +851,18 @@ pub(crate) fn json_schema() -> Value {
                     "size": { "type": "integer", "minimum": 1, "description": "Items per chunk (`fixed`)." },
                     "max_items": { "type": "integer", "minimum": 1, "description": "At most this many items per chunk (`token_budget`)." },
                     "share_of_minute": { "type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": DEFAULT_SHARE_OF_MINUTE, "description": "Share of the input-tokens/min limit one chunk may use (`token_budget`)." },
-                    "max_input_tokens": { "type": "integer", "minimum": 1, "default": DEFAULT_MAX_INPUT_TOKENS, "description": "Input limit of one worker request (`token_budget`)." }
+                    "max_input_tokens": { "type": "integer", "minimum": 1, "default": DEFAULT_MAX_INPUT_TOKENS, "description": "Input limit of one worker request (`token_budget`)." },
+                    "sample": { "type": "integer", "minimum": 1, "maximum": MAX_LLM_SAMPLE, "default": DEFAULT_LLM_SAMPLE, "description": "Items the orchestrator sees before it proposes the chunking, the instructions and the record fields (`llm`)." }
                 }
             },
             "worker": {
                 "type": "object",
                 "additionalProperties": false,
-                "required": ["instructions", "output_schema"],
+                "required": ["instructions"],
                 "properties": {
-                    "instructions": field("What each worker does with its items."),
+                    "instructions": field("What each worker does with its items (with `chunking.strategy: llm`, the task the orchestrator plans for)."),
                     "template": field("A prompt template file with {{items}} (and {{instructions}}, {{count}}, {{chunk_id}}, {{tool}}, {{answer_with}})."),
-                    "output_schema": { "type": ["string", "object"], "description": "The JSON Schema of one record (a file path or inline); `id` is added and required." },
+                    "output_schema": { "type": ["string", "object"], "description": "The JSON Schema of one record (a file path or inline); `id` is added and required. Required unless `chunking.strategy: llm`, where the orchestrator proposes the fields." },
                     "output": { "enum": ["tool", "json_schema"], "default": "tool" },
                     "max_tokens": { "type": "integer", "minimum": 1, "default": DEFAULT_WORKER_MAX_TOKENS }
                 }

@@ -12,6 +12,8 @@
 //!   exactly once in the results or in the failures.
 //! - [`aggregate`]: built-in reductions (flatten, dedupe, count, group) and tree-shaped
 //!   synthesis when the results are too large for one call.
+//! - [`propose`]: `chunking.strategy: llm`, the orchestrator's proposal of chunking,
+//!   instructions and record fields from a sample, checked, saved and reviewed.
 //! - [`output`]: `results.jsonl` (or CSV), `failed.jsonl` and the summary, written atomically.
 //! - [`journal`]: the fsync'd settlement journal resume reads.
 //! - [`run`]: the item runner that drives all of the above through the scheduler, the fleet
@@ -27,6 +29,7 @@ pub mod chunk;
 pub mod input;
 pub mod journal;
 pub mod output;
+pub mod propose;
 pub mod run;
 pub mod worker;
 

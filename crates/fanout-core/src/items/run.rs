@@ -115,6 +115,10 @@ pub enum ItemsError {
     NoBatchClient,
     #[error("cannot resume run {run_id}: {message}")]
     Resume { run_id: String, message: String },
+    #[error(
+        "`chunking.strategy: llm` needs the orchestrator's item plan first (a dry run shows and saves it)"
+    )]
+    NeedsProposal,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -171,20 +175,59 @@ impl ItemJob {
     /// Prepare the job for `items` (given rather than read, e.g. by a benchmark).
     pub fn with_items(config: &Config, items: Vec<Item>) -> Result<ItemJob, ItemsError> {
         let items_config = config.items.as_ref().ok_or(ItemsError::NotItemWork)?;
-        let schema = OutputSchema::new(items_config.worker.output_schema.clone())?;
+        let Some(schema) = items_config.worker.output_schema.clone() else {
+            return Err(ItemsError::NeedsProposal);
+        };
+        if matches!(items_config.chunking, ChunkingConfig::Llm { .. }) {
+            return Err(ItemsError::NeedsProposal);
+        }
+        ItemJob::build(
+            config,
+            items,
+            items_config.chunking.clone(),
+            items_config.worker.instructions.clone(),
+            schema,
+        )
+    }
+
+    /// Prepare the job for `items` with the orchestrator's reviewed item plan
+    /// (`chunking.strategy: llm`): its chunking, instructions and record schema.
+    pub fn with_proposal(
+        config: &Config,
+        items: Vec<Item>,
+        proposal: &super::propose::ItemProposal,
+    ) -> Result<ItemJob, ItemsError> {
+        ItemJob::build(
+            config,
+            items,
+            proposal.chunking_config(),
+            proposal.instructions.clone(),
+            proposal.output_schema.clone(),
+        )
+    }
+
+    fn build(
+        config: &Config,
+        items: Vec<Item>,
+        chunking: ChunkingConfig,
+        instructions: String,
+        schema: Value,
+    ) -> Result<ItemJob, ItemsError> {
+        let items_config = config.items.as_ref().ok_or(ItemsError::NotItemWork)?;
+        let schema = OutputSchema::new(schema)?;
         let worker_mode = config.mode_for_role(WORKER_ROLE);
         let worker_model = config.model_for_mode(worker_mode).clone();
         let spec = WorkerSpec {
             model: worker_model.model.clone(),
             max_tokens: items_config.worker.max_tokens,
-            instructions: items_config.worker.instructions.clone(),
+            instructions,
             template: items_config.worker.template.clone(),
             temperature: None,
             output: items_config.worker.output,
         };
         let empty = Chunk::new(ChunkId("chunk-0".into()), Vec::new());
         let overhead_tokens = request_tokens(&build_request(&spec, &schema, &empty)?);
-        let (decomposition, max_input_tokens) = match &items_config.chunking {
+        let (decomposition, max_input_tokens) = match &chunking {
             ChunkingConfig::PerItem => (Decomposition::PerItem, u64::MAX),
             ChunkingConfig::Fixed { size } => (Decomposition::Fixed { size: *size }, u64::MAX),
             ChunkingConfig::TokenBudget {
@@ -201,6 +244,7 @@ impl ItemJob {
                 }),
                 *max_input_tokens,
             ),
+            ChunkingConfig::Llm { .. } => return Err(ItemsError::NeedsProposal),
         };
         let chunks = decompose(&items, &decomposition)?;
         let mut count_by = items_config.aggregate.count_by.clone();
@@ -226,7 +270,7 @@ impl ItemJob {
                 repairs: items_config.retries.repairs,
             },
             execution: items_config.execution,
-            chunking: items_config.chunking.clone(),
+            chunking,
             aggregate: items_config.aggregate.clone(),
             output_dir: items_config.output.dir.clone(),
             max_parallel: config.max_parallel_agents.max(1) as usize,

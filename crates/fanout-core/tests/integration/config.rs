@@ -479,9 +479,24 @@ mod broken_items {
         "workflow:\n  name: tickets\n  items:\n    input: {path: t.jsonl}\n    worker: {instructions: x, output_schema: {type: object}}\n    execuiton: batch\n"
     );
     broken_config!(
-        items_llm_chunking_not_supported,
+        items_llm_chunking_with_a_size,
         "items.yaml",
-        "workflow:\n  name: tickets\n  items:\n    input: {path: t.jsonl}\n    chunking:\n      strategy: llm\n    worker: {instructions: x, output_schema: {type: object}}\n"
+        "workflow:\n  name: tickets\n  items:\n    input: {path: t.jsonl}\n    chunking:\n      strategy: llm\n      size: 30\n    worker: {instructions: x}\n"
+    );
+    broken_config!(
+        items_llm_sample_out_of_range,
+        "items.yaml",
+        "workflow:\n  name: tickets\n  items:\n    input: {path: t.jsonl}\n    chunking:\n      strategy: llm\n      sample: 5000\n    worker: {instructions: x}\n"
+    );
+    broken_config!(
+        items_sample_without_llm,
+        "items.yaml",
+        "workflow:\n  name: tickets\n  items:\n    input: {path: t.jsonl}\n    chunking:\n      strategy: fixed\n      sample: 5\n    worker: {instructions: x, output_schema: {type: object}}\n"
+    );
+    broken_config!(
+        items_output_schema_missing,
+        "items.yaml",
+        "workflow:\n  name: tickets\n  items:\n    input: {path: t.jsonl}\n    worker: {instructions: x}\n"
     );
     broken_config!(
         items_unknown_strategy,
@@ -534,6 +549,9 @@ fn the_ticket_example_parses_as_item_work() {
         ["category", "priority", "sentiment"]
     );
     assert!(items.aggregate.synthesis.is_some());
-    assert_eq!(items.worker.output_schema["title"], "Support ticket triage");
+    assert_eq!(
+        items.worker.output_schema.as_ref().unwrap()["title"],
+        "Support ticket triage"
+    );
     assert_eq!(config.mode_for_role("items_worker"), Mode::Fast);
 }
