@@ -1913,4 +1913,98 @@ rules:
             std::fs::read_to_string(dir.path().join(&saved)).unwrap()
         );
     }
+
+    /// `execution: batch` killed while its batch runs: the resume collects that batch by the
+    /// id the journal recorded, and pays for no request twice (the simulator, a separate
+    /// process that outlives the run, saw one batch).
+    #[test]
+    fn a_killed_batch_run_collects_its_running_batch_instead_of_sending_it_again() {
+        let dir = example(|w| w.replace("execution: online", "execution: batch"));
+        let record = dir.path().join("sim.jsonl");
+        let mut sim = Command::new(env!("CARGO_BIN_EXE_fanout"))
+            .args(["sim", "--port", "0", "--batch-delay-ms", "2000", "--record"])
+            .arg(&record)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(sim.stdout.take().unwrap()),
+            &mut first,
+        )
+        .unwrap();
+        let url = first.trim().rsplit(' ').next().unwrap().to_owned();
+        let against_sim = |command: &mut Command| {
+            command
+                .env("ANTHROPIC_BASE_URL", &url)
+                .env("ANTHROPIC_API_KEY", "test-key");
+        };
+        let mut run = command(dir.path(), &["--json"]);
+        against_sim(&mut run);
+        let mut child = run
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let runs = dir.path().join(".fanout/runs");
+        let submitted = || -> Option<PathBuf> {
+            let run = std::fs::read_dir(&runs).ok()?.next()?.ok()?.path();
+            let text = std::fs::read_to_string(run.join("settled.jsonl")).ok()?;
+            text.contains("batch_submitted").then_some(run)
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while submitted().is_none() {
+            assert!(Instant::now() < deadline, "no batch was recorded in time");
+            assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let run_dir = submitted().unwrap();
+        let run_id = run_dir.file_name().unwrap().to_str().unwrap().to_owned();
+
+        let mut resume = Command::new(env!("CARGO_BIN_EXE_fanout"));
+        resume
+            .current_dir(dir.path())
+            .args(["resume", &run_id, "--json"]);
+        against_sim(&mut resume);
+        let output = resume.output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{output:?}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("\"event\":\"batch_resumed\""), "{stdout}");
+        assert!(
+            !stdout.contains("\"event\":\"batch_submitted\""),
+            "{stdout}"
+        );
+        let report = report(&output);
+        assert_eq!(report["status"], "completed");
+        let out = dir
+            .path()
+            .join(PathBuf::from(report["output_dir"].as_str().unwrap()));
+        check_results(&results(&out));
+
+        let _ = sim.kill();
+        let _ = sim.wait();
+        let exchanges: Vec<Value> = std::fs::read_to_string(&record)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let batched: Vec<&str> = exchanges
+            .iter()
+            .filter(|e| e["endpoint"] == "batch_messages")
+            .map(|e| e["request_id"].as_str().unwrap())
+            .collect();
+        let batches: BTreeSet<&str> = batched
+            .iter()
+            .map(|id| id.split('/').next().unwrap())
+            .collect();
+        assert_eq!(batches.len(), 1, "one batch in all: {batches:?}");
+        let chunks: BTreeSet<&str> = batched
+            .iter()
+            .map(|id| id.split('/').nth(1).unwrap())
+            .collect();
+        assert_eq!(chunks.len(), batched.len(), "no chunk sent twice");
+    }
 }

@@ -544,20 +544,22 @@ fn chunking(check: &Check<'_>, raw: Option<RawChunking>) -> Result<ChunkingConfi
             unused("sample", sample.referenced).with_hint("`sample` is for `strategy: llm`")
         );
     }
+    // The keys only `token_budget` takes, with where each was written.
+    let budget_keys = [
+        ("max_items", raw.max_items.as_ref().map(|v| v.referenced)),
+        (
+            "share_of_minute",
+            raw.share_of_minute.as_ref().map(|v| v.referenced),
+        ),
+        (
+            "max_input_tokens",
+            raw.max_input_tokens.as_ref().map(|v| v.referenced),
+        ),
+    ];
     match strategy {
         Strategy::Llm => {
-            for (name, at) in [
-                ("size", raw.size.as_ref().map(|v| v.referenced)),
-                ("max_items", raw.max_items.as_ref().map(|v| v.referenced)),
-                (
-                    "share_of_minute",
-                    raw.share_of_minute.as_ref().map(|v| v.referenced),
-                ),
-                (
-                    "max_input_tokens",
-                    raw.max_input_tokens.as_ref().map(|v| v.referenced),
-                ),
-            ] {
+            let size = [("size", raw.size.as_ref().map(|v| v.referenced))];
+            for (name, at) in size.into_iter().chain(budget_keys) {
                 if let Some(at) = at {
                     return Err(unused(name, at)
                         .with_hint("with `llm`, the orchestrator proposes the chunk size"));
@@ -580,17 +582,7 @@ fn chunking(check: &Check<'_>, raw: Option<RawChunking>) -> Result<ChunkingConfi
             Ok(ChunkingConfig::Llm { sample })
         }
         Strategy::PerItem | Strategy::Fixed => {
-            for (name, at) in [
-                ("max_items", raw.max_items.as_ref().map(|v| v.referenced)),
-                (
-                    "share_of_minute",
-                    raw.share_of_minute.as_ref().map(|v| v.referenced),
-                ),
-                (
-                    "max_input_tokens",
-                    raw.max_input_tokens.as_ref().map(|v| v.referenced),
-                ),
-            ] {
+            for (name, at) in budget_keys {
                 if let Some(at) = at {
                     return Err(unused(name, at));
                 }

@@ -7,6 +7,10 @@
 //! thousand chunks finishing together cost a handful of syncs, not a thousand.
 //!
 //! A line cut short by a crash (the last one) is ignored when reading.
+//!
+//! With `execution: batch` the journal also records each Message Batch as soon as it is
+//! created (`{"batch_submitted": {"id": …, "custom_ids": […]}}`), so that a resumed run
+//! collects a batch that was still running instead of paying for it again.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -28,6 +32,18 @@ pub struct Settlement {
     pub chunk: String,
     pub results: Vec<(String, Value)>,
     pub failures: Vec<Failure>,
+}
+
+/// A Message Batch the run created, and the chunks (custom ids) it carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmittedBatch {
+    pub id: String,
+    pub custom_ids: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BatchLine {
+    batch_submitted: SubmittedBatch,
 }
 
 /// Why the journal could not be written or read.
@@ -87,7 +103,19 @@ impl Journal {
 
     /// Append `settlement` and wait until it is on disk.
     pub async fn append(&self, settlement: &Settlement) -> Result<(), JournalError> {
-        let mut line = serde_json::to_vec(settlement).map_err(|error| JournalError::Io {
+        self.append_line(settlement).await
+    }
+
+    /// Record a created batch and wait until it is on disk.
+    pub async fn append_batch(&self, batch: &SubmittedBatch) -> Result<(), JournalError> {
+        self.append_line(&BatchLine {
+            batch_submitted: batch.clone(),
+        })
+        .await
+    }
+
+    async fn append_line(&self, value: &impl Serialize) -> Result<(), JournalError> {
+        let mut line = serde_json::to_vec(value).map_err(|error| JournalError::Io {
             path: self.path.clone(),
             source: std::io::Error::other(error),
         })?;
@@ -133,24 +161,36 @@ fn write_loop(mut file: File, rx: mpsc::Receiver<Job>) {
 
 /// Every settlement in the journal in `dir`, in order (none when there is no journal).
 pub fn read(dir: &Path) -> Result<Vec<Settlement>, JournalError> {
+    read_lines(dir, |line| serde_json::from_str::<Settlement>(line).ok())
+}
+
+/// Every batch the journal in `dir` records as created, in order.
+pub fn read_batches(dir: &Path) -> Result<Vec<SubmittedBatch>, JournalError> {
+    read_lines(dir, |line| {
+        serde_json::from_str::<BatchLine>(line)
+            .ok()
+            .map(|line| line.batch_submitted)
+    })
+}
+
+/// The lines `parse` accepts. A torn last line (a crash mid-write) was never acknowledged:
+/// nothing accepts it.
+fn read_lines<T>(dir: &Path, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, JournalError> {
     let path = dir.join(JOURNAL_FILE);
     let file = match File::open(&path) {
         Ok(file) => file,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => return Err(JournalError::Io { path, source }),
     };
-    let mut settlements = Vec::new();
+    let mut found = Vec::new();
     for line in BufReader::new(file).lines() {
         let line = line.map_err(|source| JournalError::Io {
             path: path.clone(),
             source,
         })?;
-        // A torn last line (a crash mid-write) was never acknowledged: skip it.
-        if let Ok(settlement) = serde_json::from_str::<Settlement>(&line) {
-            settlements.push(settlement);
-        }
+        found.extend(parse(&line));
     }
-    Ok(settlements)
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -180,6 +220,15 @@ mod tests {
             .unwrap()
             .write_all(b"{\"chunk\": \"chunk-02\", \"res")
             .unwrap();
+        assert_eq!(read(dir.path()).unwrap(), vec![first.clone()]);
+        // Batch lines and settlement lines are told apart.
+        let journal = Journal::open(dir.path()).unwrap();
+        let batch = SubmittedBatch {
+            id: "msgbatch_1".into(),
+            custom_ids: vec!["chunk-03".into(), "chunk-04".into()],
+        };
+        journal.append_batch(&batch).await.unwrap();
         assert_eq!(read(dir.path()).unwrap(), vec![first]);
+        assert_eq!(read_batches(dir.path()).unwrap(), vec![batch]);
     }
 }

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::config::items::ChunkingConfig;
 use crate::fleet::{Fleet, FleetError};
 use crate::plan::store::hash_bytes;
-use crate::provider::{ContentBlock, Message, Request, Role, ToolChoice, ToolSpec};
+use crate::provider::{Message, Request, ToolChoice, ToolSpec};
 use crate::store::FANOUT_DIR;
 
 /// The tool the orchestrator must answer with.
@@ -189,17 +189,9 @@ pub async fn propose(
         request
             .messages
             .push(Message::assistant(response.content.clone()));
-        request.messages.push(match tool_use_id {
-            Some(tool_use_id) => Message {
-                role: Role::User,
-                content: vec![ContentBlock::ToolResult {
-                    tool_use_id,
-                    content: feedback,
-                    is_error: true,
-                }],
-            },
-            None => Message::user(feedback),
-        });
+        request
+            .messages
+            .push(Message::rejection(tool_use_id, feedback));
     }
     Err(ProposeError::Rejected {
         attempts: calls,

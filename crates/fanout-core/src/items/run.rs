@@ -39,7 +39,11 @@
 //! a call in flight (its chunk is not in the journal, and is sent again) or a chunk that settled
 //! just before the crash. On resume, open rows are ended: with the chunk's status when the
 //! journal settled it, as interrupted otherwise. Batch execution follows the same order (all of
-//! a round's start rows are committed before its answers are read).
+//! a round's start rows are committed before its answers are read), and records each batch in
+//! the journal as soon as it is created: a resumed run collects a batch that was still running
+//! (when none of its chunks has settled since) instead of submitting it again. A crash between
+//! the create call and that journal line leaves the batch unknown, and its chunks are sent
+//! again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -57,7 +61,7 @@ use super::chunk::{
     Chunk, ChunkError, ChunkId, Decomposition, TokenBudget, decompose, estimate_tokens,
 };
 use super::input::{IdSource, InputError, InputSource, load};
-use super::journal::{self, Journal, JournalError, Settlement};
+use super::journal::{self, Journal, JournalError, Settlement, SubmittedBatch};
 use super::output::{
     Completion, OutputError, OutputOptions, OutputPaths, Summary, write_atomic, write_outputs,
 };
@@ -414,6 +418,11 @@ pub enum ItemEvent {
         batch_id: String,
         requests: usize,
     },
+    /// A resumed run collects a batch its earlier process created (not sent again).
+    BatchResumed {
+        batch_id: String,
+        requests: usize,
+    },
     BatchEnded {
         batch_id: String,
     },
@@ -674,7 +683,12 @@ pub async fn run(
         }
         Execution::Batch => {
             let client = options.batch.as_ref().ok_or(ItemsError::NoBatchClient)?;
-            run_batches(&ctx, remaining, client, &options.poll, &cancel).await
+            let adoptable = if resuming {
+                adoptable_batches(journal::read_batches(&dir)?, &remaining, &job.chunks)
+            } else {
+                Vec::new()
+            };
+            run_batches(&ctx, remaining, adoptable, client, &options.poll, &cancel).await
         }
     };
     let cancelled = cancel.is_cancelled();
@@ -1208,6 +1222,7 @@ struct BatchState {
 async fn run_batches(
     ctx: &Arc<Ctx>,
     chunks: Vec<Chunk>,
+    mut adoptable: Vec<SubmittedBatch>,
     client: &BatchClient,
     poll: &PollPolicy,
     cancel: &CancellationToken,
@@ -1265,9 +1280,38 @@ async fn run_batches(
         if round.is_empty() || cancel.is_cancelled() {
             break;
         }
-        for piece in round.chunks(MAX_BATCH_REQUESTS) {
-            if !batch_round(ctx, &mut states, piece, client, poll, cancel).await {
-                break;
+        // A resumed run first collects the batches its earlier process left running.
+        let mut adopted = Vec::new();
+        for batch in std::mem::take(&mut adoptable) {
+            let wanted: HashSet<&str> = batch.custom_ids.iter().map(String::as_str).collect();
+            let (piece, rest): (Vec<_>, Vec<_>) = round.into_iter().partition(|(_, next)| {
+                next.problems.is_empty() && wanted.contains(next.chunk.id.as_str())
+            });
+            round = rest;
+            if piece.len() == wanted.len() {
+                adopted.push((batch.id, piece));
+            } else {
+                round.extend(piece);
+            }
+        }
+        let mut finished = true;
+        for (batch_id, piece) in adopted {
+            finished &= batch_round(
+                ctx,
+                &mut states,
+                &piece,
+                Some(batch_id),
+                client,
+                poll,
+                cancel,
+            )
+            .await;
+        }
+        if finished {
+            for piece in round.chunks(MAX_BATCH_REQUESTS) {
+                if !batch_round(ctx, &mut states, piece, None, client, poll, cancel).await {
+                    break;
+                }
             }
         }
         for state in states
@@ -1287,12 +1331,48 @@ async fn run_batches(
     budget_exhausted
 }
 
+/// The batches an earlier process of the run created whose chunks are all still to send,
+/// untouched (no item of them settled, so the batch asked exactly what this run would): the
+/// latest batch wins a chunk claimed twice.
+fn adoptable_batches(
+    batches: Vec<SubmittedBatch>,
+    remaining: &[Chunk],
+    chunks: &[Chunk],
+) -> Vec<SubmittedBatch> {
+    let whole: HashSet<&str> = remaining
+        .iter()
+        .filter(|r| {
+            chunks
+                .iter()
+                .find(|c| c.id == r.id)
+                .is_some_and(|c| c.ids().eq(r.ids()))
+        })
+        .map(|r| r.id.as_str())
+        .collect();
+    let mut claimed: HashSet<String> = HashSet::new();
+    let mut adoptable = Vec::new();
+    for batch in batches.into_iter().rev() {
+        let usable = !batch.custom_ids.is_empty()
+            && batch
+                .custom_ids
+                .iter()
+                .all(|id| whole.contains(id.as_str()) && !claimed.contains(id));
+        if usable {
+            claimed.extend(batch.custom_ids.iter().cloned());
+            adoptable.push(batch);
+        }
+    }
+    adoptable.reverse();
+    adoptable
+}
+
 /// One batch: submit, wait, collect, account. False when it could not finish (cancelled or
 /// the batch failed), in which case its items stay pending.
 async fn batch_round(
     ctx: &Arc<Ctx>,
     states: &mut [BatchState],
     piece: &[(usize, RetryChunk)],
+    adopt: Option<String>,
     client: &BatchClient,
     poll: &PollPolicy,
     cancel: &CancellationToken,
@@ -1331,22 +1411,43 @@ async fn batch_round(
         return true;
     }
     let results = async {
-        let created = client.create(&requests).await.map_err(BatchError::from)?;
-        (ctx.events)(&ItemEvent::BatchSubmitted {
-            batch_id: created.id.clone(),
-            requests: requests.len(),
-        });
-        let ended = match client.wait(&created.id, poll, cancel).await {
+        let batch_id = match adopt {
+            Some(batch_id) => {
+                (ctx.events)(&ItemEvent::BatchResumed {
+                    batch_id: batch_id.clone(),
+                    requests: requests.len(),
+                });
+                batch_id
+            }
+            None => {
+                let created = client.create(&requests).await.map_err(BatchError::from)?;
+                // On record before it is waited for: a resumed run collects it instead of
+                // paying for it twice.
+                let submitted = SubmittedBatch {
+                    id: created.id.clone(),
+                    custom_ids: requests.iter().map(|r| r.custom_id.clone()).collect(),
+                };
+                if ctx.journal.append_batch(&submitted).await.is_err() {
+                    lock(&ctx.totals).store_errors += 1;
+                }
+                (ctx.events)(&ItemEvent::BatchSubmitted {
+                    batch_id: created.id.clone(),
+                    requests: requests.len(),
+                });
+                created.id
+            }
+        };
+        let ended = match client.wait(&batch_id, poll, cancel).await {
             Ok(ended) => ended,
             Err(error) => {
                 if matches!(error, BatchError::Cancelled { .. }) {
-                    let _ = client.cancel(&created.id).await;
+                    let _ = client.cancel(&batch_id).await;
                 }
                 return Err(error);
             }
         };
         (ctx.events)(&ItemEvent::BatchEnded {
-            batch_id: created.id.clone(),
+            batch_id: batch_id.clone(),
         });
         client.results(&ended).await.map_err(BatchError::from)
     }

@@ -16,7 +16,7 @@ use super::validate::{PlanLimits, Validation, validate};
 use super::{PlanError, PlanUsage};
 use crate::config::{Config, ExternalApi, FileAccess, ShellExec};
 use crate::fleet::Fleet;
-use crate::provider::{ContentBlock, Message, Request, StopReason, ToolChoice, ToolSpec};
+use crate::provider::{Message, Request, StopReason, ToolChoice, ToolSpec};
 
 /// The forced tool's name.
 pub const SUBMIT_PLAN_TOOL: &str = "submit_plan";
@@ -248,18 +248,9 @@ pub async fn request_plan(
         request
             .messages
             .push(Message::assistant(response.content.clone()));
-        let reply = match tool_use_id {
-            Some(tool_use_id) => Message {
-                role: crate::provider::Role::User,
-                content: vec![ContentBlock::ToolResult {
-                    tool_use_id,
-                    content: feedback,
-                    is_error: true,
-                }],
-            },
-            None => Message::user(feedback),
-        };
-        request.messages.push(reply);
+        request
+            .messages
+            .push(Message::rejection(tool_use_id, feedback));
         repairs.push(errors);
     }
     Err(PlanError::NoPlan {

@@ -64,6 +64,22 @@ impl Message {
             content,
         }
     }
+
+    /// The reply to a rejected answer: an error `tool_result` for the tool call it made, or
+    /// plain text when it made none.
+    pub fn rejection(tool_use_id: Option<String>, feedback: String) -> Self {
+        match tool_use_id {
+            Some(tool_use_id) => Message {
+                role: Role::User,
+                content: vec![ContentBlock::ToolResult {
+                    tool_use_id,
+                    content: feedback,
+                    is_error: true,
+                }],
+            },
+            None => Message::user(feedback),
+        }
+    }
 }
 
 /// A tool the model may call. `input_schema` is a JSON Schema object.
