@@ -16,8 +16,8 @@ use serde_json::{Map, Value, json};
 use super::error::{ApiErrorDetails, ProviderError};
 use super::headers;
 use super::http::{
-    DecodeError, Decoded, Dialect, Flow, HttpConfig, HttpTransport, StreamEnd, join_url,
-    json_error, json_f32, json_u64,
+    DecodeError, Decoded, Dialect, Flow, HttpConfig, HttpTransport, StreamDecoder, encode,
+    join_url, json_error, json_f32, json_u64,
 };
 use super::sse::SseEvent;
 use super::types::{ContentBlock, Request, Role, StopReason, ToolChoice, Usage};
@@ -135,42 +135,21 @@ impl AnthropicProvider {
         attempt: Attempt,
         stream: bool,
     ) -> Result<Response, ProviderError> {
-        let body = encode(&request_body(request, stream))?;
-        let mut reply = self
-            .transport
-            .post_json(
+        self.transport
+            .exchange::<StreamAssembler>(
                 &DIALECT,
                 &self.messages_url,
                 self.headers.clone(),
-                body,
+                &request_body(request, stream),
                 attempt,
                 stream,
+                parse_message,
             )
-            .await?;
-        let decoded = if stream {
-            let mut assembler = StreamAssembler::new();
-            match reply.read_events(|event| assembler.on_event(event)).await? {
-                StreamEnd::Done => {}
-                StreamEnd::Eof { mid_event } => {
-                    return Err(reply.malformed(if mid_event {
-                        "stream ended before message_stop, cut in the middle of an event"
-                    } else {
-                        "stream ended before message_stop"
-                    }));
-                }
-            }
-            assembler.finish()
-        } else {
-            let body = reply.body().await?;
-            parse_message(&body)
-        };
-        decoded
-            .map(|decoded| decoded.into_response(&reply))
-            .map_err(|error| reply.decode_error(error))
+            .await
     }
 
     async fn count(&self, request: &Request) -> Result<u64, ProviderError> {
-        let body = encode(&count_tokens_body(request))?;
+        let body = encode(PROVIDER, &count_tokens_body(request))?;
         let mut reply = self
             .transport
             .post_json(
@@ -216,13 +195,6 @@ fn header_value(what: &str, value: &str) -> Result<HeaderValue, ProviderError> {
     HeaderValue::from_str(value).map_err(|_| ProviderError::InvalidRequest {
         provider: PROVIDER,
         message: format!("{what} contains characters not allowed in an HTTP header"),
-    })
-}
-
-fn encode(body: &Value) -> Result<Vec<u8>, ProviderError> {
-    serde_json::to_vec(body).map_err(|error| ProviderError::InvalidRequest {
-        provider: PROVIDER,
-        message: format!("cannot encode the request: {error}"),
     })
 }
 
@@ -494,6 +466,18 @@ pub struct StreamAssembler {
 
 /// A block index past this many unused slots is refused rather than allocated.
 const MAX_INDEX_GAP: usize = 1024;
+
+impl StreamDecoder for StreamAssembler {
+    const END: &'static str = "message_stop";
+
+    fn on_event(&mut self, event: &SseEvent) -> Result<Flow, DecodeError> {
+        StreamAssembler::on_event(self, event)
+    }
+
+    fn finish(self) -> Result<Decoded, DecodeError> {
+        StreamAssembler::finish(self)
+    }
+}
 
 impl StreamAssembler {
     pub fn new() -> Self {

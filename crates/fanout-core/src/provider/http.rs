@@ -95,6 +95,49 @@ impl HttpTransport {
         &self.config
     }
 
+    /// One model call: POST `body` (JSON) and decode the answer, a stream through a `D` fed
+    /// event by event, a plain body through `parse`. A stream that ends before its terminal
+    /// event is malformed.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn exchange<D: StreamDecoder>(
+        &self,
+        dialect: &Dialect,
+        url: &str,
+        headers: HeaderMap,
+        body: &serde_json::Value,
+        attempt: Attempt,
+        stream: bool,
+        parse: fn(&[u8]) -> Result<Decoded, DecodeError>,
+    ) -> Result<Response, ProviderError> {
+        let body = encode(dialect.provider, body)?;
+        let mut reply = self
+            .post_json(dialect, url, headers, body, attempt, stream)
+            .await?;
+        let decoded = if stream {
+            let mut decoder = D::default();
+            match reply.read_events(|event| decoder.on_event(event)).await? {
+                StreamEnd::Done => {}
+                StreamEnd::Eof { mid_event } => {
+                    return Err(reply.malformed(if mid_event {
+                        format!(
+                            "stream ended before {}, cut in the middle of an event",
+                            D::END
+                        )
+                    } else {
+                        format!("stream ended before {}", D::END)
+                    }));
+                }
+            }
+            decoder.finish()
+        } else {
+            let body = reply.body().await?;
+            parse(&body)
+        };
+        decoded
+            .map(|decoded| decoded.into_response(&reply))
+            .map_err(|error| reply.decode_error(error))
+    }
+
     /// POST a JSON body. Returns once the response headers are in; a non-success status is
     /// turned into [`ProviderError::Api`] here (its body read and parsed by the dialect).
     pub async fn post_json(
@@ -235,6 +278,22 @@ pub enum Flow {
     Continue,
     /// The terminal event (`message_stop`, `[DONE]`) arrived.
     Done,
+}
+
+/// A wire format's stream decoder: fed each server-sent event, then asked for the message.
+pub trait StreamDecoder: Default {
+    /// The event that ends a complete stream, named when a stream stops before it.
+    const END: &'static str;
+    fn on_event(&mut self, event: &SseEvent) -> Result<Flow, DecodeError>;
+    fn finish(self) -> Result<Decoded, DecodeError>;
+}
+
+/// A request body as bytes.
+pub fn encode(provider: &'static str, body: &serde_json::Value) -> Result<Vec<u8>, ProviderError> {
+    serde_json::to_vec(body).map_err(|error| ProviderError::InvalidRequest {
+        provider,
+        message: format!("cannot encode the request: {error}"),
+    })
 }
 
 /// A failure found while decoding a body, before it is given the reply's context.

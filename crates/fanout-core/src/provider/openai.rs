@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use super::error::{ApiErrorDetails, ProviderError};
 use super::headers;
 use super::http::{
-    DecodeError, Decoded, Dialect, Flow, HttpConfig, HttpTransport, StreamEnd, join_url,
+    DecodeError, Decoded, Dialect, Flow, HttpConfig, HttpTransport, StreamDecoder, join_url,
     json_error, json_f32, json_u64,
 };
 use super::sse::SseEvent;
@@ -131,43 +131,17 @@ impl OpenAiProvider {
         attempt: Attempt,
         stream: bool,
     ) -> Result<Response, ProviderError> {
-        let body = serde_json::to_vec(&request_body(request, stream)).map_err(|error| {
-            ProviderError::InvalidRequest {
-                provider: PROVIDER,
-                message: format!("cannot encode the request: {error}"),
-            }
-        })?;
-        let mut reply = self
-            .transport
-            .post_json(
+        self.transport
+            .exchange::<StreamAssembler>(
                 &DIALECT,
                 &self.completions_url,
                 self.headers.clone(),
-                body,
+                &request_body(request, stream),
                 attempt,
                 stream,
+                parse_completion,
             )
-            .await?;
-        let decoded = if stream {
-            let mut assembler = StreamAssembler::new();
-            match reply.read_events(|event| assembler.on_event(event)).await? {
-                StreamEnd::Done => {}
-                StreamEnd::Eof { mid_event } => {
-                    return Err(reply.malformed(if mid_event {
-                        "stream ended before [DONE], cut in the middle of an event"
-                    } else {
-                        "stream ended before [DONE]"
-                    }));
-                }
-            }
-            assembler.finish()
-        } else {
-            let body = reply.body().await?;
-            parse_completion(&body)
-        };
-        decoded
-            .map(|decoded| decoded.into_response(&reply))
-            .map_err(|error| reply.decode_error(error))
+            .await
     }
 }
 
@@ -539,6 +513,18 @@ pub struct StreamAssembler {
 
 /// A tool-call index past this many unused slots is refused rather than allocated.
 const MAX_INDEX_GAP: usize = 1024;
+
+impl StreamDecoder for StreamAssembler {
+    const END: &'static str = "[DONE]";
+
+    fn on_event(&mut self, event: &SseEvent) -> Result<Flow, DecodeError> {
+        StreamAssembler::on_event(self, event)
+    }
+
+    fn finish(self) -> Result<Decoded, DecodeError> {
+        StreamAssembler::finish(self)
+    }
+}
 
 impl StreamAssembler {
     pub fn new() -> Self {
