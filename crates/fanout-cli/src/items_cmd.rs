@@ -123,6 +123,14 @@ async fn prepare_and_run(
     base_url: Option<&str>,
     llm: bool,
 ) -> anyhow::Result<ExitCode> {
+    if !llm && let Some(plan) = &args.plan {
+        eprintln!(
+            "error: --plan {} is for repository plans and `chunking.strategy: llm` item plans; \
+             this item workflow chunks by its own settings (remove --plan)",
+            plan.display()
+        );
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
     let prepared = if llm {
         prepare_with_proposal(args, &config, &root, resume.as_deref(), base_url).await?
     } else {

@@ -1912,6 +1912,18 @@ rules:
             std::fs::read_to_string(kept).unwrap(),
             std::fs::read_to_string(dir.path().join(&saved)).unwrap()
         );
+        // An item plan given to a workflow that chunks by its own settings is refused.
+        let plain = example(|w| w);
+        let refused = run(
+            plain.path(),
+            &[
+                "--dry-run",
+                "--plan",
+                dir.path().join(&saved).to_str().unwrap(),
+            ],
+        );
+        assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("remove --plan"));
     }
 
     /// `execution: batch` killed while its batch runs: the resume collects that batch by the
