@@ -138,6 +138,9 @@ impl ChildSim {
         let mut child = tokio::process::Command::new(exe)
             .arg("sim")
             .args(["--port", "0"])
+            // Benchmarks read `/sim/stats` (and a record file when asked), never the in-memory
+            // exchange log: keeping 40,000 conversations would only cost the simulator memory.
+            .args(["--keep-exchanges", "0"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -66,6 +66,9 @@ pub struct SimArgs {
     /// Accept requests without an API key.
     #[arg(long)]
     pub no_auth: bool,
+    /// Exchanges kept in memory for `GET /sim/exchanges` (oldest dropped first); 0 keeps none.
+    #[arg(long, default_value_t = crate::record::MAX_EXCHANGES)]
+    pub keep_exchanges: usize,
     /// How long a message batch stays in progress, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub batch_delay_ms: u64,
@@ -107,6 +110,7 @@ impl SimArgs {
             record_path: self.record.clone(),
             require_auth: !self.no_auth,
             batch_delay: Duration::from_millis(self.batch_delay_ms),
+            keep_exchanges: self.keep_exchanges,
         };
         config.validate()?;
         Ok((config, SocketAddr::new(self.host, self.port)))

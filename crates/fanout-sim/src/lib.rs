@@ -98,6 +98,10 @@ pub struct SimConfig {
     pub require_auth: bool,
     /// How long a message batch stays `in_progress` before it has ended.
     pub batch_delay: Duration,
+    /// Exchanges kept in memory for `/sim/exchanges` and [`SimHandle::exchanges`] (the oldest
+    /// go first); 0 keeps none, for a long run where only `/sim/stats` and the record file
+    /// matter (a benchmark's simulator then holds no memory per request).
+    pub keep_exchanges: usize,
 }
 
 impl Default for SimConfig {
@@ -116,6 +120,7 @@ impl Default for SimConfig {
             record_path: None,
             require_auth: true,
             batch_delay: Duration::ZERO,
+            keep_exchanges: crate::record::MAX_EXCHANGES,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The exchange log and the counters behind `/sim/stats`.
 //!
-//! Exchanges are kept in memory (capped at [`MAX_EXCHANGES`]; older ones are dropped first) and,
+//! Exchanges are kept in memory (by default at most [`MAX_EXCHANGES`]; older ones are dropped
+//! first; a simulator configured to keep none only counts) and,
 //! when a record path is set, appended as JSON lines by a background writer thread so the request
 //! path never touches the file system.
 
@@ -84,13 +85,15 @@ pub struct Stats {
 /// In-memory log plus the optional JSONL writer.
 #[derive(Debug)]
 pub(crate) struct Recorder {
+    /// Most exchanges kept in `log`.
+    keep: usize,
     log: Mutex<VecDeque<Exchange>>,
     writer: Mutex<Option<mpsc::Sender<String>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Recorder {
-    pub(crate) fn new(path: Option<&Path>) -> Result<Self, SimError> {
+    pub(crate) fn new(path: Option<&Path>, keep: usize) -> Result<Self, SimError> {
         let (writer, thread) = match path {
             None => (None, None),
             Some(path) => {
@@ -125,6 +128,7 @@ impl Recorder {
             }
         };
         Ok(Self {
+            keep,
             log: Mutex::new(VecDeque::new()),
             writer: Mutex::new(writer),
             thread: Mutex::new(thread),
@@ -139,8 +143,11 @@ impl Recorder {
             line.push('\n');
             let _ = tx.send(line);
         }
+        if self.keep == 0 {
+            return;
+        }
         if let Ok(mut log) = self.log.lock() {
-            if log.len() >= MAX_EXCHANGES {
+            if log.len() >= self.keep {
                 log.pop_front();
             }
             log.push_back(exchange);

@@ -59,7 +59,7 @@ pub(crate) fn spawn(
     config: SimConfig,
     listener: tokio::net::TcpListener,
 ) -> Result<Spawned, SimError> {
-    let recorder = Recorder::new(config.record_path.as_deref())?;
+    let recorder = Recorder::new(config.record_path.as_deref(), config.keep_exchanges)?;
     let now = Instant::now();
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {

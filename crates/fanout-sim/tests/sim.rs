@@ -1478,3 +1478,28 @@ async fn item_worker_gets_one_record_per_item_id() {
     }
     sim.shutdown().await;
 }
+
+/// A simulator that keeps no exchanges still counts and still writes its record file.
+#[tokio::test]
+async fn keeping_no_exchanges_still_counts_and_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("log.jsonl");
+    let sim = start(SimConfig {
+        keep_exchanges: 0,
+        record_path: Some(record.clone()),
+        ..SimConfig::default()
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(messages(&sim, hello()).await.status, 200);
+    }
+    assert!(sim.exchanges().is_empty());
+    assert_eq!(sim.stats().requests_total, 3);
+    sim.shutdown().await;
+    assert_eq!(std::fs::read_to_string(&record).unwrap().lines().count(), 3);
+
+    // The default keeps them.
+    let sim = start(SimConfig::default()).await;
+    messages(&sim, hello()).await;
+    assert_eq!(sim.exchanges().len(), 1);
+}

@@ -135,12 +135,14 @@ impl AnthropicProvider {
         attempt: Attempt,
         stream: bool,
     ) -> Result<Response, ProviderError> {
+        // Its own statement: the request's JSON tree is dropped here, not held across the call.
+        let body = encode(PROVIDER, &request_body(request, stream))?;
         self.transport
             .exchange::<StreamAssembler>(
                 &DIALECT,
                 &self.messages_url,
                 self.headers.clone(),
-                &request_body(request, stream),
+                body,
                 attempt,
                 stream,
                 parse_message,

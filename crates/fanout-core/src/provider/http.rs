@@ -95,7 +95,8 @@ impl HttpTransport {
         &self.config
     }
 
-    /// One model call: POST `body` (JSON) and decode the answer, a stream through a `D` fed
+    /// One model call: POST `body` (encoded JSON, so the request's JSON tree is gone before
+    /// the wait) and decode the answer, a stream through a `D` fed
     /// event by event, a plain body through `parse`. A stream that ends before its terminal
     /// event is malformed.
     #[allow(clippy::too_many_arguments)]
@@ -104,12 +105,11 @@ impl HttpTransport {
         dialect: &Dialect,
         url: &str,
         headers: HeaderMap,
-        body: &serde_json::Value,
+        body: Vec<u8>,
         attempt: Attempt,
         stream: bool,
         parse: fn(&[u8]) -> Result<Decoded, DecodeError>,
     ) -> Result<Response, ProviderError> {
-        let body = encode(dialect.provider, body)?;
         let mut reply = self
             .post_json(dialect, url, headers, body, attempt, stream)
             .await?;

@@ -16,8 +16,8 @@ use serde_json::{Map, Value, json};
 use super::error::{ApiErrorDetails, ProviderError};
 use super::headers;
 use super::http::{
-    DecodeError, Decoded, Dialect, Flow, HttpConfig, HttpTransport, StreamDecoder, join_url,
-    json_error, json_f32, json_u64,
+    DecodeError, Decoded, Dialect, Flow, HttpConfig, HttpTransport, StreamDecoder, encode,
+    join_url, json_error, json_f32, json_u64,
 };
 use super::sse::SseEvent;
 use super::types::{ContentBlock, Request, Role, StopReason, ToolChoice, Usage};
@@ -131,12 +131,14 @@ impl OpenAiProvider {
         attempt: Attempt,
         stream: bool,
     ) -> Result<Response, ProviderError> {
+        // Its own statement: the request's JSON tree is dropped here, not held across the call.
+        let body = encode(PROVIDER, &request_body(request, stream))?;
         self.transport
             .exchange::<StreamAssembler>(
                 &DIALECT,
                 &self.completions_url,
                 self.headers.clone(),
-                &request_body(request, stream),
+                body,
                 attempt,
                 stream,
                 parse_completion,
