@@ -35,9 +35,11 @@
 //! still reads those and [`capture`] still writes them (tests, tools without a store).
 //! Restored contents are always checked against the recorded SHA-256, whichever the source.
 //!
-//! [`sync_scope`] is the other half of power-loss safety: the engine calls it on a successful
-//! agent's scope before recording the success, so a durable `success` row never points at edits
-//! still sitting in the page cache.
+//! [`scope_sync_set`] is the other half of power-loss safety: the engine syncs the filesystems
+//! it names (in a shared [`SyncGroup`] round) for a successful agent's scope before recording
+//! the success, so a durable `success` row never points at edits still in the page cache.
+//!
+//! [`SyncGroup`]: crate::run::durable::SyncGroup
 //!
 //! Not here: deciding which agents to restore (the engine's resume), git checkpoints
 //! ([`super::checkpoint`]).
@@ -571,38 +573,9 @@ fn read_git_blob(git: &Git, oid: &str) -> Result<Vec<u8>, PreimageError> {
     })
 }
 
-/// `fsync` every file now under the scope (and their directories), so edits are on disk
-/// before a success is recorded. Blocking.
-pub fn sync_scope(repo: &Path, preimage: &Preimage) -> Result<(), PreimageError> {
-    let set = compile(&preimage.agent_id, &preimage.patterns)?;
-    let mut dirs = BTreeSet::new();
-    let mut parents = BTreeSet::new();
-    for_each_in_scope(repo, &set, &mut dirs, &mut |_, path, meta| {
-        if meta.file_type().is_file() {
-            let file = std::fs::File::open(path).map_err(io("open", path))?;
-            file.sync_all().map_err(io("sync", path))?;
-        }
-        if let Some(parent) = path.parent() {
-            parents.insert(parent.to_path_buf());
-        }
-        Ok(())
-    })?;
-    for parent in parents {
-        sync_dir(&parent)?;
-    }
-    // Deletions live in the directories the scope covers.
-    for dir in dirs {
-        let path = repo.join(&dir);
-        if path.is_dir() {
-            sync_dir(&path)?;
-        }
-    }
-    Ok(())
-}
-
 /// The filesystems holding an agent's write scope (its files, their directories and the
 /// directories the scope covers, where deletions live), for a [`SyncGroup`] round that makes
-/// the agent's edits durable: the grouped equivalent of [`sync_scope`]. Blocking.
+/// the agent's edits durable. Blocking.
 ///
 /// [`SyncGroup`]: crate::run::durable::SyncGroup
 pub fn scope_sync_set(repo: &Path, preimage: &Preimage) -> Result<SyncSet, PreimageError> {
@@ -1161,7 +1134,9 @@ mod tests {
             "1\n"
         );
         assert!(!repo.join("gen").exists());
-        sync_scope(repo, &loaded).unwrap();
+        let sync = scope_sync_set(repo, &loaded).unwrap();
+        assert_eq!(sync.len(), 1, "one filesystem");
+        sync.sync_now().unwrap();
     }
 
     #[test]
