@@ -1296,12 +1296,19 @@ rules:
     }
 
     /// One agent's model always fails (after it wrote its file), another returns an invalid
-    /// result on `fast` and a valid one on `default`.
+    /// result on `fast` and a valid one on `default`, a third is invalid on `fast` and then
+    /// fails on `default`.
     const FAILING: &str = r#"
 rules:
   - name: always-fails
     match:
       system: 'Files you may change \(nothing else\):\n- src/file_002.txt'
+      turn: 2
+    error: {status: 400, type: invalid_request_error, message: "this request always fails"}
+  - name: fails-once-escalated
+    match:
+      model: 'claude-sonnet-4-5'
+      system: 'Files you may change \(nothing else\):\n- src/file_006.txt'
       turn: 2
     error: {status: 400, type: invalid_request_error, message: "this request always fails"}
   - name: edit
@@ -1312,7 +1319,7 @@ rules:
   - name: invalid-on-fast
     match:
       model: 'claude-haiku-4-5'
-      system: 'Files you may change \(nothing else\):\n- src/file_004.txt'
+      system: 'Files you may change \(nothing else\):\n- src/file_00[46].txt'
     tool_use: {name: report_result, input: {status: 42}}
   - name: report
     match:
@@ -1355,7 +1362,8 @@ rules:
         // are edited.
         let after = tree(repo.path());
         assert_eq!(after["src/file_002.txt"], before["src/file_002.txt"]);
-        for i in (0..agents).filter(|&i| i != 2) {
+        assert_eq!(after["src/file_006.txt"], before["src/file_006.txt"]);
+        for i in (0..agents).filter(|&i| i != 2 && i != 6) {
             let text =
                 std::fs::read_to_string(repo.path().join(format!("src/file_{i:03}.txt"))).unwrap();
             assert_eq!(text, format!("edited src/file_{i:03}.txt by its agent\n"));
@@ -1396,6 +1404,15 @@ rules:
                 (2, "success".to_owned(), true)
             ]
         );
+        // Escalated, then failing on default until its retries ran out.
+        assert_eq!(
+            of("edit-006"),
+            vec![
+                (1, "rollback".to_owned(), false),
+                (2, "rollback".to_owned(), true),
+                (3, "rollback".to_owned(), true)
+            ]
+        );
         assert_eq!(
             reader
                 .run_summary(&run_id)
@@ -1407,7 +1424,7 @@ rules:
             "partial"
         );
 
-        // `--retry-failed` re-runs only the failed agent.
+        // `--retry-failed` re-runs only the failed agents; the escalated one stays on default.
         let output = fanout(
             &[
                 "run",
@@ -1427,8 +1444,16 @@ rules:
         );
         let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
         let rows = reader.agent_runs(&run_id).unwrap();
-        assert_eq!(rows.len(), agents + 2 + 1 + 1);
+        assert_eq!(rows.len(), agents + 2 + 1 + 2 + 2);
         assert_eq!(success_anomalies(repo.path(), &run_id, agents), (0, 0));
+        let retried = rows
+            .iter()
+            .find(|row| row.agent_id == "edit-006" && row.attempt == 4)
+            .unwrap();
+        assert_eq!(retried.status.map(|s| s.as_str()), Some("success"));
+        assert!(retried.escalated);
+        assert_eq!(retried.mode, Some(fanout_core::config::Mode::Default));
+        assert_eq!(retried.model.as_deref(), Some("claude-sonnet-4-5"));
         assert_eq!(
             std::fs::read_to_string(repo.path().join("src/file_002.txt")).unwrap(),
             "edited src/file_002.txt by its agent\n"

@@ -177,6 +177,8 @@ struct Shared {
     events: Arc<Mutex<Vec<EngineEvent>>>,
     /// The attempt number each agent's next try gets (1 unless the run is resumed).
     first_attempt: HashMap<String, u32>,
+    /// Agents a resumed run starts on `default` because they had been escalated there.
+    escalated: HashSet<String>,
     /// Scanned once per run for every agent's toolbox.
     facts: RepoFacts,
     /// The base checkpoint's blobs, which pre-images point at instead of copying.
@@ -196,6 +198,8 @@ struct ResumeState {
     records: HashMap<String, AgentRecord>,
     /// Pre-images already recorded, by agent (never replaced).
     preimages: HashMap<String, Arc<Preimage>>,
+    /// Agents whose last recorded attempt had been escalated to `default`: they go on there.
+    escalated: HashSet<String>,
 }
 
 /// Finish a run recorded in the store (`inputs.run_id`): killed mid-way, cancelled, or ended
@@ -331,6 +335,7 @@ async fn run_engine(
         records: Mutex::new(state.records),
         events,
         first_attempt: state.first_attempt,
+        escalated: state.escalated,
         facts: RepoFacts::scan(&repo_for_facts),
         base_blobs,
         preimages: Mutex::new(state.preimages),
@@ -573,8 +578,13 @@ async fn run_one(shared: Arc<Shared>, subtask: Subtask, cancel: CancellationToke
     let inputs = &shared.inputs;
     let agent_id = subtask.task_id.to_string();
     let spec = agent_spec(&subtask);
-    let mut mode = subtask.mode;
-    let mut escalated = false;
+    // An agent escalated to `default` by an earlier process of the run stays there.
+    let mut escalated = shared.escalated.contains(&agent_id);
+    let mut mode = if escalated {
+        Mode::Default
+    } else {
+        subtask.mode
+    };
     let mut attempt: u32 = shared
         .first_attempt
         .get(&agent_id)
@@ -912,9 +922,14 @@ async fn prepare_resume(inputs: &EngineInputs, store: &Store) -> Result<ResumeSt
         .map(|s| s.task_id.to_string())
         .collect();
     let mut state = ResumeState::default();
+    let mut last_attempt: HashMap<&str, (u32, bool)> = HashMap::new();
     for row in &rows {
         let next = state.first_attempt.entry(row.agent_id.clone()).or_insert(1);
         *next = (*next).max(row.attempt.saturating_add(1));
+        let last = last_attempt.entry(&row.agent_id).or_insert((0, false));
+        if row.attempt >= last.0 {
+            *last = (row.attempt, row.escalated);
+        }
         if row.status == Some(AgentStatus::Success) && planned.contains(&row.agent_id) {
             state.done.insert(row.agent_id.clone());
             state.records.insert(
@@ -929,6 +944,11 @@ async fn prepare_resume(inputs: &EngineInputs, store: &Store) -> Result<ResumeSt
             );
         }
     }
+    state.escalated = last_attempt
+        .into_iter()
+        .filter(|(_, (_, escalated))| *escalated)
+        .map(|(agent, _)| agent.to_owned())
+        .collect();
     // Pre-images in the store (this build), else in manifest files (earlier builds).
     for (agent_id, manifest) in
         StoreReader::open_in_repo(&inputs.repo)?.preimages(&inputs.run_id)?
