@@ -61,15 +61,12 @@ impl AnthropicConfig {
     /// `ANTHROPIC_API_KEY` and `ANTHROPIC_BASE_URL`. The key is required for the public API
     /// only: a custom base URL may be a local server that wants none.
     pub fn from_env() -> Result<Self, ProviderError> {
-        let base_url = env::var(env::ANTHROPIC_BASE_URL);
-        let api_key = env::var(env::ANTHROPIC_API_KEY);
-        if api_key.is_none() && base_url.is_none() {
-            return Err(ProviderError::InvalidRequest {
-                provider: PROVIDER,
-                message: format!("{} is not set", env::ANTHROPIC_API_KEY),
-            });
-        }
-        let mut config = AnthropicConfig::new(api_key.unwrap_or_default());
+        let (api_key, base_url) = super::http::credentials_from_env(
+            PROVIDER,
+            env::ANTHROPIC_API_KEY,
+            env::ANTHROPIC_BASE_URL,
+        )?;
+        let mut config = AnthropicConfig::new(api_key);
         if let Some(base_url) = base_url {
             config.base_url = base_url;
         }

@@ -288,6 +288,24 @@ pub trait StreamDecoder: Default {
     fn finish(self) -> Result<Decoded, DecodeError>;
 }
 
+/// An API key and an optional base URL from the environment. The key is required only when
+/// no base URL is set (a local server, such as `fanout sim`, takes any key or none).
+pub fn credentials_from_env(
+    provider: &'static str,
+    key_var: &str,
+    url_var: &str,
+) -> Result<(String, Option<String>), ProviderError> {
+    let base_url = crate::env::var(url_var);
+    let api_key = crate::env::var(key_var);
+    if api_key.is_none() && base_url.is_none() {
+        return Err(ProviderError::InvalidRequest {
+            provider,
+            message: format!("{key_var} is not set"),
+        });
+    }
+    Ok((api_key.unwrap_or_default(), base_url))
+}
+
 /// A request body as bytes.
 pub fn encode(provider: &'static str, body: &serde_json::Value) -> Result<Vec<u8>, ProviderError> {
     serde_json::to_vec(body).map_err(|error| ProviderError::InvalidRequest {

@@ -57,15 +57,9 @@ impl OpenAiConfig {
     /// `OPENAI_API_KEY` and `OPENAI_BASE_URL`. The key is required for the public API only:
     /// local servers take none.
     pub fn from_env() -> Result<Self, ProviderError> {
-        let base_url = env::var(env::OPENAI_BASE_URL);
-        let api_key = env::var(env::OPENAI_API_KEY);
-        if api_key.is_none() && base_url.is_none() {
-            return Err(ProviderError::InvalidRequest {
-                provider: PROVIDER,
-                message: format!("{} is not set", env::OPENAI_API_KEY),
-            });
-        }
-        let mut config = OpenAiConfig::new(api_key.unwrap_or_default());
+        let (api_key, base_url) =
+            super::http::credentials_from_env(PROVIDER, env::OPENAI_API_KEY, env::OPENAI_BASE_URL)?;
+        let mut config = OpenAiConfig::new(api_key);
         if let Some(base_url) = base_url {
             config.base_url = base_url;
         }
