@@ -320,7 +320,7 @@ fn assign_ids(
                 first_line,
             });
         }
-        items.push(Item { id: item_id, value });
+        items.push(Item::new(item_id, value));
     }
     Ok(items)
 }
@@ -355,7 +355,7 @@ mod tests {
         let text = "{\"ticket\": \"T-1\", \"body\": \"a\"}\n\n{\"ticket\": 7, \"body\": \"b\"}\n";
         let items = jsonl(text, &IdSource::Field("ticket".into())).unwrap();
         assert_eq!(ids(&items), ["T-1", "7"]);
-        assert_eq!(items[1].value, json!({"ticket": 7, "body": "b"}));
+        assert_eq!(*items[1].value, json!({"ticket": 7, "body": "b"}));
 
         let items = jsonl(text, &IdSource::Position { zero_pad: false }).unwrap();
         assert_eq!(ids(&items), ["1", "2"]);
@@ -425,7 +425,7 @@ mod tests {
         .unwrap();
         assert_eq!(ids(&items), ["1", "2"]);
         assert_eq!(
-            items[0].value,
+            *items[0].value,
             json!({"id": "1", "subject": "Login", "body": "cannot log in,\nsince Monday"})
         );
 
@@ -480,7 +480,7 @@ mod tests {
         let items = load(&source, &IdSource::default_for(&source)).unwrap();
         assert_eq!(ids(&items), ["b.md", "papers/2024/a.txt"]);
         assert_eq!(
-            items[1].value,
+            *items[1].value,
             json!({"path": "papers/2024/a.txt", "text": "A"})
         );
 

@@ -18,6 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -301,7 +302,7 @@ fn push_item(out: &mut String, item: &Item) {
         out.push_str(&item.id);
     }
     out.push_str("\">\n");
-    match &item.value {
+    match item.value.as_ref() {
         Value::String(text) => out.push_str(text),
         // Writing to a String cannot fail.
         other => {
@@ -1065,14 +1066,14 @@ impl Ledger {
                     kind: failure.kind,
                     reason: failure.reason,
                     attempts,
-                    input: entry.item.value,
+                    input: Arc::unwrap_or_clone(entry.item.value),
                 }),
                 State::Pending => accounting.failures.push(FailedItem {
                     id: entry.item.id,
                     kind: FailureKind::NotRun,
                     reason: "the run ended before this item was settled".to_owned(),
                     attempts,
-                    input: entry.item.value,
+                    input: Arc::unwrap_or_clone(entry.item.value),
                 }),
             }
         }

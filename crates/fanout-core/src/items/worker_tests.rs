@@ -388,7 +388,7 @@ fn ledger_builds_retry_chunks_and_keeps_first_settlement() {
             ("T-4", FailureKind::NotRun, 1)
         ]
     );
-    assert_eq!(accounting.failures[0].input, input[1].value);
+    assert_eq!(accounting.failures[0].input, *input[1].value);
 }
 
 // ---------------------------------------------------------------------------------------------

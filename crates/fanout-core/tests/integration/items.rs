@@ -581,7 +581,7 @@ fn the_ticket_example_loads_chunks_and_counts() {
             .all(|c| !c.oversized && c.estimated_tokens <= 6_000)
     );
     // The data is varied: several products and channels.
-    let values: Vec<&Value> = items.iter().map(|i| &i.value).collect();
+    let values: Vec<&Value> = items.iter().map(|i| i.value.as_ref()).collect();
     assert!(count_by(values.iter().copied(), "product").len() >= 5);
 }
 
