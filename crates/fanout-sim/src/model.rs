@@ -57,6 +57,17 @@ pub(crate) struct Request {
     pub(crate) input_tokens: u64,
 }
 
+impl Request {
+    /// Drops what only the answer's generation needed (prompt texts, tools, schema); a
+    /// non-streamed reply is rendered from the model name and the token count.
+    pub(crate) fn keep_reply_fields(&mut self) {
+        self.system = String::new();
+        self.last_user = String::new();
+        self.tools = Vec::new();
+        self.json_schema = None;
+    }
+}
+
 /// One generated content block.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Block {

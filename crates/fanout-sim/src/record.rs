@@ -135,6 +135,11 @@ impl Recorder {
         })
     }
 
+    /// Whether a pushed exchange's request body is used (kept in memory or written out).
+    pub(crate) fn keeps_requests(&self) -> bool {
+        self.keep > 0 || self.writer.lock().map(|w| w.is_some()).unwrap_or(true)
+    }
+
     pub(crate) fn push(&self, exchange: Exchange) {
         if let Ok(writer) = self.writer.lock()
             && let Some(tx) = writer.as_ref()

@@ -434,8 +434,15 @@ async fn handle(
         Endpoint::ChatCompletions => openai::normalize(&json),
         _ => anthropic::normalize(endpoint, &json),
     };
-    ctx.exchange.request = json;
-    let request = match parsed {
+    // A thousand requests wait out their latency at once: only what the reply needs stays
+    // alive meanwhile, so the body and its parsed tree are dropped unless the log keeps them.
+    drop(bytes);
+    if shared.recorder.keeps_requests() {
+        ctx.exchange.request = json;
+    } else {
+        drop(json);
+    }
+    let mut request = match parsed {
         Ok(request) => request,
         Err(error) => return ctx.error(error),
     };
@@ -641,6 +648,7 @@ async fn handle(
         );
     }
 
+    request.keep_reply_fields();
     sleep(base + per_token + scripted_delay).await;
     let body = render_json(endpoint, &request, &answer, seq, created);
     match breakage {
