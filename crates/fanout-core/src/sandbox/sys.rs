@@ -90,6 +90,40 @@ pub(crate) fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
     check(rc)
 }
 
+/// `RLIMIT_NOFILE` as (soft, hard).
+pub(crate) fn open_file_limit() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable `rlimit` that outlives the call.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    check(rc)?;
+    Ok((limit.rlim_cur, limit.rlim_max))
+}
+
+/// Set the soft `RLIMIT_NOFILE` (the hard limit is left as it is).
+pub(crate) fn set_open_file_soft_limit(soft: u64, hard: u64) -> io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `limit` is a valid `rlimit` that outlives the call.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    check(rc)
+}
+
+/// Duplicate `fd` onto the lowest free descriptor number at or above `min` (`F_DUPFD_CLOEXEC`).
+pub(crate) fn dup_at_least(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: a valid fd and an integer argument; the kernel returns a new fd we own, or -1.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
 /// `unlinkat(2)`; `remove_dir` selects `AT_REMOVEDIR`.
 pub(crate) fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, remove_dir: bool) -> io::Result<()> {
     let flags = if remove_dir { libc::AT_REMOVEDIR } else { 0 };

@@ -6,7 +6,8 @@
 //! - **One writer.** [`Store::open`] migrates the file and starts a dedicated thread that owns
 //!   the only writing `rusqlite::Connection`. Every write is a message on a bounded channel;
 //!   the thread commits whatever is queued (up to [`MAX_BATCH`] operations) as one
-//!   transaction, so under load batches fill up and at a trickle latency stays low. The
+//!   transaction. A busy writer first waits a moment for more ([`crate::group_commit`]), so
+//!   under load batches fill up and at a trickle latency stays low. The
 //!   channel's bound is the back-pressure: a sender waits for room, never for SQLite.
 //! - **Durability by kind.** Methods that return after the commit (`create_run`,
 //!   `set_run_status`, `start_agent`, `start_agent_with_preimage` — the start row and the

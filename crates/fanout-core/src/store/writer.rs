@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use serde_json::json;
@@ -13,6 +13,7 @@ use super::{
     AgentFinish, AgentStart, CheckpointRecord, DenialRecord, EventRecord, NewRun, RunStatus,
     StoreError, ToolCallRecord, format_time, schema,
 };
+use crate::group_commit::GroupCommit;
 
 /// Most operations committed in one transaction.
 pub const MAX_BATCH: usize = 500;
@@ -264,17 +265,31 @@ fn is_constraint(err: &rusqlite::Error) -> bool {
     matches!(err, rusqlite::Error::SqliteFailure(e, _) if e.code == ErrorCode::ConstraintViolation)
 }
 
+/// Move queued requests into `batch`, up to [`MAX_BATCH`].
+fn drain(rx: &mut mpsc::Receiver<Request>, batch: &mut Vec<Request>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(request) => batch.push(request),
+            Err(_) => break,
+        }
+    }
+}
+
 impl Writer {
     fn run(&mut self, mut rx: mpsc::Receiver<Request>) {
+        let mut group = GroupCommit::new(GroupCommit::DEFAULT);
         while let Some(first) = rx.blocking_recv() {
+            let arrived = Instant::now();
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
-                }
+            drain(&mut rx, &mut batch);
+            let closing = batch.iter().any(|r| matches!(r.op, Op::Close(_)));
+            if !closing && batch.len() < MAX_BATCH && group.should_gather(arrived) {
+                group.gather();
+                drain(&mut rx, &mut batch);
             }
-            if let Some(close) = self.commit(batch) {
+            let close = self.commit(batch);
+            group.synced(Instant::now());
+            if let Some(close) = close {
                 // Anything still queued was sent before the close was processed; commit it
                 // too so `close` means "everything sent so far is in".
                 rx.close();
