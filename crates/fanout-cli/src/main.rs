@@ -70,6 +70,7 @@ fn main() -> ExitCode {
     // Before the runtime starts its threads (see `fanout_core::process`). Best effort: a
     // process that cannot raise its limits runs as it would have anyway.
     let _ = fanout_core::process::prepare_descriptors();
+    let _ = fanout_core::process::prepare_allocator();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
