@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::Attempt;
 use super::error::{ApiErrorDetails, ProviderError};
 use super::headers;
+use super::send_window::{Place, SendWindow, SendWindowConfig};
 use super::sse::{SseEvent, SseParser};
 use super::types::{ContentBlock, RateLimitSnapshot, Response, StopReason, Usage};
 
@@ -40,6 +41,8 @@ pub struct HttpConfig {
     pub stream_idle_timeout: Duration,
     /// Idle keep-alive connections kept per host. A fleet of 1,000 agents wants 1,000.
     pub max_idle_per_host: usize,
+    /// How many requests are put on the wire at once ([`super::send_window`]).
+    pub send_window: SendWindowConfig,
 }
 
 impl Default for HttpConfig {
@@ -50,6 +53,7 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(600),
             stream_idle_timeout: Duration::from_secs(120),
             max_idle_per_host: 4096,
+            send_window: SendWindowConfig::default(),
         }
     }
 }
@@ -71,6 +75,7 @@ pub struct Dialect {
 pub struct HttpTransport {
     client: reqwest::Client,
     config: HttpConfig,
+    window: SendWindow,
 }
 
 impl HttpTransport {
@@ -88,7 +93,11 @@ impl HttpTransport {
                 provider: "http",
                 message: format!("cannot build the HTTP client: {}", error_chain(&error)),
             })?;
-        Ok(HttpTransport { client, config })
+        Ok(HttpTransport {
+            client,
+            window: SendWindow::new(config.send_window),
+            config,
+        })
     }
 
     pub fn config(&self) -> &HttpConfig {
@@ -159,8 +168,13 @@ impl HttpTransport {
             }),
         );
         headers.insert(RETRY_COUNT_HEADER, HeaderValue::from(attempt.retry));
-        let request = self.client.post(url).headers(headers).body(body);
-        self.execute(dialect, request, stream).await
+        let place = self.window.enter().await;
+        let request = self.client.post(url).headers(headers);
+        let request = match &place {
+            Some(place) => request.body(reqwest::Body::wrap(place.body(Bytes::from(body)))),
+            None => request.body(body),
+        };
+        self.execute(dialect, request, stream, place).await
     }
 
     /// GET `url`, accepting `accept` (the Message Batches status and results). Errors as for
@@ -174,16 +188,17 @@ impl HttpTransport {
     ) -> Result<Reply, ProviderError> {
         headers.insert(ACCEPT, HeaderValue::from_static(accept));
         let request = self.client.get(url).headers(headers);
-        self.execute(dialect, request, false).await
+        self.execute(dialect, request, false, None).await
     }
 
     /// Send a built request; the shared part of [`HttpTransport::post_json`] and
-    /// [`HttpTransport::get`].
+    /// [`HttpTransport::get`]. `place` is the request's place in the send window, if it has one.
     async fn execute(
         &self,
         dialect: &Dialect,
         request: reqwest::RequestBuilder,
         stream: bool,
+        place: Option<Place>,
     ) -> Result<Reply, ProviderError> {
         let provider = dialect.provider;
         let (deadline, limit) = if stream {
@@ -193,6 +208,12 @@ impl HttpTransport {
             (Some(Instant::now() + limit), limit)
         };
         let send = request.send();
+        let send = async {
+            match place {
+                Some(place) => place.hold_until_sent(send).await,
+                None => send.await,
+            }
+        };
         let response = match tokio::time::timeout_at(Instant::now() + limit, send).await {
             Err(_) => {
                 return Err(ProviderError::Timeout {

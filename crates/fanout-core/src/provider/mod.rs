@@ -2,7 +2,8 @@
 //!
 //! `types` is the provider-neutral vocabulary; `error` the typed failures. Each provider module
 //! (`anthropic`, `openai`) only translates between those types and its wire format; `http` is
-//! the shared transport (reqwest, timeouts, error bodies) and `sse` the server-sent-events
+//! the shared transport (reqwest, timeouts, error bodies, the `send_window` that puts a
+//! fleet's requests on the wire in order) and `sse` the server-sent-events
 //! parser both streaming paths use; `headers` reads rate-limit and retry headers. `batch` is
 //! the Anthropic Message Batches client (submit, poll, collect by `custom_id`).
 //!
@@ -14,6 +15,7 @@ pub mod error;
 pub mod headers;
 pub mod http;
 pub mod openai;
+pub mod send_window;
 pub mod sse;
 pub mod types;
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use fanout_core::provider::anthropic::{AnthropicConfig, AnthropicProvider};
 use fanout_core::provider::http::HttpConfig;
 use fanout_core::provider::openai::{OpenAiConfig, OpenAiProvider};
+use fanout_core::provider::send_window::SendWindowConfig;
 use fanout_core::provider::{
     Attempt, ContentBlock, ErrorClass, JsonSchemaFormat, Message, Provider, ProviderError, Request,
     Response, Role, StopReason, ToolChoice, ToolSpec,
@@ -338,6 +339,61 @@ async fn anthropic_sends_the_headers_and_body_we_expect() {
     assert_eq!(body["stop_sequences"], json!(["END"]));
     assert_eq!(body["metadata"], json!({"user_id": "agent-1"}));
     assert_eq!(body["stream"], json!(true));
+    sim.shutdown().await;
+}
+
+/// The send window over HTTP. With room for one request at a time, twelve concurrent calls
+/// reach the simulator in the order they asked for a place, and each gives its place up as
+/// soon as its body is on the connection, not when its answer comes: the twelve 300 ms
+/// answers overlap (held until the answer, they would take 3.6 s in a row).
+#[tokio::test]
+async fn the_send_window_orders_requests_and_frees_a_place_once_the_body_is_sent() {
+    let sim = start(SimConfig {
+        latency: Duration::from_millis(300),
+        ..SimConfig::default()
+    })
+    .await;
+    let anthropic = anthropic_with(
+        &sim,
+        "test-key",
+        HttpConfig {
+            send_window: SendWindowConfig {
+                size: 1,
+                horizon: Duration::from_secs(30),
+            },
+            ..http()
+        },
+    );
+    let requests: Vec<Request> = (0..12)
+        .map(|i| {
+            let mut request = hello();
+            request.messages = vec![Message::user(format!("call {i:02}"))];
+            request
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    // `join_all` polls the calls in order, so they ask for their places in that order.
+    let answers = futures_util::future::join_all(
+        requests
+            .iter()
+            .map(|request| anthropic.send(request, Attempt { retry: 0 }, false)),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+    let mut arrived = sim.exchanges();
+    arrived.sort_by_key(|exchange| exchange.seq);
+    let order: Vec<&str> = arrived
+        .iter()
+        .map(|exchange| {
+            exchange.request["messages"][0]["content"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+        })
+        .collect();
+    let expected: Vec<String> = (0..12).map(|i| format!("call {i:02}")).collect();
+    assert_eq!(order, expected);
     sim.shutdown().await;
 }
 
