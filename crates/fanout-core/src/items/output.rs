@@ -210,7 +210,6 @@ pub fn write_outputs(
             })?
         }
     };
-    write_atomic(&paths.results, results.as_bytes())?;
     let failed: Vec<Value> = accounting
         .failures
         .iter()
@@ -224,7 +223,7 @@ pub fn write_outputs(
             })
         })
         .collect();
-    write_atomic(&paths.failed, jsonl(failed.iter()).as_bytes())?;
+    let failed = jsonl(failed.iter());
     let summary = Summary::of(accounting, &options.count_by);
     let mut summary_json =
         serde_json::to_string_pretty(&summary.to_json()).map_err(|error| OutputError::Encode {
@@ -232,21 +231,25 @@ pub fn write_outputs(
             message: error.to_string(),
         })?;
     summary_json.push('\n');
-    write_atomic(&paths.summary_json, summary_json.as_bytes())?;
-    write_atomic(
-        &paths.summary_markdown,
-        summary.to_markdown(options.title.as_deref()).as_bytes(),
-    )?;
+    let markdown = summary.to_markdown(options.title.as_deref());
+    write_atomic_all(&[
+        (&paths.results, results.as_bytes()),
+        (&paths.failed, failed.as_bytes()),
+        (&paths.summary_json, summary_json.as_bytes()),
+        (&paths.summary_markdown, markdown.as_bytes()),
+    ])?;
     Ok((paths, summary))
 }
 
 fn jsonl<'a>(values: impl Iterator<Item = &'a Value>) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
     for value in values {
-        out.push_str(&value.to_string());
-        out.push('\n');
+        // Writing JSON to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, value);
+        out.push(b'\n');
     }
-    out
+    // serde_json writes UTF-8.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn csv_text(accounting: &Accounting, columns: &[String]) -> Result<String, String> {
@@ -282,18 +285,68 @@ fn csv_text(accounting: &Accounting, columns: &[String]) -> Result<String, Strin
     String::from_utf8(bytes).map_err(|error| error.to_string())
 }
 
+/// Write several files as [`write_atomic`] does, syncing them only once all are written (the
+/// device works on every file's data at once instead of one file at a time), then renaming
+/// each into place. A failure leaves no temporary file and no file half-written; files renamed
+/// before it stay.
+pub fn write_atomic_all(files: &[(&Path, &[u8])]) -> Result<(), OutputError> {
+    let mut temps: Vec<(PathBuf, &Path, Option<fs::File>)> = Vec::with_capacity(files.len());
+    let written = (|| {
+        for (path, bytes) in files {
+            let io = |source| OutputError::Io {
+                path: (*path).to_owned(),
+                source,
+            };
+            let temp = temp_path(path);
+            let file = fs::File::create(&temp).map_err(io)?;
+            temps.push((temp, path, None));
+            let mut file = file;
+            file.write_all(bytes).map_err(io)?;
+            if let Some(last) = temps.last_mut() {
+                last.2 = Some(file);
+            }
+        }
+        for (_, path, file) in &mut temps {
+            if let Some(file) = file.take() {
+                file.sync_all().map_err(|source| OutputError::Io {
+                    path: (*path).to_owned(),
+                    source,
+                })?;
+            }
+        }
+        for (temp, path, _) in &temps {
+            fs::rename(temp, path).map_err(|source| OutputError::Io {
+                path: (*path).to_owned(),
+                source,
+            })?;
+        }
+        Ok(())
+    })();
+    if written.is_err() {
+        for (temp, _, _) in &temps {
+            let _ = fs::remove_file(temp);
+        }
+    }
+    written
+}
+
+/// The temporary name `path` is written under before its rename.
+fn temp_path(path: &Path) -> PathBuf {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.join(format!(".{name}.tmp-{}", std::process::id()))
+}
+
 /// Write `bytes` to `path` through a synced temporary file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
     let io = |source| OutputError::Io {
         path: path.to_owned(),
         source,
     };
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let temp = temp_path(path);
     let result = (|| {
         let mut file = fs::File::create(&temp)?;
         file.write_all(bytes)?;
