@@ -444,18 +444,21 @@ impl Writer {
 
     /// Run one operation in a savepoint so its failure leaves the rest of the batch alone.
     fn apply_in_savepoint(&mut self, op: Op) -> Result<Option<serde_json::Value>, StoreError> {
+        // Prepared once and reused: a fleet's batches run these around every record.
         self.conn
-            .execute_batch("SAVEPOINT op")
+            .prepare_cached("SAVEPOINT op")
+            .and_then(|mut stmt| stmt.execute([]))
             .map_err(self.sqlite("opening a savepoint"))?;
         let result = self.apply(op);
-        let end = if result.is_ok() {
-            "RELEASE op"
+        let closed = if result.is_ok() {
+            self.conn
+                .prepare_cached("RELEASE op")
+                .and_then(|mut stmt| stmt.execute([]))
+                .map(|_| ())
         } else {
-            "ROLLBACK TO op; RELEASE op"
+            self.conn.execute_batch("ROLLBACK TO op; RELEASE op")
         };
-        self.conn
-            .execute_batch(end)
-            .map_err(self.sqlite("closing a savepoint"))?;
+        closed.map_err(self.sqlite("closing a savepoint"))?;
         result
     }
 
@@ -507,17 +510,19 @@ impl Writer {
                 ])
             });
         match result {
-            Ok(_) => Ok(Some(json!({
-                "timestamp": started_at,
-                "run_id": run.run_id,
-                "kind": "run_created",
-                "workflow": run.workflow,
-                "config_path": run.config_path,
-                "plan_hash": run.plan_hash,
-                "status": run.status,
-                "base_commit": run.base_commit,
-                "agents_planned": run.agents_planned,
-            }))),
+            Ok(_) => Ok(self.log.is_some().then(|| {
+                json!({
+                    "timestamp": started_at,
+                    "run_id": run.run_id,
+                    "kind": "run_created",
+                    "workflow": run.workflow,
+                    "config_path": run.config_path,
+                    "plan_hash": run.plan_hash,
+                    "status": run.status,
+                    "base_commit": run.base_commit,
+                    "agents_planned": run.agents_planned,
+                })
+            })),
             Err(err) if is_constraint(&err) => Err(StoreError::RunExists { run_id: run.run_id }),
             Err(source) => Err(self.sqlite("recording a run")(source)),
         }
@@ -543,13 +548,15 @@ impl Writer {
         if changed == 0 {
             return Err(StoreError::UnknownRun { run_id });
         }
-        Ok(Some(json!({
-            "timestamp": ended_at.unwrap_or_else(|| format_time(SystemTime::now())),
-            "run_id": run_id,
-            "kind": "run_status",
-            "status": status,
-            "error": error,
-        })))
+        Ok(self.log.is_some().then(|| {
+            json!({
+                "timestamp": ended_at.unwrap_or_else(|| format_time(SystemTime::now())),
+                "run_id": run_id,
+                "kind": "run_status",
+                "status": status,
+                "error": error,
+            })
+        }))
     }
 
     fn reopen_run(&mut self, run_id: String) -> Result<Option<serde_json::Value>, StoreError> {
@@ -564,13 +571,15 @@ impl Writer {
         if changed == 0 {
             return Err(StoreError::UnknownRun { run_id });
         }
-        Ok(Some(json!({
-            "timestamp": format_time(SystemTime::now()),
-            "run_id": run_id,
-            "kind": "run_status",
-            "status": RunStatus::Running,
-            "resumed": true,
-        })))
+        Ok(self.log.is_some().then(|| {
+            json!({
+                "timestamp": format_time(SystemTime::now()),
+                "run_id": run_id,
+                "kind": "run_status",
+                "status": RunStatus::Running,
+                "resumed": true,
+            })
+        }))
     }
 
     fn preimage(&mut self, run_id: &str, agent_id: &str, manifest: &str) -> Result<(), StoreError> {
@@ -606,17 +615,19 @@ impl Writer {
                 ])
             });
         match result {
-            Ok(_) => Ok(Some(json!({
-                "timestamp": started_at,
-                "run_id": start.run_id,
-                "kind": "agent_started",
-                "agent_id": start.agent_id,
-                "attempt": start.attempt,
-                "mode": start.mode,
-                "model": start.model,
-                "escalated": start.escalated,
-                "task_description": start.task_description,
-            }))),
+            Ok(_) => Ok(self.log.is_some().then(|| {
+                json!({
+                    "timestamp": started_at,
+                    "run_id": start.run_id,
+                    "kind": "agent_started",
+                    "agent_id": start.agent_id,
+                    "attempt": start.attempt,
+                    "mode": start.mode,
+                    "model": start.model,
+                    "escalated": start.escalated,
+                    "task_description": start.task_description,
+                })
+            })),
             Err(err) if is_constraint(&err) => Err(StoreError::AgentExists {
                 run_id: start.run_id,
                 agent_id: start.agent_id,
@@ -717,22 +728,24 @@ impl Writer {
                 ])
             })
             .map_err(self.sqlite("adding to a run's totals"))?;
-        Ok(Some(json!({
-            "timestamp": ended_at,
-            "run_id": finish.run_id,
-            "kind": "agent_finished",
-            "agent_id": finish.agent_id,
-            "attempt": finish.attempt,
-            "status": finish.status,
-            "files_accessed": finish.files_accessed,
-            "tools_called": finish.tools_called,
-            "token_count": finish.token_count(),
-            "input_tokens": finish.input_tokens,
-            "output_tokens": finish.output_tokens,
-            "cost_usd": finish.cost_usd,
-            "error": finish.error,
-            "checkpoint": finish.checkpoint,
-        })))
+        Ok(self.log.is_some().then(|| {
+            json!({
+                "timestamp": ended_at,
+                "run_id": finish.run_id,
+                "kind": "agent_finished",
+                "agent_id": finish.agent_id,
+                "attempt": finish.attempt,
+                "status": finish.status,
+                "files_accessed": finish.files_accessed,
+                "tools_called": finish.tools_called,
+                "token_count": finish.token_count(),
+                "input_tokens": finish.input_tokens,
+                "output_tokens": finish.output_tokens,
+                "cost_usd": finish.cost_usd,
+                "error": finish.error,
+                "checkpoint": finish.checkpoint,
+            })
+        }))
     }
 
     fn checkpoint(
@@ -761,16 +774,18 @@ impl Writer {
                 ])
             })
             .map_err(self.sqlite("recording a checkpoint"))?;
-        Ok(Some(json!({
-            "timestamp": at,
-            "run_id": checkpoint.run_id,
-            "kind": "checkpoint",
-            "seq": checkpoint.seq,
-            "commit_id": checkpoint.commit_id,
-            "ref_name": checkpoint.ref_name,
-            "label": checkpoint.label,
-            "completed_agents": checkpoint.completed_agents,
-        })))
+        Ok(self.log.is_some().then(|| {
+            json!({
+                "timestamp": at,
+                "run_id": checkpoint.run_id,
+                "kind": "checkpoint",
+                "seq": checkpoint.seq,
+                "commit_id": checkpoint.commit_id,
+                "ref_name": checkpoint.ref_name,
+                "label": checkpoint.label,
+                "completed_agents": checkpoint.completed_agents,
+            })
+        }))
     }
 
     fn tool_call(&mut self, call: ToolCallRecord) -> Result<Option<serde_json::Value>, StoreError> {
@@ -797,19 +812,21 @@ impl Writer {
                 ])
             })
             .map_err(self.sqlite("recording a tool call"))?;
-        Ok(Some(json!({
-            "timestamp": started_at,
-            "run_id": call.run_id,
-            "kind": "tool_call",
-            "agent_id": call.agent_id,
-            "attempt": call.attempt,
-            "seq": call.seq,
-            "tool": call.tool,
-            "target": call.target,
-            "ok": call.ok,
-            "error": call.error,
-            "ended_at": ended_at,
-        })))
+        Ok(self.log.is_some().then(|| {
+            json!({
+                "timestamp": started_at,
+                "run_id": call.run_id,
+                "kind": "tool_call",
+                "agent_id": call.agent_id,
+                "attempt": call.attempt,
+                "seq": call.seq,
+                "tool": call.tool,
+                "target": call.target,
+                "ok": call.ok,
+                "error": call.error,
+                "ended_at": ended_at,
+            })
+        }))
     }
 
     fn denial(&mut self, denial: DenialRecord) -> Result<Option<serde_json::Value>, StoreError> {
@@ -831,16 +848,18 @@ impl Writer {
                 ])
             })
             .map_err(self.sqlite("recording a denial"))?;
-        Ok(Some(json!({
-            "timestamp": at,
-            "run_id": denial.run_id,
-            "kind": "denial",
-            "agent_id": denial.agent_id,
-            "attempt": denial.attempt,
-            "tool": denial.tool,
-            "target": denial.target,
-            "reason": denial.reason,
-        })))
+        Ok(self.log.is_some().then(|| {
+            json!({
+                "timestamp": at,
+                "run_id": denial.run_id,
+                "kind": "denial",
+                "agent_id": denial.agent_id,
+                "attempt": denial.attempt,
+                "tool": denial.tool,
+                "target": denial.target,
+                "reason": denial.reason,
+            })
+        }))
     }
 
     fn event(&mut self, event: EventRecord) -> Result<Option<serde_json::Value>, StoreError> {
@@ -877,13 +896,15 @@ impl Writer {
             })
             .map_err(self.sqlite("recording an event"))?;
         self.next_event_seq.insert(event.run_id.clone(), seq + 1);
-        Ok(Some(json!({
-            "timestamp": at,
-            "run_id": event.run_id,
-            "seq": seq,
-            "agent_id": event.agent_id,
-            "kind": event.kind,
-            "payload": event.payload,
-        })))
+        Ok(self.log.is_some().then(|| {
+            json!({
+                "timestamp": at,
+                "run_id": event.run_id,
+                "seq": seq,
+                "agent_id": event.agent_id,
+                "kind": event.kind,
+                "payload": event.payload,
+            })
+        }))
     }
 }
