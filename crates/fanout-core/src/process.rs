@@ -1,6 +1,5 @@
 //! What the engine's process sets up for itself once, at the start of `main`, while it is
-//! still single-threaded: room for a fleet's file descriptors, and heaps that grow in large
-//! steps.
+//! still single-threaded: room for a fleet's file descriptors.
 //!
 //! A fleet of 1,000 workers holds 1,000 sockets at once, plus files, pipes and the run store.
 //! Two kernel defaults get in the way:
@@ -13,12 +12,6 @@
 //!   measured 7–14 ms per doubling, five times over while a 1,000-agent fleet connects. A
 //!   single-threaded process grows its table without that wait, so it is grown here, once,
 //!   by duplicating a descriptor onto a high number and closing it (the table never shrinks).
-//!
-//! And one allocator default: glibc grows a thread's heap by what the allocation at hand
-//! needs, one `mprotect` each time. A fleet ramping up to 1,000 connections made ~16,000 such
-//! calls in `fanout bench items` (engine and simulator), each taking the address-space lock
-//! that the other thread's page faults wait on. [`prepare_allocator`] makes each growth
-//! reserve [`HEAP_GROWTH_PAD`] more; reserved pages cost no memory until they are touched.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -29,15 +22,6 @@ use crate::sandbox::sys;
 pub const OPEN_FILE_LIMIT_TARGET: u64 = 65_536;
 /// The descriptor table is grown to hold at least this many (or the soft limit, if lower).
 pub const DESCRIPTOR_TABLE_TARGET: u64 = 8_192;
-
-/// Extra bytes a heap grows by each time it must grow (glibc's `M_TOP_PAD`).
-pub const HEAP_GROWTH_PAD: i32 = 64 << 20;
-
-/// Set the allocator's growth step (see the module docs). Returns whether the C library took
-/// it (only glibc has the setting).
-pub fn prepare_allocator() -> bool {
-    sys::malloc_top_pad(HEAP_GROWTH_PAD)
-}
 
 /// What [`prepare_descriptors`] left in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -124,21 +124,6 @@ pub(crate) fn dup_at_least(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
-/// glibc's `mallopt(M_TOP_PAD, bytes)`: how much extra a heap grows by each time it grows.
-/// Returns whether glibc accepted it (always false where the C library is not glibc).
-pub(crate) fn malloc_top_pad(bytes: i32) -> bool {
-    #[cfg(target_env = "gnu")]
-    {
-        // SAFETY: an integer parameter and value; mallopt has no other effect.
-        unsafe { libc::mallopt(libc::M_TOP_PAD, bytes) == 1 }
-    }
-    #[cfg(not(target_env = "gnu"))]
-    {
-        let _ = bytes;
-        false
-    }
-}
-
 /// `unlinkat(2)`; `remove_dir` selects `AT_REMOVEDIR`.
 pub(crate) fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, remove_dir: bool) -> io::Result<()> {
     let flags = if remove_dir { libc::AT_REMOVEDIR } else { 0 };
