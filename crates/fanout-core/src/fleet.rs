@@ -158,7 +158,7 @@ impl Fleet {
         loop {
             attempt += 1;
             let cost = Cost {
-                input_tokens: self.estimator.input_tokens(request),
+                input_tokens: self.estimator.input_tokens_for(raw_input),
                 output_tokens: self.estimator.output_tokens(request),
             };
             let reservation = tokio::select! {

@@ -65,8 +65,13 @@ impl TokenEstimator {
 
     /// Input tokens to reserve for `request`.
     pub fn input_tokens(&self, request: &Request) -> u64 {
+        self.input_tokens_for(Self::raw_input(request))
+    }
+
+    /// Input tokens to reserve for a request whose [`Self::raw_input`] is `raw`.
+    pub fn input_tokens_for(&self, raw: f64) -> u64 {
         let ratio = lock(&self.calibration).input_ratio;
-        (Self::raw_input(request) * ratio * self.safety).ceil() as u64
+        (raw * ratio * self.safety).ceil() as u64
     }
 
     /// Output tokens to reserve: the mean seen so far (padded), never above `max_tokens`;

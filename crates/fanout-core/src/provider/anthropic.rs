@@ -11,16 +11,17 @@
 //! would lose output or break token accounting.
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Value, json};
 
 use super::error::{ApiErrorDetails, ProviderError};
 use super::headers;
 use super::http::{
     DecodeError, Decoded, Dialect, Flow, HttpConfig, HttpTransport, StreamDecoder, encode,
-    join_url, json_error, json_f32, json_u64,
+    join_url, json_error, json_f32, json_u64, parse_url,
 };
 use super::sse::SseEvent;
-use super::types::{ContentBlock, Request, Role, StopReason, ToolChoice, Usage};
+use super::types::{ContentBlock, Message, Request, Role, StopReason, ToolChoice, ToolSpec, Usage};
 use super::{Attempt, BoxFuture, Provider, Response};
 use crate::env;
 
@@ -80,7 +81,8 @@ pub struct AnthropicProvider {
     config: AnthropicConfig,
     transport: HttpTransport,
     headers: HeaderMap,
-    messages_url: String,
+    /// Parsed once: a fleet sends thousands of requests to it.
+    messages_url: reqwest::Url,
     count_tokens_url: String,
 }
 
@@ -109,7 +111,7 @@ impl AnthropicProvider {
         );
         let base = config.base_url.trim_end_matches('/');
         Ok(AnthropicProvider {
-            messages_url: join_url(base, "v1/messages"),
+            messages_url: parse_url(PROVIDER, &join_url(base, "v1/messages"))?,
             count_tokens_url: join_url(base, "v1/messages/count_tokens"),
             config,
             transport,
@@ -133,11 +135,12 @@ impl AnthropicProvider {
         stream: bool,
     ) -> Result<Response, ProviderError> {
         // Its own statement: the request's JSON tree is dropped here, not held across the call.
-        let body = encode(PROVIDER, &request_body(request, stream))?;
+        // Bytes straight from the request: no JSON tree is built or held across the call.
+        let body = encode_request(request, stream)?;
         self.transport
             .exchange::<StreamAssembler>(
                 &DIALECT,
-                &self.messages_url,
+                self.messages_url.clone(),
                 self.headers.clone(),
                 body,
                 attempt,
@@ -153,7 +156,7 @@ impl AnthropicProvider {
             .transport
             .post_json(
                 &DIALECT,
-                &self.count_tokens_url,
+                self.count_tokens_url.as_str(),
                 self.headers.clone(),
                 body,
                 Attempt::default(),
@@ -200,113 +203,268 @@ fn header_value(what: &str, value: &str) -> Result<HeaderValue, ProviderError> {
 // ---------------------------------------------------------------------------------------------
 // Request translation
 
-/// The JSON body of `POST /v1/messages`.
+/// The JSON body of `POST /v1/messages` for `request`.
 pub fn request_body(request: &Request, stream: bool) -> Value {
-    let mut body = Map::new();
-    body.insert("model".into(), json!(request.model));
-    body.insert("max_tokens".into(), json!(request.max_tokens));
-    insert_prompt(&mut body, request);
-    if !request.stop_sequences.is_empty() {
-        body.insert("stop_sequences".into(), json!(request.stop_sequences));
-    }
-    if let Some(temperature) = request.temperature.and_then(json_f32) {
-        body.insert("temperature".into(), temperature);
-    }
-    if let Some(user_id) = &request.metadata_user_id {
-        body.insert("metadata".into(), json!({ "user_id": user_id }));
-    }
-    if stream {
-        body.insert("stream".into(), json!(true));
-    }
-    Value::Object(body)
+    // Serializing a `Serialize` value to a tree cannot fail: every map key is a string.
+    serde_json::to_value(WireBody::messages(request, stream)).unwrap_or(Value::Null)
 }
 
 /// The JSON body of `POST /v1/messages/count_tokens`: the prompt without generation controls.
 pub fn count_tokens_body(request: &Request) -> Value {
-    let mut body = Map::new();
-    body.insert("model".into(), json!(request.model));
-    insert_prompt(&mut body, request);
-    Value::Object(body)
+    serde_json::to_value(WireBody::count_tokens(request)).unwrap_or(Value::Null)
 }
 
-/// What both endpoints share: system, messages, tools, tool choice, output format.
-fn insert_prompt(body: &mut Map<String, Value>, request: &Request) {
-    let cache = || json!({ "type": "ephemeral" });
-    if let Some(system) = &request.system {
-        let mut block = json!({ "type": "text", "text": system });
-        // The cache prefix is tools, then system: a breakpoint here covers both.
-        if request.cache_prefix {
-            block["cache_control"] = cache();
-        }
-        body.insert("system".into(), json!([block]));
-    }
-    let messages: Vec<Value> = request
-        .messages
-        .iter()
-        .map(|message| {
-            json!({
-                "role": match message.role { Role::User => "user", Role::Assistant => "assistant" },
-                "content": message.content.iter().map(content_block).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    body.insert("messages".into(), Value::Array(messages));
-    if !request.tools.is_empty() {
-        let mut tools: Vec<Value> = request
-            .tools
-            .iter()
-            .map(|tool| {
-                json!({
-                    "name": tool.name,
-                    "description": tool.description,
-                    "input_schema": tool.input_schema,
-                })
-            })
-            .collect();
-        // Also on the last tool, so the tools stay cached when a request has no system.
-        if request.cache_prefix
-            && let Some(last) = tools.last_mut()
-        {
-            last["cache_control"] = cache();
-        }
-        body.insert("tools".into(), Value::Array(tools));
-        // The API refuses a tool_choice without tools.
-        if let Some(choice) = &request.tool_choice {
-            body.insert(
-                "tool_choice".into(),
-                match choice {
-                    ToolChoice::Auto => json!({ "type": "auto" }),
-                    ToolChoice::Any => json!({ "type": "any" }),
-                    ToolChoice::Tool { name } => json!({ "type": "tool", "name": name }),
-                    ToolChoice::None => json!({ "type": "none" }),
-                },
-            );
+/// The body of `POST /v1/messages` as bytes, written straight from `request`: no JSON tree and
+/// no copy of the prompt, the tool schemas or the history (a fleet sends thousands of these).
+/// The bytes are those of [`request_body`]: fields are declared in the order a JSON map sorts
+/// them.
+pub fn encode_request(request: &Request, stream: bool) -> Result<Vec<u8>, ProviderError> {
+    encode(PROVIDER, &WireBody::messages(request, stream))
+}
+
+/// The wire body, borrowing everything from the [`Request`]. Fields in alphabetical order.
+#[derive(Serialize)]
+struct WireBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    messages: WireMessages<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<WireMetadata<'a>>,
+    model: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_config: Option<WireOutputConfig<'a>>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop_sequences: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<[WireText<'a>; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<WireToolChoice<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<WireTools<'a>>,
+}
+
+impl<'a> WireBody<'a> {
+    fn messages(request: &'a Request, stream: bool) -> WireBody<'a> {
+        WireBody {
+            max_tokens: Some(request.max_tokens),
+            metadata: request
+                .metadata_user_id
+                .as_deref()
+                .map(|user_id| WireMetadata { user_id }),
+            stop_sequences: &request.stop_sequences,
+            stream: stream.then_some(true),
+            temperature: request.temperature.and_then(json_f32),
+            ..WireBody::count_tokens(request)
         }
     }
-    if let Some(format) = &request.response_format {
-        body.insert(
-            "output_config".into(),
-            json!({ "format": { "type": "json_schema", "schema": format.schema } }),
-        );
+
+    /// What both endpoints share: model, system, messages, tools, tool choice, output format.
+    fn count_tokens(request: &'a Request) -> WireBody<'a> {
+        let cache = request.cache_prefix.then_some(CACHE_EPHEMERAL);
+        let has_tools = !request.tools.is_empty();
+        WireBody {
+            max_tokens: None,
+            messages: WireMessages(&request.messages),
+            metadata: None,
+            model: &request.model,
+            output_config: request
+                .response_format
+                .as_ref()
+                .map(|format| WireOutputConfig {
+                    format: WireFormat {
+                        schema: &format.schema,
+                        kind: "json_schema",
+                    },
+                }),
+            stop_sequences: &[],
+            stream: None,
+            // The cache prefix is tools, then system: a breakpoint here covers both.
+            system: request.system.as_deref().map(|text| {
+                [WireText {
+                    cache_control: cache,
+                    text,
+                    kind: "text",
+                }]
+            }),
+            temperature: None,
+            // The API refuses a tool_choice without tools.
+            tool_choice: request
+                .tool_choice
+                .as_ref()
+                .filter(|_| has_tools)
+                .map(|choice| match choice {
+                    ToolChoice::Auto => WireToolChoice {
+                        name: None,
+                        kind: "auto",
+                    },
+                    ToolChoice::Any => WireToolChoice {
+                        name: None,
+                        kind: "any",
+                    },
+                    ToolChoice::Tool { name } => WireToolChoice {
+                        name: Some(name),
+                        kind: "tool",
+                    },
+                    ToolChoice::None => WireToolChoice {
+                        name: None,
+                        kind: "none",
+                    },
+                }),
+            tools: has_tools.then_some(WireTools {
+                tools: &request.tools,
+                cache_last: request.cache_prefix,
+            }),
+        }
     }
 }
 
-fn content_block(block: &ContentBlock) -> Value {
-    match block {
-        ContentBlock::Text { text } => json!({ "type": "text", "text": text }),
-        ContentBlock::ToolUse { id, name, input } => {
-            json!({ "type": "tool_use", "id": id, "name": name, "input": input })
+#[derive(Serialize, Clone, Copy)]
+struct CacheControl {
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+const CACHE_EPHEMERAL: CacheControl = CacheControl { kind: "ephemeral" };
+
+#[derive(Serialize)]
+struct WireText<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_control: Option<CacheControl>,
+    text: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+struct WireMetadata<'a> {
+    user_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct WireOutputConfig<'a> {
+    format: WireFormat<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFormat<'a> {
+    schema: &'a Value,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+struct WireToolChoice<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+/// The tools, the last one marked for caching too (so the tools stay cached when a request has
+/// no system prompt).
+struct WireTools<'a> {
+    tools: &'a [ToolSpec],
+    cache_last: bool,
+}
+
+impl Serialize for WireTools<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let last = self.tools.len().saturating_sub(1);
+        serializer.collect_seq(self.tools.iter().enumerate().map(|(i, tool)| WireTool {
+            cache_control: (self.cache_last && i == last).then_some(CACHE_EPHEMERAL),
+            description: &tool.description,
+            input_schema: &tool.input_schema,
+            name: &tool.name,
+        }))
+    }
+}
+
+#[derive(Serialize)]
+struct WireTool<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_control: Option<CacheControl>,
+    description: &'a str,
+    input_schema: &'a Value,
+    name: &'a str,
+}
+
+struct WireMessages<'a>(&'a [Message]);
+
+impl Serialize for WireMessages<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|message| WireMessage {
+            content: WireBlocks(&message.content),
+            role: match message.role {
+                Role::User => "user",
+                Role::Assistant => "assistant",
+            },
+        }))
+    }
+}
+
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    content: WireBlocks<'a>,
+    role: &'static str,
+}
+
+struct WireBlocks<'a>(&'a [ContentBlock]);
+
+impl Serialize for WireBlocks<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(WireBlock::from))
+    }
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum WireBlock<'a> {
+    Text {
+        text: &'a str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+    },
+    ToolUse {
+        id: &'a str,
+        input: &'a Value,
+        name: &'a str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+    },
+    ToolResult {
+        content: &'a str,
+        is_error: bool,
+        tool_use_id: &'a str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+    },
+}
+
+impl<'a> From<&'a ContentBlock> for WireBlock<'a> {
+    fn from(block: &'a ContentBlock) -> WireBlock<'a> {
+        match block {
+            ContentBlock::Text { text } => WireBlock::Text { text, kind: "text" },
+            ContentBlock::ToolUse { id, name, input } => WireBlock::ToolUse {
+                id,
+                input,
+                name,
+                kind: "tool_use",
+            },
+            ContentBlock::ToolResult {
+                tool_use_id,
+                content,
+                is_error,
+            } => WireBlock::ToolResult {
+                content,
+                is_error: *is_error,
+                tool_use_id,
+                kind: "tool_result",
+            },
         }
-        ContentBlock::ToolResult {
-            tool_use_id,
-            content,
-            is_error,
-        } => json!({
-            "type": "tool_result",
-            "tool_use_id": tool_use_id,
-            "content": content,
-            "is_error": is_error,
-        }),
     }
 }
 
@@ -789,6 +947,21 @@ mod tests {
         });
         assert_eq!(body, expected);
         assert!(body.to_string().contains("\"temperature\":0.2,"));
+        // The bytes sent are written straight from the request; they are exactly the bytes of
+        // the same body as a JSON tree (whose maps sort their keys), so the field order holds.
+        let sent = encode_request(&sample_request(), true).unwrap();
+        assert_eq!(String::from_utf8(sent).unwrap(), body.to_string());
+        let mut plain = sample_request();
+        plain.cache_prefix = false;
+        plain.response_format = Some(JsonSchemaFormat {
+            name: "answer".into(),
+            schema: json!({"type": "object", "required": ["a"]}),
+        });
+        let sent = encode_request(&plain, false).unwrap();
+        assert_eq!(
+            String::from_utf8(sent).unwrap(),
+            request_body(&plain, false).to_string()
+        );
     }
 
     #[test]

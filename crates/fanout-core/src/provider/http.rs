@@ -112,7 +112,7 @@ impl HttpTransport {
     pub async fn exchange<D: StreamDecoder>(
         &self,
         dialect: &Dialect,
-        url: &str,
+        url: impl reqwest::IntoUrl,
         headers: HeaderMap,
         body: Vec<u8>,
         attempt: Attempt,
@@ -152,7 +152,7 @@ impl HttpTransport {
     pub async fn post_json(
         &self,
         dialect: &Dialect,
-        url: &str,
+        url: impl reqwest::IntoUrl,
         mut headers: HeaderMap,
         body: Vec<u8>,
         attempt: Attempt,
@@ -328,7 +328,10 @@ pub fn credentials_from_env(
 }
 
 /// A request body as bytes.
-pub fn encode(provider: &'static str, body: &serde_json::Value) -> Result<Vec<u8>, ProviderError> {
+pub fn encode<T: serde::Serialize + ?Sized>(
+    provider: &'static str,
+    body: &T,
+) -> Result<Vec<u8>, ProviderError> {
     serde_json::to_vec(body).map_err(|error| ProviderError::InvalidRequest {
         provider,
         message: format!("cannot encode the request: {error}"),
@@ -582,6 +585,15 @@ pub fn json_u64(value: &serde_json::Value) -> Option<u64> {
 }
 
 /// Join a base URL and a path without doubling or dropping the slash.
+/// Parse an endpoint URL once, when a provider is built: a bad `base_url` is an error then,
+/// not at the first of a thousand calls.
+pub fn parse_url(provider: &'static str, url: &str) -> Result<reqwest::Url, ProviderError> {
+    reqwest::Url::parse(url).map_err(|error| ProviderError::InvalidRequest {
+        provider,
+        message: format!("the endpoint {url:?} is not a valid URL: {error}"),
+    })
+}
+
 pub fn join_url(base: &str, path: &str) -> String {
     format!(
         "{}/{}",

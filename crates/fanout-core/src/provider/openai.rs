@@ -17,7 +17,7 @@ use super::error::{ApiErrorDetails, ProviderError};
 use super::headers;
 use super::http::{
     DecodeError, Decoded, Dialect, Flow, HttpConfig, HttpTransport, StreamDecoder, encode,
-    join_url, json_error, json_f32, json_u64,
+    join_url, json_error, json_f32, json_u64, parse_url,
 };
 use super::sse::SseEvent;
 use super::types::{ContentBlock, Request, Role, StopReason, ToolChoice, Usage};
@@ -73,7 +73,8 @@ pub struct OpenAiProvider {
     config: OpenAiConfig,
     transport: HttpTransport,
     headers: HeaderMap,
-    completions_url: String,
+    /// Parsed once: a fleet sends thousands of requests to it.
+    completions_url: reqwest::Url,
 }
 
 impl OpenAiProvider {
@@ -103,7 +104,7 @@ impl OpenAiProvider {
             headers.insert(AUTHORIZATION, value);
         }
         Ok(OpenAiProvider {
-            completions_url: join_url(&config.base_url, "chat/completions"),
+            completions_url: parse_url(PROVIDER, &join_url(&config.base_url, "chat/completions"))?,
             config,
             transport,
             headers,
@@ -130,7 +131,7 @@ impl OpenAiProvider {
         self.transport
             .exchange::<StreamAssembler>(
                 &DIALECT,
-                &self.completions_url,
+                self.completions_url.clone(),
                 self.headers.clone(),
                 body,
                 attempt,

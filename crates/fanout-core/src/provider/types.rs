@@ -154,21 +154,38 @@ impl Request {
     pub fn input_bytes(&self) -> usize {
         let mut total = self.system.as_ref().map_or(0, String::len);
         for tool in &self.tools {
-            total += tool.name.len() + tool.description.len() + tool.input_schema.to_string().len();
+            total += tool.name.len() + tool.description.len() + json_len(&tool.input_schema);
         }
         for message in &self.messages {
             for block in &message.content {
                 total += match block {
                     ContentBlock::Text { text } => text.len(),
-                    ContentBlock::ToolUse { name, input, .. } => {
-                        name.len() + input.to_string().len()
-                    }
+                    ContentBlock::ToolUse { name, input, .. } => name.len() + json_len(input),
                     ContentBlock::ToolResult { content, .. } => content.len(),
                 };
             }
         }
         total
     }
+}
+
+/// The length of `value` as compact JSON, counted without writing the text out (estimates
+/// run for every call of a fleet).
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Counting cannot fail, and a Value always serializes.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// Why the model stopped.
@@ -265,5 +282,41 @@ impl Response {
             ContentBlock::ToolUse { id, name, input } => Some((id.as_str(), name.as_str(), input)),
             _ => None,
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn input_bytes_counts_texts_and_compact_json() {
+        let mut request = Request::new("m", 10);
+        request.system = Some("sys".into());
+        let schema = json!({"type": "object", "properties": {"path": {"type": "string"}}});
+        request.tools = vec![ToolSpec {
+            name: "read".into(),
+            description: "Read it".into(),
+            input_schema: schema.clone(),
+        }];
+        let input = json!({"path": "a \"quoted\" name.txt"});
+        request.messages = vec![
+            Message::user("hello"),
+            Message::assistant(vec![ContentBlock::ToolUse {
+                id: "t1".into(),
+                name: "read".into(),
+                input: input.clone(),
+            }]),
+        ];
+        let expected = "sys".len()
+            + "read".len()
+            + "Read it".len()
+            + schema.to_string().len()
+            + "hello".len()
+            + "read".len()
+            + input.to_string().len();
+        assert_eq!(request.input_bytes(), expected);
     }
 }
