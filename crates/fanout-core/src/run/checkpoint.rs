@@ -15,6 +15,13 @@
 //! 5. one `git update-ref --stdin` transaction sets `refs/fanout/<run_id>/checkpoints/<n>` and
 //!    `refs/fanout/<run_id>/latest`.
 //!
+//! A checkpoint shows only finished work. An agent still running has its write scope half
+//! edited (a write in progress can even leave a file cut short), so the checkpoint shows that
+//! scope as the agent's pre-image recorded it instead: files as they were, files the agent
+//! created absent ([`InFlightScopes`]). Agents count as running from the moment their
+//! pre-image is durable (before their first tool call) until their edits are durable and
+//! recorded, or rolled back; an agent that starts while a checkpoint reads the tree counts too.
+//!
 //! Checkpoint 0 is the run's base: the working tree as it was before the first agent ran
 //! (uncommitted changes included), which is what `fanout rollback RUN_ID` restores by default.
 //! The refs are the source of truth ([`Checkpointer::new`] continues the numbering from them
@@ -31,7 +38,9 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::git::{Git, GitError};
+use super::preimage::{self, Entry as PreimageEntry, Preimage};
 use crate::config::Rollback;
+use crate::policy::PathSet;
 use crate::store::{CheckpointRecord, FANOUT_DIR, Store, StoreError};
 
 /// A checkpoint failure.
@@ -63,6 +72,68 @@ pub enum CheckpointError {
     },
     #[error("the checkpoint task stopped before finishing: {message}")]
     Join { message: String },
+    #[error("cannot show running agent {agent_id}'s scope as its pre-image: {message}")]
+    InFlightScope { agent_id: String, message: String },
+}
+
+/// The agents whose scopes a checkpoint shows as their pre-images (see the module docs).
+/// Shared by a run's agent tasks and its [`Checkpointer`].
+#[derive(Debug, Default)]
+pub struct InFlightScopes {
+    inner: Mutex<InFlight>,
+}
+
+#[derive(Debug, Default)]
+struct InFlight {
+    running: HashMap<String, Arc<Preimage>>,
+    /// While a checkpoint reads the tree: the agents running when it began, plus every agent
+    /// that started since.
+    capture: Option<HashMap<String, Arc<Preimage>>>,
+}
+
+impl InFlightScopes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InFlight> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The agent may now change its scope: call once its pre-image is durable and before any
+    /// of its tools can write.
+    pub fn enter(&self, preimage: Arc<Preimage>) {
+        let mut inner = self.lock();
+        if let Some(capture) = inner.capture.as_mut() {
+            capture.insert(preimage.agent_id.clone(), Arc::clone(&preimage));
+        }
+        inner.running.insert(preimage.agent_id.clone(), preimage);
+    }
+
+    /// The agent's scope is final: its edits are durable and recorded, or rolled back.
+    pub fn leave(&self, agent_id: &str) {
+        self.lock().running.remove(agent_id);
+    }
+
+    /// How many agents are running.
+    pub fn len(&self) -> usize {
+        self.lock().running.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn begin_capture(&self) {
+        let mut inner = self.lock();
+        inner.capture = Some(inner.running.clone());
+    }
+
+    fn end_capture(&self) -> Vec<Arc<Preimage>> {
+        self.lock()
+            .capture
+            .take()
+            .map(|capture| capture.into_values().collect())
+            .unwrap_or_default()
+    }
 }
 
 /// A checkpoint taken.
@@ -259,6 +330,9 @@ pub struct Checkpointer {
     latest: Option<CheckpointId>,
     completed_agents: u64,
     store: Option<Store>,
+    in_flight: Option<Arc<InFlightScopes>>,
+    /// Git blob ids of pre-image contents already written to the object database, by SHA-256.
+    preimage_blobs: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl Checkpointer {
@@ -291,7 +365,15 @@ impl Checkpointer {
             latest,
             completed_agents: 0,
             store: None,
+            in_flight: None,
+            preimage_blobs: Arc::default(),
         })
+    }
+
+    /// Show the scopes of `in_flight`'s running agents as their pre-images.
+    pub fn with_in_flight(mut self, in_flight: Arc<InFlightScopes>) -> Checkpointer {
+        self.in_flight = Some(in_flight);
+        self
     }
 
     /// Record each checkpoint in `store` too.
@@ -353,8 +435,22 @@ impl Checkpointer {
         let parent = self.parent.clone();
         let message = self.message(seq, label);
         let cache = Arc::clone(&self.cache);
+        let in_flight = self.in_flight.clone();
+        let blobs = Arc::clone(&self.preimage_blobs);
         let id = tokio::task::spawn_blocking(move || {
-            make_checkpoint(&git, &cache, &run_id, seq, parent.as_deref(), &message)
+            let running = Running {
+                scopes: in_flight.as_deref(),
+                blobs: &blobs,
+            };
+            make_checkpoint(
+                &git,
+                &cache,
+                &run_id,
+                seq,
+                parent.as_deref(),
+                &message,
+                running,
+            )
         })
         .await
         .map_err(|err| CheckpointError::Join {
@@ -387,6 +483,10 @@ impl Checkpointer {
     /// [`Checkpointer::checkpoint`] for synchronous callers: git only, no store record.
     pub fn checkpoint_blocking(&mut self, label: &str) -> Result<CheckpointId, CheckpointError> {
         let message = self.message(self.next_seq, label);
+        let running = Running {
+            scopes: self.in_flight.as_deref(),
+            blobs: &self.preimage_blobs,
+        };
         let id = make_checkpoint(
             &self.git,
             &self.cache,
@@ -394,6 +494,7 @@ impl Checkpointer {
             self.next_seq,
             self.parent.as_deref(),
             &message,
+            running,
         )?;
         self.advance(&id);
         Ok(id)
@@ -413,6 +514,12 @@ impl Checkpointer {
     }
 }
 
+/// The running agents a checkpoint must account for, and the blob ids already known.
+struct Running<'a> {
+    scopes: Option<&'a InFlightScopes>,
+    blobs: &'a Mutex<HashMap<String, String>>,
+}
+
 fn make_checkpoint(
     git: &Git,
     cache: &Mutex<HashCache>,
@@ -420,8 +527,23 @@ fn make_checkpoint(
     seq: u64,
     parent: Option<&str>,
     message: &str,
+    running: Running<'_>,
 ) -> Result<CheckpointId, CheckpointError> {
-    let snapshot = snapshot_cached(git, Some(cache))?;
+    if let Some(scopes) = running.scopes {
+        scopes.begin_capture();
+    }
+    let snapshot = snapshot_cached(git, Some(cache));
+    let captured = running
+        .scopes
+        .map(InFlightScopes::end_capture)
+        .unwrap_or_default();
+    let mut snapshot = snapshot?;
+    if !captured.is_empty() {
+        let mut entries = std::mem::take(&mut snapshot.entries);
+        as_before(git, run_id, &mut entries, &captured, running.blobs)?;
+        snapshot.tree = write_tree(git, &entries)?;
+        snapshot.entries = entries;
+    }
     let commit = commit_tree(git, &snapshot.tree, parent, message)?;
     let ref_name = checkpoint_ref(run_id, seq);
     let mut update = git.command();
@@ -438,6 +560,130 @@ fn make_checkpoint(
         tree: snapshot.tree,
         ref_name,
     })
+}
+
+/// Put each running agent's scope in `entries` back as its pre-image recorded it: recorded
+/// files with their recorded contents and modes, anything else under the scope removed.
+fn as_before(
+    git: &Git,
+    run_id: &str,
+    entries: &mut BTreeMap<Vec<u8>, TreeEntry>,
+    running: &[Arc<Preimage>],
+    blobs: &Mutex<HashMap<String, String>>,
+) -> Result<(), CheckpointError> {
+    let scope_error = |agent_id: &str, message: String| CheckpointError::InFlightScope {
+        agent_id: agent_id.to_owned(),
+        message,
+    };
+    // Contents that are no git blob yet (files changed since the base) go into the object
+    // database in one batch, once per run.
+    let mut known = blobs
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let blob_dir = preimage::preimage_dir(git.root(), run_id).join("blobs");
+    let mut missing: Vec<String> = Vec::new();
+    for preimage in running {
+        for entry in preimage.entries.values() {
+            if let PreimageEntry::File {
+                sha256,
+                git_blob: None,
+                ..
+            } = entry
+                && !known.contains_key(sha256)
+                && !missing.contains(sha256)
+            {
+                missing.push(sha256.clone());
+            }
+        }
+    }
+    if !missing.is_empty() {
+        let mut input = Vec::new();
+        for sha256 in &missing {
+            input.extend_from_slice(blob_dir.join(sha256).as_os_str().as_bytes());
+            input.push(b'\n');
+        }
+        let mut command = git.command();
+        command.args(["hash-object", "-w", "--no-filters", "--stdin-paths"]);
+        let out = git.run(command, Some(&input))?;
+        let oids: Vec<String> = String::from_utf8_lossy(&out)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        if oids.len() != missing.len() {
+            return Err(scope_error(
+                &running[0].agent_id,
+                format!(
+                    "git hashed {} of {} pre-image contents",
+                    oids.len(),
+                    missing.len()
+                ),
+            ));
+        }
+        known.extend(missing.into_iter().zip(oids));
+    }
+    for preimage in running {
+        let scope = PathSet::new(&preimage.patterns)
+            .map_err(|error| scope_error(&preimage.agent_id, error.to_string()))?;
+        // What is under the scope now but was not before: created by the agent.
+        let mut created: Vec<Vec<u8>> = Vec::new();
+        for pattern in &preimage.patterns {
+            let root = preimage::literal_root(pattern).into_bytes();
+            for path in entries
+                .range(root.clone()..)
+                .map(|(path, _)| path)
+                .take_while(|path| path.starts_with(&root))
+            {
+                if let Ok(relative) = std::str::from_utf8(path)
+                    && scope.is_match(relative)
+                    && !preimage.entries.contains_key(relative)
+                {
+                    created.push(path.clone());
+                }
+            }
+        }
+        for path in created {
+            entries.remove(&path);
+        }
+        for (relative, entry) in &preimage.entries {
+            let tree_entry = match entry {
+                PreimageEntry::File {
+                    sha256,
+                    mode,
+                    git_blob,
+                    ..
+                } => TreeEntry {
+                    mode: if mode & 0o100 != 0 {
+                        MODE_EXECUTABLE
+                    } else {
+                        MODE_FILE
+                    },
+                    oid: match git_blob {
+                        Some(oid) => oid.clone(),
+                        None => known.get(sha256).cloned().ok_or_else(|| {
+                            scope_error(&preimage.agent_id, format!("no blob for {relative}"))
+                        })?,
+                    },
+                },
+                PreimageEntry::Symlink { target } => {
+                    let key = format!("symlink\0{target}");
+                    let oid = match known.get(&key) {
+                        Some(oid) => oid.clone(),
+                        None => {
+                            let oid = hash_bytes(git, target.as_bytes())?;
+                            known.insert(key, oid.clone());
+                            oid
+                        }
+                    };
+                    TreeEntry {
+                        mode: MODE_SYMLINK,
+                        oid,
+                    }
+                }
+            };
+            entries.insert(relative.as_bytes().to_vec(), tree_entry);
+        }
+    }
+    Ok(())
 }
 
 /// `git commit-tree` (never signed; identity from [`super::git`]).

@@ -36,7 +36,7 @@ use crate::plan::{Plan, Subtask};
 use crate::policy::{AgentSpec, PathSet, ScopePolicy, ShellPolicy};
 use crate::provider::{Message, Request};
 use crate::retry::lock;
-use crate::run::checkpoint::{CheckpointId, CheckpointPolicy, Checkpointer};
+use crate::run::checkpoint::{CheckpointId, CheckpointPolicy, Checkpointer, InFlightScopes};
 use crate::run::checkpoint_worker::CheckpointWorker;
 use crate::run::durable::SyncGroup;
 use crate::run::preimage::{self, BaseBlobs, Preimage, PreimageError};
@@ -187,6 +187,8 @@ struct Shared {
     preimages: Mutex<HashMap<String, Arc<Preimage>>>,
     /// Makes agents' edits durable in shared `syncfs` rounds.
     durable: SyncGroup,
+    /// Agents whose scopes checkpoints show as their pre-images (see [`InFlightScopes`]).
+    in_flight: Arc<InFlightScopes>,
 }
 
 /// What a resumed run starts from, read from the store and the pre-images.
@@ -255,8 +257,10 @@ async fn run_engine(
         })
         .await??;
     }
-    let mut checkpointer =
-        Checkpointer::new(&inputs.repo, &inputs.run_id)?.with_store(store.clone());
+    let in_flight = Arc::new(InFlightScopes::default());
+    let mut checkpointer = Checkpointer::new(&inputs.repo, &inputs.run_id)?
+        .with_store(store.clone())
+        .with_in_flight(Arc::clone(&in_flight));
     let base = checkpointer.base().await?;
     let base_blobs = {
         let git = checkpointer.git().clone();
@@ -340,6 +344,7 @@ async fn run_engine(
         base_blobs,
         preimages: Mutex::new(state.preimages),
         durable: SyncGroup::start().map_err(|error| EngineError::SyncWorker(error.to_string()))?,
+        in_flight,
     });
 
     on_event(&EngineEvent::Phase {
@@ -596,6 +601,11 @@ async fn run_one(shared: Arc<Shared>, subtask: Subtask, cancel: CancellationToke
     // The pre-image of the write scope: a resumed run gets the one recorded before the first
     // attempt; otherwise the first attempt's start takes it.
     let mut known_preimage = lock(&shared.preimages).remove(&agent_id);
+    // However the task ends, later checkpoints take its scope as it is.
+    let _leave = LeaveInFlight {
+        scopes: Arc::clone(&shared.in_flight),
+        agent_id: agent_id.clone(),
+    };
     loop {
         attempt += 1;
         let config = agent_config(&inputs.config, mode);
@@ -782,6 +792,8 @@ async fn run_one(shared: Arc<Shared>, subtask: Subtask, cancel: CancellationToke
                 spent,
                 escalated,
             );
+            // Durable and recorded: the checkpoint this completion may trigger shows it.
+            shared.in_flight.leave(&agent_id);
             checkpoint_after_completion(&shared, destructive);
             return TaskOutcome {
                 succeeded: true,
@@ -811,6 +823,18 @@ async fn run_one(shared: Arc<Shared>, subtask: Subtask, cancel: CancellationToke
             cost: spent,
             reason: error.unwrap_or_default(),
         };
+    }
+}
+
+/// Takes an agent out of [`InFlightScopes`] when its task ends, on every path.
+struct LeaveInFlight {
+    scopes: Arc<InFlightScopes>,
+    agent_id: String,
+}
+
+impl Drop for LeaveInFlight {
+    fn drop(&mut self) {
+        self.scopes.leave(&self.agent_id);
     }
 }
 
@@ -866,6 +890,8 @@ fn start_attempt(
             None => shared.store.start_agent(row).await,
         };
         recorded.map_err(|error| format!("run store: {error}"))?;
+        // Before the gate opens: from here on its tools may change the scope.
+        shared.in_flight.enter(Arc::clone(&preimage));
         Ok(preimage)
     });
     async move {

@@ -647,7 +647,7 @@ fn compile(agent_id: &str, patterns: &[String]) -> Result<PathSet, PreimageError
 
 /// The part of a scope entry before its first glob character, as a directory or file path to
 /// start walking from.
-fn literal_root(pattern: &str) -> String {
+pub(crate) fn literal_root(pattern: &str) -> String {
     let mut parts = Vec::new();
     for part in pattern.split('/') {
         if part.contains(['*', '?', '[', '{', '\\']) {

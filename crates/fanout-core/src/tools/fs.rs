@@ -13,7 +13,9 @@
 //! scans recently freed inodes; `auto_da_alloc` flushes on rename) this is what lets a
 //! thousand agents write at once. A write is therefore not atomic to a concurrent reader or
 //! across a crash; what makes a run crash-safe is the agent's durable pre-image, which
-//! `fanout resume` restores for every agent that was in flight (see `run::preimage`).
+//! `fanout resume` restores for every agent that was in flight (see `run::preimage`), and a
+//! checkpoint never reads a running agent's scope (it shows the pre-image instead: see
+//! `run::checkpoint`).
 //!
 //! This layer knows nothing of scopes: [`crate::policy::ScopePolicy`] decides, this module
 //! makes sure the decision applies to the file that is actually touched.

@@ -415,3 +415,71 @@ fn a_thousand_file_tree_checkpoints_and_rolls_back() {
     assert_eq!(manifest(repo, &[]), before);
     eprintln!("1,000 files: checkpoint {base_time:?}, rollback of 600 files {rollback_time:?}");
 }
+
+/// A checkpoint taken while an agent is halfway through its write scope shows that scope as the
+/// agent's pre-image: the file it is rewriting as it was, the file it deleted still there, the
+/// file it created absent, including a file that had changed since the base before the agent
+/// started (its content comes from the pre-image's own copy). Work outside the scope is in the
+/// checkpoint as it is. Once the agent is done, the next checkpoint shows its edits.
+#[test]
+fn a_checkpoint_shows_a_running_agents_scope_as_its_preimage() {
+    use fanout_core::run::checkpoint::InFlightScopes;
+    use fanout_core::run::preimage::{self, BaseBlobs};
+    use std::sync::Arc;
+
+    let dir = sample_repo();
+    let repo = dir.path();
+    write(repo, "scope/one.txt", "one\n");
+    write(repo, "scope/two.txt", "two\n");
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-q", "-m", "scope"]);
+    let in_flight = Arc::new(InFlightScopes::default());
+    let mut checkpoints = Checkpointer::new(repo, "run-8")
+        .unwrap()
+        .with_in_flight(Arc::clone(&in_flight));
+    let base = checkpoints.checkpoint_blocking("base").unwrap();
+    // Changed after the base, before the agent starts: not a base blob.
+    write(repo, "scope/two.txt", "two, edited by an earlier agent\n");
+    let git_handle = fanout_core::run::Git::open(repo).unwrap();
+    let base_blobs = BaseBlobs::load(&git_handle, &base.tree).unwrap();
+    let (taken, _) = preimage::prepare(
+        repo,
+        "run-8",
+        "agent-a",
+        &["scope/".to_owned()],
+        &base_blobs,
+    )
+    .unwrap();
+    in_flight.enter(Arc::new(taken));
+    assert_eq!(in_flight.len(), 1);
+
+    // The agent, halfway: one file cut short, one deleted, one created.
+    write(repo, "scope/one.txt", "o");
+    std::fs::remove_file(repo.join("scope/two.txt")).unwrap();
+    write(repo, "scope/new/three.txt", "three\n");
+    // Another agent's finished work.
+    write(repo, "a.txt", "finished elsewhere\n");
+
+    let mid = checkpoints.checkpoint_blocking("mid").unwrap();
+    let show = |commit: &str, path: &str| git(repo, &["show", &format!("{commit}:{path}")]);
+    assert_eq!(show(&mid.commit, "scope/one.txt"), "one\n");
+    assert_eq!(
+        show(&mid.commit, "scope/two.txt"),
+        "two, edited by an earlier agent\n"
+    );
+    let files = git(repo, &["ls-tree", "-r", "--name-only", &mid.commit]);
+    assert!(!files.contains("scope/new/three.txt"), "{files}");
+    assert_eq!(show(&mid.commit, "a.txt"), "finished elsewhere\n");
+    assert_eq!(
+        git(repo, &["rev-parse", &format!("{}^{{tree}}", mid.commit)]).trim(),
+        mid.tree
+    );
+
+    // Done: the next checkpoint has its edits.
+    in_flight.leave("agent-a");
+    let after = checkpoints.checkpoint_blocking("after").unwrap();
+    assert_eq!(show(&after.commit, "scope/one.txt"), "o");
+    assert_eq!(show(&after.commit, "scope/new/three.txt"), "three\n");
+    let files = git(repo, &["ls-tree", "-r", "--name-only", &after.commit]);
+    assert!(!files.contains("scope/two.txt"), "{files}");
+}
