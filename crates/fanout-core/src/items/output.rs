@@ -290,31 +290,27 @@ fn csv_text(accounting: &Accounting, columns: &[String]) -> Result<String, Strin
 /// each into place. A failure leaves no temporary file and no file half-written; files renamed
 /// before it stay.
 pub fn write_atomic_all(files: &[(&Path, &[u8])]) -> Result<(), OutputError> {
-    let mut temps: Vec<(PathBuf, &Path, Option<fs::File>)> = Vec::with_capacity(files.len());
+    let mut temps: Vec<PathBuf> = Vec::with_capacity(files.len());
     let written = (|| {
+        let mut opened = Vec::with_capacity(files.len());
         for (path, bytes) in files {
             let io = |source| OutputError::Io {
                 path: (*path).to_owned(),
                 source,
             };
             let temp = temp_path(path);
-            let file = fs::File::create(&temp).map_err(io)?;
-            temps.push((temp, path, None));
-            let mut file = file;
+            let mut file = fs::File::create(&temp).map_err(io)?;
+            temps.push(temp);
             file.write_all(bytes).map_err(io)?;
-            if let Some(last) = temps.last_mut() {
-                last.2 = Some(file);
-            }
+            opened.push((file, *path));
         }
-        for (_, path, file) in &mut temps {
-            if let Some(file) = file.take() {
-                file.sync_all().map_err(|source| OutputError::Io {
-                    path: (*path).to_owned(),
-                    source,
-                })?;
-            }
+        for (file, path) in opened {
+            file.sync_all().map_err(|source| OutputError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
         }
-        for (temp, path, _) in &temps {
+        for (temp, (path, _)) in temps.iter().zip(files) {
             fs::rename(temp, path).map_err(|source| OutputError::Io {
                 path: (*path).to_owned(),
                 source,
@@ -323,7 +319,7 @@ pub fn write_atomic_all(files: &[(&Path, &[u8])]) -> Result<(), OutputError> {
         Ok(())
     })();
     if written.is_err() {
-        for (temp, _, _) in &temps {
+        for temp in &temps {
             let _ = fs::remove_file(temp);
         }
     }
@@ -342,21 +338,7 @@ fn temp_path(path: &Path) -> PathBuf {
 
 /// Write `bytes` to `path` through a synced temporary file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
-    let io = |source| OutputError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let temp = temp_path(path);
-    let result = (|| {
-        let mut file = fs::File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&temp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result.map_err(io)
+    write_atomic_all(&[(path, bytes)])
 }
 
 #[cfg(test)]

@@ -178,20 +178,14 @@ pub async fn propose(
         if attempt == calls {
             break;
         }
-        let feedback = format!(
-            "The item plan was rejected. Fix every problem below and call `{PROPOSE_TOOL}` again with the whole plan.\n{}",
-            problems
-                .iter()
-                .map(|p| format!("- {p}"))
-                .collect::<Vec<_>>()
-                .join("\n")
+        request.push_rejection(
+            response.content.clone(),
+            tool_use_id,
+            &format!(
+                "The item plan was rejected. Fix every problem below and call `{PROPOSE_TOOL}` again with the whole plan."
+            ),
+            &problems,
         );
-        request
-            .messages
-            .push(Message::assistant(response.content.clone()));
-        request
-            .messages
-            .push(Message::rejection(tool_use_id, feedback));
     }
     Err(ProposeError::Rejected {
         attempts: calls,

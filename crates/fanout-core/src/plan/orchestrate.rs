@@ -237,20 +237,14 @@ pub async fn request_plan(
                 errors: repairs,
             });
         }
-        let feedback = format!(
-            "The plan was rejected. Fix every error below and call `{SUBMIT_PLAN_TOOL}` again with the whole corrected plan.\n{}",
-            errors
-                .iter()
-                .map(|e| format!("- {e}"))
-                .collect::<Vec<_>>()
-                .join("\n")
+        request.push_rejection(
+            response.content.clone(),
+            tool_use_id,
+            &format!(
+                "The plan was rejected. Fix every error below and call `{SUBMIT_PLAN_TOOL}` again with the whole corrected plan."
+            ),
+            &errors,
         );
-        request
-            .messages
-            .push(Message::assistant(response.content.clone()));
-        request
-            .messages
-            .push(Message::rejection(tool_use_id, feedback));
         repairs.push(errors);
     }
     Err(PlanError::NoPlan {

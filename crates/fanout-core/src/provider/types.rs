@@ -150,6 +150,25 @@ impl Request {
         }
     }
 
+    /// Ask again after a rejected answer: the answer goes into the history, then `intro` with
+    /// one line per problem (see [`Message::rejection`] for where it goes).
+    pub fn push_rejection<P: std::fmt::Display>(
+        &mut self,
+        answer: Vec<ContentBlock>,
+        tool_use_id: Option<String>,
+        intro: &str,
+        problems: &[P],
+    ) {
+        let mut feedback = intro.to_owned();
+        for problem in problems {
+            feedback.push_str("\n- ");
+            feedback.push_str(&problem.to_string());
+        }
+        self.messages.push(Message::assistant(answer));
+        self.messages
+            .push(Message::rejection(tool_use_id, feedback));
+    }
+
     /// Bytes of text the model will read: the basis for token estimates.
     pub fn input_bytes(&self) -> usize {
         let mut total = self.system.as_ref().map_or(0, String::len);

@@ -597,28 +597,9 @@ fn as_before(
         }
     }
     if !missing.is_empty() {
-        let mut input = Vec::new();
-        for sha256 in &missing {
-            input.extend_from_slice(blob_dir.join(sha256).as_os_str().as_bytes());
-            input.push(b'\n');
-        }
-        let mut command = git.command();
-        command.args(["hash-object", "-w", "--no-filters", "--stdin-paths"]);
-        let out = git.run(command, Some(&input))?;
-        let oids: Vec<String> = String::from_utf8_lossy(&out)
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        if oids.len() != missing.len() {
-            return Err(scope_error(
-                &running[0].agent_id,
-                format!(
-                    "git hashed {} of {} pre-image contents",
-                    oids.len(),
-                    missing.len()
-                ),
-            ));
-        }
+        // Content-addressed names: hex, never a newline.
+        let files: Vec<PathBuf> = missing.iter().map(|sha256| blob_dir.join(sha256)).collect();
+        let oids = hash_files(git, &files)?;
         known.extend(missing.into_iter().zip(oids));
     }
     for preimage in running {
@@ -893,32 +874,12 @@ pub(crate) fn snapshot_cached(
         .into_iter()
         .partition(|(path, _)| !path.iter().any(|b| *b == b'\n' || *b == b'\r'));
     if !plain.is_empty() {
-        let mut input = Vec::new();
-        for (path, _) in &plain {
-            input.extend_from_slice(
-                root.join(std::ffi::OsStr::from_bytes(path))
-                    .as_os_str()
-                    .as_bytes(),
-            );
-            input.push(b'\n');
-        }
-        let mut command = git.command();
-        command.args(["hash-object", "-w", "--no-filters", "--stdin-paths"]);
-        let out = git.run(command, Some(&input))?;
-        let oids: Vec<&[u8]> = out
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
+        let files: Vec<PathBuf> = plain
+            .iter()
+            .map(|(path, _)| root.join(std::ffi::OsStr::from_bytes(path)))
             .collect();
-        if oids.len() != plain.len() {
-            return Err(GitError::Unexpected {
-                dir: root.clone(),
-                args: "hash-object -w --no-filters --stdin-paths".to_owned(),
-                detail: format!("{} object ids for {} files", oids.len(), plain.len()),
-            }
-            .into());
-        }
+        let oids = hash_files(git, &files)?;
         for ((path, mode), oid) in plain.into_iter().zip(oids) {
-            let oid = String::from_utf8_lossy(oid).into_owned();
             if let (Some(cache), Some(mut facts)) = (cache.as_deref_mut(), fresh.remove(&path)) {
                 facts.oid = oid.clone();
                 cache.entries.insert(path.clone(), facts);
@@ -942,6 +903,32 @@ pub(crate) fn snapshot_cached(
 }
 
 /// Store `bytes` as a blob (no filters: stdin is always hashed as is).
+/// Write `files` (absolute paths without a newline or CR: `--stdin-paths` reads lines) into
+/// the object database in one `git hash-object` and return their blob ids, in order.
+fn hash_files(git: &Git, files: &[PathBuf]) -> Result<Vec<String>, GitError> {
+    let mut input = Vec::new();
+    for file in files {
+        input.extend_from_slice(file.as_os_str().as_bytes());
+        input.push(b'\n');
+    }
+    let mut command = git.command();
+    command.args(["hash-object", "-w", "--no-filters", "--stdin-paths"]);
+    let out = git.run(command, Some(&input))?;
+    let oids: Vec<String> = out
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|oid| String::from_utf8_lossy(oid).into_owned())
+        .collect();
+    if oids.len() != files.len() {
+        return Err(GitError::Unexpected {
+            dir: git.root().to_path_buf(),
+            args: "hash-object -w --no-filters --stdin-paths".to_owned(),
+            detail: format!("{} object ids for {} files", oids.len(), files.len()),
+        });
+    }
+    Ok(oids)
+}
+
 fn hash_bytes(git: &Git, bytes: &[u8]) -> Result<String, GitError> {
     let mut command = git.command();
     command.args(["hash-object", "-w", "--stdin"]);
