@@ -532,19 +532,17 @@ fn make_checkpoint(
     if let Some(scopes) = running.scopes {
         scopes.begin_capture();
     }
-    let snapshot = snapshot_cached(git, Some(cache));
+    let entries = snapshot_entries(git, Some(cache));
     let captured = running
         .scopes
         .map(InFlightScopes::end_capture)
         .unwrap_or_default();
-    let mut snapshot = snapshot?;
+    let mut entries = entries?;
     if !captured.is_empty() {
-        let mut entries = std::mem::take(&mut snapshot.entries);
         as_before(git, run_id, &mut entries, &captured, running.blobs)?;
-        snapshot.tree = write_tree(git, &entries)?;
-        snapshot.entries = entries;
     }
-    let commit = commit_tree(git, &snapshot.tree, parent, message)?;
+    let tree = write_tree(git, &entries)?;
+    let commit = commit_tree(git, &tree, parent, message)?;
     let ref_name = checkpoint_ref(run_id, seq);
     let mut update = git.command();
     update.args(["update-ref", "-m", "fanout checkpoint", "--stdin"]);
@@ -557,7 +555,7 @@ fn make_checkpoint(
         run_id: run_id.to_owned(),
         seq,
         commit,
-        tree: snapshot.tree,
+        tree,
         ref_name,
     })
 }
@@ -738,6 +736,17 @@ pub(crate) fn snapshot_cached(
     git: &Git,
     cache: Option<&Mutex<HashCache>>,
 ) -> Result<Snapshot, CheckpointError> {
+    let entries = snapshot_entries(git, cache)?;
+    let tree = write_tree(git, &entries)?;
+    Ok(Snapshot { tree, entries })
+}
+
+/// The working tree's entries, their blobs written (the part of a snapshot that reads the
+/// tree); the tree object itself is left to the caller.
+fn snapshot_entries(
+    git: &Git,
+    cache: Option<&Mutex<HashCache>>,
+) -> Result<BTreeMap<Vec<u8>, TreeEntry>, CheckpointError> {
     let root = git.root().to_path_buf();
     let mut cache = cache.map(|c| c.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     let hashed_at = now_ns();
@@ -897,9 +906,7 @@ pub(crate) fn snapshot_cached(
         let oid = hash_bytes(git, &bytes)?;
         entries.insert(path, TreeEntry { mode, oid });
     }
-
-    let tree = write_tree(git, &entries)?;
-    Ok(Snapshot { tree, entries })
+    Ok(entries)
 }
 
 /// Store `bytes` as a blob (no filters: stdin is always hashed as is).
