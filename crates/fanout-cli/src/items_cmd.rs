@@ -42,13 +42,10 @@ use fanout_core::store::{RunStatus, Store};
 use fanout_sim::{Scenario, Sim, SimConfig, SimHandle};
 use tokio_util::sync::CancellationToken;
 
+use crate::exit::Exit;
 use crate::live::RunLock;
 use crate::progress::{Progress, ProgressStyle, Tally, handle_interrupts};
-use crate::run_cmd::{EXIT_CONFIG, EXIT_NOT_READY, RunArgs};
-
-pub const EXIT_PARTIAL: u8 = 5;
-pub const EXIT_FAILED: u8 = 6;
-pub const EXIT_CANCELLED: u8 = 130;
+use crate::run_cmd::RunArgs;
 
 /// `fanout run FILE` when the workflow has `items:`: always a new run.
 pub async fn run(args: RunArgs, config: Config) -> anyhow::Result<ExitCode> {
@@ -129,7 +126,7 @@ async fn prepare_and_run(
              this item workflow chunks by its own settings (remove --plan)",
             plan.display()
         );
-        return Ok(ExitCode::from(EXIT_CONFIG));
+        return Ok(Exit::Config.into());
     }
     let prepared = if llm {
         prepare_with_proposal(args, &config, &root, resume.as_deref(), base_url).await?
@@ -145,7 +142,7 @@ async fn prepare_and_run(
         Ok((job, proposal)) => (Arc::new(job), proposal),
         Err(message) => {
             eprintln!("error: {message}");
-            return Ok(ExitCode::from(EXIT_CONFIG));
+            return Ok(Exit::Config.into());
         }
     };
     if args.dry_run {
@@ -291,7 +288,7 @@ async fn live(
         Ok(lock) => lock,
         Err(message) => {
             eprintln!("error: {message}");
-            return Ok(ExitCode::from(EXIT_NOT_READY));
+            return Ok(Exit::NotReady.into());
         }
     };
     let store = Store::open_in_repo(&root)
@@ -341,7 +338,7 @@ async fn live(
         Ok(report) => report,
         Err(err) => {
             eprintln!("error: {err}");
-            return Ok(ExitCode::from(EXIT_FAILED));
+            return Ok(Exit::Failed.into());
         }
     };
     // With --json, stdout is JSON lines: the progress events, then the report as the last line.
@@ -359,12 +356,12 @@ async fn live(
 /// The exit code of a finished run.
 pub fn exit_code(report: &ItemReport) -> ExitCode {
     if report.status == RunStatus::Cancelled {
-        return ExitCode::from(EXIT_CANCELLED);
+        return Exit::Cancelled.into();
     }
     match report.completion() {
         Completion::Complete => ExitCode::SUCCESS,
-        Completion::Partial => ExitCode::from(EXIT_PARTIAL),
-        Completion::Failed => ExitCode::from(EXIT_FAILED),
+        Completion::Partial => Exit::Partial.into(),
+        Completion::Failed => Exit::Failed.into(),
     }
 }
 

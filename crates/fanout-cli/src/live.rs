@@ -21,17 +21,14 @@ use fanout_core::fleet::Fleet;
 use fanout_core::plan::{Prepared, RunId};
 use fanout_core::run::engine::{self, EngineEvent, EngineInputs, RunOutcome};
 use fanout_core::sandbox::SandboxConfig;
-use fanout_core::store::{AgentStatus, RunStatus};
+use fanout_core::store::AgentStatus;
 use tokio_util::sync::CancellationToken;
 
+use crate::exit::Exit;
 use crate::progress::{
     Progress, ProgressStyle, Tally, handle_interrupts, human_count, human_duration,
 };
 use crate::run_cmd::RunArgs;
-
-pub const EXIT_PARTIAL: u8 = 5;
-pub const EXIT_FAILED: u8 = 6;
-pub const EXIT_CANCELLED: u8 = 130;
 
 pub async fn execute(
     args: &RunArgs,
@@ -89,7 +86,7 @@ pub async fn drive(
         Ok(lock) => lock,
         Err(message) => {
             eprintln!("error: {message}");
-            return Ok(ExitCode::from(crate::run_cmd::EXIT_NOT_READY));
+            return Ok(Exit::NotReady.into());
         }
     };
     let cancel = CancellationToken::new();
@@ -153,12 +150,7 @@ pub async fn drive(
     } else {
         print!("{}", render(&outcome, estimated));
     }
-    Ok(ExitCode::from(match outcome.status {
-        RunStatus::Completed => 0,
-        RunStatus::Cancelled => EXIT_CANCELLED,
-        RunStatus::Failed => EXIT_FAILED,
-        _ => EXIT_PARTIAL,
-    }))
+    Ok(Exit::of_run(outcome.status).into())
 }
 
 /// An exclusive `flock` on `.fanout/runs/<run_id>/run.lock`, released when dropped (or when
@@ -242,11 +234,12 @@ pub fn render(outcome: &RunOutcome, estimated: Duration) -> String {
         }
     }
     if let Some(test) = &outcome.test {
-        out.push_str(&format!(
-            "Tests (`{}`): {}\n",
-            test.command,
-            if test.passed { "passed" } else { "FAILED" }
-        ));
+        out.push_str(&format!("Tests (`{}`): {}\n", test.command, test.verdict()));
+        if !test.passed {
+            for line in last_lines(&test.output, 12) {
+                out.push_str(&format!("  | {line}\n"));
+            }
+        }
     }
     if let Some(error) = &outcome.synthesis_error {
         out.push_str(&format!("Synthesis call failed: {error}\n"));
@@ -259,4 +252,10 @@ pub fn render(outcome: &RunOutcome, estimated: Duration) -> String {
         outcome.run_id, outcome.run_id
     ));
     out
+}
+
+/// The last `n` lines of a command's output, for the closing report.
+fn last_lines(text: &str, n: usize) -> Vec<&str> {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
 }

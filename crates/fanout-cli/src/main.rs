@@ -10,6 +10,7 @@ mod bench_run;
 mod bench_sandbox;
 mod bench_sim;
 mod config_cmd;
+mod exit;
 mod items_cmd;
 mod live;
 mod progress;
@@ -94,7 +95,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            exit::Exit::Internal.into()
         }
     }
 }

@@ -33,10 +33,9 @@ use fanout_core::sandbox::SandboxConfig;
 use fanout_core::store::{RunStatus, StoreReader};
 use fanout_sim::{Scenario, Sim, SimConfig, SimHandle};
 
+use crate::exit::Exit;
 use crate::live::{Launch, drive};
-use crate::run_cmd::{
-    EXIT_CONFIG, EXIT_NOT_READY, EXIT_PLANNING, RunArgs, fleet_for, provider_for,
-};
+use crate::run_cmd::{RunArgs, fleet_for, provider_for};
 
 #[derive(Args, Debug, Clone)]
 pub struct ResumeArgs {
@@ -90,18 +89,18 @@ async fn finish(args: ResumeArgs, retry_failed: bool) -> anyhow::Result<ExitCode
                 "error: cannot open the repository {}: {err}",
                 repo.display()
             );
-            return Ok(ExitCode::from(EXIT_CONFIG));
+            return Ok(Exit::Config.into());
         }
     };
     let run = match StoreReader::open_in_repo(&repo).and_then(|r| r.run_summary(&args.run_id)) {
         Ok(Some(run)) => run.run,
         Ok(None) => {
             eprintln!("error: no run {} in {}", args.run_id, repo.display());
-            return Ok(ExitCode::from(EXIT_CONFIG));
+            return Ok(Exit::Config.into());
         }
         Err(err) => {
             eprintln!("error: {err}");
-            return Ok(ExitCode::from(EXIT_CONFIG));
+            return Ok(Exit::Config.into());
         }
     };
     match run.status {
@@ -118,7 +117,7 @@ async fn finish(args: ResumeArgs, retry_failed: bool) -> anyhow::Result<ExitCode
                  with `fanout resume {}`",
                 args.run_id, args.run_id
             );
-            return Ok(ExitCode::from(EXIT_NOT_READY));
+            return Ok(Exit::NotReady.into());
         }
         _ => {}
     }
@@ -137,14 +136,14 @@ async fn finish(args: ResumeArgs, retry_failed: bool) -> anyhow::Result<ExitCode
                 "error: run {} has no workflow file on record; pass --file",
                 args.run_id
             );
-            return Ok(ExitCode::from(EXIT_CONFIG));
+            return Ok(Exit::Config.into());
         }
     };
     let config = match Config::from_path(&config_path) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("error: {err}");
-            return Ok(ExitCode::from(EXIT_CONFIG));
+            return Ok(Exit::Config.into());
         }
     };
 
@@ -157,7 +156,7 @@ async fn finish(args: ResumeArgs, retry_failed: bool) -> anyhow::Result<ExitCode
         Ok(loaded) => loaded,
         Err(err) => {
             eprintln!("error: cannot load the run's plan: {err}");
-            return Ok(ExitCode::from(EXIT_PLANNING));
+            return Ok(Exit::Planning.into());
         }
     };
     if let Some(recorded) = &run.plan_hash
@@ -170,13 +169,13 @@ async fn finish(args: ResumeArgs, retry_failed: bool) -> anyhow::Result<ExitCode
             args.run_id,
             loaded.hash
         );
-        return Ok(ExitCode::from(EXIT_PLANNING));
+        return Ok(Exit::Planning.into());
     }
     let (estimated_dollars, estimated_wall) = match estimates(&config, &loaded.plan, &repo) {
         Ok(estimates) => estimates,
         Err(err) => {
             eprintln!("error: {err}");
-            return Ok(ExitCode::from(EXIT_PLANNING));
+            return Ok(Exit::Planning.into());
         }
     };
 
@@ -213,14 +212,14 @@ async fn resume_items(
              items are in failed.jsonl; `fanout resume {}` finishes an interrupted item run)",
             args.run_id, args.run_id
         );
-        return Ok(ExitCode::from(EXIT_CONFIG));
+        return Ok(Exit::Config.into());
     }
     let file = args.file.clone().unwrap_or(workflow);
     let config = match Config::from_path(&file) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("error: {err}");
-            return Ok(ExitCode::from(EXIT_CONFIG));
+            return Ok(Exit::Config.into());
         }
     };
     let run_args = RunArgs {

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use crate::exit::Exit;
 use anyhow::Context;
 use clap::Args;
 use fanout_core::config::{Config, Provider as ProviderKind};
@@ -28,11 +29,6 @@ use fanout_core::provider::openai::{OpenAiConfig, OpenAiProvider};
 use fanout_core::retry::{RetryBudget, RetryBudgetConfig, RetryPolicy};
 use fanout_sim::{Faults, Scenario, Sim, SimConfig, SimHandle};
 use tokio_util::sync::CancellationToken;
-
-pub const EXIT_VIOLATIONS: u8 = 1;
-pub const EXIT_CONFIG: u8 = 2;
-pub const EXIT_PLANNING: u8 = 3;
-pub const EXIT_NOT_READY: u8 = 4;
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
@@ -104,7 +100,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(config) => config,
         Err(err) => {
             eprintln!("error: {err}");
-            return Ok(ExitCode::from(EXIT_CONFIG));
+            return Ok(Exit::Config.into());
         }
     };
     for warning in config.warnings() {
@@ -185,7 +181,7 @@ async fn run_with(
         Ok(prepared) => prepared,
         Err(err) => {
             eprintln!("error: {err}");
-            return Ok(ExitCode::from(EXIT_PLANNING));
+            return Ok(Exit::Planning.into());
         }
     };
 
@@ -199,7 +195,7 @@ async fn run_with(
     };
     write_stdout(&rendered)?;
     if !report.is_clean() {
-        return Ok(ExitCode::from(EXIT_VIOLATIONS));
+        return Ok(Exit::Violations.into());
     }
     if args.dry_run {
         return Ok(ExitCode::SUCCESS);
@@ -208,7 +204,7 @@ async fn run_with(
     let scope = ScopePaths::new(&prepared.validation, &prepared.scan);
     if let Err(err) = plan::ensure_clean(&repository, |path| scope.contains(path)) {
         eprintln!("error: refusing a live run: {err}");
-        return Ok(ExitCode::from(EXIT_NOT_READY));
+        return Ok(Exit::NotReady.into());
     }
     let Some(fleet) = fleet else {
         anyhow::bail!("a live run needs a model API (use --sim or set an API key)");

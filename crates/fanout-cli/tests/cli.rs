@@ -2045,3 +2045,6 @@ rules:
         assert_eq!(chunks.len(), batched.len(), "no chunk sent twice");
     }
 }
+
+#[path = "cli/trust.rs"]
+mod trust;

@@ -22,6 +22,9 @@ pub struct CommandReceipt {
     pub argv: Vec<String>,
     /// `None` when killed by a signal (a timeout included).
     pub exit_code: Option<i32>,
+    /// The signal that killed it, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
     pub timed_out: bool,
     /// Declared files the command changed (journalled).
     pub files_written: Vec<String>,

@@ -330,6 +330,10 @@ pub struct Rollback {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct Verify {
     pub test_command: Option<ShellCommand>,
+    /// Also run the test command on the run's base commit (in a temporary checkout, same
+    /// sandbox), so a failure can be told apart as "failing before and after" or "broken by
+    /// this run".
+    pub baseline: bool,
 }
 
 impl Serialize for ShellCommand {

@@ -202,4 +202,6 @@ pub(crate) struct RawRollback {
 pub(crate) struct RawVerify {
     #[serde(default)]
     pub test_command: Option<Spanned<String>>,
+    #[serde(default)]
+    pub baseline: Option<bool>,
 }

@@ -234,9 +234,15 @@ impl Resolver<'_> {
         let budgets = self.budgets(workflow.budgets)?;
         let logging = self.logging(workflow.logging)?;
         let rollback = self.rollback(workflow.rollback)?;
-        let verify = match workflow.verify.and_then(|verify| verify.test_command) {
-            Some(command) => Verify {
-                test_command: Some(self.shell_command("workflow.verify.test_command", &command)?),
+        let verify = match workflow.verify {
+            Some(raw) => Verify {
+                test_command: match raw.test_command {
+                    Some(command) => {
+                        Some(self.shell_command("workflow.verify.test_command", &command)?)
+                    }
+                    None => None,
+                },
+                baseline: raw.baseline.unwrap_or(false),
             },
             None => Verify::default(),
         };

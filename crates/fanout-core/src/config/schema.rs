@@ -195,7 +195,8 @@ pub fn json_schema() -> Value {
                         "type": "object",
                         "additionalProperties": false,
                         "properties": {
-                            "test_command": { "type": "string", "minLength": 1, "description": "Run after the workflow, e.g. `npm test`." }
+                            "test_command": { "type": "string", "minLength": 1, "description": "Run after the workflow, e.g. `npm test`; its exit status decides (0 passes)." },
+                            "baseline": { "type": "boolean", "description": "Also run the test command on the base commit first, to tell tests broken by the run from tests that failed before it." }
                         }
                     },
                     "output_schema": {

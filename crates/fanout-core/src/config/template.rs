@@ -88,5 +88,6 @@ workflow:
     destructive_checkpoint_interval: 1   # deletes and renames
 
   verify:
-    test_command: npm test        # run after the workflow; same rules as the allowlist
+    test_command: npm test        # run after the workflow (sandboxed); exit status 0 passes
+    baseline: false               # true: also run it on the base commit, to tell "broken by this run"
 "#;

@@ -48,7 +48,7 @@ use crate::store::{
     AgentFinish, AgentStart, AgentStatus, DenialRecord, NewRun, RunStatus, Store, StoreReader,
 };
 use crate::tools::fs::FileState;
-use crate::tools::{RepoFacts, ToolLimits, Toolbox};
+use crate::tools::{CommandExit, RepoFacts, ToolLimits, Toolbox};
 
 /// Everything a live run needs.
 #[derive(Debug, Clone)]
@@ -97,13 +97,44 @@ pub enum EngineEvent {
     },
 }
 
-/// The result of running a verification command.
+/// The result of running a verification command. Its exit status alone decides: only
+/// `exit code 0` passes; a command that cannot start, times out or is killed fails.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TestOutcome {
     pub command: String,
     pub passed: bool,
+    /// How the command ended.
+    pub exit: CommandExit,
     /// The tail of its output.
     pub output: String,
+    /// The same command on the run's base commit (`verify.baseline: true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineOutcome>,
+}
+
+/// The test command on the base commit, in a temporary checkout of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BaselineOutcome {
+    pub passed: bool,
+    pub exit: CommandExit,
+    pub output: String,
+}
+
+impl TestOutcome {
+    /// One line for reports: passed or failed, and against the baseline when there is one.
+    pub fn verdict(&self) -> String {
+        let exit = self.exit.describe();
+        match (&self.baseline, self.passed) {
+            (None, true) => "passed".into(),
+            (None, false) => format!("FAILED ({exit})"),
+            (Some(base), true) if base.passed => "passed (also passed before the run)".into(),
+            (Some(_), true) => "passed (failed before the run: fixed by this run)".into(),
+            (Some(base), false) if base.passed => {
+                format!("FAILED ({exit}): broken by this run (passed on the base commit)")
+            }
+            (Some(_), false) => format!("FAILED ({exit}): failing before and after the run"),
+        }
+    }
 }
 
 /// The end of a run.
@@ -262,6 +293,11 @@ async fn run_engine(
         .with_store(store.clone())
         .with_in_flight(Arc::clone(&in_flight));
     let base = checkpointer.base().await?;
+    let baseline = if resuming {
+        None
+    } else {
+        start_baseline(&inputs, &base.commit)
+    };
     let base_blobs = {
         let git = checkpointer.git().clone();
         let tree = base.tree.clone();
@@ -433,8 +469,13 @@ async fn run_engine(
     let out_of_scope = outside_scopes(&inputs.plan, &changed);
 
     let test = match &inputs.config.verify.test_command {
-        Some(command) if !cancel.is_cancelled() => Some(run_test(inputs, command).await),
-        _ => None,
+        Some(command) if !cancel.is_cancelled() => Some(run_test(inputs, command, baseline).await),
+        _ => {
+            if let Some(handle) = baseline {
+                handle.abort();
+            }
+            None
+        }
     };
 
     let records: Vec<(String, AgentRecord)> = lock(&shared.records)
@@ -477,7 +518,11 @@ async fn run_engine(
     let status = if report.cancelled {
         RunStatus::Cancelled
     } else if succeeded == subtasks.len() && out_of_scope.is_empty() {
-        RunStatus::Completed
+        if test.as_ref().is_some_and(|test| !test.passed) {
+            RunStatus::TestsFailed
+        } else {
+            RunStatus::Completed
+        }
     } else if succeeded == 0 && !subtasks.is_empty() {
         RunStatus::Failed
     } else {
@@ -1212,9 +1257,13 @@ fn outside_scopes(plan: &Plan, changed: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Run the workflow's test command in the sandbox (read-only repository, no network).
-async fn run_test(inputs: &EngineInputs, command: &crate::config::ShellCommand) -> TestOutcome {
-    let text = command.argv().join(" ");
+/// Run the workflow's test command in the sandbox (read-only tree at `root`, no network).
+async fn run_test_in(
+    config: &Config,
+    root: &Path,
+    sandbox: &SandboxConfig,
+    command: &crate::config::ShellCommand,
+) -> (CommandExit, String) {
     let spec = AgentSpec {
         agent_id: "verify".into(),
         task_id: "verify".into(),
@@ -1223,7 +1272,7 @@ async fn run_test(inputs: &EngineInputs, command: &crate::config::ShellCommand) 
         read_scope: None,
         tools: vec!["bash".into()],
     };
-    let toolbox = ScopePolicy::from_config(&inputs.config, &spec)
+    let toolbox = ScopePolicy::from_config(config, &spec)
         .map(|mut policy| {
             policy.shell = ShellPolicy::Allowlist(vec![command.clone()]);
             policy.tools = ["bash".to_string()].into();
@@ -1231,29 +1280,121 @@ async fn run_test(inputs: &EngineInputs, command: &crate::config::ShellCommand) 
         })
         .map_err(|e| e.to_string())
         .and_then(|policy| {
-            Toolbox::new(
-                &inputs.repo,
-                policy,
-                inputs.sandbox.clone(),
-                ToolLimits::default(),
-            )
-            .map_err(|e| e.to_string())
+            Toolbox::new(root, policy, sandbox.clone(), ToolLimits::default())
+                .map_err(|e| e.to_string())
         });
     match toolbox {
         Ok(toolbox) => {
-            let output = toolbox.exec_argv(command.argv()).await;
-            TestOutcome {
-                command: text,
-                passed: !output.is_error,
-                output: tail(&output.content, 4000),
-            }
+            let run = toolbox.run_command(command.argv()).await;
+            (run.exit, tail(&run.output.content, 4000))
         }
-        Err(message) => TestOutcome {
-            command: text,
-            passed: false,
-            output: message,
-        },
+        Err(message) => (CommandExit::NotStarted, message),
     }
+}
+
+async fn run_test(
+    inputs: &EngineInputs,
+    command: &crate::config::ShellCommand,
+    baseline: Option<tokio::task::JoinHandle<BaselineOutcome>>,
+) -> TestOutcome {
+    let (exit, output) = run_test_in(&inputs.config, &inputs.repo, &inputs.sandbox, command).await;
+    let baseline = match baseline {
+        Some(handle) => Some(handle.await.unwrap_or_else(|error| BaselineOutcome {
+            passed: false,
+            exit: CommandExit::NotStarted,
+            output: format!("the baseline run failed: {error}"),
+        })),
+        None => None,
+    };
+    TestOutcome {
+        command: command.argv().join(" "),
+        passed: exit.success(),
+        exit,
+        output,
+        baseline,
+    }
+}
+
+/// Start the test command on the base commit, in a temporary checkout of its tree (tracked
+/// files only), in the same sandbox. It runs while the agents do.
+fn start_baseline(
+    inputs: &EngineInputs,
+    base_commit: &str,
+) -> Option<tokio::task::JoinHandle<BaselineOutcome>> {
+    let command = inputs.config.verify.test_command.clone()?;
+    if !inputs.config.verify.baseline {
+        return None;
+    }
+    let config = Arc::clone(&inputs.config);
+    let repo = inputs.repo.clone();
+    let sandbox = inputs.sandbox.clone();
+    let commit = base_commit.to_owned();
+    Some(tokio::spawn(async move {
+        let checkout = tokio::task::spawn_blocking(move || checkout_tree(&repo, &commit)).await;
+        let dir = match checkout {
+            Ok(Ok(dir)) => dir,
+            Ok(Err(error)) => {
+                return BaselineOutcome {
+                    passed: false,
+                    exit: CommandExit::NotStarted,
+                    output: format!("cannot check out the base commit: {error}"),
+                };
+            }
+            Err(error) => {
+                return BaselineOutcome {
+                    passed: false,
+                    exit: CommandExit::NotStarted,
+                    output: format!("cannot check out the base commit: {error}"),
+                };
+            }
+        };
+        let (exit, output) = run_test_in(&config, dir.path(), &sandbox, &command).await;
+        BaselineOutcome {
+            passed: exit.success(),
+            exit,
+            output,
+        }
+    }))
+}
+
+/// The tracked files of `commit` in a new temporary directory (a private index; the
+/// repository's own index, HEAD and work tree are not touched).
+fn checkout_tree(repo: &Path, commit: &str) -> Result<tempfile::TempDir, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("fanout-baseline-")
+        .tempdir()
+        .map_err(|error| format!("temporary directory: {error}"))?;
+    let index = tempfile::NamedTempFile::new().map_err(|error| error.to_string())?;
+    let git = crate::run::git::Git::open(repo).map_err(|error| error.to_string())?;
+    let mut read = git.command();
+    read.env("GIT_INDEX_FILE", index.path())
+        .args(["read-tree", "--end-of-options", commit]);
+    git.run(read, None).map_err(|error| error.to_string())?;
+    let mut prefix = dir.path().as_os_str().to_owned();
+    prefix.push("/");
+    let mut checkout = git.command();
+    checkout
+        .env("GIT_INDEX_FILE", index.path())
+        .args(["checkout-index", "-a", "-f"])
+        .arg({
+            let mut arg = std::ffi::OsString::from("--prefix=");
+            arg.push(&prefix);
+            arg
+        });
+    git.run(checkout, None).map_err(|error| error.to_string())?;
+    Ok(dir)
+}
+
+/// The last `n` lines of `text`.
+fn last_lines(text: &str, n: usize) -> &str {
+    let mut start = text.len();
+    for _ in 0..=n {
+        match text[..start].rfind('\n') {
+            Some(at) => start = at,
+            None => return text,
+        }
+    }
+    &text[start + 1..]
 }
 
 fn tail(text: &str, max: usize) -> String {
@@ -1318,7 +1459,7 @@ async fn synthesize(
         body.push_str(&format!(
             "Test command `{}`: {}\n",
             test.command,
-            if test.passed { "passed" } else { "failed" }
+            test.verdict()
         ));
     }
     request.messages.push(Message::user(body));
@@ -1365,8 +1506,21 @@ fn write_summary(repo: &Path, outcome: &RunOutcome) -> Option<PathBuf> {
         md.push_str(&format!(
             "\n## Tests\n\n`{}`: {}\n",
             test.command,
-            if test.passed { "passed" } else { "failed" }
+            test.verdict()
         ));
+        if !test.passed {
+            md.push_str(&format!(
+                "\nThe end of its output:\n\n```\n{}\n```\n",
+                last_lines(&test.output, 40).trim_end()
+            ));
+        }
+        if let Some(base) = test.baseline.as_ref().filter(|base| !base.passed) {
+            md.push_str(&format!(
+                "\nOn the base commit ({}):\n\n```\n{}\n```\n",
+                base.exit.describe(),
+                last_lines(&base.output, 20).trim_end()
+            ));
+        }
     }
     if let Some(text) = &outcome.synthesis {
         md.push_str(&format!("\n## Summary\n\n{text}\n"));

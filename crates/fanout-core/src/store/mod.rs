@@ -106,6 +106,10 @@ pub enum RunStatus {
     Partial,
     Failed,
     Cancelled,
+    /// Every agent succeeded and stayed in scope, but the verification command failed.
+    TestsFailed,
+    /// Undone by `fanout rollback` after it ended: the tree is back at a checkpoint.
+    RolledBack,
 }
 
 impl RunStatus {
@@ -117,6 +121,8 @@ impl RunStatus {
             RunStatus::Partial => "partial",
             RunStatus::Failed => "failed",
             RunStatus::Cancelled => "cancelled",
+            RunStatus::TestsFailed => "tests_failed",
+            RunStatus::RolledBack => "rolled_back",
         }
     }
 
@@ -128,6 +134,8 @@ impl RunStatus {
             "partial" => RunStatus::Partial,
             "failed" => RunStatus::Failed,
             "cancelled" => RunStatus::Cancelled,
+            "tests_failed" => RunStatus::TestsFailed,
+            "rolled_back" => RunStatus::RolledBack,
             _ => return None,
         })
     }

@@ -128,6 +128,41 @@ CREATE TABLE preimages (
     PRIMARY KEY (run_id, agent_id)
 );
 "#,
+    // 3: two run statuses (`tests_failed`: the verification command failed; `rolled_back`:
+    // undone by `fanout rollback`), which the first schema's CHECK refused, so `runs` is
+    // rebuilt; tool calls get what a reader needs to judge one (its outcome, duration and
+    // bytes, the paths it touched).
+    r#"
+CREATE TABLE runs_v3 (
+    run_id TEXT PRIMARY KEY NOT NULL,
+    workflow TEXT NOT NULL,
+    config_path TEXT,
+    plan_hash TEXT,
+    repo TEXT,
+    status TEXT NOT NULL
+        CHECK (status IN ('planned', 'running', 'completed', 'partial', 'failed', 'cancelled',
+                          'tests_failed', 'rolled_back')),
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    base_commit TEXT,
+    agents_planned INTEGER NOT NULL DEFAULT 0,
+    total_tokens INTEGER NOT NULL DEFAULT 0,
+    total_input_tokens INTEGER NOT NULL DEFAULT 0,
+    total_output_tokens INTEGER NOT NULL DEFAULT 0,
+    total_cost_usd REAL NOT NULL DEFAULT 0,
+    error TEXT
+);
+INSERT INTO runs_v3 SELECT run_id, workflow, config_path, plan_hash, repo, status, started_at,
+    ended_at, base_commit, agents_planned, total_tokens, total_input_tokens,
+    total_output_tokens, total_cost_usd, error FROM runs;
+DROP TABLE runs;
+ALTER TABLE runs_v3 RENAME TO runs;
+CREATE INDEX runs_by_start ON runs (started_at);
+ALTER TABLE tool_calls ADD COLUMN outcome TEXT;        -- ok | error | denied
+ALTER TABLE tool_calls ADD COLUMN duration_ms INTEGER;
+ALTER TABLE tool_calls ADD COLUMN bytes INTEGER;       -- bytes read, written or output
+ALTER TABLE tool_calls ADD COLUMN paths TEXT;          -- JSON array of repository paths
+"#,
 ];
 
 /// Set the connection pragmas every connection of ours uses.

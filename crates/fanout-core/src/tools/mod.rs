@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use globset::GlobBuilder;
 use regex::RegexBuilder;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::agent::{CommandReceipt, Denial, Journal, Receipts, UndoReport};
@@ -70,6 +71,46 @@ impl ToolOutput {
             is_error: true,
         }
     }
+}
+
+/// How a command the engine ran ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum CommandExit {
+    /// It ran and exited with this status.
+    Exited(i32),
+    /// It was killed by this signal.
+    Signal(i32),
+    /// It ran past the sandbox's time limit and was killed.
+    TimedOut,
+    /// It could not be started (not installed, refused, no sandbox).
+    NotStarted,
+    /// It ran, but its end was not observed.
+    Unknown,
+}
+
+impl CommandExit {
+    /// Only an exit status of 0 is a success.
+    pub fn success(self) -> bool {
+        self == CommandExit::Exited(0)
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            CommandExit::Exited(code) => format!("exit code {code}"),
+            CommandExit::Signal(signal) => format!("killed by signal {signal}"),
+            CommandExit::TimedOut => "timed out".into(),
+            CommandExit::NotStarted => "could not be started".into(),
+            CommandExit::Unknown => "exit status unknown".into(),
+        }
+    }
+}
+
+/// A command run by [`Toolbox::run_command`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRun {
+    pub output: ToolOutput,
+    pub exit: CommandExit,
 }
 
 /// A toolbox could not be set up.
@@ -636,14 +677,47 @@ impl Toolbox {
     /// allowlisted command running arbitrary code (`npm test`). The kernel sandbox, the
     /// scrubbed environment, the snapshot revert and the receipts all apply as for `bash`.
     pub async fn exec_argv(&self, argv: &[String]) -> ToolOutput {
+        self.run_command(argv).await.output
+    }
+
+    /// [`Toolbox::exec_argv`] with how the command ended: a caller that judges a command
+    /// (the workflow's test command) decides on its exit status, never on its text.
+    pub async fn run_command(&self, argv: &[String]) -> CommandRun {
         let line = argv.join(" ");
-        match self.run_argv(&line, argv.to_vec()).await {
+        let before = self.state().receipts.commands.len();
+        let output = match self.run_argv(&line, argv.to_vec()).await {
             Ok(text) => ToolOutput::ok(truncate(text, self.limits.max_output_bytes)),
-            Err(Failure::Failed(message)) => ToolOutput::error(message),
-            Err(Failure::Denied { target, reason }) => {
-                ToolOutput::error(format!("denied: {target}: {reason}"))
+            Err(Failure::Failed(message)) => {
+                return CommandRun {
+                    output: ToolOutput::error(message),
+                    exit: CommandExit::NotStarted,
+                };
             }
-        }
+            Err(Failure::Denied { target, reason }) => {
+                return CommandRun {
+                    output: ToolOutput::error(format!("denied: {target}: {reason}")),
+                    exit: CommandExit::NotStarted,
+                };
+            }
+        };
+        let exit = self
+            .state()
+            .receipts
+            .commands
+            .get(before..)
+            .and_then(|new| new.last())
+            .map_or(CommandExit::Unknown, |receipt| {
+                if receipt.timed_out {
+                    CommandExit::TimedOut
+                } else if let Some(code) = receipt.exit_code {
+                    CommandExit::Exited(code)
+                } else if let Some(signal) = receipt.signal {
+                    CommandExit::Signal(signal)
+                } else {
+                    CommandExit::Unknown
+                }
+            });
+        CommandRun { output, exit }
     }
 
     async fn bash(&self, input: &Value) -> Result<String, Failure> {
@@ -700,6 +774,7 @@ impl Toolbox {
         let receipt = CommandReceipt {
             argv: argv.clone(),
             exit_code: outcome.exit_code,
+            signal: outcome.signal,
             timed_out: outcome.timed_out,
             files_written: written.clone(),
             violations: violations.clone(),

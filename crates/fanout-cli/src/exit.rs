@@ -1,0 +1,71 @@
+//! The exit codes of every `fanout` command, in one place (the README has the same table).
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success: a clean plan, or a run that completed |
+//! | 1 | the plan has permission violations |
+//! | 2 | invalid workflow file, arguments, or unknown run |
+//! | 3 | planning failed (no usable plan, provider error, unreadable or edited plan file) |
+//! | 4 | not ready for a live run (dirty tree, another live run holds the repository, …) |
+//! | 5 | partial: some agents or items failed, were not run, or a change left every scope |
+//! | 6 | failed: no agent or item succeeded |
+//! | 7 | tests failed: every agent succeeded, the verification command did not |
+//! | 8 | rolled back (`fanout resume` of a run that `fanout rollback` undid) |
+//! | 70 | an internal error the command could not classify |
+//! | 130 | cancelled (resumable) |
+
+use std::process::ExitCode;
+
+use fanout_core::store::RunStatus;
+
+/// Why the process ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Success,
+    Violations,
+    Config,
+    Planning,
+    NotReady,
+    Partial,
+    Failed,
+    TestsFailed,
+    RolledBack,
+    Internal,
+    Cancelled,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Success => 0,
+            Exit::Violations => 1,
+            Exit::Config => 2,
+            Exit::Planning => 3,
+            Exit::NotReady => 4,
+            Exit::Partial => 5,
+            Exit::Failed => 6,
+            Exit::TestsFailed => 7,
+            Exit::RolledBack => 8,
+            Exit::Internal => 70,
+            Exit::Cancelled => 130,
+        }
+    }
+
+    /// The exit of a run that ended with `status`.
+    pub fn of_run(status: RunStatus) -> Exit {
+        match status {
+            RunStatus::Completed => Exit::Success,
+            RunStatus::Partial | RunStatus::Planned | RunStatus::Running => Exit::Partial,
+            RunStatus::Failed => Exit::Failed,
+            RunStatus::TestsFailed => Exit::TestsFailed,
+            RunStatus::RolledBack => Exit::RolledBack,
+            RunStatus::Cancelled => Exit::Cancelled,
+        }
+    }
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> ExitCode {
+        ExitCode::from(exit.code())
+    }
+}
