@@ -181,6 +181,10 @@ pub async fn run(args: BenchRunArgs) -> anyhow::Result<ExitCode> {
         fleet: fleet.clone(),
         sandbox: SandboxConfig::default(),
         max_attempts: 3,
+        lock: Arc::new(
+            fanout_core::run::lock::RepoLock::acquire(&repo, "bench run")
+                .context("the benchmark repository is in use")?,
+        ),
     };
     eprintln!("bench run: running");
     let started = tokio::time::Instant::now();

@@ -11,7 +11,7 @@
 //! settled are kept and no settled chunk is sent again.
 //!
 //! One process per run: the run holds the exclusive lock on `.fanout/runs/<run_id>/run.lock`
-//! (the same lock as repository runs, `crate::live::RunLock`) from before its first record to
+//! (`fanout_core::run::lock::RunLock`) from before its first record to
 //! its end, so a `fanout resume` of a run that is still going is refused.
 //!
 //! Exit codes: 0 complete, 2 invalid workflow or unreadable input, 4 another process is
@@ -43,9 +43,9 @@ use fanout_sim::{Scenario, Sim, SimConfig, SimHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::exit::Exit;
-use crate::live::RunLock;
 use crate::progress::{Progress, ProgressStyle, Tally, handle_interrupts};
 use crate::run_cmd::RunArgs;
+use fanout_core::run::lock::RunLock;
 
 /// `fanout run FILE` when the workflow has `items:`: always a new run.
 pub async fn run(args: RunArgs, config: Config) -> anyhow::Result<ExitCode> {

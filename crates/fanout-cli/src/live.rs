@@ -2,9 +2,8 @@
 //! stderr (or JSON lines on stdout with `--json`), and prints the run's totals. [`drive`] is
 //! shared with `fanout resume` and `fanout run --retry-failed` (`crate::resume_cmd`).
 //!
-//! One process per run at a time: [`drive`] holds an exclusive `flock` on
-//! `.fanout/runs/<run_id>/run.lock` while the engine runs (the kernel drops it when the process
-//! dies, even on `kill -9`), so a resume cannot roll back agents another process is running.
+//! One live run per repository at a time: the caller takes the repository's lock
+//! (`fanout_core::run::lock::RepoLock`) before it plans, and the engine requires it.
 //!
 //! Exit codes: 0 every agent succeeded and every change stayed in scope; 5 partial (some
 //! agents failed, were not run, or a file changed outside every scope); 6 no agent succeeded;
@@ -20,6 +19,7 @@ use fanout_core::config::{Config, Mode};
 use fanout_core::fleet::Fleet;
 use fanout_core::plan::{Prepared, RunId};
 use fanout_core::run::engine::{self, EngineEvent, EngineInputs, RunOutcome};
+use fanout_core::run::lock::RepoLock;
 use fanout_core::sandbox::SandboxConfig;
 use fanout_core::store::AgentStatus;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +36,7 @@ pub async fn execute(
     prepared: Prepared,
     fleet: Fleet,
     repository: PathBuf,
+    lock: Arc<RepoLock>,
 ) -> anyhow::Result<ExitCode> {
     let report = &prepared.report;
     let run_id = report
@@ -53,12 +54,13 @@ pub async fn execute(
         plan,
         estimated_dollars,
         plan_hash: report.saved.as_ref().map(|saved| saved.hash.clone()),
-        config_path: Some(args.file.clone()),
+        config_path: Some(absolute(&args.file)),
         repo,
         run_id: run_id.clone(),
         fleet: fleet.clone(),
         sandbox: SandboxConfig::default(),
         max_attempts: 3,
+        lock,
     };
     drive(inputs, args.json, report.estimate.wall_time, Launch::Fresh).await
 }
@@ -82,13 +84,6 @@ pub async fn drive(
 ) -> anyhow::Result<ExitCode> {
     let run_id = inputs.run_id.clone();
     let fleet = inputs.fleet.clone();
-    let _lock = match RunLock::acquire(&inputs.repo, &run_id) {
-        Ok(lock) => lock,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return Ok(Exit::NotReady.into());
-        }
-    };
     let cancel = CancellationToken::new();
     handle_interrupts(cancel.clone());
 
@@ -151,38 +146,6 @@ pub async fn drive(
         print!("{}", render(&outcome, estimated));
     }
     Ok(Exit::of_run(outcome.status).into())
-}
-
-/// An exclusive `flock` on `.fanout/runs/<run_id>/run.lock`, released when dropped (or when
-/// the process dies). Item runs take the same lock (`crate::items_cmd`).
-pub(crate) struct RunLock {
-    _file: std::fs::File,
-}
-
-impl RunLock {
-    #[allow(unsafe_code)]
-    pub(crate) fn acquire(repo: &std::path::Path, run_id: &str) -> Result<RunLock, String> {
-        use std::os::fd::AsRawFd;
-        let dir = repo.join(".fanout").join("runs").join(run_id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
-        let path = dir.join("run.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|err| format!("cannot open {}: {err}", path.display()))?;
-        // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel.
-        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if locked != 0 {
-            return Err(format!(
-                "run {run_id} is being run by another fanout process (lock {})",
-                path.display()
-            ));
-        }
-        Ok(RunLock { _file: file })
-    }
 }
 
 /// The closing report.
@@ -258,4 +221,10 @@ pub fn render(outcome: &RunOutcome, estimated: Duration) -> String {
 fn last_lines(text: &str, n: usize) -> Vec<&str> {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+/// `path` made absolute against the current directory (not resolved through symlinks), so a
+/// run can be resumed from anywhere.
+pub(crate) fn absolute(path: &std::path::Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }

@@ -29,13 +29,14 @@ use fanout_core::config::Config;
 use fanout_core::fleet::Fleet;
 use fanout_core::plan::{self, PlanOptions, RepoScan};
 use fanout_core::run::engine::EngineInputs;
+use fanout_core::run::lock::RepoLock;
 use fanout_core::sandbox::SandboxConfig;
-use fanout_core::store::{RunStatus, StoreReader};
+use fanout_core::store::{AgentStatus, RunStatus, StoreReader};
 use fanout_sim::{Scenario, Sim, SimConfig, SimHandle};
 
 use crate::exit::Exit;
 use crate::live::{Launch, drive};
-use crate::run_cmd::{RunArgs, fleet_for, provider_for};
+use crate::run_cmd::{RunArgs, fleet_for, http_timeout, provider_with};
 
 #[derive(Args, Debug, Clone)]
 pub struct ResumeArgs {
@@ -59,6 +60,13 @@ pub struct ResumeArgs {
     /// Progress events as JSON lines on stdout, then the outcome.
     #[arg(long)]
     pub json: bool,
+    /// Give up on one model request after this many seconds (it is then retried like any
+    /// transient failure).
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub request_timeout: u64,
+    /// Report which agents would run again, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `fanout resume RUN_ID`.
@@ -76,6 +84,8 @@ pub async fn retry_failed(args: &RunArgs, run_id: &str) -> anyhow::Result<ExitCo
         scenario: args.scenario.clone(),
         sim_latency_ms: args.sim_latency_ms,
         json: args.json,
+        request_timeout: args.request_timeout,
+        dry_run: args.dry_run,
     };
     finish(resume, true).await
 }
@@ -128,8 +138,12 @@ async fn finish(args: ResumeArgs, retry_failed: bool) -> anyhow::Result<ExitCode
     let config_path = match args
         .file
         .clone()
-        .or_else(|| run.config_path.map(PathBuf::from))
-    {
+        .map(|file| crate::live::absolute(&file))
+        .or_else(|| {
+            run.config_path
+                .as_deref()
+                .map(|recorded| recorded_path(recorded, &repo))
+        }) {
         Some(path) => path,
         None => {
             eprintln!(
@@ -179,6 +193,16 @@ async fn finish(args: ResumeArgs, retry_failed: bool) -> anyhow::Result<ExitCode
         }
     };
 
+    if args.dry_run {
+        return report_rerun(&repo, &args.run_id, &loaded.plan, args.json);
+    }
+    let lock = match RepoLock::acquire(&repo, &format!("resuming run {}", args.run_id)) {
+        Ok(lock) => Arc::new(lock),
+        Err(err) => {
+            eprintln!("error: refusing to resume: {err}");
+            return Ok(Exit::NotReady.into());
+        }
+    };
     let (fleet, sim) = fleet(&args, &config).await?;
     let inputs = EngineInputs {
         config: Arc::new(config),
@@ -191,6 +215,7 @@ async fn finish(args: ResumeArgs, retry_failed: bool) -> anyhow::Result<ExitCode
         fleet,
         sandbox: SandboxConfig::default(),
         max_attempts: 3,
+        lock,
     };
     let code = drive(inputs, args.json, estimated_wall, Launch::Resume).await;
     if let Some(handle) = sim {
@@ -237,7 +262,7 @@ async fn resume_items(
         sim_faults: None,
         sim_seed: 0,
         sim_record: None,
-        request_timeout: 600,
+        request_timeout: args.request_timeout,
         retry_failed: None,
     };
     crate::items_cmd::resume(run_args, config, repo, args.run_id.clone()).await
@@ -266,8 +291,9 @@ fn estimates(
 
 /// The model API: an in-process simulator with `--sim`/`--scenario`, else the environment's.
 async fn fleet(args: &ResumeArgs, config: &Config) -> anyhow::Result<(Fleet, Option<SimHandle>)> {
+    let http = http_timeout(args.request_timeout);
     if !args.sim && args.scenario.is_none() {
-        return Ok((fleet_for(config, provider_for(config, None)?), None));
+        return Ok((fleet_for(config, provider_with(config, None, http)?), None));
     }
     let scenario = match &args.scenario {
         Some(path) => Some(Scenario::from_file(path).context("cannot load the scenario")?),
@@ -283,6 +309,84 @@ async fn fleet(args: &ResumeArgs, config: &Config) -> anyhow::Result<(Fleet, Opt
     )
     .await
     .context("cannot start the simulator")?;
-    let provider = provider_for(config, Some(&handle.base_url()))?;
+    let provider = provider_with(config, Some(&handle.base_url()), http)?;
     Ok((fleet_for(config, provider), Some(handle)))
+}
+
+/// A workflow path recorded by a run: absolute since runs record it so; an older run's
+/// relative path is tried against the current directory, then against the repository.
+fn recorded_path(recorded: &str, repo: &Path) -> PathBuf {
+    let path = PathBuf::from(recorded);
+    if path.is_absolute() || path.exists() {
+        return path;
+    }
+    let in_repo = repo.join(&path);
+    if in_repo.exists() { in_repo } else { path }
+}
+
+/// `--dry-run`: which agents of the run would run again (every agent without a success
+/// row), read from the store; nothing is written, no model is called.
+fn report_rerun(
+    repo: &Path,
+    run_id: &str,
+    plan: &plan::Plan,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let reader = StoreReader::open_in_repo(repo)?;
+    let rows = reader.agent_runs(run_id)?;
+    let mut last: std::collections::HashMap<&str, &fanout_core::store::AgentRow> =
+        std::collections::HashMap::new();
+    for row in &rows {
+        let entry = last.entry(row.agent_id.as_str()).or_insert(row);
+        if row.attempt >= entry.attempt {
+            *entry = row;
+        }
+    }
+    let mut rerun = Vec::new();
+    let mut kept = 0usize;
+    for subtask in &plan.subtasks {
+        let id = subtask.task_id.to_string();
+        let succeeded = rows
+            .iter()
+            .any(|row| row.agent_id == id && row.status == Some(AgentStatus::Success));
+        if succeeded {
+            kept += 1;
+            continue;
+        }
+        let why = match last.get(id.as_str()) {
+            None => "not run".to_owned(),
+            Some(row) => match row.status {
+                None => "interrupted".to_owned(),
+                Some(status) => format!(
+                    "{}{}",
+                    status.as_str(),
+                    row.error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ),
+            },
+        };
+        rerun.push((id, why));
+    }
+    if json {
+        let agents: Vec<serde_json::Value> = rerun
+            .iter()
+            .map(|(id, why)| serde_json::json!({"agent_id": id, "last": why}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"run_id": run_id, "dry_run": true, "would_rerun": agents, "kept": kept})
+        );
+    } else {
+        println!(
+            "[DRY RUN] Run {run_id}: {} of {} agents would run again ({kept} succeeded and are kept); nothing was changed.",
+            rerun.len(),
+            plan.subtasks.len()
+        );
+        for (id, why) in &rerun {
+            println!("  {id}: {why}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -27,6 +27,7 @@ use fanout_core::provider::anthropic::{AnthropicConfig, AnthropicProvider};
 use fanout_core::provider::http::HttpConfig;
 use fanout_core::provider::openai::{OpenAiConfig, OpenAiProvider};
 use fanout_core::retry::{RetryBudget, RetryBudgetConfig, RetryPolicy};
+use fanout_core::run::lock::RepoLock;
 use fanout_sim::{Faults, Scenario, Sim, SimConfig, SimHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -82,7 +83,8 @@ pub struct RunArgs {
     pub request_timeout: u64,
     /// Re-run only the agents of a finished run that failed, were rolled back or did not run
     /// (its saved plan; FILE gives the configuration).
-    #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["plan", "dry_run", "task"])]
+    /// With --dry-run (or `fanout plan`): report which agents would run again.
+    #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["plan", "task"])]
     pub retry_failed: Option<String>,
 }
 
@@ -170,6 +172,19 @@ async fn run_with(
         dry_run: args.dry_run,
         save: true,
     };
+    // A live run holds the repository from before it plans: a second live run is refused
+    // before it pays for a plan.
+    let lock = if args.dry_run {
+        None
+    } else {
+        match RepoLock::acquire(&repository, "planning a live run") {
+            Ok(lock) => Some(Arc::new(lock)),
+            Err(err) => {
+                eprintln!("error: refusing a live run: {err}");
+                return Ok(Exit::NotReady.into());
+            }
+        }
+    };
     let cancel = CancellationToken::new();
     let planning_fleet = if args.plan.is_none() {
         fleet.as_ref()
@@ -206,10 +221,10 @@ async fn run_with(
         eprintln!("error: refusing a live run: {err}");
         return Ok(Exit::NotReady.into());
     }
-    let Some(fleet) = fleet else {
+    let (Some(fleet), Some(lock)) = (fleet, lock) else {
         anyhow::bail!("a live run needs a model API (use --sim or set an API key)");
     };
-    crate::live::execute(args, config, prepared, fleet, repository).await
+    crate::live::execute(args, config, prepared, fleet, repository, lock).await
 }
 
 fn write_stdout(text: &str) -> anyhow::Result<()> {
@@ -226,14 +241,6 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
 }
 
 /// The orchestrator's provider: at `base_url` (the simulator) or from the environment.
-pub(crate) fn provider_for(
-    config: &Config,
-    base_url: Option<&str>,
-) -> anyhow::Result<Arc<dyn Provider>> {
-    provider_with(config, base_url, HttpConfig::default())
-}
-
-/// [`provider_for`] with explicit transport settings.
 pub(crate) fn provider_with(
     config: &Config,
     base_url: Option<&str>,
@@ -275,7 +282,12 @@ pub(crate) fn provider_of(
 }
 
 pub(crate) fn http_config(args: &RunArgs) -> HttpConfig {
-    let timeout = std::time::Duration::from_secs(args.request_timeout.max(1));
+    http_timeout(args.request_timeout)
+}
+
+/// Transport settings with a request timeout of `seconds`.
+pub(crate) fn http_timeout(seconds: u64) -> HttpConfig {
+    let timeout = std::time::Duration::from_secs(seconds.max(1));
     HttpConfig {
         request_timeout: timeout,
         stream_idle_timeout: timeout.min(HttpConfig::default().stream_idle_timeout),

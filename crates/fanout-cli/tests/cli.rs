@@ -1424,6 +1424,46 @@ rules:
             "partial"
         );
 
+        // A dry run of `--retry-failed` (as `fanout plan` or `run --dry-run`) names the agents
+        // that would run again and changes nothing: no tool runs, no row is written.
+        let rows_before = reader.agent_runs(&run_id).unwrap().len();
+        let tree_before = tree(repo.path());
+        for command in [
+            vec!["plan", workflow.as_str(), "--retry-failed", run_id.as_str()],
+            vec![
+                "run",
+                workflow.as_str(),
+                "--retry-failed",
+                run_id.as_str(),
+                "--dry-run",
+            ],
+        ] {
+            let mut args = command.clone();
+            let healthy = healthy.display().to_string();
+            args.extend(["--scenario", healthy.as_str()]);
+            let output = fanout(&args, repo.path());
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert_eq!(
+                output.status.code(),
+                Some(0),
+                "{command:?}: {stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert!(
+                stdout.contains("2 of 8 agents would run again"),
+                "{command:?}: {stdout}"
+            );
+            assert!(stdout.contains("edit-002: rollback"), "{stdout}");
+            assert!(stdout.contains("edit-006: rollback"), "{stdout}");
+            assert_eq!(
+                tree(repo.path()),
+                tree_before,
+                "{command:?} changed the tree"
+            );
+            let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
+            assert_eq!(reader.agent_runs(&run_id).unwrap().len(), rows_before);
+        }
+
         // `--retry-failed` re-runs only the failed agents; the escalated one stays on default.
         let output = fanout(
             &[

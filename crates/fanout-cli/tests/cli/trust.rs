@@ -197,3 +197,134 @@ fn the_exit_status_decides_not_the_output() {
         assert_eq!(outcome["status"], status, "{command}: {outcome}");
     }
 }
+
+fn spawn_in(dir: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_fanout"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("ANTHROPIC_BASE_URL")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn run_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fanout"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("ANTHROPIC_BASE_URL")
+        .output()
+        .unwrap()
+}
+
+/// Wait (polling the file system, up to a minute) until `check` holds.
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Two live runs on one repository both ran and edited the same files; a run started with a
+/// relative workflow path could not be resumed from the repository (`cannot read`).
+#[test]
+fn one_live_run_per_repository_and_resume_from_anywhere() {
+    let repo = small_repo(4);
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(work.path().join("rel")).unwrap();
+    edit_workflow(&work.path().join("rel"), "");
+    edit_plan(&work.path().join("rel"), 4);
+    scenario_file(&work.path().join("rel"));
+    let repo_arg = repo.path().display().to_string();
+    let args = [
+        "run",
+        "rel/edit-each.yaml",
+        "--plan",
+        "rel/plan.json",
+        "--scenario",
+        "rel/scenario.yaml",
+        "--sim-latency-ms",
+        "3000",
+        "--repo",
+        repo_arg.as_str(),
+    ];
+    let mut first = spawn_in(work.path(), &args);
+    let lock_file = repo.path().join(".fanout/live.lock");
+    let mut holder = String::new();
+    wait_for("the first run to claim the repository", || {
+        holder = std::fs::read_to_string(&lock_file).unwrap_or_default();
+        holder.starts_with("run ")
+    });
+    let run_id = holder
+        .trim_start_matches("run ")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+
+    // The second is refused at once, naming the run that holds the repository.
+    let started = std::time::Instant::now();
+    let second = run_in(work.path(), &args);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains(&format!("run {run_id}")), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "refused only after {:?}",
+        started.elapsed()
+    );
+    // A dry run is still allowed while a live run holds the repository.
+    let dry = run_in(
+        work.path(),
+        &[
+            "run",
+            "rel/edit-each.yaml",
+            "--plan",
+            "rel/plan.json",
+            "--dry-run",
+            "--repo",
+            &repo_arg,
+        ],
+    );
+    assert_eq!(
+        dry.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+
+    // kill -9 releases the lock; resume from inside the repository, where the relative
+    // workflow path means nothing.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let resumed = run_in(
+        repo.path(),
+        &[
+            "resume",
+            &run_id,
+            "--scenario",
+            &work.path().join("rel/scenario.yaml").display().to_string(),
+        ],
+    );
+    assert_eq!(
+        resumed.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&resumed.stdout),
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    for i in 0..4 {
+        assert_eq!(
+            std::fs::read_to_string(repo.path().join(format!("src/file_{i:03}.txt"))).unwrap(),
+            "edited by its agent\n"
+        );
+    }
+}

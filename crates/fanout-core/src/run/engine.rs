@@ -39,6 +39,7 @@ use crate::retry::lock;
 use crate::run::checkpoint::{CheckpointId, CheckpointPolicy, Checkpointer, InFlightScopes};
 use crate::run::checkpoint_worker::CheckpointWorker;
 use crate::run::durable::SyncGroup;
+use crate::run::lock::RepoLock;
 use crate::run::preimage::{self, BaseBlobs, Preimage, PreimageError};
 use crate::run::scheduler::{
     NotRun, SchedulerEvent, SchedulerLimits, TaskOutcome, TaskSpec, run_graph,
@@ -66,6 +67,9 @@ pub struct EngineInputs {
     pub sandbox: SandboxConfig,
     /// Tries of one agent on transient failures (provider errors), the first included.
     pub max_attempts: u32,
+    /// The repository's live-run lock, held by the caller from before it planned until the
+    /// run's end; a lock on another repository is refused.
+    pub lock: Arc<RepoLock>,
 }
 
 /// What happened, for progress displays (the store has the durable record).
@@ -186,6 +190,8 @@ pub enum EngineError {
     Join(String),
     #[error("cannot start the sync worker thread: {0}")]
     SyncWorker(String),
+    #[error("the live-run lock held is for {held}, not for the repository {repo}")]
+    WrongLock { held: PathBuf, repo: PathBuf },
 }
 
 /// Per-agent results the scheduler's events are enriched with.
@@ -270,6 +276,12 @@ async fn run_engine(
             estimates: inputs.estimated_dollars.len(),
         });
     }
+    if !inputs.lock.covers(&inputs.repo) {
+        return Err(EngineError::WrongLock {
+            held: inputs.lock.repo().to_path_buf(),
+            repo: inputs.repo.clone(),
+        });
+    }
     let store = Store::open_in_repo(&inputs.repo)?;
     let log_path = inputs.config.logging.destination_at(SystemTime::now());
     let log_path = if log_path.is_absolute() {
@@ -324,6 +336,8 @@ async fn run_engine(
             })
             .await?;
     }
+    // Named only now that the run is on record, so whoever is refused can resume it.
+    inputs.lock.claim(&inputs.run_id);
     let state = if resuming {
         prepare_resume(&inputs, &store).await?
     } else {

@@ -1,7 +1,8 @@
-//! Running a plan. For now: the host-side git layer and what it is for — checkpoints of the
-//! working tree on refs of ours, and rollback to any of them. The scheduler, retries, resume
-//! and aggregation build on these.
+//! Running a plan: the engine and what it stands on.
 //!
+//! - [`engine`]: one live run (or resume) of a reviewed plan, start to summary.
+//! - [`lock`]: [`RepoLock`](lock::RepoLock), one live run per repository at a time (an OS
+//!   lock that a `kill -9` releases), required by the engine.
 //! - [`git`]: a hardened `git` command builder; no repository-controlled program runs
 //!   (hooks, fsmonitor, filters, pagers, editors, credential helpers, gpg, transports).
 //! - [`checkpoint`]: [`Checkpointer`] commits the whole working tree to
@@ -25,6 +26,7 @@ pub mod checkpoint_worker;
 pub mod durable;
 pub mod engine;
 pub mod git;
+pub mod lock;
 pub mod preimage;
 pub mod rollback;
 pub mod scheduler;
