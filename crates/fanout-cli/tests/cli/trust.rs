@@ -328,3 +328,91 @@ fn one_live_run_per_repository_and_resume_from_anywhere() {
         );
     }
 }
+
+/// The seed's `logging.destination: ./logs/workflow-run-{timestamp}.json` made every live run
+/// partial (its own log was "a change outside every scope"), rollback needed --force, and the
+/// next plan listed the log as a repository file.
+#[test]
+fn fanouts_own_log_is_never_an_agents_change() {
+    let repo = small_repo(3);
+    let work = tempfile::tempdir().unwrap();
+    let wf = edit_workflow(
+        work.path(),
+        "  logging:\n    level: verbose\n    destination: ./logs/workflow-run-{timestamp}.json\n",
+    );
+    let output = fanout(
+        &[
+            "run",
+            &wf.display().to_string(),
+            "--plan",
+            &edit_plan(work.path(), 3).display().to_string(),
+            "--scenario",
+            &scenario_file(work.path()).display().to_string(),
+            "--json",
+        ],
+        repo.path(),
+    );
+    let outcome = outcome_of(&output);
+    assert_eq!(output.status.code(), Some(0), "{outcome}");
+    assert_eq!(outcome["out_of_scope"], serde_json::json!([]));
+    assert_eq!(outcome["files_changed"], 3);
+    let logs: Vec<_> = std::fs::read_dir(repo.path().join("logs"))
+        .unwrap()
+        .collect();
+    assert_eq!(logs.len(), 1, "the run wrote its log");
+    let run_id = outcome["run_id"].as_str().unwrap();
+
+    // The next plan's file list (as the orchestrator receives it) has no log in it.
+    let record = work.path().join("exchanges.jsonl");
+    let output = fanout(
+        &[
+            "plan",
+            &wf.display().to_string(),
+            "--sim",
+            "--task",
+            "Rewrite every file in src.",
+            "--sim-record",
+            &record.display().to_string(),
+        ],
+        repo.path(),
+    );
+    assert!(output.status.code().is_some());
+    let sent = std::fs::read_to_string(&record).unwrap();
+    assert!(sent.contains("src/file_000.txt"), "the file list was sent");
+    assert!(
+        !sent.contains("workflow-run-"),
+        "the log was listed as a repository file"
+    );
+
+    // Rollback needs no --force and keeps the run's log (the record of what was undone).
+    let output = fanout(&["rollback", run_id], repo.path());
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(repo.path().join("src/file_001.txt")).unwrap(),
+        "original 1\n"
+    );
+    assert_eq!(
+        std::fs::read_dir(repo.path().join("logs")).unwrap().count(),
+        1
+    );
+
+    // A destination outside the repository is refused before anything runs.
+    for outside in [
+        "/tmp/fanout-log-{timestamp}.json",
+        "../logs/run-{timestamp}.json",
+    ] {
+        let wf = edit_workflow(
+            work.path(),
+            &format!("  logging:\n    destination: {outside}\n"),
+        );
+        let output = fanout(&["plan", &wf.display().to_string(), "--sim"], repo.path());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{outside}: {stderr}");
+        assert!(stderr.contains("outside the repository"), "{stderr}");
+    }
+}

@@ -743,6 +743,22 @@ impl Resolver<'_> {
                     value.trim_end_matches(['/', '\\'])
                 )));
         }
+        let outside = Path::new(value).is_absolute()
+            || value.starts_with('~')
+            || value.split(['/', '\\']).any(|component| component == "..");
+        if outside {
+            return Err(self
+                .invalid(
+                    at,
+                    key,
+                    format!(
+                        "`{key}` `{value}` is outside the repository; the log is written inside it (relative to the repository root)"
+                    ),
+                )
+                .with_hint(format!(
+                    "e.g. `./logs/workflow-run-{TIMESTAMP_PLACEHOLDER}.json` or `./.fanout/logs/run-{TIMESTAMP_PLACEHOLDER}.jsonl`"
+                )));
+        }
         let mut rest = value;
         let mut has_timestamp = false;
         while let Some(start) = rest.find('{') {

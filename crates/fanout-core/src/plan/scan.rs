@@ -59,6 +59,7 @@ impl RepoScan {
                     && SKIPPED_DIRS.contains(&entry.file_name().to_string_lossy().as_ref()))
             })
             .build();
+        let owned = crate::store::owned_paths(root);
         let mut files = Vec::new();
         let mut total_bytes = 0;
         for entry in walker {
@@ -77,6 +78,9 @@ impl RepoScan {
                 .map(|c| c.as_os_str().to_string_lossy())
                 .collect::<Vec<_>>()
                 .join("/");
+            if owned.contains(&path) {
+                continue;
+            }
             let bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
             total_bytes += bytes;
             files.push(ScannedFile { path, bytes });

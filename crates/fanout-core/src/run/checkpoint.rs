@@ -783,6 +783,11 @@ fn snapshot_entries(
     );
     paths.sort();
     paths.dedup();
+    // fanout's own files in the tree (a run's log) are never part of a checkpoint.
+    let owned = crate::store::owned_paths(&root);
+    if !owned.is_empty() {
+        paths.retain(|path| !owned.contains(String::from_utf8_lossy(path).as_ref()));
+    }
 
     let mut entries: BTreeMap<Vec<u8>, TreeEntry> = BTreeMap::new();
     // Regular files hashed in one `--stdin-paths` batch: (path, mode).

@@ -287,6 +287,17 @@ async fn run_engine(
     let log_path = if log_path.is_absolute() {
         log_path
     } else {
+        let relative = log_path
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/");
+        // Not under `.fanout/` (which is ours already): registered before it is first
+        // written, so no checkpoint, scope check, rollback or plan ever counts it.
+        if !relative.starts_with(".fanout/") {
+            crate::store::register_owned_path(&inputs.repo, &relative)?;
+        }
         inputs.repo.join(log_path)
     };
     store.attach_log(log_path).await?;

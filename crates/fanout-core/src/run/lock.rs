@@ -153,3 +153,29 @@ impl Held {
             .and_then(|_| file.write_all(format!("{text}\n").as_bytes()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn a_second_holder_is_refused_with_the_first_ones_run_and_let_in_after_it() {
+        let repo = tempfile::tempdir().unwrap();
+        let first = RepoLock::acquire(repo.path(), "planning").unwrap();
+        first.claim("20261204T000000Z-abcdef");
+        match RepoLock::acquire(repo.path(), "planning") {
+            Err(LockError::Held { holder, .. }) => {
+                assert!(
+                    holder.starts_with("run 20261204T000000Z-abcdef (pid "),
+                    "{holder}"
+                );
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(first.covers(repo.path()));
+        assert!(!first.covers(&repo.path().join(".fanout")));
+        drop(first);
+        RepoLock::acquire(repo.path(), "planning").unwrap();
+    }
+}

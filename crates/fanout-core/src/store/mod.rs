@@ -178,6 +178,47 @@ pub(crate) fn parse_mode(text: &str) -> Option<Mode> {
     }
 }
 
+/// The list of files fanout itself writes inside the work tree outside `.fanout/` (today:
+/// each run's JSON-lines log when `logging.destination` points there), one repository-relative
+/// path per line, in `.fanout/`. Checkpoints, the scope check, rollback and the planner's file
+/// scan all skip these paths: fanout's own files are never an agent's change.
+pub const OWNED_PATHS_FILE: &str = "owned-paths";
+
+/// Add `relative` (a path inside the work tree) to [`OWNED_PATHS_FILE`], durably, before
+/// fanout first writes it.
+pub fn register_owned_path(repo: &Path, relative: &str) -> Result<(), StoreError> {
+    use std::io::Write;
+    if owned_paths(repo).contains(relative) {
+        return Ok(());
+    }
+    let dir = ensure_fanout_dir(repo)?;
+    let path = dir.join(OWNED_PATHS_FILE);
+    let io = |source| StoreError::CreateDir {
+        path: path.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io)?;
+    file.write_all(format!("{relative}\n").as_bytes())
+        .and_then(|()| file.sync_data())
+        .map_err(io)
+}
+
+/// The paths in [`OWNED_PATHS_FILE`] (empty if there is none).
+pub fn owned_paths(repo: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_to_string(repo.join(FANOUT_DIR).join(OWNED_PATHS_FILE))
+        .map(|text| {
+            text.lines()
+                .filter(|line| !line.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A run as it is created (`runs`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NewRun {
