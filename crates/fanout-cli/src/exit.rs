@@ -10,7 +10,6 @@
 //! | 5 | partial: some agents or items failed, were not run, or a change left every scope |
 //! | 6 | failed: no agent or item succeeded |
 //! | 7 | tests failed: every agent succeeded, the verification command did not |
-//! | 8 | rolled back (`fanout resume` of a run that `fanout rollback` undid) |
 //! | 70 | an internal error the command could not classify |
 //! | 130 | cancelled (resumable) |
 
@@ -29,7 +28,6 @@ pub enum Exit {
     Partial,
     Failed,
     TestsFailed,
-    RolledBack,
     Internal,
     Cancelled,
 }
@@ -45,7 +43,6 @@ impl Exit {
             Exit::Partial => 5,
             Exit::Failed => 6,
             Exit::TestsFailed => 7,
-            Exit::RolledBack => 8,
             Exit::Internal => 70,
             Exit::Cancelled => 130,
         }
@@ -55,10 +52,13 @@ impl Exit {
     pub fn of_run(status: RunStatus) -> Exit {
         match status {
             RunStatus::Completed => Exit::Success,
-            RunStatus::Partial | RunStatus::Planned | RunStatus::Running => Exit::Partial,
+            // A run that ends never has the last three; they would not be a success.
+            RunStatus::Partial
+            | RunStatus::Planned
+            | RunStatus::Running
+            | RunStatus::RolledBack => Exit::Partial,
             RunStatus::Failed => Exit::Failed,
             RunStatus::TestsFailed => Exit::TestsFailed,
-            RunStatus::RolledBack => Exit::RolledBack,
             RunStatus::Cancelled => Exit::Cancelled,
         }
     }

@@ -100,6 +100,7 @@ pub async fn drive(
         eprintln!("fanout: {verb} {run_id}: {} agents", tally.total);
     }
     let stats_fleet = fleet.clone();
+    let cancelled = cancel.clone();
     let on_event = |event: &EngineEvent| {
         progress.event(event);
         match event {
@@ -113,12 +114,16 @@ pub async fn drive(
                 mode,
                 tokens,
                 dollars,
+                denials,
                 ..
             } => {
                 tally.running = tally.running.saturating_sub(1);
+                tally.denied += denials;
                 match status {
                     AgentStatus::Success => tally.done += 1,
-                    AgentStatus::Failure | AgentStatus::Rollback => tally.failed += 1,
+                    _ if cancelled.is_cancelled() => tally.cancelled += 1,
+                    AgentStatus::Failure => tally.failed += 1,
+                    AgentStatus::Rollback => tally.rolled_back += 1,
                 }
                 match mode {
                     Mode::Fast => tally.tokens_fast += tokens,
@@ -157,13 +162,12 @@ pub fn render(outcome: &RunOutcome, estimated: Duration) -> String {
         outcome.status.as_str()
     ));
     out.push_str(&format!(
-        "Agents: {} succeeded, {} failed, {} rolled back, {} not run (of {}); {} escalated to default\n",
-        outcome.succeeded,
-        outcome.failed,
-        outcome.rolled_back,
-        outcome.not_run,
-        outcome.agents_planned,
-        outcome.escalated
+        "Agents: {}\n",
+        fanout_core::run::engine::agents_text(outcome)
+    ));
+    out.push_str(&format!(
+        "Attempts: {}; tool calls: {}; denied requests: {}\n",
+        outcome.attempts, outcome.tool_calls, outcome.denials
     ));
     let tokens = outcome.tokens_fast + outcome.tokens_default;
     let fast = if tokens == 0 {
@@ -172,7 +176,7 @@ pub fn render(outcome: &RunOutcome, estimated: Duration) -> String {
         100.0 * outcome.tokens_fast as f64 / tokens as f64
     };
     out.push_str(&format!(
-        "Tokens: {} ({fast:.0}% Fast Mode); cost ${:.2}\n",
+        "Tokens (agents, all attempts): {} ({fast:.0}% Fast Mode); cost ${:.2}\n",
         human_count(tokens),
         outcome.dollars
     ));

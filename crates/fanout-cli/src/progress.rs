@@ -43,23 +43,30 @@ pub struct Tally {
     pub total: usize,
     pub done: usize,
     pub running: usize,
+    /// Ended unsuccessfully with nothing to undo.
     pub failed: usize,
+    /// Ended unsuccessfully, their changes undone.
+    pub rolled_back: usize,
+    /// Stopped by a cancellation (Ctrl-C): resumable, not failed.
+    pub cancelled: usize,
     pub skipped: usize,
+    /// Requests the policy refused.
+    pub denied: usize,
     pub tokens_fast: u64,
     pub tokens_default: u64,
     pub dollars: f64,
-    /// Time requests spent queued for the rate governor, summed over requests.
+    /// Time requests spent queued for the rate governor, summed over requests (so it can
+    /// exceed the elapsed time when many agents wait at once).
     pub rate_limit_wait: Duration,
 }
 
 impl Tally {
     pub fn queued(&self) -> usize {
-        self.total
-            .saturating_sub(self.done + self.running + self.failed + self.skipped)
+        self.total.saturating_sub(self.finished() + self.running)
     }
 
     fn finished(&self) -> usize {
-        self.done + self.failed + self.skipped
+        self.done + self.failed + self.rolled_back + self.cancelled + self.skipped
     }
 }
 
@@ -141,7 +148,7 @@ impl Progress {
     }
 }
 
-/// `[ 812/1000] done 790 · running 18 · queued 180 · failed 4 · 1.2M tokens (38% fast) · $3.41 · rate wait 12s · 1m05s · ETA 20s`
+/// `[ 812/1000] done 790 · running 18 · queued 180 · failed 4 · 1.2M tokens (38% fast) · $3.41 · rate wait 12s (all agents) · 1m05s · ETA 20s`
 pub fn status_line(tally: &Tally, elapsed: Duration) -> String {
     let width = tally.total.to_string().len();
     let tokens = tally.tokens_fast + tally.tokens_default;
@@ -159,11 +166,18 @@ pub fn status_line(tally: &Tally, elapsed: Duration) -> String {
         tally.queued(),
         tally.failed,
     );
-    if tally.skipped > 0 {
-        line.push_str(&format!(" · skipped {}", tally.skipped));
+    for (n, what) in [
+        (tally.rolled_back, "rolled back"),
+        (tally.cancelled, "cancelled"),
+        (tally.skipped, "not run"),
+        (tally.denied, "denied requests"),
+    ] {
+        if n > 0 {
+            line.push_str(&format!(" · {what} {n}"));
+        }
     }
     line.push_str(&format!(
-        " · {} tokens ({fast_share:.0}% fast) · ${:.2} · rate wait {} · {}",
+        " · {} tokens ({fast_share:.0}% fast) · ${:.2} · rate wait {} (all agents) · {}",
         human_count(tokens),
         tally.dollars,
         human_duration(tally.rate_limit_wait),
@@ -235,8 +249,11 @@ mod tests {
             total: 1000,
             done: 790,
             running: 18,
-            failed: 4,
+            failed: 3,
+            rolled_back: 1,
+            cancelled: 0,
             skipped: 0,
+            denied: 2,
             tokens_fast: 456_000,
             tokens_default: 744_000,
             dollars: 3.414,
@@ -245,8 +262,9 @@ mod tests {
         assert_eq!(tally.queued(), 188);
         assert_eq!(
             status_line(&tally, Duration::from_secs(65)),
-            "[ 794/1000] done 790 · running 18 · queued 188 · failed 4 · 1.2M tokens (38% fast) \
-             · $3.41 · rate wait 12s · 1m05s · ETA 16s"
+            "[ 794/1000] done 790 · running 18 · queued 188 · failed 3 · rolled back 1 · denied \
+             requests 2 · 1.2M tokens (38% fast) · $3.41 · rate wait 12s (all agents) · 1m05s · \
+             ETA 16s"
         );
     }
 

@@ -121,6 +121,14 @@ async fn finish(args: ResumeArgs, retry_failed: bool) -> anyhow::Result<ExitCode
             );
             return Ok(ExitCode::SUCCESS);
         }
+        RunStatus::RolledBack => {
+            eprintln!(
+                "error: run {} was undone by `fanout rollback`; its successes are no longer in \
+                 the tree, so it cannot be finished (start a new run)",
+                args.run_id
+            );
+            return Ok(Exit::NotReady.into());
+        }
         RunStatus::Running | RunStatus::Planned if retry_failed => {
             eprintln!(
                 "error: run {} did not end (it was interrupted or is still running); finish it \

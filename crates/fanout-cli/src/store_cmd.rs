@@ -10,11 +10,14 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::Args;
+use fanout_core::run::lock::RepoLock;
 use fanout_core::run::{Git, RollbackOptions, rollback};
 use fanout_core::store::{
-    AgentDetail, AgentRow, EventRecord, RunDetail, RunSummary, StatusCounts, Store, StoreReader,
-    elapsed,
+    AgentDetail, AgentRow, EventRecord, RunDetail, RunStatus, RunSummary, StatusCounts, Store,
+    StoreReader, elapsed,
 };
+
+use crate::exit::Exit;
 
 #[derive(Args, Debug)]
 pub struct RunsArgs {
@@ -137,6 +140,14 @@ pub async fn run_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
         to: args.to,
         force: args.force,
     };
+    // Not while a live run (or another rollback) changes the tree.
+    let _lock = match RepoLock::acquire(&repo, &format!("rollback of run {}", args.run_id)) {
+        Ok(lock) => lock,
+        Err(err) => {
+            eprintln!("error: refusing to roll back: {err}");
+            return Ok(Exit::NotReady.into());
+        }
+    };
     let run_id = args.run_id.clone();
     let root = repo.clone();
     let report = tokio::task::spawn_blocking(move || rollback(&root, &run_id, &options))
@@ -156,6 +167,23 @@ pub async fn run_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
                     at: SystemTime::now(),
                 })
                 .await?;
+            let known = StoreReader::open_in_repo(&repo)?
+                .run_summary(&args.run_id)?
+                .is_some();
+            if known {
+                store
+                    .set_run_status(
+                        &args.run_id,
+                        RunStatus::RolledBack,
+                        Some(SystemTime::now()),
+                        Some(format!(
+                            "rolled back to checkpoint {} ({})",
+                            report.target_seq,
+                            short(&report.target_commit)
+                        )),
+                    )
+                    .await?;
+            }
             store.close().await.map(|_| ())
         };
         if let Err(err) = noted.await {
@@ -204,18 +232,21 @@ fn duration_text(duration: Duration) -> String {
     }
 }
 
+/// "3 succeeded, 1 rolled back, 1 not run (of 5)": agents counted once, by their last
+/// attempt (the same words as a run's closing report).
 fn counts_text(counts: &StatusCounts) -> String {
-    let mut parts = vec![format!("{} success", counts.success)];
-    if counts.failure > 0 {
-        parts.push(format!("{} failure", counts.failure));
+    let mut parts = vec![format!("{} succeeded", counts.success)];
+    for (n, what) in [
+        (counts.failure, "failed"),
+        (counts.rollback, "rolled back"),
+        (counts.running, "running or interrupted"),
+        (counts.not_run, "not run"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
     }
-    if counts.rollback > 0 {
-        parts.push(format!("{} rollback", counts.rollback));
-    }
-    if counts.running > 0 {
-        parts.push(format!("{} running", counts.running));
-    }
-    parts.join(", ")
+    format!("{} (of {})", parts.join(", "), counts.planned)
 }
 
 /// Left-aligned columns separated by two spaces; the last column is not padded.
@@ -266,51 +297,81 @@ fn runs_table(runs: &[RunSummary]) -> String {
                 run.status.as_str().to_owned(),
                 run.started_at.clone(),
                 duration,
-                format!("{}/{}", summary.agents.success, summary.agents.total()),
+                format!("{}/{}", summary.agents.success, summary.agents.planned),
                 summary.agents.failure.to_string(),
                 summary.agents.rollback.to_string(),
                 summary.agents.running.to_string(),
-                run.total_tokens.to_string(),
-                format!("${:.4}", run.total_cost_usd),
+                summary.agents.not_run.to_string(),
+                summary.agents.denials.to_string(),
+                summary.agents.tokens().to_string(),
+                format!("${:.4}", summary.agents.dollars),
             ]
         })
         .collect();
     table(
         &[
             "RUN", "WORKFLOW", "STATUS", "STARTED", "DURATION", "OK", "FAILED", "ROLLBACK",
-            "RUNNING", "TOKENS", "COST",
+            "RUNNING", "NOT RUN", "DENIED", "TOKENS", "COST",
         ],
         &rows,
     )
 }
 
-fn agent_line(agent: &AgentRow) -> Vec<String> {
-    let mut tools: Vec<&str> = agent.tools_called.iter().map(String::as_str).collect();
-    tools.sort_unstable();
-    tools.dedup();
-    vec![
-        agent.agent_id.clone(),
-        agent.attempt.to_string(),
-        agent
-            .status
-            .map(|s| s.as_str().to_owned())
-            .unwrap_or_else(|| "running".to_owned()),
-        agent
-            .mode
-            .map(|m| m.as_str().to_owned())
-            .unwrap_or_else(|| "-".to_owned()),
-        agent.token_count.to_string(),
-        agent.files_accessed.len().to_string(),
-        if tools.is_empty() {
-            "-".to_owned()
-        } else {
-            tools.join(",")
-        },
-        agent
-            .duration()
-            .map(duration_text)
-            .unwrap_or_else(|| "-".to_owned()),
-    ]
+/// One row per agent (its last attempt), with its attempts' tokens summed and its denials.
+fn agents_table(detail: &RunDetail) -> String {
+    let mut order: Vec<&str> = Vec::new();
+    let mut by_agent: std::collections::HashMap<&str, Vec<&AgentRow>> =
+        std::collections::HashMap::new();
+    for row in &detail.agent_runs {
+        let rows = by_agent.entry(row.agent_id.as_str()).or_default();
+        if rows.is_empty() {
+            order.push(row.agent_id.as_str());
+        }
+        rows.push(row);
+    }
+    let rows: Vec<Vec<String>> = order
+        .iter()
+        .filter_map(|agent| {
+            let attempts = by_agent.get(agent)?;
+            let last = attempts.iter().max_by_key(|row| row.attempt)?;
+            let tokens: u64 = attempts.iter().map(|row| row.token_count).sum();
+            let mut tools: Vec<&str> = last.tools_called.iter().map(String::as_str).collect();
+            tools.sort_unstable();
+            tools.dedup();
+            Some(vec![
+                last.agent_id.clone(),
+                last.status
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_else(|| "running".to_owned()),
+                attempts.len().to_string(),
+                last.mode
+                    .map(|m| m.as_str().to_owned())
+                    .unwrap_or_else(|| "-".to_owned()),
+                tokens.to_string(),
+                detail
+                    .denials_by_agent
+                    .get(*agent)
+                    .copied()
+                    .unwrap_or_default()
+                    .to_string(),
+                last.files_accessed.len().to_string(),
+                if tools.is_empty() {
+                    "-".to_owned()
+                } else {
+                    tools.join(",")
+                },
+                last.duration()
+                    .map(duration_text)
+                    .unwrap_or_else(|| "-".to_owned()),
+            ])
+        })
+        .collect();
+    table(
+        &[
+            "AGENT", "STATUS", "ATTEMPTS", "MODE", "TOKENS", "DENIED", "FILES", "TOOLS", "DURATION",
+        ],
+        &rows,
+    )
 }
 
 fn run_text(detail: &RunDetail) -> String {
@@ -334,32 +395,27 @@ fn run_text(detail: &RunDetail) -> String {
     if let Some(error) = &run.error {
         field("error", error);
     }
+    field("agents", &counts_text(counts));
     field(
-        "agents",
+        "attempts",
         &format!(
-            "{} of {} planned ({})",
-            counts.total(),
-            run.agents_planned,
-            counts_text(counts)
+            "{}; tool calls: {}; denied requests: {}",
+            counts.attempts, counts.tool_calls, counts.denials
         ),
     );
     field(
         "tokens",
         &format!(
-            "{} ({} in, {} out)",
-            run.total_tokens, run.total_input_tokens, run.total_output_tokens
+            "{} ({} in, {} out; agents, all attempts)",
+            counts.tokens(),
+            counts.input_tokens,
+            counts.output_tokens
         ),
     );
-    field("cost", &format!("${:.4}", run.total_cost_usd));
+    field("cost", &format!("${:.4}", counts.dollars));
     if !detail.agent_runs.is_empty() {
         out.push('\n');
-        let rows: Vec<Vec<String>> = detail.agent_runs.iter().map(agent_line).collect();
-        out.push_str(&table(
-            &[
-                "AGENT", "ATTEMPT", "STATUS", "MODE", "TOKENS", "FILES", "TOOLS", "DURATION",
-            ],
-            &rows,
-        ));
+        out.push_str(&agents_table(detail));
     }
     if !detail.checkpoints.is_empty() {
         out.push('\n');
@@ -457,7 +513,7 @@ fn agent_text(detail: &AgentDetail) -> String {
         out.push('\n');
     }
     if detail.tool_calls.is_empty() {
-        out.push_str("no tool calls\n");
+        out.push_str("no tool calls recorded\n");
     } else {
         let rows: Vec<Vec<String>> = detail
             .tool_calls
@@ -467,12 +523,17 @@ fn agent_text(detail: &AgentDetail) -> String {
                     call.attempt.to_string(),
                     call.seq.to_string(),
                     call.tool.clone(),
-                    if call.ok { "ok" } else { "error" }.to_owned(),
+                    call.outcome
+                        .clone()
+                        .unwrap_or_else(|| if call.ok { "ok" } else { "error" }.to_owned()),
                     call.duration()
                         .map(duration_text)
                         .unwrap_or_else(|| "-".to_owned()),
                     call.target.clone().unwrap_or_else(|| "-".to_owned()),
-                    call.error.clone().unwrap_or_default(),
+                    call.error
+                        .as_deref()
+                        .map(|e| e.lines().next().unwrap_or_default().to_owned())
+                        .unwrap_or_default(),
                 ]
             })
             .collect();

@@ -53,7 +53,7 @@ pub(crate) fn edit_plan(dir: &Path, n: usize) -> PathBuf {
                 "task_id": format!("edit-{i:03}"),
                 "description": format!("Rewrite src/file_{i:03}.txt"),
                 "scope": [format!("src/file_{i:03}.txt")],
-                "tools": ["read_file", "write_file"],
+                "tools": ["read_file", "write_file", "edit_file"],
                 "mode": "default",
                 "depends_on": []
             })
@@ -415,4 +415,278 @@ fn fanouts_own_log_is_never_an_agents_change() {
         assert_eq!(output.status.code(), Some(2), "{outside}: {stderr}");
         assert!(stderr.contains("outside the repository"), "{stderr}");
     }
+}
+
+fn query_one(repo: &Path, sql: &str) -> i64 {
+    let Ok(reader) = fanout_core::store::StoreReader::open_in_repo(repo) else {
+        return 0;
+    };
+    reader
+        .connection()
+        .query_row(sql, [], |row| row.get::<_, Option<i64>>(0))
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+}
+
+/// After a kill and resume, `runs` said `46/69`, `show` said `69 of 47 planned`, and the
+/// resumed summary left out what the interrupted attempts had spent. Every count now comes
+/// from one query over the store, and an interrupted attempt keeps its spend.
+#[test]
+fn counts_agree_after_a_kill_and_resume() {
+    const AGENTS: usize = 12;
+    let repo = small_repo(AGENTS);
+    let work = tempfile::tempdir().unwrap();
+    let wf = edit_workflow(work.path(), "").display().to_string();
+    let plan = edit_plan(work.path(), AGENTS).display().to_string();
+    let scenario = scenario_file(work.path()).display().to_string();
+    let mut first = spawn_in(
+        work.path(),
+        &[
+            "run",
+            &wf,
+            "--plan",
+            &plan,
+            "--scenario",
+            &scenario,
+            "--sim-latency-ms",
+            "300",
+            "--repo",
+            &repo.path().display().to_string(),
+        ],
+    );
+    // Kill once an attempt that has not ended has a model call on record (it was paid for).
+    wait_for("a paid model call of an unfinished attempt", || {
+        query_one(
+            repo.path(),
+            "SELECT COUNT(*) FROM events e JOIN agent_runs a ON a.run_id = e.run_id AND \
+             a.agent_id = e.agent_id AND a.attempt = json_extract(e.payload, '$.attempt') \
+             WHERE e.kind = 'model_call' AND a.status IS NULL",
+        ) > 0
+    });
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let run_id = {
+        let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
+        reader.runs().unwrap()[0].run.run_id.clone()
+    };
+
+    let resumed = fanout(
+        &["resume", &run_id, "--scenario", &scenario, "--json"],
+        repo.path(),
+    );
+    let outcome = outcome_of(&resumed);
+    assert_eq!(resumed.status.code(), Some(0), "{outcome}");
+
+    // Interrupted attempts were closed with what they had spent.
+    let interrupted = query_one(
+        repo.path(),
+        "SELECT COUNT(*) FROM agent_runs WHERE error LIKE 'interrupted%'",
+    );
+    assert!(interrupted > 0, "the kill interrupted no attempt");
+    let unpaid = query_one(
+        repo.path(),
+        "SELECT COUNT(*) FROM agent_runs a WHERE error LIKE 'interrupted%' AND token_count = 0 \
+         AND EXISTS (SELECT 1 FROM events e WHERE e.kind = 'model_call' AND e.agent_id = \
+         a.agent_id AND json_extract(e.payload, '$.attempt') = a.attempt)",
+    );
+    assert_eq!(
+        unpaid, 0,
+        "an interrupted attempt that made model calls shows no tokens"
+    );
+    let all_tokens = query_one(
+        repo.path(),
+        "SELECT SUM(input_tokens + output_tokens) FROM agent_runs",
+    );
+    let paid_tokens = query_one(
+        repo.path(),
+        "SELECT SUM(json_extract(payload, '$.input_tokens') + json_extract(payload, \
+         '$.output_tokens')) FROM events WHERE kind = 'model_call'",
+    );
+    assert_eq!(
+        all_tokens, paid_tokens,
+        "agent rows and model calls disagree"
+    );
+
+    // The resumed outcome, summary.json, `runs --json` and `show --json` say the same.
+    let summary = summary_json(repo.path(), &run_id);
+    let runs: serde_json::Value =
+        serde_json::from_slice(&fanout(&["runs", "--json"], repo.path()).stdout).unwrap();
+    let show: serde_json::Value =
+        serde_json::from_slice(&fanout(&["show", &run_id, "--json"], repo.path()).stdout).unwrap();
+    let listed = &runs[0]["agents"];
+    let shown = &show["agents"];
+    for source in [&outcome, &summary] {
+        assert_eq!(source["succeeded"], AGENTS, "{source}");
+        assert_eq!(source["agents_planned"], AGENTS);
+        assert_eq!(
+            source["rolled_back"], 0,
+            "agents are counted by their last attempt"
+        );
+        let tokens =
+            source["input_tokens"].as_u64().unwrap() + source["output_tokens"].as_u64().unwrap();
+        assert_eq!(tokens as i64, all_tokens, "{source}");
+        for counts in [listed, shown] {
+            assert_eq!(counts["success"], source["succeeded"]);
+            assert_eq!(counts["planned"], source["agents_planned"]);
+            assert_eq!(counts["input_tokens"], source["input_tokens"]);
+            assert_eq!(counts["output_tokens"], source["output_tokens"]);
+            let (a, b) = (
+                counts["dollars"].as_f64().unwrap(),
+                source["dollars"].as_f64().unwrap(),
+            );
+            assert!((a - b).abs() < 1e-9, "dollars {a} vs {b}");
+        }
+    }
+    assert_eq!(runs[0]["status"], "completed");
+    let text =
+        String::from_utf8_lossy(&fanout(&["show", &run_id], repo.path()).stdout).into_owned();
+    assert!(
+        text.contains(&format!("{AGENTS} succeeded (of {AGENTS})")),
+        "{text}"
+    );
+
+    // The events table has the run's progress, as the log does.
+    assert!(
+        query_one(
+            repo.path(),
+            "SELECT COUNT(*) FROM events WHERE kind = 'agent_finished'"
+        ) >= AGENTS as i64
+    );
+
+    // After `fanout rollback` the run lists as rolled back.
+    let rolled = fanout(&["rollback", &run_id], repo.path());
+    assert_eq!(
+        rolled.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&rolled.stderr)
+    );
+    let runs: serde_json::Value =
+        serde_json::from_slice(&fanout(&["runs", "--json"], repo.path()).stdout).unwrap();
+    assert_eq!(runs[0]["status"], "rolled_back");
+}
+
+/// Turn 1 tries to write outside its scope (denied), turn 2 makes an edit that does not
+/// match (a tool error), turn 3 writes its own file, turn 4 reports success.
+const ESCAPING_SCENARIO: &str = r#"
+rules:
+  - name: escape
+    match:
+      system: 'Files you may change \(nothing else\):\n- (?P<file>\S+)'
+      turn: 1
+    tool_use: {name: write_file, input: {path: "check.sh", content: "exit 0\n"}}
+  - name: missing
+    match:
+      system: 'Files you may change \(nothing else\):\n- (?P<file>\S+)'
+      turn: 2
+    tool_use: {name: edit_file, input: {path: "${file}", old_text: "not in the file", new_text: "x"}}
+  - name: edit
+    match:
+      system: 'Files you may change \(nothing else\):\n- (?P<file>\S+)'
+      turn: 3
+    tool_use: {name: write_file, input: {path: "${file}", content: "edited by its agent\n"}}
+  - name: report
+    match:
+      system: 'Files you may change \(nothing else\):\n- (?P<file>\S+)'
+      turn: 4
+    tool_use:
+      name: report_result
+      input: {status: success, summary: "rewrote ${file}", files_changed: ["${file}"]}
+"#;
+
+/// The `tool_calls` table stayed empty and an agent whose escape attempts were all denied
+/// showed as a plain `success` everywhere but `show RUN AGENT`.
+#[test]
+fn tool_calls_are_recorded_and_denials_are_visible() {
+    let repo = small_repo(2);
+    let work = tempfile::tempdir().unwrap();
+    let wf = edit_workflow(work.path(), "");
+    let scenario = work.path().join("escaping.yaml");
+    std::fs::write(&scenario, ESCAPING_SCENARIO).unwrap();
+    let output = fanout(
+        &[
+            "run",
+            &wf.display().to_string(),
+            "--plan",
+            &edit_plan(work.path(), 2).display().to_string(),
+            "--scenario",
+            &scenario.display().to_string(),
+            "--json",
+        ],
+        repo.path(),
+    );
+    let outcome = outcome_of(&output);
+    assert_eq!(output.status.code(), Some(0), "{outcome}");
+    assert_eq!(outcome["denials"], 2, "{outcome}");
+    assert_eq!(outcome["tool_calls"], 6, "{outcome}");
+    let run_id = outcome["run_id"].as_str().unwrap();
+    assert!(
+        std::fs::read_to_string(repo.path().join("check.sh"))
+            .unwrap()
+            .contains("grep"),
+        "the denied write happened"
+    );
+
+    // One row per call with its outcome, target, duration, bytes and paths.
+    let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
+    let detail = reader.agent(run_id, "edit-000").unwrap().unwrap();
+    let calls: Vec<(String, Option<String>, Option<String>)> = detail
+        .tool_calls
+        .iter()
+        .map(|c| (c.tool.clone(), c.outcome.clone(), c.target.clone()))
+        .collect();
+    assert_eq!(
+        calls,
+        vec![
+            (
+                "write_file".to_owned(),
+                Some("denied".to_owned()),
+                Some("check.sh".to_owned())
+            ),
+            (
+                "edit_file".to_owned(),
+                Some("error".to_owned()),
+                Some("src/file_000.txt".to_owned())
+            ),
+            (
+                "write_file".to_owned(),
+                Some("ok".to_owned()),
+                Some("src/file_000.txt".to_owned())
+            ),
+        ]
+    );
+    let write = &detail.tool_calls[2];
+    assert_eq!(write.bytes, Some("edited by its agent\n".len() as u64));
+    assert_eq!(write.paths, vec!["src/file_000.txt".to_owned()]);
+    assert!(write.duration_ms.is_some());
+    assert!(detail.tool_calls[1].error.is_some());
+
+    // Denials per agent and per run in `runs`, `show`, `show RUN AGENT` and summary.md.
+    let runs = String::from_utf8_lossy(&fanout(&["runs"], repo.path()).stdout).into_owned();
+    let header: Vec<&str> = runs.lines().next().unwrap().split_whitespace().collect();
+    let row: Vec<&str> = runs.lines().nth(1).unwrap().split_whitespace().collect();
+    // "NOT RUN" is two words of the header and one cell of the row.
+    let denied = header.iter().position(|h| *h == "DENIED").unwrap() - 1;
+    assert_eq!(row[denied], "2", "{runs}");
+    let show = String::from_utf8_lossy(&fanout(&["show", run_id], repo.path()).stdout).into_owned();
+    assert!(show.contains("denied requests: 2"), "{show}");
+    let agent_line = show.lines().find(|l| l.starts_with("edit-000")).unwrap();
+    assert_eq!(agent_line.split_whitespace().nth(5), Some("1"), "{show}");
+    let agent = String::from_utf8_lossy(&fanout(&["show", run_id, "edit-000"], repo.path()).stdout)
+        .into_owned();
+    assert!(!agent.contains("no tool calls"), "{agent}");
+    assert!(agent.contains("denied"), "{agent}");
+    assert!(
+        agent.lines().any(|l| l.contains("edit_file")
+            && l.contains(" error ")
+            && l.contains("occurs 0 times")),
+        "{agent}"
+    );
+    let md = std::fs::read_to_string(
+        repo.path()
+            .join(format!(".fanout/runs/{run_id}/summary.md")),
+    )
+    .unwrap();
+    assert!(md.contains("denied requests: 2"), "{md}");
 }

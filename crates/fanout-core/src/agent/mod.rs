@@ -10,8 +10,10 @@ mod receipts;
 mod run;
 
 pub use journal::{Journal, JournalEntry, UndoReport};
-pub use receipts::{CommandReceipt, Denial, Receipts};
+pub use receipts::{
+    CallOutcome, CommandReceipt, Denial, MAX_CALL_PATHS, Receipts, ToolCallReceipt,
+};
 pub use run::{
-    AgentConfig, AgentOutcome, AgentStatus, REPORT_TOOL, StartGate, check_claims,
-    default_output_schema, run_agent, run_agent_gated, system_prompt,
+    AgentConfig, AgentOutcome, AgentStatus, CallHook, CallUsage, REPORT_TOOL, StartGate,
+    check_claims, default_output_schema, run_agent, run_agent_gated, system_prompt,
 };

@@ -33,6 +33,49 @@ pub struct CommandReceipt {
     pub duration_ms: u64,
 }
 
+/// How one tool call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallOutcome {
+    Ok,
+    /// The tool ran and failed (no such file, a bad argument, an edit that did not match).
+    Error,
+    /// The policy refused it (see [`Receipts::denials`]).
+    Denied,
+}
+
+impl CallOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallOutcome::Ok => "ok",
+            CallOutcome::Error => "error",
+            CallOutcome::Denied => "denied",
+        }
+    }
+}
+
+/// One tool call, as the tool layer saw it (`tool_calls`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ToolCallReceipt {
+    /// Order within the attempt, from 1.
+    pub seq: u32,
+    pub tool: String,
+    /// What the model asked for: a path, a command line, a pattern.
+    pub target: Option<String>,
+    pub outcome: CallOutcome,
+    /// The error or denial text the model got back.
+    pub error: Option<String>,
+    pub started_at: std::time::SystemTime,
+    pub duration_ms: u64,
+    /// Bytes written for writes and edits, else bytes of output returned.
+    pub bytes: u64,
+    /// Repository paths the call read or wrote (at most [`MAX_CALL_PATHS`]).
+    pub paths: Vec<String>,
+}
+
+/// Paths kept per tool call (a search can read thousands of files).
+pub const MAX_CALL_PATHS: usize = 50;
+
 /// Everything an agent did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Receipts {
@@ -43,6 +86,8 @@ pub struct Receipts {
     pub tool_calls: u64,
     /// Tool names in call order.
     pub tools_called: Vec<String>,
+    /// Every call, in order.
+    pub calls: Vec<ToolCallReceipt>,
 }
 
 impl Receipts {

@@ -44,6 +44,29 @@ pub struct AgentConfig {
     pub max_wall_time: Duration,
     /// The result schema; [`default_output_schema`] when `None`.
     pub output_schema: Option<Value>,
+    /// Told of every model call's usage as it is paid for (the engine records it, so an
+    /// attempt cut short by a crash still counts what it spent).
+    pub on_call: Option<CallHook>,
+}
+
+/// What one model call of an agent used.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CallUsage {
+    /// The turn, from 1.
+    pub turn: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub dollars: f64,
+}
+
+/// A callback for [`CallUsage`]; it must not block.
+#[derive(Clone)]
+pub struct CallHook(pub Arc<dyn Fn(&CallUsage) + Send + Sync>);
+
+impl std::fmt::Debug for CallHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallHook")
+    }
 }
 
 /// How an agent ended.
@@ -260,12 +283,21 @@ pub async fn run_agent_gated(
         };
         outcome.input_tokens += response.usage.total_input();
         outcome.output_tokens += response.usage.output_tokens;
-        if let Some(pricing) = &config.pricing {
-            outcome.dollars += pricing.cost(
+        let dollars = config.pricing.as_ref().map_or(0.0, |pricing| {
+            pricing.cost(
                 response.usage.input_tokens + response.usage.cache_creation_input_tokens,
                 response.usage.cache_read_input_tokens,
                 response.usage.output_tokens,
-            );
+            )
+        });
+        outcome.dollars += dollars;
+        if let Some(hook) = &config.on_call {
+            (hook.0)(&CallUsage {
+                turn: outcome.turns,
+                input_tokens: response.usage.total_input(),
+                output_tokens: response.usage.output_tokens,
+                dollars,
+            });
         }
         messages.push(Message::assistant(response.content.clone()));
 

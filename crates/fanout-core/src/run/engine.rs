@@ -29,7 +29,9 @@ use futures_util::FutureExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{AgentConfig, AgentOutcome, AgentStatus as LoopStatus, run_agent_gated};
+use crate::agent::{
+    AgentConfig, AgentOutcome, AgentStatus as LoopStatus, CallHook, CallUsage, run_agent_gated,
+};
 use crate::config::{Config, Mode};
 use crate::fleet::Fleet;
 use crate::plan::{Plan, Subtask};
@@ -46,7 +48,8 @@ use crate::run::scheduler::{
 };
 use crate::sandbox::SandboxConfig;
 use crate::store::{
-    AgentFinish, AgentStart, AgentStatus, DenialRecord, NewRun, RunStatus, Store, StoreReader,
+    AgentFinish, AgentStart, AgentStatus, DenialRecord, EventRecord, NewRun, RunStatus, Store,
+    StoreReader, ToolCallRecord,
 };
 use crate::tools::fs::FileState;
 use crate::tools::{CommandExit, RepoFacts, ToolLimits, Toolbox};
@@ -87,6 +90,8 @@ pub enum EngineEvent {
         mode: Mode,
         tokens: u64,
         dollars: f64,
+        /// Requests of this agent the policy refused, over its attempts in this process.
+        denials: usize,
     },
     AgentNotRun {
         agent_id: String,
@@ -150,10 +155,21 @@ pub struct RunOutcome {
     pub succeeded: usize,
     pub failed: usize,
     pub rolled_back: usize,
+    /// Agents whose last attempt has no end (a crash the run has not been resumed from).
+    pub interrupted: usize,
     pub not_run: usize,
     pub escalated: usize,
+    /// Attempts over all agents and all processes of the run.
+    pub attempts: usize,
+    /// Requests the policy refused.
+    pub denials: usize,
+    pub tool_calls: usize,
+    /// Agents' tokens and dollars over all attempts (the planning and synthesis calls are
+    /// not included).
     pub tokens_fast: u64,
     pub tokens_default: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
     pub dollars: f64,
     #[serde(rename = "wall_time_ms", serialize_with = "as_millis")]
     pub wall_time: Duration,
@@ -211,6 +227,8 @@ struct Shared {
     /// Taken at the end of the run for the final checkpoint.
     checkpoints: Mutex<Option<CheckpointWorker>>,
     records: Mutex<HashMap<String, AgentRecord>>,
+    /// Denied requests by agent, over its attempts in this process.
+    denials: Mutex<HashMap<String, usize>>,
     events: Arc<Mutex<Vec<EngineEvent>>>,
     /// The attempt number each agent's next try gets (1 unless the run is resumed).
     first_attempt: HashMap<String, u32>,
@@ -283,6 +301,15 @@ async fn run_engine(
         });
     }
     let store = Store::open_in_repo(&inputs.repo)?;
+    // Every progress event is also a row of `events` (and a line of the log).
+    let mut on_event = {
+        let store = store.clone();
+        let run_id = inputs.run_id.clone();
+        move |event: &EngineEvent| {
+            store.event_now(event_record(&run_id, event));
+            on_event(event);
+        }
+    };
     let log_path = inputs.config.logging.destination_at(SystemTime::now());
     let log_path = if log_path.is_absolute() {
         log_path
@@ -398,6 +425,7 @@ async fn run_engine(
         store: store.clone(),
         checkpoints: Mutex::new(Some(worker)),
         records: Mutex::new(state.records),
+        denials: Mutex::default(),
         events,
         first_attempt: state.first_attempt,
         escalated: state.escalated,
@@ -444,12 +472,14 @@ async fn run_engine(
                     SchedulerEvent::Started { .. } => {}
                     SchedulerEvent::Finished { id, .. } => {
                         if let Some(record) = lock(&drain.records).get(id).cloned() {
+                            let denials = lock(&drain.denials).get(id).copied().unwrap_or_default();
                             on_event(&EngineEvent::AgentFinished {
                                 agent_id: id.clone(),
                                 status: record.status,
                                 mode: record.mode,
                                 tokens: record.tokens,
                                 dollars: record.dollars,
+                                denials,
                             });
                         }
                     }
@@ -507,18 +537,6 @@ async fn run_engine(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let count = |status: AgentStatus| records.iter().filter(|(_, r)| r.status == status).count();
-    let succeeded = count(AgentStatus::Success);
-    let failed = count(AgentStatus::Failure);
-    let rolled_back = count(AgentStatus::Rollback);
-    let tokens = |mode: Mode| {
-        records
-            .iter()
-            .filter(|(_, r)| r.mode == mode)
-            .map(|(_, r)| r.tokens)
-            .sum::<u64>()
-    };
-    let dollars: f64 = records.iter().map(|(_, r)| r.dollars).sum();
 
     let (synthesis, synthesis_error) = if cancel.is_cancelled() {
         (None, None)
@@ -540,15 +558,24 @@ async fn run_engine(
             Err(error) => (None, Some(error)),
         }
     };
+    // Every count and total of the outcome comes from the store (agents by their last
+    // attempt, usage over all attempts of every process of the run), the same query
+    // `fanout runs` and `fanout show` answer from.
+    shared.store.flush().await?;
+    let counts = StoreReader::open_in_repo(&inputs.repo)?
+        .run_summary(&inputs.run_id)?
+        .map(|summary| summary.agents)
+        .unwrap_or_default();
+    let planned = subtasks.len() as u64;
     let status = if report.cancelled {
         RunStatus::Cancelled
-    } else if succeeded == subtasks.len() && out_of_scope.is_empty() {
+    } else if counts.success == planned && out_of_scope.is_empty() {
         if test.as_ref().is_some_and(|test| !test.passed) {
             RunStatus::TestsFailed
         } else {
             RunStatus::Completed
         }
-    } else if succeeded == 0 && !subtasks.is_empty() {
+    } else if counts.success == 0 && planned > 0 {
         RunStatus::Failed
     } else {
         RunStatus::Partial
@@ -557,14 +584,20 @@ async fn run_engine(
         run_id: inputs.run_id.clone(),
         status,
         agents_planned: subtasks.len(),
-        succeeded,
-        failed,
-        rolled_back,
-        not_run: report.not_run.len(),
-        escalated: records.iter().filter(|(_, r)| r.escalated).count(),
-        tokens_fast: tokens(Mode::Fast),
-        tokens_default: tokens(Mode::Default),
-        dollars,
+        succeeded: counts.success as usize,
+        failed: counts.failure as usize,
+        rolled_back: counts.rollback as usize,
+        interrupted: counts.running as usize,
+        not_run: counts.not_run as usize,
+        escalated: counts.escalated as usize,
+        attempts: counts.attempts as usize,
+        denials: counts.denials as usize,
+        tool_calls: counts.tool_calls as usize,
+        tokens_fast: counts.tokens_fast,
+        tokens_default: counts.tokens_default,
+        input_tokens: counts.input_tokens,
+        output_tokens: counts.output_tokens,
+        dollars: counts.dollars,
         wall_time: started.elapsed(),
         checkpoints,
         final_checkpoint: Some(final_checkpoint.commit.clone()),
@@ -585,6 +618,27 @@ async fn run_engine(
     Ok(outcome)
 }
 
+/// The `events` row of a progress event: its tag as the kind, the rest as the payload.
+fn event_record(run_id: &str, event: &EngineEvent) -> EventRecord {
+    let mut payload = serde_json::to_value(event).unwrap_or_default();
+    let kind = payload
+        .as_object_mut()
+        .and_then(|fields| fields.remove("event"))
+        .and_then(|kind| kind.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "event".into());
+    let agent_id = payload
+        .get("agent_id")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned);
+    EventRecord {
+        run_id: run_id.to_owned(),
+        agent_id,
+        kind,
+        payload,
+        at: SystemTime::now(),
+    }
+}
+
 fn not_run_text(why: &NotRun) -> String {
     match why {
         NotRun::DependencyFailed { dependency } => {
@@ -599,11 +653,17 @@ fn not_run_text(why: &NotRun) -> String {
 
 fn summary_error(outcome: &RunOutcome) -> String {
     let mut parts = Vec::new();
-    if outcome.failed + outcome.rolled_back > 0 {
-        parts.push(format!(
-            "{} agent(s) failed",
-            outcome.failed + outcome.rolled_back
-        ));
+    if outcome.failed > 0 {
+        parts.push(format!("{} agent(s) failed", outcome.failed));
+    }
+    if outcome.rolled_back > 0 {
+        parts.push(format!("{} agent(s) rolled back", outcome.rolled_back));
+    }
+    if outcome.interrupted > 0 {
+        parts.push(format!("{} agent(s) interrupted", outcome.interrupted));
+    }
+    if let Some(test) = outcome.test.as_ref().filter(|test| !test.passed) {
+        parts.push(format!("tests `{}` failed", test.command));
     }
     if outcome.not_run > 0 {
         parts.push(format!("{} agent(s) not run", outcome.not_run));
@@ -630,6 +690,7 @@ fn agent_config(config: &Config, mode: Mode) -> AgentConfig {
         max_dollars: budget.max_dollars,
         max_wall_time: budget.max_wall_time,
         output_schema: config.output_schema.clone(),
+        on_call: None,
     }
 }
 
@@ -678,7 +739,8 @@ async fn run_one(shared: Arc<Shared>, subtask: Subtask, cancel: CancellationToke
     };
     loop {
         attempt += 1;
-        let config = agent_config(&inputs.config, mode);
+        let mut config = agent_config(&inputs.config, mode);
+        config.on_call = Some(usage_recorder(&shared, &agent_id, attempt, mode));
         let started_at = SystemTime::now();
         lock(&shared.events).push(EngineEvent::AgentStarted {
             agent_id: agent_id.clone(),
@@ -765,6 +827,7 @@ async fn run_one(shared: Arc<Shared>, subtask: Subtask, cancel: CancellationToke
         spent += outcome.dollars;
         tokens += outcome.input_tokens + outcome.output_tokens;
         record_denials(&shared, &outcome, attempt);
+        record_tool_calls(&shared, &agent_id, &outcome, attempt).await;
 
         let retry_on_default =
             outcome.status == LoopStatus::InvalidResult && mode == Mode::Fast && !escalated;
@@ -894,6 +957,30 @@ async fn run_one(shared: Arc<Shared>, subtask: Subtask, cancel: CancellationToke
             reason: error.unwrap_or_default(),
         };
     }
+}
+
+/// Records each model call's usage as a `model_call` event, so an attempt a crash cuts short
+/// still counts what it spent when the run is resumed.
+fn usage_recorder(shared: &Arc<Shared>, agent_id: &str, attempt: u32, mode: Mode) -> CallHook {
+    let store = shared.store.clone();
+    let run_id = shared.inputs.run_id.clone();
+    let agent_id = agent_id.to_owned();
+    CallHook(Arc::new(move |usage: &CallUsage| {
+        store.event_now(EventRecord {
+            run_id: run_id.clone(),
+            agent_id: Some(agent_id.clone()),
+            kind: "model_call".into(),
+            payload: serde_json::json!({
+                "attempt": attempt,
+                "turn": usage.turn,
+                "mode": mode,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "dollars": usage.dollars,
+            }),
+            at: SystemTime::now(),
+        });
+    }))
 }
 
 /// Takes an agent out of [`InFlightScopes`] when its task ends, on every path.
@@ -1085,7 +1172,12 @@ async fn prepare_resume(inputs: &EngineInputs, store: &Store) -> Result<ResumeSt
             missing.insert(agent_id);
         }
     }
+    let spent = StoreReader::open_in_repo(&inputs.repo)?.unfinished_usage(&inputs.run_id)?;
     for row in rows.iter().filter(|row| row.status.is_none()) {
+        let (input_tokens, output_tokens, cost_usd) = spent
+            .get(&(row.agent_id.clone(), row.attempt))
+            .copied()
+            .unwrap_or((0, 0, 0.0));
         let (status, error) = if restored.contains(&row.agent_id) {
             (
                 AgentStatus::Rollback,
@@ -1107,9 +1199,9 @@ async fn prepare_resume(inputs: &EngineInputs, store: &Store) -> Result<ResumeSt
                 status,
                 files_accessed: Vec::new(),
                 tools_called: Vec::new(),
-                input_tokens: 0,
-                output_tokens: 0,
-                cost_usd: 0.0,
+                input_tokens,
+                output_tokens,
+                cost_usd,
                 error: Some(error.to_owned()),
                 checkpoint: None,
                 ended_at: SystemTime::now(),
@@ -1202,6 +1294,11 @@ fn failure_text(outcome: &AgentOutcome) -> String {
 }
 
 fn record_denials(shared: &Shared, outcome: &AgentOutcome, attempt: u32) {
+    if !outcome.receipts.denials.is_empty() {
+        *lock(&shared.denials)
+            .entry(outcome.agent_id.clone())
+            .or_default() += outcome.receipts.denials.len();
+    }
     for denial in &outcome.receipts.denials {
         let record = DenialRecord {
             run_id: shared.inputs.run_id.clone(),
@@ -1216,6 +1313,30 @@ fn record_denials(shared: &Shared, outcome: &AgentOutcome, attempt: u32) {
         tokio::spawn(async move {
             let _ = store.denial(record).await;
         });
+    }
+}
+
+/// One `tool_calls` row per call of the attempt, queued on the store's writer (committed with
+/// the attempt's end row or before it).
+async fn record_tool_calls(shared: &Shared, agent_id: &str, outcome: &AgentOutcome, attempt: u32) {
+    for call in &outcome.receipts.calls {
+        let record = ToolCallRecord {
+            run_id: shared.inputs.run_id.clone(),
+            agent_id: agent_id.to_owned(),
+            attempt,
+            seq: call.seq,
+            tool: call.tool.clone(),
+            target: call.target.clone(),
+            ok: call.outcome == crate::agent::CallOutcome::Ok,
+            outcome: Some(call.outcome.as_str().to_owned()),
+            error: call.error.clone(),
+            started_at: call.started_at,
+            ended_at: Some(call.started_at + Duration::from_millis(call.duration_ms)),
+            duration_ms: Some(call.duration_ms),
+            bytes: Some(call.bytes),
+            paths: call.paths.clone(),
+        };
+        let _ = shared.store.tool_call(record).await;
     }
 }
 
@@ -1466,8 +1587,13 @@ async fn synthesize(
             .map(|s| s.description.as_str())
             .unwrap_or("");
         body.push_str(&format!(
-            "- {id} [{}]: {}\n",
+            "- {id} [{}{}]: {}\n",
             record.status.as_str(),
+            if record.escalated {
+                ", escalated to default"
+            } else {
+                ""
+            },
             tail(description, 200)
         ));
     }
@@ -1496,6 +1622,26 @@ async fn synthesize(
         .map_err(|error| error.to_string())
 }
 
+/// "3 succeeded, 1 rolled back, 1 not run (of 5)": the agents of an outcome, each counted once.
+pub fn agents_text(outcome: &RunOutcome) -> String {
+    let mut parts = vec![format!("{} succeeded", outcome.succeeded)];
+    for (n, what) in [
+        (outcome.failed, "failed"),
+        (outcome.rolled_back, "rolled back"),
+        (outcome.interrupted, "interrupted"),
+        (outcome.not_run, "not run"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    let mut text = format!("{} (of {})", parts.join(", "), outcome.agents_planned);
+    if outcome.escalated > 0 {
+        text.push_str(&format!("; {} escalated to default", outcome.escalated));
+    }
+    text
+}
+
 /// `.fanout/runs/<run_id>/summary.json` and `summary.md`; `None` if they cannot be written.
 fn write_summary(repo: &Path, outcome: &RunOutcome) -> Option<PathBuf> {
     let dir = repo.join(".fanout").join("runs").join(&outcome.run_id);
@@ -1503,14 +1649,13 @@ fn write_summary(repo: &Path, outcome: &RunOutcome) -> Option<PathBuf> {
     let json = serde_json::to_vec_pretty(outcome).ok()?;
     write_atomic(&dir.join("summary.json"), &json)?;
     let mut md = format!(
-        "# Run {}\n\nStatus: {}\n\n- agents: {} succeeded, {} failed, {} rolled back, {} not run of {}\n- tokens: {} default, {} fast\n- dollars: {:.4}\n- files changed: {}\n",
+        "# Run {}\n\nStatus: {}\n\n- agents: {}\n- attempts: {}; tool calls: {}; denied requests: {}\n- tokens (agents, all attempts): {} default, {} fast\n- dollars (agents, all attempts): {:.4}\n- files changed: {}\n",
         outcome.run_id,
         outcome.status.as_str(),
-        outcome.succeeded,
-        outcome.failed,
-        outcome.rolled_back,
-        outcome.not_run,
-        outcome.agents_planned,
+        agents_text(outcome),
+        outcome.attempts,
+        outcome.tool_calls,
+        outcome.denials,
         outcome.tokens_default,
         outcome.tokens_fast,
         outcome.dollars,

@@ -290,9 +290,16 @@ pub struct ToolCallRecord {
     /// What the call acted on: a path, a command line, a search pattern.
     pub target: Option<String>,
     pub ok: bool,
+    /// `ok`, `error` or `denied`.
+    pub outcome: Option<String>,
     pub error: Option<String>,
     pub started_at: SystemTime,
     pub ended_at: Option<SystemTime>,
+    pub duration_ms: Option<u64>,
+    /// Bytes written by a write or edit, else bytes of output.
+    pub bytes: Option<u64>,
+    /// Repository paths the call read or wrote.
+    pub paths: Vec<String>,
 }
 
 /// A request the policy refused (`denials`).

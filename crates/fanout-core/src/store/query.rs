@@ -29,18 +29,54 @@ pub struct RunRow {
     pub error: Option<String>,
 }
 
-/// Agent attempts of a run by status (`running` counts attempts not finished yet).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// `(agent_id, attempt) → (input tokens, output tokens, dollars)`.
+pub type UnfinishedUsage = std::collections::HashMap<(String, u32), (u64, u64, f64)>;
+
+/// A run's agents, each counted once, by the status of its **last** attempt; and what every
+/// attempt cost. The one source of the counts `fanout runs`, `fanout show`, a run's summary
+/// and its exit code report (see the README's "Statuses").
+///
+/// - `success`: its last attempt succeeded; its changes are in the tree.
+/// - `failure`: its last attempt ended unsuccessfully with nothing to undo.
+/// - `rollback`: its last attempt ended unsuccessfully and its changes were undone (an
+///   attempt interrupted by a crash is closed as `rollback` when the run is resumed).
+/// - `running`: its last attempt has no end yet: in flight, or interrupted by a crash and
+///   not resumed yet.
+/// - `not_run`: planned, but no attempt was ever recorded (a dependency failed, the budget
+///   ran out, the run was cancelled or killed before it started).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StatusCounts {
-    pub running: u64,
+    pub planned: u64,
     pub success: u64,
     pub failure: u64,
     pub rollback: u64,
+    pub running: u64,
+    pub not_run: u64,
+    /// Attempts over all agents (retries and escalations are attempts).
+    pub attempts: u64,
+    /// Agents whose last attempt was escalated from `fast` to `default`.
+    pub escalated: u64,
+    /// Requests the policy refused, over all attempts.
+    pub denials: u64,
+    /// Tool calls recorded, over all attempts.
+    pub tool_calls: u64,
+    /// Tokens and dollars over all attempts, including attempts that failed, were rolled
+    /// back or were interrupted (their model calls were paid for all the same).
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub tokens_fast: u64,
+    pub tokens_default: u64,
+    pub dollars: f64,
 }
 
 impl StatusCounts {
+    /// Agents with at least one attempt.
     pub fn total(&self) -> u64 {
         self.running + self.success + self.failure + self.rollback
+    }
+
+    pub fn tokens(&self) -> u64 {
+        self.input_tokens + self.output_tokens
     }
 }
 
@@ -93,9 +129,14 @@ pub struct ToolCallRow {
     pub tool: String,
     pub target: Option<String>,
     pub ok: bool,
+    /// `ok`, `error` or `denied` (`None` in stores written before it was recorded).
+    pub outcome: Option<String>,
     pub error: Option<String>,
     pub started_at: String,
     pub ended_at: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub bytes: Option<u64>,
+    pub paths: Vec<String>,
 }
 
 impl ToolCallRow {
@@ -140,6 +181,8 @@ pub struct RunDetail {
     /// Every attempt, ordered by start time.
     pub agent_runs: Vec<AgentRow>,
     pub checkpoints: Vec<CheckpointRow>,
+    /// Denied requests per agent (agents with none are absent).
+    pub denials_by_agent: std::collections::HashMap<String, u64>,
 }
 
 /// One agent in full: `fanout show RUN_ID AGENT_ID`.
@@ -323,37 +366,153 @@ impl StoreReader {
         })
     }
 
-    fn counts(&self, run_id: &str) -> Result<StatusCounts, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT status, COUNT(*) FROM agent_runs WHERE run_id = ?1 GROUP BY status",
-            )
-            .map_err(self.sqlite("counting agents"))?;
-        let rows = stmt
-            .query_map([run_id], |row| {
-                Ok((row.get::<_, Option<String>>(0)?, row.get::<_, i64>(1)?))
-            })
-            .map_err(self.sqlite("counting agents"))?;
-        let mut counts = StatusCounts::default();
-        for row in rows {
-            let (status, count) = row.map_err(self.sqlite("counting agents"))?;
-            let count = count.max(0) as u64;
-            match status.as_deref().map(AgentStatus::parse) {
-                None => counts.running += count,
-                Some(Some(AgentStatus::Success)) => counts.success += count,
-                Some(Some(AgentStatus::Failure)) => counts.failure += count,
-                Some(Some(AgentStatus::Rollback)) => counts.rollback += count,
-                Some(None) => {
-                    return Err(StoreError::Corrupt {
-                        path: self.path.clone(),
-                        column: "agent_runs.status",
-                        value: status.unwrap_or_default(),
-                    });
+    fn counts(&self, run_id: &str, planned: u64) -> Result<StatusCounts, StoreError> {
+        let what = "counting agents";
+        let mut counts = StatusCounts {
+            planned,
+            ..StatusCounts::default()
+        };
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT a.status, a.escalated FROM agent_runs a
+                     JOIN (SELECT agent_id, MAX(attempt) AS last FROM agent_runs
+                           WHERE run_id = ?1 GROUP BY agent_id) l
+                       ON a.agent_id = l.agent_id AND a.attempt = l.last
+                     WHERE a.run_id = ?1",
+                )
+                .map_err(self.sqlite(what))?;
+            let rows = stmt
+                .query_map([run_id], |row| {
+                    Ok((row.get::<_, Option<String>>(0)?, row.get::<_, i64>(1)?))
+                })
+                .map_err(self.sqlite(what))?;
+            for row in rows {
+                let (status, escalated) = row.map_err(self.sqlite(what))?;
+                counts.escalated += u64::from(escalated != 0);
+                match status.as_deref().map(AgentStatus::parse) {
+                    None => counts.running += 1,
+                    Some(Some(AgentStatus::Success)) => counts.success += 1,
+                    Some(Some(AgentStatus::Failure)) => counts.failure += 1,
+                    Some(Some(AgentStatus::Rollback)) => counts.rollback += 1,
+                    Some(None) => {
+                        return Err(StoreError::Corrupt {
+                            path: self.path.clone(),
+                            column: "agent_runs.status",
+                            value: status.unwrap_or_default(),
+                        });
+                    }
                 }
             }
         }
+        let (attempts, input, output, fast, default, dollars): (i64, i64, i64, i64, i64, f64) =
+            self.conn
+                .prepare_cached(
+                    "SELECT COUNT(*), COALESCE(SUM(input_tokens), 0),
+                        COALESCE(SUM(output_tokens), 0),
+                        COALESCE(SUM(CASE WHEN mode = 'fast' THEN token_count ELSE 0 END), 0),
+                        COALESCE(SUM(CASE WHEN mode = 'fast' THEN 0 ELSE token_count END), 0),
+                        COALESCE(SUM(cost_usd), 0.0)
+                     FROM agent_runs WHERE run_id = ?1",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_row([run_id], |row| {
+                        Ok((
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                            row.get(5)?,
+                        ))
+                    })
+                })
+                .map_err(self.sqlite(what))?;
+        let count = |sql: &str| -> Result<i64, StoreError> {
+            self.conn
+                .prepare_cached(sql)
+                .and_then(|mut stmt| stmt.query_row([run_id], |row| row.get(0)))
+                .map_err(self.sqlite(what))
+        };
+        counts.denials = count("SELECT COUNT(*) FROM denials WHERE run_id = ?1")?.max(0) as u64;
+        counts.tool_calls =
+            count("SELECT COUNT(*) FROM tool_calls WHERE run_id = ?1")?.max(0) as u64;
+        counts.attempts = attempts.max(0) as u64;
+        counts.input_tokens = input.max(0) as u64;
+        counts.output_tokens = output.max(0) as u64;
+        counts.tokens_fast = fast.max(0) as u64;
+        counts.tokens_default = default.max(0) as u64;
+        counts.dollars = dollars;
+        counts.not_run = planned.saturating_sub(counts.total());
         Ok(counts)
+    }
+
+    /// Denials per agent of a run (agents with none are absent).
+    pub fn denials_by_agent(
+        &self,
+        run_id: &str,
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let what = "counting denials";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT agent_id, COUNT(*) FROM denials WHERE run_id = ?1 GROUP BY agent_id",
+            )
+            .map_err(self.sqlite(what))?;
+        let rows = stmt
+            .query_map([run_id], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })
+            .map_err(self.sqlite(what))?;
+        rows.map(|row| row.map(|(agent, n)| (agent, n.max(0) as u64)))
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.sqlite(what))
+    }
+
+    /// Usage of attempts that have no end row yet, summed from their `model_call` events:
+    /// `(agent_id, attempt) → (input tokens, output tokens, dollars)`. A resumed run closes
+    /// interrupted attempts with what they spent.
+    pub fn unfinished_usage(&self, run_id: &str) -> Result<UnfinishedUsage, StoreError> {
+        let what = "summing usage of interrupted attempts";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT e.agent_id, json_extract(e.payload, '$.attempt') AS attempt,
+                    SUM(json_extract(e.payload, '$.input_tokens')),
+                    SUM(json_extract(e.payload, '$.output_tokens')),
+                    SUM(json_extract(e.payload, '$.dollars'))
+                 FROM events e JOIN agent_runs a
+                   ON a.run_id = e.run_id AND a.agent_id = e.agent_id
+                      AND a.attempt = json_extract(e.payload, '$.attempt')
+                 WHERE e.run_id = ?1 AND e.kind = 'model_call' AND a.status IS NULL
+                 GROUP BY e.agent_id, attempt",
+            )
+            .map_err(self.sqlite(what))?;
+        let rows = stmt
+            .query_map([run_id], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, Option<i64>>(2)?,
+                    row.get::<_, Option<i64>>(3)?,
+                    row.get::<_, Option<f64>>(4)?,
+                ))
+            })
+            .map_err(self.sqlite(what))?;
+        let mut out = std::collections::HashMap::new();
+        for row in rows {
+            let (agent, attempt, input, output, dollars) = row.map_err(self.sqlite(what))?;
+            out.insert(
+                (agent, u32::try_from(attempt.max(0)).unwrap_or(u32::MAX)),
+                (
+                    input.unwrap_or(0).max(0) as u64,
+                    output.unwrap_or(0).max(0) as u64,
+                    dollars.unwrap_or(0.0),
+                ),
+            );
+        }
+        Ok(out)
     }
 
     /// Every run, newest first, with agent counts by status.
@@ -372,7 +531,7 @@ impl StoreReader {
         let mut runs = Vec::with_capacity(raws.len());
         for raw in raws {
             let run = self.check(raw)?;
-            let agents = self.counts(&run.run_id)?;
+            let agents = self.counts(&run.run_id, run.agents_planned)?;
             runs.push(RunSummary { run, agents });
         }
         Ok(runs)
@@ -389,7 +548,7 @@ impl StoreReader {
             return Ok(None);
         };
         let run = self.check(raw)?;
-        let agents = self.counts(run_id)?;
+        let agents = self.counts(run_id, run.agents_planned)?;
         Ok(Some(RunSummary { run, agents }))
     }
 
@@ -402,6 +561,7 @@ impl StoreReader {
             summary,
             agent_runs: self.agent_runs(run_id)?,
             checkpoints: self.checkpoints(run_id)?,
+            denials_by_agent: self.denials_by_agent(run_id)?,
         }))
     }
 
@@ -444,7 +604,8 @@ impl StoreReader {
         let tool_calls = self
             .conn
             .prepare_cached(
-                "SELECT attempt, seq, tool, target, ok, error, started_at, ended_at
+                "SELECT attempt, seq, tool, target, ok, error, started_at, ended_at, outcome,
+                     duration_ms, bytes, paths
                  FROM tool_calls WHERE run_id = ?1 AND agent_id = ?2 ORDER BY attempt, seq",
             )
             .and_then(|mut stmt| {
@@ -458,6 +619,13 @@ impl StoreReader {
                         error: row.get(5)?,
                         started_at: row.get(6)?,
                         ended_at: row.get(7)?,
+                        outcome: row.get(8)?,
+                        duration_ms: row.get::<_, Option<i64>>(9)?.map(|v| v.max(0) as u64),
+                        bytes: row.get::<_, Option<i64>>(10)?.map(|v| v.max(0) as u64),
+                        paths: row
+                            .get::<_, Option<String>>(11)?
+                            .and_then(|text| serde_json::from_str(&text).ok())
+                            .unwrap_or_default(),
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()

@@ -231,6 +231,26 @@ impl Store {
             .map_err(|_| StoreError::WriterClosed { what: "the close" })
     }
 
+    /// Queue an event without waiting: for callers that cannot await (progress callbacks).
+    /// When the queue is full the event is handed to a task that waits for room, so it may be
+    /// committed after events queued later (the writer numbers events as it commits them).
+    /// Must be called inside a tokio runtime.
+    pub fn event_now(&self, event: EventRecord) {
+        let request = Request {
+            op: Op::Event(Box::new(event)),
+            ack: None,
+        };
+        match self.tx.try_send(request) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(request)) => {
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(request).await;
+                });
+            }
+        }
+    }
+
     async fn acked(&self, op: Op, what: &'static str) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.tx
@@ -794,10 +814,11 @@ impl Writer {
         self.conn
             .prepare_cached(
                 "INSERT INTO tool_calls (run_id, agent_id, attempt, seq, tool, target, ok, error,
-                     started_at, ended_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                     started_at, ended_at, outcome, duration_ms, bytes, paths)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )
             .and_then(|mut stmt| {
+                let paths = serde_json::to_string(&call.paths).unwrap_or_else(|_| "[]".into());
                 stmt.execute(params![
                     call.run_id,
                     call.agent_id,
@@ -809,6 +830,10 @@ impl Writer {
                     call.error,
                     started_at,
                     ended_at,
+                    call.outcome,
+                    call.duration_ms.map(sql_int),
+                    call.bytes.map(sql_int),
+                    paths,
                 ])
             })
             .map_err(self.sqlite("recording a tool call"))?;
@@ -823,8 +848,12 @@ impl Writer {
                 "tool": call.tool,
                 "target": call.target,
                 "ok": call.ok,
+                "outcome": call.outcome,
                 "error": call.error,
                 "ended_at": ended_at,
+                "duration_ms": call.duration_ms,
+                "bytes": call.bytes,
+                "paths": call.paths,
             })
         }))
     }

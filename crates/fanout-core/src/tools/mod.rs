@@ -22,7 +22,10 @@ use regex::RegexBuilder;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::agent::{CommandReceipt, Denial, Journal, Receipts, UndoReport};
+use crate::agent::{
+    CallOutcome, CommandReceipt, Denial, Journal, MAX_CALL_PATHS, Receipts, ToolCallReceipt,
+    UndoReport,
+};
 use crate::policy::{DenyReason, ScopePolicy, is_secret_name};
 use crate::provider::ToolSpec;
 use crate::sandbox::{ChangeKind, Sandbox, SandboxConfig, SandboxError, WriteGrants};
@@ -136,6 +139,16 @@ impl From<FsError> for Failure {
 struct State {
     journal: Journal,
     receipts: Receipts,
+    /// Paths the current call read or wrote (for its receipt).
+    touched: Vec<String>,
+}
+
+impl State {
+    fn touch(&mut self, path: &str) {
+        if self.touched.len() < MAX_CALL_PATHS {
+            self.touched.push(path.to_owned());
+        }
+    }
 }
 
 /// One agent's tools.
@@ -204,6 +217,7 @@ impl Toolbox {
             state: Arc::new(Mutex::new(State {
                 journal: Journal::new(),
                 receipts: Receipts::default(),
+                touched: Vec::new(),
             })),
         })
     }
@@ -282,10 +296,13 @@ impl Toolbox {
 
     /// Run one tool call. Never fails; errors come back as error output.
     pub async fn call(&self, name: &str, input: &Value) -> ToolOutput {
+        let started_at = std::time::SystemTime::now();
+        let clock = std::time::Instant::now();
         {
             let mut state = self.state();
             state.receipts.tool_calls += 1;
             state.receipts.tools_called.push(name.to_string());
+            state.touched.clear();
         }
         let result = match self.policy.check_tool(name) {
             Err(reason) => Err(Failure::Denied {
@@ -302,9 +319,12 @@ impl Toolbox {
                 _ => Err(Failure::Failed(format!("unknown tool `{name}`"))),
             },
         };
-        match result {
-            Ok(text) => ToolOutput::ok(truncate(text, self.limits.max_output_bytes)),
-            Err(Failure::Failed(message)) => ToolOutput::error(message),
+        let (output, outcome) = match result {
+            Ok(text) => (
+                ToolOutput::ok(truncate(text, self.limits.max_output_bytes)),
+                CallOutcome::Ok,
+            ),
+            Err(Failure::Failed(message)) => (ToolOutput::error(message), CallOutcome::Error),
             Err(Failure::Denied { target, reason }) => {
                 let message = format!("denied: {target}: {reason}");
                 self.state().receipts.denials.push(Denial {
@@ -313,9 +333,40 @@ impl Toolbox {
                     target,
                     reason,
                 });
-                ToolOutput::error(message)
+                (ToolOutput::error(message), CallOutcome::Denied)
             }
-        }
+        };
+        let written = match name {
+            "write_file" => input.get("content").and_then(Value::as_str).map(str::len),
+            "edit_file" => input
+                .get("new_string")
+                .and_then(Value::as_str)
+                .map(str::len),
+            _ => None,
+        };
+        let bytes = match (outcome, written) {
+            (CallOutcome::Ok, Some(written)) => written,
+            _ => output.content.len(),
+        } as u64;
+        let target = ["path", "command", "pattern", "dir"]
+            .iter()
+            .find_map(|key| input.get(*key).and_then(Value::as_str))
+            .map(|text| truncate(text.to_owned(), 1024));
+        let mut state = self.state();
+        let seq = state.receipts.calls.len() as u32 + 1;
+        let paths = std::mem::take(&mut state.touched);
+        state.receipts.calls.push(ToolCallReceipt {
+            seq,
+            tool: name.to_owned(),
+            target,
+            outcome,
+            error: (outcome != CallOutcome::Ok).then(|| truncate(output.content.clone(), 2048)),
+            started_at,
+            duration_ms: clock.elapsed().as_millis() as u64,
+            bytes,
+            paths,
+        });
+        output
     }
 
     /// Resolve a path argument, turning a refusal into a denial on `raw`.
@@ -366,7 +417,11 @@ impl Toolbox {
             .fs
             .read(&relative, self.limits.max_file_bytes)
             .map_err(|error| Self::fs_failure(&raw, error))?;
-        self.state().receipts.files_read.insert(relative.clone());
+        {
+            let mut state = self.state();
+            state.receipts.files_read.insert(relative.clone());
+            state.touch(&relative);
+        }
         let text = String::from_utf8_lossy(&bytes);
         let lines: Vec<&str> = text.lines().collect();
         let start = optional_u64(input, "start_line")?.unwrap_or(1).max(1) as usize;
@@ -407,6 +462,7 @@ impl Toolbox {
             state.journal.record_created_dir(&dir);
         }
         state.receipts.files_written.insert(relative.to_string());
+        state.touch(relative);
         Ok(())
     }
 
@@ -668,7 +724,13 @@ impl Toolbox {
         if matches == 0 {
             out.push_str("no matches\n");
         }
-        self.state().receipts.files_read.extend(searched);
+        {
+            let mut state = self.state();
+            for path in searched.iter().take(MAX_CALL_PATHS) {
+                state.touch(path);
+            }
+            state.receipts.files_read.extend(searched);
+        }
         Ok(out)
     }
 
@@ -782,6 +844,9 @@ impl Toolbox {
         };
         {
             let mut state = self.state();
+            for path in &written {
+                state.touch(path);
+            }
             state.receipts.files_written.extend(written);
             for violation in &violations {
                 state.receipts.denials.push(Denial {

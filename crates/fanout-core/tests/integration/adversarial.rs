@@ -1451,6 +1451,7 @@ fn agent_config() -> AgentConfig {
         max_dollars: None,
         max_wall_time: Duration::from_secs(120),
         output_schema: None,
+        on_call: None,
     }
 }
 

@@ -64,6 +64,7 @@ fn config() -> AgentConfig {
         max_dollars: None,
         max_wall_time: Duration::from_secs(60),
         output_schema: None,
+        on_call: None,
     }
 }
 
