@@ -261,9 +261,14 @@ impl ScopedFs {
             dir = match next {
                 Ok(fd) => fd,
                 Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {
-                    sys::mkdirat(dir.as_fd(), &c_component, 0o755)
-                        .map_err(|error| FsError::io(&so_far, error))?;
-                    created.push(so_far.clone());
+                    match sys::mkdirat(dir.as_fd(), &c_component, 0o755) {
+                        Ok(()) => created.push(so_far.clone()),
+                        // Another agent created it between our open and our mkdir: it is
+                        // theirs (their journal removes it if they roll back and it is
+                        // empty); we just go on into it.
+                        Err(error) if error.raw_os_error() == Some(libc::EEXIST) => {}
+                        Err(error) => return Err(FsError::io(&so_far, error)),
+                    }
                     sys::openat2(
                         dir.as_fd(),
                         &c_component,
@@ -438,6 +443,33 @@ mod tests {
         std::fs::write(dir.path().join("outside/canary"), "canary").unwrap();
         let fs = ScopedFs::open(&dir.path().join("repo")).unwrap();
         (dir, fs)
+    }
+
+    /// Agents creating files in one new directory at once: one of them lost the race to
+    /// `mkdir` and failed with "File exists (os error 17)" (and was rolled back).
+    #[test]
+    fn concurrent_writers_into_one_new_directory_all_succeed() {
+        let (_dir, fs) = repo();
+        let fs = std::sync::Arc::new(fs);
+        for round in 0..40 {
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let writers: Vec<_> = (0..8)
+                .map(|i| {
+                    let fs = std::sync::Arc::clone(&fs);
+                    let barrier = std::sync::Arc::clone(&barrier);
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        fs.write(&format!("new{round}/deep/file{i}.rs"), b"x", None)
+                    })
+                })
+                .collect();
+            let mut creators = 0;
+            for writer in writers {
+                let created = writer.join().unwrap().unwrap();
+                creators += usize::from(!created.is_empty());
+            }
+            assert!(creators >= 1, "round {round}: nobody created the directories");
+        }
     }
 
     #[test]
