@@ -272,6 +272,7 @@ async fn resume_items(
         sim_record: None,
         request_timeout: args.request_timeout,
         retry_failed: None,
+        allow_dirty: false,
     };
     crate::items_cmd::resume(run_args, config, repo, args.run_id.clone()).await
 }

@@ -81,6 +81,10 @@ pub struct RunArgs {
     /// transient failure).
     #[arg(long, default_value_t = 600, value_name = "SECONDS")]
     pub request_timeout: u64,
+    /// A live run without --plan normally refuses uncommitted changes before it plans; with
+    /// this, only the files the plan touches must be clean (checked after planning).
+    #[arg(long)]
+    pub allow_dirty: bool,
     /// Re-run only the agents of a finished run that failed, were rolled back or did not run
     /// (its saved plan; FILE gives the configuration).
     /// With --dry-run (or `fanout plan`): report which agents would run again.
@@ -140,10 +144,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         sim = Some(handle);
         Some(fleet_for(&config, provider))
     } else {
-        Some(fleet_for(
-            &config,
-            provider_with(&config, None, http_config(&args))?,
-        ))
+        match provider_with(&config, None, http_config(&args)) {
+            Ok(provider) => Some(fleet_for(&config, provider)),
+            Err(err) => {
+                // Before any model call, and before any lock or file.
+                eprintln!("error: {err:#}");
+                return Ok(Exit::NotReady.into());
+            }
+        }
     };
     let code = run_with(&args, config, fleet).await;
     if let Some(handle) = sim.take() {
@@ -185,13 +193,51 @@ async fn run_with(
             }
         }
     };
+    // Everything that can refuse a live run without a plan is checked before the planning
+    // call is paid for: a git work tree, and (unless --allow-dirty) no uncommitted changes.
+    // With --plan the scope is known and checked exactly below, still before any model call.
+    if !args.dry_run && args.plan.is_none() {
+        let owned = fanout_core::store::owned_paths(&repository);
+        match plan::ensure_clean(&repository, |path| !owned.contains(path)) {
+            Ok(()) => {}
+            Err(plan::GitCheckError::Dirty { paths, .. }) if args.allow_dirty => {
+                eprintln!(
+                    "warning: {} uncommitted change(s) ({}); the run is refused after planning if \
+                     the plan touches them",
+                    paths.len(),
+                    paths.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+            Err(err @ plan::GitCheckError::Dirty { .. }) => {
+                eprintln!(
+                    "error: refusing a live run before planning: {err} (or pass --allow-dirty \
+                     to require only the files the plan touches to be clean)"
+                );
+                return Ok(Exit::NotReady.into());
+            }
+            Err(err) => {
+                eprintln!("error: refusing a live run before planning: {err}");
+                return Ok(Exit::NotReady.into());
+            }
+        }
+    }
     let cancel = CancellationToken::new();
     let planning_fleet = if args.plan.is_none() {
         fleet.as_ref()
     } else {
         None
     };
+    let ticker = planning_fleet
+        .filter(|_| !args.json)
+        .map(|_| planning_ticker(&config, &request.options));
     let prepared = plan::prepare(&config, &request, planning_fleet, &cancel).await;
+    if let Some(ticker) = ticker {
+        ticker.abort();
+        let _ = ticker.await;
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprint!("\r\x1b[2K");
+        }
+    }
     let prepared = match prepared {
         Ok(prepared) => prepared,
         Err(err) => {
@@ -201,7 +247,14 @@ async fn run_with(
     };
 
     let report = &prepared.report;
-    let rendered = if args.json {
+    let rendered = if args.json && !args.dry_run {
+        // A live run's stdout is JSON lines: the plan report first, as one line.
+        let mut text =
+            serde_json::to_string(&serde_json::json!({"event": "plan", "report": report}))
+                .context("cannot render the report")?;
+        text.push('\n');
+        text
+    } else if args.json {
         let mut text = serde_json::to_string_pretty(report).context("cannot render the report")?;
         text.push('\n');
         text
@@ -225,6 +278,36 @@ async fn run_with(
         anyhow::bail!("a live run needs a model API (use --sim or set an API key)");
     };
     crate::live::execute(args, config, prepared, fleet, repository, lock).await
+}
+
+/// Progress on stderr while the orchestrator plans: its model, the call number (repairs are
+/// further calls) and the time so far. A line at once, then every few seconds.
+fn planning_ticker(config: &Config, options: &PlanOptions) -> tokio::task::JoinHandle<()> {
+    let model = config.orchestrator_model().model.clone();
+    let progress = options.progress.clone();
+    let most = options.max_repairs + 1;
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let every = if terminal {
+            std::time::Duration::from_secs(1)
+        } else {
+            std::time::Duration::from_secs(5)
+        };
+        loop {
+            let call = progress.calls_started().max(1);
+            let line = format!(
+                "fanout: planning with {model}: call {call} of at most {most}, {}",
+                crate::progress::human_duration(started.elapsed())
+            );
+            if terminal {
+                eprint!("\r\x1b[2K{line}");
+            } else {
+                eprintln!("{line}");
+            }
+            tokio::time::sleep(every).await;
+        }
+    })
 }
 
 fn write_stdout(text: &str) -> anyhow::Result<()> {

@@ -84,8 +84,16 @@ fn scenario_file(dir: &Path) -> PathBuf {
     path
 }
 
+/// The `run_finished` outcome of a `--json` run, after checking that stdout is JSON lines
+/// only (a pretty-printed report used to come first).
 fn outcome_of(output: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&output.stdout);
+    for line in stdout.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not a JSON line: {line:?}"
+        );
+    }
     stdout
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
@@ -689,4 +697,87 @@ fn tool_calls_are_recorded_and_denials_are_visible() {
     )
     .unwrap();
     assert!(md.contains("denied requests: 2"), "{md}");
+}
+
+/// Requests the in-process simulator answered, from its record file (none if it was never
+/// started or never asked).
+fn recorded_requests(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|text| text.lines().count())
+        .unwrap_or(0)
+}
+
+/// Outside a git repository, with uncommitted changes, or without an API key, a live run was
+/// refused only after its plan had been made and paid for.
+#[test]
+fn a_live_run_is_refused_before_the_planning_call() {
+    let work = tempfile::tempdir().unwrap();
+    let wf = edit_workflow(work.path(), "  task: Rewrite every file in src.\n")
+        .display()
+        .to_string();
+
+    // Not a git repository.
+    let plain = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(plain.path().join("src")).unwrap();
+    std::fs::write(plain.path().join("src/a.txt"), "a\n").unwrap();
+    let record = work.path().join("not-a-repo.jsonl");
+    let output = fanout(
+        &[
+            "run",
+            &wf,
+            "--sim",
+            "--sim-record",
+            &record.display().to_string(),
+        ],
+        plain.path(),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("before planning"), "{stderr}");
+    assert_eq!(recorded_requests(&record), 0, "a model call was made");
+
+    // Uncommitted changes: refused before planning; --allow-dirty plans (and checks the
+    // plan's own files after).
+    let repo = small_repo(2);
+    std::fs::write(repo.path().join("check.sh"), "echo edited by hand\n").unwrap();
+    let record = work.path().join("dirty.jsonl");
+    let output = fanout(
+        &[
+            "run",
+            &wf,
+            "--sim",
+            "--sim-record",
+            &record.display().to_string(),
+        ],
+        repo.path(),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("check.sh") && stderr.contains("--allow-dirty"),
+        "{stderr}"
+    );
+    assert_eq!(recorded_requests(&record), 0, "a model call was made");
+    let output = fanout(
+        &[
+            "run",
+            &wf,
+            "--sim",
+            "--allow-dirty",
+            "--sim-record",
+            &record.display().to_string(),
+        ],
+        repo.path(),
+    );
+    assert!(output.status.code().is_some());
+    assert!(recorded_requests(&record) > 0, "--allow-dirty did not plan");
+
+    // No API key (and no --sim): refused without a call, with what to do.
+    let output = fanout(&["run", &wf], repo.path());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("ANTHROPIC_API_KEY") || stderr.contains("--sim"),
+        "{stderr}"
+    );
 }

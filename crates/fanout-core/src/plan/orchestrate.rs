@@ -7,6 +7,9 @@
 //! even when it still breaks rules, so the dry run can show the violations; only an answer
 //! that never becomes a plan at all is an error ([`PlanError::NoPlan`]).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +34,8 @@ pub struct PlanOptions {
     /// Size bound of the tree view in the prompt.
     pub tree_view_max_bytes: usize,
     pub limits: PlanLimits,
+    /// Counts the orchestrator calls started, for a progress display.
+    pub progress: PlanProgress,
 }
 
 impl Default for PlanOptions {
@@ -40,7 +45,29 @@ impl Default for PlanOptions {
             max_output_tokens: 64_000,
             tree_view_max_bytes: 48 * 1024,
             limits: PlanLimits::default(),
+            progress: PlanProgress::default(),
         }
+    }
+}
+
+/// The number of orchestrator calls started so far, shared with whoever shows progress.
+/// Equal to every other `PlanProgress`: it observes a plan, it is not part of its options.
+#[derive(Debug, Clone, Default)]
+pub struct PlanProgress(Arc<AtomicU32>);
+
+impl PlanProgress {
+    pub fn calls_started(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn call_started(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl PartialEq for PlanProgress {
+    fn eq(&self, _: &PlanProgress) -> bool {
+        true
     }
 }
 
@@ -173,6 +200,7 @@ pub async fn request_plan(
     let mut last_validation: Option<Validation> = None;
     let calls = options.max_repairs + 1;
     for attempt in 1..=calls {
+        options.progress.call_started();
         let outcome = fleet
             .call(&request, cancel)
             .await

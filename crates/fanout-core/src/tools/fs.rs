@@ -468,7 +468,10 @@ mod tests {
                 let created = writer.join().unwrap().unwrap();
                 creators += usize::from(!created.is_empty());
             }
-            assert!(creators >= 1, "round {round}: nobody created the directories");
+            assert!(
+                creators >= 1,
+                "round {round}: nobody created the directories"
+            );
         }
     }
 
