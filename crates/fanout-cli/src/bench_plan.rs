@@ -125,6 +125,7 @@ pub async fn run(args: BenchPlanArgs) -> anyhow::Result<ExitCode> {
         options: PlanOptions::default(),
         dry_run: true,
         save: true,
+        calibration: Default::default(),
     };
     let started = Instant::now();
     let prepared = plan::prepare(&config, &request, Some(&fleet), &CancellationToken::new())

@@ -147,6 +147,7 @@ pub async fn run(args: BenchRunArgs) -> anyhow::Result<ExitCode> {
         options: PlanOptions::default(),
         dry_run: false,
         save: true,
+        calibration: Default::default(),
     };
     let cancel = CancellationToken::new();
     let prepared = plan::prepare(&config, &request, None, &cancel)
@@ -185,6 +186,7 @@ pub async fn run(args: BenchRunArgs) -> anyhow::Result<ExitCode> {
             fanout_core::run::lock::RepoLock::acquire(&repo, "bench run")
                 .context("the benchmark repository is in use")?,
         ),
+        simulated: true,
     };
     eprintln!("bench run: running");
     let started = tokio::time::Instant::now();

@@ -61,6 +61,7 @@ pub async fn execute(
         sandbox: SandboxConfig::default(),
         max_attempts: 3,
         lock,
+        simulated: args.sim || args.scenario.is_some(),
     };
     drive(inputs, args.json, report.estimate.wall_time, Launch::Fresh).await
 }
@@ -181,7 +182,7 @@ pub fn render(outcome: &RunOutcome, estimated: Duration) -> String {
         outcome.dollars
     ));
     out.push_str(&format!(
-        "Wall time: {} (estimated at least {})\n",
+        "Wall time: {} (estimated {})\n",
         human_duration(outcome.wall_time),
         human_duration(estimated)
     ));

@@ -224,6 +224,7 @@ async fn finish(args: ResumeArgs, retry_failed: bool) -> anyhow::Result<ExitCode
         sandbox: SandboxConfig::default(),
         max_attempts: 3,
         lock,
+        simulated: args.sim || args.scenario.is_some(),
     };
     let code = drive(inputs, args.json, estimated_wall, Launch::Resume).await;
     if let Some(handle) = sim {

@@ -179,6 +179,7 @@ async fn run_with(
         },
         dry_run: args.dry_run,
         save: true,
+        calibration: calibration(args, &repository),
     };
     // A live run holds the repository from before it plans: a second live run is refused
     // before it pays for a plan.
@@ -278,6 +279,25 @@ async fn run_with(
         anyhow::bail!("a live run needs a model API (use --sim or set an API key)");
     };
     crate::live::execute(args, config, prepared, fleet, repository, lock).await
+}
+
+/// What the estimate goes by: the simulator's latency with --sim, and what agents used in
+/// earlier runs of the same kind (simulated or real) in this repository.
+pub(crate) fn calibration(args: &RunArgs, repository: &std::path::Path) -> plan::Calibration {
+    let simulated = args.sim || args.scenario.is_some();
+    let observed = fanout_core::store::StoreReader::open_in_repo(repository)
+        .and_then(|reader| reader.observed_usage(simulated, 10))
+        .unwrap_or_default();
+    plan::Calibration {
+        call_latency: simulated.then(|| {
+            (
+                std::time::Duration::from_millis(args.sim_latency_ms),
+                "the simulator's latency".to_owned(),
+            )
+        }),
+        instant_output: simulated,
+        observed,
+    }
 }
 
 /// Progress on stderr while the orchestrator plans: its model, the call number (repairs are

@@ -320,6 +320,7 @@ mod store_commands {
                     started_at: at(started),
                     base_commit: None,
                     agents_planned: 2,
+                    simulated: false,
                 })
                 .await
                 .unwrap();
@@ -484,6 +485,7 @@ mod store_commands {
                 started_at: at(0),
                 base_commit: None,
                 agents_planned: 0,
+                simulated: false,
             })
             .await
             .unwrap();

@@ -781,3 +781,75 @@ fn a_live_run_is_refused_before_the_planning_call() {
         "{stderr}"
     );
 }
+
+/// Estimates were stated as facts ("at least 1m 50s" for a 1 s run), were 12-34x what runs
+/// used, and `budgets.run.max_dollars` refused a run its actual spend fitted.
+#[test]
+fn estimates_say_what_they_assume_and_learn_from_earlier_runs() {
+    const AGENTS: usize = 6;
+    let repo = small_repo(AGENTS);
+    let work = tempfile::tempdir().unwrap();
+    let plan = edit_plan(work.path(), AGENTS).display().to_string();
+    let scenario = scenario_file(work.path()).display().to_string();
+    let report = |extra: &str, args: &[&str]| {
+        let wf = edit_workflow(work.path(), extra).display().to_string();
+        let mut all = vec![
+            "run",
+            wf.as_str(),
+            "--plan",
+            plan.as_str(),
+            "--scenario",
+            scenario.as_str(),
+        ];
+        all.extend_from_slice(args);
+        fanout(&all, repo.path())
+    };
+
+    // First dry run: modelled, on the simulator's latency, never "at least".
+    let output = report("", &["--dry-run", "--json"]);
+    assert_eq!(output.status.code(), Some(0));
+    let first: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let basis = first["estimate"]["basis"].to_string();
+    assert!(basis.contains("the simulator's latency"), "{basis}");
+    let text = String::from_utf8_lossy(&report("", &["--dry-run"]).stdout).into_owned();
+    assert!(!text.contains("at least"), "{text}");
+    assert!(text.contains("Expected wall time: about"), "{text}");
+    assert!(text.contains("Estimate basis: modelled"), "{text}");
+
+    // A budget under the estimate but over the actual spend: a warning, and the run completes.
+    let estimated = first["estimate"]["dollars"].as_f64().unwrap();
+    let budget = format!(
+        "  budgets:\n    run:\n      max_dollars: {:.4}\n",
+        estimated / 3.0
+    );
+    let output = report(&budget, &["--dry-run"]);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("Warning: estimated $"), "{text}");
+    let enforced = format!("{budget}      enforce_estimate: true\n");
+    assert_eq!(report(&enforced, &["--dry-run"]).status.code(), Some(1));
+    let output = report(&budget, &["--json"]);
+    let outcome = outcome_of(&output);
+    assert_eq!(output.status.code(), Some(0), "{outcome}");
+    assert!(
+        outcome["dollars"].as_f64().unwrap() <= estimated / 3.0,
+        "{outcome}"
+    );
+    let actual_tokens =
+        outcome["input_tokens"].as_u64().unwrap() + outcome["output_tokens"].as_u64().unwrap();
+
+    // The next estimate goes by what the run used, and says so.
+    let output = report("", &["--dry-run", "--json"]);
+    let second: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let basis = second["estimate"]["basis"].to_string();
+    assert!(
+        basis.contains("observed in 1 earlier run(s) here"),
+        "{basis}"
+    );
+    let estimated_tokens = second["estimate"]["total_tokens"].as_u64().unwrap();
+    let ratio = estimated_tokens as f64 / actual_tokens as f64;
+    assert!(
+        (0.8..=1.2).contains(&ratio),
+        "estimated {estimated_tokens} tokens, used {actual_tokens}"
+    );
+}

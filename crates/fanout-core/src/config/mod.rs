@@ -283,6 +283,9 @@ pub struct RunBudget {
     pub max_tokens: Option<u64>,
     pub max_dollars: Option<f64>,
     pub max_wall_time: Option<Duration>,
+    /// Refuse a plan whose *estimate* exceeds these limits. Off by default: an estimate over
+    /// a limit is a warning, and the dollar limit is enforced on actual spend while running.
+    pub enforce_estimate: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

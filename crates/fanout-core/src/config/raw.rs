@@ -175,6 +175,8 @@ pub(crate) struct RawRunBudget {
     pub max_dollars: Option<Spanned<f64>>,
     #[serde(default)]
     pub max_wall_time: Option<Spanned<String>>,
+    #[serde(default)]
+    pub enforce_estimate: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -642,6 +642,7 @@ impl Resolver<'_> {
             budgets.run.max_tokens = self.count(key, "max_tokens", run.max_tokens)?;
             budgets.run.max_dollars = self.dollars(key, run.max_dollars)?;
             budgets.run.max_wall_time = self.duration(key, run.max_wall_time)?;
+            budgets.run.enforce_estimate = run.enforce_estimate.unwrap_or(false);
         }
         Ok(budgets)
     }

@@ -159,7 +159,8 @@ pub fn json_schema() -> Value {
                                 "properties": {
                                     "max_tokens": positive_integer("Tokens for the whole run."),
                                     "max_dollars": dollars("Dollars for the whole run."),
-                                    "max_wall_time": duration("Wall time for the whole run.")
+                                    "max_wall_time": duration("Wall time for the whole run."),
+                                    "enforce_estimate": { "type": "boolean", "description": "Refuse a plan whose estimate exceeds these limits (default false: a warning; max_dollars is always enforced on actual spend)." }
                                 }
                             }
                         }

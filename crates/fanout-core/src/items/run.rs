@@ -637,6 +637,7 @@ pub async fn run(
                 started_at: SystemTime::now(),
                 base_commit: None,
                 agents_planned: u32::try_from(job.chunks.len()).unwrap_or(u32::MAX),
+                simulated: false,
             })
             .await?;
     }

@@ -9,10 +9,16 @@
 //!   are then resent on about half the turns on average. What enters once is uncached input;
 //!   the resent part is priced as cached input (prompt caching is on by default).
 //!
-//! Tokens are bytes / 4. Dollars use the workflow's price table. The wall-time floor is the
+//! Tokens are bytes / 4. Dollars use the workflow's price table. The expected wall time is the
 //! largest of: the dependency chain and the concurrency bound (agents' latencies, at most
 //! `max_parallel_agents` at a time), requests / RPM, and tokens / TPM for each configured
-//! limit. It is a floor, not a forecast: retries and queueing only add to it.
+//! limit. It is an expectation under the stated latency, not a bound: a faster API makes it
+//! shorter, retries and queueing longer.
+//!
+//! [`Calibration`] replaces the assumptions with facts where there are some: the simulator's
+//! configured latency, or what agents of the same model actually used in earlier runs of the
+//! repository (tokens, dollars and calls per agent, seconds per call). The estimate's
+//! [`Estimate::basis`] says which, in words, and the report prints it.
 
 use std::time::Duration;
 
@@ -96,15 +102,44 @@ pub struct Estimate {
     /// The longest dependency chain of latencies alone.
     #[serde(rename = "critical_path_ms", serialize_with = "as_millis")]
     pub critical_path: Duration,
+    /// What the figures assume, in words (observed runs, the simulator, or the defaults).
+    pub basis: Vec<String>,
+}
+
+/// Facts that replace the model's assumptions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Calibration {
+    /// Time to first token of one call, and where it comes from ("the simulator's latency").
+    pub call_latency: Option<(Duration, String)>,
+    /// Output is instantaneous (the simulator streams at no per-token cost).
+    pub instant_output: bool,
+    /// What agents of each model used in earlier runs here (by model name).
+    pub observed: std::collections::BTreeMap<String, crate::store::ObservedUsage>,
 }
 
 fn as_millis<S: serde::Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_u64(u64::try_from(value.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Estimate every agent of a validated plan and the run.
+/// Estimate every agent of a validated plan and the run, on the default assumptions.
 pub fn estimate(validation: &Validation, config: &Config, scan: &RepoScan) -> Estimate {
+    estimate_calibrated(validation, config, scan, &Calibration::default())
+}
+
+/// [`estimate`] with what is known of the API and of earlier runs.
+pub fn estimate_calibrated(
+    validation: &Validation,
+    config: &Config,
+    scan: &RepoScan,
+    calibration: &Calibration,
+) -> Estimate {
     let plan = &validation.plan;
+    let call_latency = calibration
+        .call_latency
+        .as_ref()
+        .map_or(TURN_BASE_LATENCY, |(latency, _)| *latency);
+    let mut observed_used: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    let mut modelled = false;
     let mut agents = Vec::with_capacity(plan.subtasks.len());
     let (mut total, mut fast, mut requests) = (0u64, 0u64, 0u64);
     let (mut default_dollars, mut fast_dollars) = (0.0, 0.0);
@@ -125,21 +160,55 @@ pub fn estimate(validation: &Validation, config: &Config, scan: &RepoScan) -> Es
         let uncached = (fixed + entered_once).min(input_tokens);
         let cached_input_tokens = input_tokens - uncached;
         let model = config.model_for_mode(subtask.mode);
-        let dollars = model.cost(uncached, cached_input_tokens, output_tokens);
-        let speed = match subtask.mode {
-            Mode::Fast => FAST_OUTPUT_TOKENS_PER_SECOND,
-            Mode::Default => DEFAULT_OUTPUT_TOKENS_PER_SECOND,
+        let estimate = match calibration.observed.get(&model.model) {
+            // What agents of this model actually did here: per-agent averages.
+            Some(seen) => {
+                observed_used.insert(model.model.as_str());
+                let agents = seen.agents.max(1);
+                let calls = (seen.calls as f64 / agents as f64).max(1.0);
+                let per_call = Duration::from_secs_f64(seen.seconds / seen.calls.max(1) as f64);
+                AgentEstimate {
+                    turns: calls.round() as u64,
+                    input_tokens: seen.input_tokens / agents,
+                    cached_input_tokens: 0,
+                    output_tokens: seen.output_tokens / agents,
+                    dollars: seen.dollars / agents as f64,
+                    latency: per_call.mul_f64(calls),
+                }
+            }
+            None => {
+                modelled = true;
+                let dollars = model.cost(uncached, cached_input_tokens, output_tokens);
+                let speed = match subtask.mode {
+                    Mode::Fast => FAST_OUTPUT_TOKENS_PER_SECOND,
+                    Mode::Default => DEFAULT_OUTPUT_TOKENS_PER_SECOND,
+                };
+                let output_time = if calibration.instant_output {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs_f64(output_tokens as f64 / speed)
+                };
+                AgentEstimate {
+                    turns,
+                    input_tokens,
+                    cached_input_tokens,
+                    output_tokens,
+                    dollars,
+                    latency: call_latency * u32::try_from(turns).unwrap_or(u32::MAX) + output_time,
+                }
+            }
         };
-        let latency = TURN_BASE_LATENCY * u32::try_from(turns).unwrap_or(u32::MAX)
-            + Duration::from_secs_f64(output_tokens as f64 / speed);
-        let estimate = AgentEstimate {
-            turns,
-            input_tokens,
-            cached_input_tokens,
-            output_tokens,
-            dollars,
-            latency,
-        };
+        let (uncached, output_tokens, dollars, turns) =
+            if observed_used.contains(model.model.as_str()) {
+                (
+                    estimate.input_tokens,
+                    estimate.output_tokens,
+                    estimate.dollars,
+                    estimate.turns,
+                )
+            } else {
+                (uncached, output_tokens, estimate.dollars, turns)
+            };
         total += estimate.total_tokens();
         requests += turns;
         uncached_input += uncached;
@@ -194,7 +263,43 @@ pub fn estimate(validation: &Validation, config: &Config, scan: &RepoScan) -> Es
             }
         }
     }
+    let mut basis = Vec::new();
+    for model in &observed_used {
+        if let Some(seen) = calibration.observed.get(*model) {
+            let agents = seen.agents.max(1) as f64;
+            basis.push(format!(
+                "{model}: observed in {} earlier run(s) here ({} agents): {:.1} calls and {} tokens per agent, {:.1} s per call",
+                seen.runs,
+                seen.agents,
+                seen.calls as f64 / agents,
+                human_tokens(((seen.input_tokens + seen.output_tokens) as f64 / agents) as u64),
+                seen.seconds / seen.calls.max(1) as f64,
+            ));
+        }
+    }
+    if modelled {
+        let latency = match &calibration.call_latency {
+            Some((latency, source)) => {
+                format!("{} ms per model call ({source})", latency.as_millis())
+            }
+            None => format!(
+                "{:.1} s to first token per model call (assumed)",
+                TURN_BASE_LATENCY.as_secs_f64()
+            ),
+        };
+        let output = if calibration.instant_output {
+            "output at no extra time".to_owned()
+        } else {
+            format!(
+                "{DEFAULT_OUTPUT_TOKENS_PER_SECOND:.0}/{FAST_OUTPUT_TOKENS_PER_SECOND:.0} output tokens/s (default/fast)"
+            )
+        };
+        basis.push(format!(
+            "modelled: turns from each agent's scope (2 + files to read + files to write), bytes/4 tokens, {latency}, {output}; no earlier runs of these models here to go by"
+        ));
+    }
     Estimate {
+        basis,
         agents,
         total_tokens: total,
         fast_tokens: fast,
@@ -292,7 +397,7 @@ pub fn budget_violations(estimate: &Estimate, config: &Config) -> Vec<Violation>
             agent: None,
             kind: ViolationKind::OverBudget,
             what: format!(
-                "expected wall time of at least {}",
+                "expected wall time of {}",
                 human_duration(estimate.wall_time)
             ),
             why: format!("budgets.run.max_wall_time is {}", human_duration(max)),

@@ -30,7 +30,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-pub use estimate::{Estimate, estimate};
+pub use estimate::{Calibration, Estimate, estimate, estimate_calibrated};
 pub use git::{GitCheckError, ensure_clean};
 pub use orchestrate::{PlanOptions, Planned, SUBMIT_PLAN_TOOL, request_plan};
 pub use report::{PlanSource, Report};
@@ -123,6 +123,8 @@ pub struct PrepareRequest {
     pub dry_run: bool,
     /// Save the plan under `.fanout/runs/<run_id>/`.
     pub save: bool,
+    /// What the estimate may go by besides its defaults.
+    pub calibration: Calibration,
 }
 
 /// A plan ready to show (and, once clean, to run).
@@ -168,7 +170,7 @@ pub async fn prepare(
             (planned.validation, source, Some(planned.usage))
         }
     };
-    let estimate = estimate(&validation, config, &scan);
+    let estimate = estimate_calibrated(&validation, config, &scan, &request.calibration);
     let mut report = Report::new(
         config,
         &validation,

@@ -93,6 +93,8 @@ pub struct Report {
     pub sandbox: SandboxSetting,
     pub tokens: TokenSummary,
     pub violations: Vec<Violation>,
+    /// Estimates over a run budget (violations only with `budgets.run.enforce_estimate`).
+    pub warnings: Vec<String>,
     pub adjustments: Vec<Adjustment>,
     pub estimate: Estimate,
     /// The orchestrator's own usage (absent for a plan read from a file).
@@ -112,7 +114,20 @@ impl Report {
     ) -> Report {
         let plan = &validation.plan;
         let mut violations = validation.violations.clone();
-        violations.extend(budget_violations(&estimate, config));
+        let mut warnings = Vec::new();
+        let over_budget = budget_violations(&estimate, config);
+        if config.budgets.run.enforce_estimate {
+            violations.extend(over_budget);
+        } else {
+            for over in over_budget {
+                warnings.push(format!(
+                    "{} is over the budget ({}); this is an estimate, so the run is not refused: \
+                     the dollar limit is enforced on actual spend while running \
+                     (budgets.run.enforce_estimate: true refuses it)",
+                    over.what, over.why
+                ));
+            }
+        }
 
         let mut commands: Vec<String> = Vec::new();
         let mut not_allowlisted = Vec::new();
@@ -178,6 +193,7 @@ impl Report {
                 fast_share: estimate.fast_share,
             },
             violations,
+            warnings,
             adjustments: validation.adjustments.clone(),
             estimate,
             planning,
@@ -236,6 +252,9 @@ impl Report {
                 let _ = writeln!(out, "  {}", violation.line());
             }
         }
+        for warning in &self.warnings {
+            let _ = writeln!(out, "Warning: {warning}");
+        }
         for adjustment in &self.adjustments {
             let _ = writeln!(
                 out,
@@ -255,11 +274,14 @@ impl Report {
         let _ = writeln!(out, "{cost}");
         let _ = writeln!(
             out,
-            "Expected wall time: at least {} (bound by {}; {} requests)",
+            "Expected wall time: about {} (bound by {}; {} requests)",
             human_duration(estimate.wall_time),
             estimate.bound_by.describe(),
             estimate.requests
         );
+        for basis in &estimate.basis {
+            let _ = writeln!(out, "Estimate basis: {basis}");
+        }
         match &self.source {
             PlanSource::File {
                 path,

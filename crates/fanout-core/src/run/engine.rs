@@ -73,6 +73,9 @@ pub struct EngineInputs {
     /// The repository's live-run lock, held by the caller from before it planned until the
     /// run's end; a lock on another repository is refused.
     pub lock: Arc<RepoLock>,
+    /// The model API is the simulator (recorded, so its runs never calibrate estimates of
+    /// real ones).
+    pub simulated: bool,
 }
 
 /// What happened, for progress displays (the store has the durable record).
@@ -371,6 +374,7 @@ async fn run_engine(
                 started_at: SystemTime::now(),
                 base_commit: Some(base.commit.clone()),
                 agents_planned: subtasks.len() as u32,
+                simulated: inputs.simulated,
             })
             .await?;
     }

@@ -8,8 +8,13 @@
 //! - only running tasks count against `max_parallel`;
 //! - a task is ready as soon as its own dependencies have succeeded (no barrier waiting for
 //!   siblings); a task whose dependency failed or was skipped is skipped, with the reason;
-//! - before a task starts, its estimated cost is reserved against the budget; when the budget
-//!   cannot cover the next ready task, no new task starts and running ones finish;
+//! - the budget is enforced on actual spend: before a task starts, its estimated cost,
+//!   scaled by how actual costs compared with estimates for the tasks finished so far, is
+//!   reserved; when the budget cannot cover the next ready task, it waits for running tasks
+//!   to settle; once nothing runs and it still cannot be covered (or actual spend has
+//!   reached the budget), no new task starts. The first task may start on a budget its raw
+//!   estimate exceeds (nothing has been learned yet), so an over-estimate never refuses a run
+//!   on its own;
 //! - ready tasks start in the order they were given (plan order);
 //! - cancellation stops admission and is passed to running tasks through a child token; the
 //!   scheduler still waits for them, so their records are written.
@@ -204,6 +209,10 @@ where
 
     let max_parallel = limits.max_parallel.max(1);
     let mut reserved = 0.0f64;
+    // Reservations of running tasks, and the estimates of finished ones (for the scale).
+    let mut reservation = vec![0.0f64; tasks.len()];
+    let mut estimated_done = 0.0f64;
+    let mut finished_any = false;
     let mut running: JoinSet<(usize, TaskOutcome)> = JoinSet::new();
     let mut budget_exhausted = false;
 
@@ -211,15 +220,25 @@ where
         // Admit as many ready tasks as the limits allow.
         while !cancel.is_cancelled() && !budget_exhausted && running.len() < max_parallel {
             let Some(&i) = ready.front() else { break };
-            let estimate = tasks[i].estimated_cost.max(0.0);
+            let scale = if estimated_done > 0.0 {
+                (report.spent / estimated_done).clamp(0.01, 10.0)
+            } else {
+                1.0
+            };
+            let estimate = tasks[i].estimated_cost.max(0.0) * scale;
             if let Some(budget) = limits.budget
                 && report.spent + reserved + estimate > budget
             {
-                budget_exhausted = true;
-                break;
+                let bootstrap = running.is_empty() && !finished_any && report.spent < budget;
+                if !bootstrap {
+                    // Running tasks may free their reservations; with none, it is over.
+                    budget_exhausted = running.is_empty();
+                    break;
+                }
             }
             ready.pop_front();
             reserved += estimate;
+            reservation[i] = estimate;
             state[i] = State::Running;
             on_event(&SchedulerEvent::Started {
                 id: tasks[i].id.clone(),
@@ -247,8 +266,10 @@ where
         // Tasks are never aborted and panics are caught inside them, so a join error
         // cannot carry a task we still track.
         let Ok((i, outcome)) = joined else { continue };
-        reserved = (reserved - tasks[i].estimated_cost.max(0.0)).max(0.0);
+        reserved = (reserved - reservation[i]).max(0.0);
         report.spent += outcome.cost.max(0.0);
+        estimated_done += tasks[i].estimated_cost.max(0.0);
+        finished_any = true;
         state[i] = if outcome.succeeded {
             State::Succeeded
         } else {
@@ -489,6 +510,35 @@ mod tests {
                 .iter()
                 .all(|(_, why)| *why == NotRun::BudgetExhausted)
         );
+    }
+
+    /// `budgets.run.max_dollars: 0.05` refused a $0.02 run because the estimate said $0.22:
+    /// the budget holds actual spend, and reservations learn from finished tasks.
+    #[tokio::test(start_paused = true)]
+    async fn an_over_estimate_does_not_refuse_work_the_budget_can_pay_for() {
+        let tasks: Vec<_> = (0..10)
+            .map(|i| TaskSpec {
+                estimated_cost: 0.022,
+                ..task(&format!("t{i}"), &[])
+            })
+            .collect();
+        let report = run_graph(
+            &tasks,
+            &HashSet::new(),
+            SchedulerLimits {
+                max_parallel: 4,
+                budget: Some(0.05),
+            },
+            &CancellationToken::new(),
+            |_, _| async {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                ok(0.002)
+            },
+            |_| {},
+        )
+        .await;
+        assert_eq!(report.succeeded(), 10, "{:?}", report.not_run);
+        assert!((report.spent - 0.02).abs() < 1e-9);
     }
 
     #[tokio::test(start_paused = true)]

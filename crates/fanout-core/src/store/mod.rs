@@ -46,8 +46,8 @@ use crate::config::Mode;
 pub use error::StoreError;
 pub use log::LogSink;
 pub use query::{
-    AgentDetail, AgentRow, CheckpointRow, DenialRow, EventRow, RunDetail, RunRow, RunSummary,
-    StatusCounts, StoreReader, ToolCallRow,
+    AgentDetail, AgentRow, CheckpointRow, DenialRow, EventRow, ObservedUsage, RunDetail, RunRow,
+    RunSummary, StatusCounts, StoreReader, ToolCallRow, UnfinishedUsage,
 };
 pub use writer::{MAX_BATCH, QUEUE_DEPTH, Store, WriterStats};
 
@@ -233,6 +233,8 @@ pub struct NewRun {
     /// The commit HEAD pointed at when the run started.
     pub base_commit: Option<String>,
     pub agents_planned: u32,
+    /// The model was the simulator: its runs do not calibrate estimates for real ones.
+    pub simulated: bool,
 }
 
 /// An agent attempt as it starts: one `agent_runs` row with `status` NULL.

@@ -29,6 +29,19 @@ pub struct RunRow {
     pub error: Option<String>,
 }
 
+/// What the successful agents of one model used over some earlier runs (sums).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ObservedUsage {
+    pub runs: u64,
+    pub agents: u64,
+    pub calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub dollars: f64,
+    /// Wall time of those attempts, summed.
+    pub seconds: f64,
+}
+
 /// `(agent_id, attempt) → (input tokens, output tokens, dollars)`.
 pub type UnfinishedUsage = std::collections::HashMap<(String, u32), (u64, u64, f64)>;
 
@@ -446,6 +459,74 @@ impl StoreReader {
         counts.dollars = dollars;
         counts.not_run = planned.saturating_sub(counts.total());
         Ok(counts)
+    }
+
+    /// What agents of each model actually used in earlier runs of this repository: successful
+    /// attempts that recorded their model calls, in real (or, with `simulated`, simulated)
+    /// runs, over the most recent `last_runs` such runs.
+    pub fn observed_usage(
+        &self,
+        simulated: bool,
+        last_runs: u32,
+    ) -> Result<std::collections::BTreeMap<String, ObservedUsage>, StoreError> {
+        let what = "reading earlier runs' usage";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "WITH recent AS (
+                     SELECT run_id FROM runs WHERE simulated = ?1
+                       AND EXISTS (SELECT 1 FROM events e WHERE e.run_id = runs.run_id
+                                   AND e.kind = 'model_call')
+                     ORDER BY started_at DESC LIMIT ?2),
+                 calls AS (
+                     SELECT run_id, agent_id, json_extract(payload, '$.attempt') AS attempt,
+                            COUNT(*) AS n
+                     FROM events WHERE kind = 'model_call' AND run_id IN (SELECT run_id FROM recent)
+                     GROUP BY run_id, agent_id, attempt)
+                 SELECT a.model, COUNT(DISTINCT a.run_id), COUNT(*), SUM(a.input_tokens),
+                        SUM(a.output_tokens), SUM(a.cost_usd), SUM(c.n),
+                        SUM((julianday(a.timestamp_end) - julianday(a.timestamp_start)) * 86400.0)
+                 FROM agent_runs a JOIN calls c
+                   ON c.run_id = a.run_id AND c.agent_id = a.agent_id AND c.attempt = a.attempt
+                 WHERE a.status = 'success' AND a.model IS NOT NULL
+                 GROUP BY a.model",
+            )
+            .map_err(self.sqlite(what))?;
+        let rows = stmt
+            .query_map(params![simulated, i64::from(last_runs)], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, i64>(4)?,
+                    row.get::<_, f64>(5)?,
+                    row.get::<_, i64>(6)?,
+                    row.get::<_, Option<f64>>(7)?,
+                ))
+            })
+            .map_err(self.sqlite(what))?;
+        let mut out = std::collections::BTreeMap::new();
+        for row in rows {
+            let (model, runs, agents, input, output, dollars, calls, seconds) =
+                row.map_err(self.sqlite(what))?;
+            if agents <= 0 || calls <= 0 {
+                continue;
+            }
+            out.insert(
+                model,
+                ObservedUsage {
+                    runs: runs.max(0) as u64,
+                    agents: agents as u64,
+                    calls: calls as u64,
+                    input_tokens: input.max(0) as u64,
+                    output_tokens: output.max(0) as u64,
+                    dollars,
+                    seconds: seconds.unwrap_or(0.0).max(0.0),
+                },
+            );
+        }
+        Ok(out)
     }
 
     /// Denials per agent of a run (agents with none are absent).

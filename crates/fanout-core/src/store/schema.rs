@@ -130,7 +130,7 @@ CREATE TABLE preimages (
 "#,
     // 3: two run statuses (`tests_failed`: the verification command failed; `rolled_back`:
     // undone by `fanout rollback`), which the first schema's CHECK refused, so `runs` is
-    // rebuilt; tool calls get what a reader needs to judge one (its outcome, duration and
+    // rebuilt (and says whether a run's model was the simulator); tool calls get what a reader needs to judge one (its outcome, duration and
     // bytes, the paths it touched).
     r#"
 CREATE TABLE runs_v3 (
@@ -150,9 +150,12 @@ CREATE TABLE runs_v3 (
     total_input_tokens INTEGER NOT NULL DEFAULT 0,
     total_output_tokens INTEGER NOT NULL DEFAULT 0,
     total_cost_usd REAL NOT NULL DEFAULT 0,
-    error TEXT
+    error TEXT,
+    simulated INTEGER NOT NULL DEFAULT 0  -- 1: the model was `fanout sim`
 );
-INSERT INTO runs_v3 SELECT run_id, workflow, config_path, plan_hash, repo, status, started_at,
+INSERT INTO runs_v3 (run_id, workflow, config_path, plan_hash, repo, status, started_at,
+    ended_at, base_commit, agents_planned, total_tokens, total_input_tokens,
+    total_output_tokens, total_cost_usd, error) SELECT run_id, workflow, config_path, plan_hash, repo, status, started_at,
     ended_at, base_commit, agents_planned, total_tokens, total_input_tokens,
     total_output_tokens, total_cost_usd, error FROM runs;
 DROP TABLE runs;

@@ -513,8 +513,8 @@ impl Writer {
             .conn
             .prepare_cached(
                 "INSERT INTO runs (run_id, workflow, config_path, plan_hash, repo, status,
-                     started_at, base_commit, agents_planned)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                     started_at, base_commit, agents_planned, simulated)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .and_then(|mut stmt| {
                 stmt.execute(params![
@@ -527,6 +527,7 @@ impl Writer {
                     started_at,
                     run.base_commit,
                     i64::from(run.agents_planned),
+                    run.simulated,
                 ])
             });
         match result {

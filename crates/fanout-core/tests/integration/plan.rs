@@ -102,6 +102,7 @@ fn request(repo: &Path) -> PrepareRequest {
         options: PlanOptions::default(),
         dry_run: true,
         save: true,
+        calibration: Default::default(),
     }
 }
 

@@ -27,6 +27,7 @@ fn new_run(run_id: &str, seconds: u64) -> NewRun {
         started_at: at(seconds),
         base_commit: Some("0123456789abcdef0123456789abcdef01234567".to_owned()),
         agents_planned: 3,
+        simulated: false,
     }
 }
 
