@@ -181,10 +181,15 @@ pub fn render(outcome: &RunOutcome, estimated: Duration) -> String {
         human_count(tokens),
         outcome.dollars
     ));
+    // The estimate in the dry run's words and rounding.
+    let wall = if outcome.wall_time < Duration::from_secs(60) {
+        format!("{:.1}s", outcome.wall_time.as_secs_f64())
+    } else {
+        human_duration(outcome.wall_time)
+    };
     out.push_str(&format!(
-        "Wall time: {} (estimated {})\n",
-        human_duration(outcome.wall_time),
-        human_duration(estimated)
+        "Wall time: {wall} (estimated about {})\n",
+        fanout_core::plan::estimate::human_duration(estimated)
     ));
     out.push_str(&format!(
         "Files changed: {}; checkpoints: {}\n",

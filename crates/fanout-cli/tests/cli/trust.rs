@@ -853,3 +853,225 @@ fn estimates_say_what_they_assume_and_learn_from_earlier_runs() {
         "estimated {estimated_tokens} tokens, used {actual_tokens}"
     );
 }
+
+/// The shipped examples, as a newcomer runs them with `--sim`: each ends `completed` with
+/// exit 0, and its outcome, `runs --json`, `show --json` and `summary.json` agree on agents,
+/// tokens and dollars; then the same after a `kill -9` and `fanout resume`.
+mod examples {
+    use super::*;
+
+    fn examples_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+    }
+
+    /// The example's `repo/` copied under git, or an empty directory (item work).
+    fn workspace(example: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let source = examples_dir().join(example).join("repo");
+        if source.exists() {
+            copy_dir(&source, dir.path());
+            git(dir.path(), &["init", "-q", "-b", "main"]);
+            git(dir.path(), &["add", "-A"]);
+            git(dir.path(), &["commit", "-q", "-m", "initial"]);
+        }
+        dir
+    }
+
+    /// `fanout run` arguments of each example (the workflow, the scenario, a task).
+    fn run_args(example: &str) -> Vec<String> {
+        let dir = examples_dir().join(example);
+        let path = |name: &str| dir.join(name).display().to_string();
+        match example {
+            "quickstart" => vec![
+                path("workflow.yaml"),
+                "--scenario".into(),
+                path("scenario.yaml"),
+            ],
+            "auth-refactor" => vec![
+                path("claude-workflows.yaml"),
+                "--scenario".into(),
+                path("scenario.yaml"),
+                "--task".into(),
+                "Refactor src/auth: extract JWT logic, validate every handler's input, add unit tests."
+                    .into(),
+            ],
+            "support-tickets" => vec![path("workflow.yaml"), "--sim".into()],
+            other => panic!("no example {other}"),
+        }
+    }
+
+    fn fanout_at(dir: &Path, args: &[String]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_fanout"))
+            .args(args)
+            .arg("--repo")
+            .arg(dir)
+            .current_dir(dir)
+            .env_remove("ANTHROPIC_API_KEY")
+            .env_remove("ANTHROPIC_BASE_URL")
+            .output()
+            .unwrap()
+    }
+
+    fn json_of(output: &Output) -> serde_json::Value {
+        serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)))
+    }
+
+    /// `(run_id, agents succeeded, planned, input tokens, output tokens, dollars)` of a
+    /// finished run's `--json` stdout (repository or item run).
+    fn outcome_figures(stdout_last: &serde_json::Value) -> (String, u64, u64, u64, u64, f64) {
+        let outcome = if stdout_last["event"] == "run_finished" {
+            &stdout_last["outcome"]
+        } else {
+            stdout_last
+        };
+        let run_id = outcome["run_id"].as_str().unwrap().to_owned();
+        let dollars = outcome["dollars"]
+            .as_f64()
+            .or_else(|| outcome["cost_usd"].as_f64())
+            .unwrap();
+        (
+            run_id,
+            outcome["succeeded"].as_u64().unwrap_or(0),
+            outcome["agents_planned"].as_u64().unwrap_or(0),
+            outcome["input_tokens"].as_u64().unwrap(),
+            outcome["output_tokens"].as_u64().unwrap(),
+            dollars,
+        )
+    }
+
+    fn last_json_line(output: &Output) -> serde_json::Value {
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        for line in stdout.lines() {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(line).is_ok(),
+                "not a JSON line: {line:?}"
+            );
+        }
+        serde_json::from_str(stdout.lines().last().unwrap_or("null")).unwrap()
+    }
+
+    /// The finished run's figures agree with the store's two views and its summary.
+    fn assert_agreement(dir: &Path, last: &serde_json::Value) {
+        let (run_id, succeeded, planned, input, output, dollars) = outcome_figures(last);
+        let runs = json_of(&fanout_at(dir, &["runs".into(), "--json".into()]));
+        let listed = runs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|run| run["run_id"] == run_id.as_str())
+            .unwrap()
+            .clone();
+        let show = json_of(&fanout_at(
+            dir,
+            &["show".into(), run_id.clone(), "--json".into()],
+        ));
+        assert_eq!(listed["status"], "completed", "{listed}");
+        for counts in [&listed["agents"], &show["agents"]] {
+            assert_eq!(counts["success"], counts["planned"], "{counts}");
+            assert_eq!(counts["running"], 0);
+            assert_eq!(counts["input_tokens"].as_u64().unwrap(), input, "{counts}");
+            assert_eq!(
+                counts["output_tokens"].as_u64().unwrap(),
+                output,
+                "{counts}"
+            );
+            assert!((counts["dollars"].as_f64().unwrap() - dollars).abs() < 1e-9);
+            if planned > 0 {
+                assert_eq!(counts["planned"].as_u64().unwrap(), planned);
+                assert_eq!(counts["success"].as_u64().unwrap(), succeeded);
+            }
+        }
+        let summary = dir.join(format!(".fanout/runs/{run_id}/summary.json"));
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+        if summary.get("agents_planned").is_some() {
+            assert_eq!(summary["status"], "completed");
+            assert_eq!(summary["succeeded"].as_u64().unwrap(), succeeded);
+            assert_eq!(summary["input_tokens"].as_u64().unwrap(), input);
+            assert_eq!(summary["output_tokens"].as_u64().unwrap(), output);
+            assert!((summary["dollars"].as_f64().unwrap() - dollars).abs() < 1e-9);
+        } else {
+            // Item work: every item accounted for.
+            assert_eq!(summary["status"], "complete");
+            assert_eq!(summary["items"], summary["succeeded"]);
+        }
+    }
+
+    const EXAMPLES: [&str; 3] = ["quickstart", "auth-refactor", "support-tickets"];
+
+    #[test]
+    fn every_example_runs_live_with_the_simulator_and_its_figures_agree() {
+        for example in EXAMPLES {
+            let dir = workspace(example);
+            let mut args = vec!["run".to_owned()];
+            args.extend(run_args(example));
+            args.push("--json".into());
+            let output = fanout_at(dir.path(), &args);
+            assert_eq!(
+                output.status.code(),
+                Some(0),
+                "{example}: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert_agreement(dir.path(), &last_json_line(&output));
+        }
+    }
+
+    #[test]
+    fn every_example_killed_and_resumed_ends_completed_and_its_figures_agree() {
+        for example in EXAMPLES {
+            let dir = workspace(example);
+            let mut args = vec!["run".to_owned()];
+            args.extend(run_args(example));
+            args.extend(["--sim-latency-ms".into(), "200".into()]);
+            args.extend(["--repo".into(), dir.path().display().to_string()]);
+            let mut child = Command::new(env!("CARGO_BIN_EXE_fanout"))
+                .args(&args)
+                .current_dir(dir.path())
+                .env_remove("ANTHROPIC_API_KEY")
+                .env_remove("ANTHROPIC_BASE_URL")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            // Kill once some work is durably done and more is under way.
+            wait_for(&format!("{example} to get under way"), || {
+                query_one(
+                    dir.path(),
+                    "SELECT COUNT(*) FROM agent_runs WHERE status = 'success'",
+                ) > 0
+                    && query_one(
+                        dir.path(),
+                        "SELECT COUNT(*) FROM agent_runs WHERE status IS NULL",
+                    ) > 0
+            });
+            child.kill().unwrap();
+            child.wait().unwrap();
+            let run_id = {
+                let reader = fanout_core::store::StoreReader::open_in_repo(dir.path()).unwrap();
+                reader.runs().unwrap()[0].run.run_id.clone()
+            };
+            let mut resume = vec!["resume".to_owned(), run_id.clone(), "--json".into()];
+            let mut source = run_args(example).into_iter();
+            while let Some(arg) = source.next() {
+                if arg == "--scenario" {
+                    resume.extend(["--scenario".into(), source.next().unwrap()]);
+                } else if arg == "--sim" {
+                    resume.push("--sim".into());
+                }
+            }
+            let output = fanout_at(dir.path(), &resume);
+            assert_eq!(
+                output.status.code(),
+                Some(0),
+                "{example}: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert_agreement(dir.path(), &last_json_line(&output));
+        }
+    }
+}

@@ -453,6 +453,7 @@ pub struct ItemReport {
     pub items_already_settled: usize,
     /// Worker calls made by this attempt (retries and repairs included).
     pub calls: u64,
+    /// Tokens and dollars over every process of the run (the store's totals).
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cost_usd: f64,
@@ -764,7 +765,16 @@ pub async fn run(
     ctx.store
         .set_run_status(&run_id, status, Some(SystemTime::now()), error)
         .await?;
-    let totals = std::mem::take(&mut *lock(&ctx.totals));
+    let mut totals = std::mem::take(&mut *lock(&ctx.totals));
+    // Usage over every process of the run (a resumed run's report includes what the killed
+    // one spent), from the store, as `fanout runs` and `fanout show` report it.
+    if let Ok(Some(run)) = crate::store::StoreReader::open(ctx.store.path())
+        .and_then(|reader| reader.run_summary(&run_id))
+    {
+        totals.input_tokens = run.agents.input_tokens;
+        totals.output_tokens = run.agents.output_tokens;
+        totals.cost = run.agents.dollars;
+    }
     // The items, the chunks and the accounting are freed off the caller's path: the report
     // does not need them.
     drop(records);
@@ -1559,6 +1569,10 @@ async fn synthesize(
         async move {
             (ctx.events)(&ItemEvent::Synthesis { level, parts });
             let attempt = next_attempt(ctx, &agent_id);
+            if attempt == 1 {
+                // A synthesis step is planned work the job adds as it goes.
+                let _ = ctx.store.add_planned(&ctx.run_id, 1).await;
+            }
             let start = AgentStart {
                 run_id: ctx.run_id.clone(),
                 agent_id: agent_id.clone(),

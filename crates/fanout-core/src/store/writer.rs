@@ -68,6 +68,10 @@ enum Op {
     ReopenRun {
         run_id: String,
     },
+    AddPlanned {
+        run_id: String,
+        agents: u32,
+    },
     StartAgent(Box<AgentStart>, Option<String>),
     FinishAgent(Box<AgentFinish>),
     Checkpoint(Box<CheckpointRecord>),
@@ -159,6 +163,16 @@ impl Store {
             run_id: run_id.to_owned(),
         };
         self.acked(op, "the run status").await
+    }
+
+    /// Count `agents` more planned units of work for a run whose work grows while it runs
+    /// (an item run's synthesis steps), so its agents are never more than planned. Durable.
+    pub async fn add_planned(&self, run_id: &str, agents: u32) -> Result<(), StoreError> {
+        let op = Op::AddPlanned {
+            run_id: run_id.to_owned(),
+            agents,
+        };
+        self.acked(op, "the planned count").await
     }
 
     /// Record an agent attempt as in flight. Durable.
@@ -492,6 +506,7 @@ impl Writer {
                 error,
             } => self.set_run_status(run_id, status, ended_at, error),
             Op::ReopenRun { run_id } => self.reopen_run(run_id),
+            Op::AddPlanned { run_id, agents } => self.add_planned(run_id, agents),
             Op::StartAgent(start, manifest) => {
                 if let Some(manifest) = manifest {
                     self.preimage(&start.run_id, &start.agent_id, &manifest)?;
@@ -578,6 +593,24 @@ impl Writer {
                 "error": error,
             })
         }))
+    }
+
+    fn add_planned(
+        &mut self,
+        run_id: String,
+        agents: u32,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE runs SET agents_planned = agents_planned + ?2 WHERE run_id = ?1",
+            )
+            .and_then(|mut stmt| stmt.execute(params![run_id, i64::from(agents)]))
+            .map_err(self.sqlite("counting planned agents"))?;
+        if changed == 0 {
+            return Err(StoreError::UnknownRun { run_id });
+        }
+        Ok(None)
     }
 
     fn reopen_run(&mut self, run_id: String) -> Result<Option<serde_json::Value>, StoreError> {

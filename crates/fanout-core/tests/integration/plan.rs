@@ -146,7 +146,9 @@ fn redact(text: &str, repo: &Path) -> String {
 fn seed_plan() -> Value {
     let text = std::fs::read_to_string(example_dir().join("scenario.yaml")).unwrap();
     let start = text.find("input: ").unwrap() + "input: ".len();
-    serde_json::from_str(text[start..].trim()).unwrap()
+    // The plan is the first rule's one-line input; agent rules follow it.
+    let line = text[start..].lines().next().unwrap();
+    serde_json::from_str(line.trim()).unwrap()
 }
 
 #[tokio::test]
