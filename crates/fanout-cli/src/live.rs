@@ -5,9 +5,8 @@
 //! One live run per repository at a time: the caller takes the repository's lock
 //! (`fanout_core::run::lock::RepoLock`) before it plans, and the engine requires it.
 //!
-//! Exit codes: 0 every agent succeeded and every change stayed in scope; 5 partial (some
-//! agents failed, were not run, or a file changed outside every scope); 6 no agent succeeded;
-//! 130 cancelled (resumable).
+//! Exit codes: `crate::exit::Exit::of_run` of the run's status (0 completed, 7 tests failed,
+//! 5 partial, 6 failed, 130 cancelled).
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -15,9 +15,12 @@
 //! `--retry-failed` does not apply to item runs (their failures are settled, in
 //! `failed.jsonl`).
 //!
-//! Exit codes as for `fanout run`: 0 completed, 5 partial, 6 failed, 130 cancelled; 2 unknown
-//! run or unreadable configuration, 3 the saved plan is missing or was edited, 4 another
-//! process is running it or (`--retry-failed`) it did not end.
+//! Both take the repository's live-run lock. With `--dry-run` (or as `fanout plan …
+//! --retry-failed`) they only report which agents would run again.
+//!
+//! Exit codes (`crate::exit`): as for `fanout run`; 2 unknown run or unreadable
+//! configuration, 3 the saved plan is missing or was edited, 4 another process holds the
+//! repository, (`--retry-failed`) the run did not end, or it was rolled back.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

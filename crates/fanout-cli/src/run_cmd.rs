@@ -6,9 +6,8 @@
 //! Without `--dry-run`, a clean plan is followed by the live-run precondition (a clean git
 //! work tree where the plan touches) and the live run (`crate::live`).
 //!
-//! Exit codes: 0 clean plan; 1 permission violations; 2 invalid workflow file or arguments;
-//! 3 planning failed (no usable plan, provider error, unreadable plan file); 4 the repository
-//! is not ready for a live run; live runs add 5 partial, 6 failed, 130 cancelled.
+//! A live run takes the repository's lock and checks what it can (git work tree, clean tree
+//! unless `--allow-dirty`, an API key) before the planning call. Exit codes: `crate::exit`.
 
 use std::io::Write;
 use std::path::PathBuf;
