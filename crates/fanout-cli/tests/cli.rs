@@ -1201,8 +1201,9 @@ rules:
         let scenario = scenario.display().to_string();
         let repo = repository(agents);
 
-        let mut child = spawn(
-            &[
+        let stderr_path = work.path().join("stderr.txt");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fanout"))
+            .args([
                 "run",
                 &workflow,
                 "--plan",
@@ -1211,9 +1212,16 @@ rules:
                 &scenario,
                 "--sim-latency-ms",
                 "40",
-            ],
-            repo.path(),
-        );
+            ])
+            .arg("--repo")
+            .arg(repo.path())
+            .env_remove("ANTHROPIC_API_KEY")
+            .env_remove("ANTHROPIC_BASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap();
         // Wait until some agents have finished, then Ctrl-C once.
         let deadline = Instant::now() + Duration::from_secs(30);
         let run_id = loop {
@@ -1257,6 +1265,17 @@ rules:
         );
         let (_, left) = success_anomalies(repo.path(), &run_id, agents);
         assert!(left > 0, "Ctrl-C came too late to leave work");
+        // Progress ends counting the agents Ctrl-C stopped as cancelled, not as failed.
+        let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+        let last = stderr
+            .lines()
+            .filter(|line| line.starts_with('['))
+            .next_back()
+            .unwrap_or_default();
+        assert!(last.contains(" · failed 0 · "), "{last}");
+        if cancelled_agents > 0 {
+            assert!(last.contains(" · cancelled "), "{last}");
+        }
 
         let output = fanout(&["resume", &run_id, "--scenario", &scenario], repo.path());
         assert_eq!(
