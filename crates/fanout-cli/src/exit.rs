@@ -10,6 +10,7 @@
 //! | 5 | partial: some agents or items failed, were not run, or a change left every scope |
 //! | 6 | failed: no agent or item succeeded |
 //! | 7 | tests failed: every agent succeeded, the verification command did not |
+//! | 8 | nothing to do: the item input has no items |
 //! | 70 | an internal error the command could not classify |
 //! | 130 | cancelled (resumable) |
 
@@ -28,6 +29,7 @@ pub enum Exit {
     Partial,
     Failed,
     TestsFailed,
+    NothingToDo,
     Internal,
     Cancelled,
 }
@@ -43,6 +45,7 @@ impl Exit {
             Exit::Partial => 5,
             Exit::Failed => 6,
             Exit::TestsFailed => 7,
+            Exit::NothingToDo => 8,
             Exit::Internal => 70,
             Exit::Cancelled => 130,
         }

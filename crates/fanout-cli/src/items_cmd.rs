@@ -53,7 +53,18 @@ pub async fn run(args: RunArgs, config: Config) -> anyhow::Result<ExitCode> {
         .repo
         .clone()
         .unwrap_or_else(|| config.repository.clone());
-    execute(&args, config, root, None).await
+    execute(&args, config, root, None, None).await
+}
+
+/// `fanout run FILE --retry-failed RUN_ID` for an item run: a new run that sends again only
+/// the items `RUN_ID` failed in a way sending again can fix, and carries its results over.
+pub async fn retry_failed(
+    args: RunArgs,
+    config: Config,
+    root: PathBuf,
+    run_id: String,
+) -> anyhow::Result<ExitCode> {
+    execute(&args, config, root, None, Some(run_id)).await
 }
 
 /// `fanout resume RUN_ID` for an item run: `workflow` is the job record's workflow path
@@ -64,7 +75,7 @@ pub async fn resume(
     root: PathBuf,
     run_id: String,
 ) -> anyhow::Result<ExitCode> {
-    execute(&args, config, root, Some(run_id)).await
+    execute(&args, config, root, Some(run_id), None).await
 }
 
 async fn execute(
@@ -72,7 +83,15 @@ async fn execute(
     config: Config,
     root: PathBuf,
     resume: Option<String>,
+    retry_of: Option<String>,
 ) -> anyhow::Result<ExitCode> {
+    // A resumed retry run rebuilds its job from the run it retries.
+    let retry_of = retry_of.or_else(|| {
+        resume
+            .as_deref()
+            .and_then(|run_id| fanout_core::items::run::item_run(&root, run_id))
+            .and_then(|record| record.retry_of)
+    });
     let llm = config
         .items
         .as_ref()
@@ -105,7 +124,16 @@ async fn execute(
     } else {
         None
     };
-    let result = prepare_and_run(args, config, root, resume, base_url.as_deref(), llm).await;
+    let result = prepare_and_run(
+        args,
+        config,
+        root,
+        resume,
+        retry_of,
+        base_url.as_deref(),
+        llm,
+    )
+    .await;
     if let Some(handle) = sim.take() {
         handle.shutdown().await;
     }
@@ -117,6 +145,7 @@ async fn prepare_and_run(
     config: Config,
     root: PathBuf,
     resume: Option<String>,
+    retry_of: Option<String>,
     base_url: Option<&str>,
     llm: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -128,7 +157,27 @@ async fn prepare_and_run(
         );
         return Ok(Exit::Config.into());
     }
-    let prepared = if llm {
+    let prepared = if let Some(from) = &retry_of {
+        if llm {
+            eprintln!(
+                "error: --retry-failed is not supported for `chunking.strategy: llm` item runs yet"
+            );
+            return Ok(Exit::Config.into());
+        }
+        let (config, root, from) = (config.clone(), root.clone(), from.clone());
+        tokio::task::spawn_blocking(move || {
+            let items = config
+                .items
+                .as_ref()
+                .ok_or(fanout_core::items::run::ItemsError::NotItemWork)?;
+            let loaded = load_items(items)?;
+            ItemJob::retry_of(&config, &root, &from, loaded)
+        })
+        .await
+        .context("the item loader crashed")?
+        .map(|job| (job, None))
+        .map_err(|err| err.to_string())
+    } else if llm {
         prepare_with_proposal(args, &config, &root, resume.as_deref(), base_url).await?
     } else {
         let config = config.clone();
@@ -145,6 +194,51 @@ async fn prepare_and_run(
             return Ok(Exit::Config.into());
         }
     };
+    // Lines that are not items: all listed now (not one per run), run as failures.
+    if !job.problems.is_empty() && !args.json {
+        eprintln!(
+            "warning: {} input line(s) are not items; they go to failed.jsonl and are never \
+             sent (`items.input.on_invalid: fail` stops the job instead):\n{}",
+            job.problems.len(),
+            fanout_core::items::run::problem_list(&job.problems)
+        );
+    }
+    if let Some(carried) = &job.carried {
+        let verb = if args.dry_run { "would send" } else { "sends" };
+        eprintln!(
+            "fanout: retrying run {}: {verb} {} item(s) again; {} result(s) and {} failure(s) \
+             that sending again cannot fix are carried over",
+            carried.from_run,
+            job.items.len(),
+            carried.results.len(),
+            carried.failures.len() + job.problems.len()
+        );
+        if args.dry_run {
+            for item in job.items.iter().take(20) {
+                println!("  {}", item.id);
+            }
+            if job.items.len() > 20 {
+                println!("  … and {} more", job.items.len() - 20);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if job.items.is_empty() {
+            eprintln!("fanout: nothing to retry");
+            return Ok(Exit::NothingToDo.into());
+        }
+    }
+    // Nothing to do is not "complete".
+    if job.items.is_empty() && job.problems.is_empty() && resume.is_none() {
+        eprintln!(
+            "warning: the input has no items ({}); nothing to do",
+            config
+                .items
+                .as_ref()
+                .map(|items| items.input.path.display().to_string())
+                .unwrap_or_default()
+        );
+        return Ok(Exit::NothingToDo.into());
+    }
     if args.dry_run {
         // The proposal is saved for review under a run id of its own; `--plan` runs it.
         let saved = match &proposal {
@@ -186,13 +280,14 @@ async fn prepare_with_proposal(
         return Ok(Err("the workflow has no `items:` section".to_owned()));
     };
     let given = items_config.worker.output_schema.clone();
-    let items = match tokio::task::spawn_blocking(move || load_items(&items_config))
+    let loaded = match tokio::task::spawn_blocking(move || load_items(&items_config))
         .await
         .context("the item loader crashed")?
     {
-        Ok(items) => items,
+        Ok(loaded) => loaded,
         Err(err) => return Ok(Err(err.to_string())),
     };
+    let (items, problems) = (loaded.items, loaded.problems);
     let reviewed = match (resume, &args.plan) {
         (Some(run_id), _) => Some(propose::proposal_path(root, run_id)),
         (None, Some(path)) => Some(path.clone()),
@@ -233,10 +328,11 @@ async fn prepare_with_proposal(
             }
         }
     };
-    let job = match ItemJob::with_proposal(config, items, &proposal) {
+    let mut job = match ItemJob::with_proposal(config, items, &proposal) {
         Ok(job) => job,
         Err(err) => return Ok(Err(err.to_string())),
     };
+    job.problems = problems;
     Ok(Ok((job, Some(proposal))))
 }
 
@@ -607,6 +703,7 @@ fn dry_run_json(
         "name": job.name,
         "items": config.items,
         "estimate": job.estimate(),
+        "input_problems": job.problems,
         "chunks": job.chunks.iter().map(|c| serde_json::json!({
             "id": c.id.to_string(),
             "items": c.items.len(),

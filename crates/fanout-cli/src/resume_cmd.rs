@@ -11,9 +11,9 @@
 //!   workflow file from the command line; a run still marked `running` needs `resume`.
 //!
 //! An item run (one with `.fanout/runs/<run_id>/job.json`) has no plan: `resume` hands it to
-//! `crate::items_cmd::resume`, which continues it from its settlement journal.
-//! `--retry-failed` does not apply to item runs (their failures are settled, in
-//! `failed.jsonl`).
+//! `crate::items_cmd::resume`, which continues it from its settlement journal;
+//! `--retry-failed` starts a new item run that sends again what a retry can fix
+//! (`crate::items_cmd::retry_failed`).
 //!
 //! Both take the repository's live-run lock. With `--dry-run` (or as `fanout plan …
 //! --retry-failed`) they only report which agents would run again.
@@ -79,6 +79,29 @@ pub async fn run(args: ResumeArgs) -> anyhow::Result<ExitCode> {
 
 /// `fanout run FILE --retry-failed RUN_ID`.
 pub async fn retry_failed(args: &RunArgs, run_id: &str) -> anyhow::Result<ExitCode> {
+    // An item run is retried by a new run with this command line's options as they are.
+    let repo = args.repo.clone().unwrap_or_else(|| PathBuf::from("."));
+    if fanout_core::items::run::item_run(&repo, run_id).is_some() {
+        let status = StoreReader::open_in_repo(&repo)
+            .ok()
+            .and_then(|reader| reader.run_summary(run_id).ok().flatten())
+            .map(|summary| summary.run.status);
+        if matches!(status, Some(RunStatus::Running | RunStatus::Planned)) {
+            eprintln!(
+                "error: run {run_id} did not end (it was interrupted or is still running); \
+                 finish it with `fanout resume {run_id}`"
+            );
+            return Ok(Exit::NotReady.into());
+        }
+        let config = match Config::from_path(&args.file) {
+            Ok(config) => config,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return Ok(Exit::Config.into());
+            }
+        };
+        return crate::items_cmd::retry_failed(args.clone(), config, repo, run_id.to_owned()).await;
+    }
     let resume = ResumeArgs {
         run_id: run_id.to_owned(),
         file: Some(args.file.clone()),
@@ -143,7 +166,7 @@ async fn finish(args: ResumeArgs, retry_failed: bool) -> anyhow::Result<ExitCode
         _ => {}
     }
     if let Some(record) = fanout_core::items::run::item_run(&repo, &args.run_id) {
-        return resume_items(&args, repo, record.workflow, retry_failed).await;
+        return resume_items(&args, repo, record.workflow).await;
     }
 
     let config_path = match args
@@ -241,16 +264,7 @@ async fn resume_items(
     args: &ResumeArgs,
     repo: PathBuf,
     workflow: PathBuf,
-    retry_failed: bool,
 ) -> anyhow::Result<ExitCode> {
-    if retry_failed {
-        eprintln!(
-            "error: run {} is an item run: `--retry-failed` is for repository runs (its failed \
-             items are in failed.jsonl; `fanout resume {}` finishes an interrupted item run)",
-            args.run_id, args.run_id
-        );
-        return Ok(Exit::Config.into());
-    }
     let file = args.file.clone().unwrap_or(workflow);
     let config = match Config::from_path(&file) {
         Ok(config) => config,
@@ -261,7 +275,7 @@ async fn resume_items(
     };
     let run_args = RunArgs {
         file,
-        dry_run: false,
+        dry_run: args.dry_run,
         sim: args.sim,
         scenario: args.scenario.clone(),
         task: None,

@@ -58,9 +58,23 @@ pub(crate) struct RawInput {
     pub format: Option<Spanned<InputFormat>>,
     #[serde(default)]
     pub id: Option<RawId>,
-    /// For `files`: a glob under `path` (default: text and Markdown files).
+    /// For `files`: a glob under `path` (default: every file; non-text files are problems).
     #[serde(default)]
     pub pattern: Option<Spanned<String>>,
+    #[serde(default)]
+    pub on_invalid: Option<OnInvalid>,
+}
+
+/// What an input line that is not an item (bad JSON, no id, a repeated id, an unreadable
+/// file) does to the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnInvalid {
+    /// It is a failure of that line, in `failed.jsonl`; the good items run.
+    #[default]
+    Record,
+    /// The job stops before any work, listing every problem.
+    Fail,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +216,7 @@ pub struct ItemInputConfig {
     pub format: InputFormat,
     pub id: ItemIdConfig,
     pub pattern: Option<String>,
+    pub on_invalid: OnInvalid,
 }
 
 /// Chunking, resolved.
@@ -508,6 +523,7 @@ fn input(check: &Check<'_>, raw: RawInput) -> Result<ItemInputConfig, ConfigErro
         format,
         id,
         pattern,
+        on_invalid: raw.on_invalid.unwrap_or_default(),
     })
 }
 
@@ -831,7 +847,8 @@ pub(crate) fn json_schema() -> Value {
                             "position": { "enum": [true, "zero_padded"] }
                         }
                     },
-                    "pattern": field("For `format: files`: a glob under `path`.")
+                    "pattern": field("For `format: files`: a glob under `path` (default: every file; files that are not text are failures)."),
+                    "on_invalid": { "enum": ["record", "fail"], "description": "An input line that is not an item (not JSON, no id, a repeated id, an unreadable file): `record` it in failed.jsonl and run the rest (default), or `fail` the job before any work." }
                 }
             },
             "chunking": {

@@ -220,6 +220,7 @@ mod tests {
                 id: "b".into(),
                 kind: FailureKind::Missing,
                 reason: "gone".into(),
+                attempts: 0,
             }],
         };
         journal.append(&first).await.unwrap();

@@ -60,18 +60,19 @@ use super::aggregate::{dedupe_by, flatten, group_by, synthesis_request, tree_red
 use super::chunk::{
     Chunk, ChunkError, ChunkId, Decomposition, TokenBudget, decompose, estimate_tokens,
 };
-use super::input::{IdSource, InputError, InputSource, load};
+use super::input::{IdSource, InputError, InputProblem, InputSource, Loaded, ProblemKind, load};
 use super::journal::{self, Journal, JournalError, Settlement, SubmittedBatch};
 use super::output::{
     Completion, OutputError, OutputOptions, OutputPaths, Summary, write_atomic, write_outputs,
 };
 use super::worker::{
-    ChunkOutcome, FailureKind, Ledger, LedgerError, OutputSchema, RetryChunk, RetryPolicy,
-    SUBMIT_TOOL, SchemaError, TemplateError, WorkerSpec, build_repair_request, build_request,
-    check_answer,
+    ChunkOutcome, FailedItem, FailureKind, Ledger, LedgerError, OutputSchema, RetryChunk,
+    RetryPolicy, SUBMIT_TOOL, SchemaError, TemplateError, WorkerSpec, build_repair_request,
+    build_request, check_answer,
 };
 use crate::config::items::{
     ChunkingConfig, Execution, InputFormat, ItemAggregateConfig, ItemIdConfig, ItemsConfig,
+    OnInvalid,
 };
 use crate::config::{Config, Mode, ModelSpec};
 use crate::fleet::{Fleet, FleetError};
@@ -123,6 +124,21 @@ pub enum ItemsError {
         "`chunking.strategy: llm` needs the orchestrator's item plan first (a dry run shows and saves it)"
     )]
     NeedsProposal,
+    #[error("{} input line(s) are not items and `items.input.on_invalid` is `fail`:\n{}", .0.len(), problem_list(.0))]
+    InputProblems(Vec<InputProblem>),
+}
+
+/// The first 20 problems, one per line, and how many more.
+pub fn problem_list(problems: &[InputProblem]) -> String {
+    let mut text: Vec<String> = problems
+        .iter()
+        .take(20)
+        .map(|problem| format!("  {} [{}]", problem.describe(), problem.kind.as_str()))
+        .collect();
+    if problems.len() > 20 {
+        text.push(format!("  … and {} more", problems.len() - 20));
+    }
+    text.join("\n")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -152,6 +168,81 @@ pub struct ItemJob {
     pub max_input_tokens: u64,
     /// Estimated tokens of the prompt around the items.
     pub overhead_tokens: u64,
+    /// Input lines that are not items: failures of the job, never sent.
+    pub problems: Vec<InputProblem>,
+    /// What an earlier run settled, when this job sends its retryable failures again.
+    pub carried: Option<Carried>,
+}
+
+/// The part of an earlier item run a `--retry-failed` run keeps: its results, its failures
+/// that sending again cannot fix, and how often each retried item was sent already.
+#[derive(Debug, Clone, Default)]
+pub struct Carried {
+    pub from_run: String,
+    pub results: Vec<(String, Value)>,
+    pub failures: Vec<FailedItem>,
+    pub prior_attempts: HashMap<String, u32>,
+}
+
+impl ItemJob {
+    /// The job of `fanout run --retry-failed RUN` for an item run: the items `RUN` did not
+    /// settle as results, other than those whose failure sending again cannot fix (input
+    /// problems, oversized items), with `RUN`'s results and final failures carried over so the
+    /// new run's outputs are complete. Read from `RUN`'s settlement journal, so attempts are
+    /// kept.
+    pub fn retry_of(
+        config: &Config,
+        root: &Path,
+        from_run: &str,
+        loaded: Loaded,
+    ) -> Result<ItemJob, ItemsError> {
+        let dir = run_dir(root, from_run);
+        let mut results: HashMap<String, Value> = HashMap::new();
+        let mut failures: HashMap<String, super::worker::Failure> = HashMap::new();
+        for settlement in journal::read(&dir)? {
+            for (id, value) in settlement.results {
+                failures.remove(&id);
+                results.insert(id, value);
+            }
+            for failure in settlement.failures {
+                if !results.contains_key(&failure.id) {
+                    failures.insert(failure.id.clone(), failure);
+                }
+            }
+        }
+        let mut carried = Carried {
+            from_run: from_run.to_owned(),
+            ..Carried::default()
+        };
+        let mut retry = Vec::new();
+        for item in loaded.items {
+            if let Some(value) = results.remove(&item.id) {
+                carried.results.push((item.id.clone(), value));
+                continue;
+            }
+            match failures.remove(&item.id) {
+                Some(failure) if !failure.kind.retryable() => carried.failures.push(FailedItem {
+                    id: item.id.clone(),
+                    kind: failure.kind,
+                    reason: failure.reason,
+                    attempts: failure.attempts,
+                    input: Arc::unwrap_or_clone(Arc::clone(&item.value)),
+                }),
+                Some(failure) => {
+                    carried
+                        .prior_attempts
+                        .insert(item.id.clone(), failure.attempts);
+                    retry.push(item);
+                }
+                // Never settled (the run was cancelled or ran out of budget): send it.
+                None => retry.push(item),
+            }
+        }
+        let mut job = ItemJob::with_items(config, retry)?;
+        job.problems = loaded.problems;
+        job.carried = Some(carried);
+        Ok(job)
+    }
 }
 
 /// The dry run's figures.
@@ -169,11 +260,14 @@ pub struct ItemEstimate {
 }
 
 impl ItemJob {
-    /// Load the items named by the workflow and prepare the job.
+    /// Load the items named by the workflow and prepare the job. Input lines that are not
+    /// items become the job's [`ItemJob::problems`] (or, with `on_invalid: fail`, an error).
     pub fn from_config(config: &Config) -> Result<ItemJob, ItemsError> {
         let items_config = config.items.as_ref().ok_or(ItemsError::NotItemWork)?;
-        let items = load_items(items_config)?;
-        ItemJob::with_items(config, items)
+        let loaded = load_items(items_config)?;
+        let mut job = ItemJob::with_items(config, loaded.items)?;
+        job.problems = loaded.problems;
+        Ok(job)
     }
 
     /// Prepare the job for `items` (given rather than read, e.g. by a benchmark).
@@ -281,6 +375,8 @@ impl ItemJob {
             budget: config.budgets.run.max_dollars,
             max_input_tokens,
             overhead_tokens,
+            problems: Vec::new(),
+            carried: None,
         })
     }
 
@@ -322,8 +418,9 @@ impl ItemJob {
     }
 }
 
-/// Read the items the `items.input` section names.
-pub fn load_items(config: &ItemsConfig) -> Result<Vec<Item>, ItemsError> {
+/// Read the items the `items.input` section names, with the lines that are not items; with
+/// `on_invalid: fail` any such line is an error listing them all.
+pub fn load_items(config: &ItemsConfig) -> Result<Loaded, ItemsError> {
     let input = &config.input;
     let source = match input.format {
         InputFormat::Jsonl => InputSource::Jsonl(input.path.clone()),
@@ -353,7 +450,27 @@ pub fn load_items(config: &ItemsConfig) -> Result<Vec<Item>, ItemsError> {
             zero_pad: *zero_pad,
         },
     };
-    Ok(load(&source, &id)?)
+    let loaded = load(&source, &id)?;
+    if input.on_invalid == OnInvalid::Fail && !loaded.problems.is_empty() {
+        return Err(ItemsError::InputProblems(loaded.problems));
+    }
+    Ok(loaded)
+}
+
+/// An input problem as a failure of the job: in `failed.jsonl` under its own key, never sent.
+fn problem_failure(problem: &InputProblem) -> FailedItem {
+    FailedItem {
+        id: problem.key(),
+        kind: match problem.kind {
+            ProblemKind::InvalidInput => FailureKind::InvalidInput,
+            ProblemKind::MissingId => FailureKind::MissingId,
+            ProblemKind::DuplicateId => FailureKind::DuplicateId,
+            ProblemKind::Unreadable => FailureKind::Unreadable,
+        },
+        reason: problem.describe(),
+        attempts: 0,
+        input: problem.input.clone(),
+    }
 }
 
 fn request_tokens(request: &crate::provider::Request) -> u64 {
@@ -509,6 +626,10 @@ pub struct JobRecord {
     pub items: usize,
     pub chunks: usize,
     pub execution: Execution,
+    /// The run whose retryable failures this run sends again (`--retry-failed`); a resume
+    /// rebuilds the same job from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
 }
 
 /// The run directory of `run_id` under `root`.
@@ -564,6 +685,7 @@ pub async fn run(
         items: job.items.len(),
         chunks: job.chunks.len(),
         execution: job.execution,
+        retry_of: job.carried.as_ref().map(|carried| carried.from_run.clone()),
     };
     let mut attempts = HashMap::new();
     let mut items_already_settled = 0;
@@ -597,7 +719,7 @@ pub async fn run(
             }
             for failure in settlement.failures {
                 ledger
-                    .fail([&failure.id], failure.kind, &failure.reason)
+                    .restore_failure(failure)
                     .map_err(|error| resume_error(error.to_string()))?;
             }
         }
@@ -700,7 +822,23 @@ pub async fn run(
         let mut guard = lock(&ctx.ledger);
         std::mem::replace(&mut *guard, Ledger::new(&[], job.retry)?)
     };
-    let accounting = ledger.finish();
+    let mut accounting = ledger.finish();
+    if let Some(carried) = &job.carried {
+        for failure in &mut accounting.failures {
+            failure.attempts += carried
+                .prior_attempts
+                .get(&failure.id)
+                .copied()
+                .unwrap_or(0);
+        }
+        let new = std::mem::take(&mut accounting.results);
+        accounting.results = carried.results.clone();
+        accounting.results.extend(new);
+        accounting.failures.extend(carried.failures.iter().cloned());
+    }
+    accounting
+        .failures
+        .extend(job.problems.iter().map(problem_failure));
     let output_dir = job.output_dir.clone().unwrap_or_else(|| dir.clone());
     let (paths, summary) = write_outputs(&output_dir, &accounting, &job.output)?;
     let records: Vec<&Value> = accounting.results.iter().map(|(_, v)| v).collect();
@@ -984,6 +1122,7 @@ fn settle_failed(
                 id: (*id).to_owned(),
                 kind,
                 reason: message.to_owned(),
+                attempts: 0,
             }));
     }
 }
@@ -1009,6 +1148,18 @@ async fn journal_settlement(ctx: &Ctx, settled: &Settlement) {
     if settled.results.is_empty() && settled.failures.is_empty() {
         return;
     }
+    // Failures carry how often their item was sent, so a resume writes them unchanged.
+    let mut with_attempts;
+    let settled = if settled.failures.iter().any(|f| f.attempts == 0) {
+        with_attempts = settled.clone();
+        let ledger = lock(&ctx.ledger);
+        for failure in &mut with_attempts.failures {
+            failure.attempts = failure.attempts.max(ledger.attempts(&failure.id).sent);
+        }
+        &with_attempts
+    } else {
+        settled
+    };
     // The journal line is the chunk's settlement record (resume reads it); the store's
     // `agent_runs` rows describe the calls. No per-chunk store event repeats it.
     if ctx.journal.append(settled).await.is_err() {

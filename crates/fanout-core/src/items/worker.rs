@@ -639,6 +639,28 @@ pub enum FailureKind {
     Oversized,
     /// The run ended before the item was settled.
     NotRun,
+    /// An input line that is not an item (not JSON, a CSV row of the wrong width, not text).
+    InvalidInput,
+    /// An input record without a usable id.
+    MissingId,
+    /// An input record repeating an earlier record's id.
+    DuplicateId,
+    /// An input file that could not be read.
+    Unreadable,
+}
+
+impl FailureKind {
+    /// Whether sending it again could succeed (`--retry-failed`): not for input problems.
+    pub fn retryable(self) -> bool {
+        !matches!(
+            self,
+            FailureKind::InvalidInput
+                | FailureKind::MissingId
+                | FailureKind::DuplicateId
+                | FailureKind::Unreadable
+                | FailureKind::Oversized
+        )
+    }
 }
 
 impl fmt::Display for FailureKind {
@@ -651,6 +673,10 @@ impl fmt::Display for FailureKind {
             FailureKind::Errored => "errored",
             FailureKind::Oversized => "oversized",
             FailureKind::NotRun => "not_run",
+            FailureKind::InvalidInput => "invalid_input",
+            FailureKind::MissingId => "missing_id",
+            FailureKind::DuplicateId => "duplicate_id",
+            FailureKind::Unreadable => "unreadable",
         })
     }
 }
@@ -661,6 +687,10 @@ pub struct Failure {
     pub id: String,
     pub kind: FailureKind,
     pub reason: String,
+    /// Times the item was sent before it was given up on (kept in the journal so a resumed
+    /// run writes the same `failed.jsonl`).
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// An item to send again with the problem of its last answer.
@@ -708,6 +738,7 @@ pub fn plan_retry(
                     "no record for this id in {} answer(s)",
                     attempts.sent.max(1)
                 ),
+                attempts: 0,
             });
         }
     }
@@ -724,6 +755,7 @@ pub fn plan_retry(
                 id: id.to_owned(),
                 kind,
                 reason: problem,
+                attempts: 0,
             });
         }
     };
@@ -947,6 +979,7 @@ impl Ledger {
                     id: id.to_owned(),
                     kind,
                     reason: reason.to_owned(),
+                    attempts: 0,
                 }),
             )?;
         }
@@ -992,6 +1025,12 @@ impl Ledger {
     /// accepted). An item already settled keeps its first settlement.
     pub fn restore_result(&mut self, id: &str, record: Value) -> Result<(), LedgerError> {
         self.settle(id, State::Done(record))
+    }
+
+    /// A failure an earlier process of the run settled (from the journal), attempts kept.
+    pub fn restore_failure(&mut self, failure: Failure) -> Result<(), LedgerError> {
+        let id = failure.id.clone();
+        self.settle(&id, State::Failed(failure))
     }
 
     /// What is left of `chunks` when resuming: each chunk cut down to its pending items (its id
@@ -1065,7 +1104,7 @@ impl Ledger {
                     id: entry.item.id,
                     kind: failure.kind,
                     reason: failure.reason,
-                    attempts,
+                    attempts: attempts.max(failure.attempts),
                     input: Arc::unwrap_or_clone(entry.item.value),
                 }),
                 State::Pending => accounting.failures.push(FailedItem {

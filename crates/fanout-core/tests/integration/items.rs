@@ -553,7 +553,10 @@ fn the_ticket_example_loads_chunks_and_counts() {
     let dir =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/support-tickets");
     let source = InputSource::Jsonl(dir.join("tickets.jsonl"));
-    let items = load(&source, &IdSource::Field("id".into())).unwrap();
+    let items = load(&source, &IdSource::Field("id".into()))
+        .unwrap()
+        .strict()
+        .unwrap();
     assert!(items.len() >= 300, "{}", items.len());
     let schema: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("schema.json")).unwrap()).unwrap();

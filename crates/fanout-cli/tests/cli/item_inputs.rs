@@ -1,0 +1,262 @@
+//! Item work with real-world inputs: bad lines become failures of those lines (not aborts),
+//! empty inputs say there is nothing to do, and the failures a retry can fix are retried by
+//! a new run that carries the rest over.
+
+use super::*;
+
+/// A workflow for `tickets.jsonl` in `dir` (the example's schema), chunks of `chunk` items.
+fn ticket_workflow(dir: &Path, chunk: usize, extra: &str) -> PathBuf {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/support-tickets");
+    std::fs::copy(examples.join("schema.json"), dir.join("schema.json")).unwrap();
+    let path = dir.join("workflow.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "workflow:\n  name: tickets\n  max_parallel_agents: 8\n  items:\n    input:\n      path: tickets.jsonl\n      id: {{field: id}}\n{extra}    chunking: {{strategy: fixed, size: {chunk}}}\n    worker:\n      instructions: Triage each ticket.\n      output_schema: schema.json\n    retries: {{resend_missing: 0, repairs: 0}}\n    aggregate:\n      count_by: [category]\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `good` tickets from the example, then the bad lines.
+fn tickets(dir: &Path, good: usize, bad: &[&str]) -> usize {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/support-tickets");
+    let text = std::fs::read_to_string(examples.join("tickets.jsonl")).unwrap();
+    let mut lines: Vec<String> = text.lines().take(good).map(str::to_owned).collect();
+    lines.extend(bad.iter().map(|line| (*line).to_owned()));
+    std::fs::write(dir.join("tickets.jsonl"), lines.join("\n") + "\n").unwrap();
+    lines.len()
+}
+
+fn run_dir_of(dir: &Path, stdout: &[u8]) -> PathBuf {
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(stdout).lines().last().unwrap()).unwrap();
+    dir.join(".fanout/runs")
+        .join(report["run_id"].as_str().unwrap())
+}
+
+fn jsonl_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn fanout_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fanout"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("ANTHROPIC_BASE_URL")
+        .output()
+        .unwrap()
+}
+
+const BAD: [&str; 6] = [
+    "{\"id\": \"TCK-9001\", \"body\": ",
+    "not json at all",
+    "{\"body\": \"no id here\"}",
+    "{\"id\": null, \"body\": \"null id\"}",
+    "{\"id\": \"TCK-1001\", \"body\": \"the first ticket's id again\"}",
+    "[1, 2",
+];
+
+/// A JSONL file with bad lines aborted the job before any work, one error per run, and the
+/// bad records never reached failed.jsonl.
+#[test]
+fn bad_lines_are_failures_of_those_lines_and_the_rest_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = tickets(dir.path(), 30, &BAD);
+    let wf = ticket_workflow(dir.path(), 5, "").display().to_string();
+
+    // The dry run names every problem at once and exits 0.
+    let output = fanout_in(dir.path(), &["run", &wf, "--dry-run", "--sim"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    for line in 31..=36 {
+        assert!(
+            stderr.contains(&format!("tickets.jsonl:{line}:")),
+            "line {line}: {stderr}"
+        );
+    }
+
+    let output = fanout_in(dir.path(), &["run", &wf, "--sim", "--json"]);
+    assert_eq!(
+        output.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let run = run_dir_of(dir.path(), &output.stdout);
+    let results = jsonl_lines(&run.join("results.jsonl"));
+    let failed = jsonl_lines(&run.join("failed.jsonl"));
+    assert_eq!(results.len(), 30);
+    assert_eq!(results.len() + failed.len(), lines, "every line once");
+    let reasons: Vec<(&str, &str)> = failed
+        .iter()
+        .map(|f| (f["id"].as_str().unwrap(), f["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            ("line:31", "invalid_input"),
+            ("line:32", "invalid_input"),
+            ("line:33", "missing_id"),
+            ("line:34", "missing_id"),
+            ("TCK-1001@line:35", "duplicate_id"),
+            ("line:36", "invalid_input"),
+        ]
+    );
+    assert_eq!(failed[2]["input"]["body"], "no id here");
+
+    // `on_invalid: fail` makes them fatal, all listed.
+    let wf = ticket_workflow(dir.path(), 5, "      on_invalid: fail\n")
+        .display()
+        .to_string();
+    let output = fanout_in(dir.path(), &["run", &wf, "--sim"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("6 input line(s) are not items"), "{stderr}");
+}
+
+/// An empty `.jsonl` ended "complete, 0 items", exit 0.
+#[test]
+fn an_empty_input_is_nothing_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    tickets(dir.path(), 0, &[]);
+    std::fs::write(dir.path().join("tickets.jsonl"), "\n").unwrap();
+    let wf = ticket_workflow(dir.path(), 5, "").display().to_string();
+    for args in [
+        vec!["run", &wf, "--sim"],
+        vec!["run", &wf, "--sim", "--dry-run"],
+    ] {
+        let output = fanout_in(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(8), "{args:?}: {stderr}");
+        assert!(stderr.contains("nothing to do"), "{stderr}");
+    }
+}
+
+/// `--retry-failed` refused item runs. Now a run with many failed calls, retried against a
+/// healthy API, sends only the items a retry can fix (never the bad input lines) and ends with
+/// every good line in results.jsonl and the bad lines still in failed.jsonl.
+#[test]
+fn retry_failed_sends_only_what_a_retry_can_fix_and_carries_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = tickets(dir.path(), 60, &BAD);
+    let wf = ticket_workflow(dir.path(), 3, "").display().to_string();
+    let output = fanout_in(
+        dir.path(),
+        &[
+            "run",
+            &wf,
+            "--sim",
+            "--sim-faults",
+            "api_error=0.8",
+            "--sim-seed",
+            "7",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let first = run_dir_of(dir.path(), &output.stdout);
+    let failed = jsonl_lines(&first.join("failed.jsonl"));
+    let retryable: Vec<&serde_json::Value> = failed
+        .iter()
+        .filter(|f| f["reason"] == "errored" || f["reason"] == "not_run")
+        .collect();
+    assert!(
+        !retryable.is_empty(),
+        "the faults failed no call: {failed:?}"
+    );
+    let first_id = first.file_name().unwrap().to_string_lossy().into_owned();
+
+    // `fanout resume` of the ended run sends nothing and leaves its failures as they were
+    // (it used to rewrite failed.jsonl with every `attempts` reset to 0).
+    let before = std::fs::read_to_string(first.join("failed.jsonl")).unwrap();
+    assert!(
+        before.contains("\"attempts\":1") || before.contains("\"attempts\":2"),
+        "{before}"
+    );
+    let output = fanout_in(dir.path(), &["resume", &first_id, "--sim"]);
+    assert_eq!(
+        output.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(first.join("failed.jsonl")).unwrap(),
+        before
+    );
+
+    // A dry run of the retry says what it would send; nothing is sent.
+    let output = fanout_in(
+        dir.path(),
+        &[
+            "run",
+            &wf,
+            "--sim",
+            "--retry-failed",
+            &first_id,
+            "--dry-run",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("would send {} item(s) again", retryable.len())),
+        "{stderr}"
+    );
+
+    let record = dir.path().join("retry.jsonl");
+    let output = fanout_in(
+        dir.path(),
+        &[
+            "run",
+            &wf,
+            "--sim",
+            "--retry-failed",
+            &first_id,
+            "--sim-record",
+            &record.display().to_string(),
+            "--json",
+        ],
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(5),
+        "the bad lines stay failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let second = run_dir_of(dir.path(), &output.stdout);
+    assert_ne!(second, first, "a new run");
+    let results = jsonl_lines(&second.join("results.jsonl"));
+    let failed = jsonl_lines(&second.join("failed.jsonl"));
+    assert_eq!(results.len(), 60, "every good line has its result");
+    assert_eq!(results.len() + failed.len(), lines);
+    assert!(
+        failed
+            .iter()
+            .all(|f| f["attempts"] == 0 && f["id"].as_str().unwrap().contains("line:"))
+    );
+    // Worker calls: at most one per retried item (chunks of 3), plus the synthesis calls.
+    let calls = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("submit_results"))
+        .count();
+    assert!(
+        calls <= retryable.len(),
+        "{calls} worker calls for {} items",
+        retryable.len()
+    );
+}
