@@ -260,3 +260,71 @@ fn retry_failed_sends_only_what_a_retry_can_fix_and_carries_the_rest() {
         retryable.len()
     );
 }
+
+/// `count_by: [lable]` passed the dry run and the run reported "by lable: (none) 57";
+/// `provider: openai` with `execution: batch` passed the dry run and failed live.
+#[test]
+fn workflow_mistakes_are_caught_by_the_dry_run() {
+    let dir = tempfile::tempdir().unwrap();
+    tickets(dir.path(), 5, &[]);
+    let wf = ticket_workflow(dir.path(), 5, "").display().to_string();
+    let text = std::fs::read_to_string(&wf).unwrap();
+    std::fs::write(
+        &wf,
+        text.replace("count_by: [category]", "count_by: [categroy]"),
+    )
+    .unwrap();
+    let output = fanout_in(dir.path(), &["run", &wf, "--dry-run", "--sim"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("did you mean `category`?"), "{stderr}");
+
+    let wf = ticket_workflow(dir.path(), 5, "").display().to_string();
+    let text = std::fs::read_to_string(&wf)
+        .unwrap()
+        .replace("    retries:", "    execution: batch\n    retries:")
+        + "  models:\n    fast: { provider: openai, model: gpt-5-mini, price_per_million_tokens: { input: 0.25, output: 2 } }\n    default: { provider: openai, model: gpt-5, price_per_million_tokens: { input: 1.25, output: 10 } }\n";
+    std::fs::write(&wf, text).unwrap();
+    let output = fanout_in(dir.path(), &["run", &wf, "--dry-run", "--sim"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("execution: online"), "{stderr}");
+}
+
+/// `chunking: fixed` sent a ~500K-token request for a 2 MB record with no warning.
+#[test]
+fn fixed_chunks_respect_the_models_input_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = format!(
+        "{{\"id\": \"HUGE-1\", \"body\": \"{}\"}}",
+        "word ".repeat(400_000)
+    );
+    tickets(dir.path(), 6, &[&huge]);
+    let wf = ticket_workflow(dir.path(), 7, "").display().to_string();
+    let record = dir.path().join("exchanges.jsonl");
+    let output = fanout_in(
+        dir.path(),
+        &[
+            "run",
+            &wf,
+            "--sim",
+            "--json",
+            "--sim-record",
+            &record.display().to_string(),
+        ],
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let run = run_dir_of(dir.path(), &output.stdout);
+    let failed = jsonl_lines(&run.join("failed.jsonl"));
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["id"], "HUGE-1");
+    assert_eq!(failed[0]["reason"], "oversized");
+    assert_eq!(jsonl_lines(&run.join("results.jsonl")).len(), 6);
+    let sent = std::fs::read_to_string(&record).unwrap();
+    assert!(!sent.contains("HUGE-1"), "the oversized record was sent");
+}

@@ -30,6 +30,7 @@ use std::time::{Duration, SystemTime};
 use globset::GlobSet;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use error::did_you_mean;
 pub use error::{ConfigError, ConfigErrorKind, ConfigWarning};
 pub use schema::json_schema;
 pub use shell::{ShellCommand, ShellCommandError};

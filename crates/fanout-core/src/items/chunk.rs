@@ -146,6 +146,18 @@ pub enum ChunkError {
 
 /// Split `items` (in order) into chunks.
 pub fn decompose(items: &[Item], how: &Decomposition) -> Result<Vec<Chunk>, ChunkError> {
+    decompose_within(items, how, u64::MAX)
+}
+
+/// [`decompose`] where no chunk of a `per_item` or `fixed` split may hold more than `room`
+/// tokens of items either (a token budget has its own limit): a fixed-size group over it is
+/// sent one item per chunk instead, and a single item over it is a chunk of its own flagged
+/// [`Chunk::oversized`] (the runner fails it rather than sending a request the model refuses).
+pub fn decompose_within(
+    items: &[Item],
+    how: &Decomposition,
+    room: u64,
+) -> Result<Vec<Chunk>, ChunkError> {
     let groups: Vec<(Vec<Item>, bool)> = match how {
         Decomposition::PerItem => items
             .iter()
@@ -161,6 +173,23 @@ pub fn decompose(items: &[Item], how: &Decomposition) -> Result<Vec<Chunk>, Chun
                 .collect()
         }
         Decomposition::TokenBudget(budget) => by_budget(items, budget)?,
+    };
+    let groups: Vec<(Vec<Item>, bool)> = if matches!(how, Decomposition::TokenBudget(_)) {
+        groups
+    } else {
+        let mut split = Vec::with_capacity(groups.len());
+        for (group, oversized) in groups {
+            let tokens: u64 = group.iter().map(item_tokens).sum();
+            if tokens <= room {
+                split.push((group, oversized));
+            } else {
+                for item in group {
+                    let alone = item_tokens(&item) > room;
+                    split.push((vec![item], alone));
+                }
+            }
+        }
+        split
     };
     let total = groups.len();
     Ok(groups

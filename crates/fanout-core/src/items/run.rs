@@ -58,7 +58,7 @@ use tokio_util::sync::CancellationToken;
 use super::Item;
 use super::aggregate::{dedupe_by, flatten, group_by, synthesis_request, tree_reduce};
 use super::chunk::{
-    Chunk, ChunkError, ChunkId, Decomposition, TokenBudget, decompose, estimate_tokens,
+    Chunk, ChunkError, ChunkId, Decomposition, TokenBudget, decompose_within, estimate_tokens,
 };
 use super::input::{IdSource, InputError, InputProblem, InputSource, Loaded, ProblemKind, load};
 use super::journal::{self, Journal, JournalError, Settlement, SubmittedBatch};
@@ -126,6 +126,19 @@ pub enum ItemsError {
     NeedsProposal,
     #[error("{} input line(s) are not items and `items.input.on_invalid` is `fail`:\n{}", .0.len(), problem_list(.0))]
     InputProblems(Vec<InputProblem>),
+    #[error(
+        "`items.aggregate.{key}` names `{field}`, which the output schema has no property for{hint} (properties: {known})"
+    )]
+    UnknownAggregateField {
+        key: &'static str,
+        field: String,
+        hint: String,
+        known: String,
+    },
+    #[error(
+        "`execution: batch` sends chunks through Anthropic's Message Batches API; the items worker's model is on provider `openai`, whose Batch API fanout does not support yet (use `execution: online`, or an Anthropic model for `items_worker`)"
+    )]
+    BatchNeedsAnthropic,
 }
 
 /// The first 20 problems, one per line, and how many more.
@@ -344,7 +357,20 @@ impl ItemJob {
             ),
             ChunkingConfig::Llm { .. } => return Err(ItemsError::NeedsProposal),
         };
-        let chunks = decompose(&items, &decomposition)?;
+        // Per-item and fixed chunks respect the model's input limit too.
+        let max_input_tokens = if max_input_tokens == u64::MAX {
+            crate::config::items::DEFAULT_MAX_INPUT_TOKENS
+        } else {
+            max_input_tokens
+        };
+        let room = max_input_tokens.saturating_sub(overhead_tokens);
+        let chunks = decompose_within(&items, &decomposition, room)?;
+        check_aggregate_fields(&items_config.aggregate, &schema)?;
+        if items_config.execution == Execution::Batch
+            && worker_model.provider == crate::config::Provider::OpenAi
+        {
+            return Err(ItemsError::BatchNeedsAnthropic);
+        }
         let mut count_by = items_config.aggregate.count_by.clone();
         count_by.dedup();
         Ok(ItemJob {
@@ -455,6 +481,36 @@ pub fn load_items(config: &ItemsConfig) -> Result<Loaded, ItemsError> {
         return Err(ItemsError::InputProblems(loaded.problems));
     }
     Ok(loaded)
+}
+
+/// Every field the aggregation names must be a property of the records (or `id`).
+fn check_aggregate_fields(
+    aggregate: &ItemAggregateConfig,
+    schema: &OutputSchema,
+) -> Result<(), ItemsError> {
+    let known = schema.property_names();
+    let named = aggregate
+        .count_by
+        .iter()
+        .map(|field| ("count_by", field))
+        .chain(aggregate.group_by.iter().map(|field| ("group_by", field)))
+        .chain(aggregate.dedupe_by.iter().map(|field| ("dedupe_by", field)))
+        .chain(aggregate.flatten.iter().map(|field| ("flatten", field)));
+    for (key, field) in named {
+        if known.iter().any(|name| name == field) {
+            continue;
+        }
+        let hint = crate::config::did_you_mean(field, known.iter().map(String::as_str))
+            .map(|best| format!("; did you mean `{best}`?"))
+            .unwrap_or_default();
+        return Err(ItemsError::UnknownAggregateField {
+            key,
+            field: field.clone(),
+            hint,
+            known: known.join(", "),
+        });
+    }
+    Ok(())
 }
 
 /// An input problem as a failure of the job: in `failed.jsonl` under its own key, never sent.
