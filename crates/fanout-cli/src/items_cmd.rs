@@ -294,7 +294,7 @@ async fn prepare_with_proposal(
         (None, None) => None,
     };
     let proposal = match reviewed {
-        Some(path) => match propose::load(&path, given.as_ref()) {
+        Some(path) => match propose::load(&path, given.as_ref(), &config.name) {
             Ok(loaded) => {
                 if loaded.edited_since_review() {
                     eprintln!(

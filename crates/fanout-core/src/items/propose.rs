@@ -601,8 +601,15 @@ impl LoadedProposal {
 /// Largest item-plan file read.
 const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
-/// Read an item plan; `given_schema` is the workflow's `output_schema`, if it has one.
-pub fn load(path: &Path, given_schema: Option<&Value>) -> Result<LoadedProposal, ProposeError> {
+/// Read an item plan for the workflow `workflow`; `given_schema` is the workflow's
+/// `output_schema`, if it has one. Every field it carries is honoured or the plan is refused:
+/// a plan of another workflow, or an `output_schema` that is not the one its `fields` (or
+/// the workflow) give, is an error rather than silently ignored.
+pub fn load(
+    path: &Path,
+    given_schema: Option<&Value>,
+    workflow: &str,
+) -> Result<LoadedProposal, ProposeError> {
     let error = |message: String| ProposeError::File {
         path: path.to_path_buf(),
         message,
@@ -642,8 +649,21 @@ pub fn load(path: &Path, given_schema: Option<&Value>) -> Result<LoadedProposal,
         "fields": saved.fields,
         "rationale": saved.rationale,
     });
+    if saved.workflow != workflow {
+        return Err(error(format!(
+            "an item plan of workflow `{}`, not of `{workflow}`",
+            saved.workflow
+        )));
+    }
     let proposal = check_answer(&input, given_schema, &saved.workflow, saved.sampled)
         .map_err(|problems| error(problems.join("; ")))?;
+    if proposal.output_schema != saved.output_schema {
+        return Err(error(
+            "its `output_schema` is not the one its `fields` (or the workflow's own \
+             output_schema) give: the schema is built from `fields`, so edit those instead"
+                .to_owned(),
+        ));
+    }
     let reviewed_hash = std::fs::read_to_string(path.with_file_name("item-plan.sha256"))
         .ok()
         .map(|text| text.trim().to_owned())
@@ -754,23 +774,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let proposal = check_answer(&answer(), None, "w", 20).unwrap();
         let saved = save(dir.path(), "run-1", &proposal).unwrap();
-        let loaded = load(&saved.path, None).unwrap();
+        let loaded = load(&saved.path, None, "w").unwrap();
         assert_eq!(loaded.proposal, proposal);
         assert!(!loaded.edited_since_review());
         // A hand edit that keeps it valid is noticed; one that breaks it is refused.
         let text = std::fs::read_to_string(&saved.path).unwrap();
         std::fs::write(&saved.path, text.replace("\"size\": 25", "\"size\": 30")).unwrap();
-        let edited = load(&saved.path, None).unwrap();
+        let edited = load(&saved.path, None, "w").unwrap();
         assert!(edited.edited_since_review());
         assert_eq!(
             edited.proposal.chunking,
             ProposedChunking::Fixed { size: 30 }
         );
         std::fs::write(&saved.path, text.replace("\"size\": 25", "\"size\": 5000")).unwrap();
-        let error = load(&saved.path, None).unwrap_err().to_string();
+        let error = load(&saved.path, None, "w").unwrap_err().to_string();
         assert!(error.contains("chunk_size must be between"), "{error}");
         std::fs::write(&saved.path, "{\"subtasks\": []}").unwrap();
-        let error = load(&saved.path, None).unwrap_err().to_string();
+        let error = load(&saved.path, None, "w").unwrap_err().to_string();
         assert!(error.contains("not an item plan"), "{error}");
+        // A plan of another workflow, and an edited schema, were accepted and ignored.
+        std::fs::write(&saved.path, &text).unwrap();
+        let error = load(&saved.path, None, "other").unwrap_err().to_string();
+        assert!(error.contains("an item plan of workflow `w`"), "{error}");
+        let mut value: Value = serde_json::from_str(&text).unwrap();
+        value["output_schema"]["properties"]["extra"] = json!({"type": "string"});
+        std::fs::write(&saved.path, value.to_string()).unwrap();
+        let error = load(&saved.path, None, "w").unwrap_err().to_string();
+        assert!(error.contains("edit those instead"), "{error}");
     }
 }
