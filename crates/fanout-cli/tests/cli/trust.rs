@@ -183,7 +183,7 @@ fn the_exit_status_decides_not_the_output() {
         git(repo.path(), &["checkout", "-q", "--", "."]);
         let wf = edit_workflow(
             work.path(),
-            &format!("  verify:\n    test_command: {command}\n"),
+            &format!("  verify:\n    test_command: {command}\n    baseline: true\n"),
         );
         let output = fanout(
             &[
@@ -203,6 +203,11 @@ fn the_exit_status_decides_not_the_output() {
         assert_eq!(outcome["test"]["passed"], passed, "{command}: {outcome}");
         let status = if passed { "completed" } else { "tests_failed" };
         assert_eq!(outcome["status"], status, "{command}: {outcome}");
+        // On the base commit (a git worktree of it, so git commands work there too) both pass.
+        assert_eq!(
+            outcome["test"]["baseline"]["passed"], true,
+            "{command}: {outcome}"
+        );
     }
 }
 

@@ -140,11 +140,17 @@ impl TestOutcome {
             (None, true) => "passed".into(),
             (None, false) => format!("FAILED ({exit})"),
             (Some(base), true) if base.passed => "passed (also passed before the run)".into(),
-            (Some(_), true) => "passed (failed before the run: fixed by this run)".into(),
+            (Some(base), true) => format!(
+                "passed (failed before the run, {}: fixed by this run)",
+                base.exit.describe()
+            ),
             (Some(base), false) if base.passed => {
                 format!("FAILED ({exit}): broken by this run (passed on the base commit)")
             }
-            (Some(_), false) => format!("FAILED ({exit}): failing before and after the run"),
+            (Some(base), false) => format!(
+                "FAILED ({exit}): failing before the run too ({} on the base commit)",
+                base.exit.describe()
+            ),
         }
     }
 }
@@ -1465,8 +1471,9 @@ async fn run_test(
     }
 }
 
-/// Start the test command on the base commit, in a temporary checkout of its tree (tracked
-/// files only), in the same sandbox. It runs while the agents do.
+/// Start the test command on the base commit, in a temporary git worktree of it (tracked
+/// files only: no `node_modules` or build output), in the same sandbox. It runs while the
+/// agents do.
 fn start_baseline(
     inputs: &EngineInputs,
     base_commit: &str,
@@ -1498,7 +1505,8 @@ fn start_baseline(
                 };
             }
         };
-        let (exit, output) = run_test_in(&config, dir.path(), &sandbox, &command).await;
+        let (exit, output) = run_test_in(&config, &dir.path(), &sandbox, &command).await;
+        drop(tokio::task::spawn_blocking(move || drop(dir)));
         BaselineOutcome {
             passed: exit.success(),
             exit,
@@ -1507,32 +1515,51 @@ fn start_baseline(
     }))
 }
 
-/// The tracked files of `commit` in a new temporary directory (a private index; the
-/// repository's own index, HEAD and work tree are not touched).
-fn checkout_tree(repo: &Path, commit: &str) -> Result<tempfile::TempDir, String> {
+/// A temporary git worktree of `commit`, detached (the repository's HEAD, branch, index and
+/// work tree are not touched), removed when dropped; so test commands that use git see a
+/// repository, as they do in the real tree.
+struct BaselineTree {
+    repo: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl BaselineTree {
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("tree")
+    }
+}
+
+impl Drop for BaselineTree {
+    fn drop(&mut self) {
+        if let Ok(git) = crate::run::git::Git::open(&self.repo) {
+            let mut remove = git.command();
+            remove
+                .args(["worktree", "remove", "--force"])
+                .arg(self.path());
+            let _ = git.run(remove, None);
+            let mut prune = git.command();
+            prune.args(["worktree", "prune"]);
+            let _ = git.run(prune, None);
+        }
+    }
+}
+
+fn checkout_tree(repo: &Path, commit: &str) -> Result<BaselineTree, String> {
     let dir = tempfile::Builder::new()
         .prefix("fanout-baseline-")
         .tempdir()
         .map_err(|error| format!("temporary directory: {error}"))?;
-    let index = tempfile::NamedTempFile::new().map_err(|error| error.to_string())?;
+    let tree = BaselineTree {
+        repo: repo.to_path_buf(),
+        dir,
+    };
     let git = crate::run::git::Git::open(repo).map_err(|error| error.to_string())?;
-    let mut read = git.command();
-    read.env("GIT_INDEX_FILE", index.path())
-        .args(["read-tree", "--end-of-options", commit]);
-    git.run(read, None).map_err(|error| error.to_string())?;
-    let mut prefix = dir.path().as_os_str().to_owned();
-    prefix.push("/");
-    let mut checkout = git.command();
-    checkout
-        .env("GIT_INDEX_FILE", index.path())
-        .args(["checkout-index", "-a", "-f"])
-        .arg({
-            let mut arg = std::ffi::OsString::from("--prefix=");
-            arg.push(&prefix);
-            arg
-        });
-    git.run(checkout, None).map_err(|error| error.to_string())?;
-    Ok(dir)
+    let mut add = git.command();
+    add.args(["worktree", "add", "--detach", "--force"])
+        .arg(tree.path())
+        .args(["--end-of-options", commit]);
+    git.run(add, None).map_err(|error| error.to_string())?;
+    Ok(tree)
 }
 
 /// The last `n` lines of `text`.
