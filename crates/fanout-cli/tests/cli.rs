@@ -1006,20 +1006,6 @@ rules:
         (twice, agents as i64 - succeeded)
     }
 
-    fn spawn(args: &[&str], repo: &Path) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_fanout"))
-            .args(args)
-            .arg("--repo")
-            .arg(repo)
-            .env_remove("ANTHROPIC_API_KEY")
-            .env_remove("ANTHROPIC_BASE_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    }
-
     /// Wait for `child` up to `deadline`; `None` if it is still running then.
     fn wait_until(child: &mut Child, deadline: Instant) -> Option<std::process::ExitStatus> {
         loop {
@@ -1108,13 +1094,24 @@ rules:
             attempts += 1;
             assert!(attempts < 100, "no end in sight after {kills} kills");
             let resume_args;
-            let mut child = match &run_id {
-                None => spawn(&run_args, repo.path()),
+            let args: &[&str] = match &run_id {
+                None => &run_args,
                 Some(id) => {
                     resume_args = ["resume", id.as_str(), "--scenario", scenario.as_str()];
-                    spawn(&resume_args, repo.path())
+                    &resume_args
                 }
             };
+            let mut child = Command::new(env!("CARGO_BIN_EXE_fanout"))
+                .args(args)
+                .arg("--repo")
+                .arg(repo.path())
+                .env_remove("ANTHROPIC_API_KEY")
+                .env_remove("ANTHROPIC_BASE_URL")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(work.path().join("stderr.txt")).unwrap())
+                .spawn()
+                .unwrap();
             let target = targets.get(kills).copied();
             let mut exited = None;
             if let Some(target) = target {
@@ -1141,7 +1138,8 @@ rules:
                     assert_eq!(
                         status.code(),
                         Some(0),
-                        "process {attempts} failed after {kills} kills"
+                        "process {attempts} failed after {kills} kills: {}",
+                        std::fs::read_to_string(work.path().join("stderr.txt")).unwrap_or_default()
                     );
                     break;
                 }

@@ -1776,10 +1776,6 @@ async fn synthesize(
         async move {
             (ctx.events)(&ItemEvent::Synthesis { level, parts });
             let attempt = next_attempt(ctx, &agent_id);
-            if attempt == 1 {
-                // A synthesis step is planned work the job adds as it goes.
-                let _ = ctx.store.add_planned(&ctx.run_id, 1).await;
-            }
             let start = AgentStart {
                 run_id: ctx.run_id.clone(),
                 agent_id: agent_id.clone(),
@@ -1790,7 +1786,12 @@ async fn synthesize(
                 escalated: false,
                 started_at: SystemTime::now(),
             };
-            let _ = ctx.store.start_agent(start).await;
+            // A synthesis step is work the job adds as it goes: its first start counts it.
+            let _ = if attempt == 1 {
+                ctx.store.start_unplanned_agent(start).await
+            } else {
+                ctx.store.start_agent(start).await
+            };
             let result = ctx.fleet.call(&request, cancel).await;
             let (status, usage, error) = match &result {
                 Ok(call) => (AgentStatus::Success, Some(call.response.usage), None),

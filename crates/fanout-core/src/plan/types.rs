@@ -29,18 +29,9 @@ impl fmt::Display for TaskId {
     }
 }
 
-/// The tools a sub-agent may be given (the names the model sees).
-pub const TOOL_NAMES: &[&str] = &[
-    "read_file",
-    "write_file",
-    "edit_file",
-    "list_files",
-    "search",
-    "bash",
-];
-
-/// Tools that change files.
-pub const WRITE_TOOLS: &[&str] = &["write_file", "edit_file"];
+/// The tools a sub-agent may be given, and those that change files: the policy's lists (one
+/// definition, shared with the runtime).
+pub use crate::policy::{TOOL_NAMES, WRITE_TOOLS};
 
 /// Tools that touch files at all.
 pub const FILE_TOOLS: &[&str] = &[

@@ -24,6 +24,7 @@ use serde::Serialize;
 use super::scan::RepoScan;
 use super::types::{FILE_TOOLS, Plan, TOOL_NAMES, TaskId, WRITE_TOOLS};
 use crate::config::{Config, ExternalApi, FileAccess, Mode, ShellCommand, ShellExec};
+use crate::policy::{AgentSpec, ScopePolicy};
 
 /// The most sub-agents one plan may have. `max_parallel_agents` bounds how many run at once;
 /// this bounds how many exist (each costs at least a model call and a row in the run store).
@@ -161,9 +162,13 @@ enum Entry {
     },
 }
 
-/// Cached path-rule answers per scanned file: bit 0 known, 1 allowed, 2 protected, 3 sensitive.
+/// Cached path-rule answers per scanned file: bit 0 known, 1 allowed, 2 never writable,
+/// 3 sensitive, 4 not readable. "Never writable" and "not readable" are the runtime policy's
+/// own answers ([`ScopePolicy::is_protected`], [`ScopePolicy::check_read`]): a dry run flags
+/// exactly what a live run would refuse.
 struct FileFlags<'a> {
     config: &'a Config,
+    runtime: &'a ScopePolicy,
     scan: &'a RepoScan,
     flags: Vec<u8>,
 }
@@ -172,11 +177,13 @@ const KNOWN: u8 = 1;
 const ALLOWED: u8 = 2;
 const PROTECTED: u8 = 4;
 const SENSITIVE: u8 = 8;
+const UNREADABLE: u8 = 16;
 
 impl<'a> FileFlags<'a> {
-    fn new(config: &'a Config, scan: &'a RepoScan) -> Self {
+    fn new(config: &'a Config, runtime: &'a ScopePolicy, scan: &'a RepoScan) -> Self {
         FileFlags {
             config,
+            runtime,
             scan,
             flags: vec![0; scan.files.len()],
         }
@@ -188,19 +195,22 @@ impl<'a> FileFlags<'a> {
             return cached;
         }
         let path = self.scan.files[index].path.as_str();
-        let value = path_flags(self.config, path);
+        let value = path_flags(self.config, self.runtime, path);
         self.flags[index] = value;
         value
     }
 }
 
-fn path_flags(config: &Config, path: &str) -> u8 {
+fn path_flags(config: &Config, runtime: &ScopePolicy, path: &str) -> u8 {
     let mut value = KNOWN;
     if config.paths.is_allowed(path) {
         value |= ALLOWED;
     }
-    if config.paths.is_protected(path) {
+    if runtime.is_protected(path) {
         value |= PROTECTED;
+    }
+    if runtime.check_read(path).is_err() {
+        value |= UNREADABLE;
     }
     if config.is_sensitive(path) {
         value |= SENSITIVE;
@@ -371,7 +381,26 @@ pub fn validate(
 ) -> Validation {
     let mut violations = Vec::new();
     let mut adjustments = Vec::new();
-    let mut flags = FileFlags::new(config, scan);
+    // The runtime's policy for this workflow (no scope of its own: only its path rules).
+    let runtime = match ScopePolicy::from_config(config, &AgentSpec::default()) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let scopes = vec![ResolvedScope::default(); plan.subtasks.len()];
+            return Validation {
+                plan,
+                violations: vec![Violation::new(
+                    None,
+                    ViolationKind::ProtectedPath,
+                    "paths.protected".to_owned(),
+                    format!("cannot be compiled into the runtime policy: {error}"),
+                )],
+                adjustments,
+                scopes,
+                files_in_scope: 0,
+            };
+        }
+    };
+    let mut flags = FileFlags::new(config, &runtime, scan);
 
     if plan.workflow != config.name {
         violations.push(Violation::new(
@@ -479,7 +508,8 @@ pub fn validate(
                 if value & ALLOWED == 0 && outside.is_none() {
                     outside = Some(path.clone());
                 }
-                if value & PROTECTED != 0 && protected.is_none() {
+                let refused = if is_write { PROTECTED } else { UNREADABLE };
+                if value & refused != 0 && protected.is_none() {
                     protected = Some(path.clone());
                 }
                 if value & SENSITIVE != 0 && sensitive.is_none() {
@@ -487,12 +517,13 @@ pub fn validate(
                 }
             }
             for probe in &covered.probes {
-                let value = path_flags(config, probe);
+                let value = path_flags(config, &runtime, probe);
                 let shown = probe.strip_suffix("/x").unwrap_or(probe);
                 if value & ALLOWED == 0 && outside.is_none() {
                     outside = Some(shown.to_owned());
                 }
-                if value & PROTECTED != 0 && protected.is_none() {
+                let refused = if is_write { PROTECTED } else { UNREADABLE };
+                if value & refused != 0 && protected.is_none() {
                     protected = Some(shown.to_owned());
                 }
                 if value & SENSITIVE != 0 && sensitive.is_none() {
@@ -515,7 +546,8 @@ pub fn validate(
                     ViolationKind::ProtectedPath,
                     what.clone(),
                     format!(
-                        "reaches `{path}`, a protected path (.git, .fanout, secrets, paths.protected); agents may not touch it"
+                        "reaches `{path}`, a protected path (.git, .fanout, package-manager and git config, secrets, paths.protected); agents may not {}",
+                        if is_write { "write it" } else { "read it (a secret)" }
                     ),
                 ));
             }
@@ -1075,6 +1107,85 @@ mod tests {
                 ("pem".to_owned(), ViolationKind::ProtectedPath),
             ]
         );
+    }
+
+    /// The dry run checked protected paths with a list of its own: it flagged `.env` but
+    /// passed `.npmrc` and `.gitattributes`, which every live run then refused. Over generated
+    /// paths, the validator's verdict is the runtime policy's, for writes and for reads.
+    #[test]
+    fn the_dry_run_refuses_exactly_what_the_runtime_refuses() {
+        let config = Config::from_str("workflow:\n  name: t\n", "t.yaml").unwrap();
+        let parts = [
+            "src",
+            "lib",
+            ".git",
+            ".fanout",
+            "hooks",
+            "a.ts",
+            ".npmrc",
+            ".gitattributes",
+            ".GITMODULES",
+            ".env",
+            ".env.local",
+            "key.pem",
+            "id_rsa",
+            ".envrc",
+            "notes.md",
+            ".yarnrc.yml",
+            "config",
+        ];
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let mut checked = 0;
+        for _ in 0..400 {
+            let depth = 1 + next(3);
+            let path: Vec<&str> = (0..depth).map(|_| parts[next(parts.len())]).collect();
+            let path = path.join("/");
+            let runtime = ScopePolicy::from_config(
+                &config,
+                &AgentSpec {
+                    scope: vec![path.clone()],
+                    ..AgentSpec::default()
+                },
+            )
+            .unwrap();
+            for (tools, writes) in [(&["write_file"][..], true), (&["read_file"][..], false)] {
+                let mut subtask = task("t", &[&path], tools, &[]);
+                if !writes {
+                    subtask.write_scope = Some(Vec::new());
+                }
+                let validation = check(vec![subtask], &[&path]);
+                let flagged = kinds(&validation)
+                    .iter()
+                    .any(|(_, kind)| *kind == ViolationKind::ProtectedPath);
+                let refused = if writes {
+                    runtime.check_write(&path) == Err(crate::policy::DenyReason::Protected)
+                } else {
+                    runtime.check_read(&path).is_err()
+                };
+                assert_eq!(
+                    flagged,
+                    refused,
+                    "{path} ({}): {validation:?}",
+                    if writes { "write" } else { "read" }
+                );
+                checked += usize::from(refused);
+            }
+        }
+        assert!(checked > 50, "too few refused paths generated: {checked}");
+        // The named cases of the bug.
+        for path in [".npmrc", "web/.gitattributes", "pkg/.yarnrc.yml"] {
+            let validation = check(vec![task("t", &[path], &["write_file"], &[])], &[path]);
+            assert!(
+                kinds(&validation).contains(&("t".to_owned(), ViolationKind::ProtectedPath)),
+                "{path}"
+            );
+        }
     }
 
     #[test]

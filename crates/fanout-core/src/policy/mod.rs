@@ -390,6 +390,15 @@ impl ScopePolicy {
         if relative.split('/').any(is_secret_name) {
             return Err(DenyReason::Secret);
         }
+        // Engine and repository state (`.git` holds remote URLs with tokens and hooks,
+        // `.fanout` every agent's record) is not an agent's to read either.
+        if relative.split('/').any(|component| {
+            PROTECTED_COMPONENTS
+                .iter()
+                .any(|protected| component.eq_ignore_ascii_case(protected))
+        }) {
+            return Err(DenyReason::Protected);
+        }
         match &self.read {
             Some(read) if !read.is_match(relative) && !self.write.is_match(relative) => {
                 Err(DenyReason::OutsideReadScope)

@@ -68,10 +68,9 @@ enum Op {
     ReopenRun {
         run_id: String,
     },
-    AddPlanned {
-        run_id: String,
-        agents: u32,
-    },
+    /// An agent the plan did not count (an item run's synthesis step): its start row and
+    /// one more planned agent, in one transaction.
+    StartUnplanned(Box<AgentStart>),
     StartAgent(Box<AgentStart>, Option<String>),
     FinishAgent(Box<AgentFinish>),
     Checkpoint(Box<CheckpointRecord>),
@@ -165,14 +164,12 @@ impl Store {
         self.acked(op, "the run status").await
     }
 
-    /// Count `agents` more planned units of work for a run whose work grows while it runs
-    /// (an item run's synthesis steps), so its agents are never more than planned. Durable.
-    pub async fn add_planned(&self, run_id: &str, agents: u32) -> Result<(), StoreError> {
-        let op = Op::AddPlanned {
-            run_id: run_id.to_owned(),
-            agents,
-        };
-        self.acked(op, "the planned count").await
+    /// [`Store::start_agent`] for work the run adds as it goes (an item run's synthesis
+    /// steps): the start row and one more planned agent are committed together, so a run's
+    /// agents are never more than planned, even across a crash and resume. Durable.
+    pub async fn start_unplanned_agent(&self, start: AgentStart) -> Result<(), StoreError> {
+        self.acked(Op::StartUnplanned(Box::new(start)), "the agent start")
+            .await
     }
 
     /// Record an agent attempt as in flight. Durable.
@@ -506,7 +503,12 @@ impl Writer {
                 error,
             } => self.set_run_status(run_id, status, ended_at, error),
             Op::ReopenRun { run_id } => self.reopen_run(run_id),
-            Op::AddPlanned { run_id, agents } => self.add_planned(run_id, agents),
+            Op::StartUnplanned(start) => {
+                let run_id = start.run_id.clone();
+                let line = self.start_agent(*start)?;
+                self.add_planned(run_id, 1)?;
+                Ok(line)
+            }
             Op::StartAgent(start, manifest) => {
                 if let Some(manifest) = manifest {
                     self.preimage(&start.run_id, &start.agent_id, &manifest)?;
@@ -595,11 +597,7 @@ impl Writer {
         }))
     }
 
-    fn add_planned(
-        &mut self,
-        run_id: String,
-        agents: u32,
-    ) -> Result<Option<serde_json::Value>, StoreError> {
+    fn add_planned(&mut self, run_id: String, agents: u32) -> Result<(), StoreError> {
         let changed = self
             .conn
             .prepare_cached(
@@ -610,7 +608,7 @@ impl Writer {
         if changed == 0 {
             return Err(StoreError::UnknownRun { run_id });
         }
-        Ok(None)
+        Ok(())
     }
 
     fn reopen_run(&mut self, run_id: String) -> Result<Option<serde_json::Value>, StoreError> {
