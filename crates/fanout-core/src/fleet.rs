@@ -59,7 +59,10 @@ pub struct FleetCounters {
     pub output_tokens: AtomicU64,
     pub cache_read_tokens: AtomicU64,
     pub governor_wait_ms: AtomicU64,
+    /// Backoff and server-requested delays before retries.
     pub retry_wait_ms: AtomicU64,
+    /// Time retries waited for a token of the fleet-wide retry budget.
+    pub budget_wait_ms: AtomicU64,
 }
 
 /// A plain copy of [`FleetCounters`].
@@ -78,6 +81,7 @@ pub struct FleetStats {
     pub cache_read_tokens: u64,
     pub governor_wait_ms: u64,
     pub retry_wait_ms: u64,
+    pub budget_wait_ms: u64,
 }
 
 /// The result of one successful call, with what it took to get it.
@@ -229,14 +233,24 @@ impl Fleet {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Err(FleetError::Cancelled { attempts: attempt }),
-                _ = async {
-                    self.budget.acquire().await;
-                    tokio::time::sleep(delay).await;
-                } => {}
+                _ = tokio::time::sleep(delay) => {}
             }
             counters
                 .retry_wait_ms
                 .fetch_add(waited_from.elapsed().as_millis() as u64, Ordering::Relaxed);
+            // A 429 is the server pacing us, not failing: the governor's pause and buckets
+            // already hold the whole fleet back, so its retry spends no budget.
+            if error.class() != ErrorClass::RateLimited {
+                let budget_from = tokio::time::Instant::now();
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Err(FleetError::Cancelled { attempts: attempt }),
+                    _ = self.budget.acquire() => {}
+                }
+                counters
+                    .budget_wait_ms
+                    .fetch_add(budget_from.elapsed().as_millis() as u64, Ordering::Relaxed);
+            }
         }
     }
 
@@ -258,6 +272,7 @@ impl Fleet {
             cache_read_tokens: get(&c.cache_read_tokens),
             governor_wait_ms: get(&c.governor_wait_ms),
             retry_wait_ms: get(&c.retry_wait_ms),
+            budget_wait_ms: get(&c.budget_wait_ms),
         }
     }
 }
