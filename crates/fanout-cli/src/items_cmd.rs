@@ -37,7 +37,7 @@ use fanout_core::items::worker::{OutputRoute, SUBMIT_TOOL};
 use fanout_core::plan;
 use fanout_core::provider::anthropic::AnthropicConfig;
 use fanout_core::provider::batch::{BatchClient, PollPolicy};
-use fanout_core::retry::{RetryBudget, RetryBudgetConfig, RetryPolicy};
+use fanout_core::retry::{RetryBudget, RetryPolicy};
 use fanout_core::store::{RunStatus, Store};
 use fanout_sim::{Scenario, Sim, SimConfig, SimHandle};
 use tokio_util::sync::CancellationToken;
@@ -224,7 +224,7 @@ async fn prepare_with_proposal(
                 )?,
                 Governor::new(plan::governor_config(config)),
                 RetryPolicy::default(),
-                Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
+                Arc::new(RetryBudget::new(plan::retry_budget_config(config))),
             );
             eprintln!(
                 "fanout: asking {} for an item plan (chunking, instructions, record fields)",
@@ -257,7 +257,7 @@ async fn live(
         crate::run_cmd::provider_of(worker.provider, base_url, crate::run_cmd::http_config(args))?,
         Governor::new(plan::governor_config(config)),
         RetryPolicy::default(),
-        Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
+        Arc::new(RetryBudget::new(plan::retry_budget_config(config))),
     );
     let (batch, poll) = match job.execution {
         Execution::Online => (None, PollPolicy::default()),

@@ -159,6 +159,8 @@ impl Fleet {
         let raw_input = TokenEstimator::raw_input(request);
         let mut governor_wait = Duration::ZERO;
         let mut attempt: u32 = 0;
+        // Whether this attempt is a retry that spent a retry-budget token.
+        let mut spent_token = false;
         loop {
             attempt += 1;
             let cost = Cost {
@@ -193,6 +195,9 @@ impl Fleet {
                         response.usage.output_tokens,
                     );
                     self.budget.deposit_success();
+                    if spent_token {
+                        self.budget.refund();
+                    }
                     counters.succeeded.fetch_add(1, Ordering::Relaxed);
                     counters
                         .input_tokens
@@ -211,7 +216,7 @@ impl Fleet {
                 }
                 Err(error) => error,
             };
-            reservation.failed(&error);
+            let failure = reservation.failed(&error);
             match error.class() {
                 ErrorClass::RateLimited => counters.rate_limited.fetch_add(1, Ordering::Relaxed),
                 ErrorClass::Overloaded => counters.overloaded.fetch_add(1, Ordering::Relaxed),
@@ -239,14 +244,18 @@ impl Fleet {
                 .retry_wait_ms
                 .fetch_add(waited_from.elapsed().as_millis() as u64, Ordering::Relaxed);
             // A 429 is the server pacing us, not failing: the governor's pause and buckets
-            // already hold the whole fleet back, so its retry spends no budget.
-            if error.class() != ErrorClass::RateLimited {
+            // already hold the whole fleet back, so its retry spends no budget. During an
+            // outage the governor sends one probe at a time: the retry queues behind it and
+            // goes as soon as the API answers again, without a token.
+            spent_token = false;
+            if error.class() != ErrorClass::RateLimited && !failure.during_outage {
                 let budget_from = tokio::time::Instant::now();
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => return Err(FleetError::Cancelled { attempts: attempt }),
                     _ = self.budget.acquire() => {}
                 }
+                spent_token = true;
                 counters
                     .budget_wait_ms
                     .fetch_add(budget_from.elapsed().as_millis() as u64, Ordering::Relaxed);

@@ -14,6 +14,12 @@
 //! - correction: the reservation is settled from the response's `usage`, and the buckets are
 //!   lowered (never raised, never re-rated) when the `*-ratelimit-*` headers show less room
 //!   than we count on;
+//! - outages as one fleet: after `outage_after_failures` failures in a row (connection
+//!   errors, timeouts, 5xx, 529) with no success between, the fleet sends one probe at a time,
+//!   `outage_probe_interval` apart, instead of every agent retrying on its own; the first
+//!   success ends it and the window is open again at once. Retries of requests that failed
+//!   during the outage spend no retry budget ([`Failure::during_outage`]): the probe protects
+//!   the API, and a recovered API gets them all back within one round trip;
 //! - backoff as one fleet: a 429 pauses every new admission for its `retry-after`, no longer;
 //!   429s (when no bucket paces the fleet) and 529s shrink the allowed in-flight concurrency
 //!   multiplicatively (at most once per cool-down), which grows back additively with each
@@ -66,6 +72,11 @@ pub struct GovernorConfig {
     /// With no limit configured, send one request at a time until a response says what the
     /// limits are (or that there are none).
     pub probe_unknown_limits: bool,
+    /// This many failures in a row (no success between) make an outage: one probe at a time.
+    /// 0 turns outage handling off.
+    pub outage_after_failures: u32,
+    /// During an outage, wait this long after a failed probe before the next.
+    pub outage_probe_interval: Duration,
 }
 
 impl Default for GovernorConfig {
@@ -85,6 +96,8 @@ impl Default for GovernorConfig {
             default_pause: Duration::from_secs(1),
             learn_from_headers: true,
             probe_unknown_limits: true,
+            outage_after_failures: 5,
+            outage_probe_interval: Duration::from_millis(250),
         }
     }
 }
@@ -115,6 +128,10 @@ pub struct GovernorSnapshot {
     pub learned: Limits,
     /// Still sending one probe at a time to discover the limits.
     pub probing: bool,
+    /// In an outage: one probe at a time until one succeeds.
+    pub outage: bool,
+    /// Outages seen (failures in a row that made the fleet probe).
+    pub outages: u64,
     /// How long the fleet stays paused by a 429's `retry-after` (zero when not paused).
     pub paused_for: Duration,
 }
@@ -138,6 +155,10 @@ struct State {
     learned: [bool; 4],
     /// Discovering the limits: one request in flight at a time.
     probing: bool,
+    /// Failures (not 429s) since the last success.
+    failures_in_a_row: u32,
+    /// In an outage: one probe in flight at a time, spaced out.
+    outage: bool,
     in_flight: usize,
     window: f64,
     paused_until: Option<Instant>,
@@ -189,6 +210,8 @@ impl Governor {
             tokens: bucket(config.tokens_per_minute),
             learned: [false; 4],
             probing: config.learn_from_headers && config.probe_unknown_limits && !configured,
+            failures_in_a_row: 0,
+            outage: false,
             in_flight: 0,
             window: max as f64,
             paused_until: None,
@@ -277,7 +300,7 @@ impl Governor {
             }
         }
         let slot_free = (state.in_flight as f64) < state.window.floor().max(1.0)
-            && !(state.probing && state.in_flight > 0);
+            && !((state.probing || state.outage) && state.in_flight > 0);
         if let Some(at) = until {
             return Wait::Until(at);
         }
@@ -331,6 +354,7 @@ impl Governor {
             tokens: learned(&state.tokens, 3),
         };
         snapshot.probing = state.probing;
+        snapshot.outage = state.outage;
         let now = Instant::now();
         snapshot.paused_for = state
             .paused_until
@@ -412,6 +436,9 @@ impl Reservation {
         sync_from_headers(&mut state, config, limits, now);
         // The probe answered: its headers said what the limits are, or that there are none.
         state.probing = false;
+        // Any answer ends an outage.
+        state.failures_in_a_row = 0;
+        state.outage = false;
         state.in_flight = state.in_flight.saturating_sub(1);
         state.window =
             (state.window + config.increase_per_success).min(config.max_in_flight.max(1) as f64);
@@ -419,9 +446,9 @@ impl Reservation {
         self.inner.changed.notify_waiters();
     }
 
-    /// The request failed with `error`: give back what the server did not use, and on a 429
-    /// or 529 slow the whole fleet.
-    pub fn failed(mut self, error: &ProviderError) {
+    /// The request failed with `error`: give back what the server did not use, on a 429 or
+    /// 529 slow the whole fleet, and after failures in a row treat it as an outage.
+    pub fn failed(mut self, error: &ProviderError) -> Failure {
         self.open = false;
         let config = &self.inner.config;
         let mut state = lock(&self.inner.state);
@@ -484,10 +511,34 @@ impl Reservation {
                 state.probing = false;
             }
         }
+        let mut during_outage = false;
+        if matches!(class, ErrorClass::Transient | ErrorClass::Overloaded)
+            && config.outage_after_failures > 0
+        {
+            state.failures_in_a_row = state.failures_in_a_row.saturating_add(1);
+            if !state.outage && state.failures_in_a_row >= config.outage_after_failures {
+                state.outage = true;
+                state.snapshot.outages += 1;
+            }
+            if state.outage {
+                during_outage = true;
+                let until = now + config.outage_probe_interval;
+                state.paused_until = Some(state.paused_until.map_or(until, |p| p.max(until)));
+            }
+        }
         state.in_flight = state.in_flight.saturating_sub(1);
         drop(state);
         self.inner.changed.notify_waiters();
+        Failure { during_outage }
     }
+}
+
+/// What the governor made of a failed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    /// The fleet is in an outage: its probes protect the API, so a retry of this request
+    /// need not spend the retry budget.
+    pub during_outage: bool,
 }
 
 impl Drop for Reservation {

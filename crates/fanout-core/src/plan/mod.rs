@@ -45,6 +45,7 @@ pub use validate::{
 use crate::config::Config;
 use crate::fleet::{Fleet, FleetError};
 use crate::governor::GovernorConfig;
+use crate::retry::RetryBudgetConfig;
 
 /// Why planning could not produce a report.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +109,18 @@ pub fn governor_config(config: &Config) -> GovernorConfig {
         governor.max_in_flight = usize::try_from(max).unwrap_or(usize::MAX).max(1);
     }
     governor
+}
+
+/// The retry budget a workflow file asks for (defaults for what it leaves out).
+pub fn retry_budget_config(config: &Config) -> RetryBudgetConfig {
+    let settings = &config.rate_limits.retry_budget;
+    let default = RetryBudgetConfig::default();
+    RetryBudgetConfig {
+        initial: settings.initial.unwrap_or(default.initial),
+        max: settings.max.unwrap_or(default.max),
+        per_success: settings.per_success.unwrap_or(default.per_success),
+        per_second: settings.per_second.unwrap_or(default.per_second),
+    }
 }
 
 /// What [`prepare`] needs.

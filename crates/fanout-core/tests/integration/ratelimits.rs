@@ -227,3 +227,69 @@ rules:
     assert_eq!(sim.stats().rate_limited, 100);
     sim.shutdown().await;
 }
+
+/// Regression: after an outage every retry waited for a token of the retry budget (20, then
+/// one a second), so 100 agents whose server came back after 1 s took 80 s. Now the fleet
+/// probes once every 250 ms during the outage and every retry goes when a probe is answered.
+#[tokio::test(start_paused = true)]
+async fn after_a_one_second_outage_the_fleet_recovers_within_a_probe() {
+    let config = SimConfig {
+        latency: Duration::from_millis(500),
+        rpm: Some(6000),
+        ..SimConfig::default()
+    };
+    let sim = start_sim(config.clone()).await;
+    let addr = sim.addr();
+    let fleet = learning_fleet(anthropic(&sim));
+    let run = {
+        let fleet = fleet.clone();
+        tokio::spawn(async move { run_all(&fleet, 100).await })
+    };
+    // Down from 0.3 s (answers already being generated still go out) to 1.3 s.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sim.shutdown().await;
+    let down_until = Instant::now() + Duration::from_secs(1);
+    tokio::time::sleep_until(down_until).await;
+    let sim = Sim::start(config, addr).await.unwrap();
+    let run = run.await.unwrap();
+    // Fault-free: the probe, then everything else, 1.0 s.
+    assert_near_floor(&run, 1.0 + 2.0, 1.0);
+    let snapshot = fleet.governor().snapshot();
+    assert!(snapshot.outages >= 1, "{snapshot:?}");
+    assert!(!snapshot.outage);
+    // The restarted server answered each request once.
+    assert_eq!(sim.stats().admitted, 99);
+    sim.shutdown().await;
+}
+
+/// A failing API: every request answered 500. The fleet probes instead of retrying 100
+/// requests each on its own, and gives up within the policy's attempts.
+#[tokio::test(start_paused = true)]
+async fn a_failing_api_gets_probes_not_a_retry_storm() {
+    let scenario = Scenario::from_yaml(
+        r#"
+rules:
+  - error: {status: 500, type: api_error, message: "down"}
+"#,
+        "down.yaml",
+    )
+    .unwrap();
+    let sim = start_sim(SimConfig {
+        latency: Duration::from_millis(100),
+        scenario: Some(scenario),
+        ..SimConfig::default()
+    })
+    .await;
+    let fleet = learning_fleet(anthropic(&sim));
+    let started = Instant::now();
+    let run = run_all(&fleet, 100).await;
+    assert_eq!(run.failures.len(), 100);
+    let seconds = started.elapsed().as_secs_f64();
+    let requests = sim.stats().requests_total as f64;
+    // One probe at a time, 250 ms apart after each 100 ms failure: at most ~3 a second.
+    assert!(
+        requests <= 3.0 * seconds + 10.0,
+        "{requests} requests in {seconds:.1} s"
+    );
+    sim.shutdown().await;
+}
