@@ -312,6 +312,7 @@ async fn live(
         progress: Progress::new(style),
         tally: Tally::default(),
         fast: job.worker_mode == fanout_core::config::Mode::Fast,
+        fleet: fleet.clone(),
     }));
     let sink: EventSink = {
         let display = Arc::clone(&display);
@@ -372,6 +373,8 @@ struct Display {
     progress: Progress,
     tally: Tally,
     fast: bool,
+    /// The worker fleet, whose governor and retry budget the status line shows.
+    fleet: Fleet,
 }
 
 impl Display {
@@ -405,6 +408,7 @@ impl Display {
             }
             _ => {}
         }
+        tally.observe_fleet(&self.fleet);
         let tally = self.tally;
         self.progress.update(&tally);
     }

@@ -137,7 +137,7 @@ pub struct GovernorSnapshot {
 }
 
 /// The limits the governor currently applies (configured or learned), per minute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Limits {
     pub requests: Option<u64>,
     pub input_tokens: Option<u64>,

@@ -293,3 +293,32 @@ rules:
     );
     sim.shutdown().await;
 }
+
+/// Two processes on one key, started together, each told nothing: they learn the limit and
+/// split it through `remaining`, without talking to each other.
+#[tokio::test(start_paused = true)]
+async fn two_fleets_on_one_key_share_the_limit_through_remaining() {
+    let sim = start_sim(SimConfig {
+        latency: Duration::from_millis(500),
+        rpm: Some(600),
+        ..SimConfig::default()
+    })
+    .await;
+    let a = learning_fleet(anthropic(&sim));
+    let b = learning_fleet(anthropic(&sim));
+    let (run_a, run_b) = tokio::join!(run_all(&a, 1000), run_all(&b, 1000));
+    // Together: 600 in the burst, 1,400 at 10 a second, plus one latency.
+    let floor = 140.5;
+    for run in [&run_a, &run_b] {
+        assert_near_floor(run, floor, 1.15);
+    }
+    let stats = sim.stats();
+    assert!(
+        stats.rate_limited * 50 <= stats.requests_total,
+        "{} of {} requests answered 429",
+        stats.rate_limited,
+        stats.requests_total
+    );
+    assert_eq!(stats.admitted, 2000);
+    sim.shutdown().await;
+}
