@@ -153,6 +153,9 @@ struct State {
     tokens: Option<Bucket>,
     /// Which buckets were learned from headers (requests, input, output, tokens).
     learned: [bool; 4],
+    /// Whether a dimension's `remaining` was ever not a multiple of a thousand: then the
+    /// server reports it exactly, else (Anthropic's token counts) rounded to the thousand.
+    exact: [bool; 4],
     /// Discovering the limits: one request in flight at a time.
     probing: bool,
     /// Failures (not 429s) since the last success.
@@ -209,6 +212,7 @@ impl Governor {
             output: bucket(config.output_tokens_per_minute),
             tokens: bucket(config.tokens_per_minute),
             learned: [false; 4],
+            exact: [false; 4],
             probing: config.learn_from_headers && config.probe_unknown_limits && !configured,
             failures_in_a_row: 0,
             outage: false,
@@ -553,9 +557,13 @@ impl Drop for Reservation {
 }
 
 /// What a header's `remaining` says about the server's level. Anthropic rounds token counts
-/// to the nearest thousand; a count that is not a multiple of a thousand is exact.
-fn reported(remaining: u64, tokens: bool) -> Reported {
-    if tokens && remaining > 0 && remaining.is_multiple_of(1000) {
+/// to the nearest thousand (so a 0 means anything below 500); a server that ever reported a
+/// count that is not a multiple of a thousand for this dimension reports it exactly.
+fn reported(remaining: u64, tokens: bool, exact: &mut bool) -> Reported {
+    if !remaining.is_multiple_of(1000) {
+        *exact = true;
+    }
+    if tokens && !*exact {
         Reported::nearest(remaining, 1000.0)
     } else {
         Reported::floor(remaining)
@@ -576,7 +584,9 @@ fn sync_from_headers(
     let separate = limits.input_tokens.limit.is_some() || limits.output_tokens.limit.is_some();
     let mut apply = |index: usize, dimension: &LimitState, tokens: bool| {
         let Some(limit) = dimension.limit else { return };
-        let remaining = dimension.remaining.map(|r| reported(r, tokens));
+        let remaining = dimension
+            .remaining
+            .map(|r| reported(r, tokens, &mut state.exact[index]));
         let (slot, learned) = match index {
             0 => (&mut state.requests, &mut state.learned[0]),
             1 => (&mut state.input, &mut state.learned[1]),

@@ -322,3 +322,50 @@ async fn two_fleets_on_one_key_share_the_limit_through_remaining() {
     assert_eq!(stats.admitted, 2000);
     sim.shutdown().await;
 }
+
+/// The output-token limit binds: reservations start at `max_tokens`, are settled from
+/// `usage` and follow the calibrated mean.
+#[tokio::test(start_paused = true)]
+async fn a_learned_output_token_limit_is_paced_near_the_floor() {
+    let sim = start_sim(SimConfig {
+        latency: Duration::from_millis(500),
+        otpm: Some(3_000),
+        ..SimConfig::default()
+    })
+    .await;
+    let fleet = learning_fleet(anthropic(&sim));
+    let run = run_all(&fleet, 400).await;
+    let stats = sim.stats();
+    let total = stats.output_tokens as f64;
+    let floor = (total - 3_000.0) / (3_000.0 / 60.0) + 0.5;
+    assert!(floor > 20.0, "the output limit must bind (floor {floor} s)");
+    assert_near_floor(&run, floor, 1.10);
+    assert!(stats.rate_limited <= 20, "{} 429s", stats.rate_limited);
+    assert_eq!(
+        fleet.governor().snapshot().learned.output_tokens,
+        Some(3_000)
+    );
+    sim.shutdown().await;
+}
+
+/// OpenAI reports one combined token bucket (`x-ratelimit-*-tokens`): input and output
+/// tokens together.
+#[tokio::test(start_paused = true)]
+async fn a_learned_openai_token_limit_is_paced_near_the_floor() {
+    let sim = start_sim(SimConfig {
+        latency: Duration::from_millis(500),
+        tpm: Some(150_000),
+        ..SimConfig::default()
+    })
+    .await;
+    let fleet = learning_fleet(openai(&sim));
+    let run = run_all(&fleet, 1000).await;
+    let stats = sim.stats();
+    let total = (stats.input_tokens + stats.output_tokens) as f64;
+    let floor = (total - 150_000.0) / (150_000.0 / 60.0) + 0.5;
+    assert!(floor > 20.0, "the token limit must bind (floor {floor} s)");
+    assert_near_floor(&run, floor, 1.10);
+    assert!(stats.rate_limited <= 20, "{} 429s", stats.rate_limited);
+    assert_eq!(fleet.governor().snapshot().learned.tokens, Some(150_000));
+    sim.shutdown().await;
+}
