@@ -44,7 +44,7 @@ pub use validate::{
 
 use crate::config::Config;
 use crate::fleet::{Fleet, FleetError};
-use crate::governor::GovernorConfig;
+use crate::governor::{GovernorConfig, Limits};
 use crate::retry::RetryBudgetConfig;
 
 /// Why planning could not produce a report.
@@ -123,6 +123,31 @@ pub fn retry_budget_config(config: &Config) -> RetryBudgetConfig {
     }
 }
 
+/// `config` with the limits it leaves out filled in from `learned`, or `None` when that adds
+/// nothing.
+fn with_learned_limits(config: &Config, learned: &Limits) -> Option<Config> {
+    let limits = &config.rate_limits;
+    let fills = [
+        (limits.requests_per_minute, learned.requests),
+        (limits.input_tokens_per_minute, learned.input_tokens),
+        (limits.output_tokens_per_minute, learned.output_tokens),
+        (limits.tokens_per_minute, learned.tokens),
+    ];
+    if !fills
+        .iter()
+        .any(|(set, known)| set.is_none() && known.is_some())
+    {
+        return None;
+    }
+    let mut config = config.clone();
+    let limits = &mut config.rate_limits;
+    limits.requests_per_minute = limits.requests_per_minute.or(learned.requests);
+    limits.input_tokens_per_minute = limits.input_tokens_per_minute.or(learned.input_tokens);
+    limits.output_tokens_per_minute = limits.output_tokens_per_minute.or(learned.output_tokens);
+    limits.tokens_per_minute = limits.tokens_per_minute.or(learned.tokens);
+    Some(config)
+}
+
 /// What [`prepare`] needs.
 #[derive(Debug, Clone)]
 pub struct PrepareRequest {
@@ -181,7 +206,13 @@ pub async fn prepare(
             (planned.validation, source, Some(planned.usage))
         }
     };
-    let estimate = estimate(&validation, config, &scan);
+    // Limits the workflow leaves out are known once the orchestrator's call answered: the
+    // wall-time estimate uses them.
+    let learned = fleet.map(|fleet| fleet.governor().snapshot().learned);
+    let estimate = match learned.and_then(|learned| with_learned_limits(config, &learned)) {
+        Some(config) => estimate(&validation, &config, &scan),
+        None => estimate(&validation, config, &scan),
+    };
     let mut report = Report::new(
         config,
         &validation,
