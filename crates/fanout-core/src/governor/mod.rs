@@ -8,7 +8,9 @@
 //! - discovery: while no limit is configured, one request at a time goes out (a probe) until
 //!   a response's `*-ratelimit-*` headers say what the limits are; the learned buckets then
 //!   start from the reported `remaining`, half of it held back until the next report confirms
-//!   it. A response without limit headers ends the probe too: AIMD alone from then on;
+//!   it. A response without limit headers ends the probe too: AIMD alone from then on. A
+//!   probe that takes long (a long generation) lets twice as many requests out every
+//!   `probe_patience`; a 429 among them carries the limits and ends the probe;
 //! - admission: a request reserves its estimated cost before it is sent; requests queue in
 //!   FIFO order and never fail because the fleet is busy;
 //! - correction: the reservation is settled from the response's `usage`, and the buckets are
@@ -72,6 +74,9 @@ pub struct GovernorConfig {
     /// With no limit configured, send one request at a time until a response says what the
     /// limits are (or that there are none).
     pub probe_unknown_limits: bool,
+    /// While the probe is unanswered, allow twice as many requests in flight every this long
+    /// (so a long generation does not hold the fleet back for its whole length).
+    pub probe_patience: Duration,
     /// This many failures in a row (no success between) make an outage: one probe at a time.
     /// 0 turns outage handling off.
     pub outage_after_failures: u32,
@@ -96,11 +101,15 @@ impl Default for GovernorConfig {
             default_pause: Duration::from_secs(1),
             learn_from_headers: true,
             probe_unknown_limits: true,
+            probe_patience: Duration::from_secs(1),
             outage_after_failures: 5,
             outage_probe_interval: Duration::from_millis(250),
         }
     }
 }
+
+/// While probing, the in-flight cap doubles at most this often (to 1,024).
+const MAX_PROBE_DOUBLINGS: u32 = 10;
 
 /// What one request is expected to cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -156,8 +165,10 @@ struct State {
     /// Whether a dimension's `remaining` was ever not a multiple of a thousand: then the
     /// server reports it exactly, else (Anthropic's token counts) rounded to the thousand.
     exact: [bool; 4],
-    /// Discovering the limits: one request in flight at a time.
+    /// Discovering the limits: one request in flight at a time (more as it takes long).
     probing: bool,
+    /// When the first probe went out.
+    probe_started: Option<Instant>,
     /// Failures (not 429s) since the last success.
     failures_in_a_row: u32,
     /// In an outage: one probe in flight at a time, spaced out.
@@ -214,6 +225,7 @@ impl Governor {
             learned: [false; 4],
             exact: [false; 4],
             probing: config.learn_from_headers && config.probe_unknown_limits && !configured,
+            probe_started: None,
             failures_in_a_row: 0,
             outage: false,
             in_flight: 0,
@@ -303,8 +315,29 @@ impl Governor {
                 }
             }
         }
-        let slot_free = (state.in_flight as f64) < state.window.floor().max(1.0)
-            && !((state.probing || state.outage) && state.in_flight > 0);
+        let mut slot_free = (state.in_flight as f64) < state.window.floor().max(1.0);
+        if state.outage && state.in_flight > 0 {
+            slot_free = false;
+        } else if state.probing {
+            // One probe; if its answer is slow (a long generation), the fleet may not wait
+            // for it forever: twice as many every `probe_patience`. A 429 among them says
+            // what the limits are, so the overshoot stays small.
+            let started = *state.probe_started.get_or_insert(now);
+            let patience = self.inner.config.probe_patience;
+            let doublings = if patience.is_zero() {
+                MAX_PROBE_DOUBLINGS
+            } else {
+                (now.saturating_duration_since(started).as_secs_f64() / patience.as_secs_f64())
+                    .floor()
+                    .min(f64::from(MAX_PROBE_DOUBLINGS)) as u32
+            };
+            if state.in_flight >= 1usize << doublings {
+                slot_free = false;
+                if doublings < MAX_PROBE_DOUBLINGS {
+                    later(started + patience * (doublings + 1));
+                }
+            }
+        }
         if let Some(at) = until {
             return Wait::Until(at);
         }
@@ -796,7 +829,8 @@ mod tests {
             let governor = governor.clone();
             tokio::spawn(async move { governor.reserve(Cost::default()).await })
         };
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        // (After `probe_patience`, 1 s, a slow probe gets company: see the test below.)
+        tokio::time::sleep(Duration::from_millis(900)).await;
         assert!(
             !waiter.is_finished(),
             "a second request went out during the probe"
@@ -914,5 +948,24 @@ mod tests {
             Duration::from_secs(2),
             "paused exactly retry-after"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_probe_lets_twice_as_many_out_every_second() {
+        let governor = Governor::new(GovernorConfig::default());
+        let start = Instant::now();
+        let mut held = vec![governor.reserve(Cost::default()).await];
+        let mut admitted_at = Vec::new();
+        for _ in 0..7 {
+            held.push(governor.reserve(Cost::default()).await);
+            admitted_at.push(start.elapsed().as_secs());
+        }
+        // 1 in flight at first, 2 after 1 s, 4 after 2 s, 8 after 3 s.
+        assert_eq!(admitted_at, [1, 2, 2, 3, 3, 3, 3]);
+        // The answer with limits ends the probe.
+        held.pop()
+            .unwrap()
+            .succeeded(&Usage::default(), &requests_limit(600, 500));
+        assert!(!governor.snapshot().probing);
     }
 }
