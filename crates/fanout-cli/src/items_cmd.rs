@@ -330,8 +330,24 @@ async fn live(
         batch,
         poll,
     };
+    // Redraw while nothing finishes too: queues for the limits, the retry budget and an
+    // outage's probes are what a long quiet stretch is made of.
+    let ticker = {
+        let display = Arc::clone(&display);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                interval.tick().await;
+                display
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .tick();
+            }
+        })
+    };
     let result =
         fanout_core::items::run::run(job, fleet, store.clone(), options, cancel, sink).await;
+    ticker.abort();
     {
         let mut display = display.lock().unwrap_or_else(PoisonError::into_inner);
         let tally = display.tally;
@@ -409,6 +425,15 @@ impl Display {
             _ => {}
         }
         tally.observe_fleet(&self.fleet);
+        let tally = self.tally;
+        self.progress.update(&tally);
+    }
+
+    fn tick(&mut self) {
+        if self.tally.total == 0 {
+            return;
+        }
+        self.tally.observe_fleet(&self.fleet);
         let tally = self.tally;
         self.progress.update(&tally);
     }

@@ -62,6 +62,8 @@ pub struct Tally {
     pub probing: bool,
     /// The governor is in an outage: one probe at a time.
     pub outage: bool,
+    /// Requests queued in the rate governor now.
+    pub rate_waiting: usize,
     /// Model calls sent and their tokens, for the limit-bound ETA.
     pub calls: u64,
     pub input_tokens: u64,
@@ -78,6 +80,7 @@ impl Tally {
         self.limits = governor.limits;
         self.limits_learned = governor.learned != Limits::default();
         self.probing = governor.probing;
+        self.rate_waiting = governor.waiting;
         self.outage = governor.outage;
         self.calls = stats.calls;
         self.input_tokens = stats.input_tokens;
@@ -211,6 +214,9 @@ pub fn status_line(tally: &Tally, elapsed: Duration) -> String {
         " · rate wait {}",
         human_duration(tally.rate_limit_wait)
     ));
+    if tally.rate_waiting > 0 {
+        line.push_str(&format!(" ({} queued)", tally.rate_waiting));
+    }
     if !tally.retry_budget_wait.is_zero() {
         line.push_str(&format!(
             " · retry budget wait {}",
