@@ -41,13 +41,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_server(port, args):
+def start_server(port, args, log=None):
     cmd = [sys.executable, SERVER, "--port", str(port), "--latency-ms", str(args.latency_ms)]
     if args.rpm:
         cmd += ["--rpm", str(args.rpm)]
     if args.itpm:
         cmd += ["--itpm", str(args.itpm)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = open(log, "a") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.time() + 20
     while time.time() < deadline:
         try:
@@ -139,7 +140,8 @@ def main():
     a.itpm = a.itpm if a.itpm is not None else itpm
     work = tempfile.mkdtemp(prefix=f"fanout-bench-{a.scenario}-")
     port = free_port()
-    server = start_server(port, a)
+    server_log = os.path.join(work, "server.log")
+    server = start_server(port, a, server_log)
     limits = {"requests_per_minute": a.rpm} if a.scenario == "configured" else {}
     result = {"scenario": a.scenario + (" (no fault)" if a.no_fault else ""), "items": a.items, "rpm": a.rpm, "itpm": a.itpm,
               "latency_ms": a.latency_ms}
@@ -157,7 +159,7 @@ def main():
             server.wait()
             fault["killed_at_s"] = round(time.time() - procs[0][1], 3)
             time.sleep(1.0)
-            server = start_server(port, a)
+            server = start_server(port, a, server_log)
             fault["restarted_at_s"] = round(time.time() - procs[0][1], 3)
         elif a.scenario == "stall":
             time.sleep(1.0)

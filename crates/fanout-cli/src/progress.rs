@@ -253,8 +253,10 @@ fn eta(tally: &Tally, elapsed: Duration) -> Option<Duration> {
     }
     let remaining = (tally.total - finished) as f64;
     let mut seconds = elapsed.as_secs_f64() / finished as f64 * remaining;
-    let unsent = tally.total.saturating_sub(finished + tally.running) as f64;
-    let per_task = |amount: u64| amount as f64 / (finished + tally.running).max(1) as f64;
+    // Work not sent yet: not started, or started and queued in the governor.
+    let sent = (finished + tally.running).saturating_sub(tally.rate_waiting);
+    let unsent = tally.total.saturating_sub(sent) as f64;
+    let per_task = |amount: u64| amount as f64 / sent.max(1) as f64;
     let limits = &tally.limits;
     for (limit, amount) in [
         (limits.requests, per_task(tally.calls)),
@@ -375,6 +377,14 @@ mod tests {
         assert!(line.contains(" · limits 600 req/min learned · "), "{line}");
         assert!(line.contains(" · retry budget wait 3s · "), "{line}");
         // 600 done in 2 s, but the other 400 calls go at 10 a second.
+        assert!(line.ends_with(" · ETA 40s"), "{line}");
+        // The same when the 400 have started but wait in the governor.
+        let queued = Tally {
+            running: 400,
+            rate_waiting: 400,
+            ..tally
+        };
+        let line = status_line(&queued, Duration::from_secs(2));
         assert!(line.ends_with(" · ETA 40s"), "{line}");
         let probing = Tally {
             probing: true,
