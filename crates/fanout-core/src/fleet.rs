@@ -3,8 +3,10 @@
 //!
 //! One attempt goes: estimate the cost, reserve it in the governor (queueing as long as the
 //! fleet needs), send, then settle the reservation from the answer. A failure is classified by
-//! the retry policy; a retry first takes a token from the fleet-wide retry budget, then waits
-//! the server's delay or the backoff. Every wait races the caller's cancellation token.
+//! the retry policy; a retry waits the server's delay or the backoff, then takes a token from
+//! the fleet-wide retry budget (not for a 429, which the governor's pause paces, nor during an
+//! outage, which the governor's probe paces) and gives it back if it succeeds. Every wait races
+//! the caller's cancellation token.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
