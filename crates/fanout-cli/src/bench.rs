@@ -259,6 +259,8 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<ExitCode> {
         input_tokens_per_minute: told(args.itpm),
         output_tokens_per_minute: told(args.otpm),
         max_in_flight: args.max_in_flight.max(1),
+        // Limits not told are probed for only when learning them is what is measured.
+        probe_unknown_limits: args.learn_limits,
         ..GovernorConfig::default()
     });
     let policy = RetryPolicy::default();

@@ -191,6 +191,9 @@ pub async fn run(args: BenchItemsArgs) -> anyhow::Result<ExitCode> {
         provider,
         Governor::new(GovernorConfig {
             max_in_flight: args.workers,
+            // The simulator sends no limit headers here: this measures the engine, not the
+            // discovery of limits (scripts/bench_ratelimits.py measures that).
+            probe_unknown_limits: false,
             ..GovernorConfig::default()
         }),
         RetryPolicy::default(),

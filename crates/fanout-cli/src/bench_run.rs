@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use fanout_core::config::Config;
 use fanout_core::fleet::Fleet;
-use fanout_core::governor::Governor;
+use fanout_core::governor::{Governor, GovernorConfig};
 use fanout_core::plan::{self, PlanOptions, PrepareRequest};
 use fanout_core::provider::Provider;
 use fanout_core::provider::anthropic::{AnthropicConfig, AnthropicProvider};
@@ -136,7 +136,12 @@ pub async fn run(args: BenchRunArgs) -> anyhow::Result<ExitCode> {
     })?);
     let fleet = Fleet::new(
         provider,
-        Governor::new(plan::governor_config(&config)),
+        Governor::new(GovernorConfig {
+            // This measures the engine, not the discovery of limits (which
+            // scripts/bench_ratelimits.py measures): no probe before the first round.
+            probe_unknown_limits: false,
+            ..plan::governor_config(&config)
+        }),
         RetryPolicy::default(),
         Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
     );

@@ -37,7 +37,7 @@ use fanout_core::items::worker::{OutputRoute, SUBMIT_TOOL};
 use fanout_core::plan;
 use fanout_core::provider::anthropic::AnthropicConfig;
 use fanout_core::provider::batch::{BatchClient, PollPolicy};
-use fanout_core::retry::{RetryBudget, RetryBudgetConfig, RetryPolicy};
+use fanout_core::retry::{RetryBudget, RetryPolicy};
 use fanout_core::store::{RunStatus, Store};
 use fanout_sim::{Scenario, Sim, SimConfig, SimHandle};
 use tokio_util::sync::CancellationToken;
@@ -316,7 +316,7 @@ async fn prepare_with_proposal(
                 )?,
                 Governor::new(plan::governor_config(config)),
                 RetryPolicy::default(),
-                Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
+                Arc::new(RetryBudget::new(plan::retry_budget_config(config))),
             );
             eprintln!(
                 "fanout: asking {} for an item plan (chunking, instructions, record fields)",
@@ -350,7 +350,7 @@ async fn live(
         crate::run_cmd::provider_of(worker.provider, base_url, crate::run_cmd::http_config(args))?,
         Governor::new(plan::governor_config(config)),
         RetryPolicy::default(),
-        Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
+        Arc::new(RetryBudget::new(plan::retry_budget_config(config))),
     );
     let (batch, poll) = match job.execution {
         Execution::Online => (None, PollPolicy::default()),
@@ -405,6 +405,7 @@ async fn live(
         progress: Progress::new(style),
         tally: Tally::default(),
         fast: job.worker_mode == fanout_core::config::Mode::Fast,
+        fleet: fleet.clone(),
     }));
     let sink: EventSink = {
         let display = Arc::clone(&display);
@@ -422,8 +423,24 @@ async fn live(
         batch,
         poll,
     };
+    // Redraw while nothing finishes too: queues for the limits, the retry budget and an
+    // outage's probes are what a long quiet stretch is made of.
+    let ticker = {
+        let display = Arc::clone(&display);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                interval.tick().await;
+                display
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .tick();
+            }
+        })
+    };
     let result =
         fanout_core::items::run::run(job, fleet, store.clone(), options, cancel, sink).await;
+    ticker.abort();
     {
         let mut display = display.lock().unwrap_or_else(PoisonError::into_inner);
         let tally = display.tally;
@@ -465,6 +482,8 @@ struct Display {
     progress: Progress,
     tally: Tally,
     fast: bool,
+    /// The worker fleet, whose governor and retry budget the status line shows.
+    fleet: Fleet,
 }
 
 impl Display {
@@ -498,6 +517,16 @@ impl Display {
             }
             _ => {}
         }
+        tally.observe_fleet(&self.fleet);
+        let tally = self.tally;
+        self.progress.update(&tally);
+    }
+
+    fn tick(&mut self) {
+        if self.tally.total == 0 {
+            return;
+        }
+        self.tally.observe_fleet(&self.fleet);
         let tally = self.tally;
         self.progress.update(&tally);
     }

@@ -134,7 +134,7 @@ pub async fn drive(
             EngineEvent::AgentNotRun { .. } => tally.skipped += 1,
             EngineEvent::Checkpoint { .. } | EngineEvent::Phase { .. } => {}
         }
-        tally.rate_limit_wait = Duration::from_millis(stats_fleet.stats().governor_wait_ms);
+        tally.observe_fleet(&stats_fleet);
         progress.update(&tally);
     };
     let outcome = match launch {

@@ -10,6 +10,8 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
+use fanout_core::fleet::Fleet;
+use fanout_core::governor::Limits;
 use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -58,9 +60,41 @@ pub struct Tally {
     /// Time requests spent queued for the rate governor, summed over requests (so it can
     /// exceed the elapsed time when many agents wait at once).
     pub rate_limit_wait: Duration,
+    /// Time retries waited for a token of the fleet-wide retry budget, summed.
+    pub retry_budget_wait: Duration,
+    /// The limits the governor applies (configured or learned), per minute.
+    pub limits: Limits,
+    /// Whether those limits were learned from the provider's headers.
+    pub limits_learned: bool,
+    /// The governor is still probing for the limits.
+    pub probing: bool,
+    /// The governor is in an outage: one probe at a time.
+    pub outage: bool,
+    /// Requests queued in the rate governor now.
+    pub rate_waiting: usize,
+    /// Model calls sent and their tokens, for the limit-bound ETA.
+    pub calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
 }
 
 impl Tally {
+    /// Copy the fleet's rate-governor and retry-budget figures.
+    pub fn observe_fleet(&mut self, fleet: &Fleet) {
+        let stats = fleet.stats();
+        let governor = fleet.governor().snapshot();
+        self.rate_limit_wait = Duration::from_millis(stats.governor_wait_ms);
+        self.retry_budget_wait = Duration::from_millis(stats.budget_wait_ms);
+        self.limits = governor.limits;
+        self.limits_learned = governor.learned != Limits::default();
+        self.probing = governor.probing;
+        self.rate_waiting = governor.waiting;
+        self.outage = governor.outage;
+        self.calls = stats.calls;
+        self.input_tokens = stats.input_tokens;
+        self.output_tokens = stats.output_tokens;
+    }
+
     pub fn queued(&self) -> usize {
         self.total.saturating_sub(self.finished() + self.running)
     }
@@ -177,28 +211,81 @@ pub fn status_line(tally: &Tally, elapsed: Duration) -> String {
         }
     }
     line.push_str(&format!(
-        " · {} tokens ({fast_share:.0}% fast) · ${:.2} · rate wait {} (all agents) · {}",
+        " · {} tokens ({fast_share:.0}% fast) · ${:.2}",
         human_count(tokens),
         tally.dollars,
-        human_duration(tally.rate_limit_wait),
-        human_duration(elapsed),
     ));
+    if tally.probing {
+        line.push_str(" · probing limits");
+    } else if let Some(limits) = limits_text(&tally.limits) {
+        let how = if tally.limits_learned { " learned" } else { "" };
+        line.push_str(&format!(" · limits {limits}{how}"));
+    }
+    if tally.outage {
+        line.push_str(" · outage, probing");
+    }
+    line.push_str(&format!(
+        " · rate wait {} (all agents)",
+        human_duration(tally.rate_limit_wait)
+    ));
+    if tally.rate_waiting > 0 {
+        line.push_str(&format!(" ({} queued)", tally.rate_waiting));
+    }
+    if !tally.retry_budget_wait.is_zero() {
+        line.push_str(&format!(
+            " · retry budget wait {}",
+            human_duration(tally.retry_budget_wait)
+        ));
+    }
+    line.push_str(&format!(" · {}", human_duration(elapsed)));
     if let Some(eta) = eta(tally, elapsed) {
         line.push_str(&format!(" · ETA {}", human_duration(eta)));
     }
     line
 }
 
-/// Remaining time at the average completion rate so far.
+/// `600 req/min, 210K in/min`: the limits that are set, or `None`.
+fn limits_text(limits: &Limits) -> Option<String> {
+    let parts: Vec<String> = [
+        (limits.requests, "req/min"),
+        (limits.input_tokens, "in/min"),
+        (limits.output_tokens, "out/min"),
+        (limits.tokens, "tok/min"),
+    ]
+    .iter()
+    .filter_map(|(limit, unit)| limit.map(|l| format!("{} {unit}", human_count(l))))
+    .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// Remaining time at the average completion rate so far, and never less than the known
+/// limits allow for the work not yet sent (its calls and tokens at the average per task).
 fn eta(tally: &Tally, elapsed: Duration) -> Option<Duration> {
     let finished = tally.finished();
     if finished == 0 || finished >= tally.total {
         return None;
     }
-    let per_task = elapsed.as_secs_f64() / finished as f64;
-    Some(Duration::from_secs_f64(
-        per_task * (tally.total - finished) as f64,
-    ))
+    let remaining = (tally.total - finished) as f64;
+    let mut seconds = elapsed.as_secs_f64() / finished as f64 * remaining;
+    // Work not sent yet: not started, or started and queued in the governor.
+    let sent = (finished + tally.running).saturating_sub(tally.rate_waiting);
+    let unsent = tally.total.saturating_sub(sent) as f64;
+    let per_task = |amount: u64| amount as f64 / sent.max(1) as f64;
+    let limits = &tally.limits;
+    for (limit, amount) in [
+        (limits.requests, per_task(tally.calls)),
+        (limits.input_tokens, per_task(tally.input_tokens)),
+        (limits.output_tokens, per_task(tally.output_tokens)),
+        (
+            limits.tokens,
+            per_task(tally.input_tokens + tally.output_tokens),
+        ),
+    ] {
+        if let Some(limit) = limit.filter(|l| *l > 0) {
+            seconds = seconds.max(unsent * amount / (limit as f64 / 60.0));
+        }
+    }
+    Some(Duration::from_secs_f64(seconds))
 }
 
 pub fn human_count(n: u64) -> String {
@@ -258,6 +345,7 @@ mod tests {
             tokens_default: 744_000,
             dollars: 3.414,
             rate_limit_wait: Duration::from_secs(12),
+            ..Tally::default()
         };
         assert_eq!(tally.queued(), 188);
         assert_eq!(
@@ -285,5 +373,46 @@ mod tests {
         assert_eq!(human_count(45_300), "45K");
         assert_eq!(human_count(2_100_000), "2.1M");
         assert_eq!(human_duration(Duration::from_secs(3725)), "1h02m");
+    }
+
+    #[test]
+    fn learned_limits_and_budget_waits_are_shown_and_bound_the_eta() {
+        let tally = Tally {
+            total: 1000,
+            done: 600,
+            running: 0,
+            limits: Limits {
+                requests: Some(600),
+                ..Limits::default()
+            },
+            limits_learned: true,
+            rate_limit_wait: Duration::from_secs(12),
+            retry_budget_wait: Duration::from_secs(3),
+            calls: 600,
+            ..Tally::default()
+        };
+        let line = status_line(&tally, Duration::from_secs(2));
+        assert!(line.contains(" · limits 600 req/min learned · "), "{line}");
+        assert!(line.contains(" · retry budget wait 3s · "), "{line}");
+        // 600 done in 2 s, but the other 400 calls go at 10 a second.
+        assert!(line.ends_with(" · ETA 40s"), "{line}");
+        // The same when the 400 have started but wait in the governor.
+        let queued = Tally {
+            running: 400,
+            rate_waiting: 400,
+            ..tally
+        };
+        let line = status_line(&queued, Duration::from_secs(2));
+        assert!(line.ends_with(" · ETA 40s"), "{line}");
+        let probing = Tally {
+            probing: true,
+            outage: true,
+            ..tally
+        };
+        let line = status_line(&probing, Duration::from_secs(2));
+        assert!(
+            line.contains(" · probing limits · outage, probing · "),
+            "{line}"
+        );
     }
 }

@@ -25,7 +25,7 @@ use fanout_core::provider::Provider;
 use fanout_core::provider::anthropic::{AnthropicConfig, AnthropicProvider};
 use fanout_core::provider::http::HttpConfig;
 use fanout_core::provider::openai::{OpenAiConfig, OpenAiProvider};
-use fanout_core::retry::{RetryBudget, RetryBudgetConfig, RetryPolicy};
+use fanout_core::retry::{RetryBudget, RetryPolicy};
 use fanout_core::run::lock::RepoLock;
 use fanout_sim::{Faults, Scenario, Sim, SimConfig, SimHandle};
 use tokio_util::sync::CancellationToken;
@@ -432,6 +432,6 @@ pub(crate) fn fleet_for(config: &Config, provider: Arc<dyn Provider>) -> Fleet {
         provider,
         Governor::new(plan::governor_config(config)),
         RetryPolicy::default(),
-        Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
+        Arc::new(RetryBudget::new(plan::retry_budget_config(config))),
     )
 }

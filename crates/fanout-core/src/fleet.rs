@@ -3,8 +3,10 @@
 //!
 //! One attempt goes: estimate the cost, reserve it in the governor (queueing as long as the
 //! fleet needs), send, then settle the reservation from the answer. A failure is classified by
-//! the retry policy; a retry first takes a token from the fleet-wide retry budget, then waits
-//! the server's delay or the backoff. Every wait races the caller's cancellation token.
+//! the retry policy; a retry waits the server's delay or the backoff, then takes a token from
+//! the fleet-wide retry budget (not for a 429, which the governor's pause paces, nor during an
+//! outage, which the governor's probe paces) and gives it back if it succeeds. Every wait races
+//! the caller's cancellation token.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,7 +61,10 @@ pub struct FleetCounters {
     pub output_tokens: AtomicU64,
     pub cache_read_tokens: AtomicU64,
     pub governor_wait_ms: AtomicU64,
+    /// Backoff and server-requested delays before retries.
     pub retry_wait_ms: AtomicU64,
+    /// Time retries waited for a token of the fleet-wide retry budget.
+    pub budget_wait_ms: AtomicU64,
 }
 
 /// A plain copy of [`FleetCounters`].
@@ -78,6 +83,7 @@ pub struct FleetStats {
     pub cache_read_tokens: u64,
     pub governor_wait_ms: u64,
     pub retry_wait_ms: u64,
+    pub budget_wait_ms: u64,
 }
 
 /// The result of one successful call, with what it took to get it.
@@ -155,6 +161,8 @@ impl Fleet {
         let raw_input = TokenEstimator::raw_input(request);
         let mut governor_wait = Duration::ZERO;
         let mut attempt: u32 = 0;
+        // Whether this attempt is a retry that spent a retry-budget token.
+        let mut spent_token = false;
         loop {
             attempt += 1;
             let cost = Cost {
@@ -189,6 +197,9 @@ impl Fleet {
                         response.usage.output_tokens,
                     );
                     self.budget.deposit_success();
+                    if spent_token {
+                        self.budget.refund();
+                    }
                     counters.succeeded.fetch_add(1, Ordering::Relaxed);
                     counters
                         .input_tokens
@@ -207,7 +218,7 @@ impl Fleet {
                 }
                 Err(error) => error,
             };
-            reservation.failed(&error);
+            let failure = reservation.failed(&error);
             match error.class() {
                 ErrorClass::RateLimited => counters.rate_limited.fetch_add(1, Ordering::Relaxed),
                 ErrorClass::Overloaded => counters.overloaded.fetch_add(1, Ordering::Relaxed),
@@ -229,14 +240,28 @@ impl Fleet {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Err(FleetError::Cancelled { attempts: attempt }),
-                _ = async {
-                    self.budget.acquire().await;
-                    tokio::time::sleep(delay).await;
-                } => {}
+                _ = tokio::time::sleep(delay) => {}
             }
             counters
                 .retry_wait_ms
                 .fetch_add(waited_from.elapsed().as_millis() as u64, Ordering::Relaxed);
+            // A 429 is the server pacing us, not failing: the governor's pause and buckets
+            // already hold the whole fleet back, so its retry spends no budget. During an
+            // outage the governor sends one probe at a time: the retry queues behind it and
+            // goes as soon as the API answers again, without a token.
+            spent_token = false;
+            if error.class() != ErrorClass::RateLimited && !failure.during_outage {
+                let budget_from = tokio::time::Instant::now();
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Err(FleetError::Cancelled { attempts: attempt }),
+                    _ = self.budget.acquire() => {}
+                }
+                spent_token = true;
+                counters
+                    .budget_wait_ms
+                    .fetch_add(budget_from.elapsed().as_millis() as u64, Ordering::Relaxed);
+            }
         }
     }
 
@@ -258,6 +283,7 @@ impl Fleet {
             cache_read_tokens: get(&c.cache_read_tokens),
             governor_wait_ms: get(&c.governor_wait_ms),
             retry_wait_ms: get(&c.retry_wait_ms),
+            budget_wait_ms: get(&c.budget_wait_ms),
         }
     }
 }

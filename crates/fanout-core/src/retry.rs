@@ -7,8 +7,12 @@
 //! jitter. It never retries 400, 401, 403, 404, 413, 422 or a 429 that reports a spend cap.
 //!
 //! The budget exists because 1,000 agents each retrying alone turn a brownout into a retry
-//! storm: every retry spends a token, tokens come back as a fraction of successes (and slowly
-//! with time), and a retry waits for a token instead of being sent at once.
+//! storm: a retry spends a token, tokens come back as a fraction of successes (and slowly
+//! with time), and a retry waits for a token instead of being sent at once. A retry that
+//! succeeds gives its token back ([`RetryBudget::refund`]), so only failed retries drain the
+//! budget: it holds back a failing API and never a recovered one. Retries of 429s (paced by
+//! the governor's pause) and of failures during an outage (paced by the governor's probe)
+//! spend nothing. The settings are `workflow.rate_limits.retry_budget`.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -170,6 +174,15 @@ impl RetryBudget {
         let mut state = lock(&self.state);
         self.refill(&mut state);
         state.tokens = (state.tokens + self.config.per_success).min(self.config.max);
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    /// A retry that spent a token succeeded: the token comes back.
+    pub fn refund(&self) {
+        let mut state = lock(&self.state);
+        self.refill(&mut state);
+        state.tokens = (state.tokens + 1.0).min(self.config.max);
         drop(state);
         self.changed.notify_waiters();
     }
@@ -370,5 +383,21 @@ mod tests {
         let start = Instant::now();
         budget.acquire().await;
         assert_eq!(start.elapsed(), Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_that_succeeds_gives_its_token_back() {
+        let budget = RetryBudget::new(RetryBudgetConfig {
+            initial: 1.0,
+            max: 10.0,
+            per_success: 0.0,
+            per_second: 0.0,
+        });
+        budget.acquire().await;
+        assert!(budget.available() < 1.0);
+        budget.refund();
+        let start = Instant::now();
+        budget.acquire().await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 }

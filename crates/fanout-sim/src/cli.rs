@@ -33,6 +33,9 @@ pub struct SimArgs {
     /// Output tokens per minute; omit for no limit.
     #[arg(long)]
     pub otpm: Option<u64>,
+    /// Input plus output tokens per minute in one bucket (OpenAI-style); omit for no limit.
+    #[arg(long)]
+    pub tpm: Option<u64>,
     /// Requests handled at once; excess requests get 429 with `retry-after: 1` (no queueing).
     #[arg(long)]
     pub max_concurrent: Option<usize>,
@@ -96,6 +99,7 @@ impl SimArgs {
             rpm: self.rpm,
             itpm: self.itpm,
             otpm: self.otpm,
+            tpm: self.tpm,
             max_concurrent: self.max_concurrent,
             faults: Faults {
                 overloaded: self.p_overloaded,

@@ -84,6 +84,8 @@ pub struct SimConfig {
     pub itpm: Option<u64>,
     /// Output tokens per minute.
     pub otpm: Option<u64>,
+    /// Input plus output tokens per minute, one bucket (OpenAI's `x-ratelimit-*-tokens`).
+    pub tpm: Option<u64>,
     /// Requests handled at once; more get 429 with `retry-after: 1` (no queueing).
     pub max_concurrent: Option<usize>,
     /// Fault probabilities.
@@ -113,6 +115,7 @@ impl Default for SimConfig {
             rpm: None,
             itpm: None,
             otpm: None,
+            tpm: None,
             max_concurrent: None,
             faults: Faults::default(),
             seed: 0,
@@ -137,7 +140,12 @@ impl SimConfig {
         if !(0.0..=1.0).contains(&self.jitter) {
             return bad("jitter", format!("must be in [0, 1], got {}", self.jitter));
         }
-        for (name, limit) in [("rpm", self.rpm), ("itpm", self.itpm), ("otpm", self.otpm)] {
+        for (name, limit) in [
+            ("rpm", self.rpm),
+            ("itpm", self.itpm),
+            ("otpm", self.otpm),
+            ("tpm", self.tpm),
+        ] {
             if limit == Some(0) {
                 return bad(
                     name,

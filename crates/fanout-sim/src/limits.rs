@@ -7,6 +7,8 @@
 //! admission the request and its input tokens are charged; output tokens are charged when the
 //! answer is produced and may drive the output bucket negative. All time is
 //! `tokio::time::Instant`, so tests can run on paused time. Both APIs share one set of buckets.
+//! Headers follow the vendors' documentation: Anthropic's `remaining` token counts are rounded
+//! to the nearest thousand, OpenAI's are exact.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -69,6 +71,7 @@ pub(crate) enum Dimension {
     Requests,
     InputTokens,
     OutputTokens,
+    Tokens,
 }
 
 impl Dimension {
@@ -77,6 +80,7 @@ impl Dimension {
             Dimension::Requests => "requests",
             Dimension::InputTokens => "input tokens",
             Dimension::OutputTokens => "output tokens",
+            Dimension::Tokens => "tokens",
         }
     }
 }
@@ -104,11 +108,17 @@ pub(crate) struct Snapshot {
     pub(crate) requests: Option<BucketView>,
     pub(crate) input: Option<BucketView>,
     pub(crate) output: Option<BucketView>,
+    /// The combined input + output bucket.
+    pub(crate) combined: Option<BucketView>,
 }
 
 impl Snapshot {
-    /// The most restrictive token bucket (the lower remaining count) of input and output.
+    /// The combined bucket when there is one, else the most restrictive token bucket (the
+    /// lower remaining count) of input and output.
     pub(crate) fn tokens(&self) -> Option<BucketView> {
+        if self.combined.is_some() {
+            return self.combined;
+        }
         match (self.input, self.output) {
             (Some(a), Some(b)) => Some(if b.remaining < a.remaining { b } else { a }),
             (a, b) => a.or(b),
@@ -116,12 +126,14 @@ impl Snapshot {
     }
 }
 
-/// The three buckets.
+/// The buckets.
 #[derive(Debug)]
 pub(crate) struct Limiter {
     requests: Option<Bucket>,
     input: Option<Bucket>,
     output: Option<Bucket>,
+    /// Input and output tokens together (charged like input at admission, then like output).
+    combined: Option<Bucket>,
 }
 
 impl Limiter {
@@ -129,23 +141,33 @@ impl Limiter {
         rpm: Option<u64>,
         itpm: Option<u64>,
         otpm: Option<u64>,
+        tpm: Option<u64>,
         now: Instant,
     ) -> Self {
         Self {
             requests: rpm.map(|l| Bucket::new(l, now)),
             input: itpm.map(|l| Bucket::new(l, now)),
             output: otpm.map(|l| Bucket::new(l, now)),
+            combined: tpm.map(|l| Bucket::new(l, now)),
         }
     }
 
     pub(crate) fn is_unlimited(&self) -> bool {
-        self.requests.is_none() && self.input.is_none() && self.output.is_none()
+        self.requests.is_none()
+            && self.input.is_none()
+            && self.output.is_none()
+            && self.combined.is_none()
     }
 
     fn refill(&mut self, now: Instant) {
-        for bucket in [&mut self.requests, &mut self.input, &mut self.output]
-            .into_iter()
-            .flatten()
+        for bucket in [
+            &mut self.requests,
+            &mut self.input,
+            &mut self.output,
+            &mut self.combined,
+        ]
+        .into_iter()
+        .flatten()
         {
             bucket.refill(now);
         }
@@ -173,6 +195,10 @@ impl Limiter {
             let need = (input_tokens as f64).min(bucket.limit as f64);
             consider(&self.input, need, Dimension::InputTokens);
         }
+        if let Some(bucket) = &self.combined {
+            let need = (input_tokens as f64).min(bucket.limit as f64);
+            consider(&self.combined, need, Dimension::Tokens);
+        }
         if let Some(bucket) = &self.output
             && bucket.level <= 0.0
         {
@@ -189,12 +215,15 @@ impl Limiter {
         if let Some(bucket) = &mut self.input {
             bucket.level -= input_tokens as f64;
         }
+        if let Some(bucket) = &mut self.combined {
+            bucket.level -= input_tokens as f64;
+        }
         Ok(())
     }
 
     /// Charges generated output tokens (the bucket may go negative).
     pub(crate) fn charge_output(&mut self, now: Instant, tokens: u64) {
-        if let Some(bucket) = &mut self.output {
+        for bucket in [&mut self.output, &mut self.combined].into_iter().flatten() {
             bucket.refill(now);
             bucket.level -= tokens as f64;
         }
@@ -213,11 +242,20 @@ impl Limiter {
             requests: view(&self.requests),
             input: view(&self.input),
             output: view(&self.output),
+            combined: view(&self.combined),
         }
     }
 }
 
-/// `anthropic-ratelimit-*` headers for the configured dimensions.
+/// Anthropic documents token counts in `*-remaining` as "rounded to the nearest thousand";
+/// request counts are exact.
+fn nearest_thousand(tokens: u64) -> u64 {
+    (tokens + 500) / 1000 * 1000
+}
+
+/// `anthropic-ratelimit-*` headers for the configured dimensions, as documented: `remaining`
+/// (token counts rounded to the nearest thousand) and `reset`, the RFC 3339 time at which the
+/// bucket will be full again.
 pub(crate) fn anthropic_headers(
     snapshot: &Snapshot,
     wall_now: SystemTime,
@@ -231,13 +269,18 @@ pub(crate) fn anthropic_headers(
     ];
     for (name, view) in dims {
         if let Some(view) = view {
+            let remaining = if name == "requests" {
+                view.remaining
+            } else {
+                nearest_thousand(view.remaining)
+            };
             out.push((
                 format!("anthropic-ratelimit-{name}-limit"),
                 view.limit.to_string(),
             ));
             out.push((
                 format!("anthropic-ratelimit-{name}-remaining"),
-                view.remaining.to_string(),
+                remaining.to_string(),
             ));
             out.push((
                 format!("anthropic-ratelimit-{name}-reset"),
@@ -335,6 +378,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn anthropic_token_counts_are_rounded_to_the_nearest_thousand() {
+        let view = |remaining| BucketView {
+            limit: 80_000,
+            remaining,
+            until_full: Duration::from_secs(3),
+        };
+        let snapshot = Snapshot {
+            requests: Some(BucketView {
+                limit: 50,
+                remaining: 49,
+                until_full: Duration::from_secs(2),
+            }),
+            input: Some(view(12_499)),
+            output: Some(view(12_500)),
+            combined: None,
+        };
+        let headers = anthropic_headers(&snapshot, UNIX_EPOCH);
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("anthropic-ratelimit-requests-remaining"), Some("49"));
+        assert_eq!(
+            get("anthropic-ratelimit-input-tokens-remaining"),
+            Some("12000")
+        );
+        assert_eq!(
+            get("anthropic-ratelimit-output-tokens-remaining"),
+            Some("13000")
+        );
+        assert_eq!(get("anthropic-ratelimit-tokens-remaining"), Some("12000"));
+        assert_eq!(
+            get("anthropic-ratelimit-input-tokens-reset"),
+            Some("1970-01-01T00:00:03Z")
+        );
+    }
+
+    #[test]
     fn go_durations() {
         assert_eq!(go_duration(Duration::ZERO), "0s");
         assert_eq!(go_duration(Duration::from_millis(12)), "12ms");
@@ -356,7 +439,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn bucket_refills_and_refuses() {
         let start = Instant::now();
-        let mut limiter = Limiter::new(Some(60), None, Some(100), start);
+        let mut limiter = Limiter::new(Some(60), None, Some(100), None, start);
         for _ in 0..60 {
             assert!(limiter.try_admit(start, 10).is_ok());
         }

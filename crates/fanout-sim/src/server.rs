@@ -64,7 +64,13 @@ pub(crate) fn spawn(
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         counters: config.scenario.as_ref().map(|s| s.counters()),
-        limiter: Mutex::new(Limiter::new(config.rpm, config.itpm, config.otpm, now)),
+        limiter: Mutex::new(Limiter::new(
+            config.rpm,
+            config.itpm,
+            config.otpm,
+            config.tpm,
+            now,
+        )),
         config,
         started: now,
         seq: AtomicU64::new(0),

@@ -260,13 +260,24 @@ impl PathRules {
 
 /// Fleet-wide rate limits, per minute. `None` leaves the limit to be learned from the
 /// provider's response headers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 pub struct RateLimits {
     pub requests_per_minute: Option<u64>,
     pub input_tokens_per_minute: Option<u64>,
     pub output_tokens_per_minute: Option<u64>,
     pub tokens_per_minute: Option<u64>,
     pub max_in_flight: Option<u64>,
+    pub retry_budget: RetryBudgetSettings,
+}
+
+/// `workflow.rate_limits.retry_budget`: the fleet-wide retry budget's settings; `None` keeps
+/// the default (see [`crate::retry::RetryBudgetConfig`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct RetryBudgetSettings {
+    pub initial: Option<f64>,
+    pub max: Option<f64>,
+    pub per_success: Option<f64>,
+    pub per_second: Option<f64>,
 }
 
 /// Limits on one agent.

@@ -142,6 +142,21 @@ pub(crate) struct RawRateLimits {
     pub tokens_per_minute: Option<Spanned<u64>>,
     #[serde(default)]
     pub max_in_flight: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub retry_budget: Option<RawRetryBudget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetryBudget {
+    #[serde(default)]
+    pub initial: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub max: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub per_success: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub per_second: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]

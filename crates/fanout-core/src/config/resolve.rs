@@ -16,8 +16,8 @@ use super::shell::ShellCommand;
 use super::{
     AgentBudget, AgentPermissions, BUILTIN_PROTECTED_PATHS, Budgets, Config,
     DEFAULT_SENSITIVE_PATHS, ExternalApi, FileAccess, GlobList, LogLevel, Logging, Mode, ModelSpec,
-    Models, ORCHESTRATOR_ROLE, OnFailure, PathRules, Provider, RateLimits, Rollback, RunBudget,
-    SandboxSetting, ShellExec, TIMESTAMP_PLACEHOLDER, Verify,
+    Models, ORCHESTRATOR_ROLE, OnFailure, PathRules, Provider, RateLimits, RetryBudgetSettings,
+    Rollback, RunBudget, SandboxSetting, ShellExec, TIMESTAMP_PLACEHOLDER, Verify,
 };
 
 pub(crate) const DEFAULT_MAX_PARALLEL_AGENTS: u32 = 10;
@@ -607,6 +607,33 @@ impl Resolver<'_> {
             )?,
             tokens_per_minute: positive("tokens_per_minute", raw.tokens_per_minute)?,
             max_in_flight: positive("max_in_flight", raw.max_in_flight)?,
+            retry_budget: self.retry_budget(raw.retry_budget)?,
+        })
+    }
+
+    fn retry_budget(&self, raw: Option<raw::RawRetryBudget>) -> Result<RetryBudgetSettings> {
+        let Some(raw) = raw else {
+            return Ok(RetryBudgetSettings::default());
+        };
+        let number = |key: &str, value: Option<Spanned<f64>>| -> Result<Option<f64>> {
+            match value {
+                Some(value) if !value.value.is_finite() || value.value < 0.0 => Err(self.invalid(
+                    value.referenced,
+                    &format!("workflow.rate_limits.retry_budget.{key}"),
+                    format!(
+                        "`workflow.rate_limits.retry_budget.{key}` must be a number of at least 0, found {}",
+                        value.value
+                    ),
+                )),
+                Some(value) => Ok(Some(value.value)),
+                None => Ok(None),
+            }
+        };
+        Ok(RetryBudgetSettings {
+            initial: number("initial", raw.initial)?,
+            max: number("max", raw.max)?,
+            per_success: number("per_success", raw.per_success)?,
+            per_second: number("per_second", raw.per_second)?,
         })
     }
 

@@ -56,6 +56,24 @@ fn duration(description: &str) -> Value {
     })
 }
 
+fn retry_budget_schema() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "description": "The fleet-wide retry budget: every retry (not of a 429, not during an outage) spends a token; a retry that succeeds gives it back.",
+        "properties": {
+            "initial": non_negative("Tokens at the start, and the most time refill saves up (default 20)."),
+            "max": non_negative("Most tokens held (default 200)."),
+            "per_success": non_negative("Tokens each success earns (default 0.1)."),
+            "per_second": non_negative("Tokens earned per second, up to `initial` (default 1).")
+        }
+    })
+}
+
+fn non_negative(description: &str) -> Value {
+    json!({ "type": "number", "minimum": 0, "description": description })
+}
+
 fn dollars(description: &str) -> Value {
     json!({ "type": "number", "exclusiveMinimum": 0, "description": description })
 }
@@ -136,7 +154,8 @@ pub fn json_schema() -> Value {
                             "input_tokens_per_minute": positive_integer("Input tokens per minute."),
                             "output_tokens_per_minute": positive_integer("Output tokens per minute."),
                             "tokens_per_minute": positive_integer("Input plus output tokens per minute."),
-                            "max_in_flight": positive_integer("Most requests in flight at once.")
+                            "max_in_flight": positive_integer("Most requests in flight at once."),
+                            "retry_budget": retry_budget_schema()
                         }
                     },
                     "budgets": {

@@ -66,6 +66,10 @@ workflow:
     # input_tokens_per_minute: 30000
     # output_tokens_per_minute: 8000
     # max_in_flight: 32
+    # The fleet-wide retry budget: a retry spends a token (not a 429's retry, paced by the
+    # server's retry-after; not one during an outage, paced by one probe at a time), a retry
+    # that succeeds gives it back, and tokens come back per success and per second.
+    # retry_budget: {initial: 20, max: 200, per_success: 0.1, per_second: 1}
 
   budgets:
     agent:

@@ -3,15 +3,29 @@
 //! What it owns:
 //! - weighted token buckets mirroring the server's limits (requests/min, input tokens/min,
 //!   output tokens/min, and a combined tokens/min for OpenAI-style limits), refilled
-//!   continuously a little below the limit's rate ([`bucket`]);
+//!   continuously: a configured limit a little below its rate, a learned one at exactly
+//!   limit/60 per second (times our share of the key when other clients use it) ([`bucket`]);
+//! - discovery: while no limit is configured, one request at a time goes out (a probe) until
+//!   a response's `*-ratelimit-*` headers say what the limits are; the learned buckets then
+//!   start from the reported `remaining`, half of it held back until the next report confirms
+//!   it. A response without limit headers ends the probe too: AIMD alone from then on. A
+//!   probe that takes long (a long generation) lets twice as many requests out every
+//!   `probe_patience`; a 429 among them carries the limits and ends the probe;
 //! - admission: a request reserves its estimated cost before it is sent; requests queue in
 //!   FIFO order and never fail because the fleet is busy;
 //! - correction: the reservation is settled from the response's `usage`, and the buckets are
-//!   lowered to what the `*-ratelimit-*` headers report (or created from them when no limit
-//!   was configured);
-//! - backoff as one fleet: a 429 pauses every new admission until its `retry-after`, and 429s
-//!   and 529s shrink the allowed in-flight concurrency multiplicatively (at most once per
-//!   cool-down), which grows back additively with each success (AIMD).
+//!   lowered (never raised, never re-rated) when the `*-ratelimit-*` headers show less room
+//!   than we count on;
+//! - outages as one fleet: after `outage_after_failures` failures in a row (connection
+//!   errors, timeouts, 5xx, 529) with no success between, the fleet sends one probe at a time,
+//!   `outage_probe_interval` apart, instead of every agent retrying on its own; the first
+//!   success ends it and the window is open again at once. Retries of requests that failed
+//!   during the outage spend no retry budget ([`Failure::during_outage`]): the probe protects
+//!   the API, and a recovered API gets them all back within one round trip;
+//! - backoff as one fleet: a 429 pauses every new admission for its `retry-after`, no longer;
+//!   429s (when no bucket paces the fleet) and 529s shrink the allowed in-flight concurrency
+//!   multiplicatively (at most once per cool-down), which grows back additively with each
+//!   success (AIMD).
 //!
 //! It does not send anything or retry: see [`crate::fleet`] for the loop that uses it and
 //! [`estimate`] for the token estimates that go into a [`Cost`].
@@ -27,7 +41,7 @@ use tokio::time::Instant;
 
 use crate::provider::{ErrorClass, LimitState, ProviderError, RateLimitSnapshot, Usage};
 use crate::retry::lock;
-use bucket::Bucket;
+use bucket::{Bucket, Reported};
 
 /// Limits and tuning of the governor. Limits left `None` are learned from response headers.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +71,17 @@ pub struct GovernorConfig {
     pub default_pause: Duration,
     /// Create and correct buckets from the `*-ratelimit-*` headers.
     pub learn_from_headers: bool,
+    /// With no limit configured, send one request at a time until a response says what the
+    /// limits are (or that there are none).
+    pub probe_unknown_limits: bool,
+    /// While the probe is unanswered, allow twice as many requests in flight every this long
+    /// (so a long generation does not hold the fleet back for its whole length).
+    pub probe_patience: Duration,
+    /// This many failures in a row (no success between) make an outage: one probe at a time.
+    /// 0 turns outage handling off.
+    pub outage_after_failures: u32,
+    /// During an outage, wait this long after a failed probe before the next.
+    pub outage_probe_interval: Duration,
 }
 
 impl Default for GovernorConfig {
@@ -75,9 +100,16 @@ impl Default for GovernorConfig {
             increase_per_success: 1.0,
             default_pause: Duration::from_secs(1),
             learn_from_headers: true,
+            probe_unknown_limits: true,
+            probe_patience: Duration::from_secs(1),
+            outage_after_failures: 5,
+            outage_probe_interval: Duration::from_millis(250),
         }
     }
 }
+
+/// While probing, the in-flight cap doubles at most this often (to 1,024).
+const MAX_PROBE_DOUBLINGS: u32 = 10;
 
 /// What one request is expected to cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -101,10 +133,20 @@ pub struct GovernorSnapshot {
     pub overloaded_responses: u64,
     pub window_decreases: u64,
     pub limits: Limits,
+    /// Which of `limits` were learned from headers rather than configured.
+    pub learned: Limits,
+    /// Still sending one probe at a time to discover the limits.
+    pub probing: bool,
+    /// In an outage: one probe at a time until one succeeds.
+    pub outage: bool,
+    /// Outages seen (failures in a row that made the fleet probe).
+    pub outages: u64,
+    /// How long the fleet stays paused by a 429's `retry-after` (zero when not paused).
+    pub paused_for: Duration,
 }
 
 /// The limits the governor currently applies (configured or learned), per minute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Limits {
     pub requests: Option<u64>,
     pub input_tokens: Option<u64>,
@@ -118,6 +160,19 @@ struct State {
     input: Option<Bucket>,
     output: Option<Bucket>,
     tokens: Option<Bucket>,
+    /// Which buckets were learned from headers (requests, input, output, tokens).
+    learned: [bool; 4],
+    /// Whether a dimension's `remaining` was ever not a multiple of a thousand: then the
+    /// server reports it exactly, else (Anthropic's token counts) rounded to the thousand.
+    exact: [bool; 4],
+    /// Discovering the limits: one request in flight at a time (more as it takes long).
+    probing: bool,
+    /// When the first probe went out.
+    probe_started: Option<Instant>,
+    /// Failures (not 429s) since the last success.
+    failures_in_a_row: u32,
+    /// In an outage: one probe in flight at a time, spaced out.
+    outage: bool,
     in_flight: usize,
     window: f64,
     paused_until: Option<Instant>,
@@ -158,11 +213,21 @@ impl Governor {
             limit.map(|l| Bucket::new(l, config.headroom, config.burst_fraction, now))
         };
         let max = config.max_in_flight.max(1);
+        let configured = config.requests_per_minute.is_some()
+            || config.input_tokens_per_minute.is_some()
+            || config.output_tokens_per_minute.is_some()
+            || config.tokens_per_minute.is_some();
         let state = State {
             requests: bucket(config.requests_per_minute),
             input: bucket(config.input_tokens_per_minute),
             output: bucket(config.output_tokens_per_minute),
             tokens: bucket(config.tokens_per_minute),
+            learned: [false; 4],
+            exact: [false; 4],
+            probing: config.learn_from_headers && config.probe_unknown_limits && !configured,
+            probe_started: None,
+            failures_in_a_row: 0,
+            outage: false,
             in_flight: 0,
             window: max as f64,
             paused_until: None,
@@ -205,7 +270,6 @@ impl Governor {
                     return Reservation {
                         inner: Arc::clone(&self.inner),
                         cost,
-                        sent_at: Instant::now(),
                         waited: queued_at.elapsed(),
                         open: true,
                     };
@@ -251,7 +315,29 @@ impl Governor {
                 }
             }
         }
-        let slot_free = (state.in_flight as f64) < state.window.floor().max(1.0);
+        let mut slot_free = (state.in_flight as f64) < state.window.floor().max(1.0);
+        if state.outage && state.in_flight > 0 {
+            slot_free = false;
+        } else if state.probing {
+            // One probe; if its answer is slow (a long generation), the fleet may not wait
+            // for it forever: twice as many every `probe_patience`. A 429 among them says
+            // what the limits are, so the overshoot stays small.
+            let started = *state.probe_started.get_or_insert(now);
+            let patience = self.inner.config.probe_patience;
+            let doublings = if patience.is_zero() {
+                MAX_PROBE_DOUBLINGS
+            } else {
+                (now.saturating_duration_since(started).as_secs_f64() / patience.as_secs_f64())
+                    .floor()
+                    .min(f64::from(MAX_PROBE_DOUBLINGS)) as u32
+            };
+            if state.in_flight >= 1usize << doublings {
+                slot_free = false;
+                if doublings < MAX_PROBE_DOUBLINGS {
+                    later(started + patience * (doublings + 1));
+                }
+            }
+        }
         if let Some(at) = until {
             return Wait::Until(at);
         }
@@ -293,8 +379,24 @@ impl Governor {
             output_tokens: state.output.as_ref().map(Bucket::limit_per_minute),
             tokens: state.tokens.as_ref().map(Bucket::limit_per_minute),
         };
-        // Keep refill bookkeeping fresh so levels read later are current.
+        let learned = |slot: &Option<Bucket>, index: usize| {
+            slot.as_ref()
+                .filter(|_| state.learned[index])
+                .map(Bucket::limit_per_minute)
+        };
+        snapshot.learned = Limits {
+            requests: learned(&state.requests, 0),
+            input_tokens: learned(&state.input, 1),
+            output_tokens: learned(&state.output, 2),
+            tokens: learned(&state.tokens, 3),
+        };
+        snapshot.probing = state.probing;
+        snapshot.outage = state.outage;
         let now = Instant::now();
+        snapshot.paused_for = state
+            .paused_until
+            .map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
+        // Keep refill bookkeeping fresh so levels read later are current.
         for bucket in [
             &mut state.requests,
             &mut state.input,
@@ -336,7 +438,6 @@ impl Drop for WaitingGuard<'_> {
 pub struct Reservation {
     inner: Arc<Inner>,
     cost: Cost,
-    sent_at: Instant,
     waited: Duration,
     open: bool,
 }
@@ -369,13 +470,12 @@ impl Reservation {
         if let Some(b) = state.tokens.as_mut() {
             b.adjust(input_delta + output_delta, now);
         }
-        sync_from_headers(
-            &mut state,
-            config,
-            limits,
-            now.saturating_duration_since(self.sent_at),
-            now,
-        );
+        sync_from_headers(&mut state, config, limits, now);
+        // The probe answered: its headers said what the limits are, or that there are none.
+        state.probing = false;
+        // Any answer ends an outage.
+        state.failures_in_a_row = 0;
+        state.outage = false;
         state.in_flight = state.in_flight.saturating_sub(1);
         state.window =
             (state.window + config.increase_per_success).min(config.max_in_flight.max(1) as f64);
@@ -383,9 +483,9 @@ impl Reservation {
         self.inner.changed.notify_waiters();
     }
 
-    /// The request failed with `error`: give back what the server did not use, and on a 429
-    /// or 529 slow the whole fleet.
-    pub fn failed(mut self, error: &ProviderError) {
+    /// The request failed with `error`: give back what the server did not use, on a 429 or
+    /// 529 slow the whole fleet, and after failures in a row treat it as an outage.
+    pub fn failed(mut self, error: &ProviderError) -> Failure {
         self.open = false;
         let config = &self.inner.config;
         let mut state = lock(&self.inner.state);
@@ -417,7 +517,19 @@ impl Reservation {
         if class == ErrorClass::Overloaded {
             state.snapshot.overloaded_responses += 1;
         }
-        if matches!(class, ErrorClass::RateLimited | ErrorClass::Overloaded) {
+        let paced = state.requests.is_some()
+            || state.input.is_some()
+            || state.output.is_some()
+            || state.tokens.is_some();
+        // A 429 while buckets pace the fleet is answered by the pause and the buckets'
+        // correction; shrinking the window as well would leave the fleet below what the
+        // limits allow long after the pause. With no bucket, AIMD is all there is.
+        let shrink = match class {
+            ErrorClass::RateLimited => !paced,
+            ErrorClass::Overloaded => true,
+            _ => false,
+        };
+        if shrink {
             let cooled = state
                 .last_decrease
                 .is_none_or(|at| now.saturating_duration_since(at) >= config.decrease_cooldown);
@@ -429,18 +541,41 @@ impl Reservation {
             }
         }
         if let Some(limits) = error.rate_limits() {
-            sync_from_headers(
-                &mut state,
-                config,
-                limits,
-                now.saturating_duration_since(self.sent_at),
-                now,
-            );
+            sync_from_headers(&mut state, config, limits, now);
+            // An answer with limit headers, or a 429, ends the probe; a connection error or
+            // a 5xx without headers leaves the next request a probe too.
+            if class == ErrorClass::RateLimited || !limits.is_empty() {
+                state.probing = false;
+            }
+        }
+        let mut during_outage = false;
+        if matches!(class, ErrorClass::Transient | ErrorClass::Overloaded)
+            && config.outage_after_failures > 0
+        {
+            state.failures_in_a_row = state.failures_in_a_row.saturating_add(1);
+            if !state.outage && state.failures_in_a_row >= config.outage_after_failures {
+                state.outage = true;
+                state.snapshot.outages += 1;
+            }
+            if state.outage {
+                during_outage = true;
+                let until = now + config.outage_probe_interval;
+                state.paused_until = Some(state.paused_until.map_or(until, |p| p.max(until)));
+            }
         }
         state.in_flight = state.in_flight.saturating_sub(1);
         drop(state);
         self.inner.changed.notify_waiters();
+        Failure { during_outage }
     }
+}
+
+/// What the governor made of a failed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    /// The fleet is in an outage: its probes protect the API, so a retry of this request
+    /// need not spend the retry budget.
+    pub during_outage: bool,
 }
 
 impl Drop for Reservation {
@@ -454,16 +589,24 @@ impl Drop for Reservation {
     }
 }
 
-/// Token counts in headers are rounded to the nearest thousand by Anthropic; never correct
-/// for less than that.
-const TOKEN_SLACK: f64 = 1000.0;
-const REQUEST_SLACK: f64 = 1.0;
+/// What a header's `remaining` says about the server's level. Anthropic rounds token counts
+/// to the nearest thousand (so a 0 means anything below 500); a server that ever reported a
+/// count that is not a multiple of a thousand for this dimension reports it exactly.
+fn reported(remaining: u64, tokens: bool, exact: &mut bool) -> Reported {
+    if !remaining.is_multiple_of(1000) {
+        *exact = true;
+    }
+    if tokens && !*exact {
+        Reported::nearest(remaining, 1000.0)
+    } else {
+        Reported::floor(remaining)
+    }
+}
 
 fn sync_from_headers(
     state: &mut State,
     config: &GovernorConfig,
     limits: &RateLimitSnapshot,
-    age: Duration,
     now: Instant,
 ) {
     if !config.learn_from_headers || limits.is_empty() {
@@ -472,21 +615,38 @@ fn sync_from_headers(
     // Anthropic reports input and output separately (its "tokens" is only the tightest of
     // the two); OpenAI reports one combined token bucket.
     let separate = limits.input_tokens.limit.is_some() || limits.output_tokens.limit.is_some();
-    let apply = |slot: &mut Option<Bucket>, dimension: &LimitState, slack: f64| {
+    let mut apply = |index: usize, dimension: &LimitState, tokens: bool| {
         let Some(limit) = dimension.limit else { return };
-        let bucket = slot
-            .get_or_insert_with(|| Bucket::new(limit, config.headroom, config.burst_fraction, now));
-        bucket.set_limit(limit, config.headroom, config.burst_fraction);
-        if let Some(remaining) = dimension.remaining {
-            bucket.sync_remaining(remaining, age, slack, now);
+        let remaining = dimension
+            .remaining
+            .map(|r| reported(r, tokens, &mut state.exact[index]));
+        let (slot, learned) = match index {
+            0 => (&mut state.requests, &mut state.learned[0]),
+            1 => (&mut state.input, &mut state.learned[1]),
+            2 => (&mut state.output, &mut state.learned[2]),
+            _ => (&mut state.tokens, &mut state.learned[3]),
+        };
+        match slot {
+            None => {
+                *slot = Some(Bucket::learned(limit, remaining, now));
+                *learned = true;
+            }
+            Some(bucket) => {
+                let headroom = if *learned { 0.0 } else { config.headroom };
+                let burst = if *learned { 1.0 } else { config.burst_fraction };
+                bucket.set_limit(limit, headroom, burst);
+                if let Some(remaining) = remaining {
+                    bucket.sync(remaining, *learned, now);
+                }
+            }
         }
     };
-    apply(&mut state.requests, &limits.requests, REQUEST_SLACK);
+    apply(0, &limits.requests, false);
     if separate {
-        apply(&mut state.input, &limits.input_tokens, TOKEN_SLACK);
-        apply(&mut state.output, &limits.output_tokens, TOKEN_SLACK);
+        apply(1, &limits.input_tokens, true);
+        apply(2, &limits.output_tokens, true);
     } else {
-        apply(&mut state.tokens, &limits.tokens, TOKEN_SLACK);
+        apply(3, &limits.tokens, true);
     }
 }
 
@@ -575,6 +735,7 @@ mod tests {
     async fn concurrency_is_capped_and_a_freed_slot_admits_the_next() {
         let governor = Governor::new(GovernorConfig {
             max_in_flight: 2,
+            probe_unknown_limits: false,
             ..GovernorConfig::default()
         });
         let a = governor.reserve(Cost::default()).await;
@@ -597,6 +758,7 @@ mod tests {
     async fn a_429_pauses_the_fleet_and_shrinks_the_window_once_per_cooldown() {
         let governor = Governor::new(GovernorConfig {
             max_in_flight: 100,
+            probe_unknown_limits: false,
             ..GovernorConfig::default()
         });
         let first = governor.reserve(Cost::default()).await;
@@ -645,5 +807,165 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    fn requests_limit(limit: u64, remaining: u64) -> RateLimitSnapshot {
+        RateLimitSnapshot {
+            requests: LimitState {
+                limit: Some(limit),
+                remaining: Some(remaining),
+                reset_after: None,
+            },
+            ..RateLimitSnapshot::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_goes_alone_until_an_answer_says_what_the_limits_are() {
+        let governor = Governor::new(GovernorConfig::default());
+        let probe = governor.reserve(Cost::default()).await;
+        assert!(governor.snapshot().probing);
+        let waiter = {
+            let governor = governor.clone();
+            tokio::spawn(async move { governor.reserve(Cost::default()).await })
+        };
+        // (After `probe_patience`, 1 s, a slow probe gets company: see the test below.)
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(
+            !waiter.is_finished(),
+            "a second request went out during the probe"
+        );
+        probe.succeeded(&Usage::default(), &requests_limit(600, 599));
+        let _second = waiter.await.unwrap();
+        let snapshot = governor.snapshot();
+        assert!(!snapshot.probing);
+        assert_eq!(snapshot.learned.requests, Some(600));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_without_limit_headers_opens_the_window_at_once() {
+        let governor = Governor::new(GovernorConfig::default());
+        governor
+            .reserve(Cost::default())
+            .await
+            .succeeded(&Usage::default(), &RateLimitSnapshot::default());
+        let start = Instant::now();
+        let mut held = Vec::new();
+        for _ in 0..500 {
+            held.push(governor.reserve(Cost::default()).await);
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(governor.snapshot().in_flight, 500);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_fails_without_headers_leaves_the_next_request_a_probe() {
+        let governor = Governor::new(GovernorConfig::default());
+        let probe = governor.reserve(Cost::default()).await;
+        probe.failed(&ProviderError::Timeout {
+            provider: "test",
+            after: Duration::from_secs(5),
+        });
+        let _next = governor.reserve(Cost::default()).await;
+        assert!(governor.snapshot().probing);
+    }
+
+    /// Regression: a learned bucket refilled at 98 % of the limit's rate (and was re-rated
+    /// when the reported limit moved): it must refill at exactly limit/60 s.
+    #[tokio::test(start_paused = true)]
+    async fn a_learned_bucket_refills_at_exactly_the_limit() {
+        let governor = Governor::new(GovernorConfig::default());
+        governor
+            .reserve(Cost::default())
+            .await
+            .succeeded(&Usage::default(), &requests_limit(60, 0));
+        let start = Instant::now();
+        for _ in 0..30 {
+            governor
+                .reserve(Cost::default())
+                .await
+                .succeeded(&Usage::default(), &RateLimitSnapshot::default());
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        assert!((30.0..30.1).contains(&elapsed), "30 at 1/s took {elapsed}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn remaining_lowers_a_learned_bucket_but_never_raises_it() {
+        let governor = Governor::new(GovernorConfig::default());
+        governor
+            .reserve(Cost::default())
+            .await
+            .succeeded(&Usage::default(), &requests_limit(600, 599));
+        // Half the reported room is held back until a second report confirms it.
+        let mut held = Vec::new();
+        for _ in 0..299 {
+            held.push(governor.reserve(Cost::default()).await);
+        }
+        // Someone else spent all but 10: the next report lowers us to 10.
+        held.pop()
+            .unwrap()
+            .succeeded(&Usage::default(), &requests_limit(600, 10));
+        let start = Instant::now();
+        for _ in 0..10 {
+            held.push(governor.reserve(Cost::default()).await);
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        // A report of plenty of room does not raise the level.
+        held.pop()
+            .unwrap()
+            .succeeded(&Usage::default(), &requests_limit(600, 500));
+        held.push(governor.reserve(Cost::default()).await);
+        assert!(
+            start.elapsed() >= Duration::from_millis(90),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_under_learned_limits_pauses_for_its_retry_after_and_keeps_the_window() {
+        let governor = Governor::new(GovernorConfig {
+            max_in_flight: 100,
+            ..GovernorConfig::default()
+        });
+        governor
+            .reserve(Cost::default())
+            .await
+            .succeeded(&Usage::default(), &requests_limit(6000, 5999));
+        let limited = governor.reserve(Cost::default()).await;
+        limited.failed(&rate_limited(Some(Duration::from_secs(2))));
+        let snapshot = governor.snapshot();
+        assert_eq!(snapshot.window_decreases, 0);
+        assert_eq!(snapshot.paused_for, Duration::from_secs(2));
+        let start = Instant::now();
+        let mut held = Vec::new();
+        for _ in 0..100 {
+            held.push(governor.reserve(Cost::default()).await);
+        }
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(2),
+            "paused exactly retry-after"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_probe_lets_twice_as_many_out_every_second() {
+        let governor = Governor::new(GovernorConfig::default());
+        let start = Instant::now();
+        let mut held = vec![governor.reserve(Cost::default()).await];
+        let mut admitted_at = Vec::new();
+        for _ in 0..7 {
+            held.push(governor.reserve(Cost::default()).await);
+            admitted_at.push(start.elapsed().as_secs());
+        }
+        // 1 in flight at first, 2 after 1 s, 4 after 2 s, 8 after 3 s.
+        assert_eq!(admitted_at, [1, 2, 2, 3, 3, 3, 3]);
+        // The answer with limits ends the probe.
+        held.pop()
+            .unwrap()
+            .succeeded(&Usage::default(), &requests_limit(600, 500));
+        assert!(!governor.snapshot().probing);
     }
 }

@@ -44,7 +44,8 @@ pub use validate::{
 
 use crate::config::Config;
 use crate::fleet::{Fleet, FleetError};
-use crate::governor::GovernorConfig;
+use crate::governor::{GovernorConfig, Limits};
+use crate::retry::RetryBudgetConfig;
 
 /// Why planning could not produce a report.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +111,43 @@ pub fn governor_config(config: &Config) -> GovernorConfig {
     governor
 }
 
+/// The retry budget a workflow file asks for (defaults for what it leaves out).
+pub fn retry_budget_config(config: &Config) -> RetryBudgetConfig {
+    let settings = &config.rate_limits.retry_budget;
+    let default = RetryBudgetConfig::default();
+    RetryBudgetConfig {
+        initial: settings.initial.unwrap_or(default.initial),
+        max: settings.max.unwrap_or(default.max),
+        per_success: settings.per_success.unwrap_or(default.per_success),
+        per_second: settings.per_second.unwrap_or(default.per_second),
+    }
+}
+
+/// `config` with the limits it leaves out filled in from `learned`, or `None` when that adds
+/// nothing.
+fn with_learned_limits(config: &Config, learned: &Limits) -> Option<Config> {
+    let limits = &config.rate_limits;
+    let fills = [
+        (limits.requests_per_minute, learned.requests),
+        (limits.input_tokens_per_minute, learned.input_tokens),
+        (limits.output_tokens_per_minute, learned.output_tokens),
+        (limits.tokens_per_minute, learned.tokens),
+    ];
+    if !fills
+        .iter()
+        .any(|(set, known)| set.is_none() && known.is_some())
+    {
+        return None;
+    }
+    let mut config = config.clone();
+    let limits = &mut config.rate_limits;
+    limits.requests_per_minute = limits.requests_per_minute.or(learned.requests);
+    limits.input_tokens_per_minute = limits.input_tokens_per_minute.or(learned.input_tokens);
+    limits.output_tokens_per_minute = limits.output_tokens_per_minute.or(learned.output_tokens);
+    limits.tokens_per_minute = limits.tokens_per_minute.or(learned.tokens);
+    Some(config)
+}
+
 /// What [`prepare`] needs.
 #[derive(Debug, Clone)]
 pub struct PrepareRequest {
@@ -170,7 +208,13 @@ pub async fn prepare(
             (planned.validation, source, Some(planned.usage))
         }
     };
-    let estimate = estimate_calibrated(&validation, config, &scan, &request.calibration);
+    // Limits the workflow leaves out are known once the orchestrator's call answered: the
+    // wall-time estimate uses them.
+    let learned = fleet.map(|fleet| fleet.governor().snapshot().learned);
+    let estimate = match learned.and_then(|learned| with_learned_limits(config, &learned)) {
+        Some(config) => estimate_calibrated(&validation, &config, &scan, &request.calibration),
+        None => estimate_calibrated(&validation, config, &scan, &request.calibration),
+    };
     let mut report = Report::new(
         config,
         &validation,

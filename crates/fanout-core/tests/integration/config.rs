@@ -555,3 +555,35 @@ fn the_ticket_example_parses_as_item_work() {
     );
     assert_eq!(config.mode_for_role("items_worker"), Mode::Fast);
 }
+
+#[test]
+fn the_retry_budget_is_configurable_and_matches_the_schema() {
+    let text = "\
+workflow:
+  name: budgeted
+  rate_limits:
+    retry_budget: {initial: 50, max: 500, per_success: 0.2, per_second: 5}
+";
+    let config = Config::from_str(text, "budget.yaml").unwrap();
+    let budget = fanout_core::plan::retry_budget_config(&config);
+    assert_eq!(
+        (
+            budget.initial,
+            budget.max,
+            budget.per_success,
+            budget.per_second
+        ),
+        (50.0, 500.0, 0.2, 5.0)
+    );
+    let value: serde_json::Value = serde_saphyr::from_str(text).unwrap();
+    check_against_schema(&config::json_schema(), &value, "budget");
+    // Left out, the defaults.
+    let plain = Config::from_str("workflow:\n  name: plain\n", "plain.yaml").unwrap();
+    assert_eq!(
+        fanout_core::plan::retry_budget_config(&plain),
+        fanout_core::retry::RetryBudgetConfig::default()
+    );
+    let negative = "workflow:\n  name: x\n  rate_limits:\n    retry_budget: {per_second: -1}\n";
+    let err = Config::from_str(negative, "negative.yaml").unwrap_err();
+    assert_eq!(err.key, "workflow.rate_limits.retry_budget.per_second");
+}

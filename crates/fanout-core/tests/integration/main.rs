@@ -11,5 +11,6 @@ mod fleet;
 mod items;
 mod plan;
 mod provider;
+mod ratelimits;
 mod security;
 mod store;

@@ -537,3 +537,52 @@ fn a_live_run_needs_a_clean_git_tree_where_the_plan_touches() {
     plan::ensure_clean(dir.path(), |path| path == "c.txt").unwrap();
     let _ = ScopePaths::default();
 }
+
+/// A limit the workflow leaves out is learned from the orchestrator's answer, and the dry
+/// run's wall-time estimate uses it.
+#[tokio::test]
+async fn the_dry_run_estimate_uses_limits_learned_from_the_orchestrator_call() {
+    let config = Config::from_str(
+        "workflow:\n  name: learned\n  paths:\n    allow: [\"src/**\"]\n",
+        "learned.yaml",
+    )
+    .unwrap();
+    assert_eq!(config.rate_limits.requests_per_minute, None);
+    let repo = example_repo();
+    let subtasks: Vec<Value> = (1..=5)
+        .map(|i| {
+            json!({"task_id": format!("t{i}"), "description": format!("read util{i:02}"),
+                   "scope": [format!("src/lib/util{i:02}.ts")], "tools": ["read_file"],
+                   "mode": "fast", "depends_on": []})
+        })
+        .collect();
+    let plan = json!({"workflow": "learned", "subtasks": subtasks});
+    let scenario = Scenario::from_yaml(&always(&plan), "learned.yaml").unwrap();
+    let sim = Sim::start(
+        SimConfig {
+            scenario: Some(scenario),
+            rpm: Some(2),
+            ..SimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let fleet = fleet(&sim);
+    let prepared = plan::prepare(
+        &config,
+        &request(repo.path()),
+        Some(&fleet),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let estimate = &prepared.report.estimate;
+    // Two requests a minute: the agents' requests take minutes, whatever their latency.
+    let minutes = estimate.requests as f64 / 2.0;
+    assert!(
+        estimate.wall_time.as_secs_f64() >= minutes * 60.0 - 1.0,
+        "{estimate:?}"
+    );
+    sim.shutdown().await;
+}
