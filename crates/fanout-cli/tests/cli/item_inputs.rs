@@ -3,6 +3,7 @@
 //! a new run that carries the rest over.
 
 use super::*;
+use crate::trust::wait_for;
 
 /// A workflow for `tickets.jsonl` in `dir` (the example's schema), chunks of `chunk` items.
 fn ticket_workflow(dir: &Path, chunk: usize, extra: &str) -> PathBuf {
@@ -327,4 +328,105 @@ fn fixed_chunks_respect_the_models_input_limit() {
     assert_eq!(jsonl_lines(&run.join("results.jsonl")).len(), 6);
     let sent = std::fs::read_to_string(&record).unwrap();
     assert!(!sent.contains("HUGE-1"), "the oversized record was sent");
+}
+
+/// For mixes of good lines, bad lines and repeated ids, with provider faults, a kill -9 at a
+/// varying point and a resume, every non-blank input line ends exactly once in results.jsonl
+/// or failed.jsonl.
+#[test]
+fn every_line_is_accounted_for_once_through_faults_kill_and_resume() {
+    let mut state: u64 = 0x51ed_c0de_2026_1204;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n.max(1)
+    };
+    let mut killed_mid_run = 0;
+    for round in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let good = 20 + next(30) as usize;
+        let bad: Vec<String> = (0..next(8))
+            .map(|i| match next(4) {
+                0 => "{broken".to_owned(),
+                1 => format!("{{\"body\": \"no id {i}\"}}"),
+                2 => format!(
+                    "{{\"id\": \"TCK-{}\", \"body\": \"again\"}}",
+                    1001 + next(good as u64)
+                ),
+                _ => "{\"id\": null}".to_owned(),
+            })
+            .collect();
+        let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
+        let lines = tickets(dir.path(), good, &bad);
+        let wf = ticket_workflow(dir.path(), 1 + next(4) as usize, "")
+            .display()
+            .to_string();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fanout"))
+            .args([
+                "run",
+                &wf,
+                "--sim",
+                "--sim-latency-ms",
+                "150",
+                "--sim-faults",
+                "overloaded=0.1,api_error=0.1,malformed=0.05",
+                "--sim-seed",
+                &round.to_string(),
+            ])
+            .current_dir(dir.path())
+            .env_remove("ANTHROPIC_API_KEY")
+            .env_remove("ANTHROPIC_BASE_URL")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let settled_at_kill = next(3) as usize;
+        wait_for("the run to settle some chunks", || {
+            std::fs::read_dir(dir.path().join(".fanout/runs"))
+                .ok()
+                .and_then(|mut runs| runs.next())
+                .and_then(|run| run.ok())
+                .and_then(|run| std::fs::read_to_string(run.path().join("settled.jsonl")).ok())
+                .is_some_and(|text| text.lines().count() > settled_at_kill)
+                || child.try_wait().ok().flatten().is_some()
+        });
+        let killed = child.try_wait().unwrap().is_none();
+        let _ = child.kill();
+        child.wait().unwrap();
+        killed_mid_run += usize::from(killed);
+        let run_id = std::fs::read_dir(dir.path().join(".fanout/runs"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        let output = fanout_in(dir.path(), &["resume", &run_id, "--sim"]);
+        assert!(
+            matches!(output.status.code(), Some(0 | 5)),
+            "round {round}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let run = dir.path().join(".fanout/runs").join(&run_id);
+        let results = jsonl_lines(&run.join("results.jsonl"));
+        let failed = jsonl_lines(&run.join("failed.jsonl"));
+        assert_eq!(
+            results.len() + failed.len(),
+            lines,
+            "round {round}: every line once"
+        );
+        let mut keys: Vec<String> = results
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .chain(failed.iter().map(|f| f["id"].as_str().unwrap().to_owned()))
+            .collect();
+        keys.sort();
+        let count = keys.len();
+        keys.dedup();
+        assert_eq!(keys.len(), count, "round {round}: a line twice");
+    }
+    assert!(killed_mid_run > 0, "no round was killed before it ended");
 }

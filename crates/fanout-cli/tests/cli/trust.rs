@@ -235,7 +235,7 @@ fn run_in(dir: &Path, args: &[&str]) -> Output {
 }
 
 /// Wait (polling the file system, up to a minute) until `check` holds.
-fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !check() {
         assert!(
