@@ -45,6 +45,7 @@
 //! `invalid_request_error` ("You didn't provide an API key..."), the overloaded fault is a 503
 //! `server_error`, 429s carry `type` `requests`/`tokens` and `code` `rate_limit_exceeded`.
 
+mod agent;
 mod answer;
 mod anthropic;
 mod batches;
@@ -53,6 +54,7 @@ mod faults;
 mod limits;
 mod model;
 mod openai;
+mod planner;
 mod prng;
 mod record;
 mod scenario;
