@@ -1269,8 +1269,7 @@ rules:
         let stderr = std::fs::read_to_string(&stderr_path).unwrap();
         let last = stderr
             .lines()
-            .filter(|line| line.starts_with('['))
-            .next_back()
+            .rfind(|line| line.starts_with('['))
             .unwrap_or_default();
         assert!(last.contains(" · failed 0 · "), "{last}");
         if cancelled_agents > 0 {
