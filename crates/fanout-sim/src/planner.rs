@@ -12,8 +12,10 @@
 //! implies (a word such as "handler" naming a directory `handlers`); a directory preceded by
 //! "every" / "each" / "all" gets one agent per file. A task that names nothing is split by
 //! directory. Writers never share a file. When the task asks for tests, a test agent per code
-//! agent writes a test file and runs an allowlisted test command, after the code agent; when it
-//! asks for documentation, a documentation agent runs after all of them. Sensitive work is on
+//! agent writes a test file after the code agent, and one last agent runs an allowlisted test
+//! command once they are all done (never beside a writer: a command's writable directories are
+//! snapshotted and what changed there undeclared is reverted); when it asks for documentation,
+//! a documentation agent runs after all of them. Sensitive work is on
 //! the `default` mode, routine edits on `fast`.
 //!
 //! A rejected plan (an error tool result naming `agent: scope \`x\` — …`) is answered again
@@ -882,6 +884,7 @@ fn build(task: &str, repo: &Repo, rules: &Rules) -> Vec<Agent> {
             .collect();
         let taken: BTreeSet<String> = targets.iter().flat_map(|t| t.scope()).collect();
         let mut used = BTreeSet::new();
+        let first_test = agents.len();
         for (code_id, target) in code {
             let Target::File(path) = &target else {
                 continue;
@@ -900,17 +903,6 @@ fn build(task: &str, repo: &Repo, rules: &Rules) -> Vec<Agent> {
                     tools.push(t.to_string());
                 }
             }
-            let mut shell_commands = Vec::new();
-            if let Some(command) = &test_command
-                && rules.has_tool("bash")
-            {
-                tools.push("bash".to_string());
-                shell_commands.push(command.clone());
-            }
-            let run = shell_commands
-                .first()
-                .map(|c| format!(" and run them with `{c}`"))
-                .unwrap_or_default();
             let scope = vec![path.clone(), test.clone()];
             let mode = if sensitive(&scope) { "default" } else { "fast" };
             let id = format!(
@@ -927,15 +919,46 @@ fn build(task: &str, repo: &Repo, rules: &Rules) -> Vec<Agent> {
             agents.push(Agent {
                 task_id: id.chars().take(64).collect(),
                 description: format!(
-                    "Part of the task \"{task}\". Once {path} is changed, write unit tests for it in {test}{run}."
+                    "Part of the task \"{task}\". Once {path} is changed, write unit tests for it in {test}."
                 ),
                 role: rules.role("test", mode),
                 scope,
                 write_scope: Some(vec![test]),
                 tools,
-                shell_commands,
+                shell_commands: Vec::new(),
                 mode: mode.to_string(),
                 depends_on: vec![code_id],
+            });
+        }
+        // The suite runs once, after every test is written: a command's writable directory
+        // is shared with the agents writing beside it, so test runs never overlap writers.
+        let writers: Vec<&Agent> = agents[first_test..].iter().collect();
+        if let Some(command) = &test_command
+            && rules.has_tool("bash")
+            && !writers.is_empty()
+            && agents.len() < cap
+        {
+            let scope: Vec<String> = writers
+                .iter()
+                .filter_map(|a| a.write_scope.as_ref().and_then(|w| w.first()).cloned())
+                .collect();
+            let depends_on: Vec<String> = writers.iter().map(|a| a.task_id.clone()).collect();
+            let mut tools = vec!["bash".to_string()];
+            if rules.has_tool("read_file") {
+                tools.insert(0, "read_file".to_string());
+            }
+            agents.push(Agent {
+                task_id: "run-tests".to_string(),
+                description: format!(
+                    "Part of the task \"{task}\". Once the tests are written, run `{command}` and report what it says; change nothing."
+                ),
+                role: rules.role("test", "fast"),
+                scope,
+                write_scope: Some(Vec::new()),
+                tools,
+                shell_commands: vec![command.clone()],
+                mode: "fast".to_string(),
+                depends_on,
             });
         }
     }

@@ -97,7 +97,8 @@ async fn the_default_orchestrator_plans_one_agent_per_named_file_with_tests_afte
             "add-users",
             "test-session",
             "test-orders",
-            "test-users"
+            "test-users",
+            "run-tests"
         ],
         "{plan}"
     );
@@ -138,8 +139,15 @@ async fn the_default_orchestrator_plans_one_agent_per_named_file_with_tests_afte
         strings(&test["write_scope"]),
         ["tests/handlers/users.test.ts"]
     );
-    assert_eq!(strings(&test["shell_commands"]), ["npm test"]);
-    assert!(strings(&test["tools"]).contains(&"bash"));
+    assert!(!strings(&test["tools"]).contains(&"bash"));
+    // The suite runs once, after every test is written, changing nothing.
+    let run = by_id("run-tests");
+    assert_eq!(
+        strings(&run["depends_on"]),
+        ["test-session", "test-orders", "test-users"]
+    );
+    assert_eq!(strings(&run["shell_commands"]), ["npm test"]);
+    assert_eq!(run["write_scope"], json!([]));
 
     // Deterministic.
     let again = tool_input(&messages(&sim, request).await.json());
