@@ -164,7 +164,13 @@ async fn prepare_and_run(
             text.push('\n');
             text
         } else {
-            render_plan(&config, &job, proposal.as_ref(), saved.as_ref())
+            // The suggested command runs where this one did: simulated if this was.
+            let sim = if args.sim || args.scenario.is_some() {
+                " --sim"
+            } else {
+                ""
+            };
+            render_plan(&config, &job, proposal.as_ref(), saved.as_ref(), sim)
         };
         write_stdout(&text)?;
         return Ok(ExitCode::SUCCESS);
@@ -437,6 +443,7 @@ fn render_plan(
     job: &ItemJob,
     proposal: Option<&ItemProposal>,
     saved: Option<&SavedProposal>,
+    sim: &str,
 ) -> String {
     let Some(items) = &config.items else {
         return String::new();
@@ -570,11 +577,11 @@ fn render_plan(
             Some(saved) => {
                 let _ = writeln!(
                     out,
-                    "  saved       {} ({})\n  run it as reviewed: fanout run {} --plan {}",
+                    "  saved       {} ({})\n  run it as reviewed: fanout run {} --plan {}{sim}",
                     saved.path.display(),
                     saved.hash,
-                    config.origin.display(),
-                    saved.path.display()
+                    crate::live::shell_word(&config.origin.display().to_string()),
+                    crate::live::shell_word(&saved.path.display().to_string())
                 );
             }
             None => {
