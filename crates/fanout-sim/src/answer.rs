@@ -156,10 +156,11 @@ fn item_summary(item: &Value, text: &str) -> String {
             text.to_string()
         }
     });
-    let first = body
-        .split_inclusive(['.', '!', '?', '\n'])
-        .map(str::trim)
-        .find(|s| s.split_whitespace().count() >= 3)
+    let first = sentences(&body)
+        .into_iter()
+        .find_map(|sentence| {
+            without_greeting(sentence).filter(|s| s.split_whitespace().count() >= 3)
+        })
         .unwrap_or(body.trim());
     let sentence = match subject {
         Some(subject) if !first.is_empty() => format!("{subject}: {first}"),
@@ -167,6 +168,55 @@ fn item_summary(item: &Value, text: &str) -> String {
         None => first.to_string(),
     };
     sentence.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Sentences of `text`: cut after `.`, `!` or `?` followed by a space, and at line ends (so
+/// `$194.44` stays whole).
+fn sentences(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let bytes = text.as_bytes();
+    for (at, &byte) in bytes.iter().enumerate() {
+        let end_mark = matches!(byte, b'.' | b'!' | b'?')
+            && bytes
+                .get(at + 1)
+                .is_none_or(|next| next.is_ascii_whitespace());
+        if end_mark || byte == b'\n' {
+            let sentence = text[start..=at].trim();
+            if !sentence.is_empty() {
+                out.push(sentence);
+            }
+            start = at + 1;
+        }
+    }
+    let rest = text[start..].trim();
+    if !rest.is_empty() {
+        out.push(rest);
+    }
+    out
+}
+
+/// `sentence` without a leading salutation ("Hi,", "Dear support,"); `None` when nothing
+/// but the salutation and a pleasantry is left.
+fn without_greeting(sentence: &str) -> Option<&str> {
+    const GREETINGS: &[&str] = &[
+        "hi",
+        "hello",
+        "hey",
+        "dear",
+        "good morning",
+        "good afternoon",
+        "good evening",
+        "greetings",
+        "thanks",
+        "thank you",
+    ];
+    let lower = sentence.to_lowercase();
+    if !GREETINGS.iter().any(|g| lower.starts_with(g)) {
+        return Some(sentence);
+    }
+    let (_, rest) = sentence.split_once(", ")?;
+    (rest.split_whitespace().count() >= 5).then_some(rest)
 }
 
 fn allows(schema: &Value, kind: &str) -> bool {
@@ -382,8 +432,10 @@ fn parts_summary(prompt: &str) -> String {
     out.push_str(&format!("Records: {records}\n\n"));
     // Fields that categorise (few distinct values, repeated), most frequent first.
     for (field, values) in &counts {
+        // Categories: few distinct, short values, some repeated (not free text).
         let repeated = values.values().any(|n| *n > 1) || records <= 1;
-        if values.len() > MAX_KEY_VALUES || !repeated {
+        let short = values.keys().all(|v| v.split_whitespace().count() <= 4);
+        if values.len() > MAX_KEY_VALUES || !repeated || !short {
             continue;
         }
         let mut sorted: Vec<(&String, &u64)> = values.iter().collect();
