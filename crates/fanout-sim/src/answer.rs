@@ -3,6 +3,8 @@
 //!
 //! - A forced tool whose schema asks for sub-tasks (`submit_plan`, …) gets a plan built from
 //!   the task and the repository listing in the prompt (`planner.rs`).
+//! - A forced item-plan tool (`chunking` + `instructions`, fanout's `propose_item_plan`) gets
+//!   a chunking sized to the sampled items and fields the task asks for (`proposer.rs`).
 //! - A request with file tools and a report tool is a sub-agent's turn: it reads, edits, tests
 //!   and reports (`agent.rs`).
 //! - An item worker (the schema is `{"results": [{"id": …, …}]}` and the prompt marks items as
@@ -23,7 +25,7 @@ use serde_json::{Value, json};
 
 use crate::model::{Answer, Block, Request};
 use crate::prng::fnv1a;
-use crate::{agent, planner, schema_gen};
+use crate::{agent, planner, proposer, schema_gen};
 
 pub(crate) fn default_answer(request: &Request, body_hash: u64) -> Answer {
     if let Some(name) = &request.forced_tool {
@@ -40,6 +42,9 @@ pub(crate) fn default_answer(request: &Request, body_hash: u64) -> Answer {
             && report == name
         {
             return agent::answer(request, report);
+        }
+        if proposer::is_item_plan_tool(&schema) {
+            return tool_answer(name, proposer::propose(request, &schema));
         }
         let mut input = item_results(&schema, &request.last_user, body_hash)
             .unwrap_or_else(|| schema_gen::generate(&schema, body_hash));
@@ -264,13 +269,16 @@ fn item_value(key: &str, schema: &Value, item: &Value, text: &str, id: &str, see
             return own.clone();
         }
         let haystack = item_strings(item, text).join(" ").to_lowercase();
+        // The value the item mentions first (by name, or by a word that suggests it).
         let mentioned = choices
             .iter()
             .filter_map(|c| {
-                let word = c.as_str()?.to_lowercase().replace('_', " ");
-                (word.len() >= 3)
-                    .then(|| find_word(&haystack, &word).map(|at| (at, c)))
-                    .flatten()
+                let at = crate::lexicon::words_for(c.as_str()?)
+                    .iter()
+                    .filter(|word| word.len() >= 3)
+                    .filter_map(|word| find_word(&haystack, word))
+                    .min()?;
+                Some((at, c))
             })
             .min_by_key(|(at, _)| *at)
             .map(|(_, c)| c.clone());

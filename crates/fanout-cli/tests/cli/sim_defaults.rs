@@ -211,3 +211,28 @@ fn the_item_plan_hint_of_a_simulated_dry_run_keeps_sim() {
     let live = fanout_in(work.path(), &args);
     assert_eq!(live.status.code(), Some(0), "{}", text(&live));
 }
+
+#[test]
+fn the_llm_chunked_item_example_plans_itself_with_plain_sim() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = examples_dir().join("support-tickets");
+    for name in ["workflow-llm.yaml", "tickets.jsonl"] {
+        std::fs::copy(dir.join(name), work.path().join(name)).unwrap();
+    }
+    let dry = fanout_in(
+        work.path(),
+        &["run", "workflow-llm.yaml", "--dry-run", "--sim"],
+    );
+    let report = text(&dry);
+    assert_eq!(dry.status.code(), Some(0), "{report}");
+    assert!(
+        report.contains("field       category: string one of billing"),
+        "{report}"
+    );
+    let command = suggested(&report, "run it as reviewed: fanout ");
+    let args: Vec<&str> = command.iter().map(String::as_str).collect();
+    let live = fanout_in(work.path(), &args);
+    let report = text(&live);
+    assert_eq!(live.status.code(), Some(0), "{report}");
+    assert!(report.contains("300 succeeded, 0 failed"), "{report}");
+}

@@ -347,7 +347,7 @@ async fn item_records_take_their_values_from_the_items() {
         "summary": {"type": "string", "maxLength": 60},
         "product": {"type": ["string", "null"]}
     }, "required": ["id", "category", "summary", "product"]});
-    let prompt = "Triage.\n\n<item id=\"T-1\">\n{\"subject\": \"Parcel late\", \"body\": \"My shipping is three weeks late now.\", \"product\": \"Cards\"}\n</item>\n<item id=\"T-2\">\n{\"subject\": \"Locked out\", \"body\": \"The login code never arrives by SMS.\", \"product\": null}\n</item>\n";
+    let prompt = "Triage.\n\n<item id=\"T-1\">\n{\"subject\": \"Parcel late\", \"body\": \"My shipping is three weeks late now.\", \"product\": \"Cards\"}\n</item>\n<item id=\"T-2\">\n{\"subject\": \"Locked out\", \"body\": \"The login code never arrives by SMS.\", \"product\": null}\n</item>\n<item id=\"T-3\">\nThe invoice charged us twice.\n</item>\n";
     let reply = messages(
         &sim,
         json!({
@@ -368,6 +368,9 @@ async fn item_records_take_their_values_from_the_items() {
     );
     assert_eq!(results[1]["category"], "login");
     assert_eq!(results[1]["product"], Value::Null);
+    // A word that suggests a category counts ("invoice" → billing); plain text items too.
+    assert_eq!(results[2]["category"], "billing");
+    assert_eq!(results[2]["summary"], "The invoice charged us twice.");
     sim.shutdown().await;
 }
 
@@ -409,5 +412,87 @@ async fn summaries_count_what_they_are_given() {
         summary.contains("- **category**: billing 2, login 1"),
         "{summary}"
     );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_default_item_planner_sizes_chunks_and_proposes_fields_from_the_sample() {
+    let sim = start(SimConfig::default()).await;
+    let field = json!({"type": "object", "properties": {
+        "name": {"type": "string"}, "type": {"type": "string", "enum": ["string", "integer", "number", "boolean"]},
+        "description": {"type": "string"}, "values": {"type": "array", "items": {"type": "string"}},
+        "nullable": {"type": "boolean"}}, "required": ["name", "type", "description"]});
+    let schema = json!({"type": "object", "required": ["chunking", "chunk_size", "instructions", "rationale", "fields"],
+        "properties": {
+            "chunking": {"type": "string", "enum": ["fixed", "per_item", "token_budget"]},
+            "chunk_size": {"type": "integer", "minimum": 1, "maximum": 200},
+            "instructions": {"type": "string", "minLength": 1},
+            "rationale": {"type": "string"},
+            "fields": {"type": "array", "minItems": 1, "items": field}}});
+    let mut prompt = String::from(
+        "Task for every item:\nTriage each ticket: its category and how urgent it is.\n\nThe input has 40 item(s); 4 of them, spread over the input:\n",
+    );
+    for (id, subject, body, product) in [
+        (
+            "1",
+            "Refund please",
+            "I want a refund for last month.",
+            "Cards",
+        ),
+        (
+            "2",
+            "Refund for order",
+            "Please refund the double charge.",
+            "Cards",
+        ),
+        (
+            "3",
+            "Cannot log in",
+            "My password reset never arrives.",
+            "POS",
+        ),
+        (
+            "4",
+            "Login loop",
+            "I am locked out after the password change.",
+            "POS",
+        ),
+    ] {
+        prompt.push_str(&format!(
+            "<item id=\"{id}\">{}</item>\n",
+            json!({"id": id, "subject": subject, "body": body, "product": product})
+        ));
+    }
+    let request = json!({
+        "model": "claude-test", "max_tokens": 4096,
+        "tools": [{"name": "propose_item_plan", "input_schema": schema}],
+        "tool_choice": {"type": "tool", "name": "propose_item_plan"},
+        "messages": [{"role": "user", "content": prompt}]
+    });
+    let proposal = tool_input(&messages(&sim, request.clone()).await.json());
+    assert_eq!(proposal["chunking"], "fixed", "{proposal}");
+    let size = proposal["chunk_size"].as_u64().unwrap_or(0);
+    assert!((1..=200).contains(&size), "{proposal}");
+    assert!(
+        proposal["instructions"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("Triage each ticket"),
+        "{proposal}"
+    );
+    let fields = proposal["fields"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = fields.iter().filter_map(|f| f["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["category", "priority", "product", "summary"],
+        "{proposal}"
+    );
+    assert_eq!(
+        strings(&fields[0]["values"]),
+        ["refund", "login", "other"],
+        "{proposal}"
+    );
+    assert_eq!(fields[2]["nullable"], true);
+    assert_eq!(tool_input(&messages(&sim, request).await.json()), proposal);
     sim.shutdown().await;
 }
