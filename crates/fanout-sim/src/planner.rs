@@ -89,6 +89,12 @@ pub(crate) fn plan(request: &Request, schema: &Value, field: &str) -> Value {
     let task = task_text(request.first_user_text());
     let mut agents = build(&task, &repo, &rules);
     if request.turn > 1 {
+        // Every rejection so far, so a second repair keeps the first one's fixes.
+        for call in &request.history {
+            if let Some(result) = &call.result {
+                apply_rejections(&mut agents, result);
+            }
+        }
         apply_rejections(&mut agents, &request.last_user);
     }
     render(&agents, &rules, schema, field)

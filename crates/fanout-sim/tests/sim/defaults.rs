@@ -496,3 +496,62 @@ async fn the_default_item_planner_sizes_chunks_and_proposes_fields_from_the_samp
     assert_eq!(tool_input(&messages(&sim, request).await.json()), proposal);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_rejected_plan_comes_back_without_what_the_rejection_names() {
+    let sim = start(SimConfig::default()).await;
+    let files = ["src/handlers/orders.ts", "src/handlers/users.ts"];
+    let mut request = plan_request(
+        "Add input validation to every handler in src/handlers and add unit tests.",
+        &files,
+    );
+    let first = tool_input(&messages(&sim, request.clone()).await.json());
+    let rejection = "The plan was rejected. Fix every error below and call `submit_plan` again with the whole corrected plan.\n- add-users: scope `src/handlers/users.ts` — reaches `src/handlers/users.ts`, outside the allowed paths (paths.allow / paths.deny)\n- test-users: scope `src/handlers/users.ts` — reaches `src/handlers/users.ts`, outside the allowed paths (paths.allow / paths.deny)";
+    if let Some(list) = request["messages"].as_array_mut() {
+        list.push(json!({"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "submit_plan", "input": first}]}));
+        list.push(json!({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": true, "content": rejection}]}));
+    }
+    let second = tool_input(&messages(&sim, request).await.json());
+    let scopes: Vec<(String, Vec<&str>)> = second["subtasks"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|s| {
+                    (
+                        s["task_id"].as_str().unwrap_or_default().to_string(),
+                        strings(&s["scope"]),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        scopes,
+        [
+            ("add-orders".to_string(), vec!["src/handlers/orders.ts"]),
+            ("add-users".to_string(), vec![]),
+            (
+                "test-orders".to_string(),
+                vec!["src/handlers/orders.ts", "tests/handlers/orders.test.ts"]
+            ),
+            (
+                "test-users".to_string(),
+                vec!["tests/handlers/users.test.ts"]
+            ),
+            (
+                "run-tests".to_string(),
+                vec![
+                    "tests/handlers/orders.test.ts",
+                    "tests/handlers/users.test.ts"
+                ]
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, scope)| !scope.is_empty())
+        .collect::<Vec<_>>(),
+        "{second}"
+    );
+    sim.shutdown().await;
+}
