@@ -353,7 +353,7 @@ async fn live(
         text.push('\n');
         text
     } else {
-        render_summary(&report)
+        render_summary(&report, args.sim || args.scenario.is_some())
     };
     write_stdout(&text)?;
     Ok(exit_code(&report))
@@ -625,7 +625,7 @@ fn dry_run_json(
     })
 }
 
-fn render_summary(report: &ItemReport) -> String {
+fn render_summary(report: &ItemReport, simulated: bool) -> String {
     let summary = &report.summary;
     let mut out = String::new();
     let status = match (report.status, summary.status) {
@@ -698,7 +698,12 @@ fn render_summary(report: &ItemReport) -> String {
         );
     }
     if report.status == RunStatus::Cancelled {
-        let _ = writeln!(out, "  Run `fanout resume {}` to finish it.", report.run_id);
+        let sim = if simulated { " --sim" } else { "" };
+        let _ = writeln!(
+            out,
+            "  Run `fanout resume {}{sim}` to finish it.",
+            report.run_id
+        );
     }
     out
 }
