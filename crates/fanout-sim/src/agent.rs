@@ -25,8 +25,10 @@ use serde_json::{Map, Value, json};
 use crate::model::{Answer, Block, PastCall, Request};
 use crate::schema_gen;
 
-/// Files one agent edits at most (the rest are mentioned in its summary).
-const MAX_FILES: usize = 50;
+/// Files one agent edits at most.
+const MAX_FILES: usize = 1000;
+/// Calls of one kind in one turn (a long scope takes several turns, as a model would).
+const BATCH: usize = 50;
 /// Files a read-only agent reads when its task names none.
 const READ_ONLY_SAMPLE: usize = 3;
 
@@ -293,6 +295,7 @@ fn next_calls(brief: &Brief, history: &[PastCall]) -> Vec<(&'static str, Value)>
         let reads: Vec<(&'static str, Value)> = to_read
             .iter()
             .filter(|p| find_call(history, "read_file", "path", p).is_none())
+            .take(BATCH)
             .map(|p| ("read_file", json!({"path": p})))
             .collect();
         if !reads.is_empty() {
@@ -305,6 +308,9 @@ fn next_calls(brief: &Brief, history: &[PastCall]) -> Vec<(&'static str, Value)>
     for path in &writable {
         if let Some(call) = edit(brief, history, path) {
             edits.push(call);
+            if edits.len() == BATCH {
+                break;
+            }
         }
     }
     if !edits.is_empty() {

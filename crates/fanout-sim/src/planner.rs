@@ -317,12 +317,16 @@ struct Repo {
     files: Vec<String>,
     /// Directories with files below them, from the listing and the file paths.
     dirs: BTreeSet<String>,
+    /// Files below each directory, as the directory listing counts them (the file list may
+    /// be cut short in a large repository).
+    counts: BTreeMap<String, usize>,
 }
 
 impl Repo {
     fn parse(prompt: &str, rules: &Rules) -> Repo {
         let mut files = Vec::new();
         let mut dirs = BTreeSet::new();
+        let mut counts = BTreeMap::new();
         let mut section = "";
         for line in prompt.lines() {
             if line.starts_with("Directories (") {
@@ -341,10 +345,17 @@ impl Repo {
             }
             match section {
                 "dirs" => {
-                    if let Some((dir, _)) = line.split_once("/ ")
+                    if let Some((dir, rest)) = line.split_once("/ ")
                         && dir != "."
                     {
                         dirs.insert(dir.to_string());
+                        if let Some(count) = rest
+                            .split_whitespace()
+                            .next()
+                            .and_then(|n| n.parse::<usize>().ok())
+                        {
+                            counts.insert(dir.to_string(), count);
+                        }
                     }
                 }
                 "files" => {
@@ -366,7 +377,31 @@ impl Repo {
         files.sort();
         files.dedup();
         dirs.retain(|d| !rules.is_protected(d) && !rules.is_protected(&format!("{d}/x")));
-        Repo { files, dirs }
+        Repo {
+            files,
+            dirs,
+            counts,
+        }
+    }
+
+    /// Is the file list missing some of `dir`'s files?
+    fn cut_short(&self, dir: &str) -> bool {
+        self.counts
+            .get(dir)
+            .is_some_and(|count| *count > self.files_under(dir).len())
+    }
+
+    /// `dir`'s immediate subdirectories.
+    fn subdirs(&self, dir: &str) -> Vec<String> {
+        let prefix = format!("{dir}/");
+        self.dirs
+            .iter()
+            .filter(|d| {
+                d.strip_prefix(&prefix)
+                    .is_some_and(|rest| !rest.contains('/'))
+            })
+            .cloned()
+            .collect()
     }
 
     fn is_file(&self, path: &str) -> bool {
@@ -551,6 +586,18 @@ fn disjoint(named: Vec<(Target, bool)>, repo: &Repo, cap: usize) -> Vec<Target> 
             let nested = named
                 .iter()
                 .any(|(other, _)| other != target && other.name().starts_with(&format!("{dir}/")));
+            let subdirs = repo.subdirs(dir);
+            if *each && !nested && repo.cut_short(dir) && !subdirs.is_empty() {
+                // Not every file is listed: one agent per subdirectory (and the files listed
+                // directly in it), so none is left out.
+                let prefix = format!("{dir}/");
+                targets.extend(subdirs.into_iter().map(Target::Dir));
+                expand.extend(files.into_iter().filter(|f| {
+                    f.strip_prefix(&prefix)
+                        .is_some_and(|rest| !rest.contains('/'))
+                }));
+                continue;
+            }
             if (*each || nested) && files.len() <= cap {
                 expand.extend(files);
                 continue;

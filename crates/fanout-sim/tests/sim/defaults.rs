@@ -555,3 +555,29 @@ async fn a_rejected_plan_comes_back_without_what_the_rejection_names() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_cut_short_file_list_gets_one_agent_per_subdirectory() {
+    let sim = start(SimConfig::default()).await;
+    let mut request = plan_request(
+        "Add a license header to every file in src",
+        &["src/a/1.ts", "src/a/2.ts"],
+    );
+    // As a large repository's tree view says it: more files than listed.
+    let content = request["messages"][0]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .replace(
+            "Directories (files, size):\nsrc/ 5 files, 2.0 KB\n",
+            "Directories (files, size):\nsrc/ 6 files, 2.0 KB\nsrc/a/ 3 files, 1.0 KB\nsrc/b/ 3 files, 1.0 KB\n",
+        )
+        .replace("Files:\n", "Files (first 2 of 6):\n");
+    request["messages"][0]["content"] = json!(content);
+    let plan = tool_input(&messages(&sim, request).await.json());
+    let scopes: Vec<Vec<&str>> = plan["subtasks"]
+        .as_array()
+        .map(|list| list.iter().map(|s| strings(&s["scope"])).collect())
+        .unwrap_or_default();
+    assert_eq!(scopes, [vec!["src/a"], vec!["src/b"]], "{plan}");
+    sim.shutdown().await;
+}
