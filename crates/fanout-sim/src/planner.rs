@@ -18,6 +18,9 @@
 //! a documentation agent runs after all of them. Sensitive work is on
 //! the `default` mode, routine edits on `fast`.
 //!
+//! A task in stages ("move X, then update Y") orders them: an agent of a later stage depends on
+//! the agents of the stage before it.
+//!
 //! A rejected plan (an error tool result naming `agent: scope \`x\` — …`) is answered again
 //! without the offending entries. It does not own the wire format or any HTTP; see `answer.rs`.
 
@@ -517,35 +520,46 @@ fn last_component(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-/// What the task names or implies: (target, one agent per file).
-fn named_targets(task: &str, repo: &Repo) -> Vec<(Target, bool)> {
+/// What the task names or implies: (target, one agent per file), and the task's stage at
+/// which each target is first named (a stage ends at "then", "afterwards", "finally").
+fn named_targets(task: &str, repo: &Repo) -> (Vec<(Target, bool)>, BTreeMap<String, usize>) {
     let words = words(task);
+    let mut stage = 0;
+    let mut stages: BTreeMap<String, usize> = BTreeMap::new();
     let quantified = |index: usize| {
         words[index.saturating_sub(4)..index]
             .iter()
             .any(|w| QUANTIFIERS.contains(&w.to_lowercase().as_str()))
     };
     let mut found: BTreeMap<Target, bool> = BTreeMap::new();
-    let mut add = |target: Target, each: bool| {
+    let mut add = |target: Target, each: bool, stage: usize| {
+        stages.entry(target.name().to_string()).or_insert(stage);
         let entry = found.entry(target).or_insert(false);
         *entry |= each;
     };
     for (index, word) in words.iter().enumerate() {
         let each = quantified(index);
+        if matches!(
+            word.to_lowercase().as_str(),
+            "then" | "afterwards" | "finally"
+        ) {
+            stage += 1;
+            continue;
+        }
         if word.contains(['*', '?']) {
             if let Some(glob) = matcher(word) {
                 for file in repo.files.iter().filter(|f| glob.is_match(f.as_str())) {
-                    add(Target::File(file.clone()), false);
+                    add(Target::File(file.clone()), false, stage);
                 }
             }
             continue;
         }
         if repo.is_file(word) {
-            add(Target::File(word.clone()), false);
+            add(Target::File(word.clone()), false, stage);
             continue;
         }
         if repo.dirs.contains(word.as_str()) {
-            add(Target::Dir(word.clone()), each);
+            add(Target::Dir(word.clone()), each, stage);
             continue;
         }
         if word.contains('.') && !word.contains('/') {
@@ -556,7 +570,7 @@ fn named_targets(task: &str, repo: &Repo) -> Vec<(Target, bool)> {
                 .filter(|f| last_component(f) == word)
                 .collect();
             if let [file] = matches.as_slice() {
-                add(Target::File((*file).clone()), false);
+                add(Target::File((*file).clone()), false, stage);
             }
             continue;
         }
@@ -568,11 +582,11 @@ fn named_targets(task: &str, repo: &Repo) -> Vec<(Target, bool)> {
                 .iter()
                 .filter(|d| singular(last_component(d)) == stem)
             {
-                add(Target::Dir(dir.clone()), each);
+                add(Target::Dir(dir.clone()), each, stage);
             }
         }
     }
-    found.into_iter().collect()
+    (found.into_iter().collect(), stages)
 }
 
 /// Write targets without overlaps: a directory holding another target is split into its
@@ -825,11 +839,23 @@ fn build(task: &str, repo: &Repo, rules: &Rules) -> Vec<Agent> {
         None
     };
 
-    let named = named_targets(task, repo);
+    let (named, stages) = named_targets(task, repo);
     let mut targets = if named.is_empty() {
         fallback_targets(repo)
     } else {
         disjoint(named, repo, cap)
+    };
+    // The stage of a target: its own, or that of the named directory it came from.
+    let stage_of = |target: &Target| {
+        let name = target.name();
+        stages.get(name).copied().unwrap_or_else(|| {
+            stages
+                .iter()
+                .filter(|(named, _)| name.starts_with(&format!("{named}/")))
+                .map(|(_, stage)| *stage)
+                .min()
+                .unwrap_or(0)
+        })
     };
     // Room for test and documentation agents.
     let per_target = 1 + usize::from(wants_tests);
@@ -927,6 +953,20 @@ fn build(task: &str, repo: &Repo, rules: &Rules) -> Vec<Agent> {
             mode: mode.to_string(),
             depends_on: Vec::new(),
         });
+    }
+
+    // Later stages of the task ("…, then …") wait for the earlier ones.
+    let staged: Vec<usize> = targets.iter().map(stage_of).collect();
+    if staged.iter().any(|stage| *stage > 0) {
+        let ids: Vec<String> = agents.iter().map(|a| a.task_id.clone()).collect();
+        for (index, agent) in agents.iter_mut().enumerate() {
+            agent.depends_on = ids
+                .iter()
+                .zip(&staged)
+                .filter(|(_, stage)| **stage + 1 == staged[index])
+                .map(|(id, _)| id.clone())
+                .collect();
+        }
     }
 
     if wants_tests && !read_only {

@@ -581,3 +581,37 @@ async fn a_cut_short_file_list_gets_one_agent_per_subdirectory() {
     assert_eq!(scopes, [vec!["src/a"], vec!["src/b"]], "{plan}");
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_task_in_stages_orders_its_agents() {
+    let sim = start(SimConfig::default()).await;
+    let files = ["src/handlers/a.ts", "src/handlers/b.ts", "src/lib/util.ts"];
+    let request = plan_request(
+        "Move the shared helpers into src/lib/util.ts, then update every handler in src/handlers to use them.",
+        &files,
+    );
+    let plan = tool_input(&messages(&sim, request).await.json());
+    let order: Vec<(&str, Vec<&str>)> = plan["subtasks"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|s| {
+                    (
+                        s["task_id"].as_str().unwrap_or_default(),
+                        strings(&s["depends_on"]),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        order,
+        [
+            ("move-a", vec!["move-util"]),
+            ("move-b", vec!["move-util"]),
+            ("move-util", vec![]),
+        ],
+        "{plan}"
+    );
+    sim.shutdown().await;
+}
