@@ -461,6 +461,17 @@ fn parts_summary(prompt: &str) -> String {
     out
 }
 
+/// Up to ten names, then how many more.
+fn names(ids: &[String]) -> String {
+    let shown: Vec<&str> = ids.iter().take(10).map(String::as_str).collect();
+    let more = ids.len().saturating_sub(shown.len());
+    if more > 0 {
+        format!("{} and {more} more", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
+}
+
 /// A run's closing summary from its `- id [status]: description` lines.
 fn run_summary(prompt: &str) -> Option<String> {
     let mut by_status: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -496,9 +507,20 @@ fn run_summary(prompt: &str) -> Option<String> {
     }
     let counts: Vec<String> = by_status
         .iter()
-        .map(|(status, ids)| format!("{} {status}", ids.len()))
+        .map(|(status, ids)| {
+            let said = match status.as_str() {
+                "success" => "succeeded",
+                "failure" => "failed",
+                "rollback" => "rolled back",
+                other => other,
+            };
+            format!("{} {said}", ids.len())
+        })
         .collect();
     out.push_str(&format!("{total} agent(s): {}.\n", counts.join(", ")));
+    if let Some(done) = by_status.get("success") {
+        out.push_str(&format!("\nDone: {}.\n", names(done)));
+    }
     let failed: Vec<&String> = by_status
         .iter()
         .filter(|(status, _)| status.as_str() != "success")
@@ -509,17 +531,8 @@ fn run_summary(prompt: &str) -> Option<String> {
             "\nEvery agent succeeded; review the diff, starting with the largest changes.\n",
         );
     } else {
-        let shown: Vec<&str> = failed.iter().take(10).map(|s| s.as_str()).collect();
-        let more = failed.len().saturating_sub(shown.len());
-        out.push_str(&format!(
-            "\nReview first: {}{}.\n",
-            shown.join(", "),
-            if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
-            }
-        ));
+        let failed: Vec<String> = failed.into_iter().cloned().collect();
+        out.push_str(&format!("\nReview first: {}.\n", names(&failed)));
     }
     for line in other.iter().take(5) {
         out.push_str(&format!("\n{line}\n"));
@@ -561,9 +574,10 @@ mod tests {
             "Workflow w (3 sub-tasks).\n- a [success]: x\n- b [success]: y\n- c [rollback]: z\n";
         let summary = run_summary(text).unwrap_or_default();
         assert!(
-            summary.contains("3 agent(s): 1 rollback, 2 success."),
+            summary.contains("3 agent(s): 1 rolled back, 2 succeeded."),
             "{summary}"
         );
+        assert!(summary.contains("Done: a, b."), "{summary}");
         assert!(summary.contains("Review first: c."), "{summary}");
         assert_eq!(run_summary("ping"), None);
     }

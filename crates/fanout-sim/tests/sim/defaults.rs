@@ -393,7 +393,7 @@ async fn summaries_count_what_they_are_given() {
     .json();
     let summary = text(&run);
     assert!(
-        summary.contains("3 agent(s): 1 rollback, 2 success."),
+        summary.contains("3 agent(s): 1 rolled back, 2 succeeded."),
         "{summary}"
     );
     assert!(summary.contains("Review first: c."), "{summary}");
