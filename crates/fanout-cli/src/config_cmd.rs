@@ -39,10 +39,17 @@ pub fn run_schema(_args: SchemaArgs) -> anyhow::Result<ExitCode> {
 /// Write the commented starter file; refuse to replace an existing file without `--force`.
 pub fn run_init(args: InitArgs) -> anyhow::Result<ExitCode> {
     write_template(&args.path, args.force)?;
+    // Without a key the dry run's planning call would fail: suggest the simulator instead
+    // (the starter file's models are Anthropic's).
+    let sim = if fanout_core::env::var(fanout_core::env::ANTHROPIC_API_KEY).is_some() {
+        ""
+    } else {
+        " --sim"
+    };
     eprintln!(
-        "wrote {}; edit `name` and `task`, then check it with `fanout run {} --dry-run`",
+        "wrote {}; edit `name` and `task`, then check it with `fanout run {} --dry-run{sim}`",
         args.path.display(),
-        args.path.display()
+        crate::live::shell_word(&args.path.display().to_string())
     );
     Ok(ExitCode::SUCCESS)
 }

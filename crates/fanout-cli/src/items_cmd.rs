@@ -258,7 +258,13 @@ async fn prepare_and_run(
             text.push('\n');
             text
         } else {
-            render_plan(&config, &job, proposal.as_ref(), saved.as_ref())
+            // The suggested command runs where this one did: simulated if this was.
+            let sim = if args.sim || args.scenario.is_some() {
+                " --sim"
+            } else {
+                ""
+            };
+            render_plan(&config, &job, proposal.as_ref(), saved.as_ref(), sim)
         };
         write_stdout(&text)?;
         return Ok(ExitCode::SUCCESS);
@@ -460,7 +466,7 @@ async fn live(
         text.push('\n');
         text
     } else {
-        render_summary(&report)
+        render_summary(&report, args.sim || args.scenario.is_some())
     };
     write_stdout(&text)?;
     Ok(exit_code(&report))
@@ -562,6 +568,7 @@ fn render_plan(
     job: &ItemJob,
     proposal: Option<&ItemProposal>,
     saved: Option<&SavedProposal>,
+    sim: &str,
 ) -> String {
     let Some(items) = &config.items else {
         return String::new();
@@ -695,11 +702,11 @@ fn render_plan(
             Some(saved) => {
                 let _ = writeln!(
                     out,
-                    "  saved       {} ({})\n  run it as reviewed: fanout run {} --plan {}",
+                    "  saved       {} ({})\n  run it as reviewed: fanout run {} --plan {}{sim}",
                     saved.path.display(),
                     saved.hash,
-                    config.origin.display(),
-                    saved.path.display()
+                    crate::live::shell_word(&config.origin.display().to_string()),
+                    crate::live::shell_word(&saved.path.display().to_string())
                 );
             }
             None => {
@@ -744,7 +751,7 @@ fn dry_run_json(
     })
 }
 
-fn render_summary(report: &ItemReport) -> String {
+fn render_summary(report: &ItemReport, simulated: bool) -> String {
     let summary = &report.summary;
     let mut out = String::new();
     let status = match (report.status, summary.status) {
@@ -817,7 +824,12 @@ fn render_summary(report: &ItemReport) -> String {
         );
     }
     if report.status == RunStatus::Cancelled {
-        let _ = writeln!(out, "  Run `fanout resume {}` to finish it.", report.run_id);
+        let sim = if simulated { " --sim" } else { "" };
+        let _ = writeln!(
+            out,
+            "  Run `fanout resume {}{sim}` to finish it.",
+            report.run_id
+        );
     }
     out
 }

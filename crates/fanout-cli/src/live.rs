@@ -84,6 +84,7 @@ pub async fn drive(
 ) -> anyhow::Result<ExitCode> {
     let run_id = inputs.run_id.clone();
     let fleet = inputs.fleet.clone();
+    let followup = Followup::new(&inputs.repo, inputs.simulated);
     let cancel = CancellationToken::new();
     handle_interrupts(cancel.clone());
 
@@ -148,13 +149,62 @@ pub async fn drive(
         let line = serde_json::json!({"event": "run_finished", "outcome": &outcome});
         println!("{line}");
     } else {
-        print!("{}", render(&outcome, estimated));
+        print!("{}", render(&outcome, estimated, &followup));
     }
     Ok(Exit::of_run(outcome.status).into())
 }
 
+/// What the commands the closing report suggests need to work as printed: `--repo` when the
+/// repository is not the current directory, `--sim` when the run was simulated (a resume
+/// without it would look for an API key).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Followup {
+    /// ` --repo DIR`, or empty.
+    pub repo: String,
+    /// ` --sim`, or empty.
+    pub sim: String,
+}
+
+impl Followup {
+    pub fn new(repo: &std::path::Path, simulated: bool) -> Followup {
+        let here = std::env::current_dir()
+            .ok()
+            .and_then(|dir| dir.canonicalize().ok());
+        let there = repo.canonicalize().ok();
+        let repo = if here.is_some() && here == there {
+            String::new()
+        } else {
+            format!(
+                " --repo {}",
+                shell_word(&absolute(repo).display().to_string())
+            )
+        };
+        Followup {
+            repo,
+            sim: if simulated {
+                " --sim".into()
+            } else {
+                String::new()
+            },
+        }
+    }
+}
+
+/// `text` as one shell word (single-quoted when it holds anything but plain characters).
+pub fn shell_word(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:@,".contains(c));
+    if plain {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
 /// The closing report.
-pub fn render(outcome: &RunOutcome, estimated: Duration) -> String {
+pub fn render(outcome: &RunOutcome, estimated: Duration, followup: &Followup) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "Run {}: {}\n",
@@ -219,9 +269,19 @@ pub fn render(outcome: &RunOutcome, estimated: Duration) -> String {
     if let Some(path) = &outcome.summary_path {
         out.push_str(&format!("Summary: {}\n", path.display()));
     }
+    if matches!(
+        outcome.status,
+        fanout_core::store::RunStatus::Cancelled | fanout_core::store::RunStatus::Running
+    ) {
+        out.push_str(&format!(
+            "Finish it with `fanout resume {}{}{}`.\n",
+            outcome.run_id, followup.repo, followup.sim
+        ));
+    }
     out.push_str(&format!(
-        "Inspect with `fanout show {}`; undo with `fanout rollback {}`.\n",
-        outcome.run_id, outcome.run_id
+        "Inspect with `fanout show {id}{repo}`; undo with `fanout rollback {id}{repo}`.\n",
+        id = outcome.run_id,
+        repo = followup.repo
     ));
     out
 }

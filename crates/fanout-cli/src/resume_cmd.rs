@@ -156,10 +156,11 @@ async fn finish(args: ResumeArgs, retry_failed: bool) -> anyhow::Result<ExitCode
             return Ok(Exit::NotReady.into());
         }
         RunStatus::Running | RunStatus::Planned if retry_failed => {
+            let followup = crate::live::Followup::new(&repo, args.sim || args.scenario.is_some());
             eprintln!(
                 "error: run {} did not end (it was interrupted or is still running); finish it \
-                 with `fanout resume {}`",
-                args.run_id, args.run_id
+                 with `fanout resume {}{}{}`",
+                args.run_id, args.run_id, followup.repo, followup.sim
             );
             return Ok(Exit::NotReady.into());
         }

@@ -1928,8 +1928,10 @@ rules:
         let saved = stdout
             .lines()
             .find_map(|l| {
+                // The dry run was simulated, so the suggested command is too.
                 l.trim()
                     .strip_prefix("run it as reviewed: fanout run workflow.yaml --plan ")
+                    .and_then(|rest| rest.strip_suffix(" --sim"))
             })
             .unwrap_or_else(|| panic!("no saved plan in:\n{stdout}"))
             .to_owned();
@@ -2113,3 +2115,6 @@ mod trust;
 
 #[path = "cli/item_inputs.rs"]
 mod item_inputs;
+
+#[path = "cli/sim_defaults.rs"]
+mod sim_defaults;

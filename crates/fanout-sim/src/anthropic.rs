@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value, json};
 
-use crate::model::{Answer, ApiError, Block, Endpoint, Request, Tool, content_text};
+use crate::model::{Answer, ApiError, Block, Endpoint, PastCall, Request, Tool, content_text};
 use crate::prng::SplitMix64;
 use crate::tokens::ByteCount;
 
@@ -90,6 +90,10 @@ pub(crate) fn normalize(endpoint: Endpoint, body: &Value) -> Result<Request, Api
     }
     let mut turn = 1;
     let mut last_user = String::new();
+    // Set at the second user turn (no copy for the common single-turn request).
+    let mut first_user: Option<String> = None;
+    let mut users = 0usize;
+    let mut history: Vec<PastCall> = Vec::new();
     let mut pending_tool_uses: Vec<String> = Vec::new();
     for (i, message) in messages.iter().enumerate() {
         let Some(message) = message.as_object() else {
@@ -135,12 +139,27 @@ pub(crate) fn normalize(endpoint: Endpoint, body: &Value) -> Result<Request, Api
                         && let Some(id) = block.get("id").and_then(Value::as_str)
                     {
                         pending_tool_uses.push(id.to_string());
+                        history.push(PastCall {
+                            id: id.to_string(),
+                            name: block
+                                .get("name")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default()
+                                .to_string(),
+                            input: block.get("input").cloned().unwrap_or(Value::Null),
+                            result: None,
+                            is_error: false,
+                        });
                     }
                 }
                 "tool_result" => {
                     let text = block.get("content").map(content_text).unwrap_or_default();
                     bytes.text(&text);
                     push_line(&mut user_text, &text);
+                    if let Some(id) = block.get("tool_use_id").and_then(Value::as_str) {
+                        let is_error = block.get("is_error").and_then(Value::as_bool) == Some(true);
+                        PastCall::answer(&mut history, id, text, is_error);
+                    }
                 }
                 _ => bytes.json(block),
             }
@@ -148,6 +167,10 @@ pub(crate) fn normalize(endpoint: Endpoint, body: &Value) -> Result<Request, Api
         if role == "assistant" {
             turn += 1;
         } else {
+            if first_user.is_none() && users > 0 {
+                first_user = Some(std::mem::take(&mut last_user));
+            }
+            users += 1;
             last_user = user_text;
         }
     }
@@ -174,6 +197,8 @@ pub(crate) fn normalize(endpoint: Endpoint, body: &Value) -> Result<Request, Api
         include_usage: true,
         system,
         last_user,
+        first_user: first_user.unwrap_or_default(),
+        history,
         turn,
         tools,
         forced_tool,

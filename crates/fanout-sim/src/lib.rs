@@ -45,15 +45,19 @@
 //! `invalid_request_error` ("You didn't provide an API key..."), the overloaded fault is a 503
 //! `server_error`, 429s carry `type` `requests`/`tokens` and `code` `rate_limit_exceeded`.
 
+mod agent;
 mod answer;
 mod anthropic;
 mod batches;
 pub mod cli;
 mod faults;
+mod lexicon;
 mod limits;
 mod model;
 mod openai;
+mod planner;
 mod prng;
+mod proposer;
 mod record;
 mod scenario;
 mod schema_gen;

@@ -36,6 +36,33 @@ pub(crate) struct Tool {
     pub(crate) schema: Value,
 }
 
+/// A tool call the model made earlier in the conversation and its result.
+#[derive(Debug, Clone)]
+pub(crate) struct PastCall {
+    /// The call's id (`tool_use` id or OpenAI `tool_calls` id), to pair the result.
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) input: Value,
+    /// The result's text; `None` while no result answered the call.
+    pub(crate) result: Option<String>,
+    /// Anthropic's `is_error`, or (Chat Completions has no flag) a result starting `Error:`.
+    pub(crate) is_error: bool,
+}
+
+impl PastCall {
+    /// Records `result` on the unanswered call with this id.
+    pub(crate) fn answer(history: &mut [PastCall], id: &str, result: String, is_error: bool) {
+        if let Some(call) = history
+            .iter_mut()
+            .rev()
+            .find(|call| call.id == id && call.result.is_none())
+        {
+            call.result = Some(result);
+            call.is_error = is_error;
+        }
+    }
+}
+
 /// A validated request, reduced to what the simulator acts on.
 #[derive(Debug, Clone)]
 pub(crate) struct Request {
@@ -47,6 +74,11 @@ pub(crate) struct Request {
     pub(crate) system: String,
     /// Text of the last user turn: its text blocks and tool results, joined with newlines.
     pub(crate) last_user: String,
+    /// Text of the first user turn when there are several (a conversation's task: what a
+    /// repair or a tool loop started from); empty when the last user turn is the only one.
+    pub(crate) first_user: String,
+    /// The tool calls of earlier assistant turns, in order, with what came back.
+    pub(crate) history: Vec<PastCall>,
     /// Assistant turns so far + 1.
     pub(crate) turn: u64,
     pub(crate) tools: Vec<Tool>,
@@ -58,11 +90,22 @@ pub(crate) struct Request {
 }
 
 impl Request {
+    /// The first user turn's text.
+    pub(crate) fn first_user_text(&self) -> &str {
+        if self.first_user.is_empty() {
+            &self.last_user
+        } else {
+            &self.first_user
+        }
+    }
+
     /// Drops what only the answer's generation needed (prompt texts, tools, schema); a
     /// non-streamed reply is rendered from the model name and the token count.
     pub(crate) fn keep_reply_fields(&mut self) {
         self.system = String::new();
         self.last_user = String::new();
+        self.first_user = String::new();
+        self.history = Vec::new();
         self.tools = Vec::new();
         self.json_schema = None;
     }

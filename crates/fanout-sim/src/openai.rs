@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value, json};
 
-use crate::model::{Answer, ApiError, Block, Request, Tool, content_text};
+use crate::model::{Answer, ApiError, Block, PastCall, Request, Tool, content_text};
 use crate::prng::SplitMix64;
 use crate::tokens::ByteCount;
 
@@ -95,6 +95,10 @@ pub(crate) fn normalize(body: &Value) -> Result<Request, ApiError> {
     }
     let mut system = String::new();
     let mut last_user = String::new();
+    // Set at the second user message (no copy for the common single-turn request).
+    let mut first_user: Option<String> = None;
+    let mut users = 0usize;
+    let mut history: Vec<PastCall> = Vec::new();
     let mut trailing_tools = String::new();
     let mut turn = 1;
     let mut open_calls: Vec<String> = Vec::new();
@@ -150,6 +154,10 @@ pub(crate) fn normalize(body: &Value) -> Result<Request, ApiError> {
                 if content.is_null() {
                     return Err(missing(&format!("messages.[{i}].content")));
                 }
+                if first_user.is_none() && users > 0 {
+                    first_user = Some(std::mem::take(&mut last_user));
+                }
+                users += 1;
                 last_user = text;
                 trailing_tools.clear();
             }
@@ -176,6 +184,13 @@ pub(crate) fn normalize(body: &Value) -> Result<Request, ApiError> {
                         bytes.text(name);
                         bytes.text(arguments);
                         open_calls.push(id.to_string());
+                        history.push(PastCall {
+                            id: id.to_string(),
+                            name: name.to_string(),
+                            input: serde_json::from_str(arguments).unwrap_or(Value::Null),
+                            result: None,
+                            is_error: false,
+                        });
                     }
                 }
             }
@@ -190,6 +205,9 @@ pub(crate) fn normalize(body: &Value) -> Result<Request, ApiError> {
                     ));
                 }
                 answered.insert(id.to_string());
+                // Chat Completions has no error flag: clients say it in the text.
+                let is_error = text.starts_with("Error:");
+                PastCall::answer(&mut history, id, text.clone(), is_error);
                 if !trailing_tools.is_empty() {
                     trailing_tools.push('\n');
                 }
@@ -234,6 +252,8 @@ pub(crate) fn normalize(body: &Value) -> Result<Request, ApiError> {
         include_usage,
         system,
         last_user,
+        first_user: first_user.unwrap_or_default(),
+        history,
         turn,
         tools,
         forced_tool,

@@ -1503,3 +1503,6 @@ async fn keeping_no_exchanges_still_counts_and_records() {
     messages(&sim, hello()).await;
     assert_eq!(sim.exchanges().len(), 1);
 }
+
+#[path = "sim/defaults.rs"]
+mod defaults;
