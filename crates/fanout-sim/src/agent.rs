@@ -8,8 +8,8 @@
 //! calls (several per turn, as a model does when calls are independent):
 //!
 //! 1. `list_files` for each writable entry that is a glob or a directory;
-//! 2. `read_file` for each writable file (a read-only agent reads the files its task names, or
-//!    the first few it can list);
+//! 2. `read_file` for each writable file (a read-only agent lists what it may read, then reads
+//!    the files its task names among them, or the first few);
 //! 3. per writable file, an `edit_file` adding one comment line (in the file's comment syntax)
 //!    before the first line that occurs once, or `write_file` for a file to create or when only
 //!    `write_file` is allowed; files without a comment syntax (JSON, binaries) are left alone;
@@ -138,12 +138,22 @@ impl Brief {
                     request.first_user_text().trim().to_string(),
                 )
             });
+        let tools: Vec<String> = request.tools.iter().map(|t| t.name.clone()).collect();
+        // Files it may change but no tool to change them with: it is a reader.
+        let can_write = tools
+            .iter()
+            .any(|t| matches!(t.as_str(), "write_file" | "edit_file" | "bash"));
+        let writable = if can_write {
+            bullets(system, "Files you may change")
+        } else {
+            Vec::new()
+        };
         Brief {
             task_id,
             description,
-            writable: bullets(system, "Files you may change"),
+            writable,
             commands: bullets(system, "Commands allowed in bash"),
-            tools: request.tools.iter().map(|t| t.name.clone()).collect(),
+            tools,
         }
     }
 
@@ -244,12 +254,14 @@ fn named_paths(text: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for word in text.split(|c: char| c.is_whitespace() || c == ',') {
         let word = word
-            .trim_matches(|c: char| "`'\"()[]<>:;!?".contains(c))
-            .trim_end_matches('.');
+            .trim_start_matches(|c: char| "`'\"([<".contains(c))
+            .trim_end_matches(|c: char| "`'\")]>:;!?.,".contains(c));
         let name = word.rsplit('/').next().unwrap_or(word);
-        let has_ext = name
-            .rfind('.')
-            .is_some_and(|dot| dot > 0 && dot + 1 < name.len());
+        let has_ext = name.rfind('.').is_some_and(|dot| {
+            dot > 0
+                && dot + 1 < name.len()
+                && name[dot + 1..].chars().all(|c| c.is_ascii_alphanumeric())
+        });
         if has_ext && !is_glob(word) && !word.contains("..") && !out.iter().any(|w| w == word) {
             out.push(word.to_string());
         }
@@ -279,17 +291,26 @@ fn next_calls(brief: &Brief, history: &[PastCall]) -> Vec<(&'static str, Value)>
     if brief.has("read_file") {
         let mut to_read = writable.clone();
         if brief.writable.is_empty() {
-            to_read = named_paths(&brief.description);
-            if to_read.is_empty() {
-                if brief.has("list_files") && !history.iter().any(|c| c.name == "list_files") {
+            // A read-only agent is not told its read scope: it lists what it may read first
+            // (when it can), then reads the files its task names among them, or a few.
+            let named = named_paths(&brief.description);
+            if brief.has("list_files") {
+                let Some(listing) = history.iter().find(|c| c.name == "list_files") else {
                     return vec![("list_files", json!({}))];
-                }
-                to_read = history
-                    .iter()
-                    .find(|c| c.name == "list_files" && succeeded(c))
-                    .map(|c| listed(c.result.as_deref().unwrap_or_default()))
+                };
+                let readable = listing
+                    .result
+                    .as_deref()
+                    .filter(|_| succeeded(listing))
+                    .map(listed)
                     .unwrap_or_default();
-                to_read.truncate(READ_ONLY_SAMPLE);
+                to_read = named.into_iter().filter(|p| readable.contains(p)).collect();
+                if to_read.is_empty() {
+                    to_read = readable;
+                    to_read.truncate(READ_ONLY_SAMPLE);
+                }
+            } else {
+                to_read = named;
             }
         }
         let reads: Vec<(&'static str, Value)> = to_read
@@ -606,5 +627,6 @@ mod tests {
             named_paths("Edit `src/a.ts` and README.md, not src/."),
             ["src/a.ts", "README.md"]
         );
+        assert!(named_paths("Part of \"add unit tests.\". Once done.").is_empty());
     }
 }

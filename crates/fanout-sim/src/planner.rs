@@ -488,8 +488,8 @@ struct Agent {
 fn words(task: &str) -> Vec<String> {
     task.split(|c: char| c.is_whitespace() || c == ',' || c == ';')
         .map(|w| {
-            w.trim_matches(|c: char| "`'\"()[]<>:!?".contains(c))
-                .trim_end_matches('.')
+            w.trim_start_matches(|c: char| "`'\"([<".contains(c))
+                .trim_end_matches(|c: char| "`'\")]>:!?.".contains(c))
                 .trim_start_matches("./")
                 .trim_end_matches('/')
                 .to_string()
@@ -890,7 +890,7 @@ fn build(task: &str, repo: &Repo, rules: &Rules) -> Vec<Agent> {
         if rules.has_tool("read_file") {
             tools.push("read_file".to_string());
         }
-        if is_dir {
+        if is_dir || read_only {
             for t in ["list_files", "search"] {
                 if rules.has_tool(t) {
                     tools.push(t.to_string());
@@ -937,11 +937,8 @@ fn build(task: &str, repo: &Repo, rules: &Rules) -> Vec<Agent> {
                 "Part of the task \"{task}\". Make the change the task asks for in {what}, and only there; read the file before changing it and keep the change small."
             )
         };
-        let write_scope = if read_only && tools.iter().any(|t| t == "bash") {
-            Some(Vec::new())
-        } else {
-            None
-        };
+        // Said outright: without it a reader's whole scope would count as writable.
+        let write_scope = if read_only { Some(Vec::new()) } else { None };
         agents.push(Agent {
             task_id: id.clone(),
             description,

@@ -615,3 +615,44 @@ async fn a_task_in_stages_orders_its_agents() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reading_agent_lists_what_it_may_read_and_reads_what_its_task_names() {
+    let sim = start(SimConfig::default()).await;
+    let system = "Task review-a: Part of the task \"Review src/a.ts and src/b.ts\". Read the file src/a.ts and report what you find; change nothing.\n\nYou may not change any file.\n\nTools: list_files, read_file\n";
+    let tool = |name: &str| json!({"name": name, "input_schema": {"type": "object", "properties": {"path": {"type": "string"}, "pattern": {"type": "string"}}}});
+    let report = json!({"name": "report_result", "input_schema": {"type": "object", "properties": {
+        "status": {"type": "string", "enum": ["success", "partial", "failure"]},
+        "summary": {"type": "string"}, "files_changed": {"type": "array", "items": {"type": "string"}}}}});
+    let mut conversation = vec![json!({"role": "user", "content": "Review it."})];
+    let mut calls = Vec::new();
+    for _ in 0..3 {
+        let reply = messages(
+            &sim,
+            json!({"model": "claude-test", "max_tokens": 1000, "system": system,
+                   "tools": [tool("list_files"), tool("read_file"), report],
+                   "messages": conversation}),
+        )
+        .await
+        .json();
+        let block = reply["content"][0].clone();
+        let name = block["name"].as_str().unwrap_or_default().to_string();
+        calls.push((name.clone(), block["input"].clone()));
+        if name == "report_result" {
+            break;
+        }
+        let result = match name.as_str() {
+            "list_files" => "src/a.ts\nsrc/c.ts\n",
+            _ => "src/a.ts (lines 1-1 of 1):\n     1\tlet a = 1;\n",
+        };
+        conversation.push(json!({"role": "assistant", "content": [block.clone()]}));
+        conversation.push(json!({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": block["id"], "content": result}]}));
+    }
+    let names: Vec<&str> = calls.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["list_files", "read_file", "report_result"]);
+    assert_eq!(calls[1].1["path"], "src/a.ts");
+    assert_eq!(calls[2].1["files_changed"], json!([]));
+    assert_eq!(calls[2].1["status"], "success");
+    sim.shutdown().await;
+}
