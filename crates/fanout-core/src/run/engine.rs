@@ -705,10 +705,9 @@ fn agent_config(config: &Config, mode: Mode) -> AgentConfig {
 }
 
 fn agent_spec(subtask: &Subtask) -> AgentSpec {
-    let write = subtask
-        .write_scope
-        .clone()
-        .unwrap_or_else(|| subtask.scope.clone());
+    // An agent without a writing tool writes nothing, whatever its scope says (its prompt
+    // must not tell it otherwise).
+    let write = subtask.effective_write_scope().to_vec();
     AgentSpec {
         agent_id: subtask.task_id.to_string(),
         task_id: subtask.task_id.to_string(),
@@ -1396,12 +1395,7 @@ fn changed_files(
 fn outside_scopes(plan: &Plan, changed: &[String]) -> Vec<String> {
     let mut patterns: Vec<String> = Vec::new();
     for subtask in &plan.subtasks {
-        patterns.extend(
-            subtask
-                .write_scope
-                .clone()
-                .unwrap_or_else(|| subtask.scope.clone()),
-        );
+        patterns.extend(subtask.effective_write_scope().iter().cloned());
     }
     let Ok(union) = PathSet::new(&patterns) else {
         return changed.to_vec();

@@ -160,6 +160,8 @@ pub struct Toolbox {
     sandbox_error: Option<SandboxError>,
     limits: ToolLimits,
     state: Arc<Mutex<State>>,
+    /// The run's record of who wrote what (see [`WriteLedger`]).
+    writes: Arc<WriteLedger>,
 }
 
 impl std::fmt::Debug for State {
@@ -195,6 +197,7 @@ impl Toolbox {
             message: error.to_string(),
         })?;
         let scan = facts.scan.clone();
+        let writes = Arc::clone(&facts.writes);
         policy.gitdirs.extend(scan.gitdirs);
         let (sandbox, sandbox_error) = if policy.tools.contains("bash") {
             let grants = write_grants(fs.root_path(), &policy, scan.hidden);
@@ -219,6 +222,7 @@ impl Toolbox {
                 receipts: Receipts::default(),
                 touched: Vec::new(),
             })),
+            writes,
         })
     }
 
@@ -469,6 +473,7 @@ impl Toolbox {
     async fn write_file(&self, input: &Value) -> Result<String, Failure> {
         let (raw, relative) = self.path(input, "path")?;
         self.check_write(&raw, &relative)?;
+        self.writes.record(&relative, &self.policy.agent_id);
         let content = string_arg(input, "content")?;
         self.blocking(move |fs, state| {
             Self::write_checked(fs, state, &raw, &relative, content.as_bytes())?;
@@ -485,6 +490,7 @@ impl Toolbox {
         if old.is_empty() {
             return Err(Failure::Failed("old_text must not be empty".into()));
         }
+        self.writes.record(&relative, &self.policy.agent_id);
         let max_file_bytes = self.limits.max_file_bytes;
         self.blocking(move |fs, state| {
             let bytes = fs
@@ -819,6 +825,7 @@ impl Toolbox {
             argv.iter().skip(1).cloned().collect()
         };
         let env = shell::command_env(sandbox.temp_dir(), is_git);
+        let since = self.writes.now();
         let outcome = sandbox
             .run(&program, &args, self.fs.root_path(), &env)
             .await
@@ -832,7 +839,7 @@ impl Toolbox {
                 }),
             })?;
 
-        let (written, violations) = self.settle_changes(&outcome.changes);
+        let (written, violations) = self.settle_changes(&outcome.changes, since);
         let receipt = CommandReceipt {
             argv: argv.clone(),
             exit_code: outcome.exit_code,
@@ -894,7 +901,11 @@ impl Toolbox {
     }
 
     /// Journal the declared changes a command made and revert the rest.
-    fn settle_changes(&self, changes: &[crate::sandbox::PathChange]) -> (Vec<String>, Vec<String>) {
+    fn settle_changes(
+        &self,
+        changes: &[crate::sandbox::PathChange],
+        since: u64,
+    ) -> (Vec<String>, Vec<String>) {
         let mut written = Vec::new();
         let mut violations = Vec::new();
         let mut created_dirs = Vec::new();
@@ -918,8 +929,16 @@ impl Toolbox {
                 None => FileState::Absent,
             };
             if !change.is_special && self.policy.check_write(&relative).is_ok() {
+                self.writes.record(&relative, &self.policy.agent_id);
                 state.journal.record_file(&relative, prior);
                 written.push(relative);
+                continue;
+            }
+            // Another agent's work in a directory this command could also write: theirs.
+            if self
+                .writes
+                .written_by_other_since(&relative, &self.policy.agent_id, since)
+            {
                 continue;
             }
             let _ = self.fs.remove(&relative);
@@ -999,6 +1018,8 @@ struct Scan {
 #[derive(Debug, Clone, Default)]
 pub struct RepoFacts {
     scan: Scan,
+    /// Shared by every toolbox made from these facts (one run).
+    writes: Arc<WriteLedger>,
 }
 
 impl RepoFacts {
@@ -1006,7 +1027,48 @@ impl RepoFacts {
     pub fn scan(root: &Path) -> RepoFacts {
         RepoFacts {
             scan: scan_repository(root),
+            writes: Arc::default(),
         }
+    }
+}
+
+/// Which agent last wrote each path through fanout (its file tools, or a command's declared
+/// change), in one order for the whole run.
+///
+/// A command's writable directories are snapshotted around it, and what changed there outside
+/// the agent's scope is reverted. Other agents write into the same directories meanwhile (21
+/// test writers in one `tests/` directory while one of them runs `npm test`): those writes
+/// are theirs, so a command's settlement leaves alone any path another agent wrote after the
+/// command started, instead of deleting or rolling back their work.
+#[derive(Debug, Default)]
+pub struct WriteLedger {
+    seq: std::sync::atomic::AtomicU64,
+    last: Mutex<std::collections::HashMap<String, (String, u64)>>,
+}
+
+impl WriteLedger {
+    /// The current position: writes recorded from now on are "since" it.
+    fn now(&self) -> u64 {
+        self.seq.load(Ordering::SeqCst)
+    }
+
+    /// `agent` is about to write `path` (recorded before the write, so no settlement can see
+    /// the change without the record).
+    fn record(&self, path: &str, agent: &str) {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        self.last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(path.to_owned(), (agent.to_owned(), seq));
+    }
+
+    /// Did an agent other than `agent` write `path` after `since`?
+    fn written_by_other_since(&self, path: &str, agent: &str, since: u64) -> bool {
+        self.last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(path)
+            .is_some_and(|(writer, seq)| writer != agent && *seq > since)
     }
 }
 

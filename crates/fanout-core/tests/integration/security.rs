@@ -492,6 +492,75 @@ async fn case07_truncate_outside_is_denied() {
     fixture.assert_no_escape();
 }
 
+/// A command's settlement used to revert every undeclared change in its writable
+/// directories, other agents' work included: under load, `test-h05`'s `npm test` deleted the
+/// test files its siblings wrote into `tests/handlers/` meanwhile, and was rolled back for it.
+#[tokio::test]
+async fn case08b_other_agents_writes_during_a_command_are_theirs() {
+    if !kernel_ready() {
+        return;
+    }
+    let fixture = Fixture::new();
+    let facts = fanout_core::tools::RepoFacts::scan(&fixture.root);
+    let config = SandboxConfig {
+        timeout: Duration::from_secs(10),
+        ..SandboxConfig::default()
+    };
+    let runner = Toolbox::with_facts(
+        &fixture.root,
+        fixture.policy(&[]),
+        config.clone(),
+        ToolLimits::default(),
+        &facts,
+    )
+    .unwrap();
+    let writer = Toolbox::with_facts(
+        &fixture.root,
+        ScopePolicy::new("agent-2", &["src/b2.rs", "src/b.rs"]).unwrap(),
+        config,
+        ToolLimits::default(),
+        &facts,
+    )
+    .unwrap();
+    let script = sh("sleep 1; echo ok > src/a.rs");
+    let command = runner.exec_argv(&script);
+    let other = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let created = writer
+            .call(
+                "write_file",
+                &json!({"path": "src/b2.rs", "content": "by agent 2\n"}),
+            )
+            .await;
+        let edited = writer
+            .call(
+                "write_file",
+                &json!({"path": "src/b.rs", "content": "fn b2() {}\n"}),
+            )
+            .await;
+        (created, edited)
+    };
+    let (out, (created, edited)) = tokio::join!(command, other);
+    assert!(
+        !out.is_error && !created.is_error && !edited.is_error,
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(fixture.root.join("src/b2.rs")).unwrap(),
+        "by agent 2\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(fixture.root.join("src/b.rs")).unwrap(),
+        "fn b2() {}\n"
+    );
+    let receipts = runner.receipts();
+    assert!(
+        receipts.commands[0].violations.is_empty(),
+        "{:?}",
+        receipts.commands[0].violations
+    );
+}
+
 #[tokio::test]
 async fn case08_per_file_scope_in_a_shared_directory_is_reverted() {
     if !kernel_ready() {
