@@ -957,6 +957,11 @@ impl Toolbox {
                 .any(|path| path.starts_with(&format!("{dir}/")));
             if keeps_declared {
                 state.journal.record_created_dir(&dir);
+            } else if self
+                .writes
+                .written_under_by_other_since(&dir, &self.policy.agent_id, since)
+            {
+                // Created by another agent's write meanwhile: theirs, as its files are.
             } else {
                 let _ = self.fs.remove_empty_dir(&dir);
                 violations.push(format!("{dir}/"));
@@ -1060,6 +1065,19 @@ impl WriteLedger {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(path.to_owned(), (agent.to_owned(), seq));
+    }
+
+    /// Did an agent other than `agent` write anything under the directory `dir` after
+    /// `since` (so a directory that appeared during a command may be theirs)?
+    fn written_under_by_other_since(&self, dir: &str, agent: &str, since: u64) -> bool {
+        let prefix = format!("{dir}/");
+        self.last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|(path, (writer, seq))| {
+                writer != agent && *seq > since && path.starts_with(&prefix)
+            })
     }
 
     /// Did an agent other than `agent` write `path` after `since`?

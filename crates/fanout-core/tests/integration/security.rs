@@ -516,7 +516,7 @@ async fn case08b_other_agents_writes_during_a_command_are_theirs() {
     .unwrap();
     let writer = Toolbox::with_facts(
         &fixture.root,
-        ScopePolicy::new("agent-2", &["src/b2.rs", "src/b.rs"]).unwrap(),
+        ScopePolicy::new("agent-2", &["src/b2.rs", "src/b.rs", "src/gen/"]).unwrap(),
         config,
         ToolLimits::default(),
         &facts,
@@ -538,6 +538,14 @@ async fn case08b_other_agents_writes_during_a_command_are_theirs() {
                 &json!({"path": "src/b.rs", "content": "fn b2() {}\n"}),
             )
             .await;
+        // A new directory, made by agent 2's write while the command runs.
+        let nested = writer
+            .call(
+                "write_file",
+                &json!({"path": "src/gen/out.rs", "content": "gen\n"}),
+            )
+            .await;
+        assert!(!nested.is_error, "{nested:?}");
         (created, edited)
     };
     let (out, (created, edited)) = tokio::join!(command, other);
@@ -553,6 +561,7 @@ async fn case08b_other_agents_writes_during_a_command_are_theirs() {
         std::fs::read_to_string(fixture.root.join("src/b.rs")).unwrap(),
         "fn b2() {}\n"
     );
+    assert!(fixture.root.join("src/gen/out.rs").exists());
     let receipts = runner.receipts();
     assert!(
         receipts.commands[0].violations.is_empty(),
