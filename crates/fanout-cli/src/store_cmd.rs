@@ -13,8 +13,8 @@ use clap::Args;
 use fanout_core::run::lock::RepoLock;
 use fanout_core::run::{Git, RollbackOptions, rollback};
 use fanout_core::store::{
-    AgentDetail, AgentRow, EventRecord, RunDetail, RunStatus, RunSummary, StatusCounts, Store,
-    StoreReader, elapsed,
+    AgentDetail, AgentRow, EventRecord, RunDetail, RunStatus, RunSummary, Store, StoreReader,
+    elapsed,
 };
 
 use crate::exit::Exit;
@@ -232,23 +232,6 @@ fn duration_text(duration: Duration) -> String {
     }
 }
 
-/// "3 succeeded, 1 rolled back, 1 not run (of 5)": agents counted once, by their last
-/// attempt (the same words as a run's closing report).
-fn counts_text(counts: &StatusCounts) -> String {
-    let mut parts = vec![format!("{} succeeded", counts.success)];
-    for (n, what) in [
-        (counts.failure, "failed"),
-        (counts.rollback, "rolled back"),
-        (counts.running, "running or interrupted"),
-        (counts.not_run, "not run"),
-    ] {
-        if n > 0 {
-            parts.push(format!("{n} {what}"));
-        }
-    }
-    format!("{} (of {})", parts.join(", "), counts.planned)
-}
-
 /// Left-aligned columns separated by two spaces; the last column is not padded.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
@@ -395,7 +378,7 @@ fn run_text(detail: &RunDetail) -> String {
     if let Some(error) = &run.error {
         field("error", error);
     }
-    field("agents", &counts_text(counts));
+    field("agents", &counts.describe());
     field(
         "attempts",
         &format!(

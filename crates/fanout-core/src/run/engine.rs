@@ -1649,18 +1649,16 @@ async fn synthesize(
 
 /// "3 succeeded, 1 rolled back, 1 not run (of 5)": the agents of an outcome, each counted once.
 pub fn agents_text(outcome: &RunOutcome) -> String {
-    let mut parts = vec![format!("{} succeeded", outcome.succeeded)];
-    for (n, what) in [
-        (outcome.failed, "failed"),
-        (outcome.rolled_back, "rolled back"),
-        (outcome.interrupted, "interrupted"),
-        (outcome.not_run, "not run"),
-    ] {
-        if n > 0 {
-            parts.push(format!("{n} {what}"));
-        }
-    }
-    let mut text = format!("{} (of {})", parts.join(", "), outcome.agents_planned);
+    let counts = [
+        outcome.succeeded,
+        outcome.failed,
+        outcome.rolled_back,
+        outcome.interrupted,
+        outcome.not_run,
+    ]
+    .map(|n| n as u64);
+    let mut text =
+        crate::store::agents_sentence(counts, "interrupted", outcome.agents_planned as u64);
     if outcome.escalated > 0 {
         text.push_str(&format!("; {} escalated to default", outcome.escalated));
     }

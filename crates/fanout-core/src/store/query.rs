@@ -82,7 +82,44 @@ pub struct StatusCounts {
     pub dollars: f64,
 }
 
+/// "3 succeeded, 1 rolled back, 1 not run (of 5)": a run's agents, each counted once, in the
+/// words every report uses. `unfinished` names agents whose last attempt has no end
+/// (`running or interrupted` while a run may be going, `interrupted` once it has ended).
+pub fn agents_sentence(
+    [success, failure, rollback, unfinished, not_run]: [u64; 5],
+    unfinished_word: &str,
+    planned: u64,
+) -> String {
+    let mut parts = vec![format!("{success} succeeded")];
+    for (n, what) in [
+        (failure, "failed"),
+        (rollback, "rolled back"),
+        (unfinished, unfinished_word),
+        (not_run, "not run"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    format!("{} (of {planned})", parts.join(", "))
+}
+
 impl StatusCounts {
+    /// [`agents_sentence`] of these counts.
+    pub fn describe(&self) -> String {
+        agents_sentence(
+            [
+                self.success,
+                self.failure,
+                self.rollback,
+                self.running,
+                self.not_run,
+            ],
+            "running or interrupted",
+            self.planned,
+        )
+    }
+
     /// Agents with at least one attempt.
     pub fn total(&self) -> u64 {
         self.running + self.success + self.failure + self.rollback
