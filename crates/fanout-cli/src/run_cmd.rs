@@ -194,11 +194,12 @@ async fn run_with(
         }
     };
     // Everything that can refuse a live run without a plan is checked before the planning
-    // call is paid for: a git work tree, and (unless --allow-dirty) no uncommitted changes.
+    // call is paid for: a git work tree, and (unless --allow-dirty) no uncommitted changes to
+    // tracked files (untracked ones only matter if the plan touches them: checked after).
     // With --plan the scope is known and checked exactly below, still before any model call.
     if !args.dry_run && args.plan.is_none() {
         let owned = fanout_core::store::owned_paths(&repository);
-        match plan::ensure_clean(&repository, |path| !owned.contains(path)) {
+        match plan::ensure_tracked_clean(&repository, |path| !owned.contains(path)) {
             Ok(()) => {}
             Err(plan::GitCheckError::Dirty { paths, .. }) if args.allow_dirty => {
                 eprintln!(

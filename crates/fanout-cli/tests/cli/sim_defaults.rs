@@ -92,6 +92,12 @@ fn init_then_a_simulated_dry_run_plans_agents_without_violations() {
             .map(str::to_owned)
     };
     assert_eq!(plan_line(&report), plan_line(&second));
+    // And the live run, with the new `fanout.yaml` still uncommitted: it was refused (the
+    // plan's scope held the workflow file; then the template's `npm test` failed the run).
+    let live = fanout_in(repo, &["run", "fanout.yaml", "--sim"]);
+    let report = text(&live);
+    assert_eq!(live.status.code(), Some(0), "{report}");
+    assert!(report.contains(": completed"), "{report}");
 }
 
 #[test]

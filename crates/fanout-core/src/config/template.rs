@@ -91,7 +91,9 @@ workflow:
     checkpoint_interval: 10       # every 10 sub-agent completions
     destructive_checkpoint_interval: 1   # deletes and renames
 
-  verify:
-    test_command: npm test        # run after the workflow (sandboxed); exit status 0 passes
-    baseline: false               # true: also run it on the base commit, to tell "broken by this run"
+  # Your test command, run after the workflow (sandboxed); its exit status decides: anything
+  # but 0 makes the run `tests_failed` (exit 7). Set it to what your project runs.
+  # verify:
+  #   test_command: npm test
+  #   baseline: true              # also run it on the base commit, to tell "broken by this run"
 "#;

@@ -30,6 +30,25 @@ pub enum GitCheckError {
 /// Refuse unless `root` is in a git work tree and no changed path satisfies `touches`.
 /// Paths given to `touches` are relative to `root`, `/`-separated.
 pub fn ensure_clean(root: &Path, touches: impl Fn(&str) -> bool) -> Result<(), GitCheckError> {
+    check_clean(root, true, touches)
+}
+
+/// [`ensure_clean`] over tracked files only: changes to files git tracks (staged or not)
+/// count, untracked files do not (a new `fanout.yaml`, notes, build output). For the check a
+/// live run can make before it has a plan; the plan's own files are checked after, untracked
+/// ones included.
+pub fn ensure_tracked_clean(
+    root: &Path,
+    touches: impl Fn(&str) -> bool,
+) -> Result<(), GitCheckError> {
+    check_clean(root, false, touches)
+}
+
+fn check_clean(
+    root: &Path,
+    untracked: bool,
+    touches: impl Fn(&str) -> bool,
+) -> Result<(), GitCheckError> {
     let git_error = |message: String| GitCheckError::Git {
         root: root.to_path_buf(),
         message,
@@ -55,7 +74,11 @@ pub fn ensure_clean(root: &Path, touches: impl Fn(&str) -> bool) -> Result<(), G
             "status",
             "--porcelain=v1",
             "-z",
-            "--untracked-files=all",
+            if untracked {
+                "--untracked-files=all"
+            } else {
+                "--untracked-files=no"
+            },
             "--",
             ".",
             ":(exclude).fanout",

@@ -31,7 +31,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub use estimate::{Calibration, Estimate, estimate, estimate_calibrated};
-pub use git::{GitCheckError, ensure_clean};
+pub use git::{GitCheckError, ensure_clean, ensure_tracked_clean};
 pub use orchestrate::{PlanOptions, Planned, SUBMIT_PLAN_TOOL, request_plan};
 pub use report::{PlanSource, Report};
 pub use scan::RepoScan;
@@ -180,7 +180,10 @@ pub async fn prepare(
     fleet: Option<&Fleet>,
     cancel: &CancellationToken,
 ) -> Result<Prepared, PlanError> {
-    let scan = RepoScan::scan(&request.repository)?;
+    let mut scan = RepoScan::scan(&request.repository)?;
+    // The workflow file governs the agents; it is not one of the files they work on (a new,
+    // uncommitted `fanout.yaml` would otherwise land in a scope and block the live run).
+    scan.forget(&config.origin);
     let (validation, source, planning) = match &request.plan_file {
         Some(path) => {
             let loaded = load_plan(path)?;

@@ -33,6 +33,29 @@ const SKIPPED_DIRS: &[&str] = &[".git", ".fanout"];
 
 impl RepoScan {
     /// Walk `root`.
+    /// Drop `path` (absolute, or relative to the current directory) from the file list if it
+    /// lies inside the scanned repository.
+    pub fn forget(&mut self, path: &Path) {
+        let (Ok(file), Ok(root)) = (path.canonicalize(), self.root.canonicalize()) else {
+            return;
+        };
+        let Ok(relative) = file.strip_prefix(&root) else {
+            return;
+        };
+        let relative = relative
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/");
+        if let Ok(index) = self
+            .files
+            .binary_search_by(|file| file.path.as_str().cmp(relative.as_str()))
+        {
+            let removed = self.files.remove(index);
+            self.total_bytes = self.total_bytes.saturating_sub(removed.bytes);
+        }
+    }
+
     pub fn scan(root: &Path) -> Result<RepoScan, PlanError> {
         let metadata = std::fs::metadata(root).map_err(|source| PlanError::Scan {
             path: root.to_path_buf(),
