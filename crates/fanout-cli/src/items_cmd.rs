@@ -405,7 +405,11 @@ async fn live(
         eprintln!("fanout: continuing item run {run_id} (settled chunks are not sent again)");
     }
     let cancel = CancellationToken::new();
-    handle_interrupts(cancel.clone());
+    let followup = crate::live::Followup::new(&root, args.sim || args.scenario.is_some());
+    handle_interrupts(
+        cancel.clone(),
+        format!("fanout resume {run_id}{}{}", followup.repo, followup.sim),
+    );
     let style = ProgressStyle::detect(args.json);
     let display = Arc::new(Mutex::new(Display {
         progress: Progress::new(style),

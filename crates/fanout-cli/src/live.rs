@@ -86,7 +86,10 @@ pub async fn drive(
     let fleet = inputs.fleet.clone();
     let followup = Followup::new(&inputs.repo, inputs.simulated);
     let cancel = CancellationToken::new();
-    handle_interrupts(cancel.clone());
+    handle_interrupts(
+        cancel.clone(),
+        format!("fanout resume {run_id}{}{}", followup.repo, followup.sim),
+    );
 
     let mut progress = Progress::new(ProgressStyle::detect(json));
     let mut tally = Tally {

@@ -308,14 +308,15 @@ pub fn human_duration(d: Duration) -> String {
 }
 
 /// Cancel `cancel` on the first Ctrl-C; exit the process with 130 on the second.
-pub fn handle_interrupts(cancel: CancellationToken) {
+/// `resume` is the command that finishes the run, as the user would type it.
+pub fn handle_interrupts(cancel: CancellationToken, resume: String) {
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_err() {
             return;
         }
         eprintln!(
             "\nfanout: stopping — no new agents; running ones are cancelled and their records \
-             written. The run can be finished with `fanout resume`. Press Ctrl-C again to exit now."
+             written. The run can be finished with `{resume}`. Press Ctrl-C again to exit now."
         );
         cancel.cancel();
         if tokio::signal::ctrl_c().await.is_ok() {
