@@ -196,11 +196,7 @@ async fn finish(args: ResumeArgs, retry_failed: bool) -> anyhow::Result<ExitCode
         }
     };
 
-    let plan_path = repo
-        .join(".fanout")
-        .join("runs")
-        .join(&args.run_id)
-        .join("plan.json");
+    let plan_path = fanout_core::store::run_dir(&repo, &args.run_id).join("plan.json");
     let loaded = match plan::load_plan(&plan_path) {
         Ok(loaded) => loaded,
         Err(err) => {

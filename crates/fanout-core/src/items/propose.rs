@@ -25,7 +25,6 @@ use crate::config::items::ChunkingConfig;
 use crate::fleet::{Fleet, FleetError};
 use crate::plan::store::hash_bytes;
 use crate::provider::{Message, Request, ToolChoice, ToolSpec};
-use crate::store::FANOUT_DIR;
 
 /// The tool the orchestrator must answer with.
 pub const PROPOSE_TOOL: &str = "propose_item_plan";
@@ -548,10 +547,7 @@ pub struct SavedProposal {
 
 /// `<root>/.fanout/runs/<run_id>/item-plan.json`.
 pub fn proposal_path(root: &Path, run_id: &str) -> PathBuf {
-    root.join(FANOUT_DIR)
-        .join("runs")
-        .join(run_id)
-        .join("item-plan.json")
+    crate::store::run_dir(root, run_id).join("item-plan.json")
 }
 
 /// Save `proposal` for `run_id` (and its hash beside it), written whole or not at all.

@@ -689,11 +689,7 @@ pub struct JobRecord {
 }
 
 /// The run directory of `run_id` under `root`.
-pub fn run_dir(root: &Path, run_id: &str) -> PathBuf {
-    root.join(crate::store::FANOUT_DIR)
-        .join("runs")
-        .join(run_id)
-}
+pub use crate::store::run_dir;
 
 /// The job record of an item run, if `run_id` is one (for `fanout resume` to dispatch on).
 pub fn item_run(root: &Path, run_id: &str) -> Option<JobRecord> {

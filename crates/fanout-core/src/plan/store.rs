@@ -83,7 +83,7 @@ pub struct SavedPlan {
 /// Save `plan` under `<repo>/.fanout/runs/<run_id>/plan.json` with its hash.
 pub fn save_plan(repo: &Path, run_id: &RunId, plan: &Plan) -> Result<SavedPlan, PlanError> {
     let fanout = repo.join(FANOUT_DIR);
-    let dir = fanout.join("runs").join(run_id.as_str());
+    let dir = crate::store::run_dir(repo, run_id.as_str());
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |err: std::io::Error| PlanError::PlanFile {

@@ -1667,10 +1667,9 @@ pub fn agents_text(outcome: &RunOutcome) -> String {
 
 /// `.fanout/runs/<run_id>/summary.json` and `summary.md`; `None` if they cannot be written.
 fn write_summary(repo: &Path, outcome: &RunOutcome) -> Option<PathBuf> {
-    let dir = repo.join(".fanout").join("runs").join(&outcome.run_id);
+    let dir = crate::store::run_dir(repo, &outcome.run_id);
     std::fs::create_dir_all(&dir).ok()?;
     let json = serde_json::to_vec_pretty(outcome).ok()?;
-    write_atomic(&dir.join("summary.json"), &json)?;
     let mut md = format!(
         "# Run {}\n\nStatus: {}\n\n- agents: {}\n- attempts: {}; tool calls: {}; denied requests: {}\n- tokens (agents, all attempts): {} default, {} fast\n- dollars (agents, all attempts): {:.4}\n- files changed: {}\n",
         outcome.run_id,
@@ -1719,12 +1718,11 @@ fn write_summary(repo: &Path, outcome: &RunOutcome) -> Option<PathBuf> {
         md.push_str(&format!("\n## Summary\n\n{text}\n"));
     }
     let path = dir.join("summary.md");
-    write_atomic(&path, md.as_bytes())?;
+    // Both files whole and durable, or the old ones (the shared atomic write syncs).
+    crate::items::output::write_atomic_all(&[
+        (&dir.join("summary.json"), &json),
+        (&path, md.as_bytes()),
+    ])
+    .ok()?;
     Some(path)
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Option<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).ok()?;
-    std::fs::rename(&tmp, path).ok()
 }

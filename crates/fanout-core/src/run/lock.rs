@@ -98,10 +98,7 @@ impl RepoLock {
 impl RunLock {
     /// Take `<root>/.fanout/runs/<run_id>/run.lock`.
     pub fn acquire(root: &Path, run_id: &str) -> Result<RunLock, LockError> {
-        let dir = root
-            .join(crate::store::FANOUT_DIR)
-            .join("runs")
-            .join(run_id);
+        let dir = crate::store::run_dir(root, run_id);
         std::fs::create_dir_all(&dir).map_err(|source| LockError::Open {
             path: dir.clone(),
             source,

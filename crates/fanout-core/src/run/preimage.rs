@@ -153,10 +153,7 @@ impl RestoreReport {
 
 /// `<repo>/.fanout/runs/<run_id>/preimages`.
 pub fn preimage_dir(repo: &Path, run_id: &str) -> PathBuf {
-    repo.join(".fanout")
-        .join("runs")
-        .join(run_id)
-        .join("preimages")
+    crate::store::run_dir(repo, run_id).join("preimages")
 }
 
 /// The manifest's path for `agent_id` (ids outside `[A-Za-z0-9._-]` are hex-encoded).

@@ -56,6 +56,12 @@ pub const FANOUT_DIR: &str = ".fanout";
 /// The database file's name inside [`FANOUT_DIR`].
 pub const DB_FILE: &str = "fanout.db";
 
+/// `<root>/.fanout/runs/<run_id>`: a run's directory (its plan, summary, pre-images, item
+/// outputs, lock). Every path under it is built from here.
+pub fn run_dir(root: &Path, run_id: &str) -> PathBuf {
+    root.join(FANOUT_DIR).join("runs").join(run_id)
+}
+
 /// `<repo>/.fanout/fanout.db`.
 pub fn db_path(repo: &Path) -> PathBuf {
     repo.join(FANOUT_DIR).join(DB_FILE)
