@@ -60,6 +60,15 @@ pub struct ResumeArgs {
     /// Latency of the in-process simulator's answers, in milliseconds (with --sim).
     #[arg(long, default_value_t = 0, value_name = "MS")]
     pub sim_latency_ms: u64,
+    /// Faults the in-process simulator injects (with --sim), as for `fanout run`.
+    #[arg(long, value_name = "SPEC", value_parser = crate::run_cmd::parse_faults)]
+    pub sim_faults: Option<fanout_sim::Faults>,
+    /// Seed of the in-process simulator's faults and jitter (with --sim).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub sim_seed: u64,
+    /// Append every request the in-process simulator answered to FILE as JSON lines.
+    #[arg(long, value_name = "FILE")]
+    pub sim_record: Option<PathBuf>,
     /// Progress events as JSON lines on stdout, then the outcome.
     #[arg(long)]
     pub json: bool,
@@ -109,6 +118,9 @@ pub async fn retry_failed(args: &RunArgs, run_id: &str) -> anyhow::Result<ExitCo
         sim: args.sim,
         scenario: args.scenario.clone(),
         sim_latency_ms: args.sim_latency_ms,
+        sim_faults: args.sim_faults,
+        sim_seed: args.sim_seed,
+        sim_record: args.sim_record.clone(),
         json: args.json,
         request_timeout: args.request_timeout,
         dry_run: args.dry_run,
@@ -282,9 +294,9 @@ async fn resume_items(
         verbose: false,
         json: args.json,
         sim_latency_ms: args.sim_latency_ms,
-        sim_faults: None,
-        sim_seed: 0,
-        sim_record: None,
+        sim_faults: args.sim_faults,
+        sim_seed: args.sim_seed,
+        sim_record: args.sim_record.clone(),
         request_timeout: args.request_timeout,
         retry_failed: None,
         allow_dirty: false,
@@ -327,6 +339,9 @@ async fn fleet(args: &ResumeArgs, config: &Config) -> anyhow::Result<(Fleet, Opt
         SimConfig {
             scenario,
             latency: std::time::Duration::from_millis(args.sim_latency_ms),
+            faults: args.sim_faults.unwrap_or_default(),
+            seed: args.sim_seed,
+            record_path: args.sim_record.clone(),
             ..SimConfig::default()
         },
         "127.0.0.1:0".parse().context("loopback address")?,

@@ -399,7 +399,7 @@ pub(crate) fn http_timeout(seconds: u64) -> HttpConfig {
 }
 
 /// `overloaded=0.05,api_error=0.02,hang=0.01` → the simulator's fault probabilities.
-fn parse_faults(spec: &str) -> Result<Faults, String> {
+pub(crate) fn parse_faults(spec: &str) -> Result<Faults, String> {
     let mut faults = Faults::default();
     for pair in spec.split(',').filter(|p| !p.trim().is_empty()) {
         let (kind, value) = pair

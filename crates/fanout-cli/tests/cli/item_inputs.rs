@@ -187,7 +187,22 @@ fn retry_failed_sends_only_what_a_retry_can_fix_and_carries_the_rest() {
         before.contains("\"attempts\":1") || before.contains("\"attempts\":2"),
         "{before}"
     );
-    let output = fanout_in(dir.path(), &["resume", &first_id, "--sim"]);
+    let resumed = dir.path().join("resume.jsonl");
+    let output = fanout_in(
+        dir.path(),
+        &[
+            "resume",
+            &first_id,
+            "--sim",
+            "--sim-record",
+            &resumed.display().to_string(),
+        ],
+    );
+    let sent = std::fs::read_to_string(&resumed).unwrap_or_default();
+    assert!(
+        !sent.contains("submit_results"),
+        "the resume sent settled items again"
+    );
     assert_eq!(
         output.status.code(),
         Some(5),
