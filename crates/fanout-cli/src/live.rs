@@ -91,8 +91,8 @@ pub async fn drive(
         format!("fanout resume {run_id}{}{}", followup.repo, followup.sim),
     );
 
-    let mut progress = Progress::new(ProgressStyle::detect(json));
-    let mut tally = Tally {
+    let progress = Progress::new(ProgressStyle::detect(json));
+    let tally = Tally {
         total: inputs.plan.subtasks.len(),
         ..Tally::default()
     };
@@ -103,9 +103,32 @@ pub async fn drive(
         };
         eprintln!("fanout: {verb} {run_id}: {} agents", tally.total);
     }
+    // Shared with a ticker that redraws every second while nothing finishes (waits on the
+    // rate limits, an outage's probes, a long agent), so elapsed time and waits stay true.
+    let display = Arc::new(std::sync::Mutex::new((progress, tally)));
+    let ticker = {
+        let display = Arc::clone(&display);
+        let fleet = fleet.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                interval.tick().await;
+                let mut guard = display
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let (progress, tally) = &mut *guard;
+                tally.observe_fleet(&fleet);
+                progress.update(tally);
+            }
+        })
+    };
     let stats_fleet = fleet.clone();
     let cancelled = cancel.clone();
     let on_event = |event: &EngineEvent| {
+        let mut guard = display
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (progress, tally) = &mut *guard;
         progress.event(event);
         match event {
             EngineEvent::AgentStarted { attempt, .. } => {
@@ -139,14 +162,22 @@ pub async fn drive(
             EngineEvent::Checkpoint { .. } | EngineEvent::Phase { .. } => {}
         }
         tally.observe_fleet(&stats_fleet);
-        progress.update(&tally);
+        progress.update(tally);
     };
     let outcome = match launch {
         Launch::Fresh => engine::execute(inputs, &cancel, on_event).await,
         Launch::Resume => engine::resume(inputs, &cancel, on_event).await,
+    };
+    ticker.abort();
+    let _ = ticker.await;
+    let outcome = outcome.context("the run could not be carried out")?;
+    {
+        let mut guard = display
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (progress, tally) = &mut *guard;
+        progress.finish(tally);
     }
-    .context("the run could not be carried out")?;
-    progress.finish(&tally);
 
     if json {
         let line = serde_json::json!({"event": "run_finished", "outcome": &outcome});
