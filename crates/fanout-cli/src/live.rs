@@ -131,11 +131,8 @@ pub async fn drive(
         let (progress, tally) = &mut *guard;
         progress.event(event);
         match event {
-            EngineEvent::AgentStarted { attempt, .. } => {
-                if *attempt == 1 {
-                    tally.running += 1;
-                }
-            }
+            EngineEvent::AgentScheduled { .. } => tally.running += 1,
+            EngineEvent::AgentStarted { .. } => {}
             EngineEvent::AgentFinished {
                 status,
                 mode,

@@ -82,6 +82,11 @@ pub struct EngineInputs {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EngineEvent {
+    /// The scheduler admitted the agent: it counts as running from now on (its
+    /// `AgentStarted`, sent from the agent's own task, may come later).
+    AgentScheduled {
+        agent_id: String,
+    },
     AgentStarted {
         agent_id: String,
         attempt: u32,
@@ -479,7 +484,9 @@ async fn run_engine(
                     on_event(e);
                 }
                 match event {
-                    SchedulerEvent::Started { .. } => {}
+                    SchedulerEvent::Started { id } => on_event(&EngineEvent::AgentScheduled {
+                        agent_id: id.clone(),
+                    }),
                     SchedulerEvent::Finished { id, .. } => {
                         if let Some(record) = lock(&drain.records).get(id).cloned() {
                             let denials = lock(&drain.denials).get(id).copied().unwrap_or_default();
