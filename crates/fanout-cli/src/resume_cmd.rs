@@ -381,14 +381,16 @@ fn report_rerun(
             *entry = row;
         }
     }
+    let succeeded: std::collections::HashSet<&str> = rows
+        .iter()
+        .filter(|row| row.status == Some(AgentStatus::Success))
+        .map(|row| row.agent_id.as_str())
+        .collect();
     let mut rerun = Vec::new();
     let mut kept = 0usize;
     for subtask in &plan.subtasks {
         let id = subtask.task_id.to_string();
-        let succeeded = rows
-            .iter()
-            .any(|row| row.agent_id == id && row.status == Some(AgentStatus::Success));
-        if succeeded {
+        if succeeded.contains(id.as_str()) {
             kept += 1;
             continue;
         }

@@ -59,6 +59,47 @@ fn fanout(args: &[&str], repo: &Path) -> Output {
         .unwrap()
 }
 
+/// `fanout ARGS` run in `dir` with no API key in its environment.
+fn fanout_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fanout"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("ANTHROPIC_BASE_URL")
+        .env_remove("OPENAI_API_KEY")
+        .output()
+        .unwrap()
+}
+
+/// [`fanout_in`] in the background, its output discarded.
+fn spawn_in(dir: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_fanout"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("ANTHROPIC_BASE_URL")
+        .env_remove("OPENAI_API_KEY")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait until `check` holds (up to a minute). It polls every 20 ms: the tests that use it
+/// watch another process (the fanout binary) through the file system and its run store, which
+/// offer nothing to wait on.
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn example(name: &str) -> String {
     example_dir().join(name).display().to_string()
 }
@@ -571,7 +612,7 @@ mod live_run {
 
     /// Turn 1 writes the agent's one declared file (taken from its system prompt); turn 2
     /// reports. The synthesis call gets the simulator's default text answer.
-    const SCENARIO: &str = r#"
+    pub(crate) const SCENARIO: &str = r#"
 rules:
   - name: edit
     match:

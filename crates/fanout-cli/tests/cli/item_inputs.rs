@@ -3,7 +3,6 @@
 //! a new run that carries the rest over.
 
 use super::*;
-use crate::trust::wait_for;
 
 /// A workflow for `tickets.jsonl` in `dir` (the example's schema), chunks of `chunk` items.
 fn ticket_workflow(dir: &Path, chunk: usize, extra: &str) -> PathBuf {
@@ -44,16 +43,6 @@ fn jsonl_lines(path: &Path) -> Vec<serde_json::Value> {
         .filter(|l| !l.is_empty())
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-fn fanout_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fanout"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("ANTHROPIC_API_KEY")
-        .env_remove("ANTHROPIC_BASE_URL")
-        .output()
-        .unwrap()
 }
 
 const BAD: [&str; 6] = [

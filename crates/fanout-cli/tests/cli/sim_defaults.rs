@@ -9,17 +9,6 @@ fn examples_dir() -> PathBuf {
 }
 
 /// `fanout ARGS` run in `dir`, with no API key in the environment.
-fn fanout_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fanout"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("ANTHROPIC_API_KEY")
-        .env_remove("ANTHROPIC_BASE_URL")
-        .env_remove("OPENAI_API_KEY")
-        .output()
-        .unwrap()
-}
-
 fn text(output: &Output) -> String {
     format!(
         "{}{}",

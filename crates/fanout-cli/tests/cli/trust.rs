@@ -5,22 +5,8 @@
 
 use super::*;
 
-/// Turn 1 writes the agent's one declared file; turn 2 reports.
-pub(crate) const EDIT_SCENARIO: &str = r#"
-rules:
-  - name: edit
-    match:
-      system: 'Files you may change \(nothing else\):\n- (?P<file>\S+)'
-      turn: 1
-    tool_use: {name: write_file, input: {path: "${file}", content: "edited by its agent\n"}}
-  - name: report
-    match:
-      system: 'Files you may change \(nothing else\):\n- (?P<file>\S+)'
-      turn: 2
-    tool_use:
-      name: report_result
-      input: {status: success, summary: "rewrote ${file}", files_changed: ["${file}"]}
-"#;
+/// Turn 1 writes the agent's one declared file; turn 2 reports (the live-run tests' script).
+use crate::live_run::SCENARIO as EDIT_SCENARIO;
 
 /// A repository of `n` files `src/file_NNN.txt` plus `check.sh`, committed.
 pub(crate) fn small_repo(n: usize) -> tempfile::TempDir {
@@ -211,41 +197,6 @@ fn the_exit_status_decides_not_the_output() {
     }
 }
 
-fn spawn_in(dir: &Path, args: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_fanout"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("ANTHROPIC_API_KEY")
-        .env_remove("ANTHROPIC_BASE_URL")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn run_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fanout"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("ANTHROPIC_API_KEY")
-        .env_remove("ANTHROPIC_BASE_URL")
-        .output()
-        .unwrap()
-}
-
-/// Wait (polling the file system, up to a minute) until `check` holds.
-pub(crate) fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !check() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 /// Two live runs on one repository both ran and edited the same files; a run started with a
 /// relative workflow path could not be resumed from the repository (`cannot read`).
 #[test]
@@ -285,7 +236,7 @@ fn one_live_run_per_repository_and_resume_from_anywhere() {
 
     // The second is refused at once, naming the run that holds the repository.
     let started = std::time::Instant::now();
-    let second = run_in(work.path(), &args);
+    let second = fanout_in(work.path(), &args);
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains(&format!("run {run_id}")), "{stderr}");
@@ -295,7 +246,7 @@ fn one_live_run_per_repository_and_resume_from_anywhere() {
         started.elapsed()
     );
     // A dry run is still allowed while a live run holds the repository.
-    let dry = run_in(
+    let dry = fanout_in(
         work.path(),
         &[
             "run",
@@ -318,7 +269,7 @@ fn one_live_run_per_repository_and_resume_from_anywhere() {
     // workflow path means nothing.
     first.kill().unwrap();
     first.wait().unwrap();
-    let resumed = run_in(
+    let resumed = fanout_in(
         repo.path(),
         &[
             "resume",

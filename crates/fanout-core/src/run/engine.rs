@@ -1113,7 +1113,8 @@ async fn restore_scope(repo: &Path, preimage: &Arc<Preimage>) -> Result<(), Stri
 /// Read what the run's earlier processes recorded, roll back every agent that did not
 /// succeed from its pre-image, and close attempts that were in flight as `rollback`.
 async fn prepare_resume(inputs: &EngineInputs, store: &Store) -> Result<ResumeState, EngineError> {
-    let rows = StoreReader::open_in_repo(&inputs.repo)?.agent_runs(&inputs.run_id)?;
+    let reader = StoreReader::open_in_repo(&inputs.repo)?;
+    let rows = reader.agent_runs(&inputs.run_id)?;
     let planned: HashSet<String> = inputs
         .plan
         .subtasks
@@ -1149,9 +1150,7 @@ async fn prepare_resume(inputs: &EngineInputs, store: &Store) -> Result<ResumeSt
         .map(|(agent, _)| agent.to_owned())
         .collect();
     // Pre-images in the store (this build), else in manifest files (earlier builds).
-    for (agent_id, manifest) in
-        StoreReader::open_in_repo(&inputs.repo)?.preimages(&inputs.run_id)?
-    {
+    for (agent_id, manifest) in reader.preimages(&inputs.run_id)? {
         let where_ = PathBuf::from(format!("run store, pre-image of {agent_id}"));
         let preimage = preimage::parse_manifest(manifest.as_bytes(), &where_)?;
         state.preimages.insert(agent_id, Arc::new(preimage));
@@ -1188,7 +1187,8 @@ async fn prepare_resume(inputs: &EngineInputs, store: &Store) -> Result<ResumeSt
             missing.insert(agent_id);
         }
     }
-    let spent = StoreReader::open_in_repo(&inputs.repo)?.unfinished_usage(&inputs.run_id)?;
+    // Read before any of the closing rows below are written.
+    let spent = reader.unfinished_usage(&inputs.run_id)?;
     for row in rows.iter().filter(|row| row.status.is_none()) {
         let (input_tokens, output_tokens, cost_usd) = spent
             .get(&(row.agent_id.clone(), row.attempt))
