@@ -410,6 +410,62 @@ def _():
         expect("get_time" in err.message, err.message)
 
 
+@check("openai: batch through an uploaded input file (files, batches, file content)")
+def _():
+    lines = [
+        {
+            "custom_id": f"conformance-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": GPT, "messages": [{"role": "user", "content": f"batch line {i}"}]},
+        }
+        for i in range(3)
+    ]
+    lines.append(
+        {
+            "custom_id": "conformance-bad",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": GPT, "messages": []},
+        }
+    )
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    uploaded = oai.files.create(file=("input.jsonl", data), purpose="batch")
+    expect(uploaded.id.startswith("file-"), uploaded.id)
+    expect(uploaded.bytes == len(data), (uploaded.bytes, len(data)))
+    expect(oai.files.content(uploaded.id).content == data, "the input file reads back")
+    batch = oai.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    batch = oai.batches.retrieve(batch.id)
+    expect(batch.status == "completed", batch.status)
+    expect(batch.request_counts.total == 4, batch.request_counts)
+    expect(batch.request_counts.completed == 3, batch.request_counts)
+    expect(batch.request_counts.failed == 1, batch.request_counts)
+    output = [json.loads(l) for l in oai.files.content(batch.output_file_id).text.splitlines()]
+    ids = sorted(line["custom_id"] for line in output)
+    expect(ids == ["conformance-0", "conformance-1", "conformance-2"], ids)
+    for line in output:
+        completion = openai.types.chat.ChatCompletion.model_validate(line["response"]["body"])
+        expect(completion.choices[0].message.content, completion)
+        expect(line["response"]["status_code"] == 200, line)
+    errors = [json.loads(l) for l in oai.files.content(batch.error_file_id).text.splitlines()]
+    expect([e["custom_id"] for e in errors] == ["conformance-bad"], errors)
+    expect(errors[0]["response"]["status_code"] == 400, errors[0])
+
+
+@check("openai: a batch over a malformed input file fails with line numbers")
+def _():
+    data = b'not json\n{"custom_id": "x", "method": "POST", "url": "/v1/embeddings", "body": {}}\n'
+    uploaded = oai.files.create(file=("bad.jsonl", data), purpose="batch")
+    batch = oai.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    expect(batch.status == "failed", batch.status)
+    found = [(e.code, e.line) for e in batch.errors.data]
+    expect(found == [("invalid_json_line", 1), ("mismatched_endpoint", 2)], found)
+
+
 failed = sum(1 for _, err in results if err)
 passed = len(results) - failed
 print(f"{passed} passed, {failed} failed")

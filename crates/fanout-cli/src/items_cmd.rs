@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use fanout_core::config::Config;
+use fanout_core::config::Provider as ProviderKind;
 use fanout_core::config::items::{ChunkingConfig, Execution, ItemIdConfig};
 use fanout_core::fleet::Fleet;
 use fanout_core::governor::Governor;
@@ -37,6 +38,7 @@ use fanout_core::items::worker::{OutputRoute, SUBMIT_TOOL};
 use fanout_core::plan;
 use fanout_core::provider::anthropic::AnthropicConfig;
 use fanout_core::provider::batch::{BatchClient, PollPolicy};
+use fanout_core::provider::openai::OpenAiConfig;
 use fanout_core::retry::{RetryBudget, RetryPolicy};
 use fanout_core::store::{RunStatus, Store};
 use fanout_sim::{Scenario, Sim, SimConfig, SimHandle};
@@ -361,13 +363,28 @@ async fn live(
     let (batch, poll) = match job.execution {
         Execution::Online => (None, PollPolicy::default()),
         Execution::Batch => {
-            let anthropic = match base_url {
-                Some(url) => AnthropicConfig {
+            let http = crate::run_cmd::http_config(args);
+            let client = match (worker.provider, base_url) {
+                (ProviderKind::Anthropic, Some(url)) => BatchClient::new(AnthropicConfig {
                     base_url: url.to_owned(),
+                    http,
                     ..AnthropicConfig::new("sim")
-                },
-                None => AnthropicConfig::from_env()
-                    .context("batch execution needs the Anthropic API (or use --sim)")?,
+                })?,
+                (ProviderKind::OpenAi, Some(url)) => BatchClient::openai(OpenAiConfig {
+                    base_url: format!("{url}/v1"),
+                    http,
+                    ..OpenAiConfig::new("sim")
+                })?,
+                (ProviderKind::Anthropic, None) => BatchClient::new(AnthropicConfig {
+                    http,
+                    ..AnthropicConfig::from_env()
+                        .context("batch execution needs the Anthropic API (or use --sim)")?
+                })?,
+                (ProviderKind::OpenAi, None) => BatchClient::openai(OpenAiConfig {
+                    http,
+                    ..OpenAiConfig::from_env()
+                        .context("batch execution needs the OpenAI API (or use --sim)")?
+                })?,
             };
             let poll = if base_url.is_some() {
                 PollPolicy {
@@ -379,7 +396,7 @@ async fn live(
             } else {
                 PollPolicy::default()
             };
-            (Some(BatchClient::new(anthropic)?), poll)
+            (Some(client), poll)
         }
     };
     // The run's id is chosen here so that its lock is held before its first record.

@@ -36,7 +36,7 @@ use tokio::time::Instant;
 
 use crate::answer::default_answer;
 use crate::anthropic;
-use crate::model::{ApiError, Endpoint};
+use crate::model::{Answer, ApiError, Endpoint, Request};
 use crate::prng::fnv1a;
 use crate::server::{Shared, empty_exchange, has_key, header_str};
 
@@ -279,44 +279,15 @@ fn answer(shared: &Shared, batch_id: &str, custom_id: &str, params: &Value) -> V
             &mut exchange,
             ApiError::invalid("stream: streaming is not supported in batch requests"),
         ),
-        Ok(request) => {
-            exchange.input_tokens = request.input_tokens;
-            let fired = match (&shared.config.scenario, &shared.counters) {
-                (Some(scenario), Some(counters)) => {
-                    scenario.fire(counters, Endpoint::Messages, &request, 0)
-                }
-                _ => None,
-            };
-            let mut scripted = None;
-            let mut scripted_error = None;
-            if let Some(fired) = &fired {
-                exchange.rule = Some(fired.index);
-                exchange.rule_name = fired.rule.name.clone();
-                if let Some(error) = &fired.rule.action.error {
-                    scripted_error = Some(ApiError::new(
-                        error.status,
-                        &error.kind,
-                        fired.error_message().unwrap_or_default(),
-                    ));
-                }
-                scripted = fired.answer();
+        Ok(request) => match resolve(shared, Endpoint::Messages, &request, params, &mut exchange) {
+            Err(error) => errored(&mut exchange, error),
+            Ok(answer) => {
+                let ids = anthropic::Ids::new(seq, &answer);
+                let mut message = anthropic::render_message(&request, &answer, &ids);
+                message["usage"]["service_tier"] = json!("batch");
+                json!({"type": "succeeded", "message": message})
             }
-            match scripted_error {
-                Some(error) => errored(&mut exchange, error),
-                None => {
-                    let body_hash = fnv1a(params.to_string().as_bytes());
-                    let mut answer =
-                        scripted.unwrap_or_else(|| default_answer(&request, body_hash));
-                    answer.apply_max_tokens(request.max_tokens);
-                    exchange.output_tokens = answer.output_tokens();
-                    exchange.status = 200;
-                    let ids = anthropic::Ids::new(seq, &answer);
-                    let mut message = anthropic::render_message(&request, &answer, &ids);
-                    message["usage"]["service_tier"] = json!("batch");
-                    json!({"type": "succeeded", "message": message})
-                }
-            }
-        }
+        },
     };
     exchange.response = result.clone();
     shared.recorder.push(exchange);
@@ -389,6 +360,42 @@ pub(crate) async fn cancel(
         }
         axum::Json(batch.object(&base_url(&headers))).into_response()
     })
+}
+
+/// The answer to one request of a batch, as the synchronous endpoint would give it: a
+/// scenario rule's error or answer, else the default answer. Fills in the exchange's tokens,
+/// rule and status.
+pub(crate) fn resolve(
+    shared: &Shared,
+    endpoint: Endpoint,
+    request: &Request,
+    params: &Value,
+    exchange: &mut crate::record::Exchange,
+) -> Result<Answer, ApiError> {
+    exchange.input_tokens = request.input_tokens;
+    let fired = match (&shared.config.scenario, &shared.counters) {
+        (Some(scenario), Some(counters)) => scenario.fire(counters, endpoint, request, 0),
+        _ => None,
+    };
+    let mut scripted = None;
+    if let Some(fired) = &fired {
+        exchange.rule = Some(fired.index);
+        exchange.rule_name = fired.rule.name.clone();
+        if let Some(error) = &fired.rule.action.error {
+            return Err(ApiError::new(
+                error.status,
+                &error.kind,
+                fired.error_message().unwrap_or_default(),
+            ));
+        }
+        scripted = fired.answer();
+    }
+    let body_hash = fnv1a(params.to_string().as_bytes());
+    let mut answer = scripted.unwrap_or_else(|| default_answer(request, body_hash));
+    answer.apply_max_tokens(request.max_tokens);
+    exchange.output_tokens = answer.output_tokens();
+    exchange.status = 200;
+    Ok(answer)
 }
 
 fn with_batch(shared: &Shared, id: &str, f: impl FnOnce(&mut Batch) -> Response) -> Response {

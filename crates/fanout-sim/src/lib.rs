@@ -15,6 +15,10 @@
 //!   `GET /v1/messages/batches/{id}/results`, `POST /v1/messages/batches/{id}/cancel`
 //!   (see `batches.rs`; each request is answered like `/v1/messages`)
 //! - `POST /v1/chat/completions` (JSON, or `data:` chunks ending in `data: [DONE]`)
+//! - OpenAI Batch API: `POST /v1/files` (multipart upload of the JSONL input),
+//!   `GET /v1/files/{id}/content`, `POST /v1/batches`, `GET /v1/batches/{id}`,
+//!   `POST /v1/batches/{id}/cancel` (see `openai_batches.rs`; each line is answered like
+//!   `/v1/chat/completions`)
 //! - `GET /sim/stats` ([`Stats`]) and `GET /sim/exchanges` ([`Exchange`] list)
 //!
 //! Authentication: any non-empty `x-api-key` or `Authorization: Bearer` key (unless
@@ -55,6 +59,7 @@ mod lexicon;
 mod limits;
 mod model;
 mod openai;
+mod openai_batches;
 mod planner;
 mod prng;
 mod proposer;

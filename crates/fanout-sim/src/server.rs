@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -33,6 +33,10 @@ use crate::{SimConfig, SimError, anthropic, openai};
 /// Largest accepted request body (the real APIs' limit).
 const MAX_BODY: usize = 32 * 1024 * 1024;
 
+/// The largest batch the real APIs take (Anthropic: 256 MB per batch; OpenAI: 200 MB per
+/// input file), for the batch create and file upload bodies.
+const MAX_BATCH_BODY: usize = 256 * 1024 * 1024;
+
 /// State shared by all handlers.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -46,6 +50,7 @@ pub(crate) struct Shared {
     stats: Mutex<Stats>,
     pub(crate) recorder: Recorder,
     pub(crate) batches: crate::batches::Batches,
+    pub(crate) openai_batches: crate::openai_batches::Store,
     stop: watch::Receiver<bool>,
 }
 
@@ -79,12 +84,16 @@ pub(crate) fn spawn(
         stats: Mutex::new(Stats::default()),
         recorder,
         batches: crate::batches::Batches::default(),
+        openai_batches: crate::openai_batches::Store::default(),
         stop: stop_rx.clone(),
     });
     let app = Router::new()
         .route("/v1/messages", post(messages))
         .route("/v1/messages/count_tokens", post(count_tokens))
-        .route("/v1/messages/batches", post(crate::batches::create))
+        .route(
+            "/v1/messages/batches",
+            post(crate::batches::create).layer(DefaultBodyLimit::max(MAX_BATCH_BODY)),
+        )
         .route("/v1/messages/batches/{id}", get(crate::batches::retrieve))
         .route(
             "/v1/messages/batches/{id}/results",
@@ -95,6 +104,23 @@ pub(crate) fn spawn(
             post(crate::batches::cancel),
         )
         .route("/v1/chat/completions", post(chat_completions))
+        .route(
+            "/v1/files",
+            post(crate::openai_batches::upload_file).layer(DefaultBodyLimit::max(MAX_BATCH_BODY)),
+        )
+        .route(
+            "/v1/files/{id}/content",
+            get(crate::openai_batches::file_content),
+        )
+        .route("/v1/batches", post(crate::openai_batches::create_batch))
+        .route(
+            "/v1/batches/{id}",
+            get(crate::openai_batches::retrieve_batch),
+        )
+        .route(
+            "/v1/batches/{id}/cancel",
+            post(crate::openai_batches::cancel_batch),
+        )
         .route("/sim/stats", get(sim_stats))
         .route("/sim/exchanges", get(sim_exchanges))
         .fallback(not_found)

@@ -266,8 +266,7 @@ fn retry_failed_sends_only_what_a_retry_can_fix_and_carries_the_rest() {
     );
 }
 
-/// `count_by: [lable]` passed the dry run and the run reported "by lable: (none) 57";
-/// `provider: openai` with `execution: batch` passed the dry run and failed live.
+/// `count_by: [lable]` passed the dry run and the run reported "by lable: (none) 57".
 #[test]
 fn workflow_mistakes_are_caught_by_the_dry_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -283,7 +282,14 @@ fn workflow_mistakes_are_caught_by_the_dry_run() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("did you mean `category`?"), "{stderr}");
+}
 
+/// `provider: openai` with `execution: batch` passed the dry run and failed live; it now goes
+/// through the OpenAI Batch API (input file, batch, output file) at half price.
+#[test]
+fn openai_batch_execution_goes_through_the_batch_api() {
+    let dir = tempfile::tempdir().unwrap();
+    tickets(dir.path(), 12, &[]);
     let wf = ticket_workflow(dir.path(), 5, "").display().to_string();
     let text = std::fs::read_to_string(&wf)
         .unwrap()
@@ -292,8 +298,59 @@ fn workflow_mistakes_are_caught_by_the_dry_run() {
     std::fs::write(&wf, text).unwrap();
     let output = fanout_in(dir.path(), &["run", &wf, "--dry-run", "--sim"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("execution: online"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("batch (half price)"), "{stdout}");
+
+    let record = dir.path().join("exchanges.jsonl");
+    let output = fanout_in(
+        dir.path(),
+        &[
+            "run",
+            &wf,
+            "--sim",
+            "--json",
+            "--sim-record",
+            &record.display().to_string(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let run = run_dir_of(dir.path(), &output.stdout);
+    let results = jsonl_lines(&run.join("results.jsonl"));
+    assert_eq!(results.len(), 12);
+    let exchanges: Vec<serde_json::Value> = jsonl_lines(&record);
+    assert_eq!(exchanges.len(), 3, "one request per chunk of 5");
+    assert!(
+        exchanges
+            .iter()
+            .all(|e| e["endpoint"] == "batch_chat_completions"),
+        "{exchanges:?}"
+    );
+    // Charged at half the online price of the tokens the sim reported.
+    let report: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    let input: u64 = exchanges
+        .iter()
+        .map(|e| e["input_tokens"].as_u64().unwrap())
+        .sum();
+    let out: u64 = exchanges
+        .iter()
+        .map(|e| e["output_tokens"].as_u64().unwrap())
+        .sum();
+    let online = (input as f64 * 1.25 + out as f64 * 10.0) / 1e6;
+    let dollars = report["cost_usd"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(
+        (dollars - online / 2.0).abs() < 1e-6,
+        "{dollars} vs {online}/2"
+    );
 }
 
 /// `chunking: fixed` sent a ~500K-token request for a 2 MB record with no warning.

@@ -10,7 +10,8 @@
 //!    budget); the task calls the shared [`Fleet`] (governor, retries), checks the answer
 //!    ([`check_answer`]), feeds the ledger, and works through the retries the ledger asks for
 //!    (missing items alone, one repair chunk) before journaling what the chunk settled.
-//!    Batch: every pending request of a round goes into one Message Batch (half price), the
+//!    Batch: every pending request of a round goes into one batch of the worker's provider
+//!    (Anthropic Message Batches or the OpenAI Batch API, half price), the
 //!    batch is polled, answers are collected by `custom_id`, and the next round carries the
 //!    retries;
 //! 3. one `agent_runs` row per worker call (`files_accessed` = the item ids, `tools_called` =
@@ -78,8 +79,7 @@ use crate::config::{Config, Mode, ModelSpec};
 use crate::fleet::{Fleet, FleetError};
 use crate::provider::Response;
 use crate::provider::batch::{
-    BATCH_PRICE_FACTOR, BatchClient, BatchError, BatchOutcome, BatchRequest, MAX_BATCH_REQUESTS,
-    PollPolicy,
+    BATCH_PRICE_FACTOR, BatchClient, BatchError, BatchOutcome, BatchRequest, PollPolicy,
 };
 use crate::run::scheduler::{SchedulerLimits, SchedulerReport, TaskOutcome, TaskSpec, run_graph};
 use crate::store::{
@@ -116,7 +116,7 @@ pub enum ItemsError {
     Output(#[from] OutputError),
     #[error("item accounting: {0}")]
     Ledger(#[from] LedgerError),
-    #[error("`execution: batch` needs a Message Batches client (the Anthropic API)")]
+    #[error("`execution: batch` needs a batch client for the items worker's provider")]
     NoBatchClient,
     #[error("cannot resume run {run_id}: {message}")]
     Resume { run_id: String, message: String },
@@ -135,10 +135,6 @@ pub enum ItemsError {
         hint: String,
         known: String,
     },
-    #[error(
-        "`execution: batch` sends chunks through Anthropic's Message Batches API; the items worker's model is on provider `openai`, whose Batch API fanout does not support yet (use `execution: online`, or an Anthropic model for `items_worker`)"
-    )]
-    BatchNeedsAnthropic,
 }
 
 /// The first 20 problems, one per line, and how many more.
@@ -366,11 +362,6 @@ impl ItemJob {
         let room = max_input_tokens.saturating_sub(overhead_tokens);
         let chunks = decompose_within(&items, &decomposition, room)?;
         check_aggregate_fields(&items_config.aggregate, &schema)?;
-        if items_config.execution == Execution::Batch
-            && worker_model.provider == crate::config::Provider::OpenAi
-        {
-            return Err(ItemsError::BatchNeedsAnthropic);
-        }
         let mut count_by = items_config.aggregate.count_by.clone();
         count_by.dedup();
         Ok(ItemJob {
@@ -1522,7 +1513,7 @@ async fn run_batches(
             .await;
         }
         if finished {
-            for piece in round.chunks(MAX_BATCH_REQUESTS) {
+            for piece in round.chunks(client.max_requests()) {
                 if !batch_round(ctx, &mut states, piece, None, client, poll, cancel).await {
                     break;
                 }

@@ -153,12 +153,30 @@ impl HttpTransport {
         &self,
         dialect: &Dialect,
         url: impl reqwest::IntoUrl,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         body: Vec<u8>,
         attempt: Attempt,
         stream: bool,
     ) -> Result<Reply, ProviderError> {
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let json = HeaderValue::from_static("application/json");
+        self.post(dialect, url, headers, json, body, attempt, stream)
+            .await
+    }
+
+    /// POST a body of type `content_type` (a JSON body, or the multipart upload of a batch's
+    /// input file). Errors as for [`HttpTransport::post_json`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn post(
+        &self,
+        dialect: &Dialect,
+        url: impl reqwest::IntoUrl,
+        mut headers: HeaderMap,
+        content_type: HeaderValue,
+        body: Vec<u8>,
+        attempt: Attempt,
+        stream: bool,
+    ) -> Result<Reply, ProviderError> {
+        headers.insert(CONTENT_TYPE, content_type);
         headers.insert(
             ACCEPT,
             HeaderValue::from_static(if stream {

@@ -5,7 +5,7 @@
 //! the shared transport (reqwest, timeouts, error bodies, the `send_window` that puts a
 //! fleet's requests on the wire in order) and `sse` the server-sent-events
 //! parser both streaming paths use; `headers` reads rate-limit and retry headers. `batch` is
-//! the Anthropic Message Batches client (submit, poll, collect by `custom_id`).
+//! the batch client for both APIs (submit, poll, collect by `custom_id`).
 //!
 //! Start reading at [`Provider`].
 

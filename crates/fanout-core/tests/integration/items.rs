@@ -21,6 +21,7 @@ use fanout_core::provider::batch::{
     BatchClient, BatchOutcome, BatchRequest, PollPolicy, ProcessingStatus,
 };
 use fanout_core::provider::http::HttpConfig;
+use fanout_core::provider::openai::OpenAiConfig;
 use fanout_core::provider::{Attempt, Provider, Request};
 use fanout_sim::{Exchange, Scenario, Sim, SimConfig, SimHandle};
 use serde_json::{Value, json};
@@ -237,15 +238,25 @@ async fn run_job(mode: Mode<'_>, items: &[Item], chunks: Vec<Chunk>) -> (Account
 fn sent_ids(exchanges: &[Exchange]) -> Vec<Vec<String>> {
     exchanges
         .iter()
-        .filter(|e| e.endpoint == "messages" || e.endpoint == "batch_messages")
-        .map(|e| {
-            item_ids(
-                e.request["messages"][0]["content"][0]["text"]
-                    .as_str()
-                    .unwrap(),
-            )
+        .filter(|e| {
+            ["messages", "batch_messages", "batch_chat_completions"].contains(&e.endpoint.as_str())
         })
+        .map(|e| item_ids(&user_text(&e.request)))
         .collect()
+}
+
+/// The first user message's text, from an Anthropic or an OpenAI request body.
+fn user_text(request: &Value) -> String {
+    let user = request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "user")
+        .unwrap();
+    match &user["content"] {
+        Value::String(text) => text.clone(),
+        blocks => blocks[0]["text"].as_str().unwrap().to_owned(),
+    }
 }
 
 fn item_ids(text: &str) -> Vec<String> {
@@ -411,6 +422,139 @@ async fn batch_mode_gives_the_same_accounting() {
     assert_eq!(batch_ids.len(), 3);
     sim.shutdown().await;
     direct_sim.shutdown().await;
+}
+
+fn openai_config(sim: &SimHandle) -> OpenAiConfig {
+    OpenAiConfig {
+        base_url: format!("{}/v1", sim.base_url()),
+        http: config(sim).http,
+        ..OpenAiConfig::new("sk-test")
+    }
+}
+
+/// The same job through the OpenAI Batch API (input file upload, batch, output and error
+/// files) settles exactly as direct calls do.
+#[tokio::test(start_paused = true)]
+async fn openai_batches_give_the_same_accounting() {
+    let sim = start(Duration::from_secs(600)).await;
+    let client = BatchClient::openai(openai_config(&sim)).unwrap();
+    assert_eq!(client.provider(), "openai");
+    let (items, chunks) = job();
+    let (batch, rounds) = run_job(Mode::Batch(&client), &items, chunks.clone()).await;
+    check_accounting(&items, &batch);
+    assert_eq!(rounds, 3);
+
+    let direct_sim = start(Duration::ZERO).await;
+    let provider = AnthropicProvider::new(config(&direct_sim)).unwrap();
+    let (direct, _) = run_job(Mode::Direct(&provider), &items, chunks).await;
+    assert_eq!(batch.results, direct.results);
+    let kinds = |a: &Accounting| -> Vec<(String, FailureKind, u32)> {
+        a.failures
+            .iter()
+            .map(|f| (f.id.clone(), f.kind, f.attempts))
+            .collect()
+    };
+    assert_eq!(kinds(&batch), kinds(&direct));
+    let exchanges = sim.exchanges();
+    assert!(
+        exchanges
+            .iter()
+            .all(|e| e.endpoint == "batch_chat_completions")
+    );
+    let mut batch_sent = sent_ids(&exchanges);
+    let mut direct_sent = sent_ids(&direct_sim.exchanges());
+    batch_sent.sort();
+    direct_sent.sort();
+    assert_eq!(batch_sent, direct_sent);
+    sim.shutdown().await;
+    direct_sim.shutdown().await;
+}
+
+/// An OpenAI batch: a request the API refuses comes back errored (not lost), a cancelled batch
+/// has no results, and a batch whose input file does not validate is an error naming the line.
+#[tokio::test(start_paused = true)]
+async fn openai_batch_errors_cancellation_and_refused_input() {
+    let sim = start(Duration::from_secs(7200)).await;
+    let client = BatchClient::openai(openai_config(&sim)).unwrap();
+    let (_, chunks) = job();
+    let good = build_request(&spec(), &schema(), &chunks[1]).unwrap();
+    let mut bad = good.clone();
+    bad.max_tokens = 0;
+    let requests = [
+        BatchRequest {
+            custom_id: "good".into(),
+            request: good,
+        },
+        BatchRequest {
+            custom_id: "bad".into(),
+            request: bad,
+        },
+    ];
+    let created = client.create(&requests).await.unwrap();
+    assert_eq!(created.processing_status, ProcessingStatus::InProgress);
+    assert_eq!(created.request_counts.processing, 2);
+    let policy = PollPolicy {
+        initial: Duration::from_secs(600),
+        max: Duration::from_secs(600),
+        factor: 1.0,
+        timeout: None,
+    };
+    let ended = client
+        .wait(&created.id, &policy, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(ended.request_counts.succeeded, 1);
+    assert_eq!(ended.request_counts.errored, 1);
+    let results = client.results(&ended).await.unwrap();
+    assert!(matches!(results["good"], BatchOutcome::Succeeded(_)));
+    match &results["bad"] {
+        BatchOutcome::Errored {
+            error_type,
+            message,
+        } => {
+            assert_eq!(error_type, "invalid_request_error");
+            assert!(message.contains("max_completion_tokens"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let created = client.create(&requests[..1]).await.unwrap();
+    let canceled = client.cancel(&created.id).await.unwrap();
+    assert_eq!(canceled.processing_status, ProcessingStatus::Ended);
+    assert!(client.results(&canceled).await.unwrap().is_empty());
+
+    // A file that is not a valid batch input, uploaded by hand: the batch fails as a whole.
+    let http = reqwest::Client::new();
+    let base = sim.base_url();
+    let body = "--b\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.jsonl\"\r\n\r\nnot json\n\r\n--b--\r\n";
+    let file: Value = http
+        .post(format!("{base}/v1/files"))
+        .header("authorization", "Bearer sk-test")
+        .header("content-type", "multipart/form-data; boundary=b")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let batch: Value = http
+        .post(format!("{base}/v1/batches"))
+        .header("authorization", "Bearer sk-test")
+        .json(&json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let status = client.status(batch["id"].as_str().unwrap()).await.unwrap();
+    assert_eq!(status.processing_status, ProcessingStatus::Ended);
+    let refused = client.results(&status).await.unwrap_err().to_string();
+    assert!(refused.contains("input line 1"), "{refused}");
+    let missing = client.status("batch_nope").await.unwrap_err();
+    assert_eq!(missing.status(), Some(404));
+    sim.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
