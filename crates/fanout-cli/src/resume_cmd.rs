@@ -208,7 +208,7 @@ async fn finish(args: ResumeArgs, retry_failed: bool) -> anyhow::Result<ExitCode
         }
     };
 
-    let plan_path = fanout_core::store::run_dir(&repo, &args.run_id).join("plan.json");
+    let plan_path = fanout_core::layout::plan_file(&repo, &args.run_id);
     let loaded = match plan::load_plan(&plan_path) {
         Ok(loaded) => loaded,
         Err(err) => {

@@ -29,6 +29,7 @@ pub mod fleet;
 pub mod governor;
 pub mod group_commit;
 pub mod items;
+pub mod layout;
 pub mod plan;
 pub mod policy;
 pub mod process;

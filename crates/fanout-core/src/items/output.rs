@@ -5,7 +5,6 @@
 //! place, so a reader (or a crash) never sees a half-written file. Results keep input order.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -285,58 +284,15 @@ fn csv_text(accounting: &Accounting, columns: &[String]) -> Result<String, Strin
     String::from_utf8(bytes).map_err(|error| error.to_string())
 }
 
-/// Write several files as [`write_atomic`] does, syncing them only once all are written (the
-/// device works on every file's data at once instead of one file at a time), then renaming
-/// each into place. A failure leaves no temporary file and no file half-written; files renamed
-/// before it stay.
+/// [`crate::layout::write_atomic_all`], its failure as an [`OutputError`].
 pub fn write_atomic_all(files: &[(&Path, &[u8])]) -> Result<(), OutputError> {
-    let mut temps: Vec<PathBuf> = Vec::with_capacity(files.len());
-    let written = (|| {
-        let mut opened = Vec::with_capacity(files.len());
-        for (path, bytes) in files {
-            let io = |source| OutputError::Io {
-                path: (*path).to_owned(),
-                source,
-            };
-            let temp = temp_path(path);
-            let mut file = fs::File::create(&temp).map_err(io)?;
-            temps.push(temp);
-            file.write_all(bytes).map_err(io)?;
-            opened.push((file, *path));
-        }
-        for (file, path) in opened {
-            file.sync_all().map_err(|source| OutputError::Io {
-                path: path.to_owned(),
-                source,
-            })?;
-        }
-        for (temp, (path, _)) in temps.iter().zip(files) {
-            fs::rename(temp, path).map_err(|source| OutputError::Io {
-                path: (*path).to_owned(),
-                source,
-            })?;
-        }
-        Ok(())
-    })();
-    if written.is_err() {
-        for temp in &temps {
-            let _ = fs::remove_file(temp);
-        }
-    }
-    written
+    crate::layout::write_atomic_all(files).map_err(|error| OutputError::Io {
+        path: error.path,
+        source: error.source,
+    })
 }
 
-/// The temporary name `path` is written under before its rename.
-fn temp_path(path: &Path) -> PathBuf {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dir.join(format!(".{name}.tmp-{}", std::process::id()))
-}
-
-/// Write `bytes` to `path` through a synced temporary file and a rename.
+/// [`crate::layout::write_atomic`], its failure as an [`OutputError`].
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
     write_atomic_all(&[(path, bytes)])
 }

@@ -547,7 +547,7 @@ pub struct SavedProposal {
 
 /// `<root>/.fanout/runs/<run_id>/item-plan.json`.
 pub fn proposal_path(root: &Path, run_id: &str) -> PathBuf {
-    crate::store::run_dir(root, run_id).join("item-plan.json")
+    crate::layout::run_dir(root, run_id).join("item-plan.json")
 }
 
 /// Save `proposal` for `run_id` (and its hash beside it), written whole or not at all.
@@ -562,19 +562,15 @@ pub fn save(
         message: error.to_string(),
     };
     let dir = path.parent().unwrap_or(root);
-    std::fs::create_dir_all(dir).map_err(|e| failed(dir, e))?;
+    let written = |error: crate::layout::LayoutError| failed(&error.path.clone(), error.source);
+    crate::layout::ensure_dir(root, dir).map_err(written)?;
     let bytes = proposal.to_bytes();
     let hash = hash_bytes(&bytes);
-    write_whole(&path, &bytes).map_err(|e| failed(&path, e))?;
     let hash_path = path.with_file_name("item-plan.sha256");
-    write_whole(&hash_path, format!("{hash}\n").as_bytes()).map_err(|e| failed(&hash_path, e))?;
+    let hash_line = format!("{hash}\n");
+    crate::layout::write_atomic_all(&[(&path, &bytes), (&hash_path, hash_line.as_bytes())])
+        .map_err(written)?;
     Ok(SavedProposal { path, hash })
-}
-
-fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let temp = path.with_extension("tmp");
-    std::fs::write(&temp, bytes)?;
-    std::fs::rename(&temp, path)
 }
 
 /// A proposal read back, checked again (a reviewed file may have been edited by hand).

@@ -17,9 +17,6 @@ use sha2::{Digest, Sha256};
 use super::PlanError;
 use super::types::{Plan, parse_plan};
 
-/// Our directory inside the repository.
-pub const FANOUT_DIR: &str = ".fanout";
-
 /// A run's id: `20260131T093000Z-1a2b3c`, sortable by start time.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
@@ -82,27 +79,19 @@ pub struct SavedPlan {
 
 /// Save `plan` under `<repo>/.fanout/runs/<run_id>/plan.json` with its hash.
 pub fn save_plan(repo: &Path, run_id: &RunId, plan: &Plan) -> Result<SavedPlan, PlanError> {
-    let fanout = repo.join(FANOUT_DIR);
-    let dir = crate::store::run_dir(repo, run_id.as_str());
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |err: std::io::Error| PlanError::PlanFile {
-            path,
-            message: err.to_string(),
-        }
+    let dir = crate::layout::run_dir(repo, run_id.as_str());
+    let failed = |error: crate::layout::LayoutError| PlanError::PlanFile {
+        path: error.path.clone(),
+        message: error.to_string(),
     };
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let ignore = fanout.join(".gitignore");
-    if !ignore.exists() {
-        std::fs::write(&ignore, "# fanout's own files; never commit them\n*\n")
-            .map_err(io(&ignore))?;
-    }
+    crate::layout::ensure_dir(repo, &dir).map_err(failed)?;
     let bytes = plan_bytes(plan)?;
     let hash = hash_bytes(&bytes);
-    let path = dir.join("plan.json");
-    std::fs::write(&path, &bytes).map_err(io(&path))?;
+    let path = crate::layout::plan_file(repo, run_id.as_str());
     let hash_path = dir.join("plan.sha256");
-    std::fs::write(&hash_path, format!("{hash}\n")).map_err(io(&hash_path))?;
+    let hash_line = format!("{hash}\n");
+    crate::layout::write_atomic_all(&[(&path, &bytes), (&hash_path, hash_line.as_bytes())])
+        .map_err(failed)?;
     Ok(SavedPlan {
         run_id: run_id.clone(),
         path,

@@ -41,7 +41,7 @@ use super::git::{Git, GitError};
 use super::preimage::{self, Entry as PreimageEntry, Preimage};
 use crate::config::Rollback;
 use crate::policy::PathSet;
-use crate::store::{CheckpointRecord, FANOUT_DIR, Store, StoreError};
+use crate::store::{CheckpointRecord, Store, StoreError};
 
 /// A checkpoint failure.
 #[derive(Debug, thiserror::Error)]
@@ -685,21 +685,12 @@ static INDEX_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A private, not-yet-existing index path under `.fanout/tmp/`.
 fn temp_index(git: &Git) -> Result<PathBuf, CheckpointError> {
-    let fanout = git.root().join(FANOUT_DIR);
-    let dir = fanout.join("tmp");
-    std::fs::create_dir_all(&dir).map_err(|source| CheckpointError::Io {
-        what: "create",
-        path: dir.clone(),
-        source,
+    let dir = crate::layout::tmp_dir(git.root());
+    crate::layout::ensure_dir(git.root(), &dir).map_err(|error| CheckpointError::Io {
+        what: error.what,
+        path: error.path,
+        source: error.source,
     })?;
-    let ignore = fanout.join(".gitignore");
-    if !ignore.exists() {
-        std::fs::write(&ignore, "*\n").map_err(|source| CheckpointError::Io {
-            what: "write",
-            path: ignore.clone(),
-            source,
-        })?;
-    }
     let n = INDEX_COUNTER.fetch_add(1, Ordering::Relaxed);
     let path = dir.join(format!("index-{}-{n}", std::process::id()));
     remove_if_present(&path)?;
@@ -719,10 +710,7 @@ fn remove_if_present(path: &Path) -> Result<(), CheckpointError> {
 }
 
 fn is_ours(path: &[u8]) -> bool {
-    path == FANOUT_DIR.as_bytes()
-        || path
-            .strip_prefix(FANOUT_DIR.as_bytes())
-            .is_some_and(|rest| rest.first() == Some(&b'/'))
+    crate::layout::is_ours(path)
 }
 
 /// Commit-less snapshot of the working tree: blobs written, tree written, nothing else moved.

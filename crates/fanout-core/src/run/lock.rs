@@ -58,9 +58,9 @@ impl RepoLock {
     /// Take the repository's lock, or say at once who holds it. `doing` describes the holder
     /// until [`RepoLock::claim`] names its run ("planning", "rollback of run X").
     pub fn acquire(repo: &Path, doing: &str) -> Result<RepoLock, LockError> {
-        let dir = crate::store::ensure_fanout_dir(repo).map_err(|error| LockError::Open {
-            path: repo.join(crate::store::FANOUT_DIR),
-            source: std::io::Error::other(error.to_string()),
+        let dir = crate::layout::ensure(repo).map_err(|error| LockError::Open {
+            path: error.path,
+            source: error.source,
         })?;
         let inner = Held::take(
             dir.join("live.lock"),
@@ -98,10 +98,10 @@ impl RepoLock {
 impl RunLock {
     /// Take `<root>/.fanout/runs/<run_id>/run.lock`.
     pub fn acquire(root: &Path, run_id: &str) -> Result<RunLock, LockError> {
-        let dir = crate::store::run_dir(root, run_id);
-        std::fs::create_dir_all(&dir).map_err(|source| LockError::Open {
-            path: dir.clone(),
-            source,
+        let dir = crate::layout::run_dir(root, run_id);
+        crate::layout::ensure_dir(root, &dir).map_err(|error| LockError::Open {
+            path: error.path,
+            source: error.source,
         })?;
         let inner = Held::take(dir.join("run.lock"), format!("run {run_id}"))?;
         inner.describe(&format!("run {run_id} (pid {})", std::process::id()));

@@ -51,38 +51,14 @@ pub use query::{
 };
 pub use writer::{MAX_BATCH, QUEUE_DEPTH, Store, WriterStats};
 
-/// Our directory inside the repository.
-pub const FANOUT_DIR: &str = ".fanout";
-/// The database file's name inside [`FANOUT_DIR`].
-pub const DB_FILE: &str = "fanout.db";
+pub use crate::layout::{db_path, run_dir};
 
-/// `<root>/.fanout/runs/<run_id>`: a run's directory (its plan, summary, pre-images, item
-/// outputs, lock). Every path under it is built from here.
-pub fn run_dir(root: &Path, run_id: &str) -> PathBuf {
-    root.join(FANOUT_DIR).join("runs").join(run_id)
-}
-
-/// `<repo>/.fanout/fanout.db`.
-pub fn db_path(repo: &Path) -> PathBuf {
-    repo.join(FANOUT_DIR).join(DB_FILE)
-}
-
-/// Create `<repo>/.fanout/` with a `.gitignore` of `*` (so none of our files show up in
-/// `git status` or in a checkpoint), and return its path.
+/// Create `<repo>/.fanout/` with its ignore file ([`crate::layout::ensure`]); its path.
 pub fn ensure_fanout_dir(repo: &Path) -> Result<PathBuf, StoreError> {
-    let dir = repo.join(FANOUT_DIR);
-    std::fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDir {
-        path: dir.clone(),
-        source,
-    })?;
-    let ignore = dir.join(".gitignore");
-    if !ignore.exists() {
-        std::fs::write(&ignore, "*\n").map_err(|source| StoreError::CreateDir {
-            path: ignore.clone(),
-            source,
-        })?;
-    }
-    Ok(dir)
+    crate::layout::ensure(repo).map_err(|error| StoreError::CreateDir {
+        path: error.path,
+        source: error.source,
+    })
 }
 
 /// A timestamp as the store writes it: RFC 3339, UTC, milliseconds (`2026-01-31T09:30:00.123Z`).
@@ -188,7 +164,7 @@ pub(crate) fn parse_mode(text: &str) -> Option<Mode> {
 /// each run's JSON-lines log when `logging.destination` points there), one repository-relative
 /// path per line, in `.fanout/`. Checkpoints, the scope check, rollback and the planner's file
 /// scan all skip these paths: fanout's own files are never an agent's change.
-pub const OWNED_PATHS_FILE: &str = "owned-paths";
+pub use crate::layout::OWNED_PATHS_FILE;
 
 /// Add `relative` (a path inside the work tree) to [`OWNED_PATHS_FILE`], durably, before
 /// fanout first writes it.
@@ -197,8 +173,8 @@ pub fn register_owned_path(repo: &Path, relative: &str) -> Result<(), StoreError
     if owned_paths(repo).contains(relative) {
         return Ok(());
     }
-    let dir = ensure_fanout_dir(repo)?;
-    let path = dir.join(OWNED_PATHS_FILE);
+    ensure_fanout_dir(repo)?;
+    let path = crate::layout::owned_paths_file(repo);
     let io = |source| StoreError::CreateDir {
         path: path.clone(),
         source,
@@ -215,7 +191,7 @@ pub fn register_owned_path(repo: &Path, relative: &str) -> Result<(), StoreError
 
 /// The paths in [`OWNED_PATHS_FILE`] (empty if there is none).
 pub fn owned_paths(repo: &Path) -> std::collections::BTreeSet<String> {
-    std::fs::read_to_string(repo.join(FANOUT_DIR).join(OWNED_PATHS_FILE))
+    std::fs::read_to_string(crate::layout::owned_paths_file(repo))
         .map(|text| {
             text.lines()
                 .filter(|line| !line.is_empty())

@@ -1,0 +1,227 @@
+//! Everything fanout keeps inside a repository, under `.fanout/`, and the one way files there are
+//! written.
+//!
+//! ```text
+//! <repo>/.fanout/
+//!   .gitignore          `*`: none of our files shows up in `git status` or a checkpoint
+//!   fanout.db           the run store (SQLite, `crate::store`)
+//!   owned-paths         files a run created that are ours, not the user's (`crate::store`)
+//!   tmp/                private git indexes of checkpoints (`crate::run::checkpoint`)
+//!   runs/<run_id>/      one run: plan.json + plan.sha256, summary.json/.md, the lock,
+//!                       pre-images, item outputs and the settlement journal
+//! ```
+//!
+//! Every path under `.fanout/` is built by a function here; [`ensure`] creates the directory
+//! with its ignore file; [`write_atomic`] and [`write_atomic_all`] are the durable atomic write
+//! (temporary file beside the target, `fsync`, `rename`): after a crash a file holds its old
+//! contents or all of its new ones, never part.
+//!
+//! This module depends on nothing else in the crate.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Our directory inside the repository.
+pub const FANOUT_DIR: &str = ".fanout";
+/// The run store's database file inside [`FANOUT_DIR`].
+pub const DB_FILE: &str = "fanout.db";
+/// The list of files runs created that belong to fanout (one relative path per line).
+pub const OWNED_PATHS_FILE: &str = "owned-paths";
+/// The ignore file's contents: everything under `.fanout/`.
+const GITIGNORE: &str = "# fanout's own files; never commit them\n*\n";
+
+/// A file operation under `.fanout/` (or an output file) that failed, and where.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {what} {path}: {source}")]
+pub struct LayoutError {
+    pub what: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn failed(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError {
+    let path = path.to_path_buf();
+    move |source| LayoutError { what, path, source }
+}
+
+/// `<repo>/.fanout`.
+pub fn fanout_dir(repo: &Path) -> PathBuf {
+    repo.join(FANOUT_DIR)
+}
+
+/// `<repo>/.fanout/fanout.db`.
+pub fn db_path(repo: &Path) -> PathBuf {
+    fanout_dir(repo).join(DB_FILE)
+}
+
+/// `<repo>/.fanout/owned-paths`.
+pub fn owned_paths_file(repo: &Path) -> PathBuf {
+    fanout_dir(repo).join(OWNED_PATHS_FILE)
+}
+
+/// `<repo>/.fanout/tmp`: scratch files (checkpoint indexes).
+pub fn tmp_dir(repo: &Path) -> PathBuf {
+    fanout_dir(repo).join("tmp")
+}
+
+/// `<repo>/.fanout/runs`.
+pub fn runs_dir(repo: &Path) -> PathBuf {
+    fanout_dir(repo).join("runs")
+}
+
+/// `<repo>/.fanout/runs/<run_id>`: a run's directory.
+pub fn run_dir(repo: &Path, run_id: &str) -> PathBuf {
+    runs_dir(repo).join(run_id)
+}
+
+/// `<repo>/.fanout/runs/<run_id>/plan.json`: the reviewed plan a run executes.
+pub fn plan_file(repo: &Path, run_id: &str) -> PathBuf {
+    run_dir(repo, run_id).join("plan.json")
+}
+
+/// True for `.fanout` itself and every path under it (repository-relative, `/`-separated).
+pub fn is_ours(relative: &[u8]) -> bool {
+    relative == FANOUT_DIR.as_bytes()
+        || relative
+            .strip_prefix(FANOUT_DIR.as_bytes())
+            .is_some_and(|rest| rest.first() == Some(&b'/'))
+}
+
+/// Create `<repo>/.fanout/` with its ignore file if either is missing; its path.
+pub fn ensure(repo: &Path) -> Result<PathBuf, LayoutError> {
+    let dir = fanout_dir(repo);
+    fs::create_dir_all(&dir).map_err(failed("create", &dir))?;
+    let ignore = dir.join(".gitignore");
+    if !ignore.exists() {
+        write_atomic(&ignore, GITIGNORE.as_bytes())?;
+    }
+    Ok(dir)
+}
+
+/// Create `dir` (and `.fanout/` with its ignore file, when `dir` is under it).
+pub fn ensure_dir(repo: &Path, dir: &Path) -> Result<(), LayoutError> {
+    if dir.starts_with(fanout_dir(repo)) {
+        ensure(repo)?;
+    }
+    fs::create_dir_all(dir).map_err(failed("create", dir))
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The temporary name `path` is written under before its rename: hidden, beside it, unique to
+/// this process and call.
+fn temp_path(path: &Path) -> PathBuf {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()))
+}
+
+/// Write `bytes` to `path` durably and atomically: a synced temporary file, then a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
+    write_atomic_all(&[(path, bytes)])
+}
+
+/// Write several files as [`write_atomic`] does, syncing them only once all are written (the
+/// device works on every file's data at once instead of one file at a time), then renaming
+/// each into place and syncing the directories they are in. A failure leaves no temporary file
+/// and no file half-written; files renamed before it stay.
+pub fn write_atomic_all(files: &[(&Path, &[u8])]) -> Result<(), LayoutError> {
+    let mut temps: Vec<PathBuf> = Vec::with_capacity(files.len());
+    let written = (|| {
+        let mut opened = Vec::with_capacity(files.len());
+        for (path, bytes) in files {
+            let temp = temp_path(path);
+            let mut file = fs::File::create(&temp).map_err(failed("create", &temp))?;
+            temps.push(temp);
+            file.write_all(bytes).map_err(failed("write", path))?;
+            opened.push((file, *path));
+        }
+        for (file, path) in opened {
+            file.sync_all().map_err(failed("sync", path))?;
+        }
+        for (temp, (path, _)) in temps.iter().zip(files) {
+            fs::rename(temp, path).map_err(failed("rename into place", path))?;
+        }
+        Ok(())
+    })();
+    if written.is_err() {
+        for temp in &temps {
+            let _ = fs::remove_file(temp);
+        }
+        return written;
+    }
+    // The renames themselves survive a crash once their directories are synced.
+    let mut dirs: Vec<&Path> = files
+        .iter()
+        .map(|(path, _)| path.parent().unwrap_or_else(|| Path::new(".")))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        fs::File::open(dir)
+            .and_then(|handle| handle.sync_all())
+            .map_err(failed("sync the directory", dir))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_ownership() {
+        let repo = Path::new("/r");
+        assert_eq!(run_dir(repo, "R1"), Path::new("/r/.fanout/runs/R1"));
+        assert_eq!(plan_file(repo, "R1"), Path::new("/r/.fanout/runs/R1/plan.json"));
+        assert_eq!(db_path(repo), Path::new("/r/.fanout/fanout.db"));
+        assert!(is_ours(b".fanout"));
+        assert!(is_ours(b".fanout/runs/x"));
+        assert!(!is_ours(b".fanoutx"));
+        assert!(!is_ours(b"src/.fanout"));
+    }
+
+    #[test]
+    fn ensure_writes_the_ignore_file_once_and_atomic_writes_leave_no_temporaries() {
+        let repo = tempfile::tempdir().unwrap();
+        let dir = ensure(repo.path()).unwrap();
+        let ignore = std::fs::read_to_string(dir.join(".gitignore")).unwrap();
+        assert!(ignore.lines().any(|line| line == "*"), "{ignore}");
+        std::fs::write(dir.join(".gitignore"), "*\nkept\n").unwrap();
+        ensure(repo.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join(".gitignore")).unwrap(),
+            "*\nkept\n"
+        );
+
+        let run = run_dir(repo.path(), "R1");
+        ensure_dir(repo.path(), &run).unwrap();
+        let (a, b) = (run.join("a.json"), run.join("b.md"));
+        write_atomic_all(&[(&a, b"{}\n"), (&b, b"# b\n")]).unwrap();
+        write_atomic(&a, b"{\"v\":2}\n").unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), b"{\"v\":2}\n");
+        let names: Vec<String> = std::fs::read_dir(&run)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+
+        // A failure (the directory is gone) reports the path and leaves nothing behind.
+        let missing = run.join("nope").join("c.json");
+        let error = write_atomic(&missing, b"x").unwrap_err();
+        assert!(error.to_string().contains("c.json"), "{error}");
+    }
+}
