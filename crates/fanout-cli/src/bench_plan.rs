@@ -7,16 +7,13 @@
 //! estimate, report and save. Target: ≤ 2 s for 1,000 agents over 10,000 files.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use fanout_core::backend::Backend;
 use fanout_core::config::Config;
-use fanout_core::fleet::Fleet;
-use fanout_core::governor::Governor;
 use fanout_core::plan::{self, PlanOptions, PrepareRequest, RepoScan};
-use fanout_core::provider::anthropic::{AnthropicConfig, AnthropicProvider};
-use fanout_core::retry::{RetryBudget, RetryBudgetConfig, RetryPolicy};
+use fanout_core::provider::http::HttpConfig;
 use serde::Serialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -102,16 +99,7 @@ pub async fn run(args: BenchPlanArgs) -> anyhow::Result<ExitCode> {
     let config = Config::from_str(CONFIG, "bench-plan.yaml").context("bench config")?;
     let sim = ChildSim::start(&["--scenario".to_owned(), scenario.display().to_string()]).await?;
     // The scenario file lives in the repository; the scan sees it, which is fine.
-    let provider = AnthropicProvider::new(AnthropicConfig {
-        base_url: sim.base_url.clone(),
-        ..AnthropicConfig::new("bench")
-    })?;
-    let fleet = Fleet::new(
-        Arc::new(provider),
-        Governor::new(plan::governor_config(&config)),
-        RetryPolicy::default(),
-        Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
-    );
+    let fleet = Backend::at(sim.base_url.clone(), HttpConfig::default()).fleet(&config)?;
     let setup_ms = setup.elapsed().as_secs_f64() * 1000.0;
 
     let scan_started = Instant::now();

@@ -17,12 +17,12 @@ use std::time::SystemTime;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use fanout_core::backend::Backend;
 use fanout_core::config::Config;
 use fanout_core::fleet::Fleet;
 use fanout_core::governor::{Governor, GovernorConfig};
 use fanout_core::plan::{self, PlanOptions, PrepareRequest};
-use fanout_core::provider::Provider;
-use fanout_core::provider::anthropic::{AnthropicConfig, AnthropicProvider};
+use fanout_core::provider::http::HttpConfig;
 use fanout_core::retry::{RetryBudget, RetryBudgetConfig, RetryPolicy};
 use fanout_core::run::engine::{self, EngineInputs};
 use fanout_core::sandbox::SandboxConfig;
@@ -130,10 +130,8 @@ pub async fn run(args: BenchRunArgs) -> anyhow::Result<ExitCode> {
     let sim = ChildSim::start(&sim_options).await?;
 
     let config = Config::from_path(&workflow).context("the generated workflow is invalid")?;
-    let provider: Arc<dyn Provider> = Arc::new(AnthropicProvider::new(AnthropicConfig {
-        base_url: sim.base_url.clone(),
-        ..AnthropicConfig::new("sim-key")
-    })?);
+    let provider = Backend::at(sim.base_url.clone(), HttpConfig::default())
+        .provider(config.orchestrator_model().provider)?;
     let fleet = Fleet::new(
         provider,
         Governor::new(GovernorConfig {
@@ -186,7 +184,7 @@ pub async fn run(args: BenchRunArgs) -> anyhow::Result<ExitCode> {
         run_id,
         fleet: fleet.clone(),
         sandbox: SandboxConfig::default(),
-        max_attempts: 3,
+        max_attempts: fanout_core::run::launch::AGENT_ATTEMPTS,
         lock: Arc::new(
             fanout_core::run::lock::RepoLock::acquire(&repo, "bench run")
                 .context("the benchmark repository is in use")?,

@@ -24,11 +24,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use fanout_core::backend::Backend;
 use fanout_core::config::Config;
-use fanout_core::config::Provider as ProviderKind;
 use fanout_core::config::items::{ChunkingConfig, Execution, ItemIdConfig};
 use fanout_core::fleet::Fleet;
-use fanout_core::governor::Governor;
 use fanout_core::items::output::Completion;
 use fanout_core::items::propose::{self, ItemProposal, SavedProposal};
 use fanout_core::items::run::{
@@ -36,12 +35,8 @@ use fanout_core::items::run::{
 };
 use fanout_core::items::worker::{OutputRoute, SUBMIT_TOOL};
 use fanout_core::plan;
-use fanout_core::provider::anthropic::AnthropicConfig;
-use fanout_core::provider::batch::{BatchClient, PollPolicy};
-use fanout_core::provider::openai::OpenAiConfig;
-use fanout_core::retry::{RetryBudget, RetryPolicy};
+use fanout_core::provider::batch::PollPolicy;
 use fanout_core::store::{RunStatus, Store};
-use fanout_sim::{Scenario, Sim, SimConfig, SimHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::exit::Exit;
@@ -101,44 +96,13 @@ async fn execute(
     // A model is needed to run, and for a dry run that must ask the orchestrator for the
     // item plan (`strategy: llm` without a reviewed `--plan`).
     let needs_model = !args.dry_run || (llm && args.plan.is_none() && resume.is_none());
-    let mut sim: Option<SimHandle> = None;
-    let base_url = if needs_model && (args.sim || args.scenario.is_some()) {
-        let scenario = match &args.scenario {
-            Some(path) => Some(Scenario::from_file(path).context("cannot load the scenario")?),
-            None => None,
-        };
-        let handle = Sim::start(
-            SimConfig {
-                scenario,
-                latency: Duration::from_millis(args.sim_latency_ms),
-                faults: args.sim_faults.unwrap_or_default(),
-                seed: args.sim_seed,
-                record_path: args.sim_record.clone(),
-                ..SimConfig::default()
-            },
-            "127.0.0.1:0".parse().context("loopback address")?,
-        )
-        .await
-        .context("cannot start the simulator")?;
-        let url = handle.base_url();
-        sim = Some(handle);
-        Some(url)
+    let backend = if needs_model {
+        Backend::start(&args.model.target(), args.model.http()).await?
     } else {
-        None
+        Backend::api(args.model.http())
     };
-    let result = prepare_and_run(
-        args,
-        config,
-        root,
-        resume,
-        retry_of,
-        base_url.as_deref(),
-        llm,
-    )
-    .await;
-    if let Some(handle) = sim.take() {
-        handle.shutdown().await;
-    }
+    let result = prepare_and_run(args, config, root, resume, retry_of, &backend, llm).await;
+    backend.shutdown().await;
     result
 }
 
@@ -148,7 +112,7 @@ async fn prepare_and_run(
     root: PathBuf,
     resume: Option<String>,
     retry_of: Option<String>,
-    base_url: Option<&str>,
+    backend: &Backend,
     llm: bool,
 ) -> anyhow::Result<ExitCode> {
     if !llm && let Some(plan) = &args.plan {
@@ -180,7 +144,7 @@ async fn prepare_and_run(
         .map(|job| (job, None))
         .map_err(|err| err.to_string())
     } else if llm {
-        prepare_with_proposal(args, &config, &root, resume.as_deref(), base_url).await?
+        prepare_with_proposal(args, &config, &root, resume.as_deref(), backend).await?
     } else {
         let config = config.clone();
         tokio::task::spawn_blocking(move || ItemJob::from_config(&config))
@@ -261,17 +225,13 @@ async fn prepare_and_run(
             text
         } else {
             // The suggested command runs where this one did: simulated if this was.
-            let sim = if args.sim || args.scenario.is_some() {
-                " --sim"
-            } else {
-                ""
-            };
+            let sim = args.model.flag();
             render_plan(&config, &job, proposal.as_ref(), saved.as_ref(), sim)
         };
         write_stdout(&text)?;
         return Ok(ExitCode::SUCCESS);
     }
-    live(args, &config, job, root, resume, base_url, proposal).await
+    live(args, &config, job, root, resume, backend, proposal).await
 }
 
 /// Load the items and get the item plan of a `strategy: llm` workflow: the one a resumed run
@@ -282,7 +242,7 @@ async fn prepare_with_proposal(
     config: &Config,
     root: &std::path::Path,
     resume: Option<&str>,
-    base_url: Option<&str>,
+    backend: &Backend,
 ) -> anyhow::Result<Result<(ItemJob, Option<ItemProposal>), String>> {
     let Some(items_config) = config.items.clone() else {
         return Ok(Err("the workflow has no `items:` section".to_owned()));
@@ -316,16 +276,7 @@ async fn prepare_with_proposal(
         },
         None => {
             let orchestrator = config.orchestrator_model();
-            let fleet = Fleet::new(
-                crate::run_cmd::provider_of(
-                    orchestrator.provider,
-                    base_url,
-                    crate::run_cmd::http_config(args),
-                )?,
-                Governor::new(plan::governor_config(config)),
-                RetryPolicy::default(),
-                Arc::new(RetryBudget::new(plan::retry_budget_config(config))),
-            );
+            let fleet = backend.fleet(config)?;
             eprintln!(
                 "fanout: asking {} for an item plan (chunking, instructions, record fields)",
                 orchestrator.model
@@ -350,54 +301,17 @@ async fn live(
     job: Arc<ItemJob>,
     root: PathBuf,
     resume: Option<String>,
-    base_url: Option<&str>,
+    backend: &Backend,
     proposal: Option<ItemProposal>,
 ) -> anyhow::Result<ExitCode> {
     let worker = config.model_for_role(WORKER_ROLE);
-    let fleet = Fleet::new(
-        crate::run_cmd::provider_of(worker.provider, base_url, crate::run_cmd::http_config(args))?,
-        Governor::new(plan::governor_config(config)),
-        RetryPolicy::default(),
-        Arc::new(RetryBudget::new(plan::retry_budget_config(config))),
-    );
+    let fleet = backend.fleet_on(config, worker.provider)?;
     let (batch, poll) = match job.execution {
         Execution::Online => (None, PollPolicy::default()),
-        Execution::Batch => {
-            let http = crate::run_cmd::http_config(args);
-            let client = match (worker.provider, base_url) {
-                (ProviderKind::Anthropic, Some(url)) => BatchClient::new(AnthropicConfig {
-                    base_url: url.to_owned(),
-                    http,
-                    ..AnthropicConfig::new("sim")
-                })?,
-                (ProviderKind::OpenAi, Some(url)) => BatchClient::openai(OpenAiConfig {
-                    base_url: format!("{url}/v1"),
-                    http,
-                    ..OpenAiConfig::new("sim")
-                })?,
-                (ProviderKind::Anthropic, None) => BatchClient::new(AnthropicConfig {
-                    http,
-                    ..AnthropicConfig::from_env()
-                        .context("batch execution needs the Anthropic API (or use --sim)")?
-                })?,
-                (ProviderKind::OpenAi, None) => BatchClient::openai(OpenAiConfig {
-                    http,
-                    ..OpenAiConfig::from_env()
-                        .context("batch execution needs the OpenAI API (or use --sim)")?
-                })?,
-            };
-            let poll = if base_url.is_some() {
-                PollPolicy {
-                    initial: Duration::from_millis(50),
-                    max: Duration::from_secs(1),
-                    factor: 1.5,
-                    timeout: Some(Duration::from_secs(3600)),
-                }
-            } else {
-                PollPolicy::default()
-            };
-            (Some(client), poll)
-        }
+        Execution::Batch => (
+            Some(backend.batch_client(worker.provider)?),
+            backend.poll_policy(),
+        ),
     };
     // The run's id is chosen here so that its lock is held before its first record.
     let run_id = resume
@@ -422,7 +336,7 @@ async fn live(
         eprintln!("fanout: continuing item run {run_id} (settled chunks are not sent again)");
     }
     let cancel = CancellationToken::new();
-    let followup = crate::live::Followup::new(&root, args.sim || args.scenario.is_some());
+    let followup = crate::live::Followup::new(&root, args.model.simulated());
     handle_interrupts(
         cancel.clone(),
         format!("fanout resume {run_id}{}{}", followup.repo, followup.sim),
@@ -487,7 +401,7 @@ async fn live(
         text.push('\n');
         text
     } else {
-        render_summary(&report, args.sim || args.scenario.is_some())
+        render_summary(&report, args.model.simulated())
     };
     write_stdout(&text)?;
     Ok(exit_code(&report))

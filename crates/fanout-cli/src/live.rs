@@ -11,15 +11,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use fanout_core::config::{Config, Mode};
 use fanout_core::fleet::Fleet;
-use fanout_core::plan::{Prepared, RunId};
+use fanout_core::plan::Prepared;
 use fanout_core::run::engine::{self, EngineEvent, EngineInputs, RunOutcome};
 use fanout_core::run::lock::RepoLock;
-use fanout_core::sandbox::SandboxConfig;
 use fanout_core::store::AgentStatus;
 use tokio_util::sync::CancellationToken;
 
@@ -37,32 +36,22 @@ pub async fn execute(
     repository: PathBuf,
     lock: Arc<RepoLock>,
 ) -> anyhow::Result<ExitCode> {
-    let report = &prepared.report;
-    let run_id = report
-        .saved
-        .as_ref()
-        .map(|saved| saved.run_id.0.clone())
-        .unwrap_or_else(|| RunId::new(SystemTime::now()).0);
-    let plan = prepared.validation.plan.clone();
-    let estimated_dollars: Vec<f64> = report.estimate.agents.iter().map(|a| a.dollars).collect();
-    let repo = repository
-        .canonicalize()
-        .with_context(|| format!("cannot open the repository {}", repository.display()))?;
-    let inputs = EngineInputs {
+    let launch = fanout_core::run::launch::Launch {
         config: Arc::new(config),
-        plan,
-        estimated_dollars,
-        plan_hash: report.saved.as_ref().map(|saved| saved.hash.clone()),
         config_path: Some(absolute(&args.file)),
-        repo,
-        run_id: run_id.clone(),
-        fleet: fleet.clone(),
-        sandbox: SandboxConfig::default(),
-        max_attempts: 3,
+        repo: repository,
+        fleet,
+        simulated: args.model.simulated(),
         lock,
-        simulated: args.sim || args.scenario.is_some(),
     };
-    drive(inputs, args.json, report.estimate.wall_time, Launch::Fresh).await
+    let inputs = fanout_core::run::launch::fresh(launch, &prepared)?;
+    drive(
+        inputs,
+        args.json,
+        prepared.report.estimate.wall_time,
+        Launch::Fresh,
+    )
+    .await
 }
 
 /// How the engine is entered.
@@ -325,6 +314,4 @@ fn last_lines(text: &str, n: usize) -> Vec<&str> {
 
 /// `path` made absolute against the current directory (not resolved through symlinks), so a
 /// run can be resumed from anywhere.
-pub(crate) fn absolute(path: &std::path::Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
-}
+pub(crate) use fanout_core::run::launch::absolute;

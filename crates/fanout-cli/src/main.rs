@@ -13,6 +13,7 @@ mod config_cmd;
 mod exit;
 mod items_cmd;
 mod live;
+mod model_args;
 mod progress;
 mod resume_cmd;
 mod run_cmd;

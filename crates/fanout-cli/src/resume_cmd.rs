@@ -26,20 +26,17 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Args;
+use fanout_core::backend::Backend;
 use fanout_core::config::Config;
-use fanout_core::fleet::Fleet;
-use fanout_core::plan::{self, PlanOptions, RepoScan};
-use fanout_core::run::engine::EngineInputs;
+use fanout_core::plan;
+use fanout_core::run::launch::{self, LaunchError, LaunchErrorKind, Recorded};
 use fanout_core::run::lock::RepoLock;
-use fanout_core::sandbox::SandboxConfig;
 use fanout_core::store::{AgentStatus, RunStatus, StoreReader};
-use fanout_sim::{Scenario, Sim, SimConfig, SimHandle};
 
 use crate::exit::Exit;
 use crate::live::{Launch, drive};
-use crate::run_cmd::{RunArgs, fleet_for, http_timeout, provider_with};
+use crate::run_cmd::RunArgs;
 
 #[derive(Args, Debug, Clone)]
 pub struct ResumeArgs {
@@ -51,31 +48,12 @@ pub struct ResumeArgs {
     /// Repository root (default: the current directory).
     #[arg(long, value_name = "DIR")]
     pub repo: Option<PathBuf>,
-    /// Use an in-process simulator instead of the real API (no key needed).
-    #[arg(long)]
-    pub sim: bool,
-    /// Scenario script for the simulator (implies --sim).
-    #[arg(long, value_name = "FILE")]
-    pub scenario: Option<PathBuf>,
-    /// Latency of the in-process simulator's answers, in milliseconds (with --sim).
-    #[arg(long, default_value_t = 0, value_name = "MS")]
-    pub sim_latency_ms: u64,
-    /// Faults the in-process simulator injects (with --sim), as for `fanout run`.
-    #[arg(long, value_name = "SPEC", value_parser = crate::run_cmd::parse_faults)]
-    pub sim_faults: Option<fanout_sim::Faults>,
-    /// Seed of the in-process simulator's faults and jitter (with --sim).
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub sim_seed: u64,
-    /// Append every request the in-process simulator answered to FILE as JSON lines.
-    #[arg(long, value_name = "FILE")]
-    pub sim_record: Option<PathBuf>,
+    /// Where model calls go: `--sim` and the simulator's settings, the request timeout.
+    #[command(flatten)]
+    pub model: crate::model_args::ModelArgs,
     /// Progress events as JSON lines on stdout, then the outcome.
     #[arg(long)]
     pub json: bool,
-    /// Give up on one model request after this many seconds (it is then retried like any
-    /// transient failure).
-    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
-    pub request_timeout: u64,
     /// Report which agents would run again, and change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -115,14 +93,8 @@ pub async fn retry_failed(args: &RunArgs, run_id: &str) -> anyhow::Result<ExitCo
         run_id: run_id.to_owned(),
         file: Some(args.file.clone()),
         repo: args.repo.clone(),
-        sim: args.sim,
-        scenario: args.scenario.clone(),
-        sim_latency_ms: args.sim_latency_ms,
-        sim_faults: args.sim_faults,
-        sim_seed: args.sim_seed,
-        sim_record: args.sim_record.clone(),
+        model: args.model.clone(),
         json: args.json,
-        request_timeout: args.request_timeout,
         dry_run: args.dry_run,
     };
     finish(resume, true).await
@@ -130,141 +102,61 @@ pub async fn retry_failed(args: &RunArgs, run_id: &str) -> anyhow::Result<ExitCo
 
 async fn finish(args: ResumeArgs, retry_failed: bool) -> anyhow::Result<ExitCode> {
     let repo = args.repo.clone().unwrap_or_else(|| PathBuf::from("."));
-    let repo = match repo.canonicalize() {
-        Ok(repo) => repo,
-        Err(err) => {
-            eprintln!(
-                "error: cannot open the repository {}: {err}",
-                repo.display()
-            );
-            return Ok(Exit::Config.into());
-        }
-    };
-    let run = match StoreReader::open_in_repo(&repo).and_then(|r| r.run_summary(&args.run_id)) {
-        Ok(Some(run)) => run.run,
-        Ok(None) => {
-            eprintln!("error: no run {} in {}", args.run_id, repo.display());
-            return Ok(Exit::Config.into());
-        }
-        Err(err) => {
-            eprintln!("error: {err}");
-            return Ok(Exit::Config.into());
-        }
-    };
-    match run.status {
-        RunStatus::Completed => {
+    let recorded = launch::recorded(&repo, &args.run_id, args.file.as_deref(), retry_failed);
+    let resume = match recorded {
+        Ok(Recorded::Completed) => {
             eprintln!(
                 "fanout: run {} already completed; nothing to do",
                 args.run_id
             );
             return Ok(ExitCode::SUCCESS);
         }
-        RunStatus::RolledBack => {
+        Ok(Recorded::Items { workflow }) => {
+            let repo = launch::absolute(&repo);
+            return resume_items(&args, repo, workflow).await;
+        }
+        Ok(Recorded::Plan(resume)) => resume,
+        Err(err @ LaunchError::NotEnded { .. }) => {
+            let followup = crate::live::Followup::new(&repo, args.model.simulated());
             eprintln!(
-                "error: run {} was undone by `fanout rollback`; its successes are no longer in \
-                 the tree, so it cannot be finished (start a new run)",
-                args.run_id
+                "error: {err}; finish it with `fanout resume {}{}{}`",
+                args.run_id, followup.repo, followup.sim
             );
             return Ok(Exit::NotReady.into());
         }
-        RunStatus::Running | RunStatus::Planned if retry_failed => {
-            let followup = crate::live::Followup::new(&repo, args.sim || args.scenario.is_some());
-            eprintln!(
-                "error: run {} did not end (it was interrupted or is still running); finish it \
-                 with `fanout resume {}{}{}`",
-                args.run_id, args.run_id, followup.repo, followup.sim
-            );
-            return Ok(Exit::NotReady.into());
-        }
-        _ => {}
-    }
-    if let Some(record) = fanout_core::items::run::item_run(&repo, &args.run_id) {
-        return resume_items(&args, repo, record.workflow).await;
-    }
-
-    let config_path = match args
-        .file
-        .clone()
-        .map(|file| crate::live::absolute(&file))
-        .or_else(|| {
-            run.config_path
-                .as_deref()
-                .map(|recorded| recorded_path(recorded, &repo))
-        }) {
-        Some(path) => path,
-        None => {
-            eprintln!(
-                "error: run {} has no workflow file on record; pass --file",
-                args.run_id
-            );
-            return Ok(Exit::Config.into());
-        }
-    };
-    let config = match Config::from_path(&config_path) {
-        Ok(config) => config,
         Err(err) => {
             eprintln!("error: {err}");
-            return Ok(Exit::Config.into());
+            return Ok(match err.kind() {
+                LaunchErrorKind::Input => Exit::Config,
+                LaunchErrorKind::Plan => Exit::Planning,
+                LaunchErrorKind::NotReady => Exit::NotReady,
+            }
+            .into());
         }
     };
-
-    let plan_path = fanout_core::layout::plan_file(&repo, &args.run_id);
-    let loaded = match plan::load_plan(&plan_path) {
-        Ok(loaded) => loaded,
-        Err(err) => {
-            eprintln!("error: cannot load the run's plan: {err}");
-            return Ok(Exit::Planning.into());
-        }
-    };
-    if let Some(recorded) = &run.plan_hash
-        && *recorded != loaded.hash
-    {
-        eprintln!(
-            "error: {} changed since run {} started (hash {} , recorded {recorded}); refusing \
-             to finish the run with a different plan",
-            plan_path.display(),
-            args.run_id,
-            loaded.hash
-        );
-        return Ok(Exit::Planning.into());
-    }
-    let (estimated_dollars, estimated_wall) = match estimates(&config, &loaded.plan, &repo) {
-        Ok(estimates) => estimates,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return Ok(Exit::Planning.into());
-        }
-    };
-
     if args.dry_run {
-        return report_rerun(&repo, &args.run_id, &loaded.plan, args.json);
+        return report_rerun(&resume.repo, &args.run_id, &resume.plan, args.json);
     }
-    let lock = match RepoLock::acquire(&repo, &format!("resuming run {}", args.run_id)) {
+    let lock = match RepoLock::acquire(&resume.repo, &format!("resuming run {}", args.run_id)) {
         Ok(lock) => Arc::new(lock),
         Err(err) => {
             eprintln!("error: refusing to resume: {err}");
             return Ok(Exit::NotReady.into());
         }
     };
-    let (fleet, sim) = fleet(&args, &config).await?;
-    let inputs = EngineInputs {
-        config: Arc::new(config),
-        plan: loaded.plan,
-        estimated_dollars,
-        plan_hash: Some(loaded.hash),
-        config_path: Some(config_path),
-        repo,
-        run_id: args.run_id.clone(),
-        fleet,
-        sandbox: SandboxConfig::default(),
-        max_attempts: 3,
-        lock,
-        simulated: args.sim || args.scenario.is_some(),
+    let backend = Backend::start(&args.model.target(), args.model.http()).await?;
+    let fleet = match backend.fleet(&resume.config) {
+        Ok(fleet) => fleet,
+        Err(err) => {
+            eprintln!("error: {err}");
+            backend.shutdown().await;
+            return Ok(Exit::NotReady.into());
+        }
     };
+    let estimated_wall = resume.estimated_wall;
+    let inputs = resume.inputs(fleet, backend.simulated(), lock);
     let code = drive(inputs, args.json, estimated_wall, Launch::Resume).await;
-    if let Some(handle) = sim {
-        handle.shutdown().await;
-    }
+    backend.shutdown().await;
     code
 }
 
@@ -285,82 +177,17 @@ async fn resume_items(
     let run_args = RunArgs {
         file,
         dry_run: args.dry_run,
-        sim: args.sim,
-        scenario: args.scenario.clone(),
         task: None,
         plan: None,
         repo: Some(repo.clone()),
         max_repairs: 0,
         verbose: false,
         json: args.json,
-        sim_latency_ms: args.sim_latency_ms,
-        sim_faults: args.sim_faults,
-        sim_seed: args.sim_seed,
-        sim_record: args.sim_record.clone(),
-        request_timeout: args.request_timeout,
+        model: args.model.clone(),
         retry_failed: None,
         allow_dirty: false,
     };
     crate::items_cmd::resume(run_args, config, repo, args.run_id.clone()).await
-}
-
-/// Per-agent dollar estimates (reserved against the budget) and the wall-time floor, from the
-/// plan over the tree as it is now.
-fn estimates(
-    config: &Config,
-    plan: &plan::Plan,
-    repo: &Path,
-) -> anyhow::Result<(Vec<f64>, std::time::Duration)> {
-    let scan = RepoScan::scan(repo).context("cannot scan the repository")?;
-    let validation = plan::validate(plan.clone(), config, &scan, &PlanOptions::default().limits);
-    let estimate = plan::estimate(&validation, config, &scan);
-    let dollars: Vec<f64> = estimate.agents.iter().map(|agent| agent.dollars).collect();
-    if dollars.len() != plan.subtasks.len() {
-        anyhow::bail!(
-            "the plan has {} sub-tasks but {} estimates",
-            plan.subtasks.len(),
-            dollars.len()
-        );
-    }
-    Ok((dollars, estimate.wall_time))
-}
-
-/// The model API: an in-process simulator with `--sim`/`--scenario`, else the environment's.
-async fn fleet(args: &ResumeArgs, config: &Config) -> anyhow::Result<(Fleet, Option<SimHandle>)> {
-    let http = http_timeout(args.request_timeout);
-    if !args.sim && args.scenario.is_none() {
-        return Ok((fleet_for(config, provider_with(config, None, http)?), None));
-    }
-    let scenario = match &args.scenario {
-        Some(path) => Some(Scenario::from_file(path).context("cannot load the scenario")?),
-        None => None,
-    };
-    let handle = Sim::start(
-        SimConfig {
-            scenario,
-            latency: std::time::Duration::from_millis(args.sim_latency_ms),
-            faults: args.sim_faults.unwrap_or_default(),
-            seed: args.sim_seed,
-            record_path: args.sim_record.clone(),
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0".parse().context("loopback address")?,
-    )
-    .await
-    .context("cannot start the simulator")?;
-    let provider = provider_with(config, Some(&handle.base_url()), http)?;
-    Ok((fleet_for(config, provider), Some(handle)))
-}
-
-/// A workflow path recorded by a run: absolute since runs record it so; an older run's
-/// relative path is tried against the current directory, then against the repository.
-fn recorded_path(recorded: &str, repo: &Path) -> PathBuf {
-    let path = PathBuf::from(recorded);
-    if path.is_absolute() || path.exists() {
-        return path;
-    }
-    let in_repo = repo.join(&path);
-    if in_repo.exists() { in_repo } else { path }
 }
 
 /// `--dry-run`: which agents of the run would run again (every agent without a success

@@ -17,17 +17,12 @@ use std::sync::Arc;
 use crate::exit::Exit;
 use anyhow::Context;
 use clap::Args;
-use fanout_core::config::{Config, Provider as ProviderKind};
+use fanout_core::backend::Backend;
+use fanout_core::config::Config;
 use fanout_core::fleet::Fleet;
-use fanout_core::governor::Governor;
 use fanout_core::plan::{self, PlanOptions, PrepareRequest, ScopePaths};
-use fanout_core::provider::Provider;
-use fanout_core::provider::anthropic::{AnthropicConfig, AnthropicProvider};
-use fanout_core::provider::http::HttpConfig;
-use fanout_core::provider::openai::{OpenAiConfig, OpenAiProvider};
-use fanout_core::retry::{RetryBudget, RetryPolicy};
 use fanout_core::run::lock::RepoLock;
-use fanout_sim::{Faults, Scenario, Sim, SimConfig, SimHandle};
+use fanout_sim::Faults;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Args, Debug, Clone)]
@@ -37,12 +32,6 @@ pub struct RunArgs {
     /// Plan, validate and report; change nothing and start no agent.
     #[arg(long)]
     pub dry_run: bool,
-    /// Plan against an in-process simulator instead of the real API (no key needed).
-    #[arg(long)]
-    pub sim: bool,
-    /// Scenario script for the simulator (implies --sim).
-    #[arg(long, value_name = "FILE")]
-    pub scenario: Option<PathBuf>,
     /// The root task (overrides `workflow.task`).
     #[arg(long, value_name = "TEXT")]
     pub task: Option<String>,
@@ -62,24 +51,9 @@ pub struct RunArgs {
     /// The report as JSON on stdout (and, in a live run, progress events as JSON lines).
     #[arg(long)]
     pub json: bool,
-    /// Latency of the in-process simulator's answers, in milliseconds (with --sim).
-    #[arg(long, default_value_t = 0, value_name = "MS")]
-    pub sim_latency_ms: u64,
-    /// Faults the in-process simulator injects (with --sim), as `kind=probability` pairs:
-    /// overloaded, api_error, hang, truncate, cut_stream, malformed (e.g.
-    /// `overloaded=0.05,api_error=0.02,hang=0.01`).
-    #[arg(long, value_name = "SPEC", value_parser = parse_faults)]
-    pub sim_faults: Option<Faults>,
-    /// Seed of the in-process simulator's faults and jitter (with --sim).
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub sim_seed: u64,
-    /// Append every request the in-process simulator answered to FILE as JSON lines.
-    #[arg(long, value_name = "FILE")]
-    pub sim_record: Option<PathBuf>,
-    /// Give up on one model request after this many seconds (it is then retried like any
-    /// transient failure).
-    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
-    pub request_timeout: u64,
+    /// Where model calls go: `--sim` and the simulator's settings, the request timeout.
+    #[command(flatten)]
+    pub model: crate::model_args::ModelArgs,
     /// A live run without --plan normally refuses uncommitted changes before it plans; with
     /// this, only the files the plan touches must be clean (checked after planning).
     #[arg(long)]
@@ -117,45 +91,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     // The simulator lives as long as this function: planning and, in a live run, the agents
     // talk to it. It is shut down before returning.
-    let mut sim: Option<SimHandle> = None;
     let needs_model = args.plan.is_none() || !args.dry_run;
-    let fleet = if !needs_model {
-        None
-    } else if args.sim || args.scenario.is_some() {
-        let scenario = match &args.scenario {
-            Some(path) => Some(Scenario::from_file(path).context("cannot load the scenario")?),
-            None => None,
-        };
-        let handle = Sim::start(
-            SimConfig {
-                scenario,
-                latency: std::time::Duration::from_millis(args.sim_latency_ms),
-                faults: args.sim_faults.unwrap_or_default(),
-                seed: args.sim_seed,
-                record_path: args.sim_record.clone(),
-                ..SimConfig::default()
-            },
-            "127.0.0.1:0".parse().context("loopback address")?,
-        )
-        .await
-        .context("cannot start the simulator")?;
-        let provider = provider_with(&config, Some(&handle.base_url()), http_config(&args))?;
-        sim = Some(handle);
-        Some(fleet_for(&config, provider))
+    let backend = if needs_model {
+        Backend::start(&args.model.target(), args.model.http()).await?
     } else {
-        match provider_with(&config, None, http_config(&args)) {
-            Ok(provider) => Some(fleet_for(&config, provider)),
+        Backend::api(args.model.http())
+    };
+    let fleet = if needs_model {
+        match backend.fleet(&config) {
+            Ok(fleet) => Some(fleet),
             Err(err) => {
                 // Before any model call, and before any lock or file.
-                eprintln!("error: {err:#}");
+                eprintln!("error: {err}");
+                backend.shutdown().await;
                 return Ok(Exit::NotReady.into());
             }
         }
+    } else {
+        None
     };
     let code = run_with(&args, config, fleet).await;
-    if let Some(handle) = sim.take() {
-        handle.shutdown().await;
-    }
+    backend.shutdown().await;
     code
 }
 
@@ -284,17 +240,15 @@ async fn run_with(
 /// What the estimate goes by: the simulator's latency with --sim, and what agents used in
 /// earlier runs of the same kind (simulated or real) in this repository.
 pub(crate) fn calibration(args: &RunArgs, repository: &std::path::Path) -> plan::Calibration {
-    let simulated = args.sim || args.scenario.is_some();
+    let simulated = args.model.simulated();
     let observed = fanout_core::store::StoreReader::open_in_repo(repository)
         .and_then(|reader| reader.observed_usage(simulated, 10))
         .unwrap_or_default();
     plan::Calibration {
-        call_latency: simulated.then(|| {
-            (
-                std::time::Duration::from_millis(args.sim_latency_ms),
-                "the simulator's latency".to_owned(),
-            )
-        }),
+        call_latency: args
+            .model
+            .sim_latency()
+            .map(|latency| (latency, "the simulator's latency".to_owned())),
         instant_output: simulated,
         observed,
     }
@@ -344,60 +298,6 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
 }
 
 /// The orchestrator's provider: at `base_url` (the simulator) or from the environment.
-pub(crate) fn provider_with(
-    config: &Config,
-    base_url: Option<&str>,
-    http: HttpConfig,
-) -> anyhow::Result<Arc<dyn Provider>> {
-    provider_of(config.orchestrator_model().provider, base_url, http)
-}
-
-/// A provider of `kind`: at `base_url` (the simulator, any key) or from the environment.
-pub(crate) fn provider_of(
-    kind: ProviderKind,
-    base_url: Option<&str>,
-    http: HttpConfig,
-) -> anyhow::Result<Arc<dyn Provider>> {
-    let provider: Arc<dyn Provider> = match (kind, base_url) {
-        (ProviderKind::Anthropic, Some(base_url)) => {
-            Arc::new(AnthropicProvider::new(AnthropicConfig {
-                base_url: base_url.to_owned(),
-                http,
-                ..AnthropicConfig::new("sim")
-            })?)
-        }
-        (ProviderKind::OpenAi, Some(base_url)) => Arc::new(OpenAiProvider::new(OpenAiConfig {
-            base_url: format!("{base_url}/v1"),
-            http,
-            ..OpenAiConfig::new("sim")
-        })?),
-        (ProviderKind::Anthropic, None) => Arc::new(AnthropicProvider::new(AnthropicConfig {
-            http,
-            ..AnthropicConfig::from_env()
-                .context("cannot reach the Anthropic API (or use --sim)")?
-        })?),
-        (ProviderKind::OpenAi, None) => Arc::new(OpenAiProvider::new(OpenAiConfig {
-            http,
-            ..OpenAiConfig::from_env().context("cannot reach the OpenAI API (or use --sim)")?
-        })?),
-    };
-    Ok(provider)
-}
-
-pub(crate) fn http_config(args: &RunArgs) -> HttpConfig {
-    http_timeout(args.request_timeout)
-}
-
-/// Transport settings with a request timeout of `seconds`.
-pub(crate) fn http_timeout(seconds: u64) -> HttpConfig {
-    let timeout = std::time::Duration::from_secs(seconds.max(1));
-    HttpConfig {
-        request_timeout: timeout,
-        stream_idle_timeout: timeout.min(HttpConfig::default().stream_idle_timeout),
-        ..HttpConfig::default()
-    }
-}
-
 /// `overloaded=0.05,api_error=0.02,hang=0.01` → the simulator's fault probabilities.
 pub(crate) fn parse_faults(spec: &str) -> Result<Faults, String> {
     let mut faults = Faults::default();
@@ -426,13 +326,4 @@ pub(crate) fn parse_faults(spec: &str) -> Result<Faults, String> {
     }
     faults.validate()?;
     Ok(faults)
-}
-
-pub(crate) fn fleet_for(config: &Config, provider: Arc<dyn Provider>) -> Fleet {
-    Fleet::new(
-        provider,
-        Governor::new(plan::governor_config(config)),
-        RetryPolicy::default(),
-        Arc::new(RetryBudget::new(plan::retry_budget_config(config))),
-    )
 }

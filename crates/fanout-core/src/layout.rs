@@ -186,7 +186,10 @@ mod tests {
     fn paths_and_ownership() {
         let repo = Path::new("/r");
         assert_eq!(run_dir(repo, "R1"), Path::new("/r/.fanout/runs/R1"));
-        assert_eq!(plan_file(repo, "R1"), Path::new("/r/.fanout/runs/R1/plan.json"));
+        assert_eq!(
+            plan_file(repo, "R1"),
+            Path::new("/r/.fanout/runs/R1/plan.json")
+        );
         assert_eq!(db_path(repo), Path::new("/r/.fanout/fanout.db"));
         assert!(is_ours(b".fanout"));
         assert!(is_ours(b".fanout/runs/x"));

@@ -23,6 +23,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod agent;
+pub mod backend;
 pub mod config;
 pub mod env;
 pub mod fleet;

@@ -561,6 +561,101 @@ rules:
 
 /// The `tool_calls` table stayed empty and an agent whose escape attempts were all denied
 /// showed as a plain `success` everywhere but `show RUN AGENT`.
+/// Finishing a recorded run (`fanout_core::run::launch::recorded`): each refusal says why and
+/// exits with its own code, and nothing runs before the checks pass.
+#[test]
+fn a_recorded_run_is_checked_before_it_is_finished() {
+    const AGENTS: usize = 6;
+    let repo = small_repo(AGENTS);
+    let work = tempfile::tempdir().unwrap();
+    let wf = edit_workflow(work.path(), "").display().to_string();
+    let plan = edit_plan(work.path(), AGENTS).display().to_string();
+    let scenario = scenario_file(work.path()).display().to_string();
+    let repo_arg = repo.path().display().to_string();
+    let mut first = spawn_in(
+        work.path(),
+        &[
+            "run",
+            &wf,
+            "--plan",
+            &plan,
+            "--scenario",
+            &scenario,
+            "--sim-latency-ms",
+            "400",
+            "--repo",
+            &repo_arg,
+        ],
+    );
+    wait_for("the run's first agent row", || {
+        query_one(repo.path(), "SELECT COUNT(*) FROM agent_runs") > 0
+    });
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let run_id = {
+        let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
+        reader.runs().unwrap()[0].run.run_id.clone()
+    };
+    let stderr = |output: &Output| String::from_utf8_lossy(&output.stderr).into_owned();
+
+    // A retry needs a run that ended; this one was killed.
+    let retry = fanout(
+        &[
+            "run",
+            &wf,
+            "--retry-failed",
+            &run_id,
+            "--scenario",
+            &scenario,
+        ],
+        repo.path(),
+    );
+    assert_eq!(retry.status.code(), Some(4), "{}", stderr(&retry));
+    assert!(stderr(&retry).contains(&format!("finish it with `fanout resume {run_id}")));
+
+    // An edited plan is refused before any agent runs.
+    let saved = repo
+        .path()
+        .join(".fanout/runs")
+        .join(&run_id)
+        .join("plan.json");
+    let original = std::fs::read_to_string(&saved).unwrap();
+    std::fs::write(&saved, format!("{original}\n")).unwrap();
+    let rows_before = query_one(repo.path(), "SELECT COUNT(*) FROM agent_runs");
+    let edited = fanout(&["resume", &run_id, "--scenario", &scenario], repo.path());
+    assert_eq!(edited.status.code(), Some(3), "{}", stderr(&edited));
+    assert!(
+        stderr(&edited).contains("changed since run"),
+        "{}",
+        stderr(&edited)
+    );
+    assert_eq!(
+        query_one(repo.path(), "SELECT COUNT(*) FROM agent_runs"),
+        rows_before
+    );
+    std::fs::write(&saved, original).unwrap();
+
+    let unknown = fanout(&["resume", "20990101T000000Z-000000", "--sim"], repo.path());
+    assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
+    assert!(stderr(&unknown).contains("no run 20990101T000000Z-000000"));
+
+    let resumed = fanout(&["resume", &run_id, "--scenario", &scenario], repo.path());
+    assert_eq!(resumed.status.code(), Some(0), "{}", stderr(&resumed));
+    let again = fanout(&["resume", &run_id, "--scenario", &scenario], repo.path());
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert!(stderr(&again).contains("already completed; nothing to do"));
+
+    let undone = fanout(&["rollback", &run_id], repo.path());
+    assert_eq!(undone.status.code(), Some(0), "{}", stderr(&undone));
+    let after = fanout(&["resume", &run_id, "--scenario", &scenario], repo.path());
+    assert_eq!(after.status.code(), Some(4), "{}", stderr(&after));
+    assert!(
+        stderr(&after).contains("undone by `fanout rollback`"),
+        "{}",
+        stderr(&after)
+    );
+}
+
 #[test]
 fn tool_calls_are_recorded_and_denials_are_visible() {
     let repo = small_repo(2);

@@ -1,5 +1,7 @@
 //! Running a plan: the engine and what it stands on.
 //!
+//! - [`launch`]: the run's lifecycle for every front end: the engine's inputs for a fresh
+//!   run, and the checks a recorded run passes before it is finished again.
 //! - [`engine`]: one live run (or resume) of a reviewed plan, start to summary.
 //! - [`lock`]: [`RepoLock`](lock::RepoLock), one live run per repository at a time (an OS
 //!   lock that a `kill -9` releases), required by the engine.
@@ -26,6 +28,7 @@ pub mod checkpoint_worker;
 pub mod durable;
 pub mod engine;
 pub mod git;
+pub mod launch;
 pub mod lock;
 pub mod preimage;
 pub mod rollback;
