@@ -1,23 +1,31 @@
 //! fanout-core: the engine behind the `fanout` command.
 //!
-//! Layers, bottom up:
+//! Layers, bottom up (a module imports only from the ones above it in this list):
+//! - [`env`], [`layout`]: the environment variables read, and every path under `.fanout/`
+//!   with the one durable atomic write.
 //! - [`config`]: the workflow YAML file: model, defaults, validation with located errors,
 //!   JSON Schema and the `fanout init` template.
 //! - [`provider`]: talk to a model API (Anthropic Messages, OpenAI-compatible Chat
-//!   Completions) over HTTP, with typed errors. Knows nothing of retries or limits.
+//!   Completions, both providers' batch APIs) over HTTP, with typed errors. Knows nothing of
+//!   retries or limits.
 //! - [`retry`]: which errors to retry, how long to wait, and a fleet-wide retry budget.
 //! - [`governor`]: the fleet-wide rate governor every agent of a run shares (request, input and
 //!   output token buckets, header feedback, AIMD on in-flight concurrency).
 //! - [`fleet`]: a provider wrapped in the governor and the retry policy: what agents call.
+//! - [`backend`]: where calls go (the real APIs or an in-process simulator) and the one place
+//!   provider, fleet and batch client are built.
 //! - [`store`]: the SQLite run store (one writer thread, batched commits) and the JSON-lines log.
-//! - [`run`]: running a plan: hardened git, checkpoints and rollback (scheduler to come).
 //! - [`policy`]: one agent's permissions as data (scopes, protected paths, tools, shell, network).
 //! - [`tools`]: the tools the model sees, on a scoped file system; [`sandbox`]: the kernel
-//!   sandbox commands run in; [`agent`]: journal, receipts and the turn loop.
+//!   sandbox commands run in; [`agent`]: the turn loop.
 //! - [`plan`]: repository scan, orchestrator planning with a repair loop, plan validation,
 //!   estimates and the dry-run report.
-//! - [`items`]: item work: inputs, chunking, worker prompts and answer accounting, aggregation
-//!   and outputs.
+//! - [`run`]: running a plan: the lifecycle every front end calls (`run::launch`), the engine,
+//!   the scheduler, checkpoints, pre-images and rollback, the repository lock.
+//! - [`items`]: item work: inputs, chunking, worker prompts and answer accounting, aggregation,
+//!   outputs, and the item runner (online or batch).
+//!
+//! `docs/architecture.md` draws the data flow of one run.
 //!
 //! The library never prints; callers render.
 #![deny(clippy::print_stdout, clippy::print_stderr)]

@@ -1,7 +1,7 @@
 //! Planning: from a workflow file and a repository to a validated plan and the dry-run report.
 //!
-//! Start reading at [`prepare`], the one path `fanout run --dry-run`, `fanout plan` and (later)
-//! the live run share:
+//! Start reading at [`prepare`], the one path `fanout run --dry-run`, `fanout plan` and the
+//! live run share (a live run then hands the saved plan to `crate::run::launch::fresh`):
 //! 1. `scan`: walk the repository (`.gitignore` respected) into a sorted file list.
 //! 2. `orchestrate`: one forced `submit_plan` call to the orchestrator model with the task and
 //!    a bounded tree view, and the repair loop; or `store::load_plan` for a reviewed plan

@@ -3,9 +3,9 @@
 //!
 //! One [`BatchClient`] speaks to either provider's batch API:
 //!
-//! - [`anthropic`]: the Message Batches API. `POST {base}/v1/messages/batches` carries the
+//! - `anthropic.rs`: the Message Batches API. `POST {base}/v1/messages/batches` carries the
 //!   requests inline; `GET …/{id}` is polled; `GET …/{id}/results` returns JSON lines.
-//! - [`openai`]: the Batch API. The requests are uploaded as a JSONL file
+//! - `openai.rs`: the Batch API. The requests are uploaded as a JSONL file
 //!   (`POST {base}/files`, multipart, purpose `batch`), `POST {base}/batches` starts the batch
 //!   over that file, `GET …/batches/{id}` is polled, and the answers are read from its output
 //!   and error files (`GET {base}/files/{id}/content`).
