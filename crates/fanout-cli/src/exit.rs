@@ -67,6 +67,32 @@ impl Exit {
     }
 }
 
+impl Exit {
+    /// The exit of an error no command handled itself: core's error classes where the chain
+    /// has one (a model API that cannot be reached is "not ready", a scenario that does not
+    /// load is an invalid argument), else internal.
+    pub fn of_error(error: &anyhow::Error) -> Exit {
+        use fanout_core::backend::BackendError;
+        for cause in error.chain() {
+            if let Some(backend) = cause.downcast_ref::<BackendError>() {
+                return match backend {
+                    BackendError::Api { .. } | BackendError::Sim(_) => Exit::NotReady,
+                    BackendError::Scenario { .. } => Exit::Config,
+                };
+            }
+            if let Some(launch) = cause.downcast_ref::<fanout_core::run::launch::LaunchError>() {
+                use fanout_core::run::launch::LaunchErrorKind;
+                return match launch.kind() {
+                    LaunchErrorKind::Input => Exit::Config,
+                    LaunchErrorKind::Plan => Exit::Planning,
+                    LaunchErrorKind::NotReady => Exit::NotReady,
+                };
+            }
+        }
+        Exit::Internal
+    }
+}
+
 impl From<Exit> for ExitCode {
     fn from(exit: Exit) -> ExitCode {
         ExitCode::from(exit.code())

@@ -96,7 +96,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            exit::Exit::Internal.into()
+            exit::Exit::of_error(&err).into()
         }
     }
 }

@@ -67,6 +67,7 @@ fn fanout_in(dir: &Path, args: &[&str]) -> Output {
         .env_remove("ANTHROPIC_API_KEY")
         .env_remove("ANTHROPIC_BASE_URL")
         .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
         .output()
         .unwrap()
 }

@@ -50,11 +50,11 @@ pub struct SimOptions {
 /// Why the model API could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("cannot reach the {provider} API (or use --sim): {source}")]
+    /// The reason is part of the message (not a separate `source`), so it is said once.
+    #[error("cannot reach the {provider} API (or use --sim): {reason}")]
     Api {
         provider: &'static str,
-        #[source]
-        source: ProviderError,
+        reason: ProviderError,
     },
     #[error("cannot load the scenario {path}: {message}")]
     Scenario { path: PathBuf, message: String },
@@ -230,7 +230,7 @@ impl Backend {
 }
 
 fn api(provider: &'static str) -> impl Fn(ProviderError) -> BackendError {
-    move |source| BackendError::Api { provider, source }
+    move |reason| BackendError::Api { provider, reason }
 }
 
 /// The fleet for `config`'s workflow over `provider`: the workflow's rate limits and retry

@@ -353,6 +353,21 @@ fn openai_batch_execution_goes_through_the_batch_api() {
     );
 }
 
+/// An item run without an API key said so and exited 70 ("internal"); like a repository run,
+/// a model API that cannot be reached is "not ready" (4), and nothing is written.
+#[test]
+fn an_item_run_without_a_key_is_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    tickets(dir.path(), 3, &[]);
+    let wf = ticket_workflow(dir.path(), 5, "").display().to_string();
+    let output = fanout_in(dir.path(), &["run", &wf]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("ANTHROPIC_API_KEY is not set"), "{stderr}");
+    assert!(stderr.contains("--sim"), "{stderr}");
+    assert!(!dir.path().join(".fanout/runs").exists());
+}
+
 /// `chunking: fixed` sent a ~500K-token request for a 2 MB record with no warning.
 #[test]
 fn fixed_chunks_respect_the_models_input_limit() {
