@@ -10,7 +10,9 @@
 //!   output token buckets, header feedback, AIMD on in-flight concurrency).
 //! - [`fleet`]: a provider wrapped in the governor and the retry policy: what agents call.
 //! - [`store`]: the SQLite run store (one writer thread, batched commits) and the JSON-lines log.
-//! - [`run`]: running a plan: hardened git, checkpoints and rollback (scheduler to come).
+//! - [`git`]: host-side git that runs no program the repository controls (hooks, fsmonitor,
+//!   filters, pagers, editors, credential helpers, gpg, transports).
+//! - [`run`]: running a plan: checkpoints and rollback, the scheduler, pre-images, the engine.
 //! - [`policy`]: one agent's permissions as data (scopes, protected paths, tools, shell, network).
 //! - [`tools`]: the tools the model sees, on a scoped file system; [`sandbox`]: the kernel
 //!   sandbox commands run in; [`agent`]: journal, receipts and the turn loop.
@@ -26,6 +28,7 @@ pub mod agent;
 pub mod config;
 pub mod env;
 pub mod fleet;
+pub mod git;
 pub mod governor;
 pub mod group_commit;
 pub mod items;

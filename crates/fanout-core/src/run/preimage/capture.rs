@@ -14,8 +14,8 @@ use super::manifest::{
 };
 use super::scope::{compile, for_each_in_scope};
 use super::{PreimageError, hex, io};
+use crate::git::Git;
 use crate::run::durable::SyncSet;
-use crate::run::git::Git;
 
 /// Record the pre-image of `agent_id`'s write scope durably as a manifest file, or return the
 /// one already recorded (a resumed run keeps the first). Blocking: call from `spawn_blocking`.
@@ -136,7 +136,7 @@ impl BaseBlobs {
     /// objects are made durable by the caller of [`prepare`], which gets the object database
     /// in its [`SyncSet`]. Blocking.
     pub fn load(git: &Git, tree: &str) -> Result<BaseBlobs, PreimageError> {
-        let git_error = |err: crate::run::git::GitError| PreimageError::Git {
+        let git_error = |err: crate::git::GitError| PreimageError::Git {
             message: err.to_string(),
         };
         let mut command = git.read_only();

@@ -110,7 +110,7 @@ mod tests {
     #[cfg(unix)]
     use super::durable::set_mode;
     use super::*;
-    use crate::run::git::Git;
+    use crate::git::Git;
 
     fn write(repo: &Path, relative: &str, text: &str) {
         let path = repo.join(relative);

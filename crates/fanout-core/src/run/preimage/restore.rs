@@ -13,7 +13,7 @@ use super::durable::{
 use super::manifest::{Entry, Preimage, preimage_dir};
 use super::scope::{SKIPPED_ROOTS, compile, for_each_in_scope};
 use super::{PreimageError, hex, io};
-use crate::run::git::Git;
+use crate::git::Git;
 
 /// What [`restore`] changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
