@@ -25,7 +25,7 @@ use crate::policy::{AgentSpec, ShellPolicy};
 use crate::provider::{ContentBlock, Message, Request, Role, ToolChoice, ToolSpec};
 use crate::tools::Toolbox;
 
-use super::Receipts;
+use crate::tools::receipts::Receipts;
 
 /// The tool through which an agent ends.
 pub const REPORT_TOOL: &str = "report_result";
