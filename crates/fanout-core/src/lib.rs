@@ -21,6 +21,8 @@
 //! - [`items`]: item work: inputs, chunking, worker prompts and answer accounting, aggregation
 //!   and outputs.
 //!
+//! - [`text`]: text helpers every layer may use.
+//!
 //! The library never prints; callers render.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
@@ -40,4 +42,5 @@ pub mod retry;
 pub mod run;
 pub mod sandbox;
 pub mod store;
+pub mod text;
 pub mod tools;
