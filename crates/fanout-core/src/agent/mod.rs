@@ -13,6 +13,6 @@ pub use crate::tools::receipts::{
     CallOutcome, CommandReceipt, Denial, MAX_CALL_PATHS, Receipts, ToolCallReceipt,
 };
 pub use run::{
-    AgentConfig, AgentOutcome, AgentStatus, CallHook, CallUsage, REPORT_TOOL, StartGate,
+    AgentConfig, AgentOutcome, CallHook, CallUsage, LoopStatus, REPORT_TOOL, StartGate,
     check_claims, default_output_schema, run_agent, run_agent_gated, system_prompt,
 };

@@ -378,16 +378,16 @@ pub fn check_results(chunk: &Chunk, input: &Value, schema: &OutputSchema) -> Chu
 
 /// How many extra attempts an item gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RetryPolicy {
+pub struct ItemRetries {
     /// Times a missing item is re-sent alone.
     pub resends: u32,
     /// Repair attempts for an invalid, duplicated, malformed or failed answer.
     pub repairs: u32,
 }
 
-impl Default for RetryPolicy {
+impl Default for ItemRetries {
     fn default() -> Self {
-        RetryPolicy {
+        ItemRetries {
             resends: 1,
             repairs: 1,
         }
@@ -502,7 +502,7 @@ pub struct RetryPlan {
 pub fn plan_retry(
     outcome: &ChunkOutcome,
     used: impl Fn(&str) -> Attempts,
-    policy: &RetryPolicy,
+    policy: &ItemRetries,
 ) -> RetryPlan {
     let mut plan = RetryPlan {
         accept: outcome.accepted.clone(),
@@ -626,11 +626,11 @@ pub struct Accounting {
 pub struct Ledger {
     entries: Vec<Entry>,
     index: HashMap<String, usize>,
-    policy: RetryPolicy,
+    policy: ItemRetries,
 }
 
 impl Ledger {
-    pub fn new(items: &[Item], policy: RetryPolicy) -> Result<Ledger, LedgerError> {
+    pub fn new(items: &[Item], policy: ItemRetries) -> Result<Ledger, LedgerError> {
         let mut index = HashMap::with_capacity(items.len());
         for (position, item) in items.iter().enumerate() {
             if index.insert(item.id.clone(), position).is_some() {
