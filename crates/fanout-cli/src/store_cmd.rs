@@ -10,8 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::Args;
+use fanout_core::git::Git;
 use fanout_core::run::lock::RepoLock;
-use fanout_core::run::{Git, RollbackOptions, rollback};
+use fanout_core::run::{RollbackOptions, rollback};
 use fanout_core::store::{
     AgentDetail, AgentRow, EventRecord, RunDetail, RunStatus, RunSummary, Store, StoreReader,
     elapsed,

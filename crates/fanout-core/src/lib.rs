@@ -1,8 +1,8 @@
 //! fanout-core: the engine behind the `fanout` command.
 //!
 //! Layers, bottom up (a module imports only from the ones above it in this list):
-//! - [`env`], [`layout`]: the environment variables read, and every path under `.fanout/`
-//!   with the one durable atomic write.
+//! - [`env`], [`layout`], [`text`]: the environment variables read, every path under
+//!   `.fanout/` with the one durable atomic write, text helpers.
 //! - [`config`]: the workflow YAML file: model, defaults, validation with located errors,
 //!   JSON Schema and the `fanout init` template.
 //! - [`provider`]: talk to a model API (Anthropic Messages, OpenAI-compatible Chat
@@ -15,6 +15,8 @@
 //! - [`backend`]: where calls go (the real APIs or an in-process simulator) and the one place
 //!   provider, fleet and batch client are built.
 //! - [`store`]: the SQLite run store (one writer thread, batched commits) and the JSON-lines log.
+//! - [`git`]: host-side git that runs no program the repository controls (hooks, fsmonitor,
+//!   filters, pagers, editors, credential helpers, gpg, transports).
 //! - [`policy`]: one agent's permissions as data (scopes, protected paths, tools, shell, network).
 //! - [`tools`]: the tools the model sees, on a scoped file system; [`sandbox`]: the kernel
 //!   sandbox commands run in; [`agent`]: the turn loop.
@@ -35,6 +37,7 @@ pub mod backend;
 pub mod config;
 pub mod env;
 pub mod fleet;
+pub mod git;
 pub mod governor;
 pub mod group_commit;
 pub mod items;
@@ -47,4 +50,5 @@ pub mod retry;
 pub mod run;
 pub mod sandbox;
 pub mod store;
+pub mod text;
 pub mod tools;

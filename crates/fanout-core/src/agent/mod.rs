@@ -3,17 +3,16 @@
 //! [`Journal`] records the state of every file before the agent first changes it, so the
 //! agent's work can be undone byte for byte; [`Receipts`] record what the agent actually did
 //! (files read and written, commands with exit codes, denials), taken from the tools and the
-//! sandbox, never from the model.
+//! sandbox, never from the model. Both are kept by the tools ([`crate::tools::journal`],
+//! [`crate::tools::receipts`]) and re-exported here.
 
-mod journal;
-mod receipts;
 mod run;
 
-pub use journal::{Journal, JournalEntry, UndoReport};
-pub use receipts::{
+pub use crate::tools::journal::{Journal, JournalEntry, UndoReport};
+pub use crate::tools::receipts::{
     CallOutcome, CommandReceipt, Denial, MAX_CALL_PATHS, Receipts, ToolCallReceipt,
 };
 pub use run::{
-    AgentConfig, AgentOutcome, AgentStatus, CallHook, CallUsage, REPORT_TOOL, StartGate,
+    AgentConfig, AgentOutcome, CallHook, CallUsage, LoopStatus, REPORT_TOOL, StartGate,
     check_claims, default_output_schema, run_agent, run_agent_gated, system_prompt,
 };

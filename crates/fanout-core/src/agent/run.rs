@@ -3,7 +3,7 @@
 //! A system prompt built from the task, the scope, the tools and the rules; turns through the
 //! shared [`Fleet`] (so the rate governor and retry budget apply); every tool call executed by
 //! the agent's [`Toolbox`]; limits on turns, tokens, dollars and wall time, each ending the
-//! agent with its own [`AgentStatus`] and the receipts of what it did so far. The result comes
+//! agent with its own [`LoopStatus`] and the receipts of what it did so far. The result comes
 //! through a forced `report_result` tool, validated against the output schema (a default one
 //! when the workflow has none), with one repair attempt. A result whose claims disagree with
 //! the receipts is flagged.
@@ -25,7 +25,7 @@ use crate::policy::{AgentSpec, ShellPolicy};
 use crate::provider::{ContentBlock, Message, Request, Role, ToolChoice, ToolSpec};
 use crate::tools::Toolbox;
 
-use super::Receipts;
+use crate::tools::receipts::Receipts;
 
 /// The tool through which an agent ends.
 pub const REPORT_TOOL: &str = "report_result";
@@ -69,10 +69,10 @@ impl std::fmt::Debug for CallHook {
     }
 }
 
-/// How an agent ended.
+/// How an agent's turn loop ended (what the run store records is [`crate::store::AgentStatus`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum AgentStatus {
+pub enum LoopStatus {
     Success,
     /// `report_result` was invalid twice (after one repair attempt).
     InvalidResult,
@@ -96,7 +96,7 @@ pub type StartGate = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentOutcome {
     pub agent_id: String,
-    pub status: AgentStatus,
+    pub status: LoopStatus,
     pub result: Option<Value>,
     pub receipts: Receipts,
     pub turns: u64,
@@ -201,7 +201,7 @@ pub async fn run_agent(
 }
 
 /// [`run_agent`] whose tool calls wait for `gate` (awaited once, before the first tool call
-/// of any kind); a failed gate ends the agent with [`AgentStatus::StartFailed`] before any
+/// of any kind); a failed gate ends the agent with [`LoopStatus::StartFailed`] before any
 /// tool runs.
 pub async fn run_agent_gated(
     fleet: &Fleet,
@@ -217,7 +217,7 @@ pub async fn run_agent_gated(
         .unwrap_or_else(default_output_schema);
     let mut outcome = AgentOutcome {
         agent_id: spec.agent_id.clone(),
-        status: AgentStatus::TurnLimit,
+        status: LoopStatus::TurnLimit,
         result: None,
         receipts: Receipts::default(),
         turns: 0,
@@ -229,7 +229,7 @@ pub async fn run_agent_gated(
     let validator = match validator_for(&schema) {
         Ok(validator) => validator,
         Err(error) => {
-            outcome.status = AgentStatus::InvalidResult;
+            outcome.status = LoopStatus::InvalidResult;
             outcome
                 .flags
                 .push(format!("the output schema is invalid: {error}"));
@@ -250,11 +250,11 @@ pub async fn run_agent_gated(
 
     let status = loop {
         if outcome.turns >= config.max_turns {
-            break AgentStatus::TurnLimit;
+            break LoopStatus::TurnLimit;
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            break AgentStatus::TimeLimit;
+            break LoopStatus::TimeLimit;
         }
         outcome.turns += 1;
         let mut request = Request::new(config.model.clone(), config.max_tokens_per_turn);
@@ -270,16 +270,16 @@ pub async fn run_agent_gated(
         }
         let called = tokio::select! {
             result = fleet.call(&request, cancel) => result,
-            () = tokio::time::sleep(remaining) => break AgentStatus::TimeLimit,
-            () = cancel.cancelled() => break AgentStatus::Cancelled,
+            () = tokio::time::sleep(remaining) => break LoopStatus::TimeLimit,
+            () = cancel.cancelled() => break LoopStatus::Cancelled,
         };
         system = request.system.take();
         messages = std::mem::take(&mut request.messages);
         tools = std::mem::take(&mut request.tools);
         let response = match called {
             Ok(call) => call.response,
-            Err(crate::fleet::FleetError::Cancelled { .. }) => break AgentStatus::Cancelled,
-            Err(error) => break AgentStatus::ProviderError(error.to_string()),
+            Err(crate::fleet::FleetError::Cancelled { .. }) => break LoopStatus::Cancelled,
+            Err(error) => break LoopStatus::ProviderError(error.to_string()),
         };
         outcome.input_tokens += response.usage.total_input();
         outcome.output_tokens += response.usage.output_tokens;
@@ -343,13 +343,13 @@ pub async fn run_agent_gated(
             results.push(tool_result(id, output.content, output.is_error));
         }
         if let Some(reason) = gate_failed {
-            break AgentStatus::StartFailed(reason);
+            break LoopStatus::StartFailed(reason);
         }
         match finished {
-            Some(Value::Null) => break AgentStatus::InvalidResult,
+            Some(Value::Null) => break LoopStatus::InvalidResult,
             Some(result) => {
                 outcome.result = Some(result);
-                break AgentStatus::Success;
+                break LoopStatus::Success;
             }
             None => {}
         }
@@ -367,13 +367,13 @@ pub async fn run_agent_gated(
         }
         let tokens = outcome.input_tokens + outcome.output_tokens;
         if tokens >= config.max_tokens {
-            break AgentStatus::TokenLimit;
+            break LoopStatus::TokenLimit;
         }
         if config
             .max_dollars
             .is_some_and(|limit| outcome.dollars >= limit)
         {
-            break AgentStatus::DollarLimit;
+            break LoopStatus::DollarLimit;
         }
     };
     outcome.status = status;

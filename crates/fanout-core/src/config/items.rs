@@ -16,8 +16,8 @@ use serde_json::Value;
 use serde_saphyr::{Location, Spanned};
 
 use super::error::{ConfigError, ConfigErrorKind, did_you_mean};
-use crate::items::output::ResultsFormat;
-use crate::items::worker::{OutputRoute, OutputSchema, check_template};
+use super::item_output::{OutputRoute, OutputSchema, ResultsFormat};
+use super::item_template::check_template;
 
 /// Default `max_tokens` of a worker answer.
 pub const DEFAULT_WORKER_MAX_TOKENS: u32 = 8192;

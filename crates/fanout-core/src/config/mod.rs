@@ -12,10 +12,14 @@
 //!    durations, placeholders), each error pointing at the offending value.
 //!
 //! `schema.rs` holds the JSON Schema editors use (`fanout schema`) and `template.rs` the
-//! commented starter file (`fanout init`). This module owns no policy decisions about plans;
-//! it only describes what the user allowed.
+//! commented starter file (`fanout init`). [`items`] is the `items:` section, with the
+//! worker output types it declares in [`item_output`] and the prompt template language in
+//! [`item_template`] (the item runner imports them from here). This module owns no policy
+//! decisions about plans; it only describes what the user allowed.
 
 mod error;
+pub mod item_output;
+pub mod item_template;
 pub mod items;
 mod raw;
 mod resolve;

@@ -65,14 +65,14 @@ type Job = (Vec<u8>, oneshot::Sender<Result<(), String>>);
 
 /// A handle on the journal writer; cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Journal {
+pub struct SettlementJournal {
     tx: mpsc::Sender<Job>,
     path: PathBuf,
 }
 
-impl Journal {
+impl SettlementJournal {
     /// Open (append) the journal in `dir` and start its writer thread.
-    pub fn open(dir: &Path) -> Result<Journal, JournalError> {
+    pub fn open(dir: &Path) -> Result<SettlementJournal, JournalError> {
         let path = dir.join(JOURNAL_FILE);
         let io = |source| JournalError::Io {
             path: path.clone(),
@@ -101,7 +101,7 @@ impl Journal {
             .name("fanout-items-journal".to_owned())
             .spawn(move || write_loop(file, rx))
             .map_err(io)?;
-        Ok(Journal { tx, path })
+        Ok(SettlementJournal { tx, path })
     }
 
     /// Append `settlement` and wait until it is on disk.
@@ -212,7 +212,7 @@ mod tests {
     #[tokio::test]
     async fn settlements_round_trip_and_a_torn_line_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(dir.path()).unwrap();
+        let journal = SettlementJournal::open(dir.path()).unwrap();
         let first = Settlement {
             chunk: "chunk-01".into(),
             results: vec![("a".into(), json!({"id": "a"}))],
@@ -232,7 +232,7 @@ mod tests {
             .unwrap();
         assert_eq!(read(dir.path()).unwrap(), vec![first.clone()]);
         // Batch lines and settlement lines are told apart.
-        let journal = Journal::open(dir.path()).unwrap();
+        let journal = SettlementJournal::open(dir.path()).unwrap();
         let batch = SubmittedBatch {
             id: "msgbatch_1".into(),
             custom_ids: vec!["chunk-03".into(), "chunk-04".into()],

@@ -12,15 +12,7 @@ use serde_json::{Value, json};
 
 use super::aggregate::count_by;
 use super::worker::{Accounting, FailureKind};
-
-/// Format of the results file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ResultsFormat {
-    #[default]
-    Jsonl,
-    Csv,
-}
+pub use crate::config::item_output::ResultsFormat;
 
 /// What to write.
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -62,14 +62,16 @@ use super::chunk::{
     Chunk, ChunkError, ChunkId, Decomposition, TokenBudget, decompose_within, estimate_tokens,
 };
 use super::input::{IdSource, InputError, InputProblem, InputSource, Loaded, ProblemKind, load};
-use super::journal::{self, Journal, JournalError, Settlement, SubmittedBatch};
+use super::journal::{
+    self, JournalError, Settlement, SettlementJournal as Journal, SubmittedBatch,
+};
 use super::output::{
     Completion, OutputError, OutputOptions, OutputPaths, Summary, write_atomic, write_outputs,
 };
 use super::worker::{
-    ChunkOutcome, FailedItem, FailureKind, Ledger, LedgerError, OutputSchema, RetryChunk,
-    RetryPolicy, SUBMIT_TOOL, SchemaError, TemplateError, WorkerSpec, build_repair_request,
-    build_request, check_answer,
+    ChunkOutcome, FailedItem, FailureKind, ItemRetries as RetryPolicy, Ledger, LedgerError,
+    OutputSchema, RetryChunk, SUBMIT_TOOL, SchemaError, TemplateError, WorkerSpec,
+    build_repair_request, build_request, check_answer,
 };
 use crate::config::items::{
     ChunkingConfig, Execution, InputFormat, ItemAggregateConfig, ItemIdConfig, ItemsConfig,

@@ -21,161 +21,19 @@ use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::Item;
 use super::chunk::{Chunk, ChunkId};
+pub use crate::config::item_output::{OutputRoute, OutputSchema, SchemaError};
+use crate::config::item_template::render_template;
+pub use crate::config::item_template::{TemplateError, check_template};
 use crate::provider::{
     JsonSchemaFormat, Message, Request, Response, StopReason, ToolChoice, ToolSpec,
 };
 
 /// The tool every worker must call with its records.
 pub const SUBMIT_TOOL: &str = "submit_results";
-
-// ---------------------------------------------------------------------------------------------
-// Output schema
-
-/// The workflow's JSON Schema for one record, compiled, with the `id` property it needs.
-#[derive(Debug)]
-pub struct OutputSchema {
-    record: Value,
-    tool_input: Value,
-    validator: jsonschema::Validator,
-}
-
-/// Why an output schema cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SchemaError {
-    #[error(
-        "the output schema must describe a JSON object (`\"type\": \"object\"`), found {found}"
-    )]
-    NotAnObject { found: String },
-    #[error("the output schema's `id` property must allow a string")]
-    IdNotString,
-    #[error("the output schema is not a valid JSON Schema: {message}")]
-    Invalid { message: String },
-}
-
-impl OutputSchema {
-    /// Compile `schema` (a record's schema). An `id` property (string) is added when absent and
-    /// made required, since every record is matched to its item by id.
-    pub fn new(schema: Value) -> Result<OutputSchema, SchemaError> {
-        let Value::Object(mut object) = schema else {
-            return Err(SchemaError::NotAnObject {
-                found: crate::provider::http::cut(&schema.to_string(), 60),
-            });
-        };
-        match object.get("type") {
-            None => {
-                object.insert("type".into(), json!("object"));
-            }
-            Some(Value::String(kind)) if kind == "object" => {}
-            Some(other) => {
-                return Err(SchemaError::NotAnObject {
-                    found: format!("type {other}"),
-                });
-            }
-        }
-        let properties = object
-            .entry("properties")
-            .or_insert_with(|| Value::Object(Map::new()));
-        let Some(properties) = properties.as_object_mut() else {
-            return Err(SchemaError::Invalid {
-                message: "`properties` is not an object".into(),
-            });
-        };
-        match properties.get("id") {
-            None => {
-                properties.insert(
-                    "id".into(),
-                    json!({"type": "string", "description": "The item's id, exactly as given."}),
-                );
-            }
-            Some(id) => {
-                let allows_string = match &id["type"] {
-                    Value::Null => true,
-                    Value::String(kind) => kind == "string",
-                    Value::Array(kinds) => kinds.iter().any(|k| k == "string"),
-                    _ => false,
-                };
-                if !allows_string {
-                    return Err(SchemaError::IdNotString);
-                }
-            }
-        }
-        let required = object
-            .entry("required")
-            .or_insert_with(|| Value::Array(Vec::new()));
-        let Some(required) = required.as_array_mut() else {
-            return Err(SchemaError::Invalid {
-                message: "`required` is not an array".into(),
-            });
-        };
-        if !required.iter().any(|name| name == "id") {
-            required.insert(0, json!("id"));
-        }
-        let record = Value::Object(object);
-        let validator =
-            jsonschema::validator_for(&record).map_err(|error| SchemaError::Invalid {
-                message: error.to_string(),
-            })?;
-        // `$schema` belongs at a document's root, not inside the tool's schema.
-        let mut tool_record = record.clone();
-        if let Some(object) = tool_record.as_object_mut() {
-            object.remove("$schema");
-        }
-        let tool_input = json!({
-            "type": "object",
-            "properties": {
-                "results": {
-                    "type": "array",
-                    "description": "One record per item, each with the item's id.",
-                    "items": tool_record,
-                }
-            },
-            "required": ["results"],
-        });
-        Ok(OutputSchema {
-            record,
-            tool_input,
-            validator,
-        })
-    }
-
-    /// The record schema as sent (with `id`).
-    pub fn record_schema(&self) -> &Value {
-        &self.record
-    }
-
-    /// The input schema of [`SUBMIT_TOOL`].
-    pub fn tool_input_schema(&self) -> &Value {
-        &self.tool_input
-    }
-
-    /// The schema errors of `record`, each as `path: message` (empty when valid).
-    pub fn errors(&self, record: &Value) -> Vec<String> {
-        self.validator
-            .iter_errors(record)
-            .map(|error| {
-                let path = error.instance_path().to_string();
-                if path.is_empty() {
-                    error.to_string()
-                } else {
-                    format!("{path}: {error}")
-                }
-            })
-            .collect()
-    }
-
-    /// The property names in schema order (for CSV columns), `id` first.
-    pub fn property_names(&self) -> Vec<String> {
-        let mut names = vec!["id".to_owned()];
-        if let Some(properties) = self.record["properties"].as_object() {
-            names.extend(properties.keys().filter(|k| *k != "id").cloned());
-        }
-        names
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Prompt
@@ -195,18 +53,6 @@ determined from the item, use null where the schema allows it.
 const SYSTEM: &str = "You are one worker in a batch job. You see only the items given to you \
 and answer only in the form you are asked for.";
 
-/// How a worker hands back its records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OutputRoute {
-    /// A forced call of [`SUBMIT_TOOL`] (works with every provider that has tools).
-    #[default]
-    Tool,
-    /// The provider's structured-output format (`output_config.format` /
-    /// `response_format`): the reply text is `{"results": [...]}`.
-    JsonSchema,
-}
-
 /// What a worker is asked to do, shared by every chunk of a job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerSpec {
@@ -218,70 +64,6 @@ pub struct WorkerSpec {
     pub template: Option<String>,
     pub temperature: Option<f32>,
     pub output: OutputRoute,
-}
-
-/// A prompt template that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TemplateError {
-    #[error(
-        "unknown placeholder `{{{{{name}}}}}` in the prompt template (known: instructions, items, count, chunk_id, tool, answer_with)"
-    )]
-    Unknown { name: String },
-    #[error("unclosed `{{{{` in the prompt template at byte {at}")]
-    Unclosed { at: usize },
-    #[error(
-        "the prompt template has no `{{{{items}}}}` placeholder, so workers would never see their items"
-    )]
-    NoItems,
-}
-
-/// Check a template before any chunk is sent.
-pub fn check_template(template: &str) -> Result<(), TemplateError> {
-    let mut saw_items = false;
-    render_template(template, &mut |name, _| {
-        saw_items |= name == "items";
-        known(name)
-    })?;
-    if saw_items {
-        Ok(())
-    } else {
-        Err(TemplateError::NoItems)
-    }
-}
-
-fn known(name: &str) -> bool {
-    matches!(
-        name,
-        "instructions" | "items" | "count" | "chunk_id" | "tool" | "answer_with"
-    )
-}
-
-/// Replace each `{{ name }}` by what `value(name, out)` appends to `out`; `false` means an
-/// unknown name.
-fn render_template(
-    template: &str,
-    value: &mut dyn FnMut(&str, &mut String) -> bool,
-) -> Result<String, TemplateError> {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
-            return Err(TemplateError::Unclosed {
-                at: template.len() - rest.len() + start,
-            });
-        };
-        let name = after[..end].trim();
-        if !value(name, &mut out) {
-            return Err(TemplateError::Unknown {
-                name: name.to_owned(),
-            });
-        }
-        rest = &after[end + 2..];
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 /// How one item appears in a prompt: `<item id="…">` + its text (a string value as it is,
@@ -596,16 +378,16 @@ pub fn check_results(chunk: &Chunk, input: &Value, schema: &OutputSchema) -> Chu
 
 /// How many extra attempts an item gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RetryPolicy {
+pub struct ItemRetries {
     /// Times a missing item is re-sent alone.
     pub resends: u32,
     /// Repair attempts for an invalid, duplicated, malformed or failed answer.
     pub repairs: u32,
 }
 
-impl Default for RetryPolicy {
+impl Default for ItemRetries {
     fn default() -> Self {
-        RetryPolicy {
+        ItemRetries {
             resends: 1,
             repairs: 1,
         }
@@ -720,7 +502,7 @@ pub struct RetryPlan {
 pub fn plan_retry(
     outcome: &ChunkOutcome,
     used: impl Fn(&str) -> Attempts,
-    policy: &RetryPolicy,
+    policy: &ItemRetries,
 ) -> RetryPlan {
     let mut plan = RetryPlan {
         accept: outcome.accepted.clone(),
@@ -844,11 +626,11 @@ pub struct Accounting {
 pub struct Ledger {
     entries: Vec<Entry>,
     index: HashMap<String, usize>,
-    policy: RetryPolicy,
+    policy: ItemRetries,
 }
 
 impl Ledger {
-    pub fn new(items: &[Item], policy: RetryPolicy) -> Result<Ledger, LedgerError> {
+    pub fn new(items: &[Item], policy: ItemRetries) -> Result<Ledger, LedgerError> {
         let mut index = HashMap::with_capacity(items.len());
         for (position, item) in items.iter().enumerate() {
             if index.insert(item.id.clone(), position).is_some() {

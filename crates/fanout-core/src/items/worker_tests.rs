@@ -292,7 +292,7 @@ fn plan_retry_resends_missing_alone_and_repairs_once() {
         invalid: vec![("D".into(), vec!["/category: bad".into()])],
         ..ChunkOutcome::default()
     };
-    let policy = RetryPolicy::default();
+    let policy = ItemRetries::default();
     let fresh = plan_retry(&outcome, |_| Attempts::default(), &policy);
     assert_eq!(fresh.accept.len(), 1);
     assert_eq!(fresh.resend_alone, ["B"]);
@@ -322,7 +322,7 @@ fn plan_retry_resends_missing_alone_and_repairs_once() {
 #[test]
 fn ledger_builds_retry_chunks_and_keeps_first_settlement() {
     let input = items(4);
-    let mut ledger = Ledger::new(&input, RetryPolicy::default()).unwrap();
+    let mut ledger = Ledger::new(&input, ItemRetries::default()).unwrap();
     let chunk = Chunk::new(ChunkId::numbered(7, 9), input.clone());
     ledger.sent(&chunk).unwrap();
     let outcome = ChunkOutcome {
@@ -421,7 +421,7 @@ struct Script<'a> {
 /// Returns the accounting and the number of calls made.
 fn run_job(input: &[Item], chunk_size: usize, script: &mut Script<'_>) -> (Accounting, usize) {
     let schema = schema();
-    let policy = RetryPolicy::default();
+    let policy = ItemRetries::default();
     let mut ledger = Ledger::new(input, policy).unwrap();
     let mut queue: Vec<(Chunk, u32)> = decompose(input, &Decomposition::Fixed { size: chunk_size })
         .unwrap()
@@ -576,7 +576,7 @@ fn random_answers_over_many_chunks_are_accounted_once() {
 fn resume_sends_only_what_is_still_pending() {
     let input = items(6);
     let chunks = decompose(&input, &Decomposition::Fixed { size: 3 }).unwrap();
-    let mut ledger = Ledger::new(&input, RetryPolicy::default()).unwrap();
+    let mut ledger = Ledger::new(&input, ItemRetries::default()).unwrap();
     // From the run store: chunk 1 completed, one item of chunk 2 completed, one failed.
     for id in ["T-1", "T-2", "T-3", "T-5"] {
         ledger.restore_result(id, record(id)).unwrap();

@@ -1,13 +1,13 @@
 //! The live-run precondition: the repository is under git and the paths the plan would touch
 //! have no uncommitted changes, so every change an agent makes can be told apart and undone.
 //!
-//! Runs the hardened host-side `git` ([`crate::run::git::hardened`]: no fsmonitor, hooks,
+//! Runs the hardened host-side `git` ([`crate::git::hardened`]: no fsmonitor, hooks,
 //! pager or external diff from the repository's config) (status with `-z`, untracked files included, our `.fanout/` excluded). Changes
 //! outside every agent's scope do not block a run.
 
 use std::path::{Path, PathBuf};
 
-use crate::run::git::hardened;
+use crate::git::hardened;
 
 /// Why a live run may not start.
 #[derive(Debug, thiserror::Error)]

@@ -19,6 +19,8 @@ use super::headers;
 use super::send_window::{Place, SendWindow, SendWindowConfig};
 use super::sse::{SseEvent, SseParser};
 use super::types::{ContentBlock, RateLimitSnapshot, Response, StopReason, Usage};
+/// Kept here for the callers that name it `provider::http::cut`.
+pub use crate::text::cut;
 
 /// The header carrying the retry count; the official SDKs and our simulator use this name.
 pub const RETRY_COUNT_HEADER: &str = "x-stainless-retry-count";
@@ -558,18 +560,6 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-/// `text` cut to at most `max` bytes on a character boundary, marked when cut.
-pub fn cut(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes in all)", &text[..end], text.len())
 }
 
 /// Describe a JSON parse failure: truncated or invalid, and where.

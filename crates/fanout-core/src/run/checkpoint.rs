@@ -7,7 +7,7 @@
 //!
 //! 1. list paths with `git ls-files` (read-only, `--no-optional-locks`), minus `.fanout/`;
 //! 2. hash file contents into the object database with `git hash-object -w --no-filters`
-//!    (exact bytes: no clean filter, no end-of-line conversion — see [`super::git`]);
+//!    (exact bytes: no clean filter, no end-of-line conversion — see [`crate::git`]);
 //! 3. stage them in a private index (`GIT_INDEX_FILE=.fanout/tmp/index-…`) with
 //!    `git update-index --index-info`, then `git write-tree`;
 //! 4. `git commit-tree` with the previous checkpoint as parent (for checkpoint 0, the run's
@@ -37,9 +37,9 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::git::{Git, GitError};
 use super::preimage::{self, Entry as PreimageEntry, Preimage};
 use crate::config::Rollback;
+use crate::git::{Git, GitError};
 use crate::policy::PathSet;
 use crate::store::{CheckpointRecord, Store, StoreError};
 
@@ -665,7 +665,7 @@ fn as_before(
     Ok(())
 }
 
-/// `git commit-tree` (never signed; identity from [`super::git`]).
+/// `git commit-tree` (never signed; identity from [`crate::git`]).
 pub(crate) fn commit_tree(
     git: &Git,
     tree: &str,

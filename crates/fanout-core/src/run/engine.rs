@@ -29,9 +29,7 @@ use futures_util::FutureExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{
-    AgentConfig, AgentOutcome, AgentStatus as LoopStatus, CallHook, CallUsage, run_agent_gated,
-};
+use crate::agent::{AgentConfig, AgentOutcome, CallHook, CallUsage, LoopStatus, run_agent_gated};
 use crate::config::{Config, Mode};
 use crate::fleet::Fleet;
 use crate::plan::{Plan, Subtask};

@@ -5,8 +5,6 @@
 //! - [`engine`]: one live run (or resume) of a reviewed plan, start to summary.
 //! - [`lock`]: [`RepoLock`](lock::RepoLock), one live run per repository at a time (an OS
 //!   lock that a `kill -9` releases), required by the engine.
-//! - [`git`]: a hardened `git` command builder; no repository-controlled program runs
-//!   (hooks, fsmonitor, filters, pagers, editors, credential helpers, gpg, transports).
 //! - [`checkpoint`]: [`Checkpointer`] commits the whole working tree to
 //!   `refs/fanout/<run_id>/checkpoints/<n>` without touching HEAD, the branch or the index;
 //!   [`CheckpointPolicy`] says when.
@@ -20,14 +18,14 @@
 //! - [`preimage`]: durable pre-images of each agent's write scope, so `fanout resume` can
 //!   roll back agents that were in flight when the process died.
 //!
-//! The git layer blocks on child processes; call it from `spawn_blocking` in async code
-//! ([`Checkpointer::checkpoint`] does so itself).
+//! Git itself is [`crate::git`], a layer below (planning uses it too). It blocks on child
+//! processes; call it from `spawn_blocking` in async code ([`Checkpointer::checkpoint`] does so
+//! itself).
 
 pub mod checkpoint;
 pub mod checkpoint_worker;
 pub mod durable;
 pub mod engine;
-pub mod git;
 pub mod launch;
 pub mod lock;
 pub mod preimage;
@@ -35,5 +33,9 @@ pub mod rollback;
 pub mod scheduler;
 
 pub use checkpoint::{CheckpointError, CheckpointId, CheckpointPolicy, Checkpointer};
-pub use git::{Git, GitError};
 pub use rollback::{RollbackError, RollbackOptions, RollbackReport, rollback};
+
+/// `crate::run::git` as it was before git moved to [`crate::git`]: only for `engine.rs`, which
+/// still names it by that path and is being split elsewhere. Crate-private; drop it once the
+/// engine says `crate::git`.
+pub(crate) use crate::git;

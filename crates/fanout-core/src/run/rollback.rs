@@ -34,7 +34,7 @@ use super::checkpoint::{
     CheckpointError, MODE_EXECUTABLE, MODE_GITLINK, MODE_SYMLINK, TreeEntry, commit_tree,
     latest_ref, list_checkpoints, read_tree, run_ref_prefix, snapshot, validate_run_id,
 };
-use super::git::{Git, GitError};
+use crate::git::{Git, GitError};
 
 /// What to roll back to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

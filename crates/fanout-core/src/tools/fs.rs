@@ -74,7 +74,7 @@ impl FsError {
     }
 }
 
-/// A file's state before a change: what [`crate::agent::Journal`] keeps to undo it.
+/// A file's state before a change: what [`super::journal::Journal`] keeps to undo it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileState {
     Absent,

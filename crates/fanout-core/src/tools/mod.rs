@@ -6,10 +6,13 @@
 //! fails: a refused or failed call comes back as an error [`ToolOutput`] whose text says why,
 //! so the model can adapt, and every refusal is recorded as a [`Denial`].
 //!
-//! Start with [`Toolbox::new`] and [`Toolbox::call`]; [`fs`] has the path rules and
-//! [`shell`] the command-line rules.
+//! Start with [`Toolbox::new`] and [`Toolbox::call`]; [`fs`] has the path rules,
+//! [`shell`] the command-line rules, [`journal`] the undo journal and [`receipts`] the record
+//! of what the agent did.
 
 pub mod fs;
+pub mod journal;
+pub mod receipts;
 pub mod shell;
 
 use std::collections::BTreeSet;
@@ -22,14 +25,12 @@ use regex::RegexBuilder;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::agent::{
-    CallOutcome, CommandReceipt, Denial, Journal, MAX_CALL_PATHS, Receipts, ToolCallReceipt,
-    UndoReport,
-};
 use crate::policy::{DenyReason, ScopePolicy, is_secret_name};
 use crate::provider::ToolSpec;
 use crate::sandbox::{ChangeKind, Sandbox, SandboxConfig, SandboxError, WriteGrants};
 use fs::{FileState, FsError, ScopedFs};
+use journal::{Journal, UndoReport};
+use receipts::{CallOutcome, CommandReceipt, Denial, MAX_CALL_PATHS, Receipts, ToolCallReceipt};
 
 /// Size limits of the file tools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fanout_core::agent::{AgentConfig, AgentOutcome, AgentStatus, run_agent};
+use fanout_core::agent::{AgentConfig, AgentOutcome, LoopStatus, run_agent};
 use fanout_core::fleet::Fleet;
 use fanout_core::governor::{Governor, GovernorConfig};
 use fanout_core::policy::{AgentSpec, DenyReason, PathSet};
@@ -1620,7 +1620,7 @@ async fn run_case(case: &Case, canary: &mut Canary, victim: u32, env_names: &[St
     }
 
     // The run reached its report: every hostile turn was executed.
-    if outcome.status != AgentStatus::Success || outcome.turns != case.turns.len() as u64 + 1 {
+    if outcome.status != LoopStatus::Success || outcome.turns != case.turns.len() as u64 + 1 {
         failures.push(format!(
             "the agent did not run every turn: {:?} after {} turns",
             outcome.status, outcome.turns

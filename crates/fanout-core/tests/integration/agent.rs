@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fanout_core::agent::{AgentConfig, AgentStatus, run_agent};
+use fanout_core::agent::{AgentConfig, LoopStatus, run_agent};
 use fanout_core::fleet::Fleet;
 use fanout_core::governor::{Governor, GovernorConfig};
 use fanout_core::policy::AgentSpec;
@@ -93,7 +93,7 @@ async fn scripted_agent_reads_edits_diffs_and_reports_with_matching_receipts() {
         &CancellationToken::new(),
     )
     .await;
-    assert_eq!(outcome.status, AgentStatus::Success, "{outcome:#?}");
+    assert_eq!(outcome.status, LoopStatus::Success, "{outcome:#?}");
     assert!(outcome.flags.is_empty(), "{:?}", outcome.flags);
     assert_eq!(outcome.turns, 4);
     let receipts = &outcome.receipts;
@@ -149,7 +149,7 @@ async fn an_agent_looping_on_tool_calls_hits_the_turn_limit() {
         &CancellationToken::new(),
     )
     .await;
-    assert_eq!(outcome.status, AgentStatus::TurnLimit);
+    assert_eq!(outcome.status, LoopStatus::TurnLimit);
     assert_eq!(outcome.turns, 5);
     assert_eq!(outcome.receipts.tool_calls, 5);
     // The last turn forced the report tool.
@@ -174,7 +174,7 @@ async fn the_token_limit_stops_an_agent() {
         &CancellationToken::new(),
     )
     .await;
-    assert_eq!(outcome.status, AgentStatus::TokenLimit, "{outcome:#?}");
+    assert_eq!(outcome.status, LoopStatus::TokenLimit, "{outcome:#?}");
     assert!(outcome.turns < 10);
     assert!(outcome.input_tokens + outcome.output_tokens >= 2_000);
 }
@@ -198,7 +198,7 @@ async fn the_wall_time_limit_stops_an_agent() {
         &CancellationToken::new(),
     )
     .await;
-    assert_eq!(outcome.status, AgentStatus::TimeLimit);
+    assert_eq!(outcome.status, LoopStatus::TimeLimit);
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
@@ -218,7 +218,7 @@ async fn claims_that_disagree_with_receipts_are_flagged() {
         &CancellationToken::new(),
     )
     .await;
-    assert_eq!(outcome.status, AgentStatus::Success);
+    assert_eq!(outcome.status, LoopStatus::Success);
     assert!(
         outcome.flags.iter().any(|f| f.contains("zero tool calls")),
         "{:?}",
@@ -251,7 +251,7 @@ rules:
         &CancellationToken::new(),
     )
     .await;
-    assert_eq!(outcome.status, AgentStatus::Success, "{outcome:#?}");
+    assert_eq!(outcome.status, LoopStatus::Success, "{outcome:#?}");
     let second = sim.exchanges()[1].request.to_string();
     assert!(second.contains("does not match the schema"), "{second}");
 
@@ -265,7 +265,7 @@ rules:
         &CancellationToken::new(),
     )
     .await;
-    assert_eq!(outcome.status, AgentStatus::InvalidResult);
+    assert_eq!(outcome.status, LoopStatus::InvalidResult);
 }
 
 async fn sim_invalid_twice() -> SimHandle {
@@ -311,7 +311,7 @@ async fn a_hostile_model_cannot_leave_its_scope() {
         &CancellationToken::new(),
     )
     .await;
-    assert_eq!(outcome.status, AgentStatus::Success);
+    assert_eq!(outcome.status, LoopStatus::Success);
     fixture.assert_no_escape();
     assert!(!std::path::Path::new("/tmp/fanout-agent-escape").exists());
     assert!(!fixture.outside.join("x").exists());
@@ -395,7 +395,7 @@ async fn tool_calls_wait_for_the_start_gate_and_never_run_when_it_fails() {
     );
     open.send(Ok(())).unwrap();
     let outcome = agent.await;
-    assert_eq!(outcome.status, AgentStatus::Success, "{outcome:#?}");
+    assert_eq!(outcome.status, LoopStatus::Success, "{outcome:#?}");
     assert_eq!(
         std::fs::read_to_string(fixture.root.join("src/a.rs")).unwrap(),
         "fn alpha() {}\n"
@@ -418,7 +418,7 @@ async fn tool_calls_wait_for_the_start_gate_and_never_run_when_it_fails() {
     .await;
     assert_eq!(
         outcome.status,
-        AgentStatus::StartFailed("run store: disk full".into())
+        LoopStatus::StartFailed("run store: disk full".into())
     );
     assert!(outcome.receipts.tools_called.is_empty());
     assert_eq!(sim.exchanges().len(), 1);

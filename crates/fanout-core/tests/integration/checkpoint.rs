@@ -440,7 +440,7 @@ fn a_checkpoint_shows_a_running_agents_scope_as_its_preimage() {
     let base = checkpoints.checkpoint_blocking("base").unwrap();
     // Changed after the base, before the agent starts: not a base blob.
     write(repo, "scope/two.txt", "two, edited by an earlier agent\n");
-    let git_handle = fanout_core::run::Git::open(repo).unwrap();
+    let git_handle = fanout_core::git::Git::open(repo).unwrap();
     let base_blobs = BaseBlobs::load(&git_handle, &base.tree).unwrap();
     let (taken, _) = preimage::prepare(
         repo,

@@ -13,7 +13,7 @@ use fanout_core::items::chunk::{Chunk, ChunkId, Decomposition, TokenBudget, deco
 use fanout_core::items::input::{IdSource, InputSource, load};
 use fanout_core::items::output::{Completion, OutputOptions, write_outputs};
 use fanout_core::items::worker::{
-    Accounting, ChunkOutcome, FailureKind, Ledger, OutputRoute, OutputSchema, RetryPolicy,
+    Accounting, ChunkOutcome, FailureKind, ItemRetries, Ledger, OutputRoute, OutputSchema,
     WorkerSpec, build_repair_request, build_request, check_answer,
 };
 use fanout_core::provider::anthropic::{AnthropicConfig, AnthropicProvider};
@@ -199,7 +199,7 @@ async fn send_round(
 /// The engine's loop in miniature: rounds of chunks until the ledger settles everything.
 async fn run_job(mode: Mode<'_>, items: &[Item], chunks: Vec<Chunk>) -> (Accounting, u32) {
     let schema = schema();
-    let mut ledger = Ledger::new(items, RetryPolicy::default()).unwrap();
+    let mut ledger = Ledger::new(items, ItemRetries::default()).unwrap();
     let mut queue: Vec<(Chunk, Vec<String>)> = chunks.into_iter().map(|c| (c, vec![])).collect();
     let mut round = 0;
     while !queue.is_empty() {

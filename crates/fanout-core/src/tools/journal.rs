@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::tools::fs::{FileState, FsError, ScopedFs};
+use super::fs::{FileState, FsError, ScopedFs};
 
 /// One journalled path.
 #[derive(Debug, Clone, PartialEq, Eq)]
