@@ -289,6 +289,12 @@ pub fn render(outcome: &RunOutcome, estimated: Duration, followup: &Followup) ->
     if let Some(path) = &outcome.summary_path {
         out.push_str(&format!("Summary: {}\n", path.display()));
     }
+    if let Some(problem) = &outcome.summary_problem {
+        out.push_str(&format!(
+            "Summary files not written ({problem}); `fanout show {}` has the run\n",
+            outcome.run_id
+        ));
+    }
     if matches!(
         outcome.status,
         fanout_core::store::RunStatus::Cancelled | fanout_core::store::RunStatus::Running

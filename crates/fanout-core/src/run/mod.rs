@@ -34,8 +34,3 @@ pub mod scheduler;
 
 pub use checkpoint::{CheckpointError, CheckpointId, CheckpointPolicy, Checkpointer};
 pub use rollback::{RollbackError, RollbackOptions, RollbackReport, rollback};
-
-/// `crate::run::git` as it was before git moved to [`crate::git`]: only for `engine.rs`, which
-/// still names it by that path and is being split elsewhere. Crate-private; drop it once the
-/// engine says `crate::git`.
-pub(crate) use crate::git;

@@ -1,0 +1,115 @@
+//! What an agent's attempts leave on record: the run's per-agent records the scheduler's
+//! events are enriched with, and the store's `model_call` events, `denials` and `tool_calls`
+//! rows.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::{AgentRecord, Shared};
+use crate::agent::{AgentOutcome, CallHook, CallUsage};
+use crate::config::Mode;
+use crate::retry::lock;
+use crate::store::{AgentStatus, DenialRecord, EventRecord, ToolCallRecord};
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn record(
+    shared: &Shared,
+    agent_id: &str,
+    status: AgentStatus,
+    mode: Mode,
+    tokens: u64,
+    dollars: f64,
+    escalated: bool,
+) {
+    lock(&shared.records).insert(
+        agent_id.to_string(),
+        AgentRecord {
+            status,
+            mode,
+            tokens,
+            dollars,
+            escalated,
+        },
+    );
+}
+
+/// Records each model call's usage as a `model_call` event, so an attempt a crash cuts short
+/// still counts what it spent when the run is resumed.
+pub(super) fn usage_recorder(
+    shared: &Arc<Shared>,
+    agent_id: &str,
+    attempt: u32,
+    mode: Mode,
+) -> CallHook {
+    let store = shared.store.clone();
+    let run_id = shared.inputs.run_id.clone();
+    let agent_id = agent_id.to_owned();
+    CallHook(Arc::new(move |usage: &CallUsage| {
+        store.event_now(EventRecord {
+            run_id: run_id.clone(),
+            agent_id: Some(agent_id.clone()),
+            kind: "model_call".into(),
+            payload: serde_json::json!({
+                "attempt": attempt,
+                "turn": usage.turn,
+                "mode": mode,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "dollars": usage.dollars,
+            }),
+            at: SystemTime::now(),
+        });
+    }))
+}
+
+pub(super) fn record_denials(shared: &Shared, outcome: &AgentOutcome, attempt: u32) {
+    if !outcome.receipts.denials.is_empty() {
+        *lock(&shared.denials)
+            .entry(outcome.agent_id.clone())
+            .or_default() += outcome.receipts.denials.len();
+    }
+    for denial in &outcome.receipts.denials {
+        let record = DenialRecord {
+            run_id: shared.inputs.run_id.clone(),
+            agent_id: denial.agent_id.clone(),
+            attempt,
+            tool: denial.tool.clone(),
+            target: Some(denial.target.clone()),
+            reason: denial.reason.to_string(),
+            at: SystemTime::now(),
+        };
+        let store = shared.store.clone();
+        tokio::spawn(async move {
+            let _ = store.denial(record).await;
+        });
+    }
+}
+
+/// One `tool_calls` row per call of the attempt, queued on the store's writer (committed with
+/// the attempt's end row or before it).
+pub(super) async fn record_tool_calls(
+    shared: &Shared,
+    agent_id: &str,
+    outcome: &AgentOutcome,
+    attempt: u32,
+) {
+    for call in &outcome.receipts.calls {
+        let record = ToolCallRecord {
+            run_id: shared.inputs.run_id.clone(),
+            agent_id: agent_id.to_owned(),
+            attempt,
+            seq: call.seq,
+            tool: call.tool.clone(),
+            target: call.target.clone(),
+            ok: call.outcome == crate::agent::CallOutcome::Ok,
+            outcome: Some(call.outcome.as_str().to_owned()),
+            error: call.error.clone(),
+            started_at: call.started_at,
+            ended_at: Some(call.started_at + Duration::from_millis(call.duration_ms)),
+            duration_ms: Some(call.duration_ms),
+            bytes: Some(call.bytes),
+            paths: call.paths.clone(),
+        };
+        let _ = shared.store.tool_call(record).await;
+    }
+}
