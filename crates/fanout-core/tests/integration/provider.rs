@@ -11,22 +11,10 @@ use fanout_core::provider::{
     Attempt, ContentBlock, ErrorClass, JsonSchemaFormat, Message, Provider, ProviderError, Request,
     Response, Role, StopReason, ToolChoice, ToolSpec,
 };
-use fanout_sim::{Exchange, Faults, Scenario, Sim, SimConfig, SimHandle};
+use fanout_sim::{Exchange, Faults, Scenario, SimConfig, SimHandle};
 use serde_json::{Value, json};
 
-async fn start(config: SimConfig) -> SimHandle {
-    Sim::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
-}
-
-async fn start_with(yaml: &str) -> SimHandle {
-    start(SimConfig {
-        scenario: Some(Scenario::from_yaml(yaml, "test.yaml").unwrap()),
-        ..SimConfig::default()
-    })
-    .await
-}
+use crate::support::{scenario_sim, start_sim};
 
 fn http() -> HttpConfig {
     HttpConfig {
@@ -158,7 +146,7 @@ fn malformed_what(error: ProviderError) -> String {
 
 #[tokio::test]
 async fn a_plain_message_is_the_same_streamed_or_not() {
-    let sim = start(SimConfig {
+    let sim = start_sim(SimConfig {
         rpm: Some(1000),
         itpm: Some(100_000),
         otpm: Some(100_000),
@@ -205,7 +193,7 @@ async fn a_plain_message_is_the_same_streamed_or_not() {
 
 #[tokio::test]
 async fn a_forced_tool_call_comes_back_as_tool_use() {
-    let sim = start(SimConfig::default()).await;
+    let sim = start_sim(SimConfig::default()).await;
     let mut request = with_tools(hello());
     request.tool_choice = Some(ToolChoice::Tool {
         name: "submit".into(),
@@ -233,7 +221,7 @@ async fn a_forced_tool_call_comes_back_as_tool_use() {
 #[tokio::test]
 async fn a_tool_round_trip_is_accepted_by_both_apis() {
     // The simulator validates tool_use / tool_result pairing like the real APIs.
-    let sim = start(SimConfig::default()).await;
+    let sim = start_sim(SimConfig::default()).await;
     let mut request = with_tools(hello());
     request.messages = vec![
         Message::user("read a.txt and b.txt"),
@@ -287,7 +275,7 @@ async fn a_tool_round_trip_is_accepted_by_both_apis() {
 
 #[tokio::test]
 async fn count_tokens_matches_what_the_server_counts() {
-    let sim = start(SimConfig::default()).await;
+    let sim = start_sim(SimConfig::default()).await;
     let anthropic = anthropic_with_key(&sim, "test-key");
     let request = with_tools(hello());
     let counted = anthropic.count_tokens(&request).await.unwrap().unwrap();
@@ -308,7 +296,7 @@ async fn count_tokens_matches_what_the_server_counts() {
 
 #[tokio::test]
 async fn anthropic_sends_the_headers_and_body_we_expect() {
-    let sim = start(SimConfig::default()).await;
+    let sim = start_sim(SimConfig::default()).await;
     let anthropic = anthropic_with_key(&sim, "test-key");
     let mut request = with_tools(hello());
     request.tool_choice = Some(ToolChoice::Auto);
@@ -348,7 +336,7 @@ async fn anthropic_sends_the_headers_and_body_we_expect() {
 /// answers overlap (held until the answer, they would take 3.6 s in a row).
 #[tokio::test]
 async fn the_send_window_orders_requests_and_frees_a_place_once_the_body_is_sent() {
-    let sim = start(SimConfig {
+    let sim = start_sim(SimConfig {
         latency: Duration::from_millis(300),
         ..SimConfig::default()
     })
@@ -399,7 +387,7 @@ async fn the_send_window_orders_requests_and_frees_a_place_once_the_body_is_sent
 
 #[tokio::test]
 async fn openai_sends_the_headers_and_body_we_expect() {
-    let sim = start(SimConfig::default()).await;
+    let sim = start_sim(SimConfig::default()).await;
     let openai = openai_with_key(&sim, "test-key");
     let mut request = with_tools(hello());
     request.tool_choice = Some(ToolChoice::Any);
@@ -435,7 +423,7 @@ async fn openai_sends_the_headers_and_body_we_expect() {
 
 #[tokio::test]
 async fn structured_output_comes_back_as_schema_shaped_json_text() {
-    let sim = start(SimConfig::default()).await;
+    let sim = start_sim(SimConfig::default()).await;
     let mut request = hello();
     request.response_format = Some(JsonSchemaFormat {
         name: "result".into(),
@@ -463,7 +451,7 @@ async fn structured_output_comes_back_as_schema_shaped_json_text() {
 
 #[tokio::test]
 async fn a_429_carries_status_type_retry_after_and_request_id() {
-    let sim = start_with(
+    let sim = scenario_sim(
         r#"
 rules:
   - match: {endpoint: messages}
@@ -511,7 +499,7 @@ rules:
 
 #[tokio::test]
 async fn a_real_rate_limit_429_from_the_simulator() {
-    let sim = start(SimConfig {
+    let sim = start_sim(SimConfig {
         rpm: Some(1),
         ..SimConfig::default()
     })
@@ -539,7 +527,7 @@ async fn a_real_rate_limit_429_from_the_simulator() {
 
 #[tokio::test]
 async fn client_errors_are_fatal_and_server_errors_transient() {
-    let sim = start_with(
+    let sim = scenario_sim(
         r#"
 rules:
   - match: {last_user: "bad request"}
@@ -577,7 +565,7 @@ rules:
 
 #[tokio::test]
 async fn a_missing_key_is_a_fatal_authentication_error() {
-    let sim = start(SimConfig::default()).await;
+    let sim = start_sim(SimConfig::default()).await;
     let openai = openai_with_key(&sim, "");
     let error = openai
         .send(&hello(), Attempt::default(), false)
@@ -591,7 +579,7 @@ async fn a_missing_key_is_a_fatal_authentication_error() {
 
 #[tokio::test]
 async fn a_server_without_auth_needs_no_key() {
-    let sim = start(SimConfig {
+    let sim = start_sim(SimConfig {
         require_auth: false,
         ..SimConfig::default()
     })
@@ -619,7 +607,7 @@ fn broken_first(kind: &str) -> String {
 
 #[tokio::test]
 async fn a_truncated_body_is_malformed_truncated_json() {
-    let sim = start_with(&broken_first("truncated")).await;
+    let sim = scenario_sim(&broken_first("truncated")).await;
     for provider in providers(&sim) {
         let error = provider
             .send(&hello(), Attempt::default(), false)
@@ -647,7 +635,7 @@ async fn a_truncated_body_is_malformed_truncated_json() {
 
 #[tokio::test]
 async fn a_garbage_body_is_malformed_invalid_json() {
-    let sim = start_with(&broken_first("garbage")).await;
+    let sim = scenario_sim(&broken_first("garbage")).await;
     for provider in providers(&sim) {
         let what = malformed_what(
             provider
@@ -670,7 +658,7 @@ async fn a_garbage_body_is_malformed_invalid_json() {
 // clock jump straight to the client's idle timeout (a spurious `Timeout` on a loaded machine).
 #[tokio::test]
 async fn a_cut_stream_is_malformed() {
-    let sim = start(SimConfig {
+    let sim = start_sim(SimConfig {
         latency: Duration::from_millis(50),
         per_output_token: Duration::from_millis(1),
         scenario: Some(Scenario::from_yaml(&broken_first("cut_stream"), "test.yaml").unwrap()),
@@ -700,7 +688,7 @@ async fn a_cut_stream_is_malformed() {
 
 #[tokio::test]
 async fn a_garbage_stream_event_is_malformed_naming_the_event() {
-    let sim = start_with(&broken_first("garbage")).await;
+    let sim = scenario_sim(&broken_first("garbage")).await;
     let [anthropic, openai] = providers(&sim);
     let what = malformed_what(
         anthropic
@@ -725,7 +713,7 @@ async fn random_faults_always_give_typed_errors() {
     // Every fault kind, drawn at random over many requests: each answer is a response or a
     // typed error, never a panic or a hang. Real time, for the reason given above
     // `a_cut_stream_is_malformed`.
-    let sim = start(SimConfig {
+    let sim = start_sim(SimConfig {
         latency: Duration::from_millis(10),
         per_output_token: Duration::from_micros(200),
         faults: Faults {
@@ -762,7 +750,7 @@ async fn random_faults_always_give_typed_errors() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hung_request_times_out() {
-    let sim = start(SimConfig {
+    let sim = start_sim(SimConfig {
         faults: Faults {
             hang: 1.0,
             ..Faults::default()
@@ -794,7 +782,7 @@ async fn a_hung_request_times_out() {
 
 #[tokio::test(start_paused = true)]
 async fn a_stream_that_stalls_after_its_headers_times_out() {
-    let sim = start_with("rules:\n  - delay_ms: 60000\n").await;
+    let sim = scenario_sim("rules:\n  - delay_ms: 60000\n").await;
     for provider in providers(&sim) {
         let error = provider
             .send(&hello(), Attempt::default(), true)
