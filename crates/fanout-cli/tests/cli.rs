@@ -2159,3 +2159,6 @@ mod item_inputs;
 
 #[path = "cli/sim_defaults.rs"]
 mod sim_defaults;
+
+#[path = "cli/reports.rs"]
+mod reports;
