@@ -146,7 +146,10 @@ async fn the_token_limit_stops_an_agent() {
     assert!(outcome.input_tokens + outcome.output_tokens >= 2_000);
 }
 
-#[tokio::test]
+/// The wall-time limit ends an agent in the middle of a model call, not when the call answers.
+/// On paused time: the simulator's 5 s delay and the agent's 300 ms limit run on the same
+/// virtual clock, so how loaded the machine is changes nothing.
+#[tokio::test(start_paused = true)]
 async fn the_wall_time_limit_stops_an_agent() {
     let fixture = Fixture::new();
     let sim =
@@ -157,7 +160,7 @@ async fn the_wall_time_limit_stops_an_agent() {
         max_wall_time: Duration::from_millis(300),
         ..config()
     };
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let outcome = run_agent(
         &fleet(&sim),
         &toolbox,
@@ -166,8 +169,17 @@ async fn the_wall_time_limit_stops_an_agent() {
         &CancellationToken::new(),
     )
     .await;
-    assert_eq!(outcome.status, AgentStatus::TimeLimit);
-    assert!(started.elapsed() < Duration::from_secs(3));
+    let elapsed = started.elapsed();
+    assert_eq!(outcome.status, AgentStatus::TimeLimit, "{outcome:#?}");
+    // Stopped during its first call: no answer came, so no token was counted and no tool ran.
+    assert_eq!(outcome.turns, 1);
+    assert_eq!(outcome.output_tokens, 0);
+    assert_eq!(outcome.receipts.tool_calls, 0);
+    // At its limit: an agent that waited for the answer would end 5 s in or later.
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(5),
+        "{elapsed:?}"
+    );
 }
 
 #[tokio::test]

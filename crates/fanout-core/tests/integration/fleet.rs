@@ -299,9 +299,15 @@ rules:
     // Another agent's request sent during the pause would have waited too; after it, none do.
     let mut second = Request::new("claude-sonnet-4-5", 64);
     second.messages.push(Message::user("second"));
-    let again = Instant::now();
-    fleet.call(&second, &cancel).await.unwrap();
-    assert!(again.elapsed() < Duration::from_secs(1));
+    assert_eq!(fleet.governor().snapshot().paused_for, Duration::ZERO);
+    let outcome = fleet.call(&second, &cancel).await.unwrap();
+    assert_eq!(outcome.attempts, 1);
+    assert_eq!(
+        outcome.governor_wait,
+        Duration::ZERO,
+        "the pause outlived its retry-after"
+    );
+    assert_eq!(fleet.stats().rate_limited, 1);
     sim.shutdown().await;
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use fanout_core::policy::{DenyReason, ScopePolicy};
 use fanout_core::sandbox::{self, SandboxConfig};
-use fanout_core::tools::{ToolLimits, ToolOutput, Toolbox};
+use fanout_core::tools::{CommandExit, ToolLimits, ToolOutput, Toolbox};
 use serde_json::{Value, json};
 
 use crate::support::{Fixture, fingerprint, git, walk};
@@ -1238,12 +1238,21 @@ async fn case45_daemonized_children_die_with_the_command() {
             ..SandboxConfig::default()
         },
     );
-    let started = Instant::now();
-    let out = toolbox
-        .exec_argv(&sh("setsid sh -c 'sleep 30; echo late > docs/late.md' & nohup sleep 60 >/dev/null 2>&1 & echo $! > docs/pid; sleep 60"))
+    let run = toolbox
+        .run_command(&sh("setsid sh -c 'sleep 30; echo late > docs/late.md' & nohup sleep 60 >/dev/null 2>&1 & echo $! > docs/pid; sleep 60"))
         .await;
-    assert!(out.content.contains("timed out"), "{out:?}");
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(run.exit, CommandExit::TimedOut, "{run:?}");
+    assert!(run.output.content.contains("timed out"), "{run:?}");
+    // Real processes need real time. The command ran until its 1.5 s timeout, then was killed:
+    // its recorded duration is at least the timeout, plus at most the kill and two 2 s output
+    // drains. Had the engine waited for the `sleep 60` it would be a minute; 30 s (twenty
+    // times the timeout) leaves a loaded machine room and still tells the two apart.
+    let receipt = toolbox.receipts().commands.pop().unwrap();
+    assert!(receipt.timed_out, "{receipt:?}");
+    assert!(
+        (1_500..30_000).contains(&receipt.duration_ms),
+        "{receipt:?}"
+    );
     let pid = std::fs::read_to_string(fixture.root.join("docs/pid")).unwrap();
     // Alive means running; a killed child re-parented to a pid 1 that does not reap stays a
     // zombie, which holds no resources and runs nothing.
@@ -1298,9 +1307,14 @@ async fn case46_fork_bomb_and_memory_bomb_are_contained() {
             ..SandboxConfig::default()
         },
     );
-    let started = Instant::now();
+    // The fork bomb: bash starts it in the background and exits; the pids cgroup caps it and
+    // the engine kills what is left when the command ends.
     toolbox
-        .exec_argv(&["bash".into(), "-c".into(), "f() { f | f & }; f".into()])
+        .exec_argv(&[
+            "bash".into(),
+            "-c".into(),
+            "f() { f | f & }; f # fanout-fork-bomb".into(),
+        ])
         .await;
     let out = toolbox
         .exec_argv(&[
@@ -1310,12 +1324,40 @@ async fn case46_fork_bomb_and_memory_bomb_are_contained() {
         ])
         .await;
     assert!(!out.content.contains("2000000000"), "{out:?}");
-    let out = toolbox.exec_argv(&sh("while :; do :; done")).await;
+    let spin = toolbox.run_command(&sh("while :; do :; done")).await;
     assert!(
-        out.content.contains("signal") || out.content.contains("timed out"),
-        "{out:?}"
+        matches!(spin.exit, CommandExit::TimedOut | CommandExit::Signal(_)),
+        "{spin:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(20));
+    // Real processes need real time. A contained command ends by its 2 s CPU limit or its 3 s
+    // timeout, plus at most two 2 s output drains; 30 s each (ten times the timeout) leaves a
+    // loaded machine room, and only a command the limits failed to stop would get near it.
+    let receipts = toolbox.receipts().commands;
+    assert_eq!(receipts.len(), 3, "{receipts:#?}");
+    for receipt in &receipts {
+        assert!(receipt.duration_ms < 30_000, "{receipt:#?}");
+    }
+    // Nothing of the fork bomb outlives its command (killed processes a non-reaping pid 1
+    // leaves as zombies run nothing). SIGKILLed processes take a moment to exit on a busy
+    // machine: wait for that, up to a minute, rather than judge at once.
+    let bomb_alive = || {
+        let ps = Command::new("sh")
+            .args([
+                "-c",
+                "ps -eo stat,args | grep -v '^Z' | grep -c 'fanout-fork-bom[b]'",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&ps.stdout).trim() != "0"
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while bomb_alive() {
+        assert!(
+            Instant::now() < deadline,
+            "the fork bomb outlived its command"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // The engine is healthy: a plain command still runs.
     let out = toolbox.exec_argv(&sh("echo alive")).await;
     assert!(out.content.contains("alive"), "{out:?}");
