@@ -2160,3 +2160,6 @@ mod item_inputs;
 
 #[path = "cli/sim_defaults.rs"]
 mod sim_defaults;
+
+#[path = "cli/reports.rs"]
+mod reports;

@@ -32,18 +32,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fanout_core::agent::{AgentConfig, AgentOutcome, LoopStatus, run_agent};
-use fanout_core::fleet::Fleet;
-use fanout_core::governor::{Governor, GovernorConfig};
 use fanout_core::policy::{AgentSpec, DenyReason, PathSet};
-use fanout_core::provider::anthropic::{AnthropicConfig, AnthropicProvider};
-use fanout_core::retry::{RetryBudget, RetryBudgetConfig, RetryPolicy};
 use fanout_core::sandbox::{self, ResourceLimits, SandboxConfig};
 use fanout_core::tools::Toolbox;
-use fanout_sim::{Scenario, Sim, SimConfig, SimHandle};
+use fanout_sim::SimHandle;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::security::{Fixture, SECRET, fingerprint, walk};
+use crate::support::{Fixture, SECRET, fingerprint, fleet, scenario_sim, walk};
 
 /// Case numbers a machine is known not to support (comma-separated), accepted as unsupported.
 const UNSUPPORTED_OK_VAR: &str = "FANOUT_ADVERSARIAL_UNSUPPORTED_OK";
@@ -1412,35 +1408,6 @@ impl CaseExt for Case {
 
 // ---- the runner -----------------------------------------------------------------------------
 
-async fn sim(scenario: &Value) -> SimHandle {
-    let yaml = serde_json::to_string(scenario).unwrap();
-    let scenario = Scenario::from_yaml(&yaml, "adversarial.yaml").unwrap();
-    Sim::start(
-        SimConfig {
-            scenario: Some(scenario),
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap()
-}
-
-fn fleet(sim: &SimHandle) -> Fleet {
-    Fleet::new(
-        Arc::new(
-            AnthropicProvider::new(AnthropicConfig {
-                base_url: sim.base_url(),
-                ..AnthropicConfig::new("test-key")
-            })
-            .unwrap(),
-        ),
-        Governor::new(GovernorConfig::default()),
-        RetryPolicy::default(),
-        Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
-    )
-}
-
 fn agent_config() -> AgentConfig {
     AgentConfig {
         model: "claude-sonnet-4-5".into(),
@@ -1568,7 +1535,7 @@ async fn run_case(case: &Case, canary: &mut Canary, victim: u32, env_names: &[St
         ..AgentSpec::default()
     };
     let script = scenario(case, &ctx);
-    let sim = sim(&script).await;
+    let sim = scenario_sim(&serde_json::to_string(&script).unwrap()).await;
 
     let probe_stop = Arc::new(AtomicBool::new(false));
     let probe_hits = Arc::new(AtomicUsize::new(0));

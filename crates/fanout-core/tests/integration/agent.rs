@@ -1,48 +1,15 @@
 //! One sub-agent end to end: the simulator plays the model (scenario scripts), the agent's
 //! tools run for real on a temporary repository, commands in the real kernel sandbox.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use fanout_core::agent::{AgentConfig, LoopStatus, run_agent};
-use fanout_core::fleet::Fleet;
-use fanout_core::governor::{Governor, GovernorConfig};
 use fanout_core::policy::AgentSpec;
-use fanout_core::provider::anthropic::{AnthropicConfig, AnthropicProvider};
-use fanout_core::retry::{RetryBudget, RetryBudgetConfig, RetryPolicy};
 use fanout_core::sandbox::SandboxConfig;
-use fanout_sim::{Scenario, Sim, SimConfig, SimHandle};
+use fanout_sim::SimHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::security::{Fixture, SECRET};
-
-async fn sim(yaml: &str) -> SimHandle {
-    let scenario = Scenario::from_yaml(yaml, "test.yaml").unwrap();
-    Sim::start(
-        SimConfig {
-            scenario: Some(scenario),
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap()
-}
-
-fn fleet(sim: &SimHandle) -> Fleet {
-    Fleet::new(
-        Arc::new(
-            AnthropicProvider::new(AnthropicConfig {
-                base_url: sim.base_url(),
-                ..AnthropicConfig::new("test-key")
-            })
-            .unwrap(),
-        ),
-        Governor::new(GovernorConfig::default()),
-        RetryPolicy::default(),
-        Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
-    )
-}
+use crate::support::{Fixture, SECRET, fleet, scenario_sim};
 
 fn spec() -> AgentSpec {
     AgentSpec {
@@ -83,7 +50,7 @@ rules:
 #[tokio::test]
 async fn scripted_agent_reads_edits_diffs_and_reports_with_matching_receipts() {
     let fixture = Fixture::new();
-    let sim = sim(SCRIPTED).await;
+    let sim = scenario_sim(SCRIPTED).await;
     let toolbox = fixture.toolbox(&["git diff", "git status"]);
     let outcome = run_agent(
         &fleet(&sim),
@@ -135,7 +102,7 @@ async fn scripted_agent_reads_edits_diffs_and_reports_with_matching_receipts() {
 #[tokio::test]
 async fn an_agent_looping_on_tool_calls_hits_the_turn_limit() {
     let fixture = Fixture::new();
-    let sim = sim("rules:\n  - tool_use: {name: list_files, input: {}}\n").await;
+    let sim = scenario_sim("rules:\n  - tool_use: {name: list_files, input: {}}\n").await;
     let toolbox = fixture.toolbox(&[]);
     let config = AgentConfig {
         max_turns: 5,
@@ -160,7 +127,7 @@ async fn an_agent_looping_on_tool_calls_hits_the_turn_limit() {
 #[tokio::test]
 async fn the_token_limit_stops_an_agent() {
     let fixture = Fixture::new();
-    let sim = sim("rules:\n  - tool_use: {name: list_files, input: {}}\n").await;
+    let sim = scenario_sim("rules:\n  - tool_use: {name: list_files, input: {}}\n").await;
     let toolbox = fixture.toolbox(&[]);
     let config = AgentConfig {
         max_tokens: 2_000,
@@ -179,17 +146,21 @@ async fn the_token_limit_stops_an_agent() {
     assert!(outcome.input_tokens + outcome.output_tokens >= 2_000);
 }
 
-#[tokio::test]
+/// The wall-time limit ends an agent in the middle of a model call, not when the call answers.
+/// On paused time: the simulator's 5 s delay and the agent's 300 ms limit run on the same
+/// virtual clock, so how loaded the machine is changes nothing.
+#[tokio::test(start_paused = true)]
 async fn the_wall_time_limit_stops_an_agent() {
     let fixture = Fixture::new();
     let sim =
-        sim("rules:\n  - tool_use: {name: list_files, input: {}}\n    delay_ms: 5000\n").await;
+        scenario_sim("rules:\n  - tool_use: {name: list_files, input: {}}\n    delay_ms: 5000\n")
+            .await;
     let toolbox = fixture.toolbox(&[]);
     let config = AgentConfig {
         max_wall_time: Duration::from_millis(300),
         ..config()
     };
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let outcome = run_agent(
         &fleet(&sim),
         &toolbox,
@@ -198,14 +169,23 @@ async fn the_wall_time_limit_stops_an_agent() {
         &CancellationToken::new(),
     )
     .await;
-    assert_eq!(outcome.status, LoopStatus::TimeLimit);
-    assert!(started.elapsed() < Duration::from_secs(3));
+    let elapsed = started.elapsed();
+    assert_eq!(outcome.status, LoopStatus::TimeLimit, "{outcome:#?}");
+    // Stopped during its first call: no answer came, so no token was counted and no tool ran.
+    assert_eq!(outcome.turns, 1);
+    assert_eq!(outcome.output_tokens, 0);
+    assert_eq!(outcome.receipts.tool_calls, 0);
+    // At its limit: an agent that waited for the answer would end 5 s in or later.
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(5),
+        "{elapsed:?}"
+    );
 }
 
 #[tokio::test]
 async fn claims_that_disagree_with_receipts_are_flagged() {
     let fixture = Fixture::new();
-    let sim = sim(
+    let sim = scenario_sim(
         "rules:\n  - tool_use: {name: report_result, input: {status: success, summary: done, files_changed: [src/a.rs]}}\n",
     )
     .await;
@@ -234,7 +214,7 @@ async fn claims_that_disagree_with_receipts_are_flagged() {
 #[tokio::test]
 async fn an_invalid_result_gets_one_repair_attempt() {
     let fixture = Fixture::new();
-    let sim = sim(r#"
+    let sim = scenario_sim(r#"
 rules:
   - match: {turn: 1}
     tool_use: {name: report_result, input: {summary: 42}}
@@ -269,7 +249,7 @@ rules:
 }
 
 async fn sim_invalid_twice() -> SimHandle {
-    sim("rules:\n  - tool_use: {name: report_result, input: {summary: 42}}\n").await
+    scenario_sim("rules:\n  - tool_use: {name: report_result, input: {summary: 42}}\n").await
 }
 
 /// The model asks for hostile actions; the scope holds and every refusal is receipted.
@@ -298,7 +278,7 @@ rules:
 #[tokio::test]
 async fn a_hostile_model_cannot_leave_its_scope() {
     let fixture = Fixture::new();
-    let sim = sim(HOSTILE).await;
+    let sim = scenario_sim(HOSTILE).await;
     let toolbox = fixture.toolbox_with(
         fixture.policy(&["git diff", "git status", "cat"]),
         SandboxConfig::default(),
@@ -372,7 +352,7 @@ async fn tool_calls_wait_for_the_start_gate_and_never_run_when_it_fails() {
     use fanout_core::agent::{StartGate, run_agent_gated};
 
     let fixture = Fixture::new();
-    let sim = sim(EDIT_FIRST).await;
+    let sim = scenario_sim(EDIT_FIRST).await;
     let toolbox = fixture.toolbox(&[]);
     let (open, opened) = tokio::sync::oneshot::channel::<Result<(), String>>();
     let gate: StartGate = Box::pin(async move { opened.await.unwrap_or(Err("dropped".into())) });
@@ -403,10 +383,10 @@ async fn tool_calls_wait_for_the_start_gate_and_never_run_when_it_fails() {
 
     // A gate that fails: the agent ends before its first tool call, the tree untouched.
     let fixture = Fixture::new();
-    let sim = self::sim(EDIT_FIRST).await;
+    let sim = scenario_sim(EDIT_FIRST).await;
     let toolbox = fixture.toolbox(&[]);
     let gate: StartGate = Box::pin(async { Err("run store: disk full".to_string()) });
-    let fleet = self::fleet(&sim);
+    let fleet = crate::support::fleet(&sim);
     let outcome = run_agent_gated(
         &fleet,
         &toolbox,

@@ -13,17 +13,7 @@ use fanout_core::run::{
 use fanout_core::store::{Store, StoreReader};
 use sha2::{Digest, Sha256};
 
-fn git(repo: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {out:?}");
-    String::from_utf8(out.stdout).unwrap()
-}
+use crate::support::git;
 
 fn write(repo: &Path, path: &str, content: &str) {
     let full = repo.join(path);

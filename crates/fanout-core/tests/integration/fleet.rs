@@ -2,53 +2,17 @@
 //! time: the simulator's latency sleeps and refill clocks advance virtually, so a minute-long
 //! rate-limited run takes a second of real time and its makespan is exact.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use fanout_core::fleet::{Fleet, FleetError};
-use fanout_core::governor::{Governor, GovernorConfig};
-use fanout_core::provider::anthropic::{AnthropicConfig, AnthropicProvider};
-use fanout_core::provider::openai::{OpenAiConfig, OpenAiProvider};
-use fanout_core::provider::{Message, Provider, Request};
-use fanout_core::retry::{GiveUpReason, RetryBudget, RetryBudgetConfig, RetryPolicy};
-use fanout_sim::{Faults, Scenario, Sim, SimConfig, SimHandle};
+use fanout_core::governor::GovernorConfig;
+use fanout_core::provider::{Message, Request};
+use fanout_core::retry::{GiveUpReason, RetryPolicy};
+use fanout_sim::{Faults, Scenario, SimConfig};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-async fn start_sim(config: SimConfig) -> SimHandle {
-    Sim::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
-}
-
-fn anthropic(sim: &SimHandle) -> Arc<dyn Provider> {
-    Arc::new(
-        AnthropicProvider::new(AnthropicConfig {
-            base_url: sim.base_url(),
-            ..AnthropicConfig::new("test-key")
-        })
-        .unwrap(),
-    )
-}
-
-fn openai(sim: &SimHandle) -> Arc<dyn Provider> {
-    Arc::new(
-        OpenAiProvider::new(OpenAiConfig {
-            base_url: format!("{}/v1", sim.base_url()),
-            ..OpenAiConfig::new("test-key")
-        })
-        .unwrap(),
-    )
-}
-
-fn fleet(provider: Arc<dyn Provider>, governor: GovernorConfig) -> Fleet {
-    Fleet::new(
-        provider,
-        Governor::new(governor),
-        RetryPolicy::default(),
-        Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
-    )
-}
+use crate::support::{anthropic, fleet_with, openai, start_sim};
 
 /// A request of about 1 KB (250 simulator tokens).
 fn request(index: usize) -> Request {
@@ -103,7 +67,7 @@ async fn a_thousand_requests_without_limits_finish_in_about_one_latency() {
         ..SimConfig::default()
     })
     .await;
-    let fleet = fleet(anthropic(&sim), GovernorConfig::default());
+    let fleet = fleet_with(anthropic(&sim), GovernorConfig::default());
     let run = burst(&fleet, 1000).await;
     assert!(run.failures.is_empty(), "{:?}", run.failures.first());
     // Floor: one latency (0.5 s), after the probe that finds out there are no limits (one
@@ -125,7 +89,7 @@ async fn a_600_rpm_limit_is_paced_near_the_floor_with_almost_no_429s() {
         ..SimConfig::default()
     })
     .await;
-    let fleet = fleet(
+    let fleet = fleet_with(
         anthropic(&sim),
         GovernorConfig {
             requests_per_minute: Some(600),
@@ -158,7 +122,7 @@ async fn an_input_token_limit_is_paced_near_the_floor() {
         ..SimConfig::default()
     })
     .await;
-    let fleet = fleet(
+    let fleet = fleet_with(
         anthropic(&sim),
         GovernorConfig {
             input_tokens_per_minute: Some(150_000),
@@ -194,7 +158,7 @@ async fn limits_learned_from_headers_alone_keep_429s_rare() {
     })
     .await;
     // The governor is told nothing: it learns the limit from the first answers' headers.
-    let fleet = fleet(
+    let fleet = fleet_with(
         openai(&sim),
         GovernorConfig {
             max_in_flight: 50,
@@ -226,7 +190,7 @@ async fn overload_and_server_errors_are_retried_within_the_policy() {
         ..SimConfig::default()
     })
     .await;
-    let fleet = fleet(anthropic(&sim), GovernorConfig::default());
+    let fleet = fleet_with(anthropic(&sim), GovernorConfig::default());
     let run = burst(&fleet, 1000).await;
     assert!(run.failures.is_empty(), "{:?}", run.failures.first());
     let policy = RetryPolicy::default();
@@ -283,7 +247,7 @@ rules:
         ..SimConfig::default()
     })
     .await;
-    let fleet = fleet(anthropic(&sim), GovernorConfig::default());
+    let fleet = fleet_with(anthropic(&sim), GovernorConfig::default());
     let cancel = CancellationToken::new();
     for status in [400u16, 401, 403, 404, 413] {
         let mut request = Request::new("claude-sonnet-4-5", 64);
@@ -324,7 +288,7 @@ rules:
         ..SimConfig::default()
     })
     .await;
-    let fleet = fleet(anthropic(&sim), GovernorConfig::default());
+    let fleet = fleet_with(anthropic(&sim), GovernorConfig::default());
     let cancel = CancellationToken::new();
     let started = Instant::now();
     let mut first = Request::new("claude-sonnet-4-5", 64);
@@ -335,9 +299,15 @@ rules:
     // Another agent's request sent during the pause would have waited too; after it, none do.
     let mut second = Request::new("claude-sonnet-4-5", 64);
     second.messages.push(Message::user("second"));
-    let again = Instant::now();
-    fleet.call(&second, &cancel).await.unwrap();
-    assert!(again.elapsed() < Duration::from_secs(1));
+    assert_eq!(fleet.governor().snapshot().paused_for, Duration::ZERO);
+    let outcome = fleet.call(&second, &cancel).await.unwrap();
+    assert_eq!(outcome.attempts, 1);
+    assert_eq!(
+        outcome.governor_wait,
+        Duration::ZERO,
+        "the pause outlived its retry-after"
+    );
+    assert_eq!(fleet.stats().rate_limited, 1);
     sim.shutdown().await;
 }
 
@@ -348,7 +318,7 @@ async fn cancellation_stops_a_queued_call() {
         ..SimConfig::default()
     })
     .await;
-    let fleet = fleet(
+    let fleet = fleet_with(
         anthropic(&sim),
         GovernorConfig {
             requests_per_minute: Some(1),

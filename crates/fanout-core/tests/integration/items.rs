@@ -23,9 +23,11 @@ use fanout_core::provider::batch::{
 use fanout_core::provider::http::HttpConfig;
 use fanout_core::provider::openai::OpenAiConfig;
 use fanout_core::provider::{Attempt, Provider, Request};
-use fanout_sim::{Exchange, Scenario, Sim, SimConfig, SimHandle};
+use fanout_sim::{Exchange, Scenario, SimConfig, SimHandle};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+
+use crate::support::{fleet, scenario_sim, start_sim};
 
 fn schema() -> OutputSchema {
     OutputSchema::new(json!({
@@ -112,16 +114,12 @@ fn scenario() -> Scenario {
 }
 
 async fn start(batch_delay: Duration) -> SimHandle {
-    Sim::start(
-        SimConfig {
-            scenario: Some(scenario()),
-            batch_delay,
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
+    start_sim(SimConfig {
+        scenario: Some(scenario()),
+        batch_delay,
+        ..SimConfig::default()
+    })
     .await
-    .unwrap()
 }
 
 fn config(sim: &SimHandle) -> AnthropicConfig {
@@ -614,15 +612,7 @@ async fn json_schema_route_reads_records_from_the_reply_text() {
         "rules:\n  - match: {{last_user: \"Reply with one JSON object\"}}\n    text: {}\n",
         serde_json::to_string(&text).unwrap()
     );
-    let sim = Sim::start(
-        SimConfig {
-            scenario: Some(Scenario::from_yaml(&yaml, "json.yaml").unwrap()),
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim = scenario_sim(&yaml).await;
     let provider = AnthropicProvider::new(config(&sim)).unwrap();
     let spec = WorkerSpec {
         output: OutputRoute::JsonSchema,
@@ -645,20 +635,10 @@ async fn json_schema_route_reads_records_from_the_reply_text() {
 
 #[tokio::test]
 async fn synthesis_reduces_in_a_tree_through_the_simulator() {
-    let scenario = Scenario::from_yaml(
+    let sim = scenario_sim(
         "rules:\n  - match: {last_user: \"summaries of parts\"}\n    text: \"FINAL\"\n  - text: \"partial summary\"\n",
-        "synthesis.yaml",
     )
-    .unwrap();
-    let sim = Sim::start(
-        SimConfig {
-            scenario: Some(scenario),
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    .await;
     let provider = AnthropicProvider::new(config(&sim)).unwrap();
     let parts: Vec<String> = (0..10)
         .map(|i| format!("{i}: {}", "x".repeat(100)))
@@ -739,10 +719,7 @@ fn the_ticket_example_loads_chunks_and_counts() {
 #[tokio::test]
 async fn the_runner_accounts_for_scripted_faults_and_resends_only_what_failed() {
     use fanout_core::config::Config;
-    use fanout_core::fleet::Fleet;
-    use fanout_core::governor::{Governor, GovernorConfig};
     use fanout_core::items::run::{EventSink, ItemJob, RunOptions, run};
-    use fanout_core::retry::{RetryBudget, RetryBudgetConfig};
     use fanout_core::store::{AgentStatus, RunStatus, Store, StoreReader};
     use std::sync::Arc;
 
@@ -768,12 +745,7 @@ async fn the_runner_accounts_for_scripted_faults_and_resends_only_what_failed() 
         job.chunks.iter().map(|c| c.items.len()).collect::<Vec<_>>(),
         [30, 5]
     );
-    let fleet = Fleet::new(
-        Arc::new(AnthropicProvider::new(config_for_runner(&sim)).unwrap()),
-        Governor::new(GovernorConfig::default()),
-        fanout_core::retry::RetryPolicy::default(),
-        Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
-    );
+    let fleet = fleet(&sim);
     let store = Store::open_in_repo(root.path()).unwrap();
     let sink: EventSink = Arc::new(|_| {});
     let report = run(
@@ -895,11 +867,4 @@ async fn the_runner_accounts_for_scripted_faults_and_resends_only_what_failed() 
         .count();
     assert!(failed_rows >= 3, "{rows:?}");
     sim.shutdown().await;
-}
-
-fn config_for_runner(sim: &SimHandle) -> AnthropicConfig {
-    AnthropicConfig {
-        base_url: sim.base_url(),
-        ..AnthropicConfig::new("sk-test")
-    }
 }

@@ -14,3 +14,4 @@ mod provider;
 mod ratelimits;
 mod security;
 mod store;
+mod support;

@@ -3,21 +3,17 @@
 //! under real git in temp dirs; the orchestrator is a scripted simulator scenario.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Arc;
 
 use fanout_core::config::Config;
-use fanout_core::fleet::Fleet;
-use fanout_core::governor::Governor;
 use fanout_core::plan::{
     self, GitCheckError, PlanError, PlanOptions, PlanSource, PrepareRequest, Prepared, RepoScan,
     ScopePaths, ViolationKind,
 };
-use fanout_core::provider::anthropic::{AnthropicConfig, AnthropicProvider};
-use fanout_core::retry::{RetryBudget, RetryBudgetConfig, RetryPolicy};
-use fanout_sim::{Scenario, Sim, SimConfig, SimHandle};
+use fanout_sim::{Scenario, SimConfig, SimHandle};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+
+use crate::support::{fleet, git, scenario_sim, start_sim};
 
 const SEED: &str = include_str!("../fixtures/config/seed-claude-workflows.yaml");
 
@@ -38,23 +34,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn git(repo: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args([
-            "-c",
-            "user.name=fanout",
-            "-c",
-            "user.email=fanout@example.invalid",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "git {args:?}: {output:?}");
-    String::from_utf8(output.stdout).unwrap()
-}
-
 /// The example repository, copied to a temp dir and committed.
 fn example_repo() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -63,33 +42,6 @@ fn example_repo() -> tempfile::TempDir {
     git(dir.path(), &["add", "-A"]);
     git(dir.path(), &["commit", "-q", "-m", "initial"]);
     dir
-}
-
-async fn start_sim(scenario: &str) -> SimHandle {
-    let scenario = Scenario::from_yaml(scenario, "test-scenario.yaml").unwrap();
-    Sim::start(
-        SimConfig {
-            scenario: Some(scenario),
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap()
-}
-
-fn fleet(sim: &SimHandle) -> Fleet {
-    let provider = AnthropicProvider::new(AnthropicConfig {
-        base_url: sim.base_url(),
-        ..AnthropicConfig::new("test-key")
-    })
-    .unwrap();
-    Fleet::new(
-        Arc::new(provider),
-        Governor::new(Default::default()),
-        RetryPolicy::default(),
-        Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
-    )
 }
 
 fn request(repo: &Path) -> PrepareRequest {
@@ -111,7 +63,7 @@ async fn dry_run(
     repo: &Path,
     scenario: &str,
 ) -> (Result<Prepared, PlanError>, SimHandle) {
-    let sim = start_sim(scenario).await;
+    let sim = scenario_sim(scenario).await;
     let fleet = fleet(&sim);
     let result = plan::prepare(
         config,
@@ -558,16 +510,12 @@ async fn the_dry_run_estimate_uses_limits_learned_from_the_orchestrator_call() {
         .collect();
     let plan = json!({"workflow": "learned", "subtasks": subtasks});
     let scenario = Scenario::from_yaml(&always(&plan), "learned.yaml").unwrap();
-    let sim = Sim::start(
-        SimConfig {
-            scenario: Some(scenario),
-            rpm: Some(2),
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim = start_sim(SimConfig {
+        scenario: Some(scenario),
+        rpm: Some(2),
+        ..SimConfig::default()
+    })
+    .await;
     let fleet = fleet(&sim);
     let prepared = plan::prepare(
         &config,

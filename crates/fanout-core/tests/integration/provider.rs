@@ -11,22 +11,10 @@ use fanout_core::provider::{
     Attempt, ContentBlock, ErrorClass, JsonSchemaFormat, Message, Provider, ProviderError, Request,
     Response, Role, StopReason, ToolChoice, ToolSpec,
 };
-use fanout_sim::{Exchange, Faults, Scenario, Sim, SimConfig, SimHandle};
+use fanout_sim::{Exchange, Faults, Scenario, SimConfig, SimHandle};
 use serde_json::{Value, json};
 
-async fn start(config: SimConfig) -> SimHandle {
-    Sim::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
-}
-
-async fn start_with(yaml: &str) -> SimHandle {
-    start(SimConfig {
-        scenario: Some(Scenario::from_yaml(yaml, "test.yaml").unwrap()),
-        ..SimConfig::default()
-    })
-    .await
-}
+use crate::support::{scenario_sim, start_sim};
 
 fn http() -> HttpConfig {
     HttpConfig {
@@ -158,7 +146,7 @@ fn malformed_what(error: ProviderError) -> String {
 
 #[tokio::test]
 async fn a_plain_message_is_the_same_streamed_or_not() {
-    let sim = start(SimConfig {
+    let sim = start_sim(SimConfig {
         rpm: Some(1000),
         itpm: Some(100_000),
         otpm: Some(100_000),
@@ -205,7 +193,7 @@ async fn a_plain_message_is_the_same_streamed_or_not() {
 
 #[tokio::test]
 async fn a_forced_tool_call_comes_back_as_tool_use() {
-    let sim = start(SimConfig::default()).await;
+    let sim = start_sim(SimConfig::default()).await;
     let mut request = with_tools(hello());
     request.tool_choice = Some(ToolChoice::Tool {
         name: "submit".into(),
@@ -233,7 +221,7 @@ async fn a_forced_tool_call_comes_back_as_tool_use() {
 #[tokio::test]
 async fn a_tool_round_trip_is_accepted_by_both_apis() {
     // The simulator validates tool_use / tool_result pairing like the real APIs.
-    let sim = start(SimConfig::default()).await;
+    let sim = start_sim(SimConfig::default()).await;
     let mut request = with_tools(hello());
     request.messages = vec![
         Message::user("read a.txt and b.txt"),
@@ -287,7 +275,7 @@ async fn a_tool_round_trip_is_accepted_by_both_apis() {
 
 #[tokio::test]
 async fn count_tokens_matches_what_the_server_counts() {
-    let sim = start(SimConfig::default()).await;
+    let sim = start_sim(SimConfig::default()).await;
     let anthropic = anthropic_with_key(&sim, "test-key");
     let request = with_tools(hello());
     let counted = anthropic.count_tokens(&request).await.unwrap().unwrap();
@@ -308,7 +296,7 @@ async fn count_tokens_matches_what_the_server_counts() {
 
 #[tokio::test]
 async fn anthropic_sends_the_headers_and_body_we_expect() {
-    let sim = start(SimConfig::default()).await;
+    let sim = start_sim(SimConfig::default()).await;
     let anthropic = anthropic_with_key(&sim, "test-key");
     let mut request = with_tools(hello());
     request.tool_choice = Some(ToolChoice::Auto);
@@ -345,10 +333,12 @@ async fn anthropic_sends_the_headers_and_body_we_expect() {
 /// The send window over HTTP. With room for one request at a time, twelve concurrent calls
 /// reach the simulator in the order they asked for a place, and each gives its place up as
 /// soon as its body is on the connection, not when its answer comes: the twelve 300 ms
-/// answers overlap (held until the answer, they would take 3.6 s in a row).
-#[tokio::test]
+/// answers overlap (held until the answer, they would arrive 300 ms apart, 3.6 s in all).
+/// On paused time, so the simulator's latency is virtual and a slow machine changes nothing;
+/// no connection reuse (see [`unpooled`]).
+#[tokio::test(start_paused = true)]
 async fn the_send_window_orders_requests_and_frees_a_place_once_the_body_is_sent() {
-    let sim = start(SimConfig {
+    let sim = start_sim(SimConfig {
         latency: Duration::from_millis(300),
         ..SimConfig::default()
     })
@@ -361,7 +351,7 @@ async fn the_send_window_orders_requests_and_frees_a_place_once_the_body_is_sent
                 size: 1,
                 horizon: Duration::from_secs(30),
             },
-            ..http()
+            ..unpooled()
         },
     );
     let requests: Vec<Request> = (0..12)
@@ -371,7 +361,6 @@ async fn the_send_window_orders_requests_and_frees_a_place_once_the_body_is_sent
             request
         })
         .collect();
-    let started = std::time::Instant::now();
     // `join_all` polls the calls in order, so they ask for their places in that order.
     let answers = futures_util::future::join_all(
         requests
@@ -379,11 +368,16 @@ async fn the_send_window_orders_requests_and_frees_a_place_once_the_body_is_sent
             .map(|request| anthropic.send(request, Attempt { retry: 0 }, false)),
     )
     .await;
-    let elapsed = started.elapsed();
     assert!(answers.iter().all(Result::is_ok), "{answers:?}");
-    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
     let mut arrived = sim.exchanges();
     arrived.sort_by_key(|exchange| exchange.seq);
+    // Every body was in before the first answer was due.
+    let at_ms: Vec<u64> = arrived.iter().map(|exchange| exchange.at_ms).collect();
+    let first = at_ms.iter().min().copied().unwrap_or_default();
+    assert!(
+        at_ms.iter().all(|&at| at < first + 300),
+        "arrivals at {at_ms:?} ms"
+    );
     let order: Vec<&str> = arrived
         .iter()
         .map(|exchange| {
@@ -399,7 +393,7 @@ async fn the_send_window_orders_requests_and_frees_a_place_once_the_body_is_sent
 
 #[tokio::test]
 async fn openai_sends_the_headers_and_body_we_expect() {
-    let sim = start(SimConfig::default()).await;
+    let sim = start_sim(SimConfig::default()).await;
     let openai = openai_with_key(&sim, "test-key");
     let mut request = with_tools(hello());
     request.tool_choice = Some(ToolChoice::Any);
@@ -435,7 +429,7 @@ async fn openai_sends_the_headers_and_body_we_expect() {
 
 #[tokio::test]
 async fn structured_output_comes_back_as_schema_shaped_json_text() {
-    let sim = start(SimConfig::default()).await;
+    let sim = start_sim(SimConfig::default()).await;
     let mut request = hello();
     request.response_format = Some(JsonSchemaFormat {
         name: "result".into(),
@@ -463,7 +457,7 @@ async fn structured_output_comes_back_as_schema_shaped_json_text() {
 
 #[tokio::test]
 async fn a_429_carries_status_type_retry_after_and_request_id() {
-    let sim = start_with(
+    let sim = scenario_sim(
         r#"
 rules:
   - match: {endpoint: messages}
@@ -511,7 +505,7 @@ rules:
 
 #[tokio::test]
 async fn a_real_rate_limit_429_from_the_simulator() {
-    let sim = start(SimConfig {
+    let sim = start_sim(SimConfig {
         rpm: Some(1),
         ..SimConfig::default()
     })
@@ -539,7 +533,7 @@ async fn a_real_rate_limit_429_from_the_simulator() {
 
 #[tokio::test]
 async fn client_errors_are_fatal_and_server_errors_transient() {
-    let sim = start_with(
+    let sim = scenario_sim(
         r#"
 rules:
   - match: {last_user: "bad request"}
@@ -577,7 +571,7 @@ rules:
 
 #[tokio::test]
 async fn a_missing_key_is_a_fatal_authentication_error() {
-    let sim = start(SimConfig::default()).await;
+    let sim = start_sim(SimConfig::default()).await;
     let openai = openai_with_key(&sim, "");
     let error = openai
         .send(&hello(), Attempt::default(), false)
@@ -591,7 +585,7 @@ async fn a_missing_key_is_a_fatal_authentication_error() {
 
 #[tokio::test]
 async fn a_server_without_auth_needs_no_key() {
-    let sim = start(SimConfig {
+    let sim = start_sim(SimConfig {
         require_auth: false,
         ..SimConfig::default()
     })
@@ -619,7 +613,7 @@ fn broken_first(kind: &str) -> String {
 
 #[tokio::test]
 async fn a_truncated_body_is_malformed_truncated_json() {
-    let sim = start_with(&broken_first("truncated")).await;
+    let sim = scenario_sim(&broken_first("truncated")).await;
     for provider in providers(&sim) {
         let error = provider
             .send(&hello(), Attempt::default(), false)
@@ -647,7 +641,7 @@ async fn a_truncated_body_is_malformed_truncated_json() {
 
 #[tokio::test]
 async fn a_garbage_body_is_malformed_invalid_json() {
-    let sim = start_with(&broken_first("garbage")).await;
+    let sim = scenario_sim(&broken_first("garbage")).await;
     for provider in providers(&sim) {
         let what = malformed_what(
             provider
@@ -670,7 +664,7 @@ async fn a_garbage_body_is_malformed_invalid_json() {
 // clock jump straight to the client's idle timeout (a spurious `Timeout` on a loaded machine).
 #[tokio::test]
 async fn a_cut_stream_is_malformed() {
-    let sim = start(SimConfig {
+    let sim = start_sim(SimConfig {
         latency: Duration::from_millis(50),
         per_output_token: Duration::from_millis(1),
         scenario: Some(Scenario::from_yaml(&broken_first("cut_stream"), "test.yaml").unwrap()),
@@ -700,7 +694,7 @@ async fn a_cut_stream_is_malformed() {
 
 #[tokio::test]
 async fn a_garbage_stream_event_is_malformed_naming_the_event() {
-    let sim = start_with(&broken_first("garbage")).await;
+    let sim = scenario_sim(&broken_first("garbage")).await;
     let [anthropic, openai] = providers(&sim);
     let what = malformed_what(
         anthropic
@@ -725,7 +719,7 @@ async fn random_faults_always_give_typed_errors() {
     // Every fault kind, drawn at random over many requests: each answer is a response or a
     // typed error, never a panic or a hang. Real time, for the reason given above
     // `a_cut_stream_is_malformed`.
-    let sim = start(SimConfig {
+    let sim = start_sim(SimConfig {
         latency: Duration::from_millis(10),
         per_output_token: Duration::from_micros(200),
         faults: Faults {
@@ -762,7 +756,7 @@ async fn random_faults_always_give_typed_errors() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hung_request_times_out() {
-    let sim = start(SimConfig {
+    let sim = start_sim(SimConfig {
         faults: Faults {
             hang: 1.0,
             ..Faults::default()
@@ -794,7 +788,7 @@ async fn a_hung_request_times_out() {
 
 #[tokio::test(start_paused = true)]
 async fn a_stream_that_stalls_after_its_headers_times_out() {
-    let sim = start_with("rules:\n  - delay_ms: 60000\n").await;
+    let sim = scenario_sim("rules:\n  - delay_ms: 60000\n").await;
     for provider in providers(&sim) {
         let error = provider
             .send(&hello(), Attempt::default(), true)

@@ -5,54 +5,16 @@
 //! Every governor here is told no limit (`rate_limits: {}` in a workflow): it must probe, learn,
 //! pace at the learned rate and recover from 429s without help.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use fanout_core::fleet::{Fleet, FleetError};
-use fanout_core::governor::{Governor, GovernorConfig};
-use fanout_core::provider::anthropic::{AnthropicConfig, AnthropicProvider};
-use fanout_core::provider::openai::{OpenAiConfig, OpenAiProvider};
-use fanout_core::provider::{Message, Provider, Request};
-use fanout_core::retry::{RetryBudget, RetryBudgetConfig, RetryPolicy};
-use fanout_sim::{Scenario, Sim, SimConfig, SimHandle};
+use fanout_core::governor::GovernorConfig;
+use fanout_core::provider::{Message, Request};
+use fanout_sim::{Scenario, Sim, SimConfig};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-async fn start_sim(config: SimConfig) -> SimHandle {
-    Sim::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
-}
-
-fn anthropic(sim: &SimHandle) -> Arc<dyn Provider> {
-    Arc::new(
-        AnthropicProvider::new(AnthropicConfig {
-            base_url: sim.base_url(),
-            ..AnthropicConfig::new("test-key")
-        })
-        .unwrap(),
-    )
-}
-
-fn openai(sim: &SimHandle) -> Arc<dyn Provider> {
-    Arc::new(
-        OpenAiProvider::new(OpenAiConfig {
-            base_url: format!("{}/v1", sim.base_url()),
-            ..OpenAiConfig::new("test-key")
-        })
-        .unwrap(),
-    )
-}
-
-/// A fleet told nothing about the limits.
-fn learning_fleet(provider: Arc<dyn Provider>) -> Fleet {
-    Fleet::new(
-        provider,
-        Governor::new(GovernorConfig::default()),
-        RetryPolicy::default(),
-        Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
-    )
-}
+use crate::support::{anthropic, fleet_with, openai, start_sim};
 
 /// A request of about 1 KB (250 simulator tokens).
 fn request(index: usize) -> Request {
@@ -109,7 +71,7 @@ async fn unknown_limits_are_probed_before_the_window_opens() {
         ..SimConfig::default()
     })
     .await;
-    let fleet = learning_fleet(anthropic(&sim));
+    let fleet = fleet_with(anthropic(&sim), GovernorConfig::default());
     let run = run_all(&fleet, 1000).await;
     // 600 in the burst, 400 at 10 a second, plus the last answer's latency.
     assert_near_floor(&run, 40.5, 1.10);
@@ -140,7 +102,7 @@ async fn a_learned_input_token_limit_is_paced_near_the_floor() {
         ..SimConfig::default()
     })
     .await;
-    let fleet = learning_fleet(anthropic(&sim));
+    let fleet = fleet_with(anthropic(&sim), GovernorConfig::default());
     let run = run_all(&fleet, 1000).await;
     let stats = sim.stats();
     let total = stats.input_tokens as f64;
@@ -167,7 +129,7 @@ async fn a_learned_openai_request_limit_is_paced_near_the_floor() {
         ..SimConfig::default()
     })
     .await;
-    let fleet = learning_fleet(openai(&sim));
+    let fleet = fleet_with(openai(&sim), GovernorConfig::default());
     let run = run_all(&fleet, 1000).await;
     assert_near_floor(&run, 40.5, 1.10);
     assert!(sim.stats().rate_limited <= 20, "{:?}", sim.stats());
@@ -185,7 +147,7 @@ async fn a_low_learned_limit_is_not_overshot_after_every_answer() {
         ..SimConfig::default()
     })
     .await;
-    let fleet = learning_fleet(anthropic(&sim));
+    let fleet = fleet_with(anthropic(&sim), GovernorConfig::default());
     let run = run_all(&fleet, 40).await;
     // 12 in the burst, 28 at one per 5 s, plus the last answer's latency.
     assert_near_floor(&run, 140.5, 1.10);
@@ -218,7 +180,7 @@ rules:
         ..SimConfig::default()
     })
     .await;
-    let fleet = learning_fleet(anthropic(&sim));
+    let fleet = fleet_with(anthropic(&sim), GovernorConfig::default());
     let run = run_all(&fleet, 100).await;
     // Every answer, 429s included, takes 0.5 s. The probe's 429 (at 0.5 s) pauses the fleet
     // 1 s; the other 99 first tries get theirs at 2 s and pause it 1 s more; then every retry
@@ -241,7 +203,7 @@ async fn after_a_one_second_outage_the_fleet_recovers_within_a_probe() {
     // The server is down for the first second: every connection is refused.
     let sim = start_sim(config.clone()).await;
     let addr = sim.addr();
-    let fleet = learning_fleet(anthropic(&sim));
+    let fleet = fleet_with(anthropic(&sim), GovernorConfig::default());
     sim.shutdown().await;
     let down_until = Instant::now() + Duration::from_secs(1);
     let run = {
@@ -279,7 +241,7 @@ rules:
         ..SimConfig::default()
     })
     .await;
-    let fleet = learning_fleet(anthropic(&sim));
+    let fleet = fleet_with(anthropic(&sim), GovernorConfig::default());
     let started = Instant::now();
     let run = run_all(&fleet, 100).await;
     assert_eq!(run.failures.len(), 100);
@@ -303,8 +265,8 @@ async fn two_fleets_on_one_key_share_the_limit_through_remaining() {
         ..SimConfig::default()
     })
     .await;
-    let a = learning_fleet(anthropic(&sim));
-    let b = learning_fleet(anthropic(&sim));
+    let a = fleet_with(anthropic(&sim), GovernorConfig::default());
+    let b = fleet_with(anthropic(&sim), GovernorConfig::default());
     let (run_a, run_b) = tokio::join!(run_all(&a, 1000), run_all(&b, 1000));
     // Together: 600 in the burst, 1,400 at 10 a second, plus one latency.
     let floor = 140.5;
@@ -332,7 +294,7 @@ async fn a_learned_output_token_limit_is_paced_near_the_floor() {
         ..SimConfig::default()
     })
     .await;
-    let fleet = learning_fleet(anthropic(&sim));
+    let fleet = fleet_with(anthropic(&sim), GovernorConfig::default());
     let run = run_all(&fleet, 400).await;
     let stats = sim.stats();
     let total = stats.output_tokens as f64;
@@ -357,7 +319,7 @@ async fn a_learned_openai_token_limit_is_paced_near_the_floor() {
         ..SimConfig::default()
     })
     .await;
-    let fleet = learning_fleet(openai(&sim));
+    let fleet = fleet_with(openai(&sim), GovernorConfig::default());
     let run = run_all(&fleet, 1000).await;
     let stats = sim.stats();
     let total = (stats.input_tokens + stats.output_tokens) as f64;

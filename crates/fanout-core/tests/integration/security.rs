@@ -5,229 +5,21 @@
 //! loopback that count what reaches them. Exit codes and error texts are only looked at to
 //! check that the model is told why. Kernel-layer cases run real commands in the real sandbox.
 
-use std::collections::BTreeMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Read;
 use std::net::{TcpListener, UdpSocket};
-use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use fanout_core::config::ShellCommand;
-use fanout_core::policy::{DenyReason, ScopePolicy, ShellPolicy};
+use fanout_core::policy::{DenyReason, ScopePolicy};
 use fanout_core::sandbox::{self, SandboxConfig};
-use fanout_core::tools::{ToolLimits, ToolOutput, Toolbox};
+use fanout_core::tools::{CommandExit, ToolLimits, ToolOutput, Toolbox};
 use serde_json::{Value, json};
 
-pub(crate) const SECRET: &str = "ANTHROPIC_API_KEY=sk-canary-secret-1234";
-
-/// A repository with an agent scope of `src/a.rs`, `src/new.rs` and `docs/`, canaries
-/// outside the repository and out-of-scope files inside it.
-pub(crate) struct Fixture {
-    _dir: tempfile::TempDir,
-    pub base: PathBuf,
-    pub root: PathBuf,
-    pub outside: PathBuf,
-    recorded: BTreeMap<PathBuf, Option<(u64, u32)>>,
-}
-
-pub(crate) fn fingerprint(path: &Path) -> Option<(u64, u32)> {
-    let meta = std::fs::symlink_metadata(path).ok()?;
-    let mut hasher = DefaultHasher::new();
-    if meta.file_type().is_symlink() {
-        std::fs::read_link(path).ok()?.hash(&mut hasher);
-    } else if meta.is_file() {
-        std::fs::read(path).ok()?.hash(&mut hasher);
-    }
-    Some((hasher.finish(), meta.mode()))
-}
-
-impl Fixture {
-    pub fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().canonicalize().unwrap();
-        let root = base.join("repo");
-        let outside = base.join("outside");
-        std::fs::create_dir_all(root.join("src")).unwrap();
-        std::fs::create_dir_all(root.join("docs")).unwrap();
-        std::fs::create_dir_all(root.join("lib")).unwrap();
-        std::fs::create_dir_all(&outside).unwrap();
-        std::fs::write(root.join("src/a.rs"), "fn a() {}\n").unwrap();
-        std::fs::write(root.join("src/b.rs"), "fn b() {}\n").unwrap();
-        std::fs::write(root.join("src/c.rs"), "fn c() {}\n").unwrap();
-        std::fs::write(root.join("lib/keep.rs"), "fn keep() {}\n").unwrap();
-        std::fs::write(root.join("docs/guide.md"), "# Guide\n").unwrap();
-        std::fs::write(root.join("README.md"), "# Repo\n").unwrap();
-        std::fs::write(root.join(".env"), format!("{SECRET}\n")).unwrap();
-        std::fs::write(root.join("src/.env"), format!("{SECRET}\n")).unwrap();
-        std::fs::write(outside.join("canary.txt"), "canary\n").unwrap();
-        std::fs::write(outside.join("id_rsa"), "PRIVATE KEY\n").unwrap();
-        git(&root, &["init", "-q"]);
-        git(
-            &root,
-            &[
-                "add",
-                "src/a.rs",
-                "src/b.rs",
-                "src/c.rs",
-                "docs",
-                "lib",
-                "README.md",
-            ],
-        );
-        git(
-            &root,
-            &[
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@t",
-                "commit",
-                "-qm",
-                "init",
-            ],
-        );
-        // A nested repository and a `.git` file pointing at a directory inside the repo.
-        std::fs::create_dir_all(root.join("vendor/x")).unwrap();
-        git(&root.join("vendor/x"), &["init", "-q"]);
-        std::fs::create_dir_all(root.join("modules/sub/hooks")).unwrap();
-        std::fs::create_dir_all(root.join("sub")).unwrap();
-        std::fs::write(root.join("sub/.git"), "gitdir: ../modules/sub\n").unwrap();
-        let mut fixture = Fixture {
-            _dir: dir,
-            base,
-            root,
-            outside,
-            recorded: BTreeMap::new(),
-        };
-        fixture.record();
-        fixture
-    }
-
-    /// Record every file outside the scope (outside the repo, and out-of-scope repo files).
-    pub fn record(&mut self) {
-        self.recorded.clear();
-        for path in walk(&self.base) {
-            let relative = path.strip_prefix(&self.root).ok();
-            let in_scope = relative.is_some_and(|r| {
-                let r = r.to_string_lossy();
-                r == "src/a.rs" || r == "src/new.rs" || r.starts_with("docs/")
-            });
-            if !in_scope {
-                self.recorded.insert(path.clone(), fingerprint(&path));
-            }
-        }
-        for extra in [
-            self.outside.join("x"),
-            self.outside.join("pwned"),
-            self.root.join(".git/hooks/pre-commit"),
-            self.root.join(".git/hooks/post-checkout"),
-            self.root.join("vendor/x/.git/hooks/post-checkout"),
-            self.root.join("modules/sub/hooks/post-checkout"),
-            self.root.join(".envrc"),
-            self.root.join("src/b2.rs"),
-            self.root.join("src/.env.local"),
-            self.root.join(".fanout/policy.yaml"),
-        ] {
-            self.recorded.insert(extra.clone(), fingerprint(&extra));
-        }
-    }
-
-    /// Every canary unchanged and no new file outside the scope. Returns what changed.
-    pub fn escapes(&self) -> Vec<String> {
-        let mut changed = Vec::new();
-        for (path, before) in &self.recorded {
-            if &fingerprint(path) != before {
-                changed.push(format!("changed: {}", path.display()));
-            }
-        }
-        for path in walk(&self.base) {
-            if self.recorded.contains_key(&path) {
-                continue;
-            }
-            let relative = path
-                .strip_prefix(&self.root)
-                .ok()
-                .map(|r| r.to_string_lossy().into_owned());
-            let allowed = relative.as_deref().is_some_and(|r| {
-                r == "src/a.rs" || r == "src/new.rs" || r.starts_with("docs/") || r == "docs"
-            });
-            if !allowed {
-                changed.push(format!("created: {}", path.display()));
-            }
-        }
-        changed
-    }
-
-    pub fn assert_no_escape(&self) {
-        let escapes = self.escapes();
-        assert!(escapes.is_empty(), "escapes: {escapes:#?}");
-    }
-
-    pub fn policy(&self, shell: &[&str]) -> ScopePolicy {
-        let mut policy = ScopePolicy::new("agent-1", &["src/a.rs", "src/new.rs", "docs/"]).unwrap();
-        policy.shell = if shell.is_empty() {
-            ShellPolicy::Deny
-        } else {
-            ShellPolicy::Allowlist(
-                shell
-                    .iter()
-                    .map(|c| ShellCommand::parse(c).unwrap())
-                    .collect(),
-            )
-        };
-        policy
-    }
-
-    pub fn toolbox(&self, shell: &[&str]) -> Toolbox {
-        self.toolbox_with(
-            self.policy(shell),
-            SandboxConfig {
-                timeout: Duration::from_secs(10),
-                ..SandboxConfig::default()
-            },
-        )
-    }
-
-    pub fn toolbox_with(&self, policy: ScopePolicy, config: SandboxConfig) -> Toolbox {
-        Toolbox::new(&self.root, policy, config, ToolLimits::default()).unwrap()
-    }
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .status()
-        .unwrap();
-    assert!(status.success(), "git {args:?}");
-}
-
-pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let kind = entry.file_type().unwrap();
-            if kind.is_dir() {
-                if path.file_name().is_some_and(|n| n == "objects") {
-                    continue;
-                }
-                pending.push(path.clone());
-            }
-            out.push(path);
-        }
-    }
-    out
-}
+use crate::support::{Fixture, fingerprint, git, walk};
 
 fn kernel_ready() -> bool {
     let support = sandbox::probe();
@@ -242,7 +34,7 @@ fn kernel_ready() -> bool {
     true
 }
 
-pub(crate) fn denied(output: &ToolOutput) -> bool {
+fn denied(output: &ToolOutput) -> bool {
     output.is_error && output.content.starts_with("denied:")
 }
 
@@ -1446,12 +1238,21 @@ async fn case45_daemonized_children_die_with_the_command() {
             ..SandboxConfig::default()
         },
     );
-    let started = Instant::now();
-    let out = toolbox
-        .exec_argv(&sh("setsid sh -c 'sleep 30; echo late > docs/late.md' & nohup sleep 60 >/dev/null 2>&1 & echo $! > docs/pid; sleep 60"))
+    let run = toolbox
+        .run_command(&sh("setsid sh -c 'sleep 30; echo late > docs/late.md' & nohup sleep 60 >/dev/null 2>&1 & echo $! > docs/pid; sleep 60"))
         .await;
-    assert!(out.content.contains("timed out"), "{out:?}");
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(run.exit, CommandExit::TimedOut, "{run:?}");
+    assert!(run.output.content.contains("timed out"), "{run:?}");
+    // Real processes need real time. The command ran until its 1.5 s timeout, then was killed:
+    // its recorded duration is at least the timeout, plus at most the kill and two 2 s output
+    // drains. Had the engine waited for the `sleep 60` it would be a minute; 30 s (twenty
+    // times the timeout) leaves a loaded machine room and still tells the two apart.
+    let receipt = toolbox.receipts().commands.pop().unwrap();
+    assert!(receipt.timed_out, "{receipt:?}");
+    assert!(
+        (1_500..30_000).contains(&receipt.duration_ms),
+        "{receipt:?}"
+    );
     let pid = std::fs::read_to_string(fixture.root.join("docs/pid")).unwrap();
     // Alive means running; a killed child re-parented to a pid 1 that does not reap stays a
     // zombie, which holds no resources and runs nothing.
@@ -1506,9 +1307,14 @@ async fn case46_fork_bomb_and_memory_bomb_are_contained() {
             ..SandboxConfig::default()
         },
     );
-    let started = Instant::now();
+    // The fork bomb: bash starts it in the background and exits; the pids cgroup caps it and
+    // the engine kills what is left when the command ends.
     toolbox
-        .exec_argv(&["bash".into(), "-c".into(), "f() { f | f & }; f".into()])
+        .exec_argv(&[
+            "bash".into(),
+            "-c".into(),
+            "f() { f | f & }; f # fanout-fork-bomb".into(),
+        ])
         .await;
     let out = toolbox
         .exec_argv(&[
@@ -1518,12 +1324,40 @@ async fn case46_fork_bomb_and_memory_bomb_are_contained() {
         ])
         .await;
     assert!(!out.content.contains("2000000000"), "{out:?}");
-    let out = toolbox.exec_argv(&sh("while :; do :; done")).await;
+    let spin = toolbox.run_command(&sh("while :; do :; done")).await;
     assert!(
-        out.content.contains("signal") || out.content.contains("timed out"),
-        "{out:?}"
+        matches!(spin.exit, CommandExit::TimedOut | CommandExit::Signal(_)),
+        "{spin:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(20));
+    // Real processes need real time. A contained command ends by its 2 s CPU limit or its 3 s
+    // timeout, plus at most two 2 s output drains; 30 s each (ten times the timeout) leaves a
+    // loaded machine room, and only a command the limits failed to stop would get near it.
+    let receipts = toolbox.receipts().commands;
+    assert_eq!(receipts.len(), 3, "{receipts:#?}");
+    for receipt in &receipts {
+        assert!(receipt.duration_ms < 30_000, "{receipt:#?}");
+    }
+    // Nothing of the fork bomb outlives its command (killed processes a non-reaping pid 1
+    // leaves as zombies run nothing). SIGKILLed processes take a moment to exit on a busy
+    // machine: wait for that, up to a minute, rather than judge at once.
+    let bomb_alive = || {
+        let ps = Command::new("sh")
+            .args([
+                "-c",
+                "ps -eo stat,args | grep -v '^Z' | grep -c 'fanout-fork-bom[b]'",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&ps.stdout).trim() != "0"
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while bomb_alive() {
+        assert!(
+            Instant::now() < deadline,
+            "the fork bomb outlived its command"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // The engine is healthy: a plain command still runs.
     let out = toolbox.exec_argv(&sh("echo alive")).await;
     assert!(out.content.contains("alive"), "{out:?}");
