@@ -384,12 +384,12 @@ async fn chunk_faults_are_accounted_and_only_what_failed_is_sent_again() {
     sim.shutdown().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn batch_mode_gives_the_same_accounting() {
-    let sim = start(Duration::from_secs(600)).await;
-    let client = BatchClient::new(config(&sim)).unwrap();
+/// The job through `client`'s batch API (on `sim`) settles exactly as direct calls do: the
+/// same results, the same failures with the same attempts, three batches (one per round), each
+/// request sent once and the same requests as the direct run, all on `endpoint`.
+async fn same_accounting_as_direct(client: &BatchClient, sim: &SimHandle, endpoint: &str) {
     let (items, chunks) = job();
-    let (batch, rounds) = run_job(Mode::Batch(&client), &items, chunks.clone()).await;
+    let (batch, rounds) = run_job(Mode::Batch(client), &items, chunks.clone()).await;
     check_accounting(&items, &batch);
     assert_eq!(rounds, 3);
 
@@ -405,9 +405,8 @@ async fn batch_mode_gives_the_same_accounting() {
     };
     assert_eq!(kinds(&batch), kinds(&direct));
 
-    // Three batches, each request sent once; the same requests as the direct run.
     let exchanges = sim.exchanges();
-    assert!(exchanges.iter().all(|e| e.endpoint == "batch_messages"));
+    assert!(exchanges.iter().all(|e| e.endpoint == endpoint));
     let mut batch_sent = sent_ids(&exchanges);
     let mut direct_sent = sent_ids(&direct_sim.exchanges());
     batch_sent.sort();
@@ -418,8 +417,15 @@ async fn batch_mode_gives_the_same_accounting() {
         .map(|e| e.request_id.split('/').next().unwrap())
         .collect();
     assert_eq!(batch_ids.len(), 3);
-    sim.shutdown().await;
     direct_sim.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn batch_mode_gives_the_same_accounting() {
+    let sim = start(Duration::from_secs(600)).await;
+    let client = BatchClient::new(config(&sim)).unwrap();
+    same_accounting_as_direct(&client, &sim, "batch_messages").await;
+    sim.shutdown().await;
 }
 
 fn openai_config(sim: &SimHandle) -> OpenAiConfig {
@@ -431,41 +437,14 @@ fn openai_config(sim: &SimHandle) -> OpenAiConfig {
 }
 
 /// The same job through the OpenAI Batch API (input file upload, batch, output and error
-/// files) settles exactly as direct calls do.
+/// files).
 #[tokio::test(start_paused = true)]
 async fn openai_batches_give_the_same_accounting() {
     let sim = start(Duration::from_secs(600)).await;
     let client = BatchClient::openai(openai_config(&sim)).unwrap();
     assert_eq!(client.provider(), "openai");
-    let (items, chunks) = job();
-    let (batch, rounds) = run_job(Mode::Batch(&client), &items, chunks.clone()).await;
-    check_accounting(&items, &batch);
-    assert_eq!(rounds, 3);
-
-    let direct_sim = start(Duration::ZERO).await;
-    let provider = AnthropicProvider::new(config(&direct_sim)).unwrap();
-    let (direct, _) = run_job(Mode::Direct(&provider), &items, chunks).await;
-    assert_eq!(batch.results, direct.results);
-    let kinds = |a: &Accounting| -> Vec<(String, FailureKind, u32)> {
-        a.failures
-            .iter()
-            .map(|f| (f.id.clone(), f.kind, f.attempts))
-            .collect()
-    };
-    assert_eq!(kinds(&batch), kinds(&direct));
-    let exchanges = sim.exchanges();
-    assert!(
-        exchanges
-            .iter()
-            .all(|e| e.endpoint == "batch_chat_completions")
-    );
-    let mut batch_sent = sent_ids(&exchanges);
-    let mut direct_sent = sent_ids(&direct_sim.exchanges());
-    batch_sent.sort();
-    direct_sent.sort();
-    assert_eq!(batch_sent, direct_sent);
+    same_accounting_as_direct(&client, &sim, "batch_chat_completions").await;
     sim.shutdown().await;
-    direct_sim.shutdown().await;
 }
 
 /// An OpenAI batch: a request the API refuses comes back errored (not lost), a cancelled batch

@@ -7,12 +7,11 @@ use std::collections::HashMap;
 use reqwest::header::{HeaderMap, HeaderName};
 use serde_json::{Value, json};
 
-use super::super::Attempt;
 use super::super::anthropic::{self as wire, AnthropicConfig};
 use super::super::error::ProviderError;
 use super::super::headers;
 use super::super::http::{Dialect, HttpTransport, Reply, join_url, json_error, json_u64};
-use super::{BatchOutcome, BatchRequest, BatchStatus, ProcessingStatus, RequestCounts};
+use super::{BatchOutcome, BatchRequest, BatchStatus, Conn, ProcessingStatus, RequestCounts};
 
 pub(super) const PROVIDER: &str = "anthropic";
 
@@ -25,8 +24,7 @@ const DIALECT: Dialect = Dialect {
 
 #[derive(Debug, Clone)]
 pub(super) struct Api {
-    transport: HttpTransport,
-    headers: HeaderMap,
+    conn: Conn,
     batches_url: String,
 }
 
@@ -44,8 +42,11 @@ impl Api {
             super::header_value(PROVIDER, "the API version", &config.version)?,
         );
         Ok(Api {
-            transport,
-            headers,
+            conn: Conn {
+                transport,
+                headers,
+                dialect: &DIALECT,
+            },
             batches_url: join_url(config.base_url.trim_end_matches('/'), "v1/messages/batches"),
         })
     }
@@ -69,42 +70,19 @@ impl Api {
                 message: format!("cannot encode the batch: {error}"),
             }
         })?;
-        let mut reply = self
-            .transport
-            .post_json(
-                &DIALECT,
-                &self.batches_url,
-                self.headers.clone(),
-                body,
-                Attempt::default(),
-                false,
-            )
-            .await?;
+        let mut reply = self.conn.post_json(&self.batches_url, body).await?;
         read_status(&mut reply).await
     }
 
     pub(super) async fn status(&self, id: &str) -> Result<BatchStatus, ProviderError> {
         let url = join_url(&self.batches_url, id);
-        let mut reply = self
-            .transport
-            .get(&DIALECT, &url, self.headers.clone(), "application/json")
-            .await?;
+        let mut reply = self.conn.get(&url, "application/json").await?;
         read_status(&mut reply).await
     }
 
     pub(super) async fn cancel(&self, id: &str) -> Result<BatchStatus, ProviderError> {
         let url = join_url(&self.batches_url, &format!("{id}/cancel"));
-        let mut reply = self
-            .transport
-            .post_json(
-                &DIALECT,
-                &url,
-                self.headers.clone(),
-                b"{}".to_vec(),
-                Attempt::default(),
-                false,
-            )
-            .await?;
+        let mut reply = self.conn.post_json(&url, b"{}".to_vec()).await?;
         read_status(&mut reply).await
     }
 
@@ -116,10 +94,7 @@ impl Api {
             .results_url
             .clone()
             .unwrap_or_else(|| join_url(&self.batches_url, &format!("{}/results", status.id)));
-        let mut reply = self
-            .transport
-            .get(&DIALECT, &url, self.headers.clone(), "application/binary")
-            .await?;
+        let mut reply = self.conn.get(&url, "application/binary").await?;
         let body = reply.body().await?;
         let text = std::str::from_utf8(&body)
             .map_err(|_| reply.malformed("batch results are not UTF-8"))?;

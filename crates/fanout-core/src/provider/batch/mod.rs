@@ -303,6 +303,44 @@ fn check_requests(
     Ok(())
 }
 
+/// One batch API's connection: its transport, the headers every call carries (key, version),
+/// and how its errors read.
+#[derive(Debug, Clone)]
+struct Conn {
+    transport: super::http::HttpTransport,
+    headers: reqwest::header::HeaderMap,
+    dialect: &'static super::http::Dialect,
+}
+
+impl Conn {
+    async fn get(
+        &self,
+        url: &str,
+        accept: &'static str,
+    ) -> Result<super::http::Reply, ProviderError> {
+        self.transport
+            .get(self.dialect, url, self.headers.clone(), accept)
+            .await
+    }
+
+    async fn post_json(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+    ) -> Result<super::http::Reply, ProviderError> {
+        self.transport
+            .post_json(
+                self.dialect,
+                url,
+                self.headers.clone(),
+                body,
+                super::Attempt::default(),
+                false,
+            )
+            .await
+    }
+}
+
 /// `value` as a header value, or an error naming `what` (an API key with a newline…).
 fn header_value(
     provider: &'static str,

@@ -16,7 +16,7 @@ use super::super::error::ProviderError;
 use super::super::headers;
 use super::super::http::{Dialect, HttpTransport, Reply, cut, join_url, json_error, json_u64};
 use super::super::openai::{self as wire, OpenAiConfig};
-use super::{BatchOutcome, BatchRequest, BatchStatus, ProcessingStatus, RequestCounts};
+use super::{BatchOutcome, BatchRequest, BatchStatus, Conn, ProcessingStatus, RequestCounts};
 
 pub(super) const PROVIDER: &str = "openai";
 
@@ -39,8 +39,7 @@ const BOUNDARY: &str = "fanout-batch-input-5b1d0c";
 
 #[derive(Debug, Clone)]
 pub(super) struct Api {
-    transport: HttpTransport,
-    headers: HeaderMap,
+    conn: Conn,
     files_url: String,
     batches_url: String,
 }
@@ -60,8 +59,11 @@ impl Api {
         }
         let base = config.base_url.trim_end_matches('/');
         Ok(Api {
-            transport,
-            headers,
+            conn: Conn {
+                transport,
+                headers,
+                dialect: &DIALECT,
+            },
             files_url: join_url(base, "files"),
             batches_url: join_url(base, "batches"),
         })
@@ -78,15 +80,8 @@ impl Api {
             "completion_window": "24h",
         });
         let mut reply = self
-            .transport
-            .post_json(
-                &DIALECT,
-                &self.batches_url,
-                self.headers.clone(),
-                body.to_string().into_bytes(),
-                Attempt::default(),
-                false,
-            )
+            .conn
+            .post_json(&self.batches_url, body.to_string().into_bytes())
             .await?;
         read_status(&mut reply).await
     }
@@ -98,12 +93,13 @@ impl Api {
             "the upload's content type",
             &format!("multipart/form-data; boundary={BOUNDARY}"),
         )?;
-        let mut reply = self
+        let conn = &self.conn;
+        let mut reply = conn
             .transport
             .post(
-                &DIALECT,
+                conn.dialect,
                 &self.files_url,
-                self.headers.clone(),
+                conn.headers.clone(),
                 content_type,
                 multipart(jsonl),
                 Attempt::default(),
@@ -121,26 +117,13 @@ impl Api {
 
     pub(super) async fn status(&self, id: &str) -> Result<BatchStatus, ProviderError> {
         let url = join_url(&self.batches_url, id);
-        let mut reply = self
-            .transport
-            .get(&DIALECT, &url, self.headers.clone(), "application/json")
-            .await?;
+        let mut reply = self.conn.get(&url, "application/json").await?;
         read_status(&mut reply).await
     }
 
     pub(super) async fn cancel(&self, id: &str) -> Result<BatchStatus, ProviderError> {
         let url = join_url(&self.batches_url, &format!("{id}/cancel"));
-        let mut reply = self
-            .transport
-            .post_json(
-                &DIALECT,
-                &url,
-                self.headers.clone(),
-                b"{}".to_vec(),
-                Attempt::default(),
-                false,
-            )
-            .await?;
+        let mut reply = self.conn.post_json(&url, b"{}".to_vec()).await?;
         read_status(&mut reply).await
     }
 
@@ -152,10 +135,7 @@ impl Api {
         let files = [&status.output_file_id, &status.error_file_id];
         for file_id in files.into_iter().flatten() {
             let url = join_url(&self.files_url, &format!("{file_id}/content"));
-            let mut reply = self
-                .transport
-                .get(&DIALECT, &url, self.headers.clone(), "application/binary")
-                .await?;
+            let mut reply = self.conn.get(&url, "application/binary").await?;
             let body = reply.body().await?;
             let text = std::str::from_utf8(&body)
                 .map_err(|_| reply.malformed(format!("batch file {file_id} is not UTF-8")))?;
