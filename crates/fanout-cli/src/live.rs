@@ -14,12 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use fanout_core::config::{Config, Mode};
+use fanout_core::config::Config;
 use fanout_core::fleet::Fleet;
 use fanout_core::plan::Prepared;
 use fanout_core::run::engine::{self, EngineEvent, EngineInputs, RunOutcome};
 use fanout_core::run::lock::RepoLock;
-use fanout_core::store::AgentStatus;
 use tokio_util::sync::CancellationToken;
 
 use crate::exit::Exit;
@@ -119,34 +118,7 @@ pub async fn drive(
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (progress, tally) = &mut *guard;
         progress.event(event);
-        match event {
-            EngineEvent::AgentScheduled { .. } => tally.running += 1,
-            EngineEvent::AgentStarted { .. } => {}
-            EngineEvent::AgentFinished {
-                status,
-                mode,
-                tokens,
-                dollars,
-                denials,
-                ..
-            } => {
-                tally.running = tally.running.saturating_sub(1);
-                tally.denied += denials;
-                match status {
-                    AgentStatus::Success => tally.done += 1,
-                    _ if cancelled.is_cancelled() => tally.cancelled += 1,
-                    AgentStatus::Failure => tally.failed += 1,
-                    AgentStatus::Rollback => tally.rolled_back += 1,
-                }
-                match mode {
-                    Mode::Fast => tally.tokens_fast += tokens,
-                    Mode::Default => tally.tokens_default += tokens,
-                }
-                tally.dollars += dollars;
-            }
-            EngineEvent::AgentNotRun { .. } => tally.skipped += 1,
-            EngineEvent::Checkpoint { .. } | EngineEvent::Phase { .. } => {}
-        }
+        tally.apply(event, cancelled.is_cancelled());
         tally.observe_fleet(&stats_fleet);
         progress.update(tally);
     };

@@ -13,6 +13,7 @@ mod config_cmd;
 mod exit;
 mod items_cmd;
 mod live;
+mod mcp;
 mod model_args;
 mod progress;
 mod resume_cmd;
@@ -25,7 +26,7 @@ use std::process::ExitCode;
 /// Threads for blocking work (file tools, pre-images, git for checkpoints). File work on a
 /// small machine gains nothing from tokio's default of 512 threads, and each costs a stack
 /// and a wake-up; past this many, blocking jobs queue.
-const MAX_BLOCKING_THREADS: usize = 64;
+pub(crate) const MAX_BLOCKING_THREADS: usize = 64;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -66,6 +67,10 @@ enum Command {
     Resume(resume_cmd::ResumeArgs),
     /// Restore the working tree to a run's checkpoint (default: as it was before the run).
     Rollback(store_cmd::RollbackArgs),
+    /// Serve fanout to an agent (Claude Code, Codex, Cursor…) as a Model Context Protocol
+    /// server: plan_workflow, start_run, run_status, run_result, cancel_run, resume_run,
+    /// list_runs (stdio, or streamable HTTP with --http).
+    Mcp(mcp::McpArgs),
 }
 
 /// mimalloc, without transparent huge pages. A fleet allocates and frees from every thread at
@@ -113,6 +118,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run_cmd::run(args).await,
         Command::Resume(args) => resume_cmd::run(args).await,
         Command::Plan(args) => run_cmd::run_plan(args).await,
+        Command::Mcp(args) => mcp::run(args).await,
     }
 }
 

@@ -10,8 +10,11 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
+use fanout_core::config::Mode;
 use fanout_core::fleet::Fleet;
 use fanout_core::governor::Limits;
+use fanout_core::run::engine::EngineEvent;
+use fanout_core::store::AgentStatus;
 use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -79,6 +82,39 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// Count one engine event (`cancelling`: the run is being cancelled, so an agent that
+    /// ends unsuccessfully now was stopped, not failed).
+    pub fn apply(&mut self, event: &EngineEvent, cancelling: bool) {
+        match event {
+            EngineEvent::AgentScheduled { .. } => self.running += 1,
+            EngineEvent::AgentStarted { .. } => {}
+            EngineEvent::AgentFinished {
+                status,
+                mode,
+                tokens,
+                dollars,
+                denials,
+                ..
+            } => {
+                self.running = self.running.saturating_sub(1);
+                self.denied += denials;
+                match status {
+                    AgentStatus::Success => self.done += 1,
+                    _ if cancelling => self.cancelled += 1,
+                    AgentStatus::Failure => self.failed += 1,
+                    AgentStatus::Rollback => self.rolled_back += 1,
+                }
+                match mode {
+                    Mode::Fast => self.tokens_fast += tokens,
+                    Mode::Default => self.tokens_default += tokens,
+                }
+                self.dollars += dollars;
+            }
+            EngineEvent::AgentNotRun { .. } => self.skipped += 1,
+            EngineEvent::Checkpoint { .. } | EngineEvent::Phase { .. } => {}
+        }
+    }
+
     /// Copy the fleet's rate-governor and retry-budget figures.
     pub fn observe_fleet(&mut self, fleet: &Fleet) {
         let stats = fleet.stats();
@@ -99,7 +135,7 @@ impl Tally {
         self.total.saturating_sub(self.finished() + self.running)
     }
 
-    fn finished(&self) -> usize {
+    pub fn finished(&self) -> usize {
         self.done + self.failed + self.rolled_back + self.cancelled + self.skipped
     }
 }
@@ -260,7 +296,7 @@ fn limits_text(limits: &Limits) -> Option<String> {
 
 /// Remaining time at the average completion rate so far, and never less than the known
 /// limits allow for the work not yet sent (its calls and tokens at the average per task).
-fn eta(tally: &Tally, elapsed: Duration) -> Option<Duration> {
+pub fn eta(tally: &Tally, elapsed: Duration) -> Option<Duration> {
     let finished = tally.finished();
     if finished == 0 || finished >= tally.total {
         return None;

@@ -134,7 +134,7 @@ async fn run_with(
         },
         dry_run: args.dry_run,
         save: true,
-        calibration: calibration(args, &repository),
+        calibration: calibration(&args.model, &repository),
     };
     // A live run holds the repository from before it plans: a second live run is refused
     // before it pays for a plan.
@@ -239,14 +239,16 @@ async fn run_with(
 
 /// What the estimate goes by: the simulator's latency with --sim, and what agents used in
 /// earlier runs of the same kind (simulated or real) in this repository.
-pub(crate) fn calibration(args: &RunArgs, repository: &std::path::Path) -> plan::Calibration {
-    let simulated = args.model.simulated();
+pub(crate) fn calibration(
+    model: &crate::model_args::ModelArgs,
+    repository: &std::path::Path,
+) -> plan::Calibration {
+    let simulated = model.simulated();
     let observed = fanout_core::store::StoreReader::open_in_repo(repository)
         .and_then(|reader| reader.observed_usage(simulated, 10))
         .unwrap_or_default();
     plan::Calibration {
-        call_latency: args
-            .model
+        call_latency: model
             .sim_latency()
             .map(|latency| (latency, "the simulator's latency".to_owned())),
         instant_output: simulated,

@@ -1,0 +1,273 @@
+"""Drive `fanout mcp --sim` with the official MCP Python SDK, as an agent would.
+
+Usage: mcp_check.py FANOUT_BINARY
+
+Copies the quickstart example repository to a temporary git repository, starts
+`fanout mcp --sim --scenario … --root TMP` over stdio, and checks: the tools and their schemas;
+plan_workflow's report; that a start without a reviewed plan, with a tampered plan, with a path
+outside the roots, or on a busy repository is a tool error that writes nothing; that
+start_run returns within 5 s; that run_status reaches `completed` and agrees with
+run_result and list_runs; cancel of an unknown run. Prints PASS/FAIL per check and exits
+non-zero on any failure.
+"""
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+
+BIN = str(Path(sys.argv[1]).resolve())
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO_ROOT / "examples" / "quickstart"
+EXPECTED_TOOLS = {
+    "plan_workflow",
+    "start_run",
+    "run_status",
+    "run_result",
+    "cancel_run",
+    "resume_run",
+    "list_runs",
+}
+
+results = []
+
+
+def expect(condition, message):
+    if not condition:
+        raise AssertionError(message)
+
+
+def git(repo, *args):
+    subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
+        check=True,
+        capture_output=True,
+    )
+
+
+def text_of(result):
+    return "\n".join(block.text for block in result.content if getattr(block, "text", None))
+
+
+def runs_on_disk(repo):
+    runs = repo / ".fanout" / "runs"
+    return sorted(p.name for p in runs.iterdir()) if runs.exists() else []
+
+
+async def check(name, coroutine):
+    try:
+        await coroutine
+        results.append((name, None))
+        print(f"PASS {name}", flush=True)
+    except Exception as err:  # noqa: BLE001 - every failure is reported, not raised
+        detail = "".join(traceback.format_exception(err)).strip() if os.environ.get("MCP_CHECK_TRACE") else "".join(traceback.format_exception_only(type(err), err)).strip()
+        results.append((name, detail))
+        print(f"FAIL {name}: {detail}", flush=True)
+
+
+async def main():
+    work = Path(tempfile.mkdtemp(prefix="fanout-mcp-"))
+    outside = Path(tempfile.mkdtemp(prefix="fanout-mcp-outside-"))
+    try:
+        repo = work / "shop-api"
+        shutil.copytree(EXAMPLE / "repo", repo)
+        git(repo, "init", "-q", "-b", "main")
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", "initial")
+        workflow = work / "workflow.yaml"
+        shutil.copy(EXAMPLE / "workflow.yaml", workflow)
+        scenario = EXAMPLE / "scenario.yaml"
+        stray = outside / "workflow.yaml"
+        shutil.copy(EXAMPLE / "workflow.yaml", stray)
+
+        state = {}
+        params = StdioServerParameters(
+            command=BIN,
+            args=["mcp", "--sim", "--scenario", str(scenario), "--sim-latency-ms", "200",
+                  "--root", str(work)],
+            cwd=str(work),
+        )
+        async with stdio_client(params) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+
+                async def tools():
+                    listed = await session.list_tools()
+                    names = {tool.name for tool in listed.tools}
+                    expect(EXPECTED_TOOLS <= names, f"tools: {sorted(names)}")
+                    for tool in listed.tools:
+                        expect(tool.input_schema.get("type") == "object", f"{tool.name} input schema")
+                        expect(tool.output_schema is not None, f"{tool.name} has no output schema")
+
+                async def plan():
+                    result = await session.call_tool(
+                        "plan_workflow", {"workflow": str(workflow), "repo": str(repo)}
+                    )
+                    expect(not result.is_error, text_of(result))
+                    data = result.structured_content
+                    expect(data["clean"] is True, data["violations"])
+                    expect(data["agents_planned"] == 9, data["agents_planned"])
+                    expect(data["files_in_scope"] > 0, data["files_in_scope"])
+                    expect(data["estimated_dollars"] > 0, data["estimated_dollars"])
+                    expect(data["plan_sha256"].startswith("sha256:"), data["plan_sha256"])
+                    expect(Path(data["plan_path"]).exists(), data["plan_path"])
+                    expect(len(data["report"]["agents"]) == 9, "report rows")
+                    expect("Planned 9 agents" in text_of(result), text_of(result))
+                    # A dry run changes nothing in the repository.
+                    status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"],
+                                            capture_output=True, text=True, check=True).stdout
+                    expect(status == "", f"git status after planning: {status!r}")
+                    state["plan"] = data
+
+                async def refusals():
+                    before = runs_on_disk(repo)
+                    bogus = "sha256:" + "0" * 64
+                    result = await session.call_tool(
+                        "start_run", {"workflow": str(workflow), "repo": str(repo), "plan_sha256": bogus}
+                    )
+                    expect(result.is_error, "a start without a reviewed plan was accepted")
+                    expect("plan_workflow first" in text_of(result), text_of(result))
+                    result = await session.call_tool(
+                        "plan_workflow", {"workflow": str(stray), "repo": str(repo)}
+                    )
+                    expect(result.is_error, "a workflow outside the roots was accepted")
+                    expect("outside the server's roots" in text_of(result), text_of(result))
+                    result = await session.call_tool(
+                        "run_status", {"repo": str(repo), "run_id": "20990101T000000Z-000000"}
+                    )
+                    expect(result.is_error and "no run" in text_of(result), text_of(result))
+                    result = await session.call_tool(
+                        "cancel_run", {"repo": str(repo), "run_id": "20990101T000000Z-000000"}
+                    )
+                    expect(result.is_error, "cancel of an unknown run")
+                    # A tampered plan: its bytes no longer hash to the reviewed sha256.
+                    plan_path = Path(state["plan"]["plan_path"])
+                    original = plan_path.read_bytes()
+                    plan_path.write_bytes(original + b"\n")
+                    result = await session.call_tool(
+                        "start_run",
+                        {"workflow": str(workflow), "repo": str(repo),
+                         "plan_sha256": state["plan"]["plan_sha256"]},
+                    )
+                    plan_path.write_bytes(original)
+                    expect(result.is_error and "edited after its review" in text_of(result),
+                           text_of(result))
+                    expect(runs_on_disk(repo) == before, "a refused start wrote a run")
+
+                async def start_and_follow():
+                    started = time.monotonic()
+                    result = await session.call_tool(
+                        "start_run",
+                        {"workflow": str(workflow), "repo": str(repo),
+                         "plan_sha256": state["plan"]["plan_sha256"]},
+                    )
+                    took = time.monotonic() - started
+                    expect(not result.is_error, text_of(result))
+                    expect(took < 5, f"start_run took {took:.1f}s")
+                    run_id = result.structured_content["run_id"]
+                    expect(result.structured_content["agents"] == 9, result.structured_content)
+                    state["run_id"] = run_id
+                    # A second start on the busy repository is refused.
+                    second = await session.call_tool(
+                        "start_run",
+                        {"workflow": str(workflow), "repo": str(repo),
+                         "plan_sha256": state["plan"]["plan_sha256"]},
+                    )
+                    expect(second.is_error and "refusing a live run" in text_of(second),
+                           text_of(second))
+                    seen_active = False
+                    deadline = time.monotonic() + 120
+                    while True:
+                        polled = time.monotonic()
+                        status = await session.call_tool(
+                            "run_status", {"repo": str(repo), "run_id": run_id}
+                        )
+                        expect(time.monotonic() - polled < 5, "run_status blocked")
+                        expect(not status.is_error, text_of(status))
+                        data = status.structured_content
+                        seen_active |= data["active"]
+                        if data["status"] != "running" and not data["active"]:
+                            break
+                        expect(time.monotonic() < deadline, f"still {data} after 120 s")
+                        await asyncio.sleep(0.3)
+                    expect(seen_active, "the run was never reported active")
+                    expect(data["status"] == "completed", data)
+                    expect(data["done"] == 9 and data["failed"] == 0, data)
+                    expect(data["tokens"] > 0 and data["dollars"] > 0, data)
+
+                    result = await session.call_tool(
+                        "run_result", {"repo": str(repo), "run_id": run_id}
+                    )
+                    expect(not result.is_error, text_of(result))
+                    out = result.structured_content
+                    expect(out["status"] == "completed", out["status"])
+                    expect(len(out["agents"]) == 9, len(out["agents"]))
+                    expect(out["summary"]["out_of_scope"] == [], out["summary"])
+                    expect(out["run"]["agents"]["success"] == data["done"], "result vs status")
+                    agent = out["agents"][0]["agent_id"]
+                    one = await session.call_tool(
+                        "run_result", {"repo": str(repo), "run_id": run_id, "agent_id": agent}
+                    )
+                    expect(not one.is_error and one.structured_content["agents"]["agent_id"] == agent,
+                           text_of(one))
+
+                    listed = await session.call_tool("list_runs", {"repo": str(repo)})
+                    expect(not listed.is_error, text_of(listed))
+                    ids = [run["run_id"] for run in listed.structured_content["runs"]]
+                    expect(run_id in ids, ids)
+                    # The agents' changes are in the work tree.
+                    changed = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"],
+                                             capture_output=True, text=True, check=True).stdout
+                    expect(len(changed.splitlines()) >= 8, changed)
+
+                await check("tools listed with input and output schemas", tools())
+                await check("plan_workflow returns the dry-run report and the plan hash", plan())
+                await check("refusals are tool errors and write nothing", refusals())
+                await check("start_run returns at once; status reaches completed; result and list agree",
+                            start_and_follow())
+
+        async def over_http():
+            server = subprocess.Popen(
+                [BIN, "mcp", "--http", "127.0.0.1:0", "--sim", "--root", str(work)],
+                cwd=str(work), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, text=True,
+            )
+            try:
+                line = server.stderr.readline().strip()
+                expect(line.startswith("fanout mcp listening on http://"), line)
+                url = line.rsplit(" ", 1)[-1]
+                async with streamable_http_client(url) as streams:
+                    read, write = streams[0], streams[1]
+                    async with ClientSession(read, write) as session:
+                        await session.initialize()
+                        listed = await session.list_tools()
+                        expect(EXPECTED_TOOLS <= {tool.name for tool in listed.tools}, "tools over HTTP")
+                        runs = await session.call_tool("list_runs", {"repo": str(repo)})
+                        expect(not runs.is_error, text_of(runs))
+                        ids = [run["run_id"] for run in runs.structured_content["runs"]]
+                        expect(state.get("run_id") in ids, ids)
+            finally:
+                server.terminate()
+                server.wait(timeout=10)
+
+        await check("the same tools over streamable HTTP (--http)", over_http())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(outside, ignore_errors=True)
+
+    failed = sum(1 for _, err in results if err)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
