@@ -9,46 +9,13 @@
 //! `git status` and a dry run leaves the repository's tracked tree and index as they were.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
-
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+pub use crate::ids::RunId;
+
 use super::PlanError;
 use super::types::{Plan, parse_plan};
-
-/// A run's id: `20260131T093000Z-1a2b3c`, sortable by start time.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct RunId(pub String);
-
-impl RunId {
-    /// A new id from the clock and a few bits of the process id and time.
-    pub fn new(at: SystemTime) -> RunId {
-        let stamp = humantime::format_rfc3339_seconds(at)
-            .to_string()
-            .replace(['-', ':'], "");
-        let nanos = at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let mut hasher = Sha256::new();
-        hasher.update(nanos.to_le_bytes());
-        hasher.update(std::process::id().to_le_bytes());
-        let digest = hasher.finalize();
-        RunId(format!("{stamp}-{}", hex(&digest[..3])))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for RunId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
