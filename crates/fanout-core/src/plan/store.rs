@@ -8,9 +8,9 @@
 //! `.fanout/` gets a `.gitignore` of `*` on first use, so our own files never show up in
 //! `git status` and a dry run leaves the repository's tracked tree and index as they were.
 
-use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
 
 pub use crate::ids::RunId;
 
@@ -46,7 +46,7 @@ pub struct SavedPlan {
 
 /// Save `plan` under `<repo>/.fanout/runs/<run_id>/plan.json` with its hash.
 pub fn save_plan(repo: &Path, run_id: &RunId, plan: &Plan) -> Result<SavedPlan, PlanError> {
-    let dir = crate::layout::run_dir(repo, run_id.as_str());
+    let dir = crate::layout::run_dir(repo, run_id);
     let failed = |error: crate::layout::LayoutError| PlanError::PlanFile {
         path: error.path.clone(),
         message: error.to_string(),
@@ -54,7 +54,7 @@ pub fn save_plan(repo: &Path, run_id: &RunId, plan: &Plan) -> Result<SavedPlan, 
     crate::layout::ensure_dir(repo, &dir).map_err(failed)?;
     let bytes = plan_bytes(plan)?;
     let hash = hash_bytes(&bytes);
-    let path = crate::layout::plan_file(repo, run_id.as_str());
+    let path = crate::layout::plan_file(repo, run_id);
     let hash_path = dir.join("plan.sha256");
     let hash_line = format!("{hash}\n");
     crate::layout::write_atomic_all(&[(&path, &bytes), (&hash_path, hash_line.as_bytes())])

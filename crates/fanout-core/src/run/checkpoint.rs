@@ -459,7 +459,7 @@ impl Checkpointer {
         self.advance(&id);
         if let Some(store) = &self.store {
             let record = CheckpointRecord {
-                run_id: self.run_id.clone(),
+                run_id: crate::ids::RunId::from(self.run_id.clone()),
                 seq: id.seq,
                 commit_id: id.commit.clone(),
                 ref_name: id.ref_name.clone(),
@@ -578,7 +578,8 @@ fn as_before(
     let mut known = blobs
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let blob_dir = preimage::preimage_dir(git.root(), run_id).join("blobs");
+    let blob_dir =
+        preimage::preimage_dir(git.root(), &crate::ids::RunId::from(run_id)).join("blobs");
     let mut missing: Vec<String> = Vec::new();
     for preimage in running {
         for entry in preimage.entries.values() {

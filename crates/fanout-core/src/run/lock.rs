@@ -18,6 +18,8 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use crate::ids::RunId;
+
 /// The lock could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -97,7 +99,7 @@ impl RepoLock {
 
 impl RunLock {
     /// Take `<root>/.fanout/runs/<run_id>/run.lock`.
-    pub fn acquire(root: &Path, run_id: &str) -> Result<RunLock, LockError> {
+    pub fn acquire(root: &Path, run_id: &RunId) -> Result<RunLock, LockError> {
         let dir = crate::layout::run_dir(root, run_id);
         crate::layout::ensure_dir(root, &dir).map_err(|error| LockError::Open {
             path: error.path,

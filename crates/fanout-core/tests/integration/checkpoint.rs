@@ -350,7 +350,7 @@ async fn checkpoints_land_every_n_completions() {
 
     let reader = StoreReader::open_in_repo(repo).unwrap();
     let recorded: Vec<(u64, u64)> = reader
-        .checkpoints("run-5")
+        .checkpoints(&"run-5".into())
         .unwrap()
         .iter()
         .map(|c| (c.seq, c.completed_agents))
@@ -434,7 +434,7 @@ fn a_checkpoint_shows_a_running_agents_scope_as_its_preimage() {
     let base_blobs = BaseBlobs::load(&git_handle, &base.tree).unwrap();
     let (taken, _) = preimage::prepare(
         repo,
-        "run-8",
+        &"run-8".into(),
         "agent-a",
         &["scope/".to_owned()],
         &base_blobs,
