@@ -65,8 +65,7 @@ pub async fn run(args: ResumeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `fanout run FILE --retry-failed RUN_ID`.
-pub async fn retry_failed(args: &RunArgs, run_id: &str) -> anyhow::Result<ExitCode> {
-    let run_id = &RunId::from(run_id);
+pub async fn retry_failed(args: &RunArgs, run_id: &RunId) -> anyhow::Result<ExitCode> {
     // An item run is retried by a new run with this command line's options as they are.
     let repo = args.repo.clone().unwrap_or_else(|| PathBuf::from("."));
     if fanout_core::items::run::item_run(&repo, run_id).is_some() {

@@ -152,7 +152,7 @@ pub async fn run_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     };
     let run_id = args.run_id.clone();
     let root = repo.clone();
-    let report = tokio::task::spawn_blocking(move || rollback(&root, run_id.as_str(), &options))
+    let report = tokio::task::spawn_blocking(move || rollback(&root, &run_id, &options))
         .await
         .context("the rollback task stopped")??;
     // Note it in the run's event log when the run is in the store; the files are already

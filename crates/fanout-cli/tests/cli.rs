@@ -531,7 +531,7 @@ mod store_commands {
             })
             .await
             .unwrap();
-        let mut checkpoints = Checkpointer::new(path, "run-rb")
+        let mut checkpoints = Checkpointer::new(path, &"run-rb".into())
             .unwrap()
             .with_store(store.clone());
         checkpoints.base().await.unwrap();

@@ -78,7 +78,7 @@ impl RepoLock {
     }
 
     /// Name the run this lock is held for, for whoever is refused next.
-    pub fn claim(&self, run_id: &str) {
+    pub fn claim(&self, run_id: &RunId) {
         self.inner
             .describe(&format!("run {run_id} (pid {})", std::process::id()));
     }
@@ -162,7 +162,7 @@ mod tests {
     fn a_second_holder_is_refused_with_the_first_ones_run_and_let_in_after_it() {
         let repo = tempfile::tempdir().unwrap();
         let first = RepoLock::acquire(repo.path(), "planning").unwrap();
-        first.claim("20261204T000000Z-abcdef");
+        first.claim(&"20261204T000000Z-abcdef".into());
         match RepoLock::acquire(repo.path(), "planning") {
             Err(LockError::Held { holder, .. }) => {
                 assert!(

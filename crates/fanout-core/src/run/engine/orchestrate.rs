@@ -43,7 +43,7 @@ pub(super) async fn run_engine(
         clear_leftovers(&inputs).await?;
     }
     let in_flight = Arc::new(InFlightScopes::default());
-    let mut checkpointer = Checkpointer::new(&inputs.repo, inputs.run_id.as_str())?
+    let mut checkpointer = Checkpointer::new(&inputs.repo, &inputs.run_id)?
         .with_store(store.clone())
         .with_in_flight(Arc::clone(&in_flight));
     let base = checkpointer.base().await?;
@@ -55,7 +55,7 @@ pub(super) async fn run_engine(
     let base_blobs = load_base_blobs(&checkpointer, &base).await?;
     record_run(&inputs, &store, resuming, &base.commit).await?;
     // Named only now that the run is on record, so whoever is refused can resume it.
-    inputs.lock.claim(inputs.run_id.as_str());
+    inputs.lock.claim(&inputs.run_id);
     let state = if resuming {
         prepare_resume(&inputs, &store).await?
     } else {
