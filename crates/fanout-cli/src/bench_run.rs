@@ -166,8 +166,8 @@ pub async fn run(args: BenchRunArgs) -> anyhow::Result<ExitCode> {
         .report
         .saved
         .as_ref()
-        .map(|saved| saved.run_id.0.clone())
-        .unwrap_or_else(|| plan::RunId::new(SystemTime::now()).0);
+        .map(|saved| saved.run_id.clone())
+        .unwrap_or_else(|| plan::RunId::new(SystemTime::now()));
     let inputs = EngineInputs {
         config: Arc::new(config),
         plan: prepared.validation.plan.clone(),

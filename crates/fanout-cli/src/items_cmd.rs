@@ -34,7 +34,7 @@ use fanout_core::items::run::{
     EventSink, ItemEvent, ItemJob, ItemReport, RunOptions, WORKER_ROLE, load_items,
 };
 use fanout_core::items::worker::{OutputRoute, SUBMIT_TOOL};
-use fanout_core::plan;
+use fanout_core::plan::RunId;
 use fanout_core::provider::batch::PollPolicy;
 use fanout_core::store::{RunStatus, Store};
 use tokio_util::sync::CancellationToken;
@@ -59,7 +59,7 @@ pub async fn retry_failed(
     args: RunArgs,
     config: Config,
     root: PathBuf,
-    run_id: String,
+    run_id: RunId,
 ) -> anyhow::Result<ExitCode> {
     execute(&args, config, root, None, Some(run_id)).await
 }
@@ -70,7 +70,7 @@ pub async fn resume(
     args: RunArgs,
     config: Config,
     root: PathBuf,
-    run_id: String,
+    run_id: RunId,
 ) -> anyhow::Result<ExitCode> {
     execute(&args, config, root, Some(run_id), None).await
 }
@@ -79,13 +79,13 @@ async fn execute(
     args: &RunArgs,
     config: Config,
     root: PathBuf,
-    resume: Option<String>,
-    retry_of: Option<String>,
+    resume: Option<RunId>,
+    retry_of: Option<RunId>,
 ) -> anyhow::Result<ExitCode> {
     // A resumed retry run rebuilds its job from the run it retries.
     let retry_of = retry_of.or_else(|| {
         resume
-            .as_deref()
+            .as_ref()
             .and_then(|run_id| fanout_core::items::run::item_run(&root, run_id))
             .and_then(|record| record.retry_of)
     });
@@ -110,8 +110,8 @@ async fn prepare_and_run(
     args: &RunArgs,
     config: Config,
     root: PathBuf,
-    resume: Option<String>,
-    retry_of: Option<String>,
+    resume: Option<RunId>,
+    retry_of: Option<RunId>,
     backend: &Backend,
     llm: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -144,7 +144,7 @@ async fn prepare_and_run(
         .map(|job| (job, None))
         .map_err(|err| err.to_string())
     } else if llm {
-        prepare_with_proposal(args, &config, &root, resume.as_deref(), backend).await?
+        prepare_with_proposal(args, &config, &root, resume.as_ref(), backend).await?
     } else {
         let config = config.clone();
         tokio::task::spawn_blocking(move || ItemJob::from_config(&config))
@@ -209,7 +209,7 @@ async fn prepare_and_run(
         // The proposal is saved for review under a run id of its own; `--plan` runs it.
         let saved = match &proposal {
             Some(proposal) if args.plan.is_none() => {
-                let run_id = plan::RunId::new(SystemTime::now()).0;
+                let run_id = RunId::new(SystemTime::now());
                 Some(propose::save(&root, &run_id, proposal)?)
             }
             _ => None,
@@ -241,7 +241,7 @@ async fn prepare_with_proposal(
     args: &RunArgs,
     config: &Config,
     root: &std::path::Path,
-    resume: Option<&str>,
+    resume: Option<&RunId>,
     backend: &Backend,
 ) -> anyhow::Result<Result<(ItemJob, Option<ItemProposal>), String>> {
     let Some(items_config) = config.items.clone() else {
@@ -300,7 +300,7 @@ async fn live(
     config: &Config,
     job: Arc<ItemJob>,
     root: PathBuf,
-    resume: Option<String>,
+    resume: Option<RunId>,
     backend: &Backend,
     proposal: Option<ItemProposal>,
 ) -> anyhow::Result<ExitCode> {
@@ -316,7 +316,7 @@ async fn live(
     // The run's id is chosen here so that its lock is held before its first record.
     let run_id = resume
         .clone()
-        .unwrap_or_else(|| plan::RunId::new(SystemTime::now()).0);
+        .unwrap_or_else(|| RunId::new(SystemTime::now()));
     let _lock = match RunLock::acquire(&root, &run_id) {
         Ok(lock) => lock,
         Err(message) => {

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use clap::Args;
 use fanout_core::backend::Backend;
 use fanout_core::config::Config;
-use fanout_core::plan;
+use fanout_core::plan::{self, RunId};
 use fanout_core::run::launch::{self, LaunchError, LaunchErrorKind, Recorded};
 use fanout_core::run::lock::RepoLock;
 use fanout_core::store::{AgentStatus, RunStatus, StoreReader};
@@ -41,7 +41,7 @@ use crate::run_cmd::RunArgs;
 #[derive(Args, Debug, Clone)]
 pub struct ResumeArgs {
     /// The run to finish (see `fanout runs`).
-    pub run_id: String,
+    pub run_id: RunId,
     /// The workflow file (default: the one the run was started with).
     #[arg(long, value_name = "FILE")]
     pub file: Option<PathBuf>,
@@ -65,7 +65,7 @@ pub async fn run(args: ResumeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `fanout run FILE --retry-failed RUN_ID`.
-pub async fn retry_failed(args: &RunArgs, run_id: &str) -> anyhow::Result<ExitCode> {
+pub async fn retry_failed(args: &RunArgs, run_id: &RunId) -> anyhow::Result<ExitCode> {
     // An item run is retried by a new run with this command line's options as they are.
     let repo = args.repo.clone().unwrap_or_else(|| PathBuf::from("."));
     if fanout_core::items::run::item_run(&repo, run_id).is_some() {
@@ -87,10 +87,10 @@ pub async fn retry_failed(args: &RunArgs, run_id: &str) -> anyhow::Result<ExitCo
                 return Ok(Exit::Config.into());
             }
         };
-        return crate::items_cmd::retry_failed(args.clone(), config, repo, run_id.to_owned()).await;
+        return crate::items_cmd::retry_failed(args.clone(), config, repo, run_id.clone()).await;
     }
     let resume = ResumeArgs {
-        run_id: run_id.to_owned(),
+        run_id: run_id.clone(),
         file: Some(args.file.clone()),
         repo: args.repo.clone(),
         model: args.model.clone(),
@@ -194,7 +194,7 @@ async fn resume_items(
 /// row), read from the store; nothing is written, no model is called.
 fn report_rerun(
     repo: &Path,
-    run_id: &str,
+    run_id: &RunId,
     plan: &plan::Plan,
     json: bool,
 ) -> anyhow::Result<ExitCode> {

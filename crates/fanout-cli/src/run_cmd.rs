@@ -20,7 +20,7 @@ use clap::Args;
 use fanout_core::backend::Backend;
 use fanout_core::config::Config;
 use fanout_core::fleet::Fleet;
-use fanout_core::plan::{self, PlanOptions, PrepareRequest, ScopePaths};
+use fanout_core::plan::{self, PlanOptions, PrepareRequest, RunId, ScopePaths};
 use fanout_core::run::lock::RepoLock;
 use fanout_sim::Faults;
 use tokio_util::sync::CancellationToken;
@@ -62,7 +62,7 @@ pub struct RunArgs {
     /// (its saved plan; FILE gives the configuration).
     /// With --dry-run (or `fanout plan`): report which agents would run again.
     #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["plan", "task"])]
-    pub retry_failed: Option<String>,
+    pub retry_failed: Option<RunId>,
 }
 
 /// `fanout plan`: the dry run.

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use clap::Args;
 use fanout_core::git::Git;
+use fanout_core::plan::RunId;
 use fanout_core::run::lock::RepoLock;
 use fanout_core::run::{RollbackOptions, rollback};
 use fanout_core::store::{
@@ -33,7 +34,7 @@ pub struct RunsArgs {
 #[derive(Args, Debug)]
 pub struct ShowArgs {
     /// The run to show (see `fanout runs`).
-    pub run_id: String,
+    pub run_id: RunId,
     /// Show one agent in detail: its attempts, tool calls and denials.
     pub agent_id: Option<String>,
     /// The repository (default: the current directory).
@@ -47,7 +48,7 @@ pub struct ShowArgs {
 #[derive(Args, Debug)]
 pub struct RollbackArgs {
     /// The run whose changes to undo.
-    pub run_id: String,
+    pub run_id: RunId,
     /// Restore this checkpoint instead of the run's base (0: the tree before the run).
     #[arg(long = "to", value_name = "CHECKPOINT")]
     pub to: Option<u64>,
@@ -276,7 +277,7 @@ fn runs_table(runs: &[RunSummary]) -> String {
                 .map(duration_text)
                 .unwrap_or_else(|| "-".to_owned());
             vec![
-                run.run_id.clone(),
+                run.run_id.to_string(),
                 run.workflow.clone(),
                 run.status.as_str().to_owned(),
                 run.started_at.clone(),
@@ -365,7 +366,7 @@ fn run_text(detail: &RunDetail) -> String {
     let mut field = |name: &str, value: &str| {
         let _ = writeln!(out, "{name:<10}{value}");
     };
-    field("run", &run.run_id);
+    field("run", run.run_id.as_str());
     field("workflow", &run.workflow);
     field("status", run.status.as_str());
     field("started", &run.started_at);

@@ -353,7 +353,7 @@ mod store_commands {
         for (run_id, started) in [("run-old", 0), ("run-new", 1000)] {
             store
                 .create_run(NewRun {
-                    run_id: run_id.to_owned(),
+                    run_id: run_id.into(),
                     workflow: "auth-refactor".to_owned(),
                     config_path: None,
                     plan_hash: Some("sha256:feed".to_owned()),
@@ -373,7 +373,7 @@ mod store_commands {
         ] {
             store
                 .start_agent(AgentStart {
-                    run_id: "run-new".to_owned(),
+                    run_id: "run-new".into(),
                     agent_id: agent.to_owned(),
                     attempt: 1,
                     task_description: format!("refactor {agent}"),
@@ -386,7 +386,7 @@ mod store_commands {
                 .unwrap();
             store
                 .tool_call(ToolCallRecord {
-                    run_id: "run-new".to_owned(),
+                    run_id: "run-new".into(),
                     agent_id: agent.to_owned(),
                     attempt: 1,
                     seq: 1,
@@ -405,7 +405,7 @@ mod store_commands {
                 .unwrap();
             store
                 .finish_agent(AgentFinish {
-                    run_id: "run-new".to_owned(),
+                    run_id: "run-new".into(),
                     agent_id: agent.to_owned(),
                     attempt: 1,
                     status,
@@ -423,7 +423,7 @@ mod store_commands {
         }
         store
             .denial(DenialRecord {
-                run_id: "run-new".to_owned(),
+                run_id: "run-new".into(),
                 agent_id: "handlers".to_owned(),
                 attempt: 1,
                 tool: "write_file".to_owned(),
@@ -434,7 +434,7 @@ mod store_commands {
             .await
             .unwrap();
         store
-            .set_run_status("run-new", RunStatus::Partial, Some(at(1010)), None)
+            .set_run_status(&"run-new".into(), RunStatus::Partial, Some(at(1010)), None)
             .await
             .unwrap();
         store.close().await.unwrap();
@@ -518,7 +518,7 @@ mod store_commands {
         let store = Store::open_in_repo(path).unwrap();
         store
             .create_run(NewRun {
-                run_id: "run-rb".to_owned(),
+                run_id: "run-rb".into(),
                 workflow: "w".to_owned(),
                 config_path: None,
                 plan_hash: None,
@@ -531,7 +531,7 @@ mod store_commands {
             })
             .await
             .unwrap();
-        let mut checkpoints = Checkpointer::new(path, "run-rb")
+        let mut checkpoints = Checkpointer::new(path, &"run-rb".into())
             .unwrap()
             .with_store(store.clone());
         checkpoints.base().await.unwrap();
@@ -584,7 +584,7 @@ mod store_commands {
         );
         let events = fanout_core::store::StoreReader::open_in_repo(path)
             .unwrap()
-            .events("run-rb")
+            .events(&"run-rb".into())
             .unwrap();
         let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(kinds, ["rollback", "rollback"]);
@@ -1223,7 +1223,10 @@ rules:
             0
         );
         let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
-        let run = reader.run_summary(&run_id).unwrap().unwrap();
+        let run = reader
+            .run_summary(&run_id.as_str().into())
+            .unwrap()
+            .unwrap();
         assert_eq!(run.run.status.as_str(), "completed");
         assert_eq!(run.run.error, None);
         // Only one run was ever recorded.
@@ -1288,7 +1291,10 @@ rules:
 
         // A consistent store: the run is cancelled, every started attempt has its record.
         let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
-        let run = reader.run_summary(&run_id).unwrap().unwrap();
+        let run = reader
+            .run_summary(&run_id.as_str().into())
+            .unwrap()
+            .unwrap();
         assert_eq!(run.run.status.as_str(), "cancelled");
         assert_eq!(
             query_i64(
@@ -1332,7 +1338,7 @@ rules:
         let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
         assert_eq!(
             reader
-                .run_summary(&run_id)
+                .run_summary(&run_id.as_str().into())
                 .unwrap()
                 .unwrap()
                 .run
@@ -1433,7 +1439,7 @@ rules:
             assert_eq!(text, format!("edited src/file_{i:03}.txt by its agent\n"));
         }
         let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
-        let rows = reader.agent_runs(&run_id).unwrap();
+        let rows = reader.agent_runs(&run_id.as_str().into()).unwrap();
         let of = |agent: &str| -> Vec<(u32, String, bool)> {
             let mut rows: Vec<(u32, String, bool)> = rows
                 .iter()
@@ -1479,7 +1485,7 @@ rules:
         );
         assert_eq!(
             reader
-                .run_summary(&run_id)
+                .run_summary(&run_id.as_str().into())
                 .unwrap()
                 .unwrap()
                 .run
@@ -1490,7 +1496,7 @@ rules:
 
         // A dry run of `--retry-failed` (as `fanout plan` or `run --dry-run`) names the agents
         // that would run again and changes nothing: no tool runs, no row is written.
-        let rows_before = reader.agent_runs(&run_id).unwrap().len();
+        let rows_before = reader.agent_runs(&run_id.as_str().into()).unwrap().len();
         let tree_before = tree(repo.path());
         for command in [
             vec!["plan", workflow.as_str(), "--retry-failed", run_id.as_str()],
@@ -1525,7 +1531,10 @@ rules:
                 "{command:?} changed the tree"
             );
             let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
-            assert_eq!(reader.agent_runs(&run_id).unwrap().len(), rows_before);
+            assert_eq!(
+                reader.agent_runs(&run_id.as_str().into()).unwrap().len(),
+                rows_before
+            );
         }
 
         // `--retry-failed` re-runs only the failed agents; the escalated one stays on default.
@@ -1547,7 +1556,7 @@ rules:
             String::from_utf8_lossy(&output.stderr)
         );
         let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
-        let rows = reader.agent_runs(&run_id).unwrap();
+        let rows = reader.agent_runs(&run_id.as_str().into()).unwrap();
         assert_eq!(rows.len(), agents + 2 + 1 + 2 + 2);
         assert_eq!(success_anomalies(repo.path(), &run_id, agents), (0, 0));
         let retried = rows
@@ -1564,7 +1573,7 @@ rules:
         );
         assert_eq!(
             reader
-                .run_summary(&run_id)
+                .run_summary(&run_id.as_str().into())
                 .unwrap()
                 .unwrap()
                 .run

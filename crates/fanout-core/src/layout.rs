@@ -23,6 +23,8 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::ids::RunId;
+
 /// Our directory inside the repository.
 pub const FANOUT_DIR: &str = ".fanout";
 /// The run store's database file inside [`FANOUT_DIR`].
@@ -73,12 +75,12 @@ pub fn runs_dir(repo: &Path) -> PathBuf {
 }
 
 /// `<repo>/.fanout/runs/<run_id>`: a run's directory.
-pub fn run_dir(repo: &Path, run_id: &str) -> PathBuf {
-    runs_dir(repo).join(run_id)
+pub fn run_dir(repo: &Path, run_id: &RunId) -> PathBuf {
+    runs_dir(repo).join(run_id.as_str())
 }
 
 /// `<repo>/.fanout/runs/<run_id>/plan.json`: the reviewed plan a run executes.
-pub fn plan_file(repo: &Path, run_id: &str) -> PathBuf {
+pub fn plan_file(repo: &Path, run_id: &RunId) -> PathBuf {
     run_dir(repo, run_id).join("plan.json")
 }
 
@@ -185,9 +187,9 @@ mod tests {
     #[test]
     fn paths_and_ownership() {
         let repo = Path::new("/r");
-        assert_eq!(run_dir(repo, "R1"), Path::new("/r/.fanout/runs/R1"));
+        assert_eq!(run_dir(repo, &"R1".into()), Path::new("/r/.fanout/runs/R1"));
         assert_eq!(
-            plan_file(repo, "R1"),
+            plan_file(repo, &"R1".into()),
             Path::new("/r/.fanout/runs/R1/plan.json")
         );
         assert_eq!(db_path(repo), Path::new("/r/.fanout/fanout.db"));
@@ -210,7 +212,7 @@ mod tests {
             "*\nkept\n"
         );
 
-        let run = run_dir(repo.path(), "R1");
+        let run = run_dir(repo.path(), &"R1".into());
         ensure_dir(repo.path(), &run).unwrap();
         let (a, b) = (run.join("a.json"), run.join("b.md"));
         write_atomic_all(&[(&a, b"{}\n"), (&b, b"# b\n")]).unwrap();

@@ -1,8 +1,8 @@
 //! fanout-core: the engine behind the `fanout` command.
 //!
 //! Layers, bottom up (a module imports only from the ones above it in this list):
-//! - [`env`], [`layout`], [`text`]: the environment variables read, every path under
-//!   `.fanout/` with the one durable atomic write, text helpers.
+//! - [`ids`], [`env`], [`layout`], [`text`]: the id types, the environment variables read,
+//!   every path under `.fanout/` with the one durable atomic write, text helpers.
 //! - [`config`]: the workflow YAML file: model, defaults, validation with located errors,
 //!   JSON Schema and the `fanout init` template.
 //! - [`provider`]: talk to a model API (Anthropic Messages, OpenAI-compatible Chat
@@ -40,6 +40,7 @@ pub mod fleet;
 pub mod git;
 pub mod governor;
 pub mod group_commit;
+pub mod ids;
 pub mod items;
 pub mod layout;
 pub mod plan;

@@ -439,7 +439,7 @@ fn counts_agree_after_a_kill_and_resume() {
     first.wait().unwrap();
     let run_id = {
         let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
-        reader.runs().unwrap()[0].run.run_id.clone()
+        reader.runs().unwrap()[0].run.run_id.to_string()
     };
 
     let resumed = fanout(
@@ -601,7 +601,7 @@ fn a_recorded_run_is_checked_before_it_is_finished() {
     first.wait().unwrap();
     let run_id = {
         let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
-        reader.runs().unwrap()[0].run.run_id.clone()
+        reader.runs().unwrap()[0].run.run_id.to_string()
     };
     let stderr = |output: &Output| String::from_utf8_lossy(&output.stderr).into_owned();
 
@@ -696,7 +696,7 @@ fn tool_calls_are_recorded_and_denials_are_visible() {
 
     // One row per call with its outcome, target, duration, bytes and paths.
     let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
-    let detail = reader.agent(run_id, "edit-000").unwrap().unwrap();
+    let detail = reader.agent(&run_id.into(), "edit-000").unwrap().unwrap();
     let calls: Vec<(String, Option<String>, Option<String>)> = detail
         .tool_calls
         .iter()
@@ -1110,7 +1110,7 @@ mod examples {
             child.wait().unwrap();
             let run_id = {
                 let reader = fanout_core::store::StoreReader::open_in_repo(dir.path()).unwrap();
-                reader.runs().unwrap()[0].run.run_id.clone()
+                reader.runs().unwrap()[0].run.run_id.to_string()
             };
             let mut resume = vec!["resume".to_owned(), run_id.clone(), "--json".into()];
             let mut source = run_args(example).into_iter();

@@ -23,6 +23,7 @@ use super::Item;
 use crate::config::Config;
 use crate::config::items::ChunkingConfig;
 use crate::fleet::{Fleet, FleetError};
+use crate::ids::RunId;
 use crate::plan::store::hash_bytes;
 use crate::provider::{Message, Request, ToolChoice, ToolSpec};
 
@@ -546,14 +547,14 @@ pub struct SavedProposal {
 }
 
 /// `<root>/.fanout/runs/<run_id>/item-plan.json`.
-pub fn proposal_path(root: &Path, run_id: &str) -> PathBuf {
+pub fn proposal_path(root: &Path, run_id: &RunId) -> PathBuf {
     crate::layout::run_dir(root, run_id).join("item-plan.json")
 }
 
 /// Save `proposal` for `run_id` (and its hash beside it), written whole or not at all.
 pub fn save(
     root: &Path,
-    run_id: &str,
+    run_id: &RunId,
     proposal: &ItemProposal,
 ) -> Result<SavedProposal, ProposeError> {
     let path = proposal_path(root, run_id);
@@ -765,7 +766,7 @@ mod tests {
     fn saved_plans_load_back_checked_and_edits_show() {
         let dir = tempfile::tempdir().unwrap();
         let proposal = check_answer(&answer(), None, "w", 20).unwrap();
-        let saved = save(dir.path(), "run-1", &proposal).unwrap();
+        let saved = save(dir.path(), &"run-1".into(), &proposal).unwrap();
         let loaded = load(&saved.path, None, "w").unwrap();
         assert_eq!(loaded.proposal, proposal);
         assert!(!loaded.edited_since_review());

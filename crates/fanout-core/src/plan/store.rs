@@ -8,47 +8,14 @@
 //! `.fanout/` gets a `.gitignore` of `*` on first use, so our own files never show up in
 //! `git status` and a dry run leaves the repository's tracked tree and index as they were.
 
-use std::path::{Path, PathBuf};
-use std::time::SystemTime;
-
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+pub use crate::ids::RunId;
 
 use super::PlanError;
 use super::types::{Plan, parse_plan};
-
-/// A run's id: `20260131T093000Z-1a2b3c`, sortable by start time.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct RunId(pub String);
-
-impl RunId {
-    /// A new id from the clock and a few bits of the process id and time.
-    pub fn new(at: SystemTime) -> RunId {
-        let stamp = humantime::format_rfc3339_seconds(at)
-            .to_string()
-            .replace(['-', ':'], "");
-        let nanos = at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let mut hasher = Sha256::new();
-        hasher.update(nanos.to_le_bytes());
-        hasher.update(std::process::id().to_le_bytes());
-        let digest = hasher.finalize();
-        RunId(format!("{stamp}-{}", hex(&digest[..3])))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for RunId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -79,7 +46,7 @@ pub struct SavedPlan {
 
 /// Save `plan` under `<repo>/.fanout/runs/<run_id>/plan.json` with its hash.
 pub fn save_plan(repo: &Path, run_id: &RunId, plan: &Plan) -> Result<SavedPlan, PlanError> {
-    let dir = crate::layout::run_dir(repo, run_id.as_str());
+    let dir = crate::layout::run_dir(repo, run_id);
     let failed = |error: crate::layout::LayoutError| PlanError::PlanFile {
         path: error.path.clone(),
         message: error.to_string(),
@@ -87,7 +54,7 @@ pub fn save_plan(repo: &Path, run_id: &RunId, plan: &Plan) -> Result<SavedPlan, 
     crate::layout::ensure_dir(repo, &dir).map_err(failed)?;
     let bytes = plan_bytes(plan)?;
     let hash = hash_bytes(&bytes);
-    let path = crate::layout::plan_file(repo, run_id.as_str());
+    let path = crate::layout::plan_file(repo, run_id);
     let hash_path = dir.join("plan.sha256");
     let hash_line = format!("{hash}\n");
     crate::layout::write_atomic_all(&[(&path, &bytes), (&hash_path, hash_line.as_bytes())])

@@ -40,6 +40,7 @@ use serde::Serialize;
 use super::preimage::{self, Entry as PreimageEntry, Preimage};
 use crate::config::Rollback;
 use crate::git::{Git, GitError};
+use crate::ids::RunId;
 use crate::policy::PathSet;
 use crate::store::{CheckpointRecord, Store, StoreError};
 
@@ -65,7 +66,7 @@ pub enum CheckpointError {
         "checkpoint {seq} of run {run_id} was committed ({commit}) but not recorded in the run store: {source}"
     )]
     Store {
-        run_id: String,
+        run_id: RunId,
         seq: u64,
         commit: String,
         source: Box<StoreError>,
@@ -139,7 +140,7 @@ impl InFlightScopes {
 /// A checkpoint taken.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CheckpointId {
-    pub run_id: String,
+    pub run_id: RunId,
     /// 0 is the run's base.
     pub seq: u64,
     pub commit: String,
@@ -167,22 +168,23 @@ pub(crate) struct Snapshot {
 }
 
 /// `refs/fanout/<run_id>/`.
-pub fn run_ref_prefix(run_id: &str) -> String {
+pub fn run_ref_prefix(run_id: &RunId) -> String {
     format!("refs/fanout/{run_id}/")
 }
 
 /// `refs/fanout/<run_id>/checkpoints/<seq>`.
-pub fn checkpoint_ref(run_id: &str, seq: u64) -> String {
+pub fn checkpoint_ref(run_id: &RunId, seq: u64) -> String {
     format!("refs/fanout/{run_id}/checkpoints/{seq}")
 }
 
 /// `refs/fanout/<run_id>/latest`.
-pub fn latest_ref(run_id: &str) -> String {
+pub fn latest_ref(run_id: &RunId) -> String {
     format!("refs/fanout/{run_id}/latest")
 }
 
 /// Refuse run ids that would make a bad or surprising ref name.
-pub fn validate_run_id(run_id: &str) -> Result<(), CheckpointError> {
+pub fn validate_run_id(run_id: &RunId) -> Result<(), CheckpointError> {
+    let run_id = run_id.as_str();
     let invalid = |reason| CheckpointError::InvalidRunId {
         run_id: run_id.to_owned(),
         reason,
@@ -205,7 +207,7 @@ pub fn validate_run_id(run_id: &str) -> Result<(), CheckpointError> {
 }
 
 /// A run's checkpoints from its refs: seq → commit.
-pub fn list_checkpoints(git: &Git, run_id: &str) -> Result<BTreeMap<u64, String>, GitError> {
+pub fn list_checkpoints(git: &Git, run_id: &RunId) -> Result<BTreeMap<u64, String>, GitError> {
     let prefix = format!("{}checkpoints/", run_ref_prefix(run_id));
     Ok(git
         .refs_under(&prefix)?
@@ -324,7 +326,7 @@ fn now_ns() -> i128 {
 pub struct Checkpointer {
     git: Git,
     cache: Arc<Mutex<HashCache>>,
-    run_id: String,
+    run_id: RunId,
     next_seq: u64,
     parent: Option<String>,
     latest: Option<CheckpointId>,
@@ -338,7 +340,7 @@ pub struct Checkpointer {
 impl Checkpointer {
     /// Checkpoints of `run_id` in the repository containing `repo`. Numbering continues from
     /// the run's existing refs, so a resumed run goes on where it stopped.
-    pub fn new(repo: &Path, run_id: &str) -> Result<Checkpointer, CheckpointError> {
+    pub fn new(repo: &Path, run_id: &RunId) -> Result<Checkpointer, CheckpointError> {
         validate_run_id(run_id)?;
         let git = Git::open(repo)?;
         let existing = list_checkpoints(&git, run_id)?;
@@ -382,7 +384,7 @@ impl Checkpointer {
         self
     }
 
-    pub fn run_id(&self) -> &str {
+    pub fn run_id(&self) -> &RunId {
         &self.run_id
     }
 
@@ -523,7 +525,7 @@ struct Running<'a> {
 fn make_checkpoint(
     git: &Git,
     cache: &Mutex<HashCache>,
-    run_id: &str,
+    run_id: &RunId,
     seq: u64,
     parent: Option<&str>,
     message: &str,
@@ -564,7 +566,7 @@ fn make_checkpoint(
 /// files with their recorded contents and modes, anything else under the scope removed.
 fn as_before(
     git: &Git,
-    run_id: &str,
+    run_id: &RunId,
     entries: &mut BTreeMap<Vec<u8>, TreeEntry>,
     running: &[Arc<Preimage>],
     blobs: &Mutex<HashMap<String, String>>,
@@ -1027,9 +1029,9 @@ mod tests {
 
     #[test]
     fn run_ids_must_make_safe_refs() {
-        assert!(validate_run_id("20260131T093000Z-1a2b3c").is_ok());
+        assert!(validate_run_id(&"20260131T093000Z-1a2b3c".into()).is_ok());
         for bad in ["", "a/b", "a..b", ".a", "-a", "a.lock", "a b", "a~1", "a:b"] {
-            assert!(validate_run_id(bad).is_err(), "{bad:?} accepted");
+            assert!(validate_run_id(&bad.into()).is_err(), "{bad:?} accepted");
         }
     }
 }

@@ -145,7 +145,7 @@ mod tests {
     #[tokio::test]
     async fn completions_at_the_policy_pace_get_one_checkpoint_per_interval() {
         let repo = repository();
-        let mut checkpointer = Checkpointer::new(repo.path(), "run-worker").unwrap();
+        let mut checkpointer = Checkpointer::new(repo.path(), &"run-worker".into()).unwrap();
         checkpointer.base().await.unwrap();
         let (tx, mut taken) = tokio::sync::mpsc::unbounded_channel();
         let worker = CheckpointWorker::spawn(
@@ -176,7 +176,7 @@ mod tests {
     #[tokio::test]
     async fn a_burst_is_coalesced_and_nothing_is_lost() {
         let repo = repository();
-        let mut checkpointer = Checkpointer::new(repo.path(), "run-burst").unwrap();
+        let mut checkpointer = Checkpointer::new(repo.path(), &"run-burst".into()).unwrap();
         checkpointer.base().await.unwrap();
         let (tx, mut taken) = tokio::sync::mpsc::unbounded_channel();
         let worker =
@@ -204,7 +204,7 @@ mod tests {
     #[tokio::test]
     async fn finishing_takes_no_further_checkpoint() {
         let repo = repository();
-        let mut checkpointer = Checkpointer::new(repo.path(), "run-finish").unwrap();
+        let mut checkpointer = Checkpointer::new(repo.path(), &"run-finish".into()).unwrap();
         checkpointer.base().await.unwrap();
         let (tx, mut taken) = tokio::sync::mpsc::unbounded_channel();
         let worker =

@@ -53,18 +53,18 @@ pub enum LaunchError {
         source: std::io::Error,
     },
     #[error("no run {run_id} in {repo}")]
-    UnknownRun { run_id: String, repo: PathBuf },
+    UnknownRun { run_id: RunId, repo: PathBuf },
     #[error("cannot read the run store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error(
         "run {run_id} was undone by `fanout rollback`; its successes are no longer in the tree, so it cannot be finished (start a new run)"
     )]
-    RolledBack { run_id: String },
+    RolledBack { run_id: RunId },
     /// `--retry-failed` of a run still marked running: it must be resumed instead.
     #[error("run {run_id} did not end (it was interrupted or is still running)")]
-    NotEnded { run_id: String },
+    NotEnded { run_id: RunId },
     #[error("run {run_id} has no workflow file on record; pass --file")]
-    NoWorkflowFile { run_id: String },
+    NoWorkflowFile { run_id: RunId },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("cannot load the run's plan: {0}")]
@@ -74,7 +74,7 @@ pub enum LaunchError {
     )]
     PlanEdited {
         path: PathBuf,
-        run_id: String,
+        run_id: RunId,
         now: String,
         recorded: String,
     },
@@ -118,8 +118,8 @@ pub fn fresh(launch: Launch, prepared: &Prepared) -> Result<EngineInputs, Launch
     let run_id = report
         .saved
         .as_ref()
-        .map(|saved| saved.run_id.0.clone())
-        .unwrap_or_else(|| RunId::new(SystemTime::now()).0);
+        .map(|saved| saved.run_id.clone())
+        .unwrap_or_else(|| RunId::new(SystemTime::now()));
     let repo = canonical(&launch.repo)?;
     Ok(EngineInputs {
         config: launch.config,
@@ -151,7 +151,7 @@ pub enum Recorded {
 /// A repository run checked and estimated again, ready to finish.
 #[derive(Debug)]
 pub struct ResumePlan {
-    pub run_id: String,
+    pub run_id: RunId,
     /// Canonical.
     pub repo: PathBuf,
     pub config: Config,
@@ -168,7 +168,7 @@ pub struct ResumePlan {
 /// was started with; `retry_failed` refuses a run that did not end (it needs a resume).
 pub fn recorded(
     repo: &Path,
-    run_id: &str,
+    run_id: &RunId,
     file: Option<&Path>,
     retry_failed: bool,
 ) -> Result<Recorded, LaunchError> {

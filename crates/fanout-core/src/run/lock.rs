@@ -18,6 +18,8 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use crate::ids::RunId;
+
 /// The lock could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -76,7 +78,7 @@ impl RepoLock {
     }
 
     /// Name the run this lock is held for, for whoever is refused next.
-    pub fn claim(&self, run_id: &str) {
+    pub fn claim(&self, run_id: &RunId) {
         self.inner
             .describe(&format!("run {run_id} (pid {})", std::process::id()));
     }
@@ -97,7 +99,7 @@ impl RepoLock {
 
 impl RunLock {
     /// Take `<root>/.fanout/runs/<run_id>/run.lock`.
-    pub fn acquire(root: &Path, run_id: &str) -> Result<RunLock, LockError> {
+    pub fn acquire(root: &Path, run_id: &RunId) -> Result<RunLock, LockError> {
         let dir = crate::layout::run_dir(root, run_id);
         crate::layout::ensure_dir(root, &dir).map_err(|error| LockError::Open {
             path: error.path,
@@ -160,7 +162,7 @@ mod tests {
     fn a_second_holder_is_refused_with_the_first_ones_run_and_let_in_after_it() {
         let repo = tempfile::tempdir().unwrap();
         let first = RepoLock::acquire(repo.path(), "planning").unwrap();
-        first.claim("20261204T000000Z-abcdef");
+        first.claim(&"20261204T000000Z-abcdef".into());
         match RepoLock::acquire(repo.path(), "planning") {
             Err(LockError::Held { holder, .. }) => {
                 assert!(

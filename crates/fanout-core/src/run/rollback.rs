@@ -35,6 +35,7 @@ use super::checkpoint::{
     latest_ref, list_checkpoints, read_tree, run_ref_prefix, snapshot, validate_run_id,
 };
 use crate::git::{Git, GitError};
+use crate::ids::RunId;
 
 /// What to roll back to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,7 +49,7 @@ pub struct RollbackOptions {
 /// What a rollback did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RollbackReport {
-    pub run_id: String,
+    pub run_id: RunId,
     pub target_seq: u64,
     pub target_commit: String,
     /// Files written (new content, new file, or symlink).
@@ -72,10 +73,10 @@ pub enum RollbackError {
     #[error(
         "run {run_id} has no checkpoints in this repository (no refs under refs/fanout/{run_id}/)"
     )]
-    NoCheckpoints { run_id: String },
+    NoCheckpoints { run_id: RunId },
     #[error("run {run_id} has no checkpoint {seq}; it has {}", list(.available))]
     UnknownCheckpoint {
-        run_id: String,
+        run_id: RunId,
         seq: u64,
         available: Vec<u64>,
     },
@@ -85,7 +86,7 @@ pub enum RollbackError {
         .paths.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
     )]
     ChangedSinceRun {
-        run_id: String,
+        run_id: RunId,
         latest_seq: u64,
         paths: Vec<String>,
     },
@@ -101,7 +102,7 @@ pub enum RollbackError {
         .paths.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
     )]
     Incomplete {
-        run_id: String,
+        run_id: RunId,
         seq: u64,
         paths: Vec<String>,
     },
@@ -137,7 +138,7 @@ fn differing(a: &BTreeMap<Vec<u8>, TreeEntry>, b: &BTreeMap<Vec<u8>, TreeEntry>)
 /// Restore the working tree of the repository containing `repo` to a checkpoint of `run_id`.
 pub fn rollback(
     repo: &Path,
-    run_id: &str,
+    run_id: &RunId,
     options: &RollbackOptions,
 ) -> Result<RollbackReport, RollbackError> {
     validate_run_id(run_id)?;

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::ids::RunId;
+
 /// A run store failure. Every variant names the database (or log) file it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -58,14 +60,14 @@ pub enum StoreError {
     #[error("cannot start the run store writer thread: {source}")]
     Spawn { source: std::io::Error },
     #[error("run {run_id} is not in the run store")]
-    UnknownRun { run_id: String },
+    UnknownRun { run_id: RunId },
     #[error("run {run_id} is already in the run store")]
-    RunExists { run_id: String },
+    RunExists { run_id: RunId },
     #[error(
         "agent {agent_id} (attempt {attempt}) of run {run_id} was never started in the run store"
     )]
     UnknownAgent {
-        run_id: String,
+        run_id: RunId,
         agent_id: String,
         attempt: u32,
     },
@@ -73,7 +75,7 @@ pub enum StoreError {
         "agent {agent_id} (attempt {attempt}) of run {run_id} is already recorded; a new try needs a new attempt number"
     )]
     AgentExists {
-        run_id: String,
+        run_id: RunId,
         agent_id: String,
         attempt: u32,
     },
@@ -81,7 +83,7 @@ pub enum StoreError {
         "agent {agent_id} (attempt {attempt}) of run {run_id} already finished as {recorded}; it cannot finish again as {requested}"
     )]
     AgentFinished {
-        run_id: String,
+        run_id: RunId,
         agent_id: String,
         attempt: u32,
         recorded: String,

@@ -42,6 +42,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Mode;
+pub use crate::ids::RunId;
 
 pub use error::StoreError;
 pub use log::LogSink;
@@ -166,6 +167,19 @@ pub(crate) fn parse_mode(text: &str) -> Option<Mode> {
 /// scan all skip these paths: fanout's own files are never an agent's change.
 pub use crate::layout::OWNED_PATHS_FILE;
 
+/// Run ids are TEXT in every table.
+impl rusqlite::types::ToSql for RunId {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        self.as_str().to_sql()
+    }
+}
+
+impl rusqlite::types::FromSql for RunId {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        String::column_result(value).map(RunId::from)
+    }
+}
+
 /// Add `relative` (a path inside the work tree) to [`OWNED_PATHS_FILE`], durably, before
 /// fanout first writes it.
 pub fn register_owned_path(repo: &Path, relative: &str) -> Result<(), StoreError> {
@@ -204,7 +218,7 @@ pub fn owned_paths(repo: &Path) -> std::collections::BTreeSet<String> {
 /// A run as it is created (`runs`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NewRun {
-    pub run_id: String,
+    pub run_id: RunId,
     pub workflow: String,
     pub config_path: Option<PathBuf>,
     /// `sha256:<hex>` of the reviewed plan file.
@@ -222,7 +236,7 @@ pub struct NewRun {
 /// An agent attempt as it starts: one `agent_runs` row with `status` NULL.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AgentStart {
-    pub run_id: String,
+    pub run_id: RunId,
     pub agent_id: String,
     /// 1 for the first try; each retry or escalation is a new attempt (a new row).
     pub attempt: u32,
@@ -238,7 +252,7 @@ pub struct AgentStart {
 /// (totals are not counted twice); a different status is an error.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AgentFinish {
-    pub run_id: String,
+    pub run_id: RunId,
     pub agent_id: String,
     pub attempt: u32,
     pub status: AgentStatus,
@@ -265,7 +279,7 @@ impl AgentFinish {
 /// One tool call (`tool_calls`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ToolCallRecord {
-    pub run_id: String,
+    pub run_id: RunId,
     pub agent_id: String,
     pub attempt: u32,
     /// Order of the call within the attempt, from 1.
@@ -289,7 +303,7 @@ pub struct ToolCallRecord {
 /// A request the policy refused (`denials`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DenialRecord {
-    pub run_id: String,
+    pub run_id: RunId,
     pub agent_id: String,
     pub attempt: u32,
     pub tool: String,
@@ -301,7 +315,7 @@ pub struct DenialRecord {
 /// A run event (`events`); the writer numbers them per run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EventRecord {
-    pub run_id: String,
+    pub run_id: RunId,
     pub agent_id: Option<String>,
     pub kind: String,
     pub payload: serde_json::Value,
@@ -311,7 +325,7 @@ pub struct EventRecord {
 /// A checkpoint taken (`checkpoints`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CheckpointRecord {
-    pub run_id: String,
+    pub run_id: RunId,
     /// 0 is the run's base (the tree before the run); then 1, 2, ...
     pub seq: u64,
     pub commit_id: String,

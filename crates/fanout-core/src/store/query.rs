@@ -8,11 +8,12 @@ use serde::Serialize;
 
 use super::{AgentStatus, RunStatus, StoreError, elapsed, parse_mode, schema};
 use crate::config::Mode;
+use crate::ids::RunId;
 
 /// A run's row in `runs`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunRow {
-    pub run_id: String,
+    pub run_id: RunId,
     pub workflow: String,
     pub config_path: Option<String>,
     pub plan_hash: Option<String>,
@@ -141,7 +142,7 @@ pub struct RunSummary {
 /// One `agent_runs` row (one attempt of one agent).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AgentRow {
-    pub run_id: String,
+    pub run_id: RunId,
     pub agent_id: String,
     pub attempt: u32,
     pub task_description: Option<String>,
@@ -238,7 +239,7 @@ pub struct RunDetail {
 /// One agent in full: `fanout show RUN_ID AGENT_ID`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AgentDetail {
-    pub run_id: String,
+    pub run_id: RunId,
     pub agent_id: String,
     /// Every attempt, first to last.
     pub attempts: Vec<AgentRow>,
@@ -416,7 +417,7 @@ impl StoreReader {
         })
     }
 
-    fn counts(&self, run_id: &str, planned: u64) -> Result<StatusCounts, StoreError> {
+    fn counts(&self, run_id: &RunId, planned: u64) -> Result<StatusCounts, StoreError> {
         let what = "counting agents";
         let mut counts = StatusCounts {
             planned,
@@ -569,7 +570,7 @@ impl StoreReader {
     /// Denials per agent of a run (agents with none are absent).
     pub fn denials_by_agent(
         &self,
-        run_id: &str,
+        run_id: &RunId,
     ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
         let what = "counting denials";
         let mut stmt = self
@@ -591,7 +592,7 @@ impl StoreReader {
     /// Usage of attempts that have no end row yet, summed from their `model_call` events:
     /// `(agent_id, attempt) → (input tokens, output tokens, dollars)`. A resumed run closes
     /// interrupted attempts with what they spent.
-    pub fn unfinished_usage(&self, run_id: &str) -> Result<UnfinishedUsage, StoreError> {
+    pub fn unfinished_usage(&self, run_id: &RunId) -> Result<UnfinishedUsage, StoreError> {
         let what = "summing usage of interrupted attempts";
         let mut stmt = self
             .conn
@@ -656,7 +657,7 @@ impl StoreReader {
     }
 
     /// One run's row and counts.
-    pub fn run_summary(&self, run_id: &str) -> Result<Option<RunSummary>, StoreError> {
+    pub fn run_summary(&self, run_id: &RunId) -> Result<Option<RunSummary>, StoreError> {
         let raw = self
             .conn
             .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1"))
@@ -671,7 +672,7 @@ impl StoreReader {
     }
 
     /// One run with all its agent attempts and checkpoints.
-    pub fn run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError> {
+    pub fn run(&self, run_id: &RunId) -> Result<Option<RunDetail>, StoreError> {
         let Some(summary) = self.run_summary(run_id)? else {
             return Ok(None);
         };
@@ -684,7 +685,7 @@ impl StoreReader {
     }
 
     /// Every agent attempt of a run, by start time then agent id.
-    pub fn agent_runs(&self, run_id: &str) -> Result<Vec<AgentRow>, StoreError> {
+    pub fn agent_runs(&self, run_id: &RunId) -> Result<Vec<AgentRow>, StoreError> {
         let raws = self
             .conn
             .prepare_cached(&format!(
@@ -700,7 +701,7 @@ impl StoreReader {
     }
 
     /// One agent: its attempts, tool calls and denials. `None` if the run has no such agent.
-    pub fn agent(&self, run_id: &str, agent_id: &str) -> Result<Option<AgentDetail>, StoreError> {
+    pub fn agent(&self, run_id: &RunId, agent_id: &str) -> Result<Option<AgentDetail>, StoreError> {
         let raws = self
             .conn
             .prepare_cached(&format!(
@@ -708,7 +709,7 @@ impl StoreReader {
                  ORDER BY attempt"
             ))
             .and_then(|mut stmt| {
-                stmt.query_map([run_id, agent_id], Self::agent_row)?
+                stmt.query_map(params![run_id, agent_id], Self::agent_row)?
                     .collect::<rusqlite::Result<Vec<_>>>()
             })
             .map_err(self.sqlite("reading an agent"))?;
@@ -778,7 +779,7 @@ impl StoreReader {
     }
 
     /// A run's checkpoints, base (0) first.
-    pub fn checkpoints(&self, run_id: &str) -> Result<Vec<CheckpointRow>, StoreError> {
+    pub fn checkpoints(&self, run_id: &RunId) -> Result<Vec<CheckpointRow>, StoreError> {
         self.conn
             .prepare_cached(
                 "SELECT seq, commit_id, ref_name, label, completed_agents, at
@@ -801,7 +802,7 @@ impl StoreReader {
     }
 
     /// A run's events in order.
-    pub fn events(&self, run_id: &str) -> Result<Vec<EventRow>, StoreError> {
+    pub fn events(&self, run_id: &RunId) -> Result<Vec<EventRow>, StoreError> {
         let rows = self
             .conn
             .prepare_cached(
@@ -841,7 +842,7 @@ impl StoreReader {
 
     /// Run a raw read-only query; for tests and diagnostics (`PRAGMA table_info`, counts).
     /// Pre-image manifests (JSON) recorded for `run_id`, by agent.
-    pub fn preimages(&self, run_id: &str) -> Result<Vec<(String, String)>, StoreError> {
+    pub fn preimages(&self, run_id: &RunId) -> Result<Vec<(String, String)>, StoreError> {
         let sqlite = |source| StoreError::Sqlite {
             path: self.path.clone(),
             what: "reading pre-images",

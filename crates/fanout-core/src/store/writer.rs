@@ -14,6 +14,7 @@ use super::{
     StoreError, ToolCallRecord, format_time, schema,
 };
 use crate::group_commit::GroupCommit;
+use crate::ids::RunId;
 
 /// Most operations committed in one transaction.
 pub const MAX_BATCH: usize = 500;
@@ -60,13 +61,13 @@ struct Request {
 enum Op {
     CreateRun(Box<NewRun>),
     SetRunStatus {
-        run_id: String,
+        run_id: RunId,
         status: RunStatus,
         ended_at: Option<SystemTime>,
         error: Option<String>,
     },
     ReopenRun {
-        run_id: String,
+        run_id: RunId,
     },
     /// An agent the plan did not count (an item run's synthesis step): its start row and
     /// one more planned agent, in one transaction.
@@ -141,7 +142,7 @@ impl Store {
     /// Move a run to `status` (and set `ended_at`, and an error message, when given). Durable.
     pub async fn set_run_status(
         &self,
-        run_id: &str,
+        run_id: &RunId,
         status: RunStatus,
         ended_at: Option<SystemTime>,
         error: Option<String>,
@@ -157,7 +158,7 @@ impl Store {
 
     /// Put a finished or interrupted run back to `running` for a resume: `ended_at` and the
     /// error message are cleared (the resume sets them again when it ends). Durable.
-    pub async fn reopen_run(&self, run_id: &str) -> Result<(), StoreError> {
+    pub async fn reopen_run(&self, run_id: &RunId) -> Result<(), StoreError> {
         let op = Op::ReopenRun {
             run_id: run_id.to_owned(),
         };
@@ -282,7 +283,7 @@ impl Store {
 struct Writer {
     conn: Connection,
     path: PathBuf,
-    next_event_seq: HashMap<String, i64>,
+    next_event_seq: HashMap<RunId, i64>,
     log: Option<LogSink>,
     stats: WriterStats,
 }
@@ -568,7 +569,7 @@ impl Writer {
 
     fn set_run_status(
         &mut self,
-        run_id: String,
+        run_id: RunId,
         status: RunStatus,
         ended_at: Option<SystemTime>,
         error: Option<String>,
@@ -597,7 +598,7 @@ impl Writer {
         }))
     }
 
-    fn add_planned(&mut self, run_id: String, agents: u32) -> Result<(), StoreError> {
+    fn add_planned(&mut self, run_id: RunId, agents: u32) -> Result<(), StoreError> {
         let changed = self
             .conn
             .prepare_cached(
@@ -611,7 +612,7 @@ impl Writer {
         Ok(())
     }
 
-    fn reopen_run(&mut self, run_id: String) -> Result<Option<serde_json::Value>, StoreError> {
+    fn reopen_run(&mut self, run_id: RunId) -> Result<Option<serde_json::Value>, StoreError> {
         let changed = self
             .conn
             .prepare_cached(
@@ -634,7 +635,12 @@ impl Writer {
         }))
     }
 
-    fn preimage(&mut self, run_id: &str, agent_id: &str, manifest: &str) -> Result<(), StoreError> {
+    fn preimage(
+        &mut self,
+        run_id: &RunId,
+        agent_id: &str,
+        manifest: &str,
+    ) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
                 "INSERT OR IGNORE INTO preimages (run_id, agent_id, manifest) VALUES (?1, ?2, ?3)",

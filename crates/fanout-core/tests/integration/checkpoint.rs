@@ -117,7 +117,7 @@ fn rollback_restores_the_tree_byte_for_byte_and_leaves_head_and_index_alone() {
     let before = manifest(repo, &["ignored.log"]);
     let state = user_state(repo);
 
-    let mut checkpoints = Checkpointer::new(repo, "run-1").unwrap();
+    let mut checkpoints = Checkpointer::new(repo, &"run-1".into()).unwrap();
     let base = checkpoints.checkpoint_blocking("base").unwrap();
     assert_eq!(base.seq, 0);
     assert_eq!(base.ref_name, "refs/fanout/run-1/checkpoints/0");
@@ -149,7 +149,7 @@ fn rollback_restores_the_tree_byte_for_byte_and_leaves_head_and_index_alone() {
         base.commit
     );
 
-    let report = rollback(repo, "run-1", &RollbackOptions::default()).unwrap();
+    let report = rollback(repo, &"run-1".into(), &RollbackOptions::default()).unwrap();
     assert_eq!(report.target_seq, 0);
     assert!(
         report.removed.contains(&"newdir/deep/x.txt".to_owned()),
@@ -176,7 +176,7 @@ fn rollback_restores_the_tree_byte_for_byte_and_leaves_head_and_index_alone() {
 fn rollback_to_an_intermediate_checkpoint_and_back_again() {
     let dir = sample_repo();
     let repo = dir.path();
-    let mut checkpoints = Checkpointer::new(repo, "run-2").unwrap();
+    let mut checkpoints = Checkpointer::new(repo, &"run-2".into()).unwrap();
     checkpoints.checkpoint_blocking("base").unwrap();
     let at_base = manifest(repo, &[]);
     write(repo, "one.txt", "1\n");
@@ -192,20 +192,20 @@ fn rollback_to_an_intermediate_checkpoint_and_back_again() {
         to: Some(seq),
         force: false,
     };
-    rollback(repo, "run-2", &to(1)).unwrap();
+    rollback(repo, &"run-2".into(), &to(1)).unwrap();
     assert_eq!(manifest(repo, &[]), at_one);
     // Forward again, then to the base: no --force needed, nothing was changed by hand.
-    rollback(repo, "run-2", &to(2)).unwrap();
+    rollback(repo, &"run-2".into(), &to(2)).unwrap();
     assert_eq!(manifest(repo, &[]), at_two);
-    rollback(repo, "run-2", &to(0)).unwrap();
+    rollback(repo, &"run-2".into(), &to(0)).unwrap();
     assert_eq!(manifest(repo, &[]), at_base);
 
-    match rollback(repo, "run-2", &to(9)).unwrap_err() {
+    match rollback(repo, &"run-2".into(), &to(9)).unwrap_err() {
         RollbackError::UnknownCheckpoint { available, .. } => assert_eq!(available, [0, 1, 2]),
         other => panic!("expected UnknownCheckpoint, got {other}"),
     }
     assert!(matches!(
-        rollback(repo, "nope", &RollbackOptions::default()).unwrap_err(),
+        rollback(repo, &"nope".into(), &RollbackOptions::default()).unwrap_err(),
         RollbackError::NoCheckpoints { .. }
     ));
 }
@@ -214,14 +214,14 @@ fn rollback_to_an_intermediate_checkpoint_and_back_again() {
 fn rollback_refuses_to_discard_changes_made_after_the_run_unless_forced() {
     let dir = sample_repo();
     let repo = dir.path();
-    let mut checkpoints = Checkpointer::new(repo, "run-3").unwrap();
+    let mut checkpoints = Checkpointer::new(repo, &"run-3".into()).unwrap();
     checkpoints.checkpoint_blocking("base").unwrap();
     let at_base = manifest(repo, &[]);
     write(repo, "agent.txt", "by the run\n");
     checkpoints.checkpoint_blocking("end").unwrap();
     write(repo, "a.txt", "edited by hand after the run\n");
 
-    let err = rollback(repo, "run-3", &RollbackOptions::default()).unwrap_err();
+    let err = rollback(repo, &"run-3".into(), &RollbackOptions::default()).unwrap_err();
     match &err {
         RollbackError::ChangedSinceRun { paths, .. } => assert_eq!(paths, &["a.txt"]),
         other => panic!("expected ChangedSinceRun, got {other}"),
@@ -235,7 +235,7 @@ fn rollback_refuses_to_discard_changes_made_after_the_run_unless_forced() {
 
     let report = rollback(
         repo,
-        "run-3",
+        &"run-3".into(),
         &RollbackOptions {
             to: None,
             force: true,
@@ -290,12 +290,12 @@ fn no_repository_controlled_program_runs() {
     write(repo, ".gitattributes", "* filter=x\n");
     write(repo, "a.txt", "touched so that the index is stat-dirty\n");
 
-    let mut checkpoints = Checkpointer::new(repo, "run-4").unwrap();
+    let mut checkpoints = Checkpointer::new(repo, &"run-4".into()).unwrap();
     checkpoints.checkpoint_blocking("base").unwrap();
     write(repo, "b.txt", "new\n");
     std::fs::remove_file(repo.join("bin/run.sh")).unwrap();
     checkpoints.checkpoint_blocking("end").unwrap();
-    rollback(repo, "run-4", &RollbackOptions::default()).unwrap();
+    rollback(repo, &"run-4".into(), &RollbackOptions::default()).unwrap();
     assert!(repo.join("bin/run.sh").exists());
 
     for name in ["fsmonitor", "clean", "smudge", "gpg", "hook"] {
@@ -319,7 +319,7 @@ async fn checkpoints_land_every_n_completions() {
     let dir = sample_repo();
     let repo = dir.path();
     let store = Store::open_in_repo(repo).unwrap();
-    let mut checkpoints = Checkpointer::new(repo, "run-5")
+    let mut checkpoints = Checkpointer::new(repo, &"run-5".into())
         .unwrap()
         .with_store(store.clone());
     let base = checkpoints.base().await.unwrap();
@@ -350,13 +350,13 @@ async fn checkpoints_land_every_n_completions() {
 
     let reader = StoreReader::open_in_repo(repo).unwrap();
     let recorded: Vec<(u64, u64)> = reader
-        .checkpoints("run-5")
+        .checkpoints(&"run-5".into())
         .unwrap()
         .iter()
         .map(|c| (c.seq, c.completed_agents))
         .collect();
     assert_eq!(recorded, [(0, 0), (1, 3), (2, 5), (3, 8)]);
-    let refs = checkpoint::list_checkpoints(checkpoints.git(), "run-5").unwrap();
+    let refs = checkpoint::list_checkpoints(checkpoints.git(), &"run-5".into()).unwrap();
     assert_eq!(refs.keys().copied().collect::<Vec<_>>(), [0, 1, 2, 3]);
     // Checkpoint 1 holds the first three outputs and not the fourth.
     let files = git(repo, &["ls-tree", "-r", "--name-only", &refs[&1]]);
@@ -366,7 +366,7 @@ async fn checkpoints_land_every_n_completions() {
     );
 
     // After a crash, a new checkpointer continues the numbering.
-    let resumed = Checkpointer::new(repo, "run-5").unwrap();
+    let resumed = Checkpointer::new(repo, &"run-5".into()).unwrap();
     assert_eq!(resumed.next_seq(), 4);
     assert_eq!(resumed.latest().unwrap().commit, refs[&3]);
 }
@@ -387,7 +387,7 @@ fn a_thousand_file_tree_checkpoints_and_rolls_back() {
     git(repo, &["commit", "-q", "-m", "initial"]);
     let before = manifest(repo, &[]);
 
-    let mut checkpoints = Checkpointer::new(repo, "run-6").unwrap();
+    let mut checkpoints = Checkpointer::new(repo, &"run-6".into()).unwrap();
     let began = std::time::Instant::now();
     checkpoints.checkpoint_blocking("base").unwrap();
     let base_time = began.elapsed();
@@ -399,7 +399,7 @@ fn a_thousand_file_tree_checkpoints_and_rolls_back() {
     }
     checkpoints.checkpoint_blocking("end").unwrap();
     let began = std::time::Instant::now();
-    let report = rollback(repo, "run-6", &RollbackOptions::default()).unwrap();
+    let report = rollback(repo, &"run-6".into(), &RollbackOptions::default()).unwrap();
     let rollback_time = began.elapsed();
     assert_eq!(report.written.len(), 600);
     assert_eq!(manifest(repo, &[]), before);
@@ -424,7 +424,7 @@ fn a_checkpoint_shows_a_running_agents_scope_as_its_preimage() {
     git(repo, &["add", "-A"]);
     git(repo, &["commit", "-q", "-m", "scope"]);
     let in_flight = Arc::new(InFlightScopes::default());
-    let mut checkpoints = Checkpointer::new(repo, "run-8")
+    let mut checkpoints = Checkpointer::new(repo, &"run-8".into())
         .unwrap()
         .with_in_flight(Arc::clone(&in_flight));
     let base = checkpoints.checkpoint_blocking("base").unwrap();
@@ -434,7 +434,7 @@ fn a_checkpoint_shows_a_running_agents_scope_as_its_preimage() {
     let base_blobs = BaseBlobs::load(&git_handle, &base.tree).unwrap();
     let (taken, _) = preimage::prepare(
         repo,
-        "run-8",
+        &"run-8".into(),
         "agent-a",
         &["scope/".to_owned()],
         &base_blobs,

@@ -18,7 +18,7 @@ fn at(seconds: u64) -> SystemTime {
 
 fn new_run(run_id: &str, seconds: u64) -> NewRun {
     NewRun {
-        run_id: run_id.to_owned(),
+        run_id: run_id.into(),
         workflow: "auth-refactor".to_owned(),
         config_path: Some("claude-workflows.yaml".into()),
         plan_hash: Some("sha256:abc".to_owned()),
@@ -33,7 +33,7 @@ fn new_run(run_id: &str, seconds: u64) -> NewRun {
 
 fn start(run_id: &str, agent_id: &str, mode: Mode) -> AgentStart {
     AgentStart {
-        run_id: run_id.to_owned(),
+        run_id: run_id.into(),
         agent_id: agent_id.to_owned(),
         attempt: 1,
         task_description: format!("edit {agent_id}"),
@@ -46,7 +46,7 @@ fn start(run_id: &str, agent_id: &str, mode: Mode) -> AgentStart {
 
 fn finish(run_id: &str, agent_id: &str, status: AgentStatus) -> AgentFinish {
     AgentFinish {
-        run_id: run_id.to_owned(),
+        run_id: run_id.into(),
         agent_id: agent_id.to_owned(),
         attempt: 1,
         status,
@@ -196,7 +196,7 @@ async fn ten_thousand_agents_through_the_writer() {
             store.start_agent(start("big", &agent, mode)).await.unwrap();
             store
                 .tool_call(ToolCallRecord {
-                    run_id: "big".to_owned(),
+                    run_id: "big".into(),
                     agent_id: agent.clone(),
                     attempt: 1,
                     seq: 1,
@@ -230,7 +230,7 @@ async fn ten_thousand_agents_through_the_writer() {
 
     let began = Instant::now();
     let reader = StoreReader::open(&db(dir.path())).unwrap();
-    let detail = reader.run("big").unwrap().unwrap();
+    let detail = reader.run(&"big".into()).unwrap().unwrap();
     let read = began.elapsed();
     assert_eq!(detail.agent_runs.len(), 10_000);
     assert_eq!(detail.summary.agents.success, 10_000);
@@ -262,7 +262,7 @@ async fn an_awaited_finish_is_visible_to_a_fresh_connection_at_once() {
         .unwrap();
     // No flush, no close: the writer is still running.
     let reader = StoreReader::open(&db(dir.path())).unwrap();
-    let agent = reader.agent("r", "a").unwrap().unwrap();
+    let agent = reader.agent(&"r".into(), "a").unwrap().unwrap();
     assert_eq!(agent.attempts[0].status, Some(AgentStatus::Failure));
     assert_eq!(agent.attempts[0].duration(), Some(Duration::from_secs(2)));
     // Finishing again the same way is a no-op; another way is refused.
@@ -281,7 +281,7 @@ async fn an_awaited_finish_is_visible_to_a_fresh_connection_at_once() {
         .unwrap_err();
     assert!(matches!(err, StoreError::UnknownAgent { .. }), "{err}");
     // Totals counted once.
-    let run = reader.run_summary("r").unwrap().unwrap();
+    let run = reader.run_summary(&"r".into()).unwrap().unwrap();
     assert_eq!(run.run.total_tokens, 1234);
     assert_eq!(run.agents.failure, 1);
     store.close().await.unwrap();
@@ -360,7 +360,7 @@ async fn a_thousand_concurrent_writers_lose_nothing() {
             for seq in 1..=3 {
                 store
                     .event(EventRecord {
-                        run_id: "c".to_owned(),
+                        run_id: "c".into(),
                         agent_id: Some(agent.clone()),
                         kind: "turn".to_owned(),
                         payload: json!({ "turn": seq }),
@@ -371,7 +371,7 @@ async fn a_thousand_concurrent_writers_lose_nothing() {
             }
             store
                 .denial(DenialRecord {
-                    run_id: "c".to_owned(),
+                    run_id: "c".into(),
                     agent_id: agent.clone(),
                     attempt: 1,
                     tool: "write_file".to_owned(),
@@ -393,10 +393,10 @@ async fn a_thousand_concurrent_writers_lose_nothing() {
     let stats = store.close().await.unwrap();
     assert_eq!(stats.failed_queued_ops, 0);
     let reader = StoreReader::open(&db(dir.path())).unwrap();
-    let run = reader.run("c").unwrap().unwrap();
+    let run = reader.run(&"c".into()).unwrap().unwrap();
     assert_eq!(run.summary.agents.success, 1000);
     assert_eq!(run.summary.run.total_tokens, 1000 * 1234);
-    let events = reader.events("c").unwrap();
+    let events = reader.events(&"c".into()).unwrap();
     assert_eq!(events.len(), 3000);
     // Numbered 1..=3000 with no gap or repeat.
     assert!(
@@ -443,7 +443,7 @@ async fn queries_answer_what_the_cli_shows() {
     }
     store
         .tool_call(ToolCallRecord {
-            run_id: "new".to_owned(),
+            run_id: "new".into(),
             agent_id: "a".to_owned(),
             attempt: 1,
             seq: 1,
@@ -462,7 +462,7 @@ async fn queries_answer_what_the_cli_shows() {
         .unwrap();
     store
         .record_checkpoint(CheckpointRecord {
-            run_id: "new".to_owned(),
+            run_id: "new".into(),
             seq: 0,
             commit_id: "c0".to_owned(),
             ref_name: "refs/fanout/new/checkpoints/0".to_owned(),
@@ -473,12 +473,12 @@ async fn queries_answer_what_the_cli_shows() {
         .await
         .unwrap();
     store
-        .set_run_status("new", RunStatus::Partial, Some(at(200)), None)
+        .set_run_status(&"new".into(), RunStatus::Partial, Some(at(200)), None)
         .await
         .unwrap();
     assert!(matches!(
         store
-            .set_run_status("ghost", RunStatus::Failed, None, None)
+            .set_run_status(&"ghost".into(), RunStatus::Failed, None, None)
             .await
             .unwrap_err(),
         StoreError::UnknownRun { .. }
@@ -498,13 +498,13 @@ async fn queries_answer_what_the_cli_shows() {
         ),
         (1, 1, 1)
     );
-    let detail = reader.run("new").unwrap().unwrap();
+    let detail = reader.run(&"new".into()).unwrap().unwrap();
     assert_eq!(detail.checkpoints.len(), 1);
-    let agent = reader.agent("new", "a").unwrap().unwrap();
+    let agent = reader.agent(&"new".into(), "a").unwrap().unwrap();
     assert_eq!(agent.tool_calls.len(), 1);
     assert_eq!(agent.tool_calls[0].duration(), Some(Duration::from_secs(1)));
-    assert!(reader.agent("new", "zzz").unwrap().is_none());
-    assert!(reader.run("zzz").unwrap().is_none());
+    assert!(reader.agent(&"new".into(), "zzz").unwrap().is_none());
+    assert!(reader.run(&"zzz".into()).unwrap().is_none());
     let json = serde_json::to_value(&detail).unwrap();
     assert_eq!(json["run_id"], "new");
     assert_eq!(json["agents"]["success"], 1);
@@ -534,7 +534,7 @@ async fn the_log_gets_every_record_as_a_json_line() {
     for turn in 0..5 {
         store
             .event(EventRecord {
-                run_id: "r".to_owned(),
+                run_id: "r".into(),
                 agent_id: Some("a".to_owned()),
                 kind: "turn".to_owned(),
                 payload: json!({ "turn": turn }),

@@ -17,6 +17,7 @@ use crate::config::items::{
     OnInvalid,
 };
 use crate::config::{Config, Mode, ModelSpec};
+use crate::ids::RunId;
 use crate::items::Item;
 use crate::items::chunk::{
     Chunk, ChunkId, Decomposition, TokenBudget, decompose_within, estimate_tokens,
@@ -62,9 +63,9 @@ pub struct ItemJob {
 
 /// The part of an earlier item run a `--retry-failed` run keeps: its results, its failures
 /// that sending again cannot fix, and how often each retried item was sent already.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Carried {
-    pub from_run: String,
+    pub from_run: RunId,
     pub results: Vec<(String, Value)>,
     pub failures: Vec<FailedItem>,
     pub prior_attempts: HashMap<String, u32>,
@@ -79,7 +80,7 @@ impl ItemJob {
     pub fn retry_of(
         config: &Config,
         root: &Path,
-        from_run: &str,
+        from_run: &RunId,
         loaded: Loaded,
     ) -> Result<ItemJob, ItemsError> {
         let dir = run_dir(root, from_run);
@@ -98,7 +99,9 @@ impl ItemJob {
         }
         let mut carried = Carried {
             from_run: from_run.to_owned(),
-            ..Carried::default()
+            results: Vec::new(),
+            failures: Vec::new(),
+            prior_attempts: HashMap::new(),
         };
         let mut retry = Vec::new();
         for item in loaded.items {

@@ -85,6 +85,7 @@ use super::output::{Completion, OutputError, OutputPaths, Summary, write_outputs
 use super::worker::{Ledger, LedgerError, SchemaError, TemplateError};
 use crate::config::items::Execution;
 use crate::fleet::Fleet;
+use crate::ids::RunId;
 use crate::provider::batch::{BatchClient, PollPolicy};
 use crate::run::scheduler::NotRun;
 use crate::store::{RunStatus, Store, StoreError};
@@ -118,7 +119,7 @@ pub enum ItemsError {
     #[error("`execution: batch` needs a batch client for the items worker's provider")]
     NoBatchClient,
     #[error("cannot resume run {run_id}: {message}")]
-    Resume { run_id: String, message: String },
+    Resume { run_id: RunId, message: String },
     #[error(
         "`chunking.strategy: llm` needs the orchestrator's item plan first (a dry run shows and saves it)"
     )]
@@ -155,10 +156,10 @@ pub struct RunOptions {
     /// Where `.fanout/` lives (the run store and run directories).
     pub root: PathBuf,
     /// Continue this run (its journal says what is settled) instead of starting a new one.
-    pub resume: Option<String>,
+    pub resume: Option<RunId>,
     /// The id of a new run (ignored when resuming); one is made from the clock when `None`.
     /// A caller that locks the run directory before the run starts chooses it.
-    pub run_id: Option<String>,
+    pub run_id: Option<RunId>,
     /// Needed for `execution: batch`.
     pub batch: Option<BatchClient>,
     pub poll: PollPolicy,
@@ -169,7 +170,7 @@ pub struct RunOptions {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ItemEvent {
     Started {
-        run_id: String,
+        run_id: RunId,
         items: usize,
         chunks: usize,
         /// Chunks that still have unsettled items (all of them unless resuming).
@@ -217,7 +218,7 @@ pub type EventSink = Arc<dyn Fn(&ItemEvent) + Send + Sync>;
 /// The end of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct ItemReport {
-    pub run_id: String,
+    pub run_id: RunId,
     /// `.fanout/runs/<run_id>/` (the journal and job description).
     pub run_dir: PathBuf,
     /// Where the outputs are (the run directory unless `output.dir` says otherwise).
@@ -269,7 +270,7 @@ struct Ctx {
     store: Store,
     journal: SettlementJournal,
     ledger: Mutex<Ledger>,
-    run_id: String,
+    run_id: RunId,
     /// Attempts an agent id already has in the store (resume).
     attempts: Mutex<HashMap<String, u32>>,
     totals: Mutex<Totals>,
@@ -291,7 +292,7 @@ pub async fn resume(
     job: Arc<ItemJob>,
     fleet: Fleet,
     store: Store,
-    run_id: String,
+    run_id: RunId,
     mut options: RunOptions,
     cancel: CancellationToken,
     events: EventSink,

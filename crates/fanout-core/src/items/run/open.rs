@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ItemJob, ItemsError, JOB_FILE, RunOptions, run_dir};
 use crate::config::items::Execution;
+use crate::ids::RunId;
 use crate::items::chunk::Chunk;
 use crate::items::journal;
 use crate::items::output::{OutputError, write_atomic};
@@ -27,18 +28,18 @@ pub struct JobRecord {
     /// The run whose retryable failures this run sends again (`--retry-failed`); a resume
     /// rebuilds the same job from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_of: Option<String>,
+    pub retry_of: Option<RunId>,
 }
 
 /// The job record of an item run, if `run_id` is one (for `fanout resume` to dispatch on).
-pub fn item_run(root: &Path, run_id: &str) -> Option<JobRecord> {
+pub fn item_run(root: &Path, run_id: &RunId) -> Option<JobRecord> {
     let text = std::fs::read(run_dir(root, run_id).join(JOB_FILE)).ok()?;
     serde_json::from_slice(&text).ok()
 }
 
 /// An open run, new or resumed: what is left to send and what an earlier process settled.
 pub(super) struct Opened {
-    pub(super) run_id: String,
+    pub(super) run_id: RunId,
     pub(super) dir: PathBuf,
     pub(super) ledger: Ledger,
     /// Attempts an agent id already has in the store (resume).
@@ -70,7 +71,7 @@ pub(super) async fn open_run(
         .resume
         .clone()
         .or_else(|| options.run_id.clone())
-        .unwrap_or_else(|| crate::plan::RunId::new(SystemTime::now()).0);
+        .unwrap_or_else(|| RunId::new(SystemTime::now()));
     let dir = run_dir(&options.root, &run_id);
     let record = job_record(job);
     let replayed = if options.resume.is_some() {
@@ -119,7 +120,7 @@ async fn create(
     job: &ItemJob,
     store: &Store,
     options: &RunOptions,
-    run_id: &str,
+    run_id: &RunId,
     dir: &Path,
     record: &JobRecord,
 ) -> Result<(), ItemsError> {
@@ -155,7 +156,7 @@ async fn create(
 async fn replay(
     store: &Store,
     root: &Path,
-    run_id: &str,
+    run_id: &RunId,
     dir: &Path,
     record: &JobRecord,
     ledger: &mut Ledger,
@@ -217,7 +218,7 @@ async fn replay(
 /// settled takes the chunk's status; any other row was interrupted.
 async fn close_open_rows(
     store: &Store,
-    run_id: &str,
+    run_id: &RunId,
     job: &ItemJob,
     remaining: &[Chunk],
     failures_by_chunk: &HashMap<String, usize>,

@@ -52,6 +52,7 @@ pub use self::summary::agents_text;
 pub use self::verify::{BaselineOutcome, TestOutcome};
 use crate::config::{Config, Mode};
 use crate::fleet::Fleet;
+use crate::ids::RunId;
 use crate::plan::Plan;
 use crate::run::checkpoint::InFlightScopes;
 use crate::run::checkpoint_worker::CheckpointWorker;
@@ -73,7 +74,7 @@ pub struct EngineInputs {
     pub plan_hash: Option<String>,
     pub config_path: Option<PathBuf>,
     pub repo: PathBuf,
-    pub run_id: String,
+    pub run_id: RunId,
     pub fleet: Fleet,
     pub sandbox: SandboxConfig,
     /// Tries of one agent on transient failures (provider errors), the first included.
@@ -125,7 +126,7 @@ pub enum EngineEvent {
 /// The end of a run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunOutcome {
-    pub run_id: String,
+    pub run_id: RunId,
     pub status: RunStatus,
     pub agents_planned: usize,
     pub succeeded: usize,

@@ -15,6 +15,7 @@ use super::summary::{summary_error, write_summary};
 use super::synthesis::closing_synthesis;
 use super::verify::{Verification, start_baseline, verify};
 use super::{EngineError, EngineEvent, EngineInputs, RunOutcome, Shared, blocking};
+use crate::ids::RunId;
 use crate::plan::Subtask;
 use crate::retry::lock;
 use crate::run::checkpoint::{CheckpointId, CheckpointPolicy, Checkpointer, InFlightScopes};
@@ -101,7 +102,7 @@ fn check_inputs(inputs: &EngineInputs) -> Result<(), EngineError> {
 /// `on_event`, with every progress event also a row of `events` (and a line of the log).
 fn recorded(
     store: Store,
-    run_id: String,
+    run_id: RunId,
     mut on_event: impl FnMut(&EngineEvent),
 ) -> impl FnMut(&EngineEvent) {
     move |event: &EngineEvent| {
@@ -395,7 +396,7 @@ fn run_status(cancelled: bool, succeeded: u64, planned: u64, verified: &Verifica
 }
 
 /// The `events` row of a progress event: its tag as the kind, the rest as the payload.
-fn event_record(run_id: &str, event: &EngineEvent) -> EventRecord {
+fn event_record(run_id: &RunId, event: &EngineEvent) -> EventRecord {
     let mut payload = serde_json::to_value(event).unwrap_or_default();
     let kind = payload
         .as_object_mut()
@@ -407,7 +408,7 @@ fn event_record(run_id: &str, event: &EngineEvent) -> EventRecord {
         .and_then(serde_json::Value::as_str)
         .map(str::to_owned);
     EventRecord {
-        run_id: run_id.to_owned(),
+        run_id: run_id.clone(),
         agent_id,
         kind,
         payload,

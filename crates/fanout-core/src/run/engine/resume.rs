@@ -32,7 +32,7 @@ pub(super) async fn clear_leftovers(inputs: &EngineInputs) -> Result<(), EngineE
     let repo = inputs.repo.clone();
     let run_id = inputs.run_id.clone();
     blocking(move || {
-        remove_stale_ref_locks(&repo, &run_id);
+        remove_stale_ref_locks(&repo, run_id.as_str());
         preimage::sweep_temporaries(&repo)
     })
     .await??;

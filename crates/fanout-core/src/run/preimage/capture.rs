@@ -15,6 +15,7 @@ use super::manifest::{
 use super::scope::{compile, for_each_in_scope};
 use super::{PreimageError, hex, io};
 use crate::git::Git;
+use crate::ids::RunId;
 use crate::run::durable::SyncSet;
 
 /// Record the pre-image of `agent_id`'s write scope durably as a manifest file, or return the
@@ -22,7 +23,7 @@ use crate::run::durable::SyncSet;
 /// (The engine records manifests in the run store instead: [`prepare`].)
 pub fn capture(
     repo: &Path,
-    run_id: &str,
+    run_id: &RunId,
     agent_id: &str,
     patterns: &[String],
 ) -> Result<Preimage, PreimageError> {
@@ -50,7 +51,7 @@ pub fn capture(
 /// [`SyncGroup`]: crate::run::durable::SyncGroup
 pub fn prepare(
     repo: &Path,
-    run_id: &str,
+    run_id: &RunId,
     agent_id: &str,
     patterns: &[String],
     base: &BaseBlobs,

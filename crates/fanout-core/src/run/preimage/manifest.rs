@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{PreimageError, hex};
+use crate::ids::RunId;
 
 /// The manifest format this build writes (2: entries may point at a git blob).
 pub const MANIFEST_VERSION: u32 = 2;
@@ -38,7 +39,7 @@ pub enum Entry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Preimage {
     pub version: u32,
-    pub run_id: String,
+    pub run_id: RunId,
     pub agent_id: String,
     /// The write scope's entries, as the agent's policy compiles them.
     pub patterns: Vec<String>,
@@ -50,12 +51,12 @@ pub struct Preimage {
 }
 
 /// `<repo>/.fanout/runs/<run_id>/preimages`.
-pub fn preimage_dir(repo: &Path, run_id: &str) -> PathBuf {
+pub fn preimage_dir(repo: &Path, run_id: &RunId) -> PathBuf {
     crate::store::run_dir(repo, run_id).join("preimages")
 }
 
 /// The manifest's path for `agent_id` (ids outside `[A-Za-z0-9._-]` are hex-encoded).
-pub fn manifest_path(repo: &Path, run_id: &str, agent_id: &str) -> PathBuf {
+pub fn manifest_path(repo: &Path, run_id: &RunId, agent_id: &str) -> PathBuf {
     let safe = !agent_id.is_empty()
         && !agent_id.starts_with('.')
         && agent_id
@@ -70,7 +71,11 @@ pub fn manifest_path(repo: &Path, run_id: &str, agent_id: &str) -> PathBuf {
 }
 
 /// The pre-image of `agent_id`, if one was captured.
-pub fn load(repo: &Path, run_id: &str, agent_id: &str) -> Result<Option<Preimage>, PreimageError> {
+pub fn load(
+    repo: &Path,
+    run_id: &RunId,
+    agent_id: &str,
+) -> Result<Option<Preimage>, PreimageError> {
     let path = manifest_path(repo, run_id, agent_id);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,

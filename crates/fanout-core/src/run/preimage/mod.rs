@@ -138,7 +138,7 @@ mod tests {
         #[cfg(unix)]
         set_mode(&repo.join("src/b.sh"), 0o755).unwrap();
         let patterns = vec!["src/**".to_owned()];
-        let preimage = capture(repo, "run-1", "agent-1", &patterns).unwrap();
+        let preimage = capture(repo, &"run-1".into(), "agent-1", &patterns).unwrap();
         assert_eq!(preimage.entries.len(), 2);
 
         // The agent edits, deletes, chmods and creates (in a new directory too).
@@ -150,7 +150,7 @@ mod tests {
 
         // A second capture keeps the first (a resumed run must not record the dirty tree).
         assert_eq!(
-            capture(repo, "run-1", "agent-1", &patterns).unwrap(),
+            capture(repo, &"run-1".into(), "agent-1", &patterns).unwrap(),
             preimage
         );
 
@@ -184,9 +184,9 @@ mod tests {
         let repo = repo.path();
         write(repo, "src/one.txt", "1\n");
         let patterns = vec!["src/one.txt".to_owned(), "gen/out.txt".to_owned()];
-        let preimage = capture(repo, "run-1", "a/b c", &patterns).unwrap();
+        let preimage = capture(repo, &"run-1".into(), "a/b c", &patterns).unwrap();
         assert!(
-            manifest_path(repo, "run-1", "a/b c")
+            manifest_path(repo, &"run-1".into(), "a/b c")
                 .file_name()
                 .unwrap()
                 .to_string_lossy()
@@ -194,7 +194,7 @@ mod tests {
         );
         write(repo, "gen/out.txt", "generated\n");
         std::fs::remove_file(repo.join("src/one.txt")).unwrap();
-        let loaded = load(repo, "run-1", "a/b c").unwrap().unwrap();
+        let loaded = load(repo, &"run-1".into(), "a/b c").unwrap().unwrap();
         assert_eq!(loaded, preimage);
         restore(repo, &loaded).unwrap();
         assert_eq!(
@@ -242,8 +242,14 @@ mod tests {
         let base = BaseBlobs::load(&git, &tree).unwrap();
         // b.txt changed since the base: its contents are copied.
         write(repo, "src/b.txt", "b, edited before the agent\n");
-        let (preimage, sync) =
-            prepare(repo, "run-1", "agent-1", &["src/**".to_owned()], &base).unwrap();
+        let (preimage, sync) = prepare(
+            repo,
+            &"run-1".into(),
+            "agent-1",
+            &["src/**".to_owned()],
+            &base,
+        )
+        .unwrap();
         // The unchanged file points at a loose git object: its filesystem is to be synced.
         assert_eq!(sync.len(), 1);
         sync.sync_now().unwrap();
@@ -253,7 +259,7 @@ mod tests {
         };
         assert_eq!(blob_of("src/a.txt"), Some(git_blob_id(b"a\n")));
         assert_eq!(blob_of("src/b.txt"), None);
-        let blobs = preimage_dir(repo, "run-1").join("blobs");
+        let blobs = preimage_dir(repo, &"run-1".into()).join("blobs");
         assert_eq!(std::fs::read_dir(&blobs).unwrap().count(), 1);
         // Through the store's JSON and back.
         let json = manifest_json(&preimage).unwrap();
