@@ -94,7 +94,7 @@ impl Runs {
         self.inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(inputs.run_id.clone(), Arc::clone(&run));
+            .insert(inputs.run_id.to_string(), Arc::clone(&run));
         let task_run = Arc::clone(&run);
         // The engine's future is not `Send` (it holds the store's connection across awaits),
         // so each run drives it on a thread of its own, with its own runtime, as `fanout run`

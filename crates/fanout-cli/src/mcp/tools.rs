@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fanout_core::backend::Backend;
 use fanout_core::config::Config;
-use fanout_core::plan::{self, PlanOptions, PrepareRequest, ScopePaths};
+use fanout_core::plan::{self, PlanOptions, PrepareRequest, RunId, ScopePaths};
 use fanout_core::run::launch::{self, Launch, Recorded};
 use fanout_core::run::lock::RepoLock;
 use fanout_core::store::StoreReader;
@@ -342,7 +342,7 @@ impl FanoutMcp {
         };
         let inputs = attempt!(launch::fresh(launch, &prepared).map_err(|e| e.to_string()));
         let output = StartOutput {
-            run_id: inputs.run_id.clone(),
+            run_id: inputs.run_id.to_string(),
             agents: inputs.plan.subtasks.len(),
             status: "running".to_owned(),
         };
@@ -463,7 +463,7 @@ impl FanoutMcp {
             Some(agent_id) => {
                 let detail = attempt!(
                     reader
-                        .agent(&input.run_id, agent_id)
+                        .agent(&RunId::from(input.run_id.as_str()), agent_id)
                         .map_err(|e| e.to_string())
                 );
                 let Some(detail) = detail else {
@@ -475,7 +475,11 @@ impl FanoutMcp {
                 (json(&detail)?, 0, 1)
             }
             None => {
-                let rows = attempt!(reader.agent_runs(&input.run_id).map_err(|e| e.to_string()));
+                let rows = attempt!(
+                    reader
+                        .agent_runs(&RunId::from(input.run_id.as_str()))
+                        .map_err(|e| e.to_string())
+                );
                 let pages = rows.len().div_ceil(PAGE_SIZE).max(1);
                 let page = input.page.unwrap_or(0);
                 if page >= pages {
@@ -488,7 +492,8 @@ impl FanoutMcp {
                 (json(&slice)?, page, pages)
             }
         };
-        let summary_file = fanout_core::layout::run_dir(&repo, &input.run_id).join("summary.json");
+        let summary_file = fanout_core::layout::run_dir(&repo, &RunId::from(input.run_id.as_str()))
+            .join("summary.json");
         let summary_json = std::fs::read(&summary_file)
             .ok()
             .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
@@ -569,7 +574,8 @@ impl FanoutMcp {
             )));
         }
         let recorded = attempt!(
-            launch::recorded(&repo, &input.run_id, None, false).map_err(|e| e.to_string())
+            launch::recorded(&repo, &RunId::from(input.run_id.as_str()), None, false)
+                .map_err(|e| e.to_string())
         );
         let resume = match recorded {
             Recorded::Completed => {
@@ -604,7 +610,7 @@ impl FanoutMcp {
         let estimated = resume.estimated_wall;
         let inputs = resume.inputs(fleet, self.state.backend.simulated(), Arc::new(lock));
         let output = StartOutput {
-            run_id: inputs.run_id.clone(),
+            run_id: inputs.run_id.to_string(),
             agents: inputs.plan.subtasks.len(),
             status: "running".to_owned(),
         };
@@ -712,7 +718,7 @@ fn load_config(workflow: &Path) -> Result<Config, String> {
 fn run_summary(repo: &Path, run_id: &str) -> Result<fanout_core::store::RunSummary, String> {
     let reader = StoreReader::open_in_repo(repo).map_err(|e| e.to_string())?;
     reader
-        .run_summary(run_id)
+        .run_summary(&RunId::from(run_id))
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("no run {run_id} in {}", repo.display()))
 }
