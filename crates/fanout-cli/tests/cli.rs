@@ -2163,3 +2163,6 @@ mod sim_defaults;
 
 #[path = "cli/reports.rs"]
 mod reports;
+
+#[path = "cli/html_report.rs"]
+mod html_report;

@@ -26,6 +26,8 @@
 //!   the scheduler, checkpoints, pre-images and rollback, the repository lock.
 //! - [`items`]: item work: inputs, chunking, worker prompts and answer accounting, aggregation,
 //!   outputs, and the item runner (online or batch).
+//! - [`report`]: one run as a self-contained HTML page (`fanout report`), from the store and
+//!   the run's files.
 //!
 //! `docs/architecture.md` draws the data flow of one run.
 //!
@@ -46,6 +48,7 @@ pub mod plan;
 pub mod policy;
 pub mod process;
 pub mod provider;
+pub mod report;
 pub mod retry;
 pub mod run;
 pub mod sandbox;
