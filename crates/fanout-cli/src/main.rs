@@ -19,6 +19,7 @@ mod report_cmd;
 mod resume_cmd;
 mod run_cmd;
 mod store_cmd;
+mod traces;
 mod usage;
 
 use std::process::ExitCode;

@@ -2166,3 +2166,6 @@ mod reports;
 
 #[path = "cli/html_report.rs"]
 mod html_report;
+
+#[path = "cli/traces.rs"]
+mod traces;

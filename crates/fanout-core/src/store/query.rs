@@ -864,6 +864,42 @@ impl StoreReader {
             .map_err(self.sqlite("listing a run's denials"))
     }
 
+    /// Every tool call of a run with the agent that made it, by agent, attempt and order.
+    pub fn run_tool_calls(&self, run_id: &str) -> Result<Vec<(String, ToolCallRow)>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT agent_id, attempt, seq, tool, target, ok, error, started_at, ended_at,
+                     outcome, duration_ms, bytes, paths
+                 FROM tool_calls WHERE run_id = ?1 ORDER BY agent_id, attempt, seq",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map([run_id], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        ToolCallRow {
+                            attempt: small(row, 1)?,
+                            seq: small(row, 2)?,
+                            tool: row.get(3)?,
+                            target: row.get(4)?,
+                            ok: row.get::<_, i64>(5)? != 0,
+                            error: row.get(6)?,
+                            started_at: row.get(7)?,
+                            ended_at: row.get(8)?,
+                            outcome: row.get(9)?,
+                            duration_ms: row.get::<_, Option<i64>>(10)?.map(|v| v.max(0) as u64),
+                            bytes: row.get::<_, Option<i64>>(11)?.map(|v| v.max(0) as u64),
+                            paths: row
+                                .get::<_, Option<String>>(12)?
+                                .and_then(|text| serde_json::from_str(&text).ok())
+                                .unwrap_or_default(),
+                        },
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(self.sqlite("listing a run's tool calls"))
+    }
+
     /// The paths each attempt's successful `write_file` and `edit_file` calls wrote:
     /// `(agent_id, attempt, path)`, one row per call and path, in call order.
     pub fn written_paths(&self, run_id: &str) -> Result<Vec<(String, u32, String)>, StoreError> {
