@@ -178,6 +178,7 @@ pub async fn run(args: BenchRunArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|a| a.dollars)
             .collect(),
+        estimated_wall_time: Some(prepared.report.estimate.wall_time),
         plan_hash: None,
         config_path: Some(workflow.clone()),
         repo: repo.clone(),

@@ -357,6 +357,7 @@ async fn live(
                 .see(event);
         })
     };
+    let traced = (root.clone(), run_id.clone());
     let options = RunOptions {
         root,
         resume,
@@ -395,6 +396,7 @@ async fn live(
             return Ok(Exit::Failed.into());
         }
     };
+    crate::traces::export(&traced.0, &traced.1).await;
     // With --json, stdout is JSON lines: the progress events, then the report as the last line.
     let text = if args.json {
         let mut text = serde_json::to_string(&report)?;

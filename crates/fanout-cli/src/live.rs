@@ -71,6 +71,7 @@ pub async fn drive(
     launch: Launch,
 ) -> anyhow::Result<ExitCode> {
     let run_id = inputs.run_id.clone();
+    let repo = inputs.repo.clone();
     let fleet = inputs.fleet.clone();
     let followup = Followup::new(&inputs.repo, inputs.simulated);
     let cancel = CancellationToken::new();
@@ -143,6 +144,7 @@ pub async fn drive(
     } else {
         print!("{}", render(&outcome, estimated, &followup));
     }
+    crate::traces::export(&repo, &run_id).await;
     Ok(Exit::of_run(outcome.status).into())
 }
 

@@ -16,9 +16,11 @@ mod live;
 mod mcp;
 mod model_args;
 mod progress;
+mod report_cmd;
 mod resume_cmd;
 mod run_cmd;
 mod store_cmd;
+mod traces;
 mod usage;
 
 use std::process::ExitCode;
@@ -62,6 +64,9 @@ enum Command {
     Runs(store_cmd::RunsArgs),
     /// Show one run (its agents and checkpoints), or one agent of it in detail.
     Show(store_cmd::ShowArgs),
+    /// Write one run as a self-contained HTML page (timeline, costs, checkpoints, denials,
+    /// files; for item runs, counts and failures).
+    Report(report_cmd::ReportArgs),
     /// Finish a run that was killed, cancelled or ended partial: agents that succeeded are kept,
     /// the others are rolled back and run again.
     Resume(resume_cmd::ResumeArgs),
@@ -114,6 +119,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(args) => config_cmd::run_init(args),
         Command::Runs(args) => store_cmd::run_runs(args),
         Command::Show(args) => store_cmd::run_show(args),
+        Command::Report(args) => report_cmd::run(args),
         Command::Rollback(args) => store_cmd::run_rollback(args).await,
         Command::Run(args) => run_cmd::run(args).await,
         Command::Resume(args) => resume_cmd::run(args).await,

@@ -65,7 +65,7 @@ pub struct RollbackArgs {
 }
 
 /// The repository's top when `path` is in a git work tree, else `path` itself.
-fn repo_root(path: &Path) -> PathBuf {
+pub(crate) fn repo_root(path: &Path) -> PathBuf {
     Git::open(path)
         .map(|git| git.root().to_path_buf())
         .unwrap_or_else(|_| path.to_path_buf())
@@ -422,6 +422,7 @@ fn run_text(detail: &RunDetail) -> String {
             &rows,
         ));
     }
+    let _ = writeln!(out, "\nReport: fanout report {}", run.run_id);
     out
 }
 

@@ -2172,3 +2172,9 @@ mod sim_defaults;
 
 #[path = "cli/reports.rs"]
 mod reports;
+
+#[path = "cli/html_report.rs"]
+mod html_report;
+
+#[path = "cli/traces.rs"]
+mod traces;

@@ -8,7 +8,7 @@
 //!   owned-paths         files a run created that are ours, not the user's (`crate::store`)
 //!   tmp/                private git indexes of checkpoints (`crate::run::checkpoint`)
 //!   runs/<run_id>/      one run: plan.json + plan.sha256, summary.json/.md, the lock,
-//!                       pre-images, item outputs and the settlement journal
+//!                       pre-images, item outputs and the settlement journal, report.html
 //! ```
 //!
 //! Every path under `.fanout/` is built by a function here; [`ensure`] creates the directory
@@ -82,6 +82,11 @@ pub fn run_dir(repo: &Path, run_id: &RunId) -> PathBuf {
 /// `<repo>/.fanout/runs/<run_id>/plan.json`: the reviewed plan a run executes.
 pub fn plan_file(repo: &Path, run_id: &RunId) -> PathBuf {
     run_dir(repo, run_id).join("plan.json")
+}
+
+/// `<repo>/.fanout/runs/<run_id>/report.html`: the run's HTML report (`fanout report`).
+pub fn report_file(repo: &Path, run_id: &str) -> PathBuf {
+    run_dir(repo, run_id).join("report.html")
 }
 
 /// True for `.fanout` itself and every path under it (repository-relative, `/`-separated).

@@ -26,6 +26,9 @@
 //!   the scheduler, checkpoints, pre-images and rollback, the repository lock.
 //! - [`items`]: item work: inputs, chunking, worker prompts and answer accounting, aggregation,
 //!   outputs, and the item runner (online or batch).
+//! - [`report`]: one run as a self-contained HTML page (`fanout report`), from the store and
+//!   the run's files; [`telemetry`]: the same records as OpenTelemetry GenAI spans over
+//!   OTLP/HTTP JSON.
 //!
 //! `docs/architecture.md` draws the data flow of one run.
 //!
@@ -47,9 +50,11 @@ pub mod plan;
 pub mod policy;
 pub mod process;
 pub mod provider;
+pub mod report;
 pub mod retry;
 pub mod run;
 pub mod sandbox;
 pub mod store;
+pub mod telemetry;
 pub mod text;
 pub mod tools;

@@ -5,7 +5,7 @@
 use super::*;
 
 /// A workflow for `tickets.jsonl` in `dir` (the example's schema), chunks of `chunk` items.
-fn ticket_workflow(dir: &Path, chunk: usize, extra: &str) -> PathBuf {
+pub(super) fn ticket_workflow(dir: &Path, chunk: usize, extra: &str) -> PathBuf {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/support-tickets");
     std::fs::copy(examples.join("schema.json"), dir.join("schema.json")).unwrap();
     let path = dir.join("workflow.yaml");
@@ -20,7 +20,7 @@ fn ticket_workflow(dir: &Path, chunk: usize, extra: &str) -> PathBuf {
 }
 
 /// `good` tickets from the example, then the bad lines.
-fn tickets(dir: &Path, good: usize, bad: &[&str]) -> usize {
+pub(super) fn tickets(dir: &Path, good: usize, bad: &[&str]) -> usize {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/support-tickets");
     let text = std::fs::read_to_string(examples.join("tickets.jsonl")).unwrap();
     let mut lines: Vec<String> = text.lines().take(good).map(str::to_owned).collect();

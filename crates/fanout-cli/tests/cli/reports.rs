@@ -53,7 +53,7 @@ fn both(output: &Output) -> String {
 }
 
 /// A temp directory holding `repo/`, the quickstart's repository, committed.
-fn quickstart() -> tempfile::TempDir {
+pub(super) fn quickstart() -> tempfile::TempDir {
     let work = tempfile::tempdir().unwrap();
     let repo = work.path().join("repo");
     copy_dir(&examples_dir().join("quickstart/repo"), &repo);
@@ -64,7 +64,7 @@ fn quickstart() -> tempfile::TempDir {
 }
 
 /// `fanout run examples/quickstart/workflow.yaml --repo REPO --sim EXTRA` from `work`.
-fn run_quickstart(work: &Path, extra: &[&str]) -> Output {
+pub(super) fn run_quickstart(work: &Path, extra: &[&str]) -> Output {
     let workflow = examples_dir().join("quickstart/workflow.yaml");
     let repo = work.join("repo");
     let (workflow, repo) = (workflow.display().to_string(), repo.display().to_string());

@@ -840,7 +840,105 @@ impl StoreReader {
             .collect()
     }
 
-    /// Run a raw read-only query; for tests and diagnostics (`PRAGMA table_info`, counts).
+    /// Every denial of a run, with the agent it belongs to, in the order they happened.
+    pub fn run_denials(&self, run_id: &str) -> Result<Vec<(String, DenialRow)>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT agent_id, attempt, tool, target, reason, at
+                 FROM denials WHERE run_id = ?1 ORDER BY at, id",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map([run_id], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        DenialRow {
+                            attempt: small(row, 1)?,
+                            tool: row.get(2)?,
+                            target: row.get(3)?,
+                            reason: row.get(4)?,
+                            at: row.get(5)?,
+                        },
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(self.sqlite("listing a run's denials"))
+    }
+
+    /// Every tool call of a run with the agent that made it, by agent, attempt and order.
+    pub fn run_tool_calls(&self, run_id: &str) -> Result<Vec<(String, ToolCallRow)>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT agent_id, attempt, seq, tool, target, ok, error, started_at, ended_at,
+                     outcome, duration_ms, bytes, paths
+                 FROM tool_calls WHERE run_id = ?1 ORDER BY agent_id, attempt, seq",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map([run_id], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        ToolCallRow {
+                            attempt: small(row, 1)?,
+                            seq: small(row, 2)?,
+                            tool: row.get(3)?,
+                            target: row.get(4)?,
+                            ok: row.get::<_, i64>(5)? != 0,
+                            error: row.get(6)?,
+                            started_at: row.get(7)?,
+                            ended_at: row.get(8)?,
+                            outcome: row.get(9)?,
+                            duration_ms: row.get::<_, Option<i64>>(10)?.map(|v| v.max(0) as u64),
+                            bytes: row.get::<_, Option<i64>>(11)?.map(|v| v.max(0) as u64),
+                            paths: row
+                                .get::<_, Option<String>>(12)?
+                                .and_then(|text| serde_json::from_str(&text).ok())
+                                .unwrap_or_default(),
+                        },
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(self.sqlite("listing a run's tool calls"))
+    }
+
+    /// The paths each attempt's successful `write_file` and `edit_file` calls wrote:
+    /// `(agent_id, attempt, path)`, one row per call and path, in call order.
+    pub fn written_paths(&self, run_id: &str) -> Result<Vec<(String, u32, String)>, StoreError> {
+        let rows = self
+            .conn
+            .prepare_cached(
+                "SELECT agent_id, attempt, target, paths FROM tool_calls
+                 WHERE run_id = ?1 AND ok = 1 AND tool IN ('write_file', 'edit_file')
+                 ORDER BY agent_id, attempt, seq",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map([run_id], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        small(row, 1)?,
+                        row.get::<_, Option<String>>(2)?,
+                        row.get::<_, Option<String>>(3)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(self.sqlite("listing written paths"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (agent_id, attempt, target, paths) in rows {
+            let paths: Vec<String> = paths
+                .and_then(|text| serde_json::from_str(&text).ok())
+                .filter(|paths: &Vec<String>| !paths.is_empty())
+                .or_else(|| target.map(|target| vec![target]))
+                .unwrap_or_default();
+            out.extend(
+                paths
+                    .into_iter()
+                    .map(|path| (agent_id.clone(), attempt, path)),
+            );
+        }
+        Ok(out)
+    }
+
     /// Pre-image manifests (JSON) recorded for `run_id`, by agent.
     pub fn preimages(&self, run_id: &RunId) -> Result<Vec<(String, String)>, StoreError> {
         let sqlite = |source| StoreError::Sqlite {
@@ -858,6 +956,7 @@ impl StoreReader {
         rows.collect::<Result<Vec<_>, _>>().map_err(sqlite)
     }
 
+    /// The connection, for raw read-only queries in tests and diagnostics.
     pub fn connection(&self) -> &Connection {
         &self.conn
     }

@@ -71,6 +71,8 @@ pub struct EngineInputs {
     pub plan: Plan,
     /// Estimated dollars per sub-task, in plan order (reserved against the run budget).
     pub estimated_dollars: Vec<f64>,
+    /// The estimate's wall-time floor, kept in `summary.json` beside the measured wall time.
+    pub estimated_wall_time: Option<Duration>,
     pub plan_hash: Option<String>,
     pub config_path: Option<PathBuf>,
     pub repo: PathBuf,
@@ -150,6 +152,9 @@ pub struct RunOutcome {
     pub dollars: f64,
     #[serde(rename = "wall_time_ms", serialize_with = "as_millis")]
     pub wall_time: Duration,
+    /// The plan's wall-time estimate, when the caller had one.
+    #[serde(rename = "estimated_wall_time_ms", serialize_with = "as_millis_opt")]
+    pub estimated_wall_time: Option<Duration>,
     pub checkpoints: u64,
     pub final_checkpoint: Option<String>,
     /// Files changed by the run outside every declared write scope (red flags).
@@ -167,6 +172,13 @@ pub struct RunOutcome {
 
 fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_millis() as u64)
+}
+
+fn as_millis_opt<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+        None => s.serialize_none(),
+    }
 }
 
 /// Why a run could not be carried out at all (agent failures are not errors: they are in

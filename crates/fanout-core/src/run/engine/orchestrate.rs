@@ -355,6 +355,7 @@ async fn conclude(
         output_tokens: counts.output_tokens,
         dollars: counts.dollars,
         wall_time: started.elapsed(),
+        estimated_wall_time: inputs.estimated_wall_time,
         checkpoints: verified.checkpoints,
         final_checkpoint: Some(verified.final_checkpoint.commit.clone()),
         out_of_scope: verified.out_of_scope,

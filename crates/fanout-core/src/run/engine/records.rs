@@ -44,6 +44,8 @@ pub(super) fn usage_recorder(
     let store = shared.store.clone();
     let run_id = shared.inputs.run_id.clone();
     let agent_id = agent_id.to_owned();
+    let spec = shared.inputs.config.model_for_mode(mode);
+    let (provider, model) = (spec.provider, spec.model.clone());
     CallHook(Arc::new(move |usage: &CallUsage| {
         store.event_now(EventRecord {
             run_id: run_id.clone(),
@@ -53,6 +55,8 @@ pub(super) fn usage_recorder(
                 "attempt": attempt,
                 "turn": usage.turn,
                 "mode": mode,
+                "provider": provider,
+                "model": model,
                 "input_tokens": usage.input_tokens,
                 "output_tokens": usage.output_tokens,
                 "dollars": usage.dollars,

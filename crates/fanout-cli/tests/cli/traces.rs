@@ -1,0 +1,219 @@
+//! OpenTelemetry traces: with `OTEL_EXPORTER_OTLP_ENDPOINT` set, a live `--sim` run sends
+//! its spans in OTLP/JSON to a collector on loopback (an axum server in the test), one trace
+//! per run, `invoke_workflow` → `invoke_agent` → `chat` / `execute_tool`, with the GenAI
+//! attributes, and the figures the store has.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use super::*;
+
+/// A span's attributes as `key → value` (the OTLP `AnyValue` unwrapped to JSON).
+fn attributes(span: &Value) -> HashMap<String, Value> {
+    span["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|kv| {
+            let value = &kv["value"];
+            let value = if let Some(text) = value["stringValue"].as_str() {
+                Value::from(text)
+            } else if let Some(int) = value["intValue"].as_str() {
+                Value::from(int.parse::<u64>().unwrap())
+            } else if let Some(flag) = value["boolValue"].as_bool() {
+                Value::from(flag)
+            } else {
+                value["doubleValue"].clone()
+            };
+            (kv["key"].as_str().unwrap().to_owned(), value)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_run_sends_one_trace_of_genai_spans_to_the_collector() {
+    // The collector: records every request body sent to /v1/traces.
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post({
+            let received = Arc::clone(&received);
+            move |headers: axum::http::HeaderMap, body: String| async move {
+                assert_eq!(headers["content-type"], "application/json");
+                received
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_str(&body).unwrap());
+                "{}"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let work = super::reports::quickstart();
+    let repo = work.path().join("repo");
+    let output = tokio::task::spawn_blocking({
+        let (work, repo) = (work.path().to_path_buf(), repo.clone());
+        move || {
+            let workflow = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../examples/quickstart/workflow.yaml");
+            Command::new(env!("CARGO_BIN_EXE_fanout"))
+                .arg("run")
+                .arg(workflow)
+                .arg("--repo")
+                .arg(repo)
+                .arg("--sim")
+                .current_dir(work)
+                .env_remove("ANTHROPIC_API_KEY")
+                .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("traces sent to"), "{stderr}");
+
+    let spans: Vec<Value> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|request| {
+            let resource = &request["resourceSpans"][0];
+            assert!(
+                resource["resource"]["attributes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|kv| kv["key"] == "service.name")
+            );
+            resource["scopeSpans"][0]["spans"]
+                .as_array()
+                .unwrap()
+                .clone()
+        })
+        .collect();
+
+    // One trace, one root.
+    let traces: std::collections::BTreeSet<&str> = spans
+        .iter()
+        .map(|span| span["traceId"].as_str().unwrap())
+        .collect();
+    assert_eq!(traces.len(), 1, "{traces:?}");
+    assert_eq!(traces.iter().next().unwrap().len(), 32);
+    let roots: Vec<&Value> = spans
+        .iter()
+        .filter(|span| span.get("parentSpanId").is_none())
+        .collect();
+    assert_eq!(roots.len(), 1);
+    let root = roots[0];
+    assert_eq!(root["name"], "invoke_workflow quickstart");
+    assert_eq!(attributes(root)["gen_ai.operation.name"], "invoke_workflow");
+    let by_id: HashMap<&str, &Value> = spans
+        .iter()
+        .map(|span| (span["spanId"].as_str().unwrap(), span))
+        .collect();
+    assert_eq!(by_id.len(), spans.len(), "span ids are unique");
+    for span in &spans {
+        let (start, end): (u128, u128) = (
+            span["startTimeUnixNano"].as_str().unwrap().parse().unwrap(),
+            span["endTimeUnixNano"].as_str().unwrap().parse().unwrap(),
+        );
+        assert!(start <= end, "{span}");
+    }
+
+    // What the store has, to compare with.
+    let reader = fanout_core::store::StoreReader::open_in_repo(&repo).unwrap();
+    let run = &reader.runs().unwrap()[0];
+    let run_id = run.run.run_id.clone();
+    let rows = reader.agent_runs(&run_id).unwrap();
+    let model_calls = reader
+        .events(&run_id)
+        .unwrap()
+        .iter()
+        .filter(|event| event.kind == "model_call")
+        .count();
+    let tool_calls = reader.run_tool_calls(&run_id).unwrap();
+
+    // invoke_agent: one per attempt, children of the root.
+    let agents: Vec<&Value> = spans
+        .iter()
+        .filter(|span| attributes(span)["gen_ai.operation.name"] == "invoke_agent")
+        .collect();
+    assert_eq!(agents.len(), rows.len());
+    let mut agent_of_span: HashMap<&str, String> = HashMap::new();
+    for span in &agents {
+        let attrs = attributes(span);
+        let agent_id = attrs["gen_ai.agent.id"].as_str().unwrap().to_owned();
+        assert_eq!(span["name"], format!("invoke_agent {agent_id}"));
+        assert_eq!(span["parentSpanId"], root["spanId"]);
+        let row = rows.iter().find(|row| row.agent_id == agent_id).unwrap();
+        assert_eq!(attrs["gen_ai.request.model"], row.model.clone().unwrap());
+        assert_eq!(attrs["gen_ai.provider.name"], "anthropic");
+        assert_eq!(attrs["gen_ai.usage.input_tokens"], row.input_tokens);
+        assert_eq!(attrs["gen_ai.usage.output_tokens"], row.output_tokens);
+        assert_eq!(attrs["fanout.status"], "success");
+        assert!(!attrs.contains_key("error.type"));
+        agent_of_span.insert(span["spanId"].as_str().unwrap(), agent_id);
+    }
+
+    // chat: one per model call, under its agent's span; their tokens add up to the store's.
+    let chats: Vec<&Value> = spans
+        .iter()
+        .filter(|span| attributes(span)["gen_ai.operation.name"] == "chat")
+        .collect();
+    assert_eq!(chats.len(), model_calls);
+    assert!(model_calls >= rows.len());
+    let mut tokens: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for span in &chats {
+        let attrs = attributes(span);
+        let parent = span["parentSpanId"].as_str().unwrap();
+        let agent_id = &agent_of_span[parent];
+        assert_eq!(attrs["gen_ai.agent.id"], agent_id.as_str());
+        assert_eq!(
+            span["name"],
+            format!("chat {}", attrs["gen_ai.request.model"].as_str().unwrap())
+        );
+        assert_eq!(attrs["gen_ai.provider.name"], "anthropic");
+        assert_eq!(span["kind"], 3);
+        let entry = tokens.entry(agent_id.clone()).or_default();
+        entry.0 += attrs["gen_ai.usage.input_tokens"].as_u64().unwrap();
+        entry.1 += attrs["gen_ai.usage.output_tokens"].as_u64().unwrap();
+    }
+    for row in &rows {
+        assert_eq!(
+            tokens[&row.agent_id],
+            (row.input_tokens, row.output_tokens),
+            "{}",
+            row.agent_id
+        );
+    }
+
+    // execute_tool: one per tool call, under its agent's span.
+    let tools: Vec<&Value> = spans
+        .iter()
+        .filter(|span| attributes(span)["gen_ai.operation.name"] == "execute_tool")
+        .collect();
+    assert_eq!(tools.len(), tool_calls.len());
+    assert!(!tools.is_empty());
+    for span in &tools {
+        let attrs = attributes(span);
+        let tool = attrs["gen_ai.tool.name"].as_str().unwrap();
+        assert_eq!(span["name"], format!("execute_tool {tool}"));
+        let agent_id = &agent_of_span[span["parentSpanId"].as_str().unwrap()];
+        assert!(
+            tool_calls
+                .iter()
+                .any(|(agent, call)| agent == agent_id && call.tool == tool),
+            "{agent_id} {tool}"
+        );
+    }
+    assert_eq!(spans.len(), 1 + agents.len() + chats.len() + tools.len());
+}

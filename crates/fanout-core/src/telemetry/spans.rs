@@ -1,0 +1,455 @@
+//! A run's records as OpenTelemetry spans, in the OTLP/JSON encoding of
+//! `ExportTraceServiceRequest` (lowerCamelCase fields, hex ids, 64-bit integers and
+//! nanosecond times as strings), following the GenAI semantic conventions:
+//!
+//! ```text
+//! invoke_workflow {workflow}          the run (one trace per run)
+//! └─ invoke_agent {agent_id}          one per attempt
+//!    ├─ chat {model}                  one per `model_call` event
+//!    └─ execute_tool {tool}           one per `tool_calls` row
+//! ```
+//!
+//! Ids are derived from the run id (trace) and the record's key (span), so exporting a run
+//! twice sends the same spans, which a backend can deduplicate. A model call's event is
+//! written when its answer arrives; its span starts at the end of the step before it in the
+//! same attempt (the attempt's start, the previous call, or a tool call that ended before it).
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::store::{AgentRow, AgentStatus, EventRow, RunRow, ToolCallRow, parse_time};
+
+/// The records of one run that become spans.
+#[derive(Debug, Clone, Default)]
+pub struct RunRecords {
+    pub run: Option<RunRow>,
+    pub attempts: Vec<AgentRow>,
+    pub events: Vec<EventRow>,
+    /// `(agent_id, call)`.
+    pub tool_calls: Vec<(String, ToolCallRow)>,
+}
+
+/// One span, before encoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Span {
+    pub span_id: String,
+    pub parent_span_id: Option<String>,
+    pub name: String,
+    /// 1 internal, 3 client.
+    pub kind: u8,
+    pub start_unix_nano: u128,
+    pub end_unix_nano: u128,
+    pub attributes: Vec<(&'static str, Value)>,
+    /// `Some(message)`: the span's status is an error.
+    pub error: Option<String>,
+}
+
+const KIND_INTERNAL: u8 = 1;
+const KIND_CLIENT: u8 = 3;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The trace id of run `run_id`: 16 bytes, hex.
+pub fn trace_id(run_id: &str) -> String {
+    hex(&Sha256::digest(format!("fanout trace {run_id}").as_bytes())[..16])
+}
+
+fn span_id(key: &str) -> String {
+    hex(&Sha256::digest(format!("fanout span {key}").as_bytes())[..8])
+}
+
+fn nanos(at: SystemTime) -> u128 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+fn time(text: Option<&str>) -> Option<u128> {
+    text.and_then(parse_time).map(nanos)
+}
+
+/// One attribute in OTLP/JSON (`AnyValue`): strings, integers (as strings), doubles, booleans.
+fn attribute(key: &str, value: &Value) -> Value {
+    let value = match value {
+        Value::String(text) => json!({ "stringValue": text }),
+        Value::Bool(flag) => json!({ "boolValue": flag }),
+        Value::Number(n) if n.is_i64() || n.is_u64() => json!({ "intValue": n.to_string() }),
+        Value::Number(n) => json!({ "doubleValue": n.as_f64().unwrap_or(0.0) }),
+        other => json!({ "stringValue": other.to_string() }),
+    };
+    json!({ "key": key, "value": value })
+}
+
+/// Every span of the run, root first. `now` closes spans that have no end yet.
+pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
+    let Some(run) = &records.run else {
+        return Vec::new();
+    };
+    let now = nanos(now);
+    let run_start = time(Some(&run.started_at)).unwrap_or(now);
+    let run_end = time(run.ended_at.as_deref()).unwrap_or(now).max(run_start);
+    let root_id = span_id(&format!("{}/run", run.run_id));
+    let mut out = Vec::with_capacity(1 + records.attempts.len() + records.events.len());
+    let failed = !matches!(
+        run.status,
+        crate::store::RunStatus::Completed
+            | crate::store::RunStatus::Running
+            | crate::store::RunStatus::Planned
+    );
+    let counted: (u64, u64) = records.attempts.iter().fold((0, 0), |(i, o), row| {
+        (i + row.input_tokens, o + row.output_tokens)
+    });
+    out.push(Span {
+        span_id: root_id.clone(),
+        parent_span_id: None,
+        name: format!("invoke_workflow {}", run.workflow),
+        kind: KIND_INTERNAL,
+        start_unix_nano: run_start,
+        end_unix_nano: run_end,
+        attributes: vec![
+            ("gen_ai.operation.name", json!("invoke_workflow")),
+            ("gen_ai.workflow.name", json!(run.workflow)),
+            ("gen_ai.usage.input_tokens", json!(counted.0)),
+            ("gen_ai.usage.output_tokens", json!(counted.1)),
+            ("fanout.run.id", json!(run.run_id)),
+            ("fanout.run.status", json!(run.status.as_str())),
+            ("fanout.agents.planned", json!(run.agents_planned)),
+            ("fanout.attempts", json!(records.attempts.len())),
+            (
+                "fanout.cost.usd",
+                json!(records.attempts.iter().map(|row| row.cost_usd).sum::<f64>()),
+            ),
+        ]
+        .into_iter()
+        .chain(failed.then(|| ("error.type", json!(run.status.as_str()))))
+        .collect(),
+        error: failed.then(|| {
+            run.error
+                .clone()
+                .unwrap_or_else(|| run.status.as_str().to_owned())
+        }),
+    });
+
+    // Model calls and tool calls by attempt, so each attempt finds its own at once.
+    let mut calls_of: HashMap<(&str, u64), Vec<&EventRow>> = HashMap::new();
+    for event in records.events.iter().filter(|e| e.kind == "model_call") {
+        if let (Some(agent), Some(attempt)) =
+            (event.agent_id.as_deref(), event.payload["attempt"].as_u64())
+        {
+            calls_of.entry((agent, attempt)).or_default().push(event);
+        }
+    }
+    let mut tools_of: HashMap<(&str, u32), Vec<&ToolCallRow>> = HashMap::new();
+    for (agent, call) in &records.tool_calls {
+        tools_of
+            .entry((agent.as_str(), call.attempt))
+            .or_default()
+            .push(call);
+    }
+
+    for row in &records.attempts {
+        let calls = calls_of
+            .get(&(row.agent_id.as_str(), u64::from(row.attempt)))
+            .map_or(&[][..], Vec::as_slice);
+        let tools = tools_of
+            .get(&(row.agent_id.as_str(), row.attempt))
+            .map_or(&[][..], Vec::as_slice);
+        let key = format!("{}/{}/{}", run.run_id, row.agent_id, row.attempt);
+        let attempt_id = span_id(&key);
+        let start = time(row.timestamp_start.as_deref()).unwrap_or(run_start);
+        let end = time(row.timestamp_end.as_deref())
+            .unwrap_or(run_end)
+            .max(start);
+        let model = row.model.clone().unwrap_or_default();
+        // The provider as the model calls recorded it (attempts without calls have none).
+        let provider = calls
+            .iter()
+            .find_map(|event| event.payload["provider"].as_str())
+            .map(str::to_owned);
+        let status = row.status.map_or("running", AgentStatus::as_str);
+        let failed = matches!(
+            row.status,
+            Some(AgentStatus::Failure | AgentStatus::Rollback)
+        );
+        let mut attributes = vec![
+            ("gen_ai.operation.name", json!("invoke_agent")),
+            ("gen_ai.agent.id", json!(row.agent_id)),
+            ("gen_ai.agent.name", json!(row.agent_id)),
+            ("gen_ai.request.model", json!(model)),
+            ("gen_ai.usage.input_tokens", json!(row.input_tokens)),
+            ("gen_ai.usage.output_tokens", json!(row.output_tokens)),
+            ("fanout.run.id", json!(run.run_id)),
+            ("fanout.attempt", json!(row.attempt)),
+            ("fanout.status", json!(status)),
+            (
+                "fanout.mode",
+                json!(row.mode.map_or("-", |mode| mode.as_str())),
+            ),
+            ("fanout.escalated", json!(row.escalated)),
+            ("fanout.cost.usd", json!(row.cost_usd)),
+        ];
+        if let Some(provider) = &provider {
+            attributes.push(("gen_ai.provider.name", json!(provider)));
+        }
+        if failed {
+            attributes.push(("error.type", json!(status)));
+        }
+        out.push(Span {
+            span_id: attempt_id.clone(),
+            parent_span_id: Some(root_id.clone()),
+            name: format!("invoke_agent {}", row.agent_id),
+            kind: KIND_INTERNAL,
+            start_unix_nano: start,
+            end_unix_nano: end,
+            attributes,
+            error: failed.then(|| row.error.clone().unwrap_or_else(|| status.to_owned())),
+        });
+
+        let mut previous = start;
+        for event in calls {
+            let at = time(Some(&event.at)).unwrap_or(end);
+            let call_start = tools
+                .iter()
+                .filter_map(|call| time(call.ended_at.as_deref()))
+                .filter(|ended| *ended <= at)
+                .fold(previous, u128::max)
+                .min(at);
+            previous = at;
+            let payload = &event.payload;
+            let call_model = payload["model"].as_str().unwrap_or(&model).to_owned();
+            let mut attributes = vec![
+                ("gen_ai.operation.name", json!("chat")),
+                ("gen_ai.request.model", json!(call_model)),
+                ("gen_ai.agent.id", json!(row.agent_id)),
+                (
+                    "gen_ai.usage.input_tokens",
+                    json!(payload["input_tokens"].as_u64().unwrap_or(0)),
+                ),
+                (
+                    "gen_ai.usage.output_tokens",
+                    json!(payload["output_tokens"].as_u64().unwrap_or(0)),
+                ),
+                ("fanout.turn", json!(payload["turn"].as_u64().unwrap_or(0))),
+                (
+                    "fanout.cost.usd",
+                    json!(payload["dollars"].as_f64().unwrap_or(0.0)),
+                ),
+            ];
+            if let Some(provider) = payload["provider"].as_str() {
+                attributes.push(("gen_ai.provider.name", json!(provider)));
+            }
+            out.push(Span {
+                span_id: span_id(&format!("{key}/call/{}", event.seq)),
+                parent_span_id: Some(attempt_id.clone()),
+                name: format!("chat {call_model}"),
+                kind: KIND_CLIENT,
+                start_unix_nano: call_start,
+                end_unix_nano: at,
+                attributes,
+                error: None,
+            });
+        }
+        for call in tools.iter().copied() {
+            let call_start = time(Some(&call.started_at)).unwrap_or(start);
+            let outcome = call
+                .outcome
+                .clone()
+                .unwrap_or_else(|| if call.ok { "ok" } else { "error" }.to_owned());
+            let mut attributes = vec![
+                ("gen_ai.operation.name", json!("execute_tool")),
+                ("gen_ai.tool.name", json!(call.tool)),
+                ("gen_ai.agent.id", json!(row.agent_id)),
+                ("fanout.tool.outcome", json!(outcome)),
+                ("fanout.tool.seq", json!(call.seq)),
+            ];
+            if let Some(target) = &call.target {
+                attributes.push(("fanout.tool.target", json!(target)));
+            }
+            if outcome != "ok" {
+                attributes.push(("error.type", json!(outcome)));
+            }
+            out.push(Span {
+                span_id: span_id(&format!("{key}/tool/{}", call.seq)),
+                parent_span_id: Some(attempt_id.clone()),
+                name: format!("execute_tool {}", call.tool),
+                kind: KIND_INTERNAL,
+                start_unix_nano: call_start,
+                end_unix_nano: time(call.ended_at.as_deref())
+                    .unwrap_or(call_start)
+                    .max(call_start),
+                attributes,
+                error: (outcome != "ok")
+                    .then(|| call.error.clone().unwrap_or_else(|| outcome.clone())),
+            });
+        }
+    }
+    out
+}
+
+/// An `ExportTraceServiceRequest` in OTLP/JSON holding `spans` of the trace `trace_id`.
+pub fn request(trace_id: &str, service_name: &str, spans: &[Span]) -> Value {
+    let spans: Vec<Value> = spans
+        .iter()
+        .map(|span| {
+            let mut value = json!({
+                "traceId": trace_id,
+                "spanId": span.span_id,
+                "name": span.name,
+                "kind": span.kind,
+                "startTimeUnixNano": span.start_unix_nano.to_string(),
+                "endTimeUnixNano": span.end_unix_nano.to_string(),
+                "attributes": span.attributes.iter()
+                    .map(|(key, value)| attribute(key, value))
+                    .collect::<Vec<_>>(),
+                "status": match &span.error {
+                    Some(message) => json!({ "code": 2, "message": message }),
+                    None => json!({}),
+                },
+            });
+            if let (Some(parent), Some(fields)) = (&span.parent_span_id, value.as_object_mut()) {
+                fields.insert("parentSpanId".into(), json!(parent));
+            }
+            value
+        })
+        .collect();
+    json!({
+        "resourceSpans": [{
+            "resource": { "attributes": [
+                attribute("service.name", &json!(service_name)),
+                attribute("telemetry.sdk.name", &json!("fanout")),
+                attribute("telemetry.sdk.language", &json!("rust")),
+                attribute("telemetry.sdk.version", &json!(env!("CARGO_PKG_VERSION"))),
+            ]},
+            "scopeSpans": [{
+                "scope": { "name": "fanout", "version": env!("CARGO_PKG_VERSION") },
+                "spans": spans,
+            }],
+        }]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::store::RunStatus;
+
+    fn records() -> RunRecords {
+        let run = RunRow {
+            run_id: "r".to_owned(),
+            workflow: "wf".to_owned(),
+            config_path: None,
+            plan_hash: None,
+            repo: None,
+            status: RunStatus::Partial,
+            started_at: "2026-01-01T00:00:00.000Z".to_owned(),
+            ended_at: Some("2026-01-01T00:00:10.000Z".to_owned()),
+            base_commit: None,
+            agents_planned: 1,
+            total_tokens: 0,
+            total_input_tokens: 0,
+            total_output_tokens: 0,
+            total_cost_usd: 0.0,
+            error: Some("1 agent(s) rolled back".to_owned()),
+        };
+        let attempt = AgentRow {
+            run_id: "r".to_owned(),
+            agent_id: "a".to_owned(),
+            attempt: 1,
+            task_description: None,
+            files_accessed: Vec::new(),
+            tools_called: vec!["write_file".to_owned()],
+            status: Some(AgentStatus::Rollback),
+            token_count: 15,
+            mode: Some(crate::config::Mode::Fast),
+            timestamp_start: Some("2026-01-01T00:00:01.000Z".to_owned()),
+            timestamp_end: Some("2026-01-01T00:00:05.000Z".to_owned()),
+            model: Some("m".to_owned()),
+            input_tokens: 10,
+            output_tokens: 5,
+            cost_usd: 0.1,
+            escalated: false,
+            error: Some("tests failed".to_owned()),
+            checkpoint: None,
+        };
+        let call = EventRow {
+            seq: 7,
+            at: "2026-01-01T00:00:04.000Z".to_owned(),
+            agent_id: Some("a".to_owned()),
+            kind: "model_call".to_owned(),
+            payload: json!({"attempt": 1, "turn": 2, "provider": "openai", "model": "m",
+                            "input_tokens": 10, "output_tokens": 5, "dollars": 0.1}),
+        };
+        let denied = ToolCallRow {
+            attempt: 1,
+            seq: 1,
+            tool: "write_file".to_owned(),
+            target: Some(".env".to_owned()),
+            ok: false,
+            outcome: Some("denied".to_owned()),
+            error: Some("protected path".to_owned()),
+            started_at: "2026-01-01T00:00:02.000Z".to_owned(),
+            ended_at: Some("2026-01-01T00:00:03.000Z".to_owned()),
+            duration_ms: Some(1000),
+            bytes: None,
+            paths: Vec::new(),
+        };
+        RunRecords {
+            run: Some(run),
+            attempts: vec![attempt],
+            events: vec![call],
+            tool_calls: vec![("a".to_owned(), denied)],
+        }
+    }
+
+    fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
+        span.attributes
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    }
+
+    /// A rolled-back attempt, a denied tool call and a partial run are errors with their
+    /// reason; a model call starts where the tool call before it ended.
+    #[test]
+    fn failures_carry_error_type_and_calls_start_after_the_step_before() {
+        let spans = spans(&records(), SystemTime::now());
+        let names: Vec<&str> = spans.iter().map(|span| span.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "invoke_workflow wf",
+                "invoke_agent a",
+                "chat m",
+                "execute_tool write_file"
+            ]
+        );
+        let [root, agent, chat, tool] = [&spans[0], &spans[1], &spans[2], &spans[3]];
+        assert_eq!(attr(root, "error.type"), Some(&json!("partial")));
+        assert_eq!(root.error.as_deref(), Some("1 agent(s) rolled back"));
+        assert_eq!(attr(agent, "error.type"), Some(&json!("rollback")));
+        assert_eq!(agent.error.as_deref(), Some("tests failed"));
+        assert_eq!(attr(agent, "gen_ai.provider.name"), Some(&json!("openai")));
+        assert_eq!(attr(tool, "error.type"), Some(&json!("denied")));
+        assert_eq!(attr(chat, "error.type"), None);
+        assert_eq!(chat.parent_span_id.as_ref(), Some(&agent.span_id));
+        assert_eq!(tool.parent_span_id.as_ref(), Some(&agent.span_id));
+        // 00:00:03 (the tool call's end) to 00:00:04 (the answer).
+        assert_eq!(chat.end_unix_nano - chat.start_unix_nano, 1_000_000_000);
+
+        let encoded = request(&trace_id("r"), "fanout", &spans);
+        let wire = &encoded["resourceSpans"][0]["scopeSpans"][0]["spans"];
+        assert_eq!(
+            wire[1]["status"],
+            json!({"code": 2, "message": "tests failed"})
+        );
+        assert_eq!(wire[2]["status"], json!({}));
+        assert!(wire[0].get("parentSpanId").is_none());
+        assert_eq!(wire[2]["parentSpanId"], json!(agent.span_id));
+        assert_eq!(wire[2]["kind"], json!(3));
+    }
+}
