@@ -14,7 +14,7 @@ use crate::exit::Exit;
 #[derive(Args, Debug)]
 pub struct ReportArgs {
     /// The run to report on (see `fanout runs`).
-    pub run_id: String,
+    pub run_id: fanout_core::plan::RunId,
     /// The repository (default: the current directory).
     #[arg(long, default_value = ".")]
     pub repo: PathBuf,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use fanout_core::telemetry::Exporter;
 
-pub async fn export(repo: &Path, run_id: &str) {
+pub async fn export(repo: &Path, run_id: &fanout_core::plan::RunId) {
     let exporter = match Exporter::from_env() {
         Ok(Some(exporter)) => exporter,
         Ok(None) => return,

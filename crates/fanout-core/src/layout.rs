@@ -85,7 +85,7 @@ pub fn plan_file(repo: &Path, run_id: &RunId) -> PathBuf {
 }
 
 /// `<repo>/.fanout/runs/<run_id>/report.html`: the run's HTML report (`fanout report`).
-pub fn report_file(repo: &Path, run_id: &str) -> PathBuf {
+pub fn report_file(repo: &Path, run_id: &RunId) -> PathBuf {
     run_dir(repo, run_id).join("report.html")
 }
 

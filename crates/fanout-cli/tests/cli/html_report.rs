@@ -156,7 +156,7 @@ async fn text_from_the_store_is_escaped_and_an_unknown_run_exits_two() {
     let store = Store::open_in_repo(dir.path()).unwrap();
     store
         .create_run(NewRun {
-            run_id: "r1".to_owned(),
+            run_id: "r1".into(),
             workflow: "<b>wf</b>".to_owned(),
             config_path: None,
             plan_hash: None,
@@ -171,7 +171,7 @@ async fn text_from_the_store_is_escaped_and_an_unknown_run_exits_two() {
         .unwrap();
     store
         .start_agent(AgentStart {
-            run_id: "r1".to_owned(),
+            run_id: "r1".into(),
             agent_id: hostile.to_owned(),
             attempt: 1,
             task_description: "x".to_owned(),
@@ -184,7 +184,7 @@ async fn text_from_the_store_is_escaped_and_an_unknown_run_exits_two() {
         .unwrap();
     store
         .tool_call(ToolCallRecord {
-            run_id: "r1".to_owned(),
+            run_id: "r1".into(),
             agent_id: hostile.to_owned(),
             attempt: 1,
             seq: 1,
@@ -203,7 +203,7 @@ async fn text_from_the_store_is_escaped_and_an_unknown_run_exits_two() {
         .unwrap();
     store
         .denial(DenialRecord {
-            run_id: "r1".to_owned(),
+            run_id: "r1".into(),
             agent_id: hostile.to_owned(),
             attempt: 1,
             tool: "bash".to_owned(),
@@ -215,7 +215,7 @@ async fn text_from_the_store_is_escaped_and_an_unknown_run_exits_two() {
         .unwrap();
     store
         .finish_agent(AgentFinish {
-            run_id: "r1".to_owned(),
+            run_id: "r1".into(),
             agent_id: hostile.to_owned(),
             attempt: 1,
             status: AgentStatus::Success,
@@ -232,7 +232,7 @@ async fn text_from_the_store_is_escaped_and_an_unknown_run_exits_two() {
         .unwrap();
     store
         .set_run_status(
-            "r1",
+            &"r1".into(),
             RunStatus::Completed,
             Some(start + Duration::from_secs(5)),
             None,

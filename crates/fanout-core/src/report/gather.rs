@@ -2,6 +2,7 @@
 //! `plan.json`, an item run's `failed.jsonl`). Reads only; a file the run has not written
 //! yet is left out, a file that does not parse is an error.
 
+use crate::ids::RunId;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::time::Duration;
@@ -15,12 +16,12 @@ use super::{
 use crate::store::{AgentRow, AgentStatus, StoreReader, parse_time};
 
 /// The report of run `run_id` of the repository (or item run directory) `repo`.
-pub fn gather(repo: &Path, run_id: &str) -> Result<RunReport, ReportError> {
+pub fn gather(repo: &Path, run_id: &RunId) -> Result<RunReport, ReportError> {
     let reader = StoreReader::open_in_repo(repo)?;
     let summary = reader
         .run_summary(run_id)?
         .ok_or_else(|| ReportError::UnknownRun {
-            run_id: run_id.to_owned(),
+            run_id: run_id.to_string(),
             store: reader.path().to_path_buf(),
         })?;
     let run = summary.run;

@@ -105,7 +105,7 @@ pub fn render_html(report: &RunReport) -> String {
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>fanout run {id}</title><style>{STYLE}</style></head><body>\n\
          <h1>fanout run <code>{id}</code> · {workflow}</h1>\n",
-        id = escape(&run.run_id),
+        id = escape(run.run_id.as_str()),
         workflow = escape(&run.workflow),
     );
     header(&mut out, report);
@@ -122,7 +122,7 @@ pub fn render_html(report: &RunReport) -> String {
         out,
         "<p class=\"note\">Written by <code>fanout report</code> from the run store; \
          <code>fanout show {}</code> has every record.</p>\n</body></html>\n",
-        escape(&run.run_id)
+        escape(run.run_id.as_str())
     );
     out
 }
@@ -738,7 +738,7 @@ mod tests {
     fn report(agents: u64) -> RunReport {
         RunReport {
             run: RunRow {
-                run_id: "r".to_owned(),
+                run_id: "r".into(),
                 workflow: "w".to_owned(),
                 config_path: None,
                 plan_hash: None,

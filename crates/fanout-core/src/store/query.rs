@@ -841,7 +841,7 @@ impl StoreReader {
     }
 
     /// Every denial of a run, with the agent it belongs to, in the order they happened.
-    pub fn run_denials(&self, run_id: &str) -> Result<Vec<(String, DenialRow)>, StoreError> {
+    pub fn run_denials(&self, run_id: &RunId) -> Result<Vec<(String, DenialRow)>, StoreError> {
         self.conn
             .prepare_cached(
                 "SELECT agent_id, attempt, tool, target, reason, at
@@ -866,7 +866,7 @@ impl StoreReader {
     }
 
     /// Every tool call of a run with the agent that made it, by agent, attempt and order.
-    pub fn run_tool_calls(&self, run_id: &str) -> Result<Vec<(String, ToolCallRow)>, StoreError> {
+    pub fn run_tool_calls(&self, run_id: &RunId) -> Result<Vec<(String, ToolCallRow)>, StoreError> {
         self.conn
             .prepare_cached(
                 "SELECT agent_id, attempt, seq, tool, target, ok, error, started_at, ended_at,
@@ -903,7 +903,7 @@ impl StoreReader {
 
     /// The paths each attempt's successful `write_file` and `edit_file` calls wrote:
     /// `(agent_id, attempt, path)`, one row per call and path, in call order.
-    pub fn written_paths(&self, run_id: &str) -> Result<Vec<(String, u32, String)>, StoreError> {
+    pub fn written_paths(&self, run_id: &RunId) -> Result<Vec<(String, u32, String)>, StoreError> {
         let rows = self
             .conn
             .prepare_cached(

@@ -14,6 +14,7 @@
 
 pub mod spans;
 
+use crate::ids::RunId;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -105,10 +106,14 @@ impl Exporter {
     }
 
     /// Send the spans of run `run_id` of the store in `repo`.
-    pub async fn export_run(&self, repo: &Path, run_id: &str) -> Result<Exported, TelemetryError> {
+    pub async fn export_run(
+        &self,
+        repo: &Path,
+        run_id: &RunId,
+    ) -> Result<Exported, TelemetryError> {
         let records = read_records(repo, run_id)?;
         let spans = spans::spans(&records, SystemTime::now());
-        let trace_id = trace_id(run_id);
+        let trace_id = trace_id(run_id.as_str());
         let mut requests = 0;
         for chunk in spans.chunks(SPANS_PER_REQUEST) {
             let body = spans::request(&trace_id, &self.service_name, chunk);
@@ -146,12 +151,12 @@ impl Exporter {
 }
 
 /// The records of run `run_id` that become spans.
-pub fn read_records(repo: &Path, run_id: &str) -> Result<RunRecords, TelemetryError> {
+pub fn read_records(repo: &Path, run_id: &RunId) -> Result<RunRecords, TelemetryError> {
     let reader = StoreReader::open_in_repo(repo)?;
     let run = reader
         .run_summary(run_id)?
         .ok_or_else(|| TelemetryError::UnknownRun {
-            run_id: run_id.to_owned(),
+            run_id: run_id.to_string(),
         })?
         .run;
     Ok(RunRecords {

@@ -340,7 +340,7 @@ mod tests {
 
     fn records() -> RunRecords {
         let run = RunRow {
-            run_id: "r".to_owned(),
+            run_id: "r".into(),
             workflow: "wf".to_owned(),
             config_path: None,
             plan_hash: None,
@@ -357,7 +357,7 @@ mod tests {
             error: Some("1 agent(s) rolled back".to_owned()),
         };
         let attempt = AgentRow {
-            run_id: "r".to_owned(),
+            run_id: "r".into(),
             agent_id: "a".to_owned(),
             attempt: 1,
             task_description: None,
