@@ -353,6 +353,48 @@ fn openai_batch_execution_goes_through_the_batch_api() {
     );
 }
 
+/// Exit 6 ("failed") when no item succeeded: every worker call is refused by the API (a 400,
+/// not retried), so every item ends in `failed.jsonl` and none in the results.
+#[test]
+fn a_run_where_nothing_succeeds_exits_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    tickets(dir.path(), 4, &[]);
+    let wf = ticket_workflow(dir.path(), 2, "").display().to_string();
+    let scenario = dir.path().join("refuse.yaml");
+    std::fs::write(
+        &scenario,
+        "rules:\n  - name: refuse\n    match: {tool: submit_results}\n    error: {status: 400, type: invalid_request_error, message: refused by the test}\n",
+    )
+    .unwrap();
+    let output = fanout_in(
+        dir.path(),
+        &[
+            "run",
+            &wf,
+            "--scenario",
+            &scenario.display().to_string(),
+            "--json",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(6), "{stderr}");
+    let run = run_dir_of(dir.path(), &output.stdout);
+    assert_eq!(
+        std::fs::read_to_string(run.join("results.jsonl")).unwrap(),
+        ""
+    );
+    let failed = jsonl_lines(&run.join("failed.jsonl"));
+    assert_eq!(failed.len(), 4);
+    assert!(
+        failed.iter().all(|f| f["reason"] == "errored"
+            && f["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("refused by the test")),
+        "{failed:?}"
+    );
+}
+
 /// An item run without an API key said so and exited 70 ("internal"); like a repository run,
 /// a model API that cannot be reached is "not ready" (4), and nothing is written.
 #[test]
