@@ -111,9 +111,17 @@ async fn finish(args: ResumeArgs, retry_failed: bool) -> anyhow::Result<ExitCode
             );
             return Ok(ExitCode::SUCCESS);
         }
-        Ok(Recorded::Items { workflow }) => {
+        Ok(Recorded::Items) => {
             let repo = launch::absolute(&repo);
-            return resume_items(&args, repo, workflow).await;
+            let Some(record) = fanout_core::items::run::item_run(&repo, &args.run_id) else {
+                eprintln!(
+                    "error: run {}'s job record ({}) cannot be read",
+                    args.run_id,
+                    fanout_core::layout::job_file(&repo, &args.run_id).display()
+                );
+                return Ok(Exit::Config.into());
+            };
+            return resume_items(&args, repo, record.workflow).await;
         }
         Ok(Recorded::Plan(resume)) => resume,
         Err(err @ LaunchError::NotEnded { .. }) => {

@@ -16,14 +16,13 @@ use fanout_sim::{Faults, Scenario, Sim, SimConfig, SimHandle};
 
 use crate::config::{Config, Provider as ProviderKind};
 use crate::fleet::Fleet;
-use crate::governor::Governor;
-use crate::plan;
+use crate::governor::{Governor, GovernorConfig};
 use crate::provider::anthropic::{AnthropicConfig, AnthropicProvider};
 use crate::provider::batch::{BatchClient, PollPolicy};
 use crate::provider::http::HttpConfig;
 use crate::provider::openai::{OpenAiConfig, OpenAiProvider};
 use crate::provider::{Provider, ProviderError};
-use crate::retry::{RetryBudget, RetryPolicy};
+use crate::retry::{RetryBudget, RetryBudgetConfig, RetryPolicy};
 
 /// What a front end asks for.
 #[derive(Debug, Clone, Default)]
@@ -238,10 +237,38 @@ fn api(provider: &'static str) -> impl Fn(ProviderError) -> BackendError {
 pub fn fleet(config: &Config, provider: Arc<dyn Provider>) -> Fleet {
     Fleet::new(
         provider,
-        Governor::new(plan::governor_config(config)),
+        Governor::new(governor_config(config)),
         RetryPolicy::default(),
-        Arc::new(RetryBudget::new(plan::retry_budget_config(config))),
+        Arc::new(RetryBudget::new(retry_budget_config(config))),
     )
+}
+
+/// The governor limits a workflow file asks for.
+pub fn governor_config(config: &Config) -> GovernorConfig {
+    let limits = &config.rate_limits;
+    let mut governor = GovernorConfig {
+        requests_per_minute: limits.requests_per_minute,
+        input_tokens_per_minute: limits.input_tokens_per_minute,
+        output_tokens_per_minute: limits.output_tokens_per_minute,
+        tokens_per_minute: limits.tokens_per_minute,
+        ..GovernorConfig::default()
+    };
+    if let Some(max) = limits.max_in_flight {
+        governor.max_in_flight = usize::try_from(max).unwrap_or(usize::MAX).max(1);
+    }
+    governor
+}
+
+/// The retry budget a workflow file asks for (defaults for what it leaves out).
+pub fn retry_budget_config(config: &Config) -> RetryBudgetConfig {
+    let settings = &config.rate_limits.retry_budget;
+    let default = RetryBudgetConfig::default();
+    RetryBudgetConfig {
+        initial: settings.initial.unwrap_or(default.initial),
+        max: settings.max.unwrap_or(default.max),
+        per_success: settings.per_success.unwrap_or(default.per_success),
+        per_second: settings.per_second.unwrap_or(default.per_second),
+    }
 }
 
 /// Transport settings with a whole-request timeout of `seconds` (`--request-timeout`); a

@@ -31,6 +31,8 @@ pub const FANOUT_DIR: &str = ".fanout";
 pub const DB_FILE: &str = "fanout.db";
 /// The list of files runs created that belong to fanout (one relative path per line).
 pub const OWNED_PATHS_FILE: &str = "owned-paths";
+/// An item run's job record inside its run directory.
+pub const JOB_FILE: &str = "job.json";
 /// The ignore file's contents: everything under `.fanout/`.
 const GITIGNORE: &str = "# fanout's own files; never commit them\n*\n";
 
@@ -82,6 +84,12 @@ pub fn run_dir(repo: &Path, run_id: &RunId) -> PathBuf {
 /// `<repo>/.fanout/runs/<run_id>/plan.json`: the reviewed plan a run executes.
 pub fn plan_file(repo: &Path, run_id: &RunId) -> PathBuf {
     run_dir(repo, run_id).join("plan.json")
+}
+
+/// `<repo>/.fanout/runs/<run_id>/job.json`: an item run's job record (its presence is what
+/// makes a run directory an item run's; `crate::items::run` writes and reads it).
+pub fn job_file(repo: &Path, run_id: &RunId) -> PathBuf {
+    run_dir(repo, run_id).join(JOB_FILE)
 }
 
 /// `<repo>/.fanout/runs/<run_id>/report.html`: the run's HTML report (`fanout report`).

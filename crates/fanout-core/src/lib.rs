@@ -1,6 +1,7 @@
 //! fanout-core: the engine behind the `fanout` command.
 //!
-//! Layers, bottom up (a module imports only from the ones above it in this list):
+//! Layers, bottom up (a module imports only from the ones listed before it; the integration
+//! test `layers.rs` checks it):
 //! - [`ids`], [`env`], [`layout`], [`text`]: the id types, the environment variables read,
 //!   every path under `.fanout/` with the one durable atomic write, text helpers.
 //! - [`config`]: the workflow YAML file: model, defaults, validation with located errors,
@@ -14,12 +15,13 @@
 //! - [`fleet`]: a provider wrapped in the governor and the retry policy: what agents call.
 //! - [`backend`]: where calls go (the real APIs or an in-process simulator) and the one place
 //!   provider, fleet and batch client are built.
-//! - [`store`]: the SQLite run store (one writer thread, batched commits) and the JSON-lines log.
+//! - [`group_commit`], [`store`]: shared syncs, and the SQLite run store (one writer thread,
+//!   batched commits) and the JSON-lines log.
 //! - [`git`]: host-side git that runs no program the repository controls (hooks, fsmonitor,
 //!   filters, pagers, editors, credential helpers, gpg, transports).
 //! - [`policy`]: one agent's permissions as data (scopes, protected paths, tools, shell, network).
-//! - [`tools`]: the tools the model sees, on a scoped file system; [`sandbox`]: the kernel
-//!   sandbox commands run in; [`agent`]: the turn loop.
+//! - [`sandbox`]: the kernel sandbox commands run in; [`process`]: the process's own limits;
+//!   [`tools`]: the tools the model sees, on a scoped file system; [`agent`]: the turn loop.
 //! - [`plan`]: repository scan, orchestrator planning with a repair loop, plan validation,
 //!   estimates and the dry-run report.
 //! - [`run`]: running a plan: the lifecycle every front end calls (`run::launch`), the engine,

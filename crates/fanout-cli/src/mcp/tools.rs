@@ -584,7 +584,7 @@ impl FanoutMcp {
                     input.run_id
                 )));
             }
-            Recorded::Items { .. } => {
+            Recorded::Items => {
                 return Ok(refused(format!(
                     "run {} is an item run; finish it with `fanout resume {}`",
                     input.run_id, input.run_id

@@ -44,8 +44,7 @@ pub use validate::{
 
 use crate::config::Config;
 use crate::fleet::{Fleet, FleetError};
-use crate::governor::{GovernorConfig, Limits};
-use crate::retry::RetryBudgetConfig;
+use crate::governor::Limits;
 
 /// Why planning could not produce a report.
 #[derive(Debug, thiserror::Error)]
@@ -95,33 +94,7 @@ pub struct PlanUsage {
     pub dollars: f64,
 }
 
-/// The governor limits a workflow file asks for.
-pub fn governor_config(config: &Config) -> GovernorConfig {
-    let limits = &config.rate_limits;
-    let mut governor = GovernorConfig {
-        requests_per_minute: limits.requests_per_minute,
-        input_tokens_per_minute: limits.input_tokens_per_minute,
-        output_tokens_per_minute: limits.output_tokens_per_minute,
-        tokens_per_minute: limits.tokens_per_minute,
-        ..GovernorConfig::default()
-    };
-    if let Some(max) = limits.max_in_flight {
-        governor.max_in_flight = usize::try_from(max).unwrap_or(usize::MAX).max(1);
-    }
-    governor
-}
-
-/// The retry budget a workflow file asks for (defaults for what it leaves out).
-pub fn retry_budget_config(config: &Config) -> RetryBudgetConfig {
-    let settings = &config.rate_limits.retry_budget;
-    let default = RetryBudgetConfig::default();
-    RetryBudgetConfig {
-        initial: settings.initial.unwrap_or(default.initial),
-        max: settings.max.unwrap_or(default.max),
-        per_success: settings.per_success.unwrap_or(default.per_success),
-        per_second: settings.per_second.unwrap_or(default.per_second),
-    }
-}
+pub use crate::backend::{governor_config, retry_budget_config};
 
 /// `config` with the limits it leaves out filled in from `learned`, or `None` when that adds
 /// nothing.

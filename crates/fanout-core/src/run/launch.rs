@@ -143,8 +143,9 @@ pub fn fresh(launch: Launch, prepared: &Prepared) -> Result<EngineInputs, Launch
 pub enum Recorded {
     /// It completed: nothing to do.
     Completed,
-    /// An item run: finished by `crate::items::run` from its journal, with this workflow.
-    Items { workflow: PathBuf },
+    /// An item run: finished by `crate::items::run::resume` from its journal (its job record,
+    /// `crate::items::run::item_run`, names the workflow).
+    Items,
     /// A repository run to finish.
     Plan(Box<ResumePlan>),
 }
@@ -190,10 +191,8 @@ pub fn recorded(
         }
         _ => {}
     }
-    if let Some(record) = crate::items::run::item_run(&repo, &run_id) {
-        return Ok(Recorded::Items {
-            workflow: record.workflow,
-        });
+    if crate::layout::job_file(&repo, &run_id).exists() {
+        return Ok(Recorded::Items);
     }
     let config_path = match file {
         Some(file) => absolute(file),

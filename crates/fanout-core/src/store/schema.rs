@@ -124,7 +124,7 @@ CREATE TABLE checkpoints (
 CREATE TABLE preimages (
     run_id TEXT NOT NULL,
     agent_id TEXT NOT NULL,
-    manifest TEXT NOT NULL,     -- JSON, `crate::run::preimage::Preimage`
+    manifest TEXT NOT NULL,     -- JSON, a pre-image manifest (`run::preimage::Preimage`)
     PRIMARY KEY (run_id, agent_id)
 );
 "#,

@@ -9,6 +9,7 @@ mod checkpoint;
 mod config;
 mod fleet;
 mod items;
+mod layers;
 mod plan;
 mod provider;
 mod ratelimits;

@@ -93,7 +93,7 @@ use crate::store::{RunStatus, Store, StoreError};
 /// The `mode_routing` role of item workers.
 pub const WORKER_ROLE: &str = "items_worker";
 /// The job description file in the run directory (what resume checks the job against).
-pub const JOB_FILE: &str = "job.json";
+pub use crate::layout::JOB_FILE;
 
 /// Why an item job could not be prepared or run.
 #[derive(Debug, thiserror::Error)]

@@ -33,7 +33,7 @@ pub struct JobRecord {
 
 /// The job record of an item run, if `run_id` is one (for `fanout resume` to dispatch on).
 pub fn item_run(root: &Path, run_id: &RunId) -> Option<JobRecord> {
-    let text = std::fs::read(run_dir(root, run_id).join(JOB_FILE)).ok()?;
+    let text = std::fs::read(crate::layout::job_file(root, run_id)).ok()?;
     serde_json::from_slice(&text).ok()
 }
 
