@@ -278,6 +278,28 @@ impl ItemJob {
     }
 
     /// What the job will send, and what it costs online and through batches.
+    /// `sha256:<hex>` of what this job would do: its workflow file, its chunks (ids, items and
+    /// their records), the record schema, the worker's model and the execution. A front end
+    /// that reviews a job before running it (`fanout mcp`) compares this hash at the start:
+    /// an edited workflow or input makes another job.
+    pub fn review_hash(&self) -> Result<String, ItemsError> {
+        let mut bytes = std::fs::read(&self.config_path).map_err(|source| ItemsError::Input(
+            crate::items::input::InputError::Io {
+                path: self.config_path.clone(),
+                source,
+            },
+        ))?;
+        let job = serde_json::json!({
+            "chunks": self.chunks,
+            "schema": self.schema.record_schema(),
+            "model": self.worker_model.model,
+            "execution": self.execution,
+        });
+        bytes.push(b'\n');
+        bytes.extend_from_slice(job.to_string().as_bytes());
+        Ok(crate::plan::store::hash_bytes(&bytes))
+    }
+
     pub fn estimate(&self) -> ItemEstimate {
         let estimate = crate::items::chunk::estimate(
             &self.chunks,
