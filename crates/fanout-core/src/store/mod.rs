@@ -42,7 +42,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Mode;
-pub use crate::ids::RunId;
+pub use crate::ids::{AgentId, RunId};
 
 pub use error::StoreError;
 pub use log::LogSink;
@@ -177,6 +177,19 @@ impl rusqlite::types::ToSql for RunId {
 impl rusqlite::types::FromSql for RunId {
     fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
         String::column_result(value).map(RunId::from)
+    }
+}
+
+/// Agent ids are TEXT in every table.
+impl rusqlite::types::ToSql for AgentId {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        self.as_str().to_sql()
+    }
+}
+
+impl rusqlite::types::FromSql for AgentId {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        String::column_result(value).map(AgentId::from)
     }
 }
 
