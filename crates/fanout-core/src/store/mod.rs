@@ -250,7 +250,7 @@ pub struct NewRun {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AgentStart {
     pub run_id: RunId,
-    pub agent_id: String,
+    pub agent_id: AgentId,
     /// 1 for the first try; each retry or escalation is a new attempt (a new row).
     pub attempt: u32,
     pub task_description: String,
@@ -266,7 +266,7 @@ pub struct AgentStart {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AgentFinish {
     pub run_id: RunId,
-    pub agent_id: String,
+    pub agent_id: AgentId,
     pub attempt: u32,
     pub status: AgentStatus,
     /// Repository-relative paths the agent read or wrote (`files_accessed`).
@@ -293,7 +293,7 @@ impl AgentFinish {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ToolCallRecord {
     pub run_id: RunId,
-    pub agent_id: String,
+    pub agent_id: AgentId,
     pub attempt: u32,
     /// Order of the call within the attempt, from 1.
     pub seq: u32,
@@ -317,7 +317,7 @@ pub struct ToolCallRecord {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DenialRecord {
     pub run_id: RunId,
-    pub agent_id: String,
+    pub agent_id: AgentId,
     pub attempt: u32,
     pub tool: String,
     pub target: Option<String>,
@@ -329,7 +329,7 @@ pub struct DenialRecord {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EventRecord {
     pub run_id: RunId,
-    pub agent_id: Option<String>,
+    pub agent_id: Option<AgentId>,
     pub kind: String,
     pub payload: serde_json::Value,
     pub at: SystemTime,
