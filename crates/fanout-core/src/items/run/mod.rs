@@ -85,7 +85,7 @@ use super::output::{Completion, OutputError, OutputPaths, Summary, write_outputs
 use super::worker::{Ledger, LedgerError, SchemaError, TemplateError};
 use crate::config::items::Execution;
 use crate::fleet::Fleet;
-use crate::ids::{AgentId, RunId};
+use crate::ids::{AgentId, ChunkId, RunId};
 use crate::provider::batch::{BatchClient, PollPolicy};
 use crate::run::scheduler::NotRun;
 use crate::store::{RunStatus, Store, StoreError};
@@ -190,7 +190,7 @@ pub enum ItemEvent {
         cost_usd: f64,
     },
     ChunkSettled {
-        chunk: String,
+        chunk: ChunkId,
         succeeded: usize,
         failed: usize,
     },

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ItemJob, ItemsError, JOB_FILE, RunOptions, run_dir};
 use crate::config::items::Execution;
-use crate::ids::{AgentId, RunId};
+use crate::ids::{AgentId, ChunkId, RunId};
 use crate::items::chunk::Chunk;
 use crate::items::journal;
 use crate::items::output::{OutputError, write_atomic};
@@ -57,7 +57,7 @@ struct Replayed {
     /// `agent_runs` rows without an end: `(agent_id, attempt)`.
     open_rows: Vec<(AgentId, u32)>,
     /// How many failures the journal settled per chunk.
-    failures_by_chunk: HashMap<String, usize>,
+    failures_by_chunk: HashMap<ChunkId, usize>,
 }
 
 /// Open the run `options` names (resume) or a new one.
@@ -221,7 +221,7 @@ async fn close_open_rows(
     run_id: &RunId,
     job: &ItemJob,
     remaining: &[Chunk],
-    failures_by_chunk: &HashMap<String, usize>,
+    failures_by_chunk: &HashMap<ChunkId, usize>,
     open_rows: Vec<(AgentId, u32)>,
 ) {
     let unsettled: HashSet<&str> = remaining.iter().map(|chunk| chunk.id.as_str()).collect();
@@ -241,7 +241,7 @@ async fn close_open_rows(
                 "interrupted: the process stopped during this call".to_owned(),
             )
         } else if failures_by_chunk
-            .get(agent_id.as_str())
+            .get(&ChunkId::from(agent_id.as_str()))
             .copied()
             .unwrap_or(0)
             == 0
