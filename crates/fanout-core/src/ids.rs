@@ -150,7 +150,7 @@ macro_rules! text_id_conveniences {
 /// A sub-task's id, unique within a plan.
 ///
 /// Serialized as its bare text.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct TaskId(pub String);
 
@@ -184,7 +184,7 @@ text_id_conveniences!(ChunkId);
 /// sub-task, an item run's chunk, or the synthesis call.
 ///
 /// Serialized as its bare text.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct AgentId(pub String);
 

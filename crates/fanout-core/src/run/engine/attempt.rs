@@ -423,8 +423,8 @@ fn agent_spec(subtask: &Subtask) -> AgentSpec {
     // must not tell it otherwise).
     let write = subtask.effective_write_scope().to_vec();
     AgentSpec {
-        agent_id: subtask.task_id.to_string(),
-        task_id: subtask.task_id.to_string(),
+        agent_id: AgentId::from(&subtask.task_id),
+        task_id: subtask.task_id.clone(),
         description: subtask.description.clone(),
         scope: write,
         read_scope: Some(subtask.scope.clone()),

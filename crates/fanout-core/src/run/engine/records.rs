@@ -81,7 +81,7 @@ pub(super) fn record_denials(
     for denial in &outcome.receipts.denials {
         let record = DenialRecord {
             run_id: shared.inputs.run_id.clone(),
-            agent_id: AgentId::from(&denial.agent_id),
+            agent_id: denial.agent_id.clone(),
             attempt,
             tool: denial.tool.clone(),
             target: Some(denial.target.clone()),
