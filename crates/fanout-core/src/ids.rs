@@ -103,9 +103,10 @@ macro_rules! text_id_conveniences {
             }
         }
 
+        /// Like `String`'s: width, fill and alignment apply.
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(&self.0)
+                f.pad(&self.0)
             }
         }
 
