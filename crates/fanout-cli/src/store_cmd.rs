@@ -15,8 +15,8 @@ use fanout_core::plan::RunId;
 use fanout_core::run::lock::RepoLock;
 use fanout_core::run::{RollbackOptions, rollback};
 use fanout_core::store::{
-    AgentDetail, AgentRow, EventRecord, RunDetail, RunStatus, RunSummary, Store, StoreReader,
-    elapsed,
+    AgentDetail, AgentId, AgentRow, EventRecord, RunDetail, RunStatus, RunSummary, Store,
+    StoreReader, elapsed,
 };
 
 use crate::exit::Exit;
@@ -36,7 +36,7 @@ pub struct ShowArgs {
     /// The run to show (see `fanout runs`).
     pub run_id: RunId,
     /// Show one agent in detail: its attempts, tool calls and denials.
-    pub agent_id: Option<String>,
+    pub agent_id: Option<AgentId>,
     /// The repository (default: the current directory).
     #[arg(long, default_value = ".")]
     pub repo: PathBuf,
@@ -304,13 +304,13 @@ fn runs_table(runs: &[RunSummary]) -> String {
 
 /// One row per agent (its last attempt), with its attempts' tokens summed and its denials.
 fn agents_table(detail: &RunDetail) -> String {
-    let mut order: Vec<&str> = Vec::new();
-    let mut by_agent: std::collections::HashMap<&str, Vec<&AgentRow>> =
+    let mut order: Vec<&AgentId> = Vec::new();
+    let mut by_agent: std::collections::HashMap<&AgentId, Vec<&AgentRow>> =
         std::collections::HashMap::new();
     for row in &detail.agent_runs {
-        let rows = by_agent.entry(row.agent_id.as_str()).or_default();
+        let rows = by_agent.entry(&row.agent_id).or_default();
         if rows.is_empty() {
-            order.push(row.agent_id.as_str());
+            order.push(&row.agent_id);
         }
         rows.push(row);
     }
@@ -324,7 +324,7 @@ fn agents_table(detail: &RunDetail) -> String {
             tools.sort_unstable();
             tools.dedup();
             Some(vec![
-                last.agent_id.clone(),
+                last.agent_id.to_string(),
                 last.status
                     .map(|s| s.as_str().to_owned())
                     .unwrap_or_else(|| "running".to_owned()),

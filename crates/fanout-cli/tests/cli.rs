@@ -374,7 +374,7 @@ mod store_commands {
             store
                 .start_agent(AgentStart {
                     run_id: "run-new".into(),
-                    agent_id: agent.to_owned(),
+                    agent_id: agent.into(),
                     attempt: 1,
                     task_description: format!("refactor {agent}"),
                     mode,
@@ -387,7 +387,7 @@ mod store_commands {
             store
                 .tool_call(ToolCallRecord {
                     run_id: "run-new".into(),
-                    agent_id: agent.to_owned(),
+                    agent_id: agent.into(),
                     attempt: 1,
                     seq: 1,
                     tool: "edit_file".to_owned(),
@@ -406,7 +406,7 @@ mod store_commands {
             store
                 .finish_agent(AgentFinish {
                     run_id: "run-new".into(),
-                    agent_id: agent.to_owned(),
+                    agent_id: agent.into(),
                     attempt: 1,
                     status,
                     files_accessed: vec![format!("src/auth/{agent}.ts")],
@@ -424,7 +424,7 @@ mod store_commands {
         store
             .denial(DenialRecord {
                 run_id: "run-new".into(),
-                agent_id: "handlers".to_owned(),
+                agent_id: "handlers".into(),
                 attempt: 1,
                 tool: "write_file".to_owned(),
                 target: Some("config/database.ts".to_owned()),

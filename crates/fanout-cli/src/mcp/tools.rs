@@ -12,7 +12,7 @@ use fanout_core::config::Config;
 use fanout_core::plan::{self, PlanOptions, PrepareRequest, RunId, ScopePaths};
 use fanout_core::run::launch::{self, Launch, Recorded};
 use fanout_core::run::lock::RepoLock;
-use fanout_core::store::StoreReader;
+use fanout_core::store::{AgentId, StoreReader};
 use rmcp::handler::server::common::schema_for_output;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -463,7 +463,10 @@ impl FanoutMcp {
             Some(agent_id) => {
                 let detail = attempt!(
                     reader
-                        .agent(&RunId::from(input.run_id.as_str()), agent_id)
+                        .agent(
+                            &RunId::from(input.run_id.as_str()),
+                            &AgentId::from(agent_id.as_str()),
+                        )
                         .map_err(|e| e.to_string())
                 );
                 let Some(detail) = detail else {

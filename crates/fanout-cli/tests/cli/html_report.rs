@@ -172,7 +172,7 @@ async fn text_from_the_store_is_escaped_and_an_unknown_run_exits_two() {
     store
         .start_agent(AgentStart {
             run_id: "r1".into(),
-            agent_id: hostile.to_owned(),
+            agent_id: hostile.into(),
             attempt: 1,
             task_description: "x".to_owned(),
             mode: Mode::Fast,
@@ -185,7 +185,7 @@ async fn text_from_the_store_is_escaped_and_an_unknown_run_exits_two() {
     store
         .tool_call(ToolCallRecord {
             run_id: "r1".into(),
-            agent_id: hostile.to_owned(),
+            agent_id: hostile.into(),
             attempt: 1,
             seq: 1,
             tool: "write_file".to_owned(),
@@ -204,7 +204,7 @@ async fn text_from_the_store_is_escaped_and_an_unknown_run_exits_two() {
     store
         .denial(DenialRecord {
             run_id: "r1".into(),
-            agent_id: hostile.to_owned(),
+            agent_id: hostile.into(),
             attempt: 1,
             tool: "bash".to_owned(),
             target: Some("curl \"http://x\"".to_owned()),
@@ -216,7 +216,7 @@ async fn text_from_the_store_is_escaped_and_an_unknown_run_exits_two() {
     store
         .finish_agent(AgentFinish {
             run_id: "r1".into(),
-            agent_id: hostile.to_owned(),
+            agent_id: hostile.into(),
             attempt: 1,
             status: AgentStatus::Success,
             files_accessed: vec!["src/<img src=x onerror=alert(1)>.ts".to_owned()],

@@ -154,7 +154,7 @@ async fn a_live_run_sends_one_trace_of_genai_spans_to_the_collector() {
         let agent_id = attrs["gen_ai.agent.id"].as_str().unwrap().to_owned();
         assert_eq!(span["name"], format!("invoke_agent {agent_id}"));
         assert_eq!(span["parentSpanId"], root["spanId"]);
-        let row = rows.iter().find(|row| row.agent_id == agent_id).unwrap();
+        let row = rows.iter().find(|row| row.agent_id == *agent_id).unwrap();
         assert_eq!(attrs["gen_ai.request.model"], row.model.clone().unwrap());
         assert_eq!(attrs["gen_ai.provider.name"], "anthropic");
         assert_eq!(attrs["gen_ai.usage.input_tokens"], row.input_tokens);
@@ -189,7 +189,7 @@ async fn a_live_run_sends_one_trace_of_genai_spans_to_the_collector() {
     }
     for row in &rows {
         assert_eq!(
-            tokens[&row.agent_id],
+            tokens[row.agent_id.as_str()],
             (row.input_tokens, row.output_tokens),
             "{}",
             row.agent_id
@@ -211,7 +211,7 @@ async fn a_live_run_sends_one_trace_of_genai_spans_to_the_collector() {
         assert!(
             tool_calls
                 .iter()
-                .any(|(agent, call)| agent == agent_id && call.tool == tool),
+                .any(|(agent, call)| agent.as_str() == agent_id && call.tool == tool),
             "{agent_id} {tool}"
         );
     }

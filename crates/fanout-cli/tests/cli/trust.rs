@@ -696,7 +696,10 @@ fn tool_calls_are_recorded_and_denials_are_visible() {
 
     // One row per call with its outcome, target, duration, bytes and paths.
     let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
-    let detail = reader.agent(&run_id.into(), "edit-000").unwrap().unwrap();
+    let detail = reader
+        .agent(&run_id.into(), &"edit-000".into())
+        .unwrap()
+        .unwrap();
     let calls: Vec<(String, Option<String>, Option<String>)> = detail
         .tool_calls
         .iter()

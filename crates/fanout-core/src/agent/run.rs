@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ModelSpec;
 use crate::fleet::Fleet;
+use crate::ids::AgentId;
 use crate::policy::{AgentSpec, ShellPolicy};
 use crate::provider::{ContentBlock, Message, Request, Role, ToolChoice, ToolSpec};
 use crate::tools::Toolbox;
@@ -95,7 +96,7 @@ pub type StartGate = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 /// What one agent produced.
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentOutcome {
-    pub agent_id: String,
+    pub agent_id: AgentId,
     pub status: LoopStatus,
     pub result: Option<Value>,
     pub receipts: Receipts,

@@ -13,8 +13,6 @@
 //! than 9,999), so the same input and settings always give the same chunks: what resume relies
 //! on.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 use super::Item;
@@ -30,35 +28,8 @@ pub fn estimate_tokens(bytes: usize) -> u64 {
     (bytes as f64 / BYTES_PER_TOKEN * ESTIMATE_MARGIN).ceil() as u64
 }
 
-/// A chunk's id: `chunk-0007`; retries of single items add a suffix (see [`ChunkId::retry`]).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ChunkId(pub String);
-
-impl ChunkId {
-    /// The id of the `number`th chunk (from 1) of `total`.
-    pub fn numbered(number: usize, total: usize) -> ChunkId {
-        let width = total.to_string().len().max(4);
-        ChunkId(format!("chunk-{number:0width$}"))
-    }
-
-    /// The id of the `k`th (from 1) retry chunk made from this chunk in retry round `round`:
-    /// `chunk-0007-r1-2`. Only letters, digits, `-` and `_`, so it is a valid batch
-    /// `custom_id`.
-    pub fn retry(&self, round: u32, k: usize) -> ChunkId {
-        ChunkId(format!("{}-r{round}-{k}", self.0))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ChunkId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+/// A chunk's id (defined with the other ids).
+pub use crate::ids::ChunkId;
 
 /// Items sent to one worker together.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

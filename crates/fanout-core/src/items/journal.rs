@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use super::chunk::ChunkId;
 use super::worker::Failure;
 use crate::group_commit::GroupCommit;
 
@@ -32,7 +33,7 @@ pub const JOURNAL_FILE: &str = "settled.jsonl";
 /// What one chunk settled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Settlement {
-    pub chunk: String,
+    pub chunk: ChunkId,
     pub results: Vec<(String, Value)>,
     pub failures: Vec<Failure>,
 }

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::PlanUsage;
+use super::TaskId;
 use super::estimate::{Estimate, budget_violations, human_duration, human_tokens};
 use super::store::SavedPlan;
 use super::validate::{Adjustment, Validation, Violation};
@@ -63,7 +64,7 @@ pub struct TokenSummary {
 /// One row per agent (`--verbose`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AgentRow {
-    pub task_id: String,
+    pub task_id: TaskId,
     pub description: String,
     pub role: Option<String>,
     pub mode: Mode,
@@ -153,7 +154,7 @@ impl Report {
             .zip(&validation.scopes)
             .zip(&estimate.agents)
             .map(|((subtask, scope), agent)| AgentRow {
-                task_id: subtask.task_id.0.clone(),
+                task_id: subtask.task_id.clone(),
                 description: subtask.description.clone(),
                 role: subtask.role.clone(),
                 mode: subtask.mode,
@@ -310,7 +311,7 @@ impl Report {
             let width = self
                 .agents
                 .iter()
-                .map(|a| a.task_id.len())
+                .map(|a| a.task_id.as_str().len())
                 .max()
                 .unwrap_or(0);
             let _ = writeln!(out, "Agents:");

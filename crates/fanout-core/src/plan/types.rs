@@ -5,29 +5,13 @@
 //! (`role`, `write_scope`, `shell_commands`, `external_api`). Parsing goes through
 //! `serde_path_to_error` so a schema error names the field (`subtasks[3].mode`).
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::Mode;
 
-/// A sub-task's id, unique within a plan.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct TaskId(pub String);
-
-impl TaskId {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for TaskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+/// A sub-task's id, unique within a plan (defined with the other ids).
+pub use crate::ids::TaskId;
 
 /// The tools a sub-agent may be given, and those that change files: the policy's lists (one
 /// definition, shared with the runtime).

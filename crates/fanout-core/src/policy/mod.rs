@@ -14,6 +14,7 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 
 use crate::config::{Config, ExternalApi, FileAccess, SandboxSetting, ShellCommand, ShellExec};
+use crate::ids::{AgentId, TaskId};
 
 /// The tool names the model sees. They are a contract.
 pub const TOOL_NAMES: &[&str] = &[
@@ -64,8 +65,8 @@ pub fn is_secret_name(name: &str) -> bool {
 /// What one agent was asked to do and with what, independent of the plan format.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct AgentSpec {
-    pub agent_id: String,
-    pub task_id: String,
+    pub agent_id: AgentId,
+    pub task_id: TaskId,
     pub description: String,
     /// Files, directories (`src/auth/`) or globs (`src/**/*.rs`) the agent may write.
     pub scope: Vec<String>,
@@ -275,7 +276,7 @@ impl fmt::Display for DenyReason {
 /// One agent's permissions.
 #[derive(Debug, Clone)]
 pub struct ScopePolicy {
-    pub agent_id: String,
+    pub agent_id: AgentId,
     /// `None`: the whole repository.
     pub read: Option<PathSet>,
     pub write: PathSet,
@@ -291,7 +292,7 @@ pub struct ScopePolicy {
 
 impl ScopePolicy {
     /// A policy with the given write scope, all tools, no shell, no network, enforce mode.
-    pub fn new(agent_id: impl Into<String>, write: &[&str]) -> Result<ScopePolicy, PolicyError> {
+    pub fn new(agent_id: impl Into<AgentId>, write: &[&str]) -> Result<ScopePolicy, PolicyError> {
         Ok(ScopePolicy {
             agent_id: agent_id.into(),
             read: None,

@@ -2,7 +2,7 @@
 //! `plan.json`, an item run's `failed.jsonl`). Reads only; a file the run has not written
 //! yet is left out, a file that does not parse is an error.
 
-use crate::ids::RunId;
+use crate::ids::{AgentId, RunId};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::time::Duration;
@@ -367,7 +367,7 @@ fn by_agent(rows: &[AgentRow]) -> Vec<AgentTotals> {
 }
 
 /// Paths written by each agent's successful attempt, by agent id.
-fn files_changed(rows: &[AgentRow], written: &[(String, u32, String)]) -> Vec<AgentFiles> {
+fn files_changed(rows: &[AgentRow], written: &[(AgentId, u32, String)]) -> Vec<AgentFiles> {
     let succeeded: BTreeSet<(&str, u32)> = rows
         .iter()
         .filter(|row| row.status == Some(AgentStatus::Success))
@@ -385,7 +385,7 @@ fn files_changed(rows: &[AgentRow], written: &[(String, u32, String)]) -> Vec<Ag
     by_agent
         .into_iter()
         .map(|(agent_id, paths)| AgentFiles {
-            agent_id: agent_id.to_owned(),
+            agent_id: AgentId::from(agent_id),
             paths: paths.into_iter().map(str::to_owned).collect(),
         })
         .collect()

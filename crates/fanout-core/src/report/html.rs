@@ -419,7 +419,7 @@ fn timeline(out: &mut String, report: &RunReport) {
             "<rect class=\"b s-{status}\" data-agent=\"{agent}\" data-attempt=\"{attempt}\" \
              x=\"{x:.1}\" y=\"{y:.1}\" width=\"{width:.1}\" height=\"{h:.1}\"><title>{title}</title></rect>",
             status = status_word(bar.status),
-            agent = escape(&bar.agent_id),
+            agent = escape(bar.agent_id.as_str()),
             attempt = bar.attempt,
             h = if lane_height >= 4.0 {
                 lane_height * 0.8
@@ -581,7 +581,7 @@ fn costs(out: &mut String, report: &RunReport) {
             out,
             "<tr><td><code>{}</code></td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
              <td class=\"n\">{}</td><td class=\"bar\"><div style=\"width:{:.1}%\"></div></td></tr>",
-            escape(&agent.agent_id),
+            escape(agent.agent_id.as_str()),
             status_word(agent.status),
             agent.attempts,
             group(agent.tokens),
@@ -618,7 +618,7 @@ fn denials(out: &mut String, report: &RunReport) {
             "<tr><td>{}</td><td><code>{}</code></td><td class=\"n\">{}</td><td>{}</td>\
              <td><code>{}</code></td><td>{}</td></tr>",
             escape(&denial.at),
-            escape(&denial.agent_id),
+            escape(denial.agent_id.as_str()),
             denial.attempt,
             escape(&denial.tool),
             escape(denial.target.as_deref().unwrap_or("-")),
@@ -647,7 +647,7 @@ fn files_changed(out: &mut String, report: &RunReport) {
         let _ = writeln!(
             out,
             "<tr><td><code>{}</code></td><td class=\"n\">{}</td><td>{}</td></tr>",
-            escape(&agent.agent_id),
+            escape(agent.agent_id.as_str()),
             agent.paths.len(),
             agent
                 .paths
@@ -717,7 +717,7 @@ mod tests {
 
     fn bar(index: u64) -> AttemptBar {
         AttemptBar {
-            agent_id: format!("agent-{index:05}"),
+            agent_id: format!("agent-{index:05}").into(),
             attempt: 1,
             status: Some(AgentStatus::Success),
             mode: Some(crate::config::Mode::Fast),
@@ -767,7 +767,7 @@ mod tests {
             }],
             by_agent: (0..agents)
                 .map(|index| AgentTotals {
-                    agent_id: format!("agent-{index:05}"),
+                    agent_id: format!("agent-{index:05}").into(),
                     attempts: 1,
                     status: Some(AgentStatus::Success),
                     tokens: 1_100,

@@ -23,6 +23,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::Mode;
+use crate::ids::AgentId;
 use crate::store::{AgentStatus, RunRow, StatusCounts, StoreError};
 
 pub use gather::gather;
@@ -129,7 +130,7 @@ pub struct ItemFailure {
 /// One attempt of one agent on the time axis.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AttemptBar {
-    pub agent_id: String,
+    pub agent_id: AgentId,
     pub attempt: u32,
     /// `None`: no end recorded (in flight, or interrupted).
     pub status: Option<AgentStatus>,
@@ -159,7 +160,7 @@ pub struct ModeTotals {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AgentTotals {
-    pub agent_id: String,
+    pub agent_id: AgentId,
     pub attempts: u64,
     /// Of the last attempt; `None` while it runs.
     pub status: Option<AgentStatus>,
@@ -177,7 +178,7 @@ pub struct CheckpointMark {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Denial {
-    pub agent_id: String,
+    pub agent_id: AgentId,
     pub attempt: u32,
     pub tool: String,
     pub target: Option<String>,
@@ -187,7 +188,7 @@ pub struct Denial {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AgentFiles {
-    pub agent_id: String,
+    pub agent_id: AgentId,
     pub paths: Vec<String>,
 }
 

@@ -40,7 +40,7 @@ use serde::Serialize;
 use super::preimage::{self, Entry as PreimageEntry, Preimage};
 use crate::config::Rollback;
 use crate::git::{Git, GitError};
-use crate::ids::RunId;
+use crate::ids::{AgentId, RunId};
 use crate::policy::PathSet;
 use crate::store::{CheckpointRecord, Store, StoreError};
 
@@ -74,7 +74,7 @@ pub enum CheckpointError {
     #[error("the checkpoint task stopped before finishing: {message}")]
     Join { message: String },
     #[error("cannot show running agent {agent_id}'s scope as its pre-image: {message}")]
-    InFlightScope { agent_id: String, message: String },
+    InFlightScope { agent_id: AgentId, message: String },
 }
 
 /// The agents whose scopes a checkpoint shows as their pre-images (see the module docs).
@@ -86,10 +86,10 @@ pub struct InFlightScopes {
 
 #[derive(Debug, Default)]
 struct InFlight {
-    running: HashMap<String, Arc<Preimage>>,
+    running: HashMap<AgentId, Arc<Preimage>>,
     /// While a checkpoint reads the tree: the agents running when it began, plus every agent
     /// that started since.
-    capture: Option<HashMap<String, Arc<Preimage>>>,
+    capture: Option<HashMap<AgentId, Arc<Preimage>>>,
 }
 
 impl InFlightScopes {
@@ -110,7 +110,7 @@ impl InFlightScopes {
     }
 
     /// The agent's scope is final: its edits are durable and recorded, or rolled back.
-    pub fn leave(&self, agent_id: &str) {
+    pub fn leave(&self, agent_id: &AgentId) {
         self.lock().running.remove(agent_id);
     }
 
@@ -571,8 +571,8 @@ fn as_before(
     running: &[Arc<Preimage>],
     blobs: &Mutex<HashMap<String, String>>,
 ) -> Result<(), CheckpointError> {
-    let scope_error = |agent_id: &str, message: String| CheckpointError::InFlightScope {
-        agent_id: agent_id.to_owned(),
+    let scope_error = |agent_id: &AgentId, message: String| CheckpointError::InFlightScope {
+        agent_id: agent_id.clone(),
         message,
     };
     // Contents that are no git blob yet (files changed since the base) go into the object

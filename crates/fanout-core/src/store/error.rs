@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::ids::RunId;
+use crate::ids::{AgentId, RunId};
 
 /// A run store failure. Every variant names the database (or log) file it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +68,7 @@ pub enum StoreError {
     )]
     UnknownAgent {
         run_id: RunId,
-        agent_id: String,
+        agent_id: AgentId,
         attempt: u32,
     },
     #[error(
@@ -76,7 +76,7 @@ pub enum StoreError {
     )]
     AgentExists {
         run_id: RunId,
-        agent_id: String,
+        agent_id: AgentId,
         attempt: u32,
     },
     #[error(
@@ -84,7 +84,7 @@ pub enum StoreError {
     )]
     AgentFinished {
         run_id: RunId,
-        agent_id: String,
+        agent_id: AgentId,
         attempt: u32,
         recorded: String,
         requested: String,

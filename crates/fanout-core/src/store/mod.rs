@@ -42,7 +42,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Mode;
-pub use crate::ids::RunId;
+pub use crate::ids::{AgentId, RunId};
 
 pub use error::StoreError;
 pub use log::LogSink;
@@ -180,6 +180,19 @@ impl rusqlite::types::FromSql for RunId {
     }
 }
 
+/// Agent ids are TEXT in every table.
+impl rusqlite::types::ToSql for AgentId {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        self.as_str().to_sql()
+    }
+}
+
+impl rusqlite::types::FromSql for AgentId {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        String::column_result(value).map(AgentId::from)
+    }
+}
+
 /// Add `relative` (a path inside the work tree) to [`OWNED_PATHS_FILE`], durably, before
 /// fanout first writes it.
 pub fn register_owned_path(repo: &Path, relative: &str) -> Result<(), StoreError> {
@@ -237,7 +250,7 @@ pub struct NewRun {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AgentStart {
     pub run_id: RunId,
-    pub agent_id: String,
+    pub agent_id: AgentId,
     /// 1 for the first try; each retry or escalation is a new attempt (a new row).
     pub attempt: u32,
     pub task_description: String,
@@ -253,7 +266,7 @@ pub struct AgentStart {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AgentFinish {
     pub run_id: RunId,
-    pub agent_id: String,
+    pub agent_id: AgentId,
     pub attempt: u32,
     pub status: AgentStatus,
     /// Repository-relative paths the agent read or wrote (`files_accessed`).
@@ -280,7 +293,7 @@ impl AgentFinish {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ToolCallRecord {
     pub run_id: RunId,
-    pub agent_id: String,
+    pub agent_id: AgentId,
     pub attempt: u32,
     /// Order of the call within the attempt, from 1.
     pub seq: u32,
@@ -304,7 +317,7 @@ pub struct ToolCallRecord {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DenialRecord {
     pub run_id: RunId,
-    pub agent_id: String,
+    pub agent_id: AgentId,
     pub attempt: u32,
     pub tool: String,
     pub target: Option<String>,
@@ -316,7 +329,7 @@ pub struct DenialRecord {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EventRecord {
     pub run_id: RunId,
-    pub agent_id: Option<String>,
+    pub agent_id: Option<AgentId>,
     pub kind: String,
     pub payload: serde_json::Value,
     pub at: SystemTime,

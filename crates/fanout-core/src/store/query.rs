@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{AgentStatus, RunStatus, StoreError, elapsed, parse_mode, schema};
 use crate::config::Mode;
-use crate::ids::RunId;
+use crate::ids::{AgentId, RunId};
 
 /// A run's row in `runs`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -44,7 +44,7 @@ pub struct ObservedUsage {
 }
 
 /// `(agent_id, attempt) → (input tokens, output tokens, dollars)`.
-pub type UnfinishedUsage = std::collections::HashMap<(String, u32), (u64, u64, f64)>;
+pub type UnfinishedUsage = std::collections::HashMap<(AgentId, u32), (u64, u64, f64)>;
 
 /// A run's agents, each counted once, by the status of its **last** attempt; and what every
 /// attempt cost. The one source of the counts `fanout runs`, `fanout show`, a run's summary
@@ -143,7 +143,7 @@ pub struct RunSummary {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AgentRow {
     pub run_id: RunId,
-    pub agent_id: String,
+    pub agent_id: AgentId,
     pub attempt: u32,
     pub task_description: Option<String>,
     pub files_accessed: Vec<String>,
@@ -219,7 +219,7 @@ pub struct CheckpointRow {
 pub struct EventRow {
     pub seq: u64,
     pub at: String,
-    pub agent_id: Option<String>,
+    pub agent_id: Option<AgentId>,
     pub kind: String,
     pub payload: serde_json::Value,
 }
@@ -233,14 +233,14 @@ pub struct RunDetail {
     pub agent_runs: Vec<AgentRow>,
     pub checkpoints: Vec<CheckpointRow>,
     /// Denied requests per agent (agents with none are absent).
-    pub denials_by_agent: std::collections::HashMap<String, u64>,
+    pub denials_by_agent: std::collections::HashMap<AgentId, u64>,
 }
 
 /// One agent in full: `fanout show RUN_ID AGENT_ID`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AgentDetail {
     pub run_id: RunId,
-    pub agent_id: String,
+    pub agent_id: AgentId,
     /// Every attempt, first to last.
     pub attempts: Vec<AgentRow>,
     pub tool_calls: Vec<ToolCallRow>,
@@ -571,7 +571,7 @@ impl StoreReader {
     pub fn denials_by_agent(
         &self,
         run_id: &RunId,
-    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+    ) -> Result<std::collections::HashMap<AgentId, u64>, StoreError> {
         let what = "counting denials";
         let mut stmt = self
             .conn
@@ -581,7 +581,7 @@ impl StoreReader {
             .map_err(self.sqlite(what))?;
         let rows = stmt
             .query_map([run_id], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                Ok((row.get::<_, AgentId>(0)?, row.get::<_, i64>(1)?))
             })
             .map_err(self.sqlite(what))?;
         rows.map(|row| row.map(|(agent, n)| (agent, n.max(0) as u64)))
@@ -611,7 +611,7 @@ impl StoreReader {
         let rows = stmt
             .query_map([run_id], |row| {
                 Ok((
-                    row.get::<_, String>(0)?,
+                    row.get::<_, AgentId>(0)?,
                     row.get::<_, i64>(1)?,
                     row.get::<_, Option<i64>>(2)?,
                     row.get::<_, Option<i64>>(3)?,
@@ -701,7 +701,11 @@ impl StoreReader {
     }
 
     /// One agent: its attempts, tool calls and denials. `None` if the run has no such agent.
-    pub fn agent(&self, run_id: &RunId, agent_id: &str) -> Result<Option<AgentDetail>, StoreError> {
+    pub fn agent(
+        &self,
+        run_id: &RunId,
+        agent_id: &AgentId,
+    ) -> Result<Option<AgentDetail>, StoreError> {
         let raws = self
             .conn
             .prepare_cached(&format!(
@@ -771,7 +775,7 @@ impl StoreReader {
             .map_err(self.sqlite("listing denials"))?;
         Ok(Some(AgentDetail {
             run_id: run_id.to_owned(),
-            agent_id: agent_id.to_owned(),
+            agent_id: agent_id.clone(),
             attempts,
             tool_calls,
             denials,
@@ -814,7 +818,7 @@ impl StoreReader {
                     Ok((
                         unsigned(row, 0)?,
                         row.get::<_, String>(1)?,
-                        row.get::<_, Option<String>>(2)?,
+                        row.get::<_, Option<AgentId>>(2)?,
                         row.get::<_, String>(3)?,
                         row.get::<_, String>(4)?,
                     ))
@@ -841,7 +845,7 @@ impl StoreReader {
     }
 
     /// Every denial of a run, with the agent it belongs to, in the order they happened.
-    pub fn run_denials(&self, run_id: &RunId) -> Result<Vec<(String, DenialRow)>, StoreError> {
+    pub fn run_denials(&self, run_id: &RunId) -> Result<Vec<(AgentId, DenialRow)>, StoreError> {
         self.conn
             .prepare_cached(
                 "SELECT agent_id, attempt, tool, target, reason, at
@@ -850,7 +854,7 @@ impl StoreReader {
             .and_then(|mut stmt| {
                 stmt.query_map([run_id], |row| {
                     Ok((
-                        row.get::<_, String>(0)?,
+                        row.get::<_, AgentId>(0)?,
                         DenialRow {
                             attempt: small(row, 1)?,
                             tool: row.get(2)?,
@@ -866,7 +870,10 @@ impl StoreReader {
     }
 
     /// Every tool call of a run with the agent that made it, by agent, attempt and order.
-    pub fn run_tool_calls(&self, run_id: &RunId) -> Result<Vec<(String, ToolCallRow)>, StoreError> {
+    pub fn run_tool_calls(
+        &self,
+        run_id: &RunId,
+    ) -> Result<Vec<(AgentId, ToolCallRow)>, StoreError> {
         self.conn
             .prepare_cached(
                 "SELECT agent_id, attempt, seq, tool, target, ok, error, started_at, ended_at,
@@ -876,7 +883,7 @@ impl StoreReader {
             .and_then(|mut stmt| {
                 stmt.query_map([run_id], |row| {
                     Ok((
-                        row.get::<_, String>(0)?,
+                        row.get::<_, AgentId>(0)?,
                         ToolCallRow {
                             attempt: small(row, 1)?,
                             seq: small(row, 2)?,
@@ -903,7 +910,7 @@ impl StoreReader {
 
     /// The paths each attempt's successful `write_file` and `edit_file` calls wrote:
     /// `(agent_id, attempt, path)`, one row per call and path, in call order.
-    pub fn written_paths(&self, run_id: &RunId) -> Result<Vec<(String, u32, String)>, StoreError> {
+    pub fn written_paths(&self, run_id: &RunId) -> Result<Vec<(AgentId, u32, String)>, StoreError> {
         let rows = self
             .conn
             .prepare_cached(
@@ -914,7 +921,7 @@ impl StoreReader {
             .and_then(|mut stmt| {
                 stmt.query_map([run_id], |row| {
                     Ok((
-                        row.get::<_, String>(0)?,
+                        row.get::<_, AgentId>(0)?,
                         small(row, 1)?,
                         row.get::<_, Option<String>>(2)?,
                         row.get::<_, Option<String>>(3)?,
@@ -940,7 +947,7 @@ impl StoreReader {
     }
 
     /// Pre-image manifests (JSON) recorded for `run_id`, by agent.
-    pub fn preimages(&self, run_id: &RunId) -> Result<Vec<(String, String)>, StoreError> {
+    pub fn preimages(&self, run_id: &RunId) -> Result<Vec<(AgentId, String)>, StoreError> {
         let sqlite = |source| StoreError::Sqlite {
             path: self.path.clone(),
             what: "reading pre-images",

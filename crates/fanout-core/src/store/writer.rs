@@ -14,7 +14,7 @@ use super::{
     StoreError, ToolCallRecord, format_time, schema,
 };
 use crate::group_commit::GroupCommit;
-use crate::ids::RunId;
+use crate::ids::{AgentId, RunId};
 
 /// Most operations committed in one transaction.
 pub const MAX_BATCH: usize = 500;
@@ -638,7 +638,7 @@ impl Writer {
     fn preimage(
         &mut self,
         run_id: &RunId,
-        agent_id: &str,
+        agent_id: &AgentId,
         manifest: &str,
     ) -> Result<(), StoreError> {
         self.conn

@@ -20,6 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::ids::AgentId;
 use crate::store::{AgentRow, AgentStatus, EventRow, RunRow, ToolCallRow, parse_time};
 
 /// The records of one run that become spans.
@@ -29,7 +30,7 @@ pub struct RunRecords {
     pub attempts: Vec<AgentRow>,
     pub events: Vec<EventRow>,
     /// `(agent_id, call)`.
-    pub tool_calls: Vec<(String, ToolCallRow)>,
+    pub tool_calls: Vec<(AgentId, ToolCallRow)>,
 }
 
 /// One span, before encoding.
@@ -136,9 +137,10 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
     // Model calls and tool calls by attempt, so each attempt finds its own at once.
     let mut calls_of: HashMap<(&str, u64), Vec<&EventRow>> = HashMap::new();
     for event in records.events.iter().filter(|e| e.kind == "model_call") {
-        if let (Some(agent), Some(attempt)) =
-            (event.agent_id.as_deref(), event.payload["attempt"].as_u64())
-        {
+        if let (Some(agent), Some(attempt)) = (
+            event.agent_id.as_ref().map(AgentId::as_str),
+            event.payload["attempt"].as_u64(),
+        ) {
             calls_of.entry((agent, attempt)).or_default().push(event);
         }
     }
@@ -358,7 +360,7 @@ mod tests {
         };
         let attempt = AgentRow {
             run_id: "r".into(),
-            agent_id: "a".to_owned(),
+            agent_id: "a".into(),
             attempt: 1,
             task_description: None,
             files_accessed: Vec::new(),
@@ -379,7 +381,7 @@ mod tests {
         let call = EventRow {
             seq: 7,
             at: "2026-01-01T00:00:04.000Z".to_owned(),
-            agent_id: Some("a".to_owned()),
+            agent_id: Some("a".into()),
             kind: "model_call".to_owned(),
             payload: json!({"attempt": 1, "turn": 2, "provider": "openai", "model": "m",
                             "input_tokens": 10, "output_tokens": 5, "dollars": 0.1}),
@@ -402,7 +404,7 @@ mod tests {
             run: Some(run),
             attempts: vec![attempt],
             events: vec![call],
-            tool_calls: vec![("a".to_owned(), denied)],
+            tool_calls: vec![("a".into(), denied)],
         }
     }
 

@@ -25,6 +25,7 @@ use regex::RegexBuilder;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::ids::AgentId;
 use crate::policy::{DenyReason, ScopePolicy, is_secret_name};
 use crate::provider::ToolSpec;
 use crate::sandbox::{ChangeKind, Sandbox, SandboxConfig, SandboxError, WriteGrants};
@@ -1049,7 +1050,7 @@ impl RepoFacts {
 #[derive(Debug, Default)]
 pub struct WriteLedger {
     seq: std::sync::atomic::AtomicU64,
-    last: Mutex<std::collections::HashMap<String, (String, u64)>>,
+    last: Mutex<std::collections::HashMap<String, (AgentId, u64)>>,
 }
 
 impl WriteLedger {
@@ -1060,17 +1061,17 @@ impl WriteLedger {
 
     /// `agent` is about to write `path` (recorded before the write, so no settlement can see
     /// the change without the record).
-    fn record(&self, path: &str, agent: &str) {
+    fn record(&self, path: &str, agent: &AgentId) {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         self.last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(path.to_owned(), (agent.to_owned(), seq));
+            .insert(path.to_owned(), (agent.clone(), seq));
     }
 
     /// Did an agent other than `agent` write anything under the directory `dir` after
     /// `since` (so a directory that appeared during a command may be theirs)?
-    fn written_under_by_other_since(&self, dir: &str, agent: &str, since: u64) -> bool {
+    fn written_under_by_other_since(&self, dir: &str, agent: &AgentId, since: u64) -> bool {
         let prefix = format!("{dir}/");
         self.last
             .lock()
@@ -1082,7 +1083,7 @@ impl WriteLedger {
     }
 
     /// Did an agent other than `agent` write `path` after `since`?
-    fn written_by_other_since(&self, path: &str, agent: &str, since: u64) -> bool {
+    fn written_by_other_since(&self, path: &str, agent: &AgentId, since: u64) -> bool {
         self.last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -4,12 +4,13 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
+use crate::ids::AgentId;
 use crate::policy::DenyReason;
 
 /// One refused action, for the run store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Denial {
-    pub agent_id: String,
+    pub agent_id: AgentId,
     pub tool: String,
     /// The path or command line the model asked for, as given.
     pub target: String,

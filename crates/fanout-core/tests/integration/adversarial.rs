@@ -1525,8 +1525,8 @@ async fn run_case(case: &Case, canary: &mut Canary, victim: u32, env_names: &[St
     }
     let toolbox: Toolbox = fixture.toolbox_with(policy, config);
     let spec = AgentSpec {
-        agent_id: format!("adversary-{}", case.number),
-        task_id: format!("case-{}", case.number),
+        agent_id: format!("adversary-{}", case.number).into(),
+        task_id: format!("case-{}", case.number).into(),
         description: ctx.fill(
             case.description
                 .unwrap_or("Update the documentation in docs/ and fn a in src/a.rs."),

@@ -435,7 +435,7 @@ fn a_checkpoint_shows_a_running_agents_scope_as_its_preimage() {
     let (taken, _) = preimage::prepare(
         repo,
         &"run-8".into(),
-        "agent-a",
+        &"agent-a".into(),
         &["scope/".to_owned()],
         &base_blobs,
     )
@@ -466,7 +466,7 @@ fn a_checkpoint_shows_a_running_agents_scope_as_its_preimage() {
     );
 
     // Done: the next checkpoint has its edits.
-    in_flight.leave("agent-a");
+    in_flight.leave(&"agent-a".into());
     let after = checkpoints.checkpoint_blocking("after").unwrap();
     assert_eq!(show(&after.commit, "scope/one.txt"), "o");
     assert_eq!(show(&after.commit, "scope/new/three.txt"), "three\n");

@@ -34,7 +34,7 @@ fn new_run(run_id: &str, seconds: u64) -> NewRun {
 fn start(run_id: &str, agent_id: &str, mode: Mode) -> AgentStart {
     AgentStart {
         run_id: run_id.into(),
-        agent_id: agent_id.to_owned(),
+        agent_id: agent_id.into(),
         attempt: 1,
         task_description: format!("edit {agent_id}"),
         mode,
@@ -47,7 +47,7 @@ fn start(run_id: &str, agent_id: &str, mode: Mode) -> AgentStart {
 fn finish(run_id: &str, agent_id: &str, status: AgentStatus) -> AgentFinish {
     AgentFinish {
         run_id: run_id.into(),
-        agent_id: agent_id.to_owned(),
+        agent_id: agent_id.into(),
         attempt: 1,
         status,
         files_accessed: vec![format!("src/{agent_id}.rs")],
@@ -197,7 +197,7 @@ async fn ten_thousand_agents_through_the_writer() {
             store
                 .tool_call(ToolCallRecord {
                     run_id: "big".into(),
-                    agent_id: agent.clone(),
+                    agent_id: agent.clone().into(),
                     attempt: 1,
                     seq: 1,
                     tool: "edit_file".to_owned(),
@@ -262,7 +262,7 @@ async fn an_awaited_finish_is_visible_to_a_fresh_connection_at_once() {
         .unwrap();
     // No flush, no close: the writer is still running.
     let reader = StoreReader::open(&db(dir.path())).unwrap();
-    let agent = reader.agent(&"r".into(), "a").unwrap().unwrap();
+    let agent = reader.agent(&"r".into(), &"a".into()).unwrap().unwrap();
     assert_eq!(agent.attempts[0].status, Some(AgentStatus::Failure));
     assert_eq!(agent.attempts[0].duration(), Some(Duration::from_secs(2)));
     // Finishing again the same way is a no-op; another way is refused.
@@ -361,7 +361,7 @@ async fn a_thousand_concurrent_writers_lose_nothing() {
                 store
                     .event(EventRecord {
                         run_id: "c".into(),
-                        agent_id: Some(agent.clone()),
+                        agent_id: Some(agent.clone().into()),
                         kind: "turn".to_owned(),
                         payload: json!({ "turn": seq }),
                         at: at(11),
@@ -372,7 +372,7 @@ async fn a_thousand_concurrent_writers_lose_nothing() {
             store
                 .denial(DenialRecord {
                     run_id: "c".into(),
-                    agent_id: agent.clone(),
+                    agent_id: agent.clone().into(),
                     attempt: 1,
                     tool: "write_file".to_owned(),
                     target: Some("/etc/passwd".to_owned()),
@@ -444,7 +444,7 @@ async fn queries_answer_what_the_cli_shows() {
     store
         .tool_call(ToolCallRecord {
             run_id: "new".into(),
-            agent_id: "a".to_owned(),
+            agent_id: "a".into(),
             attempt: 1,
             seq: 1,
             tool: "read_file".to_owned(),
@@ -500,10 +500,15 @@ async fn queries_answer_what_the_cli_shows() {
     );
     let detail = reader.run(&"new".into()).unwrap().unwrap();
     assert_eq!(detail.checkpoints.len(), 1);
-    let agent = reader.agent(&"new".into(), "a").unwrap().unwrap();
+    let agent = reader.agent(&"new".into(), &"a".into()).unwrap().unwrap();
     assert_eq!(agent.tool_calls.len(), 1);
     assert_eq!(agent.tool_calls[0].duration(), Some(Duration::from_secs(1)));
-    assert!(reader.agent(&"new".into(), "zzz").unwrap().is_none());
+    assert!(
+        reader
+            .agent(&"new".into(), &"zzz".into())
+            .unwrap()
+            .is_none()
+    );
     assert!(reader.run(&"zzz".into()).unwrap().is_none());
     let json = serde_json::to_value(&detail).unwrap();
     assert_eq!(json["run_id"], "new");
@@ -535,7 +540,7 @@ async fn the_log_gets_every_record_as_a_json_line() {
         store
             .event(EventRecord {
                 run_id: "r".into(),
-                agent_id: Some("a".to_owned()),
+                agent_id: Some("a".into()),
                 kind: "turn".to_owned(),
                 payload: json!({ "turn": turn }),
                 at: at(11),

@@ -100,7 +100,7 @@ fn batch_states(ctx: &Ctx, chunks: Vec<Chunk>) -> (Vec<BatchState>, bool) {
             parent: chunk.id.clone(),
             queue: Vec::new(),
             settled: Settlement {
-                chunk: chunk.id.to_string(),
+                chunk: chunk.id.clone(),
                 results: Vec::new(),
                 failures: Vec::new(),
             },

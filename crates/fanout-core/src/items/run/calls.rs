@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::{Ctx, ItemEvent, lock};
+use crate::ids::AgentId;
 use crate::items::chunk::Chunk;
 use crate::items::worker::{
     ChunkOutcome, RetryChunk, SUBMIT_TOOL, TemplateError, build_repair_request, build_request,
@@ -14,9 +15,9 @@ use crate::items::worker::{
 use crate::provider::Response;
 use crate::store::{AgentFinish, AgentStart, AgentStatus};
 
-pub(super) fn next_attempt(ctx: &Ctx, agent_id: &str) -> u32 {
+pub(super) fn next_attempt(ctx: &Ctx, agent_id: &AgentId) -> u32 {
     let mut attempts = lock(&ctx.attempts);
-    let entry = attempts.entry(agent_id.to_owned()).or_insert(0);
+    let entry = attempts.entry(agent_id.clone()).or_insert(0);
     *entry += 1;
     *entry
 }
@@ -34,7 +35,7 @@ pub(super) fn worker_request(
 
 /// The `agent_runs` row of a call about to be made (a new attempt of the chunk's agent id).
 pub(super) fn start_record(ctx: &Ctx, chunk: &Chunk) -> AgentStart {
-    let agent_id = chunk.id.to_string();
+    let agent_id = AgentId::from(&chunk.id);
     let attempt = next_attempt(ctx, &agent_id);
     let first = chunk.items.first().map_or("", |item| item.id.as_str());
     let last = chunk.items.last().map_or("", |item| item.id.as_str());
@@ -113,7 +114,7 @@ pub(super) fn end_record(
     let error = error.or_else(|| (!complete).then(|| problem_summary(outcome)));
     let finish = AgentFinish {
         run_id: ctx.run_id.clone(),
-        agent_id: chunk.id.to_string(),
+        agent_id: AgentId::from(&chunk.id),
         attempt,
         status: if complete {
             AgentStatus::Success
@@ -134,7 +135,7 @@ pub(super) fn end_record(
         ended_at: SystemTime::now(),
     };
     (ctx.events)(&ItemEvent::CallFinished {
-        agent_id: chunk.id.to_string(),
+        agent_id: AgentId::from(&chunk.id),
         accepted: outcome.accepted.len(),
         input_tokens,
         output_tokens,

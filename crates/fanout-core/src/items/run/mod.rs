@@ -85,7 +85,7 @@ use super::output::{Completion, OutputError, OutputPaths, Summary, write_outputs
 use super::worker::{Ledger, LedgerError, SchemaError, TemplateError};
 use crate::config::items::Execution;
 use crate::fleet::Fleet;
-use crate::ids::RunId;
+use crate::ids::{AgentId, ChunkId, RunId};
 use crate::provider::batch::{BatchClient, PollPolicy};
 use crate::run::scheduler::NotRun;
 use crate::store::{RunStatus, Store, StoreError};
@@ -179,18 +179,18 @@ pub enum ItemEvent {
         items_already_settled: usize,
     },
     CallStarted {
-        agent_id: String,
+        agent_id: AgentId,
         items: usize,
     },
     CallFinished {
-        agent_id: String,
+        agent_id: AgentId,
         accepted: usize,
         input_tokens: u64,
         output_tokens: u64,
         cost_usd: f64,
     },
     ChunkSettled {
-        chunk: String,
+        chunk: ChunkId,
         succeeded: usize,
         failed: usize,
     },
@@ -272,7 +272,7 @@ struct Ctx {
     ledger: Mutex<Ledger>,
     run_id: RunId,
     /// Attempts an agent id already has in the store (resume).
-    attempts: Mutex<HashMap<String, u32>>,
+    attempts: Mutex<HashMap<AgentId, u32>>,
     totals: Mutex<Totals>,
     events: EventSink,
     /// End rows being written in the background ([`calls::write_ends`]).

@@ -71,7 +71,7 @@ pub(super) async fn run_online(
 async fn run_chunk(ctx: Arc<Ctx>, chunk: Chunk, cancel: CancellationToken) -> TaskOutcome {
     let parent = chunk.id.clone();
     let mut settled = Settlement {
-        chunk: parent.to_string(),
+        chunk: parent.clone(),
         results: Vec::new(),
         failures: Vec::new(),
     };

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ItemJob, ItemsError, JOB_FILE, RunOptions, run_dir};
 use crate::config::items::Execution;
-use crate::ids::RunId;
+use crate::ids::{AgentId, ChunkId, RunId};
 use crate::items::chunk::Chunk;
 use crate::items::journal;
 use crate::items::output::{OutputError, write_atomic};
@@ -43,7 +43,7 @@ pub(super) struct Opened {
     pub(super) dir: PathBuf,
     pub(super) ledger: Ledger,
     /// Attempts an agent id already has in the store (resume).
-    pub(super) attempts: HashMap<String, u32>,
+    pub(super) attempts: HashMap<AgentId, u32>,
     pub(super) items_already_settled: usize,
     /// Chunks that still have unsettled items, cut down to those items.
     pub(super) remaining: Vec<Chunk>,
@@ -52,12 +52,12 @@ pub(super) struct Opened {
 /// What a resumed run reads back from its journal and the store.
 #[derive(Default)]
 struct Replayed {
-    attempts: HashMap<String, u32>,
+    attempts: HashMap<AgentId, u32>,
     items_already_settled: usize,
     /// `agent_runs` rows without an end: `(agent_id, attempt)`.
-    open_rows: Vec<(String, u32)>,
+    open_rows: Vec<(AgentId, u32)>,
     /// How many failures the journal settled per chunk.
-    failures_by_chunk: HashMap<String, usize>,
+    failures_by_chunk: HashMap<ChunkId, usize>,
 }
 
 /// Open the run `options` names (resume) or a new one.
@@ -221,8 +221,8 @@ async fn close_open_rows(
     run_id: &RunId,
     job: &ItemJob,
     remaining: &[Chunk],
-    failures_by_chunk: &HashMap<String, usize>,
-    open_rows: Vec<(String, u32)>,
+    failures_by_chunk: &HashMap<ChunkId, usize>,
+    open_rows: Vec<(AgentId, u32)>,
 ) {
     let unsettled: HashSet<&str> = remaining.iter().map(|chunk| chunk.id.as_str()).collect();
     let chunks: HashMap<&str, &Chunk> = job
@@ -240,7 +240,12 @@ async fn close_open_rows(
                 AgentStatus::Failure,
                 "interrupted: the process stopped during this call".to_owned(),
             )
-        } else if failures_by_chunk.get(&agent_id).copied().unwrap_or(0) == 0 {
+        } else if failures_by_chunk
+            .get(&ChunkId::from(agent_id.as_str()))
+            .copied()
+            .unwrap_or(0)
+            == 0
+        {
             (
                 AgentStatus::Success,
                 "ended on resume: the chunk had settled (see the journal); tokens not recorded"

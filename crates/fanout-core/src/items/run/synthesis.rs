@@ -13,6 +13,7 @@ use super::calls::next_attempt;
 use super::{Ctx, ItemEvent, lock};
 use crate::config::items::SynthesisConfig;
 use crate::config::{Mode, ModelSpec};
+use crate::ids::AgentId;
 use crate::items::aggregate::{synthesis_request, tree_reduce};
 use crate::items::output::write_atomic;
 use crate::provider::Request;
@@ -45,7 +46,7 @@ pub(super) async fn synthesize(
             *calls += 1;
             *calls
         };
-        let agent_id = format!("synthesis-{n}");
+        let agent_id = AgentId::from(format!("synthesis-{n}"));
         let call = SynthesisCall {
             agent_id,
             level: step.level,
@@ -68,7 +69,7 @@ pub(super) async fn synthesize(
 
 /// One step of the reduction.
 struct SynthesisCall {
-    agent_id: String,
+    agent_id: AgentId,
     level: u32,
     parts: usize,
     model: ModelSpec,

@@ -16,7 +16,8 @@ use super::scope::{LeaveInFlight, StartFuture, restore_scope, start_attempt, syn
 use super::{EngineEvent, Shared};
 use crate::agent::{AgentConfig, AgentOutcome, LoopStatus, run_agent_gated};
 use crate::config::{Config, Mode};
-use crate::plan::Subtask;
+use crate::ids::AgentId;
+use crate::plan::{Subtask, TaskId};
 use crate::policy::{AgentSpec, ScopePolicy};
 use crate::retry::lock;
 use crate::run::preimage::Preimage;
@@ -35,7 +36,7 @@ pub(super) async fn run_one(
     // However the task ends, later checkpoints take its scope as it is.
     let _leave = LeaveInFlight {
         scopes: Arc::clone(&agent.shared.in_flight),
-        agent_id: agent.agent_id.clone(),
+        agent_id: AgentId::from(&agent.agent_id),
     };
     loop {
         match agent.attempt(&cancel).await {
@@ -63,7 +64,7 @@ enum Next {
 struct AgentTask {
     shared: Arc<Shared>,
     subtask: Subtask,
-    agent_id: String,
+    agent_id: TaskId,
     spec: AgentSpec,
     mode: Mode,
     escalated: bool,
@@ -79,7 +80,7 @@ struct AgentTask {
 
 impl AgentTask {
     fn new(shared: Arc<Shared>, subtask: Subtask) -> AgentTask {
-        let agent_id = subtask.task_id.to_string();
+        let agent_id = subtask.task_id.clone();
         let spec = agent_spec(&subtask);
         // An agent escalated to `default` by an earlier process of the run stays there.
         let escalated = shared.escalated.contains(&agent_id);
@@ -143,7 +144,7 @@ impl AgentTask {
         self.known_preimage = Some(Arc::clone(&preimage));
         self.spent += outcome.dollars;
         self.tokens += outcome.input_tokens + outcome.output_tokens;
-        record_denials(&self.shared, &outcome, self.attempt);
+        record_denials(&self.shared, &self.agent_id, &outcome, self.attempt);
         record_tool_calls(&self.shared, &self.agent_id, &outcome, self.attempt).await;
         self.conclude(&outcome, &toolbox, &preimage, cancel).await
     }
@@ -167,7 +168,7 @@ impl AgentTask {
         });
         let start_row = AgentStart {
             run_id: shared.inputs.run_id.clone(),
-            agent_id: self.agent_id.clone(),
+            agent_id: AgentId::from(&self.agent_id),
             attempt: self.attempt,
             task_description: self.subtask.description.clone(),
             mode: self.mode,
@@ -211,7 +212,7 @@ impl AgentTask {
         }
         let finish = AgentFinish {
             run_id: self.shared.inputs.run_id.clone(),
-            agent_id: self.agent_id.clone(),
+            agent_id: AgentId::from(&self.agent_id),
             attempt: self.attempt,
             status: AgentStatus::Failure,
             files_accessed: Vec::new(),
@@ -262,7 +263,7 @@ impl AgentTask {
         if succeeded {
             self.record(AgentStatus::Success);
             // Durable and recorded: the checkpoint this completion may trigger shows it.
-            self.shared.in_flight.leave(&self.agent_id);
+            self.shared.in_flight.leave(&AgentId::from(&self.agent_id));
             checkpoint_after_completion(&self.shared, destructive);
             return Next::Done(TaskOutcome {
                 succeeded: true,
@@ -348,7 +349,7 @@ impl AgentTask {
         let files_accessed: Vec<String> = outcome.receipts.files_accessed().into_iter().collect();
         let finish = AgentFinish {
             run_id: self.shared.inputs.run_id.clone(),
-            agent_id: self.agent_id.clone(),
+            agent_id: AgentId::from(&self.agent_id),
             attempt: self.attempt,
             status,
             files_accessed,
@@ -422,8 +423,8 @@ fn agent_spec(subtask: &Subtask) -> AgentSpec {
     // must not tell it otherwise).
     let write = subtask.effective_write_scope().to_vec();
     AgentSpec {
-        agent_id: subtask.task_id.to_string(),
-        task_id: subtask.task_id.to_string(),
+        agent_id: AgentId::from(&subtask.task_id),
+        task_id: subtask.task_id.clone(),
         description: subtask.description.clone(),
         scope: write,
         read_scope: Some(subtask.scope.clone()),
@@ -433,7 +434,7 @@ fn agent_spec(subtask: &Subtask) -> AgentSpec {
 
 fn finish_without_running(
     shared: &Shared,
-    agent_id: &str,
+    agent_id: &TaskId,
     mode: Mode,
     reason: String,
 ) -> TaskOutcome {

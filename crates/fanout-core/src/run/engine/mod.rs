@@ -53,7 +53,7 @@ pub use self::verify::{BaselineOutcome, TestOutcome};
 use crate::config::{Config, Mode};
 use crate::fleet::Fleet;
 use crate::ids::RunId;
-use crate::plan::Plan;
+use crate::plan::{Plan, TaskId};
 use crate::run::checkpoint::InFlightScopes;
 use crate::run::checkpoint_worker::CheckpointWorker;
 use crate::run::durable::SyncGroup;
@@ -96,15 +96,15 @@ pub enum EngineEvent {
     /// The scheduler admitted the agent: it counts as running from now on (its
     /// `AgentStarted`, sent from the agent's own task, may come later).
     AgentScheduled {
-        agent_id: String,
+        agent_id: TaskId,
     },
     AgentStarted {
-        agent_id: String,
+        agent_id: TaskId,
         attempt: u32,
         mode: Mode,
     },
     AgentFinished {
-        agent_id: String,
+        agent_id: TaskId,
         status: AgentStatus,
         mode: Mode,
         tokens: u64,
@@ -113,7 +113,7 @@ pub enum EngineEvent {
         denials: usize,
     },
     AgentNotRun {
-        agent_id: String,
+        agent_id: TaskId,
         reason: String,
     },
     Checkpoint {
@@ -219,20 +219,20 @@ struct Shared {
     store: Store,
     /// Taken at the end of the run for the final checkpoint.
     checkpoints: Mutex<Option<CheckpointWorker>>,
-    records: Mutex<HashMap<String, AgentRecord>>,
+    records: Mutex<HashMap<TaskId, AgentRecord>>,
     /// Denied requests by agent, over its attempts in this process.
-    denials: Mutex<HashMap<String, usize>>,
+    denials: Mutex<HashMap<TaskId, usize>>,
     events: Arc<Mutex<Vec<EngineEvent>>>,
     /// The attempt number each agent's next try gets (1 unless the run is resumed).
-    first_attempt: HashMap<String, u32>,
+    first_attempt: HashMap<TaskId, u32>,
     /// Agents a resumed run starts on `default` because they had been escalated there.
-    escalated: HashSet<String>,
+    escalated: HashSet<TaskId>,
     /// Scanned once per run for every agent's toolbox.
     facts: RepoFacts,
     /// The base checkpoint's blobs, which pre-images point at instead of copying.
     base_blobs: BaseBlobs,
     /// Pre-images recorded by the run's earlier processes (resume), by agent.
-    preimages: Mutex<HashMap<String, Arc<Preimage>>>,
+    preimages: Mutex<HashMap<TaskId, Arc<Preimage>>>,
     /// Makes agents' edits durable in shared `syncfs` rounds.
     durable: SyncGroup,
     /// Agents whose scopes checkpoints show as their pre-images (see [`InFlightScopes`]).

@@ -15,8 +15,8 @@ use super::summary::{summary_error, write_summary};
 use super::synthesis::closing_synthesis;
 use super::verify::{Verification, start_baseline, verify};
 use super::{EngineError, EngineEvent, EngineInputs, RunOutcome, Shared, blocking};
-use crate::ids::RunId;
-use crate::plan::Subtask;
+use crate::ids::{AgentId, RunId};
+use crate::plan::{Subtask, TaskId};
 use crate::retry::lock;
 use crate::run::checkpoint::{CheckpointId, CheckpointPolicy, Checkpointer, InFlightScopes};
 use crate::run::checkpoint_worker::CheckpointWorker;
@@ -223,7 +223,10 @@ fn share(
         durable: SyncGroup::start().map_err(|error| EngineError::SyncWorker(error.to_string()))?,
         in_flight,
     });
-    Ok((shared, state.done))
+    Ok((
+        shared,
+        state.done.into_iter().map(TaskId::into_string).collect(),
+    ))
 }
 
 /// The agents phase: every sub-task not `done` through the scheduler (dependencies,
@@ -295,9 +298,10 @@ fn forward(shared: &Shared, event: &SchedulerEvent, on_event: &mut impl FnMut(&E
     }
     match event {
         SchedulerEvent::Started { id } => on_event(&EngineEvent::AgentScheduled {
-            agent_id: id.clone(),
+            agent_id: TaskId::from(id),
         }),
         SchedulerEvent::Finished { id, .. } => {
+            let id = &TaskId::from(id);
             if let Some(record) = lock(&shared.records).get(id).cloned() {
                 let denials = lock(&shared.denials).get(id).copied().unwrap_or_default();
                 on_event(&EngineEvent::AgentFinished {
@@ -311,7 +315,7 @@ fn forward(shared: &Shared, event: &SchedulerEvent, on_event: &mut impl FnMut(&E
             }
         }
         SchedulerEvent::NotRun { id, why } => on_event(&EngineEvent::AgentNotRun {
-            agent_id: id.clone(),
+            agent_id: TaskId::from(id),
             reason: not_run_text(why),
         }),
     }
@@ -407,7 +411,7 @@ fn event_record(run_id: &RunId, event: &EngineEvent) -> EventRecord {
     let agent_id = payload
         .get("agent_id")
         .and_then(serde_json::Value::as_str)
-        .map(str::to_owned);
+        .map(AgentId::from);
     EventRecord {
         run_id: run_id.clone(),
         agent_id,

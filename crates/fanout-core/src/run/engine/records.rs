@@ -8,13 +8,15 @@ use std::time::{Duration, SystemTime};
 use super::{AgentRecord, Shared};
 use crate::agent::{AgentOutcome, CallHook, CallUsage};
 use crate::config::Mode;
+use crate::ids::AgentId;
+use crate::plan::TaskId;
 use crate::retry::lock;
 use crate::store::{AgentStatus, DenialRecord, EventRecord, ToolCallRecord};
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn record(
     shared: &Shared,
-    agent_id: &str,
+    agent_id: &TaskId,
     status: AgentStatus,
     mode: Mode,
     tokens: u64,
@@ -22,7 +24,7 @@ pub(super) fn record(
     escalated: bool,
 ) {
     lock(&shared.records).insert(
-        agent_id.to_string(),
+        agent_id.clone(),
         AgentRecord {
             status,
             mode,
@@ -37,13 +39,13 @@ pub(super) fn record(
 /// still counts what it spent when the run is resumed.
 pub(super) fn usage_recorder(
     shared: &Arc<Shared>,
-    agent_id: &str,
+    agent_id: &TaskId,
     attempt: u32,
     mode: Mode,
 ) -> CallHook {
     let store = shared.store.clone();
     let run_id = shared.inputs.run_id.clone();
-    let agent_id = agent_id.to_owned();
+    let agent_id = AgentId::from(agent_id);
     let spec = shared.inputs.config.model_for_mode(mode);
     let (provider, model) = (spec.provider, spec.model.clone());
     CallHook(Arc::new(move |usage: &CallUsage| {
@@ -66,11 +68,15 @@ pub(super) fn usage_recorder(
     }))
 }
 
-pub(super) fn record_denials(shared: &Shared, outcome: &AgentOutcome, attempt: u32) {
+pub(super) fn record_denials(
+    shared: &Shared,
+    agent_id: &TaskId,
+    outcome: &AgentOutcome,
+    attempt: u32,
+) {
     if !outcome.receipts.denials.is_empty() {
-        *lock(&shared.denials)
-            .entry(outcome.agent_id.clone())
-            .or_default() += outcome.receipts.denials.len();
+        *lock(&shared.denials).entry(agent_id.clone()).or_default() +=
+            outcome.receipts.denials.len();
     }
     for denial in &outcome.receipts.denials {
         let record = DenialRecord {
@@ -93,14 +99,14 @@ pub(super) fn record_denials(shared: &Shared, outcome: &AgentOutcome, attempt: u
 /// the attempt's end row or before it).
 pub(super) async fn record_tool_calls(
     shared: &Shared,
-    agent_id: &str,
+    agent_id: &TaskId,
     outcome: &AgentOutcome,
     attempt: u32,
 ) {
     for call in &outcome.receipts.calls {
         let record = ToolCallRecord {
             run_id: shared.inputs.run_id.clone(),
-            agent_id: agent_id.to_owned(),
+            agent_id: AgentId::from(agent_id),
             attempt,
             seq: call.seq,
             tool: call.tool.clone(),

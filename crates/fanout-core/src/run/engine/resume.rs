@@ -10,6 +10,8 @@ use std::time::SystemTime;
 
 use super::{AgentRecord, EngineError, EngineInputs, blocking};
 use crate::config::Mode;
+use crate::ids::AgentId;
+use crate::plan::TaskId;
 use crate::run::preimage::{self, Preimage, PreimageError};
 use crate::store::{AgentFinish, AgentRow, AgentStatus, Store, StoreReader};
 
@@ -17,13 +19,13 @@ use crate::store::{AgentFinish, AgentRow, AgentStatus, Store, StoreReader};
 #[derive(Debug, Default)]
 pub(super) struct ResumeState {
     /// Agents with a `success` row: never run again.
-    pub(super) done: HashSet<String>,
-    pub(super) first_attempt: HashMap<String, u32>,
-    pub(super) records: HashMap<String, AgentRecord>,
+    pub(super) done: HashSet<TaskId>,
+    pub(super) first_attempt: HashMap<TaskId, u32>,
+    pub(super) records: HashMap<TaskId, AgentRecord>,
     /// Pre-images already recorded, by agent (never replaced).
-    pub(super) preimages: HashMap<String, Arc<Preimage>>,
+    pub(super) preimages: HashMap<TaskId, Arc<Preimage>>,
     /// Agents whose last recorded attempt had been escalated to `default`: they go on there.
-    pub(super) escalated: HashSet<String>,
+    pub(super) escalated: HashSet<TaskId>,
 }
 
 /// Nothing of this run is running now: what a killed process left half-done goes (stale ref
@@ -52,7 +54,9 @@ pub(super) async fn prepare_resume(
     for (agent_id, manifest) in reader.preimages(&inputs.run_id)? {
         let where_ = PathBuf::from(format!("run store, pre-image of {agent_id}"));
         let preimage = preimage::parse_manifest(manifest.as_bytes(), &where_)?;
-        state.preimages.insert(agent_id, Arc::new(preimage));
+        state
+            .preimages
+            .insert(TaskId::from(agent_id.into_string()), Arc::new(preimage));
     }
     let restored = roll_back(inputs, &mut state).await?;
     close_in_flight(inputs, store, &reader, &rows, &restored).await?;
@@ -61,25 +65,28 @@ pub(super) async fn prepare_resume(
 
 /// Attempt numbers, successes and escalations from the run's `agent_runs` rows.
 fn state_from_rows(inputs: &EngineInputs, rows: &[AgentRow]) -> ResumeState {
-    let planned: HashSet<String> = inputs
+    let planned: HashSet<&str> = inputs
         .plan
         .subtasks
         .iter()
-        .map(|s| s.task_id.to_string())
+        .map(|s| s.task_id.as_str())
         .collect();
     let mut state = ResumeState::default();
     let mut last_attempt: HashMap<&str, (u32, bool)> = HashMap::new();
     for row in rows {
-        let next = state.first_attempt.entry(row.agent_id.clone()).or_insert(1);
+        let task_id = TaskId::from(row.agent_id.as_str());
+        let next = state.first_attempt.entry(task_id.clone()).or_insert(1);
         *next = (*next).max(row.attempt.saturating_add(1));
-        let last = last_attempt.entry(&row.agent_id).or_insert((0, false));
+        let last = last_attempt
+            .entry(row.agent_id.as_str())
+            .or_insert((0, false));
         if row.attempt >= last.0 {
             *last = (row.attempt, row.escalated);
         }
-        if row.status == Some(AgentStatus::Success) && planned.contains(&row.agent_id) {
-            state.done.insert(row.agent_id.clone());
+        if row.status == Some(AgentStatus::Success) && planned.contains(row.agent_id.as_str()) {
+            state.done.insert(task_id.clone());
             state.records.insert(
-                row.agent_id.clone(),
+                task_id,
                 AgentRecord {
                     status: AgentStatus::Success,
                     mode: row.mode.unwrap_or(Mode::Default),
@@ -93,7 +100,7 @@ fn state_from_rows(inputs: &EngineInputs, rows: &[AgentRow]) -> ResumeState {
     state.escalated = last_attempt
         .into_iter()
         .filter(|(_, (_, escalated))| *escalated)
-        .map(|(agent, _)| agent.to_owned())
+        .map(|(agent, _)| TaskId::from(agent))
         .collect();
     state
 }
@@ -103,19 +110,19 @@ fn state_from_rows(inputs: &EngineInputs, rows: &[AgentRow]) -> ResumeState {
 async fn roll_back(
     inputs: &EngineInputs,
     state: &mut ResumeState,
-) -> Result<HashSet<String>, EngineError> {
+) -> Result<HashSet<TaskId>, EngineError> {
     // Roll back in reverse plan order: a dependent's scope may hold files its dependency's
     // pre-image also covers, and the dependency's pre-image is the older one.
-    let mut restored: HashSet<String> = HashSet::new();
-    let mut missing: HashSet<String> = HashSet::new();
+    let mut restored: HashSet<TaskId> = HashSet::new();
+    let mut missing: HashSet<TaskId> = HashSet::new();
     for subtask in inputs.plan.subtasks.iter().rev() {
-        let agent_id = subtask.task_id.to_string();
+        let agent_id = subtask.task_id.clone();
         if state.done.contains(&agent_id) {
             continue;
         }
         let repo = inputs.repo.clone();
         let run_id = inputs.run_id.clone();
-        let id = agent_id.clone();
+        let id = AgentId::from(&agent_id);
         let recorded = state.preimages.get(&agent_id).cloned();
         let found = blocking(move || -> Result<Option<Arc<Preimage>>, PreimageError> {
             let preimage = match recorded {
@@ -146,7 +153,7 @@ async fn close_in_flight(
     store: &Store,
     reader: &StoreReader,
     rows: &[AgentRow],
-    restored: &HashSet<String>,
+    restored: &HashSet<TaskId>,
 ) -> Result<(), EngineError> {
     // Read before any of the closing rows below are written.
     let spent = reader.unfinished_usage(&inputs.run_id)?;
@@ -155,7 +162,7 @@ async fn close_in_flight(
             .get(&(row.agent_id.clone(), row.attempt))
             .copied()
             .unwrap_or((0, 0, 0.0));
-        let (status, error) = if restored.contains(&row.agent_id) {
+        let (status, error) = if restored.contains(&TaskId::from(row.agent_id.as_str())) {
             (
                 AgentStatus::Rollback,
                 "interrupted: the run stopped while this attempt was in flight; rolled back \

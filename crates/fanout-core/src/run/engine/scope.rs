@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 
 use super::{Shared, blocking};
+use crate::ids::AgentId;
 use crate::run::checkpoint::InFlightScopes;
 use crate::run::preimage::{self, Preimage, PreimageError};
 use crate::store::AgentStart;
@@ -16,7 +17,7 @@ use crate::store::AgentStart;
 /// Takes an agent out of [`InFlightScopes`] when its task ends, on every path.
 pub(super) struct LeaveInFlight {
     pub(super) scopes: Arc<InFlightScopes>,
-    pub(super) agent_id: String,
+    pub(super) agent_id: AgentId,
 }
 
 impl Drop for LeaveInFlight {

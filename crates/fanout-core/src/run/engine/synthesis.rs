@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 use super::orchestrate::not_run_text;
 use super::verify::{TestOutcome, Verification, tail};
 use super::{AgentRecord, EngineEvent, EngineInputs, Shared};
+use crate::plan::TaskId;
 use crate::provider::{Message, Request};
 use crate::retry::lock;
 use crate::run::scheduler::NotRun;
@@ -18,7 +19,7 @@ pub(super) async fn closing_synthesis(
     cancel: &CancellationToken,
     on_event: &mut impl FnMut(&EngineEvent),
 ) -> (Option<String>, Option<String>) {
-    let records: Vec<(String, AgentRecord)> = lock(&shared.records)
+    let records: Vec<(TaskId, AgentRecord)> = lock(&shared.records)
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
@@ -48,7 +49,7 @@ pub(super) async fn closing_synthesis(
 /// to review.
 async fn synthesize(
     inputs: &EngineInputs,
-    records: &[(String, AgentRecord)],
+    records: &[(TaskId, AgentRecord)],
     not_run: &[(String, NotRun)],
     out_of_scope: &[String],
     test: Option<&TestOutcome>,
@@ -66,14 +67,14 @@ async fn synthesize(
         inputs.plan.workflow,
         inputs.plan.subtasks.len()
     );
-    let mut sorted: Vec<&(String, AgentRecord)> = records.iter().collect();
+    let mut sorted: Vec<&(TaskId, AgentRecord)> = records.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     for (id, record) in sorted.iter().take(400) {
         let description = inputs
             .plan
             .subtasks
             .iter()
-            .find(|s| s.task_id.to_string() == *id)
+            .find(|s| s.task_id == *id)
             .map(|s| s.description.as_str())
             .unwrap_or("");
         body.push_str(&format!(

@@ -15,7 +15,7 @@ use super::manifest::{
 use super::scope::{compile, for_each_in_scope};
 use super::{PreimageError, hex, io};
 use crate::git::Git;
-use crate::ids::RunId;
+use crate::ids::{AgentId, RunId};
 use crate::run::durable::SyncSet;
 
 /// Record the pre-image of `agent_id`'s write scope durably as a manifest file, or return the
@@ -24,7 +24,7 @@ use crate::run::durable::SyncSet;
 pub fn capture(
     repo: &Path,
     run_id: &RunId,
-    agent_id: &str,
+    agent_id: &AgentId,
     patterns: &[String],
 ) -> Result<Preimage, PreimageError> {
     if let Some(existing) = load(repo, run_id, agent_id)? {
@@ -52,7 +52,7 @@ pub fn capture(
 pub fn prepare(
     repo: &Path,
     run_id: &RunId,
-    agent_id: &str,
+    agent_id: &AgentId,
     patterns: &[String],
     base: &BaseBlobs,
 ) -> Result<(Preimage, SyncSet), PreimageError> {
@@ -106,7 +106,7 @@ pub fn prepare(
     let preimage = Preimage {
         version: MANIFEST_VERSION,
         run_id: run_id.to_owned(),
-        agent_id: agent_id.to_owned(),
+        agent_id: agent_id.clone(),
         patterns: patterns.to_vec(),
         entries,
         dirs,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{PreimageError, hex};
-use crate::ids::RunId;
+use crate::ids::{AgentId, RunId};
 
 /// The manifest format this build writes (2: entries may point at a git blob).
 pub const MANIFEST_VERSION: u32 = 2;
@@ -40,7 +40,7 @@ pub enum Entry {
 pub struct Preimage {
     pub version: u32,
     pub run_id: RunId,
-    pub agent_id: String,
+    pub agent_id: AgentId,
     /// The write scope's entries, as the agent's policy compiles them.
     pub patterns: Vec<String>,
     /// Repository-relative path (with `/`) → what it was.
@@ -56,7 +56,8 @@ pub fn preimage_dir(repo: &Path, run_id: &RunId) -> PathBuf {
 }
 
 /// The manifest's path for `agent_id` (ids outside `[A-Za-z0-9._-]` are hex-encoded).
-pub fn manifest_path(repo: &Path, run_id: &RunId, agent_id: &str) -> PathBuf {
+pub fn manifest_path(repo: &Path, run_id: &RunId, agent_id: &AgentId) -> PathBuf {
+    let agent_id = agent_id.as_str();
     let safe = !agent_id.is_empty()
         && !agent_id.starts_with('.')
         && agent_id
@@ -74,7 +75,7 @@ pub fn manifest_path(repo: &Path, run_id: &RunId, agent_id: &str) -> PathBuf {
 pub fn load(
     repo: &Path,
     run_id: &RunId,
-    agent_id: &str,
+    agent_id: &AgentId,
 ) -> Result<Option<Preimage>, PreimageError> {
     let path = manifest_path(repo, run_id, agent_id);
     let bytes = match std::fs::read(&path) {
@@ -94,7 +95,7 @@ pub fn load(
 /// The manifest as stored (JSON).
 pub fn manifest_json(preimage: &Preimage) -> Result<String, PreimageError> {
     serde_json::to_string(preimage).map_err(|err| PreimageError::Manifest {
-        path: PathBuf::from(&preimage.agent_id),
+        path: PathBuf::from(preimage.agent_id.as_str()),
         message: err.to_string(),
     })
 }

@@ -60,6 +60,8 @@ mod scope;
 
 use std::path::{Path, PathBuf};
 
+use crate::ids::AgentId;
+
 pub use capture::{BaseBlobs, capture, git_blob_id, prepare};
 pub use durable::TEMP_PREFIX;
 pub use manifest::{
@@ -83,7 +85,7 @@ pub enum PreimageError {
     #[error("pre-image manifest {path} is unreadable: {message}")]
     Manifest { path: PathBuf, message: String },
     #[error("agent {agent_id}: invalid write scope: {message}")]
-    Scope { agent_id: String, message: String },
+    Scope { agent_id: AgentId, message: String },
     #[error("pre-image blob {path} does not match its hash")]
     Blob { path: PathBuf },
     #[error("git: {message}")]
@@ -138,7 +140,7 @@ mod tests {
         #[cfg(unix)]
         set_mode(&repo.join("src/b.sh"), 0o755).unwrap();
         let patterns = vec!["src/**".to_owned()];
-        let preimage = capture(repo, &"run-1".into(), "agent-1", &patterns).unwrap();
+        let preimage = capture(repo, &"run-1".into(), &"agent-1".into(), &patterns).unwrap();
         assert_eq!(preimage.entries.len(), 2);
 
         // The agent edits, deletes, chmods and creates (in a new directory too).
@@ -150,7 +152,7 @@ mod tests {
 
         // A second capture keeps the first (a resumed run must not record the dirty tree).
         assert_eq!(
-            capture(repo, &"run-1".into(), "agent-1", &patterns).unwrap(),
+            capture(repo, &"run-1".into(), &"agent-1".into(), &patterns).unwrap(),
             preimage
         );
 
@@ -184,9 +186,9 @@ mod tests {
         let repo = repo.path();
         write(repo, "src/one.txt", "1\n");
         let patterns = vec!["src/one.txt".to_owned(), "gen/out.txt".to_owned()];
-        let preimage = capture(repo, &"run-1".into(), "a/b c", &patterns).unwrap();
+        let preimage = capture(repo, &"run-1".into(), &"a/b c".into(), &patterns).unwrap();
         assert!(
-            manifest_path(repo, &"run-1".into(), "a/b c")
+            manifest_path(repo, &"run-1".into(), &"a/b c".into())
                 .file_name()
                 .unwrap()
                 .to_string_lossy()
@@ -194,7 +196,9 @@ mod tests {
         );
         write(repo, "gen/out.txt", "generated\n");
         std::fs::remove_file(repo.join("src/one.txt")).unwrap();
-        let loaded = load(repo, &"run-1".into(), "a/b c").unwrap().unwrap();
+        let loaded = load(repo, &"run-1".into(), &"a/b c".into())
+            .unwrap()
+            .unwrap();
         assert_eq!(loaded, preimage);
         restore(repo, &loaded).unwrap();
         assert_eq!(
@@ -245,7 +249,7 @@ mod tests {
         let (preimage, sync) = prepare(
             repo,
             &"run-1".into(),
-            "agent-1",
+            &"agent-1".into(),
             &["src/**".to_owned()],
             &base,
         )

@@ -7,6 +7,7 @@ use std::path::Path;
 use super::durable::TEMP_PREFIX;
 use super::manifest::Preimage;
 use super::{PreimageError, io};
+use crate::ids::AgentId;
 use crate::policy::PathSet;
 use crate::run::durable::SyncSet;
 
@@ -43,9 +44,9 @@ pub fn scope_sync_set(repo: &Path, preimage: &Preimage) -> Result<SyncSet, Preim
     Ok(sync)
 }
 
-pub(super) fn compile(agent_id: &str, patterns: &[String]) -> Result<PathSet, PreimageError> {
+pub(super) fn compile(agent_id: &AgentId, patterns: &[String]) -> Result<PathSet, PreimageError> {
     PathSet::new(patterns).map_err(|err| PreimageError::Scope {
-        agent_id: agent_id.to_owned(),
+        agent_id: agent_id.clone(),
         message: err.to_string(),
     })
 }
