@@ -28,6 +28,7 @@ from mcp.client.streamable_http import streamable_http_client
 BIN = str(Path(sys.argv[1]).resolve())
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO_ROOT / "examples" / "quickstart"
+TICKETS = REPO_ROOT / "examples" / "support-tickets"
 EXPECTED_TOOLS = {
     "plan_workflow",
     "start_run",
@@ -88,6 +89,15 @@ async def main():
         scenario = EXAMPLE / "scenario.yaml"
         stray = outside / "workflow.yaml"
         shutil.copy(EXAMPLE / "workflow.yaml", stray)
+        # An item workflow: the support-tickets example, and a copy whose input is outside.
+        tickets = work / "tickets"
+        tickets.mkdir()
+        for name in ("workflow.yaml", "schema.json", "tickets.jsonl"):
+            shutil.copy(TICKETS / name, tickets / name)
+        shutil.copy(TICKETS / "tickets.jsonl", outside / "tickets.jsonl")
+        leaky = tickets / "leaky.yaml"
+        leaky.write_text((TICKETS / "workflow.yaml").read_text().replace(
+            "path: tickets.jsonl", f"path: {outside / 'tickets.jsonl'}"))
 
         state = {}
         params = StdioServerParameters(
@@ -229,11 +239,128 @@ async def main():
                                              capture_output=True, text=True, check=True).stdout
                     expect(len(changed.splitlines()) >= 8, changed)
 
+                async def items():
+                    items_wf = tickets / "workflow.yaml"
+                    result = await session.call_tool(
+                        "plan_workflow", {"workflow": str(items_wf), "repo": str(tickets)}
+                    )
+                    expect(not result.is_error, text_of(result))
+                    data = result.structured_content
+                    expect(data["report"]["kind"] == "items", data["report"])
+                    expect(data["report"]["items"] == 300, data["report"]["items"])
+                    chunks = data["agents_planned"]
+                    expect(chunks == data["report"]["chunks"] and chunks > 1, data["report"])
+                    expect(data["estimated_dollars"] > 0, data)
+                    expect("300 items" in text_of(result), text_of(result))
+                    sha = data["plan_sha256"]
+                    # An input outside the roots is refused.
+                    result = await session.call_tool(
+                        "plan_workflow", {"workflow": str(leaky), "repo": str(tickets)}
+                    )
+                    expect(result.is_error and "items.input.path" in text_of(result), text_of(result))
+                    # The input changed after review: a different job, refused.
+                    source = tickets / "tickets.jsonl"
+                    original = source.read_bytes()
+                    source.write_bytes(original.replace(b"invoice", b"INVOICE", 1))
+                    result = await session.call_tool(
+                        "start_run", {"workflow": str(items_wf), "repo": str(tickets), "plan_sha256": sha}
+                    )
+                    source.write_bytes(original)
+                    expect(result.is_error and "changed since plan_workflow" in text_of(result),
+                           text_of(result))
+                    expect(not (tickets / ".fanout" / "runs").exists()
+                           or runs_on_disk(tickets) == [], runs_on_disk(tickets))
+                    result = await session.call_tool(
+                        "start_run", {"workflow": str(items_wf), "repo": str(tickets), "plan_sha256": sha}
+                    )
+                    expect(not result.is_error, text_of(result))
+                    run_id = result.structured_content["run_id"]
+                    deadline = time.monotonic() + 120
+                    while True:
+                        status = await session.call_tool(
+                            "run_status", {"repo": str(tickets), "run_id": run_id}
+                        )
+                        expect(not status.is_error, text_of(status))
+                        data = status.structured_content
+                        if not data["active"] and data["status"] != "running":
+                            break
+                        expect(time.monotonic() < deadline, data)
+                        await asyncio.sleep(0.3)
+                    expect(data["status"] == "completed", data)
+                    result = await session.call_tool(
+                        "run_result", {"repo": str(tickets), "run_id": run_id}
+                    )
+                    expect(not result.is_error, text_of(result))
+                    summary = result.structured_content["summary"]
+                    expect(summary["items"] == 300 and summary["succeeded"] == 300, summary)
+                    results = (tickets / ".fanout" / "runs" / run_id / "results.jsonl").read_text()
+                    expect(len(results.splitlines()) == 300, "results.jsonl lines")
+                    expect("300 items: 300 succeeded" in text_of(result), text_of(result))
+
                 await check("tools listed with input and output schemas", tools())
                 await check("plan_workflow returns the dry-run report and the plan hash", plan())
                 await check("refusals are tool errors and write nothing", refusals())
                 await check("start_run returns at once; status reaches completed; result and list agree",
                             start_and_follow())
+                await check("an item workflow: reviewed job, changed input refused, run to completed",
+                            items())
+
+        async def cancel_and_resume_items():
+            # A slow simulator (2 s a call), so the cancel lands while chunks are in flight.
+            slow = StdioServerParameters(
+                command=BIN,
+                args=["mcp", "--sim", "--sim-latency-ms", "2000", "--root", str(work)],
+                cwd=str(work),
+            )
+            items_wf = tickets / "workflow.yaml"
+            async with stdio_client(slow) as (read, write):
+                async with ClientSession(read, write) as session:
+                    await session.initialize()
+                    plan = await session.call_tool(
+                        "plan_workflow", {"workflow": str(items_wf), "repo": str(tickets)}
+                    )
+                    sha = plan.structured_content["plan_sha256"]
+                    started = await session.call_tool(
+                        "start_run", {"workflow": str(items_wf), "repo": str(tickets), "plan_sha256": sha}
+                    )
+                    expect(not started.is_error, text_of(started))
+                    run_id = started.structured_content["run_id"]
+                    await asyncio.sleep(0.5)
+                    cancelled = await session.call_tool(
+                        "cancel_run", {"repo": str(tickets), "run_id": run_id}
+                    )
+                    expect(not cancelled.is_error, text_of(cancelled))
+                    deadline = time.monotonic() + 60
+                    while True:
+                        status = await session.call_tool(
+                            "run_status", {"repo": str(tickets), "run_id": run_id}
+                        )
+                        data = status.structured_content
+                        if not data["active"]:
+                            break
+                        expect(time.monotonic() < deadline, data)
+                        await asyncio.sleep(0.3)
+                    expect(data["status"] == "cancelled", data)
+                    resumed = await session.call_tool(
+                        "resume_run", {"repo": str(tickets), "run_id": run_id}
+                    )
+                    expect(not resumed.is_error, text_of(resumed))
+                    deadline = time.monotonic() + 120
+                    while True:
+                        status = await session.call_tool(
+                            "run_status", {"repo": str(tickets), "run_id": run_id}
+                        )
+                        data = status.structured_content
+                        if not data["active"] and data["status"] != "running":
+                            break
+                        expect(time.monotonic() < deadline, data)
+                        await asyncio.sleep(0.3)
+                    expect(data["status"] == "completed", data)
+                    results = (tickets / ".fanout" / "runs" / run_id / "results.jsonl").read_text()
+                    ids = [json.loads(line)["id"] for line in results.splitlines()]
+                    expect(len(ids) == 300 and len(set(ids)) == 300, f"{len(ids)} results")
+
+        await check("an item run cancelled, then resumed to completion", cancel_and_resume_items())
 
         async def over_http():
             server = subprocess.Popen(

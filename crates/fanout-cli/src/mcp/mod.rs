@@ -12,14 +12,17 @@
 //!   the run goes on in this process (`runs.rs` keeps the live ones), `run_status` and
 //!   `run_result` read it, `cancel_run` stops it, `resume_run` finishes a recorded run,
 //!   `list_runs` lists a repository's runs.
+//! - Item workflows go through the same tools (`items.rs`): the reviewed thing is the item job
+//!   itself, named by its hash.
 //! - Safety: every path argument must resolve under one of the `--root` directories (default:
-//!   the working directory); live runs take the repository's lock, so a CLI run and an MCP run
+//!   the working directory), an item workflow's input and output directory included; live runs take the repository's lock, so a CLI run and an MCP run
 //!   on one repository exclude each other.
 //! - `--sim` / `--scenario` and the other simulator options work as on `fanout run`: one
 //!   simulator is started with the server and serves every run.
 //!
 //! Nothing is written to stdout but the protocol (stdio transport); diagnostics go to stderr.
 
+mod items;
 mod runs;
 mod tools;
 

@@ -26,7 +26,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::runs::{Ended, Runs};
+use super::runs::{Ended, Kind, Runs};
 use crate::model_args::ModelArgs;
 use crate::progress::{eta, human_duration};
 
@@ -215,9 +215,9 @@ impl FanoutMcp {
         let workflow = attempt!(self.under_roots("workflow", &input.workflow));
         let config = attempt!(load_config(&workflow));
         if config.items.is_some() {
-            return Ok(refused(
-                "this is an item workflow (`workflow.items`); the MCP server runs repository workflows (use `fanout run` for item work)",
-            ));
+            attempt!(self.item_paths_under_roots(&config));
+            let (output, text) = attempt!(super::items::plan(&config, &workflow, &repo).await);
+            return answer(&output, text);
         }
         let fleet = attempt!(self.state.backend.fleet(&config).map_err(|e| e.to_string()));
         let request = PrepareRequest {
@@ -300,6 +300,25 @@ impl FanoutMcp {
         let repo = attempt!(self.under_roots("repo", &input.repo));
         let workflow = attempt!(self.under_roots("workflow", &input.workflow));
         let config = attempt!(load_config(&workflow));
+        if config.items.is_some() {
+            attempt!(self.item_paths_under_roots(&config));
+            let output = attempt!(
+                super::items::start(
+                    &self.state.runs,
+                    &self.state.backend,
+                    &config,
+                    &repo,
+                    Some(&input.plan_sha256),
+                    None,
+                )
+                .await
+            );
+            let text = format!(
+                "Item run {} started: {} chunks. Poll run_status {{repo, run_id}}.",
+                output.run_id, output.agents
+            );
+            return answer(&output, text);
+        }
         let plan_path = attempt!(reviewed_plan(&repo, &input.plan_sha256, &config.name));
         let lock = attempt!(
             RepoLock::acquire(&repo, "an MCP run").map_err(|e| format!("refusing a live run: {e}"))
@@ -346,7 +365,7 @@ impl FanoutMcp {
             agents: inputs.plan.subtasks.len(),
             status: "running".to_owned(),
         };
-        self.state.runs.spawn(inputs, estimated, false);
+        self.state.runs.spawn_plan(inputs, estimated, false);
         let text = format!(
             "Run {} started: {} agents. Poll run_status {{repo, run_id}}.",
             output.run_id, output.agents
@@ -363,7 +382,7 @@ impl FanoutMcp {
         Parameters(input): Parameters<RunRef>,
     ) -> Result<CallToolResult, ErrorData> {
         let repo = attempt!(self.under_roots("repo", &input.repo));
-        let live = self.state.runs.get(&input.run_id);
+        let live = self.state.runs.get(&RunId::from(input.run_id.as_str()));
         let ended = live.as_ref().and_then(|run| run.ended());
         let active = live.is_some() && ended.is_none();
         let summary = match run_summary(&repo, &input.run_id) {
@@ -410,7 +429,7 @@ impl FanoutMcp {
             let elapsed = run.started.elapsed();
             output.rate_wait_seconds = tally.rate_limit_wait.as_secs_f64();
             output.elapsed_seconds = elapsed.as_secs_f64();
-            if active {
+            if active && run.kind == Kind::Plan {
                 // The store counts agents by their last attempt; the live tally knows which
                 // are admitted and which still wait for a slot or a dependency.
                 output.agents = tally.total;
@@ -509,18 +528,19 @@ impl FanoutMcp {
             page,
             pages,
         };
-        let scope = output
-            .summary
-            .as_ref()
-            .and_then(|s| s["out_of_scope"].as_array().map(Vec::len))
-            .map(|n| {
-                if n == 0 {
-                    "every change inside its declared scope".to_owned()
-                } else {
-                    format!("{n} file(s) changed outside every scope")
-                }
-            })
-            .unwrap_or_else(|| "no summary yet".to_owned());
+        let scope = match &output.summary {
+            // An item run's summary: its items, not files.
+            Some(summary) if summary.get("items").is_some() => format!(
+                "{} items: {} succeeded, {} failed",
+                summary["items"], summary["succeeded"], summary["failed"]
+            ),
+            Some(summary) => match summary["out_of_scope"].as_array().map(Vec::len) {
+                Some(0) => "every change inside its declared scope".to_owned(),
+                Some(n) => format!("{n} file(s) changed outside every scope"),
+                None => "no scope check recorded".to_owned(),
+            },
+            None => "no summary yet".to_owned(),
+        };
         let text = format!(
             "Run {}: {}; {}; {}. Agents page {} of {}.",
             output.run_id,
@@ -542,7 +562,7 @@ impl FanoutMcp {
         Parameters(input): Parameters<RunRef>,
     ) -> Result<CallToolResult, ErrorData> {
         let _ = attempt!(self.under_roots("repo", &input.repo));
-        let Some(run) = self.state.runs.get(&input.run_id) else {
+        let Some(run) = self.state.runs.get(&RunId::from(input.run_id.as_str())) else {
             return Ok(refused(format!(
                 "run {} is not running in this server",
                 input.run_id
@@ -568,7 +588,8 @@ impl FanoutMcp {
         Parameters(input): Parameters<RunRef>,
     ) -> Result<CallToolResult, ErrorData> {
         let repo = attempt!(self.under_roots("repo", &input.repo));
-        if let Some(run) = self.state.runs.get(&input.run_id)
+        let run_id = RunId::from(input.run_id.as_str());
+        if let Some(run) = self.state.runs.get(&run_id)
             && run.ended().is_none()
         {
             return Ok(refused(format!(
@@ -588,10 +609,38 @@ impl FanoutMcp {
                 )));
             }
             Recorded::Items => {
-                return Ok(refused(format!(
-                    "run {} is an item run; finish it with `fanout resume {}`",
-                    input.run_id, input.run_id
-                )));
+                let Some(record) = fanout_core::items::run::item_run(&repo, &run_id) else {
+                    return Ok(refused(format!(
+                        "run {}'s job record cannot be read",
+                        input.run_id
+                    )));
+                };
+                if record.retry_of.is_some() {
+                    return Ok(refused(format!(
+                        "run {} sends again the failures of another run; finish it with `fanout resume {}`",
+                        input.run_id, input.run_id
+                    )));
+                }
+                let workflow =
+                    attempt!(self.under_roots("workflow", &record.workflow.display().to_string()));
+                let config = attempt!(load_config(&workflow));
+                attempt!(self.item_paths_under_roots(&config));
+                let output = attempt!(
+                    super::items::start(
+                        &self.state.runs,
+                        &self.state.backend,
+                        &config,
+                        &repo,
+                        None,
+                        Some(run_id.clone()),
+                    )
+                    .await
+                );
+                let text = format!(
+                    "Resuming item run {}: settled chunks are not sent again. Poll run_status.",
+                    output.run_id
+                );
+                return answer(&output, text);
             }
             Recorded::Plan(resume) => resume,
         };
@@ -617,7 +666,7 @@ impl FanoutMcp {
             agents: inputs.plan.subtasks.len(),
             status: "running".to_owned(),
         };
-        self.state.runs.spawn(inputs, estimated, true);
+        self.state.runs.spawn_plan(inputs, estimated, true);
         let text = format!(
             "Resuming run {}: agents that succeeded are kept. Poll run_status.",
             output.run_id
@@ -686,6 +735,29 @@ impl ServerHandler for FanoutMcp {
 }
 
 impl FanoutMcp {
+    /// An item workflow reads its input and may write its outputs elsewhere than the run
+    /// directory: both must be under the roots too.
+    fn item_paths_under_roots(&self, config: &Config) -> Result<(), String> {
+        let Some(items) = &config.items else {
+            return Ok(());
+        };
+        // A `dir/*.md` input: the directory before the first pattern character.
+        let input = items.input.path.to_string_lossy().into_owned();
+        let input = match input.find(['*', '?', '[', '{']) {
+            Some(at) => input[..at]
+                .rfind('/')
+                .map_or(".".to_owned(), |slash| input[..slash].to_owned()),
+            None => input,
+        };
+        self.under_roots("items.input.path", &input)?;
+        if let Some(dir) = &items.output.dir {
+            // It may not exist yet: its nearest existing ancestor decides.
+            let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(dir);
+            self.under_roots("items.output.dir", &existing.display().to_string())?;
+        }
+        Ok(())
+    }
+
     /// `path` resolved, if it exists under one of the server's roots.
     fn under_roots(&self, what: &str, path: &str) -> Result<PathBuf, String> {
         let resolved = Path::new(path)

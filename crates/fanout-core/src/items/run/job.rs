@@ -283,12 +283,12 @@ impl ItemJob {
     /// that reviews a job before running it (`fanout mcp`) compares this hash at the start:
     /// an edited workflow or input makes another job.
     pub fn review_hash(&self) -> Result<String, ItemsError> {
-        let mut bytes = std::fs::read(&self.config_path).map_err(|source| ItemsError::Input(
-            crate::items::input::InputError::Io {
+        let mut bytes = std::fs::read(&self.config_path).map_err(|source| {
+            ItemsError::Input(crate::items::input::InputError::Io {
                 path: self.config_path.clone(),
                 source,
-            },
-        ))?;
+            })
+        })?;
         let job = serde_json::json!({
             "chunks": self.chunks,
             "schema": self.schema.record_schema(),
