@@ -306,16 +306,29 @@ async def main():
                             items())
 
         async def cancel_and_resume_items():
-            # A slow simulator (2 s a call), so the cancel lands while chunks are in flight.
+            # A slow simulator (2.5 s a call), so the cancel lands while chunks are in flight
+            # and planning lasts long enough for progress notifications.
             slow = StdioServerParameters(
                 command=BIN,
-                args=["mcp", "--sim", "--sim-latency-ms", "2000", "--root", str(work)],
+                args=["mcp", "--sim", "--scenario", str(scenario), "--sim-latency-ms", "2500",
+                      "--root", str(work)],
                 cwd=str(work),
             )
             items_wf = tickets / "workflow.yaml"
             async with stdio_client(slow) as (read, write):
                 async with ClientSession(read, write) as session:
                     await session.initialize()
+                    notes = []
+
+                    async def on_progress(progress, total, message):
+                        notes.append((progress, message))
+
+                    planned = await session.call_tool(
+                        "plan_workflow", {"workflow": str(workflow), "repo": str(repo)},
+                        progress_callback=on_progress,
+                    )
+                    expect(not planned.is_error, text_of(planned))
+                    expect(len(notes) >= 1 and "planning" in (notes[0][1] or ""), notes)
                     plan = await session.call_tool(
                         "plan_workflow", {"workflow": str(items_wf), "repo": str(tickets)}
                     )
@@ -360,7 +373,8 @@ async def main():
                     ids = [json.loads(line)["id"] for line in results.splitlines()]
                     expect(len(ids) == 300 and len(set(ids)) == 300, f"{len(ids)} results")
 
-        await check("an item run cancelled, then resumed to completion", cancel_and_resume_items())
+        await check("progress while planning; an item run cancelled, then resumed to completion",
+                    cancel_and_resume_items())
 
         async def over_http():
             server = subprocess.Popen(
