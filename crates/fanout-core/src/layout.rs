@@ -109,9 +109,14 @@ pub fn is_ours(relative: &[u8]) -> bool {
 pub fn ensure(repo: &Path) -> Result<PathBuf, LayoutError> {
     let dir = fanout_dir(repo);
     fs::create_dir_all(&dir).map_err(failed("create", &dir))?;
+    // Written in place, not through a temporary file: until the ignore file exists, a
+    // temporary left by a kill would show in `git status`. A write cut short leaves no `*`
+    // line, and the next call writes the file again.
     let ignore = dir.join(".gitignore");
-    if !ignore.exists() {
-        write_atomic(&ignore, GITIGNORE.as_bytes())?;
+    let ignores_all = fs::read_to_string(&ignore)
+        .is_ok_and(|text| text.lines().any(|line| line.trim() == "*"));
+    if !ignores_all {
+        fs::write(&ignore, GITIGNORE).map_err(failed("write", &ignore))?;
     }
     Ok(dir)
 }
@@ -223,6 +228,13 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(dir.join(".gitignore")).unwrap(),
             "*\nkept\n"
+        );
+        // A write cut short (no `*` line yet) is written again.
+        std::fs::write(dir.join(".gitignore"), "# fanout's own fi").unwrap();
+        ensure(repo.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join(".gitignore")).unwrap(),
+            GITIGNORE
         );
 
         let run = run_dir(repo.path(), &"R1".into());
