@@ -226,7 +226,21 @@ pub(crate) fn normalize(body: &Value) -> Result<Request, ApiError> {
                 ));
             }
         }
-        prefix.push_object(Part::Messages, message, bytes.0 - before);
+        // Each content part is a boundary of its own (OpenAI matches prefixes token by token;
+        // parts are the finest grain the simulator keeps), then the message as a whole.
+        let mut parts_bytes = 0;
+        if let Value::Array(parts) = content {
+            for part in parts {
+                let size = part.get("text").and_then(Value::as_str).map_or(0, str::len);
+                prefix.push(Part::Messages, part, size);
+                parts_bytes += size;
+            }
+        }
+        prefix.push_object(
+            Part::Messages,
+            message,
+            (bytes.0 - before).saturating_sub(parts_bytes),
+        );
     }
     if !trailing_tools.is_empty() {
         last_user = trailing_tools;
