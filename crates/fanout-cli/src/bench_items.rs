@@ -3,6 +3,10 @@
 //! ledger, outputs) against a simulator child process at 500 ms latency, with 1,000 workers
 //! in flight.
 //!
+//! The bill: the run's dollars (cache writes and reads at their prices) and the simulator's
+//! cache counters; `--instructions-bytes` gives the workers a labelling guide of that size (the
+//! prefix every chunk shares), `--no-cache` turns prompt caching off to compare.
+//!
 //! The floor is the latency chain: `ceil(chunks / workers) × latency` (every chunk is one call
 //! when the simulator answers every item). Reported: makespan of the run (from the first
 //! dispatch to the last settlement, outputs included) against that floor, calls, the
@@ -43,6 +47,13 @@ pub struct BenchItemsArgs {
     /// Simulator latency per call, in milliseconds.
     #[arg(long, default_value_t = 500)]
     latency_ms: u64,
+    /// Bytes of labelling guide appended to the worker instructions (the prefix every chunk
+    /// shares); 0 for the one-line instructions.
+    #[arg(long, default_value_t = 0)]
+    instructions_bytes: usize,
+    /// Turn prompt caching off (`workflow.prompt_caching: false`), to compare the bill.
+    #[arg(long)]
+    no_cache: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -65,6 +76,12 @@ struct ItemsReport {
     prepare_s: f64,
     cpu_s: f64,
     peak_rss_mib: f64,
+    prompt_caching: bool,
+    /// The run's dollars, as the run store counts them.
+    dollars: f64,
+    /// The simulator's count of input tokens read from and written to its prompt cache.
+    cache_read_tokens: u64,
+    cache_creation_tokens: u64,
     /// When things happened, in seconds from the start of the run.
     phases: PhaseReport,
 }
@@ -128,18 +145,27 @@ impl Phases {
     }
 }
 
-fn workflow(workers: usize, chunk_size: usize) -> String {
+fn workflow(workers: usize, chunk_size: usize, guide_bytes: usize, caching: bool) -> String {
+    let mut guide = String::new();
+    let mut rule = 0;
+    while guide.len() < guide_bytes {
+        guide.push_str(&format!(
+            " Rule {rule}: a note that mentions an invoice, an export or a delay is a complaint unless it thanks someone; score it by how urgent it reads."
+        ));
+        rule += 1;
+    }
     format!(
         r#"workflow:
   name: bench-items
   max_parallel_agents: {workers}
+  prompt_caching: {caching}
   mode_routing:
     items_worker: fast
   items:
     input: {{path: synthetic.jsonl}}
     chunking: {{strategy: fixed, size: {chunk_size}}}
     worker:
-      instructions: Label each note and score it from 0 to 10.
+      instructions: "Label each note and score it from 0 to 10.{guide}"
       max_tokens: 2048
       output_schema:
         type: object
@@ -169,7 +195,12 @@ pub async fn run(args: BenchItemsArgs) -> anyhow::Result<ExitCode> {
     let root = tempfile::tempdir().context("cannot create a temporary directory")?;
     let prepare_started = tokio::time::Instant::now();
     let config = Config::from_str(
-        &workflow(args.workers, args.chunk_size),
+        &workflow(
+            args.workers,
+            args.chunk_size,
+            args.instructions_bytes,
+            !args.no_cache,
+        ),
         root.path().join("bench-items.yaml"),
     )
     .context("the benchmark's workflow")?;
@@ -224,6 +255,14 @@ pub async fn run(args: BenchItemsArgs) -> anyhow::Result<ExitCode> {
     .await?;
     let makespan = started.elapsed().as_secs_f64();
     let phases = phases.report();
+    let server = child.stats().await.ok();
+    let server_count = |key: &str| {
+        server
+            .as_ref()
+            .and_then(|s| s.get(key))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
     let _ = store.close().await;
     let resources = usage::current();
     let rounds = chunks.div_ceil(args.workers) as f64;
@@ -241,6 +280,10 @@ pub async fn run(args: BenchItemsArgs) -> anyhow::Result<ExitCode> {
         prepare_s: prepare.as_secs_f64(),
         cpu_s: resources.cpu().as_secs_f64(),
         peak_rss_mib: resources.peak_rss_kib as f64 / 1024.0,
+        prompt_caching: !args.no_cache,
+        dollars: report.cost_usd,
+        cache_read_tokens: server_count("cache_read_tokens"),
+        cache_creation_tokens: server_count("cache_creation_tokens"),
         phases,
     };
     if args.json {
@@ -265,6 +308,13 @@ pub async fn run(args: BenchItemsArgs) -> anyhow::Result<ExitCode> {
         );
         println!("  engine CPU        {:.2} s", out.cpu_s);
         println!("  engine peak RSS   {:.1} MiB", out.peak_rss_mib);
+        println!(
+            "  bill              ${:.4} (prompt caching {}: {} tokens read from cache, {} written)",
+            out.dollars,
+            if out.prompt_caching { "on" } else { "off" },
+            out.cache_read_tokens,
+            out.cache_creation_tokens
+        );
         let p = &out.phases;
         println!(
             "  calls started     {:.3} .. {:.3} s",

@@ -6,6 +6,12 @@
 //! simulator runs as a child process, so this process's CPU time and peak RSS are the
 //! engine's: scheduler, agents, tools, run store, checkpoints, scope check and synthesis.
 //!
+//! The bill: dollars as the run store counts them (cache writes and reads at their prices) and
+//! the simulator's cache counters. `--no-cache` sets `workflow.prompt_caching: false`, so two
+//! runs with and without it compare what caching saves at an unchanged makespan;
+//! `--file-bytes` sizes the files agents read (caching pays once a conversation passes the
+//! model's minimum cacheable length).
+//!
 //! The critical path is one agent's chain of turns plus the synthesis call:
 //! `(turns + 1) × latency`. Under a requests/min limit the floor is the larger of that and the
 //! rate floor `(requests − burst) / rate`.
@@ -55,6 +61,13 @@ pub struct BenchRunArgs {
     /// Checkpoint every this many completions.
     #[arg(long, default_value_t = 10)]
     checkpoint_interval: u32,
+    /// Bytes of each generated file (what an agent's `read_file` brings into its
+    /// conversation); 0 for the small default files.
+    #[arg(long, default_value_t = 0)]
+    file_bytes: usize,
+    /// Turn prompt caching off (`workflow.prompt_caching: false`), to compare the bill.
+    #[arg(long)]
+    no_cache: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -92,6 +105,14 @@ struct RunBenchReport {
     cpu_s: f64,
     cores_used: f64,
     peak_rss_mib: f64,
+    prompt_caching: bool,
+    /// The agents' dollars, as the run store counts them.
+    dollars: f64,
+    input_tokens: u64,
+    output_tokens: u64,
+    /// The simulator's count of input tokens read from and written to its prompt cache.
+    cache_read_tokens: u64,
+    cache_creation_tokens: u64,
 }
 
 pub async fn run(args: BenchRunArgs) -> anyhow::Result<ExitCode> {
@@ -107,7 +128,7 @@ pub async fn run(args: BenchRunArgs) -> anyhow::Result<ExitCode> {
         "bench run: generating {} files, a {}-agent plan and a {}-turn scenario",
         args.files, args.agents, args.turns
     );
-    generate_repository(&repo, args.files)?;
+    generate_repository(&repo, args.files, args.file_bytes)?;
     let workflow = work.path().join("workflow.yaml");
     std::fs::write(&workflow, workflow_yaml(&args)).context("cannot write the workflow")?;
     let plan_path = work.path().join("plan.json");
@@ -239,6 +260,12 @@ pub async fn run(args: BenchRunArgs) -> anyhow::Result<ExitCode> {
         cpu_s: resources.cpu().as_secs_f64(),
         cores_used: resources.cpu().as_secs_f64() / makespan.max(1e-9),
         peak_rss_mib: resources.peak_rss_kib as f64 / 1024.0,
+        prompt_caching: !args.no_cache,
+        dollars: outcome.dollars,
+        input_tokens: outcome.input_tokens,
+        output_tokens: outcome.output_tokens,
+        cache_read_tokens: server_count("cache_read_tokens").unwrap_or(0),
+        cache_creation_tokens: server_count("cache_creation_tokens").unwrap_or(0),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -290,17 +317,31 @@ fn print_report(r: &RunBenchReport) {
         r.cpu_s, r.cores_used
     );
     println!("  engine peak RSS     {:.1} MiB", r.peak_rss_mib);
+    println!(
+        "  bill                ${:.4} ({} input tokens, {} output; prompt caching {}: {} read from cache, {} written)",
+        r.dollars,
+        r.input_tokens,
+        r.output_tokens,
+        if r.prompt_caching { "on" } else { "off" },
+        r.cache_read_tokens,
+        r.cache_creation_tokens
+    );
 }
 
-fn generate_repository(repo: &Path, files: usize) -> anyhow::Result<()> {
+fn generate_repository(repo: &Path, files: usize, file_bytes: usize) -> anyhow::Result<()> {
     let src = repo.join("src");
     std::fs::create_dir_all(&src).context("cannot create the repository")?;
     for i in 0..files {
-        std::fs::write(
-            src.join(format!("mod_{i:05}.txt")),
-            format!("module {i}\nvalue = {}\n", i * 7),
-        )
-        .context("cannot write a repository file")?;
+        let mut text = format!("module {i}\nvalue = {}\n", i * 7);
+        let mut line = 0;
+        while text.len() < file_bytes {
+            text.push_str(&format!(
+                "setting_{line:05} = value {line} of module {i}, kept for the agent to read\n"
+            ));
+            line += 1;
+        }
+        std::fs::write(src.join(format!("mod_{i:05}.txt")), text)
+            .context("cannot write a repository file")?;
     }
     for args in [
         &["init", "-q", "-b", "main"][..],
@@ -335,6 +376,9 @@ fn workflow_yaml(args: &BenchRunArgs) -> String {
         args.checkpoint_interval,
         args.turns + 2
     );
+    if args.no_cache {
+        yaml.push_str("  prompt_caching: false\n");
+    }
     if let Some(rpm) = args.rpm {
         yaml.push_str(&format!(
             "  rate_limits:\n    requests_per_minute: {rpm}\n    max_in_flight: {}\n",

@@ -16,9 +16,10 @@
 //! 4. `bash` with an allowlisted test command, when the task mentions tests;
 //! 5. the report: `files_changed` lists exactly the files whose write succeeded.
 //!
-//! What the agent may do is read from the system prompt as fanout words it ("Files you may
-//! change (nothing else):" with one `- path` per line, "Commands allowed in bash …:" likewise,
-//! "Task ID: …") and from the declared tools. It owns no wire format; see `answer.rs`.
+//! What the agent may do is read from the system prompt and the first user message (fanout
+//! puts what all agents share in the first and each agent's own brief in the second) as fanout
+//! words it ("Files you may change (nothing else):" with one `- path` per line, "Commands
+//! allowed in bash …:" likewise, "Task ID: …") and from the declared tools. It owns no wire format; see `answer.rs`.
 
 use serde_json::{Map, Value, json};
 
@@ -47,7 +48,10 @@ pub(crate) fn report_tool(request: &Request) -> Option<&str> {
         .tools
         .iter()
         .any(|t| FILE_TOOLS.contains(&t.name.as_str()));
-    if !has_file_tool && !request.system.contains("Files you may change") {
+    if !has_file_tool
+        && !request.system.contains("Files you may change")
+        && !request.first_user_text().contains("Files you may change")
+    {
         return None;
     }
     request.tools.iter().map(|t| t.name.as_str()).find(|name| {
@@ -124,7 +128,8 @@ fn bullets(system: &str, heading: &str) -> Vec<String> {
 
 impl Brief {
     fn parse(request: &Request) -> Brief {
-        let system = &request.system;
+        let brief = format!("{}\n{}", request.system, request.first_user_text());
+        let system = &brief;
         let (task_id, description) = system
             .lines()
             .find_map(|line| {

@@ -9,6 +9,7 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value, json};
 
+use crate::cache::{CacheUse, MAX_BREAKPOINTS, Part, Prefix};
 use crate::model::{Answer, ApiError, Block, Endpoint, PastCall, Request, Tool, content_text};
 use crate::prng::SplitMix64;
 use crate::tokens::ByteCount;
@@ -51,19 +52,26 @@ pub(crate) fn normalize(endpoint: Endpoint, body: &Value) -> Result<Request, Api
         Some(_) => return Err(ApiError::invalid("stream: Input should be a valid boolean")),
     };
     let mut bytes = ByteCount::default();
+    let mut prefix = Prefix::default();
 
     let system = match obj.get("system") {
         None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
+        Some(Value::String(s)) => {
+            prefix.push(Part::System, &json!({"type": "text", "text": s}), s.len());
+            s.clone()
+        }
         Some(Value::Array(blocks)) => {
             for (i, block) in blocks.iter().enumerate() {
-                if block.get("type").and_then(Value::as_str) != Some("text")
-                    || !block.get("text").is_some_and(Value::is_string)
-                {
+                let Some(text) = block
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .filter(|_| block.get("type").and_then(Value::as_str) == Some("text"))
+                else {
                     return Err(ApiError::invalid(format!(
                         "system.{i}: system blocks must be text blocks with a `text` string"
                     )));
-                }
+                };
+                prefix.push(Part::System, block, text.len());
             }
             content_text(&Value::Array(blocks.clone()))
         }
@@ -75,7 +83,7 @@ pub(crate) fn normalize(endpoint: Endpoint, body: &Value) -> Result<Request, Api
     };
     bytes.text(&system);
 
-    let tools = parse_tools(obj, &mut bytes)?;
+    let tools = parse_tools(obj, &mut bytes, &mut prefix)?;
     let forced_tool = parse_tool_choice(obj, &tools)?;
 
     let messages = match obj.get("messages") {
@@ -115,6 +123,7 @@ pub(crate) fn normalize(endpoint: Endpoint, body: &Value) -> Result<Request, Api
         pending_tool_uses.clear();
         let mut user_text = String::new();
         for block in &blocks {
+            let before = bytes.0;
             let kind = block
                 .get("type")
                 .and_then(Value::as_str)
@@ -163,6 +172,7 @@ pub(crate) fn normalize(endpoint: Endpoint, body: &Value) -> Result<Request, Api
                 }
                 _ => bytes.json(block),
             }
+            prefix.push(Part::Messages, block, bytes.0 - before);
         }
         if role == "assistant" {
             turn += 1;
@@ -173,6 +183,13 @@ pub(crate) fn normalize(endpoint: Endpoint, body: &Value) -> Result<Request, Api
             users += 1;
             last_user = user_text;
         }
+    }
+
+    let breakpoints = prefix.breakpoints();
+    if breakpoints > MAX_BREAKPOINTS {
+        return Err(ApiError::invalid(format!(
+            "A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. Found {breakpoints}."
+        )));
     }
 
     let json_schema = match obj.get("output_config").and_then(|c| c.get("format")) {
@@ -204,6 +221,8 @@ pub(crate) fn normalize(endpoint: Endpoint, body: &Value) -> Result<Request, Api
         forced_tool,
         json_schema,
         input_tokens: bytes.tokens(),
+        prefix,
+        cache: CacheUse::default(),
     })
 }
 
@@ -287,7 +306,11 @@ fn check_tool_results(
     Ok(())
 }
 
-fn parse_tools(obj: &Map<String, Value>, bytes: &mut ByteCount) -> Result<Vec<Tool>, ApiError> {
+fn parse_tools(
+    obj: &Map<String, Value>,
+    bytes: &mut ByteCount,
+    prefix: &mut Prefix,
+) -> Result<Vec<Tool>, ApiError> {
     let list = match obj.get("tools") {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(list)) => list,
@@ -301,9 +324,11 @@ fn parse_tools(obj: &Map<String, Value>, bytes: &mut ByteCount) -> Result<Vec<To
             return Err(field_required(&format!("tools.{i}.name")));
         };
         let kind = tool.get("type").and_then(Value::as_str);
+        let before = bytes.0;
         if kind.is_some_and(|k| k != "custom") {
             // Server tools (web_search, bash, ...) carry no input_schema.
             bytes.json(tool);
+            prefix.push(Part::Tools, tool, bytes.0 - before);
             names.insert(name.to_string());
             continue;
         }
@@ -336,6 +361,7 @@ fn parse_tools(obj: &Map<String, Value>, bytes: &mut ByteCount) -> Result<Vec<To
             bytes.text(description);
         }
         bytes.json(&schema);
+        prefix.push(Part::Tools, tool, bytes.0 - before);
         tools.push(Tool {
             name: name.to_string(),
             schema,
@@ -406,11 +432,14 @@ fn stop_reason(answer: &Answer) -> &'static str {
     }
 }
 
-fn usage(input: u64, output: u64) -> Value {
+/// Usage with the input split as the API splits it: `input_tokens` is only what the cache
+/// neither read nor wrote.
+fn usage(request: &Request, output: u64) -> Value {
+    let cache = request.cache;
     json!({
-        "input_tokens": input,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "input_tokens": request.input_tokens.saturating_sub(cache.read + cache.creation),
+        "cache_creation_input_tokens": cache.creation,
+        "cache_read_input_tokens": cache.read,
         "output_tokens": output,
         "service_tier": "standard"
     })
@@ -440,7 +469,7 @@ pub(crate) fn render_message(request: &Request, answer: &Answer, ids: &Ids) -> V
         "content": content,
         "stop_reason": stop_reason(answer),
         "stop_sequence": null,
-        "usage": usage(request.input_tokens, answer.output_tokens())
+        "usage": usage(request, answer.output_tokens())
     })
 }
 
@@ -476,7 +505,7 @@ pub(crate) fn render_stream(
         &json!({"type": "message_start", "message": {
             "id": ids.message, "type": "message", "role": "assistant", "model": request.model,
             "content": [], "stop_reason": null, "stop_sequence": null,
-            "usage": usage(request.input_tokens, 1)
+            "usage": usage(request, 1)
         }}),
     ));
     for (index, block) in answer.blocks.iter().enumerate() {
@@ -525,8 +554,9 @@ pub(crate) fn render_stream(
         "message_delta",
         &json!({"type": "message_delta",
                 "delta": {"stop_reason": stop_reason(answer), "stop_sequence": null},
-                "usage": {"input_tokens": request.input_tokens, "cache_creation_input_tokens": 0,
-                          "cache_read_input_tokens": 0, "output_tokens": output_tokens}}),
+                "usage": {"input_tokens": request.input_tokens.saturating_sub(request.cache.read + request.cache.creation),
+                          "cache_creation_input_tokens": request.cache.creation,
+                          "cache_read_input_tokens": request.cache.read, "output_tokens": output_tokens}}),
     ));
     events.push(event("message_stop", &json!({"type": "message_stop"})));
     events

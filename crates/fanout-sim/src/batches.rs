@@ -229,11 +229,12 @@ pub(crate) async fn create(
     }
     let number = shared.seq.fetch_add(1, Ordering::AcqRel);
     let id = format!("msgbatch_sim{number:016}");
+    let key = crate::server::api_key(&headers);
     let results = requests
         .iter()
         .map(|request| {
             let custom_id = request["custom_id"].as_str().unwrap_or_default().to_owned();
-            let result = answer(&shared, &id, &custom_id, &request["params"]);
+            let result = answer(&shared, &key, &id, &custom_id, &request["params"]);
             (custom_id, result)
         })
         .collect();
@@ -256,7 +257,7 @@ pub(crate) async fn create(
 }
 
 /// Answer one request of a batch, as `/v1/messages` would, and record it.
-fn answer(shared: &Shared, batch_id: &str, custom_id: &str, params: &Value) -> Value {
+fn answer(shared: &Shared, key: &str, batch_id: &str, custom_id: &str, params: &Value) -> Value {
     let seq = shared.seq.fetch_add(1, Ordering::AcqRel);
     let mut exchange = empty_exchange();
     exchange.seq = seq;
@@ -279,7 +280,13 @@ fn answer(shared: &Shared, batch_id: &str, custom_id: &str, params: &Value) -> V
             &mut exchange,
             ApiError::invalid("stream: streaming is not supported in batch requests"),
         ),
-        Ok(request) => match resolve(shared, Endpoint::Messages, &request, params, &mut exchange) {
+        Ok(mut request) => match resolve(
+            shared,
+            (Endpoint::Messages, key),
+            &mut request,
+            params,
+            &mut exchange,
+        ) {
             Err(error) => errored(&mut exchange, error),
             Ok(answer) => {
                 let ids = anthropic::Ids::new(seq, &answer);
@@ -367,8 +374,8 @@ pub(crate) async fn cancel(
 /// rule and status.
 pub(crate) fn resolve(
     shared: &Shared,
-    endpoint: Endpoint,
-    request: &Request,
+    (endpoint, key): (Endpoint, &str),
+    request: &mut Request,
     params: &Value,
     exchange: &mut crate::record::Exchange,
 ) -> Result<Answer, ApiError> {
@@ -394,6 +401,7 @@ pub(crate) fn resolve(
     let mut answer = scripted.unwrap_or_else(|| default_answer(request, body_hash));
     answer.apply_max_tokens(request.max_tokens);
     exchange.output_tokens = answer.output_tokens();
+    shared.apply_cache(endpoint, key, request, exchange);
     exchange.status = 200;
     Ok(answer)
 }

@@ -34,6 +34,18 @@
 //! compact JSON schema. Output tokens count the generated text plus the compact JSON of every
 //! generated tool input. `count_tokens` returns the same input count.
 //!
+//! # Prompt caching
+//!
+//! As documented (see `cache.rs`): per API key and model, Anthropic prefixes ending at a
+//! `cache_control` breakpoint (tools, system blocks, message content blocks; at most 4; earlier
+//! block boundaries up to 20 before a breakpoint are checked for a hit) are written on first use
+//! (`cache_creation_input_tokens`) and read while they live (5 minutes, or `"ttl": "1h"`,
+//! refreshed on each hit, on tokio time); prefixes below the model's minimum are neither written
+//! nor read, and `input_tokens` is the uncached remainder. OpenAI prompts report a repeated
+//! prefix of at least 1,024 tokens in `prompt_tokens_details.cached_tokens` (128-token steps).
+//! Scripted answers and batch requests are accounted the same way. A prefix's tokens are
+//! `floor(bytes / 4)` of the bytes counted for its blocks.
+//!
 //! # Rate limits, faults, latency
 //!
 //! See [`SimConfig`]. Limits are token buckets (capacity = the per-minute limit, refilled
@@ -53,6 +65,7 @@ mod agent;
 mod answer;
 mod anthropic;
 mod batches;
+mod cache;
 pub mod cli;
 mod faults;
 mod lexicon;

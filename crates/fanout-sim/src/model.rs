@@ -86,7 +86,12 @@ pub(crate) struct Request {
     pub(crate) forced_tool: Option<String>,
     /// The JSON schema of a structured-output request.
     pub(crate) json_schema: Option<Value>,
+    /// All input tokens (uncached + cache writes + cache reads).
     pub(crate) input_tokens: u64,
+    /// The blocks in cache order, for the prompt cache.
+    pub(crate) prefix: crate::cache::Prefix,
+    /// How `input_tokens` split, once the cache has seen the request (zero before).
+    pub(crate) cache: crate::cache::CacheUse,
 }
 
 impl Request {
@@ -108,6 +113,7 @@ impl Request {
         self.history = Vec::new();
         self.tools = Vec::new();
         self.json_schema = None;
+        self.prefix = crate::cache::Prefix::default();
     }
 }
 

@@ -9,6 +9,7 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value, json};
 
+use crate::cache::{CacheUse, Part, Prefix};
 use crate::model::{Answer, ApiError, Block, PastCall, Request, Tool, content_text};
 use crate::prng::SplitMix64;
 use crate::tokens::ByteCount;
@@ -73,7 +74,8 @@ pub(crate) fn normalize(body: &Value) -> Result<Request, ApiError> {
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let mut bytes = ByteCount::default();
-    let tools = parse_tools(obj, &mut bytes)?;
+    let mut prefix = Prefix::default();
+    let tools = parse_tools(obj, &mut bytes, &mut prefix)?;
     let forced_tool = parse_tool_choice(obj, &tools)?;
 
     let messages = match obj.get("messages") {
@@ -132,6 +134,7 @@ pub(crate) fn normalize(body: &Value) -> Result<Request, ApiError> {
             open_calls.clear();
             answered.clear();
         }
+        let before = bytes.0;
         let content = message.get("content").unwrap_or(&Value::Null);
         if !matches!(content, Value::Null | Value::String(_) | Value::Array(_)) {
             return Err(invalid_value(
@@ -223,6 +226,21 @@ pub(crate) fn normalize(body: &Value) -> Result<Request, ApiError> {
                 ));
             }
         }
+        // Each content part is a boundary of its own (OpenAI matches prefixes token by token;
+        // parts are the finest grain the simulator keeps), then the message as a whole.
+        let mut parts_bytes = 0;
+        if let Value::Array(parts) = content {
+            for part in parts {
+                let size = part.get("text").and_then(Value::as_str).map_or(0, str::len);
+                prefix.push(Part::Messages, part, size);
+                parts_bytes += size;
+            }
+        }
+        prefix.push_object(
+            Part::Messages,
+            message,
+            (bytes.0 - before).saturating_sub(parts_bytes),
+        );
     }
     if !trailing_tools.is_empty() {
         last_user = trailing_tools;
@@ -259,10 +277,16 @@ pub(crate) fn normalize(body: &Value) -> Result<Request, ApiError> {
         forced_tool,
         json_schema,
         input_tokens: bytes.tokens(),
+        prefix,
+        cache: CacheUse::default(),
     })
 }
 
-fn parse_tools(obj: &Map<String, Value>, bytes: &mut ByteCount) -> Result<Vec<Tool>, ApiError> {
+fn parse_tools(
+    obj: &Map<String, Value>,
+    bytes: &mut ByteCount,
+    prefix: &mut Prefix,
+) -> Result<Vec<Tool>, ApiError> {
     let list = match obj.get("tools") {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(list)) => list,
@@ -297,6 +321,7 @@ fn parse_tools(obj: &Map<String, Value>, bytes: &mut ByteCount) -> Result<Vec<To
             .filter(|p| p.is_object())
             .cloned()
             .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+        let before = bytes.0;
         bytes.text(name);
         if let Some(description) = function
             .and_then(|f| f.get("description"))
@@ -305,6 +330,7 @@ fn parse_tools(obj: &Map<String, Value>, bytes: &mut ByteCount) -> Result<Vec<To
             bytes.text(description);
         }
         bytes.json(&schema);
+        prefix.push(Part::Tools, tool, bytes.0 - before);
         tools.push(Tool {
             name: name.to_string(),
             schema,
@@ -374,7 +400,7 @@ fn usage(request: &Request, answer: &Answer) -> Value {
         "prompt_tokens": request.input_tokens,
         "completion_tokens": output,
         "total_tokens": request.input_tokens + output,
-        "prompt_tokens_details": {"cached_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": request.cache.read},
         "completion_tokens_details": {"reasoning_tokens": 0}
     })
 }

@@ -388,6 +388,7 @@ pub(crate) async fn create_batch(
         );
     };
     let id = next_id(&shared, "batch_sim");
+    let key = crate::server::api_key(&headers);
     let now = Instant::now();
     let mut batch = Batch {
         id: id.clone(),
@@ -413,7 +414,7 @@ pub(crate) async fn create_batch(
             let mut output = String::new();
             let mut failed = String::new();
             for (custom_id, body) in lines.iter().rev() {
-                let (status, response) = answer(&shared, &id, custom_id, body);
+                let (status, response) = answer(&shared, &key, &id, custom_id, body);
                 let line = json!({
                     "id": next_id(&shared, "batch_req_sim"),
                     "custom_id": custom_id,
@@ -552,7 +553,13 @@ fn validate(input: &[u8]) -> Result<Vec<(String, Value)>, Vec<Value>> {
 
 /// Answer one request of a batch as `/v1/chat/completions` would, and record it: the status
 /// and the response body.
-fn answer(shared: &Shared, batch_id: &str, custom_id: &str, body: &Value) -> (u16, Value) {
+fn answer(
+    shared: &Shared,
+    key: &str,
+    batch_id: &str,
+    custom_id: &str,
+    body: &Value,
+) -> (u16, Value) {
     let seq = shared.seq.fetch_add(1, Ordering::AcqRel);
     let mut exchange = empty_exchange();
     exchange.seq = seq;
@@ -568,10 +575,10 @@ fn answer(shared: &Shared, batch_id: &str, custom_id: &str, body: &Value) -> (u1
             "stream: streaming is not supported in batch requests",
         )
         .param("stream")),
-        Ok(request) => crate::batches::resolve(
+        Ok(mut request) => crate::batches::resolve(
             shared,
-            Endpoint::ChatCompletions,
-            &request,
+            (Endpoint::ChatCompletions, key),
+            &mut request,
             body,
             &mut exchange,
         )

@@ -55,6 +55,12 @@ pub struct Exchange {
     pub input_tokens: u64,
     /// Output tokens of the answer (0 for errors).
     pub output_tokens: u64,
+    /// Of `input_tokens`, those read from the prompt cache.
+    #[serde(default)]
+    pub cache_read_tokens: u64,
+    /// Of `input_tokens`, those written to the prompt cache.
+    #[serde(default)]
+    pub cache_creation_tokens: u64,
 }
 
 /// Counters since start.
@@ -78,6 +84,12 @@ pub struct Stats {
     pub admitted: u64,
     /// Input tokens of admitted requests.
     pub input_tokens: u64,
+    /// Of the answered requests' input tokens, those read from the prompt cache.
+    #[serde(default)]
+    pub cache_read_tokens: u64,
+    /// Of the answered requests' input tokens, those written to the prompt cache.
+    #[serde(default)]
+    pub cache_creation_tokens: u64,
     /// Output tokens generated.
     pub output_tokens: u64,
 }

@@ -51,6 +51,7 @@ pub(crate) struct Shared {
     pub(crate) recorder: Recorder,
     pub(crate) batches: crate::batches::Batches,
     pub(crate) openai_batches: crate::openai_batches::Store,
+    pub(crate) cache: crate::cache::PromptCache,
     stop: watch::Receiver<bool>,
 }
 
@@ -85,6 +86,7 @@ pub(crate) fn spawn(
         recorder,
         batches: crate::batches::Batches::default(),
         openai_batches: crate::openai_batches::Store::default(),
+        cache: crate::cache::PromptCache::default(),
         stop: stop_rx.clone(),
     });
     let app = Router::new()
@@ -147,6 +149,41 @@ impl Shared {
         stats.in_flight = self.in_flight.load(Ordering::Acquire);
         stats.peak_in_flight = self.peak_in_flight.load(Ordering::Acquire);
         stats
+    }
+
+    /// Runs an answered request through the prompt cache of its key and model: sets how its
+    /// input splits, and counts it in the exchange and the stats.
+    pub(crate) fn apply_cache(
+        &self,
+        endpoint: Endpoint,
+        api_key: &str,
+        request: &mut Request,
+        exchange: &mut Exchange,
+    ) {
+        let now = Instant::now();
+        request.cache = if endpoint.is_openai() {
+            self.cache.openai(
+                api_key,
+                &request.model,
+                &request.prefix,
+                request.input_tokens,
+                now,
+            )
+        } else {
+            self.cache.anthropic(
+                api_key,
+                &request.model,
+                &request.prefix,
+                request.input_tokens,
+                now,
+            )
+        };
+        exchange.cache_read_tokens = request.cache.read;
+        exchange.cache_creation_tokens = request.cache.creation;
+        self.update_stats(|stats| {
+            stats.cache_read_tokens += request.cache.read;
+            stats.cache_creation_tokens += request.cache.creation;
+        });
     }
 
     fn update_stats(&self, f: impl FnOnce(&mut Stats)) {
@@ -241,6 +278,20 @@ async fn not_found(uri: Uri) -> Response {
 
 pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The request's API key (`x-api-key`, else the bearer token; empty when there is none): the
+/// prompt cache is kept per key.
+pub(crate) fn api_key(headers: &HeaderMap) -> String {
+    header_str(headers, "x-api-key")
+        .or_else(|| {
+            header_str(headers, "authorization").and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+        })
+        .map(|k| k.trim().to_string())
+        .unwrap_or_default()
 }
 
 pub(crate) fn has_key(headers: &HeaderMap) -> bool {
@@ -383,6 +434,8 @@ pub(crate) fn empty_exchange() -> Exchange {
         rule_name: None,
         input_tokens: 0,
         output_tokens: 0,
+        cache_read_tokens: 0,
+        cache_creation_tokens: 0,
     }
 }
 
@@ -634,6 +687,12 @@ async fn handle(
     answer.apply_max_tokens(request.max_tokens);
     let output_tokens = answer.output_tokens();
     ctx.exchange.output_tokens = output_tokens;
+    shared.apply_cache(
+        endpoint,
+        &api_key(&headers),
+        &mut request,
+        &mut ctx.exchange,
+    );
     if let Ok(mut limiter) = shared.limiter.lock() {
         limiter.charge_output(Instant::now(), output_tokens);
     }

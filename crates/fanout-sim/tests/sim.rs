@@ -1506,3 +1506,274 @@ async fn keeping_no_exchanges_still_counts_and_records() {
 
 #[path = "sim/defaults.rs"]
 mod defaults;
+
+// ---- Prompt caching -------------------------------------------------------------------------
+
+/// A system prompt of `bytes` bytes (`bytes / 4` tokens), marked for caching.
+fn cached_system(bytes: usize) -> Value {
+    json!([{"type": "text", "text": "r".repeat(bytes), "cache_control": {"type": "ephemeral"}}])
+}
+
+fn cached_request(model: &str, system_bytes: usize, user: &str) -> Value {
+    json!({"model": model, "max_tokens": 50, "system": cached_system(system_bytes),
+           "messages": [{"role": "user", "content": user}]})
+}
+
+/// (input, cache creation, cache read) of an answered Messages request.
+fn split(reply: &Reply) -> (u64, u64, u64) {
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let usage = &reply.json()["usage"];
+    (
+        usage["input_tokens"].as_u64().unwrap(),
+        usage["cache_creation_input_tokens"].as_u64().unwrap(),
+        usage["cache_read_input_tokens"].as_u64().unwrap(),
+    )
+}
+
+async fn counted(sim: &SimHandle, body: &Value) -> u64 {
+    let mut body = body.clone();
+    body.as_object_mut().unwrap().remove("max_tokens");
+    let reply = send(
+        sim,
+        "/v1/messages/count_tokens",
+        ANTHROPIC,
+        body.to_string(),
+    )
+    .await;
+    reply.json()["input_tokens"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn cache_is_written_on_first_use_and_read_afterwards() {
+    let sim = start(SimConfig::default()).await;
+    let body = cached_request("claude-test", 6000, "hello");
+    let total = counted(&sim, &body).await;
+    let first = split(&messages(&sim, body.clone()).await);
+    assert_eq!(first, (total - 1500, 1500, 0));
+    let second = split(&messages(&sim, body.clone()).await);
+    assert_eq!(second, (total - 1500, 0, 1500));
+    // Another question after the same system prompt reads it too.
+    let other = cached_request("claude-test", 6000, "something else entirely");
+    let (input, creation, read) = split(&messages(&sim, other.clone()).await);
+    assert_eq!((creation, read), (0, 1500));
+    assert_eq!(input + creation + read, counted(&sim, &other).await);
+    // The stream reports the same split at message_start and in message_delta.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let reply = messages(&sim, streamed).await;
+    let events = sse(&reply.text);
+    let start = events
+        .iter()
+        .find(|(e, _)| e.as_deref() == Some("message_start"))
+        .unwrap();
+    let usage: Value = serde_json::from_str::<Value>(&start.1).unwrap()["message"]["usage"].clone();
+    assert_eq!(usage["cache_read_input_tokens"], 1500);
+    assert_eq!(usage["input_tokens"], total - 1500);
+    let delta = events
+        .iter()
+        .find(|(e, _)| e.as_deref() == Some("message_delta"))
+        .unwrap();
+    let usage: Value = serde_json::from_str::<Value>(&delta.1).unwrap()["usage"].clone();
+    assert_eq!(usage["cache_read_input_tokens"], 1500);
+    let stats = sim.stats();
+    assert_eq!(stats.cache_creation_tokens, 1500);
+    assert_eq!(stats.cache_read_tokens, 4500);
+    let last = sim.exchanges().pop().unwrap();
+    assert_eq!(last.cache_read_tokens, 1500);
+    assert_eq!(last.input_tokens, total);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cache_expires_after_five_minutes_and_each_hit_refreshes_it() {
+    let sim = start(SimConfig::default()).await;
+    let body = cached_request("claude-test", 6000, "hello");
+    assert_eq!(split(&messages(&sim, body.clone()).await).1, 1500);
+    // Hits at 4 and 8 minutes: each restarts the 5 minutes.
+    for _ in 0..2 {
+        tokio::time::advance(Duration::from_secs(4 * 60)).await;
+        assert_eq!(split(&messages(&sim, body.clone()).await).2, 1500);
+    }
+    // 5 minutes without a hit: gone, written again.
+    tokio::time::advance(Duration::from_secs(5 * 60 + 1)).await;
+    let (_, creation, read) = split(&messages(&sim, body.clone()).await);
+    assert_eq!((creation, read), (1500, 0));
+    // A one-hour breakpoint outlives five minutes.
+    let mut long = cached_request("claude-test", 8000, "hello");
+    long["system"][0]["cache_control"]["ttl"] = json!("1h");
+    assert_eq!(split(&messages(&sim, long.clone()).await).1, 2000);
+    tokio::time::advance(Duration::from_secs(50 * 60)).await;
+    assert_eq!(split(&messages(&sim, long).await).2, 2000);
+}
+
+#[tokio::test]
+async fn prefixes_below_the_model_minimum_are_neither_written_nor_read() {
+    let sim = start(SimConfig::default()).await;
+    // 1,000 tokens < 1,024 for a Sonnet-class model.
+    let short = cached_request("claude-sonnet-4-5", 4000, "hello");
+    let total = counted(&sim, &short).await;
+    for _ in 0..2 {
+        assert_eq!(split(&messages(&sim, short.clone()).await), (total, 0, 0));
+    }
+    // 2,500 tokens: enough for Sonnet, below Haiku 4.5's 4,096.
+    let haiku = cached_request("claude-haiku-4-5", 10_000, "hello");
+    for _ in 0..2 {
+        let (_, creation, read) = split(&messages(&sim, haiku.clone()).await);
+        assert_eq!((creation, read), (0, 0));
+    }
+    let sonnet = cached_request("claude-sonnet-4-5", 10_000, "hello");
+    assert_eq!(split(&messages(&sim, sonnet.clone()).await).1, 2500);
+    assert_eq!(split(&messages(&sim, sonnet).await).2, 2500);
+    // Unmarked prompts are never cached, however long.
+    let mut unmarked = cached_request("claude-test", 10_000, "hello");
+    unmarked["system"] = json!("r".repeat(10_000));
+    for _ in 0..2 {
+        let (_, creation, read) = split(&messages(&sim, unmarked.clone()).await);
+        assert_eq!((creation, read), (0, 0));
+    }
+}
+
+#[tokio::test]
+async fn each_api_key_and_model_has_its_own_cache() {
+    let sim = start(SimConfig::default()).await;
+    let body = cached_request("claude-test", 6000, "hello");
+    let other_key: &[(&str, &str)] = &[
+        ("x-api-key", "sk-other"),
+        ("anthropic-version", "2023-06-01"),
+    ];
+    assert_eq!(split(&messages(&sim, body.clone()).await).1, 1500);
+    let reply = send(&sim, "/v1/messages", other_key, body.to_string()).await;
+    assert_eq!(split(&reply).1, 1500, "another key writes its own copy");
+    let reply = send(&sim, "/v1/messages", other_key, body.to_string()).await;
+    assert_eq!(split(&reply).2, 1500);
+    let mut other_model = body.clone();
+    other_model["model"] = json!("claude-other");
+    assert_eq!(split(&messages(&sim, other_model).await).1, 1500);
+}
+
+/// A conversation whose one user message holds `blocks` text blocks of 400 bytes (100 tokens)
+/// each after a 4,000-byte system prompt, with a breakpoint on the last block only.
+fn conversation(blocks: &[String]) -> Value {
+    let mut content: Vec<Value> = blocks
+        .iter()
+        .map(|text| json!({"type": "text", "text": format!("{text:<400}")}))
+        .collect();
+    if let Some(last) = content.last_mut() {
+        last["cache_control"] = json!({"type": "ephemeral"});
+    }
+    json!({"model": "claude-test", "max_tokens": 50, "system": "s".repeat(4000),
+           "messages": [{"role": "user", "content": content}]})
+}
+
+#[tokio::test]
+async fn breakpoints_look_back_twenty_blocks_for_an_earlier_prefix() {
+    let sim = start(SimConfig::default()).await;
+    let base: Vec<String> = (0..5).map(|i| format!("block {i}")).collect();
+    // system (1,000) + 5 blocks (500) = 1,500 tokens written at block 5.
+    let (_, creation, _) = split(&messages(&sim, conversation(&base)).await);
+    assert_eq!(creation, 1500);
+    // 10 blocks more, the breakpoint moved to the end: 10 boundaries back is a hit.
+    let mut near = base.clone();
+    near.extend((0..10).map(|i| format!("near {i}")));
+    let (_, creation, read) = split(&messages(&sim, conversation(&near)).await);
+    assert_eq!((creation, read), (1000, 1500));
+    // 25 other blocks: the written prefix is 25 boundaries before the breakpoint, out of reach.
+    let mut far = base.clone();
+    far.extend((0..25).map(|i| format!("far {i}")));
+    let (_, creation, read) = split(&messages(&sim, conversation(&far)).await);
+    assert_eq!((creation, read), (4000, 0));
+    // Two breakpoints: the one 20 blocks before the end finds it, the last writes the rest.
+    let mut two = conversation(&far);
+    two["messages"][0]["content"][5]["cache_control"] = json!({"type": "ephemeral"});
+    let mut other = two.clone();
+    other["messages"][0]["content"][29]["text"] = json!(format!("{:<400}", "changed"));
+    let (_, creation, read) = split(&messages(&sim, other).await);
+    assert_eq!((creation, read), (2500, 1500));
+}
+
+#[tokio::test]
+async fn more_than_four_breakpoints_is_a_400() {
+    let sim = start(SimConfig::default()).await;
+    let blocks: Vec<String> = (0..6).map(|i| format!("b{i}")).collect();
+    let mut body = conversation(&blocks);
+    for i in 0..5 {
+        body["messages"][0]["content"][i]["cache_control"] = json!({"type": "ephemeral"});
+    }
+    let reply = messages(&sim, body).await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("A maximum of 4 blocks with cache_control"),
+        "{}",
+        reply.text
+    );
+}
+
+#[tokio::test]
+async fn openai_reports_cached_tokens_for_a_repeated_prefix_in_128_token_steps() {
+    let sim = start(SimConfig::default()).await;
+    let body = |system_bytes: usize, user: &str| {
+        json!({"model": "gpt-test", "messages": [
+            {"role": "system", "content": "i".repeat(system_bytes)},
+            {"role": "user", "content": user}]})
+    };
+    let cached = |reply: &Reply| {
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        let usage = reply.json()["usage"].clone();
+        (
+            usage["prompt_tokens"].as_u64().unwrap(),
+            usage["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap(),
+        )
+    };
+    let (_, first) = cached(&chat(&sim, body(6000, "first")).await);
+    assert_eq!(first, 0);
+    // 1,500 shared tokens: 1,408 cached (11 × 128); prompt_tokens still counts them all.
+    let (prompt, second) = cached(&chat(&sim, body(6000, "second")).await);
+    assert_eq!(second, 1408);
+    assert!(prompt > second);
+    // Below 1,024 tokens nothing is cached.
+    chat(&sim, body(4000, "a")).await;
+    assert_eq!(cached(&chat(&sim, body(4000, "b")).await).1, 0);
+    // Per key.
+    let other: &[(&str, &str)] = &[("authorization", "Bearer sk-other")];
+    let reply = send(
+        &sim,
+        "/v1/chat/completions",
+        other,
+        body(6000, "x").to_string(),
+    )
+    .await;
+    assert_eq!(cached(&reply).1, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn batches_and_scripted_answers_get_the_same_accounting() {
+    let sim = start(SimConfig {
+        scenario: scenario(
+            "rules:\n  - name: hi\n    match: {last_user: \"^hello$\"}\n    text: \"Hi there\"\n",
+        ),
+        ..SimConfig::default()
+    })
+    .await;
+    let body = cached_request("claude-test", 6000, "hello");
+    let first = messages(&sim, body.clone()).await;
+    assert_eq!(first.json()["content"][0]["text"], "Hi there");
+    assert_eq!(split(&first).1, 1500);
+    let batch = json!({"requests": [{"custom_id": "a", "params": body}]});
+    let created = send(&sim, "/v1/messages/batches", ANTHROPIC, batch.to_string()).await;
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let results = get(
+        &sim,
+        &format!("/v1/messages/batches/{id}/results"),
+        ANTHROPIC,
+    )
+    .await;
+    let results = jsonl_by_custom_id(&results.text);
+    let usage = &results["a"]["message"]["usage"];
+    assert_eq!(usage["cache_read_input_tokens"], 1500, "{usage}");
+    assert_eq!(usage["cache_creation_input_tokens"], 0);
+}

@@ -14,5 +14,5 @@ pub use crate::tools::receipts::{
 };
 pub use run::{
     AgentConfig, AgentOutcome, CallHook, CallUsage, LoopStatus, REPORT_TOOL, StartGate,
-    check_claims, default_output_schema, run_agent, run_agent_gated, system_prompt,
+    check_claims, default_output_schema, run_agent, run_agent_gated, system_prompt, task_prompt,
 };

@@ -48,6 +48,9 @@ pub struct AgentConfig {
     /// Told of every model call's usage as it is paid for (the engine records it, so an
     /// attempt cut short by a crash still counts what it spent).
     pub on_call: Option<CallHook>,
+    /// Mark the conversation and the shared prefix for prompt caching
+    /// (`workflow.prompt_caching`).
+    pub prompt_caching: bool,
 }
 
 /// What one model call of an agent used.
@@ -122,13 +125,24 @@ pub fn default_output_schema() -> Value {
     })
 }
 
-/// The system prompt: task, scope, tools and rules.
-pub fn system_prompt(spec: &AgentSpec, toolbox: &Toolbox) -> String {
-    let policy = toolbox.policy();
-    let mut prompt = String::from(
+/// The system prompt: what every agent of a run is told, word for word, so that the tools and
+/// this prompt are one prefix a thousand agents share in the prompt cache (written once, read
+/// by the others). Everything about one agent is in [`task_prompt`], after it.
+pub fn system_prompt() -> String {
+    String::from(
         "You are one sub-agent of a larger workflow. Do only your task, then call \
-         report_result exactly once.\n\n",
-    );
+         report_result exactly once.\n\
+         \nRules:\n- Paths are relative to the repository root.\n- Refused calls say why; \
+         do not retry them in another form: the limits are enforced by the system, not by you.\n\
+         - Never touch .git, .fanout or secret files.\n- Report only what you actually did.\n",
+    )
+}
+
+/// This agent's part of the system prompt ([`Request::system_agent`], after the shared
+/// [`system_prompt`]): its task, scope, tools and commands.
+pub fn task_prompt(spec: &AgentSpec, toolbox: &Toolbox) -> String {
+    let policy = toolbox.policy();
+    let mut prompt = String::new();
     prompt.push_str(&format!("Task {}: {}\n\n", spec.task_id, spec.description));
     if policy.write.is_empty() {
         prompt.push_str("You may not change any file.\n");
@@ -148,11 +162,6 @@ pub fn system_prompt(spec: &AgentSpec, toolbox: &Toolbox) -> String {
             prompt.push_str(&format!("- {command}\n"));
         }
     }
-    prompt.push_str(
-        "\nRules:\n- Paths are relative to the repository root.\n- Refused calls say why; \
-         do not retry them in another form: the limits are enforced by the system, not by you.\n\
-         - Never touch .git, .fanout or secret files.\n- Report only what you actually did.\n",
-    );
     prompt
 }
 
@@ -240,7 +249,8 @@ pub async fn run_agent_gated(
     let mut tools = toolbox.specs();
     tools.push(report_tool(&schema));
     // The same every turn: built once, lent to each turn's request and taken back after it.
-    let mut system = Some(system_prompt(spec, toolbox));
+    let mut system = Some(system_prompt());
+    let mut system_agent = Some(task_prompt(spec, toolbox));
     let mut messages = vec![Message::user(format!(
         "{}\n\nWhen done, call {REPORT_TOOL}.",
         spec.description
@@ -259,7 +269,10 @@ pub async fn run_agent_gated(
         }
         outcome.turns += 1;
         let mut request = Request::new(config.model.clone(), config.max_tokens_per_turn);
+        request.cache_prefix = config.prompt_caching;
+        request.cache_turns = config.prompt_caching;
         request.system = system.take();
+        request.system_agent = system_agent.take();
         request.messages = std::mem::take(&mut messages);
         request.tools = std::mem::take(&mut tools);
         // The last allowed turn, or a turn after the model stopped without reporting, must
@@ -275,6 +288,7 @@ pub async fn run_agent_gated(
             () = cancel.cancelled() => break LoopStatus::Cancelled,
         };
         system = request.system.take();
+        system_agent = request.system_agent.take();
         messages = std::mem::take(&mut request.messages);
         tools = std::mem::take(&mut request.tools);
         let response = match called {
@@ -284,13 +298,10 @@ pub async fn run_agent_gated(
         };
         outcome.input_tokens += response.usage.total_input();
         outcome.output_tokens += response.usage.output_tokens;
-        let dollars = config.pricing.as_ref().map_or(0.0, |pricing| {
-            pricing.cost(
-                response.usage.input_tokens + response.usage.cache_creation_input_tokens,
-                response.usage.cache_read_input_tokens,
-                response.usage.output_tokens,
-            )
-        });
+        let dollars = config
+            .pricing
+            .as_ref()
+            .map_or(0.0, |pricing| pricing.cost(response.usage.billed()));
         outcome.dollars += dollars;
         if let Some(hook) = &config.on_call {
             (hook.0)(&CallUsage {

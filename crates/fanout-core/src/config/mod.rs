@@ -21,6 +21,7 @@ mod error;
 pub mod item_output;
 pub mod item_template;
 pub mod items;
+pub mod price;
 mod raw;
 mod resolve;
 mod schema;
@@ -170,19 +171,11 @@ pub struct ModelSpec {
     pub input_price: f64,
     /// US dollars per million output tokens.
     pub output_price: f64,
-    /// US dollars per million cached input tokens; `None` means the input price.
+    /// US dollars per million cache-read input tokens; `None`: the provider's multiplier of
+    /// the input price (see [`price`]).
     pub cached_input_price: Option<f64>,
-}
-
-impl ModelSpec {
-    /// Dollars for a request of this size.
-    pub fn cost(&self, input_tokens: u64, cached_input_tokens: u64, output_tokens: u64) -> f64 {
-        let cached_price = self.cached_input_price.unwrap_or(self.input_price);
-        (input_tokens as f64 * self.input_price
-            + cached_input_tokens as f64 * cached_price
-            + output_tokens as f64 * self.output_price)
-            / 1_000_000.0
-    }
+    /// US dollars per million cache-write input tokens; `None`: the provider's multiplier.
+    pub cache_write_price: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -386,6 +379,9 @@ pub struct Config {
     pub verify: Verify,
     /// JSON Schema agents' results must satisfy, when the workflow wants structured results.
     pub output_schema: Option<serde_json::Value>,
+    /// Mark conversations and shared prefixes for prompt caching (`workflow.prompt_caching`,
+    /// default on; off for comparison).
+    pub prompt_caching: bool,
     /// Item work (`workflow.items:`): when present, the workflow maps workers over records
     /// and needs no repository or plan.
     pub items: Option<items::ItemsConfig>,

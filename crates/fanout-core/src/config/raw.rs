@@ -57,6 +57,8 @@ pub(crate) struct RawWorkflow {
     pub output_schema: Option<Spanned<serde_json::Value>>,
     #[serde(default)]
     pub items: Option<super::items::RawItems>,
+    #[serde(default)]
+    pub prompt_caching: Option<bool>,
 }
 
 /// A `mode_routing` key: lowercase letters and underscores.
@@ -103,6 +105,8 @@ pub(crate) struct RawPrice {
     pub output: Spanned<f64>,
     #[serde(default)]
     pub cached_input: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub cache_write: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]

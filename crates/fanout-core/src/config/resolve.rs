@@ -39,6 +39,7 @@ pub(crate) fn default_models() -> Models {
             input_price: 3.0,
             output_price: 15.0,
             cached_input_price: Some(0.30),
+            cache_write_price: Some(3.75),
         },
         fast: ModelSpec {
             provider: Provider::Anthropic,
@@ -46,6 +47,7 @@ pub(crate) fn default_models() -> Models {
             input_price: 1.0,
             output_price: 5.0,
             cached_input_price: Some(0.10),
+            cache_write_price: Some(1.25),
         },
     }
 }
@@ -284,6 +286,7 @@ impl Resolver<'_> {
             rollback,
             verify,
             output_schema,
+            prompt_caching: workflow.prompt_caching.unwrap_or(true),
             items,
             warnings: self.warnings,
         })
@@ -342,12 +345,17 @@ impl Resolver<'_> {
             Some(cached) => Some(self.price(&format!("{price_key}.cached_input"), cached)?),
             None => None,
         };
+        let cache_write = match &price.cache_write {
+            Some(write) => Some(self.price(&format!("{price_key}.cache_write"), write)?),
+            None => None,
+        };
         Ok(ModelSpec {
             provider: raw.provider.unwrap_or(Provider::Anthropic),
             model: raw.model.value.trim().to_owned(),
             input_price: input,
             output_price: output,
             cached_input_price: cached_input,
+            cache_write_price: cache_write,
         })
     }
 
@@ -962,7 +970,17 @@ mod tests {
         );
         assert_eq!(config.models.fast.provider, Provider::OpenAi);
         assert_eq!(config.models.fast.cached_input_price, None);
-        assert!((config.models.fast.cost(1_000_000, 0, 1_000_000) - 2.25).abs() < 1e-9);
+        assert!(
+            (config
+                .models
+                .fast
+                .cost(crate::config::price::TokenUse::uncached(
+                    1_000_000, 1_000_000
+                ))
+                - 2.25)
+                .abs()
+                < 1e-9
+        );
         assert_eq!(config.output_schema.unwrap()["required"][0], "summary");
 
         let err = load(

@@ -11,6 +11,7 @@ workflow:
   task: "Describe the task for the orchestrator here."
   repository: .                   # repository root
   max_parallel_agents: 10         # start low; raise only after testing (1..100000)
+  prompt_caching: true            # cache each agent's conversation and the shared prompt prefix
 
   # Which mode each role runs in: `default` (full model) or `fast` (cheaper, quicker).
   # Roles are lowercase names; `orchestrator` picks the planning model.
@@ -25,11 +26,11 @@ workflow:
     default:
       provider: anthropic         # anthropic | openai
       model: claude-sonnet-4-5
-      price_per_million_tokens: { input: 3.0, output: 15.0, cached_input: 0.30 }
+      price_per_million_tokens: { input: 3.0, output: 15.0, cached_input: 0.30, cache_write: 3.75 }
     fast:
       provider: anthropic
       model: claude-haiku-4-5
-      price_per_million_tokens: { input: 1.0, output: 5.0, cached_input: 0.10 }
+      price_per_million_tokens: { input: 1.0, output: 5.0, cached_input: 0.10, cache_write: 1.25 }
 
   agent_permissions:
     file_access: scoped           # scoped | read_only | none

@@ -64,6 +64,9 @@ pub struct WorkerSpec {
     pub template: Option<String>,
     pub temperature: Option<f32>,
     pub output: OutputRoute,
+    /// Mark the prefix every chunk shares (tools with the schema, system, the instructions)
+    /// for prompt caching (`workflow.prompt_caching`).
+    pub prompt_caching: bool,
 }
 
 /// How one item appears in a prompt: `<item id="…">` + its text (a string value as it is,
@@ -121,8 +124,14 @@ fn build(
     problems: &[String],
 ) -> Result<Request, TemplateError> {
     let template = spec.template.as_deref().unwrap_or(DEFAULT_TEMPLATE);
+    // Where the text stops being the same for every chunk: the first place a chunk's own
+    // items or id go. What comes before is a block of its own, the shared prefix.
+    let mut shared_end: Option<usize> = None;
     let mut text = render_template(template, &mut |name, out| {
         use std::fmt::Write as _;
+        if matches!(name, "items" | "chunk_id") && shared_end.is_none() {
+            shared_end = Some(out.len());
+        }
         match name {
             "instructions" => out.push_str(&spec.instructions),
             "items" => {
@@ -159,10 +168,25 @@ fn build(
             text.push('\n');
         }
     }
+    // One call per chunk: only the shared prefix is worth a mark.
     let mut request = Request::new(spec.model.clone(), spec.max_tokens);
+    request.cache_prefix = spec.prompt_caching;
     request.system = Some(SYSTEM.to_owned());
     request.temperature = spec.temperature;
-    request.messages.push(Message::user(text));
+    match shared_end.filter(|&end| end > 0 && end < text.len() && text.is_char_boundary(end)) {
+        Some(end) => {
+            let tail = text.split_off(end);
+            request.messages.push(Message {
+                role: crate::provider::Role::User,
+                content: vec![
+                    crate::provider::ContentBlock::text(text),
+                    crate::provider::ContentBlock::text(tail),
+                ],
+            });
+            request.shared_until = Some((0, 0));
+        }
+        None => request.messages.push(Message::user(text)),
+    }
     match spec.output {
         OutputRoute::Tool => {
             request.tools.push(ToolSpec {

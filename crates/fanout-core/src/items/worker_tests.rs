@@ -60,6 +60,18 @@ fn tool_answer(input: Value) -> Response {
     )
 }
 
+/// The text of a worker request's prompt (its shared head and its chunk's part).
+fn prompt_text(request: &crate::provider::Request) -> String {
+    request.messages[0]
+        .content
+        .iter()
+        .filter_map(|block| match block {
+            ContentBlock::Text { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn spec() -> WorkerSpec {
     WorkerSpec {
         model: "claude-test".into(),
@@ -68,6 +80,7 @@ fn spec() -> WorkerSpec {
         template: None,
         temperature: None,
         output: OutputRoute::Tool,
+        prompt_caching: true,
     }
 }
 
@@ -123,9 +136,7 @@ fn request_lists_every_item_and_forces_the_tool() {
     );
     assert_eq!(request.tools.len(), 1);
     assert_eq!(request.tools[0].input_schema, *schema.tool_input_schema());
-    let ContentBlock::Text { text } = &request.messages[0].content[0] else {
-        panic!("not text");
-    };
+    let text = &prompt_text(&request);
     assert!(text.starts_with("Classify each ticket."), "{text}");
     assert!(text.contains("Below are 3 items"), "{text}");
     for id in ["T-1", "T-2", "T-3"] {
@@ -135,9 +146,7 @@ fn request_lists_every_item_and_forces_the_tool() {
 
     let repair =
         build_repair_request(&spec(), &schema, &chunk, &["item \"T-2\": bad".into()]).unwrap();
-    let ContentBlock::Text { text } = &repair.messages[0].content[0] else {
-        panic!("not text");
-    };
+    let text = &prompt_text(&repair);
     assert!(text.ends_with("- item \"T-2\": bad\n"), "{text}");
 }
 
@@ -150,16 +159,12 @@ fn json_schema_route_asks_for_structured_output() {
     let schema = schema();
     let request = build_request(&json_spec, &schema, &chunk(2)).unwrap();
     assert!(request.tools.is_empty() && request.tool_choice.is_none());
-    let format = request.response_format.expect("a response format");
+    let format = request.response_format.clone().expect("a response format");
     assert_eq!(format.schema, *schema.tool_input_schema());
-    let ContentBlock::Text { text } = &request.messages[0].content[0] else {
-        panic!("not text");
-    };
+    let text = &prompt_text(&request);
     assert!(text.contains("Reply with one JSON object"), "{text}");
     let tool = build_request(&spec(), &schema, &chunk(2)).unwrap();
-    let ContentBlock::Text { text } = &tool.messages[0].content[0] else {
-        panic!("not text");
-    };
+    let text = &prompt_text(&tool);
     assert!(
         text.contains("Call the tool `submit_results` once, with exactly one record per item"),
         "{text}"
@@ -185,9 +190,7 @@ fn templates_are_checked() {
         ..spec()
     };
     let request = build_request(&custom, &schema(), &chunk(1)).unwrap();
-    let ContentBlock::Text { text } = &request.messages[0].content[0] else {
-        panic!("not text");
-    };
+    let text = &prompt_text(&request);
     assert!(text.starts_with("[chunk-0001] 1 for submit_results:\n<item id=\"T-1\">"));
 }
 

@@ -20,6 +20,7 @@
 //! repository (tokens, dollars and calls per agent, seconds per call). The estimate's
 //! [`Estimate::basis`] says which, in words, and the report prints it.
 
+use crate::config::price::TokenUse;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -178,7 +179,12 @@ pub fn estimate_calibrated(
             }
             None => {
                 modelled = true;
-                let dollars = model.cost(uncached, cached_input_tokens, output_tokens);
+                let dollars = model.cost(TokenUse {
+                    input: uncached,
+                    cache_read: cached_input_tokens,
+                    output: output_tokens,
+                    ..TokenUse::default()
+                });
                 let speed = match subtask.mode {
                     Mode::Fast => FAST_OUTPUT_TOKENS_PER_SECOND,
                     Mode::Default => DEFAULT_OUTPUT_TOKENS_PER_SECOND,

@@ -209,11 +209,7 @@ pub async fn request_plan(
         usage.calls += 1;
         usage.input_tokens += response.usage.total_input();
         usage.output_tokens += response.usage.output_tokens;
-        usage.dollars += model.cost(
-            response.usage.input_tokens + response.usage.cache_creation_input_tokens,
-            response.usage.cache_read_input_tokens,
-            response.usage.output_tokens,
-        );
+        usage.dollars += model.cost(response.usage.billed());
 
         let tool_use = response
             .tool_uses()

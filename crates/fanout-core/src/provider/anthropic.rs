@@ -238,7 +238,7 @@ struct WireBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     stream: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    system: Option<[WireText<'a>; 1]>,
+    system: Option<Vec<WireText<'a>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -264,11 +264,13 @@ impl<'a> WireBody<'a> {
 
     /// What both endpoints share: model, system, messages, tools, tool choice, output format.
     fn count_tokens(request: &'a Request) -> WireBody<'a> {
-        let cache = request.cache_prefix.then_some(CACHE_EPHEMERAL);
+        let marks = super::cache::place(request);
+        let cache = marks.system.then_some(CACHE_EPHEMERAL);
+        let cache_last_tool = marks.tools;
         let has_tools = !request.tools.is_empty();
         WireBody {
             max_tokens: None,
-            messages: WireMessages(&request.messages),
+            messages: WireMessages(&request.messages, marks),
             metadata: None,
             model: &request.model,
             output_config: request
@@ -282,14 +284,26 @@ impl<'a> WireBody<'a> {
                 }),
             stop_sequences: &[],
             stream: None,
-            // The cache prefix is tools, then system: a breakpoint here covers both.
-            system: request.system.as_deref().map(|text| {
-                [WireText {
-                    cache_control: cache,
-                    text,
-                    kind: "text",
-                }]
-            }),
+            // The cache prefix is tools, then system: a breakpoint here covers both
+            // (`provider::cache` decides which blocks are marked).
+            system: {
+                let blocks: Vec<WireText<'a>> = request
+                    .system
+                    .as_deref()
+                    .map(|text| WireText {
+                        cache_control: cache,
+                        text,
+                        kind: "text",
+                    })
+                    .into_iter()
+                    .chain(request.system_agent.as_deref().map(|text| WireText {
+                        cache_control: None,
+                        text,
+                        kind: "text",
+                    }))
+                    .collect();
+                (!blocks.is_empty()).then_some(blocks)
+            },
             temperature: None,
             // The API refuses a tool_choice without tools.
             tool_choice: request
@@ -316,7 +330,7 @@ impl<'a> WireBody<'a> {
                 }),
             tools: has_tools.then_some(WireTools {
                 tools: &request.tools,
-                cache_last: request.cache_prefix,
+                cache_last: cache_last_tool,
             }),
         }
     }
@@ -392,12 +406,12 @@ struct WireTool<'a> {
     name: &'a str,
 }
 
-struct WireMessages<'a>(&'a [Message]);
+struct WireMessages<'a>(&'a [Message], super::cache::Breakpoints);
 
 impl Serialize for WireMessages<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter().map(|message| WireMessage {
-            content: WireBlocks(&message.content),
+        serializer.collect_seq(self.0.iter().enumerate().map(|(i, message)| WireMessage {
+            content: WireBlocks(&message.content, i, &self.1),
             role: match message.role {
                 Role::User => "user",
                 Role::Assistant => "assistant",
@@ -412,11 +426,25 @@ struct WireMessage<'a> {
     role: &'static str,
 }
 
-struct WireBlocks<'a>(&'a [ContentBlock]);
+/// One message's blocks, its index, and the breakpoints of the request.
+struct WireBlocks<'a>(&'a [ContentBlock], usize, &'a super::cache::Breakpoints);
 
 impl Serialize for WireBlocks<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter().map(WireBlock::from))
+        let WireBlocks(blocks, message, marks) = self;
+        serializer.collect_seq(blocks.iter().enumerate().map(|(i, block)| {
+            let mut wire = WireBlock::from(block);
+            if marks.marks(*message, i) {
+                match &mut wire {
+                    WireBlock::Text { cache_control, .. }
+                    | WireBlock::ToolUse { cache_control, .. }
+                    | WireBlock::ToolResult { cache_control, .. } => {
+                        *cache_control = Some(CACHE_EPHEMERAL);
+                    }
+                }
+            }
+            wire
+        }))
     }
 }
 
@@ -424,11 +452,15 @@ impl Serialize for WireBlocks<'_> {
 #[serde(untagged)]
 enum WireBlock<'a> {
     Text {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<CacheControl>,
         text: &'a str,
         #[serde(rename = "type")]
         kind: &'static str,
     },
     ToolUse {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<CacheControl>,
         id: &'a str,
         input: &'a Value,
         name: &'a str,
@@ -436,6 +468,8 @@ enum WireBlock<'a> {
         kind: &'static str,
     },
     ToolResult {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<CacheControl>,
         content: &'a str,
         is_error: bool,
         tool_use_id: &'a str,
@@ -447,8 +481,13 @@ enum WireBlock<'a> {
 impl<'a> From<&'a ContentBlock> for WireBlock<'a> {
     fn from(block: &'a ContentBlock) -> WireBlock<'a> {
         match block {
-            ContentBlock::Text { text } => WireBlock::Text { text, kind: "text" },
+            ContentBlock::Text { text } => WireBlock::Text {
+                cache_control: None,
+                text,
+                kind: "text",
+            },
             ContentBlock::ToolUse { id, name, input } => WireBlock::ToolUse {
+                cache_control: None,
                 id,
                 input,
                 name,
@@ -459,6 +498,7 @@ impl<'a> From<&'a ContentBlock> for WireBlock<'a> {
                 content,
                 is_error,
             } => WireBlock::ToolResult {
+                cache_control: None,
                 content,
                 is_error: *is_error,
                 tool_use_id,
@@ -918,8 +958,8 @@ mod tests {
         let expected = json!({
             "model": "claude-test",
             "max_tokens": 1024,
-            "system": [{"type": "text", "text": "You are a worker.",
-                        "cache_control": {"type": "ephemeral"}}],
+            // Far below the model's minimum cacheable length: nothing is marked.
+            "system": [{"type": "text", "text": "You are a worker."}],
             "messages": [
                 {"role": "user", "content": [{"type": "text", "text": "Summarise a.txt"}]},
                 {"role": "assistant", "content": [
@@ -936,8 +976,7 @@ mod tests {
                 {"name": "read_file", "description": "Read a file",
                  "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}},
                 {"name": "submit", "description": "Submit the result",
-                 "input_schema": {"type": "object"},
-                 "cache_control": {"type": "ephemeral"}},
+                 "input_schema": {"type": "object"}},
             ],
             "tool_choice": {"type": "tool", "name": "submit"},
             "stop_sequences": ["STOP"],
@@ -962,6 +1001,31 @@ mod tests {
             String::from_utf8(sent).unwrap(),
             request_body(&plain, false).to_string()
         );
+    }
+
+    #[test]
+    fn long_prefixes_and_the_conversation_are_marked() {
+        let mut request = sample_request().caching(true);
+        request.system = Some("rules ".repeat(1000));
+        let body = request_body(&request, false);
+        assert_eq!(body["system"][0]["cache_control"]["type"], "ephemeral");
+        // The last block of the last message: the conversation so far.
+        assert_eq!(
+            body["messages"][2]["content"][0]["cache_control"]["type"],
+            "ephemeral"
+        );
+        // The turn before (the first user message) is marked for an exact hit next time.
+        assert_eq!(
+            body["messages"][0]["content"][0]["cache_control"]["type"],
+            "ephemeral"
+        );
+        assert!(
+            body["messages"][1]["content"][1]
+                .get("cache_control")
+                .is_none()
+        );
+        let sent = encode_request(&request, false).unwrap();
+        assert_eq!(String::from_utf8(sent).unwrap(), body.to_string());
     }
 
     #[test]

@@ -5,12 +5,14 @@
 //! the shared transport (reqwest, timeouts, error bodies, the `send_window` that puts a
 //! fleet's requests on the wire in order) and `sse` the server-sent-events
 //! parser both streaming paths use; `headers` reads rate-limit and retry headers. `batch` is
-//! the batch client for both APIs (submit, poll, collect by `custom_id`).
+//! the batch client for both APIs (submit, poll, collect by `custom_id`); `cache` decides where
+//! prompt-caching breakpoints go.
 //!
 //! Start reading at [`Provider`].
 
 pub mod anthropic;
 pub mod batch;
+pub mod cache;
 pub mod error;
 pub mod headers;
 pub mod http;

@@ -232,8 +232,16 @@ pub fn request_body(request: &Request, stream: bool) -> Value {
 
 fn messages(request: &Request) -> Vec<Value> {
     let mut out = Vec::with_capacity(request.messages.len() + 1);
-    if let Some(system) = &request.system {
-        out.push(json!({ "role": "system", "content": system }));
+    // The shared part first, then the request's own, as parts of one system message: OpenAI
+    // caches the longest prefix it has seen, so what many requests share must lead.
+    match (&request.system, &request.system_agent) {
+        (Some(system), None) => out.push(json!({ "role": "system", "content": system })),
+        (Some(system), Some(agent)) => out.push(json!({
+            "role": "system",
+            "content": [{ "type": "text", "text": system }, { "type": "text", "text": agent }],
+        })),
+        (None, Some(agent)) => out.push(json!({ "role": "system", "content": agent })),
+        (None, None) => {}
     }
     for message in &request.messages {
         let texts: Vec<&str> = message

@@ -120,6 +120,10 @@ pub struct Request {
     /// The system prompt. Marked for prompt caching together with the tools, so that many
     /// agents sharing one prompt pay for it once.
     pub system: Option<String>,
+    /// This request's own part of the system prompt, sent after `system` as a block of its own
+    /// so that `system` stays a prefix many requests share word for word (an agent's task,
+    /// scope and tools after the rules every agent of the run is given).
+    pub system_agent: Option<String>,
     pub messages: Vec<Message>,
     pub tools: Vec<ToolSpec>,
     pub tool_choice: Option<ToolChoice>,
@@ -129,8 +133,16 @@ pub struct Request {
     /// Opaque end-user id (Anthropic `metadata.user_id`, OpenAI `user`).
     pub metadata_user_id: Option<String>,
     pub response_format: Option<JsonSchemaFormat>,
-    /// Whether to mark the shared prefix (system + tools) with `cache_control`.
+    /// Whether to mark the prefix all requests of a run share (tools, system, and the message
+    /// blocks up to `shared_until`) for prompt caching.
     pub cache_prefix: bool,
+    /// Whether to mark the conversation so far, so the next turn reads it from the cache: for
+    /// turn loops (agents) only; a one-shot call would pay for a write nobody reads. Off by
+    /// default.
+    pub cache_turns: bool,
+    /// The last message block `(message, block)` that every request of the run shares (an item
+    /// worker's instructions); `None` when the shared prefix ends with the system prompt.
+    pub shared_until: Option<(usize, usize)>,
 }
 
 impl Request {
@@ -138,6 +150,7 @@ impl Request {
         Request {
             model: model.into(),
             system: None,
+            system_agent: None,
             messages: Vec::new(),
             tools: Vec::new(),
             tool_choice: None,
@@ -147,6 +160,8 @@ impl Request {
             metadata_user_id: None,
             response_format: None,
             cache_prefix: true,
+            cache_turns: false,
+            shared_until: None,
         }
     }
 
@@ -171,26 +186,40 @@ impl Request {
 
     /// Bytes of text the model will read: the basis for token estimates.
     pub fn input_bytes(&self) -> usize {
-        let mut total = self.system.as_ref().map_or(0, String::len);
+        let mut total = self.system.as_ref().map_or(0, String::len)
+            + self.system_agent.as_ref().map_or(0, String::len);
         for tool in &self.tools {
             total += tool.name.len() + tool.description.len() + json_len(&tool.input_schema);
         }
         for message in &self.messages {
             for block in &message.content {
-                total += match block {
-                    ContentBlock::Text { text } => text.len(),
-                    ContentBlock::ToolUse { name, input, .. } => name.len() + json_len(input),
-                    ContentBlock::ToolResult { content, .. } => content.len(),
-                };
+                total += block_bytes(block);
             }
         }
         total
+    }
+
+    /// Switches prompt caching of a turn loop on (the shared prefix and the conversation) or
+    /// everything off.
+    pub fn caching(mut self, on: bool) -> Self {
+        self.cache_prefix = on;
+        self.cache_turns = on;
+        self
+    }
+}
+
+/// Bytes of text the model reads in one block.
+pub(crate) fn block_bytes(block: &ContentBlock) -> usize {
+    match block {
+        ContentBlock::Text { text } => text.len(),
+        ContentBlock::ToolUse { name, input, .. } => name.len() + json_len(input),
+        ContentBlock::ToolResult { content, .. } => content.len(),
     }
 }
 
 /// The length of `value` as compact JSON, counted without writing the text out (estimates
 /// run for every call of a fleet).
-fn json_len(value: &Value) -> usize {
+pub(crate) fn json_len(value: &Value) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -236,6 +265,16 @@ impl Usage {
     /// Every input token, cached or not.
     pub fn total_input(&self) -> u64 {
         self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
+    }
+
+    /// The tokens this response is billed for.
+    pub fn billed(&self) -> crate::config::price::TokenUse {
+        crate::config::price::TokenUse {
+            input: self.input_tokens,
+            cache_write: self.cache_creation_input_tokens,
+            cache_read: self.cache_read_input_tokens,
+            output: self.output_tokens,
+        }
     }
 
     /// Input tokens that count against an input-tokens-per-minute limit (cache reads do not).

@@ -1419,6 +1419,7 @@ fn agent_config() -> AgentConfig {
         max_wall_time: Duration::from_secs(120),
         output_schema: None,
         on_call: None,
+        prompt_caching: true,
     }
 }
 

@@ -32,6 +32,7 @@ fn config() -> AgentConfig {
         max_wall_time: Duration::from_secs(60),
         output_schema: None,
         on_call: None,
+        prompt_caching: true,
     }
 }
 

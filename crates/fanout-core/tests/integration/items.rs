@@ -49,6 +49,7 @@ fn spec() -> WorkerSpec {
         template: None,
         temperature: None,
         output: OutputRoute::Tool,
+        prompt_caching: true,
     }
 }
 
@@ -253,7 +254,13 @@ fn user_text(request: &Value) -> String {
         .unwrap();
     match &user["content"] {
         Value::String(text) => text.clone(),
-        blocks => blocks[0]["text"].as_str().unwrap().to_owned(),
+        // A worker's prompt is the shared head (instructions) and the chunk's own part.
+        blocks => blocks
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|block| block["text"].as_str())
+            .collect(),
     }
 }
 
@@ -327,10 +334,7 @@ async fn chunk_faults_are_accounted_and_only_what_failed_is_sent_again() {
     let record_schema = &first["tools"][0]["input_schema"]["properties"]["results"]["items"];
     assert_eq!(record_schema["required"][0], "id");
     assert!(
-        exchanges[6].request["messages"][0]["content"][0]["text"]
-            .as_str()
-            .unwrap()
-            .contains("was rejected. Answer again, fixing these problems:\n- item \"T-31\": the answer did not call submit_results")
+        user_text(&exchanges[6].request).contains("was rejected. Answer again, fixing these problems:\n- item \"T-31\": the answer did not call submit_results")
     );
 
     // What was sent: each chunk once; then T-04, T-05, T-06 alone, the repair of T-01 + T-07

@@ -5,6 +5,7 @@
 
 mod adversarial;
 mod agent;
+mod caching;
 mod checkpoint;
 mod config;
 mod fleet;

@@ -93,11 +93,7 @@ pub(super) fn end_record(
     let (input_tokens, output_tokens, cost, called) = match response {
         Some(response) => {
             let usage = &response.usage;
-            let cost = ctx.job.worker_model.cost(
-                usage.input_tokens + usage.cache_creation_input_tokens,
-                usage.cache_read_input_tokens,
-                usage.output_tokens,
-            ) * ctx.job.price_factor();
+            let cost = ctx.job.worker_model.cost(usage.billed()) * ctx.job.price_factor();
             let called = response.tool_uses().any(|(_, name, _)| name == SUBMIT_TOOL);
             (usage.total_input(), usage.output_tokens, cost, called)
         }

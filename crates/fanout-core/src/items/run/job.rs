@@ -4,6 +4,7 @@
 //! Chunking is deterministic, so a resumed run (or `--retry-failed`, [`ItemJob::retry_of`])
 //! gets the same chunks from the same input.
 
+use crate::config::price::TokenUse;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -211,6 +212,7 @@ impl ItemJob {
             template: items_config.worker.template.clone(),
             temperature: None,
             output: items_config.worker.output,
+            prompt_caching: config.prompt_caching,
         };
         let empty = Chunk::new(ChunkId("chunk-0".into()), Vec::new());
         let overhead_tokens = request_tokens(&build_request(&spec, &schema, &empty)?);
@@ -306,9 +308,10 @@ impl ItemJob {
             self.overhead_tokens,
             OUTPUT_TOKENS_PER_ITEM,
         );
-        let online = self
-            .worker_model
-            .cost(estimate.input_tokens, 0, estimate.output_tokens);
+        let online = self.worker_model.cost(TokenUse::uncached(
+            estimate.input_tokens,
+            estimate.output_tokens,
+        ));
         ItemEstimate {
             items: estimate.items,
             chunks: estimate.requests,
@@ -328,11 +331,10 @@ impl ItemJob {
     }
 
     pub(super) fn chunk_estimate(&self, chunk: &Chunk) -> f64 {
-        self.worker_model.cost(
+        self.worker_model.cost(TokenUse::uncached(
             self.overhead_tokens + chunk.estimated_tokens,
-            0,
             OUTPUT_TOKENS_PER_ITEM * chunk.items.len() as u64,
-        ) * self.price_factor()
+        )) * self.price_factor()
     }
 
     pub(super) fn too_large(&self, chunk: &Chunk) -> bool {
@@ -410,7 +412,8 @@ fn check_aggregate_fields(
 }
 
 fn request_tokens(request: &crate::provider::Request) -> u64 {
-    let mut bytes = request.system.as_ref().map_or(0, String::len);
+    let mut bytes = request.system.as_ref().map_or(0, String::len)
+        + request.system_agent.as_ref().map_or(0, String::len);
     for message in &request.messages {
         bytes += serde_json::to_string(message).map_or(0, |text| text.len());
     }

@@ -113,11 +113,7 @@ async fn synthesis_call(
         Err(error) => (AgentStatus::Failure, None, Some(error.to_string())),
     };
     let usage = usage.unwrap_or_default();
-    let cost = model.cost(
-        usage.input_tokens + usage.cache_creation_input_tokens,
-        usage.cache_read_input_tokens,
-        usage.output_tokens,
-    );
+    let cost = model.cost(usage.billed());
     {
         let mut totals = lock(&ctx.totals);
         totals.calls += 1;

@@ -415,6 +415,7 @@ fn agent_config(config: &Config, mode: Mode) -> AgentConfig {
         max_wall_time: budget.max_wall_time,
         output_schema: config.output_schema.clone(),
         on_call: None,
+        prompt_caching: config.prompt_caching,
     }
 }
 
