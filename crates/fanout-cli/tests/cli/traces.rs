@@ -145,7 +145,9 @@ async fn a_live_run_sends_one_trace_of_genai_spans_to_the_collector() {
     // invoke_agent: one per attempt, children of the root.
     let agents: Vec<&Value> = spans
         .iter()
-        .filter(|span| attributes(span)["gen_ai.operation.name"] == "invoke_agent")
+        .filter(|span| {
+            attributes(span).get("gen_ai.operation.name") == Some(&Value::from("invoke_agent"))
+        })
         .collect();
     assert_eq!(agents.len(), rows.len());
     let mut agent_of_span: HashMap<&str, String> = HashMap::new();
@@ -167,7 +169,7 @@ async fn a_live_run_sends_one_trace_of_genai_spans_to_the_collector() {
     // chat: one per model call, under its agent's span; their tokens add up to the store's.
     let chats: Vec<&Value> = spans
         .iter()
-        .filter(|span| attributes(span)["gen_ai.operation.name"] == "chat")
+        .filter(|span| attributes(span).get("gen_ai.operation.name") == Some(&Value::from("chat")))
         .collect();
     assert_eq!(chats.len(), model_calls);
     assert!(model_calls >= rows.len());
@@ -199,7 +201,9 @@ async fn a_live_run_sends_one_trace_of_genai_spans_to_the_collector() {
     // execute_tool: one per tool call, under its agent's span.
     let tools: Vec<&Value> = spans
         .iter()
-        .filter(|span| attributes(span)["gen_ai.operation.name"] == "execute_tool")
+        .filter(|span| {
+            attributes(span).get("gen_ai.operation.name") == Some(&Value::from("execute_tool"))
+        })
         .collect();
     assert_eq!(tools.len(), tool_calls.len());
     assert!(!tools.is_empty());
@@ -215,5 +219,30 @@ async fn a_live_run_sends_one_trace_of_genai_spans_to_the_collector() {
             "{agent_id} {tool}"
         );
     }
-    assert_eq!(spans.len(), 1 + agents.len() + chats.len() + tools.len());
+
+    // The run's phases and its checkpoints, children of the root, as the store recorded them.
+    let phases: Vec<&Value> = spans
+        .iter()
+        .filter(|span| attributes(span).contains_key("fanout.phase"))
+        .collect();
+    let names: Vec<&str> = phases.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert!(names.starts_with(&["agents", "verify"]), "{names:?}");
+    let checkpoints: Vec<&Value> = spans
+        .iter()
+        .filter(|span| attributes(span).contains_key("fanout.checkpoint.seq"))
+        .collect();
+    let recorded = reader
+        .events(&run_id)
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.kind == "checkpoint")
+        .count();
+    assert_eq!(checkpoints.len(), recorded);
+    for span in phases.iter().chain(&checkpoints) {
+        assert_eq!(span["parentSpanId"], root["spanId"], "{span}");
+    }
+    assert_eq!(
+        spans.len(),
+        1 + agents.len() + chats.len() + tools.len() + phases.len() + checkpoints.len()
+    );
 }

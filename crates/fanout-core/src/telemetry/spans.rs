@@ -288,7 +288,66 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
             });
         }
     }
+    phase_spans(records, &run.run_id, &root_id, run_end, &mut out);
     out
+}
+
+/// The run's phases (`agents`, `verify`, `synthesis`, from the store's `phase` events), each
+/// from its event to the next phase or the run's end, and one span per checkpoint at the
+/// moment it was taken; all children of the root.
+fn phase_spans(
+    records: &RunRecords,
+    run_id: &crate::ids::RunId,
+    root_id: &str,
+    run_end: u128,
+    out: &mut Vec<Span>,
+) {
+    let phases: Vec<&EventRow> = records
+        .events
+        .iter()
+        .filter(|event| event.kind == "phase")
+        .collect();
+    for (index, event) in phases.iter().enumerate() {
+        let name = event.payload["name"].as_str().unwrap_or("phase");
+        let start = time(Some(&event.at)).unwrap_or(run_end);
+        let end = phases
+            .get(index + 1)
+            .and_then(|next| time(Some(&next.at)))
+            .unwrap_or(run_end)
+            .max(start);
+        let failed = name.starts_with("checkpoint failed");
+        out.push(Span {
+            span_id: span_id(&format!("{run_id}/phase/{index}")),
+            parent_span_id: Some(root_id.to_owned()),
+            name: if failed {
+                "checkpoint".to_owned()
+            } else {
+                name.to_owned()
+            },
+            kind: KIND_INTERNAL,
+            start_unix_nano: start,
+            end_unix_nano: if failed { start } else { end },
+            attributes: vec![("fanout.phase", json!(name))],
+            error: failed.then(|| name.to_owned()),
+        });
+    }
+    for event in records.events.iter().filter(|e| e.kind == "checkpoint") {
+        let at = time(Some(&event.at)).unwrap_or(run_end);
+        let seq = event.payload["seq"].as_u64().unwrap_or_default();
+        out.push(Span {
+            span_id: span_id(&format!("{run_id}/checkpoint/{seq}")),
+            parent_span_id: Some(root_id.to_owned()),
+            name: format!("checkpoint {seq}"),
+            kind: KIND_INTERNAL,
+            start_unix_nano: at,
+            end_unix_nano: at,
+            attributes: vec![
+                ("fanout.checkpoint.seq", json!(seq)),
+                ("fanout.checkpoint.commit", event.payload["commit"].clone()),
+            ],
+            error: None,
+        });
+    }
 }
 
 /// An `ExportTraceServiceRequest` in OTLP/JSON holding `spans` of the trace `trace_id`.
