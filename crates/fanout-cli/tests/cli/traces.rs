@@ -71,6 +71,7 @@ async fn a_live_run_sends_one_trace_of_genai_spans_to_the_collector() {
                 .env_remove("ANTHROPIC_API_KEY")
                 .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
                 .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
                 .output()
                 .unwrap()
         }

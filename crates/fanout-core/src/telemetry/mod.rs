@@ -1,5 +1,6 @@
-//! OpenTelemetry traces of a run, exported over OTLP/HTTP in the JSON encoding when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set.
+//! OpenTelemetry traces of a run, exported over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set: protobuf by default, JSON when
+//! `OTEL_EXPORTER_OTLP_PROTOCOL` (or `…_TRACES_PROTOCOL`) says `http/json`.
 //!
 //! What it owns: turning a run's records in the store into GenAI spans ([`spans`]:
 //! `invoke_workflow` → `invoke_agent` → `chat` / `execute_tool`) and sending them
@@ -9,9 +10,12 @@
 //!
 //! Not here: deciding when to export (the caller does, once a run ends) and retries (an
 //! export that fails is reported to the caller, who warns; the run's outcome does not change).
-//! A hand-written encoder rather than the `opentelemetry-otlp` crate: that crate pulls a
-//! second `reqwest`, `tonic` and `prost` into the build for what is one JSON document.
+//! Hand-written encoders ([`spans::request`] for JSON, [`protobuf::request`]) rather than the
+//! `opentelemetry-otlp` crate: that crate pulls a second `reqwest`, `tonic` and `prost` into
+//! the build for what is one fixed message; `scripts/otlp_check.py` parses what fanout sends
+//! with the official `opentelemetry-proto` package.
 
+pub mod protobuf;
 pub mod spans;
 
 use crate::ids::RunId;
@@ -45,10 +49,50 @@ pub enum TelemetryError {
     Setting { name: &'static str, message: String },
 }
 
+/// The OTLP/HTTP encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `http/protobuf`, the OTLP default.
+    Protobuf,
+    /// `http/json`.
+    Json,
+}
+
+impl Protocol {
+    /// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`, else protobuf.
+    pub fn from_env() -> Result<Protocol, TelemetryError> {
+        let (name, value) = match env::var(env::OTEL_EXPORTER_OTLP_TRACES_PROTOCOL) {
+            Some(value) => (env::OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, value),
+            None => match env::var(env::OTEL_EXPORTER_OTLP_PROTOCOL) {
+                Some(value) => (env::OTEL_EXPORTER_OTLP_PROTOCOL, value),
+                None => return Ok(Protocol::Protobuf),
+            },
+        };
+        match value.trim() {
+            "http/protobuf" => Ok(Protocol::Protobuf),
+            "http/json" => Ok(Protocol::Json),
+            other => Err(TelemetryError::Setting {
+                name,
+                message: format!(
+                    "`{other}` is not supported (fanout exports over HTTP: http/protobuf or http/json)"
+                ),
+            }),
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Protocol::Protobuf => "application/x-protobuf",
+            Protocol::Json => "application/json",
+        }
+    }
+}
+
 /// Where traces go and with which headers.
 #[derive(Debug, Clone)]
 pub struct Exporter {
     url: String,
+    protocol: Protocol,
     headers: Vec<(String, String)>,
     service_name: String,
     client: reqwest::Client,
@@ -78,7 +122,8 @@ impl Exporter {
             .transpose()?
             .unwrap_or_default();
         let service_name = env::var(env::OTEL_SERVICE_NAME).unwrap_or_else(|| "fanout".to_owned());
-        Exporter::new(url, headers, service_name).map(Some)
+        let protocol = Protocol::from_env()?;
+        Exporter::new(url, headers, service_name).map(|exporter| Some(exporter.protocol(protocol)))
     }
 
     pub fn new(
@@ -95,10 +140,17 @@ impl Exporter {
             })?;
         Ok(Exporter {
             url,
+            protocol: Protocol::Protobuf,
             headers,
             service_name,
             client,
         })
+    }
+
+    /// The same exporter with another encoding.
+    pub fn protocol(mut self, protocol: Protocol) -> Exporter {
+        self.protocol = protocol;
+        self
     }
 
     pub fn url(&self) -> &str {
@@ -116,12 +168,17 @@ impl Exporter {
         let trace_id = trace_id(run_id.as_str());
         let mut requests = 0;
         for chunk in spans.chunks(SPANS_PER_REQUEST) {
-            let body = spans::request(&trace_id, &self.service_name, chunk);
+            let body = match self.protocol {
+                Protocol::Protobuf => protobuf::request(&trace_id, &self.service_name, chunk),
+                Protocol::Json => spans::request(&trace_id, &self.service_name, chunk)
+                    .to_string()
+                    .into_bytes(),
+            };
             let mut request = self
                 .client
                 .post(&self.url)
-                .header("content-type", "application/json")
-                .body(body.to_string());
+                .header("content-type", self.protocol.content_type())
+                .body(body);
             for (name, value) in &self.headers {
                 request = request.header(name, value);
             }
