@@ -21,6 +21,9 @@ import threading
 import traceback
 from pathlib import Path
 
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 BIN = str(Path(sys.argv[1]).resolve())
@@ -91,7 +94,9 @@ def main():
             assert run.returncode == 0, run.stderr
             assert received, "no request reached the collector"
             for path, content_type, body in received:
-                assert path == "/v1/traces", path
+                assert path in ("/v1/traces", "/v1/metrics"), path
+                if path != "/v1/traces":
+                    continue
                 assert content_type == "application/x-protobuf", content_type
                 request = ExportTraceServiceRequest()
                 request.ParseFromString(body)
@@ -134,9 +139,40 @@ def main():
             assert all(a["gen_ai.provider.name"] == "anthropic" for a in attrs)
             assert all(isinstance(a["gen_ai.agent.id"], str) for a in attrs)
 
+        def metrics():
+            bodies = [body for path, _, body in received if path == "/v1/metrics"]
+            assert len(bodies) == 1, len(bodies)
+            request = ExportMetricsServiceRequest()
+            request.ParseFromString(bodies[0])
+            found = {}
+            for resource_metrics in request.resource_metrics:
+                for scope_metrics in resource_metrics.scope_metrics:
+                    for metric in scope_metrics.metrics:
+                        found[metric.name] = metric
+            usage = found["gen_ai.client.token.usage"]
+            assert usage.unit == "{token}", usage.unit
+            assert usage.histogram.aggregation_temporality == 2  # cumulative
+            chats = [s for s in spans if attributes(s).get("gen_ai.operation.name") == "chat"]
+            totals = {"input": 0, "output": 0}
+            calls = 0
+            for point in usage.histogram.data_points:
+                kind = attributes(point)["gen_ai.token.type"]
+                assert sum(point.bucket_counts) == point.count
+                assert len(point.bucket_counts) == len(point.explicit_bounds) + 1
+                totals[kind] += point.sum
+                if kind == "input":
+                    calls += point.count
+            assert calls == len(chats), (calls, len(chats))
+            assert totals["input"] == shown["agents"]["input_tokens"], (totals, shown["agents"])
+            assert totals["output"] == shown["agents"]["output_tokens"], (totals, shown["agents"])
+            duration = found["gen_ai.client.operation.duration"]
+            assert duration.unit == "s"
+            assert sum(p.count for p in duration.histogram.data_points) == len(chats)
+
         check("OTLP/HTTP protobuf requests parse as ExportTraceServiceRequest", protobuf_requests)
         check("one trace, one root, agents under it, calls under their agents", structure)
         check("GenAI attributes and token totals agree with the run store", figures)
+        check("GenAI client metrics parse as ExportMetricsServiceRequest and agree", metrics)
     finally:
         server.shutdown()
         shutil.rmtree(work, ignore_errors=True)

@@ -36,7 +36,21 @@ fn attributes(span: &Value) -> HashMap<String, Value> {
 async fn a_live_run_sends_one_trace_of_genai_spans_to_the_collector() {
     // The collector: records every request body sent to /v1/traces.
     let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let metrics: Arc<Mutex<Vec<Value>>> = Arc::default();
     let app = axum::Router::new().route(
+        "/v1/metrics",
+        axum::routing::post({
+            let metrics = Arc::clone(&metrics);
+            move |body: String| async move {
+                metrics
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_str(&body).unwrap());
+                "{}"
+            }
+        }),
+    );
+    let app = app.route(
         "/v1/traces",
         axum::routing::post({
             let received = Arc::clone(&received);
@@ -220,6 +234,59 @@ async fn a_live_run_sends_one_trace_of_genai_spans_to_the_collector() {
             "{agent_id} {tool}"
         );
     }
+
+    // The GenAI client metrics: one token-usage series per model and token type, whose counts
+    // are the chat calls and whose sums are the tokens the store has.
+    let metrics = metrics.lock().unwrap().clone();
+    assert_eq!(metrics.len(), 1, "{metrics:?}");
+    let instruments = metrics[0]["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let usage = instruments
+        .iter()
+        .find(|m| m["name"] == "gen_ai.client.token.usage")
+        .unwrap();
+    assert_eq!(usage["unit"], "{token}");
+    let (mut calls, mut input, mut output) = (0u64, 0.0, 0.0);
+    for point in usage["histogram"]["dataPoints"].as_array().unwrap() {
+        let attrs: HashMap<String, Value> = point["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|kv| {
+                (
+                    kv["key"].as_str().unwrap().to_owned(),
+                    kv["value"]["stringValue"].clone(),
+                )
+            })
+            .collect();
+        let count: u64 = point["count"].as_str().unwrap().parse().unwrap();
+        let buckets: u64 = point["bucketCounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(buckets, count);
+        match attrs["gen_ai.token.type"].as_str().unwrap() {
+            "input" => {
+                calls += count;
+                input += point["sum"].as_f64().unwrap();
+            }
+            _ => output += point["sum"].as_f64().unwrap(),
+        }
+    }
+    assert_eq!(calls as usize, chats.len());
+    let stored: (u64, u64) = rows.iter().fold((0, 0), |(i, o), row| {
+        (i + row.input_tokens, o + row.output_tokens)
+    });
+    assert_eq!((input as u64, output as u64), stored);
+    assert!(
+        instruments
+            .iter()
+            .any(|m| m["name"] == "gen_ai.client.operation.duration" && m["unit"] == "s")
+    );
 
     // The run's phases and its checkpoints, children of the root, as the store recorded them.
     let phases: Vec<&Value> = spans

@@ -15,6 +15,7 @@
 //! the build for what is one fixed message; `scripts/otlp_check.py` parses what fanout sends
 //! with the official `opentelemetry-proto` package.
 
+pub mod metrics;
 pub mod protobuf;
 pub mod spans;
 
@@ -92,6 +93,9 @@ impl Protocol {
 #[derive(Debug, Clone)]
 pub struct Exporter {
     url: String,
+    /// Where the GenAI client metrics go (`…/v1/metrics`); none when only a traces endpoint
+    /// was given.
+    metrics_url: Option<String>,
     protocol: Protocol,
     headers: Vec<(String, String)>,
     service_name: String,
@@ -105,6 +109,8 @@ pub struct Exported {
     pub trace_id: String,
     pub spans: usize,
     pub requests: usize,
+    /// Metric series sent (token usage and duration, per model and token type).
+    pub metric_series: usize,
 }
 
 impl Exporter {
@@ -123,7 +129,13 @@ impl Exporter {
             .unwrap_or_default();
         let service_name = env::var(env::OTEL_SERVICE_NAME).unwrap_or_else(|| "fanout".to_owned());
         let protocol = Protocol::from_env()?;
-        Exporter::new(url, headers, service_name).map(|exporter| Some(exporter.protocol(protocol)))
+        let metrics_url = env::var(env::OTEL_EXPORTER_OTLP_METRICS_ENDPOINT).or_else(|| {
+            env::var(env::OTEL_EXPORTER_OTLP_ENDPOINT)
+                .map(|base| format!("{}/v1/metrics", base.trim_end_matches('/')))
+        });
+        let mut exporter = Exporter::new(url, headers, service_name)?.protocol(protocol);
+        exporter.metrics_url = metrics_url;
+        Ok(Some(exporter))
     }
 
     pub fn new(
@@ -140,6 +152,7 @@ impl Exporter {
             })?;
         Ok(Exporter {
             url,
+            metrics_url: None,
             protocol: Protocol::Protobuf,
             headers,
             service_name,
@@ -174,36 +187,58 @@ impl Exporter {
                     .to_string()
                     .into_bytes(),
             };
-            let mut request = self
-                .client
-                .post(&self.url)
-                .header("content-type", self.protocol.content_type())
-                .body(body);
-            for (name, value) in &self.headers {
-                request = request.header(name, value);
-            }
-            let send = |source| TelemetryError::Send {
-                url: self.url.clone(),
-                source,
-            };
-            let response = request.send().await.map_err(send)?;
-            let status = response.status();
-            if !status.is_success() {
-                let body = response.text().await.unwrap_or_default();
-                return Err(TelemetryError::Refused {
-                    url: self.url.clone(),
-                    status: status.as_u16(),
-                    body: crate::text::cut(&body, 300),
-                });
-            }
+            self.post(&self.url, body).await?;
             requests += 1;
+        }
+        let mut metric_series = 0;
+        if let Some(url) = &self.metrics_url {
+            let metrics = metrics::from_spans(&spans);
+            metric_series = metrics.token_usage.len() + metrics.duration.len();
+            if metric_series > 0 {
+                let body = match self.protocol {
+                    Protocol::Protobuf => metrics::protobuf_request(&metrics, &self.service_name),
+                    Protocol::Json => metrics::json_request(&metrics, &self.service_name)
+                        .to_string()
+                        .into_bytes(),
+                };
+                self.post(url, body).await?;
+                requests += 1;
+            }
         }
         Ok(Exported {
             url: self.url.clone(),
             trace_id,
             spans: spans.len(),
             requests,
+            metric_series,
         })
+    }
+
+    /// POST one encoded request to `url`; a refusal is an error with the collector's answer.
+    async fn post(&self, url: &str, body: Vec<u8>) -> Result<(), TelemetryError> {
+        let mut request = self
+            .client
+            .post(url)
+            .header("content-type", self.protocol.content_type())
+            .body(body);
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
+        let send = |source| TelemetryError::Send {
+            url: url.to_owned(),
+            source,
+        };
+        let response = request.send().await.map_err(send)?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(TelemetryError::Refused {
+                url: url.to_owned(),
+                status: status.as_u16(),
+                body: crate::text::cut(&body, 300),
+            });
+        }
+        Ok(())
     }
 }
 

@@ -1,4 +1,5 @@
-//! The OTLP/HTTP protobuf encoding of an `ExportTraceServiceRequest` (the default protocol of
+//! The OTLP/HTTP protobuf encoding of an `ExportTraceServiceRequest` (and the field writers
+//! `metrics.rs` uses for an `ExportMetricsServiceRequest`) (the default protocol of
 //! OTLP over HTTP, `http/protobuf`), written by hand: the message is small and fixed, and the
 //! field numbers are those of `opentelemetry/proto/trace/v1/trace.proto`,
 //! `common/v1/common.proto`, `resource/v1/resource.proto` and
@@ -29,31 +30,57 @@ fn key(out: &mut Vec<u8>, field: u32, wire: u8) {
     varint(out, (u64::from(field) << 3) | u64::from(wire));
 }
 
-fn bytes_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+pub(super) fn bytes_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
     key(out, field, LEN);
     varint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
 }
 
-fn string_field(out: &mut Vec<u8>, field: u32, text: &str) {
+pub(super) fn string_field(out: &mut Vec<u8>, field: u32, text: &str) {
     bytes_field(out, field, text.as_bytes());
 }
 
 /// A sub-message: written by `write` into its own buffer, then length-delimited.
-fn message_field(out: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) {
+pub(super) fn message_field(out: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) {
     let mut inner = Vec::new();
     write(&mut inner);
     bytes_field(out, field, &inner);
 }
 
-fn varint_field(out: &mut Vec<u8>, field: u32, value: u64) {
+pub(super) fn varint_field(out: &mut Vec<u8>, field: u32, value: u64) {
     key(out, field, VARINT);
     varint(out, value);
 }
 
-fn fixed64_field(out: &mut Vec<u8>, field: u32, value: u64) {
+pub(super) fn fixed64_field(out: &mut Vec<u8>, field: u32, value: u64) {
     key(out, field, FIXED64);
     out.extend_from_slice(&value.to_le_bytes());
+}
+
+pub(super) fn double_field(out: &mut Vec<u8>, field: u32, value: f64) {
+    key(out, field, FIXED64);
+    out.extend_from_slice(&value.to_le_bytes());
+}
+
+/// A packed `repeated fixed64`.
+pub(super) fn packed_fixed64(out: &mut Vec<u8>, field: u32, values: &[u64]) {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    bytes_field(out, field, &bytes);
+}
+
+/// A packed `repeated double`.
+pub(super) fn packed_doubles(out: &mut Vec<u8>, field: u32, values: &[f64]) {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    bytes_field(out, field, &bytes);
+}
+
+/// `Resource { attributes = 1 }`: who sent the data.
+pub(super) fn resource(out: &mut Vec<u8>, service_name: &str) {
+    let version = env!("CARGO_PKG_VERSION");
+    key_value(out, 1, "service.name", &Value::from(service_name));
+    key_value(out, 1, "telemetry.sdk.name", &Value::from("fanout"));
+    key_value(out, 1, "telemetry.sdk.language", &Value::from("rust"));
+    key_value(out, 1, "telemetry.sdk.version", &Value::from(version));
 }
 
 /// Hex text (`trace_id`, span ids) as bytes; an odd or non-hex digit makes it empty.
@@ -95,7 +122,7 @@ fn any_value(out: &mut Vec<u8>, value: &Value) {
 }
 
 /// `KeyValue { key = 1; value = 2 }` as field `field` of the enclosing message.
-fn key_value(out: &mut Vec<u8>, field: u32, name: &str, value: &Value) {
+pub(super) fn key_value(out: &mut Vec<u8>, field: u32, name: &str, value: &Value) {
     message_field(out, field, |kv| {
         string_field(kv, 1, name);
         message_field(kv, 2, |any| any_value(any, value));
@@ -142,13 +169,7 @@ pub fn request(trace_id: &str, service_name: &str, spans: &[Span]) -> Vec<u8> {
     // ExportTraceServiceRequest.resource_spans = 1
     message_field(&mut out, 1, |resource_spans| {
         // ResourceSpans.resource = 1 → Resource.attributes = 1
-        message_field(resource_spans, 1, |resource| {
-            let service = Value::from(service_name);
-            key_value(resource, 1, "service.name", &service);
-            key_value(resource, 1, "telemetry.sdk.name", &Value::from("fanout"));
-            key_value(resource, 1, "telemetry.sdk.language", &Value::from("rust"));
-            key_value(resource, 1, "telemetry.sdk.version", &Value::from(version));
-        });
+        message_field(resource_spans, 1, |r| resource(r, service_name));
         // ResourceSpans.scope_spans = 2
         message_field(resource_spans, 2, |scope_spans| {
             // ScopeSpans.scope = 1 → InstrumentationScope { name = 1; version = 2 }
