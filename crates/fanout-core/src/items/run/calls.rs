@@ -13,7 +13,7 @@ use crate::items::worker::{
     ChunkOutcome, RetryChunk, SUBMIT_TOOL, TemplateError, build_repair_request, build_request,
 };
 use crate::provider::Response;
-use crate::store::{AgentFinish, AgentStart, AgentStatus};
+use crate::store::{AgentFinish, AgentStart, AgentStatus, EventRecord};
 
 pub(super) fn next_attempt(ctx: &Ctx, agent_id: &AgentId) -> u32 {
     let mut attempts = lock(&ctx.attempts);
@@ -99,6 +99,26 @@ pub(super) fn end_record(
         }
         None => (0, 0, 0.0, false),
     };
+    if response.is_some() {
+        // The call as the repository engine records its agents' calls: traces and the report
+        // draw item runs' model calls from these events too.
+        ctx.store.event_now(EventRecord {
+            run_id: ctx.run_id.clone(),
+            agent_id: Some(AgentId::from(&chunk.id)),
+            kind: "model_call".into(),
+            payload: serde_json::json!({
+                "attempt": attempt,
+                "turn": 1,
+                "mode": ctx.job.worker_mode,
+                "provider": ctx.job.worker_model.provider,
+                "model": ctx.job.worker_model.model,
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "dollars": cost,
+            }),
+            at: SystemTime::now(),
+        });
+    }
     {
         let mut totals = lock(&ctx.totals);
         totals.calls += 1;
