@@ -86,6 +86,12 @@ pub fn plan_file(repo: &Path, run_id: &RunId) -> PathBuf {
     run_dir(repo, run_id).join("plan.json")
 }
 
+/// `<repo>/.fanout/runs/<run_id>/planning.json`: what the orchestrator's planning calls used
+/// and when, beside the plan they produced.
+pub fn planning_file(repo: &Path, run_id: &RunId) -> PathBuf {
+    run_dir(repo, run_id).join("planning.json")
+}
+
 /// `<repo>/.fanout/runs/<run_id>/job.json`: an item run's job record (its presence is what
 /// makes a run directory an item run's; `crate::items::run` writes and reads it).
 pub fn job_file(repo: &Path, run_id: &RunId) -> PathBuf {

@@ -309,8 +309,43 @@ async fn a_live_run_sends_one_trace_of_genai_spans_to_the_collector() {
     for span in phases.iter().chain(&checkpoints) {
         assert_eq!(span["parentSpanId"], root["spanId"], "{span}");
     }
+    // The orchestrator's planning, before the agents: one span, from planning.json.
+    let plans: Vec<&Value> = spans
+        .iter()
+        .filter(|span| span["name"] == "plan quickstart")
+        .collect();
+    assert_eq!(plans.len(), 1);
+    let plan = attributes(plans[0]);
+    assert_eq!(plans[0]["parentSpanId"], root["spanId"]);
+    assert!(plan["fanout.plan.calls"].as_u64().unwrap() >= 1, "{plan:?}");
+    assert!(
+        plan["gen_ai.usage.input_tokens"].as_u64().unwrap() > 0,
+        "{plan:?}"
+    );
+    assert_eq!(plan["gen_ai.provider.name"], "anthropic");
+    assert!(plan.contains_key("gen_ai.request.model"));
+    let first_agent = agents
+        .iter()
+        .map(|span| {
+            span["startTimeUnixNano"]
+                .as_str()
+                .unwrap()
+                .parse::<u128>()
+                .unwrap()
+        })
+        .min()
+        .unwrap();
+    let plan_end: u128 = plans[0]["endTimeUnixNano"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        plan_end <= first_agent,
+        "planning ends before the first agent starts"
+    );
     assert_eq!(
         spans.len(),
-        1 + agents.len() + chats.len() + tools.len() + phases.len() + checkpoints.len()
+        2 + agents.len() + chats.len() + tools.len() + phases.len() + checkpoints.len()
     );
 }

@@ -24,7 +24,7 @@ pub mod store;
 pub mod types;
 pub mod validate;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -92,9 +92,42 @@ pub struct PlanUsage {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub dollars: f64,
+    /// When the first call was sent and the last answered (for traces).
+    #[serde(skip)]
+    pub started_at: Option<SystemTime>,
+    #[serde(skip)]
+    pub ended_at: Option<SystemTime>,
 }
 
 pub use crate::backend::{governor_config, retry_budget_config};
+
+/// Record the orchestrator's calls beside the plan (`planning.json` in the run directory), so
+/// the run that executes the plan can show what planning it cost and took (traces).
+fn save_planning(
+    repo: &Path,
+    run_id: &RunId,
+    config: &Config,
+    usage: &PlanUsage,
+) -> Result<(), PlanError> {
+    let model = config.orchestrator_model();
+    let record = serde_json::json!({
+        "model": model.model,
+        "provider": model.provider,
+        "calls": usage.calls,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "dollars": usage.dollars,
+        "started_at": usage.started_at.map(crate::store::format_time),
+        "ended_at": usage.ended_at.map(crate::store::format_time),
+    });
+    let path = crate::layout::planning_file(repo, run_id);
+    crate::layout::write_atomic(&path, format!("{record}\n").as_bytes()).map_err(|error| {
+        PlanError::PlanFile {
+            path: error.path.clone(),
+            message: error.to_string(),
+        }
+    })
+}
 
 /// `config` with the limits it leaves out filled in from `learned`, or `None` when that adds
 /// nothing.
@@ -202,6 +235,9 @@ pub async fn prepare(
     if request.save {
         let run_id = RunId::new(SystemTime::now());
         report.saved = Some(save_plan(&request.repository, &run_id, &validation.plan)?);
+        if let Some(usage) = &planning {
+            save_planning(&request.repository, &run_id, config, usage)?;
+        }
     }
     Ok(Prepared {
         scan,

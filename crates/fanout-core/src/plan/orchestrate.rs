@@ -195,7 +195,10 @@ pub async fn request_plan(
         .messages
         .push(Message::user(user_prompt(task, scan, options)));
 
-    let mut usage = PlanUsage::default();
+    let mut usage = PlanUsage {
+        started_at: Some(std::time::SystemTime::now()),
+        ..PlanUsage::default()
+    };
     let mut repairs: Vec<Vec<String>> = Vec::new();
     let mut last_validation: Option<Validation> = None;
     let calls = options.max_repairs + 1;
@@ -210,6 +213,7 @@ pub async fn request_plan(
         usage.input_tokens += response.usage.total_input();
         usage.output_tokens += response.usage.output_tokens;
         usage.dollars += model.cost(response.usage.billed());
+        usage.ended_at = Some(std::time::SystemTime::now());
 
         let tool_use = response
             .tool_uses()

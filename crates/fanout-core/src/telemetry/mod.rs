@@ -256,6 +256,9 @@ pub fn read_records(repo: &Path, run_id: &RunId) -> Result<RunRecords, Telemetry
         attempts: reader.agent_runs(run_id)?,
         events: reader.events(run_id)?,
         tool_calls: reader.run_tool_calls(run_id)?,
+        planning: std::fs::read(crate::layout::planning_file(repo, run_id))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok()),
     })
 }
 

@@ -31,6 +31,9 @@ pub struct RunRecords {
     pub events: Vec<EventRow>,
     /// `(agent_id, call)`.
     pub tool_calls: Vec<(AgentId, ToolCallRow)>,
+    /// `planning.json` of the run's directory, when this run planned (not one run from a
+    /// reviewed plan file).
+    pub planning: Option<Value>,
 }
 
 /// One span, before encoding.
@@ -289,6 +292,45 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
         }
     }
     phase_spans(records, &run.run_id, &root_id, run_end, &mut out);
+    if let Some(planning) = &records.planning {
+        let start = time(planning["started_at"].as_str()).unwrap_or(run_start);
+        let end = time(planning["ended_at"].as_str())
+            .unwrap_or(start)
+            .max(start);
+        let mut attributes = vec![
+            ("gen_ai.workflow.name", json!(run.workflow)),
+            ("fanout.plan.calls", planning["calls"].clone()),
+            (
+                "gen_ai.usage.input_tokens",
+                planning["input_tokens"].clone(),
+            ),
+            (
+                "gen_ai.usage.output_tokens",
+                planning["output_tokens"].clone(),
+            ),
+            ("fanout.cost.usd", planning["dollars"].clone()),
+        ];
+        if let Some(model) = planning["model"].as_str() {
+            attributes.push(("gen_ai.request.model", json!(model)));
+        }
+        if let Some(provider) = planning["provider"].as_str() {
+            attributes.push(("gen_ai.provider.name", json!(provider)));
+        }
+        out.push(Span {
+            span_id: span_id(&format!("{}/plan", run.run_id)),
+            parent_span_id: Some(root_id.clone()),
+            name: format!("plan {}", run.workflow),
+            kind: KIND_INTERNAL,
+            start_unix_nano: start,
+            end_unix_nano: end,
+            attributes,
+            error: None,
+        });
+        // The run began with its planning.
+        if let Some(root) = out.first_mut() {
+            root.start_unix_nano = root.start_unix_nano.min(start);
+        }
+    }
     out
 }
 
@@ -464,6 +506,7 @@ mod tests {
             attempts: vec![attempt],
             events: vec![call],
             tool_calls: vec![("a".into(), denied)],
+            planning: None,
         }
     }
 
