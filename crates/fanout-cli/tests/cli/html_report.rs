@@ -342,3 +342,67 @@ fn an_item_run_report_shows_its_counts_and_failures() {
     );
     assert!(!bars(&html).is_empty());
 }
+
+/// With one request in flight at a time (`rate_limits.max_in_flight: 1`), agents' calls queue
+/// for the rate governor: each call's wait is on record, and the report darkens the start of
+/// each bar by its attempt's waits, summed as the store has them.
+#[test]
+fn rate_waits_recorded_by_the_engine_are_drawn_on_the_timeline() {
+    let work = super::reports::quickstart();
+    let workflow = work.path().join("workflow.yaml");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart/workflow.yaml"),
+    )
+    .unwrap()
+    .replacen(
+        "workflow:\n",
+        "workflow:\n  rate_limits:\n    max_in_flight: 1\n",
+        1,
+    );
+    std::fs::write(&workflow, text).unwrap();
+    let repo = work.path().join("repo");
+    let repo_arg = repo.display().to_string();
+    let output = fanout_in(
+        work.path(),
+        &[
+            "run",
+            &workflow.display().to_string(),
+            "--repo",
+            &repo_arg,
+            "--sim",
+            "--sim-latency-ms",
+            "40",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let run_id = only_run_id(work.path(), &repo_arg);
+    let reader = fanout_core::store::StoreReader::open_in_repo(&repo).unwrap();
+    let waits: u64 = reader
+        .events(&run_id.as_str().into())
+        .unwrap()
+        .iter()
+        .filter(|event| event.kind == "model_call")
+        .map(|event| event.payload["rate_wait_ms"].as_u64().unwrap())
+        .sum();
+    assert!(
+        waits > 0,
+        "one call at a time: calls waited for the governor"
+    );
+    let report = fanout_in(work.path(), &["report", &run_id, "--repo", &repo_arg]);
+    assert_eq!(report.status.code(), Some(0), "{report:?}");
+    let html = std::fs::read_to_string(
+        repo.canonicalize()
+            .unwrap()
+            .join(".fanout/runs")
+            .join(&run_id)
+            .join("report.html"),
+    )
+    .unwrap();
+    let drawn: u64 = html
+        .split("data-wait=\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(drawn, waits);
+    assert!(html.contains("rate wait: "));
+}

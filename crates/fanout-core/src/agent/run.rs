@@ -61,6 +61,10 @@ pub struct CallUsage {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub dollars: f64,
+    /// Tries the fleet made for this call (retries after 429s and transient errors included).
+    pub attempts: u32,
+    /// Time the call spent queued for the rate governor, over its tries.
+    pub rate_wait: std::time::Duration,
 }
 
 /// A callback for [`CallUsage`]; it must not block.
@@ -291,8 +295,8 @@ pub async fn run_agent_gated(
         system_agent = request.system_agent.take();
         messages = std::mem::take(&mut request.messages);
         tools = std::mem::take(&mut request.tools);
-        let response = match called {
-            Ok(call) => call.response,
+        let (response, tries, rate_wait) = match called {
+            Ok(call) => (call.response, call.attempts, call.governor_wait),
             Err(crate::fleet::FleetError::Cancelled { .. }) => break LoopStatus::Cancelled,
             Err(error) => break LoopStatus::ProviderError(error.to_string()),
         };
@@ -309,6 +313,8 @@ pub async fn run_agent_gated(
                 input_tokens: response.usage.total_input(),
                 output_tokens: response.usage.output_tokens,
                 dollars,
+                attempts: tries,
+                rate_wait,
             });
         }
         messages.push(Message::assistant(response.content.clone()));

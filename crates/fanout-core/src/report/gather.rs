@@ -43,6 +43,19 @@ pub fn gather(repo: &Path, run_id: &RunId) -> Result<RunReport, ReportError> {
             .entry((agent_id.as_str(), denial.attempt))
             .or_default() += 1;
     }
+    let events = reader.events(run_id)?;
+    let calls: Vec<&crate::store::EventRow> = events
+        .iter()
+        .filter(|event| event.kind == "model_call")
+        .collect();
+    let mut rate_wait: HashMap<(&str, u32), u64> = HashMap::new();
+    for call in &calls {
+        if let (Some(agent), Some(attempt)) = (&call.agent_id, call.payload["attempt"].as_u64()) {
+            *rate_wait
+                .entry((agent.as_str(), attempt as u32))
+                .or_default() += call.payload["rate_wait_ms"].as_u64().unwrap_or(0);
+        }
+    }
     let attempts: Vec<AttemptBar> = rows
         .iter()
         .map(|row| AttemptBar {
@@ -63,14 +76,22 @@ pub fn gather(repo: &Path, run_id: &RunId) -> Result<RunReport, ReportError> {
                 .get(&(row.agent_id.as_str(), row.attempt))
                 .copied()
                 .unwrap_or(0),
+            rate_wait_ms: rate_wait
+                .get(&(row.agent_id.as_str(), row.attempt))
+                .copied()
+                .unwrap_or(0),
             error: row.error.clone(),
         })
         .collect();
 
-    let model_calls_ms: Vec<u64> = reader
-        .events(run_id)?
+    let model_calls_ms: Vec<u64> = calls.iter().filter_map(|event| offset(&event.at)).collect();
+    let retried_calls_ms: Vec<u64> = calls
         .iter()
-        .filter(|event| event.kind == "model_call")
+        .filter(|event| {
+            event.payload["tries"]
+                .as_u64()
+                .is_some_and(|tries| tries > 1)
+        })
         .filter_map(|event| offset(&event.at))
         .collect();
     let checkpoints: Vec<CheckpointMark> = reader
@@ -114,6 +135,7 @@ pub fn gather(repo: &Path, run_id: &RunId) -> Result<RunReport, ReportError> {
         by_agent: by_agent(&rows),
         files_changed: files_changed(&rows, &written),
         model_calls_ms,
+        retried_calls_ms,
         checkpoints,
         denials: denial_rows
             .into_iter()

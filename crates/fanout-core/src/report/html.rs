@@ -377,6 +377,9 @@ fn tooltip(bar: &AttemptBar, span_ms: u64) -> String {
     tools.dedup();
     let _ = write!(text, "\ntools: {}", list(&tools));
     let _ = write!(text, "\ndenials: {}", bar.denials);
+    if bar.rate_wait_ms > 0 {
+        let _ = write!(text, "\nrate wait: {}", ms_text(bar.rate_wait_ms));
+    }
     if let Some(error) = &bar.error {
         let first = error.lines().next().unwrap_or_default();
         let _ = write!(text, "\nerror: {}", crate::text::cut(first, 200));
@@ -404,7 +407,8 @@ fn timeline(out: &mut String, report: &RunReport) {
          <span style=\"background:#d64545\"></span>failure<span style=\"background:#e08a1e\"></span>rollback\
          <span style=\"background:#8a8f98\"></span>running or interrupted\
          <span style=\"background:#7048b8\"></span>checkpoint. \
-         Rate-limit waits are not shaded: the run store does not record them.</p>\n\
+         The darker start of a bar is the time its model calls waited for the rate governor \
+         (summed over its calls).</p>\n\
          <svg id=\"timeline-svg\" viewBox=\"0 0 {WIDTH} {height:.1}\" xmlns=\"http://www.w3.org/2000/svg\">",
     );
     axis(out, span_ms, top - 4.0, height);
@@ -428,6 +432,21 @@ fn timeline(out: &mut String, report: &RunReport) {
             },
             title = tooltip(bar, span_ms),
         );
+        if bar.rate_wait_ms > 0 {
+            let span = end.saturating_sub(bar.start_ms);
+            let _ = writeln!(
+                out,
+                "<rect class=\"w\" data-wait=\"{wait}\" x=\"{x:.1}\" y=\"{y:.1}\" width=\"{w:.1}\" \
+                 height=\"{h:.1}\" fill=\"#000\" fill-opacity=\"0.35\"></rect>",
+                wait = bar.rate_wait_ms,
+                w = (bar.rate_wait_ms.min(span) as f64 * scale).max(0.5),
+                h = if lane_height >= 4.0 {
+                    lane_height * 0.8
+                } else {
+                    lane_height
+                },
+            );
+        }
     }
     for checkpoint in &report.checkpoints {
         let x = checkpoint.at_ms as f64 * scale;
@@ -491,9 +510,11 @@ fn requests(out: &mut String, report: &RunReport) {
     let _ = write!(
         out,
         "<section id=\"requests\"><h2>Model requests over time</h2>\
-         <p class=\"note\">{} agent model calls; at most {} in one {}-wide column.</p>\
+         <p class=\"note\">{} agent model calls, {} of them retried (red: after a 429 or a \
+         transient error); at most {} in one {}-wide column.</p>\
          <svg viewBox=\"0 0 {WIDTH} {h}\" xmlns=\"http://www.w3.org/2000/svg\">",
         group(report.model_calls_ms.len() as u64),
+        group(report.retried_calls_ms.len() as u64),
         peak,
         ms_text(bucket_ms.max(1)),
         h = top + plot + 4.0,
@@ -513,6 +534,27 @@ fn requests(out: &mut String, report: &RunReport) {
             y = top + plot - height,
             w = column - 1.0,
             from = ms_text(index as u64 * bucket_ms),
+        );
+    }
+    // Calls that needed more than one try, over the same columns.
+    let mut retried = [0u64; BUCKETS];
+    for &at in &report.retried_calls_ms {
+        let index = ((at as f64 / span_ms as f64) * BUCKETS as f64) as usize;
+        retried[index.min(BUCKETS - 1)] += 1;
+    }
+    for (index, &count) in retried.iter().enumerate() {
+        if count == 0 {
+            continue;
+        }
+        let height = count as f64 / peak as f64 * plot;
+        let _ = write!(
+            out,
+            "<rect class=\"retried\" fill=\"#d64545\" x=\"{x:.1}\" y=\"{y:.1}\" width=\"{w:.1}\" \
+             height=\"{height:.1}\"><title>{count} of them retried (after a 429 or a transient \
+             error)</title></rect>",
+            x = index as f64 * column,
+            y = top + plot - height,
+            w = column - 1.0,
         );
     }
     out.push_str("</svg></section>\n");
@@ -731,8 +773,28 @@ mod tests {
             files: vec![format!("src/file_{index}.ts")],
             tools: vec!["read_file".to_owned(), "edit_file".to_owned()],
             denials: 0,
+            rate_wait_ms: 0,
             error: None,
         }
+    }
+
+    #[test]
+    fn rate_waits_darken_the_start_of_their_bars_and_retries_show_in_red() {
+        let mut report = report(3);
+        report.attempts[1].rate_wait_ms = 500;
+        report.retried_calls_ms = vec![10, 20];
+        let page = render_html(&report);
+        assert_eq!(page.matches("class=\"w\"").count(), 1);
+        assert!(page.contains("data-wait=\"500\""));
+        assert!(
+            page.contains("rate wait: 500ms") || page.contains("rate wait: 0.5s"),
+            "tooltip"
+        );
+        assert!(page.contains("class=\"retried\""));
+        assert!(
+            page.contains("2 of them retried"),
+            "legend counts the retried calls"
+        );
     }
 
     fn report(agents: u64) -> RunReport {
@@ -775,6 +837,7 @@ mod tests {
                 })
                 .collect(),
             model_calls_ms: (0..agents * 3).map(|i| i * 32_000 / (agents * 3)).collect(),
+            retried_calls_ms: Vec::new(),
             checkpoints: Vec::new(),
             denials: Vec::new(),
             files_changed: Vec::new(),

@@ -9,8 +9,8 @@
 //! agent ids, paths and error messages can come from a model.
 //!
 //! It does not write files or print: the caller puts the page where it wants
-//! ([`crate::layout::report_file`] by default) and opens it. Rate-limit waits are not shaded
-//! on the timeline: the store does not record them.
+//! ([`crate::layout::report_file`] by default) and opens it. Rate-limit waits come from the
+//! `model_call` events (each call's governor wait and tries).
 //!
 //! Start at [`gather`], then [`html`].
 
@@ -64,6 +64,9 @@ pub struct RunReport {
     pub by_agent: Vec<AgentTotals>,
     /// When each `model_call` event was recorded, from the run's start.
     pub model_calls_ms: Vec<u64>,
+    /// The calls among them that took more than one try (retried after a 429 or a transient
+    /// error).
+    pub retried_calls_ms: Vec<u64>,
     pub checkpoints: Vec<CheckpointMark>,
     pub denials: Vec<Denial>,
     /// Paths written by each agent's successful attempt (rolled-back changes are undone).
@@ -146,6 +149,8 @@ pub struct AttemptBar {
     pub files: Vec<String>,
     pub tools: Vec<String>,
     pub denials: u64,
+    /// Time this attempt's model calls waited for the rate governor, summed.
+    pub rate_wait_ms: u64,
     pub error: Option<String>,
 }
 

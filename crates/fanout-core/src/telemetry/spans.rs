@@ -246,6 +246,12 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
             if let Some(provider) = payload["provider"].as_str() {
                 attributes.push(("gen_ai.provider.name", json!(provider)));
             }
+            if let Some(tries) = payload["tries"].as_u64() {
+                attributes.push(("fanout.call.tries", json!(tries)));
+            }
+            if let Some(wait) = payload["rate_wait_ms"].as_u64() {
+                attributes.push(("fanout.rate_wait_ms", json!(wait)));
+            }
             out.push(Span {
                 span_id: span_id(&format!("{key}/call/{}", event.seq)),
                 parent_span_id: Some(attempt_id.clone()),

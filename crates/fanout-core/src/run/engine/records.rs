@@ -62,6 +62,8 @@ pub(super) fn usage_recorder(
                 "input_tokens": usage.input_tokens,
                 "output_tokens": usage.output_tokens,
                 "dollars": usage.dollars,
+                "tries": usage.attempts,
+                "rate_wait_ms": usage.rate_wait.as_millis() as u64,
             }),
             at: SystemTime::now(),
         });
