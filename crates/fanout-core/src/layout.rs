@@ -115,16 +115,39 @@ pub fn is_ours(relative: &[u8]) -> bool {
 pub fn ensure(repo: &Path) -> Result<PathBuf, LayoutError> {
     let dir = fanout_dir(repo);
     fs::create_dir_all(&dir).map_err(failed("create", &dir))?;
-    // Written in place, not through a temporary file: until the ignore file exists, a
-    // temporary left by a kill would show in `git status`. A write cut short leaves no `*`
-    // line, and the next call writes the file again.
     let ignore = dir.join(".gitignore");
     let ignores_all =
         fs::read_to_string(&ignore).is_ok_and(|text| text.lines().any(|line| line.trim() == "*"));
     if !ignores_all {
-        fs::write(&ignore, GITIGNORE).map_err(failed("write", &ignore))?;
+        write_ignore_file(repo, &ignore)?;
     }
     Ok(dir)
+}
+
+/// Until `.fanout/.gitignore` exists, anything under `.fanout/` shows in `git status`, so the
+/// file must appear whole at once, with no temporary beside it that a kill could leave: it is
+/// written in the repository's `.git` directory (same filesystem, never in the work tree) and
+/// renamed into place. Without a `.git` directory (not a repository's root), beside it.
+fn write_ignore_file(repo: &Path, ignore: &Path) -> Result<(), LayoutError> {
+    let git_dir = repo.join(".git");
+    let staging = if git_dir.is_dir() {
+        git_dir
+    } else {
+        ignore.parent().unwrap_or(repo).to_path_buf()
+    };
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let temp = staging.join(format!("fanout-gitignore-{}-{n}", std::process::id()));
+    let written = (|| {
+        let mut file = fs::File::create(&temp).map_err(failed("create", &temp))?;
+        file.write_all(GITIGNORE.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(failed("write", &temp))?;
+        fs::rename(&temp, ignore).map_err(failed("rename into place", ignore))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    written
 }
 
 /// Create `dir` (and `.fanout/` with its ignore file, when `dir` is under it).
@@ -235,6 +258,15 @@ mod tests {
             std::fs::read_to_string(dir.join(".gitignore")).unwrap(),
             "*\nkept\n"
         );
+        // In a repository the file is staged in `.git`, and nothing is left there.
+        let git_repo = tempfile::tempdir().unwrap();
+        std::fs::create_dir(git_repo.path().join(".git")).unwrap();
+        ensure(git_repo.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(git_repo.path().join(".fanout/.gitignore")).unwrap(),
+            GITIGNORE
+        );
+        assert_eq!(std::fs::read_dir(git_repo.path().join(".git")).unwrap().count(), 0);
         // A write cut short (no `*` line yet) is written again.
         std::fs::write(dir.join(".gitignore"), "# fanout's own fi").unwrap();
         ensure(repo.path()).unwrap();
