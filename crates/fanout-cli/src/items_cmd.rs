@@ -344,7 +344,10 @@ async fn live(
     let style = ProgressStyle::detect(args.json);
     let display = Arc::new(Mutex::new(Display {
         progress: Progress::new(style),
-        tally: Tally::default(),
+        tally: Tally {
+            ungoverned: job.execution == Execution::Batch,
+            ..Tally::default()
+        },
         fast: job.worker_mode == fanout_core::config::Mode::Fast,
         fleet: fleet.clone(),
     }));

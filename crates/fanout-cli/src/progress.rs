@@ -79,6 +79,9 @@ pub struct Tally {
     pub calls: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// The calls bypass the rate governor (an item run's batches): the line then says nothing
+    /// of limits, probes or rate waits, which would describe a governor that sends nothing.
+    pub ungoverned: bool,
 }
 
 impl Tally {
@@ -251,6 +254,10 @@ pub fn status_line(tally: &Tally, elapsed: Duration) -> String {
         human_count(tokens),
         tally.dollars,
     ));
+    if tally.ungoverned {
+        line.push_str(&format!(" · {}", human_duration(elapsed)));
+        return line;
+    }
     if tally.probing {
         line.push_str(" · probing limits");
     } else if let Some(limits) = limits_text(&tally.limits) {
@@ -390,6 +397,21 @@ mod tests {
             "[ 794/1000] done 790 · running 18 · queued 188 · failed 3 · rolled back 1 · denied \
              requests 2 · 1.2M tokens (38% fast) · $3.41 · rate wait 12s (all agents) · 1m05s · \
              ETA 16s"
+        );
+    }
+
+    #[test]
+    fn an_ungoverned_run_says_nothing_of_limits_or_rate_waits() {
+        let tally = Tally {
+            total: 6,
+            done: 2,
+            probing: true,
+            ungoverned: true,
+            ..Tally::default()
+        };
+        assert_eq!(
+            status_line(&tally, Duration::from_secs(3)),
+            "[2/6] done 2 · running 0 · queued 4 · failed 0 · 0 tokens (0% fast) · $0.00 · 3s"
         );
     }
 

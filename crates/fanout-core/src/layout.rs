@@ -266,7 +266,12 @@ mod tests {
             std::fs::read_to_string(git_repo.path().join(".fanout/.gitignore")).unwrap(),
             GITIGNORE
         );
-        assert_eq!(std::fs::read_dir(git_repo.path().join(".git")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(git_repo.path().join(".git"))
+                .unwrap()
+                .count(),
+            0
+        );
         // A write cut short (no `*` line yet) is written again.
         std::fs::write(dir.join(".gitignore"), "# fanout's own fi").unwrap();
         ensure(repo.path()).unwrap();
