@@ -113,8 +113,8 @@ pub fn ensure(repo: &Path) -> Result<PathBuf, LayoutError> {
     // temporary left by a kill would show in `git status`. A write cut short leaves no `*`
     // line, and the next call writes the file again.
     let ignore = dir.join(".gitignore");
-    let ignores_all = fs::read_to_string(&ignore)
-        .is_ok_and(|text| text.lines().any(|line| line.trim() == "*"));
+    let ignores_all =
+        fs::read_to_string(&ignore).is_ok_and(|text| text.lines().any(|line| line.trim() == "*"));
     if !ignores_all {
         fs::write(&ignore, GITIGNORE).map_err(failed("write", &ignore))?;
     }

@@ -76,11 +76,18 @@ pub struct StatusCounts {
     pub tool_calls: u64,
     /// Tokens and dollars over all attempts, including attempts that failed, were rolled
     /// back or were interrupted (their model calls were paid for all the same).
+    /// Every input token, cached or not.
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Of `input_tokens`, those read from the prompt cache.
+    pub cache_read_tokens: u64,
+    /// Of `input_tokens`, those written to the prompt cache.
+    pub cache_write_tokens: u64,
     pub tokens_fast: u64,
     pub tokens_default: u64,
     pub dollars: f64,
+    /// Dollars the prompt cache saved: the cost at the full input price minus `dollars`.
+    pub cache_saved: f64,
 }
 
 /// "3 succeeded, 1 rolled back, 1 not run (of 5)": a run's agents, each counted once, in the
@@ -129,6 +136,15 @@ impl StatusCounts {
     pub fn tokens(&self) -> u64 {
         self.input_tokens + self.output_tokens
     }
+
+    /// The share of input tokens read from the prompt cache (0 with no input).
+    pub fn cached_share(&self) -> f64 {
+        if self.input_tokens == 0 {
+            0.0
+        } else {
+            self.cache_read_tokens as f64 / self.input_tokens as f64
+        }
+    }
 }
 
 /// A run with its agent counts: one line of `fanout runs`.
@@ -155,9 +171,16 @@ pub struct AgentRow {
     pub timestamp_start: Option<String>,
     pub timestamp_end: Option<String>,
     pub model: Option<String>,
+    /// Every input token, cached or not.
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Of `input_tokens`, those read from the prompt cache.
+    pub cache_read_tokens: u64,
+    /// Of `input_tokens`, those written to the prompt cache.
+    pub cache_write_tokens: u64,
     pub cost_usd: f64,
+    /// Dollars the cache saved (cost at the full input price minus `cost_usd`).
+    pub cache_saved_usd: f64,
     pub escalated: bool,
     pub error: Option<String>,
     pub checkpoint: Option<String>,
@@ -260,7 +283,8 @@ const RUN_COLUMNS: &str = "run_id, workflow, config_path, plan_hash, repo, statu
 
 const AGENT_COLUMNS: &str = "run_id, agent_id, attempt, task_description, files_accessed,
     tools_called, status, token_count, mode, timestamp_start, timestamp_end, model,
-    input_tokens, output_tokens, cost_usd, escalated, error, checkpoint";
+    input_tokens, output_tokens, cost_usd, escalated, error, checkpoint, cache_read_tokens,
+    cache_write_tokens, cache_saved_usd";
 
 fn unsigned(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
     let value: Option<i64> = row.get(index)?;
@@ -413,6 +437,9 @@ impl StoreReader {
                 escalated: escalated != 0,
                 error: row.get(16)?,
                 checkpoint: row.get(17)?,
+                cache_read_tokens: unsigned(row, 18)?,
+                cache_write_tokens: unsigned(row, 19)?,
+                cache_saved_usd: row.get(20)?,
             },
         })
     }
@@ -457,29 +484,36 @@ impl StoreReader {
                 }
             }
         }
-        let (attempts, input, output, fast, default, dollars): (i64, i64, i64, i64, i64, f64) =
-            self.conn
-                .prepare_cached(
-                    "SELECT COUNT(*), COALESCE(SUM(input_tokens), 0),
-                        COALESCE(SUM(output_tokens), 0),
-                        COALESCE(SUM(CASE WHEN mode = 'fast' THEN token_count ELSE 0 END), 0),
-                        COALESCE(SUM(CASE WHEN mode = 'fast' THEN 0 ELSE token_count END), 0),
-                        COALESCE(SUM(cost_usd), 0.0)
-                     FROM agent_runs WHERE run_id = ?1",
-                )
-                .and_then(|mut stmt| {
-                    stmt.query_row([run_id], |row| {
-                        Ok((
-                            row.get(0)?,
-                            row.get(1)?,
-                            row.get(2)?,
-                            row.get(3)?,
-                            row.get(4)?,
-                            row.get(5)?,
-                        ))
-                    })
+        type Sums = (i64, i64, i64, i64, i64, f64, i64, i64, f64);
+        let (attempts, input, output, fast, default, dollars, read, written, saved): Sums = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*), COALESCE(SUM(input_tokens), 0),
+                    COALESCE(SUM(output_tokens), 0),
+                    COALESCE(SUM(CASE WHEN mode = 'fast' THEN token_count ELSE 0 END), 0),
+                    COALESCE(SUM(CASE WHEN mode = 'fast' THEN 0 ELSE token_count END), 0),
+                    COALESCE(SUM(cost_usd), 0.0),
+                    COALESCE(SUM(cache_read_tokens), 0),
+                    COALESCE(SUM(cache_write_tokens), 0),
+                    COALESCE(SUM(cache_saved_usd), 0.0)
+                 FROM agent_runs WHERE run_id = ?1",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row([run_id], |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                        row.get(5)?,
+                        row.get(6)?,
+                        row.get(7)?,
+                        row.get(8)?,
+                    ))
                 })
-                .map_err(self.sqlite(what))?;
+            })
+            .map_err(self.sqlite(what))?;
         let count = |sql: &str| -> Result<i64, StoreError> {
             self.conn
                 .prepare_cached(sql)
@@ -495,6 +529,9 @@ impl StoreReader {
         counts.tokens_fast = fast.max(0) as u64;
         counts.tokens_default = default.max(0) as u64;
         counts.dollars = dollars;
+        counts.cache_read_tokens = read.max(0) as u64;
+        counts.cache_write_tokens = written.max(0) as u64;
+        counts.cache_saved = saved;
         counts.not_run = planned.saturating_sub(counts.total());
         Ok(counts)
     }

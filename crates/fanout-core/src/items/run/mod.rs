@@ -236,7 +236,12 @@ pub struct ItemReport {
     /// Tokens and dollars over every process of the run (the store's totals).
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Of `input_tokens`, those read from and written to the prompt cache.
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
     pub cost_usd: f64,
+    /// Dollars the prompt cache saved (cost at the full input price minus `cost_usd`).
+    pub cache_saved_usd: f64,
     pub cancelled: bool,
     pub budget_exhausted: bool,
     /// `synthesis.md`, or why the synthesis could not be written.
@@ -259,7 +264,10 @@ struct Totals {
     calls: u64,
     input_tokens: u64,
     output_tokens: u64,
+    cache_read_tokens: u64,
+    cache_write_tokens: u64,
     cost: f64,
+    cache_saved: f64,
     store_errors: u64,
 }
 
@@ -377,7 +385,10 @@ pub async fn run(
         calls: totals.calls,
         input_tokens: totals.input_tokens,
         output_tokens: totals.output_tokens,
+        cache_read_tokens: totals.cache_read_tokens,
+        cache_write_tokens: totals.cache_write_tokens,
         cost_usd: totals.cost,
+        cache_saved_usd: totals.cache_saved,
         cancelled,
         budget_exhausted,
         synthesis,

@@ -185,7 +185,11 @@ async fn close_in_flight(
                 tools_called: Vec::new(),
                 input_tokens,
                 output_tokens,
+                // The interrupted attempt's model-call events carry no cache split.
+                cache_read_tokens: 0,
+                cache_write_tokens: 0,
                 cost_usd,
+                cache_saved_usd: 0.0,
                 error: Some(error.to_owned()),
                 checkpoint: None,
                 ended_at: SystemTime::now(),
