@@ -725,6 +725,16 @@ fn render_summary(report: &ItemReport, simulated: bool) -> String {
         "  calls       {} · {} input tokens · {} output tokens · ${:.4}",
         report.calls, report.input_tokens, report.output_tokens, report.cost_usd
     );
+    let _ = writeln!(
+        out,
+        "  cache       {}",
+        fanout_core::store::cache_sentence(
+            report.cache_read_tokens,
+            report.cache_write_tokens,
+            report.input_tokens,
+            report.cache_saved_usd,
+        )
+    );
     if report.budget_exhausted {
         let _ = writeln!(out, "  budget      exhausted: some chunks were not sent");
     }

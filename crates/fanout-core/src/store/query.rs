@@ -112,7 +112,31 @@ pub fn agents_sentence(
     format!("{} (of {planned})", parts.join(", "))
 }
 
+/// "1200 of 2000 input tokens read from the cache (60.0%), 200 written; saved $0.0020": the
+/// prompt cache's part of a bill, in the words every report uses.
+pub fn cache_sentence(read: u64, written: u64, input: u64, saved: f64) -> String {
+    let share = if input == 0 {
+        0.0
+    } else {
+        100.0 * read as f64 / input as f64
+    };
+    format!(
+        "{read} of {input} input tokens read from the cache ({share:.1}%), {written} written; \
+         saved ${saved:.4}"
+    )
+}
+
 impl StatusCounts {
+    /// [`cache_sentence`] of these counts.
+    pub fn describe_cache(&self) -> String {
+        cache_sentence(
+            self.cache_read_tokens,
+            self.cache_write_tokens,
+            self.input_tokens,
+            self.cache_saved,
+        )
+    }
+
     /// [`agents_sentence`] of these counts.
     pub fn describe(&self) -> String {
         agents_sentence(
