@@ -2181,3 +2181,6 @@ mod html_report;
 
 #[path = "cli/traces.rs"]
 mod traces;
+
+#[path = "cli/costs.rs"]
+mod costs;
