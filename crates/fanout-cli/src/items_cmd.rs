@@ -565,13 +565,21 @@ fn render_plan(
     );
     let _ = writeln!(
         out,
-        "  estimate    {} requests, ~{} input tokens, ~{} output tokens (first attempts)",
-        estimate.chunks, estimate.input_tokens, estimate.output_tokens
+        "  estimate    {} requests, ~{} input tokens ({} from the prompt cache), ~{} output tokens (first attempts)",
+        estimate.chunks,
+        estimate.input_tokens,
+        estimate.cached_input_tokens,
+        estimate.output_tokens
     );
     let (online, batch) = (estimate.online_dollars, estimate.batch_dollars);
     let _ = writeln!(
         out,
-        "  cost        ${online:.4} online · ${batch:.4} batch (half price){}",
+        "  cost        ${online:.4} online · ${batch:.4} batch (workers at half price){}{}",
+        if estimate.synthesis_dollars > 0.0 {
+            format!("; synthesis ${:.4} included", estimate.synthesis_dollars)
+        } else {
+            String::new()
+        },
         match items.execution {
             Execution::Online => "  [execution: online]",
             Execution::Batch => "  [execution: batch]",

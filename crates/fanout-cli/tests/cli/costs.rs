@@ -153,3 +153,109 @@ fn the_store_reports_the_cache_reads_the_simulator_recorded() {
     let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
     assert!(listed.contains(&format!("${saved:.4}")), "{listed}");
 }
+
+/// Every JSON document `output` printed on stdout, in order (`--json` prints one per line or
+/// one pretty document per report).
+fn json_documents(output: &Output) -> Vec<serde_json::Value> {
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    serde_json::Deserializer::from_str(&text)
+        .into_iter::<serde_json::Value>()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// `estimated` is within ±20 % of `billed`.
+fn assert_within_a_fifth(what: &str, estimated: f64, billed: f64) {
+    assert!(billed > 0.0, "{what}: nothing billed");
+    let off = estimated / billed - 1.0;
+    assert!(
+        off.abs() <= 0.20,
+        "{what}: estimated ${estimated:.4}, billed ${billed:.4} ({:+.1}%)",
+        100.0 * off
+    );
+}
+
+/// The quickstart (with its scenario) on a fresh repository: the dry run's dollar estimate
+/// is within ±20 % of what the live run reports for its agents. Both with handlers too small
+/// to cache and with handlers large enough that every agent's later turns are cache reads.
+#[test]
+fn the_quickstart_estimate_is_within_a_fifth_of_the_bill() {
+    let workflow = examples()
+        .join("quickstart/workflow.yaml")
+        .display()
+        .to_string();
+    let scenario = examples()
+        .join("quickstart/scenario.yaml")
+        .display()
+        .to_string();
+    for (what, work) in [
+        ("quickstart", super::reports::quickstart()),
+        ("quickstart, cached", big_quickstart()),
+    ] {
+        let args = |extra: &'static str| {
+            let mut args = vec![
+                "run",
+                workflow.as_str(),
+                "--repo",
+                "repo",
+                "--sim",
+                "--scenario",
+                scenario.as_str(),
+                "--json",
+            ];
+            if !extra.is_empty() {
+                args.push(extra);
+            }
+            args
+        };
+        let dry = fanout_in(work.path(), &args("--dry-run"));
+        assert_eq!(dry.status.code(), Some(0), "{what}");
+        let report = json_documents(&dry).remove(0);
+        let estimated = report["estimate"]["dollars"].as_f64().unwrap();
+        let basis = report["estimate"]["basis"].to_string();
+        assert!(basis.contains("modelled"), "{what}: {basis}");
+        let live = fanout_in(work.path(), &args(""));
+        assert_eq!(
+            live.status.code(),
+            Some(0),
+            "{what}: {}",
+            String::from_utf8_lossy(&live.stderr)
+        );
+        let last = json_documents(&live).pop().unwrap();
+        let outcome = &last["outcome"];
+        let billed = outcome["dollars"].as_f64().unwrap();
+        assert_within_a_fifth(what, estimated, billed);
+        if what.ends_with("cached") {
+            assert!(outcome["cache_read_tokens"].as_u64().unwrap() > 0);
+        }
+    }
+}
+
+/// `examples/support-tickets`: the dry run's online estimate (workers and synthesis) is
+/// within ±20 % of the item run's bill.
+#[test]
+fn the_ticket_estimate_is_within_a_fifth_of_the_bill() {
+    let work = tempfile::tempdir().unwrap();
+    let example = examples().join("support-tickets");
+    for name in ["workflow.yaml", "tickets.jsonl", "schema.json"] {
+        std::fs::copy(example.join(name), work.path().join(name)).unwrap();
+    }
+    let dry = fanout_in(
+        work.path(),
+        &["run", "workflow.yaml", "--sim", "--dry-run", "--json"],
+    );
+    assert_eq!(dry.status.code(), Some(0));
+    let plan = json_documents(&dry).remove(0);
+    let estimated = plan["estimate"]["online_dollars"].as_f64().unwrap();
+    assert!(plan["estimate"]["synthesis_dollars"].as_f64().unwrap() > 0.0);
+    let live = fanout_in(work.path(), &["run", "workflow.yaml", "--sim", "--json"]);
+    assert_eq!(
+        live.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&live.stderr)
+    );
+    let report = json_documents(&live).pop().unwrap();
+    let billed = report["cost_usd"].as_f64().unwrap();
+    assert_within_a_fifth("support-tickets", estimated, billed);
+}

@@ -36,8 +36,12 @@ pub struct ObservedUsage {
     pub runs: u64,
     pub agents: u64,
     pub calls: u64,
+    /// Every input token, cached or not.
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Of `input_tokens`, those read from and written to the prompt cache.
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
     pub dollars: f64,
     /// Wall time of those attempts, summed.
     pub seconds: f64,
@@ -584,7 +588,8 @@ impl StoreReader {
                      GROUP BY run_id, agent_id, attempt)
                  SELECT a.model, COUNT(DISTINCT a.run_id), COUNT(*), SUM(a.input_tokens),
                         SUM(a.output_tokens), SUM(a.cost_usd), SUM(c.n),
-                        SUM((julianday(a.timestamp_end) - julianday(a.timestamp_start)) * 86400.0)
+                        SUM((julianday(a.timestamp_end) - julianday(a.timestamp_start)) * 86400.0),
+                        SUM(a.cache_read_tokens), SUM(a.cache_write_tokens)
                  FROM agent_runs a JOIN calls c
                    ON c.run_id = a.run_id AND c.agent_id = a.agent_id AND c.attempt = a.attempt
                  WHERE a.status = 'success' AND a.model IS NOT NULL
@@ -602,12 +607,14 @@ impl StoreReader {
                     row.get::<_, f64>(5)?,
                     row.get::<_, i64>(6)?,
                     row.get::<_, Option<f64>>(7)?,
+                    row.get::<_, i64>(8)?,
+                    row.get::<_, i64>(9)?,
                 ))
             })
             .map_err(self.sqlite(what))?;
         let mut out = std::collections::BTreeMap::new();
         for row in rows {
-            let (model, runs, agents, input, output, dollars, calls, seconds) =
+            let (model, runs, agents, input, output, dollars, calls, seconds, read, written) =
                 row.map_err(self.sqlite(what))?;
             if agents <= 0 || calls <= 0 {
                 continue;
@@ -620,6 +627,8 @@ impl StoreReader {
                     calls: calls as u64,
                     input_tokens: input.max(0) as u64,
                     output_tokens: output.max(0) as u64,
+                    cache_read_tokens: read.max(0) as u64,
+                    cache_write_tokens: written.max(0) as u64,
                     dollars,
                     seconds: seconds.unwrap_or(0.0).max(0.0),
                 },
