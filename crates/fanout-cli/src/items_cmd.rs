@@ -574,17 +574,19 @@ fn render_plan(
     let (online, batch) = (estimate.online_dollars, estimate.batch_dollars);
     let _ = writeln!(
         out,
-        "  cost        ${online:.4} online · ${batch:.4} batch (workers at half price){}{}",
-        if estimate.synthesis_dollars > 0.0 {
-            format!("; synthesis ${:.4} included", estimate.synthesis_dollars)
-        } else {
-            String::new()
-        },
+        "  cost        ${online:.4} online · ${batch:.4} batch (half price){}",
         match items.execution {
             Execution::Online => "  [execution: online]",
             Execution::Batch => "  [execution: batch]",
         }
     );
+    if estimate.synthesis_dollars > 0.0 {
+        let _ = writeln!(
+            out,
+            "  total       ${:.4} with the synthesis (${:.4}, online)",
+            estimate.dollars, estimate.synthesis_dollars
+        );
+    }
     let aggregate = &items.aggregate;
     let mut parts = Vec::new();
     if !aggregate.count_by.is_empty() {

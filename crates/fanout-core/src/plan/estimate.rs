@@ -56,6 +56,10 @@ pub const EDIT_TOKENS: u64 = 30;
 pub const NEW_FILE_TOKENS: u64 = 100;
 /// The report: status, summary, files changed.
 pub const REPORT_TOKENS: u64 = 25;
+/// Files a read-only agent of the simulator's reads after listing its scope.
+pub const READ_ONLY_SAMPLE: usize = 3;
+/// What a test command prints, as the agent reads it.
+pub const COMMAND_OUTPUT_TOKENS: u64 = 50;
 /// Independent tool calls a model makes in one turn.
 pub const CALLS_PER_TURN: u64 = 10;
 /// Time to first token of one call.
@@ -391,7 +395,8 @@ struct Style {
     calls_per_turn: u64,
     /// Reasoning tokens per turn, besides the calls.
     prose: u64,
-    /// A writer reads its whole scope (not only the files it changes).
+    /// A writer reads its whole scope (not only the files it changes), and a reader all of it
+    /// (not a listing and a few files).
     reads_scope: bool,
     /// A changed file is written out whole (not edited in place).
     rewrites: bool,
@@ -439,6 +444,11 @@ struct AgentShape {
     /// Files written (edits) and created, and what the edits add.
     writes: u64,
     write_output: u64,
+    /// A listing of the scope first (its result's tokens), for a read-only agent of the
+    /// simulator's.
+    listing: Option<u64>,
+    /// A test command run after the edits (the simulator's agents, when the task asks).
+    tests: bool,
     /// The tools granted (the shared prefix differs with them).
     tool_names: Vec<String>,
 }
@@ -482,11 +492,35 @@ impl AgentShape {
             + 120)
             / 4;
         let writes = (scope.write_files.len() + scope.new_files.len()) as u64;
-        let read_files: Vec<usize> = if writes > 0 && !style.reads_scope {
-            scope.write_files.clone()
-        } else {
+        let mut listing = None;
+        let read_files: Vec<usize> = if style.reads_scope {
             scope.read_files.clone()
+        } else if writes > 0 {
+            scope.write_files.clone()
+        } else if subtask.has_tool("list_files") {
+            // The simulator's reader lists its scope, then reads a few of the files.
+            listing = Some(
+                scope
+                    .read_files
+                    .iter()
+                    .map(|&i| scan.files[i].path.len() as u64 + 1)
+                    .sum::<u64>()
+                    / 4,
+            );
+            scope
+                .read_files
+                .iter()
+                .copied()
+                .take(READ_ONLY_SAMPLE)
+                .collect()
+        } else {
+            Vec::new()
         };
+        let description = subtask.description.to_lowercase();
+        let tests = !style.reads_scope
+            && subtask.has_tool("bash")
+            && !subtask.shell_commands.is_empty()
+            && (description.contains("test") || description.contains("spec"));
         let read_tokens: u64 = read_files.iter().map(|&i| scan.files[i].bytes / 4).sum();
         let write_output: u64 = scope
             .write_files
@@ -508,6 +542,8 @@ impl AgentShape {
             read_tokens,
             writes,
             write_output,
+            listing,
+            tests,
             tool_names: subtask.tools.clone(),
         }
     }
@@ -535,11 +571,17 @@ impl AgentShape {
                 ));
             }
         };
+        if let Some(listed) = self.listing {
+            batches(1, 0, listed);
+        }
         if self.reads > 0 {
             batches(self.reads, 0, self.read_tokens);
         }
         if self.writes > 0 {
             batches(self.writes, self.write_output, 0);
+        }
+        if self.tests {
+            batches(1, 0, COMMAND_OUTPUT_TOKENS);
         }
         plan.push((1, REPORT_TOKENS + 10 * self.writes, RESULT_TOKENS));
         plan.truncate(usize::try_from(max_turns.max(1)).unwrap_or(usize::MAX));

@@ -152,12 +152,15 @@ pub struct ItemEstimate {
     /// workers share, once it reaches the model's minimum cacheable length).
     pub cached_input_tokens: u64,
     pub output_tokens: u64,
-    /// Dollars at the online price (retries not included), the synthesis included.
+    /// The workers' dollars at the online price (retries not included).
     pub online_dollars: f64,
-    /// Dollars through the Message Batches API (the synthesis is sent online).
+    /// The workers' dollars through the batch API.
     pub batch_dollars: f64,
-    /// The synthesis call(s), in both of the above.
+    /// The synthesis call (always sent online).
     pub synthesis_dollars: f64,
+    /// What the run is expected to cost: the workers at the job's execution's price and the
+    /// synthesis.
+    pub dollars: f64,
 }
 
 impl ItemJob {
@@ -373,9 +376,10 @@ impl ItemJob {
             input_tokens,
             cached_input_tokens: cache_read,
             output_tokens,
-            online_dollars: workers + synthesis_dollars,
-            batch_dollars: workers * BATCH_PRICE_FACTOR + synthesis_dollars,
+            online_dollars: workers,
+            batch_dollars: workers * BATCH_PRICE_FACTOR,
             synthesis_dollars,
+            dollars: workers * self.price_factor() + synthesis_dollars,
         }
     }
 
