@@ -258,4 +258,14 @@ fn the_ticket_estimate_is_within_a_fifth_of_the_bill() {
     let report = json_documents(&live).pop().unwrap();
     let billed = report["cost_usd"].as_f64().unwrap();
     assert_within_a_fifth("support-tickets", estimated, billed);
+    // summary.json carries the same bill, the synthesis included.
+    let dir = work.path().join(report["output_dir"].as_str().unwrap());
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["usage"]["cost_usd"].as_f64(), Some(billed));
+    assert_eq!(summary["usage"]["input_tokens"], report["input_tokens"]);
+    assert_eq!(
+        summary["usage"]["cache_read_tokens"],
+        report["cache_read_tokens"]
+    );
 }
