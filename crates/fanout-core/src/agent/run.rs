@@ -58,9 +58,15 @@ pub struct AgentConfig {
 pub struct CallUsage {
     /// The turn, from 1.
     pub turn: u64,
+    /// Every input token, cached or not.
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Of `input_tokens`, those read from and written to the prompt cache.
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
     pub dollars: f64,
+    /// Dollars the prompt cache saved on this call.
+    pub cache_saved: f64,
 }
 
 /// A callback for [`CallUsage`]; it must not block.
@@ -321,7 +327,10 @@ pub async fn run_agent_gated(
                 turn: outcome.turns,
                 input_tokens: response.usage.total_input(),
                 output_tokens: response.usage.output_tokens,
+                cache_read_tokens: response.usage.cache_read_input_tokens,
+                cache_write_tokens: response.usage.cache_creation_input_tokens,
                 dollars,
+                cache_saved: saved,
             });
         }
         messages.push(Message::assistant(response.content.clone()));

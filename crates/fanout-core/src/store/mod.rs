@@ -48,7 +48,7 @@ pub use error::StoreError;
 pub use log::LogSink;
 pub use query::{
     AgentDetail, AgentRow, CheckpointRow, DenialRow, EventRow, ObservedUsage, RunDetail, RunRow,
-    RunSummary, StatusCounts, StoreReader, ToolCallRow, UnfinishedUsage, agents_sentence,
+    RunSummary, Spent, StatusCounts, StoreReader, ToolCallRow, UnfinishedUsage, agents_sentence,
     cache_sentence,
 };
 pub use writer::{MAX_BATCH, QUEUE_DEPTH, Store, WriterStats};

@@ -47,8 +47,22 @@ pub struct ObservedUsage {
     pub seconds: f64,
 }
 
-/// `(agent_id, attempt) → (input tokens, output tokens, dollars)`.
-pub type UnfinishedUsage = std::collections::HashMap<(AgentId, u32), (u64, u64, f64)>;
+/// What an attempt's recorded model calls used (`model_call` events), summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Spent {
+    /// Every input token, cached or not.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Of `input_tokens`, those read from and written to the prompt cache.
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub dollars: f64,
+    /// Dollars the prompt cache saved.
+    pub cache_saved: f64,
+}
+
+/// `(agent_id, attempt) → what its recorded model calls used`.
+pub type UnfinishedUsage = std::collections::HashMap<(AgentId, u32), Spent>;
 
 /// A run's agents, each counted once, by the status of its **last** attempt; and what every
 /// attempt cost. The one source of the counts `fanout runs`, `fanout show`, a run's summary
@@ -670,7 +684,10 @@ impl StoreReader {
                 "SELECT e.agent_id, json_extract(e.payload, '$.attempt') AS attempt,
                     SUM(json_extract(e.payload, '$.input_tokens')),
                     SUM(json_extract(e.payload, '$.output_tokens')),
-                    SUM(json_extract(e.payload, '$.dollars'))
+                    SUM(json_extract(e.payload, '$.dollars')),
+                    SUM(json_extract(e.payload, '$.cache_read_tokens')),
+                    SUM(json_extract(e.payload, '$.cache_write_tokens')),
+                    SUM(json_extract(e.payload, '$.cache_saved'))
                  FROM events e JOIN agent_runs a
                    ON a.run_id = e.run_id AND a.agent_id = e.agent_id
                       AND a.attempt = json_extract(e.payload, '$.attempt')
@@ -686,19 +703,27 @@ impl StoreReader {
                     row.get::<_, Option<i64>>(2)?,
                     row.get::<_, Option<i64>>(3)?,
                     row.get::<_, Option<f64>>(4)?,
+                    row.get::<_, Option<i64>>(5)?,
+                    row.get::<_, Option<i64>>(6)?,
+                    row.get::<_, Option<f64>>(7)?,
                 ))
             })
             .map_err(self.sqlite(what))?;
         let mut out = std::collections::HashMap::new();
+        let count = |n: Option<i64>| n.unwrap_or(0).max(0) as u64;
         for row in rows {
-            let (agent, attempt, input, output, dollars) = row.map_err(self.sqlite(what))?;
+            let (agent, attempt, input, output, dollars, read, written, saved) =
+                row.map_err(self.sqlite(what))?;
             out.insert(
                 (agent, u32::try_from(attempt.max(0)).unwrap_or(u32::MAX)),
-                (
-                    input.unwrap_or(0).max(0) as u64,
-                    output.unwrap_or(0).max(0) as u64,
-                    dollars.unwrap_or(0.0),
-                ),
+                Spent {
+                    input_tokens: count(input),
+                    output_tokens: count(output),
+                    cache_read_tokens: count(read),
+                    cache_write_tokens: count(written),
+                    dollars: dollars.unwrap_or(0.0),
+                    cache_saved: saved.unwrap_or(0.0),
+                },
             );
         }
         Ok(out)

@@ -61,7 +61,10 @@ pub(super) fn usage_recorder(
                 "model": model,
                 "input_tokens": usage.input_tokens,
                 "output_tokens": usage.output_tokens,
+                "cache_read_tokens": usage.cache_read_tokens,
+                "cache_write_tokens": usage.cache_write_tokens,
                 "dollars": usage.dollars,
+                "cache_saved": usage.cache_saved,
             }),
             at: SystemTime::now(),
         });
