@@ -152,6 +152,23 @@ fn the_store_reports_the_cache_reads_the_simulator_recorded() {
     let listed = fanout_in(work.path(), &["runs", "--repo", "repo"]);
     let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
     assert!(listed.contains(&format!("${saved:.4}")), "{listed}");
+    // And the HTML report.
+    let report = fanout_in(work.path(), &["report", &run_id, "--repo", "repo"]);
+    assert_eq!(
+        report.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let html = std::fs::read_to_string(
+        work.path()
+            .join(format!("repo/.fanout/runs/{run_id}/report.html")),
+    )
+    .unwrap();
+    assert!(
+        html.contains(&format!("data-read=\"{read}\" data-written=\"{written}\"")),
+        "no cache figures in the HTML report"
+    );
 }
 
 /// Every JSON document `output` printed on stdout, in order (`--json` prints one per line or
