@@ -568,8 +568,11 @@ fn render_plan(
     );
     let _ = writeln!(
         out,
-        "  estimate    {} requests, ~{} input tokens, ~{} output tokens (first attempts)",
-        estimate.chunks, estimate.input_tokens, estimate.output_tokens
+        "  estimate    {} requests, ~{} input tokens ({} from the prompt cache), ~{} output tokens (first attempts)",
+        estimate.chunks,
+        estimate.input_tokens,
+        estimate.cached_input_tokens,
+        estimate.output_tokens
     );
     let (online, batch) = (estimate.online_dollars, estimate.batch_dollars);
     let _ = writeln!(
@@ -580,6 +583,13 @@ fn render_plan(
             Execution::Batch => "  [execution: batch]",
         }
     );
+    if estimate.synthesis_dollars > 0.0 {
+        let _ = writeln!(
+            out,
+            "  total       ${:.4} with the synthesis (${:.4}, online)",
+            estimate.dollars, estimate.synthesis_dollars
+        );
+    }
     let aggregate = &items.aggregate;
     let mut parts = Vec::new();
     if !aggregate.count_by.is_empty() {
@@ -727,6 +737,16 @@ fn render_summary(report: &ItemReport, simulated: bool) -> String {
         out,
         "  calls       {} · {} input tokens · {} output tokens · ${:.4}",
         report.calls, report.input_tokens, report.output_tokens, report.cost_usd
+    );
+    let _ = writeln!(
+        out,
+        "  cache       {}",
+        fanout_core::store::cache_sentence(
+            report.cache_read_tokens,
+            report.cache_write_tokens,
+            report.input_tokens,
+            report.cache_saved_usd,
+        )
     );
     if report.budget_exhausted {
         let _ = writeln!(out, "  budget      exhausted: some chunks were not sent");

@@ -224,6 +224,10 @@ pub fn render(outcome: &RunOutcome, estimated: Duration, followup: &Followup) ->
         human_count(tokens),
         outcome.dollars
     ));
+    out.push_str(&format!(
+        "Prompt cache: {}\n",
+        fanout_core::run::engine::cache_text(outcome)
+    ));
     // The estimate in the dry run's words and rounding.
     let wall = if outcome.wall_time < Duration::from_secs(60) {
         format!("{:.1}s", outcome.wall_time.as_secs_f64())

@@ -252,6 +252,7 @@ pub(crate) fn calibration(
             .sim_latency()
             .map(|latency| (latency, "the simulator's latency".to_owned())),
         instant_output: simulated,
+        tool_calls_only: simulated,
         observed,
     }
 }

@@ -289,14 +289,16 @@ fn runs_table(runs: &[RunSummary]) -> String {
                 summary.agents.not_run.to_string(),
                 summary.agents.denials.to_string(),
                 summary.agents.tokens().to_string(),
+                format!("{:.0}%", 100.0 * summary.agents.cached_share()),
                 format!("${:.4}", summary.agents.dollars),
+                format!("${:.4}", summary.agents.cache_saved),
             ]
         })
         .collect();
     table(
         &[
             "RUN", "WORKFLOW", "STATUS", "STARTED", "DURATION", "OK", "FAILED", "ROLLBACK",
-            "RUNNING", "NOT RUN", "DENIED", "TOKENS", "COST",
+            "RUNNING", "NOT RUN", "DENIED", "TOKENS", "CACHED", "COST", "SAVED",
         ],
         &rows,
     )
@@ -398,6 +400,7 @@ fn run_text(detail: &RunDetail) -> String {
         ),
     );
     field("cost", &format!("${:.4}", counts.dollars));
+    field("cache", &counts.describe_cache());
     if !detail.agent_runs.is_empty() {
         out.push('\n');
         out.push_str(&agents_table(detail));
@@ -469,6 +472,15 @@ fn agent_text(detail: &AgentDetail) -> String {
             format!(
                 "{} ({} in, {} out), ${:.4}",
                 agent.token_count, agent.input_tokens, agent.output_tokens, agent.cost_usd
+            ),
+        );
+        field(
+            "cache",
+            fanout_core::store::cache_sentence(
+                agent.cache_read_tokens,
+                agent.cache_write_tokens,
+                agent.input_tokens,
+                agent.cache_saved_usd,
             ),
         );
         field(

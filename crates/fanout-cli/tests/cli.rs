@@ -136,7 +136,10 @@ fn plan_dry_run_prints_the_seed_lines_and_exits_zero() {
         "Files in scope: 83",
         "External API calls: 0 (denied)",
         "Shell commands: [git status, npm test] (allowlisted)",
-        "Estimated token usage: 2.1M (38% Fast Mode)",
+        // Against the simulator the estimate is what its agents will use; the seed's "2.1M
+        // (38% Fast Mode)" is this plan against the model APIs (fanout-core's
+        // `seed_dry_run_prints_every_seed_line_and_changes_nothing`).
+        "Estimated token usage: 246K (52% Fast Mode)",
         "No permission violations detected.",
         "Run without --dry-run to execute.",
     ] {
@@ -414,6 +417,9 @@ mod store_commands {
                     input_tokens: 900,
                     output_tokens: 100,
                     cost_usd: 0.5,
+                    cache_read_tokens: 0,
+                    cache_write_tokens: 0,
+                    cache_saved_usd: 0.0,
                     error: (status != AgentStatus::Success).then(|| "tests failed".to_owned()),
                     checkpoint: None,
                     ended_at: at(1005),
@@ -2178,3 +2184,6 @@ mod html_report;
 
 #[path = "cli/traces.rs"]
 mod traces;
+
+#[path = "cli/costs.rs"]
+mod costs;

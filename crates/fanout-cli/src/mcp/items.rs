@@ -66,10 +66,8 @@ pub async fn plan(
     let job = job(config).await?;
     let hash = job.review_hash().map_err(|e| e.to_string())?;
     let estimate = job.estimate();
-    let dollars = match job.execution {
-        Execution::Online => estimate.online_dollars,
-        Execution::Batch => estimate.batch_dollars,
-    };
+    // The workers at the job's execution's price, and the synthesis.
+    let dollars = estimate.dollars;
     let problems: Vec<String> = job
         .problems
         .iter()

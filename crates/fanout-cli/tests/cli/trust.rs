@@ -878,10 +878,12 @@ fn estimates_say_what_they_assume_and_learn_from_earlier_runs() {
     assert!(text.contains("Estimate basis: modelled"), "{text}");
 
     // A budget under the estimate but over the actual spend: a warning, and the run completes.
+    // (This scenario's scripted agents do less than the model assumes: they spend about 60 %
+    // of the estimate, so a quarter under the estimate is still above the spend.)
     let estimated = first["estimate"]["dollars"].as_f64().unwrap();
     let budget = format!(
         "  budgets:\n    run:\n      max_dollars: {:.4}\n",
-        estimated / 3.0
+        estimated * 0.75
     );
     let output = report(&budget, &["--dry-run"]);
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -893,7 +895,7 @@ fn estimates_say_what_they_assume_and_learn_from_earlier_runs() {
     let outcome = outcome_of(&output);
     assert_eq!(output.status.code(), Some(0), "{outcome}");
     assert!(
-        outcome["dollars"].as_f64().unwrap() <= estimated / 3.0,
+        outcome["dollars"].as_f64().unwrap() <= estimated * 0.75,
         "{outcome}"
     );
     let actual_tokens =

@@ -58,13 +58,19 @@ pub struct AgentConfig {
 pub struct CallUsage {
     /// The turn, from 1.
     pub turn: u64,
+    /// Every input token, cached or not.
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Of `input_tokens`, those read from and written to the prompt cache.
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
     pub dollars: f64,
     /// Tries the fleet made for this call (retries after 429s and transient errors included).
     pub attempts: u32,
     /// Time the call spent queued for the rate governor, over its tries.
     pub rate_wait: std::time::Duration,
+    /// Dollars the prompt cache saved on this call.
+    pub cache_saved: f64,
 }
 
 /// A callback for [`CallUsage`]; it must not block.
@@ -108,9 +114,16 @@ pub struct AgentOutcome {
     pub result: Option<Value>,
     pub receipts: Receipts,
     pub turns: u64,
+    /// Every input token, cached or not.
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Of `input_tokens`, those read from the prompt cache.
+    pub cache_read_tokens: u64,
+    /// Of `input_tokens`, those written to the prompt cache.
+    pub cache_write_tokens: u64,
     pub dollars: f64,
+    /// Dollars the prompt cache saved (cost at the full input price minus `dollars`).
+    pub cache_saved: f64,
     /// Claims of the result that the receipts contradict.
     pub flags: Vec<String>,
 }
@@ -237,7 +250,10 @@ pub async fn run_agent_gated(
         turns: 0,
         input_tokens: 0,
         output_tokens: 0,
+        cache_read_tokens: 0,
+        cache_write_tokens: 0,
         dollars: 0.0,
+        cache_saved: 0.0,
         flags: Vec::new(),
     };
     let validator = match validator_for(&schema) {
@@ -302,19 +318,25 @@ pub async fn run_agent_gated(
         };
         outcome.input_tokens += response.usage.total_input();
         outcome.output_tokens += response.usage.output_tokens;
-        let dollars = config
-            .pricing
-            .as_ref()
-            .map_or(0.0, |pricing| pricing.cost(response.usage.billed()));
+        outcome.cache_read_tokens += response.usage.cache_read_input_tokens;
+        outcome.cache_write_tokens += response.usage.cache_creation_input_tokens;
+        let (dollars, saved) = config.pricing.as_ref().map_or((0.0, 0.0), |pricing| {
+            let billed = response.usage.billed();
+            (pricing.cost(billed), pricing.saved(billed))
+        });
         outcome.dollars += dollars;
+        outcome.cache_saved += saved;
         if let Some(hook) = &config.on_call {
             (hook.0)(&CallUsage {
                 turn: outcome.turns,
                 input_tokens: response.usage.total_input(),
                 output_tokens: response.usage.output_tokens,
+                cache_read_tokens: response.usage.cache_read_input_tokens,
+                cache_write_tokens: response.usage.cache_creation_input_tokens,
                 dollars,
                 attempts: tries,
                 rate_wait,
+                cache_saved: saved,
             });
         }
         messages.push(Message::assistant(response.content.clone()));

@@ -60,6 +60,24 @@ pub struct Summary {
     pub failures_by_kind: Vec<(FailureKind, usize)>,
     /// For each count-by field: `(value, count)`, most frequent first.
     pub counts: Vec<(String, Vec<(String, u64)>)>,
+    /// What the run's calls used and cost, once the run has ended (the summary is first
+    /// written without it, before the synthesis call).
+    #[serde(default)]
+    pub usage: Option<SummaryUsage>,
+}
+
+/// Tokens and dollars of a run's calls (workers and synthesis, every attempt).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct SummaryUsage {
+    /// Every input token, cached or not.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Of `input_tokens`, those read from and written to the prompt cache.
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub cost_usd: f64,
+    /// Dollars the prompt cache saved (cost at the full input price minus `cost_usd`).
+    pub cache_saved_usd: f64,
 }
 
 impl Summary {
@@ -90,6 +108,7 @@ impl Summary {
             failed,
             failures_by_kind: by_kind,
             counts,
+            usage: None,
         }
     }
 
@@ -109,6 +128,7 @@ impl Summary {
                     Value::Array(counts.iter().map(|(value, n)| json!({"value": value, "count": n})).collect()),
                 ))
                 .collect::<serde_json::Map<_, _>>(),
+            "usage": self.usage,
         })
     }
 
@@ -148,8 +168,42 @@ impl Summary {
                 ));
             }
         }
+        if let Some(usage) = &self.usage {
+            out.push_str(&format!(
+                "\n## Cost\n\n- {} input tokens, {} output tokens: ${:.4}\n- prompt cache: {}\n",
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cost_usd,
+                crate::store::cache_sentence(
+                    usage.cache_read_tokens,
+                    usage.cache_write_tokens,
+                    usage.input_tokens,
+                    usage.cache_saved_usd,
+                ),
+            ));
+        }
         out
     }
+}
+
+/// Write `summary.json` and `summary.md` again (with the run's usage, once it has ended).
+pub fn rewrite_summary(
+    paths: &OutputPaths,
+    summary: &Summary,
+    title: Option<&str>,
+) -> Result<(), OutputError> {
+    let mut summary_json =
+        serde_json::to_string_pretty(&summary.to_json()).map_err(|error| OutputError::Encode {
+            path: paths.summary_json.clone(),
+            message: error.to_string(),
+        })?;
+    summary_json.push('\n');
+    let markdown = summary.to_markdown(title);
+    write_atomic_all(&[
+        (&paths.summary_json, summary_json.as_bytes()),
+        (&paths.summary_markdown, markdown.as_bytes()),
+    ])?;
+    Ok(())
 }
 
 /// Where the files went.

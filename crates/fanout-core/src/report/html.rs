@@ -186,6 +186,16 @@ fn header(out: &mut String, report: &RunReport) {
             dollars(counts.dollars)
         ),
     );
+    fact(
+        "Prompt cache",
+        format!(
+            "<span id=\"cache\" data-read=\"{}\" data-written=\"{}\" data-saved=\"{}\">{}</span>",
+            counts.cache_read_tokens,
+            counts.cache_write_tokens,
+            counts.cache_saved,
+            escape(&counts.describe_cache())
+        ),
+    );
     match &report.kind {
         RunKind::Repository(outcome) => repository_facts(&mut fact, outcome),
         RunKind::Items(items) => {

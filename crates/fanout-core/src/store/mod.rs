@@ -48,7 +48,8 @@ pub use error::StoreError;
 pub use log::LogSink;
 pub use query::{
     AgentDetail, AgentRow, CheckpointRow, DenialRow, EventRow, ObservedUsage, RunDetail, RunRow,
-    RunSummary, StatusCounts, StoreReader, ToolCallRow, UnfinishedUsage, agents_sentence,
+    RunSummary, Spent, StatusCounts, StoreReader, ToolCallRow, UnfinishedUsage, agents_sentence,
+    cache_sentence,
 };
 pub use writer::{MAX_BATCH, QUEUE_DEPTH, Store, WriterStats};
 
@@ -273,9 +274,16 @@ pub struct AgentFinish {
     pub files_accessed: Vec<String>,
     /// Tool names the agent called (`tools_called`).
     pub tools_called: Vec<String>,
+    /// Every input token, cached or not.
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Of `input_tokens`, those read from the provider's prompt cache.
+    pub cache_read_tokens: u64,
+    /// Of `input_tokens`, those written to the provider's prompt cache.
+    pub cache_write_tokens: u64,
     pub cost_usd: f64,
+    /// Dollars the cache saved: the cost at the full input price minus `cost_usd`.
+    pub cache_saved_usd: f64,
     pub error: Option<String>,
     /// The checkpoint (commit id) the agent's changes are in, once one is taken.
     pub checkpoint: Option<String>,

@@ -36,15 +36,33 @@ pub struct ObservedUsage {
     pub runs: u64,
     pub agents: u64,
     pub calls: u64,
+    /// Every input token, cached or not.
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Of `input_tokens`, those read from and written to the prompt cache.
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
     pub dollars: f64,
     /// Wall time of those attempts, summed.
     pub seconds: f64,
 }
 
-/// `(agent_id, attempt) → (input tokens, output tokens, dollars)`.
-pub type UnfinishedUsage = std::collections::HashMap<(AgentId, u32), (u64, u64, f64)>;
+/// What an attempt's recorded model calls used (`model_call` events), summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Spent {
+    /// Every input token, cached or not.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Of `input_tokens`, those read from and written to the prompt cache.
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub dollars: f64,
+    /// Dollars the prompt cache saved.
+    pub cache_saved: f64,
+}
+
+/// `(agent_id, attempt) → what its recorded model calls used`.
+pub type UnfinishedUsage = std::collections::HashMap<(AgentId, u32), Spent>;
 
 /// A run's agents, each counted once, by the status of its **last** attempt; and what every
 /// attempt cost. The one source of the counts `fanout runs`, `fanout show`, a run's summary
@@ -76,11 +94,18 @@ pub struct StatusCounts {
     pub tool_calls: u64,
     /// Tokens and dollars over all attempts, including attempts that failed, were rolled
     /// back or were interrupted (their model calls were paid for all the same).
+    /// Every input token, cached or not.
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Of `input_tokens`, those read from the prompt cache.
+    pub cache_read_tokens: u64,
+    /// Of `input_tokens`, those written to the prompt cache.
+    pub cache_write_tokens: u64,
     pub tokens_fast: u64,
     pub tokens_default: u64,
     pub dollars: f64,
+    /// Dollars the prompt cache saved: the cost at the full input price minus `dollars`.
+    pub cache_saved: f64,
 }
 
 /// "3 succeeded, 1 rolled back, 1 not run (of 5)": a run's agents, each counted once, in the
@@ -105,7 +130,31 @@ pub fn agents_sentence(
     format!("{} (of {planned})", parts.join(", "))
 }
 
+/// "1200 of 2000 input tokens read from the cache (60.0%), 200 written; saved $0.0020": the
+/// prompt cache's part of a bill, in the words every report uses.
+pub fn cache_sentence(read: u64, written: u64, input: u64, saved: f64) -> String {
+    let share = if input == 0 {
+        0.0
+    } else {
+        100.0 * read as f64 / input as f64
+    };
+    format!(
+        "{read} of {input} input tokens read from the cache ({share:.1}%), {written} written; \
+         saved ${saved:.4}"
+    )
+}
+
 impl StatusCounts {
+    /// [`cache_sentence`] of these counts.
+    pub fn describe_cache(&self) -> String {
+        cache_sentence(
+            self.cache_read_tokens,
+            self.cache_write_tokens,
+            self.input_tokens,
+            self.cache_saved,
+        )
+    }
+
     /// [`agents_sentence`] of these counts.
     pub fn describe(&self) -> String {
         agents_sentence(
@@ -128,6 +177,15 @@ impl StatusCounts {
 
     pub fn tokens(&self) -> u64 {
         self.input_tokens + self.output_tokens
+    }
+
+    /// The share of input tokens read from the prompt cache (0 with no input).
+    pub fn cached_share(&self) -> f64 {
+        if self.input_tokens == 0 {
+            0.0
+        } else {
+            self.cache_read_tokens as f64 / self.input_tokens as f64
+        }
     }
 }
 
@@ -155,9 +213,16 @@ pub struct AgentRow {
     pub timestamp_start: Option<String>,
     pub timestamp_end: Option<String>,
     pub model: Option<String>,
+    /// Every input token, cached or not.
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Of `input_tokens`, those read from the prompt cache.
+    pub cache_read_tokens: u64,
+    /// Of `input_tokens`, those written to the prompt cache.
+    pub cache_write_tokens: u64,
     pub cost_usd: f64,
+    /// Dollars the cache saved (cost at the full input price minus `cost_usd`).
+    pub cache_saved_usd: f64,
     pub escalated: bool,
     pub error: Option<String>,
     pub checkpoint: Option<String>,
@@ -260,7 +325,8 @@ const RUN_COLUMNS: &str = "run_id, workflow, config_path, plan_hash, repo, statu
 
 const AGENT_COLUMNS: &str = "run_id, agent_id, attempt, task_description, files_accessed,
     tools_called, status, token_count, mode, timestamp_start, timestamp_end, model,
-    input_tokens, output_tokens, cost_usd, escalated, error, checkpoint";
+    input_tokens, output_tokens, cost_usd, escalated, error, checkpoint, cache_read_tokens,
+    cache_write_tokens, cache_saved_usd";
 
 fn unsigned(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
     let value: Option<i64> = row.get(index)?;
@@ -413,6 +479,9 @@ impl StoreReader {
                 escalated: escalated != 0,
                 error: row.get(16)?,
                 checkpoint: row.get(17)?,
+                cache_read_tokens: unsigned(row, 18)?,
+                cache_write_tokens: unsigned(row, 19)?,
+                cache_saved_usd: row.get(20)?,
             },
         })
     }
@@ -457,29 +526,36 @@ impl StoreReader {
                 }
             }
         }
-        let (attempts, input, output, fast, default, dollars): (i64, i64, i64, i64, i64, f64) =
-            self.conn
-                .prepare_cached(
-                    "SELECT COUNT(*), COALESCE(SUM(input_tokens), 0),
-                        COALESCE(SUM(output_tokens), 0),
-                        COALESCE(SUM(CASE WHEN mode = 'fast' THEN token_count ELSE 0 END), 0),
-                        COALESCE(SUM(CASE WHEN mode = 'fast' THEN 0 ELSE token_count END), 0),
-                        COALESCE(SUM(cost_usd), 0.0)
-                     FROM agent_runs WHERE run_id = ?1",
-                )
-                .and_then(|mut stmt| {
-                    stmt.query_row([run_id], |row| {
-                        Ok((
-                            row.get(0)?,
-                            row.get(1)?,
-                            row.get(2)?,
-                            row.get(3)?,
-                            row.get(4)?,
-                            row.get(5)?,
-                        ))
-                    })
+        type Sums = (i64, i64, i64, i64, i64, f64, i64, i64, f64);
+        let (attempts, input, output, fast, default, dollars, read, written, saved): Sums = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*), COALESCE(SUM(input_tokens), 0),
+                    COALESCE(SUM(output_tokens), 0),
+                    COALESCE(SUM(CASE WHEN mode = 'fast' THEN token_count ELSE 0 END), 0),
+                    COALESCE(SUM(CASE WHEN mode = 'fast' THEN 0 ELSE token_count END), 0),
+                    COALESCE(SUM(cost_usd), 0.0),
+                    COALESCE(SUM(cache_read_tokens), 0),
+                    COALESCE(SUM(cache_write_tokens), 0),
+                    COALESCE(SUM(cache_saved_usd), 0.0)
+                 FROM agent_runs WHERE run_id = ?1",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row([run_id], |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                        row.get(5)?,
+                        row.get(6)?,
+                        row.get(7)?,
+                        row.get(8)?,
+                    ))
                 })
-                .map_err(self.sqlite(what))?;
+            })
+            .map_err(self.sqlite(what))?;
         let count = |sql: &str| -> Result<i64, StoreError> {
             self.conn
                 .prepare_cached(sql)
@@ -495,6 +571,9 @@ impl StoreReader {
         counts.tokens_fast = fast.max(0) as u64;
         counts.tokens_default = default.max(0) as u64;
         counts.dollars = dollars;
+        counts.cache_read_tokens = read.max(0) as u64;
+        counts.cache_write_tokens = written.max(0) as u64;
+        counts.cache_saved = saved;
         counts.not_run = planned.saturating_sub(counts.total());
         Ok(counts)
     }
@@ -523,7 +602,8 @@ impl StoreReader {
                      GROUP BY run_id, agent_id, attempt)
                  SELECT a.model, COUNT(DISTINCT a.run_id), COUNT(*), SUM(a.input_tokens),
                         SUM(a.output_tokens), SUM(a.cost_usd), SUM(c.n),
-                        SUM((julianday(a.timestamp_end) - julianday(a.timestamp_start)) * 86400.0)
+                        SUM((julianday(a.timestamp_end) - julianday(a.timestamp_start)) * 86400.0),
+                        SUM(a.cache_read_tokens), SUM(a.cache_write_tokens)
                  FROM agent_runs a JOIN calls c
                    ON c.run_id = a.run_id AND c.agent_id = a.agent_id AND c.attempt = a.attempt
                  WHERE a.status = 'success' AND a.model IS NOT NULL
@@ -541,12 +621,14 @@ impl StoreReader {
                     row.get::<_, f64>(5)?,
                     row.get::<_, i64>(6)?,
                     row.get::<_, Option<f64>>(7)?,
+                    row.get::<_, i64>(8)?,
+                    row.get::<_, i64>(9)?,
                 ))
             })
             .map_err(self.sqlite(what))?;
         let mut out = std::collections::BTreeMap::new();
         for row in rows {
-            let (model, runs, agents, input, output, dollars, calls, seconds) =
+            let (model, runs, agents, input, output, dollars, calls, seconds, read, written) =
                 row.map_err(self.sqlite(what))?;
             if agents <= 0 || calls <= 0 {
                 continue;
@@ -559,6 +641,8 @@ impl StoreReader {
                     calls: calls as u64,
                     input_tokens: input.max(0) as u64,
                     output_tokens: output.max(0) as u64,
+                    cache_read_tokens: read.max(0) as u64,
+                    cache_write_tokens: written.max(0) as u64,
                     dollars,
                     seconds: seconds.unwrap_or(0.0).max(0.0),
                 },
@@ -600,7 +684,10 @@ impl StoreReader {
                 "SELECT e.agent_id, json_extract(e.payload, '$.attempt') AS attempt,
                     SUM(json_extract(e.payload, '$.input_tokens')),
                     SUM(json_extract(e.payload, '$.output_tokens')),
-                    SUM(json_extract(e.payload, '$.dollars'))
+                    SUM(json_extract(e.payload, '$.dollars')),
+                    SUM(json_extract(e.payload, '$.cache_read_tokens')),
+                    SUM(json_extract(e.payload, '$.cache_write_tokens')),
+                    SUM(json_extract(e.payload, '$.cache_saved'))
                  FROM events e JOIN agent_runs a
                    ON a.run_id = e.run_id AND a.agent_id = e.agent_id
                       AND a.attempt = json_extract(e.payload, '$.attempt')
@@ -616,19 +703,27 @@ impl StoreReader {
                     row.get::<_, Option<i64>>(2)?,
                     row.get::<_, Option<i64>>(3)?,
                     row.get::<_, Option<f64>>(4)?,
+                    row.get::<_, Option<i64>>(5)?,
+                    row.get::<_, Option<i64>>(6)?,
+                    row.get::<_, Option<f64>>(7)?,
                 ))
             })
             .map_err(self.sqlite(what))?;
         let mut out = std::collections::HashMap::new();
+        let count = |n: Option<i64>| n.unwrap_or(0).max(0) as u64;
         for row in rows {
-            let (agent, attempt, input, output, dollars) = row.map_err(self.sqlite(what))?;
+            let (agent, attempt, input, output, dollars, read, written, saved) =
+                row.map_err(self.sqlite(what))?;
             out.insert(
                 (agent, u32::try_from(attempt.max(0)).unwrap_or(u32::MAX)),
-                (
-                    input.unwrap_or(0).max(0) as u64,
-                    output.unwrap_or(0).max(0) as u64,
-                    dollars.unwrap_or(0.0),
-                ),
+                Spent {
+                    input_tokens: count(input),
+                    output_tokens: count(output),
+                    cache_read_tokens: count(read),
+                    cache_write_tokens: count(written),
+                    dollars: dollars.unwrap_or(0.0),
+                    cache_saved: saved.unwrap_or(0.0),
+                },
             );
         }
         Ok(out)

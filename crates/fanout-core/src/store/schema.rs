@@ -166,6 +166,15 @@ ALTER TABLE tool_calls ADD COLUMN duration_ms INTEGER;
 ALTER TABLE tool_calls ADD COLUMN bytes INTEGER;       -- bytes read, written or output
 ALTER TABLE tool_calls ADD COLUMN paths TEXT;          -- JSON array of repository paths
 "#,
+    // 4: prompt caching. Of an attempt's `input_tokens` (every input token, cached or not),
+    // how many were read from and written to the provider's cache, and the dollars the cache
+    // saved (the attempt's cost at the full input price minus its actual cost; negative when
+    // writes were never read back).
+    r#"
+ALTER TABLE agent_runs ADD COLUMN cache_read_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE agent_runs ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE agent_runs ADD COLUMN cache_saved_usd REAL NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Set the connection pragmas every connection of ours uses.

@@ -716,7 +716,8 @@ impl Writer {
             .prepare_cached(
                 "UPDATE agent_runs SET status = ?4, files_accessed = ?5, tools_called = ?6,
                      token_count = ?7, input_tokens = ?8, output_tokens = ?9, cost_usd = ?10,
-                     error = ?11, checkpoint = ?12, timestamp_end = ?13
+                     error = ?11, checkpoint = ?12, timestamp_end = ?13,
+                     cache_read_tokens = ?14, cache_write_tokens = ?15, cache_saved_usd = ?16
                  WHERE run_id = ?1 AND agent_id = ?2 AND attempt = ?3 AND status IS NULL",
             )
             .and_then(|mut stmt| {
@@ -734,6 +735,9 @@ impl Writer {
                     finish.error,
                     finish.checkpoint,
                     ended_at,
+                    sql_int(finish.cache_read_tokens),
+                    sql_int(finish.cache_write_tokens),
+                    finish.cache_saved_usd,
                 ])
             })
             .map_err(self.sqlite("recording an agent result"))?;
@@ -799,7 +803,10 @@ impl Writer {
                 "token_count": finish.token_count(),
                 "input_tokens": finish.input_tokens,
                 "output_tokens": finish.output_tokens,
+                "cache_read_tokens": finish.cache_read_tokens,
+                "cache_write_tokens": finish.cache_write_tokens,
                 "cost_usd": finish.cost_usd,
+                "cache_saved_usd": finish.cache_saved_usd,
                 "error": finish.error,
                 "checkpoint": finish.checkpoint,
             })

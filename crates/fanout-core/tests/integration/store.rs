@@ -55,6 +55,9 @@ fn finish(run_id: &str, agent_id: &str, status: AgentStatus) -> AgentFinish {
         input_tokens: 1000,
         output_tokens: 234,
         cost_usd: 0.01,
+        cache_read_tokens: 600,
+        cache_write_tokens: 100,
+        cache_saved_usd: 0.001,
         error: None,
         checkpoint: None,
         ended_at: at(12),
@@ -108,6 +111,9 @@ async fn agent_runs_has_the_seed_columns_with_the_seed_types() {
         "escalated",
         "error",
         "checkpoint",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "cache_saved_usd",
     ] {
         assert!(names.contains(&extra), "{extra} missing from {names:?}");
     }
@@ -498,6 +504,17 @@ async fn queries_answer_what_the_cli_shows() {
         ),
         (1, 1, 1)
     );
+    // Two finished attempts' cache tokens and savings, summed; the share is of all input.
+    assert_eq!(
+        (
+            runs[0].agents.input_tokens,
+            runs[0].agents.cache_read_tokens,
+            runs[0].agents.cache_write_tokens
+        ),
+        (2000, 1200, 200)
+    );
+    assert!((runs[0].agents.cache_saved - 0.002).abs() < 1e-12);
+    assert!((runs[0].agents.cached_share() - 0.6).abs() < 1e-12);
     let detail = reader.run(&"new".into()).unwrap().unwrap();
     assert_eq!(detail.checkpoints.len(), 1);
     let agent = reader.agent(&"new".into(), &"a".into()).unwrap().unwrap();
@@ -514,6 +531,8 @@ async fn queries_answer_what_the_cli_shows() {
     assert_eq!(json["run_id"], "new");
     assert_eq!(json["agents"]["success"], 1);
     assert_eq!(json["agent_runs"][0]["mode"], "fast");
+    assert_eq!(json["agent_runs"][0]["cache_read_tokens"], 600);
+    assert_eq!(json["agents"]["cache_read_tokens"], 1200);
 }
 
 #[tokio::test]

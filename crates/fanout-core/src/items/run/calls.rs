@@ -12,7 +12,7 @@ use crate::items::chunk::Chunk;
 use crate::items::worker::{
     ChunkOutcome, RetryChunk, SUBMIT_TOOL, TemplateError, build_repair_request, build_request,
 };
-use crate::provider::Response;
+use crate::provider::{Response, Usage};
 use crate::store::{AgentFinish, AgentStart, AgentStatus, EventRecord};
 
 pub(super) fn next_attempt(ctx: &Ctx, agent_id: &AgentId) -> u32 {
@@ -90,15 +90,18 @@ pub(super) fn end_record(
     outcome: &ChunkOutcome,
     error: Option<String>,
 ) -> (AgentFinish, f64) {
-    let (input_tokens, output_tokens, cost, called) = match response {
+    let (usage, cost, saved, called) = match response {
         Some(response) => {
-            let usage = &response.usage;
-            let cost = ctx.job.worker_model.cost(usage.billed()) * ctx.job.price_factor();
+            let usage = response.usage;
+            let factor = ctx.job.price_factor();
+            let cost = ctx.job.worker_model.cost(usage.billed()) * factor;
+            let saved = ctx.job.worker_model.saved(usage.billed()) * factor;
             let called = response.tool_uses().any(|(_, name, _)| name == SUBMIT_TOOL);
-            (usage.total_input(), usage.output_tokens, cost, called)
+            (usage, cost, saved, called)
         }
-        None => (0, 0, 0.0, false),
+        None => (Usage::default(), 0.0, 0.0, false),
     };
+    let (input_tokens, output_tokens) = (usage.total_input(), usage.output_tokens);
     if response.is_some() {
         // The call as the repository engine records its agents' calls: traces and the report
         // draw item runs' model calls from these events too.
@@ -114,7 +117,10 @@ pub(super) fn end_record(
                 "model": ctx.job.worker_model.model,
                 "input_tokens": input_tokens,
                 "output_tokens": output_tokens,
+                "cache_read_tokens": usage.cache_read_input_tokens,
+                "cache_write_tokens": usage.cache_creation_input_tokens,
                 "dollars": cost,
+                "cache_saved": saved,
             }),
             at: SystemTime::now(),
         });
@@ -124,7 +130,10 @@ pub(super) fn end_record(
         totals.calls += 1;
         totals.input_tokens += input_tokens;
         totals.output_tokens += output_tokens;
+        totals.cache_read_tokens += usage.cache_read_input_tokens;
+        totals.cache_write_tokens += usage.cache_creation_input_tokens;
         totals.cost += cost;
+        totals.cache_saved += saved;
     }
     let complete = outcome.is_complete() && error.is_none();
     let error = error.or_else(|| (!complete).then(|| problem_summary(outcome)));
@@ -145,7 +154,10 @@ pub(super) fn end_record(
         },
         input_tokens,
         output_tokens,
+        cache_read_tokens: usage.cache_read_input_tokens,
+        cache_write_tokens: usage.cache_creation_input_tokens,
         cost_usd: cost,
+        cache_saved_usd: saved,
         error,
         checkpoint: None,
         ended_at: SystemTime::now(),

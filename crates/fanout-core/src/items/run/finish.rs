@@ -143,6 +143,9 @@ pub(super) fn run_totals(ctx: &Ctx) -> Totals {
         totals.input_tokens = run.agents.input_tokens;
         totals.output_tokens = run.agents.output_tokens;
         totals.cost = run.agents.dollars;
+        totals.cache_read_tokens = run.agents.cache_read_tokens;
+        totals.cache_write_tokens = run.agents.cache_write_tokens;
+        totals.cache_saved = run.agents.cache_saved;
     }
     totals
 }

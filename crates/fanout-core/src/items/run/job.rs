@@ -29,8 +29,13 @@ use crate::items::output::OutputOptions;
 use crate::items::worker::{FailedItem, ItemRetries, OutputSchema, WorkerSpec, build_request};
 use crate::provider::batch::BATCH_PRICE_FACTOR;
 
-/// Estimated output tokens per item, before any answer is seen.
+/// Estimated output tokens per item, before any answer is seen (budget reservations).
 const OUTPUT_TOKENS_PER_ITEM: u64 = 80;
+/// The synthesis report's length, in tokens.
+const SYNTHESIS_OUTPUT_TOKENS: u64 = 500;
+/// Bytes per token of what is sent and answered, as the providers count English-like text
+/// and JSON (the expected value; [`estimate_tokens`] pads for reservations).
+const EXPECTED_BYTES_PER_TOKEN: f64 = 4.0;
 
 /// Everything a run needs, prepared from the workflow file.
 #[derive(Debug)]
@@ -141,12 +146,21 @@ pub struct ItemEstimate {
     pub items: u64,
     pub chunks: u64,
     pub oversized_chunks: u64,
+    /// Input tokens of the workers' first attempts (cached included).
     pub input_tokens: u64,
+    /// Of `input_tokens`, those expected to be read from the prompt cache (the prompt the
+    /// workers share, once it reaches the model's minimum cacheable length).
+    pub cached_input_tokens: u64,
     pub output_tokens: u64,
-    /// Dollars at the online price (retries not included).
+    /// The workers' dollars at the online price (retries not included).
     pub online_dollars: f64,
-    /// Dollars through the Message Batches API.
+    /// The workers' dollars through the batch API.
     pub batch_dollars: f64,
+    /// The synthesis call (always sent online).
+    pub synthesis_dollars: f64,
+    /// What the run is expected to cost: the workers at the job's execution's price and the
+    /// synthesis.
+    pub dollars: f64,
 }
 
 impl ItemJob {
@@ -302,24 +316,70 @@ impl ItemJob {
         Ok(crate::plan::store::hash_bytes(&bytes))
     }
 
+    /// What the job is expected to cost: one request per chunk (its items and the prompt the
+    /// workers share, at [`EXPECTED_BYTES_PER_TOKEN`]), an answer per item the size of a
+    /// record the schema describes, the shared prompt written to the prompt cache once and
+    /// read by the other chunks when it is long enough, and the synthesis call over the
+    /// records (when the workflow asks for one).
     pub fn estimate(&self) -> ItemEstimate {
         let estimate = crate::items::chunk::estimate(
             &self.chunks,
             self.overhead_tokens,
             OUTPUT_TOKENS_PER_ITEM,
         );
-        let online = self.worker_model.cost(TokenUse::uncached(
-            estimate.input_tokens,
-            estimate.output_tokens,
-        ));
+        // The chunk figures are padded reservations; undo the padding for an expectation.
+        let expected = |tokens: u64| {
+            (tokens as f64 * crate::items::chunk::BYTES_PER_TOKEN
+                / crate::items::chunk::ESTIMATE_MARGIN
+                / EXPECTED_BYTES_PER_TOKEN)
+                .round() as u64
+        };
+        let shared = expected(self.overhead_tokens);
+        let input_tokens = expected(estimate.input_tokens);
+        let record_tokens = (record_bytes(self.schema.record_schema()) as f64
+            / EXPECTED_BYTES_PER_TOKEN)
+            .ceil() as u64;
+        let output_tokens = record_tokens * estimate.items;
+        let minimum = match self.worker_model.provider {
+            crate::config::Provider::Anthropic => {
+                crate::provider::cache::minimum_cacheable(&self.worker_model.model)
+            }
+            crate::config::Provider::OpenAi => 1024,
+        };
+        let (cache_write, cache_read) =
+            if self.spec.prompt_caching && shared >= minimum && estimate.requests > 0 {
+                (shared, shared * (estimate.requests - 1))
+            } else {
+                (0, 0)
+            };
+        let workers = self.worker_model.cost(TokenUse {
+            input: input_tokens.saturating_sub(cache_write + cache_read),
+            cache_write,
+            cache_read,
+            output: output_tokens,
+        });
+        let synthesis_dollars = match &self.aggregate.synthesis {
+            Some(synthesis) if estimate.items > 0 => {
+                let instructions =
+                    (synthesis.instructions.len() as f64 / EXPECTED_BYTES_PER_TOKEN).ceil() as u64;
+                self.synthesis_model.cost(TokenUse::uncached(
+                    output_tokens + instructions,
+                    SYNTHESIS_OUTPUT_TOKENS,
+                ))
+            }
+            _ => 0.0,
+        };
         ItemEstimate {
             items: estimate.items,
             chunks: estimate.requests,
             oversized_chunks: estimate.oversized_chunks,
-            input_tokens: estimate.input_tokens,
-            output_tokens: estimate.output_tokens,
-            online_dollars: online,
-            batch_dollars: online * BATCH_PRICE_FACTOR,
+            input_tokens,
+            cached_input_tokens: cache_read,
+            output_tokens,
+            online_dollars: workers,
+            batch_dollars: workers * BATCH_PRICE_FACTOR,
+            synthesis_dollars,
+            dollars: workers * self.price_factor() + synthesis_dollars,
         }
     }
 
@@ -340,6 +400,41 @@ impl ItemJob {
     pub(super) fn too_large(&self, chunk: &Chunk) -> bool {
         chunk.oversized && self.overhead_tokens + chunk.estimated_tokens > self.max_input_tokens
     }
+}
+
+/// Bytes of one record as a model writes it from `schema`: every property's key and a typical
+/// value (a string's mean enum value or half its `maxLength`, else a few words).
+fn record_bytes(schema: &Value) -> u64 {
+    fn value_bytes(property: &Value) -> u64 {
+        if let Some(values) = property.get("enum").and_then(Value::as_array) {
+            let total: u64 = values.iter().map(|v| v.to_string().len() as u64).sum();
+            return total / values.len().max(1) as u64;
+        }
+        let kinds: Vec<&str> = match property.get("type") {
+            Some(Value::String(kind)) => vec![kind.as_str()],
+            Some(Value::Array(kinds)) => kinds.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        if kinds.contains(&"string") {
+            let max = property.get("maxLength").and_then(Value::as_u64);
+            max.map_or(20, |max| max / 2) + 2
+        } else if kinds.contains(&"array") {
+            60
+        } else if kinds.contains(&"object") {
+            property
+                .get("properties")
+                .map_or(60, |_| record_bytes(property))
+        } else {
+            6
+        }
+    }
+    let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
+        return 200;
+    };
+    2 + properties
+        .iter()
+        .map(|(key, property)| key.len() as u64 + 4 + value_bytes(property))
+        .sum::<u64>()
 }
 
 /// Read the items the `items.input` section names, with the lines that are not items; with

@@ -81,7 +81,9 @@ pub use self::open::{JobRecord, item_run};
 use super::chunk::{Chunk, ChunkError};
 use super::input::{InputError, InputProblem};
 use super::journal::{self, JournalError, SettlementJournal};
-use super::output::{Completion, OutputError, OutputPaths, Summary, write_outputs};
+use super::output::{
+    Completion, OutputError, OutputPaths, Summary, SummaryUsage, rewrite_summary, write_outputs,
+};
 use super::worker::{Ledger, LedgerError, SchemaError, TemplateError};
 use crate::config::items::Execution;
 use crate::fleet::Fleet;
@@ -236,7 +238,12 @@ pub struct ItemReport {
     /// Tokens and dollars over every process of the run (the store's totals).
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Of `input_tokens`, those read from and written to the prompt cache.
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
     pub cost_usd: f64,
+    /// Dollars the prompt cache saved (cost at the full input price minus `cost_usd`).
+    pub cache_saved_usd: f64,
     pub cancelled: bool,
     pub budget_exhausted: bool,
     /// `synthesis.md`, or why the synthesis could not be written.
@@ -259,7 +266,10 @@ struct Totals {
     calls: u64,
     input_tokens: u64,
     output_tokens: u64,
+    cache_read_tokens: u64,
+    cache_write_tokens: u64,
     cost: f64,
+    cache_saved: f64,
     store_errors: u64,
 }
 
@@ -356,6 +366,17 @@ pub async fn run(
 
     let status = finish::end_run(&ctx, &summary, cancelled).await?;
     let totals = finish::run_totals(&ctx);
+    // The summary again, now with what the whole run (the synthesis included) used.
+    let mut summary = summary;
+    summary.usage = Some(SummaryUsage {
+        input_tokens: totals.input_tokens,
+        output_tokens: totals.output_tokens,
+        cache_read_tokens: totals.cache_read_tokens,
+        cache_write_tokens: totals.cache_write_tokens,
+        cost_usd: totals.cost,
+        cache_saved_usd: totals.cache_saved,
+    });
+    rewrite_summary(&paths, &summary, job.output.title.as_deref())?;
     // The items, the chunks and the accounting are freed off the caller's path: the report
     // does not need them.
     drop(records);
@@ -377,7 +398,10 @@ pub async fn run(
         calls: totals.calls,
         input_tokens: totals.input_tokens,
         output_tokens: totals.output_tokens,
+        cache_read_tokens: totals.cache_read_tokens,
+        cache_write_tokens: totals.cache_write_tokens,
         cost_usd: totals.cost,
+        cache_saved_usd: totals.cache_saved,
         cancelled,
         budget_exhausted,
         synthesis,

@@ -119,7 +119,10 @@ async fn synthesis_call(
         totals.calls += 1;
         totals.input_tokens += usage.total_input();
         totals.output_tokens += usage.output_tokens;
+        totals.cache_read_tokens += usage.cache_read_input_tokens;
+        totals.cache_write_tokens += usage.cache_creation_input_tokens;
         totals.cost += cost;
+        totals.cache_saved += model.saved(usage.billed());
     }
     let _ = ctx
         .store
@@ -132,7 +135,10 @@ async fn synthesis_call(
             tools_called: Vec::new(),
             input_tokens: usage.total_input(),
             output_tokens: usage.output_tokens,
+            cache_read_tokens: usage.cache_read_input_tokens,
+            cache_write_tokens: usage.cache_creation_input_tokens,
             cost_usd: cost,
+            cache_saved_usd: model.saved(usage.billed()),
             error,
             checkpoint: None,
             ended_at: SystemTime::now(),

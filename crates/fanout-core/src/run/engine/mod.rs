@@ -48,7 +48,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-pub use self::summary::agents_text;
+pub use self::summary::{agents_text, cache_text};
 pub use self::verify::{BaselineOutcome, TestOutcome};
 use crate::config::{Config, Mode};
 use crate::fleet::Fleet;
@@ -147,9 +147,15 @@ pub struct RunOutcome {
     /// not included).
     pub tokens_fast: u64,
     pub tokens_default: u64,
+    /// Every input token, cached or not.
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Of `input_tokens`, those read from and written to the prompt cache.
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
     pub dollars: f64,
+    /// Dollars the prompt cache saved: the cost at the full input price minus `dollars`.
+    pub cache_saved: f64,
     #[serde(rename = "wall_time_ms", serialize_with = "as_millis")]
     pub wall_time: Duration,
     /// The plan's wall-time estimate, when the caller had one.

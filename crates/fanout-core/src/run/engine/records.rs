@@ -61,9 +61,12 @@ pub(super) fn usage_recorder(
                 "model": model,
                 "input_tokens": usage.input_tokens,
                 "output_tokens": usage.output_tokens,
+                "cache_read_tokens": usage.cache_read_tokens,
+                "cache_write_tokens": usage.cache_write_tokens,
                 "dollars": usage.dollars,
                 "tries": usage.attempts,
                 "rate_wait_ms": usage.rate_wait.as_millis() as u64,
+                "cache_saved": usage.cache_saved,
             }),
             at: SystemTime::now(),
         });

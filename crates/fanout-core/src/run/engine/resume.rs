@@ -158,10 +158,10 @@ async fn close_in_flight(
     // Read before any of the closing rows below are written.
     let spent = reader.unfinished_usage(&inputs.run_id)?;
     for row in rows.iter().filter(|row| row.status.is_none()) {
-        let (input_tokens, output_tokens, cost_usd) = spent
+        let used = spent
             .get(&(row.agent_id.clone(), row.attempt))
             .copied()
-            .unwrap_or((0, 0, 0.0));
+            .unwrap_or_default();
         let (status, error) = if restored.contains(&TaskId::from(row.agent_id.as_str())) {
             (
                 AgentStatus::Rollback,
@@ -183,9 +183,12 @@ async fn close_in_flight(
                 status,
                 files_accessed: Vec::new(),
                 tools_called: Vec::new(),
-                input_tokens,
-                output_tokens,
-                cost_usd,
+                input_tokens: used.input_tokens,
+                output_tokens: used.output_tokens,
+                cache_read_tokens: used.cache_read_tokens,
+                cache_write_tokens: used.cache_write_tokens,
+                cost_usd: used.dollars,
+                cache_saved_usd: used.cache_saved,
                 error: Some(error.to_owned()),
                 checkpoint: None,
                 ended_at: SystemTime::now(),

@@ -23,6 +23,16 @@ pub fn agents_text(outcome: &RunOutcome) -> String {
     text
 }
 
+/// The prompt cache's part of an outcome's bill ([`crate::store::cache_sentence`]).
+pub fn cache_text(outcome: &RunOutcome) -> String {
+    crate::store::cache_sentence(
+        outcome.cache_read_tokens,
+        outcome.cache_write_tokens,
+        outcome.input_tokens,
+        outcome.cache_saved,
+    )
+}
+
 pub(super) fn summary_error(outcome: &RunOutcome) -> String {
     let mut parts = Vec::new();
     if outcome.failed > 0 {
@@ -55,7 +65,7 @@ pub(super) fn write_summary(repo: &Path, outcome: &RunOutcome) -> Result<PathBuf
     crate::layout::ensure_dir(repo, &dir).map_err(|error| error.to_string())?;
     let json = serde_json::to_vec_pretty(outcome).map_err(|error| error.to_string())?;
     let mut md = format!(
-        "# Run {}\n\nStatus: {}\n\n- agents: {}\n- attempts: {}; tool calls: {}; denied requests: {}\n- tokens (agents, all attempts): {} default, {} fast\n- dollars (agents, all attempts): {:.4}\n- files changed: {}\n",
+        "# Run {}\n\nStatus: {}\n\n- agents: {}\n- attempts: {}; tool calls: {}; denied requests: {}\n- tokens (agents, all attempts): {} default, {} fast\n- dollars (agents, all attempts): {:.4}\n- prompt cache: {}\n- files changed: {}\n",
         outcome.run_id,
         outcome.status.as_str(),
         agents_text(outcome),
@@ -65,6 +75,7 @@ pub(super) fn write_summary(repo: &Path, outcome: &RunOutcome) -> Result<PathBuf
         outcome.tokens_default,
         outcome.tokens_fast,
         outcome.dollars,
+        cache_text(outcome),
         outcome.files_changed,
     );
     if !outcome.out_of_scope.is_empty() {
