@@ -176,6 +176,14 @@ async fn a_live_run_sends_one_trace_of_genai_spans_to_the_collector() {
         assert_eq!(attrs["gen_ai.provider.name"], "anthropic");
         assert_eq!(attrs["gen_ai.usage.input_tokens"], row.input_tokens);
         assert_eq!(attrs["gen_ai.usage.output_tokens"], row.output_tokens);
+        assert_eq!(
+            attrs["gen_ai.usage.cache_read.input_tokens"],
+            row.cache_read_tokens
+        );
+        assert_eq!(
+            attrs["gen_ai.usage.cache_creation.input_tokens"],
+            row.cache_write_tokens
+        );
         assert_eq!(attrs["fanout.status"], "success");
         assert!(!attrs.contains_key("error.type"));
         agent_of_span.insert(span["spanId"].as_str().unwrap(), agent_id);
@@ -200,6 +208,15 @@ async fn a_live_run_sends_one_trace_of_genai_spans_to_the_collector() {
         );
         assert_eq!(attrs["gen_ai.provider.name"], "anthropic");
         assert_eq!(span["kind"], 3);
+        // The cache split of the call, as the simulator answered it.
+        assert!(
+            attrs.contains_key("gen_ai.usage.cache_read.input_tokens"),
+            "{attrs:?}"
+        );
+        assert!(
+            attrs.contains_key("gen_ai.usage.cache_creation.input_tokens"),
+            "{attrs:?}"
+        );
         let entry = tokens.entry(agent_id.clone()).or_default();
         entry.0 += attrs["gen_ai.usage.input_tokens"].as_u64().unwrap();
         entry.1 += attrs["gen_ai.usage.output_tokens"].as_u64().unwrap();

@@ -186,6 +186,14 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
             ("gen_ai.request.model", json!(model)),
             ("gen_ai.usage.input_tokens", json!(row.input_tokens)),
             ("gen_ai.usage.output_tokens", json!(row.output_tokens)),
+            (
+                "gen_ai.usage.cache_read.input_tokens",
+                json!(row.cache_read_tokens),
+            ),
+            (
+                "gen_ai.usage.cache_creation.input_tokens",
+                json!(row.cache_write_tokens),
+            ),
             ("fanout.run.id", json!(run.run_id)),
             ("fanout.attempt", json!(row.attempt)),
             ("fanout.status", json!(status)),
@@ -245,6 +253,12 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
             ];
             if let Some(provider) = payload["provider"].as_str() {
                 attributes.push(("gen_ai.provider.name", json!(provider)));
+            }
+            if let Some(read) = payload["cache_read_tokens"].as_u64() {
+                attributes.push(("gen_ai.usage.cache_read.input_tokens", json!(read)));
+            }
+            if let Some(written) = payload["cache_write_tokens"].as_u64() {
+                attributes.push(("gen_ai.usage.cache_creation.input_tokens", json!(written)));
             }
             if let Some(tries) = payload["tries"].as_u64() {
                 attributes.push(("fanout.call.tries", json!(tries)));
