@@ -37,18 +37,19 @@ pub const JOB_FILE: &str = "job.json";
 const GITIGNORE: &str = "# fanout's own files; never commit them\n*\n";
 
 /// A file operation under `.fanout/` (or an output file) that failed, and where.
+///
+/// The I/O error is part of the message (not a separate `source`), so it is said once.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot {what} {path}: {source}")]
+#[error("cannot {what} {path}: {io}")]
 pub struct LayoutError {
     pub what: &'static str,
     pub path: PathBuf,
-    #[source]
-    pub source: std::io::Error,
+    pub io: std::io::Error,
 }
 
 fn failed(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError {
     let path = path.to_path_buf();
-    move |source| LayoutError { what, path, source }
+    move |io| LayoutError { what, path, io }
 }
 
 /// `<repo>/.fanout`.
@@ -187,7 +188,8 @@ pub fn write_atomic_all(files: &[(&Path, &[u8])]) -> Result<(), LayoutError> {
         let mut opened = Vec::with_capacity(files.len());
         for (path, bytes) in files {
             let temp = temp_path(path);
-            let mut file = fs::File::create(&temp).map_err(failed("create", &temp))?;
+            // Named by the file the caller asked for; the temporary beside it is ours.
+            let mut file = fs::File::create(&temp).map_err(failed("write", path))?;
             temps.push(temp);
             file.write_all(bytes).map_err(failed("write", path))?;
             opened.push((file, *path));

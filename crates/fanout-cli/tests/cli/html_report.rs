@@ -409,3 +409,38 @@ fn rate_waits_recorded_by_the_engine_are_drawn_on_the_timeline() {
     assert_eq!(drawn, waits);
     assert!(html.contains("rate wait: "));
 }
+
+/// Exit 70 is for errors no command classifies: a report that cannot be written where `-o`
+/// says. The message names the file asked for (not a temporary) and the reason, once.
+#[test]
+fn a_report_that_cannot_be_written_exits_70_naming_the_file() {
+    let work = super::reports::quickstart();
+    let output = super::reports::run_quickstart(work.path(), &[]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let repo_arg = work.path().join("repo").display().to_string();
+    let run_id = only_run_id(work.path(), &repo_arg);
+    let target = work.path().join("missing-dir").join("report.html");
+    let report = fanout_in(
+        work.path(),
+        &[
+            "report",
+            &run_id,
+            "--repo",
+            &repo_arg,
+            "-o",
+            &target.display().to_string(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&report.stderr);
+    assert_eq!(report.status.code(), Some(70), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot write {}", target.display())),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(!target.exists());
+}

@@ -334,7 +334,7 @@ fn csv_text(accounting: &Accounting, columns: &[String]) -> Result<String, Strin
 pub fn write_atomic_all(files: &[(&Path, &[u8])]) -> Result<(), OutputError> {
     crate::layout::write_atomic_all(files).map_err(|error| OutputError::Io {
         path: error.path,
-        source: error.source,
+        source: error.io,
     })
 }
 

@@ -563,7 +563,7 @@ pub fn save(
         message: error.to_string(),
     };
     let dir = path.parent().unwrap_or(root);
-    let written = |error: crate::layout::LayoutError| failed(&error.path.clone(), error.source);
+    let written = |error: crate::layout::LayoutError| failed(&error.path.clone(), error.io);
     crate::layout::ensure_dir(root, dir).map_err(written)?;
     let bytes = proposal.to_bytes();
     let hash = hash_bytes(&bytes);

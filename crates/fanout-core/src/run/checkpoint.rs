@@ -691,7 +691,7 @@ fn temp_index(git: &Git) -> Result<PathBuf, CheckpointError> {
     crate::layout::ensure_dir(git.root(), &dir).map_err(|error| CheckpointError::Io {
         what: error.what,
         path: error.path,
-        source: error.source,
+        source: error.io,
     })?;
     let n = INDEX_COUNTER.fetch_add(1, Ordering::Relaxed);
     let path = dir.join(format!("index-{}-{n}", std::process::id()));

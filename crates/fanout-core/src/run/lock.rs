@@ -62,7 +62,7 @@ impl RepoLock {
     pub fn acquire(repo: &Path, doing: &str) -> Result<RepoLock, LockError> {
         let dir = crate::layout::ensure(repo).map_err(|error| LockError::Open {
             path: error.path,
-            source: error.source,
+            source: error.io,
         })?;
         let inner = Held::take(
             dir.join("live.lock"),
@@ -103,7 +103,7 @@ impl RunLock {
         let dir = crate::layout::run_dir(root, run_id);
         crate::layout::ensure_dir(root, &dir).map_err(|error| LockError::Open {
             path: error.path,
-            source: error.source,
+            source: error.io,
         })?;
         let inner = Held::take(dir.join("run.lock"), format!("run {run_id}"))?;
         inner.describe(&format!("run {run_id} (pid {})", std::process::id()));

@@ -59,7 +59,7 @@ pub use crate::layout::{db_path, run_dir};
 pub fn ensure_fanout_dir(repo: &Path) -> Result<PathBuf, StoreError> {
     crate::layout::ensure(repo).map_err(|error| StoreError::CreateDir {
         path: error.path,
-        source: error.source,
+        source: error.io,
     })
 }
 
