@@ -265,11 +265,13 @@ impl Report {
         }
         let estimate = &self.estimate;
         let mut cost = format!(
-            "Estimated cost: ${:.2} (default ${:.2}, fast ${:.2}",
-            estimate.dollars, estimate.default_dollars, estimate.fast_dollars
+            "Estimated cost: {} (default {}, fast {}",
+            money(estimate.dollars),
+            money(estimate.default_dollars),
+            money(estimate.fast_dollars)
         );
         if let Some(planning) = &self.planning {
-            let _ = write!(cost, "; planning ${:.2} spent", planning.dollars);
+            let _ = write!(cost, "; planning {} spent", money(planning.dollars));
         }
         cost.push(')');
         let _ = writeln!(out, "{cost}");
@@ -350,3 +352,15 @@ impl Report {
         out
     }
 }
+
+/// Dollars with cents, and a tenth of a cent below a dollar, so the parts of a small estimate
+/// add up as printed (`$0.022 (default $0.007, fast $0.015)`, not `$0.02 ($0.01, $0.02)`).
+fn money(dollars: f64) -> String {
+    if dollars < 1.0 {
+        format!("${dollars:.3}")
+    } else {
+        format!("${dollars:.2}")
+    }
+}
+
+
