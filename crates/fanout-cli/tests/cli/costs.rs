@@ -2,6 +2,8 @@
 //! against what the simulator recorded on the wire, and dry-run estimates checked against the
 //! live runs' bills.
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 fn examples() -> PathBuf {
@@ -246,6 +248,264 @@ fn the_quickstart_estimate_is_within_a_fifth_of_the_bill() {
             assert!(outcome["cache_read_tokens"].as_u64().unwrap() > 0);
         }
     }
+}
+
+/// `examples/auth-refactor` (the seed's workflow) with plain `--sim`, the simulator planning
+/// and acting by itself: the dry run's estimate is within ±20 % of what running that reviewed
+/// plan bills. (Its `scenario.yaml` scripts agents that edit without reading, which no estimate
+/// can see; it is for the seed's report, not for the bill.)
+#[test]
+fn the_seed_workflow_estimate_is_within_a_fifth_of_the_bill() {
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    copy_dir(&examples().join("auth-refactor/repo"), &repo);
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "initial"]);
+    let workflow = examples()
+        .join("auth-refactor/claude-workflows.yaml")
+        .display()
+        .to_string();
+    let task =
+        "Refactor src/auth: extract JWT logic, validate every handler's input, add unit tests.";
+    let dry = fanout_in(
+        work.path(),
+        &[
+            "run",
+            &workflow,
+            "--repo",
+            "repo",
+            "--sim",
+            "--task",
+            task,
+            "--dry-run",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        dry.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let report = json_documents(&dry).remove(0);
+    let estimated = report["estimate"]["dollars"].as_f64().unwrap();
+    let plan = report["saved"]["path"].as_str().unwrap().to_owned();
+    let live = fanout_in(
+        work.path(),
+        &[
+            "run", &workflow, "--repo", "repo", "--sim", "--plan", &plan, "--json",
+        ],
+    );
+    assert_eq!(
+        live.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&live.stderr)
+    );
+    let last = json_documents(&live).pop().unwrap();
+    let billed = last["outcome"]["dollars"].as_f64().unwrap();
+    assert_within_a_fifth("auth-refactor", estimated, billed);
+}
+
+/// A cached run killed while an attempt has paid calls on record, then resumed: every
+/// attempt's cache figures in the store equal its paid calls' (`model_call` events),
+/// interrupted attempts included, so what an interrupted attempt read or wrote is not lost
+/// from the bill.
+#[test]
+fn a_killed_cached_run_keeps_its_cache_figures_when_resumed() {
+    let work = big_quickstart();
+    let repo = work.path().join("repo");
+    let workflow = examples()
+        .join("quickstart/workflow.yaml")
+        .display()
+        .to_string();
+    let scenario = examples()
+        .join("quickstart/scenario.yaml")
+        .display()
+        .to_string();
+    let mut first = spawn_in(
+        work.path(),
+        &[
+            "run",
+            &workflow,
+            "--repo",
+            "repo",
+            "--scenario",
+            &scenario,
+            "--sim-latency-ms",
+            "300",
+        ],
+    );
+    // Kill once an attempt that has not ended has a paid call on record.
+    let paid_and_open = || -> Option<fanout_core::plan::RunId> {
+        let reader = fanout_core::store::StoreReader::open_in_repo(&repo).ok()?;
+        let run = reader.runs().ok()?.into_iter().next()?.run.run_id;
+        let open: Vec<(String, u64)> = reader
+            .agent_runs(&run)
+            .ok()?
+            .into_iter()
+            .filter(|row| row.status.is_none())
+            .map(|row| (row.agent_id.to_string(), u64::from(row.attempt)))
+            .collect();
+        let hit = reader.events(&run).ok()?.into_iter().any(|event| {
+            event.kind == "model_call"
+                && event.agent_id.as_ref().is_some_and(|agent| {
+                    open.contains(&(
+                        agent.to_string(),
+                        event.payload["attempt"].as_u64().unwrap_or(0),
+                    ))
+                })
+        });
+        hit.then_some(run)
+    };
+    wait_for("an open attempt with a paid call", || {
+        paid_and_open().is_some()
+    });
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let run_id = fanout_core::store::StoreReader::open_in_repo(&repo)
+        .unwrap()
+        .runs()
+        .unwrap()[0]
+        .run
+        .run_id
+        .clone();
+
+    let resumed = fanout_in(
+        work.path(),
+        &[
+            "resume",
+            run_id.as_str(),
+            "--repo",
+            "repo",
+            "--scenario",
+            &scenario,
+        ],
+    );
+    assert_eq!(
+        resumed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let reader = fanout_core::store::StoreReader::open_in_repo(&repo).unwrap();
+    let mut paid: BTreeMap<(String, u64), (u64, u64)> = BTreeMap::new();
+    for event in reader.events(&run_id).unwrap() {
+        if event.kind != "model_call" {
+            continue;
+        }
+        let key = (
+            event.agent_id.unwrap().to_string(),
+            event.payload["attempt"].as_u64().unwrap(),
+        );
+        let entry = paid.entry(key).or_default();
+        entry.0 += event.payload["cache_read_tokens"].as_u64().unwrap();
+        entry.1 += event.payload["cache_write_tokens"].as_u64().unwrap();
+    }
+    let rows = reader.agent_runs(&run_id).unwrap();
+    let interrupted: Vec<_> = rows
+        .iter()
+        .filter(|row| {
+            row.error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("interrupted"))
+        })
+        .collect();
+    assert!(!interrupted.is_empty(), "the kill interrupted no attempt");
+    assert!(
+        rows.iter().any(|row| row.cache_read_tokens > 0),
+        "the run read nothing from the cache"
+    );
+    for row in &rows {
+        let key = (row.agent_id.to_string(), u64::from(row.attempt));
+        let (read, written) = paid.get(&key).copied().unwrap_or_default();
+        assert_eq!(
+            (row.cache_read_tokens, row.cache_write_tokens),
+            (read, written),
+            "{key:?}"
+        );
+    }
+}
+
+/// The support tickets with a long triage guide in the worker instructions: the guide is the
+/// prefix every chunk shares, written to the cache once and read by the other chunks. The
+/// run's cache figures equal the simulator's recorded exchanges, and the same job with
+/// `prompt_caching: false` costs more for the same tokens.
+#[test]
+fn a_cached_item_run_reads_its_shared_prefix_and_bills_less() {
+    let mut bills = Vec::new();
+    for caching in [true, false] {
+        let work = tempfile::tempdir().unwrap();
+        let example = examples().join("support-tickets");
+        for name in ["tickets.jsonl", "schema.json"] {
+            std::fs::copy(example.join(name), work.path().join(name)).unwrap();
+        }
+        let guide: String = (0..400)
+            .map(|i| {
+                format!(
+                    "        Guide {i}: a ticket about a charge names the invoice; a login ticket names the account.\n"
+                )
+            })
+            .collect();
+        let mut text = std::fs::read_to_string(example.join("workflow.yaml"))
+            .unwrap()
+            .replacen(
+                "        You triage customer support tickets",
+                &format!("{guide}        You triage customer support tickets"),
+                1,
+            );
+        if !caching {
+            text = text.replacen("workflow:\n", "workflow:\n  prompt_caching: false\n", 1);
+        }
+        std::fs::write(work.path().join("workflow.yaml"), text).unwrap();
+        let record = work.path().join("exchanges.jsonl");
+        let output = fanout_in(
+            work.path(),
+            &[
+                "run",
+                "workflow.yaml",
+                "--sim",
+                "--json",
+                "--sim-record",
+                &record.display().to_string(),
+            ],
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report = json_documents(&output).pop().unwrap();
+        let (mut read, mut written, mut input) = (0, 0, 0);
+        for exchange in jsonl(&record) {
+            read += exchange["cache_read_tokens"].as_u64().unwrap();
+            written += exchange["cache_creation_tokens"].as_u64().unwrap();
+            // Every input token, cached or not.
+            input += exchange["input_tokens"].as_u64().unwrap();
+        }
+        assert_eq!(report["cache_read_tokens"].as_u64().unwrap(), read);
+        assert_eq!(report["cache_write_tokens"].as_u64().unwrap(), written);
+        if caching {
+            assert!(read > 0, "the shared guide was never read from the cache");
+            assert!(
+                written > 0 && written < read,
+                "written {written}, read {read}"
+            );
+        } else {
+            assert_eq!((read, written), (0, 0));
+        }
+        bills.push((report["cost_usd"].as_f64().unwrap(), input));
+    }
+    let (cached, plain) = (bills[0], bills[1]);
+    assert_eq!(cached.1, plain.1, "the same tokens either way");
+    assert!(
+        cached.0 < plain.0 * 0.8,
+        "cached ${} vs plain ${}",
+        cached.0,
+        plain.0
+    );
 }
 
 /// `examples/support-tickets`: the dry run's estimate (the workers online and the synthesis)

@@ -362,5 +362,3 @@ fn money(dollars: f64) -> String {
         format!("${dollars:.2}")
     }
 }
-
-
