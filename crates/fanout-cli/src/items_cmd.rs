@@ -442,10 +442,13 @@ impl Display {
             ItemEvent::CallFinished {
                 input_tokens,
                 output_tokens,
+                cache_read_tokens,
                 cost_usd,
                 ..
             } => {
                 tally.running = tally.running.saturating_sub(1);
+                tally.finished_input_tokens += input_tokens;
+                tally.cache_read_tokens += cache_read_tokens;
                 let tokens = input_tokens + output_tokens;
                 if self.fast {
                     tally.tokens_fast += tokens;

@@ -79,6 +79,9 @@ pub struct Tally {
     pub calls: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Input tokens of finished agents (or calls), and those of them read from the cache.
+    pub finished_input_tokens: u64,
+    pub cache_read_tokens: u64,
     /// The calls bypass the rate governor (an item run's batches): the line then says nothing
     /// of limits, probes or rate waits, which would describe a governor that sends nothing.
     pub ungoverned: bool,
@@ -97,10 +100,14 @@ impl Tally {
                 tokens,
                 dollars,
                 denials,
+                input_tokens,
+                cache_read_tokens,
                 ..
             } => {
                 self.running = self.running.saturating_sub(1);
                 self.denied += denials;
+                self.finished_input_tokens += input_tokens;
+                self.cache_read_tokens += cache_read_tokens;
                 match status {
                     AgentStatus::Success => self.done += 1,
                     _ if cancelling => self.cancelled += 1,
@@ -254,6 +261,12 @@ pub fn status_line(tally: &Tally, elapsed: Duration) -> String {
         human_count(tokens),
         tally.dollars,
     ));
+    if tally.cache_read_tokens > 0 && tally.finished_input_tokens > 0 {
+        line.push_str(&format!(
+            " · {:.0}% of input from the cache",
+            100.0 * tally.cache_read_tokens as f64 / tally.finished_input_tokens as f64
+        ));
+    }
     if tally.ungoverned {
         line.push_str(&format!(" · {}", human_duration(elapsed)));
         return line;
@@ -397,6 +410,33 @@ mod tests {
             "[ 794/1000] done 790 · running 18 · queued 188 · failed 3 · rolled back 1 · denied \
              requests 2 · 1.2M tokens (38% fast) · $3.41 · rate wait 12s (all agents) · 1m05s · \
              ETA 16s"
+        );
+    }
+
+    #[test]
+    fn the_cached_share_of_input_shows_once_there_is_one() {
+        let mut tally = Tally {
+            total: 2,
+            ungoverned: true,
+            ..Tally::default()
+        };
+        let finished = |input, cached| EngineEvent::AgentFinished {
+            agent_id: "a".into(),
+            status: AgentStatus::Success,
+            mode: Mode::Fast,
+            tokens: input + 10,
+            dollars: 0.01,
+            denials: 0,
+            input_tokens: input,
+            cache_read_tokens: cached,
+        };
+        tally.apply(&finished(1000, 0), false);
+        assert!(!status_line(&tally, Duration::ZERO).contains("cache"));
+        tally.apply(&finished(3000, 2000), false);
+        assert!(
+            status_line(&tally, Duration::ZERO).ends_with(" · 50% of input from the cache · 0s"),
+            "{}",
+            status_line(&tally, Duration::ZERO)
         );
     }
 

@@ -167,6 +167,7 @@ pub(super) fn end_record(
         accepted: outcome.accepted.len(),
         input_tokens,
         output_tokens,
+        cache_read_tokens: usage.cache_read_input_tokens,
         cost_usd: cost,
     });
     (finish, cost)

@@ -189,6 +189,8 @@ pub enum ItemEvent {
         accepted: usize,
         input_tokens: u64,
         output_tokens: u64,
+        /// Of `input_tokens`, those read from the prompt cache.
+        cache_read_tokens: u64,
         cost_usd: f64,
     },
     ChunkSettled {

@@ -73,6 +73,9 @@ struct AgentTask {
     /// Dollars and tokens over this process's attempts.
     spent: f64,
     tokens: u64,
+    /// Input tokens over this process's attempts, and those of them read from the cache.
+    input_tokens: u64,
+    cache_read_tokens: u64,
     /// The pre-image of the write scope: a resumed run gets the one recorded before the
     /// first attempt; otherwise the first attempt's start takes it.
     known_preimage: Option<Arc<Preimage>>,
@@ -106,6 +109,8 @@ impl AgentTask {
             attempt,
             spent: 0.0,
             tokens: 0,
+            input_tokens: 0,
+            cache_read_tokens: 0,
             known_preimage,
         }
     }
@@ -144,6 +149,8 @@ impl AgentTask {
         self.known_preimage = Some(Arc::clone(&preimage));
         self.spent += outcome.dollars;
         self.tokens += outcome.input_tokens + outcome.output_tokens;
+        self.input_tokens += outcome.input_tokens;
+        self.cache_read_tokens += outcome.cache_read_tokens;
         record_denials(&self.shared, &self.agent_id, &outcome, self.attempt);
         record_tool_calls(&self.shared, &self.agent_id, &outcome, self.attempt).await;
         self.conclude(&outcome, &toolbox, &preimage, cancel).await
@@ -393,6 +400,7 @@ impl AgentTask {
             self.tokens,
             self.spent,
             self.escalated,
+            (self.input_tokens, self.cache_read_tokens),
         );
     }
 
@@ -445,7 +453,16 @@ fn finish_without_running(
     mode: Mode,
     reason: String,
 ) -> TaskOutcome {
-    record(shared, agent_id, AgentStatus::Failure, mode, 0, 0.0, false);
+    record(
+        shared,
+        agent_id,
+        AgentStatus::Failure,
+        mode,
+        0,
+        0.0,
+        false,
+        (0, 0),
+    );
     TaskOutcome {
         succeeded: false,
         cost: 0.0,

@@ -111,6 +111,9 @@ pub enum EngineEvent {
         dollars: f64,
         /// Requests of this agent the policy refused, over its attempts in this process.
         denials: usize,
+        /// Its input tokens over its attempts in this process, and those read from the cache.
+        input_tokens: u64,
+        cache_read_tokens: u64,
     },
     AgentNotRun {
         agent_id: TaskId,
@@ -217,6 +220,8 @@ struct AgentRecord {
     tokens: u64,
     dollars: f64,
     escalated: bool,
+    input_tokens: u64,
+    cache_read_tokens: u64,
 }
 
 /// State shared by all agent tasks of a run.

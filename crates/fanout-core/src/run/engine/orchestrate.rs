@@ -311,6 +311,8 @@ fn forward(shared: &Shared, event: &SchedulerEvent, on_event: &mut impl FnMut(&E
                     tokens: record.tokens,
                     dollars: record.dollars,
                     denials,
+                    input_tokens: record.input_tokens,
+                    cache_read_tokens: record.cache_read_tokens,
                 });
             }
         }

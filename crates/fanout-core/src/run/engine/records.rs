@@ -22,6 +22,7 @@ pub(super) fn record(
     tokens: u64,
     dollars: f64,
     escalated: bool,
+    (input_tokens, cache_read_tokens): (u64, u64),
 ) {
     lock(&shared.records).insert(
         agent_id.clone(),
@@ -31,6 +32,8 @@ pub(super) fn record(
             tokens,
             dollars,
             escalated,
+            input_tokens,
+            cache_read_tokens,
         },
     );
 }

@@ -93,6 +93,8 @@ fn state_from_rows(inputs: &EngineInputs, rows: &[AgentRow]) -> ResumeState {
                     tokens: row.token_count,
                     dollars: row.cost_usd,
                     escalated: row.escalated,
+                    input_tokens: row.input_tokens,
+                    cache_read_tokens: row.cache_read_tokens,
                 },
             );
         }
