@@ -68,6 +68,10 @@ fn a_live_sim_run_report_has_a_bar_per_attempt_and_the_store_totals() {
     );
     let html = std::fs::read_to_string(&expected).unwrap();
     assert_self_contained(&html);
+    // The quickstart's one agent with dependencies (the documenter waits for the validators)
+    // has a dashed wait line before its bar; the others none.
+    assert_eq!(html.matches("class=\"dep\"").count(), 1);
+    assert!(html.contains("waited for its dependencies for "));
 
     // One bar per attempt the store has, and no other.
     let shown = show_json(work.path(), &run_id, &repo_arg);

@@ -43,6 +43,7 @@ pub fn gather(repo: &Path, run_id: &RunId) -> Result<RunReport, ReportError> {
             .entry((agent_id.as_str(), denial.attempt))
             .or_default() += 1;
     }
+    let dependents = dependents(&crate::layout::plan_file(repo, run_id));
     let events = reader.events(run_id)?;
     let calls: Vec<&crate::store::EventRow> = events
         .iter()
@@ -80,10 +81,24 @@ pub fn gather(repo: &Path, run_id: &RunId) -> Result<RunReport, ReportError> {
                 .get(&(row.agent_id.as_str(), row.attempt))
                 .copied()
                 .unwrap_or(0),
+            dependency_wait_from_ms: None,
             error: row.error.clone(),
         })
         .collect();
 
+    let mut attempts = attempts;
+    // The agents began with the earliest start; a first attempt of an agent with dependencies
+    // waited for them from then until its own start.
+    if let Some(began) = attempts.iter().map(|bar| bar.start_ms).min() {
+        for bar in attempts.iter_mut() {
+            if bar.attempt == 1
+                && bar.start_ms > began
+                && dependents.contains(bar.agent_id.as_str())
+            {
+                bar.dependency_wait_from_ms = Some(began);
+            }
+        }
+    }
     let model_calls_ms: Vec<u64> = calls.iter().filter_map(|event| offset(&event.at)).collect();
     let retried_calls_ms: Vec<u64> = calls
         .iter()
@@ -282,6 +297,21 @@ fn item_outcome(dir: &Path) -> Result<ItemOutcome, ReportError> {
 /// Task ids by dependency wave, from the plan file (none when there is no plan file: item
 /// runs, or a plan that was not saved). A task in a cycle or on an unknown dependency gets no
 /// wave.
+/// The tasks of the plan at `plan_path` that have dependencies (none without a plan file).
+fn dependents(plan_path: &Path) -> std::collections::HashSet<String> {
+    crate::plan::load_plan(plan_path)
+        .map(|loaded| {
+            loaded
+                .plan
+                .subtasks
+                .iter()
+                .filter(|task| !task.depends_on.is_empty())
+                .map(|task| task.task_id.to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn waves(plan_path: &Path) -> Result<Vec<Vec<String>>, ReportError> {
     if !plan_path.exists() {
         return Ok(Vec::new());

@@ -418,11 +418,28 @@ fn timeline(out: &mut String, report: &RunReport) {
          <span style=\"background:#8a8f98\"></span>running or interrupted\
          <span style=\"background:#7048b8\"></span>checkpoint. \
          The darker start of a bar is the time its model calls waited for the rate governor \
-         (summed over its calls).</p>\n\
+         (summed over its calls); a dashed line before a bar, the time it waited for its \
+         dependencies.</p>\n\
          <svg id=\"timeline-svg\" viewBox=\"0 0 {WIDTH} {height:.1}\" xmlns=\"http://www.w3.org/2000/svg\">",
     );
     axis(out, span_ms, top - 4.0, height);
     let scale = WIDTH / span_ms as f64;
+    // Waits on dependencies first, so the bars draw over them.
+    for (bar, lane) in report.attempts.iter().zip(&lane_of) {
+        if let Some(from) = bar.dependency_wait_from_ms {
+            let y = top + (*lane as f64 + 0.4) * lane_height;
+            let _ = writeln!(
+                out,
+                "<line class=\"dep\" x1=\"{x1:.1}\" x2=\"{x2:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\" \
+                 stroke=\"#8a8f98\" stroke-dasharray=\"3 2\"><title>{agent} waited for its \
+                 dependencies for {wait}</title></line>",
+                x1 = from as f64 * scale,
+                x2 = bar.start_ms as f64 * scale,
+                agent = escape(bar.agent_id.as_str()),
+                wait = ms_text(bar.start_ms.saturating_sub(from)),
+            );
+        }
+    }
     for (bar, lane) in report.attempts.iter().zip(&lane_of) {
         let end = bar.end_ms.unwrap_or(span_ms);
         let x = bar.start_ms as f64 * scale;
@@ -784,6 +801,7 @@ mod tests {
             tools: vec!["read_file".to_owned(), "edit_file".to_owned()],
             denials: 0,
             rate_wait_ms: 0,
+            dependency_wait_from_ms: None,
             error: None,
         }
     }

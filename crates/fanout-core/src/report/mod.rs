@@ -151,6 +151,9 @@ pub struct AttemptBar {
     pub denials: u64,
     /// Time this attempt's model calls waited for the rate governor, summed.
     pub rate_wait_ms: u64,
+    /// A first attempt that waited for its dependencies: from when the agents began (the
+    /// earliest start) until its own start.
+    pub dependency_wait_from_ms: Option<u64>,
     pub error: Option<String>,
 }
 
