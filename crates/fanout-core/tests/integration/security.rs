@@ -1356,7 +1356,7 @@ async fn case46_fork_bomb_and_memory_bomb_are_contained() {
             Instant::now() < deadline,
             "the fork bomb outlived its command"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The engine is healthy: a plain command still runs.
     let out = toolbox.exec_argv(&sh("echo alive")).await;
