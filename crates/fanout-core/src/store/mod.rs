@@ -343,6 +343,45 @@ pub struct EventRecord {
     pub at: SystemTime,
 }
 
+/// One paid model call, recorded as a `model_call` event the moment it is answered: the
+/// repository engine's agents and the item runner's workers write the same fields, which
+/// resume, the report and the traces read.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelCall {
+    pub attempt: u32,
+    /// From 1 (an item worker's one call is turn 1).
+    pub turn: u64,
+    pub mode: Mode,
+    pub provider: crate::config::Provider,
+    pub model: String,
+    /// Every input token, cached or not.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub dollars: f64,
+    pub cache_saved: f64,
+    /// Tries the fleet made, when the caller knows them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tries: Option<u32>,
+    /// Time queued for the rate governor, when the caller knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_wait_ms: Option<u64>,
+}
+
+impl ModelCall {
+    /// The `model_call` event of agent `agent_id` of run `run_id`, now.
+    pub fn event(&self, run_id: &RunId, agent_id: AgentId) -> EventRecord {
+        EventRecord {
+            run_id: run_id.clone(),
+            agent_id: Some(agent_id),
+            kind: "model_call".into(),
+            payload: serde_json::to_value(self).unwrap_or_default(),
+            at: SystemTime::now(),
+        }
+    }
+}
+
 /// A checkpoint taken (`checkpoints`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CheckpointRecord {

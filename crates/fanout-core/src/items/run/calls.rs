@@ -13,7 +13,7 @@ use crate::items::worker::{
     ChunkOutcome, RetryChunk, SUBMIT_TOOL, TemplateError, build_repair_request, build_request,
 };
 use crate::provider::{Response, Usage};
-use crate::store::{AgentFinish, AgentStart, AgentStatus, EventRecord};
+use crate::store::{AgentFinish, AgentStart, AgentStatus, ModelCall};
 
 pub(super) fn next_attempt(ctx: &Ctx, agent_id: &AgentId) -> u32 {
     let mut attempts = lock(&ctx.attempts);
@@ -105,25 +105,23 @@ pub(super) fn end_record(
     if response.is_some() {
         // The call as the repository engine records its agents' calls: traces and the report
         // draw item runs' model calls from these events too.
-        ctx.store.event_now(EventRecord {
-            run_id: ctx.run_id.clone(),
-            agent_id: Some(AgentId::from(&chunk.id)),
-            kind: "model_call".into(),
-            payload: serde_json::json!({
-                "attempt": attempt,
-                "turn": 1,
-                "mode": ctx.job.worker_mode,
-                "provider": ctx.job.worker_model.provider,
-                "model": ctx.job.worker_model.model,
-                "input_tokens": input_tokens,
-                "output_tokens": output_tokens,
-                "cache_read_tokens": usage.cache_read_input_tokens,
-                "cache_write_tokens": usage.cache_creation_input_tokens,
-                "dollars": cost,
-                "cache_saved": saved,
-            }),
-            at: SystemTime::now(),
-        });
+        let call = ModelCall {
+            attempt,
+            turn: 1,
+            mode: ctx.job.worker_mode,
+            provider: ctx.job.worker_model.provider,
+            model: ctx.job.worker_model.model.clone(),
+            input_tokens,
+            output_tokens,
+            cache_read_tokens: usage.cache_read_input_tokens,
+            cache_write_tokens: usage.cache_creation_input_tokens,
+            dollars: cost,
+            cache_saved: saved,
+            tries: None,
+            rate_wait_ms: None,
+        };
+        ctx.store
+            .event_now(call.event(&ctx.run_id, AgentId::from(&chunk.id)));
     }
     {
         let mut totals = lock(&ctx.totals);

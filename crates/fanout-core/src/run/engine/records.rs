@@ -11,7 +11,7 @@ use crate::config::Mode;
 use crate::ids::AgentId;
 use crate::plan::TaskId;
 use crate::retry::lock;
-use crate::store::{AgentStatus, DenialRecord, EventRecord, ToolCallRecord};
+use crate::store::{AgentStatus, DenialRecord, ModelCall, ToolCallRecord};
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn record(
@@ -52,27 +52,22 @@ pub(super) fn usage_recorder(
     let spec = shared.inputs.config.model_for_mode(mode);
     let (provider, model) = (spec.provider, spec.model.clone());
     CallHook(Arc::new(move |usage: &CallUsage| {
-        store.event_now(EventRecord {
-            run_id: run_id.clone(),
-            agent_id: Some(agent_id.clone()),
-            kind: "model_call".into(),
-            payload: serde_json::json!({
-                "attempt": attempt,
-                "turn": usage.turn,
-                "mode": mode,
-                "provider": provider,
-                "model": model,
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "cache_read_tokens": usage.cache_read_tokens,
-                "cache_write_tokens": usage.cache_write_tokens,
-                "dollars": usage.dollars,
-                "tries": usage.attempts,
-                "rate_wait_ms": usage.rate_wait.as_millis() as u64,
-                "cache_saved": usage.cache_saved,
-            }),
-            at: SystemTime::now(),
-        });
+        let call = ModelCall {
+            attempt,
+            turn: usage.turn,
+            mode,
+            provider,
+            model: model.clone(),
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cache_read_tokens: usage.cache_read_tokens,
+            cache_write_tokens: usage.cache_write_tokens,
+            dollars: usage.dollars,
+            cache_saved: usage.cache_saved,
+            tries: Some(usage.attempts),
+            rate_wait_ms: Some(usage.rate_wait.as_millis() as u64),
+        };
+        store.event_now(call.event(&run_id, agent_id.clone()));
     }))
 }
 
