@@ -279,11 +279,24 @@ fn repository_facts(fact: &mut impl FnMut(&str, String), outcome: &RepositoryOut
     );
 }
 
-/// Lane of each attempt (in order), packed so that attempts that overlap in time never share
-/// a lane; and the number of lanes (the most attempts that ran at once).
+/// Where an attempt's row on the timeline begins: its wait for its dependencies (drawn as a
+/// dashed line before its bar), else its start.
+fn occupied_from(bar: &AttemptBar) -> u64 {
+    bar.dependency_wait_from_ms
+        .map_or(bar.start_ms, |from| from.min(bar.start_ms))
+}
+
+/// Lane of each attempt (in order), packed so that attempts never share a lane while they
+/// run or wait for their dependencies (so a dashed wait line never runs behind another bar);
+/// and the number of lanes (the most attempts that ran or waited at once).
 fn lanes(attempts: &[AttemptBar], span_ms: u64) -> (Vec<usize>, usize) {
     let mut order: Vec<usize> = (0..attempts.len()).collect();
-    order.sort_by_key(|&i| (attempts[i].start_ms, attempts[i].end_ms.unwrap_or(span_ms)));
+    order.sort_by_key(|&i| {
+        (
+            occupied_from(&attempts[i]),
+            attempts[i].end_ms.unwrap_or(span_ms),
+        )
+    });
     let mut free: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
     let mut lane_of = vec![0; attempts.len()];
     let mut count = 0;
@@ -291,7 +304,7 @@ fn lanes(attempts: &[AttemptBar], span_ms: u64) -> (Vec<usize>, usize) {
         let bar = &attempts[i];
         let end = bar.end_ms.unwrap_or(span_ms).max(bar.start_ms + 1);
         let lane = match free.peek() {
-            Some(Reverse((ends, lane))) if *ends <= bar.start_ms => {
+            Some(Reverse((ends, lane))) if *ends <= occupied_from(bar) => {
                 let lane = *lane;
                 free.pop();
                 lane
@@ -412,7 +425,7 @@ fn timeline(out: &mut String, report: &RunReport) {
         out,
         "<section id=\"timeline\"><h2>Agent timeline</h2>\
          <p class=\"legend\">One bar per attempt, from its start to its end, on {lanes} lane(s) \
-         (the most attempts that ran at once); hover a bar for its tokens, dollars, files, tools \
+         (the most attempts that ran or waited for their dependencies at once); hover a bar for its tokens, dollars, files, tools \
          and denials.<span style=\"background:#2e9d57\"></span>success\
          <span style=\"background:#d64545\"></span>failure<span style=\"background:#e08a1e\"></span>rollback\
          <span style=\"background:#8a8f98\"></span>running or interrupted\
@@ -901,6 +914,34 @@ mod tests {
             }
         }
         assert!(lane_of.iter().all(|&lane| lane < count));
+    }
+
+    /// A dashed dependency wait runs from when the agents began to its bar's start: no other
+    /// attempt may be drawn on its lane meanwhile, or the line reads as that attempt's wait.
+    #[test]
+    fn dependency_waits_keep_their_lane_to_themselves() {
+        let mut attempts: Vec<AttemptBar> = (0..40).map(bar).collect();
+        // Ten agents that waited from the first start until well after the others began.
+        for (index, waiting) in attempts.iter_mut().enumerate().take(10) {
+            waiting.dependency_wait_from_ms = Some(0);
+            waiting.start_ms = 5_000 + index as u64 * 100;
+            waiting.end_ms = Some(waiting.start_ms + 1_000);
+        }
+        let (lane_of, count) = lanes(&attempts, 32_000);
+        for (i, waiting) in attempts.iter().enumerate().take(10) {
+            for (j, other) in attempts.iter().enumerate() {
+                if i != j && lane_of[i] == lane_of[j] {
+                    let (from, to) = (occupied_from(waiting), waiting.end_ms.unwrap());
+                    assert!(
+                        other.end_ms.unwrap() <= from || other.start_ms >= to,
+                        "attempt {j} is drawn over the wait or the bar of {i}"
+                    );
+                }
+            }
+        }
+        // The 30 others overlap one another (each runs 2 s, starting every 3 ms) and the ten
+        // waits: 40 lanes (30 if the waits were left out).
+        assert_eq!(count, 40);
     }
 
     #[test]
