@@ -94,6 +94,8 @@ pub struct CallOutcome {
     pub attempts: u32,
     /// Time spent queued in the governor, over all attempts.
     pub governor_wait: Duration,
+    /// Tries the server answered with a 429 (rate limited) before this one succeeded.
+    pub rate_limited: u32,
 }
 
 /// Shared by every agent of a run. Cheap to clone.
@@ -160,6 +162,7 @@ impl Fleet {
         counters.calls.fetch_add(1, Ordering::Relaxed);
         let raw_input = TokenEstimator::raw_input(request);
         let mut governor_wait = Duration::ZERO;
+        let mut rate_limited: u32 = 0;
         let mut attempt: u32 = 0;
         // Whether this attempt is a retry that spent a retry-budget token.
         let mut spent_token = false;
@@ -214,11 +217,15 @@ impl Fleet {
                         response,
                         attempts: attempt,
                         governor_wait,
+                        rate_limited,
                     });
                 }
                 Err(error) => error,
             };
             let failure = reservation.failed(&error);
+            if error.class() == ErrorClass::RateLimited {
+                rate_limited += 1;
+            }
             match error.class() {
                 ErrorClass::RateLimited => counters.rate_limited.fetch_add(1, Ordering::Relaxed),
                 ErrorClass::Overloaded => counters.overloaded.fetch_add(1, Ordering::Relaxed),

@@ -414,6 +414,57 @@ fn rate_waits_recorded_by_the_engine_are_drawn_on_the_timeline() {
     assert!(html.contains("rate wait: "));
 }
 
+/// The requests chart counts what was sent: every try of every answered call, and in red the
+/// tries the server answered 429, as many as the simulator was told to send and the run store
+/// has on its `model_call` events.
+#[test]
+fn the_429s_a_run_met_are_on_the_requests_chart() {
+    let work = super::reports::quickstart();
+    // Three agents' second turns are answered 429 on their first try; the rest is the
+    // simulator's default play of the quickstart.
+    let scenario = work.path().join("scenario.yaml");
+    std::fs::write(
+        &scenario,
+        "rules:\n  - match: {turn: 2, attempt: 0}\n    times: 3\n    error: {status: 429, \
+         message: slow down, headers: {retry-after: '0'}}\n",
+    )
+    .unwrap();
+    let scenario_arg = scenario.display().to_string();
+    let output = super::reports::run_quickstart(work.path(), &["--scenario", &scenario_arg]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let repo = work.path().join("repo");
+    let repo_arg = repo.display().to_string();
+    let run_id = only_run_id(work.path(), &repo_arg);
+    let reader = fanout_core::store::StoreReader::open_in_repo(&repo).unwrap();
+    let calls: Vec<serde_json::Value> = reader
+        .events(&run_id.as_str().into())
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.kind == "model_call")
+        .map(|event| event.payload)
+        .collect();
+    let sum = |key: &str| -> u64 { calls.iter().map(|call| call[key].as_u64().unwrap()).sum() };
+    assert_eq!(sum("rate_limited"), 3, "{calls:?}");
+    assert_eq!(sum("tries"), calls.len() as u64 + 3);
+
+    let page = work.path().join("page.html");
+    let page_arg = page.display().to_string();
+    let report = fanout_in(
+        work.path(),
+        &["report", &run_id, "--repo", &repo_arg, "-o", &page_arg],
+    );
+    assert_eq!(report.status.code(), Some(0), "{report:?}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert_eq!(value(&html, "requests-429"), "3");
+    assert_eq!(value(&html, "requests-sent"), sum("tries").to_string());
+    let drawn: u64 = html
+        .split("<rect class=\"r429\" data-count=\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(drawn, 3);
+}
+
 /// Exit 70 is for errors no command classifies: a report that cannot be written where `-o`
 /// says. The message names the file asked for (not a temporary) and the reason, once.
 #[test]

@@ -69,6 +69,8 @@ pub struct CallUsage {
     pub attempts: u32,
     /// Time the call spent queued for the rate governor, over its tries.
     pub rate_wait: std::time::Duration,
+    /// Of `attempts`, the tries the server answered with a 429.
+    pub rate_limited: u32,
     /// Dollars the prompt cache saved on this call.
     pub cache_saved: f64,
 }
@@ -311,8 +313,13 @@ pub async fn run_agent_gated(
         system_agent = request.system_agent.take();
         messages = std::mem::take(&mut request.messages);
         tools = std::mem::take(&mut request.tools);
-        let (response, tries, rate_wait) = match called {
-            Ok(call) => (call.response, call.attempts, call.governor_wait),
+        let (response, tries, rate_wait, rate_limited) = match called {
+            Ok(call) => (
+                call.response,
+                call.attempts,
+                call.governor_wait,
+                call.rate_limited,
+            ),
             Err(crate::fleet::FleetError::Cancelled { .. }) => break LoopStatus::Cancelled,
             Err(error) => break LoopStatus::ProviderError(error.to_string()),
         };
@@ -336,6 +343,7 @@ pub async fn run_agent_gated(
                 dollars,
                 attempts: tries,
                 rate_wait,
+                rate_limited,
                 cache_saved: saved,
             });
         }

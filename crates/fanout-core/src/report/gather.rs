@@ -10,8 +10,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{
-    AgentFiles, AgentTotals, AttemptBar, CheckpointMark, Denial, ItemFailure, ItemOutcome,
-    MAX_ITEM_FAILURES, ModeTotals, ReportError, RepositoryOutcome, RunKind, RunReport, TestVerdict,
+    AgentFiles, AgentTotals, AttemptBar, CallMark, CheckpointMark, Denial, ItemFailure,
+    ItemOutcome, MAX_ITEM_FAILURES, ModeTotals, ReportError, RepositoryOutcome, RunKind, RunReport,
+    TestVerdict,
 };
 use crate::store::{AgentRow, AgentStatus, StoreReader, parse_time};
 
@@ -99,15 +100,16 @@ pub fn gather(repo: &Path, run_id: &RunId) -> Result<RunReport, ReportError> {
             }
         }
     }
-    let model_calls_ms: Vec<u64> = calls.iter().filter_map(|event| offset(&event.at)).collect();
-    let retried_calls_ms: Vec<u64> = calls
+    let count = |value: &Value| value.as_u64().map(|n| n.min(u64::from(u32::MAX)) as u32);
+    let calls: Vec<CallMark> = calls
         .iter()
-        .filter(|event| {
-            event.payload["tries"]
-                .as_u64()
-                .is_some_and(|tries| tries > 1)
+        .filter_map(|event| {
+            Some(CallMark {
+                at_ms: offset(&event.at)?,
+                tries: count(&event.payload["tries"]).unwrap_or(1).max(1),
+                rate_limited: count(&event.payload["rate_limited"]).unwrap_or(0),
+            })
         })
-        .filter_map(|event| offset(&event.at))
         .collect();
     let checkpoints: Vec<CheckpointMark> = reader
         .checkpoints(run_id)?
@@ -128,7 +130,7 @@ pub fn gather(repo: &Path, run_id: &RunId) -> Result<RunReport, ReportError> {
         .iter()
         .flat_map(|bar| [Some(bar.start_ms), bar.end_ms])
         .flatten()
-        .chain(model_calls_ms.iter().copied())
+        .chain(calls.iter().map(|call| call.at_ms))
         .chain(checkpoints.iter().map(|c| c.at_ms))
         .chain(store_wall.map(|wall| wall.as_millis() as u64))
         .max()
@@ -149,8 +151,7 @@ pub fn gather(repo: &Path, run_id: &RunId) -> Result<RunReport, ReportError> {
         by_mode: by_mode(&rows),
         by_agent: by_agent(&rows),
         files_changed: files_changed(&rows, &written),
-        model_calls_ms,
-        retried_calls_ms,
+        calls,
         checkpoints,
         denials: denial_rows
             .into_iter()

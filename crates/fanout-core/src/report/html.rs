@@ -534,68 +534,77 @@ fn waves(out: &mut String, report: &RunReport) {
     out.push_str("</table></section>\n");
 }
 
+/// Column of the requests chart for a moment `at` of a run `span_ms` long.
+fn bucket(at: u64, span_ms: u64) -> usize {
+    let index = ((at as f64 / span_ms as f64) * BUCKETS as f64) as usize;
+    index.min(BUCKETS - 1)
+}
+
+/// Requests sent and 429s answered over time: a column per sixtieth of the run, blue for the
+/// requests, red for those answered 429, each call's tries placed at its answer.
 fn requests(out: &mut String, report: &RunReport) {
-    if report.model_calls_ms.is_empty() {
+    if report.calls.is_empty() {
         return;
     }
     let span_ms = (report.span.as_millis() as u64).max(1);
-    let mut buckets = [0u64; BUCKETS];
-    for &at in &report.model_calls_ms {
-        let index = ((at as f64 / span_ms as f64) * BUCKETS as f64) as usize;
-        buckets[index.min(BUCKETS - 1)] += 1;
+    let mut sent = [0u64; BUCKETS];
+    let mut limited = [0u64; BUCKETS];
+    for call in &report.calls {
+        let index = bucket(call.at_ms, span_ms);
+        sent[index] += u64::from(call.tries);
+        limited[index] += u64::from(call.rate_limited);
     }
-    let peak = buckets.iter().copied().max().unwrap_or(1).max(1);
+    let total_sent: u64 = sent.iter().sum();
+    let total_limited: u64 = limited.iter().sum();
+    let retried = report.calls.iter().filter(|call| call.tries > 1).count() as u64;
+    let peak = sent.iter().copied().max().unwrap_or(1).max(1);
     let bucket_ms = span_ms / BUCKETS as u64;
     let (top, plot) = (22.0, 120.0);
     let _ = write!(
         out,
-        "<section id=\"requests\"><h2>Model requests over time</h2>\
-         <p class=\"note\">{} agent model calls, {} of them retried (red: after a 429 or a \
-         transient error); at most {} in one {}-wide column.</p>\
+        "<section id=\"requests\"><h2>Model requests and 429s over time</h2>\
+         <p class=\"legend\"><span style=\"background:#4a78c2\"></span>\
+         <span id=\"requests-sent\" data-value=\"{total_sent}\">{sent_text}</span> request(s) \
+         for {calls} answered model call(s), {retried} of them retried\
+         <span style=\"background:#d64545\"></span><span id=\"requests-429\" \
+         data-value=\"{total_limited}\">{limited_text}</span> answered 429 (rate limited). \
+         A call's tries are drawn when its answer came; at most {peak} in one {width}-wide \
+         column.</p>\
          <svg viewBox=\"0 0 {WIDTH} {h}\" xmlns=\"http://www.w3.org/2000/svg\">",
-        group(report.model_calls_ms.len() as u64),
-        group(report.retried_calls_ms.len() as u64),
-        peak,
-        ms_text(bucket_ms.max(1)),
+        sent_text = group(total_sent),
+        calls = group(report.calls.len() as u64),
+        retried = group(retried),
+        limited_text = group(total_limited),
+        width = ms_text(bucket_ms.max(1)),
         h = top + plot + 4.0,
     );
     axis(out, span_ms, top - 4.0, top + plot);
     let column = WIDTH / BUCKETS as f64;
-    for (index, &count) in buckets.iter().enumerate() {
+    for (index, (&count, &rate_limited)) in sent.iter().zip(&limited).enumerate() {
         if count == 0 {
             continue;
         }
+        let x = index as f64 * column;
+        let from = ms_text(index as u64 * bucket_ms);
         let height = count as f64 / peak as f64 * plot;
         let _ = write!(
             out,
             "<rect fill=\"#4a78c2\" x=\"{x:.1}\" y=\"{y:.1}\" width=\"{w:.1}\" height=\"{height:.1}\">\
              <title>{count} request(s) from {from}</title></rect>",
-            x = index as f64 * column,
             y = top + plot - height,
             w = column - 1.0,
-            from = ms_text(index as u64 * bucket_ms),
         );
-    }
-    // Calls that needed more than one try, over the same columns.
-    let mut retried = [0u64; BUCKETS];
-    for &at in &report.retried_calls_ms {
-        let index = ((at as f64 / span_ms as f64) * BUCKETS as f64) as usize;
-        retried[index.min(BUCKETS - 1)] += 1;
-    }
-    for (index, &count) in retried.iter().enumerate() {
-        if count == 0 {
-            continue;
+        if rate_limited > 0 {
+            let height = rate_limited as f64 / peak as f64 * plot;
+            let _ = write!(
+                out,
+                "<rect class=\"r429\" data-count=\"{rate_limited}\" fill=\"#d64545\" \
+                 x=\"{x:.1}\" y=\"{y:.1}\" width=\"{w:.1}\" height=\"{height:.1}\">\
+                 <title>{rate_limited} of them answered 429 (rate limited) from {from}</title></rect>",
+                y = top + plot - height,
+                w = column - 1.0,
+            );
         }
-        let height = count as f64 / peak as f64 * plot;
-        let _ = write!(
-            out,
-            "<rect class=\"retried\" fill=\"#d64545\" x=\"{x:.1}\" y=\"{y:.1}\" width=\"{w:.1}\" \
-             height=\"{height:.1}\"><title>{count} of them retried (after a 429 or a transient \
-             error)</title></rect>",
-            x = index as f64 * column,
-            y = top + plot - height,
-            w = column - 1.0,
-        );
     }
     out.push_str("</svg></section>\n");
 }
@@ -794,7 +803,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::report::{AgentTotals, ModeTotals, RepositoryOutcome};
+    use crate::report::{AgentTotals, CallMark, ModeTotals, RepositoryOutcome};
     use crate::store::{RunRow, RunStatus, StatusCounts};
 
     fn bar(index: u64) -> AttemptBar {
@@ -820,10 +829,9 @@ mod tests {
     }
 
     #[test]
-    fn rate_waits_darken_the_start_of_their_bars_and_retries_show_in_red() {
+    fn rate_waits_darken_the_start_of_their_bars() {
         let mut report = report(3);
         report.attempts[1].rate_wait_ms = 500;
-        report.retried_calls_ms = vec![10, 20];
         let page = render_html(&report);
         assert_eq!(page.matches("class=\"w\"").count(), 1);
         assert!(page.contains("data-wait=\"500\""));
@@ -831,10 +839,67 @@ mod tests {
             page.contains("rate wait: 500ms") || page.contains("rate wait: 0.5s"),
             "tooltip"
         );
-        assert!(page.contains("class=\"retried\""));
+    }
+
+    /// The requests chart counts every try of a call, and its 429s in red in the column of
+    /// the call's answer.
+    #[test]
+    fn requests_over_time_count_tries_and_show_429s_where_they_happened() {
+        let mut report = report(3);
+        report.calls = vec![
+            CallMark {
+                at_ms: 100,
+                tries: 1,
+                rate_limited: 0,
+            },
+            CallMark {
+                at_ms: 200,
+                tries: 3,
+                rate_limited: 2,
+            },
+            // Three quarters into the run, in another column.
+            CallMark {
+                at_ms: 24_000,
+                tries: 2,
+                rate_limited: 1,
+            },
+            CallMark {
+                at_ms: 24_100,
+                tries: 2,
+                rate_limited: 0,
+            },
+        ];
+        let page = render_html(&report);
         assert!(
-            page.contains("2 of them retried"),
-            "legend counts the retried calls"
+            page.contains("id=\"requests-sent\" data-value=\"8\""),
+            "{page}"
+        );
+        assert!(page.contains("id=\"requests-429\" data-value=\"3\""));
+        assert!(page.contains("for 4 answered model call(s), 3 of them retried"));
+        let columns: Vec<(String, String)> = page
+            .split("<rect class=\"r429\" data-count=\"")
+            .skip(1)
+            .map(|rest| {
+                let count = rest.split('"').next().unwrap().to_owned();
+                let x = rest
+                    .split("x=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap();
+                (count, x.to_owned())
+            })
+            .collect();
+        let x_of = |at_ms: u64| {
+            format!(
+                "{:.1}",
+                bucket(at_ms, 32_000) as f64 * WIDTH / BUCKETS as f64
+            )
+        };
+        assert_eq!(
+            columns,
+            vec![("2".to_owned(), x_of(200)), ("1".to_owned(), x_of(24_000))]
         );
     }
 
@@ -877,8 +942,13 @@ mod tests {
                     dollars: 0.001,
                 })
                 .collect(),
-            model_calls_ms: (0..agents * 3).map(|i| i * 32_000 / (agents * 3)).collect(),
-            retried_calls_ms: Vec::new(),
+            calls: (0..agents * 3)
+                .map(|i| CallMark {
+                    at_ms: i * 32_000 / (agents * 3),
+                    tries: 1,
+                    rate_limited: 0,
+                })
+                .collect(),
             checkpoints: Vec::new(),
             denials: Vec::new(),
             files_changed: Vec::new(),

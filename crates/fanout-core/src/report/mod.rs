@@ -4,7 +4,7 @@
 //!
 //! What it owns: which records a report shows and how they are drawn (an agent timeline of
 //! one SVG bar per attempt, dependency waves, tokens and dollars by mode and by agent,
-//! requests over time, checkpoints, denials, files changed; for item runs the counts and the
+//! requests and 429s over time, checkpoints, denials, files changed; for item runs the counts and the
 //! failures). Every string that comes from the store or a run file is escaped when rendered:
 //! agent ids, paths and error messages can come from a model.
 //!
@@ -62,11 +62,8 @@ pub struct RunReport {
     pub by_mode: Vec<ModeTotals>,
     /// Per agent over its attempts, most dollars first.
     pub by_agent: Vec<AgentTotals>,
-    /// When each `model_call` event was recorded, from the run's start.
-    pub model_calls_ms: Vec<u64>,
-    /// The calls among them that took more than one try (retried after a 429 or a transient
-    /// error).
-    pub retried_calls_ms: Vec<u64>,
+    /// Every answered model call (its `model_call` event), by the time it was recorded.
+    pub calls: Vec<CallMark>,
     pub checkpoints: Vec<CheckpointMark>,
     pub denials: Vec<Denial>,
     /// Paths written by each agent's successful attempt (rolled-back changes are undone).
@@ -155,6 +152,17 @@ pub struct AttemptBar {
     /// earliest start) until its own start.
     pub dependency_wait_from_ms: Option<u64>,
     pub error: Option<String>,
+}
+
+/// One answered model call on the time axis, with the requests it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CallMark {
+    /// When its answer was recorded, from the run's start.
+    pub at_ms: u64,
+    /// Requests sent for it (1 plus its retries; 1 where the caller did not record them).
+    pub tries: u32,
+    /// Of `tries`, those the server answered with a 429.
+    pub rate_limited: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

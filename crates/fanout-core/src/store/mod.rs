@@ -367,6 +367,9 @@ pub struct ModelCall {
     /// Time queued for the rate governor, when the caller knows it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_wait_ms: Option<u64>,
+    /// Of `tries`, those the server answered with a 429, when the caller knows them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limited: Option<u32>,
 }
 
 impl ModelCall {

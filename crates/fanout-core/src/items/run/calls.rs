@@ -119,6 +119,7 @@ pub(super) fn end_record(
             cache_saved: saved,
             tries: None,
             rate_wait_ms: None,
+            rate_limited: None,
         };
         ctx.store
             .event_now(call.event(&ctx.run_id, AgentId::from(&chunk.id)));

@@ -66,6 +66,7 @@ pub(super) fn usage_recorder(
             cache_saved: usage.cache_saved,
             tries: Some(usage.attempts),
             rate_wait_ms: Some(usage.rate_wait.as_millis() as u64),
+            rate_limited: Some(usage.rate_limited),
         };
         store.event_now(call.event(&run_id, agent_id.clone()));
     }))
