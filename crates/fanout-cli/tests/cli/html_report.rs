@@ -110,10 +110,54 @@ fn a_live_sim_run_report_has_a_bar_per_attempt_and_the_store_totals() {
         "{html}"
     );
     assert!(html.contains("every change is inside a declared scope"));
-    // Each agent's one changed file, model calls over time, the checkpoints on the axis.
-    let files =
-        regex::Regex::new(r"<tr><td><code>add-[a-z]+</code></td><td class=.n.>1</td>").unwrap();
-    assert_eq!(files.find_iter(&html).count(), 8, "{html}");
+    // Each agent's diff stat: its one changed file and its lines, which add up to the
+    // run's diff from its base commit to its last checkpoint (no file has two writers).
+    let rows = regex::Regex::new(
+        r#"<tr data-diff-agent="([^"]+)" data-added="(\d+)" data-removed="(\d+)"><td><code>[^<]+</code></td><td class="n">(\d+)</td>"#,
+    )
+    .unwrap();
+    let stats: Vec<(String, u64, u64, u64)> = rows
+        .captures_iter(&html)
+        .map(|c| {
+            (
+                c[1].to_owned(),
+                c[2].parse().unwrap(),
+                c[3].parse().unwrap(),
+                c[4].parse().unwrap(),
+            )
+        })
+        .collect();
+    let editors: Vec<_> = stats.iter().filter(|s| s.0.starts_with("add-")).collect();
+    assert_eq!(editors.len(), 8, "{html}");
+    assert!(editors.iter().all(|s| s.3 == 1 && s.1 > 0), "{editors:?}");
+    let base = shown["base_commit"].as_str().unwrap();
+    let numstat = git(
+        &repo,
+        &[
+            "diff",
+            "--numstat",
+            base,
+            &format!("refs/fanout/{run_id}/latest"),
+        ],
+    );
+    let column = |index: usize| -> u64 {
+        numstat
+            .lines()
+            .map(|line| line.split('\t').nth(index).unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        stats.iter().map(|s| s.1).sum::<u64>(),
+        column(0),
+        "{numstat}"
+    );
+    assert_eq!(
+        stats.iter().map(|s| s.2).sum::<u64>(),
+        column(1),
+        "{numstat}"
+    );
+    assert!(!html.contains("</code>* "), "no file has two writers");
+    // Model calls over time, the checkpoints on the axis.
     assert!(html.contains("id=\"requests\""));
     let checkpoints = shown["checkpoints"].as_array().unwrap().len();
     assert_eq!(html.matches("<line class=\"ck\"").count(), checkpoints);

@@ -1,6 +1,8 @@
-//! Building a [`RunReport`] from the run store and the run's directory (`summary.json`,
-//! `plan.json`, an item run's `failed.jsonl`). Reads only; a file the run has not written
-//! yet is left out, a file that does not parse is an error.
+//! Building a [`RunReport`] from the run store, the run's directory (`summary.json`,
+//! `plan.json`, an item run's `failed.jsonl`) and, for the diff stat, the repository's git
+//! (`diff-tree` from the run's base commit to its last checkpoint). Reads only; a file the run
+//! has not written yet is left out, a file that does not parse is an error, a diff git cannot
+//! give leaves the line counts out.
 
 use crate::ids::{AgentId, RunId};
 use std::collections::{BTreeSet, HashMap};
@@ -10,7 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{
-    AgentFiles, AgentTotals, AttemptBar, CallMark, CheckpointMark, Denial, ItemFailure,
+    AgentFiles, AgentTotals, AttemptBar, CallMark, CheckpointMark, Denial, FileChange, ItemFailure,
     ItemOutcome, MAX_ITEM_FAILURES, ModeTotals, ReportError, RepositoryOutcome, RunKind, RunReport,
     TestVerdict,
 };
@@ -143,6 +145,11 @@ pub fn gather(repo: &Path, run_id: &RunId) -> Result<RunReport, ReportError> {
         RunKind::Repository(repository_outcome(&dir, store_wall)?)
     };
     let written = reader.written_paths(run_id)?;
+    // The run's net change per file: from its base to its last checkpoint.
+    let line_counts = match (&run.base_commit, reader.checkpoints(run_id)?.last()) {
+        (Some(base), Some(last)) => line_counts(repo, base, &last.commit_id),
+        _ => None,
+    };
     Ok(RunReport {
         counts: summary.agents,
         kind,
@@ -150,7 +157,7 @@ pub fn gather(repo: &Path, run_id: &RunId) -> Result<RunReport, ReportError> {
         waves: waves(&crate::layout::plan_file(repo, run_id))?,
         by_mode: by_mode(&rows),
         by_agent: by_agent(&rows),
-        files_changed: files_changed(&rows, &written),
+        files_changed: files_changed(&rows, &written, line_counts.as_ref()),
         calls,
         checkpoints,
         denials: denial_rows
@@ -419,27 +426,93 @@ fn by_agent(rows: &[AgentRow]) -> Vec<AgentTotals> {
     out
 }
 
-/// Paths written by each agent's successful attempt, by agent id.
-fn files_changed(rows: &[AgentRow], written: &[(AgentId, u32, String)]) -> Vec<AgentFiles> {
+/// Lines added and removed per path between commits `base` and `last` of the repository at
+/// `repo` (`None` for a binary file); `None` when git cannot tell (no repository, a commit
+/// gone). `diff-tree` is plumbing: no textconv, external diff or pager can run.
+fn line_counts(repo: &Path, base: &str, last: &str) -> Option<HashMap<String, Option<(u64, u64)>>> {
+    let git = crate::git::Git::open(repo).ok()?;
+    let mut command = git.read_only();
+    command.args([
+        "diff-tree",
+        "-r",
+        "-z",
+        "--numstat",
+        "--no-renames",
+        "--no-textconv",
+        "--end-of-options",
+        base,
+        last,
+    ]);
+    let out = git.run(command, None).ok()?;
+    Some(parse_numstat(&String::from_utf8_lossy(&out)))
+}
+
+/// `git diff-tree -z --numstat` output: `added\tremoved\tpath\0` per file, `-` for both
+/// counts of a binary file.
+fn parse_numstat(text: &str) -> HashMap<String, Option<(u64, u64)>> {
+    text.split('\0')
+        .filter_map(|record| {
+            let mut fields = record.splitn(3, '\t');
+            let (added, removed, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let lines = added.parse().ok().zip(removed.parse().ok());
+            Some((path.to_owned(), lines))
+        })
+        .collect()
+}
+
+/// Paths written by each agent's successful attempt, by agent id, with the lines the run
+/// changed in each (`line_counts`; a path it does not list ended unchanged).
+fn files_changed(
+    rows: &[AgentRow],
+    written: &[(AgentId, u32, String)],
+    line_counts: Option<&HashMap<String, Option<(u64, u64)>>>,
+) -> Vec<AgentFiles> {
     let succeeded: BTreeSet<(&str, u32)> = rows
         .iter()
         .filter(|row| row.status == Some(AgentStatus::Success))
         .map(|row| (row.agent_id.as_str(), row.attempt))
         .collect();
     let mut by_agent: std::collections::BTreeMap<&str, BTreeSet<&str>> = Default::default();
+    let mut writers: HashMap<&str, usize> = HashMap::new();
     for (agent_id, attempt, path) in written {
-        if succeeded.contains(&(agent_id.as_str(), *attempt)) {
-            by_agent
+        if succeeded.contains(&(agent_id.as_str(), *attempt))
+            && by_agent
                 .entry(agent_id.as_str())
                 .or_default()
-                .insert(path.as_str());
+                .insert(path.as_str())
+        {
+            *writers.entry(path.as_str()).or_default() += 1;
         }
     }
     by_agent
         .into_iter()
         .map(|(agent_id, paths)| AgentFiles {
             agent_id: AgentId::from(agent_id),
-            paths: paths.into_iter().map(str::to_owned).collect(),
+            files: paths
+                .into_iter()
+                .map(|path| FileChange {
+                    path: path.to_owned(),
+                    lines: line_counts
+                        .and_then(|counts| counts.get(path).copied().unwrap_or(Some((0, 0)))),
+                    shared: writers.get(path).copied().unwrap_or(0) > 1,
+                })
+                .collect(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn numstat_records_split_on_nul_with_tabs_and_dashes_for_binary_files() {
+        let counts = parse_numstat("3\t1\tsrc/a b.ts\0-\t-\tlogo.png\00\t7\tsrc/tab\there.ts\0");
+        assert_eq!(counts.len(), 3);
+        assert_eq!(counts["src/a b.ts"], Some((3, 1)));
+        assert_eq!(counts["logo.png"], None);
+        assert_eq!(counts["src/tab\there.ts"], Some((0, 7)));
+    }
 }

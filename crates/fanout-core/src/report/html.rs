@@ -86,7 +86,7 @@ dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;margin:
 table{border-collapse:collapse;font-size:13px}td,th{padding:2px 8px;text-align:left;vertical-align:top}th{color:#667;font-weight:600}
 td.n{text-align:right;font-variant-numeric:tabular-nums}tr:nth-child(even) td{background:#f0f1f4}
 td.bar{width:420px}td.bar div{height:10px;background:#4a78c2;min-width:1px}
-.note{color:#667;font-size:12px}.red{color:#b3261e;font-weight:600}.ok{color:#1e7d43;font-weight:600}
+.note{color:#667;font-size:12px}.add{color:#1e7d43}.del{color:#b3261e}.red{color:#b3261e;font-weight:600}.ok{color:#1e7d43;font-weight:600}
 svg{display:block;width:100%;height:auto;background:#fff;border:1px solid #ddd}
 svg text{font-size:11px;fill:#667}
 .s-success{fill:#2e9d57}.s-failure{fill:#d64545}.s-rollback{fill:#e08a1e}.s-running{fill:#8a8f98}
@@ -564,10 +564,10 @@ fn requests(out: &mut String, report: &RunReport) {
         out,
         "<section id=\"requests\"><h2>Model requests and 429s over time</h2>\
          <p class=\"legend\"><span style=\"background:#4a78c2\"></span>\
-         <span id=\"requests-sent\" data-value=\"{total_sent}\">{sent_text}</span> request(s) \
+         <b id=\"requests-sent\" data-value=\"{total_sent}\">{sent_text}</b> request(s) \
          for {calls} answered model call(s), {retried} of them retried\
-         <span style=\"background:#d64545\"></span><span id=\"requests-429\" \
-         data-value=\"{total_limited}\">{limited_text}</span> answered 429 (rate limited). \
+         <span style=\"background:#d64545\"></span><b id=\"requests-429\" \
+         data-value=\"{total_limited}\">{limited_text}</b> answered 429 (rate limited). \
          A call's tries are drawn when its answer came; at most {peak} in one {width}-wide \
          column.</p>\
          <svg viewBox=\"0 0 {WIDTH} {h}\" xmlns=\"http://www.w3.org/2000/svg\">",
@@ -721,31 +721,77 @@ fn denials(out: &mut String, report: &RunReport) {
     out.push_str("</section>\n");
 }
 
+/// `+3 −1`, or `binary`.
+fn lines_text(lines: Option<(u64, u64)>) -> String {
+    match lines {
+        Some((added, removed)) => format!(
+            "<span class=\"add\">+{}</span> <span class=\"del\">\u{2212}{}</span>",
+            group(added),
+            group(removed)
+        ),
+        None => "binary".to_owned(),
+    }
+}
+
+/// Each agent's diff stat: its files, the lines added and removed in each, and its totals.
 fn files_changed(out: &mut String, report: &RunReport) {
     if !matches!(report.kind, RunKind::Repository(_)) {
         return;
     }
-    out.push_str("<section id=\"files\"><h2>Files changed per agent</h2>");
+    out.push_str("<section id=\"files\"><h2>Diff stat per agent</h2>");
     if report.files_changed.is_empty() {
         out.push_str("<p>No successful attempt wrote a file.</p></section>\n");
         return;
     }
-    out.push_str(
-        "<p class=\"note\">Written by each agent's successful attempt (changes of failed \
-         attempts were rolled back).</p><table><tr><th>agent</th><th>files</th><th>paths</th></tr>\n",
+    // Counts are known for all files or for none (they come from one diff).
+    let known = report
+        .files_changed
+        .iter()
+        .flat_map(|agent| &agent.files)
+        .any(|file| file.lines.is_some());
+    let _ = write!(
+        out,
+        "<p class=\"note\">The files each agent's successful attempt wrote (changes of failed \
+         attempts were rolled back), with the lines added and removed in each {}.</p>\
+         <table><tr><th>agent</th><th>files</th><th>lines</th><th>paths</th></tr>\n",
+        if known {
+            "between the run's base commit and its last checkpoint; a file marked * was written \
+             by more than one agent, so its lines are not this agent's alone"
+        } else {
+            "(unknown here: the run has no checkpoint yet, or git cannot read the repository)"
+        }
     );
     for agent in report.files_changed.iter().take(MAX_ROWS) {
+        let (added, removed) = agent.lines();
+        let paths = agent
+            .files
+            .iter()
+            .map(|file| {
+                format!(
+                    "<code>{}</code>{} {}",
+                    escape(&file.path),
+                    if file.shared { "*" } else { "" },
+                    if known {
+                        lines_text(file.lines)
+                    } else {
+                        String::new()
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("<br>");
         let _ = writeln!(
             out,
-            "<tr><td><code>{}</code></td><td class=\"n\">{}</td><td>{}</td></tr>",
-            escape(agent.agent_id.as_str()),
-            agent.paths.len(),
-            agent
-                .paths
-                .iter()
-                .map(|path| format!("<code>{}</code>", escape(path)))
-                .collect::<Vec<_>>()
-                .join(" ")
+            "<tr data-diff-agent=\"{agent_id}\" data-added=\"{added}\" data-removed=\"{removed}\">\
+             <td><code>{agent_id}</code></td><td class=\"n\">{files}</td><td class=\"n\">{lines}</td>\
+             <td>{paths}</td></tr>",
+            agent_id = escape(agent.agent_id.as_str()),
+            files = agent.files.len(),
+            lines = if known {
+                lines_text(Some((added, removed)))
+            } else {
+                "?".to_owned()
+            },
         );
     }
     out.push_str("</table>");
@@ -1012,6 +1058,50 @@ mod tests {
         // The 30 others overlap one another (each runs 2 s, starting every 3 ms) and the ten
         // waits: 40 lanes (30 if the waits were left out).
         assert_eq!(count, 40);
+    }
+
+    /// The diff stat: per file and per agent, a shared file marked, a binary one said so; and
+    /// without a diff (no checkpoint yet) no made-up counts.
+    #[test]
+    fn diff_stat_per_agent_sums_its_files_and_marks_shared_ones() {
+        use crate::report::{AgentFiles, FileChange};
+        let file = |path: &str, lines, shared| FileChange {
+            path: path.to_owned(),
+            lines,
+            shared,
+        };
+        let mut report = report(2);
+        report.files_changed = vec![
+            AgentFiles {
+                agent_id: "agent-00000".into(),
+                files: vec![
+                    file("src/a.ts", Some((12, 3)), false),
+                    file("src/shared.ts", Some((1_500, 0)), true),
+                    file("logo.png", None, false),
+                ],
+            },
+            AgentFiles {
+                agent_id: "agent-00001".into(),
+                files: vec![file("src/shared.ts", Some((1_500, 0)), true)],
+            },
+        ];
+        let page = render_html(&report);
+        assert!(page.contains(
+            "<tr data-diff-agent=\"agent-00000\" data-added=\"1512\" data-removed=\"3\">"
+        ));
+        assert!(page.contains("<td class=\"n\">3</td><td class=\"n\"><span class=\"add\">+1,512</span> <span class=\"del\">\u{2212}3</span></td>"));
+        assert!(page.contains("<code>src/shared.ts</code>* <span class=\"add\">+1,500</span>"));
+        assert!(page.contains("<code>logo.png</code> binary"));
+        assert!(page.contains("<code>src/a.ts</code> <span class=\"add\">+12</span>"));
+
+        for agent in &mut report.files_changed {
+            for file in &mut agent.files {
+                file.lines = None;
+            }
+        }
+        let page = render_html(&report);
+        assert!(page.contains("unknown here"));
+        assert!(!page.contains("class=\"add\"") && !page.contains(" binary"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! What it owns: which records a report shows and how they are drawn (an agent timeline of
 //! one SVG bar per attempt, dependency waves, tokens and dollars by mode and by agent,
-//! requests and 429s over time, checkpoints, denials, files changed; for item runs the counts and the
+//! requests and 429s over time, checkpoints, denials, each agent's diff stat; for item runs the counts and the
 //! failures). Every string that comes from the store or a run file is escaped when rendered:
 //! agent ids, paths and error messages can come from a model.
 //!
@@ -66,7 +66,8 @@ pub struct RunReport {
     pub calls: Vec<CallMark>,
     pub checkpoints: Vec<CheckpointMark>,
     pub denials: Vec<Denial>,
-    /// Paths written by each agent's successful attempt (rolled-back changes are undone).
+    /// Paths written by each agent's successful attempt (rolled-back changes are undone), with
+    /// the lines the run changed in each.
     pub files_changed: Vec<AgentFiles>,
 }
 
@@ -202,10 +203,33 @@ pub struct Denial {
     pub at: String,
 }
 
+/// One agent's diff stat: the files its successful attempt wrote.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AgentFiles {
     pub agent_id: AgentId,
-    pub paths: Vec<String>,
+    pub files: Vec<FileChange>,
+}
+
+impl AgentFiles {
+    /// Lines added and removed over its files whose counts are known.
+    pub fn lines(&self) -> (u64, u64) {
+        self.files
+            .iter()
+            .filter_map(|file| file.lines)
+            .fold((0, 0), |(added, removed), (a, r)| (added + a, removed + r))
+    }
+}
+
+/// A file an agent wrote, with what the run changed in it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FileChange {
+    pub path: String,
+    /// Lines added and removed between the run's base commit and its last checkpoint; `None`
+    /// for a binary file, or when that diff cannot be read (no checkpoint yet, or git cannot
+    /// read the repository).
+    pub lines: Option<(u64, u64)>,
+    /// Other agents wrote it too: the lines are the file's, not this agent's alone.
+    pub shared: bool,
 }
 
 fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
