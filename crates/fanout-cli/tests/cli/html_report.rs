@@ -509,6 +509,53 @@ fn the_429s_a_run_met_are_on_the_requests_chart() {
     assert_eq!(drawn, 3);
 }
 
+/// An item run's worker calls go through the same fleet: their 429s and tries are on their
+/// `model_call` events and on the report's requests chart.
+#[test]
+fn an_item_run_report_counts_its_workers_429s() {
+    let dir = tempfile::tempdir().unwrap();
+    super::item_inputs::tickets(dir.path(), 30, &[]);
+    let wf = super::item_inputs::ticket_workflow(dir.path(), 5, "")
+        .display()
+        .to_string();
+    let scenario = dir.path().join("scenario.yaml");
+    std::fs::write(
+        &scenario,
+        "rules:\n  - match: {attempt: 0}\n    times: 2\n    error: {status: 429, message: slow \
+         down, headers: {retry-after: '0'}}\n",
+    )
+    .unwrap();
+    let scenario_arg = scenario.display().to_string();
+    let output = fanout_in(dir.path(), &["run", &wf, "--scenario", &scenario_arg]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let repo = dir.path().display().to_string();
+    let run_id = only_run_id(dir.path(), &repo);
+    let reader = fanout_core::store::StoreReader::open_in_repo(dir.path()).unwrap();
+    let calls: Vec<serde_json::Value> = reader
+        .events(&run_id.as_str().into())
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.kind == "model_call")
+        .map(|event| event.payload)
+        .collect();
+    assert_eq!(calls.len(), 6, "six chunks of five: {calls:?}");
+    let sum = |key: &str| -> u64 { calls.iter().map(|call| call[key].as_u64().unwrap()).sum() };
+    assert_eq!(sum("rate_limited"), 2);
+    assert_eq!(sum("tries"), 8);
+
+    let report = fanout_in(dir.path(), &["report", &run_id, "--repo", &repo]);
+    assert_eq!(report.status.code(), Some(0), "{report:?}");
+    let html = std::fs::read_to_string(
+        dir.path()
+            .join(".fanout/runs")
+            .join(&run_id)
+            .join("report.html"),
+    )
+    .unwrap();
+    assert_eq!(value(&html, "requests-429"), "2");
+    assert_eq!(value(&html, "requests-sent"), "8");
+}
+
 /// Exit 70 is for errors no command classifies: a report that cannot be written where `-o`
 /// says. The message names the file asked for (not a temporary) and the reason, once.
 #[test]

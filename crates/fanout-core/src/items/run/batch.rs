@@ -259,7 +259,7 @@ async fn prepare_round<'a>(
             }
             Err(error) => {
                 let outcome = ChunkOutcome::errored(&next.chunk, error.to_string());
-                let (end, _) = end_record(ctx, &next.chunk, attempt, None, &outcome, None);
+                let (end, _) = end_record(ctx, &next.chunk, attempt, None, None, &outcome, None);
                 states[*index].ends.push(end);
                 account(ctx, &mut states[*index], outcome);
             }
@@ -332,6 +332,7 @@ fn fail_round(ctx: &Ctx, states: &mut [BatchState], sent: &[Sent<'_>], error: &B
             &call.next.chunk,
             call.attempt,
             None,
+            None,
             &outcome,
             Some(error.to_string()),
         );
@@ -389,6 +390,7 @@ fn settle_round(
             &next.chunk,
             attempt,
             response.as_deref(),
+            None,
             &outcome,
             None,
         );

@@ -81,12 +81,14 @@ pub(super) fn write_ends(ctx: &Arc<Ctx>, ends: Vec<AgentFinish>) {
 }
 
 /// Account a finished call (tokens, cost, the event) and return the end of its `agent_runs`
-/// row, to be written once the chunk is settled ([`write_ends`]).
+/// row, to be written once the chunk is settled ([`write_ends`]). `fleet_call` is the online
+/// call's tries and rate-governor wait (a batch's answers have none).
 pub(super) fn end_record(
     ctx: &Ctx,
     chunk: &Chunk,
     attempt: u32,
     response: Option<&Response>,
+    fleet_call: Option<&crate::fleet::CallOutcome>,
     outcome: &ChunkOutcome,
     error: Option<String>,
 ) -> (AgentFinish, f64) {
@@ -117,9 +119,9 @@ pub(super) fn end_record(
             cache_write_tokens: usage.cache_creation_input_tokens,
             dollars: cost,
             cache_saved: saved,
-            tries: None,
-            rate_wait_ms: None,
-            rate_limited: None,
+            tries: fleet_call.map(|call| call.attempts),
+            rate_wait_ms: fleet_call.map(|call| call.governor_wait.as_millis() as u64),
+            rate_limited: fleet_call.map(|call| call.rate_limited),
         };
         ctx.store
             .event_now(call.event(&ctx.run_id, AgentId::from(&chunk.id)));

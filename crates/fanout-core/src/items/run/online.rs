@@ -141,7 +141,7 @@ async fn call_worker(
         Err(error) => {
             write_start(ctx, start).await;
             let outcome = ChunkOutcome::errored(chunk, error.to_string());
-            let (end, cost) = end_record(ctx, chunk, attempt, None, &outcome, None);
+            let (end, cost) = end_record(ctx, chunk, attempt, None, None, &outcome, None);
             ends.push(end);
             return Some((outcome, cost));
         }
@@ -150,10 +150,10 @@ async fn call_worker(
         lock(&ctx.totals).store_errors += 1;
     }
     let ((), result) = tokio::join!(write_start(ctx, start), ctx.fleet.call(&request, cancel));
-    let (outcome, response, error) = match &result {
+    let (outcome, call, error) = match &result {
         Ok(call) => (
             check_answer(chunk, &call.response, &ctx.job.schema),
-            Some(&call.response),
+            Some(call),
             None,
         ),
         Err(FleetError::Cancelled { .. }) => (
@@ -163,7 +163,8 @@ async fn call_worker(
         ),
         Err(error) => (ChunkOutcome::errored(chunk, error.to_string()), None, None),
     };
-    let (end, cost) = end_record(ctx, chunk, attempt, response, &outcome, error);
+    let response = call.map(|call| &call.response);
+    let (end, cost) = end_record(ctx, chunk, attempt, response, call, &outcome, error);
     ends.push(end);
     if matches!(result, Err(FleetError::Cancelled { .. })) {
         return None;
