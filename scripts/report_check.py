@@ -13,8 +13,10 @@ built-in simulator (`--sim --scenario`): a reviewed plan of 200 agents in three 
 waves, some of which fail every attempt, stray outside their scope (denied) or meet a 429.
 It writes the run's report with `fanout report`, opens it from `file://` and checks: no
 console error, exception or failed load; one `[data-agent]` element per agent attempt the run
-store has (`fanout show RUN --json`); the timeline's bars coloured by status. The page is
-saved as `target/report-check/report-200.png` for inspection.
+store has (`fanout show RUN --json`), each with a tooltip giving its tokens, dollars, files,
+tools and denials (the denials as the store counts them); a bar colour per status; the
+store's checkpoints on the time axis. The page is saved as
+`target/report-check/report-200.png` (and `.html`) for inspection.
 """
 
 import argparse
@@ -193,7 +195,7 @@ def inspect_page(path, screenshot=None, full_page=True):
         # Two animation frames after the load event: the page has been laid out and painted.
         browser.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
         painted = time.monotonic() - started
-        facts = browser.evaluate("""(() => {
+        facts = browser.evaluate(r"""(() => {
             const bars = [...document.querySelectorAll('[data-agent]')];
             const fills = {};
             for (const bar of bars) {
@@ -203,8 +205,19 @@ def inspect_page(path, screenshot=None, full_page=True):
             const nav = performance.getEntriesByType('navigation')[0];
             const paint = performance.getEntriesByType('paint')
                 .find(p => p.name === 'first-contentful-paint');
+            const denials = {};
+            for (const bar of bars) {
+                const title = bar.querySelector('title');
+                const found = title && title.textContent.match(/\ndenials: (\d+)/);
+                if (found) denials[bar.dataset.agent] =
+                    (denials[bar.dataset.agent] || 0) + Number(found[1]);
+            }
+            const tooltip = /tokens [\d,]+ in, [\d,]+ out · \$[\d.]+\nfiles: .*\ntools: .*\ndenials: \d+/;
             return {count: bars.length,
-                    with_tooltip: bars.filter(b => b.querySelector('title')).length,
+                    with_tooltip: bars.filter(b => b.querySelector('title')
+                        && tooltip.test(b.querySelector('title').textContent)).length,
+                    denials: denials,
+                    checkpoints: document.querySelectorAll('#timeline line.ck').length,
                     fills: Object.keys(fills),
                     load_event_ms: nav ? nav.loadEventEnd : null,
                     first_contentful_paint_ms: paint ? paint.startTime : null,
@@ -234,13 +247,14 @@ def verdict(facts, expected_count):
     if facts["count"] != expected_count:
         wrong.append(f"{facts['count']} [data-agent] elements, expected {expected_count}")
     if facts["with_tooltip"] != facts["count"]:
-        wrong.append(f"only {facts['with_tooltip']} of {facts['count']} bars have a tooltip")
+        wrong.append(f"only {facts['with_tooltip']} of {facts['count']} bars have a tooltip "
+                     "with tokens, dollars, files, tools and denials")
     return wrong
 
 
 def self_test(work):
     """The check must flag a broken page: a console error, an exception, a missing image, a
-    wrong count. And pass a clean one."""
+    wrong count, bars without their tooltip. And pass a clean one."""
     broken = os.path.join(work, "broken.html")
     with open(broken, "w") as f:
         f.write("<!DOCTYPE html><html><head><title>broken</title></head><body>"
@@ -253,18 +267,21 @@ def self_test(work):
     facts = inspect_page(broken)
     wrong = verdict(facts, 3)
     for needle in ("deliberate console error", "deliberate exception",
-                   "missing-on-purpose.png", "2 [data-agent] elements, expected 3"):
+                   "missing-on-purpose.png", "2 [data-agent] elements, expected 3",
+                   "only 0 of 2 bars have a tooltip"):
         if not any(needle in line for line in wrong):
             raise CheckFailed(f"self-test: the check did not flag {needle!r}; it found {wrong}")
     clean = os.path.join(work, "clean.html")
     with open(clean, "w") as f:
         f.write("<!DOCTYPE html><html><head><title>clean</title></head><body>"
-                "<svg><rect data-agent='a'><title>a</title></rect></svg></body></html>")
+                "<svg><rect data-agent='a'><title>a · attempt 1 · success\n"
+                "tokens 1,000 in, 20 out · $0.0010\nfiles: src/a.ts\ntools: read_file\n"
+                "denials: 0</title></rect></svg></body></html>")
     wrong = verdict(inspect_page(clean), 1)
     if wrong:
         raise CheckFailed(f"self-test: a clean page was flagged: {wrong}")
-    print("report check: self-test flags a console error, an exception, a failed load "
-          "and a wrong count; passes a clean page")
+    print("report check: self-test flags a console error, an exception, a failed load, "
+          "a wrong count and bare tooltips; passes a clean page")
 
 
 def run(command, expect=(0,), **kwargs):
@@ -415,11 +432,19 @@ def check(fanout, agents, out_dir):
                 wrong.append(f"no bar drawn with status {status}")
         if len(set(fills.values())) != len(fills):
             wrong.append(f"two statuses share a colour: {fills}")
+        if facts["checkpoints"] != len(shown["checkpoints"]):
+            wrong.append(f"{facts['checkpoints']} checkpoints on the time axis, "
+                         f"{len(shown['checkpoints'])} in the store")
+        drawn_denials = {agent: n for agent, n in facts["denials"].items() if n}
+        if drawn_denials != shown["denials_by_agent"]:
+            wrong.append(f"denials in the tooltips {drawn_denials}, "
+                         f"in the store {shown['denials_by_agent']}")
         if wrong:
             raise CheckFailed("the report of run " + run_id + ":\n  " + "\n  ".join(wrong))
         shutil.copy(page, os.path.join(out_dir, f"report-{agents}.html"))
-    print(f"report check: {agents} agents, {expected} attempts, {expected} bars "
-          f"({', '.join(sorted(fills))}); no console error, exception or failed load; "
+    print(f"report check: {agents} agents, {expected} attempts, {expected} bars with their "
+          f"tooltips ({', '.join(sorted(fills))}), {facts['checkpoints']} checkpoints; "
+          "no console error, exception or failed load; "
           f"loaded in {facts['loaded_s']:.2f} s; screenshot {screenshot} "
           f"({time.monotonic() - started:.1f} s in all)")
 
