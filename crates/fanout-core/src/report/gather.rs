@@ -509,7 +509,7 @@ mod tests {
 
     #[test]
     fn numstat_records_split_on_nul_with_tabs_and_dashes_for_binary_files() {
-        let counts = parse_numstat("3\t1\tsrc/a b.ts\0-\t-\tlogo.png\00\t7\tsrc/tab\there.ts\0");
+        let counts = parse_numstat("3\t1\tsrc/a b.ts\0-\t-\tlogo.png\x000\t7\tsrc/tab\there.ts\0");
         assert_eq!(counts.len(), 3);
         assert_eq!(counts["src/a b.ts"], Some((3, 1)));
         assert_eq!(counts["logo.png"], None);

@@ -749,11 +749,11 @@ fn files_changed(out: &mut String, report: &RunReport) {
         .iter()
         .flat_map(|agent| &agent.files)
         .any(|file| file.lines.is_some());
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<p class=\"note\">The files each agent's successful attempt wrote (changes of failed \
          attempts were rolled back), with the lines added and removed in each {}.</p>\
-         <table><tr><th>agent</th><th>files</th><th>lines</th><th>paths</th></tr>\n",
+         <table><tr><th>agent</th><th>files</th><th>lines</th><th>paths</th></tr>",
         if known {
             "between the run's base commit and its last checkpoint; a file marked * was written \
              by more than one agent, so its lines are not this agent's alone"
