@@ -15,7 +15,8 @@ It writes the run's report with `fanout report`, opens it from `file://` and che
 console error, exception or failed load; one `[data-agent]` element per agent attempt the run
 store has (`fanout show RUN --json`), each with a tooltip giving its tokens, dollars, files,
 tools and denials (the denials as the store counts them); a bar colour per status; the
-store's checkpoints on the time axis. The page is saved as
+store's checkpoints on the time axis; an inline script inserted into the page refused by its
+Content-Security-Policy. The page is saved as
 `target/report-check/report-200.png` (and `.html`) for inspection.
 """
 
@@ -183,10 +184,11 @@ def problems_in(events):
     return found
 
 
-def inspect_page(path, screenshot=None, down_to=None):
+def inspect_page(path, screenshot=None, down_to=None, probe_script=False):
     """Load `path` from file://: DevTools problems, the `[data-agent]` count, the bar
     colours, load and paint times; optionally save a PNG screenshot of the whole page, or of
-    its top down to the end of the element `down_to` (a CSS selector)."""
+    its top down to the end of the element `down_to` (a CSS selector). With `probe_script`,
+    then insert an inline script as injected markup would and say whether it ran."""
     url = "file://" + os.path.abspath(path)
     with Browser() as browser:
         started = time.monotonic()
@@ -242,6 +244,14 @@ def inspect_page(path, screenshot=None, down_to=None):
         # Anything still queued on the pipe arrives with this last round trip.
         browser.evaluate("1")
         facts["problems"] = problems_in(browser.events)
+        if probe_script:
+            browser.events.clear()
+            facts["injected_script_ran"] = browser.evaluate(
+                "(() => { const s = document.createElement('script');"
+                " s.textContent = 'window.injectedScriptRan = true';"
+                " document.body.append(s); return window.injectedScriptRan === true; })()")
+            browser.evaluate("1")
+            facts["probe_problems"] = problems_in(browser.events)
         facts["loaded_s"] = loaded
         facts["painted_s"] = painted
     return facts
@@ -258,9 +268,19 @@ def verdict(facts, expected_count):
     return wrong
 
 
+def policy_verdict(facts):
+    """The page's Content-Security-Policy must stop a script that escaped into the page."""
+    if facts["injected_script_ran"] or not any(
+            "Content Security Policy" in line for line in facts["probe_problems"]):
+        return ["an inline script inserted into the page ran, or was refused without a "
+                f"policy violation: {facts['probe_problems']}"]
+    return []
+
+
 def self_test(work):
     """The check must flag a broken page: a console error, an exception, a missing image, a
-    wrong count, bars without their tooltip. And pass a clean one."""
+    wrong count, bars without their tooltip, a page without a policy that would run an
+    injected script. And pass a clean one."""
     broken = os.path.join(work, "broken.html")
     with open(broken, "w") as f:
         f.write("<!DOCTYPE html><html><head><title>broken</title></head><body>"
@@ -283,11 +303,16 @@ def self_test(work):
                 "<svg><rect data-agent='a'><title>a · attempt 1 · success\n"
                 "tokens 1,000 in, 20 out · $0.0010\nfiles: src/a.ts\ntools: read_file\n"
                 "denials: 0</title></rect></svg></body></html>")
-    wrong = verdict(inspect_page(clean), 1)
+    facts = inspect_page(clean, probe_script=True)
+    wrong = verdict(facts, 1)
     if wrong:
         raise CheckFailed(f"self-test: a clean page was flagged: {wrong}")
+    if not policy_verdict(facts):
+        raise CheckFailed("self-test: a page without a Content-Security-Policy ran an "
+                          "injected script unflagged")
     print("report check: self-test flags a console error, an exception, a failed load, "
-          "a wrong count and bare tooltips; passes a clean page")
+          "a wrong count, bare tooltips and a page that runs an injected script; passes a "
+          "clean page")
 
 
 def run(command, expect=(0,), **kwargs):
@@ -429,8 +454,9 @@ def check(fanout, agents, out_dir):
             raise CheckFailed(f"{expected} attempts for {agents} agents: the flaky agents "
                               " should have been tried again")
         screenshot = os.path.join(out_dir, f"report-{agents}.png")
-        facts = inspect_page(page, screenshot=screenshot)
+        facts = inspect_page(page, screenshot=screenshot, probe_script=True)
         wrong = verdict(facts, expected)
+        wrong += policy_verdict(facts)
         statuses = {row["status"] for row in shown["agent_runs"]}
         fills = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in facts["fills"]}
         for status in statuses:

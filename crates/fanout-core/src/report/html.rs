@@ -1,5 +1,6 @@
 //! The report page: one self-contained HTML document (inline CSS and SVG, no script, nothing
-//! fetched), so it opens from `file://` and can be mailed or attached as it is.
+//! fetched, and a Content-Security-Policy that has the browser refuse both), so it opens from
+//! `file://` and can be mailed or attached as it is.
 //!
 //! Built to stay light at 10,000 agents: the timeline is one `<svg>` holding one `<rect>` per
 //! attempt (with its `<title>` tooltip) packed onto as many lanes as ran at once, and nothing
@@ -95,6 +96,11 @@ rect.b:hover{fill:#1d2330}line.ck{stroke:#7048b8;stroke-dasharray:3 3}line.tick{
 code{background:#eef0f3;padding:0 3px;border-radius:3px}
 ";
 
+/// What the page may do, enforced by the browser: nothing but its own inline styles. No
+/// script runs and nothing is fetched even if a string from a model escaped [`escape`].
+pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; \
+                       form-action 'none'";
+
 /// The report as one HTML document.
 pub fn render_html(report: &RunReport) -> String {
     let run = &report.run;
@@ -102,6 +108,7 @@ pub fn render_html(report: &RunReport) -> String {
     let _ = write!(
         out,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"Content-Security-Policy\" content=\"{CSP}\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>fanout run {id}</title><style>{STYLE}</style></head><body>\n\
          <h1>fanout run <code>{id}</code> · {workflow}</h1>\n",
@@ -1102,6 +1109,16 @@ mod tests {
         let page = render_html(&report);
         assert!(page.contains("unknown here"));
         assert!(!page.contains("class=\"add\"") && !page.contains(" binary"));
+    }
+
+    /// The policy comes before anything the page shows, and allows no script, no fetch.
+    #[test]
+    fn the_page_forbids_scripts_and_fetches_before_showing_anything() {
+        let page = render_html(&report(1));
+        let policy = page.find("Content-Security-Policy").unwrap();
+        assert!(policy < page.find("<title>").unwrap());
+        assert!(CSP.starts_with("default-src 'none';"));
+        assert!(!CSP.contains("script-src") && !CSP.contains("img-src"));
     }
 
     #[test]
