@@ -86,7 +86,7 @@ h1{font-size:20px;margin:8px 0}h2{font-size:16px;margin:28px 0 8px;border-bottom
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;margin:0}dl.facts dt{color:#667}dl.facts dd{margin:0}
 table{border-collapse:collapse;font-size:13px}td,th{padding:2px 8px;text-align:left;vertical-align:top}th{color:#667;font-weight:600}
 td.n{text-align:right;font-variant-numeric:tabular-nums}tr:nth-child(even) td{background:#f0f1f4}
-td.bar{width:420px}td.bar div{height:10px;background:#4a78c2;min-width:1px}
+table.bars{margin-bottom:10px}td.bar{width:420px}td.bar div{height:10px;background:#4a78c2;min-width:1px}
 .note{color:#667;font-size:12px}.add{color:#1e7d43}.del{color:#b3261e}.red{color:#b3261e;font-weight:600}.ok{color:#1e7d43;font-weight:600}
 svg{display:block;width:100%;height:auto;background:#fff;border:1px solid #ddd}
 svg text{font-size:11px;fill:#667}
@@ -428,12 +428,16 @@ fn timeline(out: &mut String, report: &RunReport) {
     let lane_height = (800.0 / lanes.max(1) as f64).clamp(0.5, 14.0);
     let top = 22.0;
     let height = top + lanes as f64 * lane_height + 6.0;
+    let title = match report.kind {
+        RunKind::Repository(_) => "Agent timeline",
+        RunKind::Items(_) => "Worker call timeline",
+    };
     let _ = write!(
         out,
-        "<section id=\"timeline\"><h2>Agent timeline</h2>\
+        "<section id=\"timeline\"><h2>{title}</h2>\
          <p class=\"legend\">One bar per attempt, from its start to its end, on {lanes} lane(s) \
-         (the most attempts that ran or waited for their dependencies at once); hover a bar for its tokens, dollars, files, tools \
-         and denials.<span style=\"background:#2e9d57\"></span>success\
+         (the most attempts that ran or waited for their dependencies at once); hover a bar \
+         for its tokens, dollars, files, tools and denials.<span style=\"background:#2e9d57\"></span>success\
          <span style=\"background:#d64545\"></span>failure<span style=\"background:#e08a1e\"></span>rollback\
          <span style=\"background:#8a8f98\"></span>running or interrupted\
          <span style=\"background:#7048b8\"></span>checkpoint. \
@@ -1109,6 +1113,17 @@ mod tests {
         let page = render_html(&report);
         assert!(page.contains("unknown here"));
         assert!(!page.contains("class=\"add\"") && !page.contains(" binary"));
+    }
+
+    /// An item run's bars are its worker calls, and the page says so.
+    #[test]
+    fn an_item_runs_timeline_is_of_worker_calls() {
+        let mut report = report(2);
+        assert!(render_html(&report).contains("<h2>Agent timeline</h2>"));
+        report.kind = RunKind::Items(ItemOutcome::default());
+        let page = render_html(&report);
+        assert!(page.contains("<h2>Worker call timeline</h2>"));
+        assert!(!page.contains("Agent timeline"));
     }
 
     /// The policy comes before anything the page shows, and allows no script, no fetch.
