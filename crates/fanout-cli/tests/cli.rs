@@ -1588,6 +1588,131 @@ rules:
             "completed"
         );
     }
+
+    /// Agents that say they did not finish: two edit their file, then report `failure` (one on
+    /// `default`, one on `fast` and again on `default`); a third reports `partial` on `fast` and
+    /// `success` on `default`.
+    const SELF_REPORTED: &str = r#"
+rules:
+  - name: edit
+    match:
+      system: 'Files you may change \(nothing else\):\n- (?P<file>\S+)'
+      turn: 1
+    tool_use: {name: write_file, input: {path: "${file}", content: "edited ${file} by its agent\n"}}
+  - name: gives-up
+    match:
+      system: 'Files you may change \(nothing else\):\n- (?P<file>src/file_00[12].txt)'
+    tool_use:
+      name: report_result
+      input: {status: failure, summary: "the tests still fail", files_changed: ["${file}"]}
+  - name: partial-on-fast
+    match:
+      model: 'claude-haiku-4-5'
+      system: 'Files you may change \(nothing else\):\n- src/file_000.txt'
+    tool_use:
+      name: report_result
+      input: {status: partial, summary: "half done", files_changed: [src/file_000.txt]}
+  - name: report
+    match:
+      system: 'Files you may change \(nothing else\):\n- (?P<file>\S+)'
+    tool_use:
+      name: report_result
+      input: {status: success, summary: "rewrote ${file}", files_changed: ["${file}"]}
+"#;
+
+    /// Regression: an agent whose own result said `failure` or `partial` was recorded as a
+    /// success (and counted in "N/N succeeded") as long as its claims matched its receipts.
+    #[test]
+    fn an_agent_that_reports_it_did_not_finish_is_not_a_success() {
+        let agents = 4;
+        let work = tempfile::tempdir().unwrap();
+        let scenario = work.path().join("self-reported.yaml");
+        std::fs::write(&scenario, SELF_REPORTED).unwrap();
+        let workflow = workflow(work.path(), 4).display().to_string();
+        let plan = plan(work.path(), agents).display().to_string();
+        let repo = repository(agents);
+        let before = tree(repo.path());
+
+        let output = fanout(
+            &[
+                "run",
+                &workflow,
+                "--plan",
+                &plan,
+                "--scenario",
+                &scenario.display().to_string(),
+            ],
+            repo.path(),
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(5), "{stdout}{stderr}");
+        assert!(!stdout.contains("4/4"), "{stdout}");
+        let run_id = run_ids(repo.path()).pop().unwrap();
+
+        // The agents that gave up are undone; the others' edits stay.
+        let after = tree(repo.path());
+        assert_eq!(after["src/file_001.txt"], before["src/file_001.txt"]);
+        assert_eq!(after["src/file_002.txt"], before["src/file_002.txt"]);
+        for i in [0, 3] {
+            let text =
+                std::fs::read_to_string(repo.path().join(format!("src/file_{i:03}.txt"))).unwrap();
+            assert_eq!(text, format!("edited src/file_{i:03}.txt by its agent\n"));
+        }
+        let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
+        let rows = reader.agent_runs(&run_id.as_str().into()).unwrap();
+        let of = |agent: &str| -> Vec<(u32, String, bool, Option<String>)> {
+            let mut rows: Vec<_> = rows
+                .iter()
+                .filter(|row| row.agent_id == agent)
+                .map(|row| {
+                    (
+                        row.attempt,
+                        row.status
+                            .map(|s| s.as_str().to_owned())
+                            .unwrap_or_default(),
+                        row.escalated,
+                        row.error.clone(),
+                    )
+                })
+                .collect();
+            rows.sort();
+            rows
+        };
+        assert_eq!(
+            of("edit-001"),
+            vec![(
+                1,
+                "rollback".to_owned(),
+                false,
+                Some("the agent reported failure: the tests still fail".to_owned())
+            )]
+        );
+        let gave_up = of("edit-002");
+        assert_eq!(gave_up.len(), 2, "{gave_up:?}");
+        for (index, (attempt, status, escalated, error)) in gave_up.iter().enumerate() {
+            assert_eq!(*attempt as usize, index + 1);
+            assert_eq!(status, "rollback");
+            assert_eq!(*escalated, index == 1);
+            assert_eq!(
+                error.as_deref(),
+                Some("the agent reported failure: the tests still fail")
+            );
+        }
+        let partial = of("edit-000");
+        assert_eq!(partial.len(), 2, "{partial:?}");
+        assert_eq!(partial[0].1, "rollback");
+        assert_eq!(
+            partial[0].3.as_deref(),
+            Some("the agent reported partial: half done")
+        );
+        assert_eq!((partial[1].1.as_str(), partial[1].2), ("success", true));
+        let summary = reader
+            .run_summary(&run_id.as_str().into())
+            .unwrap()
+            .unwrap();
+        assert_eq!(summary.run.status.as_str(), "partial");
+    }
 }
 
 /// Item work (`workflow.items:`) through the binary: the support-ticket example with `--sim`,

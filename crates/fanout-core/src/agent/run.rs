@@ -98,6 +98,9 @@ pub enum LoopStatus {
     TimeLimit,
     Cancelled,
     ProviderError(String),
+    /// The agent reported that it did not finish its task (`status: failure` or `partial` in
+    /// its result): its words, e.g. `partial: fixed two of the three handlers`.
+    ReportedUnfinished(String),
     /// The agent's start gate failed (its start could not be put on record), so none of its
     /// tool calls ran.
     StartFailed(String),
@@ -396,8 +399,12 @@ pub async fn run_agent_gated(
         match finished {
             Some(Value::Null) => break LoopStatus::InvalidResult,
             Some(result) => {
+                let unfinished = reported_unfinished(&result);
                 outcome.result = Some(result);
-                break LoopStatus::Success;
+                break match unfinished {
+                    Some(words) => LoopStatus::ReportedUnfinished(words),
+                    None => LoopStatus::Success,
+                };
             }
             None => {}
         }
@@ -436,6 +443,38 @@ fn tool_result(id: &str, content: String, is_error: bool) -> ContentBlock {
         content,
         is_error,
     }
+}
+
+/// The agent's own word that it did not finish: a result whose `status` is one of the words
+/// for an unfinished task (the default schema's `failure` and `partial`, and their usual
+/// synonyms in custom schemas), or whose `success` is `false`. Its status and summary.
+pub fn reported_unfinished(result: &Value) -> Option<String> {
+    const UNFINISHED: [&str; 6] = [
+        "failure",
+        "failed",
+        "partial",
+        "error",
+        "incomplete",
+        "blocked",
+    ];
+    let status = match (result.get("status"), result.get("success")) {
+        (Some(Value::String(status)), _)
+            if UNFINISHED.contains(&status.trim().to_ascii_lowercase().as_str()) =>
+        {
+            status.trim().to_owned()
+        }
+        (_, Some(Value::Bool(false))) => "success: false".to_owned(),
+        _ => return None,
+    };
+    let summary = result
+        .get("summary")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|summary| !summary.is_empty());
+    Some(match summary {
+        Some(summary) => format!("{status}: {summary}"),
+        None => status,
+    })
 }
 
 /// Claims of the result that the receipts contradict.

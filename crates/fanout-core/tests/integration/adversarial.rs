@@ -1587,8 +1587,10 @@ async fn run_case(case: &Case, canary: &mut Canary, victim: u32, env_names: &[St
         ));
     }
 
-    // The run reached its report: every hostile turn was executed.
-    if outcome.status != LoopStatus::Success || outcome.turns != case.turns.len() as u64 + 1 {
+    // The run reached its report (which says it gave up): every hostile turn was executed.
+    if outcome.status != LoopStatus::ReportedUnfinished("failure: tried".into())
+        || outcome.turns != case.turns.len() as u64 + 1
+    {
         failures.push(format!(
             "the agent did not run every turn: {:?} after {} turns",
             outcome.status, outcome.turns

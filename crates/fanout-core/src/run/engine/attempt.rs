@@ -248,8 +248,12 @@ impl AgentTask {
         cancel: &CancellationToken,
     ) -> Next {
         let inputs = &self.shared.inputs;
-        let retry_on_default = outcome.status == LoopStatus::InvalidResult
-            && self.mode == Mode::Fast
+        // A fast model that gave no valid result, or said it could not finish, gets one more
+        // try on the default model.
+        let retry_on_default = matches!(
+            outcome.status,
+            LoopStatus::InvalidResult | LoopStatus::ReportedUnfinished(_)
+        ) && self.mode == Mode::Fast
             && !self.escalated;
         let transient = matches!(outcome.status, LoopStatus::ProviderError(_))
             && self.attempt < inputs.max_attempts.max(1);
@@ -480,6 +484,7 @@ fn failure_text(outcome: &AgentOutcome) -> String {
         LoopStatus::TimeLimit => "wall-time limit reached".to_string(),
         LoopStatus::Cancelled => "cancelled".to_string(),
         LoopStatus::ProviderError(message) => format!("model API: {message}"),
+        LoopStatus::ReportedUnfinished(words) => format!("the agent reported {words}"),
         LoopStatus::StartFailed(message) => message.clone(),
     };
     if !outcome.flags.is_empty() {

@@ -3,9 +3,10 @@
 //!
 //! For each agent: its scope policy and toolbox (scopes enforced in code and, for commands, by
 //! the kernel), its mode's model, `run_agent` through the shared fleet, then its record in
-//! `agent_runs`. A failed agent's changes are undone from its journal (status `rollback`); an
-//! agent on `fast` whose result fails validation is retried once on `default` (recorded as
-//! escalated); transient failures retry the agent up to `max_attempts`. Checkpoints land on the
+//! `agent_runs`. An agent succeeds only if it reported a valid result that says it finished
+//! and its receipts do not contradict it. A failed agent's changes are undone from its journal
+//! (status `rollback`); an agent on `fast` whose result fails validation, or that reports it
+//! could not finish, is retried once on `default` (recorded as escalated); transient failures retry the agent up to `max_attempts`. Checkpoints land on the
 //! checkpoint policy's schedule (tighter after deletions). At the end: a final checkpoint, a
 //! scope check of the whole run's diff against the union of declared write scopes, the
 //! configured test command (sandboxed), a synthesis call on the orchestrator's model, and the
