@@ -113,9 +113,9 @@ pub fn run_show(args: ShowArgs) -> anyhow::Result<ExitCode> {
     let reader = StoreReader::open_in_repo(&repo)?;
     match &args.agent_id {
         None => {
-            let detail = reader.run(&args.run_id)?.with_context(|| {
-                format!("no run {} in {}", args.run_id, reader.path().display())
-            })?;
+            let detail = reader
+                .run(&args.run_id)?
+                .with_context(|| format!("no run {} in {}", args.run_id, reader.location()))?;
             if args.json {
                 emit_json(&detail)?;
             } else {

@@ -22,7 +22,7 @@ pub fn gather(repo: &Path, run_id: &RunId) -> Result<RunReport, ReportError> {
         .run_summary(run_id)?
         .ok_or_else(|| ReportError::UnknownRun {
             run_id: run_id.to_string(),
-            store: reader.path().to_path_buf(),
+            store: reader.location().clone(),
         })?;
     let run = summary.run;
     let origin = parse_time(&run.started_at);
