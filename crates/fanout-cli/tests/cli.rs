@@ -2191,3 +2191,6 @@ mod traces;
 
 #[path = "cli/costs.rs"]
 mod costs;
+
+#[path = "cli/postgres_store.rs"]
+mod postgres_store;
