@@ -7,10 +7,11 @@
 # ends, however it ends.
 #
 #   scripts/with-postgres.sh cargo test -p fanout-core --test integration store::
+#   scripts/with-postgres.sh --install     # only make sure the server's binaries are there
 set -euo pipefail
 
 if [ "$#" -eq 0 ]; then
-    echo "usage: $0 COMMAND [ARGS...]" >&2
+    echo "usage: $0 COMMAND [ARGS...] | --install" >&2
     exit 2
 fi
 
@@ -34,6 +35,10 @@ if [ -z "$BIN" ] || [ ! -x "$BIN/initdb" ]; then
     apt-get install -y --no-install-recommends postgresql >&2 \
         || { apt-get update >&2 && apt-get install -y --no-install-recommends postgresql >&2; }
     BIN="$(bin_dir)"
+fi
+if [ "$1" = "--install" ]; then
+    echo "PostgreSQL binaries: $BIN" >&2
+    exit 0
 fi
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/fanout-pg.XXXXXX")"

@@ -346,6 +346,7 @@ pub fn schema_version(db: &PostgresDb, store: &str) -> Result<i64, StoreError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::placeholders;
 
