@@ -3,10 +3,11 @@
 //!
 //! **Why a thread per connection.** The synchronous `postgres` client runs its own tokio
 //! runtime and panics when it is used from a thread that is already inside one — and the
-//! store's readers are called from async code. So [`PostgresDb::connect`] starts a thread
-//! that connects and then owns the client; every [`Db`] call is a message to it and a
+//! store's readers are called from async code. So a reader's [`PostgresDb::connect`] starts a
+//! thread that connects and then owns the client; every [`Db`] call is a message to it and a
 //! blocking wait for the answer, exactly like a SQLite call blocks on its file. The writer
-//! thread talks to its connection the same way.
+//! already has a thread of its own, outside any runtime: it connects there
+//! ([`PostgresDb::connect_here`]) and calls its client directly, with no hop.
 //!
 //! **Durability by kind.** A batch with a state transition commits with the server's
 //! `synchronous_commit` (durable on the server once the commit returns, as configured there);
@@ -40,16 +41,80 @@ enum Call {
     Batch(String, Reply<()>),
 }
 
-/// A PostgreSQL connection of the run store, owned by its own thread.
+/// A PostgreSQL connection of the run store: owned by a thread of its own (a reader's), or
+/// by the thread that made it, which must not be inside a tokio runtime (the writer's).
 pub struct PostgresDb {
-    calls: mpsc::Sender<Call>,
+    conn: Owner,
+}
+
+enum Owner {
+    Thread(mpsc::Sender<Call>),
+    Here(std::cell::RefCell<Conn>),
+}
+
+/// The client and its prepared statements.
+struct Conn {
+    client: Client,
+    statements: HashMap<String, Statement>,
+}
+
+impl Conn {
+    fn new(client: Client) -> Conn {
+        Conn {
+            client,
+            statements: HashMap::new(),
+        }
+    }
+
+    /// The statement for `sql` (written with SQLite's `?N`), prepared once per connection.
+    fn prepared(&mut self, sql: &str) -> Result<Statement, DbError> {
+        if let Some(stmt) = self.statements.get(sql) {
+            return Ok(stmt.clone());
+        }
+        let stmt = self.client.prepare(&placeholders(sql))?;
+        self.statements.insert(sql.to_owned(), stmt.clone());
+        Ok(stmt)
+    }
+
+    fn execute(&mut self, sql: &str, params: &[SqlValue]) -> Result<u64, DbError> {
+        let stmt = self.prepared(sql)?;
+        Ok(self.client.execute(&stmt, &refs(params))?)
+    }
+
+    fn query(&mut self, sql: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, DbError> {
+        let stmt = self.prepared(sql)?;
+        let rows = self.client.query(&stmt, &refs(params))?;
+        rows.iter().map(values).collect()
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<(), DbError> {
+        Ok(self.client.batch_execute(sql)?)
+    }
 }
 
 /// Key of the advisory lock migrations hold ("fanout" in ASCII).
 const MIGRATION_LOCK: i64 = 0x66_61_6e_6f_75_74;
 
 impl PostgresDb {
-    /// Connect to `url` on a new thread. Blocks until connected or refused.
+    /// Connect to `url` from this thread, which must not be inside a tokio runtime (the
+    /// writer's thread); the connection stays here.
+    pub fn connect_here(url: &PostgresUrl) -> Result<PostgresDb, StoreError> {
+        let config = url.config()?;
+        let user = config.get_user().unwrap_or("(default)").to_owned();
+        match config.connect(NoTls) {
+            Ok(client) => Ok(PostgresDb {
+                conn: Owner::Here(std::cell::RefCell::new(Conn::new(client))),
+            }),
+            Err(source) => Err(StoreError::Connect {
+                target: url.target().to_owned(),
+                user,
+                source,
+            }),
+        }
+    }
+
+    /// Connect to `url` on a new thread that owns the connection. Blocks until connected or
+    /// refused; usable from any thread.
     pub fn connect(url: &PostgresUrl) -> Result<PostgresDb, StoreError> {
         let config = url.config()?;
         let user = config.get_user().unwrap_or("(default)").to_owned();
@@ -68,7 +133,9 @@ impl PostgresDb {
             })
             .map_err(|source| StoreError::Spawn { source })?;
         match connected.recv() {
-            Ok(Ok(())) => Ok(PostgresDb { calls }),
+            Ok(Ok(())) => Ok(PostgresDb {
+                conn: Owner::Thread(calls),
+            }),
             Ok(Err(source)) => Err(StoreError::Connect {
                 target: url.target().to_owned(),
                 user,
@@ -81,19 +148,30 @@ impl PostgresDb {
         }
     }
 
-    /// Connect and bring the database to [`schema::SCHEMA_VERSION`].
-    pub fn open(url: &PostgresUrl) -> Result<PostgresDb, StoreError> {
-        let db = PostgresDb::connect(url)?;
+    /// [`PostgresDb::connect_here`], then bring the database to [`schema::SCHEMA_VERSION`].
+    pub fn open_here(url: &PostgresUrl) -> Result<PostgresDb, StoreError> {
+        let db = PostgresDb::connect_here(url)?;
         migrate(&db, &url.to_string())?;
         Ok(db)
     }
 
-    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Call) -> Result<T, DbError> {
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.calls
-            .send(make(reply))
-            .map_err(|_| DbError::ConnectionGone)?;
-        answer.recv().map_err(|_| DbError::ConnectionGone)?
+    /// Run `here` on the connection owned by this thread, or send `call` to the thread
+    /// that owns it.
+    fn with<T>(
+        &self,
+        here: impl FnOnce(&mut Conn) -> Result<T, DbError>,
+        call: impl FnOnce(Reply<T>) -> Call,
+    ) -> Result<T, DbError> {
+        match &self.conn {
+            Owner::Here(conn) => here(&mut conn.borrow_mut()),
+            Owner::Thread(calls) => {
+                let (reply, answer) = mpsc::sync_channel(1);
+                calls
+                    .send(call(reply))
+                    .map_err(|_| DbError::ConnectionGone)?;
+                answer.recv().map_err(|_| DbError::ConnectionGone)?
+            }
+        }
     }
 }
 
@@ -103,15 +181,24 @@ impl Db for PostgresDb {
     }
 
     fn execute(&self, sql: &str, params: &[SqlValue]) -> Result<u64, DbError> {
-        self.call(|reply| Call::Execute(sql.to_owned(), params.to_vec(), reply))
+        self.with(
+            |conn| conn.execute(sql, params),
+            |reply| Call::Execute(sql.to_owned(), params.to_vec(), reply),
+        )
     }
 
     fn query(&self, sql: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, DbError> {
-        self.call(|reply| Call::Query(sql.to_owned(), params.to_vec(), reply))
+        self.with(
+            |conn| conn.query(sql, params),
+            |reply| Call::Query(sql.to_owned(), params.to_vec(), reply),
+        )
     }
 
     fn batch(&self, sql: &str) -> Result<(), DbError> {
-        self.call(|reply| Call::Batch(sql.to_owned(), reply))
+        self.with(
+            |conn| conn.batch(sql),
+            |reply| Call::Batch(sql.to_owned(), reply),
+        )
     }
 
     fn begin(&self, durable: bool) -> Result<(), DbError> {
@@ -128,24 +215,18 @@ impl Db for PostgresDb {
 }
 
 /// The connection thread: answer calls until every handle is dropped.
-fn serve(mut client: Client, inbox: mpsc::Receiver<Call>) {
-    let mut statements: HashMap<String, Statement> = HashMap::new();
+fn serve(client: Client, inbox: mpsc::Receiver<Call>) {
+    let mut conn = Conn::new(client);
     while let Ok(call) = inbox.recv() {
         match call {
             Call::Execute(sql, params, reply) => {
-                let result = prepared(&mut client, &mut statements, &sql)
-                    .and_then(|stmt| client.execute(&stmt, &refs(&params)).map_err(DbError::from));
-                let _ = reply.send(result);
+                let _ = reply.send(conn.execute(&sql, &params));
             }
             Call::Query(sql, params, reply) => {
-                let result = prepared(&mut client, &mut statements, &sql).and_then(|stmt| {
-                    let rows = client.query(&stmt, &refs(&params))?;
-                    rows.iter().map(values).collect()
-                });
-                let _ = reply.send(result);
+                let _ = reply.send(conn.query(&sql, &params));
             }
             Call::Batch(sql, reply) => {
-                let _ = reply.send(client.batch_execute(&sql).map_err(DbError::from));
+                let _ = reply.send(conn.batch(&sql));
             }
         }
     }
@@ -153,20 +234,6 @@ fn serve(mut client: Client, inbox: mpsc::Receiver<Call>) {
 
 fn refs(params: &[SqlValue]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
-}
-
-/// The statement for `sql` (written with SQLite's `?N`), prepared once per connection.
-fn prepared(
-    client: &mut Client,
-    statements: &mut HashMap<String, Statement>,
-    sql: &str,
-) -> Result<Statement, DbError> {
-    if let Some(stmt) = statements.get(sql) {
-        return Ok(stmt.clone());
-    }
-    let stmt = client.prepare(&placeholders(sql))?;
-    statements.insert(sql.to_owned(), stmt.clone());
-    Ok(stmt)
 }
 
 /// `?1` → `$1`: the shared queries use SQLite's numbered placeholders.

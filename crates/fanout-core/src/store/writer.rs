@@ -104,43 +104,65 @@ impl Store {
     /// to PostgreSQL), migrate it, and start the writer. A SQLite file in a `.fanout/`
     /// directory gets that directory's ignore file, as [`Store::open_in_repo`] does.
     pub fn open_at(location: &StoreLocation) -> Result<Store, StoreError> {
-        let db: Box<dyn Db> = match location {
-            StoreLocation::Sqlite(path) => {
-                match path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    Some(parent) if parent.file_name() == Some(".fanout".as_ref()) => {
-                        let repo = parent.parent().unwrap_or(Path::new("."));
-                        super::ensure_fanout_dir(repo)?;
-                    }
-                    Some(parent) => {
-                        std::fs::create_dir_all(parent).map_err(|source| {
-                            StoreError::CreateDir {
-                                path: parent.to_path_buf(),
-                                source,
-                            }
-                        })?;
-                    }
-                    None => {}
+        if let StoreLocation::Sqlite(path) = location {
+            match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(parent) if parent.file_name() == Some(".fanout".as_ref()) => {
+                    let repo = parent.parent().unwrap_or(Path::new("."));
+                    super::ensure_fanout_dir(repo)?;
                 }
-                Box::new(SqliteDb::open_writer(path)?)
+                Some(parent) => {
+                    std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+                        path: parent.to_path_buf(),
+                        source,
+                    })?;
+                }
+                None => {}
             }
-            StoreLocation::Postgres(url) => Box::new(PostgresDb::open(url)?),
-        };
+        }
+        // The writer thread opens its own connection (the PostgreSQL client must live on a
+        // thread outside any tokio runtime) and says whether it could before it serves.
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let mut writer = Writer {
-            db,
-            store: location.to_string(),
-            next_event_seq: HashMap::new(),
-            log: None,
-            stats: WriterStats::default(),
-        };
+        let (opened, open_result) = std::sync::mpsc::sync_channel::<Result<(), StoreError>>(1);
+        let opening = location.clone();
         std::thread::Builder::new()
             .name("fanout-store-writer".to_owned())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                let db: Result<Box<dyn Db>, StoreError> = match &opening {
+                    StoreLocation::Sqlite(path) => {
+                        SqliteDb::open_writer(path).map(|db| Box::new(db) as Box<dyn Db>)
+                    }
+                    StoreLocation::Postgres(url) => {
+                        PostgresDb::open_here(url).map(|db| Box::new(db) as Box<dyn Db>)
+                    }
+                };
+                let db = match db {
+                    Ok(db) => db,
+                    Err(error) => {
+                        let _ = opened.send(Err(error));
+                        return;
+                    }
+                };
+                let _ = opened.send(Ok(()));
+                let mut writer = Writer {
+                    db,
+                    store: opening.to_string(),
+                    next_event_seq: HashMap::new(),
+                    log: None,
+                    stats: WriterStats::default(),
+                };
+                writer.run(rx);
+            })
             .map_err(|source| StoreError::Spawn { source })?;
-        Ok(Store {
-            tx,
-            location: location.clone(),
-        })
+        match open_result.recv() {
+            Ok(Ok(())) => Ok(Store {
+                tx,
+                location: location.clone(),
+            }),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(StoreError::WriterClosed {
+                what: "the store's opening",
+            }),
+        }
     }
 
     /// Where the store is.
