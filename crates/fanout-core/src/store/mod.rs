@@ -13,8 +13,8 @@
 //!   [`Dialect`]. The tables and columns are the same on both, built by versioned migrations
 //!   ([`schema::MIGRATIONS`], [`schema::POSTGRES_MIGRATIONS`]), and the integration tests'
 //!   conformance suite runs every behaviour against both.
-//! - **One writer.** [`Store::open_at`] migrates the database and starts a dedicated thread
-//!   that owns the only writing connection. Every write is a message on a bounded channel;
+//! - **One writer.** [`Store::open_at`] starts a dedicated thread that opens (and migrates)
+//!   the only writing connection and owns it. Every write is a message on a bounded channel;
 //!   the thread commits whatever is queued (up to [`MAX_BATCH`] operations) as one
 //!   transaction. A busy writer first waits a moment for more ([`crate::group_commit`]), so
 //!   under load batches fill up and at a trickle latency stays low. The
