@@ -25,9 +25,9 @@ use crate::exit::Exit;
 /// `--store`: where the run store lives.
 #[derive(Args, Debug, Clone, Default)]
 pub struct StoreArg {
-    /// The run store: a SQLite file (default: `<repo>/.fanout/fanout.db`) or a PostgreSQL
-    /// database, `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (no TLS yet: `sslmode=disable`
-    /// only). Default: $FANOUT_STORE, else the repository's SQLite file.
+    /// The run store: a SQLite file (a relative path is taken under the repository) or a
+    /// PostgreSQL database, `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (no TLS yet:
+    /// `sslmode=disable` only). Default: $FANOUT_STORE, else `<repo>/.fanout/fanout.db`.
     #[arg(long, value_name = "PATH|URL")]
     pub store: Option<String>,
 }
