@@ -71,6 +71,10 @@ pub struct BenchRunArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Record the run in this store instead of the generated repository's SQLite file (a
+    /// `postgres://` URL measures the PostgreSQL backend).
+    #[command(flatten)]
+    store: crate::store_cmd::StoreArg,
     /// Keep the generated repository (and its run store) and print where it is.
     #[arg(long)]
     keep: bool,
@@ -203,6 +207,7 @@ pub async fn run(args: BenchRunArgs) -> anyhow::Result<ExitCode> {
         plan_hash: None,
         config_path: Some(workflow.clone()),
         repo: repo.clone(),
+        store: args.store.location(&repo)?,
         run_id,
         fleet: fleet.clone(),
         sandbox: SandboxConfig::default(),

@@ -324,8 +324,9 @@ async fn live(
             return Ok(Exit::NotReady.into());
         }
     };
-    let store = Store::open_in_repo(&root)
-        .with_context(|| format!("cannot open the run store under {}", root.display()))?;
+    let location = args.store.location(&root)?;
+    let store = Store::open_at(&location)
+        .with_context(|| format!("cannot open the run store {location}"))?;
     // The run keeps the item plan it runs with, so that a resume uses the same one.
     if let Some(proposal) = &proposal
         && resume.is_none()
@@ -399,7 +400,7 @@ async fn live(
             return Ok(Exit::Failed.into());
         }
     };
-    crate::traces::export(&traced.0, &traced.1).await;
+    crate::traces::export(&traced.0, &location, &traced.1).await;
     // With --json, stdout is JSON lines: the progress events, then the report as the last line.
     let text = if args.json {
         let mut text = serde_json::to_string(&report)?;

@@ -35,10 +35,12 @@ pub async fn execute(
     repository: PathBuf,
     lock: Arc<RepoLock>,
 ) -> anyhow::Result<ExitCode> {
+    let store = args.store.location(&repository)?;
     let launch = fanout_core::run::launch::Launch {
         config: Arc::new(config),
         config_path: Some(absolute(&args.file)),
         repo: repository,
+        store,
         fleet,
         simulated: args.model.simulated(),
         lock,
@@ -72,8 +74,17 @@ pub async fn drive(
 ) -> anyhow::Result<ExitCode> {
     let run_id = inputs.run_id.clone();
     let repo = inputs.repo.clone();
+    let store = inputs.store.clone();
     let fleet = inputs.fleet.clone();
-    let followup = Followup::new(&inputs.repo, inputs.simulated);
+    let mut followup = Followup::new(&inputs.repo, inputs.simulated);
+    // The commands it suggests read the same store (its password shown as `***`).
+    if inputs.store.is_postgres() && fanout_core::env::var(fanout_core::env::FANOUT_STORE).is_none()
+    {
+        followup.repo.push_str(&format!(
+            " --store {}",
+            shell_word(&inputs.store.to_string())
+        ));
+    }
     let cancel = CancellationToken::new();
     handle_interrupts(
         cancel.clone(),
@@ -144,7 +155,7 @@ pub async fn drive(
     } else {
         print!("{}", render(&outcome, estimated, &followup));
     }
-    crate::traces::export(&repo, &run_id).await;
+    crate::traces::export(&repo, &store, &run_id).await;
     Ok(Exit::of_run(outcome.status).into())
 }
 

@@ -18,6 +18,8 @@ pub struct ReportArgs {
     /// The repository (default: the current directory).
     #[arg(long, default_value = ".")]
     pub repo: PathBuf,
+    #[command(flatten)]
+    pub store: crate::store_cmd::StoreArg,
     /// Write the page here instead of `.fanout/runs/RUN_ID/report.html`.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -28,7 +30,8 @@ pub struct ReportArgs {
 
 pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let repo = crate::store_cmd::repo_root(&args.repo);
-    let report = match gather(&repo, &args.run_id) {
+    let location = args.store.location(&repo)?;
+    let report = match gather(&repo, &location, &args.run_id) {
         Ok(report) => report,
         Err(err) if is_unknown(&err) => {
             eprintln!("error: {err}");

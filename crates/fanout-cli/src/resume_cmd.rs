@@ -22,7 +22,7 @@
 //! configuration, 3 the saved plan is missing or was edited, 4 another process holds the
 //! repository, (`--retry-failed`) the run did not end, or it was rolled back.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -57,6 +57,8 @@ pub struct ResumeArgs {
     /// Report which agents would run again, and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub store: crate::store_cmd::StoreArg,
 }
 
 /// `fanout resume RUN_ID`.
@@ -69,7 +71,10 @@ pub async fn retry_failed(args: &RunArgs, run_id: &RunId) -> anyhow::Result<Exit
     // An item run is retried by a new run with this command line's options as they are.
     let repo = args.repo.clone().unwrap_or_else(|| PathBuf::from("."));
     if fanout_core::items::run::item_run(&repo, run_id).is_some() {
-        let status = StoreReader::open_in_repo(&repo)
+        let status = args
+            .store
+            .location(&repo)
+            .and_then(|store| StoreReader::open_at(&store))
             .ok()
             .and_then(|reader| reader.run_summary(run_id).ok().flatten())
             .map(|summary| summary.run.status);
@@ -96,13 +101,21 @@ pub async fn retry_failed(args: &RunArgs, run_id: &RunId) -> anyhow::Result<Exit
         model: args.model.clone(),
         json: args.json,
         dry_run: args.dry_run,
+        store: args.store.clone(),
     };
     finish(resume, true).await
 }
 
 async fn finish(args: ResumeArgs, retry_failed: bool) -> anyhow::Result<ExitCode> {
     let repo = args.repo.clone().unwrap_or_else(|| PathBuf::from("."));
-    let recorded = launch::recorded(&repo, &args.run_id, args.file.as_deref(), retry_failed);
+    let store = args.store.location(&repo)?;
+    let recorded = launch::recorded(
+        &repo,
+        &store,
+        &args.run_id,
+        args.file.as_deref(),
+        retry_failed,
+    );
     let resume = match recorded {
         Ok(Recorded::Completed) => {
             eprintln!(
@@ -143,7 +156,7 @@ async fn finish(args: ResumeArgs, retry_failed: bool) -> anyhow::Result<ExitCode
         }
     };
     if args.dry_run {
-        return report_rerun(&resume.repo, &args.run_id, &resume.plan, args.json);
+        return report_rerun(&resume.store, &args.run_id, &resume.plan, args.json);
     }
     let lock = match RepoLock::acquire(&resume.repo, &format!("resuming run {}", args.run_id)) {
         Ok(lock) => Arc::new(lock),
@@ -194,6 +207,7 @@ async fn resume_items(
         model: args.model.clone(),
         retry_failed: None,
         allow_dirty: false,
+        store: args.store.clone(),
     };
     crate::items_cmd::resume(run_args, config, repo, args.run_id.clone()).await
 }
@@ -201,12 +215,12 @@ async fn resume_items(
 /// `--dry-run`: which agents of the run would run again (every agent without a success
 /// row), read from the store; nothing is written, no model is called.
 fn report_rerun(
-    repo: &Path,
+    store: &fanout_core::store::StoreLocation,
     run_id: &RunId,
     plan: &plan::Plan,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let reader = StoreReader::open_in_repo(repo)?;
+    let reader = StoreReader::open_at(store)?;
     let rows = reader.agent_runs(run_id)?;
     let mut last: std::collections::HashMap<&str, &fanout_core::store::AgentRow> =
         std::collections::HashMap::new();

@@ -63,6 +63,8 @@ pub struct RunArgs {
     /// With --dry-run (or `fanout plan`): report which agents would run again.
     #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["plan", "task"])]
     pub retry_failed: Option<RunId>,
+    #[command(flatten)]
+    pub store: crate::store_cmd::StoreArg,
 }
 
 /// `fanout plan`: the dry run.
@@ -134,7 +136,7 @@ async fn run_with(
         },
         dry_run: args.dry_run,
         save: true,
-        calibration: calibration(&args.model, &repository),
+        calibration: calibration(&args.model, &args.store.location(&repository)?),
     };
     // A live run holds the repository from before it plans: a second live run is refused
     // before it pays for a plan.
@@ -238,13 +240,13 @@ async fn run_with(
 }
 
 /// What the estimate goes by: the simulator's latency with --sim, and what agents used in
-/// earlier runs of the same kind (simulated or real) in this repository.
+/// earlier runs of the same kind (simulated or real) recorded in `store`.
 pub(crate) fn calibration(
     model: &crate::model_args::ModelArgs,
-    repository: &std::path::Path,
+    store: &fanout_core::store::StoreLocation,
 ) -> plan::Calibration {
     let simulated = model.simulated();
-    let observed = fanout_core::store::StoreReader::open_in_repo(repository)
+    let observed = fanout_core::store::StoreReader::open_at(store)
         .and_then(|reader| reader.observed_usage(simulated, 10))
         .unwrap_or_default();
     plan::Calibration {

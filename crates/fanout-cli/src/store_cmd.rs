@@ -1,6 +1,7 @@
 //! `fanout runs`, `fanout show RUN_ID [AGENT_ID]` and `fanout rollback RUN_ID`: answers from the
-//! run store (`.fanout/fanout.db`) and the run's checkpoint refs. Text tables by default,
-//! the library's records as JSON with `--json`.
+//! run store (`.fanout/fanout.db`, or `--store`) and the run's checkpoint refs. Text tables by
+//! default, the library's records as JSON with `--json`. [`StoreArg`] is the `--store` option
+//! every command that reads or writes the store flattens in.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -16,16 +17,35 @@ use fanout_core::run::lock::RepoLock;
 use fanout_core::run::{RollbackOptions, rollback};
 use fanout_core::store::{
     AgentDetail, AgentId, AgentRow, EventRecord, RunDetail, RunStatus, RunSummary, Store,
-    StoreReader, elapsed,
+    StoreError, StoreLocation, StoreReader, elapsed,
 };
 
 use crate::exit::Exit;
+
+/// `--store`: where the run store lives.
+#[derive(Args, Debug, Clone, Default)]
+pub struct StoreArg {
+    /// The run store: a SQLite file (a relative path is taken under the repository) or a
+    /// PostgreSQL database, `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (no TLS yet:
+    /// `sslmode=disable` only). Default: $FANOUT_STORE, else `<repo>/.fanout/fanout.db`.
+    #[arg(long, value_name = "PATH|URL")]
+    pub store: Option<String>,
+}
+
+impl StoreArg {
+    /// The store of `repo` this option (or `FANOUT_STORE`) chooses.
+    pub fn location(&self, repo: &Path) -> Result<StoreLocation, StoreError> {
+        StoreLocation::resolve(self.store.as_deref(), repo)
+    }
+}
 
 #[derive(Args, Debug)]
 pub struct RunsArgs {
     /// The repository (default: the current directory).
     #[arg(long, default_value = ".")]
     pub repo: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArg,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -40,6 +60,8 @@ pub struct ShowArgs {
     /// The repository (default: the current directory).
     #[arg(long, default_value = ".")]
     pub repo: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArg,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -59,6 +81,8 @@ pub struct RollbackArgs {
     /// The repository (default: the current directory).
     #[arg(long, default_value = ".")]
     pub repo: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArg,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -93,13 +117,16 @@ fn emit_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 
 pub fn run_runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
     let repo = repo_root(&args.repo);
-    let runs = match StoreReader::open_in_repo(&repo) {
+    let location = args.store.location(&repo)?;
+    let runs = match StoreReader::open_at(&location) {
         Ok(reader) => reader.runs()?,
         Err(fanout_core::store::StoreError::Missing { .. }) => Vec::new(),
         Err(err) => return Err(err.into()),
     };
     if args.json {
         emit_json(&runs)?;
+    } else if runs.is_empty() && location.is_postgres() {
+        eprintln!("no runs recorded in {location}");
     } else if runs.is_empty() {
         eprintln!("no runs recorded in {}", repo.display());
     } else {
@@ -110,12 +137,12 @@ pub fn run_runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
 
 pub fn run_show(args: ShowArgs) -> anyhow::Result<ExitCode> {
     let repo = repo_root(&args.repo);
-    let reader = StoreReader::open_in_repo(&repo)?;
+    let reader = StoreReader::open_at(&args.store.location(&repo)?)?;
     match &args.agent_id {
         None => {
-            let detail = reader.run(&args.run_id)?.with_context(|| {
-                format!("no run {} in {}", args.run_id, reader.path().display())
-            })?;
+            let detail = reader
+                .run(&args.run_id)?
+                .with_context(|| format!("no run {} in {}", args.run_id, reader.location()))?;
             if args.json {
                 emit_json(&detail)?;
             } else {
@@ -138,6 +165,7 @@ pub fn run_show(args: ShowArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn run_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     let repo = repo_root(&args.repo);
+    let location = args.store.location(&repo)?;
     let options = RollbackOptions {
         to: args.to,
         force: args.force,
@@ -157,9 +185,13 @@ pub async fn run_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
         .context("the rollback task stopped")??;
     // Note it in the run's event log when the run is in the store; the files are already
     // restored, so a failure here is only reported.
-    if fanout_core::store::db_path(&repo).exists() {
+    let recorded = match &location {
+        StoreLocation::Sqlite(path) => path.exists(),
+        StoreLocation::Postgres(_) => true,
+    };
+    if recorded {
         let noted = async {
-            let store = Store::open_in_repo(&repo)?;
+            let store = Store::open_at(&location)?;
             store
                 .event(EventRecord {
                     run_id: args.run_id.clone(),
@@ -169,7 +201,7 @@ pub async fn run_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
                     at: SystemTime::now(),
                 })
                 .await?;
-            let known = StoreReader::open_in_repo(&repo)?
+            let known = StoreReader::open_at(&location)?
                 .run_summary(&args.run_id)?
                 .is_some();
             if known {

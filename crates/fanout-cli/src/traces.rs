@@ -6,7 +6,11 @@ use std::path::Path;
 
 use fanout_core::telemetry::Exporter;
 
-pub async fn export(repo: &Path, run_id: &fanout_core::plan::RunId) {
+pub async fn export(
+    repo: &Path,
+    store: &fanout_core::store::StoreLocation,
+    run_id: &fanout_core::plan::RunId,
+) {
     let exporter = match Exporter::from_env() {
         Ok(Some(exporter)) => exporter,
         Ok(None) => return,
@@ -15,7 +19,7 @@ pub async fn export(repo: &Path, run_id: &fanout_core::plan::RunId) {
             return;
         }
     };
-    match exporter.export_run(repo, run_id).await {
+    match exporter.export_run(repo, store, run_id).await {
         Ok(sent) => eprintln!(
             "fanout: traces sent to {}: {} span(s), trace id {}",
             sent.url, sent.spans, sent.trace_id

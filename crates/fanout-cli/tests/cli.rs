@@ -5,6 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// A raw connection on the SQLite file a reader reads, for queries the store does not offer.
+fn sqlite(reader: &fanout_core::store::StoreReader) -> rusqlite::Connection {
+    rusqlite::Connection::open(reader.path().unwrap()).unwrap()
+}
+
 fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/auth-refactor")
 }
@@ -729,7 +734,7 @@ rules:
         }
 
         let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
-        let connection = reader.connection();
+        let connection = sqlite(&reader);
         let (rows, successes, distinct): (i64, i64, i64) = connection
             .query_row(
                 "SELECT COUNT(*), SUM(status = 'success'), COUNT(DISTINCT agent_id) FROM agent_runs",
@@ -799,7 +804,7 @@ rules:
 
         // The store: one agent_runs row per agent with every seed column filled in.
         let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
-        let connection = reader.connection();
+        let connection = sqlite(&reader);
         let mut statement = connection
             .prepare(
                 "SELECT agent_id, task_description, files_accessed, tools_called, status, \
@@ -905,6 +910,7 @@ rules:
 /// `fanout run --retry-failed`: the final tree must be the one an uninterrupted run makes, and
 /// no agent may succeed twice.
 mod resume {
+    use crate::sqlite;
     use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
@@ -1017,8 +1023,7 @@ rules:
 
     fn query_i64(repo: &Path, sql: &str, run_id: &str) -> i64 {
         let reader = fanout_core::store::StoreReader::open_in_repo(repo).unwrap();
-        reader
-            .connection()
+        sqlite(&reader)
             .query_row(sql, [run_id], |row| row.get(0))
             .unwrap()
     }
@@ -1027,8 +1032,8 @@ rules:
         let Ok(reader) = fanout_core::store::StoreReader::open_in_repo(repo) else {
             return Vec::new();
         };
-        let mut statement = reader
-            .connection()
+        let connection = sqlite(&reader);
+        let mut statement = connection
             .prepare("SELECT run_id FROM runs ORDER BY started_at")
             .unwrap();
         statement
@@ -1354,8 +1359,7 @@ rules:
         );
         // An agent cancelled in flight shows both attempts.
         if cancelled_agents > 0 {
-            let agent: String = reader
-                .connection()
+            let agent: String = sqlite(&reader)
                 .query_row(
                     "SELECT agent_id FROM agent_runs WHERE run_id = ?1 AND status != 'success' LIMIT 1",
                     [&run_id],
@@ -2312,3 +2316,6 @@ mod traces;
 
 #[path = "cli/costs.rs"]
 mod costs;
+
+#[path = "cli/postgres_store.rs"]
+mod postgres_store;

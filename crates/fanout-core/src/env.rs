@@ -15,6 +15,13 @@ pub const OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_METRIC
 pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 pub const OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
 
+/// Where the run store lives (`--store`): a path to a SQLite file or a `postgres://` URL
+/// ([`crate::store::StoreLocation`]).
+pub const FANOUT_STORE: &str = "FANOUT_STORE";
+/// A PostgreSQL server the tests may create databases on (`scripts/with-postgres.sh` sets
+/// it); the PostgreSQL half of the store's conformance suite runs only when it is set.
+pub const FANOUT_TEST_POSTGRES_URL: &str = "FANOUT_TEST_POSTGRES_URL";
+
 /// Default public endpoints, used when no base URL is configured.
 pub const ANTHROPIC_DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
 pub const OPENAI_DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";

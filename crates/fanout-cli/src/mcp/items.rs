@@ -135,6 +135,7 @@ pub async fn start(
     backend: &Backend,
     config: &Config,
     repo: &Path,
+    store: &fanout_core::store::StoreLocation,
     reviewed: Option<&str>,
     resume: Option<RunId>,
 ) -> Result<StartOutput, String> {
@@ -166,7 +167,7 @@ pub async fn start(
         .clone()
         .unwrap_or_else(|| RunId::new(SystemTime::now()));
     let lock = RunLock::acquire(repo, &run_id).map_err(|e| format!("refusing the run: {e}"))?;
-    let store = Store::open_in_repo(repo).map_err(|e| e.to_string())?;
+    let store = Store::open_at(store).map_err(|e| e.to_string())?;
     let chunks = job.chunks.len();
     let options = RunOptions {
         root: repo.to_path_buf(),

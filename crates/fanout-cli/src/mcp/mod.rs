@@ -52,6 +52,10 @@ pub struct McpArgs {
     /// Where model calls go: `--sim` and the simulator's settings, the request timeout.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// The run store of every repository the server works on (default: each repository's
+    /// own `.fanout/fanout.db`).
+    #[command(flatten)]
+    pub store: crate::store_cmd::StoreArg,
 }
 
 pub async fn run(args: McpArgs) -> anyhow::Result<ExitCode> {
@@ -68,7 +72,14 @@ pub async fn run(args: McpArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let backend = Arc::new(Backend::start(&args.model.target(), args.model.http()).await?);
-    let server = FanoutMcp::new(roots, args.model.clone(), Arc::clone(&backend));
+    // A malformed --store is refused before the server starts.
+    args.store.location(std::path::Path::new("."))?;
+    let server = FanoutMcp::new(
+        roots,
+        args.model.clone(),
+        args.store.clone(),
+        Arc::clone(&backend),
+    );
     match args.http {
         None => {
             let service = server

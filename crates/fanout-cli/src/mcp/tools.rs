@@ -43,6 +43,7 @@ pub struct FanoutMcp {
 struct State {
     roots: Vec<PathBuf>,
     model: ModelArgs,
+    store: crate::store_cmd::StoreArg,
     backend: Arc<Backend>,
     runs: Runs,
 }
@@ -190,11 +191,17 @@ macro_rules! attempt {
 
 #[tool_router]
 impl FanoutMcp {
-    pub fn new(roots: Vec<PathBuf>, model: ModelArgs, backend: Arc<Backend>) -> Self {
+    pub fn new(
+        roots: Vec<PathBuf>,
+        model: ModelArgs,
+        store: crate::store_cmd::StoreArg,
+        backend: Arc<Backend>,
+    ) -> Self {
         FanoutMcp {
             state: Arc::new(State {
                 roots,
                 model,
+                store,
                 backend,
                 runs: Runs::default(),
             }),
@@ -227,7 +234,10 @@ impl FanoutMcp {
             options: PlanOptions::default(),
             dry_run: true,
             save: true,
-            calibration: crate::run_cmd::calibration(&self.state.model, &repo),
+            calibration: crate::run_cmd::calibration(
+                &self.state.model,
+                &attempt!(self.store_of(&repo)),
+            ),
         };
         let ticker = progress_ticker(&ctx, format!("{} is planning", config.name));
         let prepared = plan::prepare(&config, &request, Some(&fleet), &ctx.ct).await;
@@ -308,6 +318,7 @@ impl FanoutMcp {
                     &self.state.backend,
                     &config,
                     &repo,
+                    &attempt!(self.store_of(&repo)),
                     Some(&input.plan_sha256),
                     None,
                 )
@@ -331,7 +342,10 @@ impl FanoutMcp {
             options: PlanOptions::default(),
             dry_run: false,
             save: true,
-            calibration: crate::run_cmd::calibration(&self.state.model, &repo),
+            calibration: crate::run_cmd::calibration(
+                &self.state.model,
+                &attempt!(self.store_of(&repo)),
+            ),
         };
         let cancel = tokio_util::sync::CancellationToken::new();
         let prepared = attempt!(
@@ -351,10 +365,12 @@ impl FanoutMcp {
                 .map_err(|e| format!("refusing a live run: {e}"))
         );
         let estimated = prepared.report.estimate.wall_time;
+        let store = attempt!(self.store_of(&repo));
         let launch = Launch {
             config: Arc::new(config),
             config_path: Some(workflow),
             repo,
+            store,
             fleet,
             simulated: self.state.backend.simulated(),
             lock: Arc::new(lock),
@@ -385,7 +401,10 @@ impl FanoutMcp {
         let live = self.state.runs.get(&RunId::from(input.run_id.as_str()));
         let ended = live.as_ref().and_then(|run| run.ended());
         let active = live.is_some() && ended.is_none();
-        let summary = match run_summary(&repo, &input.run_id) {
+        let summary = match self
+            .store_of(&repo)
+            .and_then(|store| run_summary(&store, &input.run_id))
+        {
             Ok(summary) => Some(summary),
             // Just started here: the engine has not recorded the run yet.
             Err(_) if active => None,
@@ -476,8 +495,9 @@ impl FanoutMcp {
         Parameters(input): Parameters<ResultInput>,
     ) -> Result<CallToolResult, ErrorData> {
         let repo = attempt!(self.under_roots("repo", &input.repo));
-        let summary = attempt!(run_summary(&repo, &input.run_id));
-        let reader = attempt!(StoreReader::open_in_repo(&repo).map_err(|e| e.to_string()));
+        let store = attempt!(self.store_of(&repo));
+        let summary = attempt!(run_summary(&store, &input.run_id));
+        let reader = attempt!(StoreReader::open_at(&store).map_err(|e| e.to_string()));
         let (agents, page, pages) = match &input.agent_id {
             Some(agent_id) => {
                 let detail = attempt!(
@@ -597,10 +617,16 @@ impl FanoutMcp {
                 input.run_id
             )));
         }
-        let recorded = attempt!(
-            launch::recorded(&repo, &RunId::from(input.run_id.as_str()), None, false)
-                .map_err(|e| e.to_string())
-        );
+        let recorded = attempt!(self.store_of(&repo).and_then(|store| {
+            launch::recorded(
+                &repo,
+                &store,
+                &RunId::from(input.run_id.as_str()),
+                None,
+                false,
+            )
+            .map_err(|e| e.to_string())
+        }));
         let resume = match recorded {
             Recorded::Completed => {
                 return Ok(refused(format!(
@@ -631,6 +657,7 @@ impl FanoutMcp {
                         &self.state.backend,
                         &config,
                         &repo,
+                        &attempt!(self.store_of(&repo)),
                         None,
                         Some(run_id.clone()),
                     )
@@ -683,10 +710,11 @@ impl FanoutMcp {
         Parameters(input): Parameters<ListInput>,
     ) -> Result<CallToolResult, ErrorData> {
         let repo = attempt!(self.under_roots("repo", &input.repo));
-        let runs = match StoreReader::open_in_repo(&repo) {
+        let store = attempt!(self.store_of(&repo));
+        let runs = match StoreReader::open_at(&store) {
             Ok(reader) => attempt!(reader.runs().map_err(|e| e.to_string())),
             // No store yet: no runs.
-            Err(_) if !fanout_core::layout::db_path(&repo).exists() => Vec::new(),
+            Err(fanout_core::store::StoreError::Missing { .. }) => Vec::new(),
             Err(error) => return Ok(refused(error.to_string())),
         };
         let rows: Vec<Value> = runs
@@ -758,6 +786,11 @@ impl FanoutMcp {
         Ok(())
     }
 
+    /// The run store of `repo`: the server's `--store`, else the repository's own.
+    fn store_of(&self, repo: &Path) -> Result<fanout_core::store::StoreLocation, String> {
+        self.state.store.location(repo).map_err(|e| e.to_string())
+    }
+
     /// `path` resolved, if it exists under one of the server's roots.
     fn under_roots(&self, what: &str, path: &str) -> Result<PathBuf, String> {
         let resolved = Path::new(path)
@@ -790,12 +823,15 @@ fn load_config(workflow: &Path) -> Result<Config, String> {
     Config::from_path(workflow).map_err(|e| e.to_string())
 }
 
-fn run_summary(repo: &Path, run_id: &str) -> Result<fanout_core::store::RunSummary, String> {
-    let reader = StoreReader::open_in_repo(repo).map_err(|e| e.to_string())?;
+fn run_summary(
+    store: &fanout_core::store::StoreLocation,
+    run_id: &str,
+) -> Result<fanout_core::store::RunSummary, String> {
+    let reader = StoreReader::open_at(store).map_err(|e| e.to_string())?;
     reader
         .run_summary(&RunId::from(run_id))
         .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no run {run_id} in {}", repo.display()))
+        .ok_or_else(|| format!("no run {run_id} in {store}"))
 }
 
 /// The saved plan of `repo` whose recorded hash is `sha256`, checked: its bytes still hash

@@ -392,8 +392,7 @@ fn query_one(repo: &Path, sql: &str) -> i64 {
     let Ok(reader) = fanout_core::store::StoreReader::open_in_repo(repo) else {
         return 0;
     };
-    reader
-        .connection()
+    sqlite(&reader)
         .query_row(sql, [], |row| row.get::<_, Option<i64>>(0))
         .ok()
         .flatten()

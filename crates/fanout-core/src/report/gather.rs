@@ -18,14 +18,19 @@ use super::{
 };
 use crate::store::{AgentRow, AgentStatus, StoreReader, parse_time};
 
-/// The report of run `run_id` of the repository (or item run directory) `repo`.
-pub fn gather(repo: &Path, run_id: &RunId) -> Result<RunReport, ReportError> {
-    let reader = StoreReader::open_in_repo(repo)?;
+/// The report of run `run_id` of the repository (or item run directory) `repo`, recorded in
+/// `store`.
+pub fn gather(
+    repo: &Path,
+    store: &crate::store::StoreLocation,
+    run_id: &RunId,
+) -> Result<RunReport, ReportError> {
+    let reader = StoreReader::open_at(store)?;
     let summary = reader
         .run_summary(run_id)?
         .ok_or_else(|| ReportError::UnknownRun {
             run_id: run_id.to_string(),
-            store: reader.path().to_path_buf(),
+            store: reader.location().clone(),
         })?;
     let run = summary.run;
     let origin = parse_time(&run.started_at);

@@ -34,8 +34,11 @@ pub use html::render_html;
 pub enum ReportError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("no run {run_id} in the run store {} (see `fanout runs`)", .store.display())]
-    UnknownRun { run_id: String, store: PathBuf },
+    #[error("no run {run_id} in the run store {store} (see `fanout runs`)")]
+    UnknownRun {
+        run_id: String,
+        store: crate::store::StoreLocation,
+    },
     #[error("cannot read {}: {source}", .path.display())]
     Read {
         path: PathBuf,

@@ -24,7 +24,7 @@ use crate::plan::{self, Plan, PlanOptions, Prepared, RepoScan, RunId};
 use crate::run::engine::EngineInputs;
 use crate::run::lock::RepoLock;
 use crate::sandbox::SandboxConfig;
-use crate::store::{RunStatus, StoreReader};
+use crate::store::{RunStatus, StoreLocation, StoreReader};
 
 /// Tries of one agent on transient failures (provider errors), the first included.
 pub const AGENT_ATTEMPTS: u32 = 3;
@@ -36,6 +36,8 @@ pub struct Launch {
     /// The workflow file, recorded so that `fanout resume` can find it.
     pub config_path: Option<PathBuf>,
     pub repo: PathBuf,
+    /// The run store (`--store`; [`StoreLocation::in_repo`] by default).
+    pub store: StoreLocation,
     /// From [`crate::backend::Backend::fleet`].
     pub fleet: Fleet,
     /// The model API is a simulator.
@@ -129,6 +131,7 @@ pub fn fresh(launch: Launch, prepared: &Prepared) -> Result<EngineInputs, Launch
         plan_hash: report.saved.as_ref().map(|saved| saved.hash.clone()),
         config_path: launch.config_path,
         repo,
+        store: launch.store,
         run_id,
         fleet: launch.fleet,
         sandbox: SandboxConfig::default(),
@@ -156,6 +159,7 @@ pub struct ResumePlan {
     pub run_id: RunId,
     /// Canonical.
     pub repo: PathBuf,
+    pub store: StoreLocation,
     pub config: Config,
     pub config_path: PathBuf,
     pub plan: Plan,
@@ -166,16 +170,18 @@ pub struct ResumePlan {
     pub estimated_wall: Duration,
 }
 
-/// Check the run `run_id` of `repo` for finishing. `file` replaces the workflow file the run
-/// was started with; `retry_failed` refuses a run that did not end (it needs a resume).
+/// Check the run `run_id` of `repo`, recorded in `store`, for finishing. `file` replaces the
+/// workflow file the run was started with; `retry_failed` refuses a run that did not end (it
+/// needs a resume).
 pub fn recorded(
     repo: &Path,
+    store: &StoreLocation,
     run_id: &RunId,
     file: Option<&Path>,
     retry_failed: bool,
 ) -> Result<Recorded, LaunchError> {
     let repo = canonical(repo)?;
-    let run = StoreReader::open_in_repo(&repo)
+    let run = StoreReader::open_at(store)
         .and_then(|reader| reader.run_summary(run_id))?
         .ok_or_else(|| LaunchError::UnknownRun {
             run_id: run_id.to_owned(),
@@ -221,6 +227,7 @@ pub fn recorded(
     Ok(Recorded::Plan(Box::new(ResumePlan {
         run_id,
         repo,
+        store: store.clone(),
         config,
         config_path,
         plan: loaded.plan,
@@ -241,6 +248,7 @@ impl ResumePlan {
             plan_hash: Some(self.plan_hash),
             config_path: Some(self.config_path),
             repo: self.repo,
+            store: self.store,
             run_id: self.run_id,
             fleet,
             sandbox: SandboxConfig::default(),

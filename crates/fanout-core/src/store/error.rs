@@ -1,10 +1,13 @@
-//! What can go wrong in the run store, with the file and the step that failed.
+//! What can go wrong in the run store, with the store (a file, or a PostgreSQL URL without
+//! its password) and the step that failed.
 
 use std::path::PathBuf;
 
+use super::db::DbError;
 use crate::ids::{AgentId, RunId};
 
-/// A run store failure. Every variant names the database (or log) file it concerns.
+/// A run store failure. Every variant names the store (or log file) it concerns; a
+/// PostgreSQL store is named by its URL without the password.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot create the directory {}: {source}", .path.display())]
@@ -12,52 +15,63 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot open the run store {}: {source}", .path.display())]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
+    #[error("cannot open the run store {store}: {source}")]
+    Open { store: String, source: DbError },
+    #[error("cannot reach the PostgreSQL run store at {target} (user {user}): {source}")]
+    Connect {
+        /// `host:port/dbname`.
+        target: String,
+        user: String,
+        source: postgres::Error,
     },
+    #[error("{location} is not a run store location: {reason}")]
+    InvalidLocation { location: String, reason: String },
+    #[error(
+        "{location}: sslmode={sslmode} asks for TLS, which fanout's PostgreSQL store does not support yet; use sslmode=disable on a trusted network (or a local tunnel)"
+    )]
+    TlsUnsupported { location: String, sslmode: String },
     #[error(
         "no run store at {}: nothing has run in this repository yet (or `--repo` points elsewhere)",
         .path.display()
     )]
     Missing { path: PathBuf },
     #[error(
-        "the run store {} has schema version {found}, newer than this fanout understands (up to {supported}); upgrade fanout to read it",
-        .path.display()
+        "the run store {store} has schema version {found}, newer than this fanout understands (up to {supported}); upgrade fanout to read it"
     )]
     SchemaTooNew {
-        path: PathBuf,
+        store: String,
         found: i64,
         supported: i64,
     },
-    #[error("cannot migrate the run store {} to schema version {version}: {source}", .path.display())]
+    #[error("cannot migrate the run store {store} to schema version {version}: {source}")]
     Migrate {
-        path: PathBuf,
+        store: String,
         version: i64,
-        source: rusqlite::Error,
+        source: DbError,
     },
-    #[error("run store {}: {what} failed: {source}", .path.display())]
-    Sqlite {
-        path: PathBuf,
+    #[error("run store {store}: {what} failed: {source}")]
+    Database {
+        store: String,
         what: &'static str,
-        source: rusqlite::Error,
+        source: DbError,
     },
-    #[error("run store {}: committing a batch of {ops} write(s) failed: {message}", .path.display())]
+    #[error("run store {store}: committing a batch of {ops} write(s) failed: {message}")]
     Commit {
-        path: PathBuf,
+        store: String,
         ops: usize,
         message: String,
     },
-    #[error("run store {}: column {column} holds {value:?}, which this fanout does not understand", .path.display())]
+    #[error(
+        "run store {store}: column {column} holds {value:?}, which this fanout does not understand"
+    )]
     Corrupt {
-        path: PathBuf,
+        store: String,
         column: &'static str,
         value: String,
     },
     #[error("the run store writer has stopped; {what} was not recorded")]
     WriterClosed { what: &'static str },
-    #[error("cannot start the run store writer thread: {source}")]
+    #[error("cannot start a run store thread: {source}")]
     Spawn { source: std::io::Error },
     #[error("run {run_id} is not in the run store")]
     UnknownRun { run_id: RunId },

@@ -1,39 +1,60 @@
 //! The run store: every run, agent, tool call, denial, event and checkpoint, in SQLite at
-//! `<repo>/.fanout/fanout.db`, plus the verbose JSON-lines log.
+//! `<repo>/.fanout/fanout.db` (the embedded default) or in PostgreSQL (`--store postgres://…`,
+//! for work shared between machines), plus the verbose JSON-lines log.
 //!
-//! Start reading at [`Store`] (the write side) and [`StoreReader`] (the read side).
+//! Start reading at [`Store`] (the write side) and [`StoreReader`] (the read side); where a
+//! store lives is a [`StoreLocation`].
 //!
-//! - **One writer.** [`Store::open`] migrates the file and starts a dedicated thread that owns
-//!   the only writing `rusqlite::Connection`. Every write is a message on a bounded channel;
+//! - **Two backends behind the same two types.** Callers keep using [`Store`] and
+//!   [`StoreReader`]; each holds a connection behind the [`Db`] trait ([`db`]), which
+//!   `sqlite::SqliteDb` and `postgres::PostgresDb` implement. The writer's batching and
+//!   durability rules, every record's SQL and every reader query are written once against
+//!   that trait; only transaction control, JSON field access and time arithmetic differ per
+//!   [`Dialect`]. The tables and columns are the same on both, built by versioned migrations
+//!   ([`schema::MIGRATIONS`], [`schema::POSTGRES_MIGRATIONS`]), and the integration tests'
+//!   conformance suite runs every behaviour against both.
+//! - **One writer.** [`Store::open_at`] starts a dedicated thread that opens (and migrates)
+//!   the only writing connection and owns it. Every write is a message on a bounded channel;
 //!   the thread commits whatever is queued (up to [`MAX_BATCH`] operations) as one
 //!   transaction. A busy writer first waits a moment for more ([`crate::group_commit`]), so
 //!   under load batches fill up and at a trickle latency stays low. The
-//!   channel's bound is the back-pressure: a sender waits for room, never for SQLite.
+//!   channel's bound is the back-pressure: a sender waits for room, never for the database.
 //! - **Durability by kind.** Methods that return after the commit (`create_run`,
 //!   `set_run_status`, `start_agent`, `start_agent_with_preimage` — the start row and the
 //!   agent's pre-image manifest in one transaction —, `finish_agent`, `record_checkpoint`,
-//!   `flush`) are the
-//!   state transitions a resumed run depends on: a batch holding one of them is committed with
-//!   `PRAGMA synchronous = FULL`, so once the future resolves the record survives power loss,
-//!   not only a crash of our process. Queued methods (`event`, `tool_call`, `denial`) return
-//!   once the message is queued and are committed with `synchronous = NORMAL`: in WAL mode that
-//!   survives a process crash and can lose only the last few records on power loss. A FULL
-//!   commit also makes every earlier NORMAL commit durable (the WAL is appended in order).
+//!   `flush`) are the state transitions a resumed run depends on: a batch holding one of them
+//!   is committed durably — SQLite with `PRAGMA synchronous = FULL`, PostgreSQL with the
+//!   server's `synchronous_commit` — so once the future resolves the record survives power
+//!   loss, not only a crash of our process. Queued methods (`event`, `tool_call`, `denial`)
+//!   return once the message is queued and are committed with SQLite's `synchronous = NORMAL`
+//!   (in WAL mode that survives a process crash and can lose only the last few records on
+//!   power loss) or PostgreSQL's `synchronous_commit = off` for that transaction (the same
+//!   bargain). A durable commit also makes every earlier one durable (both logs are appended
+//!   in order).
 //! - **One failing record does not sink the batch.** Each operation runs inside its own
-//!   savepoint; its error goes back to the waiting caller, or (for queued operations) is
-//!   counted in [`WriterStats`].
-//! - **Readers** open their own connections ([`StoreReader`]); WAL lets them read while the
-//!   writer writes.
+//!   savepoint (on both backends); its error goes back to the waiting caller, or (for queued
+//!   operations) is counted in [`WriterStats`].
+//! - **Readers** open their own connections ([`StoreReader`]); SQLite's WAL lets them read
+//!   while the writer writes, and PostgreSQL readers see each committed batch.
+//! - **Sync over async.** The store's API is synchronous underneath (the writer is a thread;
+//!   reader queries block like file reads). The sync `postgres` client may not be used on a
+//!   thread inside a tokio runtime, so every PostgreSQL connection lives on a thread of its
+//!   own and [`Db`] calls are messages to it ([`postgres`]'s module docs).
 //! - **The log.** [`Store::attach_log`] makes the writer append every record it commits, as one
 //!   JSON object per line, to the run's `logging.destination`.
 //!
 //! Not here: what to record when (the scheduler and agents decide), git checkpoints
-//! ([`crate::run`]).
+//! ([`crate::run`]); leases on units of work and a shared rate bucket (a later step adds them
+//! as tables and queries behind the same [`Db`] trait).
 
+pub mod db;
 mod error;
+mod location;
 mod log;
+mod postgres;
 mod query;
 pub mod schema;
+mod sqlite;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -44,7 +65,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::Mode;
 pub use crate::ids::{AgentId, RunId};
 
+pub use db::{Db, DbError, Dialect, SqlValue};
 pub use error::StoreError;
+pub use location::{PostgresUrl, StoreLocation};
 pub use log::LogSink;
 pub use query::{
     AgentDetail, AgentRow, CheckpointRow, DenialRow, EventRow, ObservedUsage, RunDetail, RunRow,

@@ -1,11 +1,14 @@
 //! The read side: what `fanout runs` and `fanout show` print, and what a resumed run reads.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use serde::Serialize;
 
+use super::db::{Db, DbError, Dialect, SqlValue};
+use super::location::StoreLocation;
+use super::postgres::{self, PostgresDb};
+use super::sqlite::SqliteDb;
 use super::{AgentStatus, RunStatus, StoreError, elapsed, parse_mode, schema};
 use crate::config::Mode;
 use crate::ids::{AgentId, RunId};
@@ -312,11 +315,20 @@ pub struct AgentDetail {
     pub denials: Vec<DenialRow>,
 }
 
-/// A reading connection of its own. Cheap to open; WAL lets it read while the writer writes.
-#[derive(Debug)]
+/// A reading connection of its own. Cheap to open: on SQLite, WAL lets it read while the
+/// writer writes; on PostgreSQL it is a connection (and a thread) of its own.
 pub struct StoreReader {
-    conn: Connection,
-    path: PathBuf,
+    db: Box<dyn Db>,
+    location: StoreLocation,
+    store: String,
+}
+
+impl std::fmt::Debug for StoreReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreReader")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
 }
 
 const RUN_COLUMNS: &str = "run_id, workflow, config_path, plan_hash, repo, status, started_at,
@@ -328,47 +340,90 @@ const AGENT_COLUMNS: &str = "run_id, agent_id, attempt, task_description, files_
     input_tokens, output_tokens, cost_usd, escalated, error, checkpoint, cache_read_tokens,
     cache_write_tokens, cache_saved_usd";
 
-fn unsigned(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
-    let value: Option<i64> = row.get(index)?;
-    Ok(value.unwrap_or(0).max(0) as u64)
+/// One row as read, with typed accessors that name the query in their errors.
+struct Cells<'a> {
+    values: &'a [SqlValue],
+    store: &'a str,
+    what: &'static str,
 }
 
-fn small(row: &Row<'_>, index: usize) -> rusqlite::Result<u32> {
-    let value: i64 = row.get(index)?;
-    Ok(u32::try_from(value.max(0)).unwrap_or(u32::MAX))
-}
+impl Cells<'_> {
+    fn bad(&self, index: usize) -> StoreError {
+        StoreError::Corrupt {
+            store: self.store.to_owned(),
+            column: self.what,
+            value: format!("column {index}: {:?}", self.values.get(index)),
+        }
+    }
 
-/// A value read from a row that still needs checking against our vocabulary.
-struct Raw<T> {
-    value: T,
-    bad: Option<(&'static str, String)>,
+    fn opt_text(&self, index: usize) -> Result<Option<String>, StoreError> {
+        match self.values.get(index) {
+            Some(SqlValue::Null) => Ok(None),
+            Some(SqlValue::Text(text)) => Ok(Some(text.clone())),
+            _ => Err(self.bad(index)),
+        }
+    }
+
+    fn text(&self, index: usize) -> Result<String, StoreError> {
+        self.opt_text(index)?.ok_or_else(|| self.bad(index))
+    }
+
+    fn opt_int(&self, index: usize) -> Result<Option<i64>, StoreError> {
+        match self.values.get(index) {
+            Some(SqlValue::Null) => Ok(None),
+            Some(SqlValue::Int(n)) => Ok(Some(*n)),
+            _ => Err(self.bad(index)),
+        }
+    }
+
+    fn int(&self, index: usize) -> Result<i64, StoreError> {
+        self.opt_int(index)?.ok_or_else(|| self.bad(index))
+    }
+
+    /// A count or total: NULL is 0, negatives are 0.
+    fn unsigned(&self, index: usize) -> Result<u64, StoreError> {
+        Ok(self.opt_int(index)?.unwrap_or(0).max(0) as u64)
+    }
+
+    fn opt_unsigned(&self, index: usize) -> Result<Option<u64>, StoreError> {
+        Ok(self.opt_int(index)?.map(|n| n.max(0) as u64))
+    }
+
+    /// An attempt or sequence number.
+    fn small(&self, index: usize) -> Result<u32, StoreError> {
+        Ok(u32::try_from(self.int(index)?.max(0)).unwrap_or(u32::MAX))
+    }
+
+    /// Dollars: NULL is 0; an integer (SQLite keeps `0` as one in places) is read as such.
+    fn real(&self, index: usize) -> Result<f64, StoreError> {
+        match self.values.get(index) {
+            Some(SqlValue::Null) => Ok(0.0),
+            Some(SqlValue::Real(n)) => Ok(*n),
+            Some(SqlValue::Int(n)) => Ok(*n as f64),
+            _ => Err(self.bad(index)),
+        }
+    }
+
+    fn opt_real(&self, index: usize) -> Result<Option<f64>, StoreError> {
+        match self.values.get(index) {
+            Some(SqlValue::Null) => Ok(None),
+            _ => self.real(index).map(Some),
+        }
+    }
+
+    fn json_list(&self, index: usize) -> Result<Option<Vec<String>>, StoreError> {
+        Ok(self
+            .opt_text(index)?
+            .and_then(|text| serde_json::from_str(&text).ok()))
+    }
 }
 
 impl StoreReader {
-    /// Open the database at `path` for reading. A missing file is [`StoreError::Missing`]; an
-    /// older schema is migrated (the file must be writable then); a newer one is refused.
+    /// Open the SQLite database at `path` for reading. A missing file is
+    /// [`StoreError::Missing`]; an older schema is migrated (the file must be writable then);
+    /// a newer one is refused.
     pub fn open(path: &Path) -> Result<StoreReader, StoreError> {
-        if !path.exists() {
-            return Err(StoreError::Missing {
-                path: path.to_path_buf(),
-            });
-        }
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_URI
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let mut conn =
-            Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        schema::configure(&conn, path)?;
-        if schema::user_version(&conn, path)? != schema::SCHEMA_VERSION {
-            schema::migrate(&mut conn, path)?;
-        }
-        Ok(StoreReader {
-            conn,
-            path: path.to_path_buf(),
-        })
+        StoreReader::open_at(&StoreLocation::Sqlite(path.to_path_buf()))
     }
 
     /// Open `<repo>/.fanout/fanout.db`.
@@ -376,113 +431,171 @@ impl StoreReader {
         StoreReader::open(&super::db_path(repo))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Open the store at `location` for reading. A PostgreSQL database that was never used
+    /// is migrated (its tables are empty); a newer schema is refused on both backends.
+    pub fn open_at(location: &StoreLocation) -> Result<StoreReader, StoreError> {
+        let db: Box<dyn Db> = match location {
+            StoreLocation::Sqlite(path) => Box::new(SqliteDb::open_reader(path)?),
+            StoreLocation::Postgres(url) => {
+                let db = PostgresDb::connect(url)?;
+                let store = url.to_string();
+                if postgres::schema_version(&db, &store)? != schema::SCHEMA_VERSION {
+                    postgres::migrate(&db, &store)?;
+                }
+                Box::new(db)
+            }
+        };
+        Ok(StoreReader {
+            db,
+            store: location.to_string(),
+            location: location.clone(),
+        })
     }
 
-    fn sqlite(&self, what: &'static str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-        move |source| StoreError::Sqlite {
-            path: self.path.clone(),
+    /// Where the store is.
+    pub fn location(&self) -> &StoreLocation {
+        &self.location
+    }
+
+    /// The SQLite file, when the store is one.
+    pub fn path(&self) -> Option<&Path> {
+        self.location.sqlite_path()
+    }
+
+    fn failed(&self, what: &'static str) -> impl Fn(DbError) -> StoreError + '_ {
+        move |source| StoreError::Database {
+            store: self.store.clone(),
             what,
             source,
         }
     }
 
-    fn check<T>(&self, raw: Raw<T>) -> Result<T, StoreError> {
-        match raw.bad {
-            None => Ok(raw.value),
-            Some((column, value)) => Err(StoreError::Corrupt {
-                path: self.path.clone(),
-                column,
-                value,
-            }),
+    /// Run `sql` with `params`; each row through `read`.
+    fn rows<T>(
+        &self,
+        what: &'static str,
+        sql: &str,
+        params: &[SqlValue],
+        read: impl Fn(&Cells<'_>) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let rows = self.db.query(sql, params).map_err(self.failed(what))?;
+        rows.iter()
+            .map(|values| {
+                read(&Cells {
+                    values,
+                    store: &self.store,
+                    what,
+                })
+            })
+            .collect()
+    }
+
+    fn corrupt(&self, column: &'static str, value: String) -> StoreError {
+        StoreError::Corrupt {
+            store: self.store.clone(),
+            column,
+            value,
         }
     }
 
-    fn run_row(row: &Row<'_>) -> rusqlite::Result<Raw<RunRow>> {
-        let status: String = row.get(5)?;
-        let parsed = RunStatus::parse(&status);
-        Ok(Raw {
-            bad: parsed.is_none().then(|| ("runs.status", status.clone())),
-            value: RunRow {
-                run_id: row.get(0)?,
-                workflow: row.get(1)?,
-                config_path: row.get(2)?,
-                plan_hash: row.get(3)?,
-                repo: row.get(4)?,
-                status: parsed.unwrap_or(RunStatus::Failed),
-                started_at: row.get(6)?,
-                ended_at: row.get(7)?,
-                base_commit: row.get(8)?,
-                agents_planned: unsigned(row, 9)?,
-                total_tokens: unsigned(row, 10)?,
-                total_input_tokens: unsigned(row, 11)?,
-                total_output_tokens: unsigned(row, 12)?,
-                total_cost_usd: row.get(13)?,
-                error: row.get(14)?,
-            },
+    fn run_row(&self, row: &Cells<'_>) -> Result<RunRow, StoreError> {
+        let status = row.text(5)?;
+        let Some(parsed) = RunStatus::parse(&status) else {
+            return Err(self.corrupt("runs.status", status));
+        };
+        Ok(RunRow {
+            run_id: RunId::from(row.text(0)?),
+            workflow: row.text(1)?,
+            config_path: row.opt_text(2)?,
+            plan_hash: row.opt_text(3)?,
+            repo: row.opt_text(4)?,
+            status: parsed,
+            started_at: row.text(6)?,
+            ended_at: row.opt_text(7)?,
+            base_commit: row.opt_text(8)?,
+            agents_planned: row.unsigned(9)?,
+            total_tokens: row.unsigned(10)?,
+            total_input_tokens: row.unsigned(11)?,
+            total_output_tokens: row.unsigned(12)?,
+            total_cost_usd: row.real(13)?,
+            error: row.opt_text(14)?,
         })
     }
 
-    fn agent_row(row: &Row<'_>) -> rusqlite::Result<Raw<AgentRow>> {
-        let files: Option<String> = row.get(4)?;
-        let tools: Option<String> = row.get(5)?;
-        let status: Option<String> = row.get(6)?;
-        let mode: Option<String> = row.get(8)?;
-        let mut bad = None;
-        let files_accessed = match files.as_deref().map(serde_json::from_str::<Vec<String>>) {
-            None => Vec::new(),
-            Some(Ok(list)) => list,
-            Some(Err(_)) => {
-                bad = Some((
-                    "agent_runs.files_accessed",
-                    files.clone().unwrap_or_default(),
-                ));
-                Vec::new()
+    fn agent_row(&self, row: &Cells<'_>) -> Result<AgentRow, StoreError> {
+        let list = |index: usize, column: &'static str| -> Result<Vec<String>, StoreError> {
+            match row.opt_text(index)? {
+                None => Ok(Vec::new()),
+                Some(text) => serde_json::from_str::<Vec<String>>(&text)
+                    .map_err(|_| self.corrupt(column, text)),
             }
         };
-        let tools_called = match tools.as_deref().map(serde_json::from_str::<Vec<String>>) {
-            None => Vec::new(),
-            Some(Ok(list)) => list,
-            Some(Err(_)) => {
-                bad = Some(("agent_runs.tools_called", tools.clone().unwrap_or_default()));
-                Vec::new()
-            }
-        };
-        let parsed_status = status.as_deref().map(AgentStatus::parse);
-        if let (Some(None), Some(text)) = (parsed_status, &status) {
-            bad = Some(("agent_runs.status", text.clone()));
-        }
-        let parsed_mode = mode.as_deref().map(parse_mode);
-        if let (Some(None), Some(text)) = (parsed_mode, &mode) {
-            bad = Some(("agent_runs.mode", text.clone()));
-        }
-        let escalated: i64 = row.get(15)?;
-        Ok(Raw {
-            bad,
-            value: AgentRow {
-                run_id: row.get(0)?,
-                agent_id: row.get(1)?,
-                attempt: small(row, 2)?,
-                task_description: row.get(3)?,
-                files_accessed,
-                tools_called,
-                status: parsed_status.flatten(),
-                token_count: unsigned(row, 7)?,
-                mode: parsed_mode.flatten(),
-                timestamp_start: row.get(9)?,
-                timestamp_end: row.get(10)?,
-                model: row.get(11)?,
-                input_tokens: unsigned(row, 12)?,
-                output_tokens: unsigned(row, 13)?,
-                cost_usd: row.get(14)?,
-                escalated: escalated != 0,
-                error: row.get(16)?,
-                checkpoint: row.get(17)?,
-                cache_read_tokens: unsigned(row, 18)?,
-                cache_write_tokens: unsigned(row, 19)?,
-                cache_saved_usd: row.get(20)?,
+        let files_accessed = list(4, "agent_runs.files_accessed")?;
+        let tools_called = list(5, "agent_runs.tools_called")?;
+        let status = match row.opt_text(6)? {
+            None => None,
+            Some(text) => match AgentStatus::parse(&text) {
+                Some(status) => Some(status),
+                None => return Err(self.corrupt("agent_runs.status", text)),
             },
+        };
+        let mode = match row.opt_text(8)? {
+            None => None,
+            Some(text) => match parse_mode(&text) {
+                Some(mode) => Some(mode),
+                None => return Err(self.corrupt("agent_runs.mode", text)),
+            },
+        };
+        Ok(AgentRow {
+            run_id: RunId::from(row.text(0)?),
+            agent_id: AgentId::from(row.text(1)?),
+            attempt: row.small(2)?,
+            task_description: row.opt_text(3)?,
+            files_accessed,
+            tools_called,
+            status,
+            token_count: row.unsigned(7)?,
+            mode,
+            timestamp_start: row.opt_text(9)?,
+            timestamp_end: row.opt_text(10)?,
+            model: row.opt_text(11)?,
+            input_tokens: row.unsigned(12)?,
+            output_tokens: row.unsigned(13)?,
+            cost_usd: row.real(14)?,
+            escalated: row.int(15)? != 0,
+            error: row.opt_text(16)?,
+            checkpoint: row.opt_text(17)?,
+            cache_read_tokens: row.unsigned(18)?,
+            cache_write_tokens: row.unsigned(19)?,
+            cache_saved_usd: row.real(20)?,
+        })
+    }
+
+    fn tool_call_row(row: &Cells<'_>, first: usize) -> Result<ToolCallRow, StoreError> {
+        let at = |offset: usize| first + offset;
+        Ok(ToolCallRow {
+            attempt: row.small(at(0))?,
+            seq: row.small(at(1))?,
+            tool: row.text(at(2))?,
+            target: row.opt_text(at(3))?,
+            ok: row.int(at(4))? != 0,
+            error: row.opt_text(at(5))?,
+            started_at: row.text(at(6))?,
+            ended_at: row.opt_text(at(7))?,
+            outcome: row.opt_text(at(8))?,
+            duration_ms: row.opt_unsigned(at(9))?,
+            bytes: row.opt_unsigned(at(10))?,
+            paths: row.json_list(at(11))?.unwrap_or_default(),
+        })
+    }
+
+    fn denial_row(row: &Cells<'_>, first: usize) -> Result<DenialRow, StoreError> {
+        Ok(DenialRow {
+            attempt: row.small(first)?,
+            tool: row.text(first + 1)?,
+            target: row.opt_text(first + 2)?,
+            reason: row.text(first + 3)?,
+            at: row.text(first + 4)?,
         })
     }
 
@@ -492,88 +605,86 @@ impl StoreReader {
             planned,
             ..StatusCounts::default()
         };
-        {
-            let mut stmt = self
-                .conn
-                .prepare_cached(
-                    "SELECT a.status, a.escalated FROM agent_runs a
-                     JOIN (SELECT agent_id, MAX(attempt) AS last FROM agent_runs
-                           WHERE run_id = ?1 GROUP BY agent_id) l
-                       ON a.agent_id = l.agent_id AND a.attempt = l.last
-                     WHERE a.run_id = ?1",
-                )
-                .map_err(self.sqlite(what))?;
-            let rows = stmt
-                .query_map([run_id], |row| {
-                    Ok((row.get::<_, Option<String>>(0)?, row.get::<_, i64>(1)?))
-                })
-                .map_err(self.sqlite(what))?;
-            for row in rows {
-                let (status, escalated) = row.map_err(self.sqlite(what))?;
-                counts.escalated += u64::from(escalated != 0);
-                match status.as_deref().map(AgentStatus::parse) {
-                    None => counts.running += 1,
-                    Some(Some(AgentStatus::Success)) => counts.success += 1,
-                    Some(Some(AgentStatus::Failure)) => counts.failure += 1,
-                    Some(Some(AgentStatus::Rollback)) => counts.rollback += 1,
-                    Some(None) => {
-                        return Err(StoreError::Corrupt {
-                            path: self.path.clone(),
-                            column: "agent_runs.status",
-                            value: status.unwrap_or_default(),
-                        });
-                    }
+        let last = self.rows(
+            what,
+            "SELECT a.status, a.escalated FROM agent_runs a
+             JOIN (SELECT agent_id, MAX(attempt) AS last FROM agent_runs
+                   WHERE run_id = ?1 GROUP BY agent_id) l
+               ON a.agent_id = l.agent_id AND a.attempt = l.last
+             WHERE a.run_id = ?1",
+            &[run_id.into()],
+            |row| Ok((row.opt_text(0)?, row.int(1)?)),
+        )?;
+        for (status, escalated) in last {
+            counts.escalated += u64::from(escalated != 0);
+            match status.as_deref().map(AgentStatus::parse) {
+                None => counts.running += 1,
+                Some(Some(AgentStatus::Success)) => counts.success += 1,
+                Some(Some(AgentStatus::Failure)) => counts.failure += 1,
+                Some(Some(AgentStatus::Rollback)) => counts.rollback += 1,
+                Some(None) => {
+                    return Err(self.corrupt("agent_runs.status", status.unwrap_or_default()));
                 }
             }
         }
-        type Sums = (i64, i64, i64, i64, i64, f64, i64, i64, f64);
-        let (attempts, input, output, fast, default, dollars, read, written, saved): Sums = self
-            .conn
-            .prepare_cached(
-                "SELECT COUNT(*), COALESCE(SUM(input_tokens), 0),
-                    COALESCE(SUM(output_tokens), 0),
-                    COALESCE(SUM(CASE WHEN mode = 'fast' THEN token_count ELSE 0 END), 0),
-                    COALESCE(SUM(CASE WHEN mode = 'fast' THEN 0 ELSE token_count END), 0),
-                    COALESCE(SUM(cost_usd), 0.0),
-                    COALESCE(SUM(cache_read_tokens), 0),
-                    COALESCE(SUM(cache_write_tokens), 0),
-                    COALESCE(SUM(cache_saved_usd), 0.0)
-                 FROM agent_runs WHERE run_id = ?1",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_row([run_id], |row| {
-                    Ok((
-                        row.get(0)?,
-                        row.get(1)?,
-                        row.get(2)?,
-                        row.get(3)?,
-                        row.get(4)?,
-                        row.get(5)?,
-                        row.get(6)?,
-                        row.get(7)?,
-                        row.get(8)?,
-                    ))
-                })
-            })
-            .map_err(self.sqlite(what))?;
-        let count = |sql: &str| -> Result<i64, StoreError> {
-            self.conn
-                .prepare_cached(sql)
-                .and_then(|mut stmt| stmt.query_row([run_id], |row| row.get(0)))
-                .map_err(self.sqlite(what))
-        };
-        counts.denials = count("SELECT COUNT(*) FROM denials WHERE run_id = ?1")?.max(0) as u64;
-        counts.tool_calls =
-            count("SELECT COUNT(*) FROM tool_calls WHERE run_id = ?1")?.max(0) as u64;
-        counts.attempts = attempts.max(0) as u64;
-        counts.input_tokens = input.max(0) as u64;
-        counts.output_tokens = output.max(0) as u64;
-        counts.tokens_fast = fast.max(0) as u64;
-        counts.tokens_default = default.max(0) as u64;
-        counts.dollars = dollars;
-        counts.cache_read_tokens = read.max(0) as u64;
-        counts.cache_write_tokens = written.max(0) as u64;
-        counts.cache_saved = saved;
+        let sums = self.rows(
+            what,
+            "SELECT COUNT(*), CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT),
+                CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT),
+                CAST(COALESCE(SUM(CASE WHEN mode = 'fast' THEN token_count ELSE 0 END), 0)
+                     AS BIGINT),
+                CAST(COALESCE(SUM(CASE WHEN mode = 'fast' THEN 0 ELSE token_count END), 0)
+                     AS BIGINT),
+                COALESCE(SUM(cost_usd), 0.0),
+                CAST(COALESCE(SUM(cache_read_tokens), 0) AS BIGINT),
+                CAST(COALESCE(SUM(cache_write_tokens), 0) AS BIGINT),
+                COALESCE(SUM(cache_saved_usd), 0.0),
+                (SELECT COUNT(*) FROM denials WHERE run_id = ?1),
+                (SELECT COUNT(*) FROM tool_calls WHERE run_id = ?1)
+             FROM agent_runs WHERE run_id = ?1",
+            &[run_id.into()],
+            |row| {
+                Ok((
+                    [
+                        row.unsigned(0)?,
+                        row.unsigned(1)?,
+                        row.unsigned(2)?,
+                        row.unsigned(3)?,
+                        row.unsigned(4)?,
+                        row.unsigned(6)?,
+                        row.unsigned(7)?,
+                        row.unsigned(9)?,
+                        row.unsigned(10)?,
+                    ],
+                    row.real(5)?,
+                    row.real(8)?,
+                ))
+            },
+        )?;
+        if let Some((ints, dollars, saved)) = sums.into_iter().next() {
+            let [
+                attempts,
+                input,
+                output,
+                fast,
+                default,
+                read,
+                written,
+                denials,
+                tool_calls,
+            ] = ints;
+            counts.attempts = attempts;
+            counts.input_tokens = input;
+            counts.output_tokens = output;
+            counts.tokens_fast = fast;
+            counts.tokens_default = default;
+            counts.cache_read_tokens = read;
+            counts.cache_write_tokens = written;
+            counts.denials = denials;
+            counts.tool_calls = tool_calls;
+            counts.dollars = dollars;
+            counts.cache_saved = saved;
+        }
         counts.not_run = planned.saturating_sub(counts.total());
         Ok(counts)
     }
@@ -586,10 +697,8 @@ impl StoreReader {
         simulated: bool,
         last_runs: u32,
     ) -> Result<std::collections::BTreeMap<String, ObservedUsage>, StoreError> {
-        let what = "reading earlier runs' usage";
-        let mut stmt = self
-            .conn
-            .prepare_cached(
+        let sql = match self.db.dialect() {
+            Dialect::Sqlite => {
                 "WITH recent AS (
                      SELECT run_id FROM runs WHERE simulated = ?1
                        AND EXISTS (SELECT 1 FROM events e WHERE e.run_id = runs.run_id
@@ -607,29 +716,56 @@ impl StoreReader {
                  FROM agent_runs a JOIN calls c
                    ON c.run_id = a.run_id AND c.agent_id = a.agent_id AND c.attempt = a.attempt
                  WHERE a.status = 'success' AND a.model IS NOT NULL
-                 GROUP BY a.model",
-            )
-            .map_err(self.sqlite(what))?;
-        let rows = stmt
-            .query_map(params![simulated, i64::from(last_runs)], |row| {
+                 GROUP BY a.model"
+            }
+            Dialect::Postgres => {
+                "WITH recent AS (
+                     SELECT run_id FROM runs WHERE simulated = ?1
+                       AND EXISTS (SELECT 1 FROM events e WHERE e.run_id = runs.run_id
+                                   AND e.kind = 'model_call')
+                     ORDER BY started_at DESC LIMIT ?2),
+                 calls AS (
+                     SELECT run_id, agent_id, (payload::jsonb ->> 'attempt')::bigint AS attempt,
+                            COUNT(*) AS n
+                     FROM events WHERE kind = 'model_call' AND run_id IN (SELECT run_id FROM recent)
+                     GROUP BY run_id, agent_id, attempt)
+                 SELECT a.model, COUNT(DISTINCT a.run_id), COUNT(*),
+                        CAST(SUM(a.input_tokens) AS BIGINT), CAST(SUM(a.output_tokens) AS BIGINT),
+                        SUM(a.cost_usd), CAST(SUM(c.n) AS BIGINT),
+                        CAST(SUM(EXTRACT(EPOCH FROM (a.timestamp_end::timestamptz
+                                                     - a.timestamp_start::timestamptz)))
+                             AS DOUBLE PRECISION),
+                        CAST(SUM(a.cache_read_tokens) AS BIGINT),
+                        CAST(SUM(a.cache_write_tokens) AS BIGINT)
+                 FROM agent_runs a JOIN calls c
+                   ON c.run_id = a.run_id AND c.agent_id = a.agent_id AND c.attempt = a.attempt
+                 WHERE a.status = 'success' AND a.model IS NOT NULL
+                 GROUP BY a.model"
+            }
+        };
+        let rows = self.rows(
+            "reading earlier runs' usage",
+            sql,
+            &[simulated.into(), last_runs.into()],
+            |row| {
                 Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, i64>(2)?,
-                    row.get::<_, i64>(3)?,
-                    row.get::<_, i64>(4)?,
-                    row.get::<_, f64>(5)?,
-                    row.get::<_, i64>(6)?,
-                    row.get::<_, Option<f64>>(7)?,
-                    row.get::<_, i64>(8)?,
-                    row.get::<_, i64>(9)?,
+                    row.text(0)?,
+                    row.int(1)?,
+                    row.int(2)?,
+                    [
+                        row.unsigned(3)?,
+                        row.unsigned(4)?,
+                        row.unsigned(8)?,
+                        row.unsigned(9)?,
+                    ],
+                    row.real(5)?,
+                    row.int(6)?,
+                    row.opt_real(7)?,
                 ))
-            })
-            .map_err(self.sqlite(what))?;
+            },
+        )?;
         let mut out = std::collections::BTreeMap::new();
-        for row in rows {
-            let (model, runs, agents, input, output, dollars, calls, seconds, read, written) =
-                row.map_err(self.sqlite(what))?;
+        for (model, runs, agents, [input, output, read, written], dollars, calls, seconds) in rows {
             if agents <= 0 || calls <= 0 {
                 continue;
             }
@@ -639,10 +775,10 @@ impl StoreReader {
                     runs: runs.max(0) as u64,
                     agents: agents as u64,
                     calls: calls as u64,
-                    input_tokens: input.max(0) as u64,
-                    output_tokens: output.max(0) as u64,
-                    cache_read_tokens: read.max(0) as u64,
-                    cache_write_tokens: written.max(0) as u64,
+                    input_tokens: input,
+                    output_tokens: output,
+                    cache_read_tokens: read,
+                    cache_write_tokens: written,
                     dollars,
                     seconds: seconds.unwrap_or(0.0).max(0.0),
                 },
@@ -656,31 +792,21 @@ impl StoreReader {
         &self,
         run_id: &RunId,
     ) -> Result<std::collections::HashMap<AgentId, u64>, StoreError> {
-        let what = "counting denials";
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT agent_id, COUNT(*) FROM denials WHERE run_id = ?1 GROUP BY agent_id",
-            )
-            .map_err(self.sqlite(what))?;
-        let rows = stmt
-            .query_map([run_id], |row| {
-                Ok((row.get::<_, AgentId>(0)?, row.get::<_, i64>(1)?))
-            })
-            .map_err(self.sqlite(what))?;
-        rows.map(|row| row.map(|(agent, n)| (agent, n.max(0) as u64)))
-            .collect::<rusqlite::Result<_>>()
-            .map_err(self.sqlite(what))
+        let rows = self.rows(
+            "counting denials",
+            "SELECT agent_id, COUNT(*) FROM denials WHERE run_id = ?1 GROUP BY agent_id",
+            &[run_id.into()],
+            |row| Ok((AgentId::from(row.text(0)?), row.unsigned(1)?)),
+        )?;
+        Ok(rows.into_iter().collect())
     }
 
     /// Usage of attempts that have no end row yet, summed from their `model_call` events:
-    /// `(agent_id, attempt) → (input tokens, output tokens, dollars)`. A resumed run closes
-    /// interrupted attempts with what they spent.
+    /// `(agent_id, attempt) → what they spent`. A resumed run closes interrupted attempts with
+    /// what they spent.
     pub fn unfinished_usage(&self, run_id: &RunId) -> Result<UnfinishedUsage, StoreError> {
-        let what = "summing usage of interrupted attempts";
-        let mut stmt = self
-            .conn
-            .prepare_cached(
+        let sql = match self.db.dialect() {
+            Dialect::Sqlite => {
                 "SELECT e.agent_id, json_extract(e.payload, '$.attempt') AS attempt,
                     SUM(json_extract(e.payload, '$.input_tokens')),
                     SUM(json_extract(e.payload, '$.output_tokens')),
@@ -692,59 +818,50 @@ impl StoreReader {
                    ON a.run_id = e.run_id AND a.agent_id = e.agent_id
                       AND a.attempt = json_extract(e.payload, '$.attempt')
                  WHERE e.run_id = ?1 AND e.kind = 'model_call' AND a.status IS NULL
-                 GROUP BY e.agent_id, attempt",
-            )
-            .map_err(self.sqlite(what))?;
-        let rows = stmt
-            .query_map([run_id], |row| {
+                 GROUP BY e.agent_id, attempt"
+            }
+            Dialect::Postgres => {
+                "SELECT e.agent_id, (e.payload::jsonb ->> 'attempt')::bigint AS attempt,
+                    CAST(SUM((e.payload::jsonb ->> 'input_tokens')::numeric) AS BIGINT),
+                    CAST(SUM((e.payload::jsonb ->> 'output_tokens')::numeric) AS BIGINT),
+                    SUM((e.payload::jsonb ->> 'dollars')::double precision),
+                    CAST(SUM((e.payload::jsonb ->> 'cache_read_tokens')::numeric) AS BIGINT),
+                    CAST(SUM((e.payload::jsonb ->> 'cache_write_tokens')::numeric) AS BIGINT),
+                    SUM((e.payload::jsonb ->> 'cache_saved')::double precision)
+                 FROM events e JOIN agent_runs a
+                   ON a.run_id = e.run_id AND a.agent_id = e.agent_id
+                      AND a.attempt = (e.payload::jsonb ->> 'attempt')::bigint
+                 WHERE e.run_id = ?1 AND e.kind = 'model_call' AND a.status IS NULL
+                 GROUP BY e.agent_id, 2"
+            }
+        };
+        let rows = self.rows(
+            "summing usage of interrupted attempts",
+            sql,
+            &[run_id.into()],
+            |row| {
                 Ok((
-                    row.get::<_, AgentId>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, Option<i64>>(2)?,
-                    row.get::<_, Option<i64>>(3)?,
-                    row.get::<_, Option<f64>>(4)?,
-                    row.get::<_, Option<i64>>(5)?,
-                    row.get::<_, Option<i64>>(6)?,
-                    row.get::<_, Option<f64>>(7)?,
+                    (AgentId::from(row.text(0)?), row.small(1)?),
+                    Spent {
+                        input_tokens: row.unsigned(2)?,
+                        output_tokens: row.unsigned(3)?,
+                        dollars: row.real(4)?,
+                        cache_read_tokens: row.unsigned(5)?,
+                        cache_write_tokens: row.unsigned(6)?,
+                        cache_saved: row.real(7)?,
+                    },
                 ))
-            })
-            .map_err(self.sqlite(what))?;
-        let mut out = std::collections::HashMap::new();
-        let count = |n: Option<i64>| n.unwrap_or(0).max(0) as u64;
-        for row in rows {
-            let (agent, attempt, input, output, dollars, read, written, saved) =
-                row.map_err(self.sqlite(what))?;
-            out.insert(
-                (agent, u32::try_from(attempt.max(0)).unwrap_or(u32::MAX)),
-                Spent {
-                    input_tokens: count(input),
-                    output_tokens: count(output),
-                    cache_read_tokens: count(read),
-                    cache_write_tokens: count(written),
-                    dollars: dollars.unwrap_or(0.0),
-                    cache_saved: saved.unwrap_or(0.0),
-                },
-            );
-        }
-        Ok(out)
+            },
+        )?;
+        Ok(rows.into_iter().collect())
     }
 
     /// Every run, newest first, with agent counts by status.
     pub fn runs(&self) -> Result<Vec<RunSummary>, StoreError> {
-        let raws = {
-            let mut stmt = self
-                .conn
-                .prepare_cached(&format!(
-                    "SELECT {RUN_COLUMNS} FROM runs ORDER BY started_at DESC, run_id DESC"
-                ))
-                .map_err(self.sqlite("listing runs"))?;
-            stmt.query_map([], Self::run_row)
-                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-                .map_err(self.sqlite("listing runs"))?
-        };
-        let mut runs = Vec::with_capacity(raws.len());
-        for raw in raws {
-            let run = self.check(raw)?;
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY started_at DESC, run_id DESC");
+        let rows = self.rows("listing runs", &sql, &[], |row| self.run_row(row))?;
+        let mut runs = Vec::with_capacity(rows.len());
+        for run in rows {
             let agents = self.counts(&run.run_id, run.agents_planned)?;
             runs.push(RunSummary { run, agents });
         }
@@ -753,15 +870,16 @@ impl StoreReader {
 
     /// One run's row and counts.
     pub fn run_summary(&self, run_id: &RunId) -> Result<Option<RunSummary>, StoreError> {
-        let raw = self
-            .conn
-            .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1"))
-            .and_then(|mut stmt| stmt.query_row([run_id], Self::run_row).optional())
-            .map_err(self.sqlite("reading a run"))?;
-        let Some(raw) = raw else {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1");
+        let Some(run) = self
+            .rows("reading a run", &sql, &[run_id.into()], |row| {
+                self.run_row(row)
+            })?
+            .into_iter()
+            .next()
+        else {
             return Ok(None);
         };
-        let run = self.check(raw)?;
         let agents = self.counts(run_id, run.agents_planned)?;
         Ok(Some(RunSummary { run, agents }))
     }
@@ -781,18 +899,13 @@ impl StoreReader {
 
     /// Every agent attempt of a run, by start time then agent id.
     pub fn agent_runs(&self, run_id: &RunId) -> Result<Vec<AgentRow>, StoreError> {
-        let raws = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {AGENT_COLUMNS} FROM agent_runs WHERE run_id = ?1
-                 ORDER BY timestamp_start, agent_id, attempt"
-            ))
-            .and_then(|mut stmt| {
-                stmt.query_map([run_id], Self::agent_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(self.sqlite("listing agent runs"))?;
-        raws.into_iter().map(|raw| self.check(raw)).collect()
+        let sql = format!(
+            "SELECT {AGENT_COLUMNS} FROM agent_runs WHERE run_id = ?1
+             ORDER BY timestamp_start, agent_id, attempt"
+        );
+        self.rows("listing agent runs", &sql, &[run_id.into()], |row| {
+            self.agent_row(row)
+        })
     }
 
     /// One agent: its attempts, tool calls and denials. `None` if the run has no such agent.
@@ -801,73 +914,30 @@ impl StoreReader {
         run_id: &RunId,
         agent_id: &AgentId,
     ) -> Result<Option<AgentDetail>, StoreError> {
-        let raws = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {AGENT_COLUMNS} FROM agent_runs WHERE run_id = ?1 AND agent_id = ?2
-                 ORDER BY attempt"
-            ))
-            .and_then(|mut stmt| {
-                stmt.query_map(params![run_id, agent_id], Self::agent_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(self.sqlite("reading an agent"))?;
-        if raws.is_empty() {
+        let params = [SqlValue::from(run_id), SqlValue::from(agent_id)];
+        let sql = format!(
+            "SELECT {AGENT_COLUMNS} FROM agent_runs WHERE run_id = ?1 AND agent_id = ?2
+             ORDER BY attempt"
+        );
+        let attempts = self.rows("reading an agent", &sql, &params, |row| self.agent_row(row))?;
+        if attempts.is_empty() {
             return Ok(None);
         }
-        let attempts = raws
-            .into_iter()
-            .map(|raw| self.check(raw))
-            .collect::<Result<Vec<_>, _>>()?;
-        let tool_calls = self
-            .conn
-            .prepare_cached(
-                "SELECT attempt, seq, tool, target, ok, error, started_at, ended_at, outcome,
-                     duration_ms, bytes, paths
-                 FROM tool_calls WHERE run_id = ?1 AND agent_id = ?2 ORDER BY attempt, seq",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_map(params![run_id, agent_id], |row| {
-                    Ok(ToolCallRow {
-                        attempt: small(row, 0)?,
-                        seq: small(row, 1)?,
-                        tool: row.get(2)?,
-                        target: row.get(3)?,
-                        ok: row.get::<_, i64>(4)? != 0,
-                        error: row.get(5)?,
-                        started_at: row.get(6)?,
-                        ended_at: row.get(7)?,
-                        outcome: row.get(8)?,
-                        duration_ms: row.get::<_, Option<i64>>(9)?.map(|v| v.max(0) as u64),
-                        bytes: row.get::<_, Option<i64>>(10)?.map(|v| v.max(0) as u64),
-                        paths: row
-                            .get::<_, Option<String>>(11)?
-                            .and_then(|text| serde_json::from_str(&text).ok())
-                            .unwrap_or_default(),
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(self.sqlite("listing tool calls"))?;
-        let denials = self
-            .conn
-            .prepare_cached(
-                "SELECT attempt, tool, target, reason, at
-                 FROM denials WHERE run_id = ?1 AND agent_id = ?2 ORDER BY at, id",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_map(params![run_id, agent_id], |row| {
-                    Ok(DenialRow {
-                        attempt: small(row, 0)?,
-                        tool: row.get(1)?,
-                        target: row.get(2)?,
-                        reason: row.get(3)?,
-                        at: row.get(4)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(self.sqlite("listing denials"))?;
+        let tool_calls = self.rows(
+            "listing tool calls",
+            "SELECT attempt, seq, tool, target, ok, error, started_at, ended_at, outcome,
+                 duration_ms, bytes, paths
+             FROM tool_calls WHERE run_id = ?1 AND agent_id = ?2 ORDER BY attempt, seq",
+            &params,
+            |row| Self::tool_call_row(row, 0),
+        )?;
+        let denials = self.rows(
+            "listing denials",
+            "SELECT attempt, tool, target, reason, at
+             FROM denials WHERE run_id = ?1 AND agent_id = ?2 ORDER BY at, id",
+            &params,
+            |row| Self::denial_row(row, 0),
+        )?;
         Ok(Some(AgentDetail {
             run_id: run_id.to_owned(),
             agent_id: agent_id.clone(),
@@ -879,89 +949,54 @@ impl StoreReader {
 
     /// A run's checkpoints, base (0) first.
     pub fn checkpoints(&self, run_id: &RunId) -> Result<Vec<CheckpointRow>, StoreError> {
-        self.conn
-            .prepare_cached(
-                "SELECT seq, commit_id, ref_name, label, completed_agents, at
-                 FROM checkpoints WHERE run_id = ?1 ORDER BY seq",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_map([run_id], |row| {
-                    Ok(CheckpointRow {
-                        seq: unsigned(row, 0)?,
-                        commit_id: row.get(1)?,
-                        ref_name: row.get(2)?,
-                        label: row.get(3)?,
-                        completed_agents: unsigned(row, 4)?,
-                        at: row.get(5)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(self.sqlite("listing checkpoints"))
+        self.rows(
+            "listing checkpoints",
+            "SELECT seq, commit_id, ref_name, label, completed_agents, at
+             FROM checkpoints WHERE run_id = ?1 ORDER BY seq",
+            &[run_id.into()],
+            |row| {
+                Ok(CheckpointRow {
+                    seq: row.unsigned(0)?,
+                    commit_id: row.text(1)?,
+                    ref_name: row.text(2)?,
+                    label: row.text(3)?,
+                    completed_agents: row.unsigned(4)?,
+                    at: row.text(5)?,
+                })
+            },
+        )
     }
 
     /// A run's events in order.
     pub fn events(&self, run_id: &RunId) -> Result<Vec<EventRow>, StoreError> {
-        let rows = self
-            .conn
-            .prepare_cached(
-                "SELECT seq, at, agent_id, kind, payload FROM events WHERE run_id = ?1
-                 ORDER BY seq",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_map([run_id], |row| {
-                    Ok((
-                        unsigned(row, 0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, Option<AgentId>>(2)?,
-                        row.get::<_, String>(3)?,
-                        row.get::<_, String>(4)?,
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(self.sqlite("listing events"))?;
-        rows.into_iter()
-            .map(|(seq, at, agent_id, kind, payload)| {
-                let payload = serde_json::from_str(&payload).map_err(|_| StoreError::Corrupt {
-                    path: self.path.clone(),
-                    column: "events.payload",
-                    value: payload.clone(),
-                })?;
+        self.rows(
+            "listing events",
+            "SELECT seq, at, agent_id, kind, payload FROM events WHERE run_id = ?1
+             ORDER BY seq",
+            &[run_id.into()],
+            |row| {
+                let payload = row.text(4)?;
                 Ok(EventRow {
-                    seq,
-                    at,
-                    agent_id,
-                    kind,
-                    payload,
+                    seq: row.unsigned(0)?,
+                    at: row.text(1)?,
+                    agent_id: row.opt_text(2)?.map(AgentId::from),
+                    kind: row.text(3)?,
+                    payload: serde_json::from_str(&payload)
+                        .map_err(|_| self.corrupt("events.payload", payload.clone()))?,
                 })
-            })
-            .collect()
+            },
+        )
     }
 
     /// Every denial of a run, with the agent it belongs to, in the order they happened.
     pub fn run_denials(&self, run_id: &RunId) -> Result<Vec<(AgentId, DenialRow)>, StoreError> {
-        self.conn
-            .prepare_cached(
-                "SELECT agent_id, attempt, tool, target, reason, at
-                 FROM denials WHERE run_id = ?1 ORDER BY at, id",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_map([run_id], |row| {
-                    Ok((
-                        row.get::<_, AgentId>(0)?,
-                        DenialRow {
-                            attempt: small(row, 1)?,
-                            tool: row.get(2)?,
-                            target: row.get(3)?,
-                            reason: row.get(4)?,
-                            at: row.get(5)?,
-                        },
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(self.sqlite("listing a run's denials"))
+        self.rows(
+            "listing a run's denials",
+            "SELECT agent_id, attempt, tool, target, reason, at
+             FROM denials WHERE run_id = ?1 ORDER BY at, id",
+            &[run_id.into()],
+            |row| Ok((AgentId::from(row.text(0)?), Self::denial_row(row, 1)?)),
+        )
     }
 
     /// Every tool call of a run with the agent that made it, by agent, attempt and order.
@@ -969,67 +1004,38 @@ impl StoreReader {
         &self,
         run_id: &RunId,
     ) -> Result<Vec<(AgentId, ToolCallRow)>, StoreError> {
-        self.conn
-            .prepare_cached(
-                "SELECT agent_id, attempt, seq, tool, target, ok, error, started_at, ended_at,
-                     outcome, duration_ms, bytes, paths
-                 FROM tool_calls WHERE run_id = ?1 ORDER BY agent_id, attempt, seq",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_map([run_id], |row| {
-                    Ok((
-                        row.get::<_, AgentId>(0)?,
-                        ToolCallRow {
-                            attempt: small(row, 1)?,
-                            seq: small(row, 2)?,
-                            tool: row.get(3)?,
-                            target: row.get(4)?,
-                            ok: row.get::<_, i64>(5)? != 0,
-                            error: row.get(6)?,
-                            started_at: row.get(7)?,
-                            ended_at: row.get(8)?,
-                            outcome: row.get(9)?,
-                            duration_ms: row.get::<_, Option<i64>>(10)?.map(|v| v.max(0) as u64),
-                            bytes: row.get::<_, Option<i64>>(11)?.map(|v| v.max(0) as u64),
-                            paths: row
-                                .get::<_, Option<String>>(12)?
-                                .and_then(|text| serde_json::from_str(&text).ok())
-                                .unwrap_or_default(),
-                        },
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(self.sqlite("listing a run's tool calls"))
+        self.rows(
+            "listing a run's tool calls",
+            "SELECT agent_id, attempt, seq, tool, target, ok, error, started_at, ended_at,
+                 outcome, duration_ms, bytes, paths
+             FROM tool_calls WHERE run_id = ?1 ORDER BY agent_id, attempt, seq",
+            &[run_id.into()],
+            |row| Ok((AgentId::from(row.text(0)?), Self::tool_call_row(row, 1)?)),
+        )
     }
 
     /// The paths each attempt's successful `write_file` and `edit_file` calls wrote:
     /// `(agent_id, attempt, path)`, one row per call and path, in call order.
     pub fn written_paths(&self, run_id: &RunId) -> Result<Vec<(AgentId, u32, String)>, StoreError> {
-        let rows = self
-            .conn
-            .prepare_cached(
-                "SELECT agent_id, attempt, target, paths FROM tool_calls
-                 WHERE run_id = ?1 AND ok = 1 AND tool IN ('write_file', 'edit_file')
-                 ORDER BY agent_id, attempt, seq",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_map([run_id], |row| {
-                    Ok((
-                        row.get::<_, AgentId>(0)?,
-                        small(row, 1)?,
-                        row.get::<_, Option<String>>(2)?,
-                        row.get::<_, Option<String>>(3)?,
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(self.sqlite("listing written paths"))?;
+        let rows = self.rows(
+            "listing written paths",
+            "SELECT agent_id, attempt, target, paths FROM tool_calls
+             WHERE run_id = ?1 AND ok = 1 AND tool IN ('write_file', 'edit_file')
+             ORDER BY agent_id, attempt, seq",
+            &[run_id.into()],
+            |row| {
+                Ok((
+                    AgentId::from(row.text(0)?),
+                    row.small(1)?,
+                    row.opt_text(2)?,
+                    row.json_list(3)?,
+                ))
+            },
+        )?;
         let mut out = Vec::with_capacity(rows.len());
         for (agent_id, attempt, target, paths) in rows {
             let paths: Vec<String> = paths
-                .and_then(|text| serde_json::from_str(&text).ok())
-                .filter(|paths: &Vec<String>| !paths.is_empty())
+                .filter(|paths| !paths.is_empty())
                 .or_else(|| target.map(|target| vec![target]))
                 .unwrap_or_default();
             out.extend(
@@ -1043,23 +1049,28 @@ impl StoreReader {
 
     /// Pre-image manifests (JSON) recorded for `run_id`, by agent.
     pub fn preimages(&self, run_id: &RunId) -> Result<Vec<(AgentId, String)>, StoreError> {
-        let sqlite = |source| StoreError::Sqlite {
-            path: self.path.clone(),
-            what: "reading pre-images",
-            source,
-        };
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT agent_id, manifest FROM preimages WHERE run_id = ?1")
-            .map_err(sqlite)?;
-        let rows = stmt
-            .query_map([run_id], |row| Ok((row.get(0)?, row.get(1)?)))
-            .map_err(sqlite)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(sqlite)
+        self.rows(
+            "reading pre-images",
+            "SELECT agent_id, manifest FROM preimages WHERE run_id = ?1",
+            &[run_id.into()],
+            |row| Ok((AgentId::from(row.text(0)?), row.text(1)?)),
+        )
     }
 
-    /// The connection, for raw read-only queries in tests and diagnostics.
-    pub fn connection(&self) -> &Connection {
-        &self.conn
+    /// Run a read-only query of your own (tests, diagnostics), on either backend. Write it
+    /// with `?1`-style placeholders; the rows come back as plain values.
+    pub fn query_raw(
+        &self,
+        sql: &str,
+        params: &[SqlValue],
+    ) -> Result<Vec<Vec<SqlValue>>, StoreError> {
+        self.db
+            .query(sql, params)
+            .map_err(self.failed("a raw query"))
+    }
+
+    /// Which SQL the store speaks.
+    pub fn dialect(&self) -> Dialect {
+        self.db.dialect()
     }
 }

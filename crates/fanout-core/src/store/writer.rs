@@ -1,17 +1,21 @@
-//! The write side: [`Store`], a cheap handle on the writer thread that owns the connection.
+//! The write side: [`Store`], a cheap handle on the writer thread that owns the connection
+//! (SQLite's, or the PostgreSQL one's thread: see [`super::postgres`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
+use super::db::{Db, DbError, SqlValue};
+use super::location::StoreLocation;
 use super::log::LogSink;
+use super::postgres::PostgresDb;
+use super::sqlite::SqliteDb;
 use super::{
     AgentFinish, AgentStart, CheckpointRecord, DenialRecord, EventRecord, NewRun, RunStatus,
-    StoreError, ToolCallRecord, format_time, schema,
+    StoreError, ToolCallRecord, format_time,
 };
 use crate::group_commit::GroupCommit;
 use crate::ids::{AgentId, RunId};
@@ -46,7 +50,7 @@ pub struct WriterStats {
 #[derive(Debug, Clone)]
 pub struct Store {
     tx: mpsc::Sender<Request>,
-    path: PathBuf,
+    location: StoreLocation,
 }
 
 type Ack = oneshot::Sender<Result<(), StoreError>>;
@@ -84,36 +88,10 @@ enum Op {
 }
 
 impl Store {
-    /// Open (creating if needed) the database at `path`, migrate it, and start the writer.
+    /// Open (creating if needed) the SQLite database at `path`, migrate it, and start the
+    /// writer.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
-                path: parent.to_path_buf(),
-                source,
-            })?;
-        }
-        let mut conn = Connection::open(path).map_err(|source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        schema::configure(&conn, path)?;
-        schema::migrate(&mut conn, path)?;
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let mut writer = Writer {
-            conn,
-            path: path.to_path_buf(),
-            next_event_seq: HashMap::new(),
-            log: None,
-            stats: WriterStats::default(),
-        };
-        std::thread::Builder::new()
-            .name("fanout-store-writer".to_owned())
-            .spawn(move || writer.run(rx))
-            .map_err(|source| StoreError::Spawn { source })?;
-        Ok(Store {
-            tx,
-            path: path.to_path_buf(),
-        })
+        Store::open_at(&StoreLocation::Sqlite(path.to_path_buf()))
     }
 
     /// Open `<repo>/.fanout/fanout.db`, creating `.fanout/` (git-ignored) if needed.
@@ -122,9 +100,74 @@ impl Store {
         Store::open(&super::db_path(repo))
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Open the store at `location` (creating a SQLite file and its directory, or connecting
+    /// to PostgreSQL), migrate it, and start the writer. A SQLite file in a `.fanout/`
+    /// directory gets that directory's ignore file, as [`Store::open_in_repo`] does.
+    pub fn open_at(location: &StoreLocation) -> Result<Store, StoreError> {
+        if let StoreLocation::Sqlite(path) = location {
+            match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(parent) if parent.file_name() == Some(".fanout".as_ref()) => {
+                    let repo = parent.parent().unwrap_or(Path::new("."));
+                    super::ensure_fanout_dir(repo)?;
+                }
+                Some(parent) => {
+                    std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+                        path: parent.to_path_buf(),
+                        source,
+                    })?;
+                }
+                None => {}
+            }
+        }
+        // The writer thread opens its own connection (the PostgreSQL client must live on a
+        // thread outside any tokio runtime) and says whether it could before it serves.
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (opened, open_result) = std::sync::mpsc::sync_channel::<Result<(), StoreError>>(1);
+        let opening = location.clone();
+        std::thread::Builder::new()
+            .name("fanout-store-writer".to_owned())
+            .spawn(move || {
+                let db: Result<Box<dyn Db>, StoreError> = match &opening {
+                    StoreLocation::Sqlite(path) => {
+                        SqliteDb::open_writer(path).map(|db| Box::new(db) as Box<dyn Db>)
+                    }
+                    StoreLocation::Postgres(url) => {
+                        PostgresDb::open_here(url).map(|db| Box::new(db) as Box<dyn Db>)
+                    }
+                };
+                let db = match db {
+                    Ok(db) => db,
+                    Err(error) => {
+                        let _ = opened.send(Err(error));
+                        return;
+                    }
+                };
+                let _ = opened.send(Ok(()));
+                let mut writer = Writer {
+                    db,
+                    store: opening.to_string(),
+                    next_event_seq: HashMap::new(),
+                    log: None,
+                    stats: WriterStats::default(),
+                };
+                writer.run(rx);
+            })
+            .map_err(|source| StoreError::Spawn { source })?;
+        match open_result.recv() {
+            Ok(Ok(())) => Ok(Store {
+                tx,
+                location: location.clone(),
+            }),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(StoreError::WriterClosed {
+                what: "the store's opening",
+            }),
+        }
+    }
+
+    /// Where the store is.
+    pub fn location(&self) -> &StoreLocation {
+        &self.location
     }
 
     /// Append every record committed from now on to `path` as JSON lines (parent
@@ -281,20 +324,15 @@ impl Store {
 }
 
 struct Writer {
-    conn: Connection,
-    path: PathBuf,
+    db: Box<dyn Db>,
+    store: String,
     next_event_seq: HashMap<RunId, i64>,
     log: Option<LogSink>,
     stats: WriterStats,
 }
 
-/// Saturate rather than wrap: SQLite integers are signed.
-fn sql_int(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn is_constraint(err: &rusqlite::Error) -> bool {
-    matches!(err, rusqlite::Error::SqliteFailure(e, _) if e.code == ErrorCode::ConstraintViolation)
+fn text(value: &str) -> SqlValue {
+    SqlValue::Text(value.to_owned())
 }
 
 /// Move queued requests into `batch`, up to [`MAX_BATCH`].
@@ -345,9 +383,9 @@ impl Writer {
         }
     }
 
-    fn sqlite(&self, what: &'static str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-        move |source| StoreError::Sqlite {
-            path: self.path.clone(),
+    fn failed(&self, what: &'static str) -> impl Fn(DbError) -> StoreError + '_ {
+        move |source| StoreError::Database {
+            store: self.store.clone(),
             what,
             source,
         }
@@ -364,14 +402,7 @@ impl Writer {
         let mut outcomes: Vec<(Option<Ack>, Result<(), StoreError>)> = Vec::with_capacity(ops);
         let mut lines: Vec<serde_json::Value> = Vec::new();
 
-        // `synchronous` cannot change inside a transaction, so it is set around it.
-        let begin = (|| -> rusqlite::Result<()> {
-            if durable {
-                self.conn.execute_batch("PRAGMA synchronous = FULL")?;
-            }
-            self.conn.execute_batch("BEGIN IMMEDIATE")
-        })();
-        if let Err(err) = begin {
+        if let Err(err) = self.db.begin(durable) {
             let message = err.to_string();
             for request in batch {
                 if let Op::Close(tx) = request.op {
@@ -401,12 +432,7 @@ impl Writer {
             outcomes.push((request.ack, result));
         }
 
-        let committed = self.conn.execute_batch("COMMIT");
-        if durable {
-            // Best effort: a failure here leaves FULL on, which is only slower.
-            let _ = self.conn.execute_batch("PRAGMA synchronous = NORMAL");
-        }
-        match committed {
+        match self.db.commit(durable) {
             Ok(()) => {
                 self.stats.batches += 1;
                 self.stats.largest_batch = self.stats.largest_batch.max(ops);
@@ -416,7 +442,7 @@ impl Writer {
                 }
             }
             Err(err) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
+                let _ = self.db.batch("ROLLBACK");
                 let message = err.to_string();
                 for (ack, _) in outcomes {
                     self.report(ack, Err(self.commit_error(ops, &message)));
@@ -428,7 +454,7 @@ impl Writer {
 
     fn commit_error(&self, ops: usize, message: &str) -> StoreError {
         StoreError::Commit {
-            path: self.path.clone(),
+            store: self.store.clone(),
             ops,
             message: message.to_owned(),
         }
@@ -477,20 +503,16 @@ impl Writer {
     /// Run one operation in a savepoint so its failure leaves the rest of the batch alone.
     fn apply_in_savepoint(&mut self, op: Op) -> Result<Option<serde_json::Value>, StoreError> {
         // Prepared once and reused: a fleet's batches run these around every record.
-        self.conn
-            .prepare_cached("SAVEPOINT op")
-            .and_then(|mut stmt| stmt.execute([]))
-            .map_err(self.sqlite("opening a savepoint"))?;
+        self.db
+            .execute("SAVEPOINT op", &[])
+            .map_err(self.failed("opening a savepoint"))?;
         let result = self.apply(op);
         let closed = if result.is_ok() {
-            self.conn
-                .prepare_cached("RELEASE op")
-                .and_then(|mut stmt| stmt.execute([]))
-                .map(|_| ())
+            self.db.execute("RELEASE op", &[]).map(|_| ())
         } else {
-            self.conn.execute_batch("ROLLBACK TO op; RELEASE op")
+            self.db.batch("ROLLBACK TO op; RELEASE op")
         };
-        closed.map_err(self.sqlite("closing a savepoint"))?;
+        closed.map_err(self.failed("closing a savepoint"))?;
         result
     }
 
@@ -527,27 +549,26 @@ impl Writer {
 
     fn create_run(&mut self, run: NewRun) -> Result<Option<serde_json::Value>, StoreError> {
         let started_at = format_time(run.started_at);
-        let result = self
-            .conn
-            .prepare_cached(
-                "INSERT INTO runs (run_id, workflow, config_path, plan_hash, repo, status,
-                     started_at, base_commit, agents_planned, simulated)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    run.run_id,
-                    run.workflow,
-                    run.config_path.as_ref().map(|p| p.display().to_string()),
-                    run.plan_hash,
-                    run.repo.as_ref().map(|p| p.display().to_string()),
-                    run.status.as_str(),
-                    started_at,
-                    run.base_commit,
-                    i64::from(run.agents_planned),
-                    run.simulated,
-                ])
-            });
+        let result = self.db.execute(
+            "INSERT INTO runs (run_id, workflow, config_path, plan_hash, repo, status,
+                 started_at, base_commit, agents_planned, simulated)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            &[
+                (&run.run_id).into(),
+                text(&run.workflow),
+                run.config_path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .into(),
+                run.plan_hash.clone().into(),
+                run.repo.as_ref().map(|p| p.display().to_string()).into(),
+                text(run.status.as_str()),
+                text(&started_at),
+                run.base_commit.clone().into(),
+                run.agents_planned.into(),
+                run.simulated.into(),
+            ],
+        );
         match result {
             Ok(_) => Ok(self.log.is_some().then(|| {
                 json!({
@@ -562,8 +583,8 @@ impl Writer {
                     "agents_planned": run.agents_planned,
                 })
             })),
-            Err(err) if is_constraint(&err) => Err(StoreError::RunExists { run_id: run.run_id }),
-            Err(source) => Err(self.sqlite("recording a run")(source)),
+            Err(err) if err.is_constraint() => Err(StoreError::RunExists { run_id: run.run_id }),
+            Err(source) => Err(self.failed("recording a run")(source)),
         }
     }
 
@@ -576,14 +597,19 @@ impl Writer {
     ) -> Result<Option<serde_json::Value>, StoreError> {
         let ended_at = ended_at.map(format_time);
         let changed = self
-            .conn
-            .prepare_cached(
+            .db
+            .execute(
                 "UPDATE runs SET status = ?2, ended_at = COALESCE(?3, ended_at),
                      error = COALESCE(?4, error)
                  WHERE run_id = ?1",
+                &[
+                    (&run_id).into(),
+                    text(status.as_str()),
+                    ended_at.clone().into(),
+                    error.clone().into(),
+                ],
             )
-            .and_then(|mut stmt| stmt.execute(params![run_id, status.as_str(), ended_at, error]))
-            .map_err(self.sqlite("updating a run's status"))?;
+            .map_err(self.failed("updating a run's status"))?;
         if changed == 0 {
             return Err(StoreError::UnknownRun { run_id });
         }
@@ -600,12 +626,12 @@ impl Writer {
 
     fn add_planned(&mut self, run_id: RunId, agents: u32) -> Result<(), StoreError> {
         let changed = self
-            .conn
-            .prepare_cached(
+            .db
+            .execute(
                 "UPDATE runs SET agents_planned = agents_planned + ?2 WHERE run_id = ?1",
+                &[(&run_id).into(), agents.into()],
             )
-            .and_then(|mut stmt| stmt.execute(params![run_id, i64::from(agents)]))
-            .map_err(self.sqlite("counting planned agents"))?;
+            .map_err(self.failed("counting planned agents"))?;
         if changed == 0 {
             return Err(StoreError::UnknownRun { run_id });
         }
@@ -614,13 +640,13 @@ impl Writer {
 
     fn reopen_run(&mut self, run_id: RunId) -> Result<Option<serde_json::Value>, StoreError> {
         let changed = self
-            .conn
-            .prepare_cached(
+            .db
+            .execute(
                 "UPDATE runs SET status = 'running', ended_at = NULL, error = NULL
                  WHERE run_id = ?1",
+                &[(&run_id).into()],
             )
-            .and_then(|mut stmt| stmt.execute(params![run_id]))
-            .map_err(self.sqlite("reopening a run"))?;
+            .map_err(self.failed("reopening a run"))?;
         if changed == 0 {
             return Err(StoreError::UnknownRun { run_id });
         }
@@ -641,37 +667,34 @@ impl Writer {
         agent_id: &AgentId,
         manifest: &str,
     ) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT OR IGNORE INTO preimages (run_id, agent_id, manifest) VALUES (?1, ?2, ?3)",
+        self.db
+            .execute(
+                "INSERT INTO preimages (run_id, agent_id, manifest) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (run_id, agent_id) DO NOTHING",
+                &[run_id.into(), agent_id.into(), text(manifest)],
             )
-            .and_then(|mut stmt| stmt.execute(params![run_id, agent_id, manifest]))
-            .map_err(self.sqlite("recording a pre-image"))?;
+            .map_err(self.failed("recording a pre-image"))?;
         Ok(())
     }
 
     fn start_agent(&mut self, start: AgentStart) -> Result<Option<serde_json::Value>, StoreError> {
         let started_at = format_time(start.started_at);
-        let result = self
-            .conn
-            .prepare_cached(
-                "INSERT INTO agent_runs (run_id, agent_id, task_description, files_accessed,
-                     tools_called, status, token_count, mode, timestamp_start, timestamp_end,
-                     attempt, model, escalated)
-                 VALUES (?1, ?2, ?3, '[]', '[]', NULL, 0, ?4, ?5, NULL, ?6, ?7, ?8)",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    start.run_id,
-                    start.agent_id,
-                    start.task_description,
-                    start.mode.as_str(),
-                    started_at,
-                    i64::from(start.attempt),
-                    start.model,
-                    start.escalated,
-                ])
-            });
+        let result = self.db.execute(
+            "INSERT INTO agent_runs (run_id, agent_id, task_description, files_accessed,
+                 tools_called, status, token_count, mode, timestamp_start, timestamp_end,
+                 attempt, model, escalated)
+             VALUES (?1, ?2, ?3, '[]', '[]', NULL, 0, ?4, ?5, NULL, ?6, ?7, ?8)",
+            &[
+                (&start.run_id).into(),
+                (&start.agent_id).into(),
+                text(&start.task_description),
+                text(start.mode.as_str()),
+                text(&started_at),
+                start.attempt.into(),
+                start.model.clone().into(),
+                start.escalated.into(),
+            ],
+        );
         match result {
             Ok(_) => Ok(self.log.is_some().then(|| {
                 json!({
@@ -686,12 +709,12 @@ impl Writer {
                     "task_description": start.task_description,
                 })
             })),
-            Err(err) if is_constraint(&err) => Err(StoreError::AgentExists {
+            Err(err) if err.is_constraint() => Err(StoreError::AgentExists {
                 run_id: start.run_id,
                 agent_id: start.agent_id,
                 attempt: start.attempt,
             }),
-            Err(source) => Err(self.sqlite("recording an agent start")(source)),
+            Err(source) => Err(self.failed("recording an agent start")(source)),
         }
     }
 
@@ -710,52 +733,55 @@ impl Writer {
                 source,
             })?;
         let ended_at = format_time(finish.ended_at);
-        let tokens = sql_int(finish.token_count());
+        let tokens = finish.token_count();
         let changed = self
-            .conn
-            .prepare_cached(
+            .db
+            .execute(
                 "UPDATE agent_runs SET status = ?4, files_accessed = ?5, tools_called = ?6,
                      token_count = ?7, input_tokens = ?8, output_tokens = ?9, cost_usd = ?10,
                      error = ?11, checkpoint = ?12, timestamp_end = ?13,
                      cache_read_tokens = ?14, cache_write_tokens = ?15, cache_saved_usd = ?16
                  WHERE run_id = ?1 AND agent_id = ?2 AND attempt = ?3 AND status IS NULL",
+                &[
+                    (&finish.run_id).into(),
+                    (&finish.agent_id).into(),
+                    finish.attempt.into(),
+                    text(finish.status.as_str()),
+                    files.into(),
+                    tools.into(),
+                    tokens.into(),
+                    finish.input_tokens.into(),
+                    finish.output_tokens.into(),
+                    finish.cost_usd.into(),
+                    finish.error.clone().into(),
+                    finish.checkpoint.clone().into(),
+                    text(&ended_at),
+                    finish.cache_read_tokens.into(),
+                    finish.cache_write_tokens.into(),
+                    finish.cache_saved_usd.into(),
+                ],
             )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    finish.run_id,
-                    finish.agent_id,
-                    i64::from(finish.attempt),
-                    finish.status.as_str(),
-                    files,
-                    tools,
-                    tokens,
-                    sql_int(finish.input_tokens),
-                    sql_int(finish.output_tokens),
-                    finish.cost_usd,
-                    finish.error,
-                    finish.checkpoint,
-                    ended_at,
-                    sql_int(finish.cache_read_tokens),
-                    sql_int(finish.cache_write_tokens),
-                    finish.cache_saved_usd,
-                ])
-            })
-            .map_err(self.sqlite("recording an agent result"))?;
+            .map_err(self.failed("recording an agent result"))?;
         if changed == 0 {
-            let recorded: Option<Option<String>> = self
-                .conn
-                .prepare_cached(
+            let recorded = self
+                .db
+                .query(
                     "SELECT status FROM agent_runs
                      WHERE run_id = ?1 AND agent_id = ?2 AND attempt = ?3",
+                    &[
+                        (&finish.run_id).into(),
+                        (&finish.agent_id).into(),
+                        finish.attempt.into(),
+                    ],
                 )
-                .and_then(|mut stmt| {
-                    stmt.query_row(
-                        params![finish.run_id, finish.agent_id, i64::from(finish.attempt)],
-                        |row| row.get(0),
-                    )
-                    .optional()
-                })
-                .map_err(self.sqlite("reading an agent's status"))?;
+                .map_err(self.failed("reading an agent's status"))?;
+            let recorded: Option<Option<String>> = recorded.into_iter().next().map(|row| match row
+                .into_iter()
+                .next()
+            {
+                Some(SqlValue::Text(status)) => Some(status),
+                _ => None,
+            });
             return match recorded {
                 None => Err(StoreError::UnknownAgent {
                     run_id: finish.run_id,
@@ -772,24 +798,22 @@ impl Writer {
                 }),
             };
         }
-        self.conn
-            .prepare_cached(
+        self.db
+            .execute(
                 "UPDATE runs SET total_tokens = total_tokens + ?2,
                      total_input_tokens = total_input_tokens + ?3,
                      total_output_tokens = total_output_tokens + ?4,
                      total_cost_usd = total_cost_usd + ?5
                  WHERE run_id = ?1",
+                &[
+                    (&finish.run_id).into(),
+                    tokens.into(),
+                    finish.input_tokens.into(),
+                    finish.output_tokens.into(),
+                    finish.cost_usd.into(),
+                ],
             )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    finish.run_id,
-                    tokens,
-                    sql_int(finish.input_tokens),
-                    sql_int(finish.output_tokens),
-                    finish.cost_usd,
-                ])
-            })
-            .map_err(self.sqlite("adding to a run's totals"))?;
+            .map_err(self.failed("adding to a run's totals"))?;
         Ok(self.log.is_some().then(|| {
             json!({
                 "timestamp": ended_at,
@@ -818,27 +842,25 @@ impl Writer {
         checkpoint: CheckpointRecord,
     ) -> Result<Option<serde_json::Value>, StoreError> {
         let at = format_time(checkpoint.at);
-        self.conn
-            .prepare_cached(
+        self.db
+            .execute(
                 "INSERT INTO checkpoints (run_id, seq, commit_id, ref_name, label,
                      completed_agents, at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (run_id, seq) DO UPDATE SET commit_id = excluded.commit_id,
                      ref_name = excluded.ref_name, label = excluded.label,
                      completed_agents = excluded.completed_agents, at = excluded.at",
+                &[
+                    (&checkpoint.run_id).into(),
+                    checkpoint.seq.into(),
+                    text(&checkpoint.commit_id),
+                    text(&checkpoint.ref_name),
+                    text(&checkpoint.label),
+                    checkpoint.completed_agents.into(),
+                    text(&at),
+                ],
             )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    checkpoint.run_id,
-                    sql_int(checkpoint.seq),
-                    checkpoint.commit_id,
-                    checkpoint.ref_name,
-                    checkpoint.label,
-                    sql_int(checkpoint.completed_agents),
-                    at,
-                ])
-            })
-            .map_err(self.sqlite("recording a checkpoint"))?;
+            .map_err(self.failed("recording a checkpoint"))?;
         Ok(self.log.is_some().then(|| {
             json!({
                 "timestamp": at,
@@ -856,32 +878,30 @@ impl Writer {
     fn tool_call(&mut self, call: ToolCallRecord) -> Result<Option<serde_json::Value>, StoreError> {
         let started_at = format_time(call.started_at);
         let ended_at = call.ended_at.map(format_time);
-        self.conn
-            .prepare_cached(
+        let paths = serde_json::to_string(&call.paths).unwrap_or_else(|_| "[]".into());
+        self.db
+            .execute(
                 "INSERT INTO tool_calls (run_id, agent_id, attempt, seq, tool, target, ok, error,
                      started_at, ended_at, outcome, duration_ms, bytes, paths)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                &[
+                    (&call.run_id).into(),
+                    (&call.agent_id).into(),
+                    call.attempt.into(),
+                    call.seq.into(),
+                    text(&call.tool),
+                    call.target.clone().into(),
+                    call.ok.into(),
+                    call.error.clone().into(),
+                    text(&started_at),
+                    ended_at.clone().into(),
+                    call.outcome.clone().into(),
+                    call.duration_ms.into(),
+                    call.bytes.into(),
+                    paths.into(),
+                ],
             )
-            .and_then(|mut stmt| {
-                let paths = serde_json::to_string(&call.paths).unwrap_or_else(|_| "[]".into());
-                stmt.execute(params![
-                    call.run_id,
-                    call.agent_id,
-                    i64::from(call.attempt),
-                    i64::from(call.seq),
-                    call.tool,
-                    call.target,
-                    call.ok,
-                    call.error,
-                    started_at,
-                    ended_at,
-                    call.outcome,
-                    call.duration_ms.map(sql_int),
-                    call.bytes.map(sql_int),
-                    paths,
-                ])
-            })
-            .map_err(self.sqlite("recording a tool call"))?;
+            .map_err(self.failed("recording a tool call"))?;
         Ok(self.log.is_some().then(|| {
             json!({
                 "timestamp": started_at,
@@ -905,23 +925,21 @@ impl Writer {
 
     fn denial(&mut self, denial: DenialRecord) -> Result<Option<serde_json::Value>, StoreError> {
         let at = format_time(denial.at);
-        self.conn
-            .prepare_cached(
+        self.db
+            .execute(
                 "INSERT INTO denials (run_id, agent_id, attempt, tool, target, reason, at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                &[
+                    (&denial.run_id).into(),
+                    (&denial.agent_id).into(),
+                    denial.attempt.into(),
+                    text(&denial.tool),
+                    denial.target.clone().into(),
+                    text(&denial.reason),
+                    text(&at),
+                ],
             )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    denial.run_id,
-                    denial.agent_id,
-                    i64::from(denial.attempt),
-                    denial.tool,
-                    denial.target,
-                    denial.reason,
-                    at,
-                ])
-            })
-            .map_err(self.sqlite("recording a denial"))?;
+            .map_err(self.failed("recording a denial"))?;
         Ok(self.log.is_some().then(|| {
             json!({
                 "timestamp": at,
@@ -940,11 +958,17 @@ impl Writer {
         let seq = match self.next_event_seq.get(&event.run_id) {
             Some(seq) => *seq,
             None => {
-                let last: i64 = self
-                    .conn
-                    .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?1")
-                    .and_then(|mut stmt| stmt.query_row([&event.run_id], |row| row.get(0)))
-                    .map_err(self.sqlite("numbering an event"))?;
+                let rows = self
+                    .db
+                    .query(
+                        "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?1",
+                        &[(&event.run_id).into()],
+                    )
+                    .map_err(self.failed("numbering an event"))?;
+                let last = match rows.first().and_then(|row| row.first()) {
+                    Some(SqlValue::Int(n)) => *n,
+                    _ => 0,
+                };
                 last + 1
             }
         };
@@ -953,22 +977,20 @@ impl Writer {
             what: "an event payload",
             source,
         })?;
-        self.conn
-            .prepare_cached(
+        self.db
+            .execute(
                 "INSERT INTO events (run_id, seq, at, agent_id, kind, payload)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                &[
+                    (&event.run_id).into(),
+                    seq.into(),
+                    text(&at),
+                    event.agent_id.as_ref().into(),
+                    text(&event.kind),
+                    payload.into(),
+                ],
             )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    event.run_id,
-                    seq,
-                    at,
-                    event.agent_id,
-                    event.kind,
-                    payload
-                ])
-            })
-            .map_err(self.sqlite("recording an event"))?;
+            .map_err(self.failed("recording an event"))?;
         self.next_event_seq.insert(event.run_id.clone(), seq + 1);
         Ok(self.log.is_some().then(|| {
             json!({

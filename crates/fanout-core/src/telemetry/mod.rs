@@ -170,13 +170,14 @@ impl Exporter {
         &self.url
     }
 
-    /// Send the spans of run `run_id` of the store in `repo`.
+    /// Send the spans of run `run_id` of `repo`, recorded in `store`.
     pub async fn export_run(
         &self,
         repo: &Path,
+        store: &crate::store::StoreLocation,
         run_id: &RunId,
     ) -> Result<Exported, TelemetryError> {
-        let records = read_records(repo, run_id)?;
+        let records = read_records(repo, store, run_id)?;
         let spans = spans::spans(&records, SystemTime::now());
         let trace_id = trace_id(run_id.as_str());
         let mut requests = 0;
@@ -243,8 +244,12 @@ impl Exporter {
 }
 
 /// The records of run `run_id` that become spans.
-pub fn read_records(repo: &Path, run_id: &RunId) -> Result<RunRecords, TelemetryError> {
-    let reader = StoreReader::open_in_repo(repo)?;
+pub fn read_records(
+    repo: &Path,
+    store: &crate::store::StoreLocation,
+    run_id: &RunId,
+) -> Result<RunRecords, TelemetryError> {
+    let reader = StoreReader::open_at(store)?;
     let run = reader
         .run_summary(run_id)?
         .ok_or_else(|| TelemetryError::UnknownRun {

@@ -137,7 +137,7 @@ pub(super) async fn end_run(
 /// `fanout show` report it.
 pub(super) fn run_totals(ctx: &Ctx) -> Totals {
     let mut totals = std::mem::take(&mut *lock(&ctx.totals));
-    if let Ok(Some(run)) = crate::store::StoreReader::open(ctx.store.path())
+    if let Ok(Some(run)) = crate::store::StoreReader::open_at(ctx.store.location())
         .and_then(|reader| reader.run_summary(&ctx.run_id))
     {
         totals.input_tokens = run.agents.input_tokens;

@@ -196,7 +196,7 @@ async fn replay(
     }
     let (done, failed, _) = ledger.counts();
     replayed.items_already_settled = done + failed;
-    if let Ok(reader) = StoreReader::open_in_repo(root)
+    if let Ok(reader) = StoreReader::open_at(store.location())
         && let Ok(rows) = reader.agent_runs(run_id)
     {
         for row in rows {

@@ -77,6 +77,8 @@ pub struct EngineInputs {
     pub plan_hash: Option<String>,
     pub config_path: Option<PathBuf>,
     pub repo: PathBuf,
+    /// The run store the run is recorded in (`<repo>/.fanout/fanout.db` unless `--store`).
+    pub store: crate::store::StoreLocation,
     pub run_id: RunId,
     pub fleet: Fleet,
     pub sandbox: SandboxConfig,

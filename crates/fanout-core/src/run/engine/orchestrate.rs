@@ -36,7 +36,7 @@ pub(super) async fn run_engine(
 ) -> Result<RunOutcome, EngineError> {
     let started = tokio::time::Instant::now();
     check_inputs(&inputs)?;
-    let store = Store::open_in_repo(&inputs.repo)?;
+    let store = Store::open_at(&inputs.store)?;
     let mut on_event = recorded(store.clone(), inputs.run_id.clone(), on_event);
     attach_log(&inputs, &store).await?;
     if resuming {
@@ -152,7 +152,7 @@ async fn record_run(
     base_commit: &str,
 ) -> Result<(), EngineError> {
     let known = resuming
-        && StoreReader::open_in_repo(&inputs.repo)?
+        && StoreReader::open_at(&inputs.store)?
             .run(&inputs.run_id)?
             .is_some();
     if known {
@@ -336,7 +336,7 @@ async fn conclude(
 ) -> Result<RunOutcome, EngineError> {
     let inputs = &shared.inputs;
     shared.store.flush().await?;
-    let counts = StoreReader::open_in_repo(&inputs.repo)?
+    let counts = StoreReader::open_at(&inputs.store)?
         .run_summary(&inputs.run_id)?
         .map(|summary| summary.agents)
         .unwrap_or_default();

@@ -47,7 +47,7 @@ pub(super) async fn prepare_resume(
     inputs: &EngineInputs,
     store: &Store,
 ) -> Result<ResumeState, EngineError> {
-    let reader = StoreReader::open_in_repo(&inputs.repo)?;
+    let reader = StoreReader::open_at(&inputs.store)?;
     let rows = reader.agent_runs(&inputs.run_id)?;
     let mut state = state_from_rows(inputs, &rows);
     // Pre-images in the store (this build), else in manifest files (earlier builds).

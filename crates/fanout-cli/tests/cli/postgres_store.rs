@@ -1,0 +1,202 @@
+//! `--store postgres://…`: the quickstart run live with `--sim` into a PostgreSQL database,
+//! then `runs`, `show` and `report` reading it back from there, agreeing with the run's
+//! closing report, and nothing written to the repository's `.fanout/fanout.db`. Runs when
+//! `FANOUT_TEST_POSTGRES_URL` names a server (`scripts/with-postgres.sh`; required under CI).
+
+use super::*;
+
+/// A database of its own on the test server, dropped afterwards; `None` without a server.
+struct Database {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl Database {
+    fn create() -> Option<Database> {
+        let Ok(admin) = std::env::var("FANOUT_TEST_POSTGRES_URL") else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "FANOUT_TEST_POSTGRES_URL is unset under CI: run the tests through scripts/with-postgres.sh"
+            );
+            eprintln!("skipping: FANOUT_TEST_POSTGRES_URL is unset");
+            return None;
+        };
+        let name = format!("fanout_cli_{}", std::process::id());
+        let mut client = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
+        // One statement each: CREATE DATABASE cannot share a transaction.
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .unwrap();
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        let url = fanout_core::store::PostgresUrl::parse(&admin)
+            .unwrap()
+            .with_database(&name)
+            .unwrap()
+            .connection_string()
+            .to_owned();
+        Some(Database { admin, name, url })
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+            let _ = client.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+/// The number after `label` in `text` (`Attempts: 9;` → 9).
+fn number_after(text: &str, label: &str) -> u64 {
+    let start = text
+        .find(label)
+        .unwrap_or_else(|| panic!("no {label:?} in {text}"))
+        + label.len();
+    text[start..]
+        .chars()
+        .skip_while(|c| *c == ' ')
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_quickstart_runs_on_a_postgres_store_and_reads_back_from_it() {
+    let Some(database) = Database::create() else {
+        return;
+    };
+    let work = super::reports::quickstart();
+    let repo = work.path().join("repo");
+    let repo_arg = repo.display().to_string();
+    let output = super::reports::run_quickstart(work.path(), &["--store", &database.url]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    let run_id = printed
+        .lines()
+        .find_map(|line| line.strip_prefix("Run ")?.strip_suffix(": completed"))
+        .unwrap_or_else(|| panic!("no completed run in {printed}"))
+        .to_owned();
+    // The closing report names the store the follow-up commands must read.
+    assert!(printed.contains(" --store postgres://"), "{printed}");
+    assert!(
+        !repo.join(".fanout/fanout.db").exists(),
+        "nothing goes to the SQLite file"
+    );
+
+    // `fanout runs`: the run, with the counts the closing report printed.
+    let runs = fanout_in(
+        work.path(),
+        &[
+            "runs",
+            "--repo",
+            &repo_arg,
+            "--store",
+            &database.url,
+            "--json",
+        ],
+    );
+    assert_eq!(runs.status.code(), Some(0), "{runs:?}");
+    let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).unwrap();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let run = &runs[0];
+    assert_eq!(run["run_id"], run_id.as_str());
+    assert_eq!(run["status"], "completed");
+    assert!(run["simulated"].is_null() || run["simulated"] == true);
+    let agents = &run["agents"];
+    assert_eq!(
+        printed
+            .lines()
+            .find(|line| line.starts_with("Agents: "))
+            .unwrap(),
+        format!(
+            "Agents: {} succeeded (of {})",
+            agents["success"], agents["planned"]
+        )
+    );
+    assert_eq!(
+        number_after(&printed, "Attempts:"),
+        agents["attempts"].as_u64().unwrap()
+    );
+    assert_eq!(
+        number_after(&printed, "tool calls:"),
+        agents["tool_calls"].as_u64().unwrap()
+    );
+    assert_eq!(
+        number_after(&printed, "denied requests:"),
+        agents["denials"].as_u64().unwrap()
+    );
+    let dollars = agents["dollars"].as_f64().unwrap();
+    assert!(
+        printed.contains(&format!("cost ${dollars:.2}")),
+        "{printed}"
+    );
+    assert!(dollars > 0.0);
+
+    // `fanout show`: every attempt, from PostgreSQL.
+    let show = fanout_in(
+        work.path(),
+        &[
+            "show",
+            &run_id,
+            "--repo",
+            &repo_arg,
+            "--store",
+            &database.url,
+            "--json",
+        ],
+    );
+    assert_eq!(show.status.code(), Some(0), "{show:?}");
+    let detail: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    let attempts = detail["agent_runs"].as_array().unwrap();
+    assert_eq!(attempts.len() as u64, agents["attempts"].as_u64().unwrap());
+    assert!(
+        attempts.iter().all(|a| a["status"] == "success"),
+        "{detail}"
+    );
+    let labels: Vec<&str> = detail["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        (labels.first(), labels.last()),
+        (Some(&"base"), Some(&"final")),
+        "{labels:?}"
+    );
+    let total: u64 = attempts
+        .iter()
+        .map(|a| a["token_count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, run["total_tokens"].as_u64().unwrap());
+
+    // `fanout report`, with the store from FANOUT_STORE this time.
+    let report = Command::new(env!("CARGO_BIN_EXE_fanout"))
+        .args(["report", &run_id, "--repo", &repo_arg])
+        .env("FANOUT_STORE", &database.url)
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    assert_eq!(report.status.code(), Some(0), "{report:?}");
+    let page = repo
+        .canonicalize()
+        .unwrap()
+        .join(".fanout/runs")
+        .join(&run_id)
+        .join("report.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains(&run_id));
+
+    // Without --store the repository's own (empty) store answers: the run is not there.
+    let local = fanout_in(work.path(), &["runs", "--repo", &repo_arg, "--json"]);
+    assert_eq!(String::from_utf8_lossy(&local.stdout).trim(), "[]");
+    assert!(!repo.join(".fanout/fanout.db").exists());
+}
