@@ -49,7 +49,7 @@ pub struct PostgresDb {
 
 enum Owner {
     Thread(mpsc::Sender<Call>),
-    Here(std::cell::RefCell<Conn>),
+    Here(Box<std::cell::RefCell<Conn>>),
 }
 
 /// The client and its prepared statements.
@@ -103,7 +103,7 @@ impl PostgresDb {
         let user = config.get_user().unwrap_or("(default)").to_owned();
         match config.connect(NoTls) {
             Ok(client) => Ok(PostgresDb {
-                conn: Owner::Here(std::cell::RefCell::new(Conn::new(client))),
+                conn: Owner::Here(Box::new(std::cell::RefCell::new(Conn::new(client)))),
             }),
             Err(source) => Err(StoreError::Connect {
                 target: url.target().to_owned(),
