@@ -752,6 +752,7 @@ async fn spent_and_observed_usage(fresh: Fresh) {
         cache_saved: 0.125,
         tries: Some(1),
         rate_wait_ms: None,
+        rate_limited: None,
     };
     for run in ["sim", "real"] {
         // `done` finished after two calls; `busy` is in flight with two calls on attempt 2.
