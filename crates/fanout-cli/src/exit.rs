@@ -4,9 +4,9 @@
 //! |---|---|
 //! | 0 | success: a clean plan, or a run that completed |
 //! | 1 | the plan has permission violations |
-//! | 2 | invalid workflow file, arguments, or unknown run |
+//! | 2 | invalid workflow file, arguments (a `--store` that names no usable store), or unknown run |
 //! | 3 | planning failed (no usable plan, provider error, unreadable or edited plan file) |
-//! | 4 | not ready for a live run (dirty tree, another live run holds the repository, …) |
+//! | 4 | not ready (dirty tree, another live run holds the repository, a model API or PostgreSQL store that cannot be reached, …) |
 //! | 5 | partial: some agents or items failed, were not run, or a change left every scope |
 //! | 6 | failed: no agent or item succeeded |
 //! | 7 | tests failed: every agent succeeded, the verification command did not |
@@ -69,8 +69,9 @@ impl Exit {
 
 impl Exit {
     /// The exit of an error no command handled itself: core's error classes where the chain
-    /// has one (a model API that cannot be reached is "not ready", a scenario that does not
-    /// load is an invalid argument), else internal.
+    /// has one (a model API or a shared run store that cannot be reached is "not ready", a
+    /// scenario that does not load or a `--store` that names no store is an invalid argument),
+    /// else internal.
     pub fn of_error(error: &anyhow::Error) -> Exit {
         use fanout_core::backend::BackendError;
         for cause in error.chain() {
@@ -79,6 +80,18 @@ impl Exit {
                     BackendError::Api { .. } | BackendError::Sim(_) => Exit::NotReady,
                     BackendError::Scenario { .. } => Exit::Config,
                 };
+            }
+            if let Some(store) = cause.downcast_ref::<fanout_core::store::StoreError>() {
+                use fanout_core::store::StoreError;
+                match store {
+                    // `--store` / FANOUT_STORE names no store fanout can use.
+                    StoreError::InvalidLocation { .. } | StoreError::TlsUnsupported { .. } => {
+                        return Exit::Config;
+                    }
+                    // The shared store is down or refuses us: nothing ran.
+                    StoreError::Connect { .. } => return Exit::NotReady,
+                    _ => {}
+                }
             }
             if let Some(launch) = cause.downcast_ref::<fanout_core::run::launch::LaunchError>() {
                 use fanout_core::run::launch::LaunchErrorKind;

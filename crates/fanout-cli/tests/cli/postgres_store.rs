@@ -200,3 +200,43 @@ fn the_quickstart_runs_on_a_postgres_store_and_reads_back_from_it() {
     assert_eq!(String::from_utf8_lossy(&local.stdout).trim(), "[]");
     assert!(!repo.join(".fanout/fanout.db").exists());
 }
+
+/// A `--store` that names no usable store is an argument error (exit 2); a PostgreSQL store
+/// that cannot be reached means the command is not ready (exit 4). Neither leaves a SQLite
+/// file behind, and the password in the URL is never printed.
+#[test]
+fn a_store_location_that_cannot_be_used_says_why_and_exits_by_class() {
+    let repo = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let cases = [
+        (
+            "mysql://db.example/runs".to_owned(),
+            2,
+            "is not a run store location",
+        ),
+        (
+            format!("postgres://fanout@127.0.0.1:{port}/runs?sslmode=require"),
+            2,
+            "sslmode=require asks for TLS",
+        ),
+        (
+            format!("postgres://fanout:hunter2secret@127.0.0.1:{port}/runs"),
+            4,
+            "cannot reach the PostgreSQL run store at 127.0.0.1",
+        ),
+    ];
+    for (store, code, says) in cases {
+        for args in [vec!["runs"], vec!["show", "20260101T000000Z-000000"]] {
+            let mut args = args.clone();
+            args.extend(["--store", store.as_str()]);
+            let output = fanout(&args, repo.path());
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+            assert!(stderr.contains(says), "{args:?}: {stderr}");
+            assert!(!stderr.contains("hunter2secret"), "{stderr}");
+        }
+    }
+    assert!(!repo.path().join(".fanout/fanout.db").exists());
+}
