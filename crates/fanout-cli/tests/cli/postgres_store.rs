@@ -236,6 +236,12 @@ fn a_store_location_that_cannot_be_used_says_why_and_exits_by_class() {
             assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
             assert!(stderr.contains(says), "{args:?}: {stderr}");
             assert!(!stderr.contains("hunter2secret"), "{stderr}");
+            // Each cause said once.
+            assert_eq!(
+                stderr.matches("error connecting to server").count(),
+                usize::from(code == 4),
+                "{stderr}"
+            );
         }
     }
     assert!(!repo.path().join(".fanout/fanout.db").exists());

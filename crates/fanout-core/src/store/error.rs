@@ -17,12 +17,17 @@ pub enum StoreError {
     },
     #[error("cannot open the run store {store}: {source}")]
     Open { store: String, source: DbError },
-    #[error("cannot reach the PostgreSQL run store at {target} (user {user}): {source}")]
+    #[error(
+        "cannot reach the PostgreSQL run store at {target} (user {user}): {}",
+        chain_text(.error)
+    )]
     Connect {
         /// `host:port/dbname`.
         target: String,
         user: String,
-        source: postgres::Error,
+        /// Said in the message with its causes, not chained: the client's own message is
+        /// only "error connecting to server", and printing the chain repeated it.
+        error: postgres::Error,
     },
     #[error("{location} is not a run store location: {reason}")]
     InvalidLocation { location: String, reason: String },
@@ -113,4 +118,19 @@ pub enum StoreError {
         what: &'static str,
         source: serde_json::Error,
     },
+}
+
+/// An error and its causes on one line, each said once (`a: b: c`).
+fn chain_text(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let said = next.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = next.source();
+    }
+    text
 }

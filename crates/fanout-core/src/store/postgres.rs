@@ -105,10 +105,10 @@ impl PostgresDb {
             Ok(client) => Ok(PostgresDb {
                 conn: Owner::Here(Box::new(std::cell::RefCell::new(Conn::new(client)))),
             }),
-            Err(source) => Err(StoreError::Connect {
+            Err(error) => Err(StoreError::Connect {
                 target: url.target().to_owned(),
                 user,
-                source,
+                error,
             }),
         }
     }
@@ -136,10 +136,10 @@ impl PostgresDb {
             Ok(Ok(())) => Ok(PostgresDb {
                 conn: Owner::Thread(calls),
             }),
-            Ok(Err(source)) => Err(StoreError::Connect {
+            Ok(Err(error)) => Err(StoreError::Connect {
                 target: url.target().to_owned(),
                 user,
-                source,
+                error,
             }),
             Err(_) => Err(StoreError::Open {
                 store: url.to_string(),
