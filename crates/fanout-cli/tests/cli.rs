@@ -1059,6 +1059,116 @@ rules:
         (twice, agents as i64 - succeeded)
     }
 
+    /// The same crash on a PostgreSQL store: killed once a quarter of the agents succeeded,
+    /// then `fanout resume --store` finishes it from what PostgreSQL recorded, to the tree an
+    /// uninterrupted run makes, with no agent succeeding twice and nothing in flight.
+    #[test]
+    fn a_run_killed_on_a_postgres_store_resumes_from_it() {
+        let Some(database) = crate::postgres_store::Database::create() else {
+            return;
+        };
+        let mut client = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+        let mut count = |sql: &str| -> i64 {
+            // The tables appear with the run's first record.
+            client
+                .query_opt(sql, &[])
+                .ok()
+                .flatten()
+                .map(|row| row.get(0))
+                .unwrap_or(0)
+        };
+        let work = tempfile::tempdir().unwrap();
+        let scenario = work.path().join("scenario.yaml");
+        std::fs::write(&scenario, SCENARIO).unwrap();
+        let workflow = workflow(work.path(), 50).display().to_string();
+        let plan = plan(work.path(), AGENTS).display().to_string();
+        let scenario = scenario.display().to_string();
+        let store = database.url.clone();
+        let run_args = [
+            "run",
+            workflow.as_str(),
+            "--plan",
+            plan.as_str(),
+            "--scenario",
+            scenario.as_str(),
+            "--sim-latency-ms",
+            "10",
+            "--store",
+            store.as_str(),
+        ];
+        let clean = repository(AGENTS);
+        let output = fanout(&run_args[..8], clean.path());
+        assert_eq!(output.status.code(), Some(0), "{output:?}");
+        let expected = tree(clean.path());
+
+        let repo = repository(AGENTS);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fanout"))
+            .args(run_args)
+            .arg("--repo")
+            .arg(repo.path())
+            .env_remove("ANTHROPIC_API_KEY")
+            .env_remove("ANTHROPIC_BASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let quarter = (AGENTS / 4) as i64;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while count("SELECT COUNT(*) FROM agent_runs WHERE status = 'success'") < quarter {
+            assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+            assert!(Instant::now() < deadline, "no progress");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let run_id: String = postgres::Client::connect(&database.url, postgres::NoTls)
+            .unwrap()
+            .query_one("SELECT run_id FROM runs", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            count("SELECT COUNT(*) FROM runs WHERE status = 'running'"),
+            1,
+            "killed mid-run"
+        );
+
+        let output = fanout(
+            &[
+                "resume",
+                &run_id,
+                "--scenario",
+                &scenario,
+                "--store",
+                &store,
+            ],
+            repo.path(),
+        );
+        assert_eq!(output.status.code(), Some(0), "{output:?}");
+        assert_eq!(tree(repo.path()), expected, "the final tree differs");
+        assert!(!repo.path().join(".fanout/fanout.db").exists());
+        assert_eq!(
+            count(
+                "SELECT COUNT(*) FROM (SELECT agent_id FROM agent_runs WHERE status = 'success'
+                 GROUP BY agent_id HAVING COUNT(*) > 1) twice"
+            ),
+            0,
+            "an agent succeeded twice"
+        );
+        assert_eq!(
+            count("SELECT COUNT(DISTINCT agent_id) FROM agent_runs WHERE status = 'success'"),
+            AGENTS as i64
+        );
+        assert_eq!(
+            count("SELECT COUNT(*) FROM agent_runs WHERE status IS NULL"),
+            0
+        );
+        assert_eq!(
+            count("SELECT COUNT(*) FROM runs WHERE status = 'completed'"),
+            1
+        );
+    }
+
     /// Wait for `child` up to `deadline`; `None` if it is still running then.
     fn wait_until(child: &mut Child, deadline: Instant) -> Option<std::process::ExitStatus> {
         loop {

@@ -6,14 +6,14 @@
 use super::*;
 
 /// A database of its own on the test server, dropped afterwards; `None` without a server.
-struct Database {
+pub(crate) struct Database {
     admin: String,
     name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Database {
-    fn create() -> Option<Database> {
+    pub(crate) fn create() -> Option<Database> {
         let Ok(admin) = std::env::var("FANOUT_TEST_POSTGRES_URL") else {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -22,7 +22,12 @@ impl Database {
             eprintln!("skipping: FANOUT_TEST_POSTGRES_URL is unset");
             return None;
         };
-        let name = format!("fanout_cli_{}", std::process::id());
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "fanout_cli_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let mut client = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
         // One statement each: CREATE DATABASE cannot share a transaction.
         client
