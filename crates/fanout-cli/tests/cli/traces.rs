@@ -123,9 +123,10 @@ async fn a_live_run_sends_one_trace_of_genai_spans_to_the_collector() {
         .collect();
     assert_eq!(traces.len(), 1, "{traces:?}");
     assert_eq!(traces.iter().next().unwrap().len(), 32);
+    // A root has no parent id: absent, or empty (OTLP/JSON writes the empty id as "").
     let roots: Vec<&Value> = spans
         .iter()
-        .filter(|span| span.get("parentSpanId").is_none())
+        .filter(|span| span.get("parentSpanId").is_none_or(|id| id == ""))
         .collect();
     assert_eq!(roots.len(), 1);
     let root = roots[0];
@@ -364,5 +365,81 @@ async fn a_live_run_sends_one_trace_of_genai_spans_to_the_collector() {
     assert_eq!(
         spans.len(),
         2 + agents.len() + chats.len() + tools.len() + phases.len() + checkpoints.len()
+    );
+}
+
+/// `fanout run` of the quickstart with `--sim` in a fresh copy, with `OTEL_*` as given (and
+/// no other OTLP setting from the environment of the test).
+async fn run_quickstart_exporting(envs: Vec<(&'static str, String)>) -> std::process::Output {
+    let work = super::reports::quickstart();
+    tokio::task::spawn_blocking(move || {
+        let workflow =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart/workflow.yaml");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fanout"));
+        command
+            .arg("run")
+            .arg(workflow)
+            .arg("--repo")
+            .arg(work.path().join("repo"))
+            .arg("--sim")
+            .current_dir(work.path())
+            .env_remove("ANTHROPIC_API_KEY");
+        for name in [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ] {
+            command.env_remove(name);
+        }
+        command.envs(envs).output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// A collector that refuses the spans, and one that cannot be reached: a warning naming the
+/// collector's status and answer, or the address, and the run's exit code stays 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_or_unreachable_collector_is_a_warning_not_a_failed_run() {
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(|| async {
+            (
+                axum::http::StatusCode::BAD_REQUEST,
+                "spans rejected by policy",
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refusing = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let output =
+        run_quickstart_exporting(vec![("OTEL_EXPORTER_OTLP_ENDPOINT", refusing.clone())]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: traces not sent: the trace collector at {refusing}/v1/traces answered 400: \
+             spans rejected by policy"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("traces sent to"), "{stderr}");
+
+    // A port nobody listens on (bound, then let go).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let unreachable = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let output =
+        run_quickstart_exporting(vec![("OTEL_EXPORTER_OTLP_ENDPOINT", unreachable.clone())]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: traces not sent: cannot send traces to {unreachable}/v1/traces"
+        )),
+        "{stderr}"
     );
 }
