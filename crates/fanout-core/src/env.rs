@@ -18,6 +18,18 @@ pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 pub const OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
 pub const OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL";
 
+/// The OpenTelemetry GenAI instrumentations' opt-in for message content: `true` keeps each
+/// model call's system instructions, input and output messages on its `model_call` event
+/// (in the run store, under `.fanout/`) and puts them on the exported `chat` spans.
+pub const OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT: &str =
+    "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT";
+
+/// Whether model calls' content is kept and exported: the opt-in says `true` (any case).
+pub fn capture_message_content() -> bool {
+    var(OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT)
+        .is_some_and(|value| value.trim().eq_ignore_ascii_case("true"))
+}
+
 /// Default public endpoints, used when no base URL is configured.
 pub const ANTHROPIC_DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
 pub const OPENAI_DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";

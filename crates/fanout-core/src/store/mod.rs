@@ -367,6 +367,10 @@ pub struct ModelCall {
     /// Time queued for the rate governor, when the caller knows it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_wait_ms: Option<u64>,
+    /// What the call sent and received, only with the opt-in
+    /// `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true` (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<crate::provider::genai::CallContent>,
 }
 
 impl ModelCall {

@@ -280,6 +280,7 @@ pub fn read_records(repo: &Path, run_id: &RunId) -> Result<RunRecords, Telemetry
         planning: std::fs::read(crate::layout::planning_file(repo, run_id))
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok()),
+        content: env::capture_message_content(),
     })
 }
 

@@ -33,6 +33,9 @@ pub struct RunRecords {
     /// `planning.json` of the run's directory, when this run planned (not one run from a
     /// reviewed plan file).
     pub planning: Option<Value>,
+    /// Put the model calls' content on the `chat` spans, where the store has it (the opt-in
+    /// `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`, asked again at export).
+    pub content: bool,
 }
 
 /// One span, before it becomes the SDK's span data.
@@ -260,6 +263,18 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
             if let Some(wait) = payload["rate_wait_ms"].as_u64() {
                 attributes.push(("fanout.rate_wait_ms", json!(wait)));
             }
+            // The conventions' structured values, sent as their JSON text (span attributes
+            // hold no maps).
+            let content = &payload["content"];
+            if records.content && content.is_object() {
+                for (key, field) in [
+                    ("gen_ai.system_instructions", "system_instructions"),
+                    ("gen_ai.input.messages", "input_messages"),
+                    ("gen_ai.output.messages", "output_messages"),
+                ] {
+                    attributes.push((key, Value::String(content[field].to_string())));
+                }
+            }
             out.push(Span {
                 span_id: span_id(&format!("{key}/call/{}", event.seq)),
                 parent_span_id: Some(attempt_id),
@@ -482,6 +497,7 @@ mod tests {
             events: vec![call],
             tool_calls: vec![("a".into(), denied)],
             planning: None,
+            content: false,
         }
     }
 

@@ -163,7 +163,8 @@ async fn call_worker(
         ),
         Err(error) => (ChunkOutcome::errored(chunk, error.to_string()), None, None),
     };
-    let (end, cost) = end_record(ctx, chunk, attempt, response, &outcome, error);
+    let exchange = response.map(|response| (Some(&request), response));
+    let (end, cost) = end_record(ctx, chunk, attempt, exchange, &outcome, error);
     ends.push(end);
     if matches!(result, Err(FleetError::Cancelled { .. })) {
         return None;
