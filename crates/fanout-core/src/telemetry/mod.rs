@@ -165,9 +165,11 @@ impl Exporter {
                 .map(|base| format!("{}/v1/metrics", base.trim_end_matches('/')))
         });
         let mut exporter = Exporter::new(url, headers, service_name)?.protocol(protocol);
+        if metrics_url.is_some() {
+            exporter.metrics_protocol =
+                Protocol::from_env_for(env::OTEL_EXPORTER_OTLP_METRICS_PROTOCOL)?;
+        }
         exporter.metrics_url = metrics_url;
-        exporter.metrics_protocol =
-            Protocol::from_env_for(env::OTEL_EXPORTER_OTLP_METRICS_PROTOCOL)?;
         Ok(Some(exporter))
     }
 
@@ -198,12 +200,6 @@ impl Exporter {
     pub fn protocol(mut self, protocol: Protocol) -> Exporter {
         self.protocol = protocol;
         self.metrics_protocol = protocol;
-        self
-    }
-
-    /// The same exporter, sending metrics to `url` too.
-    pub fn metrics_url(mut self, url: String) -> Exporter {
-        self.metrics_url = Some(url);
         self
     }
 
