@@ -667,73 +667,92 @@ fn wire_parts(content: &Value) -> Vec<String> {
     }
 }
 
+/// What an exchange the simulator recorded sent and got back: the system prompt's parts, the
+/// messages and the answer, normalized.
+type Content = (Vec<String>, Vec<String>, Vec<String>);
+
+fn exchange_content(exchange: &Value) -> Content {
+    let request = &exchange["request"];
+    let system = match &request["system"] {
+        Value::String(text) => vec![text.clone()],
+        Value::Null => Vec::new(),
+        blocks => blocks
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["text"].as_str().unwrap().to_owned())
+            .collect(),
+    };
+    let messages = request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| normalized(m["role"].as_str().unwrap(), wire_parts(&m["content"])))
+        .collect();
+    let answer = vec![normalized(
+        "assistant",
+        wire_parts(&exchange["response"]["content"]),
+    )];
+    (system, messages, answer)
+}
+
+/// The same from a `chat` span's GenAI attributes.
+fn span_content(chat: &HashMap<String, Value>) -> Content {
+    let system: Value =
+        serde_json::from_str(chat["gen_ai.system_instructions"].as_str().unwrap()).unwrap();
+    let system = system
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|part| {
+            assert_eq!(part["type"], "text");
+            part["content"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let messages = genai_messages(chat["gen_ai.input.messages"].as_str().unwrap());
+    let output: Value =
+        serde_json::from_str(chat["gen_ai.output.messages"].as_str().unwrap()).unwrap();
+    assert!(
+        ["stop", "tool_call"].contains(&output[0]["finish_reason"].as_str().unwrap()),
+        "{output}"
+    );
+    (system, messages, genai_messages(&output.to_string()))
+}
+
+/// Each chat span's content is one of `sent`, a different one each.
+fn assert_each_chat_is_an_exchange(chats: &[HashMap<String, Value>], sent: &[Content]) {
+    let mut matched = vec![false; sent.len()];
+    for chat in chats {
+        let content = span_content(chat);
+        let index = sent
+            .iter()
+            .position(|exchange| *exchange == content)
+            .unwrap_or_else(|| panic!("no exchange sent {content:?}"));
+        assert!(!matched[index], "two spans for one exchange");
+        matched[index] = true;
+    }
+}
+
 /// With `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true`: each `chat` span carries the
 /// system instructions, the messages and the answer of its call in the conventions' shape,
 /// and they are exactly what the simulator received and sent back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_opt_in_chat_spans_carry_exactly_the_messages_sent_and_received() {
     let (work, received, exchanges) = content_run(true).await;
-    // The agents' exchanges (they offer report_result), as (system, messages) → answer.
-    let mut sent: Vec<(Vec<String>, Vec<String>, Vec<String>)> = Vec::new();
-    for exchange in &exchanges {
-        let request = &exchange["request"];
-        let agent = request["tools"]
-            .as_array()
-            .is_some_and(|tools| tools.iter().any(|t| t["name"] == "report_result"));
-        if !agent || exchange["status"] != 200 {
-            continue;
-        }
-        let system = match &request["system"] {
-            Value::String(text) => vec![text.clone()],
-            blocks => blocks
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| b["text"].as_str().unwrap().to_owned())
-                .collect(),
-        };
-        let messages = request["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| normalized(m["role"].as_str().unwrap(), wire_parts(&m["content"])))
-            .collect();
-        let answer = vec![normalized(
-            "assistant",
-            wire_parts(&exchange["response"]["content"]),
-        )];
-        sent.push((system, messages, answer));
-    }
+    // The agents' exchanges (they offer report_result).
+    let sent: Vec<Content> = exchanges
+        .iter()
+        .filter(|exchange| {
+            exchange["status"] == 200
+                && exchange["request"]["tools"]
+                    .as_array()
+                    .is_some_and(|tools| tools.iter().any(|t| t["name"] == "report_result"))
+        })
+        .map(exchange_content)
+        .collect();
     let chats = chat_spans(&received);
     assert_eq!(chats.len(), sent.len(), "one chat span per agent call");
-    let mut matched = vec![false; sent.len()];
-    for chat in &chats {
-        let system: Value =
-            serde_json::from_str(chat["gen_ai.system_instructions"].as_str().unwrap()).unwrap();
-        let system: Vec<String> = system
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|part| {
-                assert_eq!(part["type"], "text");
-                part["content"].as_str().unwrap().to_owned()
-            })
-            .collect();
-        let messages = genai_messages(chat["gen_ai.input.messages"].as_str().unwrap());
-        let output: Value =
-            serde_json::from_str(chat["gen_ai.output.messages"].as_str().unwrap()).unwrap();
-        assert!(
-            ["stop", "tool_call"].contains(&output[0]["finish_reason"].as_str().unwrap()),
-            "{output}"
-        );
-        let answer = genai_messages(&output.to_string());
-        let index = sent
-            .iter()
-            .position(|exchange| *exchange == (system.clone(), messages.clone(), answer.clone()))
-            .unwrap_or_else(|| panic!("no exchange sent {messages:?} → {answer:?}"));
-        assert!(!matched[index], "two spans for one exchange");
-        matched[index] = true;
-    }
+    assert_each_chat_is_an_exchange(&chats, &sent);
     // And the store keeps it (under .fanout/, which git ignores).
     let repo = work.path().join("repo");
     let reader = fanout_core::store::StoreReader::open_in_repo(&repo).unwrap();
@@ -753,4 +772,57 @@ async fn with_the_opt_in_chat_spans_carry_exactly_the_messages_sent_and_received
             .iter()
             .any(|(_, bytes)| String::from_utf8_lossy(bytes).contains(PROMPT_TAIL))
     );
+}
+
+/// An item run with the opt-in: each worker call's `chat` span carries what the simulator
+/// received and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_opt_in_item_workers_chat_spans_carry_their_exchange() {
+    let (endpoint, received) = json_collector().await;
+    let dir = tempfile::tempdir().unwrap();
+    super::item_inputs::tickets(dir.path(), 12, &[]);
+    let workflow = super::item_inputs::ticket_workflow(dir.path(), 5, "");
+    let record = dir.path().join("exchanges.jsonl");
+    let output = tokio::task::spawn_blocking({
+        let (dir, record) = (dir.path().to_path_buf(), record.clone());
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_fanout"))
+                .arg("run")
+                .arg(workflow)
+                .arg("--sim")
+                .arg("--sim-record")
+                .arg(record)
+                .current_dir(&dir)
+                .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+                .env("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let exchanges: Vec<Content> = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|exchange| exchange["status"] == 200)
+        .map(|exchange| exchange_content(&exchange))
+        .collect();
+    let received = received.lock().unwrap().clone();
+    let chats = chat_spans(&received);
+    assert_eq!(chats.len(), 3, "one call per chunk of 5 of 12 items");
+    for chat in &chats {
+        assert!(
+            chat["gen_ai.input.messages"]
+                .as_str()
+                .unwrap()
+                .contains("<item id="),
+            "{chat:?}"
+        );
+    }
+    assert_each_chat_is_an_exchange(&chats, &exchanges);
 }
