@@ -4,7 +4,9 @@
 //! (agent i owns file i), and a simulator scenario in which every agent takes `--turns` model
 //! turns with tool calls (read its file, list its scope, write its file, then report). The
 //! simulator runs as a child process, so this process's CPU time and peak RSS are the
-//! engine's: scheduler, agents, tools, run store, checkpoints, scope check and synthesis.
+//! engine's: scheduler, agents, tools, run store, checkpoints, scope check and synthesis. Like
+//! `fanout run`, it then exports the run's traces when `OTEL_EXPORTER_OTLP_ENDPOINT` is set
+//! (timed apart, and within the wall time and CPU reported).
 //!
 //! The bill: dollars as the run store counts them (cache writes and reads at their prices) and
 //! the simulator's cache counters. `--no-cache` sets `workflow.prompt_caching: false`, so two
@@ -96,6 +98,10 @@ struct RunBenchReport {
     failed_or_rolled_back: usize,
     not_run: usize,
     makespan_s: f64,
+    /// The traces' export after the run (`OTEL_EXPORTER_OTLP_ENDPOINT`; ~0 without it).
+    export_s: f64,
+    /// Run and export: what `fanout run` takes.
+    wall_s: f64,
     critical_path_s: f64,
     rate_floor_s: Option<f64>,
     floor_s: f64,
@@ -193,6 +199,8 @@ pub async fn run(args: BenchRunArgs) -> anyhow::Result<ExitCode> {
         .as_ref()
         .map(|saved| saved.run_id.clone())
         .unwrap_or_else(|| plan::RunId::new(SystemTime::now()));
+    let traced_run = run_id.clone();
+    let store = args.store.location(&repo)?;
     let inputs = EngineInputs {
         config: Arc::new(config),
         plan: prepared.validation.plan.clone(),
@@ -207,7 +215,7 @@ pub async fn run(args: BenchRunArgs) -> anyhow::Result<ExitCode> {
         plan_hash: None,
         config_path: Some(workflow.clone()),
         repo: repo.clone(),
-        store: args.store.location(&repo)?,
+        store: store.clone(),
         run_id,
         fleet: fleet.clone(),
         sandbox: SandboxConfig::default(),
@@ -224,6 +232,11 @@ pub async fn run(args: BenchRunArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("the run failed")?;
     let makespan = started.elapsed().as_secs_f64();
+    // What `fanout run` does once a run ends: its traces, when the environment names a
+    // collector (nothing otherwise), timed as part of the run's wall time.
+    let exporting = tokio::time::Instant::now();
+    crate::traces::export(&repo, &store, &traced_run).await;
+    let export = exporting.elapsed().as_secs_f64();
     let resources = usage::current();
     let server = sim.stats().await.ok();
     let server_count = |key: &str| {
@@ -252,6 +265,8 @@ pub async fn run(args: BenchRunArgs) -> anyhow::Result<ExitCode> {
         failed_or_rolled_back: outcome.failed + outcome.rolled_back,
         not_run: outcome.not_run,
         makespan_s: makespan,
+        export_s: export,
+        wall_s: makespan + export,
         critical_path_s: critical_path,
         rate_floor_s: rate_floor,
         floor_s: floor,
@@ -263,7 +278,7 @@ pub async fn run(args: BenchRunArgs) -> anyhow::Result<ExitCode> {
         files_changed: outcome.files_changed,
         out_of_scope: outcome.out_of_scope.len(),
         cpu_s: resources.cpu().as_secs_f64(),
-        cores_used: resources.cpu().as_secs_f64() / makespan.max(1e-9),
+        cores_used: resources.cpu().as_secs_f64() / (makespan + export).max(1e-9),
         peak_rss_mib: resources.peak_rss_kib as f64 / 1024.0,
         prompt_caching: !args.no_cache,
         dollars: outcome.dollars,
@@ -304,6 +319,10 @@ fn print_report(r: &RunBenchReport) {
         r.status, r.succeeded, r.failed_or_rolled_back, r.not_run
     );
     println!("  makespan            {:.2} s", r.makespan_s);
+    println!(
+        "  traces export       {:.3} s (run and export {:.2} s)",
+        r.export_s, r.wall_s
+    );
     println!("  critical path       {:.2} s", r.critical_path_s);
     if let Some(rate) = r.rate_floor_s {
         println!("  rate floor          {rate:.2} s");

@@ -29,8 +29,8 @@
 //! - [`items`]: item work: inputs, chunking, worker prompts and answer accounting, aggregation,
 //!   outputs, and the item runner (online or batch).
 //! - [`report`]: one run as a self-contained HTML page (`fanout report`), from the store and
-//!   the run's files; [`telemetry`]: the same records as OpenTelemetry GenAI spans over
-//!   OTLP/HTTP JSON.
+//!   the run's files; [`telemetry`]: the same records as OpenTelemetry GenAI spans and
+//!   metrics, sent over OTLP/HTTP by the official exporter.
 //!
 //! `docs/architecture.md` draws the data flow of one run.
 //!

@@ -123,9 +123,10 @@ async fn a_live_run_sends_one_trace_of_genai_spans_to_the_collector() {
         .collect();
     assert_eq!(traces.len(), 1, "{traces:?}");
     assert_eq!(traces.iter().next().unwrap().len(), 32);
+    // A root has no parent id: absent, or empty (OTLP/JSON writes the empty id as "").
     let roots: Vec<&Value> = spans
         .iter()
-        .filter(|span| span.get("parentSpanId").is_none())
+        .filter(|span| span.get("parentSpanId").is_none_or(|id| id == ""))
         .collect();
     assert_eq!(roots.len(), 1);
     let root = roots[0];
@@ -365,4 +366,463 @@ async fn a_live_run_sends_one_trace_of_genai_spans_to_the_collector() {
         spans.len(),
         2 + agents.len() + chats.len() + tools.len() + phases.len() + checkpoints.len()
     );
+}
+
+/// `fanout run` of the quickstart with `--sim` in a fresh copy, with `OTEL_*` as given (and
+/// no other OTLP setting from the environment of the test).
+async fn run_quickstart_exporting(envs: Vec<(&'static str, String)>) -> std::process::Output {
+    let work = super::reports::quickstart();
+    tokio::task::spawn_blocking(move || {
+        let workflow =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart/workflow.yaml");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fanout"));
+        command
+            .arg("run")
+            .arg(workflow)
+            .arg("--repo")
+            .arg(work.path().join("repo"))
+            .arg("--sim")
+            .current_dir(work.path())
+            .env_remove("ANTHROPIC_API_KEY");
+        for name in [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ] {
+            command.env_remove(name);
+        }
+        command.envs(envs).output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// A collector that refuses the spans, and one that cannot be reached: a warning naming the
+/// collector's status and answer, or the address, and the run's exit code stays 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_or_unreachable_collector_is_a_warning_not_a_failed_run() {
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(|| async {
+            (
+                axum::http::StatusCode::BAD_REQUEST,
+                "spans rejected by policy",
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refusing = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let output =
+        run_quickstart_exporting(vec![("OTEL_EXPORTER_OTLP_ENDPOINT", refusing.clone())]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: traces not sent: the trace collector at {refusing}/v1/traces answered 400: \
+             spans rejected by policy"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("traces sent to"), "{stderr}");
+
+    // A port nobody listens on (bound, then let go).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let unreachable = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let output =
+        run_quickstart_exporting(vec![("OTEL_EXPORTER_OTLP_ENDPOINT", unreachable.clone())]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: traces not sent: cannot send traces to {unreachable}/v1/traces"
+        )),
+        "{stderr}"
+    );
+}
+
+/// An OTLP/JSON collector on loopback keeping every `/v1/traces` body; metrics are accepted
+/// and dropped.
+async fn json_collector() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let app = axum::Router::new()
+        .route("/v1/metrics", axum::routing::post(|| async { "{}" }))
+        .route(
+            "/v1/traces",
+            axum::routing::post({
+                let received = Arc::clone(&received);
+                move |body: String| async move {
+                    received
+                        .lock()
+                        .unwrap()
+                        .push(serde_json::from_str(&body).unwrap());
+                    "{}"
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (endpoint, received)
+}
+
+fn chat_spans(received: &[Value]) -> Vec<HashMap<String, Value>> {
+    received
+        .iter()
+        .flat_map(|request| {
+            request["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                .as_array()
+                .unwrap()
+                .clone()
+        })
+        .map(|span| attributes(&span))
+        .filter(|attrs| attrs.get("gen_ai.operation.name") == Some(&Value::from("chat")))
+        .collect()
+}
+
+/// The quickstart run `--sim` with a collector, recording what the simulator received
+/// (`--sim-record`); the opt-in set or not. Returns the work directory, the collector's
+/// requests and the recorded exchanges.
+async fn content_run(opt_in: bool) -> (tempfile::TempDir, Vec<Value>, Vec<Value>) {
+    let (endpoint, received) = json_collector().await;
+    let work = super::reports::quickstart();
+    let record = work.path().join("exchanges.jsonl");
+    let output = tokio::task::spawn_blocking({
+        let (dir, record) = (work.path().to_path_buf(), record.clone());
+        move || {
+            let workflow = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../examples/quickstart/workflow.yaml");
+            let mut command = Command::new(env!("CARGO_BIN_EXE_fanout"));
+            command
+                .arg("run")
+                .arg(workflow)
+                .arg("--repo")
+                .arg(dir.join("repo"))
+                .arg("--sim")
+                .arg("--sim-record")
+                .arg(record)
+                .current_dir(&dir)
+                .env_remove("ANTHROPIC_API_KEY")
+                .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .env_remove("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT")
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json");
+            if opt_in {
+                command.env("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true");
+            }
+            command.output().unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("traces sent to"), "{stderr}");
+    let exchanges = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let received = received.lock().unwrap().clone();
+    (work, received, exchanges)
+}
+
+/// Every file under `dir`, as bytes, with its path.
+fn files_under(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+}
+
+/// The user turn every agent's conversation opens with ends with this (the agent loop's
+/// own words), so it is in the content of every agent call and nowhere else.
+const PROMPT_TAIL: &str = "When done, call report_result.";
+
+/// Without the opt-in: not a word of any prompt or answer in the store, the run's directory
+/// or the spans; the same run with it does have them (so the probe can see them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_opt_in_no_message_content_is_kept_or_exported() {
+    let (work, received, exchanges) = content_run(false).await;
+    // The simulator did receive the words looked for.
+    assert!(
+        exchanges
+            .iter()
+            .any(|exchange| exchange["request"].to_string().contains(PROMPT_TAIL))
+    );
+    let repo = work.path().join("repo");
+    let reader = fanout_core::store::StoreReader::open_in_repo(&repo).unwrap();
+    let run_id = reader.runs().unwrap()[0].run.run_id.clone();
+    let calls: Vec<_> = reader
+        .events(&run_id)
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.kind == "model_call")
+        .collect();
+    assert!(!calls.is_empty());
+    for call in &calls {
+        assert!(call.payload.get("content").is_none(), "{}", call.payload);
+    }
+    let mut files = Vec::new();
+    files_under(&repo.join(".fanout"), &mut files);
+    for (path, bytes) in &files {
+        assert!(
+            !String::from_utf8_lossy(bytes).contains(PROMPT_TAIL),
+            "{} holds prompt text",
+            path.display()
+        );
+    }
+    let chats = chat_spans(&received);
+    assert_eq!(chats.len(), calls.len());
+    for chat in &chats {
+        for key in [
+            "gen_ai.input.messages",
+            "gen_ai.output.messages",
+            "gen_ai.system_instructions",
+        ] {
+            assert!(!chat.contains_key(key), "{key} exported without the opt-in");
+        }
+    }
+    for request in &received {
+        assert!(!request.to_string().contains(PROMPT_TAIL));
+    }
+}
+
+/// A message as `role: [part, …]` with each part as one line of text, whether it comes from
+/// the GenAI conventions' shape (`{role, parts}`) or from the Anthropic wire
+/// (`{role, content}`) the simulator recorded.
+fn normalized(role: &str, parts: Vec<String>) -> String {
+    format!("{role}: {}", parts.join(" | "))
+}
+
+fn genai_messages(text: &str) -> Vec<String> {
+    let messages: Value = serde_json::from_str(text).unwrap();
+    messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| {
+            let parts = message["parts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|part| match part["type"].as_str().unwrap() {
+                    "text" => format!("text {}", part["content"].as_str().unwrap()),
+                    "tool_call" => format!(
+                        "tool_call {} {} {}",
+                        part["id"].as_str().unwrap(),
+                        part["name"].as_str().unwrap(),
+                        part["arguments"]
+                    ),
+                    "tool_call_response" => format!(
+                        "tool_call_response {} {}",
+                        part["id"].as_str().unwrap(),
+                        part["response"].as_str().unwrap()
+                    ),
+                    other => panic!("unexpected part {other}"),
+                })
+                .collect();
+            normalized(message["role"].as_str().unwrap(), parts)
+        })
+        .collect()
+}
+
+fn wire_parts(content: &Value) -> Vec<String> {
+    match content {
+        Value::String(text) => vec![format!("text {text}")],
+        Value::Array(blocks) => blocks
+            .iter()
+            .map(|block| match block["type"].as_str().unwrap() {
+                "text" => format!("text {}", block["text"].as_str().unwrap()),
+                "tool_use" => format!(
+                    "tool_call {} {} {}",
+                    block["id"].as_str().unwrap(),
+                    block["name"].as_str().unwrap(),
+                    block["input"]
+                ),
+                "tool_result" => format!(
+                    "tool_call_response {} {}",
+                    block["tool_use_id"].as_str().unwrap(),
+                    match &block["content"] {
+                        Value::String(text) => text.clone(),
+                        blocks => blocks
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|b| b["text"].as_str().unwrap().to_owned())
+                            .collect::<String>(),
+                    }
+                ),
+                other => panic!("unexpected block {other}"),
+            })
+            .collect(),
+        other => panic!("unexpected content {other}"),
+    }
+}
+
+/// What an exchange the simulator recorded sent and got back: the system prompt's parts, the
+/// messages and the answer, normalized.
+type Content = (Vec<String>, Vec<String>, Vec<String>);
+
+fn exchange_content(exchange: &Value) -> Content {
+    let request = &exchange["request"];
+    let system = match &request["system"] {
+        Value::String(text) => vec![text.clone()],
+        Value::Null => Vec::new(),
+        blocks => blocks
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["text"].as_str().unwrap().to_owned())
+            .collect(),
+    };
+    let messages = request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| normalized(m["role"].as_str().unwrap(), wire_parts(&m["content"])))
+        .collect();
+    let answer = vec![normalized(
+        "assistant",
+        wire_parts(&exchange["response"]["content"]),
+    )];
+    (system, messages, answer)
+}
+
+/// The same from a `chat` span's GenAI attributes.
+fn span_content(chat: &HashMap<String, Value>) -> Content {
+    let system: Value =
+        serde_json::from_str(chat["gen_ai.system_instructions"].as_str().unwrap()).unwrap();
+    let system = system
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|part| {
+            assert_eq!(part["type"], "text");
+            part["content"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let messages = genai_messages(chat["gen_ai.input.messages"].as_str().unwrap());
+    let output: Value =
+        serde_json::from_str(chat["gen_ai.output.messages"].as_str().unwrap()).unwrap();
+    assert!(
+        ["stop", "tool_call"].contains(&output[0]["finish_reason"].as_str().unwrap()),
+        "{output}"
+    );
+    (system, messages, genai_messages(&output.to_string()))
+}
+
+/// Each chat span's content is one of `sent`, a different one each.
+fn assert_each_chat_is_an_exchange(chats: &[HashMap<String, Value>], sent: &[Content]) {
+    let mut matched = vec![false; sent.len()];
+    for chat in chats {
+        let content = span_content(chat);
+        let index = sent
+            .iter()
+            .position(|exchange| *exchange == content)
+            .unwrap_or_else(|| panic!("no exchange sent {content:?}"));
+        assert!(!matched[index], "two spans for one exchange");
+        matched[index] = true;
+    }
+}
+
+/// With `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true`: each `chat` span carries the
+/// system instructions, the messages and the answer of its call in the conventions' shape,
+/// and they are exactly what the simulator received and sent back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_opt_in_chat_spans_carry_exactly_the_messages_sent_and_received() {
+    let (work, received, exchanges) = content_run(true).await;
+    // The agents' exchanges (they offer report_result).
+    let sent: Vec<Content> = exchanges
+        .iter()
+        .filter(|exchange| {
+            exchange["status"] == 200
+                && exchange["request"]["tools"]
+                    .as_array()
+                    .is_some_and(|tools| tools.iter().any(|t| t["name"] == "report_result"))
+        })
+        .map(exchange_content)
+        .collect();
+    let chats = chat_spans(&received);
+    assert_eq!(chats.len(), sent.len(), "one chat span per agent call");
+    assert_each_chat_is_an_exchange(&chats, &sent);
+    // And the store keeps it (under .fanout/, which git ignores).
+    let repo = work.path().join("repo");
+    let reader = fanout_core::store::StoreReader::open_in_repo(&repo).unwrap();
+    let run_id = reader.runs().unwrap()[0].run.run_id.clone();
+    assert!(
+        reader
+            .events(&run_id)
+            .unwrap()
+            .iter()
+            .filter(|event| event.kind == "model_call")
+            .all(|event| event.payload["content"]["input_messages"].is_array())
+    );
+    let mut files = Vec::new();
+    files_under(&repo.join(".fanout"), &mut files);
+    assert!(
+        files
+            .iter()
+            .any(|(_, bytes)| String::from_utf8_lossy(bytes).contains(PROMPT_TAIL))
+    );
+}
+
+/// An item run with the opt-in: each worker call's `chat` span carries what the simulator
+/// received and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_opt_in_item_workers_chat_spans_carry_their_exchange() {
+    let (endpoint, received) = json_collector().await;
+    let dir = tempfile::tempdir().unwrap();
+    super::item_inputs::tickets(dir.path(), 12, &[]);
+    let workflow = super::item_inputs::ticket_workflow(dir.path(), 5, "");
+    let record = dir.path().join("exchanges.jsonl");
+    let output = tokio::task::spawn_blocking({
+        let (dir, record) = (dir.path().to_path_buf(), record.clone());
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_fanout"))
+                .arg("run")
+                .arg(workflow)
+                .arg("--sim")
+                .arg("--sim-record")
+                .arg(record)
+                .current_dir(&dir)
+                .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+                .env("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let exchanges: Vec<Content> = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|exchange| exchange["status"] == 200)
+        .map(|exchange| exchange_content(&exchange))
+        .collect();
+    let received = received.lock().unwrap().clone();
+    let chats = chat_spans(&received);
+    assert_eq!(chats.len(), 3, "one call per chunk of 5 of 12 items");
+    for chat in &chats {
+        assert!(
+            chat["gen_ai.input.messages"]
+                .as_str()
+                .unwrap()
+                .contains("<item id="),
+            "{chat:?}"
+        );
+    }
+    assert_each_chat_is_an_exchange(&chats, &exchanges);
 }

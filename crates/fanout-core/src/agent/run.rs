@@ -53,9 +53,9 @@ pub struct AgentConfig {
     pub prompt_caching: bool,
 }
 
-/// What one model call of an agent used.
+/// What one model call of an agent used, and what it sent and received.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CallUsage {
+pub struct CallUsage<'a> {
     /// The turn, from 1.
     pub turn: u64,
     /// Every input token, cached or not.
@@ -73,11 +73,17 @@ pub struct CallUsage {
     pub rate_limited: u32,
     /// Dollars the prompt cache saved on this call.
     pub cache_saved: f64,
+    /// The system prompt's parts sent (shared rules, then the agent's own), the conversation
+    /// sent and the answer: for a hook that keeps the content (only with the opt-in, see
+    /// [`crate::provider::genai`]).
+    pub system: [Option<&'a str>; 2],
+    pub messages: &'a [Message],
+    pub response: &'a crate::provider::Response,
 }
 
 /// A callback for [`CallUsage`]; it must not block.
 #[derive(Clone)]
-pub struct CallHook(pub Arc<dyn Fn(&CallUsage) + Send + Sync>);
+pub struct CallHook(pub Arc<dyn for<'a> Fn(&CallUsage<'a>) + Send + Sync>);
 
 impl std::fmt::Debug for CallHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -348,6 +354,9 @@ pub async fn run_agent_gated(
                 rate_wait,
                 rate_limited,
                 cache_saved: saved,
+                system: [system.as_deref(), system_agent.as_deref()],
+                messages: &messages,
+                response: &response,
             });
         }
         messages.push(Message::assistant(response.content.clone()));

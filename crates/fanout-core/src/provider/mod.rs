@@ -6,7 +6,8 @@
 //! fleet's requests on the wire in order) and `sse` the server-sent-events
 //! parser both streaming paths use; `headers` reads rate-limit and retry headers. `batch` is
 //! the batch client for both APIs (submit, poll, collect by `custom_id`); `cache` decides where
-//! prompt-caching breakpoints go.
+//! prompt-caching breakpoints go; `genai` writes a call's content in the OpenTelemetry GenAI
+//! conventions' shape.
 //!
 //! Start reading at [`Provider`].
 
@@ -14,6 +15,7 @@ pub mod anthropic;
 pub mod batch;
 pub mod cache;
 pub mod error;
+pub mod genai;
 pub mod headers;
 pub mod http;
 pub mod openai;

@@ -393,6 +393,10 @@ pub struct ModelCall {
     /// Of `tries`, those the server answered with a 429, when the caller knows them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limited: Option<u32>,
+    /// What the call sent and received, only with the opt-in
+    /// `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true` (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<crate::provider::genai::CallContent>,
 }
 
 impl ModelCall {

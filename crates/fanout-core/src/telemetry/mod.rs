@@ -3,21 +3,22 @@
 //! `OTEL_EXPORTER_OTLP_PROTOCOL` (or `…_TRACES_PROTOCOL`) says `http/json`.
 //!
 //! What it owns: turning a run's records in the store into GenAI spans ([`spans`]:
-//! `invoke_workflow` → `invoke_agent` → `chat` / `execute_tool`) and sending them
-//! ([`Exporter`]). The spans are built from the store after the run, not from live
+//! `invoke_workflow` → `invoke_agent` → `chat` / `execute_tool`) and metrics ([`metrics`]),
+//! and handing them to the official crates ([`otlp`]: `opentelemetry_sdk`'s data,
+//! `opentelemetry-otlp`'s HTTP exporters, which encode and send through our own client,
+//! [`transport`]). The spans are built from the store after the run, not from live
 //! instrumentation: the store is the one record of a run, so the report, `fanout show` and the
 //! traces never disagree, and a resumed run's trace holds every attempt of every process.
 //!
-//! Not here: deciding when to export (the caller does, once a run ends) and retries (an
-//! export that fails is reported to the caller, who warns; the run's outcome does not change).
-//! Hand-written encoders ([`spans::request`] for JSON, [`protobuf::request`]) rather than the
-//! `opentelemetry-otlp` crate: that crate pulls a second `reqwest`, `tonic` and `prost` into
-//! the build for what is one fixed message; `scripts/otlp_check.py` parses what fanout sends
-//! with the official `opentelemetry-proto` package.
+//! Not here: deciding when to export (the caller does, once a run ends). An export that fails
+//! (after the exporter's own retries) is reported to the caller as a [`TelemetryError`], who
+//! warns; the run's outcome does not change. `scripts/otlp_check.py` parses what fanout sends
+//! with the official `opentelemetry-proto` Python package.
 
 pub mod metrics;
-pub mod protobuf;
+pub mod otlp;
 pub mod spans;
+pub mod transport;
 
 use crate::ids::RunId;
 use std::path::Path;
@@ -27,6 +28,8 @@ use crate::env;
 use crate::store::{StoreError, StoreReader};
 
 pub use spans::{RunRecords, Span, trace_id};
+
+use transport::{Failure, Transport};
 
 /// Spans per request: a fleet of 1,000 agents makes ~10,000 spans, sent in a few requests.
 pub const SPANS_PER_REQUEST: usize = 2_000;
@@ -48,6 +51,35 @@ pub enum TelemetryError {
     },
     #[error("invalid {name}: {message}")]
     Setting { name: &'static str, message: String },
+    #[error("cannot set up the OTLP exporter for {url}: {source}")]
+    Build {
+        url: String,
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    /// The exporter gave up for a reason of its own (a request too large, its deadline).
+    #[error("the OTLP export to {url} failed: {source}")]
+    Export {
+        url: String,
+        source: opentelemetry_sdk::error::OTelSdkError,
+    },
+    #[error("telemetry is exported from inside a tokio runtime, and there is none")]
+    NoRuntime,
+    #[error("the metrics export task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// The typed error of a failed export: what the transport saw, if it saw a failure.
+fn failed(
+    transport: &Transport,
+    url: &str,
+    source: opentelemetry_sdk::error::OTelSdkError,
+) -> TelemetryError {
+    let url = url.to_owned();
+    match transport.take_failure() {
+        Some(Failure::Refused { status, body }) => TelemetryError::Refused { url, status, body },
+        Some(Failure::Unreachable(source)) => TelemetryError::Send { url, source },
+        None => TelemetryError::Export { url, source },
+    }
 }
 
 /// The OTLP/HTTP encoding.
@@ -62,8 +94,13 @@ pub enum Protocol {
 impl Protocol {
     /// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`, else protobuf.
     pub fn from_env() -> Result<Protocol, TelemetryError> {
-        let (name, value) = match env::var(env::OTEL_EXPORTER_OTLP_TRACES_PROTOCOL) {
-            Some(value) => (env::OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, value),
+        Protocol::from_env_for(env::OTEL_EXPORTER_OTLP_TRACES_PROTOCOL)
+    }
+
+    /// The signal's variable (`signal`), else `OTEL_EXPORTER_OTLP_PROTOCOL`, else protobuf.
+    fn from_env_for(signal: &'static str) -> Result<Protocol, TelemetryError> {
+        let (name, value) = match env::var(signal) {
+            Some(value) => (signal, value),
             None => match env::var(env::OTEL_EXPORTER_OTLP_PROTOCOL) {
                 Some(value) => (env::OTEL_EXPORTER_OTLP_PROTOCOL, value),
                 None => return Ok(Protocol::Protobuf),
@@ -80,13 +117,6 @@ impl Protocol {
             }),
         }
     }
-
-    fn content_type(self) -> &'static str {
-        match self {
-            Protocol::Protobuf => "application/x-protobuf",
-            Protocol::Json => "application/json",
-        }
-    }
 }
 
 /// Where traces go and with which headers.
@@ -97,6 +127,7 @@ pub struct Exporter {
     /// was given.
     metrics_url: Option<String>,
     protocol: Protocol,
+    metrics_protocol: Protocol,
     headers: Vec<(String, String)>,
     service_name: String,
     client: reqwest::Client,
@@ -134,6 +165,10 @@ impl Exporter {
                 .map(|base| format!("{}/v1/metrics", base.trim_end_matches('/')))
         });
         let mut exporter = Exporter::new(url, headers, service_name)?.protocol(protocol);
+        if metrics_url.is_some() {
+            exporter.metrics_protocol =
+                Protocol::from_env_for(env::OTEL_EXPORTER_OTLP_METRICS_PROTOCOL)?;
+        }
         exporter.metrics_url = metrics_url;
         Ok(Some(exporter))
     }
@@ -154,15 +189,17 @@ impl Exporter {
             url,
             metrics_url: None,
             protocol: Protocol::Protobuf,
+            metrics_protocol: Protocol::Protobuf,
             headers,
             service_name,
             client,
         })
     }
 
-    /// The same exporter with another encoding.
+    /// The same exporter with another encoding (traces and metrics).
     pub fn protocol(mut self, protocol: Protocol) -> Exporter {
         self.protocol = protocol;
+        self.metrics_protocol = protocol;
         self
     }
 
@@ -180,66 +217,46 @@ impl Exporter {
         let records = read_records(repo, store, run_id)?;
         let spans = spans::spans(&records, SystemTime::now());
         let trace_id = trace_id(run_id.as_str());
-        let mut requests = 0;
-        for chunk in spans.chunks(SPANS_PER_REQUEST) {
-            let body = match self.protocol {
-                Protocol::Protobuf => protobuf::request(&trace_id, &self.service_name, chunk),
-                Protocol::Json => spans::request(&trace_id, &self.service_name, chunk)
-                    .to_string()
-                    .into_bytes(),
-            };
-            self.post(&self.url, body).await?;
-            requests += 1;
-        }
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| TelemetryError::NoRuntime)?;
+        let resource = otlp::resource(&self.service_name);
+        let transport = Transport::new(self.client.clone(), runtime.clone());
+        let target = otlp::Target {
+            url: &self.url,
+            protocol: self.protocol,
+            headers: &self.headers,
+        };
+        let mut requests = otlp::send_spans(
+            &transport,
+            &target,
+            &resource,
+            trace_id,
+            &spans,
+            SPANS_PER_REQUEST,
+        )
+        .await?;
         let mut metric_series = 0;
         if let Some(url) = &self.metrics_url {
             let metrics = metrics::from_spans(&spans);
             metric_series = metrics.token_usage.len() + metrics.duration.len();
             if metric_series > 0 {
-                let body = match self.protocol {
-                    Protocol::Protobuf => metrics::protobuf_request(&metrics, &self.service_name),
-                    Protocol::Json => metrics::json_request(&metrics, &self.service_name)
-                        .to_string()
-                        .into_bytes(),
+                let transport = Transport::new(self.client.clone(), runtime);
+                let target = otlp::Target {
+                    url,
+                    protocol: self.metrics_protocol,
+                    headers: &self.headers,
                 };
-                self.post(url, body).await?;
+                otlp::send_metrics(&transport, &target, resource, &metrics).await?;
                 requests += 1;
             }
         }
         Ok(Exported {
             url: self.url.clone(),
-            trace_id,
+            trace_id: spans::hex(&trace_id),
             spans: spans.len(),
             requests,
             metric_series,
         })
-    }
-
-    /// POST one encoded request to `url`; a refusal is an error with the collector's answer.
-    async fn post(&self, url: &str, body: Vec<u8>) -> Result<(), TelemetryError> {
-        let mut request = self
-            .client
-            .post(url)
-            .header("content-type", self.protocol.content_type())
-            .body(body);
-        for (name, value) in &self.headers {
-            request = request.header(name, value);
-        }
-        let send = |source| TelemetryError::Send {
-            url: url.to_owned(),
-            source,
-        };
-        let response = request.send().await.map_err(send)?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            return Err(TelemetryError::Refused {
-                url: url.to_owned(),
-                status: status.as_u16(),
-                body: crate::text::cut(&body, 300),
-            });
-        }
-        Ok(())
     }
 }
 
@@ -264,6 +281,7 @@ pub fn read_records(
         planning: std::fs::read(crate::layout::planning_file(repo, run_id))
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok()),
+        content: env::capture_message_content(),
     })
 }
 

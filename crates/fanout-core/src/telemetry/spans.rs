@@ -1,6 +1,4 @@
-//! A run's records as OpenTelemetry spans, in the OTLP/JSON encoding of
-//! `ExportTraceServiceRequest` (lowerCamelCase fields, hex ids, 64-bit integers and
-//! nanosecond times as strings), following the GenAI semantic conventions:
+//! A run's records as OpenTelemetry spans, following the GenAI semantic conventions:
 //!
 //! ```text
 //! invoke_workflow {workflow}          the run (one trace per run)
@@ -13,6 +11,7 @@
 //! twice sends the same spans, which a backend can deduplicate. A model call's event is
 //! written when its answer arrives; its span starts at the end of the step before it in the
 //! same attempt (the attempt's start, the previous call, or a tool call that ended before it).
+//! [`super::otlp`] turns these into the SDK's span data for the OTLP exporter.
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -34,13 +33,16 @@ pub struct RunRecords {
     /// `planning.json` of the run's directory, when this run planned (not one run from a
     /// reviewed plan file).
     pub planning: Option<Value>,
+    /// Put the model calls' content on the `chat` spans, where the store has it (the opt-in
+    /// `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`, asked again at export).
+    pub content: bool,
 }
 
-/// One span, before encoding.
+/// One span, before it becomes the SDK's span data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Span {
-    pub span_id: String,
-    pub parent_span_id: Option<String>,
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
     pub name: String,
     /// 1 internal, 3 client.
     pub kind: u8,
@@ -51,20 +53,27 @@ pub struct Span {
     pub error: Option<String>,
 }
 
-const KIND_INTERNAL: u8 = 1;
-const KIND_CLIENT: u8 = 3;
+pub const KIND_INTERNAL: u8 = 1;
+pub const KIND_CLIENT: u8 = 3;
 
-fn hex(bytes: &[u8]) -> String {
+/// Bytes as lower-case hex, as OTLP/JSON and trace viewers show ids.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The trace id of run `run_id`: 16 bytes, hex.
-pub fn trace_id(run_id: &str) -> String {
-    hex(&Sha256::digest(format!("fanout trace {run_id}").as_bytes())[..16])
+/// The trace id of run `run_id`: 16 bytes.
+pub fn trace_id(run_id: &str) -> [u8; 16] {
+    let digest = Sha256::digest(format!("fanout trace {run_id}").as_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    id
 }
 
-fn span_id(key: &str) -> String {
-    hex(&Sha256::digest(format!("fanout span {key}").as_bytes())[..8])
+fn span_id(key: &str) -> [u8; 8] {
+    let digest = Sha256::digest(format!("fanout span {key}").as_bytes());
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest[..8]);
+    id
 }
 
 fn nanos(at: SystemTime) -> u128 {
@@ -73,18 +82,6 @@ fn nanos(at: SystemTime) -> u128 {
 
 fn time(text: Option<&str>) -> Option<u128> {
     text.and_then(parse_time).map(nanos)
-}
-
-/// One attribute in OTLP/JSON (`AnyValue`): strings, integers (as strings), doubles, booleans.
-fn attribute(key: &str, value: &Value) -> Value {
-    let value = match value {
-        Value::String(text) => json!({ "stringValue": text }),
-        Value::Bool(flag) => json!({ "boolValue": flag }),
-        Value::Number(n) if n.is_i64() || n.is_u64() => json!({ "intValue": n.to_string() }),
-        Value::Number(n) => json!({ "doubleValue": n.as_f64().unwrap_or(0.0) }),
-        other => json!({ "stringValue": other.to_string() }),
-    };
-    json!({ "key": key, "value": value })
 }
 
 /// Every span of the run, root first. `now` closes spans that have no end yet.
@@ -107,7 +104,7 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
         (i + row.input_tokens, o + row.output_tokens)
     });
     out.push(Span {
-        span_id: root_id.clone(),
+        span_id: root_id,
         parent_span_id: None,
         name: format!("invoke_workflow {}", run.workflow),
         kind: KIND_INTERNAL,
@@ -211,8 +208,8 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
             attributes.push(("error.type", json!(status)));
         }
         out.push(Span {
-            span_id: attempt_id.clone(),
-            parent_span_id: Some(root_id.clone()),
+            span_id: attempt_id,
+            parent_span_id: Some(root_id),
             name: format!("invoke_agent {}", row.agent_id),
             kind: KIND_INTERNAL,
             start_unix_nano: start,
@@ -266,9 +263,21 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
             if let Some(wait) = payload["rate_wait_ms"].as_u64() {
                 attributes.push(("fanout.rate_wait_ms", json!(wait)));
             }
+            // The conventions' structured values, sent as their JSON text (span attributes
+            // hold no maps).
+            let content = &payload["content"];
+            if records.content && content.is_object() {
+                for (key, field) in [
+                    ("gen_ai.system_instructions", "system_instructions"),
+                    ("gen_ai.input.messages", "input_messages"),
+                    ("gen_ai.output.messages", "output_messages"),
+                ] {
+                    attributes.push((key, Value::String(content[field].to_string())));
+                }
+            }
             out.push(Span {
                 span_id: span_id(&format!("{key}/call/{}", event.seq)),
-                parent_span_id: Some(attempt_id.clone()),
+                parent_span_id: Some(attempt_id),
                 name: format!("chat {call_model}"),
                 kind: KIND_CLIENT,
                 start_unix_nano: call_start,
@@ -298,7 +307,7 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
             }
             out.push(Span {
                 span_id: span_id(&format!("{key}/tool/{}", call.seq)),
-                parent_span_id: Some(attempt_id.clone()),
+                parent_span_id: Some(attempt_id),
                 name: format!("execute_tool {}", call.tool),
                 kind: KIND_INTERNAL,
                 start_unix_nano: call_start,
@@ -311,7 +320,7 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
             });
         }
     }
-    phase_spans(records, &run.run_id, &root_id, run_end, &mut out);
+    phase_spans(records, &run.run_id, root_id, run_end, &mut out);
     if let Some(planning) = &records.planning {
         let start = time(planning["started_at"].as_str()).unwrap_or(run_start);
         let end = time(planning["ended_at"].as_str())
@@ -338,7 +347,7 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
         }
         out.push(Span {
             span_id: span_id(&format!("{}/plan", run.run_id)),
-            parent_span_id: Some(root_id.clone()),
+            parent_span_id: Some(root_id),
             name: format!("plan {}", run.workflow),
             kind: KIND_INTERNAL,
             start_unix_nano: start,
@@ -360,7 +369,7 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
 fn phase_spans(
     records: &RunRecords,
     run_id: &crate::ids::RunId,
-    root_id: &str,
+    root_id: [u8; 8],
     run_end: u128,
     out: &mut Vec<Span>,
 ) {
@@ -380,7 +389,7 @@ fn phase_spans(
         let failed = name.starts_with("checkpoint failed");
         out.push(Span {
             span_id: span_id(&format!("{run_id}/phase/{index}")),
-            parent_span_id: Some(root_id.to_owned()),
+            parent_span_id: Some(root_id),
             name: if failed {
                 "checkpoint".to_owned()
             } else {
@@ -398,7 +407,7 @@ fn phase_spans(
         let seq = event.payload["seq"].as_u64().unwrap_or_default();
         out.push(Span {
             span_id: span_id(&format!("{run_id}/checkpoint/{seq}")),
-            parent_span_id: Some(root_id.to_owned()),
+            parent_span_id: Some(root_id),
             name: format!("checkpoint {seq}"),
             kind: KIND_INTERNAL,
             start_unix_nano: at,
@@ -410,48 +419,6 @@ fn phase_spans(
             error: None,
         });
     }
-}
-
-/// An `ExportTraceServiceRequest` in OTLP/JSON holding `spans` of the trace `trace_id`.
-pub fn request(trace_id: &str, service_name: &str, spans: &[Span]) -> Value {
-    let spans: Vec<Value> = spans
-        .iter()
-        .map(|span| {
-            let mut value = json!({
-                "traceId": trace_id,
-                "spanId": span.span_id,
-                "name": span.name,
-                "kind": span.kind,
-                "startTimeUnixNano": span.start_unix_nano.to_string(),
-                "endTimeUnixNano": span.end_unix_nano.to_string(),
-                "attributes": span.attributes.iter()
-                    .map(|(key, value)| attribute(key, value))
-                    .collect::<Vec<_>>(),
-                "status": match &span.error {
-                    Some(message) => json!({ "code": 2, "message": message }),
-                    None => json!({}),
-                },
-            });
-            if let (Some(parent), Some(fields)) = (&span.parent_span_id, value.as_object_mut()) {
-                fields.insert("parentSpanId".into(), json!(parent));
-            }
-            value
-        })
-        .collect();
-    json!({
-        "resourceSpans": [{
-            "resource": { "attributes": [
-                attribute("service.name", &json!(service_name)),
-                attribute("telemetry.sdk.name", &json!("fanout")),
-                attribute("telemetry.sdk.language", &json!("rust")),
-                attribute("telemetry.sdk.version", &json!(env!("CARGO_PKG_VERSION"))),
-            ]},
-            "scopeSpans": [{
-                "scope": { "name": "fanout", "version": env!("CARGO_PKG_VERSION") },
-                "spans": spans,
-            }],
-        }]
-    })
 }
 
 #[cfg(test)]
@@ -530,6 +497,7 @@ mod tests {
             events: vec![call],
             tool_calls: vec![("a".into(), denied)],
             planning: None,
+            content: false,
         }
     }
 
@@ -568,15 +536,8 @@ mod tests {
         // 00:00:03 (the tool call's end) to 00:00:04 (the answer).
         assert_eq!(chat.end_unix_nano - chat.start_unix_nano, 1_000_000_000);
 
-        let encoded = request(&trace_id("r"), "fanout", &spans);
-        let wire = &encoded["resourceSpans"][0]["scopeSpans"][0]["spans"];
-        assert_eq!(
-            wire[1]["status"],
-            json!({"code": 2, "message": "tests failed"})
-        );
-        assert_eq!(wire[2]["status"], json!({}));
-        assert!(wire[0].get("parentSpanId").is_none());
-        assert_eq!(wire[2]["parentSpanId"], json!(agent.span_id));
-        assert_eq!(wire[2]["kind"], json!(3));
+        assert_eq!(root.parent_span_id, None);
+        assert_eq!(chat.kind, KIND_CLIENT);
+        assert_eq!(chat.error, None);
     }
 }

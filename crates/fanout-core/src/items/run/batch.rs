@@ -385,15 +385,14 @@ fn settle_round(
                 None,
             ),
         };
-        let (end, _) = end_record(
-            ctx,
-            &next.chunk,
-            attempt,
-            response.as_deref(),
-            None,
-            &outcome,
-            None,
-        );
+        // The request went out in the batch; rebuilt (the same bytes) only to keep its content.
+        let request = crate::env::capture_message_content()
+            .then(|| worker_request(ctx, next).ok())
+            .flatten();
+        let exchange = response
+            .as_deref()
+            .map(|response| (request.as_ref(), response));
+        let (end, _) = end_record(ctx, &next.chunk, attempt, exchange, None, &outcome, None);
         states[index].ends.push(end);
         account(ctx, &mut states[index], outcome);
     }

@@ -12,6 +12,7 @@ use crate::items::chunk::Chunk;
 use crate::items::worker::{
     ChunkOutcome, RetryChunk, SUBMIT_TOOL, TemplateError, build_repair_request, build_request,
 };
+use crate::provider::genai::CallContent;
 use crate::provider::{Response, Usage};
 use crate::store::{AgentFinish, AgentStart, AgentStatus, ModelCall};
 
@@ -80,6 +81,24 @@ pub(super) fn write_ends(ctx: &Arc<Ctx>, ends: Vec<AgentFinish>) {
     });
 }
 
+/// The call's content, with the opt-in and when its request is at hand.
+fn content(
+    exchange: Option<(Option<&crate::provider::Request>, &Response)>,
+) -> Option<CallContent> {
+    let (Some(request), response) = exchange? else {
+        return None;
+    };
+    if !crate::env::capture_message_content() {
+        return None;
+    }
+    let system: Vec<&str> = [&request.system, &request.system_agent]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    Some(CallContent::new(&system, &request.messages, response))
+}
+
 /// Account a finished call (tokens, cost, the event) and return the end of its `agent_runs`
 /// row, to be written once the chunk is settled ([`write_ends`]). `fleet_call` is the online
 /// call's tries and rate-governor wait (a batch's answers have none).
@@ -87,11 +106,12 @@ pub(super) fn end_record(
     ctx: &Ctx,
     chunk: &Chunk,
     attempt: u32,
-    response: Option<&Response>,
+    exchange: Option<(Option<&crate::provider::Request>, &Response)>,
     fleet_call: Option<&crate::fleet::CallOutcome>,
     outcome: &ChunkOutcome,
     error: Option<String>,
 ) -> (AgentFinish, f64) {
+    let response = exchange.map(|(_, response)| response);
     let (usage, cost, saved, called) = match response {
         Some(response) => {
             let usage = response.usage;
@@ -122,6 +142,7 @@ pub(super) fn end_record(
             tries: fleet_call.map(|call| call.attempts),
             rate_wait_ms: fleet_call.map(|call| call.governor_wait.as_millis() as u64),
             rate_limited: fleet_call.map(|call| call.rate_limited),
+            content: content(exchange),
         };
         ctx.store
             .event_now(call.event(&ctx.run_id, AgentId::from(&chunk.id)));

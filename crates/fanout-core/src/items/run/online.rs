@@ -163,8 +163,8 @@ async fn call_worker(
         ),
         Err(error) => (ChunkOutcome::errored(chunk, error.to_string()), None, None),
     };
-    let response = call.map(|call| &call.response);
-    let (end, cost) = end_record(ctx, chunk, attempt, response, call, &outcome, error);
+    let exchange = call.map(|call| (Some(&request), &call.response));
+    let (end, cost) = end_record(ctx, chunk, attempt, exchange, call, &outcome, error);
     ends.push(end);
     if matches!(result, Err(FleetError::Cancelled { .. })) {
         return None;

@@ -10,6 +10,7 @@ use crate::agent::{AgentOutcome, CallHook, CallUsage};
 use crate::config::Mode;
 use crate::ids::AgentId;
 use crate::plan::TaskId;
+use crate::provider::genai::CallContent;
 use crate::retry::lock;
 use crate::store::{AgentStatus, DenialRecord, ModelCall, ToolCallRecord};
 
@@ -51,6 +52,8 @@ pub(super) fn usage_recorder(
     let agent_id = AgentId::from(agent_id);
     let spec = shared.inputs.config.model_for_mode(mode);
     let (provider, model) = (spec.provider, spec.model.clone());
+    // Read once per attempt: content is kept only with the opt-in.
+    let capture = crate::env::capture_message_content();
     CallHook(Arc::new(move |usage: &CallUsage| {
         let call = ModelCall {
             attempt,
@@ -67,6 +70,10 @@ pub(super) fn usage_recorder(
             tries: Some(usage.attempts),
             rate_wait_ms: Some(usage.rate_wait.as_millis() as u64),
             rate_limited: Some(usage.rate_limited),
+            content: capture.then(|| {
+                let system: Vec<&str> = usage.system.iter().flatten().copied().collect();
+                CallContent::new(&system, usage.messages, usage.response)
+            }),
         };
         store.event_now(call.event(&run_id, agent_id.clone()));
     }))

@@ -753,6 +753,7 @@ async fn spent_and_observed_usage(fresh: Fresh) {
         tries: Some(1),
         rate_wait_ms: None,
         rate_limited: None,
+        content: None,
     };
     for run in ["sim", "real"] {
         // `done` finished after two calls; `busy` is in flight with two calls on attempt 2.
