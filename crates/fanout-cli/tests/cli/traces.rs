@@ -24,6 +24,12 @@ fn attributes(span: &Value) -> HashMap<String, Value> {
                 Value::from(int.parse::<u64>().unwrap())
             } else if let Some(flag) = value["boolValue"].as_bool() {
                 Value::from(flag)
+            } else if let Some(items) = value["arrayValue"]["values"].as_array() {
+                // Arrays of strings are all fanout sends.
+                items
+                    .iter()
+                    .map(|item| item["stringValue"].clone())
+                    .collect()
             } else {
                 value["doubleValue"].clone()
             };
@@ -825,4 +831,81 @@ async fn with_the_opt_in_item_workers_chat_spans_carry_their_exchange() {
         );
     }
     assert_each_chat_is_an_exchange(&chats, &exchanges);
+}
+
+/// Every span of the collector's requests, as its attributes.
+fn all_spans(received: &[Value]) -> Vec<HashMap<String, Value>> {
+    received
+        .iter()
+        .flat_map(|request| {
+            request["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                .as_array()
+                .unwrap()
+                .clone()
+        })
+        .map(|span| attributes(&span))
+        .collect()
+}
+
+/// The `chat` spans name the answer the provider gave (`gen_ai.response.id`, `.model`,
+/// `.finish_reasons`) and each `execute_tool` span the model's id of the call it ran
+/// (`gen_ai.tool.call.id`): checked against what the simulator actually answered, so an id
+/// on the wrong call (or a made-up one) fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_and_tool_spans_carry_the_ids_the_provider_answered() {
+    let (_work, received, exchanges) = content_run(false).await;
+    let mut answers: HashMap<String, &Value> = HashMap::new();
+    let mut tool_uses: HashMap<String, &Value> = HashMap::new();
+    for exchange in &exchanges {
+        let response = &exchange["response"];
+        answers.insert(response["id"].as_str().unwrap().to_owned(), response);
+        for block in response["content"].as_array().unwrap() {
+            if block["type"] == "tool_use" {
+                tool_uses.insert(block["id"].as_str().unwrap().to_owned(), block);
+            }
+        }
+    }
+    let spans = all_spans(&received);
+    let is = |attrs: &HashMap<String, Value>, operation: &str| {
+        attrs.get("gen_ai.operation.name") == Some(&Value::from(operation))
+    };
+
+    let chats: Vec<_> = spans.iter().filter(|attrs| is(attrs, "chat")).collect();
+    assert!(!chats.is_empty());
+    let mut seen = std::collections::BTreeSet::new();
+    for chat in &chats {
+        let id = chat["gen_ai.response.id"].as_str().unwrap();
+        assert!(
+            seen.insert(id.to_owned()),
+            "response id {id} on two chat spans"
+        );
+        let response = answers[id];
+        assert_eq!(chat["gen_ai.response.model"], response["model"]);
+        let reason = match response["stop_reason"].as_str().unwrap() {
+            "tool_use" => "tool_call",
+            "end_turn" | "stop_sequence" => "stop",
+            "max_tokens" => "length",
+            other => panic!("unexpected stop reason {other}"),
+        };
+        assert_eq!(
+            chat["gen_ai.response.finish_reasons"],
+            serde_json::json!([reason])
+        );
+    }
+
+    let tools: Vec<_> = spans
+        .iter()
+        .filter(|attrs| is(attrs, "execute_tool"))
+        .collect();
+    assert!(!tools.is_empty());
+    let mut seen = std::collections::BTreeSet::new();
+    for tool in &tools {
+        let id = tool["gen_ai.tool.call.id"].as_str().unwrap();
+        assert!(seen.insert(id.to_owned()), "tool call id {id} on two spans");
+        let asked = tool_uses[id];
+        assert_eq!(tool["gen_ai.tool.name"], asked["name"], "{id}");
+        if let Some(target) = tool.get("fanout.tool.target") {
+            assert_eq!(target, &asked["input"]["path"], "{id}");
+        }
+    }
 }

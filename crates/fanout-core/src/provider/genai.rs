@@ -13,6 +13,40 @@ use serde_json::{Value, json};
 
 use super::types::{ContentBlock, Message, Response, Role, StopReason};
 
+/// What the provider said of one answer, kept with every model call (content or not): the
+/// `chat` span's `gen_ai.response.*` attributes and its tool calls' ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallAnswer {
+    /// `gen_ai.response.id`: the provider's id of the answer.
+    pub id: String,
+    /// `gen_ai.response.model`: the model that answered, as the provider named it.
+    pub model: String,
+    /// `gen_ai.response.finish_reasons`: the conventions' name of why it stopped.
+    pub finish_reason: String,
+    /// The tool calls it asked for, in order: `[id, tool name]` (`gen_ai.tool.call.id` on the
+    /// `execute_tool` spans).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<(String, String)>,
+}
+
+impl CallAnswer {
+    pub fn of(response: &Response) -> CallAnswer {
+        CallAnswer {
+            id: response.id.clone(),
+            model: response.model.clone(),
+            finish_reason: finish_reason(&response.stop_reason),
+            tool_calls: response
+                .content
+                .iter()
+                .filter_map(|block| match block {
+                    ContentBlock::ToolUse { id, name, .. } => Some((id.clone(), name.clone())),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// What one model call sent and received, in the conventions' shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallContent {

@@ -397,6 +397,10 @@ pub struct ModelCall {
     /// `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true` (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<crate::provider::genai::CallContent>,
+    /// The answer's id, model, finish reason and tool call ids (absent in records made
+    /// before they were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<crate::provider::genai::CallAnswer>,
 }
 
 impl ModelCall {

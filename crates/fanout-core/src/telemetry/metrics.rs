@@ -121,6 +121,7 @@ mod tests {
 
     fn chat(model: &str, input: u64, output: u64, start: u128, end: u128) -> Span {
         Span {
+            events: Vec::new(),
             span_id: [0; 8],
             parent_span_id: None,
             name: format!("chat {model}"),

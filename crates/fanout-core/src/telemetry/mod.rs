@@ -278,6 +278,7 @@ pub fn read_records(
         attempts: reader.agent_runs(run_id)?,
         events: reader.events(run_id)?,
         tool_calls: reader.run_tool_calls(run_id)?,
+        denials: reader.run_denials(run_id)?,
         planning: std::fs::read(crate::layout::planning_file(repo, run_id))
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok()),

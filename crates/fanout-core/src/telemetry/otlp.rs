@@ -87,6 +87,16 @@ fn value(value: &Value) -> Option<opentelemetry::Value> {
             (None, Some(int)) => opentelemetry::Value::I64(i64::try_from(int).unwrap_or(i64::MAX)),
             _ => opentelemetry::Value::F64(number.as_f64().unwrap_or(0.0)),
         },
+        // A list of strings (`gen_ai.response.finish_reasons`) is an OTLP array.
+        Value::Array(items) if items.iter().all(Value::is_string) => {
+            opentelemetry::Value::Array(opentelemetry::Array::String(
+                items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(|text| StringValue::from(text.to_owned()))
+                    .collect(),
+            ))
+        }
         other => opentelemetry::Value::String(StringValue::from(other.to_string())),
     })
 }
@@ -119,7 +129,7 @@ pub fn span_data(trace_id: [u8; 16], span: &Span, scope: &InstrumentationScope) 
             .filter_map(|(key, item)| Some(KeyValue::new(*key, value(item)?)))
             .collect(),
         dropped_attributes_count: 0,
-        events: SpanEvents::default(),
+        events: span_events(span),
         links: SpanLinks::default(),
         status: match &span.error {
             Some(message) => Status::error(message.clone()),
@@ -127,6 +137,29 @@ pub fn span_data(trace_id: [u8; 16], span: &Span, scope: &InstrumentationScope) 
         },
         instrumentation_scope: scope.clone(),
     }
+}
+
+/// The SDK's events of `span` (none are dropped: the SDK's cap applies to its tracer, and
+/// these never pass through one).
+fn span_events(span: &Span) -> SpanEvents {
+    let mut events = SpanEvents::default();
+    events.events = span
+        .events
+        .iter()
+        .map(|event| {
+            opentelemetry::trace::Event::new(
+                event.name,
+                time(event.time_unix_nano),
+                event
+                    .attributes
+                    .iter()
+                    .filter_map(|(key, item)| Some(KeyValue::new(*key, value(item)?)))
+                    .collect(),
+                0,
+            )
+        })
+        .collect();
+    events
 }
 
 /// Send `spans` of trace `trace_id` to `target`, `per_request` spans a request; the number of

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::ids::AgentId;
-use crate::store::{AgentRow, AgentStatus, EventRow, RunRow, ToolCallRow, parse_time};
+use crate::store::{AgentRow, AgentStatus, DenialRow, EventRow, RunRow, ToolCallRow, parse_time};
 
 /// The records of one run that become spans.
 #[derive(Debug, Clone, Default)]
@@ -30,6 +30,8 @@ pub struct RunRecords {
     pub events: Vec<EventRow>,
     /// `(agent_id, call)`.
     pub tool_calls: Vec<(AgentId, ToolCallRow)>,
+    /// `(agent_id, denial)`: events on their attempt's `invoke_agent` span.
+    pub denials: Vec<(AgentId, DenialRow)>,
     /// `planning.json` of the run's directory, when this run planned (not one run from a
     /// reviewed plan file).
     pub planning: Option<Value>,
@@ -51,7 +53,20 @@ pub struct Span {
     pub attributes: Vec<(&'static str, Value)>,
     /// `Some(message)`: the span's status is an error.
     pub error: Option<String>,
+    /// Things that happened at one moment of the span (denials).
+    pub events: Vec<SpanEvent>,
 }
+
+/// An event of a span: a name, a time and attributes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanEvent {
+    pub name: &'static str,
+    pub time_unix_nano: u128,
+    pub attributes: Vec<(&'static str, Value)>,
+}
+
+/// The name of the event a denied tool request puts on its agent's `invoke_agent` span.
+pub const DENIAL_EVENT: &str = "fanout.denial";
 
 pub const KIND_INTERNAL: u8 = 1;
 pub const KIND_CLIENT: u8 = 3;
@@ -104,6 +119,7 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
         (i + row.input_tokens, o + row.output_tokens)
     });
     out.push(Span {
+        events: Vec::new(),
         span_id: root_id,
         parent_span_id: None,
         name: format!("invoke_workflow {}", run.workflow),
@@ -152,7 +168,18 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
             .push(call);
     }
 
+    let mut denials_of: HashMap<(&str, u32), Vec<&DenialRow>> = HashMap::new();
+    for (agent, denial) in &records.denials {
+        denials_of
+            .entry((agent.as_str(), denial.attempt))
+            .or_default()
+            .push(denial);
+    }
+
     for row in &records.attempts {
+        let denials = denials_of
+            .get(&(row.agent_id.as_str(), row.attempt))
+            .map_or(&[][..], Vec::as_slice);
         let calls = calls_of
             .get(&(row.agent_id.as_str(), u64::from(row.attempt)))
             .map_or(&[][..], Vec::as_slice);
@@ -208,6 +235,18 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
             attributes.push(("error.type", json!(status)));
         }
         out.push(Span {
+            events: denials
+                .iter()
+                .map(|denial| SpanEvent {
+                    name: DENIAL_EVENT,
+                    time_unix_nano: time(Some(&denial.at)).unwrap_or(start),
+                    attributes: vec![
+                        ("gen_ai.tool.name", json!(denial.tool)),
+                        ("fanout.denial.target", json!(denial.target)),
+                        ("fanout.denial.reason", json!(denial.reason)),
+                    ],
+                })
+                .collect(),
             span_id: attempt_id,
             parent_span_id: Some(root_id),
             name: format!("invoke_agent {}", row.agent_id),
@@ -263,6 +302,19 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
             if let Some(wait) = payload["rate_wait_ms"].as_u64() {
                 attributes.push(("fanout.rate_wait_ms", json!(wait)));
             }
+            if let Some(limited) = payload["rate_limited"].as_u64() {
+                attributes.push(("fanout.call.rate_limited", json!(limited)));
+            }
+            let answer = &payload["answer"];
+            if let Some(id) = answer["id"].as_str() {
+                attributes.push(("gen_ai.response.id", json!(id)));
+            }
+            if let Some(model) = answer["model"].as_str() {
+                attributes.push(("gen_ai.response.model", json!(model)));
+            }
+            if let Some(reason) = answer["finish_reason"].as_str() {
+                attributes.push(("gen_ai.response.finish_reasons", json!([reason])));
+            }
             // The conventions' structured values, sent as their JSON text (span attributes
             // hold no maps).
             let content = &payload["content"];
@@ -276,6 +328,7 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
                 }
             }
             out.push(Span {
+                events: Vec::new(),
                 span_id: span_id(&format!("{key}/call/{}", event.seq)),
                 parent_span_id: Some(attempt_id),
                 name: format!("chat {call_model}"),
@@ -286,7 +339,8 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
                 error: None,
             });
         }
-        for call in tools.iter().copied() {
+        let call_ids = tool_call_ids(calls, tools);
+        for (call, call_id) in tools.iter().copied().zip(call_ids) {
             let call_start = time(Some(&call.started_at)).unwrap_or(start);
             let outcome = call
                 .outcome
@@ -299,6 +353,9 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
                 ("fanout.tool.outcome", json!(outcome)),
                 ("fanout.tool.seq", json!(call.seq)),
             ];
+            if let Some(call_id) = call_id {
+                attributes.push(("gen_ai.tool.call.id", json!(call_id)));
+            }
             if let Some(target) = &call.target {
                 attributes.push(("fanout.tool.target", json!(target)));
             }
@@ -306,6 +363,7 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
                 attributes.push(("error.type", json!(outcome)));
             }
             out.push(Span {
+                events: Vec::new(),
                 span_id: span_id(&format!("{key}/tool/{}", call.seq)),
                 parent_span_id: Some(attempt_id),
                 name: format!("execute_tool {}", call.tool),
@@ -346,6 +404,7 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
             attributes.push(("gen_ai.provider.name", json!(provider)));
         }
         out.push(Span {
+            events: Vec::new(),
             span_id: span_id(&format!("{}/plan", run.run_id)),
             parent_span_id: Some(root_id),
             name: format!("plan {}", run.workflow),
@@ -388,6 +447,7 @@ fn phase_spans(
             .max(start);
         let failed = name.starts_with("checkpoint failed");
         out.push(Span {
+            events: Vec::new(),
             span_id: span_id(&format!("{run_id}/phase/{index}")),
             parent_span_id: Some(root_id),
             name: if failed {
@@ -406,6 +466,7 @@ fn phase_spans(
         let at = time(Some(&event.at)).unwrap_or(run_end);
         let seq = event.payload["seq"].as_u64().unwrap_or_default();
         out.push(Span {
+            events: Vec::new(),
             span_id: span_id(&format!("{run_id}/checkpoint/{seq}")),
             parent_span_id: Some(root_id),
             name: format!("checkpoint {seq}"),
@@ -419,6 +480,32 @@ fn phase_spans(
             error: None,
         });
     }
+}
+
+/// The model's id of each tool call of an attempt, in the order of `tools` (the attempt's
+/// `tool_calls` rows, in the order they ran): the tool calls its answers asked for, in order,
+/// matched by name. The agent runs every tool call it is asked for in that order, so the
+/// match is exact; a row that matches nothing (records made before answers were kept) has
+/// none.
+fn tool_call_ids<'a>(calls: &'a [&EventRow], tools: &[&ToolCallRow]) -> Vec<Option<&'a str>> {
+    let asked: Vec<(&str, &str)> = calls
+        .iter()
+        .filter_map(|event| event.payload["answer"]["tool_calls"].as_array())
+        .flatten()
+        .filter_map(|pair| Some((pair.get(0)?.as_str()?, pair.get(1)?.as_str()?)))
+        .collect();
+    let mut next = 0;
+    tools
+        .iter()
+        .map(|call| {
+            let found = asked[next.min(asked.len())..]
+                .iter()
+                .position(|(_, name)| *name == call.tool)?;
+            let (id, _) = asked[next + found];
+            next += found + 1;
+            Some(id)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -475,7 +562,9 @@ mod tests {
             agent_id: Some("a".into()),
             kind: "model_call".to_owned(),
             payload: json!({"attempt": 1, "turn": 2, "provider": "openai", "model": "m",
-                            "input_tokens": 10, "output_tokens": 5, "dollars": 0.1}),
+                            "input_tokens": 10, "output_tokens": 5, "dollars": 0.1,
+                            "answer": {"id": "msg_1", "model": "m-2026", "finish_reason": "tool_call",
+                                       "tool_calls": [["toolu_1", "read_file"], ["toolu_2", "write_file"]]}}),
         };
         let denied = ToolCallRow {
             attempt: 1,
@@ -496,6 +585,16 @@ mod tests {
             attempts: vec![attempt],
             events: vec![call],
             tool_calls: vec![("a".into(), denied)],
+            denials: vec![(
+                "a".into(),
+                DenialRow {
+                    attempt: 1,
+                    tool: "write_file".to_owned(),
+                    target: Some(".env".to_owned()),
+                    reason: "protected path".to_owned(),
+                    at: "2026-01-01T00:00:02.500Z".to_owned(),
+                },
+            )],
             planning: None,
             content: false,
         }
@@ -535,6 +634,29 @@ mod tests {
         assert_eq!(tool.parent_span_id.as_ref(), Some(&agent.span_id));
         // 00:00:03 (the tool call's end) to 00:00:04 (the answer).
         assert_eq!(chat.end_unix_nano - chat.start_unix_nano, 1_000_000_000);
+
+        // The answer's id, model and finish reason; the tool call's id, matched by name.
+        assert_eq!(attr(chat, "gen_ai.response.id"), Some(&json!("msg_1")));
+        assert_eq!(attr(chat, "gen_ai.response.model"), Some(&json!("m-2026")));
+        assert_eq!(
+            attr(chat, "gen_ai.response.finish_reasons"),
+            Some(&json!(["tool_call"]))
+        );
+        assert_eq!(attr(tool, "gen_ai.tool.call.id"), Some(&json!("toolu_2")));
+        // The denial is an event on its attempt's span, at its time.
+        assert_eq!(agent.events.len(), 1);
+        let denial = &agent.events[0];
+        assert_eq!(denial.name, DENIAL_EVENT);
+        assert_eq!(
+            denial.time_unix_nano,
+            time(Some("2026-01-01T00:00:02.500Z")).unwrap()
+        );
+        assert!(
+            denial
+                .attributes
+                .contains(&("fanout.denial.reason", json!("protected path")))
+        );
+        assert!(root.events.is_empty() && tool.events.is_empty());
 
         assert_eq!(root.parent_span_id, None);
         assert_eq!(chat.kind, KIND_CLIENT);

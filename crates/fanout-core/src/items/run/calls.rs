@@ -143,6 +143,7 @@ pub(super) fn end_record(
             rate_wait_ms: fleet_call.map(|call| call.governor_wait.as_millis() as u64),
             rate_limited: fleet_call.map(|call| call.rate_limited),
             content: content(exchange),
+            answer: response.map(crate::provider::genai::CallAnswer::of),
         };
         ctx.store
             .event_now(call.event(&ctx.run_id, AgentId::from(&chunk.id)));

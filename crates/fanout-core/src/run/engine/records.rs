@@ -10,7 +10,7 @@ use crate::agent::{AgentOutcome, CallHook, CallUsage};
 use crate::config::Mode;
 use crate::ids::AgentId;
 use crate::plan::TaskId;
-use crate::provider::genai::CallContent;
+use crate::provider::genai::{CallAnswer, CallContent};
 use crate::retry::lock;
 use crate::store::{AgentStatus, DenialRecord, ModelCall, ToolCallRecord};
 
@@ -74,6 +74,7 @@ pub(super) fn usage_recorder(
                 let system: Vec<&str> = usage.system.iter().flatten().copied().collect();
                 CallContent::new(&system, usage.messages, usage.response)
             }),
+            answer: Some(CallAnswer::of(usage.response)),
         };
         store.event_now(call.event(&run_id, agent_id.clone()));
     }))

@@ -754,6 +754,7 @@ async fn spent_and_observed_usage(fresh: Fresh) {
         rate_wait_ms: None,
         rate_limited: None,
         content: None,
+        answer: None,
     };
     for run in ["sim", "real"] {
         // `done` finished after two calls; `busy` is in flight with two calls on attempt 2.
