@@ -7,12 +7,15 @@ Copies the quickstart example repository to a temporary git repository, starts
 plan_workflow's report; that a start without a reviewed plan, with a tampered plan, with a path
 outside the roots, or on a busy repository is a tool error that writes nothing; that
 start_run returns within 5 s; that run_status reaches `completed` and agrees with
-run_result and list_runs; cancel of an unknown run. Prints PASS/FAIL per check and exits
+run_result and list_runs; that each run's traces reach an OTLP collector named by
+OTEL_EXPORTER_OTLP_ENDPOINT; cancel of an unknown run. Prints PASS/FAIL per check and exits
 non-zero on any failure.
 """
 
 import asyncio
+import http.server
 import json
+import threading
 import os
 import shutil
 import subprocess
@@ -40,6 +43,43 @@ EXPECTED_TOOLS = {
 }
 
 results = []
+
+
+def start_collector():
+    """An OTLP/HTTP (JSON) collector on loopback: the bodies POSTed to /v1/traces."""
+    received = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            if self.path == "/v1/traces":
+                received.append(json.loads(body))
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}", received
+
+
+def traced_roots(received):
+    """`fanout.run.id` → name of every root span the collector received."""
+    roots = {}
+    for request in received:
+        for resource in request.get("resourceSpans", []):
+            for scope in resource.get("scopeSpans", []):
+                for span in scope.get("spans", []):
+                    if span.get("parentSpanId", "") != "":
+                        continue
+                    attrs = {kv["key"]: kv["value"] for kv in span.get("attributes", [])}
+                    run = attrs.get("fanout.run.id", {}).get("stringValue")
+                    roots[run] = span["name"]
+    return roots
 
 
 def expect(condition, message):
@@ -100,11 +140,14 @@ async def main():
             "path: tickets.jsonl", f"path: {outside / 'tickets.jsonl'}"))
 
         state = {}
+        collector, traces = start_collector()
         params = StdioServerParameters(
             command=BIN,
             args=["mcp", "--sim", "--scenario", str(scenario), "--sim-latency-ms", "200",
                   "--root", str(work)],
             cwd=str(work),
+            env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": collector,
+                 "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
         )
         async with stdio_client(params) as (read, write):
             async with ClientSession(read, write) as session:
@@ -238,6 +281,9 @@ async def main():
                     changed = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"],
                                              capture_output=True, text=True, check=True).stdout
                     expect(len(changed.splitlines()) >= 8, changed)
+                    # Its traces were sent before the run was reported ended.
+                    roots = traced_roots(traces)
+                    expect(roots.get(run_id) == "invoke_workflow quickstart", roots)
 
                 async def items():
                     items_wf = tickets / "workflow.yaml"
@@ -296,6 +342,8 @@ async def main():
                     results = (tickets / ".fanout" / "runs" / run_id / "results.jsonl").read_text()
                     expect(len(results.splitlines()) == 300, "results.jsonl lines")
                     expect("300 items: 300 succeeded" in text_of(result), text_of(result))
+                    roots = traced_roots(traces)
+                    expect(roots.get(run_id, "").startswith("invoke_workflow"), roots)
 
                 await check("tools listed with input and output schemas", tools())
                 await check("plan_workflow returns the dry-run report and the plan hash", plan())

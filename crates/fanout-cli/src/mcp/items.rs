@@ -167,8 +167,10 @@ pub async fn start(
         .clone()
         .unwrap_or_else(|| RunId::new(SystemTime::now()));
     let lock = RunLock::acquire(repo, &run_id).map_err(|e| format!("refusing the run: {e}"))?;
+    let location = store.clone();
     let store = Store::open_at(store).map_err(|e| e.to_string())?;
     let chunks = job.chunks.len();
+    let (traced_repo, traced_run) = (repo.to_path_buf(), run_id.clone());
     let options = RunOptions {
         root: repo.to_path_buf(),
         resume,
@@ -193,6 +195,8 @@ pub async fn start(
             )
             .await;
             let _ = store.close().await;
+            // As `fanout run` does once a run ends (nothing without a collector).
+            crate::traces::export(&traced_repo, &location, &traced_run).await;
             match result {
                 Ok(report) => Ended::Status(report.status),
                 Err(error) => Ended::Error(error.to_string()),

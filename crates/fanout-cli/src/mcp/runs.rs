@@ -157,11 +157,19 @@ async fn drive(run: Arc<LiveRun>, inputs: EngineInputs, resume: bool) -> Ended {
             .unwrap_or_else(PoisonError::into_inner)
             .apply(event, cancel.is_cancelled());
     };
+    let traced = (
+        inputs.repo.clone(),
+        inputs.store.clone(),
+        inputs.run_id.clone(),
+    );
     let outcome = if resume {
         engine::resume(inputs, &cancel, on_event).await
     } else {
         engine::execute(inputs, &cancel, on_event).await
     };
+    // As `fanout run` does once a run ends (nothing without a collector); its messages go
+    // to stderr, which the MCP transports leave to logs.
+    crate::traces::export(&traced.0, &traced.1, &traced.2).await;
     match outcome {
         Ok(outcome) => Ended::Status(outcome.status),
         Err(error) => Ended::Error(error.to_string()),
