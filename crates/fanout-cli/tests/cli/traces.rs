@@ -163,6 +163,10 @@ async fn a_live_run_sends_one_trace_of_genai_spans_to_the_collector() {
         .filter(|event| event.kind == "model_call")
         .count();
     let tool_calls = reader.run_tool_calls(&run_id).unwrap();
+    let plan: Value = serde_json::from_slice(
+        &std::fs::read(repo.join(format!(".fanout/runs/{run_id}/plan.json"))).unwrap(),
+    )
+    .unwrap();
 
     // invoke_agent: one per attempt, children of the root.
     let agents: Vec<&Value> = spans
@@ -193,6 +197,14 @@ async fn a_live_run_sends_one_trace_of_genai_spans_to_the_collector() {
         );
         assert_eq!(attrs["fanout.status"], "success");
         assert!(!attrs.contains_key("error.type"));
+        // Its declared write scope, as the reviewed plan has it.
+        let task = plan["subtasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|task| task["task_id"] == agent_id.as_str())
+            .unwrap();
+        assert_eq!(attrs["fanout.scope"], task["scope"], "{agent_id}");
         agent_of_span.insert(span["spanId"].as_str().unwrap(), agent_id);
     }
 

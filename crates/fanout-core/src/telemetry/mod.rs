@@ -21,6 +21,7 @@ pub mod spans;
 pub mod transport;
 
 use crate::ids::RunId;
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -279,11 +280,27 @@ pub fn read_records(
         events: reader.events(run_id)?,
         tool_calls: reader.run_tool_calls(run_id)?,
         denials: reader.run_denials(run_id)?,
+        scopes: plan_scopes(repo, run_id),
         planning: std::fs::read(crate::layout::planning_file(repo, run_id))
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok()),
         content: env::capture_message_content(),
     })
+}
+
+/// Each agent's write scope from the run's saved plan (none for an item run, or a plan that
+/// cannot be read: the spans then go without `fanout.scope`).
+fn plan_scopes(repo: &Path, run_id: &RunId) -> HashMap<String, Vec<String>> {
+    std::fs::read(crate::layout::plan_file(repo, run_id))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<crate::plan::Plan>(&bytes).ok())
+        .map(|plan| {
+            plan.subtasks
+                .into_iter()
+                .map(|task| (task.task_id.to_string(), task.scope))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `OTEL_EXPORTER_OTLP_HEADERS`: `name=value` pairs separated by commas, values

@@ -32,6 +32,8 @@ pub struct RunRecords {
     pub tool_calls: Vec<(AgentId, ToolCallRow)>,
     /// `(agent_id, denial)`: events on their attempt's `invoke_agent` span.
     pub denials: Vec<(AgentId, DenialRow)>,
+    /// Each agent's declared write scope, from the run's `plan.json` (`fanout.scope`).
+    pub scopes: HashMap<String, Vec<String>>,
     /// `planning.json` of the run's directory, when this run planned (not one run from a
     /// reviewed plan file).
     pub planning: Option<Value>,
@@ -230,6 +232,9 @@ pub fn spans(records: &RunRecords, now: SystemTime) -> Vec<Span> {
         ];
         if let Some(provider) = &provider {
             attributes.push(("gen_ai.provider.name", json!(provider)));
+        }
+        if let Some(scope) = records.scopes.get(row.agent_id.as_str()) {
+            attributes.push(("fanout.scope", json!(scope)));
         }
         if failed {
             attributes.push(("error.type", json!(status)));
@@ -585,6 +590,7 @@ mod tests {
             attempts: vec![attempt],
             events: vec![call],
             tool_calls: vec![("a".into(), denied)],
+            scopes: HashMap::from([("a".to_owned(), vec!["src/a.rs".to_owned()])]),
             denials: vec![(
                 "a".into(),
                 DenialRow {
@@ -628,6 +634,7 @@ mod tests {
         assert_eq!(attr(agent, "error.type"), Some(&json!("rollback")));
         assert_eq!(agent.error.as_deref(), Some("tests failed"));
         assert_eq!(attr(agent, "gen_ai.provider.name"), Some(&json!("openai")));
+        assert_eq!(attr(agent, "fanout.scope"), Some(&json!(["src/a.rs"])));
         assert_eq!(attr(tool, "error.type"), Some(&json!("denied")));
         assert_eq!(attr(chat, "error.type"), None);
         assert_eq!(chat.parent_span_id.as_ref(), Some(&agent.span_id));
