@@ -12,6 +12,11 @@ use fanout_core::store::{
 };
 use serde_json::json;
 
+use super::units::{
+    a_late_commit_is_refused_and_writes_nothing, a_unit_waits_for_its_dependencies_to_commit,
+    an_expired_lease_is_taken_over_as_a_new_attempt, commits_are_numbered_in_commit_order,
+    only_runs_with_a_recorded_plan_are_leased, two_workers_never_hold_one_unit,
+};
 use super::{Fresh, at, finish, new_run, start};
 
 macro_rules! conformance {
@@ -39,6 +44,12 @@ macro_rules! conformance {
 
 conformance!(
     tables_and_columns_are_the_same,
+    two_workers_never_hold_one_unit,
+    a_unit_waits_for_its_dependencies_to_commit,
+    an_expired_lease_is_taken_over_as_a_new_attempt,
+    a_late_commit_is_refused_and_writes_nothing,
+    commits_are_numbered_in_commit_order,
+    only_runs_with_a_recorded_plan_are_leased,
     the_seed_columns_hold_the_seed_values,
     an_awaited_finish_is_visible_at_once,
     migrations_run_once_and_a_newer_schema_is_refused,
@@ -197,6 +208,36 @@ async fn tables_and_columns_are_the_same(fresh: Fresh) {
             ],
         ),
         ("preimages", &["run_id", "agent_id", "manifest"]),
+        (
+            "run_plans",
+            &[
+                "run_id",
+                "plan_hash",
+                "plan",
+                "base_commit",
+                "base_bundle",
+                "commits",
+                "created_at",
+            ],
+        ),
+        (
+            "units",
+            &[
+                "run_id",
+                "agent_id",
+                "enqueued_seq",
+                "state",
+                "lease_owner",
+                "lease_expires_at",
+                "attempt",
+                "commit_seq",
+                "committed_at",
+                "patch",
+                "outcome",
+                "applied_at",
+            ],
+        ),
+        ("unit_dependencies", &["run_id", "agent_id", "depends_on"]),
     ];
     for (table, names) in expected {
         let found = columns(&reader, table);
