@@ -2319,3 +2319,6 @@ mod costs;
 
 #[path = "cli/postgres_store.rs"]
 mod postgres_store;
+
+#[path = "cli/distributed.rs"]
+mod distributed;

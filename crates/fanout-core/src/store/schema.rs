@@ -188,6 +188,8 @@ CREATE TABLE run_plans (
     run_id TEXT PRIMARY KEY NOT NULL,
     plan_hash TEXT NOT NULL,      -- sha256:<hex> of `plan`, which workers check
     plan TEXT NOT NULL,           -- the reviewed plan (JSON) the units come from
+    workflow TEXT NOT NULL,       -- the workflow file's text the agents run under
+    workflow_path TEXT,           -- its path relative to the repository, when inside it
     base_commit TEXT NOT NULL,
     base_bundle BLOB NOT NULL,    -- `git bundle` holding base_commit
     commits INTEGER NOT NULL DEFAULT 0,  -- units committed so far: the last commit_seq given
@@ -356,6 +358,8 @@ CREATE TABLE run_plans (
     run_id TEXT COLLATE "C" PRIMARY KEY NOT NULL,
     plan_hash TEXT COLLATE "C" NOT NULL,
     plan TEXT COLLATE "C" NOT NULL,
+    workflow TEXT COLLATE "C" NOT NULL,
+    workflow_path TEXT COLLATE "C",
     base_commit TEXT COLLATE "C" NOT NULL,
     base_bundle BYTEA NOT NULL,
     commits BIGINT NOT NULL DEFAULT 0,

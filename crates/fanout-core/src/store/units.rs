@@ -39,6 +39,10 @@ pub struct RunPlanRecord {
     pub plan_hash: String,
     /// The reviewed plan as JSON.
     pub plan: String,
+    /// The workflow file's text: the models, budgets, policy and limits the agents run under.
+    pub workflow: String,
+    /// The workflow file's path relative to the repository, when it lies inside it.
+    pub workflow_path: Option<String>,
     pub base_commit: String,
     /// A `git bundle` that holds `base_commit`.
     #[serde(skip)]
@@ -164,8 +168,9 @@ fn first_int(rows: &[Vec<SqlValue>]) -> Option<i64> {
 /// first record is never replaced.
 pub(super) fn publish_plan(db_: &dyn Db, plan: &RunPlanRecord) -> Result<(), UnitError> {
     db_.execute(
-        "INSERT INTO run_plans (run_id, plan_hash, plan, base_commit, base_bundle, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (run_id) DO NOTHING",
+        "INSERT INTO run_plans (run_id, plan_hash, plan, base_commit, base_bundle, created_at,
+             workflow, workflow_path)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (run_id) DO NOTHING",
         &[
             (&plan.run_id).into(),
             plan.plan_hash.as_str().into(),
@@ -173,6 +178,8 @@ pub(super) fn publish_plan(db_: &dyn Db, plan: &RunPlanRecord) -> Result<(), Uni
             plan.base_commit.as_str().into(),
             SqlValue::Bytes(plan.base_bundle.clone()),
             format_time(plan.created_at).into(),
+            plan.workflow.as_str().into(),
+            plan.workflow_path.clone().into(),
         ],
     )
     .map_err(db("recording a run's plan"))?;
@@ -491,8 +498,8 @@ pub(super) fn units(db_: &dyn Db, run_id: &RunId) -> Result<Vec<UnitRow>, DbErro
 /// The plan record of `run_id`, if one was published.
 pub(super) fn run_plan(db_: &dyn Db, run_id: &RunId) -> Result<Option<RunPlanRecord>, DbError> {
     let rows = db_.query(
-        "SELECT plan_hash, plan, base_commit, base_bundle, created_at FROM run_plans
-         WHERE run_id = ?1",
+        "SELECT plan_hash, plan, base_commit, base_bundle, created_at, workflow, workflow_path
+         FROM run_plans WHERE run_id = ?1",
         &[run_id.into()],
     )?;
     let Some(row) = rows.into_iter().next() else {
@@ -505,10 +512,17 @@ pub(super) fn run_plan(db_: &dyn Db, run_id: &RunId) -> Result<Option<RunPlanRec
             SqlValue::Text(base),
             SqlValue::Bytes(bundle),
             SqlValue::Text(created),
+            SqlValue::Text(workflow),
+            workflow_path,
         ] => Ok(Some(RunPlanRecord {
             run_id: run_id.clone(),
             plan_hash: hash.clone(),
             plan: plan.clone(),
+            workflow: workflow.clone(),
+            workflow_path: match workflow_path {
+                SqlValue::Text(path) => Some(path.clone()),
+                _ => None,
+            },
             base_commit: base.clone(),
             base_bundle: bundle.clone(),
             created_at: parse_time(created).unwrap_or(SystemTime::UNIX_EPOCH),

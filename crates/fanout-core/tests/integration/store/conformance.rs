@@ -214,6 +214,8 @@ async fn tables_and_columns_are_the_same(fresh: Fresh) {
                 "run_id",
                 "plan_hash",
                 "plan",
+                "workflow",
+                "workflow_path",
                 "base_commit",
                 "base_bundle",
                 "commits",

@@ -20,6 +20,8 @@ fn plan(run_id: &str) -> RunPlanRecord {
         run_id: run_id.into(),
         plan_hash: "sha256:abc".to_owned(),
         plan: r#"{"agents":[]}"#.to_owned(),
+        workflow: "name: auth-refactor\n".to_owned(),
+        workflow_path: Some("claude-workflows.yaml".to_owned()),
         base_commit: "0123456789abcdef0123456789abcdef01234567".to_owned(),
         // Not UTF-8: the bundle is bytes on both backends.
         base_bundle: vec![0x23, 0x00, 0x9f, 0x92, 0x96, 0xff],
