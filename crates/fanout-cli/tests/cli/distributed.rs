@@ -263,3 +263,202 @@ impl OutputAsync for std::process::Command {
             .unwrap()
     }
 }
+
+/// The acceptance scenario scaled down (the example's 47 agents, not 300, for CI time): a
+/// pure coordinator (`--local-slots 0`) on PostgreSQL, three worker processes with separate
+/// caches outside the repository, one worker killed with SIGKILL while it holds leases,
+/// then the coordinator killed with SIGKILL mid-run and resumed from another clone of the
+/// repository. The clone ends byte-identical to a single-process run. Runs when
+/// `FANOUT_TEST_POSTGRES_URL` names a server.
+#[test]
+fn a_coordinator_and_three_workers_survive_kill_9_of_a_worker_and_of_the_coordinator() {
+    let Some(database) = super::postgres_store::Database::create_for("distributed") else {
+        return;
+    };
+    let url = database.url.clone();
+    let repo = example_repo();
+    let output = fanout(
+        &[
+            "plan",
+            &example("claude-workflows.yaml"),
+            "--scenario",
+            &example("scenario.yaml"),
+            "--task",
+            TASK,
+            "--json",
+        ],
+        repo.path(),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let plan_path = report["saved"]["path"].as_str().unwrap().to_owned();
+    let agents = fanout_core::plan::load_plan(Path::new(&plan_path))
+        .unwrap()
+        .plan
+        .subtasks
+        .len();
+
+    let mut coordinator = std::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
+        .args([
+            "run",
+            &example("claude-workflows.yaml"),
+            "--plan",
+            &plan_path,
+            "--scenario",
+            &example("scenario.yaml"),
+            "--store",
+            &url,
+            "--local-slots",
+            "0",
+            "--repo",
+        ])
+        .arg(repo.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let location = StoreLocation::parse(&url, repo.path()).unwrap();
+    let mut run_id = String::new();
+    super::wait_for("the coordinator to publish the run", || {
+        let Ok(reader) = StoreReader::open_at(&location) else {
+            return false;
+        };
+        match reader
+            .query_raw("SELECT run_id FROM run_plans", &[])
+            .unwrap()
+            .first()
+            .and_then(|row| row.first())
+        {
+            Some(fanout_core::store::SqlValue::Text(id)) => {
+                run_id = id.clone();
+                true
+            }
+            _ => false,
+        }
+    });
+    let units = || {
+        StoreReader::open_at(&location)
+            .unwrap()
+            .units(&run_id.as_str().into())
+            .unwrap()
+    };
+    assert_eq!(units().len(), agents);
+
+    let store_arg = std::path::PathBuf::from(&url);
+    let caches: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut doomed = worker(&store_arg, caches[0].path(), &run_id, "doomed", "3")
+        .args(["--sim-latency-ms", "400"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    super::wait_for("the first worker to hold leases", || {
+        units()
+            .iter()
+            .any(|unit| unit.lease_owner.as_deref() == Some("doomed"))
+    });
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    // The survivors answer slowly enough that the coordinator dies mid-run.
+    let survivors: Vec<_> = ["left", "right"]
+        .iter()
+        .zip(&caches[1..])
+        .map(|(name, cache)| {
+            worker(&store_arg, cache.path(), &run_id, name, "30")
+                .args(["--sim-latency-ms", "50"])
+                .output_async()
+        })
+        .collect();
+    super::wait_for("the coordinator to apply some patches", || {
+        units()
+            .iter()
+            .filter(|unit| unit.applied_at.is_some())
+            .count()
+            >= 5
+    });
+    coordinator.kill().unwrap();
+    coordinator.wait().unwrap();
+    let committed_at_kill = units()
+        .iter()
+        .filter(|unit| unit.state == UnitState::Committed)
+        .count();
+    assert!(
+        committed_at_kill < agents,
+        "the coordinator was killed after the run ({committed_at_kill} committed)"
+    );
+    eprintln!("coordinator killed with {committed_at_kill} of {agents} units committed");
+
+    // Resumed from another clone of the repository, which has none of the patches yet.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let clone = elsewhere.path().join("clone");
+    git(
+        elsewhere.path(),
+        &["clone", "-q", &repo.path().display().to_string(), "clone"],
+    );
+    let resumed = std::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
+        .args(["resume", &run_id, "--store", &url, "--repo"])
+        .arg(&clone)
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    for mut child in survivors {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let outcome: serde_json::Value = serde_json::from_slice(&resumed.stdout).unwrap();
+    assert_eq!(outcome["status"], "completed", "{outcome}");
+    assert_eq!(outcome["succeeded"], agents);
+
+    let units = units();
+    assert!(units.iter().all(|unit| unit.state == UnitState::Committed));
+    assert!(units.iter().all(|unit| unit.applied_at.is_some()));
+    let reader = StoreReader::open_at(&location).unwrap();
+    let mut successes: BTreeMap<String, usize> = BTreeMap::new();
+    for row in reader.agent_runs(&run_id.as_str().into()).unwrap() {
+        if row.status == Some(AgentStatus::Success) {
+            *successes.entry(row.agent_id.to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(successes.len(), agents);
+    assert!(successes.values().all(|&n| n == 1), "{successes:?}");
+    let run = reader
+        .run_summary(&run_id.as_str().into())
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.run.status, RunStatus::Completed);
+
+    let single = example_repo();
+    let output = fanout(
+        &[
+            "run",
+            &example("claude-workflows.yaml"),
+            "--plan",
+            &plan_path,
+            "--scenario",
+            &example("scenario.yaml"),
+        ],
+        single.path(),
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(tree_id(&clone), tree_id(single.path()));
+}

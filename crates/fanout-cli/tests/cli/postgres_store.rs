@@ -6,14 +6,19 @@
 use super::*;
 
 /// A database of its own on the test server, dropped afterwards; `None` without a server.
-struct Database {
+pub(super) struct Database {
     admin: String,
     name: String,
-    url: String,
+    pub(super) url: String,
 }
 
 impl Database {
     fn create() -> Option<Database> {
+        Database::create_for("quickstart")
+    }
+
+    /// A database named for `tag`, so tests in one process do not share one.
+    pub(super) fn create_for(tag: &str) -> Option<Database> {
         let Ok(admin) = std::env::var("FANOUT_TEST_POSTGRES_URL") else {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -22,7 +27,7 @@ impl Database {
             eprintln!("skipping: FANOUT_TEST_POSTGRES_URL is unset");
             return None;
         };
-        let name = format!("fanout_cli_{}", std::process::id());
+        let name = format!("fanout_cli_{}_{tag}", std::process::id());
         let mut client = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
         // One statement each: CREATE DATABASE cannot share a transaction.
         client

@@ -37,12 +37,15 @@ pub struct Applied {
 }
 
 /// Apply every committed, not yet applied patch of `run_id` whose predecessors in commit
-/// order are all applied, to the work tree at `repo`, recording each.
+/// order are all applied, to the work tree at `repo`, recording each. With `recheck`, patches
+/// recorded as applied are checked against this tree too (a resume in another clone of the
+/// repository, which holds none of them yet, or only some).
 pub async fn apply_committed(
     store: &Store,
     location: &StoreLocation,
     run_id: &RunId,
     repo: &Path,
+    recheck: bool,
 ) -> Result<Applied, ApplyError> {
     let units = {
         let location = location.clone();
@@ -59,7 +62,7 @@ pub async fn apply_committed(
     };
     let mut done = Applied::default();
     for unit in in_commit_order(units) {
-        if unit.applied_at.is_some() {
+        if unit.applied_at.is_some() && !recheck {
             continue;
         }
         let patch = unit.patch.clone().unwrap_or_default();
@@ -77,9 +80,11 @@ pub async fn apply_committed(
                 done.applied.push(unit.agent_id.clone());
             }
         }
-        store
-            .mark_unit_applied(run_id, &unit.agent_id, SystemTime::now())
-            .await?;
+        if unit.applied_at.is_none() {
+            store
+                .mark_unit_applied(run_id, &unit.agent_id, SystemTime::now())
+                .await?;
+        }
     }
     Ok(done)
 }

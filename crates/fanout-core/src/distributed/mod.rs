@@ -13,17 +13,21 @@
 //!   records: the engine's own functions), the commit;
 //! - [`publish`]: what a coordinator stores for its workers (the plan, its hash, the
 //!   workflow and the base bundle) and enqueues;
-//! - [`apply`]: committed patches applied to the user's tree in commit order, exactly once.
+//! - [`apply`]: committed patches applied to the user's tree in commit order, exactly once;
+//! - [`coordinator`]: `fanout run --local-slots 0`: publish, then apply until every unit is
+//!   done, skipping the dependants of failures; resumable from any clone.
 //!
 //! Not here: rate limits shared between workers (each worker's fleet governs its own
-//! requests); a coordinator that applies patches to the user's tree.
+//! requests); the coordinator's checkpoints, verification and synthesis.
 
 pub mod apply;
+pub mod coordinator;
 pub mod publish;
 pub mod tree;
 pub mod worker;
 
 pub use apply::{Applied, ApplyError, apply_committed};
+pub use coordinator::{CoordinatorError, CoordinatorInputs, CoordinatorOutcome, coordinate};
 pub use publish::{PublishError, base_bundle, publish_run};
 pub use tree::TreeError;
 pub use worker::{WorkerError, WorkerOptions, WorkerReport, work};
