@@ -17,16 +17,21 @@
 //! - [`coordinator`]: `fanout run --local-slots 0`: publish, then apply until every unit is
 //!   done, skipping the dependants of failures; resumable from any clone.
 //!
-//! Not here: rate limits shared between workers (each worker's fleet governs its own
-//! requests); the coordinator's checkpoints, verification and synthesis.
+//! - [`bucket`]: the workflow's requests-per-minute limit shared by every worker's fleet
+//!   through one store row.
+//!
+//! Not here: the coordinator's checkpoints, verification and synthesis; token limits and
+//! dollar budgets shared between workers.
 
 pub mod apply;
+pub mod bucket;
 pub mod coordinator;
 pub mod publish;
 pub mod tree;
 pub mod worker;
 
 pub use apply::{Applied, ApplyError, apply_committed};
+pub use bucket::StoreBucket;
 pub use coordinator::{CoordinatorError, CoordinatorInputs, CoordinatorOutcome, coordinate};
 pub use publish::{PublishError, base_bundle, publish_run};
 pub use tree::TreeError;

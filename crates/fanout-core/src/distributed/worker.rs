@@ -10,7 +10,9 @@
 //! 3. its start row (attempt = the lease's attempt), then the agent through
 //!    [`run_agent_gated`] with the engine's own scope policy, toolbox, sandbox, limits and
 //!    records (model calls as they are answered, tool calls, denials) — while a heartbeat
-//!    renews the lease every third of its length;
+//!    renews the lease every third of its length; with a requests-per-minute limit in the
+//!    workflow, every request is also taken from the store's shared bucket for it
+//!    ([`super::bucket`]), so the workers together stay under it;
 //! 4. the patch of its write scope, committed with the outcome and the finish row in one
 //!    transaction ([`Store::commit_unit`]).
 //!
@@ -163,10 +165,15 @@ pub async fn work(
     backend: Arc<Backend>,
     cancel: &CancellationToken,
 ) -> Result<WorkerReport, WorkerError> {
-    std::fs::create_dir_all(&options.cache).map_err(|source| WorkerError::Cache {
+    let mut options = options;
+    let cache_error = |source| WorkerError::Cache {
         path: options.cache.clone(),
         source,
-    })?;
+    };
+    std::fs::create_dir_all(&options.cache).map_err(cache_error)?;
+    // git runs in the unit's directory: every path it is given must be absolute.
+    let cache = std::fs::canonicalize(&options.cache).map_err(cache_error)?;
+    options.cache = cache;
     let store = Store::open_at(&options.store)?;
     let worker = Arc::new(Worker {
         store: store.clone(),
@@ -363,7 +370,15 @@ impl Worker {
                 .unwrap_or("claude-workflows.yaml"),
         );
         let config = Arc::new(Config::from_str(&record.workflow, origin)?);
-        let fleet = self.backend.fleet(&config)?;
+        let mut fleet = self.backend.fleet(&config)?;
+        if let Some(rpm) = config.rate_limits.requests_per_minute {
+            // One bucket per model API and limit, whichever run or worker takes from it.
+            let api = config.model_for_mode(crate::config::Mode::Default).provider;
+            let name = format!("{api:?}:requests_per_minute:{rpm}").to_lowercase();
+            fleet = fleet.with_shared_bucket(Arc::new(
+                super::bucket::StoreBucket::requests_per_minute(self.store.clone(), name, rpm),
+            ));
+        }
         let context = Arc::new(RunContext {
             plan,
             plan_hash: found,

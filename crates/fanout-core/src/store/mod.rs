@@ -47,8 +47,10 @@
 //!   agent, leased by workers on any machine and committed with the agent's patch.
 //!
 //! Not here: what to record when (the scheduler and agents decide), git checkpoints
-//! ([`crate::run`]); a shared rate bucket.
+//! ([`crate::run`]). Shared rate buckets (`rate_buckets`, one row per limit) are taken
+//! through [`Store::take_from_bucket`].
 
+mod buckets;
 pub mod db;
 mod error;
 mod location;

@@ -220,6 +220,15 @@ CREATE TABLE unit_dependencies (
     PRIMARY KEY (run_id, agent_id, depends_on)
 );
 "#,
+    // 6: rate limits shared between processes (`crate::distributed`): one row per bucket,
+    // its level (requests it holds) at `updated_ms` (milliseconds since the epoch).
+    r#"
+CREATE TABLE rate_buckets (
+    name TEXT PRIMARY KEY NOT NULL,
+    level REAL NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+"#,
 ];
 
 /// `POSTGRES_MIGRATIONS[i]` takes a PostgreSQL database from version `i` to `i + 1`: the
@@ -388,6 +397,14 @@ CREATE TABLE unit_dependencies (
     agent_id TEXT COLLATE "C" NOT NULL,
     depends_on TEXT COLLATE "C" NOT NULL,
     PRIMARY KEY (run_id, agent_id, depends_on)
+);
+"#,
+    // 6: shared rate buckets.
+    r#"
+CREATE TABLE rate_buckets (
+    name TEXT COLLATE "C" PRIMARY KEY NOT NULL,
+    level DOUBLE PRECISION NOT NULL,
+    updated_ms BIGINT NOT NULL
 );
 "#,
 ];

@@ -62,6 +62,7 @@ enum Answer {
     Done,
     Leased(Option<Lease>),
     CommitSeq(u64),
+    WaitMs(u64),
 }
 
 #[derive(Debug)]
@@ -102,6 +103,13 @@ enum Op {
     CommitUnit(Box<UnitCommit>),
     MarkApplied(RunId, AgentId, SystemTime),
     SkipUnits(RunId, Vec<AgentId>),
+    TakeBucket {
+        name: String,
+        capacity: f64,
+        per_second: f64,
+        requests: f64,
+        now_ms: i64,
+    },
     AttachLog(PathBuf),
     Flush,
     Close(oneshot::Sender<WriterStats>),
@@ -363,6 +371,34 @@ impl Store {
     pub async fn skip_units(&self, run_id: &RunId, agents: Vec<AgentId>) -> Result<(), StoreError> {
         self.acked(Op::SkipUnits(run_id.clone(), agents), "the skipped units")
             .await
+    }
+
+    /// Take `requests` from the shared rate bucket `name` (up to `capacity` requests,
+    /// refilled at `per_second`) at `now`: zero when taken, else how long until there may be
+    /// room (nothing taken). Durable.
+    pub async fn take_from_bucket(
+        &self,
+        name: &str,
+        capacity: f64,
+        per_second: f64,
+        requests: f64,
+        now: SystemTime,
+    ) -> Result<std::time::Duration, StoreError> {
+        let now_ms = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let op = Op::TakeBucket {
+            name: name.to_owned(),
+            capacity,
+            per_second,
+            requests,
+            now_ms,
+        };
+        match self.answer(op, "the rate bucket").await? {
+            Answer::WaitMs(ms) => Ok(std::time::Duration::from_millis(ms)),
+            _ => Ok(std::time::Duration::ZERO),
+        }
     }
 
     /// Wait until everything queued before this call is committed durably and logged.
@@ -668,6 +704,24 @@ impl Writer {
                     .map_err(|error| self.unit_error(error, &run_id, None))?;
                 Ok((None, Answer::Done))
             }
+            Op::TakeBucket {
+                name,
+                capacity,
+                per_second,
+                requests,
+                now_ms,
+            } => {
+                let wait = super::buckets::take(
+                    self.db.as_ref(),
+                    &name,
+                    capacity,
+                    per_second,
+                    requests,
+                    now_ms,
+                )
+                .map_err(self.failed("taking from a rate bucket"))?;
+                Ok((None, Answer::WaitMs(wait)))
+            }
             op => self.apply_record(op).map(|line| (line, Answer::Done)),
         }
     }
@@ -731,7 +785,8 @@ impl Writer {
             | Op::Heartbeat(..)
             | Op::CommitUnit(_)
             | Op::MarkApplied(..)
-            | Op::SkipUnits(..) => Ok(None),
+            | Op::SkipUnits(..)
+            | Op::TakeBucket { .. } => Ok(None),
         }
     }
 

@@ -366,3 +366,54 @@ pub(crate) async fn only_runs_with_a_recorded_plan_are_leased(fresh: Fresh) {
     );
     store.close().await.unwrap();
 }
+
+pub(crate) async fn a_shared_bucket_holds_every_taker_to_its_rate(fresh: Fresh) {
+    // Two processes' worth of store handles take from one bucket of 5 requests, refilled
+    // at 5 a second.
+    let stores = [
+        Store::open_at(&fresh.location).unwrap(),
+        Store::open_at(&fresh.location).unwrap(),
+    ];
+    let take = |store: &Store, seconds: u64, millis: u64| {
+        let store = store.clone();
+        async move {
+            store
+                .take_from_bucket(
+                    "anthropic:requests_per_minute:300",
+                    5.0,
+                    5.0,
+                    1.0,
+                    at(seconds) + std::time::Duration::from_millis(millis),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let mut taken = 0;
+    for i in 0..20 {
+        if take(&stores[i % 2], 100, 0).await.is_zero() {
+            taken += 1;
+        }
+    }
+    assert_eq!(taken, 5, "a full bucket holds five");
+    // Empty: the wait is until one request's worth has refilled (200 ms at 5 a second).
+    assert_eq!(
+        take(&stores[0], 100, 0).await,
+        std::time::Duration::from_millis(200)
+    );
+    // 400 ms later two have refilled, whichever handle asks.
+    assert!(take(&stores[1], 100, 400).await.is_zero());
+    assert!(take(&stores[0], 100, 400).await.is_zero());
+    assert!(!take(&stores[1], 100, 400).await.is_zero());
+    // A long pause refills to the capacity, never beyond.
+    let mut later = 0;
+    for i in 0..20 {
+        if take(&stores[i % 2], 200, 0).await.is_zero() {
+            later += 1;
+        }
+    }
+    assert_eq!(later, 5);
+    for store in stores {
+        store.close().await.unwrap();
+    }
+}
