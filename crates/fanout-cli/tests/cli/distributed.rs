@@ -45,14 +45,56 @@ fn worker(
             lease,
             "--name",
             name,
-            "--scenario",
-            &example("scenario.yaml"),
         ])
         // Not in the user's repository: a worker never needs it.
-        .current_dir(cache)
+        .current_dir(cache);
+    command
+}
+
+/// [`worker`] with the in-process simulator playing the example's scenario.
+fn sim_worker(
+    store: &Path,
+    cache: &Path,
+    run_id: &str,
+    name: &str,
+    lease: &str,
+) -> std::process::Command {
+    let mut command = worker(store, cache, run_id, name, lease);
+    command
+        .args(["--scenario", &example("scenario.yaml")])
         .env_remove("ANTHROPIC_API_KEY")
         .env_remove("ANTHROPIC_BASE_URL");
     command
+}
+
+/// `fanout sim` as a process of its own (every worker's model API), limited to `rpm`
+/// requests a minute and recording every exchange to `record`; its base URL.
+fn sim_process(rpm: &str, record: &Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
+        .args([
+            "sim",
+            "--port",
+            "0",
+            "--rpm",
+            rpm,
+            "--latency-ms",
+            "100",
+            "--scenario",
+            &example("scenario.yaml"),
+            "--record",
+        ])
+        .arg(record)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.trim().rsplit(' ').next().unwrap().to_owned();
+    (child, url)
 }
 
 #[test]
@@ -126,7 +168,7 @@ fn workers_in_separate_processes_share_a_run_and_a_killed_workers_unit_is_taken_
 
     // A worker whose answers are slow holds leases of 3 s; it is killed while it holds some.
     let caches: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut doomed = worker(&db, caches[0].path(), &run_id, "doomed", "3")
+    let mut doomed = sim_worker(&db, caches[0].path(), &run_id, "doomed", "3")
         .arg("--sim-latency-ms")
         .arg("400")
         .stdout(std::process::Stdio::null())
@@ -152,7 +194,7 @@ fn workers_in_separate_processes_share_a_run_and_a_killed_workers_unit_is_taken_
     let survivors: Vec<_> = ["left", "right"]
         .iter()
         .zip(&caches[1..])
-        .map(|(name, cache)| worker(&db, cache.path(), &run_id, name, "30").output_async())
+        .map(|(name, cache)| sim_worker(&db, cache.path(), &run_id, name, "30").output_async())
         .collect();
     for mut child in survivors {
         // A worker that never finishes fails the test instead of hanging it.
@@ -277,10 +319,26 @@ fn a_coordinator_and_three_workers_survive_kill_9_of_a_worker_and_of_the_coordin
     };
     let url = database.url.clone();
     let repo = example_repo();
+    // The organisation's limit, in the workflow and enforced by the model API.
+    let outside = tempfile::tempdir().unwrap();
+    let workflow = outside.path().join("claude-workflows.yaml");
+    let text = std::fs::read_to_string(example("claude-workflows.yaml")).unwrap();
+    std::fs::write(
+        &workflow,
+        text.replacen(
+            "workflow:\n",
+            "workflow:\n  rate_limits:\n    requests_per_minute: 600\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let workflow = workflow.display().to_string();
+    let record = outside.path().join("sim.jsonl");
+    let (mut sim, base_url) = sim_process("600", &record);
     let output = fanout(
         &[
             "plan",
-            &example("claude-workflows.yaml"),
+            &workflow,
             "--scenario",
             &example("scenario.yaml"),
             "--task",
@@ -300,11 +358,9 @@ fn a_coordinator_and_three_workers_survive_kill_9_of_a_worker_and_of_the_coordin
     let mut coordinator = std::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
         .args([
             "run",
-            &example("claude-workflows.yaml"),
+            &workflow,
             "--plan",
             &plan_path,
-            "--scenario",
-            &example("scenario.yaml"),
             "--store",
             &url,
             "--local-slots",
@@ -312,6 +368,8 @@ fn a_coordinator_and_three_workers_survive_kill_9_of_a_worker_and_of_the_coordin
             "--repo",
         ])
         .arg(repo.path())
+        .env("ANTHROPIC_BASE_URL", &base_url)
+        .env("ANTHROPIC_API_KEY", "sk-test")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -345,8 +403,13 @@ fn a_coordinator_and_three_workers_survive_kill_9_of_a_worker_and_of_the_coordin
 
     let store_arg = std::path::PathBuf::from(&url);
     let caches: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut doomed = worker(&store_arg, caches[0].path(), &run_id, "doomed", "3")
-        .args(["--sim-latency-ms", "400"])
+    let on_sim = |mut command: std::process::Command| {
+        command
+            .env("ANTHROPIC_BASE_URL", &base_url)
+            .env("ANTHROPIC_API_KEY", "sk-test");
+        command
+    };
+    let mut doomed = on_sim(worker(&store_arg, caches[0].path(), &run_id, "doomed", "3"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -363,9 +426,7 @@ fn a_coordinator_and_three_workers_survive_kill_9_of_a_worker_and_of_the_coordin
         .iter()
         .zip(&caches[1..])
         .map(|(name, cache)| {
-            worker(&store_arg, cache.path(), &run_id, name, "30")
-                .args(["--sim-latency-ms", "50"])
-                .output_async()
+            on_sim(worker(&store_arg, cache.path(), &run_id, name, "30")).output_async()
         })
         .collect();
     super::wait_for("the coordinator to apply some patches", || {
@@ -461,4 +522,25 @@ fn a_coordinator_and_three_workers_survive_kill_9_of_a_worker_and_of_the_coordin
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(tree_id(&clone), tree_id(single.path()));
+
+    // Three workers (one killed) and two coordinators together stayed under the limit.
+    sim.kill().unwrap();
+    sim.wait().unwrap();
+    let statuses: Vec<u64> = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["status"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let limited = statuses.iter().filter(|&&status| status == 429).count();
+    eprintln!("{} requests, {limited} answered 429", statuses.len());
+    assert!(statuses.len() >= agents * 2, "{} requests", statuses.len());
+    assert!(
+        limited * 50 <= statuses.len(),
+        "{limited} of {} requests answered 429",
+        statuses.len()
+    );
 }
