@@ -46,6 +46,22 @@ pub async fn execute(
         lock,
     };
     let inputs = fanout_core::run::launch::fresh(launch, &prepared)?;
+    if let Some(slots) = args.local_slots {
+        if slots > 0 {
+            eprintln!(
+                "error: --local-slots {slots}: only 0 (a pure coordinator) is supported yet; leave it out for a local run"
+            );
+            return Ok(Exit::NotReady.into());
+        }
+        let workflow = std::fs::read_to_string(&args.file)
+            .with_context(|| format!("cannot read {}", args.file.display()))?;
+        let workflow_path = absolute(&args.file)
+            .strip_prefix(&inputs.repo)
+            .ok()
+            .map(|path| path.display().to_string());
+        let inputs = fanout_core::distributed::CoordinatorInputs::from_engine(&inputs);
+        return coordinate(inputs, workflow, workflow_path, false).await;
+    }
     drive(
         inputs,
         args.json,
@@ -53,6 +69,49 @@ pub async fn execute(
         Launch::Fresh,
     )
     .await
+}
+
+/// A pure coordinator: publish the run (unless `resume`) and apply what workers commit.
+pub async fn coordinate(
+    inputs: fanout_core::distributed::CoordinatorInputs,
+    workflow: String,
+    workflow_path: Option<String>,
+    resume: bool,
+) -> anyhow::Result<ExitCode> {
+    let run_id = inputs.run_id.clone();
+    let cancel = CancellationToken::new();
+    handle_interrupts(
+        cancel.clone(),
+        format!(
+            "fanout resume {run_id} --store {}",
+            shell_word(&inputs.store.to_string())
+        ),
+    );
+    eprintln!(
+        "fanout: coordinating run {run_id} ({} agents) through {}; start workers with `fanout worker --store {}`",
+        inputs.plan.subtasks.len(),
+        inputs.store,
+        shell_word(&inputs.store.to_string())
+    );
+    let outcome =
+        fanout_core::distributed::coordinate(&inputs, workflow, workflow_path, resume, &cancel)
+            .await?;
+    println!("{}", serde_json::to_string(&outcome)?);
+    eprintln!(
+        "run {run_id}: {} — {} succeeded, {} failed, {} skipped; {} patches applied, {} found applied",
+        outcome.status.as_str(),
+        outcome.succeeded,
+        outcome.failed,
+        outcome.skipped,
+        outcome.applied,
+        outcome.recognised
+    );
+    Ok(match outcome.status {
+        fanout_core::store::RunStatus::Completed => Exit::Success,
+        fanout_core::store::RunStatus::Cancelled => Exit::Cancelled,
+        _ => Exit::Partial,
+    }
+    .into())
 }
 
 /// How the engine is entered.

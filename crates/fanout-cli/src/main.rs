@@ -22,6 +22,7 @@ mod run_cmd;
 mod store_cmd;
 mod traces;
 mod usage;
+mod worker_cmd;
 
 use std::process::ExitCode;
 
@@ -76,6 +77,9 @@ enum Command {
     /// server: plan_workflow, start_run, run_status, run_result, cancel_run, resume_run,
     /// list_runs (stdio, or streamable HTTP with --http).
     Mcp(mcp::McpArgs),
+    /// Lease units (agents) of runs in a shared run store and run them in a cache of this
+    /// machine's: many workers on many machines share one run.
+    Worker(worker_cmd::WorkerArgs),
 }
 
 /// mimalloc, without transparent huge pages. A fleet allocates and frees from every thread at
@@ -125,6 +129,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resume(args) => resume_cmd::run(args).await,
         Command::Plan(args) => run_cmd::run_plan(args).await,
         Command::Mcp(args) => mcp::run(args).await,
+        Command::Worker(args) => worker_cmd::run(args).await,
     }
 }
 

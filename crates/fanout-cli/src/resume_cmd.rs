@@ -63,6 +63,26 @@ pub struct ResumeArgs {
 
 /// `fanout resume RUN_ID`.
 pub async fn run(args: ResumeArgs) -> anyhow::Result<ExitCode> {
+    // A run published for workers is resumed as a coordinator, from any clone of the
+    // repository: its plan and workflow are in the store.
+    let repo = args.repo.clone().unwrap_or_else(|| PathBuf::from("."));
+    if !args.dry_run
+        && let Ok(store) = args.store.location(&repo)
+    {
+        let repo = std::fs::canonicalize(&repo).unwrap_or(repo);
+        use fanout_core::distributed::{CoordinatorError, CoordinatorInputs};
+        match CoordinatorInputs::published(&store, &args.run_id, repo.clone()) {
+            Ok(Some(inputs)) => {
+                let _lock = fanout_core::run::lock::RepoLock::acquire(&repo, "resume")?;
+                return crate::live::coordinate(inputs, String::new(), None, true).await;
+            }
+            Err(error @ (CoordinatorError::PlanHash { .. } | CoordinatorError::PlanJson(_))) => {
+                return Err(error.into());
+            }
+            // Not published, or no store to ask: a local run's resume says what is wrong.
+            Ok(None) | Err(_) => {}
+        }
+    }
     finish(args, false).await
 }
 
@@ -208,6 +228,7 @@ async fn resume_items(
         retry_failed: None,
         allow_dirty: false,
         store: args.store.clone(),
+        local_slots: None,
     };
     crate::items_cmd::resume(run_args, config, repo, args.run_id.clone()).await
 }

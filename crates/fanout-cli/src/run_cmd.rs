@@ -65,6 +65,11 @@ pub struct RunArgs {
     pub retry_failed: Option<RunId>,
     #[command(flatten)]
     pub store: crate::store_cmd::StoreArg,
+    /// Agents this process runs beside `fanout worker` processes sharing the store. 0: a
+    /// pure coordinator that publishes the run and applies the workers' committed patches
+    /// in commit order. Without it the run is local, as always. (Only 0 is supported yet.)
+    #[arg(long, value_name = "N")]
+    pub local_slots: Option<usize>,
 }
 
 /// `fanout plan`: the dry run.

@@ -2429,3 +2429,6 @@ mod costs;
 
 #[path = "cli/postgres_store.rs"]
 mod postgres_store;
+
+#[path = "cli/distributed.rs"]
+mod distributed;

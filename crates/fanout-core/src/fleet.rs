@@ -108,6 +108,8 @@ pub struct Fleet {
     estimator: Arc<TokenEstimator>,
     counters: Arc<FleetCounters>,
     stream: bool,
+    /// A limit shared with other processes, taken after this process's governor admits.
+    shared: Option<Arc<dyn crate::governor::shared::SharedBucket>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -135,7 +137,18 @@ impl Fleet {
             estimator: Arc::new(TokenEstimator::default()),
             counters: Arc::new(FleetCounters::default()),
             stream: false,
+            shared: None,
         }
+    }
+
+    /// Also take every request from `bucket`, shared with other processes (workers on other
+    /// machines under one organisation's limit).
+    pub fn with_shared_bucket(
+        mut self,
+        bucket: Arc<dyn crate::governor::shared::SharedBucket>,
+    ) -> Self {
+        self.shared = Some(bucket);
+        self
     }
 
     /// Read answers as server-sent events (the default is one JSON body).
@@ -181,6 +194,27 @@ impl Fleet {
             counters
                 .governor_wait_ms
                 .fetch_add(reservation.waited().as_millis() as u64, Ordering::Relaxed);
+            if let Some(shared) = &self.shared {
+                loop {
+                    let wait = tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => return Err(FleetError::Cancelled { attempts: attempt - 1 }),
+                        wait = shared.take(1) => wait,
+                    };
+                    if wait.is_zero() {
+                        break;
+                    }
+                    governor_wait += wait;
+                    counters
+                        .governor_wait_ms
+                        .fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
+                    tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => return Err(FleetError::Cancelled { attempts: attempt - 1 }),
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
             counters.attempts.fetch_add(1, Ordering::Relaxed);
             let sent = self
                 .provider

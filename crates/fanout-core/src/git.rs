@@ -94,6 +94,13 @@ pub struct Git {
 }
 
 impl Git {
+    /// The work tree whose top is `root`, taken on trust (a repository we made ourselves).
+    pub fn at(root: &Path) -> Git {
+        Git {
+            root: root.to_path_buf(),
+        }
+    }
+
     /// The work tree containing `path` (its top level).
     pub fn open(path: &Path) -> Result<Git, GitError> {
         let probe = Git {

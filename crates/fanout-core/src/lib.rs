@@ -26,6 +26,8 @@
 //!   estimates and the dry-run report.
 //! - [`run`]: running a plan: the lifecycle every front end calls (`run::launch`), the engine,
 //!   the scheduler, checkpoints, pre-images and rollback, the repository lock.
+//! - [`distributed`]: runs shared between machines: `fanout worker`'s lease loop, a unit's
+//!   tree in the worker's cache, what a coordinator publishes for its workers.
 //! - [`items`]: item work: inputs, chunking, worker prompts and answer accounting, aggregation,
 //!   outputs, and the item runner (online or batch).
 //! - [`report`]: one run as a self-contained HTML page (`fanout report`), from the store and
@@ -40,6 +42,7 @@
 pub mod agent;
 pub mod backend;
 pub mod config;
+pub mod distributed;
 pub mod env;
 pub mod fleet;
 pub mod git;

@@ -14,6 +14,11 @@ pub(crate) struct Database {
 
 impl Database {
     pub(crate) fn create() -> Option<Database> {
+        Database::create_for("db")
+    }
+
+    /// A database named for `tag` (and numbered), so tests in one process do not share one.
+    pub(crate) fn create_for(tag: &str) -> Option<Database> {
         let Ok(admin) = std::env::var("FANOUT_TEST_POSTGRES_URL") else {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -24,7 +29,7 @@ impl Database {
         };
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let name = format!(
-            "fanout_cli_{}_{}",
+            "fanout_cli_{}_{tag}_{}",
             std::process::id(),
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );

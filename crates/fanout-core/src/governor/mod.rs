@@ -32,6 +32,7 @@
 
 pub mod bucket;
 pub mod estimate;
+pub mod shared;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

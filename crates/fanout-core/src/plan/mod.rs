@@ -35,7 +35,7 @@ pub use git::{GitCheckError, ensure_clean, ensure_tracked_clean};
 pub use orchestrate::{PlanOptions, Planned, SUBMIT_PLAN_TOOL, request_plan};
 pub use report::{PlanSource, Report};
 pub use scan::RepoScan;
-pub use store::{LoadedPlan, RunId, SavedPlan, load_plan, save_plan};
+pub use store::{LoadedPlan, RunId, SavedPlan, hash_bytes, load_plan, save_plan};
 pub use types::{Plan, Subtask, TaskId, parse_plan};
 pub use validate::{
     Adjustment, DEFAULT_MAX_AGENTS, PlanLimits, ScopePaths, Validation, Violation, ViolationKind,

@@ -25,6 +25,8 @@ pub enum SqlValue {
     Int(i64),
     Real(f64),
     Text(String),
+    /// BLOB in SQLite, BYTEA in PostgreSQL (a unit's patch, a run's base bundle).
+    Bytes(Vec<u8>),
 }
 
 impl From<&str> for SqlValue {
@@ -36,6 +38,12 @@ impl From<&str> for SqlValue {
 impl From<String> for SqlValue {
     fn from(text: String) -> SqlValue {
         SqlValue::Text(text)
+    }
+}
+
+impl From<Vec<u8>> for SqlValue {
+    fn from(bytes: Vec<u8>) -> SqlValue {
+        SqlValue::Bytes(bytes)
     }
 }
 

@@ -108,6 +108,14 @@ pub enum StoreError {
         recorded: String,
         requested: String,
     },
+    #[error(
+        "the lease on agent {agent_id} (attempt {attempt}) of run {run_id} is no longer this worker's: it expired and another worker may have taken the unit"
+    )]
+    LeaseLost {
+        run_id: RunId,
+        agent_id: AgentId,
+        attempt: u32,
+    },
     #[error("cannot write the log {}: {source}", .path.display())]
     Log {
         path: PathBuf,

@@ -43,10 +43,14 @@
 //! - **The log.** [`Store::attach_log`] makes the writer append every record it commits, as one
 //!   JSON object per line, to the run's `logging.destination`.
 //!
+//! - **Units and leases** ([`units`]): a run's plan and base tree stored once, one unit per
+//!   agent, leased by workers on any machine and committed with the agent's patch.
+//!
 //! Not here: what to record when (the scheduler and agents decide), git checkpoints
-//! ([`crate::run`]); leases on units of work and a shared rate bucket (a later step adds them
-//! as tables and queries behind the same [`Db`] trait).
+//! ([`crate::run`]). Shared rate buckets (`rate_buckets`, one row per limit) are taken
+//! through [`Store::take_from_bucket`].
 
+mod buckets;
 pub mod db;
 mod error;
 mod location;
@@ -55,6 +59,7 @@ mod postgres;
 mod query;
 pub mod schema;
 mod sqlite;
+pub mod units;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -74,6 +79,7 @@ pub use query::{
     RunSummary, Spent, StatusCounts, StoreReader, ToolCallRow, UnfinishedUsage, agents_sentence,
     cache_sentence,
 };
+pub use units::{Lease, RunPlanRecord, UnitCommit, UnitRow, UnitSpec, UnitState};
 pub use writer::{MAX_BATCH, QUEUE_DEPTH, Store, WriterStats};
 
 pub use crate::layout::{db_path, run_dir};

@@ -279,6 +279,9 @@ fn values(row: &Row) -> Result<Vec<SqlValue>, DbError> {
                 .map(|b| SqlValue::Int(b.into()))
         } else if [Type::TEXT, Type::VARCHAR, Type::BPCHAR, Type::NAME].contains(ty) {
             row.try_get::<_, Option<String>>(index)?.map(SqlValue::Text)
+        } else if *ty == Type::BYTEA {
+            row.try_get::<_, Option<Vec<u8>>>(index)?
+                .map(SqlValue::Bytes)
         } else {
             return Err(type_error(ty, column.name()));
         };
@@ -311,6 +314,7 @@ impl ToSql for SqlValue {
             SqlValue::Real(n) if *ty == Type::FLOAT8 => n.to_sql(ty, out),
             SqlValue::Real(n) if *ty == Type::FLOAT4 => (*n as f32).to_sql(ty, out),
             SqlValue::Text(text) if is_text.contains(ty) => text.as_str().to_sql(ty, out),
+            SqlValue::Bytes(bytes) if *ty == Type::BYTEA => bytes.as_slice().to_sql(ty, out),
             other => Err(Box::new(type_error(ty, &format!("{other:?}")))),
         }
     }

@@ -1057,6 +1057,17 @@ impl StoreReader {
         )
     }
 
+    /// Every unit of `run_id` in enqueue order ([`super::units`]), with patches and outcomes.
+    pub fn units(&self, run_id: &RunId) -> Result<Vec<super::UnitRow>, StoreError> {
+        super::units::units(self.db.as_ref(), run_id).map_err(self.failed("reading units"))
+    }
+
+    /// The plan, hash and base bundle published for `run_id`, if any.
+    pub fn run_plan(&self, run_id: &RunId) -> Result<Option<super::RunPlanRecord>, StoreError> {
+        super::units::run_plan(self.db.as_ref(), run_id)
+            .map_err(self.failed("reading a run's plan"))
+    }
+
     /// Run a read-only query of your own (tests, diagnostics), on either backend. Write it
     /// with `?1`-style placeholders; the rows come back as plain values.
     pub fn query_raw(

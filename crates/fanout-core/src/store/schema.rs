@@ -179,6 +179,56 @@ ALTER TABLE agent_runs ADD COLUMN cache_read_tokens INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE agent_runs ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE agent_runs ADD COLUMN cache_saved_usd REAL NOT NULL DEFAULT 0;
 "#,
+    // 5: work shared between machines (`crate::distributed`). A run's reviewed plan, its hash
+    // and its base tree as a `git bundle`, stored once; one unit per agent with its lease
+    // (owner, expiry, attempt) and, once committed, its patch, outcome and place in the run's
+    // commit order; the units each waits for.
+    r#"
+CREATE TABLE run_plans (
+    run_id TEXT PRIMARY KEY NOT NULL,
+    plan_hash TEXT NOT NULL,      -- sha256:<hex> of `plan`, which workers check
+    plan TEXT NOT NULL,           -- the reviewed plan (JSON) the units come from
+    workflow TEXT NOT NULL,       -- the workflow file's text the agents run under
+    workflow_path TEXT,           -- its path relative to the repository, when inside it
+    base_commit TEXT NOT NULL,
+    base_bundle BLOB NOT NULL,    -- `git bundle` holding base_commit
+    commits INTEGER NOT NULL DEFAULT 0,  -- units committed so far: the last commit_seq given
+    created_at TEXT NOT NULL
+);
+CREATE TABLE units (
+    run_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    enqueued_seq INTEGER NOT NULL,  -- leases take the earliest ready unit first
+    state TEXT NOT NULL
+        CHECK (state IN ('ready', 'leased', 'committed', 'failed', 'skipped')),
+    lease_owner TEXT,
+    lease_expires_at TEXT,
+    attempt INTEGER NOT NULL DEFAULT 0,  -- leases taken; the agent_runs attempt of the last
+    commit_seq INTEGER,             -- 1, 2, ... per run, in commit order
+    committed_at TEXT,
+    patch BLOB,                     -- `git diff --binary` of the write scope
+    outcome TEXT,                   -- JSON: the agent's result as its worker saw it
+    applied_at TEXT,                -- when the coordinator applied the patch
+    PRIMARY KEY (run_id, agent_id)
+);
+CREATE UNIQUE INDEX units_by_commit ON units (run_id, commit_seq);
+CREATE INDEX units_by_state ON units (state, run_id, enqueued_seq);
+CREATE TABLE unit_dependencies (
+    run_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    depends_on TEXT NOT NULL,
+    PRIMARY KEY (run_id, agent_id, depends_on)
+);
+"#,
+    // 6: rate limits shared between processes (`crate::distributed`): one row per bucket,
+    // its level (requests it holds) at `updated_ms` (milliseconds since the epoch).
+    r#"
+CREATE TABLE rate_buckets (
+    name TEXT PRIMARY KEY NOT NULL,
+    level REAL NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+"#,
 ];
 
 /// `POSTGRES_MIGRATIONS[i]` takes a PostgreSQL database from version `i` to `i + 1`: the
@@ -310,6 +360,52 @@ ALTER TABLE tool_calls ADD COLUMN paths TEXT COLLATE "C";
 ALTER TABLE agent_runs ADD COLUMN cache_read_tokens BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE agent_runs ADD COLUMN cache_write_tokens BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE agent_runs ADD COLUMN cache_saved_usd DOUBLE PRECISION NOT NULL DEFAULT 0;
+"#,
+    // 5: work shared between machines.
+    r#"
+CREATE TABLE run_plans (
+    run_id TEXT COLLATE "C" PRIMARY KEY NOT NULL,
+    plan_hash TEXT COLLATE "C" NOT NULL,
+    plan TEXT COLLATE "C" NOT NULL,
+    workflow TEXT COLLATE "C" NOT NULL,
+    workflow_path TEXT COLLATE "C",
+    base_commit TEXT COLLATE "C" NOT NULL,
+    base_bundle BYTEA NOT NULL,
+    commits BIGINT NOT NULL DEFAULT 0,
+    created_at TEXT COLLATE "C" NOT NULL
+);
+CREATE TABLE units (
+    run_id TEXT COLLATE "C" NOT NULL,
+    agent_id TEXT COLLATE "C" NOT NULL,
+    enqueued_seq BIGINT NOT NULL,
+    state TEXT COLLATE "C" NOT NULL
+        CHECK (state IN ('ready', 'leased', 'committed', 'failed', 'skipped')),
+    lease_owner TEXT COLLATE "C",
+    lease_expires_at TEXT COLLATE "C",
+    attempt BIGINT NOT NULL DEFAULT 0,
+    commit_seq BIGINT,
+    committed_at TEXT COLLATE "C",
+    patch BYTEA,
+    outcome TEXT COLLATE "C",
+    applied_at TEXT COLLATE "C",
+    PRIMARY KEY (run_id, agent_id)
+);
+CREATE UNIQUE INDEX units_by_commit ON units (run_id, commit_seq);
+CREATE INDEX units_by_state ON units (state, run_id, enqueued_seq);
+CREATE TABLE unit_dependencies (
+    run_id TEXT COLLATE "C" NOT NULL,
+    agent_id TEXT COLLATE "C" NOT NULL,
+    depends_on TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (run_id, agent_id, depends_on)
+);
+"#,
+    // 6: shared rate buckets.
+    r#"
+CREATE TABLE rate_buckets (
+    name TEXT COLLATE "C" PRIMARY KEY NOT NULL,
+    level DOUBLE PRECISION NOT NULL,
+    updated_ms BIGINT NOT NULL
+);
 "#,
 ];
 

@@ -18,6 +18,7 @@ impl rusqlite::types::ToSql for SqlValue {
             SqlValue::Int(n) => ToSqlOutput::Borrowed(ValueRef::Integer(*n)),
             SqlValue::Real(n) => ToSqlOutput::Borrowed(ValueRef::Real(*n)),
             SqlValue::Text(text) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
+            SqlValue::Bytes(bytes) => ToSqlOutput::Borrowed(ValueRef::Blob(bytes)),
         })
     }
 }
@@ -27,9 +28,8 @@ fn value(raw: ValueRef<'_>) -> SqlValue {
         ValueRef::Null => SqlValue::Null,
         ValueRef::Integer(n) => SqlValue::Int(n),
         ValueRef::Real(n) => SqlValue::Real(n),
-        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
-            SqlValue::Text(String::from_utf8_lossy(bytes).into_owned())
-        }
+        ValueRef::Text(bytes) => SqlValue::Text(String::from_utf8_lossy(bytes).into_owned()),
+        ValueRef::Blob(bytes) => SqlValue::Bytes(bytes.to_vec()),
     }
 }
 

@@ -13,6 +13,7 @@ use super::location::StoreLocation;
 use super::log::LogSink;
 use super::postgres::PostgresDb;
 use super::sqlite::SqliteDb;
+use super::units::{self, Lease, RunPlanRecord, UnitCommit, UnitError, UnitSpec};
 use super::{
     AgentFinish, AgentStart, CheckpointRecord, DenialRecord, EventRecord, NewRun, RunStatus,
     StoreError, ToolCallRecord, format_time,
@@ -53,7 +54,16 @@ pub struct Store {
     location: StoreLocation,
 }
 
-type Ack = oneshot::Sender<Result<(), StoreError>>;
+type Ack = oneshot::Sender<Result<Answer, StoreError>>;
+
+/// What an acknowledged operation hands back once its batch is committed.
+#[derive(Debug)]
+enum Answer {
+    Done,
+    Leased(Option<Lease>),
+    CommitSeq(u64),
+    WaitMs(u64),
+}
 
 #[derive(Debug)]
 struct Request {
@@ -82,6 +92,24 @@ enum Op {
     ToolCall(Box<ToolCallRecord>),
     Denial(Box<DenialRecord>),
     Event(Box<EventRecord>),
+    PublishUnits(Box<RunPlanRecord>, Vec<UnitSpec>),
+    Lease {
+        owner: String,
+        run_id: Option<RunId>,
+        now: SystemTime,
+        expires_at: SystemTime,
+    },
+    Heartbeat(Box<Lease>, SystemTime),
+    CommitUnit(Box<UnitCommit>),
+    MarkApplied(RunId, AgentId, SystemTime),
+    SkipUnits(RunId, Vec<AgentId>),
+    TakeBucket {
+        name: String,
+        capacity: f64,
+        per_second: f64,
+        requests: f64,
+        now_ms: i64,
+    },
     AttachLog(PathBuf),
     Flush,
     Close(oneshot::Sender<WriterStats>),
@@ -266,6 +294,113 @@ impl Store {
         self.queued(Op::Event(Box::new(event)), "an event").await
     }
 
+    /// Record a run's reviewed plan (with its hash and base bundle) and enqueue its units, in
+    /// one transaction: a worker never sees a plan without its units. Idempotent: what is
+    /// already recorded stays as it is. Durable.
+    pub async fn publish_units(
+        &self,
+        plan: RunPlanRecord,
+        units: Vec<UnitSpec>,
+    ) -> Result<(), StoreError> {
+        self.answer(Op::PublishUnits(Box::new(plan), units), "the run's units")
+            .await
+            .map(|_| ())
+    }
+
+    /// Lease the earliest ready unit (of `run_id`, or of any run with a recorded plan) to
+    /// `owner` until `expires_at`; `now` judges which leases have expired. `None` when
+    /// nothing is ready. Durable.
+    pub async fn lease_unit(
+        &self,
+        owner: &str,
+        run_id: Option<&RunId>,
+        now: SystemTime,
+        expires_at: SystemTime,
+    ) -> Result<Option<Lease>, StoreError> {
+        let op = Op::Lease {
+            owner: owner.to_owned(),
+            run_id: run_id.cloned(),
+            now,
+            expires_at,
+        };
+        match self.answer(op, "the lease").await? {
+            Answer::Leased(lease) => Ok(lease),
+            _ => Ok(None),
+        }
+    }
+
+    /// Extend `lease` to `expires_at`; [`StoreError::LeaseLost`] if it is no longer held.
+    /// Durable.
+    pub async fn heartbeat(&self, lease: &Lease, expires_at: SystemTime) -> Result<(), StoreError> {
+        self.answer(
+            Op::Heartbeat(Box::new(lease.clone()), expires_at),
+            "the heartbeat",
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Commit a unit's outcome and its agent's finish row in one transaction; its number in
+    /// the run's commit order. [`StoreError::LeaseLost`] (and nothing written) if the lease
+    /// is no longer the committer's. Durable.
+    pub async fn commit_unit(&self, unit: UnitCommit) -> Result<u64, StoreError> {
+        match self
+            .answer(Op::CommitUnit(Box::new(unit)), "the unit's commit")
+            .await?
+        {
+            Answer::CommitSeq(seq) => Ok(seq),
+            _ => Ok(0),
+        }
+    }
+
+    /// Record that a committed unit's patch is applied to the user's tree. Durable.
+    pub async fn mark_unit_applied(
+        &self,
+        run_id: &RunId,
+        agent_id: &AgentId,
+        at: SystemTime,
+    ) -> Result<(), StoreError> {
+        self.acked(
+            Op::MarkApplied(run_id.clone(), agent_id.clone(), at),
+            "the patch's application",
+        )
+        .await
+    }
+
+    /// Give up units that are still waiting for a worker. Durable.
+    pub async fn skip_units(&self, run_id: &RunId, agents: Vec<AgentId>) -> Result<(), StoreError> {
+        self.acked(Op::SkipUnits(run_id.clone(), agents), "the skipped units")
+            .await
+    }
+
+    /// Take `requests` from the shared rate bucket `name` (up to `capacity` requests,
+    /// refilled at `per_second`) at `now`: zero when taken, else how long until there may be
+    /// room (nothing taken). Durable.
+    pub async fn take_from_bucket(
+        &self,
+        name: &str,
+        capacity: f64,
+        per_second: f64,
+        requests: f64,
+        now: SystemTime,
+    ) -> Result<std::time::Duration, StoreError> {
+        let now_ms = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let op = Op::TakeBucket {
+            name: name.to_owned(),
+            capacity,
+            per_second,
+            requests,
+            now_ms,
+        };
+        match self.answer(op, "the rate bucket").await? {
+            Answer::WaitMs(ms) => Ok(std::time::Duration::from_millis(ms)),
+            _ => Ok(std::time::Duration::ZERO),
+        }
+    }
+
     /// Wait until everything queued before this call is committed durably and logged.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.acked(Op::Flush, "the flush").await
@@ -307,6 +442,10 @@ impl Store {
     }
 
     async fn acked(&self, op: Op, what: &'static str) -> Result<(), StoreError> {
+        self.answer(op, what).await.map(|_| ())
+    }
+
+    async fn answer(&self, op: Op, what: &'static str) -> Result<Answer, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Request { op, ack: Some(tx) })
@@ -399,7 +538,7 @@ impl Writer {
             .any(|r| r.ack.is_some() || matches!(r.op, Op::Close(_)));
         let ops = batch.len();
         let mut close = None;
-        let mut outcomes: Vec<(Option<Ack>, Result<(), StoreError>)> = Vec::with_capacity(ops);
+        let mut outcomes: Vec<(Option<Ack>, Result<Answer, StoreError>)> = Vec::with_capacity(ops);
         let mut lines: Vec<serde_json::Value> = Vec::new();
 
         if let Err(err) = self.db.begin(durable) {
@@ -418,16 +557,17 @@ impl Writer {
             let result = match request.op {
                 Op::Close(tx) => {
                     close = Some(tx);
-                    Ok(None)
+                    Ok((None, Answer::Done))
                 }
-                Op::Flush => Ok(None),
-                Op::AttachLog(path) => self.attach_log(path).map(|()| None),
+                Op::Flush => Ok((None, Answer::Done)),
+                Op::AttachLog(path) => self.attach_log(path).map(|()| (None, Answer::Done)),
                 op => self.apply_in_savepoint(op),
             };
-            let result = result.map(|line| {
+            let result = result.map(|(line, answer)| {
                 if let Some(line) = line {
                     lines.push(line);
                 }
+                answer
             });
             outcomes.push((request.ack, result));
         }
@@ -460,7 +600,7 @@ impl Writer {
         }
     }
 
-    fn report(&mut self, ack: Option<Ack>, result: Result<(), StoreError>) {
+    fn report(&mut self, ack: Option<Ack>, result: Result<Answer, StoreError>) {
         match ack {
             // The caller may have stopped waiting; nothing to do then.
             Some(ack) => {
@@ -501,7 +641,10 @@ impl Writer {
     }
 
     /// Run one operation in a savepoint so its failure leaves the rest of the batch alone.
-    fn apply_in_savepoint(&mut self, op: Op) -> Result<Option<serde_json::Value>, StoreError> {
+    fn apply_in_savepoint(
+        &mut self,
+        op: Op,
+    ) -> Result<(Option<serde_json::Value>, Answer), StoreError> {
         // Prepared once and reused: a fleet's batches run these around every record.
         self.db
             .execute("SAVEPOINT op", &[])
@@ -516,7 +659,98 @@ impl Writer {
         result
     }
 
-    fn apply(&mut self, op: Op) -> Result<Option<serde_json::Value>, StoreError> {
+    fn apply(&mut self, op: Op) -> Result<(Option<serde_json::Value>, Answer), StoreError> {
+        match op {
+            Op::PublishUnits(plan, specs) => {
+                let run_id = plan.run_id.clone();
+                units::publish_plan(self.db.as_ref(), &plan)
+                    .and_then(|()| units::enqueue(self.db.as_ref(), &run_id, &specs))
+                    .map_err(|error| self.unit_error(error, &run_id, None))?;
+                Ok((None, Answer::Done))
+            }
+            Op::Lease {
+                owner,
+                run_id,
+                now,
+                expires_at,
+            } => {
+                let lease =
+                    units::lease(self.db.as_ref(), &owner, run_id.as_ref(), now, expires_at)
+                        .map_err(|error| {
+                            let run = run_id.clone().unwrap_or_else(|| RunId::from("(any)"));
+                            self.unit_error(error, &run, None)
+                        })?;
+                Ok((None, Answer::Leased(lease)))
+            }
+            Op::Heartbeat(lease, expires_at) => {
+                units::heartbeat(self.db.as_ref(), &lease, expires_at)
+                    .map_err(|error| self.unit_error(error, &lease.run_id, Some(&lease)))?;
+                Ok((None, Answer::Done))
+            }
+            Op::CommitUnit(unit) => {
+                let seq = units::commit(self.db.as_ref(), &unit).map_err(|error| {
+                    self.unit_error(error, &unit.lease.run_id, Some(&unit.lease))
+                })?;
+                let line = self.finish_agent(unit.finish.clone())?;
+                Ok((line, Answer::CommitSeq(seq)))
+            }
+            Op::MarkApplied(run_id, agent_id, at) => {
+                units::mark_applied(self.db.as_ref(), &run_id, &agent_id, at)
+                    .map_err(|error| self.unit_error(error, &run_id, None))?;
+                Ok((None, Answer::Done))
+            }
+            Op::SkipUnits(run_id, agents) => {
+                units::skip(self.db.as_ref(), &run_id, &agents)
+                    .map_err(|error| self.unit_error(error, &run_id, None))?;
+                Ok((None, Answer::Done))
+            }
+            Op::TakeBucket {
+                name,
+                capacity,
+                per_second,
+                requests,
+                now_ms,
+            } => {
+                let wait = super::buckets::take(
+                    self.db.as_ref(),
+                    &name,
+                    capacity,
+                    per_second,
+                    requests,
+                    now_ms,
+                )
+                .map_err(self.failed("taking from a rate bucket"))?;
+                Ok((None, Answer::WaitMs(wait)))
+            }
+            op => self.apply_record(op).map(|line| (line, Answer::Done)),
+        }
+    }
+
+    fn unit_error(&self, error: UnitError, run_id: &RunId, lease: Option<&Lease>) -> StoreError {
+        match error {
+            UnitError::Db(what, source) => StoreError::Database {
+                store: self.store.clone(),
+                what,
+                source,
+            },
+            UnitError::LeaseLost => StoreError::LeaseLost {
+                run_id: run_id.clone(),
+                agent_id: lease
+                    .map(|lease| lease.agent_id.clone())
+                    .unwrap_or_else(|| AgentId::from("(unknown)")),
+                attempt: lease.map_or(0, |lease| lease.attempt),
+            },
+            UnitError::UnknownRun => StoreError::UnknownRun {
+                run_id: run_id.clone(),
+            },
+            UnitError::Json(source) => StoreError::Json {
+                what: "a unit's outcome",
+                source,
+            },
+        }
+    }
+
+    fn apply_record(&mut self, op: Op) -> Result<Option<serde_json::Value>, StoreError> {
         match op {
             Op::CreateRun(run) => self.create_run(*run),
             Op::SetRunStatus {
@@ -543,7 +777,16 @@ impl Writer {
             Op::ToolCall(call) => self.tool_call(*call),
             Op::Denial(denial) => self.denial(*denial),
             Op::Event(event) => self.event(*event),
-            Op::AttachLog(_) | Op::Flush | Op::Close(_) => Ok(None),
+            Op::AttachLog(_)
+            | Op::Flush
+            | Op::Close(_)
+            | Op::PublishUnits(..)
+            | Op::Lease { .. }
+            | Op::Heartbeat(..)
+            | Op::CommitUnit(_)
+            | Op::MarkApplied(..)
+            | Op::SkipUnits(..)
+            | Op::TakeBucket { .. } => Ok(None),
         }
     }
 

@@ -26,6 +26,7 @@ const LAYERS: &[&str] = &[
     "agent",
     "plan",
     "run",
+    "distributed",
     "items",
     "report",
     "telemetry",

@@ -420,7 +420,7 @@ impl AgentTask {
 }
 
 /// The model for `mode` and the agent limits from the workflow.
-fn agent_config(config: &Config, mode: Mode) -> AgentConfig {
+pub(crate) fn agent_config(config: &Config, mode: Mode) -> AgentConfig {
     let model = config.model_for_mode(mode);
     let budget = &config.budgets.agent;
     AgentConfig {
@@ -437,7 +437,8 @@ fn agent_config(config: &Config, mode: Mode) -> AgentConfig {
     }
 }
 
-fn agent_spec(subtask: &Subtask) -> AgentSpec {
+/// What an agent may do: its write scope (none without a writing tool), read scope, tools.
+pub(crate) fn agent_spec(subtask: &Subtask) -> AgentSpec {
     // An agent without a writing tool writes nothing, whatever its scope says (its prompt
     // must not tell it otherwise).
     let write = subtask.effective_write_scope().to_vec();
@@ -474,7 +475,8 @@ fn finish_without_running(
     }
 }
 
-fn failure_text(outcome: &AgentOutcome) -> String {
+/// Why an attempt failed, in the words its end row records.
+pub(crate) fn failure_text(outcome: &AgentOutcome) -> String {
     let mut text = match &outcome.status {
         LoopStatus::Success => "the result disagrees with what the agent did".to_string(),
         LoopStatus::InvalidResult => "the result was invalid after one repair".to_string(),

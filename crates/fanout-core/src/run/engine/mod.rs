@@ -49,6 +49,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use self::attempt::{agent_config, agent_spec, failure_text};
+pub(crate) use self::records::{model_call_hook, queue_denials, store_tool_calls};
 pub use self::summary::{agents_text, cache_text};
 pub use self::verify::{BaselineOutcome, TestOutcome};
 use crate::config::{Config, Mode};

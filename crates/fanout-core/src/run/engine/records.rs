@@ -7,12 +7,12 @@ use std::time::{Duration, SystemTime};
 
 use super::{AgentRecord, Shared};
 use crate::agent::{AgentOutcome, CallHook, CallUsage};
-use crate::config::Mode;
-use crate::ids::AgentId;
+use crate::config::{Mode, ModelSpec};
+use crate::ids::{AgentId, RunId};
 use crate::plan::TaskId;
 use crate::provider::genai::{CallAnswer, CallContent};
 use crate::retry::lock;
-use crate::store::{AgentStatus, DenialRecord, ModelCall, ToolCallRecord};
+use crate::store::{AgentStatus, DenialRecord, ModelCall, Store, ToolCallRecord};
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn record(
@@ -47,10 +47,26 @@ pub(super) fn usage_recorder(
     attempt: u32,
     mode: Mode,
 ) -> CallHook {
-    let store = shared.store.clone();
-    let run_id = shared.inputs.run_id.clone();
-    let agent_id = AgentId::from(agent_id);
-    let spec = shared.inputs.config.model_for_mode(mode);
+    model_call_hook(
+        shared.store.clone(),
+        shared.inputs.run_id.clone(),
+        AgentId::from(agent_id),
+        attempt,
+        mode,
+        shared.inputs.config.model_for_mode(mode),
+    )
+}
+
+/// The hook that records each model call of an agent's attempt as a `model_call` event, as
+/// it is answered: a local agent's and a worker's alike.
+pub(crate) fn model_call_hook(
+    store: Store,
+    run_id: RunId,
+    agent_id: AgentId,
+    attempt: u32,
+    mode: Mode,
+    spec: &ModelSpec,
+) -> CallHook {
     let (provider, model) = (spec.provider, spec.model.clone());
     // Read once per attempt: content is kept only with the opt-in.
     let capture = crate::env::capture_message_content();
@@ -90,9 +106,14 @@ pub(super) fn record_denials(
         *lock(&shared.denials).entry(agent_id.clone()).or_default() +=
             outcome.receipts.denials.len();
     }
+    queue_denials(&shared.store, &shared.inputs.run_id, outcome, attempt);
+}
+
+/// One `denials` row per request the policy refused in the attempt, queued on the writer.
+pub(crate) fn queue_denials(store: &Store, run_id: &RunId, outcome: &AgentOutcome, attempt: u32) {
     for denial in &outcome.receipts.denials {
         let record = DenialRecord {
-            run_id: shared.inputs.run_id.clone(),
+            run_id: run_id.clone(),
             agent_id: denial.agent_id.clone(),
             attempt,
             tool: denial.tool.clone(),
@@ -100,7 +121,7 @@ pub(super) fn record_denials(
             reason: denial.reason.to_string(),
             at: SystemTime::now(),
         };
-        let store = shared.store.clone();
+        let store = store.clone();
         tokio::spawn(async move {
             let _ = store.denial(record).await;
         });
@@ -115,10 +136,28 @@ pub(super) async fn record_tool_calls(
     outcome: &AgentOutcome,
     attempt: u32,
 ) {
+    store_tool_calls(
+        &shared.store,
+        &shared.inputs.run_id,
+        &AgentId::from(agent_id),
+        outcome,
+        attempt,
+    )
+    .await;
+}
+
+/// [`record_tool_calls`] for any caller with a store (a worker's agent too).
+pub(crate) async fn store_tool_calls(
+    store: &Store,
+    run_id: &RunId,
+    agent_id: &AgentId,
+    outcome: &AgentOutcome,
+    attempt: u32,
+) {
     for call in &outcome.receipts.calls {
         let record = ToolCallRecord {
-            run_id: shared.inputs.run_id.clone(),
-            agent_id: AgentId::from(agent_id),
+            run_id: run_id.clone(),
+            agent_id: agent_id.clone(),
             attempt,
             seq: call.seq,
             tool: call.tool.clone(),
@@ -132,6 +171,6 @@ pub(super) async fn record_tool_calls(
             bytes: Some(call.bytes),
             paths: call.paths.clone(),
         };
-        let _ = shared.store.tool_call(record).await;
+        let _ = store.tool_call(record).await;
     }
 }

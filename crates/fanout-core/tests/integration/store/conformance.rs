@@ -12,6 +12,12 @@ use fanout_core::store::{
 };
 use serde_json::json;
 
+use super::units::{
+    a_late_commit_is_refused_and_writes_nothing, a_shared_bucket_holds_every_taker_to_its_rate,
+    a_unit_waits_for_its_dependencies_to_commit, an_expired_lease_is_taken_over_as_a_new_attempt,
+    commits_are_numbered_in_commit_order, only_runs_with_a_recorded_plan_are_leased,
+    two_workers_never_hold_one_unit,
+};
 use super::{Fresh, at, finish, new_run, start};
 
 macro_rules! conformance {
@@ -39,6 +45,13 @@ macro_rules! conformance {
 
 conformance!(
     tables_and_columns_are_the_same,
+    two_workers_never_hold_one_unit,
+    a_unit_waits_for_its_dependencies_to_commit,
+    an_expired_lease_is_taken_over_as_a_new_attempt,
+    a_late_commit_is_refused_and_writes_nothing,
+    commits_are_numbered_in_commit_order,
+    only_runs_with_a_recorded_plan_are_leased,
+    a_shared_bucket_holds_every_taker_to_its_rate,
     the_seed_columns_hold_the_seed_values,
     an_awaited_finish_is_visible_at_once,
     migrations_run_once_and_a_newer_schema_is_refused,
@@ -197,6 +210,39 @@ async fn tables_and_columns_are_the_same(fresh: Fresh) {
             ],
         ),
         ("preimages", &["run_id", "agent_id", "manifest"]),
+        (
+            "run_plans",
+            &[
+                "run_id",
+                "plan_hash",
+                "plan",
+                "workflow",
+                "workflow_path",
+                "base_commit",
+                "base_bundle",
+                "commits",
+                "created_at",
+            ],
+        ),
+        (
+            "units",
+            &[
+                "run_id",
+                "agent_id",
+                "enqueued_seq",
+                "state",
+                "lease_owner",
+                "lease_expires_at",
+                "attempt",
+                "commit_seq",
+                "committed_at",
+                "patch",
+                "outcome",
+                "applied_at",
+            ],
+        ),
+        ("unit_dependencies", &["run_id", "agent_id", "depends_on"]),
+        ("rate_buckets", &["name", "level", "updated_ms"]),
     ];
     for (table, names) in expected {
         let found = columns(&reader, table);

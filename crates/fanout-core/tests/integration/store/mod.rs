@@ -6,6 +6,7 @@
 
 mod conformance;
 mod sqlite;
+mod units;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -1,0 +1,38 @@
+//! Work shared between machines through the run store: `fanout worker` processes lease
+//! units (one agent each) of any run in a shared store, run them in a cache of their own, and
+//! commit each unit's patch with its record; the coordinator applies committed patches to
+//! the user's repository in commit order.
+//!
+//! Start reading at [`worker::work`]. What each part owns:
+//! - [`crate::store::units`] (below this layer): the units, their leases and commits as
+//!   tables and queries on both store backends;
+//! - [`tree`]: a unit's tree in the worker's cache (the run's base from its bundle, the
+//!   dependencies' patches applied) and the patch of the agent's write scope afterwards;
+//! - [`worker`]: the lease loop with `slots` units at once, a heartbeat per unit, the agent
+//!   run exactly as the local engine runs one (its toolbox, scope policy, sandbox, limits,
+//!   records: the engine's own functions), the commit;
+//! - [`publish`]: what a coordinator stores for its workers (the plan, its hash, the
+//!   workflow and the base bundle) and enqueues;
+//! - [`apply`]: committed patches applied to the user's tree in commit order, exactly once;
+//! - [`coordinator`]: `fanout run --local-slots 0`: publish, then apply until every unit is
+//!   done, skipping the dependants of failures; resumable from any clone.
+//!
+//! - [`bucket`]: the workflow's requests-per-minute limit shared by every worker's fleet
+//!   through one store row.
+//!
+//! Not here: the coordinator's checkpoints, verification and synthesis; token limits and
+//! dollar budgets shared between workers.
+
+pub mod apply;
+pub mod bucket;
+pub mod coordinator;
+pub mod publish;
+pub mod tree;
+pub mod worker;
+
+pub use apply::{Applied, ApplyError, apply_committed};
+pub use bucket::StoreBucket;
+pub use coordinator::{CoordinatorError, CoordinatorInputs, CoordinatorOutcome, coordinate};
+pub use publish::{PublishError, base_bundle, publish_run};
+pub use tree::TreeError;
+pub use worker::{WorkerError, WorkerOptions, WorkerReport, work};

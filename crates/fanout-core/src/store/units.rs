@@ -1,0 +1,535 @@
+//! Units of work and their leases: what lets several machines share one run through the store.
+//!
+//! A coordinator publishes a run's reviewed plan with its hash and base tree
+//! ([`RunPlanRecord`], stored once per run) and enqueues one unit per agent ([`UnitSpec`]).
+//! Workers lease ready units ([`Lease`]): a unit is ready when every unit it depends on has
+//! committed successfully, and a leased unit whose lease expired is ready again. Taking a
+//! unit adds one to its attempt, so the agent's `agent_runs` row of a new lease is a new
+//! attempt and the dead worker's row is closed as a failure. A worker extends its lease by
+//! heartbeats and ends it by committing the unit's outcome ([`UnitCommit`]): its patch, its
+//! outcome and its `agent_runs` finish row in one transaction, numbered in the run's commit
+//! order — refused ([`super::StoreError::LeaseLost`]) if the lease is no longer that
+//! worker's.
+//!
+//! Concurrency: PostgreSQL takes a unit with one `UPDATE … WHERE (run, agent) IN (SELECT …
+//! FOR UPDATE SKIP LOCKED)`, so workers on many machines never wait on each other's row or
+//! take the same one; SQLite runs the same statement inside the writer's `BEGIN IMMEDIATE`
+//! transaction, which serialises every writer on one machine. Commit numbers come from a
+//! counter row per run (`run_plans.commits`), whose row lock orders concurrent commits.
+//!
+//! Time is the caller's: every operation takes its `now`, so expiry is judged by the clock of
+//! the machine asking (clocks across the fleet must roughly agree; the lease's length is the
+//! margin).
+//!
+//! Not here: running agents, materialising trees, applying patches ([`crate::distributed`]).
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::db::{Db, DbError, Dialect, SqlValue};
+use super::{AgentFinish, format_time, parse_time};
+use crate::ids::{AgentId, RunId};
+
+/// A run's reviewed plan, its hash and base tree, stored once for every worker.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunPlanRecord {
+    pub run_id: RunId,
+    /// `sha256:<hex>` of `plan`; workers recompute it before they run anything.
+    pub plan_hash: String,
+    /// The reviewed plan as JSON.
+    pub plan: String,
+    /// The workflow file's text: the models, budgets, policy and limits the agents run under.
+    pub workflow: String,
+    /// The workflow file's path relative to the repository, when it lies inside it.
+    pub workflow_path: Option<String>,
+    pub base_commit: String,
+    /// A `git bundle` that holds `base_commit`.
+    #[serde(skip)]
+    pub base_bundle: Vec<u8>,
+    pub created_at: SystemTime,
+}
+
+/// One unit as enqueued: an agent and the agents whose committed work it builds on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnitSpec {
+    pub agent_id: AgentId,
+    pub depends_on: Vec<AgentId>,
+}
+
+/// Where a unit stands (`units.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitState {
+    /// Waiting for a worker (and, until they commit, for its dependencies).
+    Ready,
+    Leased,
+    /// Committed by its worker with a success: its patch is the agent's work.
+    Committed,
+    /// Committed by its worker with a failure.
+    Failed,
+    /// Never to run: the coordinator gave it up (a dependency failed, the run was stopped).
+    Skipped,
+}
+
+impl UnitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitState::Ready => "ready",
+            UnitState::Leased => "leased",
+            UnitState::Committed => "committed",
+            UnitState::Failed => "failed",
+            UnitState::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<UnitState> {
+        Some(match text {
+            "ready" => UnitState::Ready,
+            "leased" => UnitState::Leased,
+            "committed" => UnitState::Committed,
+            "failed" => UnitState::Failed,
+            "skipped" => UnitState::Skipped,
+            _ => return None,
+        })
+    }
+
+    /// Its worker is done with it: it has a commit number.
+    pub fn is_final(self) -> bool {
+        matches!(self, UnitState::Committed | UnitState::Failed)
+    }
+}
+
+/// A held lease: the unit, the attempt it is, and whose it is until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    pub run_id: RunId,
+    pub agent_id: AgentId,
+    /// From 1; also the `agent_runs` attempt the worker records.
+    pub attempt: u32,
+    pub owner: String,
+    pub expires_at: SystemTime,
+    /// The run's recorded plan hash, which the worker checks against the plan it reads.
+    pub plan_hash: String,
+}
+
+/// A unit's outcome, committed by the worker holding its lease.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UnitCommit {
+    pub lease: Lease,
+    pub succeeded: bool,
+    /// `git diff --binary` of the agent's write scope against its base (empty: no change).
+    #[serde(skip)]
+    pub patch: Vec<u8>,
+    /// What the worker saw of the agent's result (JSON).
+    pub outcome: serde_json::Value,
+    /// The `agent_runs` row's finish, written in the same transaction.
+    pub finish: AgentFinish,
+    pub at: SystemTime,
+}
+
+/// A unit as the store holds it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UnitRow {
+    pub run_id: RunId,
+    pub agent_id: AgentId,
+    pub state: UnitState,
+    pub attempt: u32,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<SystemTime>,
+    pub commit_seq: Option<u64>,
+    #[serde(skip)]
+    pub patch: Option<Vec<u8>>,
+    pub outcome: Option<serde_json::Value>,
+    pub applied_at: Option<SystemTime>,
+    pub depends_on: Vec<AgentId>,
+}
+
+/// The error a unit operation meets, before the writer names its store.
+pub(super) enum UnitError {
+    Db(&'static str, DbError),
+    LeaseLost,
+    UnknownRun,
+    Json(serde_json::Error),
+}
+
+fn db(what: &'static str) -> impl Fn(DbError) -> UnitError {
+    move |error| UnitError::Db(what, error)
+}
+
+fn first_int(rows: &[Vec<SqlValue>]) -> Option<i64> {
+    match rows.first().and_then(|row| row.first()) {
+        Some(SqlValue::Int(n)) => Some(*n),
+        _ => None,
+    }
+}
+
+/// Record a run's plan and base bundle. Publishing the same plan again is a no-op; the
+/// first record is never replaced.
+pub(super) fn publish_plan(db_: &dyn Db, plan: &RunPlanRecord) -> Result<(), UnitError> {
+    db_.execute(
+        "INSERT INTO run_plans (run_id, plan_hash, plan, base_commit, base_bundle, created_at,
+             workflow, workflow_path)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (run_id) DO NOTHING",
+        &[
+            (&plan.run_id).into(),
+            plan.plan_hash.as_str().into(),
+            plan.plan.as_str().into(),
+            plan.base_commit.as_str().into(),
+            SqlValue::Bytes(plan.base_bundle.clone()),
+            format_time(plan.created_at).into(),
+            plan.workflow.as_str().into(),
+            plan.workflow_path.clone().into(),
+        ],
+    )
+    .map_err(db("recording a run's plan"))?;
+    Ok(())
+}
+
+/// Enqueue `units` of `run_id` as ready, after any already enqueued. A unit already there is
+/// left as it is (a resumed coordinator enqueues the same plan again).
+pub(super) fn enqueue(db_: &dyn Db, run_id: &RunId, units: &[UnitSpec]) -> Result<(), UnitError> {
+    let rows = db_
+        .query(
+            "SELECT COALESCE(MAX(enqueued_seq), 0) FROM units WHERE run_id = ?1",
+            &[run_id.into()],
+        )
+        .map_err(db("numbering units"))?;
+    let mut seq = first_int(&rows).unwrap_or(0);
+    for unit in units {
+        seq += 1;
+        db_.execute(
+            "INSERT INTO units (run_id, agent_id, enqueued_seq, state)
+             VALUES (?1, ?2, ?3, 'ready') ON CONFLICT (run_id, agent_id) DO NOTHING",
+            &[run_id.into(), (&unit.agent_id).into(), seq.into()],
+        )
+        .map_err(db("enqueueing a unit"))?;
+        for dependency in &unit.depends_on {
+            db_.execute(
+                "INSERT INTO unit_dependencies (run_id, agent_id, depends_on)
+                 VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                &[run_id.into(), (&unit.agent_id).into(), dependency.into()],
+            )
+            .map_err(db("enqueueing a unit's dependency"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Lease the earliest ready unit of any run whose plan is recorded (or of `run_id` only),
+/// to `owner` until `expires_at`. `None` when nothing is ready.
+pub(super) fn lease(
+    db_: &dyn Db,
+    owner: &str,
+    run_id: Option<&RunId>,
+    now: SystemTime,
+    expires_at: SystemTime,
+) -> Result<Option<Lease>, UnitError> {
+    // Ready: never leased, or its lease has run out; and every dependency committed.
+    let pick = "SELECT u.run_id, u.agent_id FROM units u
+         JOIN run_plans p ON p.run_id = u.run_id
+         WHERE (u.state = 'ready' OR (u.state = 'leased' AND u.lease_expires_at < ?2))
+           AND (?4 = '' OR u.run_id = ?4)
+           AND NOT EXISTS (
+               SELECT 1 FROM unit_dependencies d
+               JOIN units du ON du.run_id = d.run_id AND du.agent_id = d.depends_on
+               WHERE d.run_id = u.run_id AND d.agent_id = u.agent_id
+                 AND du.state <> 'committed')
+         ORDER BY u.run_id, u.enqueued_seq LIMIT 1";
+    let lock = match db_.dialect() {
+        Dialect::Postgres => " FOR UPDATE OF u SKIP LOCKED",
+        Dialect::Sqlite => "",
+    };
+    let sql = format!(
+        "UPDATE units SET state = 'leased', lease_owner = ?1, lease_expires_at = ?3,
+             attempt = attempt + 1
+         WHERE (run_id, agent_id) IN ({pick}{lock})
+         RETURNING run_id, agent_id, attempt"
+    );
+    let now_text = format_time(now);
+    let rows = db_
+        .query(
+            &sql,
+            &[
+                owner.into(),
+                now_text.as_str().into(),
+                format_time(expires_at).into(),
+                // '' is every run (no run id is empty).
+                run_id.map_or("", |id| id.as_str()).into(),
+            ],
+        )
+        .map_err(db("leasing a unit"))?;
+    let Some(row) = rows.into_iter().next() else {
+        return Ok(None);
+    };
+    let (run, agent, attempt) = match &row[..] {
+        [
+            SqlValue::Text(run),
+            SqlValue::Text(agent),
+            SqlValue::Int(attempt),
+        ] => (
+            RunId::from(run.as_str()),
+            AgentId::from(agent.as_str()),
+            *attempt,
+        ),
+        _ => {
+            return Err(UnitError::Db(
+                "leasing a unit",
+                DbError::Type {
+                    ty: "row".to_owned(),
+                    detail: format!("{row:?}"),
+                },
+            ));
+        }
+    };
+    // The previous lease's worker stopped heartbeating: its attempt ends here, as a failure.
+    db_.execute(
+        "UPDATE agent_runs SET status = 'failure', timestamp_end = ?4,
+             error = 'its worker stopped renewing the lease; another worker took the unit over'
+         WHERE run_id = ?1 AND agent_id = ?2 AND attempt = ?3 AND status IS NULL",
+        &[
+            (&run).into(),
+            (&agent).into(),
+            (attempt - 1).into(),
+            now_text.as_str().into(),
+        ],
+    )
+    .map_err(db("closing an expired lease's attempt"))?;
+    let hash = db_
+        .query(
+            "SELECT plan_hash FROM run_plans WHERE run_id = ?1",
+            &[(&run).into()],
+        )
+        .map_err(db("reading a run's plan hash"))?;
+    let plan_hash = match hash.first().and_then(|row| row.first()) {
+        Some(SqlValue::Text(hash)) => hash.clone(),
+        _ => return Err(UnitError::UnknownRun),
+    };
+    Ok(Some(Lease {
+        run_id: run,
+        agent_id: agent,
+        attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+        owner: owner.to_owned(),
+        expires_at,
+        plan_hash,
+    }))
+}
+
+/// Extend `lease` to `expires_at`. [`UnitError::LeaseLost`] if it is no longer held.
+pub(super) fn heartbeat(
+    db_: &dyn Db,
+    lease: &Lease,
+    expires_at: SystemTime,
+) -> Result<(), UnitError> {
+    let changed = db_
+        .execute(
+            "UPDATE units SET lease_expires_at = ?5
+             WHERE run_id = ?1 AND agent_id = ?2 AND lease_owner = ?3 AND attempt = ?4
+               AND state = 'leased'",
+            &[
+                (&lease.run_id).into(),
+                (&lease.agent_id).into(),
+                lease.owner.as_str().into(),
+                lease.attempt.into(),
+                format_time(expires_at).into(),
+            ],
+        )
+        .map_err(db("renewing a lease"))?;
+    if changed == 0 {
+        return Err(UnitError::LeaseLost);
+    }
+    Ok(())
+}
+
+/// Mark the unit committed (or failed) with its patch and outcome, and give it the run's
+/// next commit number, which it returns. The caller writes the `agent_runs` finish in the
+/// same transaction. [`UnitError::LeaseLost`] if the lease is no longer the committer's.
+pub(super) fn commit(db_: &dyn Db, unit: &UnitCommit) -> Result<u64, UnitError> {
+    let lease = &unit.lease;
+    let outcome = serde_json::to_string(&unit.outcome).map_err(UnitError::Json)?;
+    let state = if unit.succeeded {
+        UnitState::Committed
+    } else {
+        UnitState::Failed
+    };
+    let changed = db_
+        .execute(
+            "UPDATE units SET state = ?5, patch = ?6, outcome = ?7, committed_at = ?8,
+                 lease_expires_at = NULL
+             WHERE run_id = ?1 AND agent_id = ?2 AND lease_owner = ?3 AND attempt = ?4
+               AND state = 'leased'",
+            &[
+                (&lease.run_id).into(),
+                (&lease.agent_id).into(),
+                lease.owner.as_str().into(),
+                lease.attempt.into(),
+                state.as_str().into(),
+                SqlValue::Bytes(unit.patch.clone()),
+                outcome.into(),
+                format_time(unit.at).into(),
+            ],
+        )
+        .map_err(db("committing a unit"))?;
+    if changed == 0 {
+        return Err(UnitError::LeaseLost);
+    }
+    // The counter row's lock orders concurrent commits of one run.
+    let rows = db_
+        .query(
+            "UPDATE run_plans SET commits = commits + 1 WHERE run_id = ?1 RETURNING commits",
+            &[(&lease.run_id).into()],
+        )
+        .map_err(db("numbering a commit"))?;
+    let seq = first_int(&rows).ok_or(UnitError::UnknownRun)?;
+    db_.execute(
+        "UPDATE units SET commit_seq = ?3 WHERE run_id = ?1 AND agent_id = ?2",
+        &[(&lease.run_id).into(), (&lease.agent_id).into(), seq.into()],
+    )
+    .map_err(db("numbering a commit"))?;
+    Ok(u64::try_from(seq).unwrap_or(0))
+}
+
+/// Record that the coordinator applied a committed unit's patch (idempotent).
+pub(super) fn mark_applied(
+    db_: &dyn Db,
+    run_id: &RunId,
+    agent_id: &AgentId,
+    at: SystemTime,
+) -> Result<(), UnitError> {
+    db_.execute(
+        "UPDATE units SET applied_at = ?3
+         WHERE run_id = ?1 AND agent_id = ?2 AND applied_at IS NULL",
+        &[run_id.into(), agent_id.into(), format_time(at).into()],
+    )
+    .map_err(db("recording a patch's application"))?;
+    Ok(())
+}
+
+/// Give up units that have not started: `skipped`, never leased again.
+pub(super) fn skip(db_: &dyn Db, run_id: &RunId, agents: &[AgentId]) -> Result<(), UnitError> {
+    for agent in agents {
+        db_.execute(
+            "UPDATE units SET state = 'skipped', lease_owner = NULL, lease_expires_at = NULL
+             WHERE run_id = ?1 AND agent_id = ?2 AND state = 'ready'",
+            &[run_id.into(), agent.into()],
+        )
+        .map_err(db("skipping a unit"))?;
+    }
+    Ok(())
+}
+
+/// Every unit of `run_id`, in enqueue order, with its dependencies.
+pub(super) fn units(db_: &dyn Db, run_id: &RunId) -> Result<Vec<UnitRow>, DbError> {
+    let dependencies = db_.query(
+        "SELECT agent_id, depends_on FROM unit_dependencies WHERE run_id = ?1
+         ORDER BY agent_id, depends_on",
+        &[run_id.into()],
+    )?;
+    let mut by_agent: std::collections::HashMap<String, Vec<AgentId>> = Default::default();
+    for row in dependencies {
+        if let [SqlValue::Text(agent), SqlValue::Text(dependency)] = &row[..] {
+            by_agent
+                .entry(agent.clone())
+                .or_default()
+                .push(AgentId::from(dependency.as_str()));
+        }
+    }
+    let rows = db_.query(
+        "SELECT agent_id, state, attempt, lease_owner, lease_expires_at, commit_seq, patch,
+             outcome, applied_at
+         FROM units WHERE run_id = ?1 ORDER BY enqueued_seq",
+        &[run_id.into()],
+    )?;
+    let text = |value: &SqlValue| match value {
+        SqlValue::Text(text) => Some(text.clone()),
+        _ => None,
+    };
+    let int = |value: &SqlValue| match value {
+        SqlValue::Int(n) => Some(*n),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let bad = || DbError::Type {
+            ty: "units row".to_owned(),
+            detail: format!("{row:?}"),
+        };
+        let [
+            agent,
+            state,
+            attempt,
+            owner,
+            expires,
+            seq,
+            patch,
+            outcome,
+            applied,
+        ] = &row[..]
+        else {
+            return Err(bad());
+        };
+        let agent = text(agent).ok_or_else(bad)?;
+        let state = text(state)
+            .as_deref()
+            .and_then(UnitState::parse)
+            .ok_or_else(bad)?;
+        out.push(UnitRow {
+            run_id: run_id.clone(),
+            agent_id: AgentId::from(agent.as_str()),
+            state,
+            attempt: int(attempt)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0),
+            lease_owner: text(owner),
+            lease_expires_at: text(expires).as_deref().and_then(parse_time),
+            commit_seq: int(seq).and_then(|n| u64::try_from(n).ok()),
+            patch: match patch {
+                SqlValue::Bytes(bytes) => Some(bytes.clone()),
+                _ => None,
+            },
+            outcome: text(outcome).and_then(|json| serde_json::from_str(&json).ok()),
+            applied_at: text(applied).as_deref().and_then(parse_time),
+            depends_on: by_agent.remove(&agent).unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+/// The plan record of `run_id`, if one was published.
+pub(super) fn run_plan(db_: &dyn Db, run_id: &RunId) -> Result<Option<RunPlanRecord>, DbError> {
+    let rows = db_.query(
+        "SELECT plan_hash, plan, base_commit, base_bundle, created_at, workflow, workflow_path
+         FROM run_plans WHERE run_id = ?1",
+        &[run_id.into()],
+    )?;
+    let Some(row) = rows.into_iter().next() else {
+        return Ok(None);
+    };
+    match &row[..] {
+        [
+            SqlValue::Text(hash),
+            SqlValue::Text(plan),
+            SqlValue::Text(base),
+            SqlValue::Bytes(bundle),
+            SqlValue::Text(created),
+            SqlValue::Text(workflow),
+            workflow_path,
+        ] => Ok(Some(RunPlanRecord {
+            run_id: run_id.clone(),
+            plan_hash: hash.clone(),
+            plan: plan.clone(),
+            workflow: workflow.clone(),
+            workflow_path: match workflow_path {
+                SqlValue::Text(path) => Some(path.clone()),
+                _ => None,
+            },
+            base_commit: base.clone(),
+            base_bundle: bundle.clone(),
+            created_at: parse_time(created).unwrap_or(SystemTime::UNIX_EPOCH),
+        })),
+        _ => Err(DbError::Type {
+            ty: "run_plans row".to_owned(),
+            detail: format!("{} columns", row.len()),
+        }),
+    }
+}

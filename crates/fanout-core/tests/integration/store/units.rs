@@ -1,0 +1,419 @@
+//! Units and leases, on both backends (run through `conformance!`): what lets workers on
+//! several machines share a run without running a unit twice at once or committing a dead
+//! lease's work.
+
+use std::collections::BTreeMap;
+
+use fanout_core::config::Mode;
+use fanout_core::store::{
+    AgentStatus, Lease, RunPlanRecord, Store, StoreError, StoreReader, UnitCommit, UnitSpec,
+    UnitState,
+};
+use serde_json::json;
+
+use super::{Fresh, at, finish, new_run, start};
+
+const FAR: u64 = 10_000;
+
+fn plan(run_id: &str) -> RunPlanRecord {
+    RunPlanRecord {
+        run_id: run_id.into(),
+        plan_hash: "sha256:abc".to_owned(),
+        plan: r#"{"agents":[]}"#.to_owned(),
+        workflow: "name: auth-refactor\n".to_owned(),
+        workflow_path: Some("claude-workflows.yaml".to_owned()),
+        base_commit: "0123456789abcdef0123456789abcdef01234567".to_owned(),
+        // Not UTF-8: the bundle is bytes on both backends.
+        base_bundle: vec![0x23, 0x00, 0x9f, 0x92, 0x96, 0xff],
+        created_at: at(0),
+    }
+}
+
+fn unit(agent: &str, depends_on: &[&str]) -> UnitSpec {
+    UnitSpec {
+        agent_id: agent.into(),
+        depends_on: depends_on.iter().map(|&id| id.into()).collect(),
+    }
+}
+
+/// A store with run `r1` created and `units` published.
+async fn published(fresh: &Fresh, units: Vec<UnitSpec>) -> Store {
+    let store = Store::open_at(&fresh.location).unwrap();
+    store.create_run(new_run("r1", 0)).await.unwrap();
+    store.publish_units(plan("r1"), units).await.unwrap();
+    store
+}
+
+/// Record the lease's agent attempt as started, as a worker does before it runs the agent.
+async fn started(store: &Store, lease: &Lease) {
+    let mut row = start(
+        lease.run_id.as_str(),
+        lease.agent_id.as_str(),
+        Mode::Default,
+    );
+    row.attempt = lease.attempt;
+    store.start_agent(row).await.unwrap();
+}
+
+fn outcome(lease: &Lease, succeeded: bool, patch: &[u8], seconds: u64) -> UnitCommit {
+    let status = if succeeded {
+        AgentStatus::Success
+    } else {
+        AgentStatus::Failure
+    };
+    let mut finished = finish(lease.run_id.as_str(), lease.agent_id.as_str(), status);
+    finished.attempt = lease.attempt;
+    UnitCommit {
+        lease: lease.clone(),
+        succeeded,
+        patch: patch.to_vec(),
+        outcome: json!({"summary": format!("{} done", lease.agent_id)}),
+        finish: finished,
+        at: at(seconds),
+    }
+}
+
+async fn lease(store: &Store, owner: &str, now: u64, expires: u64) -> Option<Lease> {
+    store
+        .lease_unit(owner, None, at(now), at(expires))
+        .await
+        .unwrap()
+}
+
+pub(crate) async fn two_workers_never_hold_one_unit(fresh: Fresh) {
+    const UNITS: usize = 60;
+    let specs = (0..UNITS).map(|i| unit(&format!("a{i:02}"), &[])).collect();
+    published(&fresh, specs).await.close().await.unwrap();
+    // Four workers, each with its own store handle (its own connection), leasing at once.
+    let mut tasks = Vec::new();
+    for worker in 0..4 {
+        let store = Store::open_at(&fresh.location).unwrap();
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("w{worker}");
+            let mut held = Vec::new();
+            while let Some(lease) = lease(&store, &owner, 1, FAR).await {
+                assert_eq!(lease.owner, owner);
+                assert_eq!(lease.plan_hash, "sha256:abc");
+                held.push(lease);
+                tokio::task::yield_now().await;
+            }
+            store.close().await.unwrap();
+            held
+        }));
+    }
+    let mut holders: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for task in tasks {
+        for lease in task.await.unwrap() {
+            assert_eq!(lease.attempt, 1);
+            holders
+                .entry(lease.agent_id.to_string())
+                .or_default()
+                .push(lease.owner);
+        }
+    }
+    assert_eq!(holders.len(), UNITS, "every unit leased");
+    for (agent, owners) in &holders {
+        assert_eq!(owners.len(), 1, "{agent} leased by {owners:?}");
+    }
+    let reader = StoreReader::open_at(&fresh.location).unwrap();
+    let units = reader.units(&"r1".into()).unwrap();
+    assert_eq!(units.len(), UNITS);
+    for row in units {
+        assert_eq!(row.state, UnitState::Leased);
+        assert_eq!(
+            row.lease_owner.as_deref(),
+            holders[row.agent_id.as_str()].first().map(String::as_str)
+        );
+    }
+}
+
+pub(crate) async fn a_unit_waits_for_its_dependencies_to_commit(fresh: Fresh) {
+    let store = published(
+        &fresh,
+        vec![
+            unit("schema", &[]),
+            unit("api", &["schema"]),
+            unit("docs", &["api"]),
+            unit("flaky", &[]),
+            unit("after-flaky", &["flaky"]),
+        ],
+    )
+    .await;
+    let first = lease(&store, "w", 1, FAR).await.unwrap();
+    let second = lease(&store, "w", 1, FAR).await.unwrap();
+    assert_eq!(
+        (first.agent_id.as_str(), second.agent_id.as_str()),
+        ("schema", "flaky")
+    );
+    assert_eq!(lease(&store, "w", 1, FAR).await, None, "the rest wait");
+    started(&store, &second).await;
+    store
+        .commit_unit(outcome(&second, false, b"", 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        lease(&store, "w", 2, FAR).await,
+        None,
+        "a failed dependency does not release its dependants"
+    );
+    started(&store, &first).await;
+    store
+        .commit_unit(outcome(&first, true, b"patch", 3))
+        .await
+        .unwrap();
+    let api = lease(&store, "w", 3, FAR).await.unwrap();
+    assert_eq!(api.agent_id.as_str(), "api");
+    assert_eq!(lease(&store, "w", 3, FAR).await, None, "docs waits for api");
+    store
+        .skip_units(&"r1".into(), vec!["after-flaky".into()])
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    let reader = StoreReader::open_at(&fresh.location).unwrap();
+    let states: Vec<(String, UnitState, Vec<String>)> = reader
+        .units(&"r1".into())
+        .unwrap()
+        .into_iter()
+        .map(|row| {
+            (
+                row.agent_id.to_string(),
+                row.state,
+                row.depends_on.iter().map(ToString::to_string).collect(),
+            )
+        })
+        .collect();
+    let s = |text: &str| text.to_owned();
+    assert_eq!(
+        states,
+        [
+            (s("schema"), UnitState::Committed, vec![]),
+            (s("api"), UnitState::Leased, vec![s("schema")]),
+            (s("docs"), UnitState::Ready, vec![s("api")]),
+            (s("flaky"), UnitState::Failed, vec![]),
+            (s("after-flaky"), UnitState::Skipped, vec![s("flaky")]),
+        ]
+    );
+}
+
+pub(crate) async fn an_expired_lease_is_taken_over_as_a_new_attempt(fresh: Fresh) {
+    let store = published(&fresh, vec![unit("a1", &[])]).await;
+    let dead = lease(&store, "dead", 0, 30).await.unwrap();
+    assert_eq!(dead.attempt, 1);
+    started(&store, &dead).await;
+    // Renewed once, then the worker dies.
+    store.heartbeat(&dead, at(60)).await.unwrap();
+    assert_eq!(lease(&store, "live", 59, FAR).await, None, "still held");
+    let live = lease(&store, "live", 61, FAR).await.unwrap();
+    assert_eq!(
+        (live.agent_id.as_str(), live.attempt, live.owner.as_str()),
+        ("a1", 2, "live")
+    );
+    // The dead worker's heartbeat no longer renews anything.
+    match store.heartbeat(&dead, at(200)).await {
+        Err(StoreError::LeaseLost {
+            agent_id, attempt, ..
+        }) => assert_eq!((agent_id.as_str(), attempt), ("a1", 1)),
+        other => panic!("expected LeaseLost, got {other:?}"),
+    }
+    store.close().await.unwrap();
+    let reader = StoreReader::open_at(&fresh.location).unwrap();
+    let attempts: Vec<(u32, Option<AgentStatus>)> = reader
+        .agent_runs(&"r1".into())
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.attempt, row.status))
+        .collect();
+    assert_eq!(
+        attempts,
+        [(1, Some(AgentStatus::Failure))],
+        "the dead attempt is closed as a failure"
+    );
+    let row = &reader.units(&"r1".into()).unwrap()[0];
+    assert_eq!(
+        (row.state, row.attempt, row.lease_owner.as_deref()),
+        (UnitState::Leased, 2, Some("live"))
+    );
+}
+
+pub(crate) async fn a_late_commit_is_refused_and_writes_nothing(fresh: Fresh) {
+    let store = published(&fresh, vec![unit("a1", &[])]).await;
+    let late = lease(&store, "late", 0, 30).await.unwrap();
+    started(&store, &late).await;
+    let live = lease(&store, "live", 31, FAR).await.unwrap();
+    started(&store, &live).await;
+    match store
+        .commit_unit(outcome(&late, true, b"late patch", 40))
+        .await
+    {
+        Err(StoreError::LeaseLost { attempt, .. }) => assert_eq!(attempt, 1),
+        other => panic!("expected LeaseLost, got {other:?}"),
+    }
+    let reader = StoreReader::open_at(&fresh.location).unwrap();
+    let row = &reader.units(&"r1".into()).unwrap()[0];
+    assert_eq!(
+        (row.state, row.commit_seq, row.patch.clone()),
+        (UnitState::Leased, None, None)
+    );
+    let seq = store
+        .commit_unit(outcome(&live, true, b"live patch", 41))
+        .await
+        .unwrap();
+    assert_eq!(seq, 1);
+    // Committing again (a retry after a lost answer) is refused too: the lease is spent.
+    assert!(matches!(
+        store
+            .commit_unit(outcome(&live, true, b"live patch", 42))
+            .await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    store.close().await.unwrap();
+    let row = &reader.units(&"r1".into()).unwrap()[0];
+    assert_eq!(
+        (row.state, row.commit_seq, row.patch.as_deref()),
+        (UnitState::Committed, Some(1), Some(&b"live patch"[..]))
+    );
+    let attempts: Vec<(u32, Option<AgentStatus>)> = reader
+        .agent_runs(&"r1".into())
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.attempt, row.status))
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            (1, Some(AgentStatus::Failure)),
+            (2, Some(AgentStatus::Success))
+        ]
+    );
+}
+
+pub(crate) async fn commits_are_numbered_in_commit_order(fresh: Fresh) {
+    let store = published(&fresh, vec![unit("a", &[]), unit("b", &[]), unit("c", &[])]).await;
+    let mut leases = BTreeMap::new();
+    for _ in 0..3 {
+        let lease = lease(&store, "w", 1, FAR).await.unwrap();
+        started(&store, &lease).await;
+        leases.insert(lease.agent_id.to_string(), lease);
+    }
+    // A commit whose finish row cannot be written (no start row for that attempt) writes
+    // nothing and takes no number.
+    let mut orphan = outcome(&leases["a"], true, b"", 2);
+    orphan.finish.attempt = 9;
+    assert!(matches!(
+        store.commit_unit(orphan).await,
+        Err(StoreError::UnknownAgent { .. })
+    ));
+    let binary = vec![0u8, 0x9f, 0x92, 0x96, b'\n', 0xff];
+    let mut seqs = Vec::new();
+    for (agent, patch) in [("c", &b"c"[..]), ("a", &binary[..]), ("b", &b""[..])] {
+        seqs.push(
+            store
+                .commit_unit(outcome(&leases[agent], true, patch, 3))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(seqs, [1, 2, 3]);
+    store
+        .mark_unit_applied(&"r1".into(), &"c".into(), at(5))
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    let reader = StoreReader::open_at(&fresh.location).unwrap();
+    let rows = reader.units(&"r1".into()).unwrap();
+    type Committed = (String, Option<u64>, Option<Vec<u8>>, bool);
+    let by_order: Vec<Committed> = rows
+        .iter()
+        .map(|row| {
+            (
+                row.agent_id.to_string(),
+                row.commit_seq,
+                row.patch.clone(),
+                row.applied_at.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_order,
+        [
+            ("a".to_owned(), Some(2), Some(binary), false),
+            ("b".to_owned(), Some(3), Some(vec![]), false),
+            ("c".to_owned(), Some(1), Some(b"c".to_vec()), true),
+        ]
+    );
+    assert_eq!(rows[0].outcome, Some(json!({"summary": "a done"})));
+    let plan = reader.run_plan(&"r1".into()).unwrap().unwrap();
+    assert_eq!(plan, self::plan("r1"));
+}
+
+pub(crate) async fn only_runs_with_a_recorded_plan_are_leased(fresh: Fresh) {
+    let store = Store::open_at(&fresh.location).unwrap();
+    store.create_run(new_run("r1", 0)).await.unwrap();
+    store.flush().await.unwrap();
+    // A unit that reached the table without its run's plan (not through publish_units).
+    fresh.sql(
+        "INSERT INTO units (run_id, agent_id, enqueued_seq, state) VALUES ('r1', 'a1', 1, 'ready')",
+    );
+    assert_eq!(lease(&store, "w", 1, FAR).await, None);
+    store
+        .publish_units(plan("r1"), vec![unit("a1", &[])])
+        .await
+        .unwrap();
+    let leased = lease(&store, "w", 1, FAR).await.unwrap();
+    assert_eq!(
+        (leased.agent_id.as_str(), leased.plan_hash.as_str()),
+        ("a1", "sha256:abc")
+    );
+    store.close().await.unwrap();
+}
+
+pub(crate) async fn a_shared_bucket_holds_every_taker_to_its_rate(fresh: Fresh) {
+    // Two processes' worth of store handles take from one bucket of 5 requests, refilled
+    // at 5 a second.
+    let stores = [
+        Store::open_at(&fresh.location).unwrap(),
+        Store::open_at(&fresh.location).unwrap(),
+    ];
+    let take = |store: &Store, seconds: u64, millis: u64| {
+        let store = store.clone();
+        async move {
+            store
+                .take_from_bucket(
+                    "anthropic:requests_per_minute:300",
+                    5.0,
+                    5.0,
+                    1.0,
+                    at(seconds) + std::time::Duration::from_millis(millis),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let mut taken = 0;
+    for i in 0..20 {
+        if take(&stores[i % 2], 100, 0).await.is_zero() {
+            taken += 1;
+        }
+    }
+    assert_eq!(taken, 5, "a full bucket holds five");
+    // Empty: the wait is until one request's worth has refilled (200 ms at 5 a second).
+    assert_eq!(
+        take(&stores[0], 100, 0).await,
+        std::time::Duration::from_millis(200)
+    );
+    // 400 ms later two have refilled, whichever handle asks.
+    assert!(take(&stores[1], 100, 400).await.is_zero());
+    assert!(take(&stores[0], 100, 400).await.is_zero());
+    assert!(!take(&stores[1], 100, 400).await.is_zero());
+    // A long pause refills to the capacity, never beyond.
+    let mut later = 0;
+    for i in 0..20 {
+        if take(&stores[i % 2], 200, 0).await.is_zero() {
+            later += 1;
+        }
+    }
+    assert_eq!(later, 5);
+    for store in stores {
+        store.close().await.unwrap();
+    }
+}
