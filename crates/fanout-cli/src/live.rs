@@ -53,6 +53,14 @@ pub async fn execute(
             );
             return Ok(Exit::NotReady.into());
         }
+        // A coordinated run ends at its agents' patches: it would call a run "completed"
+        // without running the tests the workflow asks for.
+        if inputs.config.verify.test_command.is_some() {
+            eprintln!(
+                "error: --local-slots 0: this workflow has verify.test_command, which a coordinated run does not run yet; run it without --local-slots (a local run verifies), or drop the test command"
+            );
+            return Ok(Exit::Config.into());
+        }
         let workflow = std::fs::read_to_string(&args.file)
             .with_context(|| format!("cannot read {}", args.file.display()))?;
         let workflow_path = absolute(&args.file)
@@ -60,7 +68,7 @@ pub async fn execute(
             .ok()
             .map(|path| path.display().to_string());
         let inputs = fanout_core::distributed::CoordinatorInputs::from_engine(&inputs);
-        return coordinate(inputs, workflow, workflow_path, false).await;
+        return coordinate(inputs, workflow, workflow_path, false, args.json).await;
     }
     drive(
         inputs,
@@ -77,6 +85,7 @@ pub async fn coordinate(
     workflow: String,
     workflow_path: Option<String>,
     resume: bool,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     let run_id = inputs.run_id.clone();
     let cancel = CancellationToken::new();
@@ -96,16 +105,23 @@ pub async fn coordinate(
     let outcome =
         fanout_core::distributed::coordinate(&inputs, workflow, workflow_path, resume, &cancel)
             .await?;
-    println!("{}", serde_json::to_string(&outcome)?);
-    eprintln!(
-        "run {run_id}: {} — {} succeeded, {} failed, {} skipped; {} patches applied, {} found applied",
-        outcome.status.as_str(),
-        outcome.succeeded,
-        outcome.failed,
-        outcome.skipped,
-        outcome.applied,
-        outcome.recognised
-    );
+    if json {
+        println!("{}", serde_json::to_string(&outcome)?);
+    } else {
+        println!(
+            "Run {run_id}: {} — {} succeeded, {} failed, {} skipped; {} patches applied, {} found applied",
+            outcome.status.as_str(),
+            outcome.succeeded,
+            outcome.failed,
+            outcome.skipped,
+            outcome.applied,
+            outcome.recognised
+        );
+        // What a local run's closing report has and this one has not, said rather than left out.
+        println!(
+            "Not done by a coordinated run yet: checkpoints, the scope check of the whole diff (each patch holds only its agent's write scope), verification and synthesis."
+        );
+    }
     Ok(match outcome.status {
         fanout_core::store::RunStatus::Completed => Exit::Success,
         fanout_core::store::RunStatus::Cancelled => Exit::Cancelled,

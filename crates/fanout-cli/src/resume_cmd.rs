@@ -74,7 +74,7 @@ pub async fn run(args: ResumeArgs) -> anyhow::Result<ExitCode> {
         match CoordinatorInputs::published(&store, &args.run_id, repo.clone()) {
             Ok(Some(inputs)) => {
                 let _lock = fanout_core::run::lock::RepoLock::acquire(&repo, "resume")?;
-                return crate::live::coordinate(inputs, String::new(), None, true).await;
+                return crate::live::coordinate(inputs, String::new(), None, true, args.json).await;
             }
             Err(error @ (CoordinatorError::PlanHash { .. } | CoordinatorError::PlanJson(_))) => {
                 return Err(error.into());

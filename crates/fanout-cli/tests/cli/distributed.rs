@@ -456,7 +456,7 @@ fn a_coordinator_and_three_workers_survive_kill_9_of_a_worker_and_of_the_coordin
         &["clone", "-q", &repo.path().display().to_string(), "clone"],
     );
     let resumed = std::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
-        .args(["resume", &run_id, "--store", &url, "--repo"])
+        .args(["resume", &run_id, "--store", &url, "--json", "--repo"])
         .arg(&clone)
         .current_dir(elsewhere.path())
         .output()

@@ -1137,3 +1137,59 @@ mod examples {
         }
     }
 }
+
+/// A coordinated run (`--local-slots 0`) does not run the test command yet: a workflow that
+/// asks for one is refused before anything is published or run, instead of ending
+/// "completed" with its tests never run.
+#[test]
+fn a_coordinated_run_refuses_a_workflow_it_could_not_verify() {
+    let repo = small_repo(3);
+    let work = tempfile::tempdir().unwrap();
+    let wf = edit_workflow(work.path(), "  verify:\n    test_command: bash check.sh\n");
+    let before = std::fs::read_dir(repo.path().join("src")).unwrap().count();
+    let output = fanout(
+        &[
+            "run",
+            &wf.display().to_string(),
+            "--plan",
+            &edit_plan(work.path(), 3).display().to_string(),
+            "--scenario",
+            &scenario_file(work.path()).display().to_string(),
+            "--local-slots",
+            "0",
+        ],
+        repo.path(),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("verify.test_command"), "{stderr}");
+    assert!(!stderr.contains("coordinating run"), "{stderr}");
+    // Nothing was handed to workers, and the tree is as it was.
+    let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).ok();
+    if let Some(reader) = reader {
+        for run in reader.runs().unwrap() {
+            assert!(
+                reader
+                    .units(&run.run.run_id)
+                    .map(|units| units.is_empty())
+                    .unwrap_or(true),
+                "units published for {}",
+                run.run.run_id
+            );
+        }
+    }
+    let status = std::process::Command::new("git")
+        .args(["status", "--porcelain", "--", "src"])
+        .current_dir(repo.path())
+        .output()
+        .unwrap();
+    assert!(
+        status.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+    assert_eq!(
+        std::fs::read_dir(repo.path().join("src")).unwrap().count(),
+        before
+    );
+}
