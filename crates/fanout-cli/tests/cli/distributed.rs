@@ -196,17 +196,8 @@ fn workers_in_separate_processes_share_a_run_and_a_killed_workers_unit_is_taken_
         .zip(&caches[1..])
         .map(|(name, cache)| sim_worker(&db, cache.path(), &run_id, name, "30").output_async())
         .collect();
-    for mut child in survivors {
-        // A worker that never finishes fails the test instead of hanging it.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-        while child.try_wait().unwrap().is_none() {
-            if std::time::Instant::now() > deadline {
-                child.kill().unwrap();
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        let output = child.wait_with_output().unwrap();
+    for child in survivors {
+        let output = exit_within(child, std::time::Duration::from_secs(300));
         assert!(
             output.status.success(),
             "{}",
@@ -272,13 +263,19 @@ fn workers_in_separate_processes_share_a_run_and_a_killed_workers_unit_is_taken_
     assert!(edited.len() >= 40, "{edited:?}");
     assert!(edited.values().all(|&n| n == 1), "{edited:?}");
 
+    assert_eq!(tree_id(repo.path()), single_process_tree(&plan_path));
+}
+
+/// The tree id a single-process `fanout run` of `plan_path` makes in a fresh copy of the
+/// example: what a distributed run must end byte-identical to.
+fn single_process_tree(plan_path: &str) -> String {
     let single = example_repo();
     let output = fanout(
         &[
             "run",
             &example("claude-workflows.yaml"),
             "--plan",
-            &plan_path,
+            plan_path,
             "--scenario",
             &example("scenario.yaml"),
         ],
@@ -289,7 +286,21 @@ fn workers_in_separate_processes_share_a_run_and_a_killed_workers_unit_is_taken_
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_eq!(tree_id(repo.path()), tree_id(single.path()));
+    tree_id(single.path())
+}
+
+/// A child process's output once it exits; killed after `limit`, so a worker that never
+/// finishes fails the test instead of hanging it. Polls: a `Child` has no wait with a timeout.
+fn exit_within(mut child: std::process::Child, limit: std::time::Duration) -> std::process::Output {
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
 }
 
 trait OutputAsync {
@@ -466,16 +477,8 @@ fn a_coordinator_and_three_workers_survive_kill_9_of_a_worker_and_of_the_coordin
         "{}",
         String::from_utf8_lossy(&resumed.stderr)
     );
-    for mut child in survivors {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-        while child.try_wait().unwrap().is_none() {
-            if std::time::Instant::now() > deadline {
-                child.kill().unwrap();
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        let output = child.wait_with_output().unwrap();
+    for child in survivors {
+        let output = exit_within(child, std::time::Duration::from_secs(300));
         assert!(
             output.status.success(),
             "{}",
@@ -504,24 +507,7 @@ fn a_coordinator_and_three_workers_survive_kill_9_of_a_worker_and_of_the_coordin
         .unwrap();
     assert_eq!(run.run.status, RunStatus::Completed);
 
-    let single = example_repo();
-    let output = fanout(
-        &[
-            "run",
-            &example("claude-workflows.yaml"),
-            "--plan",
-            &plan_path,
-            "--scenario",
-            &example("scenario.yaml"),
-        ],
-        single.path(),
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(tree_id(&clone), tree_id(single.path()));
+    assert_eq!(tree_id(&clone), single_process_tree(&plan_path));
 
     // Three workers (one killed) and two coordinators together stayed under the limit.
     sim.kill().unwrap();
