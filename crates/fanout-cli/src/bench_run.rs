@@ -225,6 +225,7 @@ pub async fn run(args: BenchRunArgs) -> anyhow::Result<ExitCode> {
                 .context("the benchmark repository is in use")?,
         ),
         simulated: true,
+        distribution: None,
     };
     eprintln!("bench run: running");
     let started = tokio::time::Instant::now();

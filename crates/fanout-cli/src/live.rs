@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use fanout_core::backend::Backend;
 use fanout_core::config::Config;
 use fanout_core::fleet::Fleet;
 use fanout_core::plan::Prepared;
-use fanout_core::run::engine::{self, EngineEvent, EngineInputs, RunOutcome};
+use fanout_core::run::engine::{self, Distribution, EngineEvent, EngineInputs, RunOutcome};
 use fanout_core::run::lock::RepoLock;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +33,7 @@ pub async fn execute(
     config: Config,
     prepared: Prepared,
     fleet: Fleet,
+    backend: &Arc<Backend>,
     repository: PathBuf,
     lock: Arc<RepoLock>,
 ) -> anyhow::Result<ExitCode> {
@@ -45,30 +47,21 @@ pub async fn execute(
         simulated: args.model.simulated(),
         lock,
     };
-    let inputs = fanout_core::run::launch::fresh(launch, &prepared)?;
+    let mut inputs = fanout_core::run::launch::fresh(launch, &prepared)?;
     if let Some(slots) = args.local_slots {
-        if slots > 0 {
-            eprintln!(
-                "error: --local-slots {slots}: only 0 (a pure coordinator) is supported yet; leave it out for a local run"
-            );
-            return Ok(Exit::NotReady.into());
-        }
-        // A coordinated run ends at its agents' patches: it would call a run "completed"
-        // without running the tests the workflow asks for.
-        if inputs.config.verify.test_command.is_some() {
-            eprintln!(
-                "error: --local-slots 0: this workflow has verify.test_command, which a coordinated run does not run yet; run it without --local-slots (a local run verifies), or drop the test command"
-            );
-            return Ok(Exit::Config.into());
-        }
         let workflow = std::fs::read_to_string(&args.file)
             .with_context(|| format!("cannot read {}", args.file.display()))?;
         let workflow_path = absolute(&args.file)
             .strip_prefix(&inputs.repo)
             .ok()
             .map(|path| path.display().to_string());
-        let inputs = fanout_core::distributed::CoordinatorInputs::from_engine(&inputs);
-        return coordinate(inputs, workflow, workflow_path, false, args.json).await;
+        inputs.distribution = Some(distribution(
+            &inputs,
+            workflow,
+            workflow_path,
+            slots,
+            backend,
+        ));
     }
     drive(
         inputs,
@@ -79,55 +72,27 @@ pub async fn execute(
     .await
 }
 
-/// A pure coordinator: publish the run (unless `resume`) and apply what workers commit.
-pub async fn coordinate(
-    inputs: fanout_core::distributed::CoordinatorInputs,
+/// A run shared through its store with `fanout worker` processes, `slots` of its agents run
+/// by this process (their trees in a cache under the temporary directory, never the
+/// user's repository).
+pub fn distribution(
+    inputs: &EngineInputs,
     workflow: String,
     workflow_path: Option<String>,
-    resume: bool,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let run_id = inputs.run_id.clone();
-    let cancel = CancellationToken::new();
-    handle_interrupts(
-        cancel.clone(),
-        format!(
-            "fanout resume {run_id} --store {}",
-            shell_word(&inputs.store.to_string())
-        ),
-    );
-    eprintln!(
-        "fanout: coordinating run {run_id} ({} agents) through {}; start workers with `fanout worker --store {}`",
-        inputs.plan.subtasks.len(),
-        inputs.store,
-        shell_word(&inputs.store.to_string())
-    );
-    let outcome =
-        fanout_core::distributed::coordinate(&inputs, workflow, workflow_path, resume, &cancel)
-            .await?;
-    if json {
-        println!("{}", serde_json::to_string(&outcome)?);
-    } else {
-        println!(
-            "Run {run_id}: {} — {} succeeded, {} failed, {} skipped; {} patches applied, {} found applied",
-            outcome.status.as_str(),
-            outcome.succeeded,
-            outcome.failed,
-            outcome.skipped,
-            outcome.applied,
-            outcome.recognised
-        );
-        // What a local run's closing report has and this one has not, said rather than left out.
-        println!(
-            "Not done by a coordinated run yet: checkpoints, the scope check of the whole diff (each patch holds only its agent's write scope), verification and synthesis."
-        );
+    slots: usize,
+    backend: &Arc<Backend>,
+) -> Distribution {
+    Distribution {
+        workflow,
+        workflow_path,
+        local_slots: slots,
+        backend: Some(Arc::clone(backend)),
+        cache: std::env::temp_dir().join(format!(
+            "fanout-coordinator-{}-{}",
+            std::process::id(),
+            inputs.run_id
+        )),
     }
-    Ok(match outcome.status {
-        fanout_core::store::RunStatus::Completed => Exit::Success,
-        fanout_core::store::RunStatus::Cancelled => Exit::Cancelled,
-        _ => Exit::Partial,
-    }
-    .into())
 }
 
 /// How the engine is entered.
@@ -177,7 +142,19 @@ pub async fn drive(
             Launch::Resume => "resuming run",
         };
         eprintln!("fanout: {verb} {run_id}: {} agents", tally.total);
+        if let Some(shared) = &inputs.distribution {
+            eprintln!(
+                "fanout: shared through {} with {} agent(s) at a time on this machine; start workers with `fanout worker --store {}`",
+                inputs.store,
+                shared.local_slots,
+                shell_word(&inputs.store.to_string())
+            );
+        }
     }
+    let cache = inputs
+        .distribution
+        .as_ref()
+        .map(|shared| shared.cache.clone());
     // Shared with a ticker that redraws every second while nothing finishes (waits on the
     // rate limits, an outage's probes, a long agent), so elapsed time and waits stay true.
     let display = Arc::new(std::sync::Mutex::new((progress, tally)));
@@ -215,6 +192,9 @@ pub async fn drive(
     };
     ticker.abort();
     let _ = ticker.await;
+    if let Some(cache) = cache {
+        let _ = std::fs::remove_dir_all(cache);
+    }
     let outcome = outcome.context("the run could not be carried out")?;
     {
         let mut guard = display

@@ -10,6 +10,10 @@
 //! - `--retry-failed` is for a run that ended (partial, failed or cancelled) and takes the
 //!   workflow file from the command line; a run still marked `running` needs `resume`.
 //!
+//! A run shared with `fanout worker` processes (published in its store) is finished by
+//! coordinating them again, from any clone of the repository: its plan and workflow come
+//! from the store, and `--local-slots N` lets this process run N of its agents itself.
+//!
 //! An item run (one with `.fanout/runs/<run_id>/job.json`) has no plan: `resume` hands it to
 //! `crate::items_cmd::resume`, which continues it from its settlement journal;
 //! `--retry-failed` starts a new item run that sends again what a retry can fix
@@ -59,30 +63,14 @@ pub struct ResumeArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub store: crate::store_cmd::StoreArg,
+    /// A run shared with `fanout worker` processes: agents this process runs itself beside
+    /// them (default 0: it only coordinates). Any clone of the repository can resume it.
+    #[arg(long, value_name = "N")]
+    pub local_slots: Option<usize>,
 }
 
 /// `fanout resume RUN_ID`.
 pub async fn run(args: ResumeArgs) -> anyhow::Result<ExitCode> {
-    // A run published for workers is resumed as a coordinator, from any clone of the
-    // repository: its plan and workflow are in the store.
-    let repo = args.repo.clone().unwrap_or_else(|| PathBuf::from("."));
-    if !args.dry_run
-        && let Ok(store) = args.store.location(&repo)
-    {
-        let repo = std::fs::canonicalize(&repo).unwrap_or(repo);
-        use fanout_core::distributed::{CoordinatorError, CoordinatorInputs};
-        match CoordinatorInputs::published(&store, &args.run_id, repo.clone()) {
-            Ok(Some(inputs)) => {
-                let _lock = fanout_core::run::lock::RepoLock::acquire(&repo, "resume")?;
-                return crate::live::coordinate(inputs, String::new(), None, true, args.json).await;
-            }
-            Err(error @ (CoordinatorError::PlanHash { .. } | CoordinatorError::PlanJson(_))) => {
-                return Err(error.into());
-            }
-            // Not published, or no store to ask: a local run's resume says what is wrong.
-            Ok(None) | Err(_) => {}
-        }
-    }
     finish(args, false).await
 }
 
@@ -122,6 +110,7 @@ pub async fn retry_failed(args: &RunArgs, run_id: &RunId) -> anyhow::Result<Exit
         json: args.json,
         dry_run: args.dry_run,
         store: args.store.clone(),
+        local_slots: args.local_slots,
     };
     finish(resume, true).await
 }
@@ -185,20 +174,45 @@ async fn finish(args: ResumeArgs, retry_failed: bool) -> anyhow::Result<ExitCode
             return Ok(Exit::NotReady.into());
         }
     };
-    let backend = Backend::start(&args.model.target(), args.model.http()).await?;
+    let backend = Arc::new(Backend::start(&args.model.target(), args.model.http()).await?);
     let fleet = match backend.fleet(&resume.config) {
         Ok(fleet) => fleet,
         Err(err) => {
             eprintln!("error: {err}");
-            backend.shutdown().await;
+            shutdown(backend).await;
             return Ok(Exit::NotReady.into());
         }
     };
     let estimated_wall = resume.estimated_wall;
-    let inputs = resume.inputs(fleet, backend.simulated(), lock);
+    let shared = resume.shared;
+    let mut inputs = resume.inputs(fleet, backend.simulated(), lock);
+    if shared {
+        let slots = args.local_slots.unwrap_or(0);
+        inputs.distribution = Some(crate::live::distribution(
+            &inputs,
+            String::new(),
+            None,
+            slots,
+            &backend,
+        ));
+    } else if args.local_slots.is_some() {
+        eprintln!(
+            "error: run {} was not shared with workers; resume it without --local-slots",
+            args.run_id
+        );
+        shutdown(backend).await;
+        return Ok(Exit::Config.into());
+    }
     let code = drive(inputs, args.json, estimated_wall, Launch::Resume).await;
-    backend.shutdown().await;
+    shutdown(backend).await;
     code
+}
+
+/// Stop the simulator, once the run no longer holds the backend.
+async fn shutdown(backend: Arc<Backend>) {
+    if let Ok(backend) = Arc::try_unwrap(backend) {
+        backend.shutdown().await;
+    }
 }
 
 /// `fanout resume RUN_ID` for an item run: the workflow it was started with (or `--file`).

@@ -65,9 +65,10 @@ pub struct RunArgs {
     pub retry_failed: Option<RunId>,
     #[command(flatten)]
     pub store: crate::store_cmd::StoreArg,
-    /// Agents this process runs beside `fanout worker` processes sharing the store. 0: a
-    /// pure coordinator that publishes the run and applies the workers' committed patches
-    /// in commit order. Without it the run is local, as always. (Only 0 is supported yet.)
+    /// Share the run with `fanout worker` processes through the store, this process running
+    /// N agents itself beside them (0: a pure coordinator). It publishes the run, applies
+    /// the workers' committed patches in commit order, takes checkpoints, verifies and
+    /// synthesises as a local run does. Without it the run is local, as always.
     #[arg(long, value_name = "N")]
     pub local_slots: Option<usize>,
 }
@@ -99,33 +100,41 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // The simulator lives as long as this function: planning and, in a live run, the agents
     // talk to it. It is shut down before returning.
     let needs_model = args.plan.is_none() || !args.dry_run;
-    let backend = if needs_model {
+    let backend = Arc::new(if needs_model {
         Backend::start(&args.model.target(), args.model.http()).await?
     } else {
         Backend::api(args.model.http())
-    };
+    });
     let fleet = if needs_model {
         match backend.fleet(&config) {
             Ok(fleet) => Some(fleet),
             Err(err) => {
                 // Before any model call, and before any lock or file.
                 eprintln!("error: {err}");
-                backend.shutdown().await;
+                shutdown(backend).await;
                 return Ok(Exit::NotReady.into());
             }
         }
     } else {
         None
     };
-    let code = run_with(&args, config, fleet).await;
-    backend.shutdown().await;
+    let code = run_with(&args, config, fleet, &backend).await;
+    shutdown(backend).await;
     code
+}
+
+/// Stop the simulator, once no run holds the backend any more.
+async fn shutdown(backend: Arc<Backend>) {
+    if let Ok(backend) = Arc::try_unwrap(backend) {
+        backend.shutdown().await;
+    }
 }
 
 async fn run_with(
     args: &RunArgs,
     config: Config,
     fleet: Option<Fleet>,
+    backend: &Arc<Backend>,
 ) -> anyhow::Result<ExitCode> {
     let repository = args
         .repo
@@ -241,7 +250,7 @@ async fn run_with(
     let (Some(fleet), Some(lock)) = (fleet, lock) else {
         anyhow::bail!("a live run needs a model API (use --sim or set an API key)");
     };
-    crate::live::execute(args, config, prepared, fleet, repository, lock).await
+    crate::live::execute(args, config, prepared, fleet, backend, repository, lock).await
 }
 
 /// What the estimate goes by: the simulator's latency with --sim, and what agents used in

@@ -24,10 +24,15 @@
 //!   [`tools`]: the tools the model sees, on a scoped file system; [`agent`]: the turn loop.
 //! - [`plan`]: repository scan, orchestrator planning with a repair loop, plan validation,
 //!   estimates and the dry-run report.
-//! - [`run`]: running a plan: the lifecycle every front end calls (`run::launch`), the engine,
-//!   the scheduler, checkpoints, pre-images and rollback, the repository lock.
+//! - [`attempt`]: one agent attempt's inputs and records, shared by the local engine and a
+//!   worker (its model configuration and permissions, its model calls, tool calls and
+//!   denials on record, its failure in words).
 //! - [`distributed`]: runs shared between machines: `fanout worker`'s lease loop, a unit's
-//!   tree in the worker's cache, what a coordinator publishes for its workers.
+//!   tree in the worker's cache, what a coordinator publishes for its workers and how it
+//!   applies what they commit.
+//! - [`run`]: running a plan: the lifecycle every front end calls (`run::launch`), the engine
+//!   (whose agents phase, in a shared run, is the coordinator's), the scheduler,
+//!   checkpoints, pre-images and rollback, the repository lock.
 //! - [`items`]: item work: inputs, chunking, worker prompts and answer accounting, aggregation,
 //!   outputs, and the item runner (online or batch).
 //! - [`report`]: one run as a self-contained HTML page (`fanout report`), from the store and
@@ -40,6 +45,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod agent;
+pub mod attempt;
 pub mod backend;
 pub mod config;
 pub mod distributed;

@@ -1138,15 +1138,19 @@ mod examples {
     }
 }
 
-/// A coordinated run (`--local-slots 0`) does not run the test command yet: a workflow that
-/// asks for one is refused before anything is published or run, instead of ending
-/// "completed" with its tests never run.
+/// A run shared through the store (`--local-slots 2`: this process runs a worker of its own
+/// beside any others) verifies as a local run does. A coordinated run used to refuse a
+/// workflow with a test command (or, before that, call itself "completed" without running
+/// it): here the agents' patches break the test, and the run must say so, in its report,
+/// its exit code, `summary.json` and the store, with its checkpoints taken.
 #[test]
-fn a_coordinated_run_refuses_a_workflow_it_could_not_verify() {
+fn a_shared_run_checkpoints_and_verifies_like_a_local_one() {
     let repo = small_repo(3);
     let work = tempfile::tempdir().unwrap();
-    let wf = edit_workflow(work.path(), "  verify:\n    test_command: bash check.sh\n");
-    let before = std::fs::read_dir(repo.path().join("src")).unwrap().count();
+    let wf = edit_workflow(
+        work.path(),
+        "  verify:\n    test_command: bash check.sh\n    baseline: true\n  rollback:\n    checkpoint_interval: 1\n",
+    );
     let output = fanout(
         &[
             "run",
@@ -1156,40 +1160,84 @@ fn a_coordinated_run_refuses_a_workflow_it_could_not_verify() {
             "--scenario",
             &scenario_file(work.path()).display().to_string(),
             "--local-slots",
-            "0",
+            "2",
         ],
         repo.path(),
     );
+    let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("verify.test_command"), "{stderr}");
-    assert!(!stderr.contains("coordinating run"), "{stderr}");
-    // Nothing was handed to workers, and the tree is as it was.
-    let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).ok();
-    if let Some(reader) = reader {
-        for run in reader.runs().unwrap() {
-            assert!(
-                reader
-                    .units(&run.run.run_id)
-                    .map(|units| units.is_empty())
-                    .unwrap_or(true),
-                "units published for {}",
-                run.run.run_id
-            );
-        }
-    }
-    let status = std::process::Command::new("git")
-        .args(["status", "--porcelain", "--", "src"])
-        .current_dir(repo.path())
-        .output()
-        .unwrap();
+    assert_eq!(output.status.code(), Some(7), "{stdout}\n{stderr}");
     assert!(
-        status.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&status.stdout)
+        stderr.contains("start workers with `fanout worker"),
+        "{stderr}"
     );
-    assert_eq!(
-        std::fs::read_dir(repo.path().join("src")).unwrap().count(),
-        before
+    assert!(stdout.contains(": tests_failed"), "{stdout}");
+    assert!(stdout.contains("3 succeeded (of 3)"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "Tests (`bash check.sh`): FAILED (exit code 3): broken by this run (passed on the base commit)"
+        ),
+        "{stdout}"
     );
+    assert!(
+        stdout.contains("Scope check: every change is inside a declared scope."),
+        "{stdout}"
+    );
+    let run_id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Run "))
+        .and_then(|l| l.split(':').next())
+        .unwrap()
+        .to_owned();
+    let summary = summary_json(repo.path(), &run_id);
+    assert_eq!(summary["status"], "tests_failed");
+    assert_eq!(summary["test"]["passed"], false);
+    assert_eq!(summary["test"]["baseline"]["passed"], true);
+    assert_eq!(summary["files_changed"], 3);
+    // At least one between applications (interval 1) and the final (the base is not
+    // counted, as in a local run's report).
+    let checkpoints = summary["checkpoints"].as_u64().unwrap();
+    assert!(checkpoints >= 2, "{summary}");
+
+    // It really went through units: each committed once by the process's own worker, and
+    // applied; the checkpoints are on record and in git.
+    let reader = fanout_core::store::StoreReader::open_in_repo(repo.path()).unwrap();
+    let run: fanout_core::ids::RunId = run_id.as_str().into();
+    let units = reader.units(&run).unwrap();
+    assert_eq!(units.len(), 3);
+    for unit in &units {
+        assert_eq!(unit.state, fanout_core::store::UnitState::Committed);
+        assert!(unit.applied_at.is_some());
+        assert!(
+            unit.lease_owner
+                .as_deref()
+                .is_some_and(|owner| owner.starts_with("coordinator:")),
+            "{:?}",
+            unit.lease_owner
+        );
+    }
+    let recorded = reader.checkpoints(&run).unwrap();
+    assert_eq!(recorded.len() as u64, checkpoints + 1, "{recorded:?}");
+    // Every progress event of the run is on record beside the workers' model calls.
+    let events = reader.events(&run).unwrap();
+    let kinds = |kind: &str| events.iter().filter(|e| e.kind == kind).count();
+    assert_eq!(kinds("agent_finished"), 3, "{events:?}");
+    assert_eq!(kinds("model_call"), 6, "{events:?}");
+    assert_eq!(kinds("phase"), 3, "{events:?}");
+    for checkpoint in &recorded {
+        let found = git(repo.path(), &["rev-parse", &checkpoint.ref_name]);
+        assert_eq!(found.trim(), checkpoint.commit_id);
+    }
+    // The final checkpoint holds the agents' edits.
+    let last = recorded.iter().max_by_key(|c| c.seq).unwrap();
+    let changed = git(
+        repo.path(),
+        &[
+            "diff",
+            "--name-only",
+            &recorded[0].commit_id,
+            &last.commit_id,
+        ],
+    );
+    assert_eq!(changed.lines().count(), 3, "{changed}");
 }

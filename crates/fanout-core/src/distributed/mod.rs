@@ -13,26 +13,26 @@
 //!   records: the engine's own functions), the commit;
 //! - [`publish`]: what a coordinator stores for its workers (the plan, its hash, the
 //!   workflow and the base bundle) and enqueues;
-//! - [`apply`]: committed patches applied to the user's tree in commit order, exactly once;
-//! - [`coordinator`]: `fanout run --local-slots 0`: publish, then apply until every unit is
-//!   done, skipping the dependants of failures; resumable from any clone.
+//! - [`apply`]: committed patches applied to the user's tree in commit order, exactly once.
+//!
+//! The coordinator is the local engine itself (`fanout run --store URL --local-slots N`):
+//! its agents phase publishes the run and applies what workers commit
+//! (`crate::run::engine`, module `remote`), and the run's checkpoints, verification,
+//! synthesis and totals are the local run's own.
 //!
 //! - [`bucket`]: the workflow's requests-per-minute limit shared by every worker's fleet
 //!   through one store row.
 //!
-//! Not here: the coordinator's checkpoints, verification and synthesis; token limits and
-//! dollar budgets shared between workers.
+//! Not here: token limits and dollar budgets shared between workers.
 
 pub mod apply;
 pub mod bucket;
-pub mod coordinator;
 pub mod publish;
 pub mod tree;
 pub mod worker;
 
 pub use apply::{Applied, ApplyError, apply_committed};
 pub use bucket::StoreBucket;
-pub use coordinator::{CoordinatorError, CoordinatorInputs, CoordinatorOutcome, coordinate};
 pub use publish::{PublishError, base_bundle, publish_run};
 pub use tree::TreeError;
 pub use worker::{WorkerError, WorkerOptions, WorkerReport, work};

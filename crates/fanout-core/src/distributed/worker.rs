@@ -34,6 +34,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::tree::{self, TreeError};
 use crate::agent::{AgentOutcome, LoopStatus, run_agent_gated};
+use crate::attempt::{
+    agent_config, agent_spec, failure_text, model_call_hook, queue_denials, store_tool_calls,
+};
 use crate::backend::{Backend, BackendError};
 use crate::config::Config;
 use crate::fleet::Fleet;
@@ -41,9 +44,6 @@ use crate::ids::{AgentId, RunId};
 use crate::plan::{Plan, Subtask, hash_bytes};
 use crate::policy::{PathSet, ScopePolicy};
 use crate::retry::lock;
-use crate::run::engine::{
-    agent_config, agent_spec, failure_text, model_call_hook, queue_denials, store_tool_calls,
-};
 use crate::sandbox::SandboxConfig;
 use crate::store::{
     AgentFinish, AgentStart, AgentStatus, Lease, Store, StoreError, StoreLocation, StoreReader,

@@ -402,6 +402,13 @@ impl Checkpointer {
         self.latest.as_ref()
     }
 
+    /// Number the next checkpoints after `seq` (taken elsewhere: a shared run's coordinator
+    /// in another clone, whose refs this repository has not). The parent stays the latest
+    /// checkpoint this repository holds.
+    pub fn continue_after(&mut self, seq: u64) {
+        self.next_seq = self.next_seq.max(seq.saturating_add(1));
+    }
+
     /// How many agents have completed, for the checkpoint records.
     pub fn set_completed_agents(&mut self, completed: u64) {
         self.completed_agents = completed;

@@ -138,6 +138,7 @@ pub fn fresh(launch: Launch, prepared: &Prepared) -> Result<EngineInputs, Launch
         max_attempts: AGENT_ATTEMPTS,
         lock: launch.lock,
         simulated: launch.simulated,
+        distribution: None,
     })
 }
 
@@ -168,6 +169,9 @@ pub struct ResumePlan {
     pub estimated_dollars: Vec<f64>,
     /// The estimate's wall-time floor (for progress displays).
     pub estimated_wall: Duration,
+    /// Published for `fanout worker` processes: finished by coordinating them (its plan and
+    /// workflow read from the store, so any clone can finish it).
+    pub shared: bool,
 }
 
 /// Check the run `run_id` of `repo`, recorded in `store`, for finishing. `file` replaces the
@@ -196,6 +200,9 @@ pub fn recorded(
             return Err(LaunchError::NotEnded { run_id });
         }
         _ => {}
+    }
+    if let Some(record) = StoreReader::open_at(store)?.run_plan(&run_id)? {
+        return published(record, repo, store, run_id, file);
     }
     if crate::layout::job_file(&repo, &run_id).exists() {
         return Ok(Recorded::Items);
@@ -234,6 +241,60 @@ pub fn recorded(
         plan_hash: loaded.hash,
         estimated_dollars,
         estimated_wall,
+        shared: false,
+    })))
+}
+
+/// A run shared with workers, to finish from any clone of the repository: its plan and
+/// workflow as published in the store (the plan's hash checked, as workers check it), or
+/// the workflow file `file` when given.
+fn published(
+    record: crate::store::RunPlanRecord,
+    repo: PathBuf,
+    store: &StoreLocation,
+    run_id: RunId,
+    file: Option<&Path>,
+) -> Result<Recorded, LaunchError> {
+    let where_published = PathBuf::from(format!("the plan published in {store}"));
+    let found = crate::plan::hash_bytes(record.plan.as_bytes());
+    if found != record.plan_hash {
+        return Err(LaunchError::PlanEdited {
+            path: where_published,
+            run_id,
+            now: found,
+            recorded: record.plan_hash,
+        });
+    }
+    let plan: Plan = serde_json::from_str(&record.plan).map_err(|error| {
+        LaunchError::Plan(crate::plan::PlanError::PlanFile {
+            path: where_published.clone(),
+            message: error.to_string(),
+        })
+    })?;
+    let workflow_path = record
+        .workflow_path
+        .as_deref()
+        .map(|path| repo.join(path))
+        .unwrap_or_else(|| repo.join("claude-workflows.yaml"));
+    let (config, config_path) = match file {
+        Some(file) => (Config::from_path(file)?, absolute(file)),
+        None => (
+            Config::from_str(&record.workflow, &workflow_path)?,
+            workflow_path,
+        ),
+    };
+    let (estimated_dollars, estimated_wall) = estimates(&config, &plan, &repo)?;
+    Ok(Recorded::Plan(Box::new(ResumePlan {
+        run_id,
+        repo,
+        store: store.clone(),
+        config,
+        config_path,
+        plan,
+        plan_hash: record.plan_hash,
+        estimated_dollars,
+        estimated_wall,
+        shared: true,
     })))
 }
 
@@ -255,6 +316,7 @@ impl ResumePlan {
             max_attempts: AGENT_ATTEMPTS,
             lock,
             simulated,
+            distribution: None,
         }
     }
 }

@@ -29,6 +29,10 @@ pub enum StoreError {
         /// only "error connecting to server", and printing the chain repeated it.
         error: postgres::Error,
     },
+    #[error(
+        "run {run_id}: no free event number after {tries} tries (other writers of the run took each)"
+    )]
+    EventNumbering { run_id: RunId, tries: usize },
     #[error("{location} is not a run store location: {reason}")]
     InvalidLocation { location: String, reason: String },
     #[error(

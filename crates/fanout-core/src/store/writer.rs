@@ -23,6 +23,9 @@ use crate::ids::{AgentId, RunId};
 
 /// Most operations committed in one transaction.
 pub const MAX_BATCH: usize = 500;
+/// Numbers an event of a run may be given before the writer gives up on it (each is taken
+/// by another writer of the same run only when that writer recorded one meanwhile).
+const EVENT_SEQ_TRIES: usize = 8;
 /// Operations that may wait in the channel before senders wait for room.
 pub const QUEUE_DEPTH: usize = 4096;
 
@@ -1197,43 +1200,63 @@ impl Writer {
         }))
     }
 
+    /// The run's highest event number in the store (0 when it has none).
+    fn last_event_seq(&mut self, run_id: &RunId) -> Result<i64, StoreError> {
+        let rows = self
+            .db
+            .query(
+                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?1",
+                &[run_id.into()],
+            )
+            .map_err(self.failed("numbering an event"))?;
+        Ok(match rows.first().and_then(|row| row.first()) {
+            Some(SqlValue::Int(n)) => *n,
+            _ => 0,
+        })
+    }
+
     fn event(&mut self, event: EventRecord) -> Result<Option<serde_json::Value>, StoreError> {
-        let seq = match self.next_event_seq.get(&event.run_id) {
-            Some(seq) => *seq,
-            None => {
-                let rows = self
-                    .db
-                    .query(
-                        "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?1",
-                        &[(&event.run_id).into()],
-                    )
-                    .map_err(self.failed("numbering an event"))?;
-                let last = match rows.first().and_then(|row| row.first()) {
-                    Some(SqlValue::Int(n)) => *n,
-                    _ => 0,
-                };
-                last + 1
-            }
-        };
         let at = format_time(event.at);
         let payload = serde_json::to_string(&event.payload).map_err(|source| StoreError::Json {
             what: "an event payload",
             source,
         })?;
-        self.db
-            .execute(
-                "INSERT INTO events (run_id, seq, at, agent_id, kind, payload)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                &[
-                    (&event.run_id).into(),
-                    seq.into(),
-                    text(&at),
-                    event.agent_id.as_ref().into(),
-                    text(&event.kind),
-                    payload.into(),
-                ],
-            )
-            .map_err(self.failed("recording an event"))?;
+        // The next number is kept per writer; another writer of the same run (a shared run's
+        // workers and coordinator) may have taken it: then it is read again and retried.
+        let mut seq = 0;
+        for _ in 0..EVENT_SEQ_TRIES {
+            seq = match self.next_event_seq.get(&event.run_id) {
+                Some(seq) => *seq,
+                None => self.last_event_seq(&event.run_id)? + 1,
+            };
+            let inserted = self
+                .db
+                .execute(
+                    "INSERT INTO events (run_id, seq, at, agent_id, kind, payload)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (run_id, seq) DO NOTHING",
+                    &[
+                        (&event.run_id).into(),
+                        seq.into(),
+                        text(&at),
+                        event.agent_id.as_ref().into(),
+                        text(&event.kind),
+                        payload.clone().into(),
+                    ],
+                )
+                .map_err(self.failed("recording an event"))?;
+            if inserted == 1 {
+                break;
+            }
+            self.next_event_seq.remove(&event.run_id);
+            seq = 0;
+        }
+        if seq == 0 {
+            return Err(StoreError::EventNumbering {
+                run_id: event.run_id.clone(),
+                tries: EVENT_SEQ_TRIES,
+            });
+        }
         self.next_event_seq.insert(event.run_id.clone(), seq + 1);
         Ok(self.log.is_some().then(|| {
             json!({

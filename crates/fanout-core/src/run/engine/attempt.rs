@@ -15,7 +15,8 @@ use super::records::{record, record_denials, record_tool_calls, usage_recorder};
 use super::scope::{LeaveInFlight, StartFuture, restore_scope, start_attempt, sync_scope};
 use super::{EngineEvent, Shared};
 use crate::agent::{AgentConfig, AgentOutcome, LoopStatus, run_agent_gated};
-use crate::config::{Config, Mode};
+use crate::attempt::{agent_config, agent_spec, failure_text};
+use crate::config::Mode;
 use crate::ids::AgentId;
 use crate::plan::{Subtask, TaskId};
 use crate::policy::{AgentSpec, ScopePolicy};
@@ -419,39 +420,6 @@ impl AgentTask {
     }
 }
 
-/// The model for `mode` and the agent limits from the workflow.
-pub(crate) fn agent_config(config: &Config, mode: Mode) -> AgentConfig {
-    let model = config.model_for_mode(mode);
-    let budget = &config.budgets.agent;
-    AgentConfig {
-        model: model.model.clone(),
-        pricing: Some(model.clone()),
-        max_tokens_per_turn: 4096,
-        max_turns: budget.max_turns,
-        max_tokens: budget.max_tokens,
-        max_dollars: budget.max_dollars,
-        max_wall_time: budget.max_wall_time,
-        output_schema: config.output_schema.clone(),
-        on_call: None,
-        prompt_caching: config.prompt_caching,
-    }
-}
-
-/// What an agent may do: its write scope (none without a writing tool), read scope, tools.
-pub(crate) fn agent_spec(subtask: &Subtask) -> AgentSpec {
-    // An agent without a writing tool writes nothing, whatever its scope says (its prompt
-    // must not tell it otherwise).
-    let write = subtask.effective_write_scope().to_vec();
-    AgentSpec {
-        agent_id: AgentId::from(&subtask.task_id),
-        task_id: subtask.task_id.clone(),
-        description: subtask.description.clone(),
-        scope: write,
-        read_scope: Some(subtask.scope.clone()),
-        tools: subtask.tools.clone(),
-    }
-}
-
 fn finish_without_running(
     shared: &Shared,
     agent_id: &TaskId,
@@ -473,26 +441,6 @@ fn finish_without_running(
         cost: 0.0,
         reason,
     }
-}
-
-/// Why an attempt failed, in the words its end row records.
-pub(crate) fn failure_text(outcome: &AgentOutcome) -> String {
-    let mut text = match &outcome.status {
-        LoopStatus::Success => "the result disagrees with what the agent did".to_string(),
-        LoopStatus::InvalidResult => "the result was invalid after one repair".to_string(),
-        LoopStatus::TurnLimit => "turn limit reached".to_string(),
-        LoopStatus::TokenLimit => "token limit reached".to_string(),
-        LoopStatus::DollarLimit => "dollar limit reached".to_string(),
-        LoopStatus::TimeLimit => "wall-time limit reached".to_string(),
-        LoopStatus::Cancelled => "cancelled".to_string(),
-        LoopStatus::ProviderError(message) => format!("model API: {message}"),
-        LoopStatus::ReportedUnfinished(words) => format!("the agent reported {words}"),
-        LoopStatus::StartFailed(message) => message.clone(),
-    };
-    if !outcome.flags.is_empty() {
-        text.push_str(&format!(" ({})", outcome.flags.join("; ")));
-    }
-    text
 }
 
 fn undo_failures(failed: &[(String, String)]) -> String {

@@ -29,12 +29,15 @@
 //! - `attempt`: one agent's task, attempt by attempt, with `scope` (its pre-image, start
 //!   gate, sync and restore) and `records` (what its attempts leave on record);
 //! - `verify`: the final checkpoint, the scope check and the test command;
+//! - `remote`: the agents phase of a run shared with `fanout worker` processes, in place of
+//!   the scheduler's (publish, apply committed patches, checkpoints between applications);
 //! - `synthesis`: the closing summary call;
 //! - `summary`: `summary.json` and `summary.md`.
 
 mod attempt;
 mod orchestrate;
 mod records;
+mod remote;
 mod resume;
 mod scope;
 mod summary;
@@ -49,8 +52,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-pub(crate) use self::attempt::{agent_config, agent_spec, failure_text};
-pub(crate) use self::records::{model_call_hook, queue_denials, store_tool_calls};
+pub use self::remote::{Distribution, RemoteError};
 pub use self::summary::{agents_text, cache_text};
 pub use self::verify::{BaselineOutcome, TestOutcome};
 use crate::config::{Config, Mode};
@@ -92,6 +94,9 @@ pub struct EngineInputs {
     /// The model API is the simulator (recorded, so its runs never calibrate estimates of
     /// real ones).
     pub simulated: bool,
+    /// Shared with `fanout worker` processes through the store (`--local-slots`); `None` for
+    /// a run this process carries out alone.
+    pub distribution: Option<Distribution>,
 }
 
 /// What happened, for progress displays (the store has the durable record).
@@ -213,6 +218,8 @@ pub enum EngineError {
     Join(String),
     #[error("cannot start the sync worker thread: {0}")]
     SyncWorker(String),
+    #[error("shared run: {0}")]
+    Remote(Box<RemoteError>),
     #[error("the live-run lock held is for {held}, not for the repository {repo}")]
     WrongLock { held: PathBuf, repo: PathBuf },
 }

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use tokio_util::sync::CancellationToken;
 
 use super::attempt::run_one;
+use super::remote;
 use super::resume::{ResumeState, clear_leftovers, prepare_resume};
 use super::summary::{summary_error, write_summary};
 use super::synthesis::closing_synthesis;
@@ -39,13 +40,20 @@ pub(super) async fn run_engine(
     let store = Store::open_at(&inputs.store)?;
     let mut on_event = recorded(store.clone(), inputs.run_id.clone(), on_event);
     attach_log(&inputs, &store).await?;
+    let distribution = inputs.distribution.clone();
     if resuming {
         clear_leftovers(&inputs).await?;
+        if distribution.is_some() {
+            remote::ensure_base(&inputs).await?;
+        }
     }
     let in_flight = Arc::new(InFlightScopes::default());
     let mut checkpointer = Checkpointer::new(&inputs.repo, &inputs.run_id)?
         .with_store(store.clone())
         .with_in_flight(Arc::clone(&in_flight));
+    if resuming && distribution.is_some() {
+        remote::continue_numbering(&inputs, &mut checkpointer)?;
+    }
     let base = checkpointer.base().await?;
     let baseline = if resuming {
         None
@@ -56,7 +64,9 @@ pub(super) async fn run_engine(
     record_run(&inputs, &store, resuming, &base.commit).await?;
     // Named only now that the run is on record, so whoever is refused can resume it.
     inputs.lock.claim(&inputs.run_id);
-    let state = if resuming {
+    // A shared run's agents never touched this tree: nothing of theirs to roll back, and
+    // attempts in flight belong to workers that may still be running them.
+    let state = if resuming && distribution.is_none() {
         prepare_resume(&inputs, &store).await?
     } else {
         ResumeState::default()
@@ -66,7 +76,20 @@ pub(super) async fn run_engine(
     on_event(&EngineEvent::Phase {
         name: "agents".into(),
     });
-    let report = run_agents(&shared, &done, cancel, &mut on_event).await;
+    let report = match &distribution {
+        Some(distribution) => {
+            remote::run_units(
+                &shared,
+                distribution,
+                &base,
+                resuming,
+                cancel,
+                &mut on_event,
+            )
+            .await?
+        }
+        None => run_agents(&shared, &done, cancel, &mut on_event).await,
+    };
     let verified = verify(&shared, &base, baseline, cancel, &mut on_event).await?;
     let (synthesis, synthesis_error) =
         closing_synthesis(&shared, &report.not_run, &verified, cancel, &mut on_event).await;
@@ -188,25 +211,12 @@ fn share(
 ) -> Result<(Arc<Shared>, HashSet<String>), EngineError> {
     let policy = CheckpointPolicy::from_config(&inputs.config.rollback);
     let events: Arc<Mutex<Vec<EngineEvent>>> = Arc::default();
-    let worker = {
-        let events = Arc::clone(&events);
-        CheckpointWorker::spawn(
-            checkpointer,
-            policy,
-            state.done.len() as u64,
-            move |result| {
-                lock(&events).push(match result {
-                    Ok(id) => EngineEvent::Checkpoint {
-                        seq: id.seq,
-                        commit: id.commit,
-                    },
-                    Err(error) => EngineEvent::Phase {
-                        name: format!("checkpoint failed: {error}"),
-                    },
-                });
-            },
-        )
-    };
+    let worker = checkpoint_worker(
+        checkpointer,
+        policy,
+        state.done.len() as u64,
+        Arc::clone(&events),
+    );
     let repo_for_facts = inputs.repo.clone();
     let shared = Arc::new(Shared {
         inputs,
@@ -227,6 +237,26 @@ fn share(
         shared,
         state.done.into_iter().map(TaskId::into_string).collect(),
     ))
+}
+
+/// The run's checkpoint worker, its checkpoints (or their errors) pushed to `events`.
+pub(super) fn checkpoint_worker(
+    checkpointer: Checkpointer,
+    policy: CheckpointPolicy,
+    completed: u64,
+    events: Arc<Mutex<Vec<EngineEvent>>>,
+) -> CheckpointWorker {
+    CheckpointWorker::spawn(checkpointer, policy, completed, move |result| {
+        lock(&events).push(match result {
+            Ok(id) => EngineEvent::Checkpoint {
+                seq: id.seq,
+                commit: id.commit,
+            },
+            Err(error) => EngineEvent::Phase {
+                name: format!("checkpoint failed: {error}"),
+            },
+        });
+    })
 }
 
 /// The agents phase: every sub-task not `done` through the scheduler (dependencies,

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::plan::Plan;
 use crate::policy::{AgentSpec, PathSet, ScopePolicy, ShellPolicy};
 use crate::retry::lock;
-use crate::run::checkpoint::{CheckpointError, CheckpointId};
+use crate::run::checkpoint::{CheckpointError, CheckpointId, CheckpointPolicy, Checkpointer};
 use crate::sandbox::SandboxConfig;
 use crate::tools::{CommandExit, ToolLimits, Toolbox};
 
@@ -114,22 +114,48 @@ async fn final_checkpoint(
     shared: &Shared,
     on_event: &mut impl FnMut(&EngineEvent),
 ) -> Result<(CheckpointId, u64), EngineError> {
-    let worker = lock(&shared.checkpoints).take();
-    let Some(worker) = worker else {
-        return Err(EngineError::Checkpoint(CheckpointError::Join {
-            message: "the checkpoint worker is gone".into(),
-        }));
-    };
-    let mut checkpointer = worker.finish().await?;
-    for e in std::mem::take(&mut *lock(&shared.events)) {
-        on_event(&e);
-    }
+    let mut checkpointer = stop_checkpoint_worker(shared, on_event).await?;
     let last = checkpointer.checkpoint("final").await?;
     on_event(&EngineEvent::Checkpoint {
         seq: last.seq,
         commit: last.commit.clone(),
     });
     Ok((last, checkpointer.next_seq().saturating_sub(1)))
+}
+
+/// Stop the run's checkpoint worker (after the checkpoint it is taking, its events shown)
+/// and take its checkpointer back.
+pub(super) async fn stop_checkpoint_worker(
+    shared: &Shared,
+    on_event: &mut impl FnMut(&EngineEvent),
+) -> Result<Checkpointer, EngineError> {
+    let worker = lock(&shared.checkpoints).take();
+    let Some(worker) = worker else {
+        return Err(EngineError::Checkpoint(CheckpointError::Join {
+            message: "the checkpoint worker is gone".into(),
+        }));
+    };
+    let checkpointer = worker.finish().await?;
+    for e in std::mem::take(&mut *lock(&shared.events)) {
+        on_event(&e);
+    }
+    Ok(checkpointer)
+}
+
+/// Hand `checkpointer` back to a checkpoint worker of the run (`completed` agents so far).
+pub(super) fn restart_checkpoint_worker(
+    shared: &Shared,
+    checkpointer: Checkpointer,
+    completed: u64,
+) {
+    let policy = CheckpointPolicy::from_config(&shared.inputs.config.rollback);
+    let worker = super::orchestrate::checkpoint_worker(
+        checkpointer,
+        policy,
+        completed,
+        Arc::clone(&shared.events),
+    );
+    *lock(&shared.checkpoints) = Some(worker);
 }
 
 /// Paths that differ between two checkpoints.

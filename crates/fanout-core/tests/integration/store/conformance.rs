@@ -62,6 +62,7 @@ conformance!(
     a_failing_record_does_not_sink_its_batch,
     readers_read_while_the_writer_writes,
     two_runs_share_a_store,
+    writers_of_one_run_number_its_events_without_losing_any,
     the_log_gets_every_record_as_a_json_line,
 );
 
@@ -1049,6 +1050,63 @@ async fn two_runs_share_a_store(fresh: Fresh) {
         ),
         ["one", "two"]
     );
+}
+
+/// A shared run has several writers: its coordinator and every worker record events of the
+/// same run. Each writer used to number them from its own counter, so the second writer's
+/// events collided with the first's and were dropped.
+async fn writers_of_one_run_number_its_events_without_losing_any(fresh: Fresh) {
+    let coordinator = Store::open_at(&fresh.location).unwrap();
+    let workers = [
+        Store::open_at(&fresh.location).unwrap(),
+        Store::open_at(&fresh.location).unwrap(),
+    ];
+    coordinator.create_run(new_run("shared", 0)).await.unwrap();
+    let event = |who: &str, n: usize| EventRecord {
+        run_id: "shared".into(),
+        agent_id: None,
+        kind: "turn".to_owned(),
+        payload: json!({ "who": who, "n": n }),
+        at: at(2),
+    };
+    // Interleaved, each writer's counter behind the others' after the first round.
+    for n in 0..5 {
+        coordinator.event(event("coordinator", n)).await.unwrap();
+        coordinator.flush().await.unwrap();
+        for (index, worker) in workers.iter().enumerate() {
+            worker
+                .event(event(&format!("worker {index}"), n))
+                .await
+                .unwrap();
+            worker.flush().await.unwrap();
+        }
+    }
+    // And at once, from all three.
+    let mut concurrent = Vec::new();
+    for (index, store) in [&coordinator, &workers[0], &workers[1]]
+        .into_iter()
+        .enumerate()
+    {
+        for n in 0..20 {
+            let store = store.clone();
+            let record = event(&format!("concurrent {index}"), n);
+            concurrent.push(tokio::spawn(async move { store.event(record).await }));
+        }
+    }
+    for task in concurrent {
+        task.await.unwrap().unwrap();
+    }
+    coordinator.close().await.unwrap();
+    for worker in workers {
+        worker.close().await.unwrap();
+    }
+    let events = StoreReader::open_at(&fresh.location)
+        .unwrap()
+        .events(&"shared".into())
+        .unwrap();
+    assert_eq!(events.len(), 15 + 60, "{events:?}");
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=75).collect::<Vec<u64>>());
 }
 
 async fn the_log_gets_every_record_as_a_json_line(fresh: Fresh) {
