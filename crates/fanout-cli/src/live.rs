@@ -134,6 +134,7 @@ pub async fn drive(
     let progress = Progress::new(ProgressStyle::detect(json));
     let tally = Tally {
         total: inputs.plan.subtasks.len(),
+        ungoverned: inputs.distribution.is_some(),
         ..Tally::default()
     };
     if progress.style() != ProgressStyle::Json {

@@ -82,8 +82,9 @@ pub struct Tally {
     /// Input tokens of finished agents (or calls), and those of them read from the cache.
     pub finished_input_tokens: u64,
     pub cache_read_tokens: u64,
-    /// The calls bypass the rate governor (an item run's batches): the line then says nothing
-    /// of limits, probes or rate waits, which would describe a governor that sends nothing.
+    /// The calls bypass this process's rate governor (an item run's batches, a shared run's
+    /// workers): the line then says nothing of limits, probes or rate waits, which would
+    /// describe a governor that sends nothing.
     pub ungoverned: bool,
 }
 
