@@ -34,6 +34,16 @@ pub struct Applied {
     pub applied: Vec<AgentId>,
     /// Patches found already in the tree (a coordinator that died before recording them).
     pub recognised: Vec<AgentId>,
+    /// Of both, those that delete or rename a file (which tightens the checkpoint interval,
+    /// as a local agent's deletion does).
+    pub destructive: Vec<AgentId>,
+}
+
+/// Whether a patch deletes or renames a file.
+fn deletes_or_renames(patch: &[u8]) -> bool {
+    patch
+        .split(|byte| *byte == b'\n')
+        .any(|line| line.starts_with(b"deleted file mode ") || line.starts_with(b"rename from "))
 }
 
 /// Apply every committed, not yet applied patch of `run_id` whose predecessors in commit
@@ -50,22 +60,37 @@ pub async fn apply_committed(
     let units = {
         let location = location.clone();
         let run = run_id.clone();
-        tokio::task::spawn_blocking(move || StoreReader::open_at(&location)?.units(&run))
-            .await
-            .map_err(|error| StoreError::WriterClosed {
-                what: if error.is_panic() {
-                    "a units read (it panicked)"
-                } else {
-                    "a units read"
-                },
-            })??
+        // States first; then the patches of only the units this pass applies.
+        tokio::task::spawn_blocking(move || {
+            let reader = StoreReader::open_at(&location)?;
+            let mut units = in_commit_order(reader.unit_states(&run)?);
+            units.retain(|unit| unit.applied_at.is_none() || recheck);
+            let wanted: Vec<AgentId> = units
+                .iter()
+                .filter(|unit| unit.state == UnitState::Committed)
+                .map(|unit| unit.agent_id.clone())
+                .collect();
+            let mut patches = reader.unit_patches(&run, &wanted)?;
+            for unit in &mut units {
+                unit.patch = patches.remove(&unit.agent_id);
+            }
+            Ok::<_, StoreError>(units)
+        })
+        .await
+        .map_err(|error| StoreError::WriterClosed {
+            what: if error.is_panic() {
+                "a units read (it panicked)"
+            } else {
+                "a units read"
+            },
+        })??
     };
     let mut done = Applied::default();
-    for unit in in_commit_order(units) {
-        if unit.applied_at.is_some() && !recheck {
-            continue;
-        }
+    for unit in units {
         let patch = unit.patch.clone().unwrap_or_default();
+        if deletes_or_renames(&patch) {
+            done.destructive.push(unit.agent_id.clone());
+        }
         if !patch.is_empty() && unit.state == UnitState::Committed {
             let root = repo.to_path_buf();
             let agent = unit.agent_id.clone();
@@ -131,5 +156,20 @@ fn apply_once(repo: &Path, agent_id: &AgentId, patch: &[u8]) -> Result<bool, App
             }
         }
         Err(error) => Err(error.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_patch_that_deletes_or_renames_is_destructive() {
+        let deletion = b"diff --git a/x b/x\ndeleted file mode 100644\nindex 1..0\n";
+        let rename = b"diff --git a/x b/y\nsimilarity index 100%\nrename from x\nrename to y\n";
+        let edit = b"diff --git a/x b/x\nindex 1..2 100644\n--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+deleted file mode 1\n";
+        assert!(deletes_or_renames(deletion));
+        assert!(deletes_or_renames(rename));
+        assert!(!deletes_or_renames(edit));
     }
 }

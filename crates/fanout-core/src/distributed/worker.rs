@@ -238,7 +238,7 @@ impl Worker {
         let Some(run) = &self.options.run else {
             return Ok(false);
         };
-        let units = StoreReader::open_at(&self.options.store)?.units(run)?;
+        let units = StoreReader::open_at(&self.options.store)?.unit_states(run)?;
         let mut blocked: std::collections::HashSet<&AgentId> = units
             .iter()
             .filter(|unit| matches!(unit.state, UnitState::Failed | UnitState::Skipped))
@@ -435,7 +435,8 @@ impl Worker {
         let lease = lease.clone();
         let direct: Vec<AgentId> = subtask.depends_on.iter().map(AgentId::from).collect();
         tokio::task::spawn_blocking(move || {
-            let units = StoreReader::open_at(&location)?.units(&lease.run_id)?;
+            let reader = StoreReader::open_at(&location)?;
+            let units = reader.unit_states(&lease.run_id)?;
             // Every transitive dependency: its work is in the tree the agent expects.
             let by_agent: HashMap<&AgentId, _> =
                 units.iter().map(|unit| (&unit.agent_id, unit)).collect();
@@ -456,9 +457,12 @@ impl Worker {
                 .filter(|unit| unit.state == UnitState::Committed)
                 .collect();
             committed.sort_by_key(|unit| unit.commit_seq);
-            let patches: Vec<Vec<u8>> = committed
+            // Only these units' patches are read, not the whole run's.
+            let agents: Vec<AgentId> = committed.iter().map(|unit| unit.agent_id.clone()).collect();
+            let mut found = reader.unit_patches(&lease.run_id, &agents)?;
+            let patches: Vec<Vec<u8>> = agents
                 .iter()
-                .map(|unit| unit.patch.clone().unwrap_or_default())
+                .map(|agent| found.remove(agent).unwrap_or_default())
                 .collect();
             let dir = tree::unit_tree(
                 &cache,

@@ -1059,7 +1059,23 @@ impl StoreReader {
 
     /// Every unit of `run_id` in enqueue order ([`super::units`]), with patches and outcomes.
     pub fn units(&self, run_id: &RunId) -> Result<Vec<super::UnitRow>, StoreError> {
-        super::units::units(self.db.as_ref(), run_id).map_err(self.failed("reading units"))
+        super::units::units(self.db.as_ref(), run_id, true).map_err(self.failed("reading units"))
+    }
+
+    /// [`StoreReader::units`] without their patches (`patch` is `None`): what a poll of the
+    /// units' states needs, at a fraction of the bytes.
+    pub fn unit_states(&self, run_id: &RunId) -> Result<Vec<super::UnitRow>, StoreError> {
+        super::units::units(self.db.as_ref(), run_id, false).map_err(self.failed("reading units"))
+    }
+
+    /// The committed patches of `agents` in `run_id`, by agent.
+    pub fn unit_patches(
+        &self,
+        run_id: &RunId,
+        agents: &[AgentId],
+    ) -> Result<std::collections::HashMap<AgentId, Vec<u8>>, StoreError> {
+        super::units::unit_patches(self.db.as_ref(), run_id, agents)
+            .map_err(self.failed("reading patches"))
     }
 
     /// The plan, hash and base bundle published for `run_id`, if any.

@@ -419,7 +419,11 @@ pub(super) fn skip(db_: &dyn Db, run_id: &RunId, agents: &[AgentId]) -> Result<(
 }
 
 /// Every unit of `run_id`, in enqueue order, with its dependencies.
-pub(super) fn units(db_: &dyn Db, run_id: &RunId) -> Result<Vec<UnitRow>, DbError> {
+pub(super) fn units(
+    db_: &dyn Db,
+    run_id: &RunId,
+    with_patches: bool,
+) -> Result<Vec<UnitRow>, DbError> {
     let dependencies = db_.query(
         "SELECT agent_id, depends_on FROM unit_dependencies WHERE run_id = ?1
          ORDER BY agent_id, depends_on",
@@ -434,10 +438,14 @@ pub(super) fn units(db_: &dyn Db, run_id: &RunId) -> Result<Vec<UnitRow>, DbErro
                 .push(AgentId::from(dependency.as_str()));
         }
     }
+    // Patches are the bulk of a run's units: a poll of their states leaves them out.
+    let patch = if with_patches { "patch" } else { "NULL" };
     let rows = db_.query(
-        "SELECT agent_id, state, attempt, lease_owner, lease_expires_at, commit_seq, patch,
-             outcome, applied_at
-         FROM units WHERE run_id = ?1 ORDER BY enqueued_seq",
+        &format!(
+            "SELECT agent_id, state, attempt, lease_owner, lease_expires_at, commit_seq, {patch},
+                 outcome, applied_at
+             FROM units WHERE run_id = ?1 ORDER BY enqueued_seq"
+        ),
         &[run_id.into()],
     )?;
     let text = |value: &SqlValue| match value {
@@ -491,6 +499,34 @@ pub(super) fn units(db_: &dyn Db, run_id: &RunId) -> Result<Vec<UnitRow>, DbErro
             applied_at: text(applied).as_deref().and_then(parse_time),
             depends_on: by_agent.remove(&agent).unwrap_or_default(),
         });
+    }
+    Ok(out)
+}
+
+/// The committed patches of `agents` in `run_id` (units without one are left out).
+pub(super) fn unit_patches(
+    db_: &dyn Db,
+    run_id: &RunId,
+    agents: &[AgentId],
+) -> Result<std::collections::HashMap<AgentId, Vec<u8>>, DbError> {
+    let mut out = std::collections::HashMap::new();
+    // A bounded number of placeholders per query, whatever the run's size.
+    for group in agents.chunks(500) {
+        let placeholders: Vec<String> = (0..group.len()).map(|i| format!("?{}", i + 2)).collect();
+        let mut params: Vec<SqlValue> = vec![run_id.into()];
+        params.extend(group.iter().map(SqlValue::from));
+        let rows = db_.query(
+            &format!(
+                "SELECT agent_id, patch FROM units WHERE run_id = ?1 AND agent_id IN ({})",
+                placeholders.join(", ")
+            ),
+            &params,
+        )?;
+        for row in rows {
+            if let [SqlValue::Text(agent), SqlValue::Bytes(patch)] = &row[..] {
+                out.insert(AgentId::from(agent.as_str()), patch.clone());
+            }
+        }
     }
     Ok(out)
 }

@@ -246,12 +246,7 @@ pub(super) async fn run_units(
         let mut due = false;
         for agent in applied.applied.iter().chain(&applied.recognised) {
             completed += 1;
-            let destructive = units
-                .iter()
-                .find(|unit| &unit.agent_id == agent)
-                .and_then(|unit| unit.patch.as_deref())
-                .is_some_and(deletes_or_renames);
-            due |= policy.record_completion(destructive);
+            due |= policy.record_completion(applied.destructive.contains(agent));
         }
         if due {
             policy.reset();
@@ -326,7 +321,7 @@ async fn publish(
 async fn read_units(inputs: &EngineInputs) -> Result<Vec<UnitRow>, EngineError> {
     let location = inputs.store.clone();
     let run = inputs.run_id.clone();
-    Ok(blocking(move || StoreReader::open_at(&location)?.units(&run)).await??)
+    Ok(blocking(move || StoreReader::open_at(&location)?.unit_states(&run)).await??)
 }
 
 /// Units leased for the first time (or for a new attempt): scheduled and started.
@@ -460,32 +455,8 @@ fn blocked(units: &[UnitRow]) -> Vec<AgentId> {
         .collect()
 }
 
-/// Whether a committed patch deletes or renames a file (which tightens the checkpoint
-/// interval, as a local agent's deletion does).
-fn deletes_or_renames(patch: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(patch);
-    text.lines()
-        .any(|line| line.starts_with("deleted file mode ") || line.starts_with("rename from "))
-}
-
 impl From<RemoteError> for EngineError {
     fn from(error: RemoteError) -> Self {
         EngineError::Remote(Box::new(error))
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_patch_that_deletes_or_renames_is_destructive() {
-        let deletion = b"diff --git a/x b/x\ndeleted file mode 100644\nindex 1..0\n";
-        let rename = b"diff --git a/x b/y\nsimilarity index 100%\nrename from x\nrename to y\n";
-        let edit = b"diff --git a/x b/x\nindex 1..2 100644\n--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+deleted file mode 1\n";
-        assert!(deletes_or_renames(deletion));
-        assert!(deletes_or_renames(rename));
-        assert!(!deletes_or_renames(edit));
     }
 }
