@@ -48,6 +48,14 @@
 //! the create call and that journal line leaves the batch unknown, and its chunks are sent
 //! again.
 //!
+//! A run shared with workers (`coordinate`) keeps the journal as the truth about what is
+//! settled, with one difference: a worker ends its calls' rows in the same transaction that
+//! commits the chunk's answers, so a row may end with success before its chunk is in the
+//! journal. The unit's commit is durable first; a coordinator that dies before the journal
+//! line settles the chunk from the store when it is resumed. A shared run's open rows are
+//! never ended on resume (they may be calls in flight on a worker): a lease takeover ends a
+//! dead worker's.
+//!
 //! # Layout
 //!
 //! By phase, in the order a run goes through them:
