@@ -248,6 +248,7 @@ pub async fn run(args: BenchItemsArgs) -> anyhow::Result<ExitCode> {
             run_id: None,
             batch: None,
             poll: PollPolicy::default(),
+            share: None,
         },
         CancellationToken::new(),
         sink,

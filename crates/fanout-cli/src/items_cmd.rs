@@ -10,6 +10,11 @@
 //! `fanout resume RUN_ID` ([`resume`], dispatched from `crate::resume_cmd`): items its journal
 //! settled are kept and no settled chunk is sent again.
 //!
+//! `--local-slots N` shares the run with `fanout worker` processes through the run store
+//! (`fanout_core::items::run::Share`): the chunks become units that workers lease, this
+//! process settles what they commit (and runs N units itself); the outputs are a local run's.
+//! A resumed shared run stays shared.
+//!
 //! One process per run: the run holds the exclusive lock on `.fanout/runs/<run_id>/run.lock`
 //! (`fanout_core::run::lock::RunLock`) from before its first record to
 //! its end, so a `fanout resume` of a run that is still going is refused.
@@ -31,7 +36,7 @@ use fanout_core::fleet::Fleet;
 use fanout_core::items::output::Completion;
 use fanout_core::items::propose::{self, ItemProposal, SavedProposal};
 use fanout_core::items::run::{
-    EventSink, ItemEvent, ItemJob, ItemReport, RunOptions, WORKER_ROLE, load_items,
+    EventSink, ItemEvent, ItemJob, ItemReport, RunOptions, Share, WORKER_ROLE, load_items,
 };
 use fanout_core::items::worker::{OutputRoute, SUBMIT_TOOL};
 use fanout_core::plan::RunId;
@@ -96,13 +101,16 @@ async fn execute(
     // A model is needed to run, and for a dry run that must ask the orchestrator for the
     // item plan (`strategy: llm` without a reviewed `--plan`).
     let needs_model = !args.dry_run || (llm && args.plan.is_none() && resume.is_none());
-    let backend = if needs_model {
+    let backend = Arc::new(if needs_model {
         Backend::start(&args.model.target(), args.model.http()).await?
     } else {
         Backend::api(args.model.http())
-    };
+    });
     let result = prepare_and_run(args, config, root, resume, retry_of, &backend, llm).await;
-    backend.shutdown().await;
+    // A shared run's own worker holds the backend until it stops.
+    if let Ok(backend) = Arc::try_unwrap(backend) {
+        backend.shutdown().await;
+    }
     result
 }
 
@@ -112,7 +120,7 @@ async fn prepare_and_run(
     root: PathBuf,
     resume: Option<RunId>,
     retry_of: Option<RunId>,
-    backend: &Backend,
+    backend: &Arc<Backend>,
     llm: bool,
 ) -> anyhow::Result<ExitCode> {
     if !llm && let Some(plan) = &args.plan {
@@ -301,7 +309,7 @@ async fn live(
     job: Arc<ItemJob>,
     root: PathBuf,
     resume: Option<RunId>,
-    backend: &Backend,
+    backend: &Arc<Backend>,
     proposal: Option<ItemProposal>,
 ) -> anyhow::Result<ExitCode> {
     let worker = config.model_for_role(WORKER_ROLE);
@@ -327,6 +335,14 @@ async fn live(
     let location = args.store.location(&root)?;
     let store = Store::open_at(&location)
         .with_context(|| format!("cannot open the run store {location}"))?;
+    let share = match share(args, config, &location, resume.as_ref(), &run_id, backend) {
+        Ok(share) => share,
+        Err(message) => {
+            eprintln!("error: {message}");
+            let _ = store.close().await;
+            return Ok(Exit::Config.into());
+        }
+    };
     // The run keeps the item plan it runs with, so that a resume uses the same one.
     if let Some(proposal) = &proposal
         && resume.is_none()
@@ -368,6 +384,7 @@ async fn live(
         run_id: Some(run_id),
         batch,
         poll,
+        share,
     };
     // Redraw while nothing finishes too: queues for the limits, the retry budget and an
     // outage's probes are what a long quiet stretch is made of.
@@ -411,6 +428,62 @@ async fn live(
     };
     write_stdout(&text)?;
     Ok(exit_code(&report))
+}
+
+/// Whether the run is shared with `fanout worker` processes, and how: a new run with
+/// `--local-slots N`; a resumed run if it was published (its own `--local-slots`, else 0).
+/// `Err` is a message for the user.
+fn share(
+    args: &RunArgs,
+    config: &Config,
+    location: &fanout_core::store::StoreLocation,
+    resume: Option<&RunId>,
+    run_id: &RunId,
+    backend: &Arc<Backend>,
+) -> Result<Option<Share>, String> {
+    let slots = match resume {
+        None => args.local_slots,
+        Some(run) => {
+            let published = fanout_core::store::StoreReader::open_at(location)
+                .and_then(|reader| reader.run_plan(run))
+                .map_err(|err| err.to_string())?
+                .is_some();
+            match (published, args.local_slots) {
+                (true, slots) => Some(slots.unwrap_or(0)),
+                (false, None) => None,
+                (false, Some(_)) => {
+                    return Err(format!(
+                        "run {run} was not shared with workers; resume it without --local-slots"
+                    ));
+                }
+            }
+        }
+    };
+    let Some(local_slots) = slots else {
+        return Ok(None);
+    };
+    if config
+        .items
+        .as_ref()
+        .is_some_and(|items| items.execution == Execution::Batch)
+    {
+        return Err(
+            "an `execution: batch` item run cannot be shared with workers; run it without \
+             --local-slots"
+                .to_owned(),
+        );
+    }
+    let workflow = std::fs::read_to_string(&config.origin)
+        .map_err(|err| format!("cannot read {}: {err}", config.origin.display()))?;
+    Ok(Some(Share {
+        workflow,
+        local_slots,
+        backend: Some(Arc::clone(backend)),
+        cache: std::env::temp_dir().join(format!(
+            "fanout-coordinator-{}-{run_id}",
+            std::process::id()
+        )),
+    }))
 }
 
 /// The exit code of a finished run.

@@ -63,8 +63,9 @@ pub struct ResumeArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub store: crate::store_cmd::StoreArg,
-    /// A run shared with `fanout worker` processes: agents this process runs itself beside
-    /// them (default 0: it only coordinates). Any clone of the repository can resume it.
+    /// A run shared with `fanout worker` processes: agents (or item chunks) this process runs
+    /// itself beside them (default 0: it only coordinates). Any clone of the repository can
+    /// resume a plan run; an item run resumes where its run directory is.
     #[arg(long, value_name = "N")]
     pub local_slots: Option<usize>,
 }
@@ -242,7 +243,7 @@ async fn resume_items(
         retry_failed: None,
         allow_dirty: false,
         store: args.store.clone(),
-        local_slots: None,
+        local_slots: args.local_slots,
     };
     crate::items_cmd::resume(run_args, config, repo, args.run_id.clone()).await
 }

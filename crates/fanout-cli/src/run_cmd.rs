@@ -68,7 +68,9 @@ pub struct RunArgs {
     /// Share the run with `fanout worker` processes through the store, this process running
     /// N agents itself beside them (0: a pure coordinator). It publishes the run, applies
     /// the workers' committed patches in commit order, takes checkpoints, verifies and
-    /// synthesises as a local run does. Without it the run is local, as always.
+    /// synthesises as a local run does. An item workflow's chunks are shared the same way:
+    /// workers make the calls, this process settles their answers and writes the outputs.
+    /// Without it the run is local, as always.
     #[arg(long, value_name = "N")]
     pub local_slots: Option<usize>,
 }

@@ -1,5 +1,6 @@
 //! `fanout worker`: lease units of runs in a shared store and run them (the library's
-//! `distributed::work`); the report goes to stdout as JSON when the worker stops.
+//! `distributed::work`): plan runs' agents, and item runs' chunks through the item runner's
+//! `ChunkHandler`. The report goes to stdout as JSON when the worker stops.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,8 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use clap::Args;
 use fanout_core::backend::Backend;
-use fanout_core::distributed::{WorkerOptions, work};
+use fanout_core::distributed::{UnitHandler, UnitHandlers, WorkerOptions, work};
 use fanout_core::ids::RunId;
+use fanout_core::items::run::ChunkHandler;
 use fanout_core::store::StoreLocation;
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +60,10 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     options.lease = Duration::from_secs(args.lease_seconds.max(3));
     options.run = args.run.clone();
     options.exit_when_done = args.exit_when_done;
+    // Item runs' chunks too: the item runner's handler, which the library's worker cannot
+    // name itself (it sits below the item runner).
+    let chunks: Arc<dyn UnitHandler> = Arc::new(ChunkHandler::new());
+    options.handlers = UnitHandlers::new(vec![chunks]);
     let backend = Arc::new(Backend::start(&args.model.target(), args.model.http()).await?);
     let cancel = CancellationToken::new();
     stop_on_signals(cancel.clone());

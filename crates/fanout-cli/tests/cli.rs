@@ -2432,3 +2432,6 @@ mod postgres_store;
 
 #[path = "cli/distributed.rs"]
 mod distributed;
+
+#[path = "cli/item_units.rs"]
+mod item_units;

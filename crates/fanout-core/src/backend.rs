@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use fanout_sim::{Faults, Scenario, Sim, SimConfig, SimHandle};
 
-use crate::config::{Config, Provider as ProviderKind};
+use crate::config::{Config, Provider as ProviderKind, RateLimits};
 use crate::fleet::Fleet;
 use crate::governor::{Governor, GovernorConfig};
 use crate::provider::anthropic::{AnthropicConfig, AnthropicProvider};
@@ -165,6 +165,16 @@ impl Backend {
         Ok(fleet(config, self.provider(kind)?))
     }
 
+    /// A fleet on provider `kind` under `limits` alone: a worker running another machine's
+    /// item chunks has the workflow's limits (published with the job), not its file.
+    pub fn fleet_with_limits(
+        &self,
+        limits: &RateLimits,
+        kind: ProviderKind,
+    ) -> Result<Fleet, BackendError> {
+        Ok(fleet_under(limits, self.provider(kind)?))
+    }
+
     /// A batch client for provider `kind`.
     pub fn batch_client(&self, kind: ProviderKind) -> Result<BatchClient, BackendError> {
         let http = self.http.clone();
@@ -235,17 +245,25 @@ fn api(provider: &'static str) -> impl Fn(ProviderError) -> BackendError {
 /// The fleet for `config`'s workflow over `provider`: the workflow's rate limits and retry
 /// budget, the official SDKs' retry policy. The one place a run's model stack is composed.
 pub fn fleet(config: &Config, provider: Arc<dyn Provider>) -> Fleet {
+    fleet_under(&config.rate_limits, provider)
+}
+
+/// [`fleet`] from the workflow's `rate_limits` section alone.
+pub fn fleet_under(limits: &RateLimits, provider: Arc<dyn Provider>) -> Fleet {
     Fleet::new(
         provider,
-        Governor::new(governor_config(config)),
+        Governor::new(limits_governor(limits)),
         RetryPolicy::default(),
-        Arc::new(RetryBudget::new(retry_budget_config(config))),
+        Arc::new(RetryBudget::new(limits_retry_budget(limits))),
     )
 }
 
 /// The governor limits a workflow file asks for.
 pub fn governor_config(config: &Config) -> GovernorConfig {
-    let limits = &config.rate_limits;
+    limits_governor(&config.rate_limits)
+}
+
+fn limits_governor(limits: &RateLimits) -> GovernorConfig {
     let mut governor = GovernorConfig {
         requests_per_minute: limits.requests_per_minute,
         input_tokens_per_minute: limits.input_tokens_per_minute,
@@ -261,7 +279,11 @@ pub fn governor_config(config: &Config) -> GovernorConfig {
 
 /// The retry budget a workflow file asks for (defaults for what it leaves out).
 pub fn retry_budget_config(config: &Config) -> RetryBudgetConfig {
-    let settings = &config.rate_limits.retry_budget;
+    limits_retry_budget(&config.rate_limits)
+}
+
+fn limits_retry_budget(limits: &RateLimits) -> RetryBudgetConfig {
+    let settings = &limits.retry_budget;
     let default = RetryBudgetConfig::default();
     RetryBudgetConfig {
         initial: settings.initial.unwrap_or(default.initial),

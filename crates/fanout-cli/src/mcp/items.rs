@@ -177,6 +177,7 @@ pub async fn start(
         run_id: Some(run_id.clone()),
         batch,
         poll,
+        share: None,
     };
     let job = Arc::new(job);
     let run_fleet = fleet.clone();

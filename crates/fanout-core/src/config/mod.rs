@@ -163,7 +163,7 @@ pub enum OnFailure {
 }
 
 /// The model behind one mode, and its price.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
     pub provider: Provider,
     pub model: String,
@@ -257,7 +257,7 @@ impl PathRules {
 
 /// Fleet-wide rate limits, per minute. `None` leaves the limit to be learned from the
 /// provider's response headers.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct RateLimits {
     pub requests_per_minute: Option<u64>,
     pub input_tokens_per_minute: Option<u64>,
@@ -269,7 +269,7 @@ pub struct RateLimits {
 
 /// `workflow.rate_limits.retry_budget`: the fleet-wide retry budget's settings; `None` keeps
 /// the default (see [`crate::retry::RetryBudgetConfig`]).
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct RetryBudgetSettings {
     pub initial: Option<f64>,
     pub max: Option<f64>,

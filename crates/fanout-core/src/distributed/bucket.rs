@@ -19,6 +19,13 @@ pub struct StoreBucket {
 }
 
 impl StoreBucket {
+    /// The shared bucket of a fleet on `provider` under a requests-per-minute limit of `rpm`:
+    /// one row per model API and limit, whichever run or worker takes from it.
+    pub fn for_requests(store: Store, provider: crate::config::Provider, rpm: u64) -> StoreBucket {
+        let name = format!("{provider:?}:requests_per_minute:{rpm}").to_lowercase();
+        StoreBucket::requests_per_minute(store, name, rpm)
+    }
+
     /// A requests-per-minute limit named `name`: refilled at `rpm / 60` a second, holding at
     /// most one second's worth (so a fleet that was idle does not burst past the limit).
     pub fn requests_per_minute(store: Store, name: String, rpm: u64) -> StoreBucket {

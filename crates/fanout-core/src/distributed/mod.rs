@@ -1,7 +1,8 @@
 //! Work shared between machines through the run store: `fanout worker` processes lease
-//! units (one agent each) of any run in a shared store, run them in a cache of their own, and
-//! commit each unit's patch with its record; the coordinator applies committed patches to
-//! the user's repository in commit order.
+//! units (one agent each, or one item chunk each) of any run in a shared store, run them in a
+//! cache of their own, and commit each unit's patch (or chunk outcome) with its record; the
+//! coordinator applies committed patches to the user's repository in commit order (an item
+//! run's coordinator settles committed chunks instead).
 //!
 //! Start reading at [`worker::work`]. What each part owns:
 //! - [`crate::store::units`] (below this layer): the units, their leases and commits as
@@ -13,7 +14,11 @@
 //!   records: the engine's own functions), the commit;
 //! - [`publish`]: what a coordinator stores for its workers (the plan, its hash, the
 //!   workflow and the base bundle) and enqueues;
-//! - [`apply`]: committed patches applied to the user's tree in commit order, exactly once.
+//! - [`apply`]: committed patches applied to the user's tree in commit order, exactly once;
+//! - [`handler`]: units of other kinds (an item run's chunks), run by a [`UnitHandler`] a
+//!   layer above supplies (`distributed` never names the item runner; see
+//!   `crate::items::run`, which publishes chunks, implements the handler and settles what
+//!   workers commit).
 //!
 //! The coordinator is the local engine itself (`fanout run --store URL --local-slots N`):
 //! its agents phase publishes the run and applies what workers commit
@@ -27,12 +32,14 @@
 
 pub mod apply;
 pub mod bucket;
+pub mod handler;
 pub mod publish;
 pub mod tree;
 pub mod worker;
 
 pub use apply::{Applied, ApplyError, apply_committed};
 pub use bucket::StoreBucket;
+pub use handler::{HandlerError, HandlerRun, UnitContext, UnitHandler, UnitHandlers};
 pub use publish::{PublishError, base_bundle, publish_run};
 pub use tree::TreeError;
 pub use worker::{WorkerError, WorkerOptions, WorkerReport, work};

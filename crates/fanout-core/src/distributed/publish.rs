@@ -65,9 +65,11 @@ pub async fn publish_run(
     let units = plan
         .subtasks
         .iter()
-        .map(|subtask| UnitSpec {
-            agent_id: AgentId::from(&subtask.task_id),
-            depends_on: subtask.depends_on.iter().map(AgentId::from).collect(),
+        .map(|subtask| {
+            UnitSpec::agent(
+                AgentId::from(&subtask.task_id),
+                subtask.depends_on.iter().map(AgentId::from).collect(),
+            )
         })
         .collect();
     store.publish_units(record, units).await?;

@@ -16,6 +16,10 @@
 //! 4. the patch of its write scope, committed with the outcome and the finish row in one
 //!    transaction ([`Store::commit_unit`]).
 //!
+//! A unit of another kind (an item run's chunk) goes, after step 1's lease, to the handler
+//! the worker was given for that kind ([`super::handler`]); the heartbeat and the commit are
+//! the same. Only kinds the worker has a handler for are leased.
+//!
 //! A lost lease (the heartbeat is refused: it expired and another worker took the unit)
 //! cancels the agent and commits nothing. Cancelling the worker (SIGINT/SIGTERM) cancels
 //! every agent and commits nothing either: no lease is released, they expire, and another
@@ -32,6 +36,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::handler::{UnitContext, UnitHandlers};
 use super::tree::{self, TreeError};
 use crate::agent::{AgentOutcome, LoopStatus, run_agent_gated};
 use crate::attempt::{
@@ -47,7 +52,7 @@ use crate::retry::lock;
 use crate::sandbox::SandboxConfig;
 use crate::store::{
     AgentFinish, AgentStart, AgentStatus, Lease, Store, StoreError, StoreLocation, StoreReader,
-    UnitCommit, UnitState,
+    UnitCommit, UnitKind, UnitState,
 };
 use crate::tools::{RepoFacts, ToolLimits, Toolbox};
 
@@ -69,6 +74,9 @@ pub struct WorkerOptions {
     pub run: Option<RunId>,
     /// Stop once `run` has no unit left that could still be leased (tests, one-run workers).
     pub exit_when_done: bool,
+    /// What runs units other than plan agents ([`super::handler`]); only those kinds are
+    /// leased. None by default.
+    pub handlers: UnitHandlers,
 }
 
 impl WorkerOptions {
@@ -83,6 +91,7 @@ impl WorkerOptions {
             poll: Duration::from_millis(200),
             run: None,
             exit_when_done: false,
+            handlers: UnitHandlers::default(),
         }
     }
 }
@@ -137,6 +146,10 @@ enum UnitError {
     Tree(#[from] TreeError),
     #[error("a blocking task failed: {0}")]
     Join(String),
+    #[error("{0}")]
+    Handler(super::handler::HandlerError),
+    #[error("this worker has nothing to run {} units with", .0.as_str())]
+    NoHandler(UnitKind),
 }
 
 /// A run as this worker needs it, made once per run.
@@ -183,6 +196,7 @@ pub async fn work(
         options,
     });
     let slots = Arc::new(Semaphore::new(worker.options.slots));
+    let kinds = worker.options.handlers.kinds();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         let permit = tokio::select! {
@@ -197,9 +211,10 @@ pub async fn work(
         let now = SystemTime::now();
         let leased = worker
             .store
-            .lease_unit(
+            .lease_unit_of(
                 &worker.options.owner,
                 worker.options.run.as_ref(),
+                &kinds,
                 now,
                 now + worker.options.lease,
             )
@@ -280,7 +295,20 @@ impl Worker {
     /// is cancelled).
     async fn unit(self: Arc<Self>, lease: Lease, cancel: &CancellationToken) {
         let heartbeat = self.heartbeat(&lease, cancel);
-        let result = self.run_unit(&lease, cancel).await;
+        let result = match (lease.kind, self.options.handlers.get(lease.kind)) {
+            (UnitKind::Agent, _) => self.run_unit(&lease, cancel).await,
+            (_, Some(handler)) => {
+                let unit = UnitContext {
+                    lease: &lease,
+                    store: &self.store,
+                    location: &self.options.store,
+                    backend: &self.backend,
+                    owner: &self.options.owner,
+                };
+                handler.run(unit, cancel).await.map_err(UnitError::Handler)
+            }
+            (kind, None) => Err(UnitError::NoHandler(kind)),
+        };
         heartbeat.abort();
         let commit = match result {
             Ok(Some(commit)) => commit,
@@ -611,6 +639,7 @@ impl Worker {
                 "error": (!succeeded).then_some(error),
             }),
             finish,
+            other_finishes: Vec::new(),
             at: SystemTime::now(),
         }
     }

@@ -54,7 +54,7 @@ const SYSTEM: &str = "You are one worker in a batch job. You see only the items 
 and answer only in the form you are asked for.";
 
 /// What a worker is asked to do, shared by every chunk of a job.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerSpec {
     pub model: String,
     pub max_tokens: u32,
@@ -686,7 +686,15 @@ impl Ledger {
 
     /// Count one send of each item of `chunk` (call when the request goes out).
     pub fn sent(&mut self, chunk: &Chunk) -> Result<(), LedgerError> {
-        for id in chunk.ids() {
+        self.sent_ids(chunk.ids())
+    }
+
+    /// [`Ledger::sent`] by the items' ids (a call another process made).
+    pub fn sent_ids<'a>(
+        &mut self,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), LedgerError> {
+        for id in ids {
             let position = self.position(id)?;
             self.entries[position].attempts.sent += 1;
         }

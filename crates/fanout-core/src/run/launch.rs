@@ -201,11 +201,13 @@ pub fn recorded(
         }
         _ => {}
     }
-    if let Some(record) = StoreReader::open_at(store)?.run_plan(&run_id)? {
-        return published(record, repo, store, run_id, file);
-    }
+    // An item run has a job file; shared, it has a published record too (its job, not a
+    // plan), which the item runner reads.
     if crate::layout::job_file(&repo, &run_id).exists() {
         return Ok(Recorded::Items);
+    }
+    if let Some(record) = StoreReader::open_at(store)?.run_plan(&run_id)? {
+        return published(record, repo, store, run_id, file);
     }
     let config_path = match file {
         Some(file) => absolute(file),

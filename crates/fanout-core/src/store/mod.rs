@@ -79,7 +79,7 @@ pub use query::{
     RunSummary, Spent, StatusCounts, StoreReader, ToolCallRow, UnfinishedUsage, agents_sentence,
     cache_sentence,
 };
-pub use units::{Lease, RunPlanRecord, UnitCommit, UnitRow, UnitSpec, UnitState};
+pub use units::{Lease, RunPlanRecord, UnitCommit, UnitKind, UnitRow, UnitSpec, UnitState};
 pub use writer::{MAX_BATCH, QUEUE_DEPTH, Store, WriterStats};
 
 pub use crate::layout::{db_path, run_dir};

@@ -1078,6 +1078,17 @@ impl StoreReader {
             .map_err(self.failed("reading patches"))
     }
 
+    /// The units of `run_id` committed after commit number `after`, in commit order, with
+    /// their outcomes (an item run's coordinator takes these as they come).
+    pub fn units_committed_after(
+        &self,
+        run_id: &RunId,
+        after: u64,
+    ) -> Result<Vec<super::UnitRow>, StoreError> {
+        super::units::committed_after(self.db.as_ref(), run_id, after)
+            .map_err(self.failed("reading committed units"))
+    }
+
     /// The plan, hash and base bundle published for `run_id`, if any.
     pub fn run_plan(&self, run_id: &RunId) -> Result<Option<super::RunPlanRecord>, StoreError> {
         super::units::run_plan(self.db.as_ref(), run_id)

@@ -229,6 +229,15 @@ CREATE TABLE rate_buckets (
     updated_ms INTEGER NOT NULL
 );
 "#,
+    // 7: item runs shared between machines (`crate::items::run`, `crate::distributed`). A
+    // unit is an agent of a plan or a chunk of an item run (`kind`); a chunk's items travel
+    // with it (`input`, JSON). Numbered 7 on this branch; it becomes 8 when the shared token
+    // limits' migration (7) is merged before it.
+    r#"
+ALTER TABLE units ADD COLUMN kind TEXT NOT NULL DEFAULT 'agent'
+    CHECK (kind IN ('agent', 'item_chunk'));
+ALTER TABLE units ADD COLUMN input TEXT;   -- JSON: what the unit works on (a chunk's items)
+"#,
 ];
 
 /// `POSTGRES_MIGRATIONS[i]` takes a PostgreSQL database from version `i` to `i + 1`: the
@@ -406,6 +415,12 @@ CREATE TABLE rate_buckets (
     level DOUBLE PRECISION NOT NULL,
     updated_ms BIGINT NOT NULL
 );
+"#,
+    // 7 (8 once the shared token limits' migration is merged): item chunks as units.
+    r#"
+ALTER TABLE units ADD COLUMN kind TEXT COLLATE "C" NOT NULL DEFAULT 'agent'
+    CHECK (kind IN ('agent', 'item_chunk'));
+ALTER TABLE units ADD COLUMN input TEXT COLLATE "C";
 "#,
 ];
 

@@ -2,6 +2,9 @@
 //!
 //! A coordinator publishes a run's reviewed plan with its hash and base tree
 //! ([`RunPlanRecord`], stored once per run) and enqueues one unit per agent ([`UnitSpec`]).
+//! An item run publishes its job description in the same record (no base tree) and one unit
+//! per chunk, whose items travel in the unit's `input`; [`UnitKind`] tells the two apart, and
+//! a worker leases only the kinds it can run.
 //! Workers lease ready units ([`Lease`]): a unit is ready when every unit it depends on has
 //! committed successfully, and a leased unit whose lease expired is ready again. Taking a
 //! unit adds one to its attempt, so the agent's `agent_runs` row of a new lease is a new
@@ -55,6 +58,49 @@ pub struct RunPlanRecord {
 pub struct UnitSpec {
     pub agent_id: AgentId,
     pub depends_on: Vec<AgentId>,
+    pub kind: UnitKind,
+    /// What the unit works on, as JSON, when the run's record does not say it all (an item
+    /// chunk's items).
+    pub input: Option<String>,
+}
+
+impl UnitSpec {
+    /// An agent of a plan.
+    pub fn agent(agent_id: AgentId, depends_on: Vec<AgentId>) -> UnitSpec {
+        UnitSpec {
+            agent_id,
+            depends_on,
+            kind: UnitKind::Agent,
+            input: None,
+        }
+    }
+}
+
+/// What a unit is (`units.kind`): which code a worker runs it with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitKind {
+    /// An agent of a reviewed plan, in a tree of the worker's cache.
+    Agent,
+    /// A chunk of an item run: its model calls and their checking, no tree.
+    ItemChunk,
+}
+
+impl UnitKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitKind::Agent => "agent",
+            UnitKind::ItemChunk => "item_chunk",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<UnitKind> {
+        Some(match text {
+            "agent" => UnitKind::Agent,
+            "item_chunk" => UnitKind::ItemChunk,
+            _ => return None,
+        })
+    }
 }
 
 /// Where a unit stands (`units.state`).
@@ -111,6 +157,9 @@ pub struct Lease {
     pub expires_at: SystemTime,
     /// The run's recorded plan hash, which the worker checks against the plan it reads.
     pub plan_hash: String,
+    pub kind: UnitKind,
+    /// The unit's input as enqueued ([`UnitSpec::input`]).
+    pub input: Option<String>,
 }
 
 /// A unit's outcome, committed by the worker holding its lease.
@@ -125,6 +174,9 @@ pub struct UnitCommit {
     pub outcome: serde_json::Value,
     /// The `agent_runs` row's finish, written in the same transaction.
     pub finish: AgentFinish,
+    /// More `agent_runs` finishes written in the same transaction: the rows of an item
+    /// chunk's retry calls (each its own agent id).
+    pub other_finishes: Vec<AgentFinish>,
     pub at: SystemTime,
 }
 
@@ -133,6 +185,7 @@ pub struct UnitCommit {
 pub struct UnitRow {
     pub run_id: RunId,
     pub agent_id: AgentId,
+    pub kind: UnitKind,
     pub state: UnitState,
     pub attempt: u32,
     pub lease_owner: Option<String>,
@@ -199,9 +252,15 @@ pub(super) fn enqueue(db_: &dyn Db, run_id: &RunId, units: &[UnitSpec]) -> Resul
     for unit in units {
         seq += 1;
         db_.execute(
-            "INSERT INTO units (run_id, agent_id, enqueued_seq, state)
-             VALUES (?1, ?2, ?3, 'ready') ON CONFLICT (run_id, agent_id) DO NOTHING",
-            &[run_id.into(), (&unit.agent_id).into(), seq.into()],
+            "INSERT INTO units (run_id, agent_id, enqueued_seq, state, kind, input)
+             VALUES (?1, ?2, ?3, 'ready', ?4, ?5) ON CONFLICT (run_id, agent_id) DO NOTHING",
+            &[
+                run_id.into(),
+                (&unit.agent_id).into(),
+                seq.into(),
+                unit.kind.as_str().into(),
+                unit.input.clone().into(),
+            ],
         )
         .map_err(db("enqueueing a unit"))?;
         for dependency in &unit.depends_on {
@@ -216,26 +275,40 @@ pub(super) fn enqueue(db_: &dyn Db, run_id: &RunId, units: &[UnitSpec]) -> Resul
     Ok(())
 }
 
-/// Lease the earliest ready unit of any run whose plan is recorded (or of `run_id` only),
-/// to `owner` until `expires_at`. `None` when nothing is ready.
+/// Lease the earliest ready unit of one of `kinds` of any run whose plan is recorded (or of
+/// `run_id` only), to `owner` until `expires_at`. `None` when nothing is ready.
 pub(super) fn lease(
     db_: &dyn Db,
     owner: &str,
     run_id: Option<&RunId>,
+    kinds: &[UnitKind],
     now: SystemTime,
     expires_at: SystemTime,
 ) -> Result<Option<Lease>, UnitError> {
+    // The kinds are our own names, never the caller's text: safe to write into the query.
+    let kinds = if kinds.is_empty() {
+        "''".to_owned()
+    } else {
+        kinds
+            .iter()
+            .map(|kind| format!("'{}'", kind.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     // Ready: never leased, or its lease has run out; and every dependency committed.
-    let pick = "SELECT u.run_id, u.agent_id FROM units u
+    let pick = format!(
+        "SELECT u.run_id, u.agent_id FROM units u
          JOIN run_plans p ON p.run_id = u.run_id
          WHERE (u.state = 'ready' OR (u.state = 'leased' AND u.lease_expires_at < ?2))
            AND (?4 = '' OR u.run_id = ?4)
+           AND u.kind IN ({kinds})
            AND NOT EXISTS (
                SELECT 1 FROM unit_dependencies d
                JOIN units du ON du.run_id = d.run_id AND du.agent_id = d.depends_on
                WHERE d.run_id = u.run_id AND d.agent_id = u.agent_id
                  AND du.state <> 'committed')
-         ORDER BY u.run_id, u.enqueued_seq LIMIT 1";
+         ORDER BY u.run_id, u.enqueued_seq LIMIT 1"
+    );
     let lock = match db_.dialect() {
         Dialect::Postgres => " FOR UPDATE OF u SKIP LOCKED",
         Dialect::Sqlite => "",
@@ -244,7 +317,7 @@ pub(super) fn lease(
         "UPDATE units SET state = 'leased', lease_owner = ?1, lease_expires_at = ?3,
              attempt = attempt + 1
          WHERE (run_id, agent_id) IN ({pick}{lock})
-         RETURNING run_id, agent_id, attempt"
+         RETURNING run_id, agent_id, attempt, kind, input"
     );
     let now_text = format_time(now);
     let rows = db_
@@ -262,17 +335,30 @@ pub(super) fn lease(
     let Some(row) = rows.into_iter().next() else {
         return Ok(None);
     };
-    let (run, agent, attempt) = match &row[..] {
+    let parsed = match &row[..] {
         [
             SqlValue::Text(run),
             SqlValue::Text(agent),
             SqlValue::Int(attempt),
-        ] => (
-            RunId::from(run.as_str()),
-            AgentId::from(agent.as_str()),
-            *attempt,
-        ),
-        _ => {
+            SqlValue::Text(kind),
+            input,
+        ] => UnitKind::parse(kind).map(|kind| {
+            (
+                RunId::from(run.as_str()),
+                AgentId::from(agent.as_str()),
+                *attempt,
+                kind,
+                match input {
+                    SqlValue::Text(input) => Some(input.clone()),
+                    _ => None,
+                },
+            )
+        }),
+        _ => None,
+    };
+    let (run, agent, attempt, kind, input) = match parsed {
+        Some(parsed) => parsed,
+        None => {
             return Err(UnitError::Db(
                 "leasing a unit",
                 DbError::Type {
@@ -312,6 +398,8 @@ pub(super) fn lease(
         owner: owner.to_owned(),
         expires_at,
         plan_hash,
+        kind,
+        input,
     }))
 }
 
@@ -424,6 +512,29 @@ pub(super) fn units(
     run_id: &RunId,
     with_patches: bool,
 ) -> Result<Vec<UnitRow>, DbError> {
+    select(db_, run_id, None, with_patches)
+}
+
+/// The units of `run_id` committed after commit number `after` (successes and failures), in
+/// commit order: what a coordinator has not taken yet.
+pub(super) fn committed_after(
+    db_: &dyn Db,
+    run_id: &RunId,
+    after: u64,
+) -> Result<Vec<UnitRow>, DbError> {
+    let mut units = select(db_, run_id, Some(after), true)?;
+    units.sort_by_key(|unit| unit.commit_seq);
+    Ok(units)
+}
+
+/// Units of `run_id` in enqueue order: all of them, or those committed after `after`; with
+/// their patches or not.
+fn select(
+    db_: &dyn Db,
+    run_id: &RunId,
+    after: Option<u64>,
+    with_patches: bool,
+) -> Result<Vec<UnitRow>, DbError> {
     let dependencies = db_.query(
         "SELECT agent_id, depends_on FROM unit_dependencies WHERE run_id = ?1
          ORDER BY agent_id, depends_on",
@@ -443,10 +554,16 @@ pub(super) fn units(
     let rows = db_.query(
         &format!(
             "SELECT agent_id, state, attempt, lease_owner, lease_expires_at, commit_seq, {patch},
-                 outcome, applied_at
-             FROM units WHERE run_id = ?1 ORDER BY enqueued_seq"
+                 outcome, applied_at, kind
+             FROM units WHERE run_id = ?1 AND (?2 < 0 OR commit_seq > ?2)
+             ORDER BY enqueued_seq"
         ),
-        &[run_id.into()],
+        &[
+            run_id.into(),
+            after
+                .map_or(-1, |after| i64::try_from(after).unwrap_or(i64::MAX))
+                .into(),
+        ],
     )?;
     let text = |value: &SqlValue| match value {
         SqlValue::Text(text) => Some(text.clone()),
@@ -472,6 +589,7 @@ pub(super) fn units(
             patch,
             outcome,
             applied,
+            kind,
         ] = &row[..]
         else {
             return Err(bad());
@@ -481,9 +599,14 @@ pub(super) fn units(
             .as_deref()
             .and_then(UnitState::parse)
             .ok_or_else(bad)?;
+        let kind = text(kind)
+            .as_deref()
+            .and_then(UnitKind::parse)
+            .ok_or_else(bad)?;
         out.push(UnitRow {
             run_id: run_id.clone(),
             agent_id: AgentId::from(agent.as_str()),
+            kind,
             state,
             attempt: int(attempt)
                 .and_then(|n| u32::try_from(n).ok())

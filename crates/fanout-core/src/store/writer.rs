@@ -13,7 +13,7 @@ use super::location::StoreLocation;
 use super::log::LogSink;
 use super::postgres::PostgresDb;
 use super::sqlite::SqliteDb;
-use super::units::{self, Lease, RunPlanRecord, UnitCommit, UnitError, UnitSpec};
+use super::units::{self, Lease, RunPlanRecord, UnitCommit, UnitError, UnitKind, UnitSpec};
 use super::{
     AgentFinish, AgentStart, CheckpointRecord, DenialRecord, EventRecord, NewRun, RunStatus,
     StoreError, ToolCallRecord, format_time,
@@ -99,6 +99,7 @@ enum Op {
     Lease {
         owner: String,
         run_id: Option<RunId>,
+        kinds: Vec<UnitKind>,
         now: SystemTime,
         expires_at: SystemTime,
     },
@@ -310,8 +311,8 @@ impl Store {
             .map(|_| ())
     }
 
-    /// Lease the earliest ready unit (of `run_id`, or of any run with a recorded plan) to
-    /// `owner` until `expires_at`; `now` judges which leases have expired. `None` when
+    /// Lease the earliest ready agent unit (of `run_id`, or of any run with a recorded plan)
+    /// to `owner` until `expires_at`; `now` judges which leases have expired. `None` when
     /// nothing is ready. Durable.
     pub async fn lease_unit(
         &self,
@@ -320,9 +321,23 @@ impl Store {
         now: SystemTime,
         expires_at: SystemTime,
     ) -> Result<Option<Lease>, StoreError> {
+        self.lease_unit_of(owner, run_id, &[UnitKind::Agent], now, expires_at)
+            .await
+    }
+
+    /// [`Store::lease_unit`] for units of any of `kinds` (those the worker can run).
+    pub async fn lease_unit_of(
+        &self,
+        owner: &str,
+        run_id: Option<&RunId>,
+        kinds: &[UnitKind],
+        now: SystemTime,
+        expires_at: SystemTime,
+    ) -> Result<Option<Lease>, StoreError> {
         let op = Op::Lease {
             owner: owner.to_owned(),
             run_id: run_id.cloned(),
+            kinds: kinds.to_vec(),
             now,
             expires_at,
         };
@@ -674,15 +689,22 @@ impl Writer {
             Op::Lease {
                 owner,
                 run_id,
+                kinds,
                 now,
                 expires_at,
             } => {
-                let lease =
-                    units::lease(self.db.as_ref(), &owner, run_id.as_ref(), now, expires_at)
-                        .map_err(|error| {
-                            let run = run_id.clone().unwrap_or_else(|| RunId::from("(any)"));
-                            self.unit_error(error, &run, None)
-                        })?;
+                let lease = units::lease(
+                    self.db.as_ref(),
+                    &owner,
+                    run_id.as_ref(),
+                    &kinds,
+                    now,
+                    expires_at,
+                )
+                .map_err(|error| {
+                    let run = run_id.clone().unwrap_or_else(|| RunId::from("(any)"));
+                    self.unit_error(error, &run, None)
+                })?;
                 Ok((None, Answer::Leased(lease)))
             }
             Op::Heartbeat(lease, expires_at) => {
@@ -695,6 +717,10 @@ impl Writer {
                     self.unit_error(error, &unit.lease.run_id, Some(&unit.lease))
                 })?;
                 let line = self.finish_agent(unit.finish.clone())?;
+                // The other rows' log lines are not kept: a worker's store has no run log.
+                for finish in &unit.other_finishes {
+                    self.finish_agent(finish.clone())?;
+                }
                 Ok((line, Answer::CommitSeq(seq)))
             }
             Op::MarkApplied(run_id, agent_id, at) => {

@@ -741,6 +741,7 @@ async fn the_runner_accounts_for_scripted_faults_and_resends_only_what_failed() 
             run_id: None,
             batch: None,
             poll: PollPolicy::default(),
+            share: None,
         },
         CancellationToken::new(),
         sink,

@@ -65,6 +65,8 @@ pub struct ItemJob {
     pub problems: Vec<InputProblem>,
     /// What an earlier run settled, when this job sends its retryable failures again.
     pub carried: Option<Carried>,
+    /// The workflow's rate limits (published for workers when the run is shared).
+    pub rate_limits: crate::config::RateLimits,
 }
 
 /// The part of an earlier item run a `--retry-failed` run keeps: its results, its failures
@@ -290,6 +292,7 @@ impl ItemJob {
             overhead_tokens,
             problems: Vec::new(),
             carried: None,
+            rate_limits: config.rate_limits,
         })
     }
 
@@ -387,6 +390,15 @@ impl ItemJob {
         match self.execution {
             Execution::Online => 1.0,
             Execution::Batch => BATCH_PRICE_FACTOR,
+        }
+    }
+
+    /// The worker model, mode and price factor its calls are recorded with.
+    pub(super) fn pricing(&self) -> super::calls::Pricing<'_> {
+        super::calls::Pricing {
+            model: &self.worker_model,
+            mode: self.worker_mode,
+            factor: self.price_factor(),
         }
     }
 

@@ -48,6 +48,14 @@
 //! the create call and that journal line leaves the batch unknown, and its chunks are sent
 //! again.
 //!
+//! A run shared with workers (`coordinate`) keeps the journal as the truth about what is
+//! settled, with one difference: a worker ends its calls' rows in the same transaction that
+//! commits the chunk's answers, so a row may end with success before its chunk is in the
+//! journal. The unit's commit is durable first; a coordinator that dies before the journal
+//! line settles the chunk from the store when it is resumed. A shared run's open rows are
+//! never ended on resume (they may be calls in flight on a worker): a lease takeover ends a
+//! dead worker's.
+//!
 //! # Layout
 //!
 //! By phase, in the order a run goes through them:
@@ -55,17 +63,26 @@
 //! - `open`: a new run's directory and `runs` row, or a resumed run's journal replay;
 //! - `online` and `batch`: sending the chunks, sharing `calls` (a call's request and its
 //!   `agent_runs` rows) and `settle` (feeding the ledger, a chunk's journal line);
+//! - `coordinate`, `chunk_unit` and `wire`: a run shared with `fanout worker` processes
+//!   through the run store (`RunOptions::share`): the coordinator publishes the job and one
+//!   unit per chunk and settles what workers commit, in commit order; [`ChunkHandler`] is
+//!   what a worker runs a chunk unit with (the crate's `distributed` layer cannot name this
+//!   module, so the caller hands the handler to the worker); `wire` is what passes between
+//!   them;
 //! - `finish`: the books closed, the aggregations, the final status and the totals;
 //! - `synthesis`: the optional synthesis over the results.
 
 mod batch;
 mod calls;
+mod chunk_unit;
+mod coordinate;
 mod finish;
 mod job;
 mod online;
 mod open;
 mod settle;
 mod synthesis;
+mod wire;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -76,6 +93,8 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use self::chunk_unit::ChunkHandler;
+pub use self::coordinate::Share;
 pub use self::job::{Carried, ItemEstimate, ItemJob, load_items};
 pub use self::open::{JobRecord, item_run};
 use super::chunk::{Chunk, ChunkError};
@@ -120,6 +139,12 @@ pub enum ItemsError {
     Ledger(#[from] LedgerError),
     #[error("`execution: batch` needs a batch client for the items worker's provider")]
     NoBatchClient,
+    #[error(
+        "an `execution: batch` item run cannot be shared with workers (the provider runs the batch; run it without --local-slots)"
+    )]
+    SharedBatch,
+    #[error("this process's own worker stopped: {0}")]
+    Worker(String),
     #[error("cannot resume run {run_id}: {message}")]
     Resume { run_id: RunId, message: String },
     #[error(
@@ -165,6 +190,8 @@ pub struct RunOptions {
     /// Needed for `execution: batch`.
     pub batch: Option<BatchClient>,
     pub poll: PollPolicy,
+    /// Share the run with `fanout worker` processes through the run store (online only).
+    pub share: Option<Share>,
 }
 
 /// What happened, for progress displays (called from worker tasks; keep it quick).
@@ -422,6 +449,12 @@ async fn execute(
     cancel: &CancellationToken,
 ) -> Result<bool, ItemsError> {
     let job = &ctx.job;
+    if let Some(share) = &options.share {
+        if job.execution == Execution::Batch {
+            return Err(ItemsError::SharedBatch);
+        }
+        return coordinate::run_shared(ctx, remaining, share, cancel).await;
+    }
     Ok(match job.execution {
         Execution::Online => {
             let report = online::run_online(ctx, remaining, cancel).await;

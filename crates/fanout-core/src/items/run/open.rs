@@ -81,7 +81,9 @@ pub(super) async fn open_run(
         Replayed::default()
     };
     let remaining = ledger.remaining(&job.chunks);
-    if !replayed.open_rows.is_empty() {
+    // A shared run's open rows belong to workers that may still be calling; a lease
+    // takeover ends those of a dead one.
+    if !replayed.open_rows.is_empty() && options.share.is_none() {
         close_open_rows(
             store,
             &run_id,

@@ -16,7 +16,9 @@ pub(super) fn settle_oversized(ctx: &Ctx, chunk: &Chunk, settled: &mut Settlemen
     settle_failed(ctx, chunk, FailureKind::Oversized, &message, settled);
 }
 
-fn settle_failed(
+/// Fail every item of `chunk` still pending, without a call (an oversized chunk, or a shared
+/// run's chunk its worker could not run).
+pub(super) fn settle_failed(
     ctx: &Ctx,
     chunk: &Chunk,
     kind: FailureKind,

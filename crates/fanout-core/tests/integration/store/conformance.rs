@@ -14,9 +14,9 @@ use serde_json::json;
 
 use super::units::{
     a_late_commit_is_refused_and_writes_nothing, a_shared_bucket_holds_every_taker_to_its_rate,
-    a_unit_waits_for_its_dependencies_to_commit, an_expired_lease_is_taken_over_as_a_new_attempt,
-    commits_are_numbered_in_commit_order, only_runs_with_a_recorded_plan_are_leased,
-    two_workers_never_hold_one_unit,
+    a_unit_waits_for_its_dependencies_to_commit, a_worker_leases_only_the_kinds_it_can_run,
+    an_expired_lease_is_taken_over_as_a_new_attempt, commits_are_numbered_in_commit_order,
+    only_runs_with_a_recorded_plan_are_leased, two_workers_never_hold_one_unit,
 };
 use super::{Fresh, at, finish, new_run, start};
 
@@ -51,6 +51,7 @@ conformance!(
     a_late_commit_is_refused_and_writes_nothing,
     commits_are_numbered_in_commit_order,
     only_runs_with_a_recorded_plan_are_leased,
+    a_worker_leases_only_the_kinds_it_can_run,
     a_shared_bucket_holds_every_taker_to_its_rate,
     the_seed_columns_hold_the_seed_values,
     an_awaited_finish_is_visible_at_once,
@@ -240,6 +241,8 @@ async fn tables_and_columns_are_the_same(fresh: Fresh) {
                 "patch",
                 "outcome",
                 "applied_at",
+                "kind",
+                "input",
             ],
         ),
         ("unit_dependencies", &["run_id", "agent_id", "depends_on"]),

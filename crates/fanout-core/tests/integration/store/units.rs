@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use fanout_core::config::Mode;
 use fanout_core::store::{
-    AgentStatus, Lease, RunPlanRecord, Store, StoreError, StoreReader, UnitCommit, UnitSpec,
-    UnitState,
+    AgentStatus, Lease, RunPlanRecord, Store, StoreError, StoreReader, UnitCommit, UnitKind,
+    UnitSpec, UnitState,
 };
 use serde_json::json;
 
@@ -30,10 +30,10 @@ fn plan(run_id: &str) -> RunPlanRecord {
 }
 
 fn unit(agent: &str, depends_on: &[&str]) -> UnitSpec {
-    UnitSpec {
-        agent_id: agent.into(),
-        depends_on: depends_on.iter().map(|&id| id.into()).collect(),
-    }
+    UnitSpec::agent(
+        agent.into(),
+        depends_on.iter().map(|&id| id.into()).collect(),
+    )
 }
 
 /// A store with run `r1` created and `units` published.
@@ -69,6 +69,7 @@ fn outcome(lease: &Lease, succeeded: bool, patch: &[u8], seconds: u64) -> UnitCo
         patch: patch.to_vec(),
         outcome: json!({"summary": format!("{} done", lease.agent_id)}),
         finish: finished,
+        other_finishes: Vec::new(),
         at: at(seconds),
     }
 }
@@ -365,6 +366,86 @@ pub(crate) async fn only_runs_with_a_recorded_plan_are_leased(fresh: Fresh) {
         ("a1", "sha256:abc")
     );
     store.close().await.unwrap();
+}
+
+/// A worker leases only the kinds of unit it can run: one without an item handler never
+/// takes an item chunk (it would commit it as a failure), and a chunk's lease carries its
+/// input; a commit ends every row it names in its one transaction.
+pub(crate) async fn a_worker_leases_only_the_kinds_it_can_run(fresh: Fresh) {
+    let store = Store::open_at(&fresh.location).unwrap();
+    store.create_run(new_run("r1", 0)).await.unwrap();
+    let chunk = UnitSpec {
+        agent_id: "chunk-0001".into(),
+        depends_on: Vec::new(),
+        kind: UnitKind::ItemChunk,
+        input: Some(r#"{"id":"chunk-0001","items":[]}"#.to_owned()),
+    };
+    store
+        .publish_units(plan("r1"), vec![chunk, unit("a1", &[])])
+        .await
+        .unwrap();
+    let agent = lease(&store, "agents-only", 1, FAR).await.unwrap();
+    assert_eq!(
+        (agent.agent_id.as_str(), agent.kind),
+        ("a1", UnitKind::Agent)
+    );
+    assert_eq!(lease(&store, "agents-only", 1, FAR).await, None);
+    let leased = store
+        .lease_unit_of(
+            "items",
+            None,
+            &[UnitKind::Agent, UnitKind::ItemChunk],
+            at(1),
+            at(FAR),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(leased.kind, UnitKind::ItemChunk);
+    assert_eq!(
+        leased.input.as_deref(),
+        Some(r#"{"id":"chunk-0001","items":[]}"#)
+    );
+
+    // The chunk's call and a retry's, ended together with the commit.
+    started(&store, &leased).await;
+    let mut retry = start("r1", "chunk-0001-r1-1", Mode::Fast);
+    retry.attempt = leased.attempt;
+    store.start_agent(retry).await.unwrap();
+    let mut commit = outcome(&leased, true, b"", 2);
+    let mut ended = finish("r1", "chunk-0001-r1-1", AgentStatus::Success);
+    ended.attempt = leased.attempt;
+    commit.other_finishes.push(ended);
+    assert_eq!(store.commit_unit(commit).await.unwrap(), 1);
+    store.close().await.unwrap();
+    let reader = StoreReader::open_at(&fresh.location).unwrap();
+    let rows = reader.agent_runs(&"r1".into()).unwrap();
+    let ended: Vec<(&str, Option<AgentStatus>)> = rows
+        .iter()
+        .filter(|row| row.agent_id.as_str().starts_with("chunk"))
+        .map(|row| (row.agent_id.as_str(), row.status))
+        .collect();
+    assert_eq!(
+        ended,
+        [
+            ("chunk-0001", Some(AgentStatus::Success)),
+            ("chunk-0001-r1-1", Some(AgentStatus::Success))
+        ]
+    );
+    let units = reader.units(&"r1".into()).unwrap();
+    assert_eq!(units[0].kind, UnitKind::ItemChunk);
+    assert_eq!(
+        reader.units_committed_after(&"r1".into(), 0).unwrap()[0]
+            .agent_id
+            .as_str(),
+        "chunk-0001"
+    );
+    assert!(
+        reader
+            .units_committed_after(&"r1".into(), 1)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub(crate) async fn a_shared_bucket_holds_every_taker_to_its_rate(fresh: Fresh) {
