@@ -178,6 +178,8 @@ impl Store {
                 let mut writer = Writer {
                     db,
                     store: opening.to_string(),
+                    location: opening.clone(),
+                    lost: false,
                     next_event_seq: HashMap::new(),
                     log: None,
                     stats: WriterStats::default(),
@@ -491,6 +493,9 @@ impl Store {
 struct Writer {
     db: Box<dyn Db>,
     store: String,
+    location: StoreLocation,
+    /// The last batch failed with a lost connection: connect again before the next one.
+    lost: bool,
     next_event_seq: HashMap<RunId, i64>,
     log: Option<LogSink>,
     stats: WriterStats,
@@ -570,7 +575,21 @@ impl Writer {
         let mut outcomes: Vec<(Option<Ack>, Result<Answer, StoreError>)> = Vec::with_capacity(ops);
         let mut lines: Vec<serde_json::Value> = Vec::new();
 
+        if let Err(message) = self.reconnect_if_lost() {
+            for request in batch {
+                if let Op::Close(tx) = request.op {
+                    close = Some(tx);
+                }
+                let error = StoreError::Unreachable {
+                    store: self.store.clone(),
+                    message: message.clone(),
+                };
+                self.report(request.ack, Err(error));
+            }
+            return close;
+        }
         if let Err(err) = self.db.begin(durable) {
+            self.lost |= err.is_connection_lost();
             let message = err.to_string();
             for request in batch {
                 if let Op::Close(tx) = request.op {
@@ -609,7 +628,8 @@ impl Writer {
                 }
             }
             Err(err) => {
-                    let _ = self.db.batch("ROLLBACK");
+                self.lost |= err.is_connection_lost();
+                let _ = self.db.batch("ROLLBACK");
                 let message = err.to_string();
                 for (ack, _) in outcomes {
                     self.report(ack, Err(self.commit_error(ops, &message)));
@@ -617,6 +637,30 @@ impl Writer {
             }
         }
         close
+    }
+
+    /// Connect again when the last batch lost the connection or the client saw it close
+    /// (PostgreSQL: a server restart, a dropped network); the error's text when that fails,
+    /// and the next batch tries again.
+    fn reconnect_if_lost(&mut self) -> Result<(), String> {
+        if !self.lost && !self.db.is_closed() {
+            return Ok(());
+        }
+        let StoreLocation::Postgres(url) = &self.location else {
+            self.lost = false;
+            return Ok(());
+        };
+        match PostgresDb::connect_here(url) {
+            Ok(db) => {
+                self.db = Box::new(db);
+                self.lost = false;
+                Ok(())
+            }
+            Err(error) => {
+                self.lost = true;
+                Err(error.to_string())
+            }
+        }
     }
 
     fn commit_error(&self, ops: usize, message: &str) -> StoreError {
