@@ -6,6 +6,11 @@
 # create their own databases on it). The cluster is stopped and removed when the command
 # ends, however it ends.
 #
+# A test that must stop and restart a server (a store outage) gets one of its own, so the
+# shared one stays up for the others: FANOUT_TEST_POSTGRES_CLUSTER names a helper,
+# `$FANOUT_TEST_POSTGRES_CLUSTER start NAME PORT` (made on first use) and
+# `$FANOUT_TEST_POSTGRES_CLUSTER stop NAME`; it is stopped and removed with the rest.
+#
 #   scripts/with-postgres.sh cargo test -p fanout-core --test integration store::
 #   scripts/with-postgres.sh --install     # only make sure the server's binaries are there
 set -euo pipefail
@@ -54,7 +59,10 @@ else
 fi
 
 stop() {
-    as_server "$BIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
+    for data in "$WORK"/data "$WORK"/clusters/*; do
+        [ -f "$data/PG_VERSION" ] && as_server "$BIN/pg_ctl" -D "$data" -m immediate stop \
+            >/dev/null 2>&1
+    done
     rm -rf "$WORK"
 }
 trap stop EXIT
@@ -65,6 +73,31 @@ as_server "$BIN/initdb" -D "$WORK/data" -U fanout --auth=trust --no-sync -E UTF8
 as_server "$BIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w -t 60 \
     -o "-c listen_addresses=127.0.0.1 -p $PORT -c unix_socket_directories=$WORK -c fsync=off -c max_connections=300" \
     start >/dev/null || { cat "$WORK/server.log" >&2; exit 1; }
+
+# Private clusters for tests that stop their server: made, started and stopped by name.
+mkdir -p "$WORK/clusters"
+[ "$(id -u)" -eq 0 ] && chown "$RUN_AS" "$WORK/clusters"
+cat >"$WORK/cluster" <<CLUSTER
+#!/usr/bin/env bash
+set -euo pipefail
+run() { if [ "\$(id -u)" -eq 0 ]; then runuser -u nobody -- "\$@"; else "\$@"; fi; }
+data="$WORK/clusters/\$2"
+case "\$1" in
+    start)
+        if [ ! -f "\$data/PG_VERSION" ]; then
+            run "$BIN/initdb" -D "\$data" -U fanout --auth=trust --no-sync -E UTF8 --locale=C \
+                >"\$data.initdb.log" 2>&1 || { cat "\$data.initdb.log" >&2; exit 1; }
+        fi
+        run "$BIN/pg_ctl" -D "\$data" -l "\$data.log" -w -t 60 \
+            -o "-c listen_addresses=127.0.0.1 -p \$3 -c unix_socket_directories=$WORK -c fsync=off" \
+            start >/dev/null || { cat "\$data.log" >&2; exit 1; }
+        ;;
+    stop) run "$BIN/pg_ctl" -D "\$data" -m fast -w stop >/dev/null ;;
+    *) echo "usage: cluster start NAME PORT | stop NAME" >&2; exit 2 ;;
+esac
+CLUSTER
+chmod +x "$WORK/cluster"
+export FANOUT_TEST_POSTGRES_CLUSTER="$WORK/cluster"
 
 export FANOUT_TEST_POSTGRES_URL="postgres://fanout@127.0.0.1:$PORT/postgres"
 echo "== $("$BIN/postgres" --version) on 127.0.0.1:$PORT (FANOUT_TEST_POSTGRES_URL)" >&2

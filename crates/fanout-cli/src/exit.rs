@@ -93,6 +93,12 @@ impl Exit {
                     _ => {}
                 }
             }
+            // A worker gave up on a store it could not reach for its whole patience.
+            if let Some(fanout_core::distributed::WorkerError::StoreUnavailable { .. }) =
+                cause.downcast_ref::<fanout_core::distributed::WorkerError>()
+            {
+                return Exit::NotReady;
+            }
             if let Some(launch) = cause.downcast_ref::<fanout_core::run::launch::LaunchError>() {
                 use fanout_core::run::launch::LaunchErrorKind;
                 return match launch.kind() {

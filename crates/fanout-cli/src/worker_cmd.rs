@@ -41,6 +41,14 @@ pub struct WorkerArgs {
     /// How long a lease lasts without a heartbeat (heartbeats come every third of it).
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub lease_seconds: u64,
+    /// Tries of one agent under a lease on transient failures (provider errors), the first
+    /// included: the same default as a local run's.
+    #[arg(long, default_value_t = fanout_core::attempt::AGENT_ATTEMPTS, value_name = "N")]
+    pub max_attempts: u32,
+    /// How long the run store may be unreachable (a restart, a dropped network) before the
+    /// worker gives up on it; until then every store operation is retried with backoff.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    pub store_patience_seconds: u64,
     /// This worker's name on its leases (default: host, process id and start time).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -64,6 +72,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     // name itself (it sits below the item runner).
     let chunks: Arc<dyn UnitHandler> = Arc::new(ChunkHandler::new());
     options.handlers = UnitHandlers::new(vec![chunks]);
+    options.max_attempts = args.max_attempts.max(1);
+    options.store_patience = Duration::from_secs(args.store_patience_seconds);
     let backend = Arc::new(Backend::start(&args.model.target(), args.model.http()).await?);
     let cancel = CancellationToken::new();
     stop_on_signals(cancel.clone());
@@ -78,8 +88,17 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let report = report?;
     println!("{}", serde_json::to_string(&report)?);
     eprintln!(
-        "fanout worker {owner}: {} committed, {} failed, {} lost, {} abandoned, {} errors",
-        report.committed, report.failed, report.lost, report.abandoned, report.errors
+        "fanout worker {owner}: {} committed, {} failed, {} lost, {} abandoned, {} errors; \
+         {} attempts ({} escalated, {} retried); {} store retries",
+        report.committed,
+        report.failed,
+        report.lost,
+        report.abandoned,
+        report.errors,
+        report.attempts,
+        report.escalated,
+        report.retried,
+        report.store_retries
     );
     if cancel.is_cancelled() {
         return Ok(Exit::Cancelled.into());

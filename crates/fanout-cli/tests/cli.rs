@@ -921,7 +921,7 @@ mod resume {
     const AGENTS: usize = 200;
 
     /// Turn 1 writes the agent's file (its content names the file), turn 2 reports.
-    const SCENARIO: &str = r#"
+    pub(crate) const SCENARIO: &str = r#"
 rules:
   - name: edit
     match:
@@ -937,7 +937,7 @@ rules:
       input: {status: success, summary: "rewrote ${file}", files_changed: ["${file}"]}
 "#;
 
-    fn workflow(dir: &Path, parallel: usize) -> PathBuf {
+    pub(crate) fn workflow(dir: &Path, parallel: usize) -> PathBuf {
         let path = dir.join("edit-each.yaml");
         std::fs::write(
             &path,
@@ -949,7 +949,7 @@ rules:
         path
     }
 
-    fn plan(dir: &Path, agents: usize) -> PathBuf {
+    pub(crate) fn plan(dir: &Path, agents: usize) -> PathBuf {
         let subtasks: Vec<serde_json::Value> = (0..agents)
             .map(|i| {
                 serde_json::json!({
@@ -968,7 +968,7 @@ rules:
         path
     }
 
-    fn repository(agents: usize) -> tempfile::TempDir {
+    pub(crate) fn repository(agents: usize) -> tempfile::TempDir {
         let repo = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(repo.path().join("src")).unwrap();
         for i in 0..agents {
@@ -987,7 +987,7 @@ rules:
     }
 
     /// path → (mode, sha256) of every file outside `.git` and `.fanout`.
-    fn tree(repo: &Path) -> BTreeMap<String, (u32, String)> {
+    pub(crate) fn tree(repo: &Path) -> BTreeMap<String, (u32, String)> {
         fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u32, String)>) {
             for entry in std::fs::read_dir(dir).unwrap() {
                 let entry = entry.unwrap();
@@ -1028,7 +1028,7 @@ rules:
             .unwrap()
     }
 
-    fn run_ids(repo: &Path) -> Vec<String> {
+    pub(crate) fn run_ids(repo: &Path) -> Vec<String> {
         let Ok(reader) = fanout_core::store::StoreReader::open_in_repo(repo) else {
             return Vec::new();
         };

@@ -1,7 +1,12 @@
 //! One agent attempt's inputs and records, the same for the local engine (`crate::run`) and
 //! a `fanout worker` (`crate::distributed`): the attempt's model configuration and
 //! permissions from its sub-task, the hook that records each model call as it is answered,
-//! the rows of its tool calls and denials, and why it failed, in words.
+//! the rows of its tool calls and denials, and why it failed, in words; and the rule that
+//! says whether an attempt succeeded and, when it did not, whether the agent gets another
+//! ([`next_try`]), so an agent is tried as hard on a worker as in a local run.
+//!
+//! It decides and describes only: starting the next attempt (its row, its tree or
+//! pre-image) and recording this one's end are the caller's.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -12,7 +17,7 @@ use crate::ids::{AgentId, RunId};
 use crate::plan::Subtask;
 use crate::policy::AgentSpec;
 use crate::provider::genai::{CallAnswer, CallContent};
-use crate::store::{DenialRecord, ModelCall, Store, ToolCallRecord};
+use crate::store::{AgentStatus, DenialRecord, ModelCall, Store, ToolCallRecord};
 
 /// The model for `mode` and the agent limits from the workflow.
 pub fn agent_config(config: &Config, mode: Mode) -> AgentConfig {
@@ -152,5 +157,116 @@ pub async fn store_tool_calls(
             paths: call.paths.clone(),
         };
         let _ = store.tool_call(record).await;
+    }
+}
+
+/// Tries of one agent on transient failures (provider errors), the first included: a local
+/// run's, and a worker's default under one lease.
+pub const AGENT_ATTEMPTS: u32 = 3;
+
+/// What follows an attempt that did not succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextTry {
+    /// Another attempt on `default`, recorded as escalated.
+    Escalate,
+    /// Another attempt as before: the failure was transient.
+    Again,
+    /// None: the agent has failed.
+    GiveUp,
+}
+
+/// Where an agent stands across its attempts, as far as [`next_try`] cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tries {
+    /// The mode of the attempt just made.
+    pub mode: Mode,
+    /// That attempt was already an escalation (a `fast` agent gets one, never two).
+    pub escalated: bool,
+    /// Attempts counted against `max_attempts`, the one just made included.
+    pub made: u32,
+    /// Attempts allowed on transient failures, the first included (at least 1).
+    pub max_attempts: u32,
+}
+
+/// Whether an attempt succeeded: the agent said it finished with a valid result, and its
+/// receipts do not contradict it.
+pub fn succeeded(outcome: &AgentOutcome) -> bool {
+    outcome.status == LoopStatus::Success && outcome.flags.is_empty()
+}
+
+/// After a failed attempt: a `fast` agent that gave no valid result, or said it could not
+/// finish, gets one more attempt on `default`; a provider error (what is left after the
+/// fleet's own retries) gets another attempt while `made < max_attempts`; anything else ends
+/// the agent.
+pub fn next_try(status: &LoopStatus, tries: Tries) -> NextTry {
+    let unfinished = matches!(
+        status,
+        LoopStatus::InvalidResult | LoopStatus::ReportedUnfinished(_)
+    );
+    if unfinished && tries.mode == Mode::Fast && !tries.escalated {
+        return NextTry::Escalate;
+    }
+    if matches!(status, LoopStatus::ProviderError(_)) && tries.made < tries.max_attempts.max(1) {
+        return NextTry::Again;
+    }
+    NextTry::GiveUp
+}
+
+/// The status a failed attempt is recorded with: `rollback` when it had changed something
+/// (which is undone, or never applied), `failure` otherwise.
+pub fn failed_status(changed_something: bool) -> AgentStatus {
+    if changed_something {
+        AgentStatus::Rollback
+    } else {
+        AgentStatus::Failure
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn tries(mode: Mode, escalated: bool, made: u32) -> Tries {
+        Tries {
+            mode,
+            escalated,
+            made,
+            max_attempts: 3,
+        }
+    }
+
+    #[test]
+    fn a_fast_agent_escalates_once_and_provider_errors_retry_up_to_the_limit() {
+        let unfinished = LoopStatus::ReportedUnfinished("partial: half".into());
+        let outage = LoopStatus::ProviderError("529".into());
+        assert_eq!(
+            next_try(&LoopStatus::InvalidResult, tries(Mode::Fast, false, 1)),
+            NextTry::Escalate
+        );
+        assert_eq!(
+            next_try(&unfinished, tries(Mode::Fast, false, 3)),
+            NextTry::Escalate
+        );
+        assert_eq!(
+            next_try(&unfinished, tries(Mode::Default, true, 2)),
+            NextTry::GiveUp
+        );
+        assert_eq!(
+            next_try(&unfinished, tries(Mode::Default, false, 1)),
+            NextTry::GiveUp
+        );
+        assert_eq!(
+            next_try(&outage, tries(Mode::Fast, false, 2)),
+            NextTry::Again
+        );
+        assert_eq!(
+            next_try(&outage, tries(Mode::Fast, false, 3)),
+            NextTry::GiveUp
+        );
+        assert_eq!(
+            next_try(&LoopStatus::TurnLimit, tries(Mode::Fast, false, 1)),
+            NextTry::GiveUp
+        );
     }
 }

@@ -26,7 +26,7 @@
 //!   estimates and the dry-run report.
 //! - [`attempt`]: one agent attempt's inputs and records, shared by the local engine and a
 //!   worker (its model configuration and permissions, its model calls, tool calls and
-//!   denials on record, its failure in words).
+//!   denials on record, its failure in words), and the rule for what follows a failed one.
 //! - [`distributed`]: runs shared between machines: `fanout worker`'s lease loop, a unit's
 //!   tree in the worker's cache, what a coordinator publishes for its workers and how it
 //!   applies what they commit.

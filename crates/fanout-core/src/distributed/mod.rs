@@ -9,9 +9,12 @@
 //!   tables and queries on both store backends;
 //! - [`tree`]: a unit's tree in the worker's cache (the run's base from its bundle, the
 //!   dependencies' patches applied) and the patch of the agent's write scope afterwards;
-//! - [`worker`]: the lease loop with `slots` units at once, a heartbeat per unit, the agent
-//!   run exactly as the local engine runs one (its toolbox, scope policy, sandbox, limits,
-//!   records: the engine's own functions), the commit;
+//! - [`worker`]: the lease loop with `slots` units at once, a heartbeat per unit, the run
+//!   contexts, and a store that cannot be reached for a moment waited out ([`patience`]);
+//! - [`unit`]: one leased unit, its agent tried exactly as the local engine tries one (its
+//!   toolbox, scope policy, sandbox, limits, records, and its rule for escalating a `fast`
+//!   agent and retrying transient failures: [`crate::attempt`], which the local engine uses
+//!   too), each attempt in a fresh tree with a number of its own, then the commit;
 //! - [`publish`]: what a coordinator stores for its workers (the plan, its hash, the
 //!   workflow and the base bundle) and enqueues;
 //! - [`apply`]: committed patches applied to the user's tree in commit order, exactly once;
@@ -33,8 +36,10 @@
 pub mod apply;
 pub mod bucket;
 pub mod handler;
+mod patience;
 pub mod publish;
 pub mod tree;
+mod unit;
 pub mod worker;
 
 pub use apply::{Applied, ApplyError, apply_committed};

@@ -1,30 +1,33 @@
 //! `fanout worker`: lease units from a shared run store, run each agent in a tree of the
 //! worker's own cache, commit its patch and record.
 //!
-//! The loop holds at most `slots` units at once. Each unit, in its own task:
-//! 1. its run's context, made once per run and kept: the published plan (its hash checked
-//!    against the one the coordinator recorded: a mismatch runs nothing and commits a
-//!    failure), the workflow parsed from its stored text, a fleet on the worker's model API;
-//! 2. its tree ([`super::tree`]): the base from the bundle, its dependencies' committed
-//!    patches applied in commit order;
-//! 3. its start row (attempt = the lease's attempt), then the agent through
-//!    [`run_agent_gated`] with the engine's own scope policy, toolbox, sandbox, limits and
-//!    records (model calls as they are answered, tool calls, denials) — while a heartbeat
-//!    renews the lease every third of its length; with a requests-per-minute limit in the
-//!    workflow, every request is also taken from the store's shared bucket for it
-//!    ([`super::bucket`]), so the workers together stay under it;
-//! 4. the patch of its write scope, committed with the outcome and the finish row in one
-//!    transaction ([`Store::commit_unit`]).
+//! The loop holds at most `slots` units at once; each unit runs in its own task
+//! ([`super::unit`]: its tree, the agent tried as a local run tries it, its commit) while a
+//! heartbeat renews its lease every third of its length. This module owns the loop, the
+//! heartbeats, the run contexts (made once per run and kept: the published plan, its hash
+//! checked against the one the coordinator recorded, the workflow parsed from its stored
+//! text, a fleet on the worker's model API; with a requests-per-minute limit in the
+//! workflow every request is also taken from the store's shared bucket for it
+//! ([`super::bucket`]), so the workers together stay under it), and the worker's dealings
+//! with a store it cannot reach for a moment.
 //!
-//! A unit of another kind (an item run's chunk) goes, after step 1's lease, to the handler
-//! the worker was given for that kind ([`super::handler`]); the heartbeat and the commit are
-//! the same. Only kinds the worker has a handler for are leased.
+//! A unit of another kind (an item run's chunk) goes, once leased, to the handler the worker
+//! was given for that kind ([`super::handler`]); the heartbeat and the commit are the same.
+//! Only kinds the worker has a handler for are leased.
 //!
-//! A lost lease (the heartbeat is refused: it expired and another worker took the unit)
-//! cancels the agent and commits nothing. Cancelling the worker (SIGINT/SIGTERM) cancels
-//! every agent and commits nothing either: no lease is released, they expire, and another
-//! worker starts those units afresh. A worker that is killed leaves the same: rows of
-//! attempts that never finish (closed as failures by the next lease) and model calls paid
+//! Store outages. Every store operation of the worker (a lease, a read, a start row, a
+//! unit's next attempt, a commit) that fails with a transient error is sent again with a
+//! capped backoff ([`super::patience`]) for up to `store_patience`; the unit's work waits
+//! with it, so a store that comes back within that time loses nothing. A PostgreSQL store's
+//! writer connects again after a server restart by itself. A store unreachable for longer
+//! stops the worker with [`WorkerError::StoreUnavailable`], which names the store. A
+//! heartbeat that fails only waits for the next beat.
+//!
+//! A lost lease (the heartbeat or a commit is refused: it expired and another worker took
+//! the unit) cancels the agent and commits nothing. Cancelling the worker (SIGINT/SIGTERM)
+//! cancels every agent and commits nothing either: no lease is released, they expire, and
+//! another worker starts those units afresh. A worker that is killed leaves the same: rows
+//! of attempts that never finish (closed as failures by the next lease) and model calls paid
 //! for twice; never a patch.
 
 use std::collections::HashMap;
@@ -32,29 +35,19 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::handler::{UnitContext, UnitHandlers};
+use super::handler::UnitHandlers;
+use super::patience::{self, Gave, Waited};
 use super::tree::{self, TreeError};
-use crate::agent::{AgentOutcome, LoopStatus, run_agent_gated};
-use crate::attempt::{
-    agent_config, agent_spec, failure_text, model_call_hook, queue_denials, store_tool_calls,
-};
 use crate::backend::{Backend, BackendError};
 use crate::config::Config;
 use crate::fleet::Fleet;
 use crate::ids::{AgentId, RunId};
-use crate::plan::{Plan, Subtask, hash_bytes};
-use crate::policy::{PathSet, ScopePolicy};
+use crate::plan::{Plan, hash_bytes};
 use crate::retry::lock;
-use crate::sandbox::SandboxConfig;
-use crate::store::{
-    AgentFinish, AgentStart, AgentStatus, Lease, Store, StoreError, StoreLocation, StoreReader,
-    UnitCommit, UnitKind, UnitState,
-};
-use crate::tools::{RepoFacts, ToolLimits, Toolbox};
+use crate::store::{Lease, Store, StoreError, StoreLocation, StoreReader, UnitKind, UnitState};
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -77,10 +70,16 @@ pub struct WorkerOptions {
     /// What runs units other than plan agents ([`super::handler`]); only those kinds are
     /// leased. None by default.
     pub handlers: UnitHandlers,
+    /// Tries of one agent on transient failures (provider errors) under one lease, the first
+    /// included; a `fast` agent's escalation to `default` counts as one.
+    pub max_attempts: u32,
+    /// How long the store may be unreachable before the worker gives up on it.
+    pub store_patience: Duration,
 }
 
 impl WorkerOptions {
-    /// A lease of 30 s, polled every 200 ms.
+    /// A lease of 30 s, polled every 200 ms; as many attempts as a local run gives an agent
+    /// ([`crate::attempt::AGENT_ATTEMPTS`]); two minutes of patience with the store.
     pub fn new(store: StoreLocation, cache: PathBuf, slots: usize, owner: String) -> Self {
         WorkerOptions {
             store,
@@ -92,6 +91,8 @@ impl WorkerOptions {
             run: None,
             exit_when_done: false,
             handlers: UnitHandlers::default(),
+            max_attempts: crate::attempt::AGENT_ATTEMPTS,
+            store_patience: Duration::from_secs(120),
         }
     }
 }
@@ -109,6 +110,16 @@ pub struct WorkerReport {
     /// Units that could not be run or committed for another reason (the first one's error).
     pub errors: u64,
     pub first_error: Option<String>,
+    /// Agent attempts made, the first of each unit included.
+    pub attempts: u64,
+    /// Of `attempts`, those of a `fast` agent escalated to `default`, and those made again
+    /// after a transient failure.
+    pub escalated: u64,
+    pub retried: u64,
+    /// Store operations sent again after a transient failure, and the longest time one
+    /// operation waited for the store.
+    pub store_retries: u64,
+    pub longest_store_wait_ms: u64,
 }
 
 /// Why a worker stopped before it was asked to.
@@ -116,6 +127,16 @@ pub struct WorkerReport {
 pub enum WorkerError {
     #[error("run store: {0}")]
     Store(#[from] StoreError),
+    /// Its display leaves the last error to the chain (`source`).
+    #[error(
+        "the run store {store} could not be reached for {} s; giving up",
+        .waited.as_secs()
+    )]
+    StoreUnavailable {
+        store: String,
+        waited: Duration,
+        source: Box<StoreError>,
+    },
     #[error("cannot make the cache directory {}: {source}", .path.display())]
     Cache {
         path: PathBuf,
@@ -123,11 +144,18 @@ pub enum WorkerError {
     },
 }
 
-/// Why one unit could not be run.
+/// Why one unit could not be run or committed.
 #[derive(Debug, thiserror::Error)]
-enum UnitError {
+pub(super) enum UnitError {
     #[error("run store: {0}")]
     Store(#[from] StoreError),
+    #[error("the run store could not be reached for {} s: {source}", .waited.as_secs())]
+    Unreachable {
+        waited: Duration,
+        source: Box<StoreError>,
+    },
+    #[error("cancelled while waiting for the run store")]
+    Cancelled,
     #[error("run {0} has no published plan")]
     NoPlan(RunId),
     #[error(
@@ -152,23 +180,41 @@ enum UnitError {
     NoHandler(UnitKind),
 }
 
-/// A run as this worker needs it, made once per run.
-struct RunContext {
-    plan: Plan,
-    /// Of the published plan's text, checked against the recorded hash.
-    plan_hash: String,
-    config: Arc<Config>,
-    fleet: Fleet,
-    base_commit: String,
-    base: PathBuf,
+impl From<Gave> for UnitError {
+    fn from(gave: Gave) -> UnitError {
+        match gave {
+            Gave::Refused { error, .. } => UnitError::Store(error),
+            Gave::Unreachable { waited, last } => UnitError::Unreachable {
+                waited,
+                source: Box::new(last),
+            },
+            Gave::Cancelled => UnitError::Cancelled,
+        }
+    }
 }
 
-struct Worker {
-    options: WorkerOptions,
-    store: Store,
-    backend: Arc<Backend>,
+/// A run as this worker needs it, made once per run.
+pub(super) struct RunContext {
+    pub(super) plan: Plan,
+    /// Of the published plan's text, checked against the recorded hash.
+    pub(super) plan_hash: String,
+    pub(super) config: Arc<Config>,
+    pub(super) fleet: Fleet,
+    pub(super) base_commit: String,
+    pub(super) base: PathBuf,
+}
+
+pub(super) struct Worker {
+    pub(super) options: WorkerOptions,
+    pub(super) store: Store,
+    pub(super) backend: Arc<Backend>,
     runs: tokio::sync::Mutex<HashMap<RunId, Arc<RunContext>>>,
     report: Mutex<WorkerReport>,
+    /// Cancelled when the worker stops on its own (the store is gone): every unit's token is
+    /// a child of it.
+    stop: CancellationToken,
+    /// Why a unit stopped the worker.
+    fatal: Mutex<Option<WorkerError>>,
 }
 
 /// Lease and run units until `cancel` (or, with `exit_when_done`, until the run has none
@@ -188,19 +234,23 @@ pub async fn work(
     let cache = std::fs::canonicalize(&options.cache).map_err(cache_error)?;
     options.cache = cache;
     let store = Store::open_at(&options.store)?;
+    let stop = cancel.child_token();
     let worker = Arc::new(Worker {
         store: store.clone(),
         backend,
         runs: tokio::sync::Mutex::default(),
         report: Mutex::default(),
+        stop: stop.clone(),
+        fatal: Mutex::default(),
         options,
     });
     let slots = Arc::new(Semaphore::new(worker.options.slots));
     let kinds = worker.options.handlers.kinds();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut ended: Result<(), WorkerError> = Ok(());
     loop {
         let permit = tokio::select! {
-            () = cancel.cancelled() => break,
+            () = stop.cancelled() => break,
             permit = Arc::clone(&slots).acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
@@ -208,21 +258,29 @@ pub async fn work(
         };
         // Reap finished tasks so the set does not grow with the run.
         while tasks.try_join_next().is_some() {}
-        let now = SystemTime::now();
         let leased = worker
-            .store
-            .lease_unit_of(
-                &worker.options.owner,
-                worker.options.run.as_ref(),
-                &kinds,
-                now,
-                now + worker.options.lease,
-            )
-            .await?;
+            .persist(&stop, || {
+                let now = SystemTime::now();
+                worker.store.lease_unit_of(
+                    &worker.options.owner,
+                    worker.options.run.as_ref(),
+                    &kinds,
+                    now,
+                    now + worker.options.lease,
+                )
+            })
+            .await;
+        let leased = match leased {
+            Ok(leased) => leased,
+            Err(gave) => {
+                ended = worker.gave_up(gave);
+                break;
+            }
+        };
         match leased {
             Some(lease) => {
                 let worker = Arc::clone(&worker);
-                let cancel = cancel.child_token();
+                let cancel = stop.child_token();
                 tasks.spawn(async move {
                     worker.unit(lease, &cancel).await;
                     drop(permit);
@@ -230,30 +288,76 @@ pub async fn work(
             }
             None => {
                 drop(permit);
-                if worker.options.exit_when_done && tasks.is_empty() && worker.run_done()? {
-                    break;
+                if worker.options.exit_when_done && tasks.is_empty() {
+                    match worker.run_done(&stop).await {
+                        Ok(true) => break,
+                        Ok(false) => {}
+                        Err(gave) => {
+                            ended = worker.gave_up(gave);
+                            break;
+                        }
+                    }
                 }
                 tokio::select! {
-                    () = cancel.cancelled() => break,
+                    () = stop.cancelled() => break,
                     () = tokio::time::sleep(worker.options.poll) => {}
                 }
             }
         }
     }
+    if ended.is_err() {
+        stop.cancel();
+    }
     while tasks.join_next().await.is_some() {}
     let report = lock(&worker.report).clone();
+    let fatal = lock(&worker.fatal).take();
     let _ = store.close().await;
-    Ok(report)
+    ended?;
+    match fatal {
+        Some(error) => Err(error),
+        None => Ok(report),
+    }
 }
 
 impl Worker {
+    /// What the lease loop does when a store operation did not succeed: nothing when
+    /// cancelled, else the error that stops the worker.
+    fn gave_up(&self, gave: Gave) -> Result<(), WorkerError> {
+        match gave {
+            Gave::Cancelled => Ok(()),
+            Gave::Refused { error, .. } => Err(WorkerError::Store(error)),
+            Gave::Unreachable { waited, last } => Err(self.unavailable(waited, Box::new(last))),
+        }
+    }
+
+    fn unavailable(&self, waited: Duration, source: Box<StoreError>) -> WorkerError {
+        WorkerError::StoreUnavailable {
+            store: self.options.store.to_string(),
+            waited,
+            source,
+        }
+    }
+
+    /// A unit found the store unreachable for the whole patience: the worker stops with
+    /// that error (the first one, if several units found it).
+    pub(super) fn stop_unreachable(&self, waited: Duration, source: Box<StoreError>) {
+        let error = self.unavailable(waited, source);
+        if let WorkerError::StoreUnavailable { source, .. } = &error {
+            self.note_error(format!("{error}: {source}"));
+        }
+        lock(&self.fatal).get_or_insert(error);
+        self.stop.cancel();
+    }
+
     /// Whether the worker's run has no unit that could still be leased: every unit is
     /// final or skipped, or waits on a dependency that failed or was skipped.
-    fn run_done(&self) -> Result<bool, StoreError> {
-        let Some(run) = &self.options.run else {
+    async fn run_done(&self, cancel: &CancellationToken) -> Result<bool, Gave> {
+        let Some(run) = self.options.run.clone() else {
             return Ok(false);
         };
-        let units = StoreReader::open_at(&self.options.store)?.unit_states(run)?;
+        let units = self
+            .read(cancel, move |reader| reader.unit_states(&run))
+            .await?;
         let mut blocked: std::collections::HashSet<&AgentId> = units
             .iter()
             .filter(|unit| matches!(unit.state, UnitState::Failed | UnitState::Skipped))
@@ -280,69 +384,70 @@ impl Worker {
             }))
     }
 
-    fn note(&self, update: impl FnOnce(&mut WorkerReport)) {
+    pub(super) fn note(&self, update: impl FnOnce(&mut WorkerReport)) {
         update(&mut lock(&self.report));
     }
 
-    fn note_error(&self, error: String) {
+    pub(super) fn note_error(&self, error: String) {
         self.note(|report| {
             report.errors += 1;
             report.first_error.get_or_insert(error);
         });
     }
 
-    /// One leased unit, to its commit (or to nothing, if its lease is lost or the worker
-    /// is cancelled).
-    async fn unit(self: Arc<Self>, lease: Lease, cancel: &CancellationToken) {
-        let heartbeat = self.heartbeat(&lease, cancel);
-        let result = match (lease.kind, self.options.handlers.get(lease.kind)) {
-            (UnitKind::Agent, _) => self.run_unit(&lease, cancel).await,
-            (_, Some(handler)) => {
-                let unit = UnitContext {
-                    lease: &lease,
-                    store: &self.store,
-                    location: &self.options.store,
-                    backend: &self.backend,
-                    owner: &self.options.owner,
-                };
-                handler.run(unit, cancel).await.map_err(UnitError::Handler)
-            }
-            (kind, None) => Err(UnitError::NoHandler(kind)),
+    /// `op` sent to the store until it succeeds, is refused, or the store has been
+    /// unreachable for the worker's patience ([`patience::persist`]); retries are counted
+    /// in the report.
+    pub(super) async fn persist<T, F, Fut>(
+        &self,
+        cancel: &CancellationToken,
+        op: F,
+    ) -> Result<T, Gave>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let on_waited = |waited: Waited| {
+            self.note(|report| {
+                report.store_retries += waited.retries;
+                let millis = u64::try_from(waited.waited.as_millis()).unwrap_or(u64::MAX);
+                report.longest_store_wait_ms = report.longest_store_wait_ms.max(millis);
+            });
         };
-        heartbeat.abort();
-        let commit = match result {
-            Ok(Some(commit)) => commit,
-            Ok(None) => {
-                self.note(|report| report.abandoned += 1);
-                return;
-            }
-            // Could not run it: a failure on record, so the coordinator does not wait on it.
-            Err(error) => {
-                let message = error.to_string();
-                self.note_error(message.clone());
-                match self.failure(&lease, message).await {
-                    Some(commit) => commit,
-                    None => return,
-                }
-            }
-        };
-        if cancel.is_cancelled() {
-            self.note(|report| report.abandoned += 1);
-            return;
-        }
-        let succeeded = commit.succeeded;
-        match self.store.commit_unit(commit).await {
-            Ok(_) if succeeded => self.note(|report| report.committed += 1),
-            Ok(_) => self.note(|report| report.failed += 1),
-            Err(StoreError::LeaseLost { .. }) => self.note(|report| report.lost += 1),
-            Err(error) => self.note_error(error.to_string()),
-        }
+        patience::persist(self.options.store_patience, cancel, on_waited, op).await
     }
 
-    /// Renew `lease` every third of its length; a refused renewal cancels the unit.
-    fn heartbeat(&self, lease: &Lease, cancel: &CancellationToken) -> tokio::task::JoinHandle<()> {
+    /// `read` on a fresh reader of the store (off the async workers), with the same
+    /// patience as every other store operation.
+    pub(super) async fn read<T, F>(&self, cancel: &CancellationToken, read: F) -> Result<T, Gave>
+    where
+        T: Send + 'static,
+        F: Fn(&StoreReader) -> Result<T, StoreError> + Send + Sync + 'static,
+    {
+        let read = Arc::new(read);
+        self.persist(cancel, || {
+            let read = Arc::clone(&read);
+            let location = self.options.store.clone();
+            async move {
+                tokio::task::spawn_blocking(move || read(&StoreReader::open_at(&location)?))
+                    .await
+                    .map_err(|error| StoreError::Spawn {
+                        source: std::io::Error::other(error.to_string()),
+                    })?
+            }
+        })
+        .await
+    }
+
+    /// Renew the lease in `held` every third of its length; a refused renewal cancels the
+    /// unit. The lock is held while a renewal is on its way, so a unit moving to its next
+    /// attempt (which changes the lease) never races one.
+    pub(super) fn heartbeat(
+        &self,
+        held: Arc<tokio::sync::Mutex<Lease>>,
+        cancel: &CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let store = self.store.clone();
-        let lease = lease.clone();
         let length = self.options.lease;
         let cancel = cancel.clone();
         tokio::spawn(async move {
@@ -351,6 +456,7 @@ impl Worker {
                     () = cancel.cancelled() => return,
                     () = tokio::time::sleep(length / 3) => {}
                 }
+                let lease = held.lock().await;
                 match store.heartbeat(&lease, SystemTime::now() + length).await {
                     Ok(()) => {}
                     Err(StoreError::LeaseLost { .. }) => {
@@ -365,18 +471,23 @@ impl Worker {
     }
 
     /// The run's context, made the first time one of its units is leased.
-    async fn context(&self, run_id: &RunId) -> Result<Arc<RunContext>, UnitError> {
+    pub(super) async fn context(
+        &self,
+        run_id: &RunId,
+        cancel: &CancellationToken,
+    ) -> Result<Arc<RunContext>, UnitError> {
         let mut runs = self.runs.lock().await;
         if let Some(context) = runs.get(run_id) {
             return Ok(Arc::clone(context));
         }
-        let location = self.options.store.clone();
+        let run = run_id.clone();
+        let record = self
+            .read(cancel, move |reader| reader.run_plan(&run))
+            .await?
+            .ok_or_else(|| UnitError::NoPlan(run_id.clone()))?;
         let cache = self.options.cache.clone();
         let run = run_id.clone();
         let (record, base) = tokio::task::spawn_blocking(move || {
-            let record = StoreReader::open_at(&location)?
-                .run_plan(&run)?
-                .ok_or_else(|| UnitError::NoPlan(run.clone()))?;
             let base =
                 tree::base_repository(&cache, &run, &record.base_bundle, &record.base_commit)?;
             Ok::<_, UnitError>((record, base))
@@ -417,252 +528,5 @@ impl Worker {
         });
         runs.insert(run_id.clone(), Arc::clone(&context));
         Ok(context)
-    }
-
-    /// Run the unit's agent; the commit to make, or `None` if the unit was cancelled.
-    async fn run_unit(
-        &self,
-        lease: &Lease,
-        cancel: &CancellationToken,
-    ) -> Result<Option<UnitCommit>, UnitError> {
-        let context = self.context(&lease.run_id).await?;
-        // The lease names the hash recorded now; the context was checked against the hash
-        // recorded when it was made. A run re-published under the same id is refused.
-        if context.plan_hash != lease.plan_hash {
-            return Err(UnitError::PlanHash {
-                found: context.plan_hash.clone(),
-                recorded: lease.plan_hash.clone(),
-            });
-        }
-        let subtask = context
-            .plan
-            .subtasks
-            .iter()
-            .find(|subtask| AgentId::from(&subtask.task_id) == lease.agent_id)
-            .cloned()
-            .ok_or_else(|| UnitError::NoSubtask(lease.agent_id.clone()))?;
-        let dir = self.materialise(&context, lease, &subtask).await?;
-        let result = self
-            .run_agent(&context, lease, &subtask, &dir, cancel)
-            .await;
-        tree::remove(&dir);
-        result
-    }
-
-    /// The unit's tree: the base, then its dependencies' committed patches in commit order.
-    async fn materialise(
-        &self,
-        context: &RunContext,
-        lease: &Lease,
-        subtask: &Subtask,
-    ) -> Result<PathBuf, UnitError> {
-        let location = self.options.store.clone();
-        let cache = self.options.cache.clone();
-        let base = context.base.clone();
-        let base_commit = context.base_commit.clone();
-        let lease = lease.clone();
-        let direct: Vec<AgentId> = subtask.depends_on.iter().map(AgentId::from).collect();
-        tokio::task::spawn_blocking(move || {
-            let reader = StoreReader::open_at(&location)?;
-            let units = reader.unit_states(&lease.run_id)?;
-            // Every transitive dependency: its work is in the tree the agent expects.
-            let by_agent: HashMap<&AgentId, _> =
-                units.iter().map(|unit| (&unit.agent_id, unit)).collect();
-            let mut needed: Vec<&AgentId> = Vec::new();
-            let mut stack: Vec<&AgentId> = direct.iter().collect();
-            while let Some(agent) = stack.pop() {
-                if needed.contains(&agent) {
-                    continue;
-                }
-                needed.push(agent);
-                if let Some(unit) = by_agent.get(agent) {
-                    stack.extend(unit.depends_on.iter());
-                }
-            }
-            let mut committed: Vec<_> = needed
-                .iter()
-                .filter_map(|agent| by_agent.get(agent))
-                .filter(|unit| unit.state == UnitState::Committed)
-                .collect();
-            committed.sort_by_key(|unit| unit.commit_seq);
-            // Only these units' patches are read, not the whole run's.
-            let agents: Vec<AgentId> = committed.iter().map(|unit| unit.agent_id.clone()).collect();
-            let mut found = reader.unit_patches(&lease.run_id, &agents)?;
-            let patches: Vec<Vec<u8>> = agents
-                .iter()
-                .map(|agent| found.remove(agent).unwrap_or_default())
-                .collect();
-            let dir = tree::unit_tree(
-                &cache,
-                &lease.run_id,
-                &lease.agent_id,
-                lease.attempt,
-                &base,
-                &base_commit,
-                &patches,
-            )?;
-            Ok::<_, UnitError>(dir)
-        })
-        .await
-        .map_err(|error| UnitError::Join(error.to_string()))?
-    }
-
-    /// The agent in `dir`, as the local engine runs one attempt; the commit it leads to.
-    async fn run_agent(
-        &self,
-        context: &RunContext,
-        lease: &Lease,
-        subtask: &Subtask,
-        dir: &std::path::Path,
-        cancel: &CancellationToken,
-    ) -> Result<Option<UnitCommit>, UnitError> {
-        let spec = agent_spec(subtask);
-        let mode = subtask.mode;
-        let mut config = agent_config(&context.config, mode);
-        config.on_call = Some(model_call_hook(
-            self.store.clone(),
-            lease.run_id.clone(),
-            lease.agent_id.clone(),
-            lease.attempt,
-            mode,
-            context.config.model_for_mode(mode),
-        ));
-        self.store
-            .start_agent(AgentStart {
-                run_id: lease.run_id.clone(),
-                agent_id: lease.agent_id.clone(),
-                attempt: lease.attempt,
-                task_description: subtask.description.clone(),
-                mode,
-                model: Some(config.model.clone()),
-                escalated: false,
-                started_at: SystemTime::now(),
-            })
-            .await?;
-        let toolbox = ScopePolicy::from_config(&context.config, &spec)
-            .map_err(|error| error.to_string())
-            .and_then(|policy| {
-                Toolbox::with_facts(
-                    dir,
-                    policy,
-                    SandboxConfig::default(),
-                    ToolLimits::default(),
-                    &RepoFacts::scan(dir),
-                )
-                .map_err(|error| error.to_string())
-            });
-        let toolbox = match toolbox {
-            Ok(toolbox) => toolbox,
-            Err(message) => return Ok(Some(self.commit(lease, None, message, Vec::new()))),
-        };
-        let outcome = run_agent_gated(&context.fleet, &toolbox, &spec, &config, None, cancel).await;
-        queue_denials(&self.store, &lease.run_id, &outcome, lease.attempt);
-        store_tool_calls(
-            &self.store,
-            &lease.run_id,
-            &lease.agent_id,
-            &outcome,
-            lease.attempt,
-        )
-        .await;
-        if cancel.is_cancelled() {
-            return Ok(None);
-        }
-        let succeeded = outcome.status == LoopStatus::Success && outcome.flags.is_empty();
-        if !succeeded {
-            let message = failure_text(&outcome);
-            return Ok(Some(self.commit(
-                lease,
-                Some(&outcome),
-                message,
-                Vec::new(),
-            )));
-        }
-        let scope = PathSet::new(&spec.scope).map_err(|error| TreeError::Io {
-            path: dir.to_path_buf(),
-            source: std::io::Error::other(error.to_string()),
-        })?;
-        let owned = dir.to_path_buf();
-        let patch = tokio::task::spawn_blocking(move || tree::scope_patch(&owned, &scope))
-            .await
-            .map_err(|error| UnitError::Join(error.to_string()))??;
-        Ok(Some(self.commit(
-            lease,
-            Some(&outcome),
-            String::new(),
-            patch,
-        )))
-    }
-
-    /// The commit of a unit: a success when `error` is empty.
-    fn commit(
-        &self,
-        lease: &Lease,
-        outcome: Option<&AgentOutcome>,
-        error: String,
-        patch: Vec<u8>,
-    ) -> UnitCommit {
-        let succeeded = error.is_empty();
-        let status = if succeeded {
-            AgentStatus::Success
-        } else {
-            AgentStatus::Failure
-        };
-        let finish = AgentFinish {
-            run_id: lease.run_id.clone(),
-            agent_id: lease.agent_id.clone(),
-            attempt: lease.attempt,
-            status,
-            files_accessed: outcome
-                .map(|outcome| outcome.receipts.files_accessed().into_iter().collect())
-                .unwrap_or_default(),
-            tools_called: outcome
-                .map(|outcome| outcome.receipts.tools_called.clone())
-                .unwrap_or_default(),
-            input_tokens: outcome.map_or(0, |outcome| outcome.input_tokens),
-            output_tokens: outcome.map_or(0, |outcome| outcome.output_tokens),
-            cache_read_tokens: outcome.map_or(0, |outcome| outcome.cache_read_tokens),
-            cache_write_tokens: outcome.map_or(0, |outcome| outcome.cache_write_tokens),
-            cost_usd: outcome.map_or(0.0, |outcome| outcome.dollars),
-            cache_saved_usd: outcome.map_or(0.0, |outcome| outcome.cache_saved),
-            error: (!succeeded).then(|| error.clone()),
-            checkpoint: None,
-            ended_at: SystemTime::now(),
-        };
-        UnitCommit {
-            lease: lease.clone(),
-            succeeded,
-            patch,
-            outcome: json!({
-                "worker": self.options.owner,
-                "result": outcome.and_then(|outcome| outcome.result.clone()),
-                "error": (!succeeded).then_some(error),
-            }),
-            finish,
-            other_finishes: Vec::new(),
-            at: SystemTime::now(),
-        }
-    }
-
-    /// A unit that could not be run: its start row (if none yet) and a failure to commit.
-    async fn failure(&self, lease: &Lease, message: String) -> Option<UnitCommit> {
-        let start = AgentStart {
-            run_id: lease.run_id.clone(),
-            agent_id: lease.agent_id.clone(),
-            attempt: lease.attempt,
-            task_description: String::new(),
-            mode: crate::config::Mode::Default,
-            model: None,
-            escalated: false,
-            started_at: SystemTime::now(),
-        };
-        match self.store.start_agent(start).await {
-            Ok(()) | Err(StoreError::AgentExists { .. }) => {}
-            Err(error) => {
-                self.note_error(error.to_string());
-                return None;
-            }
-        }
-        Some(self.commit(lease, None, message, Vec::new()))
     }
 }

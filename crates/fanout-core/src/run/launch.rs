@@ -26,8 +26,7 @@ use crate::run::lock::RepoLock;
 use crate::sandbox::SandboxConfig;
 use crate::store::{RunStatus, StoreLocation, StoreReader};
 
-/// Tries of one agent on transient failures (provider errors), the first included.
-pub const AGENT_ATTEMPTS: u32 = 3;
+pub use crate::attempt::AGENT_ATTEMPTS;
 
 /// What a front end brings to a run besides the plan.
 #[derive(Debug, Clone)]

@@ -120,6 +120,53 @@ fn postgres_message(error: &postgres::Error) -> String {
 }
 
 impl DbError {
+    /// The connection to the database is gone (PostgreSQL: the server closed it, restarted or
+    /// cannot be reached): it must be made again before it can serve anything.
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            DbError::Postgres(error) => {
+                if error.is_closed() {
+                    return true;
+                }
+                match error.code() {
+                    Some(code) => {
+                        let code = code.code();
+                        // 08: connection exception; 57P01-57P03: the server is shutting
+                        // down, crashed, or cannot take connections yet.
+                        code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+                    }
+                    None => std::error::Error::source(error)
+                        .is_some_and(|cause| cause.downcast_ref::<std::io::Error>().is_some()),
+                }
+            }
+            DbError::ConnectionGone => true,
+            DbError::Sqlite(_) | DbError::Type { .. } => false,
+        }
+    }
+
+    /// The statement may succeed if it is sent again later: the connection was lost, the
+    /// database was busy or locked by another writer past the wait, or the server was short
+    /// of resources or broke a deadlock. A statement the database refused is not.
+    pub fn is_transient(&self) -> bool {
+        if self.is_connection_lost() {
+            return true;
+        }
+        match self {
+            DbError::Sqlite(rusqlite::Error::SqliteFailure(error, _)) => matches!(
+                error.code,
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::CannotOpen
+            ),
+            DbError::Postgres(error) => error.code().is_some_and(|code| {
+                let code = code.code();
+                code.starts_with("53") || matches!(code, "40001" | "40P01")
+            }),
+            _ => false,
+        }
+    }
+
     /// A uniqueness or other integrity constraint refused the statement.
     pub fn is_constraint(&self) -> bool {
         match self {
@@ -149,4 +196,9 @@ pub trait Db: Send {
     fn begin(&self, durable: bool) -> Result<(), DbError>;
     /// Commit what [`Db::begin`] opened.
     fn commit(&self, durable: bool) -> Result<(), DbError>;
+    /// The connection is known to be unusable (PostgreSQL's client saw it close). A SQLite
+    /// file has no connection to lose.
+    fn is_closed(&self) -> bool {
+        false
+    }
 }

@@ -78,6 +78,8 @@ pub enum StoreError {
         column: &'static str,
         value: String,
     },
+    #[error("run store {store}: the connection was lost and cannot be made again: {message}")]
+    Unreachable { store: String, message: String },
     #[error("the run store writer has stopped; {what} was not recorded")]
     WriterClosed { what: &'static str },
     #[error("cannot start a run store thread: {source}")]
@@ -130,6 +132,24 @@ pub enum StoreError {
         what: &'static str,
         source: serde_json::Error,
     },
+}
+
+impl StoreError {
+    /// The operation may succeed if it is tried again later: the store could not be reached,
+    /// was busy, or lost its connection while the operation was on its way (the operation may
+    /// then have been applied, or not). An answer the store gave (a lost lease, an unknown
+    /// run, a record already there) is never transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Connect { .. }
+            | StoreError::Unreachable { .. }
+            | StoreError::Commit { .. } => true,
+            StoreError::Open { source, .. }
+            | StoreError::Database { source, .. }
+            | StoreError::Migrate { source, .. } => source.is_transient(),
+            _ => false,
+        }
+    }
 }
 
 /// An error and its causes on one line, each said once (`a: b: c`).

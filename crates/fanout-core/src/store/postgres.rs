@@ -19,6 +19,11 @@
 //! a transaction-scoped advisory lock, so two processes opening a fresh database at once
 //! apply each step once. The version is the one row of `fanout_schema`.
 //!
+//! **A lost connection.** The writer's connection does not outlive a server restart or a
+//! dropped network: the writer notices (a batch fails with a lost connection, or the client
+//! says it closed) and connects again before its next batch ([`super::Store`]'s writer);
+//! the batch that failed is reported to its callers, who may send it again.
+//!
 //! **No TLS yet.** The connection is plain TCP (or a Unix socket); a URL that asks for TLS
 //! is refused when it is parsed ([`super::StoreError::TlsUnsupported`]).
 
@@ -211,6 +216,14 @@ impl Db for PostgresDb {
 
     fn commit(&self, _durable: bool) -> Result<(), DbError> {
         self.batch("COMMIT")
+    }
+
+    fn is_closed(&self) -> bool {
+        match &self.conn {
+            Owner::Here(conn) => conn.borrow().client.is_closed(),
+            // A reader's connection thread answers ConnectionGone once it has stopped.
+            Owner::Thread(_) => false,
+        }
     }
 }
 

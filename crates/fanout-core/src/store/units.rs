@@ -8,7 +8,11 @@
 //! Workers lease ready units ([`Lease`]): a unit is ready when every unit it depends on has
 //! committed successfully, and a leased unit whose lease expired is ready again. Taking a
 //! unit adds one to its attempt, so the agent's `agent_runs` row of a new lease is a new
-//! attempt and the dead worker's row is closed as a failure. A worker extends its lease by
+//! attempt and the dead worker's row is closed as a failure. A worker that tries the agent
+//! again under its lease (an escalation, a transient failure) moves the unit to its next
+//! attempt in the transaction that ends the last one and starts the new one
+//! ([`next_attempt`]): the unit's counter is always the highest attempt recorded, so a
+//! takeover's attempt never collides with one a dead worker used. A worker extends its lease by
 //! heartbeats and ends it by committing the unit's outcome ([`UnitCommit`]): its patch, its
 //! outcome and its `agent_runs` finish row in one transaction, numbered in the run's commit
 //! order — refused ([`super::StoreError::LeaseLost`]) if the lease is no longer that
@@ -368,15 +372,17 @@ pub(super) fn lease(
             ));
         }
     };
-    // The previous lease's worker stopped heartbeating: its attempt ends here, as a failure.
+    // The previous lease's worker stopped heartbeating: the attempt it was making ends here,
+    // as a failure. Every earlier attempt is below this lease's number, whichever lease made
+    // it (a worker's further tries under one lease moved the counter too).
     db_.execute(
         "UPDATE agent_runs SET status = 'failure', timestamp_end = ?4,
              error = 'its worker stopped renewing the lease; another worker took the unit over'
-         WHERE run_id = ?1 AND agent_id = ?2 AND attempt = ?3 AND status IS NULL",
+         WHERE run_id = ?1 AND agent_id = ?2 AND attempt < ?3 AND status IS NULL",
         &[
             (&run).into(),
             (&agent).into(),
-            (attempt - 1).into(),
+            attempt.into(),
             now_text.as_str().into(),
         ],
     )
@@ -427,6 +433,33 @@ pub(super) fn heartbeat(
         return Err(UnitError::LeaseLost);
     }
     Ok(())
+}
+
+/// Move the unit held by `lease` to its next attempt, under the same lease: the unit's
+/// attempt counter goes up by one, so a later takeover (which adds one more) never reuses a
+/// number this worker recorded. Returns the lease as it now is. The caller writes the
+/// previous attempt's finish row and the new one's start row in the same transaction.
+/// [`UnitError::LeaseLost`] if the lease is no longer held.
+pub(super) fn next_attempt(db_: &dyn Db, lease: &Lease) -> Result<Lease, UnitError> {
+    let rows = db_
+        .query(
+            "UPDATE units SET attempt = attempt + 1
+             WHERE run_id = ?1 AND agent_id = ?2 AND lease_owner = ?3 AND attempt = ?4
+               AND state = 'leased'
+             RETURNING attempt",
+            &[
+                (&lease.run_id).into(),
+                (&lease.agent_id).into(),
+                lease.owner.as_str().into(),
+                lease.attempt.into(),
+            ],
+        )
+        .map_err(db("starting a unit's next attempt"))?;
+    let attempt = first_int(&rows).ok_or(UnitError::LeaseLost)?;
+    Ok(Lease {
+        attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+        ..lease.clone()
+    })
 }
 
 /// Mark the unit committed (or failed) with its patch and outcome, and give it the run's

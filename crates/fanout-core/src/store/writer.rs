@@ -104,6 +104,7 @@ enum Op {
         expires_at: SystemTime,
     },
     Heartbeat(Box<Lease>, SystemTime),
+    NextAttempt(Box<Lease>, Box<AgentFinish>, Box<AgentStart>),
     CommitUnit(Box<UnitCommit>),
     MarkApplied(RunId, AgentId, SystemTime),
     SkipUnits(RunId, Vec<AgentId>),
@@ -178,6 +179,8 @@ impl Store {
                 let mut writer = Writer {
                     db,
                     store: opening.to_string(),
+                    location: opening.clone(),
+                    lost: false,
                     next_event_seq: HashMap::new(),
                     log: None,
                     stats: WriterStats::default(),
@@ -358,6 +361,28 @@ impl Store {
         .map(|_| ())
     }
 
+    /// End the current attempt of the unit `lease` holds (`finish`, of `lease.attempt`) and
+    /// start its next one (`start`, whose attempt number the store sets) under the same
+    /// lease, in one transaction that also moves the unit's attempt counter: the lease as it
+    /// now is. [`StoreError::LeaseLost`] (and nothing written) if the lease is no longer the
+    /// caller's. Durable.
+    pub async fn next_unit_attempt(
+        &self,
+        lease: &Lease,
+        finish: AgentFinish,
+        start: AgentStart,
+    ) -> Result<Lease, StoreError> {
+        let op = Op::NextAttempt(Box::new(lease.clone()), Box::new(finish), Box::new(start));
+        match self.answer(op, "the unit's next attempt").await? {
+            Answer::Leased(Some(next)) => Ok(next),
+            _ => Err(StoreError::LeaseLost {
+                run_id: lease.run_id.clone(),
+                agent_id: lease.agent_id.clone(),
+                attempt: lease.attempt,
+            }),
+        }
+    }
+
     /// Commit a unit's outcome and its agent's finish row in one transaction; its number in
     /// the run's commit order. [`StoreError::LeaseLost`] (and nothing written) if the lease
     /// is no longer the committer's. Durable.
@@ -483,10 +508,16 @@ impl Store {
 struct Writer {
     db: Box<dyn Db>,
     store: String,
+    location: StoreLocation,
+    /// The last batch failed with a lost connection: connect again before the next one.
+    lost: bool,
     next_event_seq: HashMap<RunId, i64>,
     log: Option<LogSink>,
     stats: WriterStats,
 }
+
+/// The log lines of one operation's records (a unit's next attempt writes two).
+type Lines = Vec<serde_json::Value>;
 
 fn text(value: &str) -> SqlValue {
     SqlValue::Text(value.to_owned())
@@ -559,7 +590,21 @@ impl Writer {
         let mut outcomes: Vec<(Option<Ack>, Result<Answer, StoreError>)> = Vec::with_capacity(ops);
         let mut lines: Vec<serde_json::Value> = Vec::new();
 
+        if let Err(message) = self.reconnect_if_lost() {
+            for request in batch {
+                if let Op::Close(tx) = request.op {
+                    close = Some(tx);
+                }
+                let error = StoreError::Unreachable {
+                    store: self.store.clone(),
+                    message: message.clone(),
+                };
+                self.report(request.ack, Err(error));
+            }
+            return close;
+        }
         if let Err(err) = self.db.begin(durable) {
+            self.lost |= err.is_connection_lost();
             let message = err.to_string();
             for request in batch {
                 if let Op::Close(tx) = request.op {
@@ -575,16 +620,14 @@ impl Writer {
             let result = match request.op {
                 Op::Close(tx) => {
                     close = Some(tx);
-                    Ok((None, Answer::Done))
+                    Ok((Vec::new(), Answer::Done))
                 }
-                Op::Flush => Ok((None, Answer::Done)),
-                Op::AttachLog(path) => self.attach_log(path).map(|()| (None, Answer::Done)),
+                Op::Flush => Ok((Vec::new(), Answer::Done)),
+                Op::AttachLog(path) => self.attach_log(path).map(|()| (Vec::new(), Answer::Done)),
                 op => self.apply_in_savepoint(op),
             };
             let result = result.map(|(line, answer)| {
-                if let Some(line) = line {
-                    lines.push(line);
-                }
+                lines.extend(line);
                 answer
             });
             outcomes.push((request.ack, result));
@@ -600,6 +643,7 @@ impl Writer {
                 }
             }
             Err(err) => {
+                self.lost |= err.is_connection_lost();
                 let _ = self.db.batch("ROLLBACK");
                 let message = err.to_string();
                 for (ack, _) in outcomes {
@@ -608,6 +652,30 @@ impl Writer {
             }
         }
         close
+    }
+
+    /// Connect again when the last batch lost the connection or the client saw it close
+    /// (PostgreSQL: a server restart, a dropped network); the error's text when that fails,
+    /// and the next batch tries again.
+    fn reconnect_if_lost(&mut self) -> Result<(), String> {
+        if !self.lost && !self.db.is_closed() {
+            return Ok(());
+        }
+        let StoreLocation::Postgres(url) = &self.location else {
+            self.lost = false;
+            return Ok(());
+        };
+        match PostgresDb::connect_here(url) {
+            Ok(db) => {
+                self.db = Box::new(db);
+                self.lost = false;
+                Ok(())
+            }
+            Err(error) => {
+                self.lost = true;
+                Err(error.to_string())
+            }
+        }
     }
 
     fn commit_error(&self, ops: usize, message: &str) -> StoreError {
@@ -659,10 +727,7 @@ impl Writer {
     }
 
     /// Run one operation in a savepoint so its failure leaves the rest of the batch alone.
-    fn apply_in_savepoint(
-        &mut self,
-        op: Op,
-    ) -> Result<(Option<serde_json::Value>, Answer), StoreError> {
+    fn apply_in_savepoint(&mut self, op: Op) -> Result<(Lines, Answer), StoreError> {
         // Prepared once and reused: a fleet's batches run these around every record.
         self.db
             .execute("SAVEPOINT op", &[])
@@ -677,14 +742,14 @@ impl Writer {
         result
     }
 
-    fn apply(&mut self, op: Op) -> Result<(Option<serde_json::Value>, Answer), StoreError> {
+    fn apply(&mut self, op: Op) -> Result<(Lines, Answer), StoreError> {
         match op {
             Op::PublishUnits(plan, specs) => {
                 let run_id = plan.run_id.clone();
                 units::publish_plan(self.db.as_ref(), &plan)
                     .and_then(|()| units::enqueue(self.db.as_ref(), &run_id, &specs))
                     .map_err(|error| self.unit_error(error, &run_id, None))?;
-                Ok((None, Answer::Done))
+                Ok((Vec::new(), Answer::Done))
             }
             Op::Lease {
                 owner,
@@ -705,12 +770,21 @@ impl Writer {
                     let run = run_id.clone().unwrap_or_else(|| RunId::from("(any)"));
                     self.unit_error(error, &run, None)
                 })?;
-                Ok((None, Answer::Leased(lease)))
+                Ok((Vec::new(), Answer::Leased(lease)))
             }
             Op::Heartbeat(lease, expires_at) => {
                 units::heartbeat(self.db.as_ref(), &lease, expires_at)
                     .map_err(|error| self.unit_error(error, &lease.run_id, Some(&lease)))?;
-                Ok((None, Answer::Done))
+                Ok((Vec::new(), Answer::Done))
+            }
+            Op::NextAttempt(lease, finish, start) => {
+                let next = units::next_attempt(self.db.as_ref(), &lease)
+                    .map_err(|error| self.unit_error(error, &lease.run_id, Some(&lease)))?;
+                let mut lines: Lines = self.finish_agent(*finish)?.into_iter().collect();
+                let mut start = *start;
+                start.attempt = next.attempt;
+                lines.extend(self.start_agent(start)?);
+                Ok((lines, Answer::Leased(Some(next))))
             }
             Op::CommitUnit(unit) => {
                 let seq = units::commit(self.db.as_ref(), &unit).map_err(|error| {
@@ -721,17 +795,17 @@ impl Writer {
                 for finish in &unit.other_finishes {
                     self.finish_agent(finish.clone())?;
                 }
-                Ok((line, Answer::CommitSeq(seq)))
+                Ok((line.into_iter().collect(), Answer::CommitSeq(seq)))
             }
             Op::MarkApplied(run_id, agent_id, at) => {
                 units::mark_applied(self.db.as_ref(), &run_id, &agent_id, at)
                     .map_err(|error| self.unit_error(error, &run_id, None))?;
-                Ok((None, Answer::Done))
+                Ok((Vec::new(), Answer::Done))
             }
             Op::SkipUnits(run_id, agents) => {
                 units::skip(self.db.as_ref(), &run_id, &agents)
                     .map_err(|error| self.unit_error(error, &run_id, None))?;
-                Ok((None, Answer::Done))
+                Ok((Vec::new(), Answer::Done))
             }
             Op::TakeBucket {
                 name,
@@ -749,9 +823,11 @@ impl Writer {
                     now_ms,
                 )
                 .map_err(self.failed("taking from a rate bucket"))?;
-                Ok((None, Answer::WaitMs(wait)))
+                Ok((Vec::new(), Answer::WaitMs(wait)))
             }
-            op => self.apply_record(op).map(|line| (line, Answer::Done)),
+            op => self
+                .apply_record(op)
+                .map(|line| (line.into_iter().collect(), Answer::Done)),
         }
     }
 
@@ -812,6 +888,7 @@ impl Writer {
             | Op::PublishUnits(..)
             | Op::Lease { .. }
             | Op::Heartbeat(..)
+            | Op::NextAttempt(..)
             | Op::CommitUnit(_)
             | Op::MarkApplied(..)
             | Op::SkipUnits(..)

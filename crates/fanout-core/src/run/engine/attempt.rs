@@ -1,8 +1,9 @@
 //! One agent's task, to its final record: each attempt's start (pre-image and start row
 //! before any tool runs), the agent loop through the shared fleet, then its end row; a
-//! failed attempt is undone from its journal and pre-image, a `fast` result that fails
-//! validation is retried once on `default` (escalated), and transient failures are retried
-//! up to `max_attempts`.
+//! failed attempt is undone from its journal and pre-image, then [`crate::attempt::next_try`]
+//! decides what follows, as for a worker's agent: a `fast` result that fails validation is
+//! retried once on `default` (escalated), and transient failures are retried up to
+//! `max_attempts`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,8 +15,11 @@ use tokio_util::sync::CancellationToken;
 use super::records::{record, record_denials, record_tool_calls, usage_recorder};
 use super::scope::{LeaveInFlight, StartFuture, restore_scope, start_attempt, sync_scope};
 use super::{EngineEvent, Shared};
-use crate::agent::{AgentConfig, AgentOutcome, LoopStatus, run_agent_gated};
-use crate::attempt::{agent_config, agent_spec, failure_text};
+use crate::agent::{AgentConfig, AgentOutcome, run_agent_gated};
+use crate::attempt::{
+    NextTry, Tries, agent_config, agent_spec, failed_status, failure_text, next_try,
+    succeeded as attempt_succeeded,
+};
 use crate::config::Mode;
 use crate::ids::AgentId;
 use crate::plan::{Subtask, TaskId};
@@ -249,15 +253,16 @@ impl AgentTask {
         cancel: &CancellationToken,
     ) -> Next {
         let inputs = &self.shared.inputs;
-        // A fast model that gave no valid result, or said it could not finish, gets one more
-        // try on the default model.
-        let retry_on_default = matches!(
-            outcome.status,
-            LoopStatus::InvalidResult | LoopStatus::ReportedUnfinished(_)
-        ) && self.mode == Mode::Fast
-            && !self.escalated;
-        let transient = matches!(outcome.status, LoopStatus::ProviderError(_))
-            && self.attempt < inputs.max_attempts.max(1);
+        // Decided before the undo, on what the agent did (a worker asks the same rule).
+        let next = next_try(
+            &outcome.status,
+            Tries {
+                mode: self.mode,
+                escalated: self.escalated,
+                made: self.attempt,
+                max_attempts: inputs.max_attempts,
+            },
+        );
         let (succeeded, sync_failure) = self.make_durable(outcome, preimage).await;
         let destructive = if succeeded {
             deleted_something(&inputs.repo, toolbox)
@@ -289,13 +294,11 @@ impl AgentTask {
         if cancel.is_cancelled() {
             return Next::Done(self.fail(status, "cancelled".into()));
         }
-        if retry_on_default {
-            return Next::Escalate;
+        match next {
+            NextTry::Escalate => Next::Escalate,
+            NextTry::Again => Next::Retry,
+            NextTry::GiveUp => Next::Done(self.fail(status, error.unwrap_or_default())),
         }
-        if transient {
-            return Next::Retry;
-        }
-        Next::Done(self.fail(status, error.unwrap_or_default()))
     }
 
     /// Whether the attempt succeeded: its loop did, and its write scope is synced to disk;
@@ -305,7 +308,7 @@ impl AgentTask {
         outcome: &AgentOutcome,
         preimage: &Arc<Preimage>,
     ) -> (bool, Option<String>) {
-        let mut succeeded = outcome.status == LoopStatus::Success && outcome.flags.is_empty();
+        let mut succeeded = attempt_succeeded(outcome);
         let mut sync_failure = None;
         if succeeded {
             // Its edits reach the disk before its success row does (power loss).
@@ -343,12 +346,7 @@ impl AgentTask {
         if let Err(error) = restore_scope(&self.shared.inputs.repo, preimage).await {
             message.push_str(&format!("; could not restore its pre-image: {error}"));
         }
-        let status = if changed {
-            AgentStatus::Rollback
-        } else {
-            AgentStatus::Failure
-        };
-        (status, Some(message))
+        (failed_status(changed), Some(message))
     }
 
     /// The attempt's end row. If it cannot be written, the agent's changes must not stay

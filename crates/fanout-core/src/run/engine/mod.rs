@@ -27,7 +27,9 @@
 //! - `resume`: a resumed run's preparation (what earlier processes recorded, rollback of
 //!   every agent that did not succeed, in-flight attempts closed);
 //! - `attempt`: one agent's task, attempt by attempt, with `scope` (its pre-image, start
-//!   gate, sync and restore) and `records` (what its attempts leave on record);
+//!   gate, sync and restore) and `records` (what its attempts leave on record); whether an
+//!   attempt succeeded and what follows one that did not is [`crate::attempt`]'s rule,
+//!   shared with `fanout worker`;
 //! - `verify`: the final checkpoint, the scope check and the test command;
 //! - `remote`: the agents phase of a run shared with `fanout worker` processes, in place of
 //!   the scheduler's (publish, apply committed patches, checkpoints between applications);

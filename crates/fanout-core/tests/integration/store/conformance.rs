@@ -13,10 +13,12 @@ use fanout_core::store::{
 use serde_json::json;
 
 use super::units::{
-    a_late_commit_is_refused_and_writes_nothing, a_shared_bucket_holds_every_taker_to_its_rate,
-    a_unit_waits_for_its_dependencies_to_commit, a_worker_leases_only_the_kinds_it_can_run,
-    an_expired_lease_is_taken_over_as_a_new_attempt, commits_are_numbered_in_commit_order,
-    only_runs_with_a_recorded_plan_are_leased, two_workers_never_hold_one_unit,
+    a_late_commit_is_refused_and_writes_nothing,
+    a_lease_s_further_attempts_never_collide_with_a_takeover,
+    a_shared_bucket_holds_every_taker_to_its_rate, a_unit_waits_for_its_dependencies_to_commit,
+    a_worker_leases_only_the_kinds_it_can_run, an_expired_lease_is_taken_over_as_a_new_attempt,
+    commits_are_numbered_in_commit_order, only_runs_with_a_recorded_plan_are_leased,
+    two_workers_never_hold_one_unit,
 };
 use super::{Fresh, at, finish, new_run, start};
 
@@ -48,6 +50,7 @@ conformance!(
     two_workers_never_hold_one_unit,
     a_unit_waits_for_its_dependencies_to_commit,
     an_expired_lease_is_taken_over_as_a_new_attempt,
+    a_lease_s_further_attempts_never_collide_with_a_takeover,
     a_late_commit_is_refused_and_writes_nothing,
     commits_are_numbered_in_commit_order,
     only_runs_with_a_recorded_plan_are_leased,

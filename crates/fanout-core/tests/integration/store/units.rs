@@ -498,3 +498,87 @@ pub(crate) async fn a_shared_bucket_holds_every_taker_to_its_rate(fresh: Fresh) 
         store.close().await.unwrap();
     }
 }
+
+pub(crate) async fn a_lease_s_further_attempts_never_collide_with_a_takeover(fresh: Fresh) {
+    let store = published(&fresh, vec![unit("a1", &[])]).await;
+    let first = lease(&store, "dead", 0, 30).await.unwrap();
+    started(&store, &first).await;
+    // Two more attempts under the same lease: an escalation, then a retry.
+    let mut escalated = start("r1", "a1", Mode::Default);
+    escalated.escalated = true;
+    let mut failed = finish("r1", "a1", AgentStatus::Rollback);
+    failed.attempt = first.attempt;
+    let second = store
+        .next_unit_attempt(&first, failed, escalated.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        (second.attempt, second.owner.as_str(), second.expires_at),
+        (2, "dead", first.expires_at)
+    );
+    // The lease as it was is spent: renewing it, or starting another attempt from it, is
+    // refused and writes nothing.
+    assert!(matches!(
+        store.heartbeat(&first, at(20)).await,
+        Err(StoreError::LeaseLost { attempt: 1, .. })
+    ));
+    let mut again = finish("r1", "a1", AgentStatus::Failure);
+    again.attempt = first.attempt;
+    assert!(matches!(
+        store
+            .next_unit_attempt(&first, again, escalated.clone())
+            .await,
+        Err(StoreError::LeaseLost { attempt: 1, .. })
+    ));
+    store.heartbeat(&second, at(40)).await.unwrap();
+    let mut outage = finish("r1", "a1", AgentStatus::Failure);
+    outage.attempt = second.attempt;
+    outage.error = Some("model API: overloaded".to_owned());
+    let third = store
+        .next_unit_attempt(&second, outage, escalated)
+        .await
+        .unwrap();
+    assert_eq!(third.attempt, 3);
+    // The worker dies in its third attempt; the takeover is a fourth, never a number it used.
+    assert_eq!(lease(&store, "live", 39, FAR).await, None, "still held");
+    let live = lease(&store, "live", 41, FAR).await.unwrap();
+    assert_eq!((live.attempt, live.owner.as_str()), (4, "live"));
+    started(&store, &live).await;
+    store
+        .commit_unit(outcome(&live, true, b"patch", 50))
+        .await
+        .unwrap();
+    // The dead worker's next attempt after the takeover is refused.
+    let mut late = finish("r1", "a1", AgentStatus::Failure);
+    late.attempt = third.attempt;
+    assert!(matches!(
+        store
+            .next_unit_attempt(&third, late, start("r1", "a1", Mode::Default))
+            .await,
+        Err(StoreError::LeaseLost { attempt: 3, .. })
+    ));
+    store.close().await.unwrap();
+    let reader = StoreReader::open_at(&fresh.location).unwrap();
+    let mut rows: Vec<(u32, Option<AgentStatus>, bool, Option<Mode>)> = reader
+        .agent_runs(&"r1".into())
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.attempt, row.status, row.escalated, row.mode))
+        .collect();
+    rows.sort_by_key(|row| row.0);
+    assert_eq!(
+        rows,
+        [
+            (1, Some(AgentStatus::Rollback), false, Some(Mode::Default)),
+            (2, Some(AgentStatus::Failure), true, Some(Mode::Default)),
+            // Closed by the takeover: its worker never finished it.
+            (3, Some(AgentStatus::Failure), true, Some(Mode::Default)),
+            (4, Some(AgentStatus::Success), false, Some(Mode::Default)),
+        ]
+    );
+    let row = &reader.units(&"r1".into()).unwrap()[0];
+    assert_eq!(
+        (row.state, row.attempt, row.lease_owner.as_deref()),
+        (UnitState::Committed, 4, Some("live"))
+    );
+}
