@@ -564,9 +564,11 @@ fn a_coordinator_and_three_workers_survive_kill_9_of_a_worker_and_of_the_coordin
     );
     for child in survivors {
         let output = exit_within(child, std::time::Duration::from_secs(600));
+        // The report on stdout names the first error, if any.
         assert!(
             output.status.success(),
-            "{}",
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
     }

@@ -23,6 +23,9 @@ use crate::ids::{AgentId, RunId};
 
 /// Most operations committed in one transaction.
 pub const MAX_BATCH: usize = 500;
+/// First key of the PostgreSQL transaction locks that number a run's events (the second is
+/// the run id's hash); apart from the migrations' lock.
+const EVENT_LOCK_CLASS: i32 = 0x0066_6e65;
 /// Numbers an event of a run may be given before the writer gives up on it (each is taken
 /// by another writer of the same run only when that writer recorded one meanwhile).
 const EVENT_SEQ_TRIES: usize = 8;
@@ -615,9 +618,21 @@ impl Writer {
             return close;
         }
 
+        // PostgreSQL: events are numbered per run across every writer of the run (a shared
+        // run's coordinator and workers). Inserted in this transaction, a writer's event could
+        // wait on another writer's uncommitted one while holding this batch's locks (a unit's
+        // commit number, a lease), and the other wait on those: a deadlock. They go in their
+        // own transaction after this one (`commit_events`), which takes nothing else.
+        let postgres = self.db.dialect() == super::Dialect::Postgres;
+        // Each with where its log line goes among the batch's lines.
+        let mut deferred: Vec<(usize, EventRecord)> = Vec::new();
         for request in batch {
             self.stats.ops += 1;
             let result = match request.op {
+                Op::Event(event) if postgres && request.ack.is_none() => {
+                    deferred.push((lines.len(), *event));
+                    continue;
+                }
                 Op::Close(tx) => {
                     close = Some(tx);
                     Ok((Vec::new(), Answer::Done))
@@ -637,6 +652,20 @@ impl Writer {
             Ok(()) => {
                 self.stats.batches += 1;
                 self.stats.largest_batch = self.stats.largest_batch.max(ops);
+                if !deferred.is_empty() {
+                    let (at, events): (Vec<usize>, Vec<EventRecord>) = deferred.into_iter().unzip();
+                    match self.commit_events(events, durable) {
+                        Ok(more) => {
+                            // In the order the batch held them, so the log reads as before.
+                            for (position, line) in at.into_iter().zip(more).rev() {
+                                if let Some(line) = line {
+                                    lines.insert(position, line);
+                                }
+                            }
+                        }
+                        Err(error) => self.report(None, Err(error)),
+                    }
+                }
                 self.write_log(&lines);
                 for (ack, result) in outcomes {
                     self.report(ack, result);
@@ -646,6 +675,8 @@ impl Writer {
                 self.lost |= err.is_connection_lost();
                 let _ = self.db.batch("ROLLBACK");
                 let message = err.to_string();
+                // Queued: no one waits on them, so they are counted as lost.
+                self.stats.failed_queued_ops += deferred.len() as u64;
                 for (ack, _) in outcomes {
                     self.report(ack, Err(self.commit_error(ops, &message)));
                 }
@@ -1299,6 +1330,95 @@ impl Writer {
                 "tool": denial.tool,
                 "target": denial.target,
                 "reason": denial.reason,
+            })
+        }))
+    }
+
+    /// PostgreSQL: `events` in a transaction of their own, numbered under a transaction lock
+    /// per run (taken in run order, and nothing else is locked), so numbers never collide
+    /// and no writer waits on another's uncommitted event; their log lines, one per event.
+    fn commit_events(
+        &mut self,
+        events: Vec<EventRecord>,
+        durable: bool,
+    ) -> Result<Vec<Option<serde_json::Value>>, StoreError> {
+        let mut runs: Vec<RunId> = events.iter().map(|event| event.run_id.clone()).collect();
+        runs.sort();
+        runs.dedup();
+        self.db.begin(durable).map_err(|error| {
+            self.lost |= error.is_connection_lost();
+            self.failed("recording events")(error)
+        })?;
+        let result = (|| {
+            let mut next: HashMap<RunId, i64> = HashMap::new();
+            for run in &runs {
+                self.db
+                    .execute(
+                        &format!("SELECT pg_advisory_xact_lock({EVENT_LOCK_CLASS}, hashtext(?1))"),
+                        &[run.into()],
+                    )
+                    .map_err(self.failed("locking a run's event numbers"))?;
+                next.insert(run.clone(), self.last_event_seq(run)? + 1);
+            }
+            let mut lines = Vec::new();
+            for event in events {
+                let seq = next.get(&event.run_id).copied().unwrap_or(1);
+                next.insert(event.run_id.clone(), seq + 1);
+                lines.push(self.insert_event(&event, seq)?);
+            }
+            Ok(lines)
+        })();
+        let lines = match result {
+            Ok(lines) => lines,
+            Err(error) => {
+                let _ = self.db.batch("ROLLBACK");
+                return Err(error);
+            }
+        };
+        self.db.commit(durable).map_err(|error| {
+            self.lost |= error.is_connection_lost();
+            let _ = self.db.batch("ROLLBACK");
+            self.failed("recording events")(error)
+        })?;
+        // A writer that records events only this way keeps no numbers of its own.
+        self.next_event_seq.clear();
+        Ok(lines)
+    }
+
+    /// One `events` row numbered `seq`; its log line (with a run log attached). Whether the
+    /// number was free is the caller's to know.
+    fn insert_event(
+        &mut self,
+        event: &EventRecord,
+        seq: i64,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let at = format_time(event.at);
+        let payload = serde_json::to_string(&event.payload).map_err(|source| StoreError::Json {
+            what: "an event payload",
+            source,
+        })?;
+        self.db
+            .execute(
+                "INSERT INTO events (run_id, seq, at, agent_id, kind, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                &[
+                    (&event.run_id).into(),
+                    seq.into(),
+                    text(&at),
+                    event.agent_id.as_ref().into(),
+                    text(&event.kind),
+                    payload.into(),
+                ],
+            )
+            .map_err(self.failed("recording an event"))?;
+        Ok(self.log.is_some().then(|| {
+            json!({
+                "timestamp": at,
+                "run_id": event.run_id,
+                "seq": seq,
+                "agent_id": event.agent_id,
+                "kind": event.kind,
+                "payload": event.payload,
             })
         }))
     }
