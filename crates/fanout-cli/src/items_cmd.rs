@@ -352,6 +352,15 @@ async fn live(
     if let Some(run_id) = &resume {
         eprintln!("fanout: continuing item run {run_id} (settled chunks are not sent again)");
     }
+    if let Some(share) = &share
+        && !args.json
+    {
+        eprintln!(
+            "fanout: item run {run_id} shared through {location} with {} chunk(s) at a time on this machine; start workers with `fanout worker --store {}`",
+            share.local_slots,
+            crate::live::shell_word(&location.to_string())
+        );
+    }
     let cancel = CancellationToken::new();
     let followup = crate::live::Followup::new(&root, args.model.simulated());
     handle_interrupts(
@@ -362,7 +371,8 @@ async fn live(
     let display = Arc::new(Mutex::new(Display {
         progress: Progress::new(style),
         tally: Tally {
-            ungoverned: job.execution == Execution::Batch,
+            // Batches, and a shared run's workers, do not go through this process's governor.
+            ungoverned: job.execution == Execution::Batch || share.is_some(),
             ..Tally::default()
         },
         fast: job.worker_mode == fanout_core::config::Mode::Fast,
