@@ -2,7 +2,9 @@
 //! call every agent of a run makes.
 //!
 //! One attempt goes: estimate the cost, reserve it in the governor (queueing as long as the
-//! fleet needs), send, then settle the reservation from the answer. A failure is classified by
+//! fleet needs), take it from the limits shared with other processes when there are any
+//! ([`crate::governor::shared`]), send, then settle the reservation (and the shared take)
+//! from the answer; the limits the other processes learned go to the governor. A failure is classified by
 //! the retry policy; a retry waits the server's delay or the backoff, then takes a token from
 //! the fleet-wide retry budget (not for a 429, which the governor's pause paces, nor during an
 //! outage, which the governor's probe paces) and gives it back if it succeeds. Every wait races
@@ -15,6 +17,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::governor::estimate::TokenEstimator;
+use crate::governor::shared::{SharedLimits, Take, Taken, Used};
 use crate::governor::{Cost, Governor};
 use crate::provider::{Attempt, ErrorClass, Provider, ProviderError, Request, Response};
 use crate::retry::{GiveUpReason, RetryBudget, RetryDecision, RetryPolicy, jitter_unit};
@@ -108,8 +111,8 @@ pub struct Fleet {
     estimator: Arc<TokenEstimator>,
     counters: Arc<FleetCounters>,
     stream: bool,
-    /// A limit shared with other processes, taken after this process's governor admits.
-    shared: Option<Arc<dyn crate::governor::shared::SharedBucket>>,
+    /// Limits shared with other processes, taken after this process's governor admits.
+    shared: Option<Arc<dyn SharedLimits>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -141,13 +144,12 @@ impl Fleet {
         }
     }
 
-    /// Also take every request from `bucket`, shared with other processes (workers on other
-    /// machines under one organisation's limit).
-    pub fn with_shared_bucket(
-        mut self,
-        bucket: Arc<dyn crate::governor::shared::SharedBucket>,
-    ) -> Self {
-        self.shared = Some(bucket);
+    /// Also take every request from `limits`, shared with other processes (workers on other
+    /// machines under one organisation's limits); the limits they learned already are the
+    /// governor's from now on.
+    pub fn with_shared_limits(mut self, limits: Arc<dyn SharedLimits>) -> Self {
+        self.governor.adopt(&limits.learned());
+        self.shared = Some(limits);
         self
     }
 
@@ -194,16 +196,21 @@ impl Fleet {
             counters
                 .governor_wait_ms
                 .fetch_add(reservation.waited().as_millis() as u64, Ordering::Relaxed);
+            let mut taken: Option<Taken> = None;
             if let Some(shared) = &self.shared {
                 loop {
-                    let wait = tokio::select! {
+                    let take = tokio::select! {
                         biased;
                         _ = cancel.cancelled() => return Err(FleetError::Cancelled { attempts: attempt - 1 }),
-                        wait = shared.take(1) => wait,
+                        take = shared.take(cost) => take,
                     };
-                    if wait.is_zero() {
-                        break;
-                    }
+                    let wait = match take {
+                        Take::Taken(drawn) => {
+                            taken = Some(drawn);
+                            break;
+                        }
+                        Take::Wait(wait) => wait,
+                    };
                     governor_wait += wait;
                     counters
                         .governor_wait_ms
@@ -228,6 +235,12 @@ impl Fleet {
             let error = match result {
                 Ok(response) => {
                     reservation.succeeded(&response.usage, &response.rate_limits);
+                    let used = Used::Answered(Cost {
+                        input_tokens: response.usage.rate_limited_input(),
+                        output_tokens: response.usage.output_tokens,
+                    });
+                    self.settle_shared(taken, used, Some(response.rate_limits))
+                        .await;
                     self.estimator.observe(
                         raw_input,
                         response.usage.rate_limited_input(),
@@ -257,6 +270,13 @@ impl Fleet {
                 Err(error) => error,
             };
             let failure = reservation.failed(&error);
+            let used = if error.class() == ErrorClass::RateLimited {
+                Used::Refused
+            } else {
+                Used::Failed
+            };
+            self.settle_shared(taken, used, error.rate_limits().copied())
+                .await;
             if error.class() == ErrorClass::RateLimited {
                 rate_limited += 1;
             }
@@ -304,6 +324,23 @@ impl Fleet {
                     .fetch_add(budget_from.elapsed().as_millis() as u64, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Correct a shared take to what the server counted, and give the governor the limits
+    /// the other processes learned. Headers are passed on only when the governor learns
+    /// from them.
+    async fn settle_shared(
+        &self,
+        taken: Option<Taken>,
+        used: Used,
+        reported: Option<crate::provider::RateLimitSnapshot>,
+    ) {
+        let (Some(shared), Some(taken)) = (&self.shared, taken) else {
+            return;
+        };
+        let reported = reported.filter(|_| self.governor.config().learn_from_headers);
+        let learned = shared.settle(taken, used, reported).await;
+        self.governor.adopt(&learned);
     }
 
     /// A copy of the counters.

@@ -12,6 +12,8 @@
 //! - [`retry`]: which errors to retry, how long to wait, and a fleet-wide retry budget.
 //! - [`governor`]: the fleet-wide rate governor every agent of a run shares (request, input and
 //!   output token buckets, header feedback, AIMD on in-flight concurrency).
+//! - [`budget`]: a run's dollar budget, the rule that admits the next task (local scheduler
+//!   and store leases alike).
 //! - [`fleet`]: a provider wrapped in the governor and the retry policy: what agents call.
 //! - [`backend`]: where calls go (the real APIs or an in-process simulator) and the one place
 //!   provider, fleet and batch client are built.
@@ -47,6 +49,7 @@
 pub mod agent;
 pub mod attempt;
 pub mod backend;
+pub mod budget;
 pub mod config;
 pub mod distributed;
 pub mod env;

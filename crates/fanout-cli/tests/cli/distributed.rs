@@ -277,6 +277,7 @@ fn publish(
             workflow_path.map(str::to_owned),
             &base,
             bundle,
+            &[],
         )
         .await
         .unwrap();
@@ -1318,4 +1319,176 @@ fn workers_wait_out_a_postgres_restart_and_give_up_on_a_store_that_stays_down() 
         gave_up_after >= std::time::Duration::from_secs(2),
         "{gave_up_after:?}"
     );
+}
+
+/// `budgets.run.max_dollars` held over two worker processes: a coordinator (`--local-slots
+/// 0`) publishes ten one-file agents with a budget that pays for about half of them; two
+/// workers with two slots each run what the budget covers, reserving each unit's estimate at
+/// its lease and settling the actual cost at its commit. What all of them spent together
+/// stays within the budget plus what one unit costs (the local scheduler's rule: a unit that
+/// started is never stopped, so running units may cost more than they reserved), and every
+/// unit not run is skipped with the reason the local engine gives.
+#[test]
+fn two_workers_spend_within_the_runs_budget_and_the_units_it_cannot_cover_say_why() {
+    const AGENTS: usize = 10;
+    let repo = super::trust::small_repo(AGENTS);
+    let work = tempfile::tempdir().unwrap();
+    let plan = super::trust::edit_plan(work.path(), AGENTS)
+        .display()
+        .to_string();
+    let scenario = work.path().join("scenario.yaml");
+    std::fs::write(&scenario, crate::live_run::SCENARIO).unwrap();
+    let scenario = scenario.display().to_string();
+    let workflow = |extra: &str| {
+        super::trust::edit_workflow(work.path(), extra)
+            .display()
+            .to_string()
+    };
+    let dry = fanout(
+        &[
+            "run",
+            &workflow(""),
+            "--plan",
+            &plan,
+            "--scenario",
+            &scenario,
+            "--dry-run",
+            "--json",
+        ],
+        repo.path(),
+    );
+    let estimate: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    let estimated = estimate["estimate"]["dollars"].as_f64().unwrap();
+    // The scripted agents spend about 60 % of the estimate: 30 % of it pays for about half.
+    let budget = estimated * 0.3;
+    let workflow = workflow(&format!(
+        "  budgets:\n    run:\n      max_dollars: {budget:.6}\n"
+    ));
+
+    let shared = tempfile::tempdir().unwrap();
+    let db = shared.path().join("store.db");
+    let coordinator = std::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
+        .args(["run", &workflow, "--plan", &plan, "--scenario", &scenario])
+        .arg("--store")
+        .arg(&db)
+        .args(["--local-slots", "0", "--json", "--repo"])
+        .arg(repo.path())
+        .output_async();
+    let location = StoreLocation::Sqlite(db.clone());
+    let mut run_id = String::new();
+    super::wait_for("the coordinator to publish the run", || {
+        let Ok(reader) = StoreReader::open_at(&location) else {
+            return false;
+        };
+        match reader
+            .query_raw("SELECT run_id FROM run_plans", &[])
+            .ok()
+            .and_then(|rows| rows.into_iter().next())
+            .and_then(|row| row.into_iter().next())
+        {
+            Some(fanout_core::store::SqlValue::Text(id)) => {
+                run_id = id;
+                true
+            }
+            _ => false,
+        }
+    });
+    let caches: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let workers: Vec<_> = caches
+        .iter()
+        .enumerate()
+        .map(|(index, cache)| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
+                .args(["worker", "--store"])
+                .arg(&db)
+                .arg("--cache")
+                .arg(cache.path())
+                .args(["--run", &run_id, "--exit-when-done", "--slots", "2"])
+                .args(["--name", &format!("w{index}"), "--scenario", &scenario])
+                .current_dir(cache.path())
+                .env_remove("ANTHROPIC_API_KEY")
+                .env_remove("ANTHROPIC_BASE_URL")
+                .output_async()
+        })
+        .collect();
+    for child in workers {
+        let output = exit_within(child, std::time::Duration::from_secs(300));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let closing = exit_within(coordinator, std::time::Duration::from_secs(60));
+    let printed = String::from_utf8_lossy(&closing.stdout).into_owned();
+
+    let reader = StoreReader::open_at(&location).unwrap();
+    let run = run_id.as_str().into();
+    let units = reader.units(&run).unwrap();
+    let committed = units
+        .iter()
+        .filter(|unit| unit.state == UnitState::Committed)
+        .count();
+    let skipped: Vec<_> = units
+        .iter()
+        .filter(|unit| unit.state == UnitState::Skipped)
+        .collect();
+    let costs: Vec<f64> = reader
+        .agent_runs(&run)
+        .unwrap()
+        .iter()
+        .map(|row| row.cost_usd)
+        .collect();
+    let spent: f64 = costs.iter().sum();
+    let most = costs.iter().copied().fold(0.0, f64::max);
+    eprintln!(
+        "budget ${budget:.4} (estimate ${estimated:.4}): {committed} committed, {} skipped, ${spent:.4} spent over {} attempts",
+        skipped.len(),
+        costs.len()
+    );
+    assert_eq!(committed + skipped.len(), AGENTS, "{units:?}");
+    assert!(committed >= 2, "the budget pays for more than one unit");
+    assert!(!skipped.is_empty(), "every unit ran: {spent} of {budget}");
+    assert!(
+        spent <= budget + most,
+        "spent ${spent} of a ${budget} budget (one unit costs up to ${most})"
+    );
+    for unit in &skipped {
+        assert_eq!(
+            unit.skip_reason.as_deref(),
+            Some(fanout_core::store::BUDGET_EXHAUSTED),
+            "{}",
+            unit.agent_id
+        );
+    }
+    // The store's ledger agrees with the attempts' costs, and nothing stays reserved.
+    let ledger = reader.run_spend(&run).unwrap().unwrap();
+    assert_eq!(
+        ledger.max_dollars.map(|d| (d * 1e6).round()),
+        Some((budget * 1e6).round())
+    );
+    assert!((ledger.spent_usd - spent).abs() < 1e-9, "{ledger:?}");
+    assert!(ledger.reserved_usd.abs() < 1e-9, "{ledger:?}");
+    // The coordinator counts them as not run, for that reason.
+    let events: Vec<serde_json::Value> = printed
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let not_run: Vec<&str> = events
+        .iter()
+        .filter(|event| event["event"] == "agent_not_run")
+        .map(|event| event["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        not_run,
+        vec![fanout_core::store::BUDGET_EXHAUSTED; skipped.len()],
+        "{printed}"
+    );
+    let outcome = &events
+        .iter()
+        .find(|event| event["event"] == "run_finished")
+        .unwrap_or_else(|| panic!("no run_finished in {printed}"))["outcome"];
+    assert_eq!(outcome["succeeded"], committed, "{outcome}");
+    assert_eq!(outcome["not_run"], skipped.len(), "{outcome}");
+    assert_eq!(outcome["status"], "partial", "{outcome}");
 }

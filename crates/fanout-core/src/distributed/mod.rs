@@ -28,14 +28,17 @@
 //! (`crate::run::engine`, module `remote`), and the run's checkpoints, verification,
 //! synthesis and totals are the local run's own.
 //!
-//! - [`bucket`]: the workflow's requests-per-minute limit shared by every worker's fleet
-//!   through one store row.
+//! - [`limits`]: the rate limits every worker's fleet shares through the store: the
+//!   workflow's and the learned ones, requests and tokens, one bucket row per model API and
+//!   limit, corrected from each answer's usage.
 //!
-//! Not here: token limits and dollar budgets shared between workers.
+//! The run's dollar budget is shared too, below this layer: a lease reserves the unit's
+//! estimate (published with it) and the commit settles the actual cost
+//! ([`crate::store::units`], by [`crate::budget`]'s rule).
 
 pub mod apply;
-pub mod bucket;
 pub mod handler;
+pub mod limits;
 mod patience;
 pub mod publish;
 pub mod tree;
@@ -43,8 +46,8 @@ mod unit;
 pub mod worker;
 
 pub use apply::{Applied, ApplyError, apply_committed};
-pub use bucket::StoreBucket;
 pub use handler::{HandlerError, HandlerRun, UnitContext, UnitHandler, UnitHandlers};
+pub use limits::StoreLimits;
 pub use publish::{PublishError, base_bundle, publish_run};
 pub use tree::TreeError;
 pub use worker::{WorkerError, WorkerOptions, WorkerReport, work};

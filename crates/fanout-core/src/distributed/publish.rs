@@ -1,11 +1,14 @@
 //! What a coordinator gives its workers: the reviewed plan (as JSON, with its `sha256:`
-//! hash, which workers check before they run anything), the workflow file's text, and the
-//! base commit as a `git bundle`, stored once per run; then one unit per sub-task with its
-//! dependencies.
+//! hash, which workers check before they run anything), the workflow file's text, the run's
+//! dollar budget (the workflow's `budgets.run.max_dollars`) and the base commit as a `git
+//! bundle`, stored once per run; then one unit per sub-task with its dependencies and its
+//! estimated cost (the plan's estimate, the same numbers the local scheduler reserves), which
+//! a lease reserves against the budget ([`crate::store::units`]).
 
 use std::path::Path;
 use std::time::SystemTime;
 
+use crate::config::{Config, ConfigError};
 use crate::git::{Git, GitError};
 use crate::ids::{AgentId, RunId};
 use crate::plan::{Plan, hash_bytes};
@@ -18,6 +21,8 @@ pub enum PublishError {
     Git(#[from] GitError),
     #[error("cannot encode the plan: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("the workflow cannot be read: {0}")]
+    Workflow(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -39,8 +44,11 @@ pub fn base_bundle(repo: &Path, base_commit: &str) -> Result<Vec<u8>, GitError> 
     bundle
 }
 
-/// Store `plan` (hashed as published), the workflow's text and the base bundle for `run_id`,
-/// and enqueue one unit per sub-task. Idempotent.
+/// Store `plan` (hashed as published), the workflow's text, its run budget and the base
+/// bundle for `run_id`, and enqueue one unit per sub-task with its estimated dollars
+/// (`estimated_dollars`, in plan order; missing estimates are 0, so only actual spend counts
+/// against the budget for them). Idempotent.
+#[allow(clippy::too_many_arguments)]
 pub async fn publish_run(
     store: &Store,
     run_id: &RunId,
@@ -49,7 +57,11 @@ pub async fn publish_run(
     workflow_path: Option<String>,
     base_commit: &str,
     bundle: Vec<u8>,
+    estimated_dollars: &[f64],
 ) -> Result<String, PublishError> {
+    // The budget of the very text the workers will run under.
+    let origin = workflow_path.as_deref().unwrap_or("workflow.yaml");
+    let max_dollars = Config::from_str(&workflow, origin)?.budgets.run.max_dollars;
     let text = serde_json::to_string_pretty(plan)?;
     let plan_hash = hash_bytes(text.as_bytes());
     let record = RunPlanRecord {
@@ -60,13 +72,16 @@ pub async fn publish_run(
         workflow_path,
         base_commit: base_commit.to_owned(),
         base_bundle: bundle,
+        max_dollars,
         created_at: SystemTime::now(),
     };
     let units = plan
         .subtasks
         .iter()
-        .map(|subtask| {
-            UnitSpec::agent(
+        .enumerate()
+        .map(|(index, subtask)| UnitSpec {
+            estimated_usd: estimated_dollars.get(index).copied().unwrap_or(0.0),
+            ..UnitSpec::agent(
                 AgentId::from(&subtask.task_id),
                 subtask.depends_on.iter().map(AgentId::from).collect(),
             )

@@ -6,10 +6,10 @@
 //! heartbeat renews its lease every third of its length. This module owns the loop, the
 //! heartbeats, the run contexts (made once per run and kept: the published plan, its hash
 //! checked against the one the coordinator recorded, the workflow parsed from its stored
-//! text, a fleet on the worker's model API; with a requests-per-minute limit in the
-//! workflow every request is also taken from the store's shared bucket for it
-//! ([`super::bucket`]), so the workers together stay under it), and the worker's dealings
-//! with a store it cannot reach for a moment.
+//! text, a fleet on the worker's model API whose every request is also taken from the
+//! store's shared buckets of the workflow's and the learned limits and settled from its
+//! answer ([`super::limits`]), so the workers together stay under them), and the worker's
+//! dealings with a store it cannot reach for a moment.
 //!
 //! A unit of another kind (an item run's chunk) goes, once leased, to the handler the worker
 //! was given for that kind ([`super::handler`]); the heartbeat and the commit are the same.
@@ -509,15 +509,19 @@ impl Worker {
                 .unwrap_or("claude-workflows.yaml"),
         );
         let config = Arc::new(Config::from_str(&record.workflow, origin)?);
-        let mut fleet = self.backend.fleet(&config)?;
-        if let Some(rpm) = config.rate_limits.requests_per_minute {
-            // One bucket per model API and limit, whichever run or worker takes from it.
-            let api = config.model_for_mode(crate::config::Mode::Default).provider;
-            let name = format!("{api:?}:requests_per_minute:{rpm}").to_lowercase();
-            fleet = fleet.with_shared_bucket(Arc::new(
-                super::bucket::StoreBucket::requests_per_minute(self.store.clone(), name, rpm),
-            ));
-        }
+        let fleet = self.backend.fleet(&config)?;
+        // One bucket per model API and limit, whichever run or worker takes from it: the
+        // fleet's API is the orchestrator model's, as the backend builds it.
+        let api = format!("{:?}", config.orchestrator_model().provider).to_lowercase();
+        let limits = super::limits::StoreLimits::open(
+            self.store.clone(),
+            api,
+            self.options.owner.clone(),
+            &config.rate_limits,
+            fleet.governor().config(),
+        )
+        .await;
+        let fleet = fleet.with_shared_limits(Arc::new(limits));
         let context = Arc::new(RunContext {
             plan,
             plan_hash: found,

@@ -155,6 +155,42 @@ pub struct Limits {
     pub tokens: Option<u64>,
 }
 
+impl Limits {
+    /// The limits a response's headers report, as the governor reads them: Anthropic's input
+    /// and output token limits when it gives them (its combined "tokens" is only the tighter
+    /// of the two), else the combined token limit (OpenAI's).
+    pub fn reported(headers: &RateLimitSnapshot) -> Limits {
+        let separate =
+            headers.input_tokens.limit.is_some() || headers.output_tokens.limit.is_some();
+        Limits {
+            requests: headers.requests.limit,
+            input_tokens: headers.input_tokens.limit,
+            output_tokens: headers.output_tokens.limit,
+            tokens: if separate { None } else { headers.tokens.limit },
+        }
+    }
+
+    /// In the order the governor keeps its buckets: requests, input, output, combined.
+    pub fn as_array(&self) -> [Option<u64>; 4] {
+        [
+            self.requests,
+            self.input_tokens,
+            self.output_tokens,
+            self.tokens,
+        ]
+    }
+
+    pub fn from_array(limits: [Option<u64>; 4]) -> Limits {
+        let [requests, input_tokens, output_tokens, tokens] = limits;
+        Limits {
+            requests,
+            input_tokens,
+            output_tokens,
+            tokens,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct State {
     requests: Option<Bucket>,
@@ -364,6 +400,54 @@ impl Governor {
         snapshot.peak_in_flight = snapshot.peak_in_flight.max(in_flight);
         snapshot.total_wait += now.saturating_duration_since(queued_at);
         Wait::Admitted
+    }
+
+    /// Adopt limits other processes learned from the same API's headers (shared through
+    /// [`shared::SharedLimits`]): a limit this governor has no bucket for gets a learned one
+    /// (starting full, half of it held back until a report of our own confirms it), and a
+    /// bucket whose limit is higher is lowered to it: the lower limit binds, as when a
+    /// workflow's limit meets a learned one. Knowing a limit ends a probe.
+    pub fn adopt(&self, limits: &Limits) {
+        if !self.inner.config.learn_from_headers {
+            return;
+        }
+        let mut guard = lock(&self.inner.state);
+        let state = &mut *guard;
+        let now = Instant::now();
+        let mut adopted = false;
+        for (index, limit) in limits.as_array().into_iter().enumerate() {
+            let Some(limit) = limit else { continue };
+            let (slot, learned) = match index {
+                0 => (&mut state.requests, &mut state.learned[0]),
+                1 => (&mut state.input, &mut state.learned[1]),
+                2 => (&mut state.output, &mut state.learned[2]),
+                _ => (&mut state.tokens, &mut state.learned[3]),
+            };
+            match slot {
+                None => {
+                    *slot = Some(Bucket::learned(limit, None, now));
+                    *learned = true;
+                    adopted = true;
+                }
+                Some(bucket) if bucket.limit_per_minute() > limit => {
+                    let (headroom, burst) = if *learned {
+                        (0.0, 1.0)
+                    } else {
+                        (self.inner.config.headroom, self.inner.config.burst_fraction)
+                    };
+                    bucket.set_limit(limit, headroom, burst);
+                    adopted = true;
+                }
+                Some(_) => {}
+            }
+        }
+        if limits.as_array().iter().any(Option::is_some) {
+            state.probing = false;
+        }
+        drop(guard);
+        if adopted {
+            self.inner.changed.notify_waiters();
+        }
     }
 
     /// The current state, for progress displays and reports.
@@ -949,6 +1033,55 @@ mod tests {
             Duration::from_secs(2),
             "paused exactly retry-after"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_learned_elsewhere_ends_the_probe_and_paces_the_fleet() {
+        let governor = Governor::new(GovernorConfig::default());
+        governor.adopt(&Limits {
+            requests: Some(60),
+            ..Limits::default()
+        });
+        let snapshot = governor.snapshot();
+        assert!(!snapshot.probing);
+        assert_eq!(snapshot.learned.requests, Some(60));
+        // Half of the full bucket is held back until a report of our own confirms it.
+        let start = Instant::now();
+        let mut held = Vec::new();
+        for _ in 0..32 {
+            held.push(governor.reserve(Cost::default()).await);
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        assert!((2.0..2.1).contains(&elapsed), "32 took {elapsed}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_adopted_limit_lowers_a_higher_one_and_never_raises() {
+        let governor = Governor::new(GovernorConfig {
+            requests_per_minute: Some(600),
+            headroom: 0.0,
+            ..GovernorConfig::default()
+        });
+        governor.adopt(&Limits {
+            requests: Some(60),
+            ..Limits::default()
+        });
+        assert_eq!(governor.snapshot().limits.requests, Some(60));
+        governor.adopt(&Limits {
+            requests: Some(6000),
+            ..Limits::default()
+        });
+        assert_eq!(governor.snapshot().limits.requests, Some(60));
+        // The configured bucket keeps its level (600 at the start, capped to the new 60).
+        let start = Instant::now();
+        for _ in 0..61 {
+            governor
+                .reserve(Cost::default())
+                .await
+                .succeeded(&Usage::default(), &RateLimitSnapshot::default());
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        assert!((1.0..1.1).contains(&elapsed), "61 at 60/min took {elapsed}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,13 +8,10 @@
 //! - only running tasks count against `max_parallel`;
 //! - a task is ready as soon as its own dependencies have succeeded (no barrier waiting for
 //!   siblings); a task whose dependency failed or was skipped is skipped, with the reason;
-//! - the budget is enforced on actual spend: before a task starts, its estimated cost,
-//!   scaled by how actual costs compared with estimates for the tasks finished so far, is
-//!   reserved; when the budget cannot cover the next ready task, it waits for running tasks
-//!   to settle; once nothing runs and it still cannot be covered (or actual spend has
-//!   reached the budget), no new task starts. The first task may start on a budget its raw
-//!   estimate exceeds (nothing has been learned yet), so an over-estimate never refuses a run
-//!   on its own;
+//! - the budget is enforced on actual spend by [`crate::budget`]'s rule (the one workers
+//!   sharing a run through the store follow too): a scaled estimate is reserved before a task
+//!   starts; when the budget cannot cover the next ready task, it waits for running tasks to
+//!   settle; once nothing runs and it still cannot be covered, no new task starts;
 //! - ready tasks start in the order they were given (plan order);
 //! - cancellation stops admission and is passed to running tasks through a child token; the
 //!   scheduler still waits for them, so their records are written.
@@ -29,6 +26,8 @@ use futures_util::FutureExt;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use crate::budget::{self, Admission, Ledger};
 
 /// One node of the graph.
 #[derive(Debug, Clone, PartialEq)]
@@ -208,10 +207,10 @@ where
     }
 
     let max_parallel = limits.max_parallel.max(1);
-    let mut reserved = 0.0f64;
-    // Reservations of running tasks, and the estimates of finished ones (for the scale).
+    // `spent` is `report.spent`'s, kept in step.
+    let mut ledger = Ledger::default();
+    // Reservations of running tasks.
     let mut reservation = vec![0.0f64; tasks.len()];
-    let mut estimated_done = 0.0f64;
     let mut finished_any = false;
     let mut running: JoinSet<(usize, TaskOutcome)> = JoinSet::new();
     let mut budget_exhausted = false;
@@ -220,24 +219,22 @@ where
         // Admit as many ready tasks as the limits allow.
         while !cancel.is_cancelled() && !budget_exhausted && running.len() < max_parallel {
             let Some(&i) = ready.front() else { break };
-            let scale = if estimated_done > 0.0 {
-                (report.spent / estimated_done).clamp(0.01, 10.0)
-            } else {
-                1.0
-            };
-            let estimate = tasks[i].estimated_cost.max(0.0) * scale;
-            if let Some(budget) = limits.budget
-                && report.spent + reserved + estimate > budget
-            {
-                let bootstrap = running.is_empty() && !finished_any && report.spent < budget;
-                if !bootstrap {
-                    // Running tasks may free their reservations; with none, it is over.
-                    budget_exhausted = running.is_empty();
+            let estimate = match budget::admit(
+                limits.budget,
+                &ledger,
+                tasks[i].estimated_cost,
+                !running.is_empty(),
+                finished_any,
+            ) {
+                Admission::Reserve(estimate) => estimate,
+                Admission::Wait => break,
+                Admission::Exhausted => {
+                    budget_exhausted = true;
                     break;
                 }
-            }
+            };
             ready.pop_front();
-            reserved += estimate;
+            ledger.reserved += estimate;
             reservation[i] = estimate;
             state[i] = State::Running;
             on_event(&SchedulerEvent::Started {
@@ -266,9 +263,10 @@ where
         // Tasks are never aborted and panics are caught inside them, so a join error
         // cannot carry a task we still track.
         let Ok((i, outcome)) = joined else { continue };
-        reserved = (reserved - reservation[i]).max(0.0);
+        ledger.reserved = (ledger.reserved - reservation[i]).max(0.0);
         report.spent += outcome.cost.max(0.0);
-        estimated_done += tasks[i].estimated_cost.max(0.0);
+        ledger.spent = report.spent;
+        ledger.estimated_done += tasks[i].estimated_cost.max(0.0);
         finished_any = true;
         state[i] = if outcome.succeeded {
             State::Succeeded

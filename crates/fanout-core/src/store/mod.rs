@@ -44,15 +44,21 @@
 //!   JSON object per line, to the run's `logging.destination`.
 //!
 //! - **Units and leases** ([`units`]): a run's plan and base tree stored once, one unit per
-//!   agent, leased by workers on any machine and committed with the agent's patch.
+//!   agent, leased by workers on any machine and committed with the agent's patch; the run's
+//!   dollar budget reserved at each lease and settled at each commit.
+//! - **What workers share besides units**: rate buckets, one `rate_buckets` row per limit,
+//!   taken all or nothing and corrected after the answer ([`Store::take_from_buckets`],
+//!   [`Store::adjust_buckets`]); limits learned from response headers, one `learned_limits`
+//!   row per model API and kind ([`Store::share_learned_limits`]).
 //!
 //! Not here: what to record when (the scheduler and agents decide), git checkpoints
-//! ([`crate::run`]). Shared rate buckets (`rate_buckets`, one row per limit) are taken
-//! through [`Store::take_from_bucket`].
+//! ([`crate::run`]), which limits a fleet shares and how much it takes
+//! ([`crate::distributed`]).
 
 mod buckets;
 pub mod db;
 mod error;
+mod learned;
 mod location;
 mod log;
 mod postgres;
@@ -70,8 +76,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::Mode;
 pub use crate::ids::{AgentId, RunId};
 
+pub use buckets::{BucketAdjust, BucketTake};
 pub use db::{Db, DbError, Dialect, SqlValue};
 pub use error::StoreError;
+pub use learned::LearnedLimit;
 pub use location::{PostgresUrl, StoreLocation};
 pub use log::LogSink;
 pub use query::{
@@ -79,7 +87,10 @@ pub use query::{
     RunSummary, Spent, StatusCounts, StoreReader, ToolCallRow, UnfinishedUsage, agents_sentence,
     cache_sentence,
 };
-pub use units::{Lease, RunPlanRecord, UnitCommit, UnitKind, UnitRow, UnitSpec, UnitState};
+pub use units::{
+    BUDGET_EXHAUSTED, Lease, RunPlanRecord, RunSpend, UnitCommit, UnitKind, UnitRow, UnitSpec,
+    UnitState,
+};
 pub use writer::{MAX_BATCH, QUEUE_DEPTH, Store, WriterStats};
 
 pub use crate::layout::{db_path, run_dir};

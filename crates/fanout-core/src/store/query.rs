@@ -1095,6 +1095,12 @@ impl StoreReader {
             .map_err(self.failed("reading a run's plan"))
     }
 
+    /// The dollar budget of published run `run_id` and what its workers hold and have spent.
+    pub fn run_spend(&self, run_id: &RunId) -> Result<Option<super::RunSpend>, StoreError> {
+        super::units::run_spend(self.db.as_ref(), run_id)
+            .map_err(self.failed("reading a run's budget"))
+    }
+
     /// Run a read-only query of your own (tests, diagnostics), on either backend. Write it
     /// with `?1`-style placeholders; the rows come back as plain values.
     pub fn query_raw(

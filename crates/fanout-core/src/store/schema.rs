@@ -231,12 +231,32 @@ CREATE TABLE rate_buckets (
 "#,
     // 7: item runs shared between machines (`crate::items::run`, `crate::distributed`). A
     // unit is an agent of a plan or a chunk of an item run (`kind`); a chunk's items travel
-    // with it (`input`, JSON). Numbered 7 on this branch; it becomes 8 when the shared token
-    // limits' migration (7) is merged before it.
+    // with it (`input`, JSON).
     r#"
 ALTER TABLE units ADD COLUMN kind TEXT NOT NULL DEFAULT 'agent'
     CHECK (kind IN ('agent', 'item_chunk'));
 ALTER TABLE units ADD COLUMN input TEXT;   -- JSON: what the unit works on (a chunk's items)
+"#,
+    // 8: the rest of what workers share (`crate::distributed`): limits learned from response
+    // headers, one row per model API and kind, holding the lowest value reported recently; a
+    // published run's dollar budget with what its workers hold reserved and have spent; each
+    // unit's estimated cost, its reservation while leased and, when it was never run, why.
+    r#"
+CREATE TABLE learned_limits (
+    api TEXT NOT NULL,                 -- the model API: anthropic, openai
+    kind TEXT NOT NULL,                -- requests_per_minute, input_tokens_per_minute, ...
+    limit_per_minute INTEGER NOT NULL,
+    reported_ms INTEGER NOT NULL,      -- when this value was last reported (ms since the epoch)
+    reported_by TEXT,                  -- the process that reported it
+    PRIMARY KEY (api, kind)
+);
+ALTER TABLE run_plans ADD COLUMN max_dollars REAL;          -- budgets.run.max_dollars; NULL: none
+ALTER TABLE run_plans ADD COLUMN reserved_usd REAL NOT NULL DEFAULT 0;  -- held by leased units
+ALTER TABLE run_plans ADD COLUMN spent_usd REAL NOT NULL DEFAULT 0;     -- settled at commits
+ALTER TABLE run_plans ADD COLUMN estimated_done_usd REAL NOT NULL DEFAULT 0;  -- their estimates
+ALTER TABLE units ADD COLUMN estimated_usd REAL NOT NULL DEFAULT 0;
+ALTER TABLE units ADD COLUMN reserved_usd REAL NOT NULL DEFAULT 0;
+ALTER TABLE units ADD COLUMN skip_reason TEXT;              -- why a skipped unit never ran
 "#,
 ];
 
@@ -416,11 +436,29 @@ CREATE TABLE rate_buckets (
     updated_ms BIGINT NOT NULL
 );
 "#,
-    // 7 (8 once the shared token limits' migration is merged): item chunks as units.
+    // 7: item chunks as units.
     r#"
 ALTER TABLE units ADD COLUMN kind TEXT COLLATE "C" NOT NULL DEFAULT 'agent'
     CHECK (kind IN ('agent', 'item_chunk'));
 ALTER TABLE units ADD COLUMN input TEXT COLLATE "C";
+"#,
+    // 8: learned limits, run budgets, unit estimates and reservations.
+    r#"
+CREATE TABLE learned_limits (
+    api TEXT COLLATE "C" NOT NULL,
+    kind TEXT COLLATE "C" NOT NULL,
+    limit_per_minute BIGINT NOT NULL,
+    reported_ms BIGINT NOT NULL,
+    reported_by TEXT COLLATE "C",
+    PRIMARY KEY (api, kind)
+);
+ALTER TABLE run_plans ADD COLUMN max_dollars DOUBLE PRECISION;
+ALTER TABLE run_plans ADD COLUMN reserved_usd DOUBLE PRECISION NOT NULL DEFAULT 0;
+ALTER TABLE run_plans ADD COLUMN spent_usd DOUBLE PRECISION NOT NULL DEFAULT 0;
+ALTER TABLE run_plans ADD COLUMN estimated_done_usd DOUBLE PRECISION NOT NULL DEFAULT 0;
+ALTER TABLE units ADD COLUMN estimated_usd DOUBLE PRECISION NOT NULL DEFAULT 0;
+ALTER TABLE units ADD COLUMN reserved_usd DOUBLE PRECISION NOT NULL DEFAULT 0;
+ALTER TABLE units ADD COLUMN skip_reason TEXT COLLATE "C";
 "#,
 ];
 

@@ -28,6 +28,17 @@
 //! the machine asking (clocks across the fleet must roughly agree; the lease's length is the
 //! margin).
 //!
+//! The run's dollar budget (`budgets.run.max_dollars`, published with the plan) is held here
+//! for all its workers, by [`crate::budget`]'s rule, the local scheduler's: a lease reserves
+//! the unit's estimated cost (scaled by how the run's settled units compared with their
+//! estimates) against the run's row, locked (`FOR UPDATE`) while it decides; the commit
+//! replaces the reservation with the attempt's actual cost. A unit the budget cannot cover
+//! now is not leased while other units of its run are in flight; once none is, it and every
+//! unit of the run still waiting are skipped with [`BUDGET_EXHAUSTED`] as their reason. A
+//! lease taken over from a dead worker keeps its reservation as spent (what the dead attempt
+//! cost is not known; its model calls were paid). A run published without a budget (an item
+//! run's) leases as before.
+//!
 //! Not here: running agents, materialising trees, applying patches ([`crate::distributed`]).
 
 use std::time::SystemTime;
@@ -36,7 +47,11 @@ use serde::Serialize;
 
 use super::db::{Db, DbError, Dialect, SqlValue};
 use super::{AgentFinish, format_time, parse_time};
+use crate::budget::{self, Admission, Ledger};
 use crate::ids::{AgentId, RunId};
+
+/// Why a unit was skipped when its run's budget could not cover it (the local engine's words).
+pub const BUDGET_EXHAUSTED: &str = "the run's dollar budget cannot cover it";
 
 /// A run's reviewed plan, its hash and base tree, stored once for every worker.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -54,11 +69,13 @@ pub struct RunPlanRecord {
     /// A `git bundle` that holds `base_commit`.
     #[serde(skip)]
     pub base_bundle: Vec<u8>,
+    /// The workflow's `budgets.run.max_dollars`, which every worker's leases draw on.
+    pub max_dollars: Option<f64>,
     pub created_at: SystemTime,
 }
 
 /// One unit as enqueued: an agent and the agents whose committed work it builds on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UnitSpec {
     pub agent_id: AgentId,
     pub depends_on: Vec<AgentId>,
@@ -66,6 +83,9 @@ pub struct UnitSpec {
     /// What the unit works on, as JSON, when the run's record does not say it all (an item
     /// chunk's items).
     pub input: Option<String>,
+    /// Its estimated cost in dollars, reserved (scaled) against the run's budget when it is
+    /// leased.
+    pub estimated_usd: f64,
 }
 
 impl UnitSpec {
@@ -76,6 +96,7 @@ impl UnitSpec {
             depends_on,
             kind: UnitKind::Agent,
             input: None,
+            estimated_usd: 0.0,
         }
     }
 }
@@ -200,6 +221,24 @@ pub struct UnitRow {
     pub outcome: Option<serde_json::Value>,
     pub applied_at: Option<SystemTime>,
     pub depends_on: Vec<AgentId>,
+    pub estimated_usd: f64,
+    /// Dollars held against the run's budget while it is leased.
+    pub reserved_usd: f64,
+    /// Why a skipped unit never ran, when its skipper said ([`BUDGET_EXHAUSTED`]).
+    pub skip_reason: Option<String>,
+}
+
+/// A published run's dollar budget and what its workers hold and have spent.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RunSpend {
+    pub max_dollars: Option<f64>,
+    /// Held by units leased now.
+    pub reserved_usd: f64,
+    /// Actual cost of the committed attempts, plus the reservations of attempts whose worker
+    /// died.
+    pub spent_usd: f64,
+    /// Raw estimates of the units `spent_usd` was spent on.
+    pub estimated_done_usd: f64,
 }
 
 /// The error a unit operation meets, before the writer names its store.
@@ -226,8 +265,8 @@ fn first_int(rows: &[Vec<SqlValue>]) -> Option<i64> {
 pub(super) fn publish_plan(db_: &dyn Db, plan: &RunPlanRecord) -> Result<(), UnitError> {
     db_.execute(
         "INSERT INTO run_plans (run_id, plan_hash, plan, base_commit, base_bundle, created_at,
-             workflow, workflow_path)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (run_id) DO NOTHING",
+             workflow, workflow_path, max_dollars)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (run_id) DO NOTHING",
         &[
             (&plan.run_id).into(),
             plan.plan_hash.as_str().into(),
@@ -237,6 +276,7 @@ pub(super) fn publish_plan(db_: &dyn Db, plan: &RunPlanRecord) -> Result<(), Uni
             format_time(plan.created_at).into(),
             plan.workflow.as_str().into(),
             plan.workflow_path.clone().into(),
+            plan.max_dollars.into(),
         ],
     )
     .map_err(db("recording a run's plan"))?;
@@ -256,14 +296,15 @@ pub(super) fn enqueue(db_: &dyn Db, run_id: &RunId, units: &[UnitSpec]) -> Resul
     for unit in units {
         seq += 1;
         db_.execute(
-            "INSERT INTO units (run_id, agent_id, enqueued_seq, state, kind, input)
-             VALUES (?1, ?2, ?3, 'ready', ?4, ?5) ON CONFLICT (run_id, agent_id) DO NOTHING",
+            "INSERT INTO units (run_id, agent_id, enqueued_seq, state, kind, input, estimated_usd)
+             VALUES (?1, ?2, ?3, 'ready', ?4, ?5, ?6) ON CONFLICT (run_id, agent_id) DO NOTHING",
             &[
                 run_id.into(),
                 (&unit.agent_id).into(),
                 seq.into(),
                 unit.kind.as_str().into(),
                 unit.input.clone().into(),
+                unit.estimated_usd.max(0.0).into(),
             ],
         )
         .map_err(db("enqueueing a unit"))?;
@@ -280,7 +321,10 @@ pub(super) fn enqueue(db_: &dyn Db, run_id: &RunId, units: &[UnitSpec]) -> Resul
 }
 
 /// Lease the earliest ready unit of one of `kinds` of any run whose plan is recorded (or of
-/// `run_id` only), to `owner` until `expires_at`. `None` when nothing is ready.
+/// `run_id` only), to `owner` until `expires_at`, if its run's budget covers it: a run whose budget must
+/// wait for its units in flight is passed over for the next run's units, and one whose budget
+/// is spent has its waiting units skipped (see the module docs). No lease when nothing is
+/// ready and covered.
 pub(super) fn lease(
     db_: &dyn Db,
     owner: &str,
@@ -289,6 +333,65 @@ pub(super) fn lease(
     now: SystemTime,
     expires_at: SystemTime,
 ) -> Result<Option<Lease>, UnitError> {
+    let now_text = format_time(now);
+    // Runs whose budget must wait for their units in flight, or is spent.
+    let mut passed: Vec<RunId> = Vec::new();
+    loop {
+        let Some(candidate) = pick(db_, run_id, kinds, &now_text, &passed)? else {
+            return Ok(None);
+        };
+        let reservation = match candidate.max_dollars {
+            None => 0.0,
+            Some(max_dollars) => match reserve(db_, &candidate, max_dollars, &now_text)? {
+                Admission::Reserve(reservation) => reservation,
+                Admission::Wait => {
+                    passed.push(candidate.run_id);
+                    continue;
+                }
+                Admission::Exhausted => {
+                    skip_for_budget(db_, &candidate.run_id, &now_text)?;
+                    passed.push(candidate.run_id);
+                    continue;
+                }
+            },
+        };
+        return take_lease(db_, &candidate, owner, reservation, &now_text, expires_at).map(Some);
+    }
+}
+
+/// A unit a lease may take, with what its run's budget needs to know.
+struct Candidate {
+    run_id: RunId,
+    agent_id: AgentId,
+    kind: UnitKind,
+    input: Option<String>,
+    /// It is `leased` to a worker whose lease ran out (a takeover).
+    expired: bool,
+    /// What the dead lease reserved, for a takeover.
+    reserved_usd: f64,
+    estimated_usd: f64,
+    max_dollars: Option<f64>,
+}
+
+fn real(value: &SqlValue) -> f64 {
+    match value {
+        SqlValue::Real(n) => *n,
+        SqlValue::Int(n) => *n as f64,
+        _ => 0.0,
+    }
+}
+
+/// The earliest ready unit of one of `kinds` (never leased, or its lease has run out, and
+/// every dependency committed) of `run_id` or any run with a recorded plan, runs in `passed`
+/// left out; locked (PostgreSQL: `FOR UPDATE … SKIP LOCKED`, so two workers never pick one
+/// unit).
+fn pick(
+    db_: &dyn Db,
+    run_id: Option<&RunId>,
+    kinds: &[UnitKind],
+    now_text: &str,
+    passed: &[RunId],
+) -> Result<Option<Candidate>, UnitError> {
     // The kinds are our own names, never the caller's text: safe to write into the query.
     let kinds = if kinds.is_empty() {
         "''".to_owned()
@@ -299,114 +402,292 @@ pub(super) fn lease(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    // Ready: never leased, or its lease has run out; and every dependency committed.
-    let pick = format!(
-        "SELECT u.run_id, u.agent_id FROM units u
+    let mut params: Vec<SqlValue> = vec![
+        now_text.into(),
+        // '' is every run (no run id is empty).
+        run_id.map_or("", |id| id.as_str()).into(),
+    ];
+    let mut not_in = String::new();
+    for run in passed {
+        params.push(run.into());
+        not_in.push_str(&format!(" AND u.run_id <> ?{}", params.len()));
+    }
+    let lock = match db_.dialect() {
+        Dialect::Postgres => " FOR UPDATE OF u SKIP LOCKED",
+        Dialect::Sqlite => "",
+    };
+    let sql = format!(
+        "SELECT u.run_id, u.agent_id, u.state, u.reserved_usd, u.estimated_usd, p.max_dollars,
+             u.kind, u.input
+         FROM units u
          JOIN run_plans p ON p.run_id = u.run_id
-         WHERE (u.state = 'ready' OR (u.state = 'leased' AND u.lease_expires_at < ?2))
-           AND (?4 = '' OR u.run_id = ?4)
+         WHERE (u.state = 'ready' OR (u.state = 'leased' AND u.lease_expires_at < ?1))
+           AND (?2 = '' OR u.run_id = ?2){not_in}
            AND u.kind IN ({kinds})
            AND NOT EXISTS (
                SELECT 1 FROM unit_dependencies d
                JOIN units du ON du.run_id = d.run_id AND du.agent_id = d.depends_on
                WHERE d.run_id = u.run_id AND d.agent_id = u.agent_id
                  AND du.state <> 'committed')
-         ORDER BY u.run_id, u.enqueued_seq LIMIT 1"
+         ORDER BY u.run_id, u.enqueued_seq LIMIT 1{lock}"
     );
-    let lock = match db_.dialect() {
-        Dialect::Postgres => " FOR UPDATE OF u SKIP LOCKED",
-        Dialect::Sqlite => "",
-    };
-    let sql = format!(
-        "UPDATE units SET state = 'leased', lease_owner = ?1, lease_expires_at = ?3,
-             attempt = attempt + 1
-         WHERE (run_id, agent_id) IN ({pick}{lock})
-         RETURNING run_id, agent_id, attempt, kind, input"
-    );
-    let now_text = format_time(now);
-    let rows = db_
-        .query(
-            &sql,
-            &[
-                owner.into(),
-                now_text.as_str().into(),
-                format_time(expires_at).into(),
-                // '' is every run (no run id is empty).
-                run_id.map_or("", |id| id.as_str()).into(),
-            ],
-        )
-        .map_err(db("leasing a unit"))?;
+    let rows = db_.query(&sql, &params).map_err(db("leasing a unit"))?;
     let Some(row) = rows.into_iter().next() else {
         return Ok(None);
     };
-    let parsed = match &row[..] {
+    let bad = || {
+        UnitError::Db(
+            "leasing a unit",
+            DbError::Type {
+                ty: "row".to_owned(),
+                detail: format!("{row:?}"),
+            },
+        )
+    };
+    match &row[..] {
         [
             SqlValue::Text(run),
             SqlValue::Text(agent),
-            SqlValue::Int(attempt),
+            SqlValue::Text(state),
+            reserved,
+            estimated,
+            max_dollars,
             SqlValue::Text(kind),
             input,
-        ] => UnitKind::parse(kind).map(|kind| {
-            (
-                RunId::from(run.as_str()),
-                AgentId::from(agent.as_str()),
-                *attempt,
-                kind,
-                match input {
-                    SqlValue::Text(input) => Some(input.clone()),
-                    _ => None,
-                },
-            )
+        ] => Ok(Some(Candidate {
+            run_id: RunId::from(run.as_str()),
+            agent_id: AgentId::from(agent.as_str()),
+            kind: UnitKind::parse(kind).ok_or_else(bad)?,
+            input: match input {
+                SqlValue::Text(input) => Some(input.clone()),
+                _ => None,
+            },
+            expired: state == "leased",
+            reserved_usd: real(reserved),
+            estimated_usd: real(estimated),
+            max_dollars: match max_dollars {
+                SqlValue::Null => None,
+                other => Some(real(other)),
+            },
+        })),
+        _ => Err(bad()),
+    }
+}
+
+/// The run's ledger, its row locked (PostgreSQL: `FOR UPDATE`) until the transaction ends.
+fn ledger(db_: &dyn Db, run_id: &RunId) -> Result<Ledger, UnitError> {
+    let lock = match db_.dialect() {
+        Dialect::Postgres => " FOR UPDATE",
+        Dialect::Sqlite => "",
+    };
+    let rows = db_
+        .query(
+            &format!(
+                "SELECT spent_usd, reserved_usd, estimated_done_usd FROM run_plans
+                 WHERE run_id = ?1{lock}"
+            ),
+            &[run_id.into()],
+        )
+        .map_err(db("reading a run's budget"))?;
+    match rows.first().map(Vec::as_slice) {
+        Some([spent, reserved, estimated_done]) => Ok(Ledger {
+            spent: real(spent),
+            reserved: real(reserved),
+            estimated_done: real(estimated_done),
         }),
-        _ => None,
-    };
-    let (run, agent, attempt, kind, input) = match parsed {
-        Some(parsed) => parsed,
-        None => {
-            return Err(UnitError::Db(
-                "leasing a unit",
-                DbError::Type {
-                    ty: "row".to_owned(),
-                    detail: format!("{row:?}"),
-                },
-            ));
-        }
-    };
-    // The previous lease's worker stopped heartbeating: the attempt it was making ends here,
-    // as a failure. Every earlier attempt is below this lease's number, whichever lease made
-    // it (a worker's further tries under one lease moved the counter too).
+        _ => Err(UnitError::UnknownRun),
+    }
+}
+
+fn write_ledger(db_: &dyn Db, run_id: &RunId, ledger: &Ledger) -> Result<(), UnitError> {
     db_.execute(
-        "UPDATE agent_runs SET status = 'failure', timestamp_end = ?4,
-             error = 'its worker stopped renewing the lease; another worker took the unit over'
-         WHERE run_id = ?1 AND agent_id = ?2 AND attempt < ?3 AND status IS NULL",
+        "UPDATE run_plans SET spent_usd = ?2, reserved_usd = ?3, estimated_done_usd = ?4
+         WHERE run_id = ?1",
         &[
-            (&run).into(),
-            (&agent).into(),
-            attempt.into(),
-            now_text.as_str().into(),
+            run_id.into(),
+            ledger.spent.into(),
+            ledger.reserved.max(0.0).into(),
+            ledger.estimated_done.into(),
         ],
     )
+    .map_err(db("recording a run's budget"))?;
+    Ok(())
+}
+
+/// Whether the run's budget covers `candidate`; a reservation is recorded on the run's row
+/// (the unit's own is written with its lease).
+fn reserve(
+    db_: &dyn Db,
+    candidate: &Candidate,
+    max_dollars: f64,
+    now_text: &str,
+) -> Result<Admission, UnitError> {
+    let mut ledger = ledger(db_, &candidate.run_id)?;
+    let count = |sql: &str, params: &[SqlValue]| {
+        db_.query(sql, params)
+            .map(|rows| first_int(&rows).unwrap_or(0))
+            .map_err(db("reading a run's budget"))
+    };
+    let in_flight = count(
+        "SELECT COUNT(*) FROM units WHERE run_id = ?1 AND state = 'leased'
+           AND lease_expires_at >= ?2 AND agent_id <> ?3",
+        &[
+            (&candidate.run_id).into(),
+            now_text.into(),
+            (&candidate.agent_id).into(),
+        ],
+    )?;
+    let settled = count(
+        "SELECT COUNT(*) FROM units WHERE run_id = ?1 AND state IN ('committed', 'failed')",
+        &[(&candidate.run_id).into()],
+    )?;
+    if candidate.expired {
+        // The dead attempt's reservation is spent whatever happens to the unit now.
+        ledger.spent += candidate.reserved_usd;
+        ledger.reserved -= candidate.reserved_usd;
+        ledger.estimated_done += candidate.estimated_usd;
+    }
+    let admission = budget::admit(
+        Some(max_dollars),
+        &ledger,
+        candidate.estimated_usd,
+        in_flight > 0,
+        settled > 0 || ledger.estimated_done > 0.0,
+    );
+    // A takeover not taken now is counted when it is taken, or skipped.
+    if let Admission::Reserve(reservation) = admission {
+        ledger.reserved += reservation;
+        write_ledger(db_, &candidate.run_id, &ledger)?;
+    }
+    Ok(admission)
+}
+
+/// Skip every unit of `run_id` still waiting for a worker (ready, or leased to a dead
+/// worker), but for those a failed or skipped unit already blocks (the coordinator skips
+/// them as dependants): the run's budget is spent.
+fn skip_for_budget(db_: &dyn Db, run_id: &RunId, now_text: &str) -> Result<(), UnitError> {
+    let rows = db_
+        .query(
+            "SELECT u.agent_id, u.state, u.reserved_usd, u.estimated_usd FROM units u
+             WHERE u.run_id = ?1
+               AND (u.state = 'ready' OR (u.state = 'leased' AND u.lease_expires_at < ?2))
+               AND NOT EXISTS (
+                   SELECT 1 FROM unit_dependencies d
+                   JOIN units du ON du.run_id = d.run_id AND du.agent_id = d.depends_on
+                   WHERE d.run_id = u.run_id AND d.agent_id = u.agent_id
+                     AND du.state IN ('failed', 'skipped'))
+             ORDER BY u.enqueued_seq",
+            &[run_id.into(), now_text.into()],
+        )
+        .map_err(db("skipping a unit"))?;
+    let mut ledger = ledger(db_, run_id)?;
+    for row in rows {
+        let [
+            SqlValue::Text(agent),
+            SqlValue::Text(state),
+            reserved,
+            estimated,
+        ] = &row[..]
+        else {
+            continue;
+        };
+        if state == "leased" {
+            // A dead lease's reservation is spent (see the module docs).
+            ledger.spent += real(reserved);
+            ledger.reserved -= real(reserved);
+            ledger.estimated_done += real(estimated);
+        }
+        let agent = AgentId::from(agent.as_str());
+        db_.execute(
+            "UPDATE units SET state = 'skipped', lease_owner = NULL, lease_expires_at = NULL,
+                 reserved_usd = 0, skip_reason = ?3
+             WHERE run_id = ?1 AND agent_id = ?2",
+            &[run_id.into(), (&agent).into(), BUDGET_EXHAUSTED.into()],
+        )
+        .map_err(db("skipping a unit"))?;
+        // A dead lease's attempt ends here, as on a takeover.
+        close_dead_attempt(
+            db_,
+            run_id,
+            &agent,
+            now_text,
+            "its worker stopped renewing the lease, and the run's dollar budget cannot cover the unit again",
+        )?;
+    }
+    write_ledger(db_, run_id, &ledger)
+}
+
+/// Close the in-flight `agent_runs` row a dead lease left (any attempt of the unit whose row
+/// never finished) as a failure.
+fn close_dead_attempt(
+    db_: &dyn Db,
+    run_id: &RunId,
+    agent_id: &AgentId,
+    now_text: &str,
+    why: &str,
+) -> Result<(), UnitError> {
+    db_.execute(
+        "UPDATE agent_runs SET status = 'failure', timestamp_end = ?3, error = ?4
+         WHERE run_id = ?1 AND agent_id = ?2 AND status IS NULL",
+        &[run_id.into(), agent_id.into(), now_text.into(), why.into()],
+    )
     .map_err(db("closing an expired lease's attempt"))?;
+    Ok(())
+}
+
+/// Lease `candidate` to `owner`, holding `reservation` dollars of its run's budget.
+fn take_lease(
+    db_: &dyn Db,
+    candidate: &Candidate,
+    owner: &str,
+    reservation: f64,
+    now_text: &str,
+    expires_at: SystemTime,
+) -> Result<Lease, UnitError> {
+    let rows = db_
+        .query(
+            "UPDATE units SET state = 'leased', lease_owner = ?3, lease_expires_at = ?4,
+                 attempt = attempt + 1, reserved_usd = ?5
+             WHERE run_id = ?1 AND agent_id = ?2
+             RETURNING attempt",
+            &[
+                (&candidate.run_id).into(),
+                (&candidate.agent_id).into(),
+                owner.into(),
+                format_time(expires_at).into(),
+                reservation.into(),
+            ],
+        )
+        .map_err(db("leasing a unit"))?;
+    let attempt = first_int(&rows).ok_or(UnitError::UnknownRun)?;
+    // The previous lease's worker stopped heartbeating: its attempt ends here, as a failure.
+    close_dead_attempt(
+        db_,
+        &candidate.run_id,
+        &candidate.agent_id,
+        now_text,
+        "its worker stopped renewing the lease; another worker took the unit over",
+    )?;
     let hash = db_
         .query(
             "SELECT plan_hash FROM run_plans WHERE run_id = ?1",
-            &[(&run).into()],
+            &[(&candidate.run_id).into()],
         )
         .map_err(db("reading a run's plan hash"))?;
     let plan_hash = match hash.first().and_then(|row| row.first()) {
         Some(SqlValue::Text(hash)) => hash.clone(),
         _ => return Err(UnitError::UnknownRun),
     };
-    Ok(Some(Lease {
-        run_id: run,
-        agent_id: agent,
+    Ok(Lease {
+        run_id: candidate.run_id.clone(),
+        agent_id: candidate.agent_id.clone(),
         attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
         owner: owner.to_owned(),
         expires_at,
         plan_hash,
-        kind,
-        input,
-    }))
+        kind: candidate.kind,
+        input: candidate.input.clone(),
+    })
 }
 
 /// Extend `lease` to `expires_at`. [`UnitError::LeaseLost`] if it is no longer held.
@@ -438,9 +719,10 @@ pub(super) fn heartbeat(
 /// Move the unit held by `lease` to its next attempt, under the same lease: the unit's
 /// attempt counter goes up by one, so a later takeover (which adds one more) never reuses a
 /// number this worker recorded. Returns the lease as it now is. The caller writes the
-/// previous attempt's finish row and the new one's start row in the same transaction.
-/// [`UnitError::LeaseLost`] if the lease is no longer held.
-pub(super) fn next_attempt(db_: &dyn Db, lease: &Lease) -> Result<Lease, UnitError> {
+/// previous attempt's finish row and the new one's start row in the same transaction; the
+/// finished attempt's `cost_usd` is added to the run's spend here (the unit's reservation
+/// stays until its commit). [`UnitError::LeaseLost`] if the lease is no longer held.
+pub(super) fn next_attempt(db_: &dyn Db, lease: &Lease, cost_usd: f64) -> Result<Lease, UnitError> {
     let rows = db_
         .query(
             "UPDATE units SET attempt = attempt + 1
@@ -456,18 +738,39 @@ pub(super) fn next_attempt(db_: &dyn Db, lease: &Lease) -> Result<Lease, UnitErr
         )
         .map_err(db("starting a unit's next attempt"))?;
     let attempt = first_int(&rows).ok_or(UnitError::LeaseLost)?;
+    db_.execute(
+        "UPDATE run_plans SET spent_usd = spent_usd + ?2 WHERE run_id = ?1",
+        &[(&lease.run_id).into(), cost_usd.max(0.0).into()],
+    )
+    .map_err(db("recording a run's budget"))?;
     Ok(Lease {
         attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
         ..lease.clone()
     })
 }
 
-/// Mark the unit committed (or failed) with its patch and outcome, and give it the run's
-/// next commit number, which it returns. The caller writes the `agent_runs` finish in the
-/// same transaction. [`UnitError::LeaseLost`] if the lease is no longer the committer's.
+/// Mark the unit committed (or failed) with its patch and outcome, give it the run's next
+/// commit number, which it returns, and settle its reservation against the run's budget with
+/// the actual cost of its `agent_runs` finishes. The caller writes those finishes in the same
+/// transaction. [`UnitError::LeaseLost`] if the lease is no longer the committer's.
 pub(super) fn commit(db_: &dyn Db, unit: &UnitCommit) -> Result<u64, UnitError> {
     let lease = &unit.lease;
     let outcome = serde_json::to_string(&unit.outcome).map_err(UnitError::Json)?;
+    // Read before the commit clears it; if the lease was lost the commit below refuses.
+    let held = db_
+        .query(
+            "SELECT reserved_usd, estimated_usd FROM units WHERE run_id = ?1 AND agent_id = ?2",
+            &[(&lease.run_id).into(), (&lease.agent_id).into()],
+        )
+        .map_err(db("committing a unit"))?;
+    let (reserved, estimated) = match held.first().map(Vec::as_slice) {
+        Some([reserved, estimated]) => (real(reserved), real(estimated)),
+        _ => (0.0, 0.0),
+    };
+    let cost: f64 = std::iter::once(&unit.finish)
+        .chain(&unit.other_finishes)
+        .map(|finish| finish.cost_usd.max(0.0))
+        .sum();
     let state = if unit.succeeded {
         UnitState::Committed
     } else {
@@ -476,7 +779,7 @@ pub(super) fn commit(db_: &dyn Db, unit: &UnitCommit) -> Result<u64, UnitError> 
     let changed = db_
         .execute(
             "UPDATE units SET state = ?5, patch = ?6, outcome = ?7, committed_at = ?8,
-                 lease_expires_at = NULL
+                 lease_expires_at = NULL, reserved_usd = 0
              WHERE run_id = ?1 AND agent_id = ?2 AND lease_owner = ?3 AND attempt = ?4
                AND state = 'leased'",
             &[
@@ -497,8 +800,16 @@ pub(super) fn commit(db_: &dyn Db, unit: &UnitCommit) -> Result<u64, UnitError> 
     // The counter row's lock orders concurrent commits of one run.
     let rows = db_
         .query(
-            "UPDATE run_plans SET commits = commits + 1 WHERE run_id = ?1 RETURNING commits",
-            &[(&lease.run_id).into()],
+            "UPDATE run_plans SET commits = commits + 1,
+                 spent_usd = spent_usd + ?2, reserved_usd = reserved_usd - ?3,
+                 estimated_done_usd = estimated_done_usd + ?4
+             WHERE run_id = ?1 RETURNING commits",
+            &[
+                (&lease.run_id).into(),
+                cost.into(),
+                reserved.into(),
+                estimated.into(),
+            ],
         )
         .map_err(db("numbering a commit"))?;
     let seq = first_int(&rows).ok_or(UnitError::UnknownRun)?;
@@ -587,7 +898,7 @@ fn select(
     let rows = db_.query(
         &format!(
             "SELECT agent_id, state, attempt, lease_owner, lease_expires_at, commit_seq, {patch},
-                 outcome, applied_at, kind
+                 outcome, applied_at, kind, estimated_usd, reserved_usd, skip_reason
              FROM units WHERE run_id = ?1 AND (?2 < 0 OR commit_seq > ?2)
              ORDER BY enqueued_seq"
         ),
@@ -623,6 +934,9 @@ fn select(
             outcome,
             applied,
             kind,
+            estimated,
+            reserved,
+            skip_reason,
         ] = &row[..]
         else {
             return Err(bad());
@@ -654,6 +968,9 @@ fn select(
             outcome: text(outcome).and_then(|json| serde_json::from_str(&json).ok()),
             applied_at: text(applied).as_deref().and_then(parse_time),
             depends_on: by_agent.remove(&agent).unwrap_or_default(),
+            estimated_usd: real(estimated),
+            reserved_usd: real(reserved),
+            skip_reason: text(skip_reason),
         });
     }
     Ok(out)
@@ -690,7 +1007,8 @@ pub(super) fn unit_patches(
 /// The plan record of `run_id`, if one was published.
 pub(super) fn run_plan(db_: &dyn Db, run_id: &RunId) -> Result<Option<RunPlanRecord>, DbError> {
     let rows = db_.query(
-        "SELECT plan_hash, plan, base_commit, base_bundle, created_at, workflow, workflow_path
+        "SELECT plan_hash, plan, base_commit, base_bundle, created_at, workflow, workflow_path,
+             max_dollars
          FROM run_plans WHERE run_id = ?1",
         &[run_id.into()],
     )?;
@@ -706,6 +1024,7 @@ pub(super) fn run_plan(db_: &dyn Db, run_id: &RunId) -> Result<Option<RunPlanRec
             SqlValue::Text(created),
             SqlValue::Text(workflow),
             workflow_path,
+            max_dollars,
         ] => Ok(Some(RunPlanRecord {
             run_id: run_id.clone(),
             plan_hash: hash.clone(),
@@ -717,6 +1036,10 @@ pub(super) fn run_plan(db_: &dyn Db, run_id: &RunId) -> Result<Option<RunPlanRec
             },
             base_commit: base.clone(),
             base_bundle: bundle.clone(),
+            max_dollars: match max_dollars {
+                SqlValue::Null => None,
+                other => Some(real(other)),
+            },
             created_at: parse_time(created).unwrap_or(SystemTime::UNIX_EPOCH),
         })),
         _ => Err(DbError::Type {
@@ -724,4 +1047,25 @@ pub(super) fn run_plan(db_: &dyn Db, run_id: &RunId) -> Result<Option<RunPlanRec
             detail: format!("{} columns", row.len()),
         }),
     }
+}
+
+/// The budget of published run `run_id` and what its workers hold and have spent.
+pub(super) fn run_spend(db_: &dyn Db, run_id: &RunId) -> Result<Option<RunSpend>, DbError> {
+    let rows = db_.query(
+        "SELECT max_dollars, reserved_usd, spent_usd, estimated_done_usd FROM run_plans
+         WHERE run_id = ?1",
+        &[run_id.into()],
+    )?;
+    Ok(match rows.first().map(Vec::as_slice) {
+        Some([max_dollars, reserved, spent, estimated_done]) => Some(RunSpend {
+            max_dollars: match max_dollars {
+                SqlValue::Null => None,
+                other => Some(real(other)),
+            },
+            reserved_usd: real(reserved),
+            spent_usd: real(spent),
+            estimated_done_usd: real(estimated_done),
+        }),
+        _ => None,
+    })
 }

@@ -8,7 +8,9 @@ use std::time::{Instant, SystemTime};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
+use super::buckets::{BucketAdjust, BucketTake};
 use super::db::{Db, DbError, SqlValue};
+use super::learned::LearnedLimit;
 use super::location::StoreLocation;
 use super::log::LogSink;
 use super::postgres::PostgresDb;
@@ -69,6 +71,7 @@ enum Answer {
     Leased(Option<Lease>),
     CommitSeq(u64),
     WaitMs(u64),
+    Learned(Vec<LearnedLimit>),
 }
 
 #[derive(Debug)]
@@ -111,12 +114,21 @@ enum Op {
     CommitUnit(Box<UnitCommit>),
     MarkApplied(RunId, AgentId, SystemTime),
     SkipUnits(RunId, Vec<AgentId>),
-    TakeBucket {
-        name: String,
-        capacity: f64,
-        per_second: f64,
-        requests: f64,
+    TakeBuckets {
+        takes: Vec<BucketTake>,
         now_ms: i64,
+    },
+    AdjustBuckets {
+        adjusts: Vec<BucketAdjust>,
+        now_ms: i64,
+    },
+    /// Report learned limits (none: only read them) and answer what the fleet learned.
+    Learned {
+        api: String,
+        reported_by: String,
+        limits: Vec<(String, u64)>,
+        now_ms: i64,
+        recent_ms: i64,
     },
     AttachLog(PathBuf),
     Flush,
@@ -430,20 +442,66 @@ impl Store {
         requests: f64,
         now: SystemTime,
     ) -> Result<std::time::Duration, StoreError> {
-        let now_ms = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
-        let op = Op::TakeBucket {
+        let take = BucketTake {
             name: name.to_owned(),
             capacity,
             per_second,
-            requests,
-            now_ms,
+            amount: requests,
         };
-        match self.answer(op, "the rate bucket").await? {
+        self.take_from_buckets(vec![take], now).await
+    }
+
+    /// Take every one of `takes` from its shared bucket at `now`, or none of them: zero when
+    /// taken, else how long until all may have room ([`super::buckets`]). Durable.
+    pub async fn take_from_buckets(
+        &self,
+        takes: Vec<BucketTake>,
+        now: SystemTime,
+    ) -> Result<std::time::Duration, StoreError> {
+        let op = Op::TakeBuckets {
+            takes,
+            now_ms: epoch_ms(now),
+        };
+        match self.answer(op, "the rate buckets").await? {
             Answer::WaitMs(ms) => Ok(std::time::Duration::from_millis(ms)),
             _ => Ok(std::time::Duration::ZERO),
+        }
+    }
+
+    /// Queue corrections to earlier takes (a response used more or less than its estimate).
+    pub async fn adjust_buckets(
+        &self,
+        adjusts: Vec<BucketAdjust>,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        let op = Op::AdjustBuckets {
+            adjusts,
+            now_ms: epoch_ms(now),
+        };
+        self.queued(op, "a rate bucket's correction").await
+    }
+
+    /// Record that `reported_by` learned `limits` (kind, per minute) of model API `api` from
+    /// response headers at `now` (none: only read), and answer the limits of `api` reported
+    /// within `recent` by anyone, the lowest of each kind ([`super::learned`]). Durable.
+    pub async fn share_learned_limits(
+        &self,
+        api: &str,
+        reported_by: &str,
+        limits: Vec<(String, u64)>,
+        now: SystemTime,
+        recent: std::time::Duration,
+    ) -> Result<Vec<LearnedLimit>, StoreError> {
+        let op = Op::Learned {
+            api: api.to_owned(),
+            reported_by: reported_by.to_owned(),
+            limits,
+            now_ms: epoch_ms(now),
+            recent_ms: i64::try_from(recent.as_millis()).unwrap_or(i64::MAX),
+        };
+        match self.answer(op, "the learned limits").await? {
+            Answer::Learned(limits) => Ok(limits),
+            _ => Ok(Vec::new()),
         }
     }
 
@@ -524,6 +582,13 @@ type Lines = Vec<serde_json::Value>;
 
 fn text(value: &str) -> SqlValue {
     SqlValue::Text(value.to_owned())
+}
+
+/// Milliseconds since the epoch (0 before it), as the shared rows keep time.
+fn epoch_ms(at: SystemTime) -> i64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// Move queued requests into `batch`, up to [`MAX_BATCH`].
@@ -809,7 +874,7 @@ impl Writer {
                 Ok((Vec::new(), Answer::Done))
             }
             Op::NextAttempt(lease, finish, start) => {
-                let next = units::next_attempt(self.db.as_ref(), &lease)
+                let next = units::next_attempt(self.db.as_ref(), &lease, finish.cost_usd)
                     .map_err(|error| self.unit_error(error, &lease.run_id, Some(&lease)))?;
                 let mut lines: Lines = self.finish_agent(*finish)?.into_iter().collect();
                 let mut start = *start;
@@ -838,23 +903,29 @@ impl Writer {
                     .map_err(|error| self.unit_error(error, &run_id, None))?;
                 Ok((Vec::new(), Answer::Done))
             }
-            Op::TakeBucket {
-                name,
-                capacity,
-                per_second,
-                requests,
-                now_ms,
-            } => {
-                let wait = super::buckets::take(
-                    self.db.as_ref(),
-                    &name,
-                    capacity,
-                    per_second,
-                    requests,
-                    now_ms,
-                )
-                .map_err(self.failed("taking from a rate bucket"))?;
+            Op::TakeBuckets { takes, now_ms } => {
+                let wait = super::buckets::take(self.db.as_ref(), &takes, now_ms)
+                    .map_err(self.failed("taking from the rate buckets"))?;
                 Ok((Vec::new(), Answer::WaitMs(wait)))
+            }
+            Op::AdjustBuckets { adjusts, now_ms } => {
+                super::buckets::adjust(self.db.as_ref(), &adjusts, now_ms)
+                    .map_err(self.failed("correcting the rate buckets"))?;
+                Ok((Vec::new(), Answer::Done))
+            }
+            Op::Learned {
+                api,
+                reported_by,
+                limits,
+                now_ms,
+                recent_ms,
+            } => {
+                let db = self.db.as_ref();
+                let learned =
+                    super::learned::report(db, &api, &reported_by, &limits, now_ms, recent_ms)
+                        .and_then(|()| super::learned::read(db, &api, now_ms, recent_ms))
+                        .map_err(self.failed("sharing learned limits"))?;
+                Ok((Vec::new(), Answer::Learned(learned)))
             }
             op => self
                 .apply_record(op)
@@ -923,7 +994,9 @@ impl Writer {
             | Op::CommitUnit(_)
             | Op::MarkApplied(..)
             | Op::SkipUnits(..)
-            | Op::TakeBucket { .. } => Ok(None),
+            | Op::TakeBuckets { .. }
+            | Op::AdjustBuckets { .. }
+            | Op::Learned { .. } => Ok(None),
         }
     }
 

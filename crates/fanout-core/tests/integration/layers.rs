@@ -14,6 +14,7 @@ const LAYERS: &[&str] = &[
     "provider",
     "retry",
     "governor",
+    "budget",
     "fleet",
     "backend",
     "group_commit",

@@ -8,6 +8,7 @@ mod agent;
 mod caching;
 mod checkpoint;
 mod config;
+mod distributed;
 mod fleet;
 mod items;
 mod layers;

@@ -3,8 +3,9 @@
 //! with.
 //!
 //! Once per run: the published job ([`PublishedJob`], its hash checked against the recorded
-//! one) and a fleet on the worker model's API under the workflow's rate limits, its
-//! requests-per-minute limit shared through the store as agents share it. Per unit: the
+//! one) and a fleet on the worker model's API under the workflow's rate limits, its limits
+//! (requests and tokens, the workflow's and the learned) shared through the store as agents
+//! share them ([`crate::distributed::limits`]). Per unit: the
 //! chunk's calls exactly as the local runner's online task makes them ([`super::online`]) —
 //! the request, its start row written alongside it, [`check_answer`], then the retries a
 //! ledger asks for (missing items alone, one repair chunk). The ledger holds the chunk's
@@ -29,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::calls::{CallFigures, Pricing, finish_row, request_for, start_row};
 use super::wire::{CallRecord, ChunkCommit, PublishedJob};
-use crate::distributed::{HandlerError, HandlerRun, StoreBucket, UnitContext, UnitHandler};
+use crate::distributed::{HandlerError, HandlerRun, StoreLimits, UnitContext, UnitHandler};
 use crate::fleet::{Fleet, FleetError};
 use crate::ids::{AgentId, RunId};
 use crate::items::chunk::Chunk;
@@ -143,14 +144,17 @@ impl ChunkHandler {
         let job: PublishedJob = serde_json::from_str(&record.plan).map_err(ChunkUnitError::Job)?;
         let schema = OutputSchema::new(job.record_schema.clone())?;
         let provider = job.worker_model.provider;
-        let mut fleet = unit.backend.fleet_with_limits(&job.rate_limits, provider)?;
-        if let Some(rpm) = job.rate_limits.requests_per_minute {
-            fleet = fleet.with_shared_bucket(Arc::new(StoreBucket::for_requests(
-                unit.store.clone(),
-                provider,
-                rpm,
-            )));
-        }
+        let fleet = unit.backend.fleet_with_limits(&job.rate_limits, provider)?;
+        // The same shared limits as a plan agent's fleet: one bucket per model API and limit.
+        let limits = StoreLimits::open(
+            unit.store.clone(),
+            format!("{provider:?}").to_lowercase(),
+            unit.owner.to_owned(),
+            &job.rate_limits,
+            fleet.governor().config(),
+        )
+        .await;
+        let fleet = fleet.with_shared_limits(Arc::new(limits));
         let job = Arc::new(RunJob {
             hash: found,
             job,

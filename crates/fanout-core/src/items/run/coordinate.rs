@@ -153,6 +153,8 @@ async fn publish(
             depends_on: Vec::new(),
             kind: UnitKind::ItemChunk,
             input: Some(serde_json::to_string(chunk).map_err(encode)?),
+            // Not reserved against a budget by the leases: see `max_dollars` below.
+            estimated_usd: 0.0,
         });
     }
     let record = RunPlanRecord {
@@ -163,6 +165,8 @@ async fn publish(
         workflow_path: None,
         base_commit: String::new(),
         base_bundle: Vec::new(),
+        // The leases hold an agent run's budget; a shared item run's is not held by them yet.
+        max_dollars: None,
         created_at: SystemTime::now(),
     };
     ctx.store.publish_units(record, units).await?;

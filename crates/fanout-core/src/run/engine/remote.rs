@@ -1,6 +1,7 @@
 //! The agents phase of a run shared with `fanout worker` processes (`fanout run … --store
 //! URL --local-slots N`): the run is published for workers (the plan with its hash, the
-//! workflow's text, the base checkpoint as a git bundle, one unit per sub-task), then this
+//! workflow's text, the base checkpoint as a git bundle, one unit per sub-task with its
+//! estimated dollars, which the workers' leases reserve against the run's budget), then this
 //! process applies what they commit to the user's tree in commit order, takes checkpoints on
 //! the workflow's schedule, gives up the dependants of failures, and shows each unit's
 //! progress as the local agents phase shows an agent's. With `local_slots > 0` it also runs
@@ -29,7 +30,7 @@ use crate::plan::TaskId;
 use crate::retry::lock;
 use crate::run::checkpoint::{CheckpointId, CheckpointPolicy, Checkpointer, checkpoint_ref};
 use crate::run::scheduler::{NotRun, SchedulerReport, TaskOutcome};
-use crate::store::{AgentStatus, StoreReader, UnitRow, UnitState};
+use crate::store::{AgentStatus, BUDGET_EXHAUSTED, StoreReader, UnitRow, UnitState};
 
 /// A run whose agents are units in the store, leased by `fanout worker` processes.
 #[derive(Debug, Clone)]
@@ -312,6 +313,7 @@ async fn publish(
         distribution.workflow_path.clone(),
         &base.commit,
         bundle,
+        &inputs.estimated_dollars,
     )
     .await
     .map_err(RemoteError::from)?;
@@ -367,11 +369,16 @@ fn show_finishes(
         shown.finished.insert(unit.agent_id.clone());
         let agent_id = TaskId::from(unit.agent_id.as_str());
         if unit.state == UnitState::Skipped {
-            let why = match failed_dependency(units, unit) {
-                Some(dependency) => NotRun::DependencyFailed {
-                    dependency: dependency.to_string(),
-                },
-                None => NotRun::Cancelled,
+            let why = if unit.skip_reason.as_deref() == Some(BUDGET_EXHAUSTED) {
+                // Skipped by a worker's lease: the run's budget was spent.
+                NotRun::BudgetExhausted
+            } else {
+                match failed_dependency(units, unit) {
+                    Some(dependency) => NotRun::DependencyFailed {
+                        dependency: dependency.to_string(),
+                    },
+                    None => NotRun::Cancelled,
+                }
             };
             on_event(&EngineEvent::AgentNotRun {
                 agent_id,

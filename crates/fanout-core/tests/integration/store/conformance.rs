@@ -12,6 +12,12 @@ use fanout_core::store::{
 };
 use serde_json::json;
 
+use super::shared::{
+    a_runs_budget_is_reserved_at_each_lease_and_settled_at_each_commit,
+    shared_buckets_take_all_or_nothing_and_are_corrected_after_the_answer,
+    the_first_unit_starts_on_an_over_estimate_and_a_run_without_budget_is_free,
+    the_lowest_recently_reported_learned_limit_wins,
+};
 use super::units::{
     a_late_commit_is_refused_and_writes_nothing,
     a_lease_s_further_attempts_never_collide_with_a_takeover,
@@ -56,6 +62,10 @@ conformance!(
     only_runs_with_a_recorded_plan_are_leased,
     a_worker_leases_only_the_kinds_it_can_run,
     a_shared_bucket_holds_every_taker_to_its_rate,
+    shared_buckets_take_all_or_nothing_and_are_corrected_after_the_answer,
+    the_lowest_recently_reported_learned_limit_wins,
+    a_runs_budget_is_reserved_at_each_lease_and_settled_at_each_commit,
+    the_first_unit_starts_on_an_over_estimate_and_a_run_without_budget_is_free,
     the_seed_columns_hold_the_seed_values,
     an_awaited_finish_is_visible_at_once,
     migrations_run_once_and_a_newer_schema_is_refused,
@@ -227,6 +237,10 @@ async fn tables_and_columns_are_the_same(fresh: Fresh) {
                 "base_bundle",
                 "commits",
                 "created_at",
+                "max_dollars",
+                "reserved_usd",
+                "spent_usd",
+                "estimated_done_usd",
             ],
         ),
         (
@@ -246,10 +260,23 @@ async fn tables_and_columns_are_the_same(fresh: Fresh) {
                 "applied_at",
                 "kind",
                 "input",
+                "estimated_usd",
+                "reserved_usd",
+                "skip_reason",
             ],
         ),
         ("unit_dependencies", &["run_id", "agent_id", "depends_on"]),
         ("rate_buckets", &["name", "level", "updated_ms"]),
+        (
+            "learned_limits",
+            &[
+                "api",
+                "kind",
+                "limit_per_minute",
+                "reported_ms",
+                "reported_by",
+            ],
+        ),
     ];
     for (table, names) in expected {
         let found = columns(&reader, table);

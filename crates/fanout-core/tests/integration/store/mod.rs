@@ -5,6 +5,7 @@
 //! ten thousand agents through one file).
 
 mod conformance;
+mod shared;
 mod sqlite;
 mod units;
 

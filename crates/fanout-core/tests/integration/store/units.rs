@@ -25,6 +25,7 @@ fn plan(run_id: &str) -> RunPlanRecord {
         base_commit: "0123456789abcdef0123456789abcdef01234567".to_owned(),
         // Not UTF-8: the bundle is bytes on both backends.
         base_bundle: vec![0x23, 0x00, 0x9f, 0x92, 0x96, 0xff],
+        max_dollars: None,
         created_at: at(0),
     }
 }
@@ -379,6 +380,7 @@ pub(crate) async fn a_worker_leases_only_the_kinds_it_can_run(fresh: Fresh) {
         depends_on: Vec::new(),
         kind: UnitKind::ItemChunk,
         input: Some(r#"{"id":"chunk-0001","items":[]}"#.to_owned()),
+        estimated_usd: 0.0,
     };
     store
         .publish_units(plan("r1"), vec![chunk, unit("a1", &[])])
