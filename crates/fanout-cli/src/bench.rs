@@ -6,7 +6,8 @@
 //! floor `max(latency chain, (C_d - burst_d) / rate_d for each limited dimension d)`, the 429s
 //! the server answered, retries, failures, peak RSS and CPU time.
 //!
-//! `bench sim` measures the simulator's own throughput (see `bench_sim`).
+//! `bench sim` measures the simulator's own throughput (see `bench_sim`); `bench distributed`
+//! runs whole `fanout` processes, coordinator and workers (see `bench_distributed`).
 
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
@@ -48,6 +49,10 @@ enum BenchCommand {
     Sandbox(crate::bench_sandbox::BenchSandboxArgs),
     /// Item work: 10,000 items in chunks of 10 with 1,000 workers in flight; makespan vs floor.
     Items(crate::bench_items::BenchItemsArgs),
+    /// `bench run`'s workload through a coordinator and `fanout worker` processes sharing a
+    /// run store, against one `fanout run` process; or a command-heavy workload over 1, 2, 3
+    /// workers held to a CPU each by cgroups.
+    Distributed(crate::bench_distributed::BenchDistributedArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -122,6 +127,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Run(args) => crate::bench_run::run(args).await,
         BenchCommand::Sandbox(args) => crate::bench_sandbox::run(args).await,
         BenchCommand::Items(args) => crate::bench_items::run(args).await,
+        BenchCommand::Distributed(args) => crate::bench_distributed::run(args).await,
     }
 }
 
@@ -161,6 +167,11 @@ impl ChildSim {
             .with_context(|| format!("unexpected first line from the simulator: {first:?}"))?
             .to_string();
         Ok(ChildSim { child, base_url })
+    }
+
+    /// The simulator's process id, to read its CPU time from `/proc`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// The simulator's `/sim/stats` as JSON.

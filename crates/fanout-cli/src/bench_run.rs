@@ -142,9 +142,10 @@ pub async fn run(args: BenchRunArgs) -> anyhow::Result<ExitCode> {
     let workflow = work.path().join("workflow.yaml");
     std::fs::write(&workflow, workflow_yaml(&args)).context("cannot write the workflow")?;
     let plan_path = work.path().join("plan.json");
-    std::fs::write(&plan_path, plan_json(args.agents)?).context("cannot write the plan")?;
+    std::fs::write(&plan_path, plan_json(args.agents, None)?).context("cannot write the plan")?;
     let scenario = work.path().join("scenario.yaml");
-    std::fs::write(&scenario, scenario_yaml(args.turns)).context("cannot write the scenario")?;
+    std::fs::write(&scenario, scenario_yaml(args.turns, None))
+        .context("cannot write the scenario")?;
 
     let mut sim_options = vec![
         "--latency-ms".to_string(),
@@ -353,7 +354,11 @@ fn print_report(r: &RunBenchReport) {
     );
 }
 
-fn generate_repository(repo: &Path, files: usize, file_bytes: usize) -> anyhow::Result<()> {
+pub(crate) fn generate_repository(
+    repo: &Path,
+    files: usize,
+    file_bytes: usize,
+) -> anyhow::Result<()> {
     let src = repo.join("src");
     std::fs::create_dir_all(&src).context("cannot create the repository")?;
     for i in 0..files {
@@ -418,17 +423,25 @@ fn workflow_yaml(args: &BenchRunArgs) -> String {
     yaml
 }
 
-fn plan_json(agents: usize) -> anyhow::Result<Vec<u8>> {
+/// Agent i owns file i. With `command`, each agent may also run that allowlisted command
+/// (`bash`), as [`scenario_yaml`] with the same command has it do.
+pub(crate) fn plan_json(agents: usize, command: Option<&str>) -> anyhow::Result<Vec<u8>> {
     let subtasks: Vec<serde_json::Value> = (0..agents)
         .map(|i| {
-            serde_json::json!({
+            let mut subtask = serde_json::json!({
                 "task_id": format!("agent-{i:05}"),
                 "description": format!("Update the value in src/mod_{i:05}.txt"),
                 "scope": [format!("src/mod_{i:05}.txt")],
                 "tools": ["read_file", "list_files", "write_file"],
                 "mode": if i % 3 == 0 { "default" } else { "fast" },
                 "depends_on": []
-            })
+            });
+            if let Some(command) = command {
+                subtask["tools"] =
+                    serde_json::json!(["read_file", "list_files", "write_file", "bash"]);
+                subtask["shell_commands"] = serde_json::json!([command]);
+            }
+            subtask
         })
         .collect();
     serde_json::to_vec(&serde_json::json!({"workflow": "bench-run", "subtasks": subtasks}))
@@ -436,8 +449,9 @@ fn plan_json(agents: usize) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Turn 1 reads the agent's file, middle turns list its scope, the turn before last writes
-/// it, the last reports.
-fn scenario_yaml(turns: usize) -> String {
+/// it, the last reports. With `command` (and at least 4 turns), turn 2 runs that command with
+/// `bash` instead.
+pub(crate) fn scenario_yaml(turns: usize, command: Option<&str>) -> String {
     const FILE: &str = r"'Files you may change \(nothing else\):\n- (?P<file>\S+)'";
     let mut yaml = String::from("rules:\n");
     for turn in 1..=turns {
@@ -447,6 +461,8 @@ fn scenario_yaml(turns: usize) -> String {
             "    tool_use: {name: write_file, input: {path: \"${file}\", content: \"updated by its agent\\n\"}}\n".to_string()
         } else if turn == 1 {
             "    tool_use: {name: read_file, input: {path: \"${file}\"}}\n".to_string()
+        } else if let Some(command) = command.filter(|_| turn == 2) {
+            format!("    tool_use: {{name: bash, input: {{command: \"{command}\"}}}}\n")
         } else {
             "    tool_use: {name: list_files, input: {pattern: \"${file}\"}}\n".to_string()
         };

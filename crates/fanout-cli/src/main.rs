@@ -4,8 +4,10 @@
 //! (or JSON with `--json`); progress and diagnostics go to stderr.
 
 mod bench;
+mod bench_distributed;
 mod bench_items;
 mod bench_plan;
+mod bench_process;
 mod bench_run;
 mod bench_sandbox;
 mod bench_sim;
