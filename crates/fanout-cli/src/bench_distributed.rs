@@ -193,7 +193,9 @@ impl Spread {
 #[derive(Debug, Clone, Serialize)]
 struct Summary {
     label: String,
+    /// Runs that completed with every check passed (the figures are theirs), and the others.
     runs: usize,
+    incomplete: usize,
     wall_s: Option<Spread>,
     cpu_s: Option<Spread>,
     sim_cpu_s: Option<Spread>,
@@ -861,7 +863,11 @@ async fn run_once(
                     (index, pid, started, log, children.last())
                 })
                 .collect();
-            for (_, pid, _, _, _) in &stopping {
+            let mut ended_early = Vec::new();
+            for (index, pid, _, _, _) in &stopping {
+                if bench_process::has_ended(*pid) {
+                    ended_early.push(*index);
+                }
                 bench_process::signal(*pid, libc::SIGTERM);
             }
             for ((index, pid, started, log, children_cpu_s), group) in stopping.iter().zip(&groups)
@@ -871,6 +877,14 @@ async fn run_once(
                 if killed {
                     problems.push(format!(
                         "worker {index} did not stop within 60 s of SIGTERM (killed)"
+                    ));
+                }
+                if ended_early.contains(index) {
+                    problems.push(format!(
+                        "worker {index} had ended before the run did (exit {:?}, signal {:?}); stderr: {}",
+                        reaped.code,
+                        reaped.signal,
+                        tail(&log.with_extension("err"), 3)
                     ));
                 }
                 processes.push(ProcessRecord {
@@ -989,7 +1003,15 @@ fn summarise(
 ) -> Vec<Summary> {
     let mut summaries: Vec<Summary> = Vec::new();
     for setup in setups {
-        let mine: Vec<&RunRecord> = runs.iter().filter(|run| run.setup == *setup).collect();
+        // Figures of runs that did all they should: an incomplete run is counted apart.
+        let mine: Vec<&RunRecord> = runs
+            .iter()
+            .filter(|run| run.setup == *setup && run.problems.is_empty())
+            .collect();
+        let incomplete = runs
+            .iter()
+            .filter(|run| run.setup == *setup && !run.problems.is_empty())
+            .count();
         let values = |field: fn(&RunRecord) -> Option<f64>| -> Option<Spread> {
             Spread::of(&mine.iter().filter_map(|run| field(run)).collect::<Vec<_>>())
         };
@@ -1005,6 +1027,7 @@ fn summarise(
         summaries.push(Summary {
             label: setup.label(),
             runs: mine.len(),
+            incomplete,
             wall_over_floor: match (&wall, cpu_floor) {
                 (Some(wall), Some(floor)) => Some(wall.median / floor),
                 _ => None,
@@ -1046,8 +1069,15 @@ fn run_line(run: &RunRecord) -> String {
         .processes
         .iter()
         .map(|process| {
+            let committed = process
+                .report
+                .as_ref()
+                .filter(|_| process.role.starts_with("worker"))
+                .and_then(|report| report.get("committed")?.as_u64())
+                .map(|units| format!(", {units} units"))
+                .unwrap_or_default();
             format!(
-                "{} {:.2}, children {:.2}",
+                "{} {:.2}, children {:.2}{committed}",
                 process.role,
                 process.reaped.cpu_s(),
                 process.children_cpu_s
@@ -1119,14 +1149,18 @@ fn print_report(report: &Report) {
     for run in &report.runs {
         println!("{}", run_line(run));
     }
-    let trees: std::collections::BTreeSet<&str> =
-        report.runs.iter().map(|run| run.tree.as_str()).collect();
+    let trees: std::collections::BTreeSet<&str> = report
+        .runs
+        .iter()
+        .filter(|run| run.problems.is_empty())
+        .map(|run| run.tree.as_str())
+        .collect();
     println!(
         "trees of src/: {}",
-        if trees.len() == 1 {
-            "the same after every run".to_owned()
-        } else {
-            format!("{} different trees", trees.len())
+        match trees.len() {
+            0 => "no run completed".to_owned(),
+            1 => "the same after every complete run".to_owned(),
+            n => format!("{n} different trees among complete runs"),
         }
     );
     let first = report
@@ -1152,7 +1186,14 @@ fn print_report(report: &Report) {
     for summary in &report.summary {
         let mut line = format!(
             "  {:<22} {:<26} {:<26} {:<18} {:<18} {:<12} {:<10}",
-            format!("{} x{}", summary.label, summary.runs),
+            if summary.incomplete > 0 {
+                format!(
+                    "{} x{} ({} incomplete)",
+                    summary.label, summary.runs, summary.incomplete
+                )
+            } else {
+                format!("{} x{}", summary.label, summary.runs)
+            },
             spread(&summary.wall_s),
             spread(&summary.cpu_s),
             summary

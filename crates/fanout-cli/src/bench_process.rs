@@ -119,6 +119,17 @@ pub fn proc_cpu(pid: i32) -> Option<ProcCpu> {
     })
 }
 
+/// Whether the child `pid` has ended and waits to be reaped (a zombie).
+pub fn has_ended(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|text| {
+            let rest = &text[text.rfind(')')? + 1..];
+            rest.split_whitespace().next().map(|state| state == "Z")
+        })
+        .unwrap_or(true)
+}
+
 fn all_pids() -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
