@@ -823,7 +823,9 @@ async fn run_once(
             let wall = started.elapsed().as_secs_f64();
             let children_cpu_s = children.last();
             running.forget(pid);
-            let outcome = last_json_line(&log.with_extension("out"));
+            // `--json` ends with `{"event": "run_finished", "outcome": {...}}`.
+            let outcome = last_json_line(&log.with_extension("out"))
+                .map(|line| line.get("outcome").cloned().unwrap_or(line));
             if killed {
                 problems.push(format!(
                     "the coordinator did not finish within {} s (killed)",

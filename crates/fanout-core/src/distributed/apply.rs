@@ -86,32 +86,113 @@ pub async fn apply_committed(
         })??
     };
     let mut done = Applied::default();
+    let mut batch = Batch::default();
+    let mut marked: Vec<AgentId> = Vec::new();
     for unit in units {
         let patch = unit.patch.clone().unwrap_or_default();
         if deletes_or_renames(&patch) {
             done.destructive.push(unit.agent_id.clone());
         }
         if !patch.is_empty() && unit.state == UnitState::Committed {
-            let root = repo.to_path_buf();
-            let agent = unit.agent_id.clone();
-            let recognised = tokio::task::spawn_blocking(move || apply_once(&root, &agent, &patch))
-                .await
-                .map_err(|_| StoreError::WriterClosed {
-                    what: "a patch's application",
-                })??;
-            if recognised {
-                done.recognised.push(unit.agent_id.clone());
-            } else {
-                done.applied.push(unit.agent_id.clone());
+            let files = touched(&patch);
+            if !batch.takes(&files) {
+                batch.apply(repo, recheck, &mut done).await?;
             }
+            batch.add(unit.agent_id.clone(), patch, files);
         }
         if unit.applied_at.is_none() {
-            store
-                .mark_unit_applied(run_id, &unit.agent_id, SystemTime::now())
-                .await?;
+            marked.push(unit.agent_id.clone());
         }
     }
+    batch.apply(repo, recheck, &mut done).await?;
+    // Recorded after every patch of the pass is in the tree: a coordinator that dies in
+    // between finds them there on resume, and recognises them.
+    if !marked.is_empty() {
+        store
+            .mark_units_applied(run_id, &marked, SystemTime::now())
+            .await?;
+    }
     Ok(done)
+}
+
+/// The `diff --git` lines of a patch: one per file it touches, the same line for the same
+/// file in any patch (`git diff --no-renames` writes them all alike).
+fn touched(patch: &[u8]) -> Vec<Vec<u8>> {
+    patch
+        .split(|byte| *byte == b'\n')
+        .filter(|line| line.starts_with(b"diff --git "))
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// Consecutive patches in commit order that touch no file in common, applied with one
+/// `git apply` (which applies every patch of its input to the tree as it was, so two
+/// patches of one file cannot share a batch).
+#[derive(Default)]
+struct Batch {
+    agents: Vec<AgentId>,
+    patches: Vec<Vec<u8>>,
+    files: std::collections::HashSet<Vec<u8>>,
+}
+
+impl Batch {
+    fn takes(&self, files: &[Vec<u8>]) -> bool {
+        files.iter().all(|file| !self.files.contains(file))
+    }
+
+    fn add(&mut self, agent: AgentId, patch: Vec<u8>, files: Vec<Vec<u8>>) {
+        self.agents.push(agent);
+        self.patches.push(patch);
+        self.files.extend(files);
+    }
+
+    /// Apply the batch at `repo` and empty it. All at once when it can (`git apply` is
+    /// atomic: all or nothing); otherwise, and always when rechecking a resumed run's
+    /// patches, one by one, each applied or recognised as already there.
+    async fn apply(
+        &mut self,
+        repo: &Path,
+        recheck: bool,
+        done: &mut Applied,
+    ) -> Result<(), ApplyError> {
+        let agents = std::mem::take(&mut self.agents);
+        let patches = std::mem::take(&mut self.patches);
+        self.files.clear();
+        if agents.is_empty() {
+            return Ok(());
+        }
+        let root = repo.to_path_buf();
+        let named = agents.clone();
+        let results = tokio::task::spawn_blocking(move || {
+            if !recheck && patches.len() > 1 {
+                let git = Git::open(&root)?;
+                let mut apply = git.command();
+                apply.args(["apply", "--binary", "-"]);
+                match git.run(apply, Some(&patches.concat())) {
+                    Ok(_) => return Ok(vec![false; patches.len()]),
+                    Err(GitError::Failed { .. }) => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            named
+                .iter()
+                .zip(&patches)
+                .map(|(agent, patch)| apply_once(&root, agent, patch))
+                .collect::<Result<Vec<bool>, ApplyError>>()
+        })
+        .await
+        .map_err(|_| StoreError::WriterClosed {
+            what: "a patch's application",
+        })??;
+        for (agent, recognised) in agents.into_iter().zip(results) {
+            if recognised {
+                done.recognised.push(agent);
+            } else {
+                done.applied.push(agent);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Committed units (successes and failures) in commit order, up to the first gap: a unit
@@ -132,18 +213,14 @@ fn in_commit_order(units: Vec<UnitRow>) -> Vec<UnitRow> {
     out
 }
 
-/// Apply `patch` at `repo` unless the tree already holds it; whether it did.
+/// Apply `patch` at `repo` unless the tree already holds it; whether it did. (`git apply`
+/// changes nothing when it fails, so a failed forward application is then tried in reverse.)
 fn apply_once(repo: &Path, agent_id: &AgentId, patch: &[u8]) -> Result<bool, ApplyError> {
     let git = Git::open(repo)?;
     let mut forward = git.command();
-    forward.args(["apply", "--binary", "--check", "-"]);
+    forward.args(["apply", "--binary", "-"]);
     match git.run(forward, Some(patch)) {
-        Ok(_) => {
-            let mut apply = git.command();
-            apply.args(["apply", "--binary", "-"]);
-            git.run(apply, Some(patch))?;
-            Ok(false)
-        }
+        Ok(_) => Ok(false),
         Err(GitError::Failed { stderr, .. }) => {
             let mut reverse = git.command();
             reverse.args(["apply", "--binary", "--check", "--reverse", "-"]);

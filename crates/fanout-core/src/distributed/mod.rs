@@ -7,14 +7,18 @@
 //! Start reading at [`worker::work`]. What each part owns:
 //! - [`crate::store::units`] (below this layer): the units, their leases and commits as
 //!   tables and queries on both store backends;
-//! - [`tree`]: a unit's tree in the worker's cache (the run's base from its bundle, the
-//!   dependencies' patches applied) and the patch of the agent's write scope afterwards;
+//! - [`shared_tree`]: the worker's one tree per run, checked out once from the base, in
+//!   which every unit without dependencies runs (as a local run's agents share one tree),
+//!   and a unit's patch read from it, or its scope put back when it did not commit;
+//! - [`tree`]: the run's base from its bundle in the worker's cache, and a tree of its own
+//!   for a unit with dependencies (their patches applied), with the patch of the agent's
+//!   write scope afterwards;
 //! - [`worker`]: the lease loop with `slots` units at once, a heartbeat per unit, the run
 //!   contexts, and a store that cannot be reached for a moment waited out ([`patience`]);
 //! - [`unit`]: one leased unit, its agent tried exactly as the local engine tries one (its
 //!   toolbox, scope policy, sandbox, limits, records, and its rule for escalating a `fast`
 //!   agent and retrying transient failures: [`crate::attempt`], which the local engine uses
-//!   too), each attempt in a fresh tree with a number of its own, then the commit;
+//!   too), each attempt with a number of its own, then the commit;
 //! - [`publish`]: what a coordinator stores for its workers (the plan, its hash, the
 //!   workflow and the base bundle) and enqueues;
 //! - [`apply`]: committed patches applied to the user's tree in commit order, exactly once;
@@ -41,6 +45,7 @@ pub mod handler;
 pub mod limits;
 mod patience;
 pub mod publish;
+pub mod shared_tree;
 pub mod tree;
 mod unit;
 pub mod worker;

@@ -133,6 +133,18 @@ pub fn unit_tree(
     Ok(dir)
 }
 
+/// `git diff` of the staged change as a unit's patch: binary, no renames, full blob ids (the
+/// revision and the paths follow).
+pub(super) const PATCH_DIFF: [&str; 7] = [
+    "diff",
+    "--cached",
+    "--no-ext-diff",
+    "--no-textconv",
+    "--binary",
+    "--no-renames",
+    "--full-index",
+];
+
 /// What the agent changed in `dir` inside `scope`, as a binary patch against `HEAD` (empty
 /// when it changed nothing there). Changes outside the scope are left out: the toolbox
 /// refuses them, so none is expected.
@@ -150,20 +162,11 @@ pub fn scope_patch(dir: &Path, scope: &PathSet) -> Result<Vec<u8>, TreeError> {
         ],
         None,
     )?;
-    let mut args: Vec<String> = [
-        "diff",
-        "--cached",
-        "--no-ext-diff",
-        "--no-textconv",
-        "--binary",
-        "--no-renames",
-        "--full-index",
-        "HEAD",
-        "--",
-    ]
-    .iter()
-    .map(|arg| (*arg).to_owned())
-    .collect();
+    let mut args: Vec<String> = PATCH_DIFF
+        .iter()
+        .chain(&["HEAD", "--"])
+        .map(|arg| (*arg).to_owned())
+        .collect();
     let before = args.len();
     for name in names
         .split(|byte| *byte == 0)

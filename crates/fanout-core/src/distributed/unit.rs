@@ -1,14 +1,16 @@
 //! One leased unit on a worker, from its first attempt to its commit: the agent tried as
 //! hard as a local run tries it.
 //!
-//! Each attempt starts from a fresh tree ([`super::tree`]: the base, then the dependencies'
-//! committed patches in commit order; a new directory per attempt) and runs the agent with
-//! the engine's own scope policy, toolbox, sandbox, limits and records (model calls as they
-//! are answered, tool calls, denials). Whether it succeeded, and what follows when it did
+//! Each attempt starts from the base: a unit without dependencies in the run's shared tree
+//! ([`super::shared_tree`], its scope put back after an attempt that did not commit), a unit
+//! with dependencies in a fresh tree of its own ([`super::tree`]: the base, then the
+//! dependencies' committed patches in commit order; a new directory per attempt, deleted
+//! off the runtime's threads). The agent runs with the engine's own scope policy, toolbox,
+//! sandbox, limits and records (model calls as they are answered, tool calls, denials). Whether it succeeded, and what follows when it did
 //! not, is the local engine's rule ([`crate::attempt::next_try`]): a `fast` agent
 //! whose result fails validation, or that reports it did not finish, gets one attempt on
 //! `default` (escalated); a provider error gets another attempt while fewer than
-//! `max_attempts` were made under this lease. A failed attempt's tree is thrown away, so
+//! `max_attempts` were made under this lease. A failed attempt's change is thrown away, so
 //! its row says `rollback` if it had changed something, as a local one does.
 //!
 //! Attempt numbers. The first attempt is the lease's. Each further one is started by
@@ -88,35 +90,100 @@ impl Worker {
         };
         heartbeat.abort();
         let lease = held.lock().await.clone();
+        let kept = self.settle(result, &lease, cancel).await;
+        if kind == UnitKind::Agent && !kept {
+            self.put_back(&lease).await;
+        }
+    }
+
+    /// Commit what the unit's run came to (or note why there is nothing to commit); whether
+    /// a success was committed, so that its change stays in the shared tree.
+    async fn settle(
+        &self,
+        result: Result<Option<UnitCommit>, UnitError>,
+        lease: &Lease,
+        cancel: &CancellationToken,
+    ) -> bool {
         let commit = match result {
             Ok(Some(commit)) => commit,
             Ok(None) | Err(UnitError::Cancelled) => {
                 self.note(|report| report.abandoned += 1);
-                return;
+                return false;
             }
             Err(UnitError::Store(StoreError::LeaseLost { .. })) => {
                 self.note(|report| report.lost += 1);
-                return;
+                return false;
             }
             Err(UnitError::Unreachable { waited, source }) => {
                 self.stop_unreachable(waited, source);
-                return;
+                return false;
             }
             // Could not run it: a failure on record, so the coordinator does not wait on it.
             Err(error) => {
                 let message = error.to_string();
                 self.note_error(message.clone());
-                match self.failure(&lease, message, cancel).await {
+                match self.failure(lease, message, cancel).await {
                     Some(commit) => commit,
-                    None => return,
+                    None => return false,
                 }
             }
         };
         if cancel.is_cancelled() {
             self.note(|report| report.abandoned += 1);
+            return false;
+        }
+        let succeeded = commit.succeeded;
+        self.commit_unit(commit, cancel).await && succeeded
+    }
+
+    /// After a unit of the shared tree that did not commit a success (failed, cancelled,
+    /// lost its lease, or could not commit): its scope as the base has it.
+    async fn put_back(&self, lease: &Lease) {
+        let Some(context) = self.known_context(&lease.run_id).await else {
+            return;
+        };
+        let Some(subtask) = context
+            .plan
+            .subtasks
+            .iter()
+            .find(|subtask| AgentId::from(&subtask.task_id) == lease.agent_id)
+            .cloned()
+        else {
+            return;
+        };
+        self.revert_shared(&context, &subtask, unit_name(lease))
+            .await;
+    }
+
+    /// Put the scope of `subtask` in the shared tree back as the base has it, if the unit
+    /// runs there. A tree that cannot be put back is an error of the worker's report.
+    async fn revert_shared(&self, context: &Arc<RunContext>, subtask: &Subtask, name: String) {
+        if context.shared.is_none() || !subtask.depends_on.is_empty() {
             return;
         }
-        self.commit_unit(commit, cancel).await;
+        let scope = match PathSet::new(&agent_spec(subtask).scope) {
+            Ok(scope) => scope,
+            Err(error) => {
+                self.note_error(error.to_string());
+                return;
+            }
+        };
+        let owned = Arc::clone(context);
+        let reverted = tokio::task::spawn_blocking(move || {
+            owned
+                .shared
+                .as_ref()
+                .map_or(Ok(()), |tree| tree.revert(&scope, &name))
+        })
+        .await;
+        match reverted {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => self.note_error(format!(
+                "cannot put back the scope of {} in the shared tree: {error}",
+                subtask.task_id
+            )),
+            Err(error) => self.note_error(error.to_string()),
+        }
     }
 
     /// The unit's attempts; the commit to make, or `None` if the unit was cancelled.
@@ -151,14 +218,23 @@ impl Worker {
         };
         self.start_first(&self.start_row(&context, &lease, &subtask, tries), cancel)
             .await?;
+        // A unit without dependencies runs in the run's shared tree; one with dependencies in
+        // a tree of its own per attempt, with their patches.
+        let shared = context.shared.is_some() && subtask.depends_on.is_empty();
         loop {
             tries.made += 1;
             self.note(|report| report.attempts += 1);
-            let dir = self.materialise(&context, &lease, &subtask, cancel).await?;
+            let dir = match context.shared.as_ref().filter(|_| shared) {
+                Some(tree) => tree.dir().to_path_buf(),
+                None => self.materialise(&context, &lease, &subtask, cancel).await?,
+            };
             let attempt = self
-                .attempt(&context, &lease, &spec, tries.mode, &dir, cancel)
+                .attempt(&context, &lease, &spec, tries.mode, &dir, shared, cancel)
                 .await;
-            tree::remove(&dir);
+            if !shared {
+                // Off the runtime's threads: deleting a tree of many files takes a while.
+                drop(tokio::task::spawn_blocking(move || tree::remove(&dir)));
+            }
             let (outcome, status, error) = match attempt? {
                 Attempt::Cancelled => return Ok(None),
                 Attempt::Succeeded { outcome, patch } => {
@@ -199,6 +275,9 @@ impl Worker {
                 }
                 NextTry::Again => self.note(|report| report.retried += 1),
             }
+            // The next attempt starts from the base, as a fresh tree would.
+            self.revert_shared(&context, &subtask, unit_name(&lease))
+                .await;
             let finish = self.finish_row(&lease, outcome.as_deref(), status, Some(error));
             let start = self.start_row(&context, &lease, &subtask, tries);
             lease = self.next_attempt(held, finish, start, cancel).await?;
@@ -375,13 +454,15 @@ impl Worker {
 
     /// One attempt of the agent in `dir` on `mode`, as the local engine runs one; its start
     /// row is on record.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
-        context: &RunContext,
+        context: &Arc<RunContext>,
         lease: &Lease,
         spec: &AgentSpec,
         mode: Mode,
         dir: &Path,
+        shared: bool,
         cancel: &CancellationToken,
     ) -> Result<Attempt, UnitError> {
         let mut config = agent_config(&context.config, mode);
@@ -393,6 +474,14 @@ impl Worker {
             mode,
             context.config.model_for_mode(mode),
         ));
+        let scanned;
+        let facts = match context.shared.as_ref().filter(|_| shared) {
+            Some(tree) => tree.facts(),
+            None => {
+                scanned = RepoFacts::scan(dir);
+                &scanned
+            }
+        };
         let toolbox = ScopePolicy::from_config(&context.config, spec)
             .map_err(|error| error.to_string())
             .and_then(|policy| {
@@ -401,7 +490,7 @@ impl Worker {
                     policy,
                     SandboxConfig::default(),
                     ToolLimits::default(),
-                    &RepoFacts::scan(dir),
+                    facts,
                 )
                 .map_err(|error| error.to_string())
             });
@@ -415,6 +504,13 @@ impl Worker {
                 });
             }
         };
+        // The scope as the agent finds it, when its patch can be written without git.
+        let snapshot = context
+            .shared
+            .as_ref()
+            .filter(|_| shared)
+            .zip(PathSet::new(&spec.scope).ok())
+            .and_then(|(tree, scope)| tree.snapshot(&scope));
         let outcome = run_agent_gated(&context.fleet, &toolbox, spec, &config, None, cancel).await;
         queue_denials(&self.store, &lease.run_id, &outcome, lease.attempt);
         store_tool_calls(
@@ -440,9 +536,14 @@ impl Worker {
             source: std::io::Error::other(error.to_string()),
         })?;
         let owned = dir.to_path_buf();
-        let patch = tokio::task::spawn_blocking(move || tree::scope_patch(&owned, &scope))
-            .await
-            .map_err(|error| UnitError::Join(error.to_string()))??;
+        let context = Arc::clone(context);
+        let name = unit_name(lease);
+        let patch = tokio::task::spawn_blocking(move || match context.shared.as_ref() {
+            Some(tree) if shared => tree.patch(&scope, &name, snapshot.as_ref()),
+            _ => tree::scope_patch(&owned, &scope),
+        })
+        .await
+        .map_err(|error| UnitError::Join(error.to_string()))??;
         Ok(Attempt::Succeeded {
             outcome: Box::new(outcome),
             patch,
@@ -546,7 +647,7 @@ impl Worker {
 
     /// Commit the unit, waiting out a store that cannot be reached for a moment. A refusal
     /// after a lost answer is checked against the unit: the commit may have landed.
-    async fn commit_unit(&self, commit: UnitCommit, cancel: &CancellationToken) {
+    async fn commit_unit(&self, commit: UnitCommit, cancel: &CancellationToken) -> bool {
         let succeeded = commit.succeeded;
         let lease = commit.lease.clone();
         let result = self
@@ -560,15 +661,15 @@ impl Worker {
             }) => after_retry && self.committed(&lease, cancel).await,
             Err(Gave::Refused { error, .. }) => {
                 self.note_error(error.to_string());
-                return;
+                return false;
             }
             Err(Gave::Unreachable { waited, last }) => {
                 self.stop_unreachable(waited, Box::new(last));
-                return;
+                return false;
             }
             Err(Gave::Cancelled) => {
                 self.note(|report| report.abandoned += 1);
-                return;
+                return false;
             }
         };
         match (committed, succeeded) {
@@ -576,6 +677,7 @@ impl Worker {
             (true, false) => self.note(|report| report.failed += 1),
             (false, _) => self.note(|report| report.lost += 1),
         }
+        committed
     }
 
     /// Whether the store shows the unit committed under `lease` (its attempt, its owner).
@@ -586,4 +688,9 @@ impl Worker {
                 && unit.lease_owner.as_deref() == Some(lease.owner.as_str())
         })
     }
+}
+
+/// A unit's attempt as a name for files of its own (`<agent>-<attempt>`).
+fn unit_name(lease: &Lease) -> String {
+    format!("{}-{}", lease.agent_id, lease.attempt)
 }

@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::handler::UnitHandlers;
 use super::patience::{self, Gave, Waited};
+use super::shared_tree::SharedTree;
 use super::tree::{self, TreeError};
 use crate::backend::{Backend, BackendError};
 use crate::config::Config;
@@ -48,6 +49,9 @@ use crate::ids::{AgentId, RunId};
 use crate::plan::{Plan, hash_bytes};
 use crate::retry::lock;
 use crate::store::{Lease, Store, StoreError, StoreLocation, StoreReader, UnitKind, UnitState};
+
+/// At most this many units leased in one transaction.
+const LEASE_BATCH: usize = 64;
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -78,7 +82,7 @@ pub struct WorkerOptions {
 }
 
 impl WorkerOptions {
-    /// A lease of 30 s, polled every 200 ms; as many attempts as a local run gives an agent
+    /// A lease of 30 s, polled every 100 ms; as many attempts as a local run gives an agent
     /// ([`crate::attempt::AGENT_ATTEMPTS`]); two minutes of patience with the store.
     pub fn new(store: StoreLocation, cache: PathBuf, slots: usize, owner: String) -> Self {
         WorkerOptions {
@@ -87,7 +91,7 @@ impl WorkerOptions {
             slots: slots.max(1),
             owner,
             lease: Duration::from_secs(30),
-            poll: Duration::from_millis(200),
+            poll: Duration::from_millis(100),
             run: None,
             exit_when_done: false,
             handlers: UnitHandlers::default(),
@@ -202,6 +206,9 @@ pub(super) struct RunContext {
     pub(super) fleet: Fleet,
     pub(super) base_commit: String,
     pub(super) base: PathBuf,
+    /// Where the run's units without dependencies run; `None` when another process on the
+    /// same cache holds it (each unit then gets a tree of its own).
+    pub(super) shared: Option<SharedTree>,
 }
 
 pub(super) struct Worker {
@@ -256,15 +263,25 @@ pub async fn work(
                 Err(_) => break,
             },
         };
+        // Every free slot is filled at once, in one lease transaction (a run of a thousand
+        // units starts in a few transactions, not a thousand).
+        let mut permits = vec![permit];
+        while permits.len() < LEASE_BATCH {
+            match Arc::clone(&slots).try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
         // Reap finished tasks so the set does not grow with the run.
         while tasks.try_join_next().is_some() {}
         let leased = worker
             .persist(&stop, || {
                 let now = SystemTime::now();
-                worker.store.lease_unit_of(
+                worker.store.lease_units_of(
                     &worker.options.owner,
                     worker.options.run.as_ref(),
                     &kinds,
+                    permits.len(),
                     now,
                     now + worker.options.lease,
                 )
@@ -277,31 +294,31 @@ pub async fn work(
                 break;
             }
         };
-        match leased {
-            Some(lease) => {
-                let worker = Arc::clone(&worker);
-                let cancel = stop.child_token();
-                tasks.spawn(async move {
-                    worker.unit(lease, &cancel).await;
-                    drop(permit);
-                });
-            }
-            None => {
+        let idle = leased.is_empty();
+        for (lease, permit) in leased.into_iter().zip(permits.drain(..)) {
+            let worker = Arc::clone(&worker);
+            let cancel = stop.child_token();
+            tasks.spawn(async move {
+                worker.unit(lease, &cancel).await;
                 drop(permit);
-                if worker.options.exit_when_done && tasks.is_empty() {
-                    match worker.run_done(&stop).await {
-                        Ok(true) => break,
-                        Ok(false) => {}
-                        Err(gave) => {
-                            ended = worker.gave_up(gave);
-                            break;
-                        }
+            });
+        }
+        // Slots the store had no unit for are free again.
+        drop(permits);
+        if idle {
+            if worker.options.exit_when_done && tasks.is_empty() {
+                match worker.run_done(&stop).await {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(gave) => {
+                        ended = worker.gave_up(gave);
+                        break;
                     }
                 }
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = tokio::time::sleep(worker.options.poll) => {}
-                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(worker.options.poll) => {}
             }
         }
     }
@@ -470,6 +487,11 @@ impl Worker {
         })
     }
 
+    /// The run's context if it was made.
+    pub(super) async fn known_context(&self, run_id: &RunId) -> Option<Arc<RunContext>> {
+        self.runs.lock().await.get(run_id).cloned()
+    }
+
     /// The run's context, made the first time one of its units is leased.
     pub(super) async fn context(
         &self,
@@ -487,10 +509,11 @@ impl Worker {
             .ok_or_else(|| UnitError::NoPlan(run_id.clone()))?;
         let cache = self.options.cache.clone();
         let run = run_id.clone();
-        let (record, base) = tokio::task::spawn_blocking(move || {
+        let (record, base, shared) = tokio::task::spawn_blocking(move || {
             let base =
                 tree::base_repository(&cache, &run, &record.base_bundle, &record.base_commit)?;
-            Ok::<_, UnitError>((record, base))
+            let shared = SharedTree::open(&cache, &run, &base, &record.base_commit)?;
+            Ok::<_, UnitError>((record, base, shared))
         })
         .await
         .map_err(|error| UnitError::Join(error.to_string()))??;
@@ -529,6 +552,7 @@ impl Worker {
             fleet,
             base_commit: record.base_commit,
             base,
+            shared,
         });
         runs.insert(run_id.clone(), Arc::clone(&context));
         Ok(context)

@@ -199,6 +199,34 @@ impl PathSet {
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()
     }
+
+    /// Where every path the set matches lies: for each entry, its leading components up to
+    /// the first with a glob character (`""` for the whole tree), without duplicates. A
+    /// superset of the set, to narrow a walk before [`PathSet::is_match`] decides.
+    pub fn roots(&self) -> Vec<String> {
+        let mut roots: Vec<String> = Vec::new();
+        for pattern in &self.patterns {
+            let root = pattern
+                .split('/')
+                .take_while(|component| !component.contains(GLOB_CHARS))
+                .collect::<Vec<_>>()
+                .join("/");
+            if !roots.contains(&root) {
+                roots.push(root);
+            }
+        }
+        roots
+    }
+
+    /// Whether the set is exactly its [`roots`](PathSet::roots): plain paths only, each
+    /// matching itself and everything beneath it.
+    pub fn is_plain(&self) -> bool {
+        self.globs.is_none()
+            && self
+                .patterns
+                .iter()
+                .all(|pattern| pattern.split('/').all(|c| !c.is_empty() && c != "."))
+    }
 }
 
 /// An invalid scope or glob.
@@ -454,6 +482,25 @@ impl ScopePolicy {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn roots_hold_every_match_and_plain_sets_are_their_roots() {
+        let set =
+            PathSet::new(&["src/a.rs", "./docs/", "tests/**/*.rs", "*.md", "src/a.rs"]).unwrap();
+        assert_eq!(set.roots(), ["src/a.rs", "docs", "tests", ""]);
+        assert!(!set.is_plain());
+        for path in ["src/a.rs", "docs/x/y", "tests/u/v.rs", "README.md"] {
+            assert!(set.is_match(path), "{path}");
+            let roots = set.roots();
+            let under = roots.iter().any(|root| {
+                root.is_empty() || path == root || path.starts_with(&format!("{root}/"))
+            });
+            assert!(under, "{path} is under none of {roots:?}");
+        }
+        assert!(PathSet::new(&["src/a.rs", "lib/"]).unwrap().is_plain());
+        assert!(!PathSet::new(&["src/*.rs"]).unwrap().is_plain());
+        assert!(!PathSet::new(&["src/./a.rs"]).unwrap().is_plain());
+    }
 
     #[test]
     fn protected_paths_win_over_scope() {

@@ -320,43 +320,60 @@ pub(super) fn enqueue(db_: &dyn Db, run_id: &RunId, units: &[UnitSpec]) -> Resul
     Ok(())
 }
 
-/// Lease the earliest ready unit of one of `kinds` of any run whose plan is recorded (or of
-/// `run_id` only), to `owner` until `expires_at`, if its run's budget covers it: a run whose budget must
-/// wait for its units in flight is passed over for the next run's units, and one whose budget
-/// is spent has its waiting units skipped (see the module docs). No lease when nothing is
-/// ready and covered.
+/// Lease up to `count` of the earliest ready units of `kinds` of any run whose plan is
+/// recorded (or of `run_id` only), to `owner` until `expires_at`, each only if its run's
+/// budget covers it: a run whose budget must wait for its units in flight is passed over
+/// for the next run's units, and one whose budget is spent has its waiting units skipped
+/// (see the module docs). The same leases, in the same order, as that many leases one by
+/// one; none when nothing is ready and covered.
 pub(super) fn lease(
     db_: &dyn Db,
     owner: &str,
     run_id: Option<&RunId>,
     kinds: &[UnitKind],
+    count: usize,
     now: SystemTime,
     expires_at: SystemTime,
-) -> Result<Option<Lease>, UnitError> {
+) -> Result<Vec<Lease>, UnitError> {
     let now_text = format_time(now);
     // Runs whose budget must wait for their units in flight, or is spent.
     let mut passed: Vec<RunId> = Vec::new();
-    loop {
-        let Some(candidate) = pick(db_, run_id, kinds, &now_text, &passed)? else {
-            return Ok(None);
-        };
-        let reservation = match candidate.max_dollars {
-            None => 0.0,
-            Some(max_dollars) => match reserve(db_, &candidate, max_dollars, &now_text)? {
-                Admission::Reserve(reservation) => reservation,
-                Admission::Wait => {
-                    passed.push(candidate.run_id);
-                    continue;
-                }
-                Admission::Exhausted => {
-                    skip_for_budget(db_, &candidate.run_id, &now_text)?;
-                    passed.push(candidate.run_id);
-                    continue;
-                }
-            },
-        };
-        return take_lease(db_, &candidate, owner, reservation, &now_text, expires_at).map(Some);
+    let mut leases = Vec::new();
+    while leases.len() < count {
+        let candidates = pick(db_, run_id, kinds, &now_text, &passed, count - leases.len())?;
+        if candidates.is_empty() {
+            break;
+        }
+        for candidate in candidates {
+            if passed.contains(&candidate.run_id) {
+                continue;
+            }
+            let reservation = match candidate.max_dollars {
+                None => 0.0,
+                Some(max_dollars) => match reserve(db_, &candidate, max_dollars, &now_text)? {
+                    Admission::Reserve(reservation) => reservation,
+                    Admission::Wait => {
+                        passed.push(candidate.run_id);
+                        continue;
+                    }
+                    Admission::Exhausted => {
+                        skip_for_budget(db_, &candidate.run_id, &now_text)?;
+                        passed.push(candidate.run_id);
+                        continue;
+                    }
+                },
+            };
+            leases.push(take_lease(
+                db_,
+                &candidate,
+                owner,
+                reservation,
+                &now_text,
+                expires_at,
+            )?);
+        }
     }
+    Ok(leases)
 }
 
 /// A unit a lease may take, with what its run's budget needs to know.
@@ -381,17 +398,18 @@ fn real(value: &SqlValue) -> f64 {
     }
 }
 
-/// The earliest ready unit of one of `kinds` (never leased, or its lease has run out, and
-/// every dependency committed) of `run_id` or any run with a recorded plan, runs in `passed`
-/// left out; locked (PostgreSQL: `FOR UPDATE … SKIP LOCKED`, so two workers never pick one
-/// unit).
+/// The earliest `limit` ready units of one of `kinds` (never leased, or its lease has run
+/// out, and every dependency committed) of `run_id` or any run with a recorded plan, runs in
+/// `passed` left out, in lease order; locked (PostgreSQL: `FOR UPDATE … SKIP LOCKED`, so two
+/// workers never pick one unit).
 fn pick(
     db_: &dyn Db,
     run_id: Option<&RunId>,
     kinds: &[UnitKind],
     now_text: &str,
     passed: &[RunId],
-) -> Result<Option<Candidate>, UnitError> {
+    limit: usize,
+) -> Result<Vec<Candidate>, UnitError> {
     // The kinds are our own names, never the caller's text: safe to write into the query.
     let kinds = if kinds.is_empty() {
         "''".to_owned()
@@ -429,12 +447,14 @@ fn pick(
                JOIN units du ON du.run_id = d.run_id AND du.agent_id = d.depends_on
                WHERE d.run_id = u.run_id AND d.agent_id = u.agent_id
                  AND du.state <> 'committed')
-         ORDER BY u.run_id, u.enqueued_seq LIMIT 1{lock}"
+         ORDER BY u.run_id, u.enqueued_seq LIMIT {limit}{lock}"
     );
     let rows = db_.query(&sql, &params).map_err(db("leasing a unit"))?;
-    let Some(row) = rows.into_iter().next() else {
-        return Ok(None);
-    };
+    rows.iter().map(|row| candidate(row)).collect()
+}
+
+/// A row of [`pick`]'s query.
+fn candidate(row: &[SqlValue]) -> Result<Candidate, UnitError> {
     let bad = || {
         UnitError::Db(
             "leasing a unit",
@@ -444,7 +464,7 @@ fn pick(
             },
         )
     };
-    match &row[..] {
+    match row {
         [
             SqlValue::Text(run),
             SqlValue::Text(agent),
@@ -454,7 +474,7 @@ fn pick(
             max_dollars,
             SqlValue::Text(kind),
             input,
-        ] => Ok(Some(Candidate {
+        ] => Ok(Candidate {
             run_id: RunId::from(run.as_str()),
             agent_id: AgentId::from(agent.as_str()),
             kind: UnitKind::parse(kind).ok_or_else(bad)?,
@@ -469,7 +489,7 @@ fn pick(
                 SqlValue::Null => None,
                 other => Some(real(other)),
             },
-        })),
+        }),
         _ => Err(bad()),
     }
 }
@@ -821,19 +841,22 @@ pub(super) fn commit(db_: &dyn Db, unit: &UnitCommit) -> Result<u64, UnitError> 
     Ok(u64::try_from(seq).unwrap_or(0))
 }
 
-/// Record that the coordinator applied a committed unit's patch (idempotent).
+/// Record that the coordinator applied committed units' patches (idempotent).
 pub(super) fn mark_applied(
     db_: &dyn Db,
     run_id: &RunId,
-    agent_id: &AgentId,
+    agents: &[AgentId],
     at: SystemTime,
 ) -> Result<(), UnitError> {
-    db_.execute(
-        "UPDATE units SET applied_at = ?3
-         WHERE run_id = ?1 AND agent_id = ?2 AND applied_at IS NULL",
-        &[run_id.into(), agent_id.into(), format_time(at).into()],
-    )
-    .map_err(db("recording a patch's application"))?;
+    let at = format_time(at);
+    for agent in agents {
+        db_.execute(
+            "UPDATE units SET applied_at = ?3
+             WHERE run_id = ?1 AND agent_id = ?2 AND applied_at IS NULL",
+            &[run_id.into(), agent.into(), at.clone().into()],
+        )
+        .map_err(db("recording a patch's application"))?;
+    }
     Ok(())
 }
 

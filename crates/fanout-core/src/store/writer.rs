@@ -69,6 +69,7 @@ type Ack = oneshot::Sender<Result<Answer, StoreError>>;
 enum Answer {
     Done,
     Leased(Option<Lease>),
+    LeasedMany(Vec<Lease>),
     CommitSeq(u64),
     WaitMs(u64),
     Learned(Vec<LearnedLimit>),
@@ -106,13 +107,15 @@ enum Op {
         owner: String,
         run_id: Option<RunId>,
         kinds: Vec<UnitKind>,
+        /// Up to this many units, in one transaction.
+        count: usize,
         now: SystemTime,
         expires_at: SystemTime,
     },
     Heartbeat(Box<Lease>, SystemTime),
     NextAttempt(Box<Lease>, Box<AgentFinish>, Box<AgentStart>),
     CommitUnit(Box<UnitCommit>),
-    MarkApplied(RunId, AgentId, SystemTime),
+    MarkApplied(RunId, Vec<AgentId>, SystemTime),
     SkipUnits(RunId, Vec<AgentId>),
     TakeBuckets {
         takes: Vec<BucketTake>,
@@ -352,16 +355,34 @@ impl Store {
         now: SystemTime,
         expires_at: SystemTime,
     ) -> Result<Option<Lease>, StoreError> {
+        let leases = self
+            .lease_units_of(owner, run_id, kinds, 1, now, expires_at)
+            .await?;
+        Ok(leases.into_iter().next())
+    }
+
+    /// Up to `count` units at once, in one transaction, as [`Store::lease_unit_of`] leases
+    /// one (in the order it would lease them one by one); none when nothing is ready.
+    pub async fn lease_units_of(
+        &self,
+        owner: &str,
+        run_id: Option<&RunId>,
+        kinds: &[UnitKind],
+        count: usize,
+        now: SystemTime,
+        expires_at: SystemTime,
+    ) -> Result<Vec<Lease>, StoreError> {
         let op = Op::Lease {
             owner: owner.to_owned(),
             run_id: run_id.cloned(),
             kinds: kinds.to_vec(),
+            count,
             now,
             expires_at,
         };
         match self.answer(op, "the lease").await? {
-            Answer::Leased(lease) => Ok(lease),
-            _ => Ok(None),
+            Answer::LeasedMany(leases) => Ok(leases),
+            _ => Ok(Vec::new()),
         }
     }
 
@@ -418,9 +439,21 @@ impl Store {
         agent_id: &AgentId,
         at: SystemTime,
     ) -> Result<(), StoreError> {
+        self.mark_units_applied(run_id, std::slice::from_ref(agent_id), at)
+            .await
+    }
+
+    /// Record that committed units' patches are applied to the user's tree, in one
+    /// transaction. Durable.
+    pub async fn mark_units_applied(
+        &self,
+        run_id: &RunId,
+        agents: &[AgentId],
+        at: SystemTime,
+    ) -> Result<(), StoreError> {
         self.acked(
-            Op::MarkApplied(run_id.clone(), agent_id.clone(), at),
-            "the patch's application",
+            Op::MarkApplied(run_id.clone(), agents.to_vec(), at),
+            "the patches' application",
         )
         .await
     }
@@ -851,14 +884,16 @@ impl Writer {
                 owner,
                 run_id,
                 kinds,
+                count,
                 now,
                 expires_at,
             } => {
-                let lease = units::lease(
+                let leases = units::lease(
                     self.db.as_ref(),
                     &owner,
                     run_id.as_ref(),
                     &kinds,
+                    count,
                     now,
                     expires_at,
                 )
@@ -866,7 +901,7 @@ impl Writer {
                     let run = run_id.clone().unwrap_or_else(|| RunId::from("(any)"));
                     self.unit_error(error, &run, None)
                 })?;
-                Ok((Vec::new(), Answer::Leased(lease)))
+                Ok((Vec::new(), Answer::LeasedMany(leases)))
             }
             Op::Heartbeat(lease, expires_at) => {
                 units::heartbeat(self.db.as_ref(), &lease, expires_at)
@@ -893,8 +928,8 @@ impl Writer {
                 }
                 Ok((line.into_iter().collect(), Answer::CommitSeq(seq)))
             }
-            Op::MarkApplied(run_id, agent_id, at) => {
-                units::mark_applied(self.db.as_ref(), &run_id, &agent_id, at)
+            Op::MarkApplied(run_id, agents, at) => {
+                units::mark_applied(self.db.as_ref(), &run_id, &agents, at)
                     .map_err(|error| self.unit_error(error, &run_id, None))?;
                 Ok((Vec::new(), Answer::Done))
             }

@@ -49,7 +49,7 @@ pub struct Distribution {
 }
 
 /// How often the store is asked what the workers committed.
-const POLL: Duration = Duration::from_millis(200);
+const POLL: Duration = Duration::from_millis(50);
 
 /// Why a shared run could not go on (unit failures are not errors: they are in the report).
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +190,12 @@ pub(super) async fn run_units(
     };
     let mut completed: u64 = 0;
     let mut recheck = resuming;
+    // A checkpoint due on a pass that applied patches waits for one more pass, made at once:
+    // commits come in bursts, and one checkpoint after the burst costs what one during it
+    // does. One the end of the phase makes needless is not taken (the run's final
+    // checkpoint follows).
+    let mut due = false;
+    let mut deferred = false;
     let result = loop {
         let applied = match apply_committed(
             &shared.store,
@@ -244,12 +250,19 @@ pub(super) async fn run_units(
             }
         }
         // Each patch applied now is a completion for the checkpoint schedule.
-        let mut due = false;
+        let applied_now = !applied.applied.is_empty() || !applied.recognised.is_empty();
         for agent in applied.applied.iter().chain(&applied.recognised) {
             completed += 1;
             due |= policy.record_completion(applied.destructive.contains(agent));
         }
-        if due {
+        let finished = shown.finished.len() == units.len();
+        if due && applied_now && !deferred && !finished {
+            deferred = true;
+            continue;
+        }
+        if due && !finished {
+            due = false;
+            deferred = false;
             policy.reset();
             checkpointer.set_completed_agents(completed);
             let label = format!("after {completed} completions");
@@ -263,7 +276,7 @@ pub(super) async fn run_units(
                 }),
             }
         }
-        if shown.finished.len() == units.len() {
+        if finished {
             break Ok(());
         }
         tokio::select! {
