@@ -10,11 +10,48 @@
 //! else edits.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::git::{Git, GitError};
 use crate::ids::{AgentId, RunId};
 use crate::store::{Store, StoreError, StoreLocation, StoreReader, UnitRow, UnitState};
+
+/// One reading connection to the store, kept across the coordinator's passes (on
+/// PostgreSQL a connection is a server process: one per pass, twenty passes a second, was
+/// most of the server's work); opened again after an error.
+#[derive(Debug, Clone)]
+pub struct PassReader {
+    location: StoreLocation,
+    open: Arc<Mutex<Option<StoreReader>>>,
+}
+
+impl PassReader {
+    pub fn new(location: StoreLocation) -> PassReader {
+        PassReader {
+            location,
+            open: Arc::default(),
+        }
+    }
+
+    /// `read` with the kept connection (blocking: call it off the async runtime's threads
+    /// when it may take long).
+    pub fn with<T>(
+        &self,
+        read: impl FnOnce(&StoreReader) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut open = crate::retry::lock(&self.open);
+        let reader = match open.take() {
+            Some(reader) => reader,
+            None => StoreReader::open_at(&self.location)?,
+        };
+        let result = read(&reader);
+        if result.is_ok() {
+            *open = Some(reader);
+        }
+        result
+    }
+}
 
 /// Why a committed patch could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -52,29 +89,30 @@ fn deletes_or_renames(patch: &[u8]) -> bool {
 /// repository, which holds none of them yet, or only some).
 pub async fn apply_committed(
     store: &Store,
-    location: &StoreLocation,
+    reader: &PassReader,
     run_id: &RunId,
     repo: &Path,
     recheck: bool,
 ) -> Result<Applied, ApplyError> {
     let units = {
-        let location = location.clone();
+        let reader = reader.clone();
         let run = run_id.clone();
         // States first; then the patches of only the units this pass applies.
         tokio::task::spawn_blocking(move || {
-            let reader = StoreReader::open_at(&location)?;
-            let mut units = in_commit_order(reader.unit_states(&run)?);
-            units.retain(|unit| unit.applied_at.is_none() || recheck);
-            let wanted: Vec<AgentId> = units
-                .iter()
-                .filter(|unit| unit.state == UnitState::Committed)
-                .map(|unit| unit.agent_id.clone())
-                .collect();
-            let mut patches = reader.unit_patches(&run, &wanted)?;
-            for unit in &mut units {
-                unit.patch = patches.remove(&unit.agent_id);
-            }
-            Ok::<_, StoreError>(units)
+            reader.with(|reader| {
+                let mut units = in_commit_order(reader.unit_states(&run)?);
+                units.retain(|unit| unit.applied_at.is_none() || recheck);
+                let wanted: Vec<AgentId> = units
+                    .iter()
+                    .filter(|unit| unit.state == UnitState::Committed)
+                    .map(|unit| unit.agent_id.clone())
+                    .collect();
+                let mut patches = reader.unit_patches(&run, &wanted)?;
+                for unit in &mut units {
+                    unit.patch = patches.remove(&unit.agent_id);
+                }
+                Ok::<_, StoreError>(units)
+            })
         })
         .await
         .map_err(|error| StoreError::WriterClosed {

@@ -55,6 +55,8 @@ pub struct SharedTree {
     /// The toolbox's view of the tree, one for every unit in it, as one local run has one:
     /// commands' settlements leave alone what other units wrote meanwhile.
     facts: RepoFacts,
+    /// The agents with an attempt running in the tree, each with its unit's token.
+    claims: std::sync::Mutex<HashMap<String, u64>>,
     _lock: File,
 }
 
@@ -177,8 +179,37 @@ impl SharedTree {
             base_files,
             plain_diffs,
             facts,
+            claims: std::sync::Mutex::default(),
             _lock: lock,
         }))
+    }
+
+    /// Take the scope of `agent` for the unit `token`: false when another unit of this
+    /// worker runs that agent here (a lease it lost and took again while the first attempt
+    /// had not stopped yet), whose changes and put-back would mix with this one's; that unit
+    /// then runs in a tree of its own.
+    pub fn claim(&self, agent: &str, token: u64) -> bool {
+        let mut claims = crate::retry::lock(&self.claims);
+        match claims.get(agent) {
+            Some(held) => *held == token,
+            None => {
+                claims.insert(agent.to_owned(), token);
+                true
+            }
+        }
+    }
+
+    /// Whether the unit `token` holds the scope of `agent`.
+    pub fn holds(&self, agent: &str, token: u64) -> bool {
+        crate::retry::lock(&self.claims).get(agent) == Some(&token)
+    }
+
+    /// Give back what [`SharedTree::claim`] took.
+    pub fn release(&self, agent: &str, token: u64) {
+        let mut claims = crate::retry::lock(&self.claims);
+        if claims.get(agent) == Some(&token) {
+            claims.remove(agent);
+        }
     }
 
     pub fn dir(&self) -> &Path {

@@ -70,11 +70,14 @@ impl Worker {
     /// One leased unit, to its commit (or to nothing, if its lease is lost or the worker
     /// is cancelled).
     pub(super) async fn unit(self: Arc<Self>, lease: Lease, cancel: &CancellationToken) {
+        static UNITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        // This unit's claim on its scope of the shared tree, if it runs there.
+        let token = UNITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let kind = lease.kind;
         let held = Arc::new(tokio::sync::Mutex::new(lease));
         let heartbeat = self.heartbeat(Arc::clone(&held), cancel);
         let result = match (kind, self.options.handlers.get(kind)) {
-            (UnitKind::Agent, _) => self.run_unit(&held, cancel).await,
+            (UnitKind::Agent, _) => self.run_unit(&held, token, cancel).await,
             (_, Some(handler)) => {
                 let lease = held.lock().await.clone();
                 let unit = UnitContext {
@@ -91,8 +94,8 @@ impl Worker {
         heartbeat.abort();
         let lease = held.lock().await.clone();
         let kept = self.settle(result, &lease, cancel).await;
-        if kind == UnitKind::Agent && !kept {
-            self.put_back(&lease).await;
+        if kind == UnitKind::Agent {
+            self.leave_shared(&lease, token, kept).await;
         }
     }
 
@@ -136,9 +139,10 @@ impl Worker {
         self.commit_unit(commit, cancel).await && succeeded
     }
 
-    /// After a unit of the shared tree that did not commit a success (failed, cancelled,
-    /// lost its lease, or could not commit): its scope as the base has it.
-    async fn put_back(&self, lease: &Lease) {
+    /// After a unit of the shared tree: its scope as the base has it unless it committed a
+    /// success (`kept`): it failed, was cancelled, lost its lease or could not commit. Then
+    /// its claim on the scope is given back.
+    async fn leave_shared(&self, lease: &Lease, token: u64, kept: bool) {
         let Some(context) = self.known_context(&lease.run_id).await else {
             return;
         };
@@ -151,14 +155,30 @@ impl Worker {
         else {
             return;
         };
-        self.revert_shared(&context, &subtask, unit_name(lease))
-            .await;
+        if !kept {
+            self.revert_shared(&context, &subtask, token, unit_name(lease))
+                .await;
+        }
+        if let Some(tree) = context.shared.as_ref() {
+            tree.release(subtask.task_id.as_str(), token);
+        }
     }
 
     /// Put the scope of `subtask` in the shared tree back as the base has it, if the unit
     /// runs there. A tree that cannot be put back is an error of the worker's report.
-    async fn revert_shared(&self, context: &Arc<RunContext>, subtask: &Subtask, name: String) {
-        if context.shared.is_none() || !subtask.depends_on.is_empty() {
+    async fn revert_shared(
+        &self,
+        context: &Arc<RunContext>,
+        subtask: &Subtask,
+        token: u64,
+        name: String,
+    ) {
+        let agent = subtask.task_id.as_str();
+        if !context
+            .shared
+            .as_ref()
+            .is_some_and(|tree| tree.holds(agent, token))
+        {
             return;
         }
         let scope = match PathSet::new(&agent_spec(subtask).scope) {
@@ -190,6 +210,7 @@ impl Worker {
     async fn run_unit(
         &self,
         held: &tokio::sync::Mutex<Lease>,
+        token: u64,
         cancel: &CancellationToken,
     ) -> Result<Option<UnitCommit>, UnitError> {
         let mut lease = held.lock().await.clone();
@@ -220,7 +241,11 @@ impl Worker {
             .await?;
         // A unit without dependencies runs in the run's shared tree; one with dependencies in
         // a tree of its own per attempt, with their patches.
-        let shared = context.shared.is_some() && subtask.depends_on.is_empty();
+        let shared = subtask.depends_on.is_empty()
+            && context
+                .shared
+                .as_ref()
+                .is_some_and(|tree| tree.claim(subtask.task_id.as_str(), token));
         loop {
             tries.made += 1;
             self.note(|report| report.attempts += 1);
@@ -276,7 +301,7 @@ impl Worker {
                 NextTry::Again => self.note(|report| report.retried += 1),
             }
             // The next attempt starts from the base, as a fresh tree would.
-            self.revert_shared(&context, &subtask, unit_name(&lease))
+            self.revert_shared(&context, &subtask, token, unit_name(&lease))
                 .await;
             let finish = self.finish_row(&lease, outcome.as_deref(), status, Some(error));
             let start = self.start_row(&context, &lease, &subtask, tries);

@@ -45,7 +45,7 @@ impl SqliteDb {
             store: path.display().to_string(),
             source: source.into(),
         })?;
-        schema::configure(&conn, path)?;
+        schema::configure(&mut conn, path)?;
         schema::migrate(&mut conn, path)?;
         Ok(SqliteDb { conn })
     }
@@ -65,7 +65,7 @@ impl SqliteDb {
                 store: path.display().to_string(),
                 source: source.into(),
             })?;
-        schema::configure(&conn, path)?;
+        schema::configure(&mut conn, path)?;
         if schema::user_version(&conn, path)? != schema::SCHEMA_VERSION {
             schema::migrate(&mut conn, path)?;
         }

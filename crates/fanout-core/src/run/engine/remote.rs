@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 use super::{AgentRecord, EngineError, EngineEvent, EngineInputs, Shared, blocking};
 use crate::backend::Backend;
 use crate::config::Mode;
-use crate::distributed::{ApplyError, PublishError, WorkerOptions, apply_committed, publish_run};
+use crate::distributed::{
+    ApplyError, PassReader, PublishError, WorkerOptions, apply_committed, publish_run,
+};
 use crate::git::{Git, GitError};
 use crate::ids::{AgentId, RunId};
 use crate::plan::TaskId;
@@ -48,8 +50,12 @@ pub struct Distribution {
     pub cache: PathBuf,
 }
 
-/// How often the store is asked what the workers committed.
+/// How often, at most, the store is asked what the workers committed when nothing came in
+/// (see the pause after each pass).
 const POLL: Duration = Duration::from_millis(50);
+
+/// How long a due checkpoint may wait for a burst of commits to be applied.
+const CHECKPOINT_DELAY: Duration = Duration::from_secs(1);
 
 /// Why a shared run could not go on (unit failures are not errors: they are in the report).
 #[derive(Debug, thiserror::Error)]
@@ -190,16 +196,17 @@ pub(super) async fn run_units(
     };
     let mut completed: u64 = 0;
     let mut recheck = resuming;
-    // A checkpoint due on a pass that applied patches waits for one more pass, made at once:
-    // commits come in bursts, and one checkpoint after the burst costs what one during it
-    // does. One the end of the phase makes needless is not taken (the run's final
-    // checkpoint follows).
-    let mut due = false;
-    let mut deferred = false;
+    // A due checkpoint waits while passes keep applying patches, for up to CHECKPOINT_DELAY:
+    // commits come in bursts, and one checkpoint after a burst costs what one in the middle
+    // of it does (and holds back the rest of it). One the end of the phase makes needless is
+    // not taken: the run's final checkpoint follows.
+    let mut due_since: Option<std::time::Instant> = None;
+    let reader = PassReader::new(inputs.store.clone());
     let result = loop {
+        let pass = std::time::Instant::now();
         let applied = match apply_committed(
             &shared.store,
-            &inputs.store,
+            &reader,
             &inputs.run_id,
             &inputs.repo,
             recheck,
@@ -210,7 +217,7 @@ pub(super) async fn run_units(
             Err(error) => break Err(EngineError::from(RemoteError::from(error))),
         };
         recheck = false;
-        let units = match read_units(inputs).await {
+        let units = match read_units(&reader, &inputs.run_id).await {
             Ok(units) => units,
             Err(error) => break Err(error),
         };
@@ -238,6 +245,7 @@ pub(super) async fn run_units(
         if !newly.is_empty() {
             match show_finishes(
                 shared,
+                &reader,
                 &units,
                 &newly,
                 &modes,
@@ -253,16 +261,16 @@ pub(super) async fn run_units(
         let applied_now = !applied.applied.is_empty() || !applied.recognised.is_empty();
         for agent in applied.applied.iter().chain(&applied.recognised) {
             completed += 1;
-            due |= policy.record_completion(applied.destructive.contains(agent));
+            if policy.record_completion(applied.destructive.contains(agent)) {
+                due_since.get_or_insert_with(std::time::Instant::now);
+            }
         }
         let finished = shown.finished.len() == units.len();
-        if due && applied_now && !deferred && !finished {
-            deferred = true;
-            continue;
-        }
-        if due && !finished {
-            due = false;
-            deferred = false;
+        let take = due_since.is_some_and(|since| {
+            !finished && (!applied_now || since.elapsed() >= CHECKPOINT_DELAY)
+        });
+        if take {
+            due_since = None;
             policy.reset();
             checkpointer.set_completed_agents(completed);
             let label = format!("after {completed} completions");
@@ -279,12 +287,17 @@ pub(super) async fn run_units(
         if finished {
             break Ok(());
         }
+        // The coordinator reads for at most a third of the time, however costly its reads
+        // are (a PostgreSQL store's more than a SQLite file's); while patches arrive, no
+        // more than that.
+        let spent = pass.elapsed() * 2;
+        let pause = if applied_now { spent } else { spent.max(POLL) };
         tokio::select! {
             () = cancel.cancelled() => {
                 report.cancelled = true;
                 break Ok(());
             }
-            () = tokio::time::sleep(POLL) => {}
+            () = tokio::time::sleep(pause) => {}
         }
     };
     super::verify::restart_checkpoint_worker(shared, checkpointer, completed);
@@ -333,10 +346,10 @@ async fn publish(
     Ok(())
 }
 
-async fn read_units(inputs: &EngineInputs) -> Result<Vec<UnitRow>, EngineError> {
-    let location = inputs.store.clone();
-    let run = inputs.run_id.clone();
-    Ok(blocking(move || StoreReader::open_at(&location)?.unit_states(&run)).await??)
+async fn read_units(reader: &PassReader, run_id: &RunId) -> Result<Vec<UnitRow>, EngineError> {
+    let reader = reader.clone();
+    let run = run_id.clone();
+    Ok(blocking(move || reader.with(|reader| reader.unit_states(&run))).await??)
 }
 
 /// Units leased for the first time (or for a new attempt): scheduled and started.
@@ -365,8 +378,10 @@ fn show_starts(
 
 /// Units that ended since the last pass (committed and applied, failed, or skipped): their
 /// records from the store, shown as the local run shows a finished agent.
+#[allow(clippy::too_many_arguments)]
 fn show_finishes(
     shared: &Shared,
+    reader: &PassReader,
     units: &[UnitRow],
     newly: &[&UnitRow],
     modes: &HashMap<AgentId, Mode>,
@@ -375,9 +390,12 @@ fn show_finishes(
     on_event: &mut impl FnMut(&EngineEvent),
 ) -> Result<(), EngineError> {
     let inputs = &shared.inputs;
-    let reader = StoreReader::open_at(&inputs.store)?;
-    let rows = reader.agent_runs(&inputs.run_id)?;
-    let denials = reader.denials_by_agent(&inputs.run_id)?;
+    let (rows, denials) = reader.with(|reader| {
+        Ok((
+            reader.agent_runs(&inputs.run_id)?,
+            reader.denials_by_agent(&inputs.run_id)?,
+        ))
+    })?;
     for unit in newly {
         shown.finished.insert(unit.agent_id.clone());
         let agent_id = TaskId::from(unit.agent_id.as_str());
