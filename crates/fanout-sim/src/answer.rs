@@ -463,8 +463,13 @@ fn parts_summary(prompt: &str) -> String {
 
 /// Up to ten names, then how many more.
 fn names(ids: &[String]) -> String {
+    names_of(ids, ids.len())
+}
+
+/// Up to ten names of `ids`, then how many more of `total` (a list cut short names fewer).
+fn names_of(ids: &[String], total: usize) -> String {
     let shown: Vec<&str> = ids.iter().take(10).map(String::as_str).collect();
-    let more = ids.len().saturating_sub(shown.len());
+    let more = total.max(ids.len()).saturating_sub(shown.len());
     if more > 0 {
         format!("{} and {more} more", shown.join(", "))
     } else {
@@ -477,8 +482,19 @@ fn run_summary(prompt: &str) -> Option<String> {
     let mut by_status: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut header = None;
     let mut other = Vec::new();
+    // `Totals: N agent(s) finished: S succeeded, F did not; R not run.`: the whole run's
+    // counts, when the list is cut short.
+    let mut totals: Option<(String, Vec<usize>)> = None;
     for line in prompt.lines() {
-        if let Some(rest) = line.strip_prefix("- ")
+        if let Some(rest) = line.strip_prefix("Totals: ") {
+            let numbers = rest
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|word| word.parse().ok())
+                .collect();
+            totals = Some((rest.trim().to_string(), numbers));
+        } else if line.starts_with("Listed: ") {
+            // Said by the totals already.
+        } else if let Some(rest) = line.strip_prefix("- ")
             && let Some((id, tail)) = rest.split_once(" [")
             && let Some((status, _)) = tail.split_once(']')
             && !id.contains(' ')
@@ -517,9 +533,16 @@ fn run_summary(prompt: &str) -> Option<String> {
             format!("{} {said}", ids.len())
         })
         .collect();
-    out.push_str(&format!("{total} agent(s): {}.\n", counts.join(", ")));
+    match &totals {
+        Some((text, _)) => out.push_str(&format!("{text}\n")),
+        None => out.push_str(&format!("{total} agent(s): {}.\n", counts.join(", "))),
+    }
+    let succeeded = totals
+        .as_ref()
+        .and_then(|(_, numbers)| numbers.get(1).copied());
     if let Some(done) = by_status.get("success") {
-        out.push_str(&format!("\nDone: {}.\n", names(done)));
+        let done = names_of(done, succeeded.unwrap_or(done.len()));
+        out.push_str(&format!("\nDone: {done}.\n"));
     }
     let failed: Vec<&String> = by_status
         .iter()
@@ -580,5 +603,24 @@ mod tests {
         assert!(summary.contains("Done: a, b."), "{summary}");
         assert!(summary.contains("Review first: c."), "{summary}");
         assert_eq!(run_summary("ping"), None);
+    }
+
+    #[test]
+    fn a_cut_list_is_summarised_with_the_runs_totals() {
+        let mut text = String::from(
+            "Workflow w (1000 sub-tasks).\nTotals: 1000 agent(s) finished: 999 succeeded, 1 did not; 0 not run.\nListed: the first 400 finished and the first 100 not run.\n",
+        );
+        for at in 0..400 {
+            let status = if at == 7 { "failure" } else { "success" };
+            text.push_str(&format!("- a{at:03} [{status}]: x\n"));
+        }
+        let summary = run_summary(&text).unwrap_or_default();
+        assert!(
+            summary.contains("1000 agent(s) finished: 999 succeeded, 1 did not; 0 not run."),
+            "{summary}"
+        );
+        assert!(!summary.contains("400 agent(s)"), "{summary}");
+        assert!(summary.contains("and 989 more"), "{summary}");
+        assert!(summary.contains("Review first: a007."), "{summary}");
     }
 }

@@ -10,6 +10,7 @@ use crate::plan::TaskId;
 use crate::provider::{Message, Request};
 use crate::retry::lock;
 use crate::run::scheduler::NotRun;
+use crate::store::AgentStatus;
 
 /// The synthesis phase (not when cancelled): the summary's text, or why there is none.
 pub(super) async fn closing_synthesis(
@@ -45,6 +46,10 @@ pub(super) async fn closing_synthesis(
     }
 }
 
+/// Agents listed one by one in the synthesis prompt (the totals are of all).
+const LISTED_FINISHED: usize = 400;
+const LISTED_NOT_RUN: usize = 100;
+
 /// One call on the orchestrator's model over the results: what was done, what failed, what
 /// to review.
 async fn synthesize(
@@ -67,9 +72,26 @@ async fn synthesize(
         inputs.plan.workflow,
         inputs.plan.subtasks.len()
     );
+    // The counts of the whole run: the list below is cut for long runs, and a summary of a
+    // 1,000-agent run must not say 400.
+    let succeeded = records
+        .iter()
+        .filter(|(_, record)| record.status == AgentStatus::Success)
+        .count();
+    body.push_str(&format!(
+        "Totals: {} agent(s) finished: {succeeded} succeeded, {} did not; {} not run.\n",
+        records.len(),
+        records.len() - succeeded,
+        not_run.len()
+    ));
+    if records.len() > LISTED_FINISHED || not_run.len() > LISTED_NOT_RUN {
+        body.push_str(&format!(
+            "Listed: the first {LISTED_FINISHED} finished and the first {LISTED_NOT_RUN} not run.\n"
+        ));
+    }
     let mut sorted: Vec<&(TaskId, AgentRecord)> = records.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    for (id, record) in sorted.iter().take(400) {
+    for (id, record) in sorted.iter().take(LISTED_FINISHED) {
         let description = inputs
             .plan
             .subtasks
@@ -88,7 +110,7 @@ async fn synthesize(
             tail(description, 200)
         ));
     }
-    for (id, why) in not_run.iter().take(100) {
+    for (id, why) in not_run.iter().take(LISTED_NOT_RUN) {
         body.push_str(&format!("- {id} [not run]: {}\n", not_run_text(why)));
     }
     if !out_of_scope.is_empty() {
