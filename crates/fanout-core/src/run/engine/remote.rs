@@ -198,8 +198,7 @@ pub(super) async fn run_units(
     let mut recheck = resuming;
     // A due checkpoint waits while passes keep applying patches, for up to CHECKPOINT_DELAY:
     // commits come in bursts, and one checkpoint after a burst costs what one in the middle
-    // of it does (and holds back the rest of it). One the end of the phase makes needless is
-    // not taken: the run's final checkpoint follows.
+    // of it does (and holds back the rest of it). At the end of the phase it is taken at once.
     let mut due_since: Option<std::time::Instant> = None;
     let reader = PassReader::new(inputs.store.clone());
     let result = loop {
@@ -266,9 +265,8 @@ pub(super) async fn run_units(
             }
         }
         let finished = shown.finished.len() == units.len();
-        let take = due_since.is_some_and(|since| {
-            !finished && (!applied_now || since.elapsed() >= CHECKPOINT_DELAY)
-        });
+        let take = due_since
+            .is_some_and(|since| finished || !applied_now || since.elapsed() >= CHECKPOINT_DELAY);
         if take {
             due_since = None;
             policy.reset();
