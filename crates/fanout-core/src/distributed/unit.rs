@@ -530,12 +530,13 @@ impl Worker {
             }
         };
         // The scope as the agent finds it, when its patch can be written without git.
+        let scope = PathSet::new(&spec.scope);
         let snapshot = context
             .shared
             .as_ref()
             .filter(|_| shared)
-            .zip(PathSet::new(&spec.scope).ok())
-            .and_then(|(tree, scope)| tree.snapshot(&scope));
+            .zip(scope.as_ref().ok())
+            .and_then(|(tree, scope)| tree.snapshot(scope));
         let outcome = run_agent_gated(&context.fleet, &toolbox, spec, &config, None, cancel).await;
         queue_denials(&self.store, &lease.run_id, &outcome, lease.attempt);
         store_tool_calls(
@@ -556,7 +557,7 @@ impl Worker {
                 outcome: Some(Box::new(outcome)),
             });
         }
-        let scope = PathSet::new(&spec.scope).map_err(|error| TreeError::Io {
+        let scope = scope.map_err(|error| TreeError::Io {
             path: dir.to_path_buf(),
             source: std::io::Error::other(error.to_string()),
         })?;
