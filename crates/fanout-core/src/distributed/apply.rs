@@ -9,7 +9,8 @@
 //! commit before it, so applying in commit order never meets a conflict in a tree nobody
 //! else edits.
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -83,74 +84,138 @@ fn deletes_or_renames(patch: &[u8]) -> bool {
         .any(|line| line.starts_with(b"deleted file mode ") || line.starts_with(b"rename from "))
 }
 
-/// Apply every committed, not yet applied patch of `run_id` whose predecessors in commit
-/// order are all applied, to the work tree at `repo`, recording each. With `recheck`, patches
-/// recorded as applied are checked against this tree too (a resume in another clone of the
-/// repository, which holds none of them yet, or only some).
-pub async fn apply_committed(
-    store: &Store,
-    reader: &PassReader,
-    run_id: &RunId,
-    repo: &Path,
-    recheck: bool,
-) -> Result<Applied, ApplyError> {
-    let units = {
-        let reader = reader.clone();
-        let run = run_id.clone();
-        // States first; then the patches of only the units this pass applies.
-        tokio::task::spawn_blocking(move || {
-            reader.with(|reader| {
-                let mut units = in_commit_order(reader.unit_states(&run)?);
-                units.retain(|unit| unit.applied_at.is_none() || recheck);
-                let wanted: Vec<AgentId> = units
-                    .iter()
-                    .filter(|unit| unit.state == UnitState::Committed)
-                    .map(|unit| unit.agent_id.clone())
-                    .collect();
-                let mut patches = reader.unit_patches(&run, &wanted)?;
-                for unit in &mut units {
-                    unit.patch = patches.remove(&unit.agent_id);
-                }
-                Ok::<_, StoreError>(units)
+/// What one pass of the [`Applier`] did, and every unit of the run as it read them.
+#[derive(Debug, Clone, Default)]
+pub struct Pass {
+    pub applied: Applied,
+    /// The run's units in enqueue order, without patches. A unit this process applied has
+    /// `applied_at` set even while the record of it is still on its way to the store.
+    pub units: Vec<UnitRow>,
+}
+
+/// The coordinator's side of the commits of one run: each pass applies every committed, not
+/// yet applied patch whose predecessors in commit order are all applied, to the work tree,
+/// and records the applications. The records go to the store behind the passes (a write
+/// may wait on a busy store, e.g. SQLite's lock while workers commit a burst): the next
+/// pass does not wait for them, and knows what this process applied. [`Applier::settle`]
+/// waits for all of them.
+#[derive(Debug)]
+pub struct Applier {
+    store: Store,
+    reader: PassReader,
+    run_id: RunId,
+    repo: PathBuf,
+    /// Units this process applied (or recognised); their record may still be on its way.
+    applied: HashSet<AgentId>,
+    /// Records of applications on their way to the store.
+    records: tokio::task::JoinSet<Result<(), StoreError>>,
+}
+
+impl Applier {
+    pub fn new(store: Store, reader: PassReader, run_id: RunId, repo: PathBuf) -> Applier {
+        Applier {
+            store,
+            reader,
+            run_id,
+            repo,
+            applied: HashSet::new(),
+            records: tokio::task::JoinSet::new(),
+        }
+    }
+
+    /// One pass. With `recheck`, patches recorded as applied are checked against this tree
+    /// too (a resume in another clone of the repository, which holds none of them yet, or
+    /// only some).
+    pub async fn pass(&mut self, recheck: bool) -> Result<Pass, ApplyError> {
+        // A record that failed fails the pass that sees it.
+        while let Some(recorded) = self.records.try_join_next() {
+            recorded.map_err(|_| StoreError::WriterClosed {
+                what: "the patches' application",
+            })??;
+        }
+        let (mut units, mut pending) = {
+            let reader = self.reader.clone();
+            let run = self.run_id.clone();
+            let applied = self.applied.clone();
+            // States first; then the patches of only the units this pass applies.
+            tokio::task::spawn_blocking(move || {
+                reader.with(|reader| {
+                    let units = reader.unit_states(&run)?;
+                    let mut pending = in_commit_order(&units);
+                    pending.retain(|unit| {
+                        recheck || (unit.applied_at.is_none() && !applied.contains(&unit.agent_id))
+                    });
+                    let wanted: Vec<AgentId> = pending
+                        .iter()
+                        .filter(|unit| unit.state == UnitState::Committed)
+                        .map(|unit| unit.agent_id.clone())
+                        .collect();
+                    let mut patches = reader.unit_patches(&run, &wanted)?;
+                    for unit in &mut pending {
+                        unit.patch = patches.remove(&unit.agent_id);
+                    }
+                    Ok::<_, StoreError>((units, pending))
+                })
             })
-        })
-        .await
-        .map_err(|error| StoreError::WriterClosed {
-            what: if error.is_panic() {
-                "a units read (it panicked)"
-            } else {
-                "a units read"
-            },
-        })??
-    };
-    let mut done = Applied::default();
-    let mut batch = Batch::default();
-    let mut marked: Vec<AgentId> = Vec::new();
-    for unit in units {
-        let patch = unit.patch.clone().unwrap_or_default();
-        if deletes_or_renames(&patch) {
-            done.destructive.push(unit.agent_id.clone());
-        }
-        if !patch.is_empty() && unit.state == UnitState::Committed {
-            let files = touched(&patch);
-            if !batch.takes(&files) {
-                batch.apply(repo, recheck, &mut done).await?;
+            .await
+            .map_err(|error| StoreError::WriterClosed {
+                what: if error.is_panic() {
+                    "a units read (it panicked)"
+                } else {
+                    "a units read"
+                },
+            })??
+        };
+        let mut done = Applied::default();
+        let mut batch = Batch::default();
+        let mut marked: Vec<AgentId> = Vec::new();
+        for unit in &mut pending {
+            let patch = unit.patch.take().unwrap_or_default();
+            if deletes_or_renames(&patch) {
+                done.destructive.push(unit.agent_id.clone());
             }
-            batch.add(unit.agent_id.clone(), patch, files);
+            if !patch.is_empty() && unit.state == UnitState::Committed {
+                let files = touched(&patch);
+                if !batch.takes(&files) {
+                    batch.apply(&self.repo, recheck, &mut done).await?;
+                }
+                batch.add(unit.agent_id.clone(), patch, files);
+            }
+            if unit.applied_at.is_none() && !self.applied.contains(&unit.agent_id) {
+                marked.push(unit.agent_id.clone());
+            }
         }
-        if unit.applied_at.is_none() {
-            marked.push(unit.agent_id.clone());
+        batch.apply(&self.repo, recheck, &mut done).await?;
+        // Recorded after every patch of the pass is in the tree: a coordinator that dies in
+        // between finds them there on resume, and recognises them.
+        let now = SystemTime::now();
+        if !marked.is_empty() {
+            self.applied.extend(marked.iter().cloned());
+            let store = self.store.clone();
+            let run = self.run_id.clone();
+            self.records
+                .spawn(async move { store.mark_units_applied(&run, &marked, now).await });
         }
+        for unit in &mut units {
+            if unit.applied_at.is_none() && self.applied.contains(&unit.agent_id) {
+                unit.applied_at = Some(now);
+            }
+        }
+        Ok(Pass {
+            applied: done,
+            units,
+        })
     }
-    batch.apply(repo, recheck, &mut done).await?;
-    // Recorded after every patch of the pass is in the tree: a coordinator that dies in
-    // between finds them there on resume, and recognises them.
-    if !marked.is_empty() {
-        store
-            .mark_units_applied(run_id, &marked, SystemTime::now())
-            .await?;
+
+    /// Wait until every application is recorded in the store.
+    pub async fn settle(&mut self) -> Result<(), ApplyError> {
+        while let Some(recorded) = self.records.join_next().await {
+            recorded.map_err(|_| StoreError::WriterClosed {
+                what: "the patches' application",
+            })??;
+        }
+        Ok(())
     }
-    Ok(done)
 }
 
 /// The `diff --git` lines of a patch: one per file it touches, the same line for the same
@@ -235,10 +300,11 @@ impl Batch {
 
 /// Committed units (successes and failures) in commit order, up to the first gap: a unit
 /// whose predecessor is not committed yet waits for it.
-fn in_commit_order(units: Vec<UnitRow>) -> Vec<UnitRow> {
+fn in_commit_order(units: &[UnitRow]) -> Vec<UnitRow> {
     let mut committed: Vec<UnitRow> = units
-        .into_iter()
+        .iter()
         .filter(|unit| unit.commit_seq.is_some())
+        .cloned()
         .collect();
     committed.sort_by_key(|unit| unit.commit_seq);
     let mut out = Vec::with_capacity(committed.len());

@@ -50,7 +50,7 @@ pub mod tree;
 mod unit;
 pub mod worker;
 
-pub use apply::{Applied, ApplyError, PassReader, apply_committed};
+pub use apply::{Applied, Applier, ApplyError, Pass, PassReader};
 pub use handler::{HandlerError, HandlerRun, UnitContext, UnitHandler, UnitHandlers};
 pub use limits::StoreLimits;
 pub use publish::{PublishError, base_bundle, publish_run};

@@ -787,6 +787,30 @@ impl StoreReader {
         Ok(out)
     }
 
+    /// Denials per agent of `agents` in a run (agents with none are absent).
+    pub fn denials_of(
+        &self,
+        run_id: &RunId,
+        agents: &[AgentId],
+    ) -> Result<std::collections::HashMap<AgentId, u64>, StoreError> {
+        let mut out = std::collections::HashMap::new();
+        for group in agents.chunks(500) {
+            let placeholders: Vec<String> =
+                (0..group.len()).map(|i| format!("?{}", i + 2)).collect();
+            let mut params: Vec<SqlValue> = vec![run_id.into()];
+            params.extend(group.iter().map(SqlValue::from));
+            let sql = format!(
+                "SELECT agent_id, COUNT(*) FROM denials WHERE run_id = ?1 AND agent_id IN ({})
+                 GROUP BY agent_id",
+                placeholders.join(", ")
+            );
+            out.extend(self.rows("counting denials", &sql, &params, |row| {
+                Ok((AgentId::from(row.text(0)?), row.unsigned(1)?))
+            })?);
+        }
+        Ok(out)
+    }
+
     /// Denials per agent of a run (agents with none are absent).
     pub fn denials_by_agent(
         &self,
@@ -906,6 +930,32 @@ impl StoreReader {
         self.rows("listing agent runs", &sql, &[run_id.into()], |row| {
             self.agent_row(row)
         })
+    }
+
+    /// The attempts of `agents` in a run (a coordinator's pass reads those of the units that
+    /// just ended, not the whole run's again), by agent id then attempt.
+    pub fn agent_runs_of(
+        &self,
+        run_id: &RunId,
+        agents: &[AgentId],
+    ) -> Result<Vec<AgentRow>, StoreError> {
+        let mut out = Vec::with_capacity(agents.len());
+        // A bounded number of placeholders per query, whatever the run's size.
+        for group in agents.chunks(500) {
+            let placeholders: Vec<String> =
+                (0..group.len()).map(|i| format!("?{}", i + 2)).collect();
+            let mut params: Vec<SqlValue> = vec![run_id.into()];
+            params.extend(group.iter().map(SqlValue::from));
+            let sql = format!(
+                "SELECT {AGENT_COLUMNS} FROM agent_runs WHERE run_id = ?1 AND agent_id IN ({})
+                 ORDER BY agent_id, attempt",
+                placeholders.join(", ")
+            );
+            out.extend(self.rows("listing agent runs", &sql, &params, |row| {
+                self.agent_row(row)
+            })?);
+        }
+        Ok(out)
     }
 
     /// One agent: its attempts, tool calls and denials. `None` if the run has no such agent.

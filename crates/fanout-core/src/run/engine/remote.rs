@@ -24,7 +24,7 @@ use super::{AgentRecord, EngineError, EngineEvent, EngineInputs, Shared, blockin
 use crate::backend::Backend;
 use crate::config::Mode;
 use crate::distributed::{
-    ApplyError, PassReader, PublishError, WorkerOptions, apply_committed, publish_run,
+    Applier, ApplyError, Pass, PassReader, PublishError, WorkerOptions, publish_run,
 };
 use crate::git::{Git, GitError};
 use crate::ids::{AgentId, RunId};
@@ -201,25 +201,19 @@ pub(super) async fn run_units(
     // of it does (and holds back the rest of it). At the end of the phase it is taken at once.
     let mut due_since: Option<std::time::Instant> = None;
     let reader = PassReader::new(inputs.store.clone());
+    let mut applier = Applier::new(
+        shared.store.clone(),
+        reader.clone(),
+        inputs.run_id.clone(),
+        inputs.repo.clone(),
+    );
     let result = loop {
         let pass = std::time::Instant::now();
-        let applied = match apply_committed(
-            &shared.store,
-            &reader,
-            &inputs.run_id,
-            &inputs.repo,
-            recheck,
-        )
-        .await
-        {
-            Ok(applied) => applied,
+        let Pass { applied, units } = match applier.pass(recheck).await {
+            Ok(pass) => pass,
             Err(error) => break Err(EngineError::from(RemoteError::from(error))),
         };
         recheck = false;
-        let units = match read_units(&reader, &inputs.run_id).await {
-            Ok(units) => units,
-            Err(error) => break Err(error),
-        };
         let skipped = blocked(&units);
         if !skipped.is_empty() {
             if let Err(error) = shared.store.skip_units(&inputs.run_id, skipped).await {
@@ -285,11 +279,15 @@ pub(super) async fn run_units(
         if finished {
             break Ok(());
         }
-        // The coordinator reads for at most a third of the time, however costly its reads
-        // are (a PostgreSQL store's more than a SQLite file's); while patches arrive, no
-        // more than that.
-        let spent = pass.elapsed() * 2;
-        let pause = if applied_now { spent } else { spent.max(POLL) };
+        // While nothing comes in, the coordinator reads for at most half the time, however
+        // costly its reads are (a PostgreSQL store's more than a SQLite file's). A pass that
+        // applied patches may have waited on the store or on git: the next one comes after
+        // the usual poll, not after a pause that grows with the wait.
+        let pause = if applied_now {
+            POLL
+        } else {
+            POLL.max(pass.elapsed())
+        };
         tokio::select! {
             () = cancel.cancelled() => {
                 report.cancelled = true;
@@ -297,6 +295,12 @@ pub(super) async fn run_units(
             }
             () = tokio::time::sleep(pause) => {}
         }
+    };
+    // Every application is recorded before the phase ends (a resume would recognise those
+    // that are not, but a finished run's store says what its tree holds).
+    let result = match (result, applier.settle().await) {
+        (Ok(()), Err(error)) => Err(EngineError::from(RemoteError::from(error))),
+        (result, _) => result,
     };
     super::verify::restart_checkpoint_worker(shared, checkpointer, completed);
     if let Some(handle) = local {
@@ -344,12 +348,6 @@ async fn publish(
     Ok(())
 }
 
-async fn read_units(reader: &PassReader, run_id: &RunId) -> Result<Vec<UnitRow>, EngineError> {
-    let reader = reader.clone();
-    let run = run_id.clone();
-    Ok(blocking(move || reader.with(|reader| reader.unit_states(&run))).await??)
-}
-
 /// Units leased for the first time (or for a new attempt): scheduled and started.
 fn show_starts(
     units: &[UnitRow],
@@ -388,12 +386,21 @@ fn show_finishes(
     on_event: &mut impl FnMut(&EngineEvent),
 ) -> Result<(), EngineError> {
     let inputs = &shared.inputs;
-    let (rows, denials) = reader.with(|reader| {
-        Ok((
-            reader.agent_runs(&inputs.run_id)?,
-            reader.denials_by_agent(&inputs.run_id)?,
-        ))
-    })?;
+    let ended: Vec<AgentId> = newly
+        .iter()
+        .filter(|unit| unit.state != UnitState::Skipped)
+        .map(|unit| unit.agent_id.clone())
+        .collect();
+    let (rows, denials) = if ended.is_empty() {
+        Default::default()
+    } else {
+        reader.with(|reader| {
+            Ok((
+                reader.agent_runs_of(&inputs.run_id, &ended)?,
+                reader.denials_of(&inputs.run_id, &ended)?,
+            ))
+        })?
+    };
     for unit in newly {
         shown.finished.insert(unit.agent_id.clone());
         let agent_id = TaskId::from(unit.agent_id.as_str());
