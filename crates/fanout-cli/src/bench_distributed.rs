@@ -92,7 +92,8 @@ pub struct BenchDistributedArgs {
     /// Give up on a run (and say so) after this long.
     #[arg(long, default_value_t = 900, value_name = "SECONDS")]
     timeout_seconds: u64,
-    /// Keep each run's directory (repository, store, caches, logs) and print where it is.
+    /// Keep each run's directory (repository, store, caches, logs), and its database on a
+    /// PostgreSQL store, and print where they are.
     #[arg(long)]
     keep: bool,
     /// Print the report as JSON.
@@ -957,7 +958,16 @@ async fn run_once(
         }
         None => None,
     };
-    run_store.drop_database().await;
+    if args.keep {
+        if let Some((_, name)) = &run_store.database {
+            eprintln!(
+                "bench distributed: kept database {name} ({})",
+                run_store.flag
+            );
+        }
+    } else {
+        run_store.drop_database().await;
+    }
     if args.cache_root.is_some() && !args.keep {
         for cache in &caches {
             let _ = std::fs::remove_dir_all(cache);
