@@ -11,9 +11,17 @@
 //! and an idle fleet must not burst past it; a request bigger than that is taken once the
 //! bucket is full and leaves it in debt, which later takers wait out.
 //!
-//! Taking draws one request and its estimated tokens from all of them at once. Settling
-//! corrects the take to what the answer's `usage` says (queued, not waited for: a bucket may
-//! stay a little in debt or in credit until the correction is committed). Reports of the
+//! Taking draws one request and its estimated tokens from all of them at once. A worker does
+//! not ask the store for each request: it takes a slice of each bucket besides what the
+//! request needs ([`SLICE`] of its capacity, when the bucket has it), keeps it as credit and
+//! spends it on its next requests; credit unspent after [`CREDIT_LIFETIME`] goes back to the
+//! bucket. Everything a fleet sends was taken from the buckets first, so the fleet stays under
+//! the limits; what credit changes is how often the store is written (a few times a second
+//! per worker instead of three times per request, which on PostgreSQL made every worker queue
+//! on the one bucket row). Only one take from the store is under way per worker at a time, so
+//! a thousand agents starting at once ask once, not a thousand times. Settling corrects the
+//! take to what the answer's `usage` says, in the worker's credit (below zero: owed, and paid
+//! with its next take from the store). Reports of the
 //! limits the headers gave (when they are new, or every [`REPORT_EVERY`]) and reads of what
 //! the fleet learned (at most every [`READ_EVERY`]) go in the background, so no request
 //! waits on them: a take uses the limits as last read. A store that cannot be reached takes
@@ -39,6 +47,13 @@ pub const RECENT: Duration = Duration::from_secs(300);
 pub const REPORT_EVERY: Duration = Duration::from_secs(60);
 /// A worker reads what the fleet learned at most this often.
 pub const READ_EVERY: Duration = Duration::from_secs(1);
+
+/// What a worker takes from a bucket besides what a request needs, as a share of the bucket's
+/// capacity (one second's worth of the limit).
+pub const SLICE: f64 = 1.0 / 8.0;
+/// Credit unspent this long after it was taken goes back to its bucket (so the fleet's sends
+/// in any window stay within what the buckets gave in it and this long before).
+pub const CREDIT_LIFETIME: Duration = Duration::from_millis(250);
 
 /// The limit kinds, in the governor's order, as the workflow and the store name them.
 const KINDS: [&str; 4] = [
@@ -66,6 +81,8 @@ struct Inner {
     configured: Limits,
     headroom: f64,
     state: Mutex<State>,
+    /// Held while a take from the store is under way: one at a time per worker.
+    refill: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +94,11 @@ struct State {
     reported: [Option<(u64, Instant)>; 4],
     /// A read or report is under way in the background.
     sharing: bool,
+    /// Per kind: taken from the shared bucket and not spent yet (below zero: spent more than
+    /// was taken, paid with the next take from the store).
+    credit: [f64; 4],
+    /// When credit was last taken from the store.
+    credited_at: Option<Instant>,
 }
 
 impl StoreLimits {
@@ -101,6 +123,7 @@ impl StoreLimits {
             },
             headroom: governor.headroom,
             state: Mutex::default(),
+            refill: tokio::sync::Mutex::default(),
         });
         inner.share(Vec::new()).await;
         StoreLimits { inner }
@@ -165,6 +188,58 @@ impl Inner {
         out
     }
 
+    /// Spend `amounts` of the limits in `active` from this worker's credit, if it covers
+    /// every one of them; whether it did.
+    fn spend_credit(&self, amounts: &[f64; 4], active: &[bool; 4]) -> bool {
+        let mut state = lock(&self.state);
+        let covered = (0..4).all(|kind| !active[kind] || state.credit[kind] >= amounts[kind]);
+        if covered {
+            for kind in (0..4).filter(|kind| active[*kind]) {
+                state.credit[kind] -= amounts[kind];
+            }
+        }
+        covered
+    }
+
+    /// Give credit older than [`CREDIT_LIFETIME`] back to its buckets (queued), and drop the
+    /// credit of limits that no longer have a bucket.
+    async fn expire_credit(&self, buckets: &[Option<(f64, f64)>; 4]) {
+        let adjusts: Vec<BucketAdjust> = {
+            let mut state = lock(&self.state);
+            for (kind, bucket) in buckets.iter().enumerate() {
+                if bucket.is_none() {
+                    state.credit[kind] = 0.0;
+                }
+            }
+            if state
+                .credited_at
+                .is_none_or(|at| at.elapsed() < CREDIT_LIFETIME)
+            {
+                return;
+            }
+            state.credited_at = None;
+            let mut adjusts = Vec::new();
+            for (kind, bucket) in buckets.iter().enumerate() {
+                if let Some((capacity, per_second)) = bucket
+                    && state.credit[kind] > 0.0
+                {
+                    adjusts.push(BucketAdjust {
+                        name: self.bucket_name(kind),
+                        capacity: *capacity,
+                        per_second: *per_second,
+                        give_back: state.credit[kind],
+                    });
+                    state.credit[kind] = 0.0;
+                }
+            }
+            adjusts
+        };
+        if !adjusts.is_empty() {
+            // Queued: nobody waits on a return.
+            let _ = self.store.adjust_buckets(adjusts, SystemTime::now()).await;
+        }
+    }
+
     /// Report `limits` (kind index, value) and read back what the fleet learned.
     async fn share(&self, limits: Vec<(usize, u64)>) {
         let named = limits
@@ -211,33 +286,71 @@ impl SharedLimits for StoreLimits {
                 cost.output_tokens as f64,
                 (cost.input_tokens + cost.output_tokens) as f64,
             ];
-            let mut from = [false; 4];
+            let buckets = inner.buckets();
+            let active = buckets.map(|bucket| bucket.is_some());
+            if !active.contains(&true) {
+                return Take::Taken(Taken { cost, from: active });
+            }
+            inner.expire_credit(&buckets).await;
+            if inner.spend_credit(&amounts, &active) {
+                return Take::Taken(Taken { cost, from: active });
+            }
+            let _refill = inner.refill.lock().await;
+            // Another request of this worker may have taken credit meanwhile.
+            if inner.spend_credit(&amounts, &active) {
+                return Take::Taken(Taken { cost, from: active });
+            }
+            // What the credit does not cover (and what it owes) is taken from the store,
+            // with a slice of credit besides; the request's part is held at once, so that
+            // requests spending credit meanwhile cannot spend it too.
             let mut takes = Vec::new();
-            for (kind, bucket) in inner.buckets().into_iter().enumerate() {
-                if let Some((capacity, per_second)) = bucket {
-                    from[kind] = true;
-                    takes.push(BucketTake {
-                        name: inner.bucket_name(kind),
-                        capacity,
-                        per_second,
-                        amount: amounts[kind],
-                    });
+            let mut sent = Vec::new();
+            {
+                let mut state = lock(&inner.state);
+                for (kind, bucket) in buckets.iter().enumerate() {
+                    let Some((capacity, per_second)) = bucket else {
+                        continue;
+                    };
+                    state.credit[kind] -= amounts[kind];
+                    if state.credit[kind] < 0.0 {
+                        sent.push(kind);
+                        takes.push(BucketTake {
+                            name: inner.bucket_name(kind),
+                            capacity: *capacity,
+                            per_second: *per_second,
+                            amount: -state.credit[kind],
+                            extra: capacity * SLICE,
+                        });
+                    }
                 }
             }
-            if takes.is_empty() {
-                return Take::Taken(Taken { cost, from });
-            }
-            match inner
+            let answer = inner
                 .store
-                .take_from_buckets(takes, SystemTime::now())
-                .await
-            {
-                Ok(wait) if wait.is_zero() => Take::Taken(Taken { cost, from }),
-                Ok(wait) => Take::Wait(wait),
-                Err(_) => Take::Taken(Taken {
-                    cost,
-                    from: [false; 4],
-                }),
+                .grant_from_buckets(takes.clone(), SystemTime::now())
+                .await;
+            let mut state = lock(&inner.state);
+            match answer {
+                Ok(granted) if granted.wait_ms == 0 => {
+                    for ((kind, take), extra) in sent.iter().zip(&takes).zip(&granted.extra) {
+                        state.credit[*kind] += take.amount + extra;
+                    }
+                    state.credited_at = Some(Instant::now());
+                    Take::Taken(Taken { cost, from: active })
+                }
+                other => {
+                    // Nothing was taken from the store: the request's part goes back.
+                    for kind in (0..4).filter(|kind| active[*kind]) {
+                        state.credit[kind] += amounts[kind];
+                    }
+                    match other {
+                        Ok(granted) => Take::Wait(Duration::from_millis(granted.wait_ms)),
+                        // Unreachable: the worker's own governor still holds it.
+                        Err(_) => Take::Taken(Taken {
+                            cost,
+                            from: [false; 4],
+                        }),
+                    }
+                }
             }
         })
     }
@@ -267,21 +380,31 @@ impl SharedLimits for StoreLimits {
             let used_amounts = [requests, input, output, input + output];
             let buckets = inner.buckets();
             let mut adjusts = Vec::new();
-            for kind in 0..4 {
-                let give_back = taken_amounts[kind] - used_amounts[kind];
-                // A learned limit nobody reported for a while is gone, and so is its bucket.
-                let Some((capacity, per_second)) = buckets[kind] else {
-                    continue;
-                };
-                if !taken.from[kind] || give_back == 0.0 {
-                    continue;
+            {
+                let mut state = lock(&inner.state);
+                for kind in 0..4 {
+                    // A learned limit nobody reported for a while is gone, and so is its
+                    // bucket.
+                    let Some((capacity, per_second)) = buckets[kind] else {
+                        continue;
+                    };
+                    if !taken.from[kind] {
+                        continue;
+                    }
+                    // The correction is the worker's credit (or debt); credit far beyond a
+                    // slice (an estimate well above the answer) goes back at once.
+                    state.credit[kind] += taken_amounts[kind] - used_amounts[kind];
+                    let slice = capacity * SLICE;
+                    if state.credit[kind] > 2.0 * slice {
+                        adjusts.push(BucketAdjust {
+                            name: inner.bucket_name(kind),
+                            capacity,
+                            per_second,
+                            give_back: state.credit[kind] - slice,
+                        });
+                        state.credit[kind] = slice;
+                    }
                 }
-                adjusts.push(BucketAdjust {
-                    name: inner.bucket_name(kind),
-                    capacity,
-                    per_second,
-                    give_back,
-                });
             }
             if !adjusts.is_empty() {
                 // Queued: a correction need not hold the agent up.

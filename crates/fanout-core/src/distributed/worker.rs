@@ -50,19 +50,10 @@ use crate::plan::{Plan, hash_bytes};
 use crate::retry::lock;
 use crate::store::{Lease, Store, StoreError, StoreLocation, StoreReader, UnitKind, UnitState};
 
-/// At most this many units leased in one transaction.
+/// At most this many units leased in one transaction (a run of a thousand units starts in
+/// a few transactions, not a thousand: on PostgreSQL, one lease per transaction took 1.7 s of
+/// each worker's writer to start its 334 units in the 1,000-agent benchmark).
 const LEASE_BATCH: usize = 64;
-
-/// Units leased per transaction on `store`: [`LEASE_BATCH`] on SQLite, whose one writer at
-/// a time makes a lease a queue's worth of waiting; one on PostgreSQL, where a lease
-/// transaction holds its units' and its run's row locks until it ends, and a batch's held
-/// the run's commits back (measured: the 1,000-agent benchmark stalled with batches).
-fn lease_batch(store: &StoreLocation) -> usize {
-    match store {
-        StoreLocation::Sqlite(_) => LEASE_BATCH,
-        StoreLocation::Postgres(_) => 1,
-    }
-}
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -277,7 +268,7 @@ pub async fn work(
         // Every free slot is filled at once, in one lease transaction (a run of a thousand
         // units starts in a few transactions, not a thousand).
         let mut permits = vec![permit];
-        while permits.len() < lease_batch(&worker.options.store) {
+        while permits.len() < LEASE_BATCH {
             match Arc::clone(&slots).try_acquire_owned() {
                 Ok(permit) => permits.push(permit),
                 Err(_) => break,

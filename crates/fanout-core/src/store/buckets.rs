@@ -22,6 +22,20 @@ pub struct BucketTake {
     pub capacity: f64,
     pub per_second: f64,
     pub amount: f64,
+    /// Taken besides `amount` when there is room for it: as much of it as the bucket holds
+    /// once `amount` is out, nothing when the take must wait. A worker's credit for its next
+    /// requests, spent without asking the store ([`crate::distributed::StoreLimits`]).
+    pub extra: f64,
+}
+
+/// What a take got.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Granted {
+    /// 0 when taken, else the milliseconds until every bucket may have room (and nothing was
+    /// taken).
+    pub wait_ms: u64,
+    /// Per take, in the order given: how much of its `extra` it got.
+    pub extra: Vec<f64>,
 }
 
 /// A correction to an earlier take: `give_back` units returned to `name` (negative: charged
@@ -87,15 +101,15 @@ fn write(db: &dyn Db, name: &str, row: &Row) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Take every one of `takes` at `now_ms`, or none: 0 when taken, else the milliseconds until
-/// all of them may have room.
-pub(super) fn take(db: &dyn Db, takes: &[BucketTake], now_ms: i64) -> Result<u64, DbError> {
-    let mut sorted: Vec<&BucketTake> = takes.iter().collect();
+/// Take every one of `takes` at `now_ms`, or none: what each got of its extra when taken,
+/// else the milliseconds until all of them may have room.
+pub(super) fn take(db: &dyn Db, takes: &[BucketTake], now_ms: i64) -> Result<Granted, DbError> {
+    let mut sorted: Vec<(usize, &BucketTake)> = takes.iter().enumerate().collect();
     // One lock order for every taker, so two that share buckets cannot deadlock.
-    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    sorted.sort_by(|a, b| a.1.name.cmp(&b.1.name));
     let mut rows = Vec::with_capacity(sorted.len());
     let mut wait_ms: u64 = 0;
-    for take in &sorted {
+    for (_, take) in &sorted {
         let row = read(db, &take.name, take.capacity, take.per_second, now_ms)?;
         let needed = take.amount.min(take.capacity);
         if row.level < needed {
@@ -109,13 +123,17 @@ pub(super) fn take(db: &dyn Db, takes: &[BucketTake], now_ms: i64) -> Result<u64
         }
         rows.push(row);
     }
-    for (take, mut row) in sorted.iter().zip(rows) {
+    let mut extra = vec![0.0; takes.len()];
+    for ((index, take), mut row) in sorted.iter().zip(rows) {
         if wait_ms == 0 {
             row.level -= take.amount;
+            let granted = take.extra.min(row.level).max(0.0);
+            row.level -= granted;
+            extra[*index] = granted;
         }
         write(db, &take.name, &row)?;
     }
-    Ok(wait_ms)
+    Ok(Granted { wait_ms, extra })
 }
 
 /// Apply `adjusts` at `now_ms`: each bucket gets its units back, up to its capacity, or is

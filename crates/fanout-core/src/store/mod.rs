@@ -76,7 +76,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Mode;
 pub use crate::ids::{AgentId, RunId};
 
-pub use buckets::{BucketAdjust, BucketTake};
+pub use buckets::{BucketAdjust, BucketTake, Granted};
 pub use db::{Db, DbError, Dialect, SqlValue};
 pub use error::StoreError;
 pub use learned::LearnedLimit;

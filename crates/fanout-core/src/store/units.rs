@@ -769,11 +769,24 @@ pub(super) fn next_attempt(db_: &dyn Db, lease: &Lease, cost_usd: f64) -> Result
     })
 }
 
-/// Mark the unit committed (or failed) with its patch and outcome, give it the run's next
-/// commit number, which it returns, and settle its reservation against the run's budget with
-/// the actual cost of its `agent_runs` finishes. The caller writes those finishes in the same
-/// transaction. [`UnitError::LeaseLost`] if the lease is no longer the committer's.
-pub(super) fn commit(db_: &dyn Db, unit: &UnitCommit) -> Result<u64, UnitError> {
+/// A unit's commit as [`record_commit`] wrote it on the unit's row, with what it settles on
+/// its run's row when [`number_commits`] numbers it.
+#[derive(Debug, Clone)]
+pub(super) struct Recorded {
+    pub agent_id: AgentId,
+    /// The actual cost of its `agent_runs` finishes.
+    cost: f64,
+    /// What its lease reserved of the run's budget, and what the plan estimated for it.
+    reserved: f64,
+    estimated: f64,
+}
+
+/// Mark the unit committed (or failed) with its patch and outcome; [`number_commits`] then
+/// gives it the run's next commit number and settles its reservation against the run's
+/// budget with the actual cost of its `agent_runs` finishes. The caller writes those finishes
+/// and numbers the commit in the same transaction. [`UnitError::LeaseLost`] if the lease is
+/// no longer the committer's.
+pub(super) fn record_commit(db_: &dyn Db, unit: &UnitCommit) -> Result<Recorded, UnitError> {
     let lease = &unit.lease;
     let outcome = serde_json::to_string(&unit.outcome).map_err(UnitError::Json)?;
     // Read before the commit clears it; if the lease was lost the commit below refuses.
@@ -817,28 +830,59 @@ pub(super) fn commit(db_: &dyn Db, unit: &UnitCommit) -> Result<u64, UnitError> 
     if changed == 0 {
         return Err(UnitError::LeaseLost);
     }
-    // The counter row's lock orders concurrent commits of one run.
+    Ok(Recorded {
+        agent_id: lease.agent_id.clone(),
+        cost,
+        reserved,
+        estimated,
+    })
+}
+
+/// Number `recorded` commits of `run_id`, in order, and settle them on the run's row in one
+/// update: the row's lock orders every writer's commits of the run and is held to the end of
+/// the transaction, so a writer takes it once per transaction, after everything else the
+/// transaction does (on PostgreSQL, a lock taken at each commit, early in a batch, held every
+/// other worker's commits back for the rest of the batch). Answers the numbers in order.
+pub(super) fn number_commits(
+    db_: &dyn Db,
+    run_id: &RunId,
+    recorded: &[Recorded],
+) -> Result<Vec<u64>, UnitError> {
+    let count = i64::try_from(recorded.len()).unwrap_or(i64::MAX);
     let rows = db_
         .query(
-            "UPDATE run_plans SET commits = commits + 1,
-                 spent_usd = spent_usd + ?2, reserved_usd = reserved_usd - ?3,
-                 estimated_done_usd = estimated_done_usd + ?4
+            "UPDATE run_plans SET commits = commits + ?2,
+                 spent_usd = spent_usd + ?3, reserved_usd = reserved_usd - ?4,
+                 estimated_done_usd = estimated_done_usd + ?5
              WHERE run_id = ?1 RETURNING commits",
             &[
-                (&lease.run_id).into(),
-                cost.into(),
-                reserved.into(),
-                estimated.into(),
+                run_id.into(),
+                count.into(),
+                recorded.iter().map(|unit| unit.cost).sum::<f64>().into(),
+                recorded
+                    .iter()
+                    .map(|unit| unit.reserved)
+                    .sum::<f64>()
+                    .into(),
+                recorded
+                    .iter()
+                    .map(|unit| unit.estimated)
+                    .sum::<f64>()
+                    .into(),
             ],
         )
         .map_err(db("numbering a commit"))?;
-    let seq = first_int(&rows).ok_or(UnitError::UnknownRun)?;
-    db_.execute(
-        "UPDATE units SET commit_seq = ?3 WHERE run_id = ?1 AND agent_id = ?2",
-        &[(&lease.run_id).into(), (&lease.agent_id).into(), seq.into()],
-    )
-    .map_err(db("numbering a commit"))?;
-    Ok(u64::try_from(seq).unwrap_or(0))
+    let last = first_int(&rows).ok_or(UnitError::UnknownRun)?;
+    let mut numbers = Vec::with_capacity(recorded.len());
+    for (seq, unit) in (last - count + 1..).zip(recorded) {
+        db_.execute(
+            "UPDATE units SET commit_seq = ?3 WHERE run_id = ?1 AND agent_id = ?2",
+            &[run_id.into(), (&unit.agent_id).into(), seq.into()],
+        )
+        .map_err(db("numbering a commit"))?;
+        numbers.push(u64::try_from(seq).unwrap_or(0));
+    }
+    Ok(numbers)
 }
 
 /// Record that the coordinator applied committed units' patches (idempotent).

@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::buckets::{BucketAdjust, BucketTake};
+use super::buckets::{BucketAdjust, BucketTake, Granted};
 use super::db::{Db, DbError, SqlValue};
 use super::learned::LearnedLimit;
 use super::location::StoreLocation;
@@ -71,7 +71,7 @@ enum Answer {
     Leased(Option<Lease>),
     LeasedMany(Vec<Lease>),
     CommitSeq(u64),
-    WaitMs(u64),
+    Granted(Granted),
     Learned(Vec<LearnedLimit>),
 }
 
@@ -202,6 +202,7 @@ impl Store {
                     next_event_seq: HashMap::new(),
                     log: None,
                     stats: WriterStats::default(),
+                    totals_due: std::collections::BTreeMap::new(),
                 };
                 writer.run(rx);
             })
@@ -480,24 +481,38 @@ impl Store {
             capacity,
             per_second,
             amount: requests,
+            extra: 0.0,
         };
         self.take_from_buckets(vec![take], now).await
     }
 
     /// Take every one of `takes` from its shared bucket at `now`, or none of them: zero when
-    /// taken, else how long until all may have room ([`super::buckets`]). Durable.
+    /// taken, else how long until all may have room ([`super::buckets`]).
     pub async fn take_from_buckets(
         &self,
         takes: Vec<BucketTake>,
         now: SystemTime,
     ) -> Result<std::time::Duration, StoreError> {
+        let granted = self.grant_from_buckets(takes, now).await?;
+        Ok(std::time::Duration::from_millis(granted.wait_ms))
+    }
+
+    /// [`Store::take_from_buckets`], answering also what each take got of its `extra`.
+    /// Committed without waiting for the disk (SQLite's `synchronous = NORMAL`, PostgreSQL's
+    /// `synchronous_commit = off`): a take lost with the machine's power is a request the
+    /// buckets forget, as they forget one a second later anyway.
+    pub async fn grant_from_buckets(
+        &self,
+        takes: Vec<BucketTake>,
+        now: SystemTime,
+    ) -> Result<Granted, StoreError> {
         let op = Op::TakeBuckets {
             takes,
             now_ms: epoch_ms(now),
         };
         match self.answer(op, "the rate buckets").await? {
-            Answer::WaitMs(ms) => Ok(std::time::Duration::from_millis(ms)),
-            _ => Ok(std::time::Duration::ZERO),
+            Answer::Granted(granted) => Ok(granted),
+            _ => Ok(Granted::default()),
         }
     }
 
@@ -516,7 +531,8 @@ impl Store {
 
     /// Record that `reported_by` learned `limits` (kind, per minute) of model API `api` from
     /// response headers at `now` (none: only read), and answer the limits of `api` reported
-    /// within `recent` by anyone, the lowest of each kind ([`super::learned`]). Durable.
+    /// within `recent` by anyone, the lowest of each kind ([`super::learned`]). Not synced to
+    /// disk before it answers (see [`Store::grant_from_buckets`]).
     pub async fn share_learned_limits(
         &self,
         api: &str,
@@ -608,10 +624,41 @@ struct Writer {
     next_event_seq: HashMap<RunId, i64>,
     log: Option<LogSink>,
     stats: WriterStats,
+    /// What the batch under way adds to its runs' totals, written at its end (see
+    /// [`Writer::number_commits`]).
+    totals_due: std::collections::BTreeMap<RunId, RunTotals>,
 }
 
 /// The log lines of one operation's records (a unit's next attempt writes two).
 type Lines = Vec<serde_json::Value>;
+
+/// What finished agents add to their run's totals.
+#[derive(Debug, Clone, Default)]
+struct RunTotals {
+    tokens: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_usd: f64,
+}
+
+impl RunTotals {
+    fn add(&mut self, more: Option<RunTotals>) {
+        if let Some(more) = more {
+            self.tokens += more.tokens;
+            self.input_tokens += more.input_tokens;
+            self.output_tokens += more.output_tokens;
+            self.cost_usd += more.cost_usd;
+        }
+    }
+}
+
+/// A unit's commit recorded in a batch and not numbered yet; its request's answer is the
+/// batch's outcome number `outcome`.
+struct PendingCommit {
+    outcome: usize,
+    recorded: units::Recorded,
+    added: RunTotals,
+}
 
 fn text(value: &str) -> SqlValue {
     SqlValue::Text(value.to_owned())
@@ -622,6 +669,24 @@ fn epoch_ms(at: SystemTime) -> i64 {
     at.duration_since(SystemTime::UNIX_EPOCH)
         .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+impl Op {
+    /// Whether a caller waiting on it needs it on disk when it returns. The shared rate
+    /// limits' exchanges do not: a take or report lost with the machine's power is one the
+    /// buckets forget a second later anyway, and syncing each of them (every model call
+    /// takes) would put a disk flush before every request.
+    fn needs_disk(&self) -> bool {
+        !self.is_shared_limit()
+    }
+
+    /// A take from, correction of or report to the limits a fleet shares.
+    fn is_shared_limit(&self) -> bool {
+        matches!(
+            self,
+            Op::TakeBuckets { .. } | Op::AdjustBuckets { .. } | Op::Learned { .. }
+        )
+    }
 }
 
 /// Move queued requests into `batch`, up to [`MAX_BATCH`].
@@ -683,9 +748,23 @@ impl Writer {
     /// Apply a batch in one transaction. Returns the close acknowledgement if the batch held
     /// a close request.
     fn commit(&mut self, batch: Vec<Request>) -> Option<oneshot::Sender<WriterStats>> {
+        // PostgreSQL: the shared limits' rows are every worker's, and a transaction holds
+        // their locks to its end; in a batch with a unit's commit (which locks its run's row)
+        // two workers could each hold one and wait for the other. They get a transaction of
+        // their own, first.
+        if self.db.dialect() == super::Dialect::Postgres
+            && batch.iter().any(|r| r.op.is_shared_limit())
+            && batch.iter().any(|r| !r.op.is_shared_limit())
+        {
+            let (limits, rest): (Vec<Request>, Vec<Request>) =
+                batch.into_iter().partition(|r| r.op.is_shared_limit());
+            self.commit(limits);
+            return self.commit(rest);
+        }
+        self.totals_due.clear();
         let durable = batch
             .iter()
-            .any(|r| r.ack.is_some() || matches!(r.op, Op::Close(_)));
+            .any(|r| (r.ack.is_some() && r.op.needs_disk()) || matches!(r.op, Op::Close(_)));
         let ops = batch.len();
         let mut close = None;
         let mut outcomes: Vec<(Option<Ack>, Result<Answer, StoreError>)> = Vec::with_capacity(ops);
@@ -724,6 +803,8 @@ impl Writer {
         let postgres = self.db.dialect() == super::Dialect::Postgres;
         // Each with where its log line goes among the batch's lines.
         let mut deferred: Vec<(usize, EventRecord)> = Vec::new();
+        let mut commits: std::collections::BTreeMap<RunId, Vec<PendingCommit>> =
+            std::collections::BTreeMap::new();
         for request in batch {
             self.stats.ops += 1;
             let result = match request.op {
@@ -736,6 +817,24 @@ impl Writer {
                     Ok((Vec::new(), Answer::Done))
                 }
                 Op::Flush => Ok((Vec::new(), Answer::Done)),
+                // Numbered with the batch's other commits of its run, after every other
+                // operation of the batch (see `units::number_commits`).
+                Op::CommitUnit(unit) => {
+                    let run_id = unit.lease.run_id.clone();
+                    match self.in_savepoint(|writer| writer.record_commit(*unit)) {
+                        Ok((line, recorded, added)) => {
+                            lines.extend(line);
+                            commits.entry(run_id).or_default().push(PendingCommit {
+                                outcome: outcomes.len(),
+                                recorded,
+                                added,
+                            });
+                            // Answered with its number once it has one.
+                            Ok((Vec::new(), Answer::Done))
+                        }
+                        Err(error) => Err(error),
+                    }
+                }
                 Op::AttachLog(path) => self.attach_log(path).map(|()| (Vec::new(), Answer::Done)),
                 op => self.apply_in_savepoint(op),
             };
@@ -746,7 +845,21 @@ impl Writer {
             outcomes.push((request.ack, result));
         }
 
-        match self.db.commit(durable) {
+        // The batch's commits are numbered last: their runs' rows stay locked only from
+        // here to the end of the transaction.
+        let committed = match self.number_commits(commits, &mut outcomes) {
+            Ok(()) => self.db.commit(durable).map_err(|err| {
+                self.lost |= err.is_connection_lost();
+                err.to_string()
+            }),
+            Err(error) => {
+                if let StoreError::Database { source, .. } = &error {
+                    self.lost |= source.is_connection_lost();
+                }
+                Err(error.to_string())
+            }
+        };
+        match committed {
             Ok(()) => {
                 self.stats.batches += 1;
                 self.stats.largest_batch = self.stats.largest_batch.max(ops);
@@ -769,10 +882,8 @@ impl Writer {
                     self.report(ack, result);
                 }
             }
-            Err(err) => {
-                self.lost |= err.is_connection_lost();
+            Err(message) => {
                 let _ = self.db.batch("ROLLBACK");
-                let message = err.to_string();
                 // Queued: no one waits on them, so they are counted as lost.
                 self.stats.failed_queued_ops += deferred.len() as u64;
                 for (ack, _) in outcomes {
@@ -855,13 +966,73 @@ impl Writer {
         Ok(())
     }
 
+    /// A unit's commit on its row and its finishes' rows, not numbered yet: what it adds to
+    /// its run's totals comes back, added when its run's commits are numbered.
+    fn record_commit(
+        &mut self,
+        unit: UnitCommit,
+    ) -> Result<(Lines, units::Recorded, RunTotals), StoreError> {
+        let recorded = units::record_commit(self.db.as_ref(), &unit)
+            .map_err(|error| self.unit_error(error, &unit.lease.run_id, Some(&unit.lease)))?;
+        let mut total = RunTotals::default();
+        let (line, added) = self.finish_agent_row(unit.finish)?;
+        total.add(added);
+        // The other rows' log lines are not kept: a worker's store has no run log.
+        for finish in unit.other_finishes {
+            total.add(self.finish_agent_row(finish)?.1);
+        }
+        Ok((line.into_iter().collect(), recorded, total))
+    }
+
+    /// Number the batch's recorded commits, run by run in run order (one lock order for
+    /// every writer), each run's row updated once, and answer each commit with its number;
+    /// then add what the batch's finishes add to their runs' totals.
+    fn number_commits(
+        &mut self,
+        commits: std::collections::BTreeMap<RunId, Vec<PendingCommit>>,
+        outcomes: &mut [(Option<Ack>, Result<Answer, StoreError>)],
+    ) -> Result<(), StoreError> {
+        for (run_id, pending) in commits {
+            let recorded: Vec<units::Recorded> = pending
+                .iter()
+                .map(|commit| commit.recorded.clone())
+                .collect();
+            let numbers = units::number_commits(self.db.as_ref(), &run_id, &recorded)
+                .map_err(|error| self.unit_error(error, &run_id, None))?;
+            let total = self.totals_due.entry(run_id).or_default();
+            for (commit, seq) in pending.into_iter().zip(numbers) {
+                outcomes[commit.outcome].1 = Ok(Answer::CommitSeq(seq));
+                total.add(Some(commit.added));
+            }
+        }
+        // Then each run's totals, once per batch, in run order (after its commits' row: one
+        // lock order for every writer).
+        for (run_id, total) in std::mem::take(&mut self.totals_due) {
+            self.add_to_run(&run_id, &total)?;
+        }
+        Ok(())
+    }
+
     /// Run one operation in a savepoint so its failure leaves the rest of the batch alone.
     fn apply_in_savepoint(&mut self, op: Op) -> Result<(Lines, Answer), StoreError> {
+        self.in_savepoint(|writer| writer.apply(op))
+    }
+
+    /// Run `work` in a savepoint: its failure leaves the rest of the batch alone.
+    fn in_savepoint<T>(
+        &mut self,
+        work: impl FnOnce(&mut Self) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         // Prepared once and reused: a fleet's batches run these around every record.
         self.db
             .execute("SAVEPOINT op", &[])
             .map_err(self.failed("opening a savepoint"))?;
-        let result = self.apply(op);
+        let due = self.totals_due.clone();
+        let result = work(self);
+        if result.is_err() {
+            // What the failed operation added goes with it.
+            self.totals_due = due;
+        }
         let closed = if result.is_ok() {
             self.db.execute("RELEASE op", &[]).map(|_| ())
         } else {
@@ -917,17 +1088,6 @@ impl Writer {
                 lines.extend(self.start_agent(start)?);
                 Ok((lines, Answer::Leased(Some(next))))
             }
-            Op::CommitUnit(unit) => {
-                let seq = units::commit(self.db.as_ref(), &unit).map_err(|error| {
-                    self.unit_error(error, &unit.lease.run_id, Some(&unit.lease))
-                })?;
-                let line = self.finish_agent(unit.finish.clone())?;
-                // The other rows' log lines are not kept: a worker's store has no run log.
-                for finish in &unit.other_finishes {
-                    self.finish_agent(finish.clone())?;
-                }
-                Ok((line.into_iter().collect(), Answer::CommitSeq(seq)))
-            }
             Op::MarkApplied(run_id, agents, at) => {
                 units::mark_applied(self.db.as_ref(), &run_id, &agents, at)
                     .map_err(|error| self.unit_error(error, &run_id, None))?;
@@ -939,9 +1099,9 @@ impl Writer {
                 Ok((Vec::new(), Answer::Done))
             }
             Op::TakeBuckets { takes, now_ms } => {
-                let wait = super::buckets::take(self.db.as_ref(), &takes, now_ms)
+                let granted = super::buckets::take(self.db.as_ref(), &takes, now_ms)
                     .map_err(self.failed("taking from the rate buckets"))?;
-                Ok((Vec::new(), Answer::WaitMs(wait)))
+                Ok((Vec::new(), Answer::Granted(granted)))
             }
             Op::AdjustBuckets { adjusts, now_ms } => {
                 super::buckets::adjust(self.db.as_ref(), &adjusts, now_ms)
@@ -1210,6 +1370,39 @@ impl Writer {
         &mut self,
         finish: AgentFinish,
     ) -> Result<Option<serde_json::Value>, StoreError> {
+        let run_id = finish.run_id.clone();
+        let (line, added) = self.finish_agent_row(finish)?;
+        self.totals_due.entry(run_id).or_default().add(added);
+        Ok(line)
+    }
+
+    /// A run's totals grow by `added`.
+    fn add_to_run(&mut self, run_id: &RunId, added: &RunTotals) -> Result<(), StoreError> {
+        self.db
+            .execute(
+                "UPDATE runs SET total_tokens = total_tokens + ?2,
+                     total_input_tokens = total_input_tokens + ?3,
+                     total_output_tokens = total_output_tokens + ?4,
+                     total_cost_usd = total_cost_usd + ?5
+                 WHERE run_id = ?1",
+                &[
+                    run_id.into(),
+                    added.tokens.into(),
+                    added.input_tokens.into(),
+                    added.output_tokens.into(),
+                    added.cost_usd.into(),
+                ],
+            )
+            .map_err(self.failed("adding to a run's totals"))?;
+        Ok(())
+    }
+
+    /// The `agent_runs` row of a finish, and what it adds to its run's totals (nothing when
+    /// the row already said so: a finish sent again).
+    fn finish_agent_row(
+        &mut self,
+        finish: AgentFinish,
+    ) -> Result<(Option<serde_json::Value>, Option<RunTotals>), StoreError> {
         let files =
             serde_json::to_string(&finish.files_accessed).map_err(|source| StoreError::Json {
                 what: "files_accessed",
@@ -1276,7 +1469,7 @@ impl Writer {
                     agent_id: finish.agent_id,
                     attempt: finish.attempt,
                 }),
-                Some(Some(status)) if status == finish.status.as_str() => Ok(None),
+                Some(Some(status)) if status == finish.status.as_str() => Ok((None, None)),
                 Some(status) => Err(StoreError::AgentFinished {
                     run_id: finish.run_id,
                     agent_id: finish.agent_id,
@@ -1286,23 +1479,13 @@ impl Writer {
                 }),
             };
         }
-        self.db
-            .execute(
-                "UPDATE runs SET total_tokens = total_tokens + ?2,
-                     total_input_tokens = total_input_tokens + ?3,
-                     total_output_tokens = total_output_tokens + ?4,
-                     total_cost_usd = total_cost_usd + ?5
-                 WHERE run_id = ?1",
-                &[
-                    (&finish.run_id).into(),
-                    tokens.into(),
-                    finish.input_tokens.into(),
-                    finish.output_tokens.into(),
-                    finish.cost_usd.into(),
-                ],
-            )
-            .map_err(self.failed("adding to a run's totals"))?;
-        Ok(self.log.is_some().then(|| {
+        let added = RunTotals {
+            tokens,
+            input_tokens: finish.input_tokens,
+            output_tokens: finish.output_tokens,
+            cost_usd: finish.cost_usd,
+        };
+        let line = self.log.is_some().then(|| {
             json!({
                 "timestamp": ended_at,
                 "run_id": finish.run_id,
@@ -1322,7 +1505,8 @@ impl Writer {
                 "error": finish.error,
                 "checkpoint": finish.checkpoint,
             })
-        }))
+        });
+        Ok((line, Some(added)))
     }
 
     fn checkpoint(

@@ -11,7 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use fanout_core::backend::Backend;
-use fanout_core::distributed::{WorkerOptions, WorkerReport, base_bundle, publish_run, work};
+use fanout_core::config::RateLimits;
+use fanout_core::distributed::{
+    StoreLimits, WorkerOptions, WorkerReport, base_bundle, publish_run, work,
+};
+use fanout_core::governor::shared::{SharedLimits, Take, Used};
+use fanout_core::governor::{Cost, GovernorConfig};
 use fanout_core::plan::Plan;
 use fanout_core::provider::http::HttpConfig;
 use fanout_core::store::{NewRun, RunStatus, Store, StoreLocation, UnitState};
@@ -248,5 +253,102 @@ async fn a_limit_one_worker_learned_paces_another_workers_fleet() {
         span.as_secs_f64() >= floor.as_secs_f64() * 0.9,
         "{} requests in {span:?}: the learned limit is {RPM}/min",
         times.len()
+    );
+}
+
+/// The shared limits of a worker named `name` on a store at `location`, under `rate_limits`.
+async fn limits_of(location: &StoreLocation, name: &str, rate_limits: RateLimits) -> StoreLimits {
+    StoreLimits::open(
+        Store::open_at(location).unwrap(),
+        "anthropic".to_owned(),
+        name.to_owned(),
+        &rate_limits,
+        &GovernorConfig::default(),
+    )
+    .await
+}
+
+/// A worker spends credit it took from the shared buckets: a busy worker's requests cost the
+/// store a few writes, not one take per request (on PostgreSQL, every worker queued on the
+/// one bucket row), and the correction after each answer stays in the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_spends_credit_from_the_shared_buckets_not_a_store_write_per_request() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let location = StoreLocation::Sqlite(store_dir.path().join("store.db"));
+    let store = Store::open_at(&location).unwrap();
+    let limits = StoreLimits::open(
+        store.clone(),
+        "anthropic".to_owned(),
+        "busy".to_owned(),
+        &RateLimits {
+            output_tokens_per_minute: Some(60_000_000),
+            ..RateLimits::default()
+        },
+        &GovernorConfig::default(),
+    )
+    .await;
+    let cost = Cost {
+        input_tokens: 1_000,
+        output_tokens: 200,
+    };
+    for _ in 0..200 {
+        let Take::Taken(taken) = limits.take(cost).await else {
+            panic!("a bucket of a million tokens a second made a 200-token request wait");
+        };
+        assert!(taken.from[2], "the output-token limit was not taken from");
+        let used = Cost {
+            input_tokens: 1_000,
+            output_tokens: 150,
+        };
+        limits.settle(taken, Used::Answered(used), None).await;
+    }
+    drop(limits);
+    let stats = store.close().await.unwrap();
+    // Opening reads what the fleet learned (one write); then a few takes of credit.
+    assert!(
+        stats.ops <= 10,
+        "200 requests cost the store {} operations",
+        stats.ops
+    );
+}
+
+/// Credit never lets a fleet send more than its buckets gave: two workers asking in turn, as
+/// fast as they can, get no more requests than the shared bucket holds and refills meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credit_never_lets_two_workers_take_more_than_their_shared_bucket_gave() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let location = StoreLocation::Sqlite(store_dir.path().join("store.db"));
+    let rate_limits = RateLimits {
+        requests_per_minute: Some(600),
+        ..RateLimits::default()
+    };
+    let first = limits_of(&location, "first", rate_limits).await;
+    let second = limits_of(&location, "second", rate_limits).await;
+    let cost = Cost {
+        input_tokens: 10,
+        output_tokens: 10,
+    };
+    let started = Instant::now();
+    let mut sent = 0u32;
+    for turn in 0..60 {
+        let limits = if turn % 2 == 0 { &first } else { &second };
+        if let Take::Taken(taken) = limits.take(cost).await {
+            assert!(taken.from[0], "the requests limit was not taken from");
+            sent += 1;
+            limits.settle(taken, Used::Answered(cost), None).await;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // 600 a minute less the governor's headroom: a bucket of one second's worth.
+    let per_second = 600.0 * (1.0 - GovernorConfig::default().headroom) / 60.0;
+    let most = (per_second + per_second * elapsed).floor() as u32;
+    eprintln!("{sent} of 60 requests taken over {elapsed:.3} s (at most {most})");
+    assert!(
+        sent <= most,
+        "{sent} requests taken; the bucket gave at most {most}"
+    );
+    assert!(
+        sent >= per_second.floor() as u32 - 1,
+        "{sent} requests taken from a full bucket of {per_second}"
     );
 }

@@ -20,6 +20,7 @@ fn take(name: &str, capacity: f64, per_second: f64, amount: f64) -> BucketTake {
         capacity,
         per_second,
         amount,
+        extra: 0.0,
     }
 }
 
