@@ -84,7 +84,8 @@ pub struct WorkerOptions {
 }
 
 impl WorkerOptions {
-    /// A lease of 30 s, polled every 100 ms; as many attempts as a local run gives an agent
+    /// A lease of 30 s, polled every 50 ms (what a published run waits, on average half of
+    /// it, before its first unit starts); as many attempts as a local run gives an agent
     /// ([`crate::attempt::AGENT_ATTEMPTS`]); two minutes of patience with the store.
     pub fn new(store: StoreLocation, cache: PathBuf, slots: usize, owner: String) -> Self {
         WorkerOptions {
@@ -93,7 +94,7 @@ impl WorkerOptions {
             slots: slots.max(1),
             owner,
             lease: Duration::from_secs(30),
-            poll: Duration::from_millis(100),
+            poll: Duration::from_millis(50),
             run: None,
             exit_when_done: false,
             handlers: UnitHandlers::default(),

@@ -1112,8 +1112,8 @@ impl StoreReader {
         super::units::units(self.db.as_ref(), run_id, true).map_err(self.failed("reading units"))
     }
 
-    /// [`StoreReader::units`] without their patches (`patch` is `None`): what a poll of the
-    /// units' states needs, at a fraction of the bytes.
+    /// [`StoreReader::units`] without their patches and outcomes (both `None`): what a poll
+    /// of the units' states needs, at a fraction of the bytes.
     pub fn unit_states(&self, run_id: &RunId) -> Result<Vec<super::UnitRow>, StoreError> {
         super::units::units(self.db.as_ref(), run_id, false).map_err(self.failed("reading units"))
     }

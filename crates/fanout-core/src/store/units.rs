@@ -292,33 +292,74 @@ pub(super) fn enqueue(db_: &dyn Db, run_id: &RunId, units: &[UnitSpec]) -> Resul
             &[run_id.into()],
         )
         .map_err(db("numbering units"))?;
-    let mut seq = first_int(&rows).unwrap_or(0);
-    for unit in units {
-        seq += 1;
-        db_.execute(
-            "INSERT INTO units (run_id, agent_id, enqueued_seq, state, kind, input, estimated_usd)
-             VALUES (?1, ?2, ?3, 'ready', ?4, ?5, ?6) ON CONFLICT (run_id, agent_id) DO NOTHING",
-            &[
+    let first = first_int(&rows).unwrap_or(0) + 1;
+    // A hundred rows per statement: on PostgreSQL each statement is a round trip, and a
+    // thousand of them were most of a run's publication.
+    let numbered: Vec<(i64, &UnitSpec)> = (first..).zip(units).collect();
+    for group in numbered.chunks(ROWS_PER_INSERT) {
+        let mut params: Vec<SqlValue> = Vec::with_capacity(group.len() * 6);
+        let mut values = Vec::with_capacity(group.len());
+        for (seq, unit) in group {
+            let at = params.len();
+            values.push(format!(
+                "(?{}, ?{}, ?{}, 'ready', ?{}, ?{}, ?{})",
+                at + 1,
+                at + 2,
+                at + 3,
+                at + 4,
+                at + 5,
+                at + 6
+            ));
+            params.extend([
                 run_id.into(),
                 (&unit.agent_id).into(),
-                seq.into(),
+                (*seq).into(),
                 unit.kind.as_str().into(),
                 unit.input.clone().into(),
                 unit.estimated_usd.max(0.0).into(),
-            ],
-        )
-        .map_err(db("enqueueing a unit"))?;
-        for dependency in &unit.depends_on {
-            db_.execute(
-                "INSERT INTO unit_dependencies (run_id, agent_id, depends_on)
-                 VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                &[run_id.into(), (&unit.agent_id).into(), dependency.into()],
-            )
-            .map_err(db("enqueueing a unit's dependency"))?;
+            ]);
         }
+        db_.execute(
+            &format!(
+                "INSERT INTO units (run_id, agent_id, enqueued_seq, state, kind, input, estimated_usd)
+                 VALUES {} ON CONFLICT (run_id, agent_id) DO NOTHING",
+                values.join(", ")
+            ),
+            &params,
+        )
+        .map_err(db("enqueueing units"))?;
+    }
+    let dependencies: Vec<(&AgentId, &AgentId)> = units
+        .iter()
+        .flat_map(|unit| {
+            unit.depends_on
+                .iter()
+                .map(move |dependency| (&unit.agent_id, dependency))
+        })
+        .collect();
+    for group in dependencies.chunks(ROWS_PER_INSERT) {
+        let mut params: Vec<SqlValue> = Vec::with_capacity(group.len() * 3);
+        let mut values = Vec::with_capacity(group.len());
+        for (agent, dependency) in group {
+            let at = params.len();
+            values.push(format!("(?{}, ?{}, ?{})", at + 1, at + 2, at + 3));
+            params.extend([run_id.into(), (*agent).into(), (*dependency).into()]);
+        }
+        db_.execute(
+            &format!(
+                "INSERT INTO unit_dependencies (run_id, agent_id, depends_on)
+                 VALUES {} ON CONFLICT DO NOTHING",
+                values.join(", ")
+            ),
+            &params,
+        )
+        .map_err(db("enqueueing units' dependencies"))?;
     }
     Ok(())
 }
+
+/// Rows written by one multi-row INSERT when a run's units are enqueued.
+const ROWS_PER_INSERT: usize = 100;
 
 /// Lease up to `count` of the earliest ready units of `kinds` of any run whose plan is
 /// recorded (or of `run_id` only), to `owner` until `expires_at`, each only if its run's
@@ -939,7 +980,7 @@ pub(super) fn committed_after(
 }
 
 /// Units of `run_id` in enqueue order: all of them, or those committed after `after`; with
-/// their patches or not.
+/// their patches and outcomes or not.
 fn select(
     db_: &dyn Db,
     run_id: &RunId,
@@ -960,12 +1001,17 @@ fn select(
                 .push(AgentId::from(dependency.as_str()));
         }
     }
-    // Patches are the bulk of a run's units: a poll of their states leaves them out.
-    let patch = if with_patches { "patch" } else { "NULL" };
+    // Patches are the bulk of a run's units, and outcomes are JSON to parse: a poll of their
+    // states (a coordinator's, several times a second) leaves both out.
+    let (patch, outcome) = if with_patches {
+        ("patch", "outcome")
+    } else {
+        ("NULL", "NULL")
+    };
     let rows = db_.query(
         &format!(
             "SELECT agent_id, state, attempt, lease_owner, lease_expires_at, commit_seq, {patch},
-                 outcome, applied_at, kind, estimated_usd, reserved_usd, skip_reason
+                 {outcome}, applied_at, kind, estimated_usd, reserved_usd, skip_reason
              FROM units WHERE run_id = ?1 AND (?2 < 0 OR commit_seq > ?2)
              ORDER BY enqueued_seq"
         ),

@@ -19,7 +19,8 @@ use super::shared::{
     the_lowest_recently_reported_learned_limit_wins,
 };
 use super::units::{
-    a_late_commit_is_refused_and_writes_nothing,
+    a_batch_of_commits_is_numbered_and_counted_once_each,
+    a_large_plan_is_enqueued_whole_and_in_order, a_late_commit_is_refused_and_writes_nothing,
     a_lease_s_further_attempts_never_collide_with_a_takeover,
     a_shared_bucket_holds_every_taker_to_its_rate, a_unit_waits_for_its_dependencies_to_commit,
     a_worker_leases_only_the_kinds_it_can_run, an_expired_lease_is_taken_over_as_a_new_attempt,
@@ -59,6 +60,8 @@ conformance!(
     a_lease_s_further_attempts_never_collide_with_a_takeover,
     a_late_commit_is_refused_and_writes_nothing,
     commits_are_numbered_in_commit_order,
+    a_batch_of_commits_is_numbered_and_counted_once_each,
+    a_large_plan_is_enqueued_whole_and_in_order,
     only_runs_with_a_recorded_plan_are_leased,
     a_worker_leases_only_the_kinds_it_can_run,
     a_shared_bucket_holds_every_taker_to_its_rate,

@@ -584,3 +584,118 @@ pub(crate) async fn a_lease_s_further_attempts_never_collide_with_a_takeover(fre
         (UnitState::Committed, 4, Some("live"))
     );
 }
+
+/// Commits sent at once land in one writer batch: each gets its own number, in one gapless
+/// sequence, and the run's row and totals count each once (the batch numbers its commits
+/// and adds to its run's totals at its end). A commit of the batch that fails takes no
+/// number and adds nothing.
+pub(crate) async fn a_batch_of_commits_is_numbered_and_counted_once_each(fresh: Fresh) {
+    const UNITS: usize = 41;
+    let specs = (0..UNITS).map(|i| unit(&format!("a{i:02}"), &[])).collect();
+    let store = published(&fresh, specs).await;
+    let mut leases = Vec::new();
+    for _ in 0..UNITS {
+        let lease = lease(&store, "w", 1, FAR).await.unwrap();
+        started(&store, &lease).await;
+        leases.push(lease);
+    }
+    // The twentieth names an attempt that has no start row: refused, in the middle.
+    let commits = leases.iter().enumerate().map(|(i, lease)| {
+        let store = store.clone();
+        let mut commit = outcome(lease, true, format!("patch {i}").as_bytes(), 3);
+        if i == 20 {
+            commit.finish.attempt = 9;
+        }
+        async move { store.commit_unit(commit).await }
+    });
+    let answers = futures_util::future::join_all(commits).await;
+    let mut numbers = Vec::new();
+    for (i, answer) in answers.into_iter().enumerate() {
+        match answer {
+            Ok(seq) => numbers.push((leases[i].agent_id.to_string(), seq)),
+            Err(error) => {
+                assert_eq!(i, 20, "commit {i} refused: {error}");
+                assert!(matches!(error, StoreError::UnknownAgent { .. }), "{error}");
+            }
+        }
+    }
+    store.close().await.unwrap();
+    let mut seqs: Vec<u64> = numbers.iter().map(|(_, seq)| *seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..UNITS as u64).collect::<Vec<_>>());
+    let reader = StoreReader::open_at(&fresh.location).unwrap();
+    let rows = reader.units(&"r1".into()).unwrap();
+    for (agent, seq) in &numbers {
+        let row = rows
+            .iter()
+            .find(|row| row.agent_id.as_str() == agent)
+            .unwrap();
+        assert_eq!(row.commit_seq, Some(*seq), "{agent}");
+        assert_eq!(row.state, UnitState::Committed, "{agent}");
+    }
+    let refused = rows
+        .iter()
+        .find(|row| row.agent_id.as_str() == "a20")
+        .unwrap();
+    assert_eq!(
+        (refused.state, refused.commit_seq),
+        (UnitState::Leased, None)
+    );
+    // Each finish counted once in the run's totals and its budget.
+    let finished = finish("r1", "a00", AgentStatus::Success);
+    let committed = (UNITS - 1) as u64;
+    let run = reader
+        .runs()
+        .unwrap()
+        .into_iter()
+        .find(|summary| summary.run.run_id.as_str() == "r1")
+        .unwrap()
+        .run;
+    assert_eq!(run.total_input_tokens, committed * finished.input_tokens);
+    assert_eq!(run.total_output_tokens, committed * finished.output_tokens);
+    assert!((run.total_cost_usd - committed as f64 * finished.cost_usd).abs() < 1e-9);
+    let spend = reader.run_spend(&"r1".into()).unwrap().unwrap();
+    assert!((spend.spent_usd - committed as f64 * finished.cost_usd).abs() < 1e-9);
+}
+
+/// A plan of hundreds of units is enqueued whole, in its order, with every dependency, and
+/// enqueueing it again (a resumed coordinator) changes nothing.
+pub(crate) async fn a_large_plan_is_enqueued_whole_and_in_order(fresh: Fresh) {
+    const UNITS: usize = 250;
+    let names: Vec<String> = (0..UNITS).map(|i| format!("u{i:03}")).collect();
+    let specs = || -> Vec<UnitSpec> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                // Every third unit waits for the two before it.
+                let depends: Vec<&str> = if i % 3 == 2 {
+                    vec![names[i - 2].as_str(), names[i - 1].as_str()]
+                } else {
+                    Vec::new()
+                };
+                unit(name, &depends)
+            })
+            .collect()
+    };
+    let store = published(&fresh, specs()).await;
+    store.publish_units(plan("r1"), specs()).await.unwrap();
+    store.close().await.unwrap();
+    let rows = StoreReader::open_at(&fresh.location)
+        .unwrap()
+        .unit_states(&"r1".into())
+        .unwrap();
+    let order: Vec<&str> = rows.iter().map(|row| row.agent_id.as_str()).collect();
+    assert_eq!(order, names.iter().map(String::as_str).collect::<Vec<_>>());
+    for (i, row) in rows.iter().enumerate() {
+        let expected: Vec<String> = if i % 3 == 2 {
+            vec![names[i - 2].clone(), names[i - 1].clone()]
+        } else {
+            Vec::new()
+        };
+        let found: Vec<String> = row.depends_on.iter().map(ToString::to_string).collect();
+        assert_eq!(found, expected, "{}", row.agent_id);
+        assert_eq!(row.state, UnitState::Ready);
+        assert!(row.outcome.is_none() && row.patch.is_none());
+    }
+}
