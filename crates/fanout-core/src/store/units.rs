@@ -627,17 +627,27 @@ fn reserve(
 /// worker), but for those a failed or skipped unit already blocks (the coordinator skips
 /// them as dependants): the run's budget is spent.
 fn skip_for_budget(db_: &dyn Db, run_id: &RunId, now_text: &str) -> Result<(), UnitError> {
+    // PostgreSQL: units another lease transaction has picked are left to it. It holds them
+    // while it waits for the run's row, which this transaction holds: waiting for them here
+    // was a deadlock. That transaction finds the budget spent too once it has the row, and
+    // skips them itself.
+    let lock = match db_.dialect() {
+        Dialect::Postgres => " FOR UPDATE OF u SKIP LOCKED",
+        Dialect::Sqlite => "",
+    };
     let rows = db_
         .query(
-            "SELECT u.agent_id, u.state, u.reserved_usd, u.estimated_usd FROM units u
-             WHERE u.run_id = ?1
-               AND (u.state = 'ready' OR (u.state = 'leased' AND u.lease_expires_at < ?2))
-               AND NOT EXISTS (
-                   SELECT 1 FROM unit_dependencies d
-                   JOIN units du ON du.run_id = d.run_id AND du.agent_id = d.depends_on
-                   WHERE d.run_id = u.run_id AND d.agent_id = u.agent_id
-                     AND du.state IN ('failed', 'skipped'))
-             ORDER BY u.enqueued_seq",
+            &format!(
+                "SELECT u.agent_id, u.state, u.reserved_usd, u.estimated_usd FROM units u
+                 WHERE u.run_id = ?1
+                   AND (u.state = 'ready' OR (u.state = 'leased' AND u.lease_expires_at < ?2))
+                   AND NOT EXISTS (
+                       SELECT 1 FROM unit_dependencies d
+                       JOIN units du ON du.run_id = d.run_id AND du.agent_id = d.depends_on
+                       WHERE d.run_id = u.run_id AND d.agent_id = u.agent_id
+                         AND du.state IN ('failed', 'skipped'))
+                 ORDER BY u.enqueued_seq{lock}"
+            ),
             &[run_id.into(), now_text.into()],
         )
         .map_err(db("skipping a unit"))?;

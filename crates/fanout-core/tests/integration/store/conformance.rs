@@ -17,6 +17,7 @@ use super::shared::{
     shared_buckets_take_all_or_nothing_and_are_corrected_after_the_answer,
     the_first_unit_starts_on_an_over_estimate_and_a_run_without_budget_is_free,
     the_lowest_recently_reported_learned_limit_wins,
+    workers_meeting_a_spent_budget_together_skip_the_rest_once,
 };
 use super::units::{
     a_batch_of_commits_is_numbered_and_counted_once_each,
@@ -69,6 +70,7 @@ conformance!(
     the_lowest_recently_reported_learned_limit_wins,
     a_runs_budget_is_reserved_at_each_lease_and_settled_at_each_commit,
     the_first_unit_starts_on_an_over_estimate_and_a_run_without_budget_is_free,
+    workers_meeting_a_spent_budget_together_skip_the_rest_once,
     the_seed_columns_hold_the_seed_values,
     an_awaited_finish_is_visible_at_once,
     migrations_run_once_and_a_newer_schema_is_refused,

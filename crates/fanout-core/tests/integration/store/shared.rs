@@ -8,7 +8,7 @@ use std::time::Duration;
 use fanout_core::config::Mode;
 use fanout_core::store::{
     AgentStatus, BUDGET_EXHAUSTED, BucketAdjust, BucketTake, Lease, RunPlanRecord, Store,
-    StoreReader, UnitCommit, UnitSpec, UnitState,
+    StoreReader, UnitCommit, UnitKind, UnitSpec, UnitState,
 };
 use serde_json::json;
 
@@ -523,4 +523,61 @@ pub(crate) async fn the_first_unit_starts_on_an_over_estimate_and_a_run_without_
         .unwrap();
     assert_eq!((free.max_dollars, free.reserved_usd), (None, 0.0));
     assert!((free.spent_usd - 0.5).abs() < 1e-9, "{free:?}");
+}
+
+/// Workers leasing batches of one run at once when its budget is spent: each leaves the units
+/// another one picked to it (PostgreSQL: a lease transaction holding its picks while it
+/// waited for the run's row, which a skipping transaction held while it waited for those
+/// picks, was a deadlock), none fails, and every unit still waiting ends skipped, once.
+pub(crate) async fn workers_meeting_a_spent_budget_together_skip_the_rest_once(fresh: Fresh) {
+    const FAR: u64 = 10_000;
+    const UNITS: usize = 200;
+    let store = Store::open_at(&fresh.location).unwrap();
+    store.create_run(new_run("b", 0)).await.unwrap();
+    let specs = (0..UNITS)
+        .map(|i| unit(&format!("u{i:03}"), &[], 1.0))
+        .collect();
+    store
+        .publish_units(plan("b", Some(2.0)), specs)
+        .await
+        .unwrap();
+    // Two units spend the whole budget.
+    for seconds in 1..=2 {
+        let spent = lease(&store, "w0", seconds, FAR).await.unwrap();
+        commit(&store, &spent, 1.0, seconds).await;
+    }
+    store.close().await.unwrap();
+    let mut leasers = Vec::new();
+    for worker in 0..4 {
+        let location = fresh.location.clone();
+        leasers.push(tokio::spawn(async move {
+            let store = Store::open_at(&location).unwrap();
+            let leased = store
+                .lease_units_of(
+                    &format!("w{}", worker + 1),
+                    Some(&"b".into()),
+                    &[UnitKind::Agent],
+                    64,
+                    at(5),
+                    at(FAR),
+                )
+                .await;
+            store.close().await.unwrap();
+            leased
+        }));
+    }
+    for leaser in leasers {
+        let leased = leaser.await.unwrap().expect("a lease met an error");
+        assert!(leased.is_empty(), "leased {leased:?} past a spent budget");
+    }
+    let units = StoreReader::open_at(&fresh.location)
+        .unwrap()
+        .unit_states(&"b".into())
+        .unwrap();
+    let skipped = units
+        .iter()
+        .filter(|unit| unit.state == UnitState::Skipped)
+        .inspect(|unit| assert_eq!(unit.skip_reason.as_deref(), Some(BUDGET_EXHAUSTED)))
+        .count();
+    assert_eq!(skipped, UNITS - 2);
 }
