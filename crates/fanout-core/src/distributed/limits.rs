@@ -313,7 +313,7 @@ impl SharedLimits for StoreLimits {
                     };
                     state.credit[kind] -= amounts[kind];
                     if state.credit[kind] < 0.0 {
-                        sent.push(kind);
+                        sent.push((kind, -state.credit[kind]));
                         takes.push(BucketTake {
                             name: inner.bucket_name(kind),
                             capacity: *capacity,
@@ -326,13 +326,13 @@ impl SharedLimits for StoreLimits {
             }
             let answer = inner
                 .store
-                .grant_from_buckets(takes.clone(), SystemTime::now())
+                .grant_from_buckets(takes, SystemTime::now())
                 .await;
             let mut state = lock(&inner.state);
             match answer {
                 Ok(granted) if granted.wait_ms == 0 => {
-                    for ((kind, take), extra) in sent.iter().zip(&takes).zip(&granted.extra) {
-                        state.credit[*kind] += take.amount + extra;
+                    for ((kind, amount), extra) in sent.iter().zip(&granted.extra) {
+                        state.credit[*kind] += amount + extra;
                     }
                     state.credited_at = Some(Instant::now());
                     Take::Taken(Taken { cost, from: active })

@@ -202,3 +202,21 @@ pub trait Db: Send {
         false
     }
 }
+
+/// Agents per query of a statement that names them in an `IN (…)` list: a bounded number of
+/// placeholders whatever the run's size.
+const AGENTS_PER_QUERY: usize = 500;
+
+/// `agents` in groups for a statement about a run and some of its agents: per group, the
+/// placeholders of an `IN (…)` list (`?2, ?3, …`) and the parameters, the run id first.
+pub(crate) fn agent_groups<'a>(
+    run_id: &'a crate::ids::RunId,
+    agents: &'a [crate::ids::AgentId],
+) -> impl Iterator<Item = (String, Vec<SqlValue>)> + 'a {
+    agents.chunks(AGENTS_PER_QUERY).map(move |group| {
+        let placeholders: Vec<String> = (0..group.len()).map(|i| format!("?{}", i + 2)).collect();
+        let mut params: Vec<SqlValue> = vec![run_id.into()];
+        params.extend(group.iter().map(SqlValue::from));
+        (placeholders.join(", "), params)
+    })
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::db::{Db, DbError, Dialect, SqlValue};
+use super::db::{Db, DbError, Dialect, SqlValue, agent_groups};
 use super::location::StoreLocation;
 use super::postgres::{self, PostgresDb};
 use super::sqlite::SqliteDb;
@@ -794,15 +794,10 @@ impl StoreReader {
         agents: &[AgentId],
     ) -> Result<std::collections::HashMap<AgentId, u64>, StoreError> {
         let mut out = std::collections::HashMap::new();
-        for group in agents.chunks(500) {
-            let placeholders: Vec<String> =
-                (0..group.len()).map(|i| format!("?{}", i + 2)).collect();
-            let mut params: Vec<SqlValue> = vec![run_id.into()];
-            params.extend(group.iter().map(SqlValue::from));
+        for (placeholders, params) in agent_groups(run_id, agents) {
             let sql = format!(
-                "SELECT agent_id, COUNT(*) FROM denials WHERE run_id = ?1 AND agent_id IN ({})
-                 GROUP BY agent_id",
-                placeholders.join(", ")
+                "SELECT agent_id, COUNT(*) FROM denials WHERE run_id = ?1
+                 AND agent_id IN ({placeholders}) GROUP BY agent_id"
             );
             out.extend(self.rows("counting denials", &sql, &params, |row| {
                 Ok((AgentId::from(row.text(0)?), row.unsigned(1)?))
@@ -940,16 +935,10 @@ impl StoreReader {
         agents: &[AgentId],
     ) -> Result<Vec<AgentRow>, StoreError> {
         let mut out = Vec::with_capacity(agents.len());
-        // A bounded number of placeholders per query, whatever the run's size.
-        for group in agents.chunks(500) {
-            let placeholders: Vec<String> =
-                (0..group.len()).map(|i| format!("?{}", i + 2)).collect();
-            let mut params: Vec<SqlValue> = vec![run_id.into()];
-            params.extend(group.iter().map(SqlValue::from));
+        for (placeholders, params) in agent_groups(run_id, agents) {
             let sql = format!(
-                "SELECT {AGENT_COLUMNS} FROM agent_runs WHERE run_id = ?1 AND agent_id IN ({})
-                 ORDER BY agent_id, attempt",
-                placeholders.join(", ")
+                "SELECT {AGENT_COLUMNS} FROM agent_runs WHERE run_id = ?1
+                 AND agent_id IN ({placeholders}) ORDER BY agent_id, attempt"
             );
             out.extend(self.rows("listing agent runs", &sql, &params, |row| {
                 self.agent_row(row)

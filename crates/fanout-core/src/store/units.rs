@@ -1106,15 +1106,10 @@ pub(super) fn unit_patches(
     agents: &[AgentId],
 ) -> Result<std::collections::HashMap<AgentId, Vec<u8>>, DbError> {
     let mut out = std::collections::HashMap::new();
-    // A bounded number of placeholders per query, whatever the run's size.
-    for group in agents.chunks(500) {
-        let placeholders: Vec<String> = (0..group.len()).map(|i| format!("?{}", i + 2)).collect();
-        let mut params: Vec<SqlValue> = vec![run_id.into()];
-        params.extend(group.iter().map(SqlValue::from));
+    for (placeholders, params) in super::db::agent_groups(run_id, agents) {
         let rows = db_.query(
             &format!(
-                "SELECT agent_id, patch FROM units WHERE run_id = ?1 AND agent_id IN ({})",
-                placeholders.join(", ")
+                "SELECT agent_id, patch FROM units WHERE run_id = ?1 AND agent_id IN ({placeholders})"
             ),
             &params,
         )?;

@@ -652,14 +652,6 @@ impl RunTotals {
     }
 }
 
-/// A unit's commit recorded in a batch and not numbered yet; its request's answer is the
-/// batch's outcome number `outcome`.
-struct PendingCommit {
-    outcome: usize,
-    recorded: units::Recorded,
-    added: RunTotals,
-}
-
 fn text(value: &str) -> SqlValue {
     SqlValue::Text(value.to_owned())
 }
@@ -803,7 +795,7 @@ impl Writer {
         let postgres = self.db.dialect() == super::Dialect::Postgres;
         // Each with where its log line goes among the batch's lines.
         let mut deferred: Vec<(usize, EventRecord)> = Vec::new();
-        let mut commits: std::collections::BTreeMap<RunId, Vec<PendingCommit>> =
+        let mut commits: std::collections::BTreeMap<RunId, Vec<(usize, units::Recorded)>> =
             std::collections::BTreeMap::new();
         for request in batch {
             self.stats.ops += 1;
@@ -822,13 +814,13 @@ impl Writer {
                 Op::CommitUnit(unit) => {
                     let run_id = unit.lease.run_id.clone();
                     match self.in_savepoint(|writer| writer.record_commit(*unit)) {
-                        Ok((line, recorded, added)) => {
+                        Ok((line, recorded)) => {
                             lines.extend(line);
-                            commits.entry(run_id).or_default().push(PendingCommit {
-                                outcome: outcomes.len(),
-                                recorded,
-                                added,
-                            });
+                            // With where its answer goes among the batch's outcomes.
+                            commits
+                                .entry(run_id)
+                                .or_default()
+                                .push((outcomes.len(), recorded));
                             // Answered with its number once it has one.
                             Ok((Vec::new(), Answer::Done))
                         }
@@ -966,22 +958,17 @@ impl Writer {
         Ok(())
     }
 
-    /// A unit's commit on its row and its finishes' rows, not numbered yet: what it adds to
-    /// its run's totals comes back, added when its run's commits are numbered.
-    fn record_commit(
-        &mut self,
-        unit: UnitCommit,
-    ) -> Result<(Lines, units::Recorded, RunTotals), StoreError> {
+    /// A unit's commit on its row and its finishes' rows, not numbered yet (its finishes'
+    /// totals are added with the batch's, at its end).
+    fn record_commit(&mut self, unit: UnitCommit) -> Result<(Lines, units::Recorded), StoreError> {
         let recorded = units::record_commit(self.db.as_ref(), &unit)
             .map_err(|error| self.unit_error(error, &unit.lease.run_id, Some(&unit.lease)))?;
-        let mut total = RunTotals::default();
-        let (line, added) = self.finish_agent_row(unit.finish)?;
-        total.add(added);
+        let line = self.finish_agent(unit.finish)?;
         // The other rows' log lines are not kept: a worker's store has no run log.
         for finish in unit.other_finishes {
-            total.add(self.finish_agent_row(finish)?.1);
+            self.finish_agent(finish)?;
         }
-        Ok((line.into_iter().collect(), recorded, total))
+        Ok((line.into_iter().collect(), recorded))
     }
 
     /// Number the batch's recorded commits, run by run in run order (one lock order for
@@ -989,20 +976,15 @@ impl Writer {
     /// then add what the batch's finishes add to their runs' totals.
     fn number_commits(
         &mut self,
-        commits: std::collections::BTreeMap<RunId, Vec<PendingCommit>>,
+        commits: std::collections::BTreeMap<RunId, Vec<(usize, units::Recorded)>>,
         outcomes: &mut [(Option<Ack>, Result<Answer, StoreError>)],
     ) -> Result<(), StoreError> {
         for (run_id, pending) in commits {
-            let recorded: Vec<units::Recorded> = pending
-                .iter()
-                .map(|commit| commit.recorded.clone())
-                .collect();
+            let (at, recorded): (Vec<usize>, Vec<units::Recorded>) = pending.into_iter().unzip();
             let numbers = units::number_commits(self.db.as_ref(), &run_id, &recorded)
                 .map_err(|error| self.unit_error(error, &run_id, None))?;
-            let total = self.totals_due.entry(run_id).or_default();
-            for (commit, seq) in pending.into_iter().zip(numbers) {
-                outcomes[commit.outcome].1 = Ok(Answer::CommitSeq(seq));
-                total.add(Some(commit.added));
+            for (outcome, seq) in at.into_iter().zip(numbers) {
+                outcomes[outcome].1 = Ok(Answer::CommitSeq(seq));
             }
         }
         // Then each run's totals, once per batch, in run order (after its commits' row: one
